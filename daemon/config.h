@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config: vpmud's settings, from built-in defaults, then the config file
+ * (/etc/vpmu/vpmud.conf, "key = value" lines), then the command line.
+ * docs/config.md lists every key.
+ */
+#ifndef VPMU_CONFIG_H
+#define VPMU_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/vpmu/vpmud.conf"
+#define CONFIG_DEFAULT_SOCKET "/run/vpmu/vpmud.sock"
+#define CONFIG_DEFAULT_STATE_DIR "/var/lib/vpmu"
+
+struct config {
+	char socket[108];           /* sockaddr_un.sun_path */
+	char state_dir[512];
+	char pmu[512];              /* auto, a model name, or a JSON model path */
+	char kvm[16];               /* auto, ioctl, advisory, model */
+	int default_priority;       /* for consumers that name none */
+	char default_class[16];     /* guaranteed, preferred, shared */
+	char admin_group[64];       /* members may change state */
+	unsigned max_clients;
+	char libvirt_uri[256];      /* empty: do not follow libvirt */
+};
+
+void config_defaults(struct config *c);
+
+/*
+ * Reads path over c. A missing file is fine when !required (returns 0, c
+ * unchanged). On a bad line returns -EINVAL with err naming the file, the
+ * line and the field; c is then unchanged.
+ */
+int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen);
+
+/* Sets one key from a string, validating it (used by the file parser and by
+ * command-line options). */
+int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen);
+
+/*
+ * What a reload may change while running: priorities, class, group, limits.
+ * Copies those from next into cur, and describes in applied (what changed)
+ * and ignored (what differs but needs a restart) as comma-separated keys.
+ */
+void config_apply_reload(struct config *cur, const struct config *next, char *applied,
+			 size_t applied_len, char *ignored, size_t ignored_len);
+
+bool config_class_valid(const char *cls);
+
+#endif

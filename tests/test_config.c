@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static char *write_tmp(const char *content)
+{
+	char *p = strdup("/tmp/vpmu-test-conf.XXXXXX");
+	int fd = mkstemp(p);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+	close(fd);
+	return p;
+}
+
+static void test_defaults(void **st)
+{
+	(void)st;
+	struct config c;
+	config_defaults(&c);
+	assert_string_equal(c.socket, "/run/vpmu/vpmud.sock");
+	assert_string_equal(c.pmu, "auto");
+	assert_int_equal(c.default_priority, 100);
+}
+
+static void test_good_file(void **st)
+{
+	(void)st;
+	struct config c;
+	char err[256];
+	char *p = write_tmp("# comment\n\nsocket = /tmp/x.sock\nkvm = model\n"
+			    "default_priority = 7\ndefault_class = \"shared\"\nlibvirt_uri = none\n");
+	config_defaults(&c);
+	assert_int_equal(config_load_file(p, true, &c, err, sizeof(err)), 0);
+	assert_string_equal(c.socket, "/tmp/x.sock");
+	assert_string_equal(c.kvm, "model");
+	assert_int_equal(c.default_priority, 7);
+	assert_string_equal(c.default_class, "shared");
+	assert_string_equal(c.libvirt_uri, "");
+	unlink(p);
+	free(p);
+}
+
+static void expect_bad(const char *content, const char *needle)
+{
+	struct config c, before;
+	char err[256];
+	char *p = write_tmp(content);
+	config_defaults(&c);
+	before = c;
+	assert_int_equal(config_load_file(p, true, &c, err, sizeof(err)), -EINVAL);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" lacks \"%s\"", err, needle);
+	/* A refused file changes nothing. */
+	assert_memory_equal(&c, &before, sizeof(c));
+	unlink(p);
+	free(p);
+}
+
+static void test_bad_files(void **st)
+{
+	(void)st;
+	expect_bad("kvm = model\ndefault_priority = 5000\n", ":2: field \"default_priority\"");
+	expect_bad("kvm = magic\n", ":1: field \"kvm\"");
+	expect_bad("frobnicate = 1\n", "unknown field \"frobnicate\"");
+	expect_bad("socket relative\n", ":1: expected \"key = value\"");
+	expect_bad("socket = relative.sock\n", "absolute path");
+	expect_bad("default_class = platinum\n", "default_class");
+	expect_bad("max_clients = 12abc\n", "max_clients");
+}
+
+static void test_missing_file(void **st)
+{
+	(void)st;
+	struct config c;
+	char err[256];
+	config_defaults(&c);
+	assert_int_equal(config_load_file("/nonexistent/vpmud.conf", false, &c, err, sizeof(err)), 0);
+	assert_int_equal(config_load_file("/nonexistent/vpmud.conf", true, &c, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "/nonexistent/vpmud.conf"));
+}
+
+static void test_reload(void **st)
+{
+	(void)st;
+	struct config cur, next;
+	char applied[256], ignored[256];
+	config_defaults(&cur);
+	next = cur;
+	next.default_priority = 5;
+	snprintf(next.kvm, sizeof(next.kvm), "model");
+	config_apply_reload(&cur, &next, applied, sizeof(applied), ignored, sizeof(ignored));
+	assert_string_equal(applied, "default_priority");
+	assert_string_equal(ignored, "kvm");
+	assert_int_equal(cur.default_priority, 5);
+	assert_string_equal(cur.kvm, "auto");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),   cmocka_unit_test(test_good_file),
+		cmocka_unit_test(test_bad_files),  cmocka_unit_test(test_missing_file),
+		cmocka_unit_test(test_reload),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
