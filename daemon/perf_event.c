@@ -367,3 +367,14 @@ void pev_to_attr(const struct pev_event *ev, struct perf_event_attr *attr)
 	attr->type = ev->type;
 	attr->config = ev->config;
 }
+
+const char *pev_pmu(const struct pev_event *ev)
+{
+	if (ev->hardware)
+		return "cpu";
+	if (ev->config == PERF_COUNT_SW_CPU_CLOCK)
+		return "cpu-clock";
+	if (ev->config == PERF_COUNT_SW_TASK_CLOCK)
+		return "task-clock";
+	return "software";
+}

@@ -59,6 +59,16 @@ struct pev_opts {
 int pev_parse(const char *spec, const struct pev_opts *opts, struct pev_event *out,
 	      char *err, size_t errlen);
 
+/*
+ * Which kernel PMU counts the event: the core PMU ("cpu") for hardware
+ * events, and for software events one of three separate PMUs, "cpu-clock",
+ * "task-clock" (hrtimer-driven) and "software" (all the others). The kernel
+ * does not schedule a sibling from another of these software PMUs with its
+ * group (measured on 6.18: it reads time_running 0 CPU-wide), so a session
+ * groups only events of one PMU.
+ */
+const char *pev_pmu(const struct pev_event *ev);
+
 /* Fills the type/config/size fields of attr (the rest is left zeroed for the
  * caller's scheduling and read-format choices). */
 void pev_to_attr(const struct pev_event *ev, struct perf_event_attr *attr);

@@ -168,12 +168,21 @@ int psess_add_event(struct psess *s, const struct pev_event *pev, enum psess_pla
 		return set_err(s, -EBUSY, "events are added before the session is opened");
 	if (placement != PSESS_DEDICATED && placement != PSESS_MULTIPLEXED)
 		return set_err(s, -EINVAL, "%s: unknown placement %d", pev->name, (int)placement);
-	for (size_t i = 0; group && i < s->n_evs; i++)
-		if (s->evs[i].group == group && s->evs[i].placement != placement)
+	for (size_t i = 0; group && i < s->n_evs; i++) {
+		if (s->evs[i].group != group)
+			continue;
+		if (s->evs[i].placement != placement)
 			return set_err(s, -EINVAL,
 				       "%s: group %u is %s, an event cannot join it as %s",
 				       pev->name, group, psess_placement_name(s->evs[i].placement),
 				       psess_placement_name(placement));
+		/* PERF_FORMAT_GROUP reports only the leader's times: a sibling
+		 * the kernel never schedules would read as running all along. */
+		if (strcmp(pev_pmu(&s->evs[i].pev), pev_pmu(pev)) != 0)
+			return set_err(s, -EINVAL,
+				       "%s: counted by the %s PMU, cannot join group %u of %s PMU events (the kernel would not schedule it with the group)",
+				       pev->name, pev_pmu(pev), group, pev_pmu(&s->evs[i].pev));
+	}
 	if (s->n_evs == s->cap_evs) {
 		size_t cap = s->cap_evs ? 2 * s->cap_evs : 8;
 		struct ev *n = realloc(s->evs, cap * sizeof(*n));

@@ -236,6 +236,15 @@ static void test_attr(void **state)
 	assert_int_equal(attr.type, 4);
 	assert_int_equal(attr.config, 0x01c0);
 	assert_int_equal(attr.size, sizeof(attr));
+	assert_string_equal(pev_pmu(&ev), "cpu");
+	parse_ok("cpu-clock", &icl, &ev);
+	assert_string_equal(pev_pmu(&ev), "cpu-clock");
+	parse_ok("task-clock", &icl, &ev);
+	assert_string_equal(pev_pmu(&ev), "task-clock");
+	parse_ok("cs", &icl, &ev);
+	assert_string_equal(pev_pmu(&ev), "software");
+	parse_ok("cycles", &icl, &ev);
+	assert_string_equal(pev_pmu(&ev), "cpu");
 }
 
 int main(void)
