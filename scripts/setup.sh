@@ -50,7 +50,7 @@ else
 fi
 
 if [ -f "$LIBPERF_PREFIX/lib64/libperf.a" ] && [ -f "$LIBPERF_PREFIX/lib64/pkgconfig/libperf.pc" ] \
-   && [ -f "$LIBPERF_PREFIX/include/perf/evlist.h" ]; then
+   && [ -f "$LIBPERF_PREFIX/include/perf/evlist.h" ] && [ -f "$LIBPERF_PREFIX/lib64/libapi.a" ]; then
   log "libperf: present in $LIBPERF_PREFIX"
   exit 0
 fi
@@ -72,4 +72,9 @@ fi
 make -C "$work/$top/tools/lib/perf" -j"$(nproc)" prefix="$LIBPERF_PREFIX" \
   libdir_relative=lib64 install_lib install_headers install_pkgconfig >"$work/build.log" 2>&1 || {
   tail -30 "$work/build.log" >&2; log "libperf build failed"; exit 1; }
-log "libperf: installed ($(ls "$LIBPERF_PREFIX"/lib64/libperf.a))"
+# libperf.a needs libapi's fdarray (evlist polling) but its install target
+# leaves libapi.a out; static users link both, as libperf's own tests do.
+make -C "$work/$top/tools/lib/api" -j"$(nproc)" >>"$work/build.log" 2>&1 || {
+  tail -30 "$work/build.log" >&2; log "libapi build failed"; exit 1; }
+install -m 0644 "$work/$top/tools/lib/api/libapi.a" "$LIBPERF_PREFIX/lib64/libapi.a"
+log "libperf: installed ($(ls "$LIBPERF_PREFIX"/lib64/libperf.a "$LIBPERF_PREFIX"/lib64/libapi.a))"

@@ -1,0 +1,507 @@
+/* SPDX-License-Identifier: MIT */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <linux/perf_event.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "perf_session.h"
+
+#define PAGES 512
+#define SLEEPS 40
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* PAGES fresh page faults, SLEEPS voluntary context switches, and spin_ms of
+ * CPU time: the activity the software events below must see. */
+static void workload(unsigned spin_ms)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	char *p = mmap(NULL, (size_t)(PAGES * pg), PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		abort();
+	for (long i = 0; i < PAGES; i++)
+		((volatile char *)p)[i * pg] = 1;
+	munmap(p, (size_t)(PAGES * pg));
+	for (int i = 0; i < SLEEPS; i++)
+		usleep(1000);
+	uint64_t end = now_ns() + spin_ms * 1000000ull;
+	while (now_ns() < end)
+		;
+}
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void parse(const char *spec, struct pev_event *ev)
+{
+	char err[256];
+	if (pev_parse(spec, NULL, ev, err, sizeof(err)) != 0)
+		fail_msg("%s: %s", spec, err);
+}
+
+static int add(struct psess *s, const char *spec, enum psess_placement p, unsigned group)
+{
+	struct pev_event ev;
+	parse(spec, &ev);
+	int idx = psess_add_event(s, &ev, p, group);
+	if (idx < 0)
+		fail_msg("add %s: %d %s", spec, idx, psess_error(s));
+	return idx;
+}
+
+static void read_ok(struct psess *s, struct psess_reading *r, size_t n)
+{
+	int rc = psess_read(s, r, n);
+	if (rc != 0)
+		fail_msg("read: %d %s", rc, psess_error(s));
+}
+
+static void assert_monotonic(const struct psess_reading *a, const struct psess_reading *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (a[i].status != PSESS_COUNTED)
+			continue;
+		assert_int_equal(b[i].status, PSESS_COUNTED);
+		if (b[i].value < a[i].value || b[i].time_enabled < a[i].time_enabled ||
+		    b[i].time_running < a[i].time_running)
+			fail_msg("event %zu went backwards: %llu/%llu/%llu -> %llu/%llu/%llu", i,
+				 (unsigned long long)a[i].value, (unsigned long long)a[i].time_enabled,
+				 (unsigned long long)a[i].time_running, (unsigned long long)b[i].value,
+				 (unsigned long long)b[i].time_enabled,
+				 (unsigned long long)b[i].time_running);
+	}
+}
+
+static void pin_to_cpu0(void)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	if (sched_setaffinity(0, sizeof(set), &set) != 0)
+		fail_msg("sched_setaffinity: %s", strerror(errno));
+}
+
+static void unpin(void)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	for (long c = 0; c < sysconf(_SC_NPROCESSORS_ONLN) && c < CPU_SETSIZE; c++)
+		CPU_SET(c, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* CPU-wide counting on CPU 0 while this test runs its workload there. */
+static void test_cpu_mode(void **state)
+{
+	(void)state;
+	pin_to_cpu0();
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = "0" };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	int cpu_clk = add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
+	int cs = add(s, "cs", PSESS_MULTIPLEXED, 0);
+	int pf = add(s, "page-faults", PSESS_DEDICATED, 1);
+	int mig = add(s, "cpu-migrations", PSESS_DEDICATED, 1);
+	int tc = add(s, "task-clock", PSESS_MULTIPLEXED, 0);
+	uint64_t t0 = now_ns();
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	struct psess_reading a[5], b[5];
+	read_ok(s, a, 5);
+	workload(50);
+	read_ok(s, b, 5);
+	uint64_t wall = now_ns() - t0;
+	assert_monotonic(a, b, 5);
+
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(b[i].status, PSESS_COUNTED);
+		assert_null(b[i].reason);
+		/* Software events always have a counter: never multiplexed. */
+		assert_int_equal(b[i].time_enabled, b[i].time_running);
+		assert_false(b[i].multiplexed);
+		assert_false(b[i].never_ran);
+		assert_true(b[i].time_enabled <= wall);
+	}
+	/* cpu-clock on one CPU advances with wall time, idle included. */
+	assert_true(b[cpu_clk].value >= (b[cpu_clk].time_enabled * 9) / 10);
+	assert_true(b[cpu_clk].time_enabled >= ((wall - (b[cpu_clk].time_enabled - a[cpu_clk].time_enabled)) / 2));
+	assert_true(b[pf].value - a[pf].value >= PAGES);
+	assert_true(b[cs].value - a[cs].value >= SLEEPS);
+	/* The busy loop alone took 50 ms of CPU 0. */
+	assert_true(b[tc].value - a[tc].value >= 45000000ull);
+	/* Group members share the leader's times. */
+	assert_int_equal(b[pf].time_enabled, b[mig].time_enabled);
+	assert_int_equal(b[pf].placement, PSESS_DEDICATED);
+	assert_int_equal(b[pf].group, 1);
+	/* Three singletons + one group on one CPU: four read(2)s. */
+	assert_int_equal(psess_last_read_syscalls(s), 4);
+	psess_destroy(s);
+	unpin();
+}
+
+/* Summing over CPUs: the session spans every online CPU. */
+static void test_cpu_mode_all_cpus(void **state)
+{
+	(void)state;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	char list[32];
+	snprintf(list, sizeof(list), "0-%ld", n - 1);
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = list };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
+	add(s, "page-faults", PSESS_MULTIPLEXED, 2);
+	add(s, "cs", PSESS_MULTIPLEXED, 2);
+	uint64_t t0 = now_ns();
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	workload(10);
+	struct psess_reading r[3];
+	read_ok(s, r, 3);
+	uint64_t wall = now_ns() - t0;
+	/* Enabled time is summed over the CPUs, each at most the wall time. */
+	assert_true(r[0].time_enabled <= (uint64_t)n * wall);
+	assert_true(r[0].time_enabled >= (uint64_t)n * (wall / 2));
+	assert_true(r[1].value >= PAGES);
+	assert_true(r[2].value >= SLEEPS);
+	assert_int_equal(psess_last_read_syscalls(s), 2 * (unsigned long)n);
+	psess_destroy(s);
+}
+
+struct child {
+	pid_t pid;
+	int go;  /* write end: one byte starts the workload */
+};
+
+static struct child spawn_waiting(unsigned spin_ms)
+{
+	int p[2];
+	if (pipe(p) != 0)
+		abort();
+	pid_t pid = fork();
+	if (pid == 0) {
+		char c;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		workload(spin_ms);
+		_exit(0);
+	}
+	close(p[0]);
+	return (struct child){ pid, p[1] };
+}
+
+static void release(struct child *c)
+{
+	if (write(c->go, "g", 1) != 1)
+		abort();
+	close(c->go);
+}
+
+static void test_pid_mode(void **state)
+{
+	(void)state;
+	struct child c = spawn_waiting(100);
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .pid = c.pid };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "task-clock", PSESS_MULTIPLEXED, 0);
+	add(s, "context-switches", PSESS_MULTIPLEXED, 0);
+	add(s, "page-faults", PSESS_DEDICATED, 3);
+	add(s, "cpu-migrations", PSESS_DEDICATED, 3);
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	struct psess_reading prev[4], cur[4];
+	read_ok(s, prev, 4);
+	/* The child is blocked in read(2): almost nothing counted yet. */
+	assert_true(prev[2].value < PAGES);
+	release(&c);
+	int status = 0;
+	for (;;) {
+		usleep(20000);
+		read_ok(s, cur, 4);
+		assert_monotonic(prev, cur, 4);
+		memcpy(prev, cur, sizeof(cur));
+		pid_t w = waitpid(c.pid, &status, WNOHANG);
+		if (w == c.pid)
+			break;
+	}
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* Reading after the task exited still gives its final counts. */
+	read_ok(s, cur, 4);
+	assert_monotonic(prev, cur, 4);
+	assert_true(cur[0].value >= 90000000ull);  /* spun 100 ms */
+	assert_true(cur[0].value <= cur[0].time_enabled + 1000000ull);
+	assert_true(cur[1].value >= SLEEPS);
+	assert_true(cur[2].value >= PAGES);
+	psess_destroy(s);
+}
+
+/*
+ * Moving events between placements keeps cumulative values: a moved event
+ * and the group it left must never go backwards, and enabled time keeps
+ * the time from before the move.
+ */
+static void test_placement_change(void **state)
+{
+	(void)state;
+	pin_to_cpu0();
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = "0" };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	int lead = add(s, "minor-faults", PSESS_DEDICATED, 7);
+	int sib = add(s, "page-faults", PSESS_DEDICATED, 7);
+	int sib2 = add(s, "cs", PSESS_DEDICATED, 7);
+	int solo = add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	struct psess_reading a[4], b[4], c[4], d[4];
+	workload(30);
+	read_ok(s, a, 4);
+	assert_true(a[sib].value >= PAGES);
+
+	/* The leader leaves its group: the siblings are reopened as a group
+	 * led by the next member, the leader alone and multiplexed. */
+	if (psess_set_placement(s, (size_t)lead, PSESS_MULTIPLEXED) != 0)
+		fail_msg("set_placement: %s", psess_error(s));
+	read_ok(s, b, 4);
+	assert_monotonic(a, b, 4);
+	assert_int_equal(b[lead].placement, PSESS_MULTIPLEXED);
+	assert_int_equal(b[lead].group, 0);
+	assert_int_equal(b[sib].group, 7);
+	/* Without the carried base these would restart near zero. */
+	assert_true(b[sib].value >= a[sib].value);
+	assert_true(b[lead].time_enabled >= a[lead].time_enabled);
+
+	if (psess_set_placement(s, (size_t)solo, PSESS_DEDICATED) != 0)
+		fail_msg("set_placement: %s", psess_error(s));
+	if (psess_set_placement(s, (size_t)lead, PSESS_DEDICATED) != 0)
+		fail_msg("set_placement: %s", psess_error(s));
+	/* Unchanged placement is a no-op, not a reopen. */
+	assert_int_equal(psess_set_placement(s, (size_t)sib2, PSESS_DEDICATED), 0);
+	workload(30);
+	read_ok(s, c, 4);
+	assert_monotonic(b, c, 4);
+	assert_true(c[sib].value - b[sib].value >= PAGES);
+	assert_true(c[sib2].value - b[sib2].value >= SLEEPS);
+	assert_true(c[lead].value - b[lead].value >= PAGES);
+	assert_int_equal(c[solo].placement, PSESS_DEDICATED);
+	/* Group {page-faults, cs} and the two singletons: three reads. */
+	assert_int_equal(psess_last_read_syscalls(s), 3);
+
+	/* A sibling moves out too; the remaining one-member group still reads. */
+	if (psess_set_placement(s, (size_t)sib, PSESS_MULTIPLEXED) != 0)
+		fail_msg("set_placement: %s", psess_error(s));
+	read_ok(s, d, 4);
+	assert_monotonic(c, d, 4);
+	psess_destroy(s);
+	unpin();
+}
+
+static bool host_has_hw_pmu(void)
+{
+	struct perf_event_attr attr;
+	memset(&attr, 0, sizeof(attr));
+	attr.size = sizeof(attr);
+	attr.type = PERF_TYPE_HARDWARE;
+	attr.config = PERF_COUNT_HW_INSTRUCTIONS;
+	attr.disabled = 1;
+	int fd = (int)syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0);
+	if (fd >= 0) {
+		close(fd);
+		return true;
+	}
+	return false;
+}
+
+static void test_model_pmu(void **state)
+{
+	(void)state;
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = "0", .model_pmu = true };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "instructions", PSESS_DEDICATED, 1);
+	add(s, "task-clock", PSESS_DEDICATED, 0);
+	add(s, "event=0xc4", PSESS_MULTIPLEXED, 0);
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	workload(5);
+	struct psess_reading r[3];
+	read_ok(s, r, 3);
+	for (int i = 0; i < 3; i += 2) {
+		assert_int_equal(r[i].status, PSESS_NOT_COUNTED);
+		assert_string_equal(r[i].reason, PSESS_REASON_MODEL_PMU);
+		assert_int_equal(r[i].value, 0);
+		assert_int_equal(r[i].time_enabled, 0);
+		assert_true(r[i].scaled == 0.0);
+	}
+	assert_int_equal(r[1].status, PSESS_COUNTED);
+	assert_true(r[1].value > 0);
+	/* A placement change on an unopened event changes only bookkeeping. */
+	assert_int_equal(psess_set_placement(s, 0, PSESS_MULTIPLEXED), 0);
+	read_ok(s, r, 3);
+	assert_int_equal(r[0].status, PSESS_NOT_COUNTED);
+	assert_int_equal(r[0].placement, PSESS_MULTIPLEXED);
+	psess_destroy(s);
+}
+
+static void test_no_hw_pmu(void **state)
+{
+	(void)state;
+	if (host_has_hw_pmu()) {
+		skip();
+		return;
+	}
+	int fds_before = count_fds();
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = "0" };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "task-clock", PSESS_DEDICATED, 0);
+	add(s, "cycles", PSESS_DEDICATED, 0);
+	assert_int_equal(psess_open(s), -ENODEV);
+	if (!strstr(psess_error(s), "cycles: the host exposes no hardware PMU"))
+		fail_msg("message: %s", psess_error(s));
+	/* The task-clock opened before cycles failed must be closed again. */
+	assert_int_equal(count_fds(), fds_before);
+	struct psess_reading r[2];
+	assert_int_equal(psess_read(s, r, 2), -EBADFD);
+	psess_destroy(s);
+
+	/* The same failure on a host whose sysfs has a cpu PMU is worded as an
+	 * unsupported event, not a missing PMU (fixture tree). */
+	o.sysfs_root = "fixtures/perf-sysfs/icelake";
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "r01c2", PSESS_MULTIPLEXED, 4);
+	assert_int_equal(psess_open(s), -ENODEV);
+	if (!strstr(psess_error(s), "r01c2: the host PMU does not support this event"))
+		fail_msg("message: %s", psess_error(s));
+	psess_destroy(s);
+}
+
+static void test_derive(void **state)
+{
+	(void)state;
+	struct psess_reading r = { .value = 1000, .time_enabled = 400, .time_running = 100 };
+	psess_derive(&r);
+	assert_true(r.multiplexed);
+	assert_false(r.never_ran);
+	assert_true(r.scaled == 4000.0);
+
+	r = (struct psess_reading){ .value = 0, .time_enabled = 400, .time_running = 0 };
+	psess_derive(&r);
+	assert_true(r.multiplexed);
+	assert_true(r.never_ran);
+	assert_true(r.scaled == 0.0);
+
+	r = (struct psess_reading){ .value = 7, .time_enabled = 400, .time_running = 400 };
+	psess_derive(&r);
+	assert_false(r.multiplexed);
+	assert_false(r.never_ran);
+	assert_true(r.scaled == 7.0);
+
+	/* value * enabled overflows 64 bits; the estimate must not. */
+	r = (struct psess_reading){ .value = UINT64_MAX / 2, .time_enabled = 1000000000ull,
+				    .time_running = 500000000ull };
+	psess_derive(&r);
+	assert_true(r.scaled > (double)UINT64_MAX * 0.99);
+}
+
+static void test_bad_args(void **state)
+{
+	(void)state;
+	struct psess *s = NULL;
+	char err[256];
+	struct psess_opts both = { .cpus = "0", .pid = 1 };
+	assert_int_equal(psess_create(&both, &s, err, sizeof(err)), -EINVAL);
+	assert_null(s);
+	struct psess_opts none = { 0 };
+	assert_int_equal(psess_create(&none, &s, err, sizeof(err)), -EINVAL);
+	static const char *bad[] = { "", "a", "0-", "-1", "0,,1", "1 2" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct psess_opts o = { .cpus = bad[i] };
+		assert_int_equal(psess_create(&o, &s, err, sizeof(err)), -EINVAL);
+		assert_non_null(strstr(err, "malformed CPU list"));
+	}
+	struct psess_opts o = { .cpus = "0" };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	struct pev_event ev;
+	parse("task-clock", &ev);
+	assert_int_equal(psess_add_event(s, &ev, PSESS_DEDICATED, 5), 0);
+	assert_int_equal(psess_add_event(s, &ev, PSESS_MULTIPLEXED, 5), -EINVAL);
+	assert_non_null(strstr(psess_error(s), "group 5 is dedicated"));
+	/* The clocks have PMUs of their own: no mixed groups. */
+	struct pev_event pf;
+	parse("page-faults", &pf);
+	assert_int_equal(psess_add_event(s, &pf, PSESS_DEDICATED, 5), -EINVAL);
+	assert_non_null(strstr(psess_error(s), "page-faults: counted by the software PMU, cannot join group 5 of task-clock PMU events"));
+	assert_int_equal(psess_set_placement(s, 0, PSESS_MULTIPLEXED), -EBADFD);
+	assert_int_equal(psess_open(s), 0);
+	assert_int_equal(psess_add_event(s, &ev, PSESS_DEDICATED, 0), -EBUSY);
+	assert_int_equal(psess_set_placement(s, 9, PSESS_MULTIPLEXED), -EINVAL);
+	psess_close(s);
+	struct psess_reading r;
+	assert_int_equal(psess_read(s, &r, 1), -EBADFD);
+	psess_destroy(s);
+
+	/* A pid that does not exist: open fails and says so. */
+	pid_t dead = fork();
+	if (dead == 0)
+		_exit(0);
+	waitpid(dead, NULL, 0);
+	struct psess_opts po = { .pid = dead };
+	assert_int_equal(psess_create(&po, &s, err, sizeof(err)), 0);
+	psess_add_event(s, &ev, PSESS_DEDICATED, 0);
+	assert_int_equal(psess_open(s), -ESRCH);
+	assert_non_null(strstr(psess_error(s), "no such process"));
+	psess_destroy(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_cpu_mode),
+		cmocka_unit_test(test_cpu_mode_all_cpus),
+		cmocka_unit_test(test_pid_mode),
+		cmocka_unit_test(test_placement_change),
+		cmocka_unit_test(test_model_pmu),
+		cmocka_unit_test(test_no_hw_pmu),
+		cmocka_unit_test(test_derive),
+		cmocka_unit_test(test_bad_args),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
