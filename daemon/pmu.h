@@ -155,7 +155,11 @@ const char *const *pmu_model_builtin_names(void);
 /*
  * Host discovery. sysfs_root is normally "/" (tests pass a fixture tree);
  * use_cpuid=false skips the instruction (fixture tests). Sets source to
- * PMU_SOURCE_NONE with a reason in err when the host exposes no PMU.
+ * PMU_SOURCE_NONE with a reason in why when the host exposes no PMU (no
+ * "cpu" device in sysfs: CPUID alone, e.g. under a hypervisor, is not
+ * trusted). With PMU_SOURCE_HOST, why holds notes on what could not be read
+ * (empty if none). Returns 0 in both cases; negative errno when the trees
+ * cannot be read, or -ENODATA when sysfs shows a PMU but no CPUID is given.
  */
 struct pmu_host_cpuid; /* pmu_discover.h: CPUID registers injected by tests */
 struct pmu_discover_opts {
