@@ -84,6 +84,11 @@ struct pmu_desc {
 	/* Topology: the logical CPUs the inventory covers. */
 	struct pmu_cpu cpus[PMU_MAX_CPUS];
 	unsigned n_cpus;
+
+	/* Added after the first cut; new fields go here so that code written
+	 * against the fields above keeps compiling. */
+	int max_precise;              /* sysfs caps/max_precise; -1 = unknown */
+	unsigned lbr_depth;           /* sysfs caps/branches; 0 = no LBR / unknown */
 };
 
 /* Raw CPUID registers, as the instruction returns them. */
@@ -101,6 +106,11 @@ struct pmu_guest_shape {
 	uint32_t fixed_mask;
 	unsigned version;
 };
+
+/* A description with no counters and every "unknown" sentinel set (PEBS and
+ * max_precise at -1). Start from this rather than memset(0), because 0 is a
+ * valid PEBS format. */
+void pmu_desc_init(struct pmu_desc *d);
 
 static inline unsigned pmu_num_fixed(const struct pmu_desc *d)
 {
@@ -124,6 +134,9 @@ int pmu_decode_intel_0a(const struct pmu_cpuid_regs *leaf0a, struct pmu_desc *ou
 int pmu_decode_amd(const struct pmu_cpuid_regs *ext80000001,
 		   const struct pmu_cpuid_regs *ext80000022, unsigned family,
 		   struct pmu_desc *out);
+/* Raw EAX of CPUID leaf 1 to the displayed family (base + extended), as
+ * pmu_decode_amd wants it. */
+unsigned pmu_cpuid_family(uint32_t leaf1_eax);
 /* PERF_CAPABILITIES (MSR 0x345) fields into the description. */
 void pmu_apply_perf_capabilities(uint64_t caps, struct pmu_desc *out);
 
@@ -142,20 +155,39 @@ const char *const *pmu_model_builtin_names(void);
 /*
  * Host discovery. sysfs_root is normally "/" (tests pass a fixture tree);
  * use_cpuid=false skips the instruction (fixture tests). Sets source to
- * PMU_SOURCE_NONE with a reason in err when the host exposes no PMU.
+ * PMU_SOURCE_NONE with a reason in why when the host exposes no PMU (no
+ * "cpu" device in sysfs: CPUID alone, e.g. under a hypervisor, is not
+ * trusted). With PMU_SOURCE_HOST, why holds notes on what could not be read
+ * (empty if none). Returns 0 in both cases; negative errno when the trees
+ * cannot be read, or -ENODATA when sysfs shows a PMU but no CPUID is given.
  */
+struct pmu_host_cpuid; /* pmu_discover.h: CPUID registers injected by tests */
 struct pmu_discover_opts {
 	const char *sysfs_root;
 	const char *procfs_root;
 	bool use_cpuid;
+	/* Optional, may stay zero-initialised: */
+	const struct pmu_host_cpuid *cpuid; /* registers to use when !use_cpuid */
+	const char *msr_path;  /* e.g. /dev/cpu/0/msr for PERF_CAPABILITIES; NULL: skip */
 };
 int pmu_discover_host(const struct pmu_discover_opts *opts, struct pmu_desc *out,
 		      char *why, size_t whylen);
 
 /* Guest view: CPUID.0AH as the guest sees it for a shape granted on host d.
- * Refuses (-EINVAL, message in err) shapes the host cannot back. */
+ * Refuses (-EINVAL, message in err) shapes the host cannot back.
+ * On an AMD host there is no leaf 0xA: out is leaf 0x80000022 instead
+ * (PerfMonV2 bit and counter count; all zero for a version 0 guest, which
+ * then finds its counters through perfctr_core). -ENODEV when the host has
+ * no counters at all. */
 int pmu_guest_cpuid(const struct pmu_desc *host, const struct pmu_guest_shape *shape,
 		    struct pmu_cpuid_regs *out, char *err, size_t errlen);
+/* What a guest kernel makes of the CPUID computed by pmu_guest_cpuid, so the
+ * boot-block printer shows what a Linux guest would print. Intel: regs is
+ * leaf 0xA; AMD: regs is leaf 0x80000022 (see pmu_guest_cpuid). Perf metrics,
+ * PEBS and full-width writes stay off: the perf-based vPMU does not offer
+ * PERF_METRICS, and a guest shape does not describe the rest. */
+int pmu_guest_desc(const struct pmu_desc *host, const struct pmu_cpuid_regs *regs,
+		   struct pmu_desc *out);
 /* The shape KVM's perf-based vPMU gives guests on host d (version <= 2,
  * at most 8 GP on Intel / 6 on AMD, at most 3 fixed). */
 void pmu_guest_default_shape(const struct pmu_desc *host, struct pmu_guest_shape *out);
