@@ -944,9 +944,12 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 
 bad_envelope:
 	/* a malformed envelope is a bad request, not a bad parameter */
-	if (err)
+	(void)r;
+	if (err) {
 		err->code = PROTO_E_BAD_REQUEST;
-	return r;
+		err->err = EBADMSG;
+	}
+	return -EBADMSG;
 }
 
 int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
