@@ -5,8 +5,8 @@
  *
  * Server side: proto_request_decode() turns one frame into a validated
  * struct proto_request or a struct proto_error ready for
- * proto_error_response(). Client side: proto_request_encode() builds the
- * request, proto_response_decode() classifies what comes back.
+ * proto_error_response() (response.h). Client side: proto_request_encode()
+ * builds the request, proto_response_decode() classifies what comes back.
  * docs/protocol.md is the contract; this header is its C mirror.
  */
 #ifndef VPMU_PROTO_H
