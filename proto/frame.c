@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+#include "frame.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+int proto_reader_init(struct proto_reader *r, size_t max)
+{
+	if (!r || max == 0 || max > PROTO_MAX_RESPONSE)
+		return -EINVAL;
+	memset(r, 0, sizeof(*r));
+	r->max = max;
+	return 0;
+}
+
+void proto_reader_fini(struct proto_reader *r)
+{
+	if (!r)
+		return;
+	free(r->buf);
+	memset(r, 0, sizeof(*r));
+}
+
+/* Drop bytes already handed out, so the buffer holds at most the frames the
+ * caller has not drained plus one partial frame. */
+static void compact(struct proto_reader *r)
+{
+	if (r->start == 0)
+		return;
+	memmove(r->buf, r->buf + r->start, r->len - r->start);
+	r->len -= r->start;
+	r->start = 0;
+}
+
+static int reserve(struct proto_reader *r, size_t extra)
+{
+	size_t want = r->len + extra + 1; /* +1: room to NUL-terminate a frame */
+	size_t cap;
+	char *nb;
+
+	if (want <= r->cap)
+		return 0;
+	cap = r->cap ? r->cap : 4096;
+	while (cap < want)
+		cap *= 2;
+	nb = realloc(r->buf, cap);
+	if (!nb)
+		return -ENOMEM;
+	r->buf = nb;
+	r->cap = cap;
+	return 0;
+}
+
+int proto_reader_feed(struct proto_reader *r, const void *data, size_t len)
+{
+	const char *in = data;
+	size_t tail; /* bytes of the unterminated frame before this feed */
+	const char *nl;
+	size_t take;
+	int ret;
+
+	if (!r || (!data && len))
+		return -EINVAL;
+	if (r->overflow)
+		return -EMSGSIZE;
+	compact(r);
+	/* Length of the unterminated frame already buffered = bytes after the
+	 * last newline we hold. */
+	nl = r->len ? memrchr(r->buf, '\n', r->len) : NULL;
+	tail = nl ? r->len - (size_t)(nl - r->buf) - 1 : r->len;
+
+	/* Accept bytes only while the current frame stays within max: a
+	 * newline resets the running length. */
+	take = 0;
+	while (take < len) {
+		const char *p = memchr(in + take, '\n', len - take);
+		size_t seg = p ? (size_t)(p - (in + take)) : len - take;
+
+		if (tail + seg > r->max) {
+			take += r->max - tail;
+			r->overflow = true;
+			break;
+		}
+		take += seg;
+		if (!p)
+			break;
+		take++; /* the newline */
+		tail = 0;
+	}
+	if (take > 0) {
+		ret = reserve(r, take);
+		if (ret < 0)
+			return ret;
+		memcpy(r->buf + r->len, in, take);
+		r->len += take;
+	}
+	return r->overflow ? -EMSGSIZE : 0;
+}
+
+int proto_reader_next(struct proto_reader *r, const char **frame, size_t *len)
+{
+	if (!r || !frame || !len)
+		return -EINVAL;
+	for (;;) {
+		char *begin = r->buf + r->start;
+		char *nl;
+		size_t n;
+
+		if (r->start >= r->len)
+			break;
+		nl = memchr(begin + r->scanned, '\n', r->len - r->start - r->scanned);
+		if (!nl) {
+			r->scanned = r->len - r->start;
+			break;
+		}
+		n = (size_t)(nl - begin);
+		*nl = '\0';
+		r->start += n + 1;
+		r->scanned = 0;
+		/* a bare "\r" is what a terminal sends for an empty CRLF line */
+		if (n == 0 || (n == 1 && begin[0] == '\r'))
+			continue;
+		*frame = begin;
+		*len = n;
+		return 1;
+	}
+	return r->overflow ? -EMSGSIZE : 0;
+}
+
+bool proto_reader_pending(const struct proto_reader *r)
+{
+	return r && (r->overflow || r->len > r->start);
+}
+
+int proto_frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len)
+{
+	const char *text;
+	size_t n;
+	char *buf;
+
+	if (!obj || !out || !out_len || !json_object_is_type(obj, json_type_object))
+		return -EINVAL;
+	text = json_object_to_json_string_length(obj,
+		JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+	if (!text)
+		return -ENOMEM;
+	if (n > max)
+		return -EMSGSIZE;
+	buf = malloc(n + 1);
+	if (!buf)
+		return -ENOMEM;
+	memcpy(buf, text, n);
+	buf[n] = '\n';
+	*out = buf;
+	*out_len = n + 1;
+	return 0;
+}

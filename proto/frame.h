@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * frame: newline-delimited JSON framing for the vpmud socket. One frame is
+ * one JSON object followed by '\n'; json-c escapes control characters inside
+ * strings, so a serialised object never contains a raw newline and the line
+ * boundary is the message boundary. See docs/protocol.md.
+ */
+#ifndef VPMU_FRAME_H
+#define VPMU_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct json_object;
+
+/* Largest request a server accepts, excluding the newline. */
+#define PROTO_MAX_REQUEST (64u * 1024u)
+/* Largest response/event a client accepts: a plan for thousands of CPUs
+ * legitimately exceeds the request bound. */
+#define PROTO_MAX_RESPONSE (16u * 1024u * 1024u)
+
+/*
+ * Incremental reader. Feed whatever a read() returned; take complete frames
+ * with proto_reader_next(). A frame is refused as soon as more than 'max'
+ * bytes have arrived without a newline, so an unterminated or oversized
+ * message costs at most 'max' bytes of buffer.
+ */
+struct proto_reader {
+	char *buf;
+	size_t len;      /* bytes held */
+	size_t cap;
+	size_t start;    /* first byte not yet returned by _next */
+	size_t scanned;  /* bytes from 'start' known to hold no newline */
+	size_t max;
+	bool overflow;   /* current frame exceeded max; stream is unusable */
+};
+
+/* max: 1..PROTO_MAX_RESPONSE. -EINVAL otherwise. */
+int proto_reader_init(struct proto_reader *r, size_t max);
+void proto_reader_fini(struct proto_reader *r);
+
+/*
+ * Buffer 'len' bytes. Returns 0, -ENOMEM, or -EMSGSIZE when the frame being
+ * assembled grew past the limit; bytes after that point are dropped, but
+ * frames completed before it are still returned by proto_reader_next().
+ */
+int proto_reader_feed(struct proto_reader *r, const void *data, size_t len);
+
+/*
+ * Take the next complete frame: returns 1 and points *frame at a
+ * NUL-terminated line of *len bytes (newline removed; valid until the next
+ * feed/next/fini call), 0 when no complete frame is buffered, -EMSGSIZE once
+ * the oversized frame is reached. Empty lines are skipped so that a human
+ * typing into socat can press Enter freely.
+ */
+int proto_reader_next(struct proto_reader *r, const char **frame, size_t *len);
+
+/* True when bytes of an unfinished frame are buffered (a peer that closes
+ * now has truncated a message). */
+bool proto_reader_pending(const struct proto_reader *r);
+
+/*
+ * Serialise 'obj' as one frame (compact JSON + '\n') into a malloc'd buffer.
+ * -EMSGSIZE if the JSON text exceeds 'max' bytes, -EINVAL if obj is not an
+ * object, -ENOMEM.
+ */
+int proto_frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len);
+
+#endif

@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: MIT
+#include "response.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+/* Plans nest per CPU and per vCPU; generous, but bounded against stack
+ * exhaustion by a hostile or broken server. */
+#define RESPONSE_MAX_DEPTH 32
+
+static bool put(struct json_object *obj, const char *key, struct json_object *v)
+{
+	if (!v)
+		return false;
+	if (json_object_object_add(obj, key, v) < 0) {
+		json_object_put(v);
+		return false;
+	}
+	return true;
+}
+
+struct json_object *proto_result_response(uint64_t id, struct json_object *result)
+{
+	struct json_object *obj;
+
+	if (!result)
+		result = json_object_new_object();
+	if (!result || !json_object_is_type(result, json_type_object) || id > PROTO_MAX_ID) {
+		json_object_put(result);
+		return NULL;
+	}
+	obj = json_object_new_object();
+	if (!obj || !put(obj, "id", json_object_new_uint64(id))) {
+		json_object_put(obj);
+		json_object_put(result);
+		return NULL;
+	}
+	if (!put(obj, "result", result)) {
+		json_object_put(obj);
+		return NULL;
+	}
+	return obj;
+}
+
+struct json_object *proto_error_response(bool id_known, uint64_t id, const struct proto_error *err)
+{
+	struct json_object *obj, *e;
+	enum proto_errcode code;
+
+	if (!err)
+		return NULL;
+	/* PROTO_E_UNKNOWN exists only on the client side; never invent it on the wire */
+	code = err->code == PROTO_E_UNKNOWN ? PROTO_E_INTERNAL : err->code;
+	obj = json_object_new_object();
+	if (!obj)
+		return NULL;
+	e = json_object_new_object();
+	/* json-c has no null object; adding NULL stores JSON null */
+	if (id_known && id <= PROTO_MAX_ID) {
+		if (!put(obj, "id", json_object_new_uint64(id)))
+			goto fail;
+	} else if (json_object_object_add(obj, "id", NULL) < 0) {
+		goto fail;
+	}
+	if (!put(obj, "error", e)) {
+		e = NULL;
+		goto fail;
+	}
+	if (!put(e, "code", json_object_new_string(proto_errcode_name(code))) ||
+	    !put(e, "errno", json_object_new_int(err->err > 0 ? err->err : proto_errcode_errno(code))) ||
+	    !put(e, "message", json_object_new_string(err->message)))
+		goto out_fail;
+	if (err->field[0] && !put(e, "field", json_object_new_string(err->field)))
+		goto out_fail;
+	return obj;
+fail:
+	json_object_put(e);
+out_fail:
+	json_object_put(obj);
+	return NULL;
+}
+
+struct json_object *proto_event(const char *name, uint64_t generation, struct json_object *body)
+{
+	struct json_object *obj;
+
+	if (!name || (body && !json_object_is_type(body, json_type_object))) {
+		json_object_put(body);
+		return NULL;
+	}
+	obj = json_object_new_object();
+	if (!obj || !put(obj, "event", json_object_new_string(name)) ||
+	    !put(obj, "generation", json_object_new_uint64(generation)))
+		goto fail;
+	if (body) {
+		/* "event" and "generation" are the envelope; a body must not shadow them */
+		json_object_object_foreach(body, key, val) {
+			if (strcmp(key, "event") == 0 || strcmp(key, "generation") == 0)
+				goto fail;
+			if (json_object_object_add(obj, key, json_object_get(val)) < 0) {
+				json_object_put(val);
+				goto fail;
+			}
+		}
+		json_object_put(body);
+	}
+	return obj;
+fail:
+	json_object_put(obj);
+	json_object_put(body);
+	return NULL;
+}
+
+struct json_object *proto_hello_result(const char *server_version)
+{
+	struct json_object *obj = json_object_new_object();
+
+	if (!obj || !server_version ||
+	    !put(obj, "protocol", json_object_new_int(PROTO_VERSION)) ||
+	    !put(obj, "server", json_object_new_string(server_version))) {
+		json_object_put(obj);
+		return NULL;
+	}
+	return obj;
+}
+
+/* Unsigned integer member within [0, max]; -EBADMSG otherwise. */
+static int get_uint(struct json_object *obj, const char *key, uint64_t max, uint64_t *out)
+{
+	struct json_object *v;
+	int64_t x;
+
+	if (!json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_int))
+		return -EBADMSG;
+	x = json_object_get_int64(v);
+	if (x < 0 || (uint64_t)x > max)
+		return -EBADMSG;
+	*out = (uint64_t)x;
+	return 0;
+}
+
+static int decode_error(struct json_object *e, struct proto_error *out)
+{
+	struct json_object *v;
+	const char *code;
+
+	if (!json_object_is_type(e, json_type_object))
+		return -EBADMSG;
+	if (!json_object_object_get_ex(e, "code", &v) || !json_object_is_type(v, json_type_string))
+		return -EBADMSG;
+	code = json_object_get_string(v);
+	out->code = proto_errcode_from_name(code);
+	out->err = proto_errcode_errno(out->code);
+	/* errno is informative; a missing or odd one falls back to the code's */
+	if (json_object_object_get_ex(e, "errno", &v) && json_object_is_type(v, json_type_int)) {
+		int64_t x = json_object_get_int64(v);
+
+		if (x > 0 && x < 4096)
+			out->err = (int)x;
+	}
+	if (json_object_object_get_ex(e, "message", &v) && json_object_is_type(v, json_type_string))
+		snprintf(out->message, sizeof(out->message), "%s", json_object_get_string(v));
+	else
+		snprintf(out->message, sizeof(out->message), "%s", code);
+	if (json_object_object_get_ex(e, "field", &v) && json_object_is_type(v, json_type_string))
+		snprintf(out->field, sizeof(out->field), "%s", json_object_get_string(v));
+	return 0;
+}
+
+static int classify(struct json_object *obj, struct proto_response *out)
+{
+	struct json_object *v, *id;
+
+	if (!json_object_is_type(obj, json_type_object))
+		return -EBADMSG;
+	if (json_object_object_get_ex(obj, "event", &v)) {
+		const char *name;
+
+		if (!json_object_is_type(v, json_type_string))
+			return -EBADMSG;
+		name = json_object_get_string(v);
+		if (json_object_get_string_len(v) < 1 || json_object_get_string_len(v) > PROTO_NAME_MAX)
+			return -EBADMSG;
+		if (get_uint(obj, "generation", UINT64_MAX, &out->generation) < 0)
+			return -EBADMSG;
+		out->kind = PROTO_RESP_EVENT;
+		snprintf(out->event, sizeof(out->event), "%s", name);
+		out->body = json_object_get(obj);
+		return 0;
+	}
+	if (!json_object_object_get_ex(obj, "id", &id))
+		return -EBADMSG;
+	if (id) {
+		if (get_uint(obj, "id", PROTO_MAX_ID, &out->id) < 0)
+			return -EBADMSG;
+		out->id_known = true;
+	}
+	if (json_object_object_get_ex(obj, "error", &v)) {
+		out->kind = PROTO_RESP_ERROR;
+		return decode_error(v, &out->error);
+	}
+	/* an error may carry "id": null, a result never does */
+	if (!out->id_known || !json_object_object_get_ex(obj, "result", &v) ||
+	    !json_object_is_type(v, json_type_object))
+		return -EBADMSG;
+	out->kind = PROTO_RESP_RESULT;
+	out->body = json_object_get(v);
+	return 0;
+}
+
+int proto_response_decode(const char *frame, size_t len, struct proto_response *out)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+	int r;
+
+	if (!frame || !out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	if (len > PROTO_MAX_RESPONSE || len > INT32_MAX || memchr(frame, '\0', len))
+		return -EBADMSG;
+	tok = json_tokener_new_ex(RESPONSE_MAX_DEPTH);
+	if (!tok)
+		return -ENOMEM;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	obj = json_tokener_parse_ex(tok, frame, (int)len);
+	if (!obj || json_tokener_get_error(tok) != json_tokener_success ||
+	    json_tokener_get_parse_end(tok) != len) {
+		json_object_put(obj);
+		json_tokener_free(tok);
+		return -EBADMSG;
+	}
+	json_tokener_free(tok);
+	r = classify(obj, out);
+	json_object_put(obj);
+	if (r < 0)
+		proto_response_fini(out);
+	return r;
+}
+
+void proto_response_fini(struct proto_response *r)
+{
+	if (!r)
+		return;
+	json_object_put(r->body);
+	r->body = NULL;
+}
+
+int proto_hello_result_decode(struct json_object *result, uint32_t *protocol,
+			      char *server, size_t server_len)
+{
+	struct json_object *v;
+	uint64_t p;
+
+	if (!result || !protocol || !json_object_is_type(result, json_type_object))
+		return -EINVAL;
+	if (get_uint(result, "protocol", UINT32_MAX, &p) < 0)
+		return -EBADMSG;
+	if (!json_object_object_get_ex(result, "server", &v) || !json_object_is_type(v, json_type_string))
+		return -EBADMSG;
+	*protocol = (uint32_t)p;
+	if (server && server_len)
+		snprintf(server, server_len, "%s", json_object_get_string(v));
+	return 0;
+}
