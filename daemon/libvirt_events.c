@@ -467,8 +467,9 @@ static int connect_and_reconcile(struct lvev_follower *f, char *why, size_t whyl
 			drop_connection(f);
 			return -EIO;
 		}
-	/* Drivers without a remote side (test:, in-process) cannot close on
-	 * their own and refuse a close callback; that is fine. */
+	/* In-process drivers (test:) accept the callback but never close on
+	 * their own; should a driver refuse it, it cannot report a close
+	 * either, so that is not an error. */
 	f->close_cb = virConnectRegisterCloseCallback(f->conn, on_close, f, NULL) == 0;
 
 	if ((n = virConnectListAllDomains(f->conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) < 0) {
