@@ -195,8 +195,12 @@ static int bridge_remove_handle(int id)
 static int on_timer(sd_event_source *s, uint64_t usec, void *ud)
 {
 	struct watch *w = ud;
-	/* Re-arm first: the callback may update or remove this very timer. */
-	sd_event_source_set_time(s, usec + (uint64_t)w->interval_ms * 1000);
+	uint64_t now = usec;
+	/* Re-arm first: the callback may update or remove this very timer.
+	 * From now, not from the due time, so that a late loop does not
+	 * fire a burst of catch-up callbacks. */
+	sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now);
+	sd_event_source_set_time(s, now + (uint64_t)w->interval_ms * 1000);
 	sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 	w->tcb(w->id, w->opaque);
 	return 0;
