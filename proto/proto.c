@@ -219,7 +219,9 @@ static void path_key(struct path *out, const char *base, const char *key)
 
 static void path_index(struct path *out, const char *base, size_t i)
 {
-	snprintf(out->s, sizeof(out->s), "%s[%zu]", base, i);
+	/* A path that does not fit is cut; it only labels an error message. */
+	if (snprintf(out->s, sizeof(out->s), "%s[%zu]", base, i) >= (int)sizeof(out->s))
+		out->s[sizeof(out->s) - 1] = '\0';
 }
 
 static const char *type_name(struct json_object *v)
@@ -274,7 +276,7 @@ static int missing(struct dec *d, const char *path)
 static int dec_uint(struct dec *d, struct json_object *v, const char *path,
 		    uint64_t min, uint64_t max, uint64_t *out)
 {
-	int64_t x;
+	int64_t x = 0;
 
 	if (!json_object_is_type(v, json_type_int))
 		return wrong_type(d, path, v, "integer");
@@ -291,7 +293,7 @@ static int dec_uint(struct dec *d, struct json_object *v, const char *path,
 static int dec_u32(struct dec *d, struct json_object *v, const char *path,
 		   uint32_t min, uint32_t max, uint32_t *out)
 {
-	uint64_t x;
+	uint64_t x = 0;
 	int r = dec_uint(d, v, path, min, max, &x);
 
 	if (r == 0)
@@ -529,7 +531,7 @@ static int dec_vcpus(struct dec *d, struct json_object *params, struct proto_vcp
 		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, pa.s,
 				       "params.vcpus: give either vcpus or vcpu_count + cpus, not both");
 	if (ra > 0) {
-		size_t n;
+		size_t n = 0;
 
 		if (!json_object_is_type(arr, json_type_array))
 			return wrong_type(d, pa.s, arr, "array");
@@ -569,7 +571,7 @@ static int dec_vcpus(struct dec *d, struct json_object *params, struct proto_vcp
 	if (rc == 0)
 		return missing(d, pc.s);
 	{
-		uint32_t n;
+		uint32_t n = 0;
 		struct cpulist set;
 
 		r = dec_u32(d, count, pn.s, 1, PROTO_MAX_VCPUS, &n);
@@ -668,7 +670,7 @@ static int dec_owner(struct dec *d, struct json_object *v, const char *path, str
 	static const char *const fields[] = { "pid", "vm_fd", NULL };
 	struct json_object *m;
 	struct path p;
-	uint32_t x;
+	uint32_t x = 0;
 	int r;
 
 	if (!json_object_is_type(v, json_type_object))
@@ -765,7 +767,7 @@ static int dec_session_start(struct dec *d, struct json_object *params, struct p
 	struct json_object *ev, *cpus, *pid;
 	struct path pe, pc, pp;
 	bool dummy;
-	size_t n;
+	size_t n = 0;
 	int r, rc, rp;
 
 	out->priority = PROTO_DEFAULT_PRIORITY;
@@ -822,7 +824,7 @@ static int dec_session_start(struct dec *d, struct json_object *params, struct p
 		out->has_cpus = true;
 		r = dec_cpus(d, cpus, pc.s, &out->cpus);
 	} else {
-		uint32_t x;
+		uint32_t x = 0;
 
 		r = dec_u32(d, pid, pp.s, 1, PROTO_MAX_PID, &x);
 		out->pid = (int32_t)x;
