@@ -18,6 +18,8 @@ struct port_vcpu {
 	uint8_t gp[KVM_VPMU_MAX_GP];
 	uint8_t fixed[KVM_VPMU_MAX_FIXED];
 	uint64_t allowed[KVM_VPMU_CPU_WORDS];
+	bool declared;                         /* the lease names its CPUs */
+	uint64_t declared_cpus[KVM_VPMU_CPU_WORDS];
 };
 
 struct port_vm {
@@ -396,13 +398,24 @@ int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id)
 
 static bool allowed_has(const uint64_t *a, unsigned cpu) { return (a[cpu / 64] >> (cpu % 64)) & 1; }
 
-/* The CPUs a vCPU may run on now, as far as we can tell: its thread's
- * affinity, or every CPU when the thread is unknown (the conservative
- * answer: pass-through then needs the counter everywhere). */
+/* The CPUs a vCPU may run on now, as far as we can tell: what its lease
+ * declares (libvirt pins, the operator's cpus), else its thread's affinity,
+ * else every CPU (the conservative answer: pass-through then needs the
+ * counter everywhere). The routes ioctl carries this set, so a kernel
+ * multiplexes the PMC on any entry outside it (docs/kvm-api.md). */
 static int vcpu_allowed(const struct kvm_port *p, const struct port_vcpu *v, uint64_t *out)
 {
 	memset(out, 0, KVM_VPMU_CPU_WORDS * sizeof(*out));
 	bool any = false;
+	if (v->declared) {
+		for (unsigned c = 0; c < p->n_cpus; c++)
+			if (allowed_has(v->declared_cpus, c)) {
+				out[c / 64] |= 1ull << (c % 64);
+				any = true;
+			}
+		if (any)
+			return 0;
+	}
 	if (v->tid > 0) {
 		cpu_set_t *set = CPU_ALLOC(KVM_VPMU_MAX_CPUS);
 		size_t sz = CPU_ALLOC_SIZE(KVM_VPMU_MAX_CPUS);
@@ -699,4 +712,21 @@ int kvm_port_report(const struct kvm_port *p, char *buf, size_t len)
 	}
 #undef EMIT
 	return (int)off;
+}
+
+int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const uint64_t *cpus)
+{
+	struct port_vm *vm = find_vm(p, vm_id);
+	if (!vm)
+		return -ENOENT;
+	if (vcpu >= vm->n_vcpus)
+		return -EINVAL;
+	struct port_vcpu *v = &vm->vcpus[vcpu];
+	if (!cpus) {
+		v->declared = false;
+		return 0;
+	}
+	memcpy(v->declared_cpus, cpus, sizeof(v->declared_cpus));
+	v->declared = true;
+	return 0;
 }

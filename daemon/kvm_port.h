@@ -85,6 +85,11 @@ struct kvm_port_vm {
 int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *vm, char *why, size_t whylen);
 int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id);
 
+/* The CPUs vCPU vcpu of vm_id may run on, as its lease declares them
+ * (KVM_VPMU_CPU_WORDS words; NULL: fall back to the thread's affinity).
+ * -ENOENT unknown VM, -EINVAL vCPU out of range. */
+int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const uint64_t *cpus);
+
 struct kvm_apply_result {
 	size_t applied;            /* steps applied, a prefix of the list */
 	int error;                 /* 0, or -errno of the first failure */

@@ -524,6 +524,17 @@ static int dec_vcpus(struct dec *d, struct json_object *params, struct proto_vcp
 	rn = member(d, params, "params", "vcpu_count", false, &count, &pn);
 	if (rn < 0)
 		return rn;
+	r = member(d, params, "params", "owner_pid", false, &own, &pp);
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		uint32_t x = 0;
+
+		r = dec_u32(d, own, pp.s, 1, PROTO_MAX_PID, &x);
+		if (r < 0)
+			return r;
+		out->owner_pid = (int32_t)x;
+	}
 	rc = member(d, params, "params", "cpus", false, &cpus, &pc);
 	if (rc < 0)
 		return rc;
@@ -763,8 +774,9 @@ static int dec_vm_update(struct dec *d, struct json_object *params, struct proto
 
 static int dec_session_start(struct dec *d, struct json_object *params, struct proto_session_start *out)
 {
-	static const char *const fields[] = { "name", "events", "cpus", "pid", "priority", "class", NULL };
-	struct json_object *ev, *cpus, *pid;
+	static const char *const fields[] = { "name", "events", "cpus", "pid", "priority", "class",
+					      "owner_pid", NULL };
+	struct json_object *ev, *cpus, *pid, *own;
 	struct path pe, pc, pp;
 	bool dummy;
 	size_t n = 0;
@@ -810,6 +822,17 @@ static int dec_session_start(struct dec *d, struct json_object *params, struct p
 		if (!out->events[i])
 			return proto_error_set(d->err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 		out->n_events++;
+	}
+	r = member(d, params, "params", "owner_pid", false, &own, &pp);
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		uint32_t x = 0;
+
+		r = dec_u32(d, own, pp.s, 1, PROTO_MAX_PID, &x);
+		if (r < 0)
+			return r;
+		out->owner_pid = (int32_t)x;
 	}
 	rc = member(d, params, "params", "cpus", false, &cpus, &pc);
 	if (rc < 0)
@@ -1128,6 +1151,7 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 		}
 		return (s->has_cpus ? put(p, "cpus", cpus_json(&s->cpus))
 				    : put(p, "pid", json_object_new_int64(s->pid))) &&
+		       (!s->owner_pid || put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
 		       put(p, "priority", json_object_new_int64(s->priority)) &&
 		       put(p, "class", str_or_null(proto_class_name(s->cls)));
 	}

@@ -164,6 +164,7 @@ struct proto_session_start {
 	int32_t pid;
 	uint32_t priority;
 	enum proto_class cls;
+	int32_t owner_pid;      /* 0: the requesting process owns the session */
 };
 
 /* Methods whose only parameter is a name. */
