@@ -524,17 +524,6 @@ static int dec_vcpus(struct dec *d, struct json_object *params, struct proto_vcp
 	rn = member(d, params, "params", "vcpu_count", false, &count, &pn);
 	if (rn < 0)
 		return rn;
-	r = member(d, params, "params", "owner_pid", false, &own, &pp);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		uint32_t x = 0;
-
-		r = dec_u32(d, own, pp.s, 1, PROTO_MAX_PID, &x);
-		if (r < 0)
-			return r;
-		out->owner_pid = (int32_t)x;
-	}
 	rc = member(d, params, "params", "cpus", false, &cpus, &pc);
 	if (rc < 0)
 		return rc;
