@@ -876,8 +876,10 @@ static int compute_full(struct arb *a)
 	struct cons **order = malloc((a->n_cons ? a->n_cons : 1) * sizeof(*order));
 	if (!order)
 		return -ENOMEM;
-	memcpy(order, a->cons, a->n_cons * sizeof(*order));
-	qsort(order, a->n_cons, sizeof(*order), cmp_cons_ptr);
+	if (a->n_cons) {
+		memcpy(order, a->cons, a->n_cons * sizeof(*order));
+		qsort(order, a->n_cons, sizeof(*order), cmp_cons_ptr);
+	}
 	for (unsigned c = 0; c < a->n_cpus; c++) {
 		work_get(a, c)->dirty = true;
 		a->dirty[a->n_dirty++] = c;
@@ -1166,7 +1168,8 @@ static int build_transitions(struct arb *a, const struct cons *gone,
 	int r;
 
 	a->n_ntr = 0;
-	qsort(a->recomp, a->n_recomp, sizeof(*a->recomp), cmp_vcpu_ptr);
+	if (a->n_recomp) /* recomp is NULL until a vCPU was ever computed */
+		qsort(a->recomp, a->n_recomp, sizeof(*a->recomp), cmp_vcpu_ptr);
 	qsort(a->dirty, a->n_dirty, sizeof(*a->dirty), cmp_unsigned);
 	if ((r = route_steps(a, 1, gone, replaced_by)))
 		return r;

@@ -20,10 +20,12 @@ static bool augment(struct match *m, unsigned slot, uint64_t *visited)
 	uint64_t cand = m->mask[slot] & m->avail & ~*visited;
 	uint64_t free_c = cand & ~m->used;
 
-	/* A free counter ends the path at once; taking the lowest keeps the
-	 * result a pure function of the sequence of calls. */
+	/* A free counter ends the path at once. Fixed counters first, as perf
+	 * does: they count one event only, and general ones are what guests
+	 * ask for. Lowest index keeps the result a function of the calls. */
 	if (free_c) {
-		unsigned c = (unsigned)__builtin_ctzll(free_c);
+		uint64_t fixed = free_c & ~0xffffffffULL;
+		unsigned c = (unsigned)__builtin_ctzll(fixed ? fixed : free_c);
 		m->owner[c] = (int8_t)slot;
 		m->at[slot] = (int8_t)c;
 		m->used |= 1ULL << c;
