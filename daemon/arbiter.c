@@ -23,6 +23,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,7 @@ struct cons {
 	int prio;
 	enum arb_class cls;
 	uint64_t seq;           /* arrival rank */
+	uint64_t key;           /* class, then priority (not for guaranteed) */
 	/* VM */
 	struct vcpu *vcpus;
 	unsigned n_vcpus;
@@ -184,14 +186,18 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 
 /* ---- order ---- */
 
+/* Guaranteed grants are reservations: by arrival only, so that a newcomer
+ * can never displace an admitted one. The rest: higher priority first. */
+static uint64_t order_key(enum arb_class cls, int prio)
+{
+	uint32_t rank = cls == ARB_CLASS_GUARANTEED ? 0 : (uint32_t)(INT_MAX - (int64_t)prio);
+	return ((uint64_t)cls << 32) | rank;
+}
+
 static int cons_cmp(const struct cons *x, const struct cons *y)
 {
-	if (x->cls != y->cls)
-		return (int)x->cls - (int)y->cls;
-	/* Guaranteed grants are reservations: by arrival, so that a newcomer
-	 * can never displace an admitted one. */
-	if (x->cls != ARB_CLASS_GUARANTEED && x->prio != y->prio)
-		return x->prio > y->prio ? -1 : 1;
+	if (x->key != y->key)
+		return x->key < y->key ? -1 : 1;
 	if (x->seq != y->seq)
 		return x->seq < y->seq ? -1 : 1;
 	return 0;
@@ -234,12 +240,23 @@ static void items_remove(struct cpu_items *l, const struct cons *c)
 	l->n = j;
 }
 
+/* Whether an earlier vCPU of the same VM names cpu too. */
+static bool seen_cpu(const struct cons *c, unsigned v, unsigned cpu)
+{
+	for (unsigned k = 0; k < v; k++)
+		if (arb_cpuset_has(c->vcpus[k].set, cpu))
+			return true;
+	return false;
+}
+
 static void cons_unlink(struct arb *a, struct cons *c)
 {
 	if (c->kind == CONS_VM) {
+		/* items_remove drops all of c's items on a CPU at once */
 		for (unsigned v = 0; v < c->n_vcpus; v++)
 			for (unsigned i = 0; i < c->vcpus[v].n_cpus; i++)
-				items_remove(&a->items[c->vcpus[v].cpus[i]], c);
+				if (!seen_cpu(c, v, c->vcpus[v].cpus[i]))
+					items_remove(&a->items[c->vcpus[v].cpus[i]], c);
 	} else {
 		for (unsigned i = 0; i < c->n_cpus; i++)
 			items_remove(&a->items[c->cpus[i]], c);
@@ -382,6 +399,7 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_VM;
+	c->key = order_key(s->cls, s->priority);
 	c->id = s->id;
 	snprintf(c->name, sizeof(c->name), "%s", s->name);
 	c->prio = s->priority;
@@ -440,6 +458,7 @@ static int session_build(const struct arb *a, const struct arb_session_spec *s,
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_SESSION;
+	c->key = order_key(s->cls, s->priority);
 	c->id = s->id;
 	snprintf(c->name, sizeof(c->name), "%s", s->name);
 	c->prio = s->priority;
@@ -691,6 +710,13 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 		       a->items[v->cpus[i]].v[a->work[v->cpus[i]].pos].sub == v->idx);
 	}
 	uint64_t todo = v->vm->cls == ARB_CLASS_SHARED ? 0 : v->want;
+	/* Counters already in the guest partition of every CPU are shared at
+	 * no cost: granting them first changes nothing for the others. */
+	uint64_t common = todo;
+	for (unsigned i = 0; i < v->n_cpus && common; i++)
+		common &= a->work[v->cpus[i]].guest;
+	ng = common;
+	todo &= ~common;
 	while (todo) {
 		unsigned p = (unsigned)__builtin_ctzll(todo);
 		uint64_t bit = 1ULL << p;
@@ -835,15 +861,25 @@ static int finalize_dirty(struct arb *a)
 	return 0;
 }
 
-/* Recomputes the CPUs in footprint (and whatever their vCPUs drag in). */
-static int compute_incremental(struct arb *a, const uint64_t *footprint)
+/*
+ * Recomputes the CPUs in footprint (and whatever their vCPUs drag in) from
+ * item `from` on: what is ordered before the change cannot depend on it, so
+ * it is replayed from the committed plan, whose placements still line up
+ * with the items before `from`.
+ */
+static int compute_incremental(struct arb *a, const uint64_t *footprint,
+			       const struct item *from)
 {
 	int r;
 
 	begin(a, false);
-	for (unsigned c = 0; c < a->n_cpus; c++)
-		if (arb_cpuset_has(footprint, c) && (r = mark_dirty(a, c)))
+	for (unsigned c = 0; c < a->n_cpus; c++) {
+		if (!arb_cpuset_has(footprint, c))
+			continue;
+		bring(a, c, from);
+		if ((r = mark_dirty(a, c)))
 			return r;
+	}
 	while (a->n_heap) {
 		struct heap_ent e = heap_pop(a);
 		struct work *w = &a->work[e.cpu];
@@ -1140,6 +1176,8 @@ static int route_steps(struct arb *a, int phase, const struct cons *gone,
 		const struct vcpu *ov = NULL;
 		if (v->vm == replaced_by && gone && v->idx < gone->n_vcpus)
 			ov = &gone->vcpus[v->idx];
+		if (!ov && !v->fresh && v->grant == v->ngrant)
+			continue; /* same routes, same CPUs */
 		uint64_t ow = ov ? ov->want : v->fresh ? 0 : v->want;
 		uint64_t og = ov ? ov->grant : v->fresh ? 0 : v->grant;
 		if ((r = vcpu_steps(a, v->vm->id, v->idx, ow, og, ov ? ov : v, v->want, v->ngrant,
@@ -1262,7 +1300,10 @@ static int change(struct arb *a, struct cons *old, struct cons *nw, char *why, s
 		a->cons[a->n_cons++] = nw;
 	}
 	a->adm = nw;
-	r = compute_incremental(a, fp);
+	struct item from = { old ? old : nw, 0 };
+	if (old && nw && cons_cmp(nw, old) < 0)
+		from.c = nw;
+	r = compute_incremental(a, fp, &from);
 	if (!r && nw)
 		r = admission(a, nw, why, whylen);
 	if (!r)
