@@ -230,15 +230,30 @@ static bool greedy(const uint64_t *m, unsigned n, uint64_t avail)
 	return true;
 }
 
+/* First fit in arrival order, no weight sort: what an incremental
+ * scheduler without perf's reordering does. */
+static bool first_fit(const uint64_t *m, unsigned n, uint64_t avail)
+{
+	uint64_t used = 0;
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t free_c = m[i] & avail & ~used;
+		if (!free_c)
+			return false;
+		uint64_t fx = free_c & ~0xffffffffULL;
+		used |= 1ULL << __builtin_ctzll(fx ? fx : free_c);
+	}
+	return true;
+}
+
 struct placed {
 	unsigned sets, feasible;
-	double matching_pct, greedy_pct;
+	double matching_pct, greedy_pct, first_fit_pct;
 };
 
 static struct placed bench_matching(unsigned sets)
 {
-	struct placed p = { sets, 0, 0, 0 };
-	unsigned by_match = 0, by_greedy = 0;
+	struct placed p = { sets, 0, 0, 0, 0 };
+	unsigned by_match = 0, by_greedy = 0, by_ff = 0;
 	for (unsigned k = 0; k < sets; k++) {
 		unsigned n = 2 + below(11);
 		uint64_t m[12];
@@ -261,9 +276,11 @@ static struct placed bench_matching(unsigned sets)
 			ok = match_add(&mt, m[i]) >= 0;
 		by_match += ok;
 		by_greedy += greedy(m, n, avail);
+		by_ff += first_fit(m, n, avail);
 	}
 	p.matching_pct = p.feasible ? 100.0 * by_match / p.feasible : 0;
 	p.greedy_pct = p.feasible ? 100.0 * by_greedy / p.feasible : 0;
+	p.first_fit_pct = p.feasible ? 100.0 * by_ff / p.feasible : 0;
 	return p;
 }
 
@@ -552,9 +569,11 @@ int main(int argc, char **argv)
 		       "\"replan_one_p50_us\": %.2f, \"replan_one_p99_us\": %.2f, "
 		       "\"replan_full_ms\": %.3f, \"event_sets\": %u, \"feasible_sets\": %u, "
 		       "\"matching_placed_pct\": %.2f, \"greedy_placed_pct\": %.2f, "
+		       "\"first_fit_placed_pct\": %.2f, "
 		       "\"trace_steps\": %u, \"coverage\": {",
 		       BIG_CPUS, smoke ? 480u : 2000u, smoke ? 20u : 200u, L.ops, L.p50_us, L.p99_us,
-		       L.full_ms, P.sets, P.feasible, P.matching_pct, P.greedy_pct, T.steps);
+		       L.full_ms, P.sets, P.feasible, P.matching_pct, P.greedy_pct, P.first_fit_pct,
+		       T.steps);
 		for (int p = 0; p < N_POL; p++)
 			printf("%s\"%s\": %.2f", p ? ", " : "", pol_name[p], T.coverage[p]);
 		printf("}, \"grant_changes\": {");
@@ -571,8 +590,8 @@ int main(int argc, char **argv)
 	printf("  one change p99 %10.2f us   (target <= 200)\n", L.p99_us);
 	printf("  full replan    %10.3f ms   (target <= 2)\n", L.full_ms);
 	printf("placement, %u random event sets, %u feasible:\n", P.sets, P.feasible);
-	printf("  matching %6.2f %%   greedy (perf-style) %6.2f %%\n", P.matching_pct,
-	       P.greedy_pct);
+	printf("  matching %6.2f %%   greedy (perf-style) %6.2f %%   first fit %6.2f %%\n",
+	       P.matching_pct, P.greedy_pct, P.first_fit_pct);
 	printf("trace, %u steps, %d CPUs:\n  %-16s %10s %14s\n", T.steps, TR_CPUS, "policy",
 	       "coverage%", "grant changes");
 	for (int p = 0; p < N_POL; p++)
