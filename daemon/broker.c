@@ -55,10 +55,12 @@ struct broker_sub {
 };
 
 struct broker {
+	broker_event_fn change_hook;
+	void *change_hook_ud;
 	sd_event *event;
 	const struct config *cfg;
 	struct pmu_desc pmu;
-	char pmu_note[512];
+	char pmu_note[1600];
 	char kvm_host_summary[512];
 	struct kvm_port *port;
 	char state_dir[512];
@@ -132,6 +134,12 @@ static const char *counter_name(int counter, char *buf, size_t len)
 	return buf;
 }
 
+/* Only the kernel enforces routes on real guests; the model simulates. */
+static bool routes_enforced(const struct broker *b)
+{
+	return kvm_port_backend(b->port) == KVM_BACKEND_IOCTL && kvm_port_enforced(b->port);
+}
+
 static bool may_see(const struct broker_caller *c, uid_t owner)
 {
 	return c->privileged || c->uid == owner;
@@ -179,7 +187,7 @@ static int to_cpuset(const struct broker *b, const struct cpulist *l, uint64_t *
 	unsigned n = b->pmu.n_cpus;
 	memset(set, 0, ARB_CPUSET_WORDS(n) * sizeof(uint64_t));
 	bool any = false;
-	for (int c = cpulist_next(l, 0); c >= 0; c = cpulist_next(l, (unsigned)c + 1)) {
+	for (int c = cpulist_next(l, -1); c >= 0; c = cpulist_next(l, c)) {
 		if (c >= PMU_MAX_CPUS || b->cpu_index[c] < 0)
 			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
 					       "%s: CPU %d is not in the PMU inventory (%u CPUs, %d..%d)",
@@ -371,6 +379,8 @@ static struct json_object *transitions_json(const struct broker *b)
 
 static void emit(struct broker *b, const char *reason)
 {
+	if (b->change_hook && !b->restoring)
+		b->change_hook(NULL, b->change_hook_ud);
 	if (b->n_subs == 0 || b->restoring)
 		return;
 	struct json_object *ev = json_object_new_object();
@@ -481,6 +491,19 @@ static void on_vmm_gone(struct owner_watch *w, void *userdata)
 	broker_vm_release(v->b, v->spec.name, reason);
 }
 
+/* The lease's CPUs are what the routes promise: the port checks pass-through
+ * against them (and a kernel would carry them in the routes ioctl). */
+static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
+{
+	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
+		uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
+		const struct cpulist *l = &v->spec.vcpus.cpus[i];
+		for (int c = cpulist_next(l, -1); c >= 0 && c < KVM_VPMU_MAX_CPUS; c = cpulist_next(l, c))
+			set[c / 64] |= 1ull << (c % 64);
+		kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
+	}
+}
+
 /* Registers the VM with the kvm port and applies its current routes. */
 static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
 		   struct proto_error *err)
@@ -515,14 +538,7 @@ static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, 
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.owner",
 				       "VMM pid %d: %s", (int)pid, why);
 
-	/* The lease's CPUs are what the routes promise; tell the port. */
-	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
-		uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
-		const struct cpulist *l = &v->spec.vcpus.cpus[i];
-		for (int c = cpulist_next(l, 0); c >= 0 && c < KVM_VPMU_MAX_CPUS; c = cpulist_next(l, (unsigned)c + 1))
-			set[c / 64] |= 1ull << (c % 64);
-		kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
-	}
+	declare_vcpu_cpus(b, v);
 
 	struct owner_watch *w = NULL;
 	r = owner_watch_new(b->event, pid, -1, on_vmm_gone, v, &w);
@@ -616,6 +632,11 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	v->id = b->next_id++;
 	v->uid = uid;
 	v->spec = *a;
+	if (!a->has_priority)
+		v->spec.priority = (uint32_t)b->cfg->default_priority;
+	if (!a->has_class)
+		v->spec.cls = default_class(b);
+	v->spec.has_priority = v->spec.has_class = true;
 	v->vm_fd = -1;
 	if (copy_vcpus(&v->spec.vcpus, &a->vcpus) < 0) {
 		free(v);
@@ -672,7 +693,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		return r;
 	}
 	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
-		   a->name, a->priority, proto_class_name(a->cls), a->vcpus.count, a->gp, a->fixed_mask,
+		   a->name, v->spec.priority, proto_class_name(v->spec.cls), a->vcpus.count, a->gp, a->fixed_mask,
 		   v->bound ? ", bound to its VMM" : ", not bound to a VMM yet", a->name, (unsigned)uid,
 		   c->transport ? c->transport : "?");
 	if (result) {
@@ -795,14 +816,7 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 	}
 	if (u->has_vcpus) {
 		if (v->bound)
-			for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
-				uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
-				const struct cpulist *l = &v->spec.vcpus.cpus[i];
-				for (int cc = cpulist_next(l, 0); cc >= 0 && cc < KVM_VPMU_MAX_CPUS;
-				     cc = cpulist_next(l, (unsigned)cc + 1))
-					set[cc / 64] |= 1ull << (cc % 64);
-				kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
-			}
+			declare_vcpu_cpus(b, v);
 		free(old.vcpus.cpus);
 	}
 	log_notice("vm %s updated: priority %u, class %s, gp %u, fixed 0x%x vm=%s", u->name,
@@ -1254,7 +1268,7 @@ static struct json_object *status_json(const struct broker *b)
 	if (b->pmu_note[0])
 		json_object_object_add(be, "pmu_why", json_object_new_string(b->pmu_note));
 	json_object_object_add(be, "kvm", json_object_new_string(kvm_backend_name(kvm_port_backend(b->port))));
-	json_object_object_add(be, "kvm_enforced", json_object_new_boolean(kvm_port_enforced(b->port)));
+	json_object_object_add(be, "kvm_enforced", json_object_new_boolean(routes_enforced(b)));
 	json_object_object_add(be, "kvm_why", json_object_new_string(kvm_port_why(b->port)));
 	if (b->kvm_host_summary[0])
 		json_object_object_add(be, "kvm_host", json_object_new_string(b->kvm_host_summary));
@@ -1305,7 +1319,7 @@ static struct json_object *plan_json(const struct broker *b, const struct proto_
 	struct json_object *o = json_object_new_object(), *cpus = json_object_new_array();
 	json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
 	json_object_object_add(o, "simulated_pmu", json_object_new_boolean(b->pmu.source != PMU_SOURCE_HOST));
-	json_object_object_add(o, "kvm_enforced", json_object_new_boolean(kvm_port_enforced(b->port)));
+	json_object_object_add(o, "kvm_enforced", json_object_new_boolean(routes_enforced(b)));
 	for (unsigned i = 0; i < b->pmu.n_cpus; i++) {
 		struct arb_cpu_view cv;
 		if (q && q->has_cpus && !cpulist_test(&q->cpus, (unsigned)b->cpu_ids[i]))
@@ -1452,6 +1466,12 @@ void broker_unsubscribe(struct broker *b, uint64_t sub_id)
 		}
 }
 
+void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata)
+{
+	b->change_hook = fn;
+	b->change_hook_ud = userdata;
+}
+
 uint64_t broker_generation(const struct broker *b)
 {
 	return arb_generation(b->arb);
@@ -1463,7 +1483,9 @@ void broker_summary(const struct broker *b, char *buf, size_t len)
 		 b->n_vms, b->n_sessions, arb_generation(b->arb), b->pmu.model,
 		 b->pmu.source == PMU_SOURCE_HOST ? "" : " (simulated)",
 		 kvm_backend_name(kvm_port_backend(b->port)),
-		 kvm_port_enforced(b->port) ? "" : " (routes not enforced)");
+		 routes_enforced(b) ? "" : kvm_port_backend(b->port) == KVM_BACKEND_MODEL
+						   ? " (simulated: routes go to the model)"
+						   : " (routes not enforced)");
 }
 
 /* ---------------------------------------------------------------- life */

@@ -65,6 +65,10 @@ typedef void (*broker_event_fn)(struct json_object *event, void *userdata);
 int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id);
 void broker_unsubscribe(struct broker *b, uint64_t sub_id);
 
+/* Called (with a NULL event) after every accepted change; for the daemon's
+ * own bookkeeping (sd_notify STATUS), not counted as a watcher. */
+void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata);
+
 uint64_t broker_generation(const struct broker *b);
 /* One line for sd_notify STATUS= and the log. */
 void broker_summary(const struct broker *b, char *buf, size_t len);

@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vpmud entry point. For now it answers one question, "which PMU would the
- * daemon manage, and what would a guest see?", and says where the answer
- * came from. Option parsing is kept apart (parse_args) so the daemon mode
- * can be added as another action.
+ * vpmud entry point. Without an action it runs the daemon (vpmud.c); the
+ * actions answer "which PMU would the daemon manage, and what would a guest
+ * see?", and say where the answer came from.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +12,7 @@
 
 #include "pmu.h"
 #include "pmu_model.h"
+#include "vpmud.h"
 
 enum action {
 	ACT_NONE = 0,
@@ -27,6 +27,7 @@ struct args {
 	const char *pmu;            /* NULL or "auto": discover the host */
 	const char *sysfs_root;
 	const char *procfs_root;
+	struct vpmud_opts daemon;
 	bool have_gp, have_fixed, have_version;
 	struct pmu_guest_shape guest;
 };
@@ -37,7 +38,16 @@ enum { EXIT_USAGE = 2 };
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: vpmud [--pmu MODEL|PATH|auto] ACTION [GUEST OPTIONS]\n"
+		"usage: vpmud [DAEMON OPTIONS]            run the daemon (foreground)\n"
+		"       vpmud [--pmu MODEL|PATH|auto] ACTION [GUEST OPTIONS]\n"
+		"\n"
+		"daemon options (override the config file):\n"
+		"  --config FILE          config file (default /etc/vpmu/vpmud.conf, may be absent)\n"
+		"  --socket PATH          Unix socket to listen on (default /run/vpmu/vpmud.sock)\n"
+		"  --state-dir DIR        durable lease state (default /var/lib/vpmu)\n"
+		"  --kvm BACKEND          auto|ioctl|advisory|model (default auto: the kernel's\n"
+		"                         vpmu extension, else the in-process model, simulated)\n"
+		"  --libvirt-uri URI      follow libvirt domains on URI (none: off)\n"
 		"\n"
 		"actions:\n"
 		"  --print-pmu            print the PMU as Linux prints it at boot\n"
@@ -77,7 +87,8 @@ static int parse_number(const char *s, unsigned long max, unsigned long *out)
 static int parse_args(int argc, char **argv, struct args *a)
 {
 	enum { OPT_PMU = 256, OPT_PRINT_PMU, OPT_PRINT_GUEST, OPT_LIST, OPT_GP, OPT_FIXED,
-	       OPT_GVER, OPT_SYSFS, OPT_PROCFS };
+	       OPT_GVER, OPT_SYSFS, OPT_PROCFS, OPT_CONFIG, OPT_SOCKET, OPT_STATE, OPT_KVM,
+	       OPT_LIBVIRT };
 	static const struct option opts[] = {
 		{ "pmu", required_argument, NULL, OPT_PMU },
 		{ "print-pmu", no_argument, NULL, OPT_PRINT_PMU },
@@ -88,6 +99,11 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "guest-version", required_argument, NULL, OPT_GVER },
 		{ "sysfs-root", required_argument, NULL, OPT_SYSFS },
 		{ "procfs-root", required_argument, NULL, OPT_PROCFS },
+		{ "config", required_argument, NULL, OPT_CONFIG },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "state-dir", required_argument, NULL, OPT_STATE },
+		{ "kvm", required_argument, NULL, OPT_KVM },
+		{ "libvirt-uri", required_argument, NULL, OPT_LIBVIRT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -146,6 +162,21 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case OPT_PROCFS:
 			a->procfs_root = optarg;
+			break;
+		case OPT_CONFIG:
+			a->daemon.config_path = optarg;
+			break;
+		case OPT_SOCKET:
+			a->daemon.socket = optarg;
+			break;
+		case OPT_STATE:
+			a->daemon.state_dir = optarg;
+			break;
+		case OPT_KVM:
+			a->daemon.kvm = optarg;
+			break;
+		case OPT_LIBVIRT:
+			a->daemon.libvirt_uri = optarg;
 			break;
 		case ':':
 			fprintf(stderr, "vpmud: %s needs a value (see --help)\n", argv[optind - 1]);
@@ -307,8 +338,10 @@ int main(int argc, char **argv)
 			       strcmp(*n, PMU_FALLBACK_MODEL) == 0 ? " (fallback when the host has no PMU)" : "");
 		return 0;
 	case ACT_NONE:
-		fprintf(stderr, "vpmud: no action given; the daemon mode is not built yet (see --help)\n");
-		return EXIT_USAGE;
+		a.daemon.pmu = a.pmu;
+		a.daemon.sysfs_root = a.sysfs_root;
+		a.daemon.procfs_root = a.procfs_root;
+		return vpmud_run(&a.daemon);
 	case ACT_PRINT_PMU:
 	case ACT_PRINT_GUEST:
 		break;

@@ -713,7 +713,8 @@ static int dec_vm_attach(struct dec *d, struct json_object *params, struct proto
 	r = dec_name_member(d, params, out->name);
 	if (r < 0)
 		return r;
-	r = dec_priority_class(d, params, &dummy, &out->priority, &dummy, &out->cls);
+	r = dec_priority_class(d, params, &out->has_priority, &out->priority, &out->has_class,
+			       &out->cls);
 	if (r < 0)
 		return r;
 	r = dec_shape(d, params, &dummy, &out->gp, &dummy, &out->fixed_mask);

@@ -137,6 +137,9 @@ struct proto_vcpus {
 
 struct proto_vm_attach {
 	char name[PROTO_NAME_MAX + 1];
+	/* Absent on the wire: the daemon's configured defaults apply (the
+	 * values then hold the protocol's own defaults). */
+	bool has_priority, has_class;
 	uint32_t priority;
 	enum proto_class cls;
 	uint32_t gp;

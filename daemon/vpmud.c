@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+#include "vpmud.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "broker.h"
+#include "config.h"
+#include "kvm_detect.h"
+#include "kvm_port.h"
+#include "log.h"
+#include "pmu.h"
+#include "server.h"
+
+struct vpmud {
+	struct config cfg;
+	char config_path[512];
+	bool config_required;
+	const struct vpmud_opts *opts;
+	sd_event *event;
+	struct pmu_desc *pmu;
+	char pmu_note[1600];
+	struct kvm_detect detect;
+	char kvm_summary[512];
+	struct kvm_port *port;
+	struct broker *broker;
+	struct server *server;
+	char last_status[512];
+};
+
+static void notify_status(struct vpmud *d)
+{
+	char line[512], msg[600];
+	broker_summary(d->broker, line, sizeof(line));
+	if (!strcmp(line, d->last_status))
+		return;
+	snprintf(d->last_status, sizeof(d->last_status), "%s", line);
+	snprintf(msg, sizeof(msg), "STATUS=%s", line);
+	sd_notify(0, msg);
+}
+
+static void on_plan(struct json_object *event, void *userdata)
+{
+	(void)event;
+	notify_status(userdata);
+}
+
+static int apply_overrides(struct config *c, const struct vpmud_opts *o, char *err, size_t errlen)
+{
+	const struct { const char *key, *value; } kv[] = {
+		{ "socket", o->socket },       { "state_dir", o->state_dir }, { "pmu", o->pmu },
+		{ "kvm", o->kvm },             { "libvirt_uri", o->libvirt_uri },
+	};
+	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+		char sub[384];
+		if (!kv[i].value)
+			continue;
+		if (config_set(c, kv[i].key, kv[i].value, sub, sizeof(sub)) < 0) {
+			snprintf(err, errlen, "--%s: %s", kv[i].key, sub);
+			return -EINVAL;
+		}
+	}
+	/* Command-line names use dashes; the config keys underscores. */
+	return 0;
+}
+
+static int load_config(struct vpmud *d, struct config *out, char *err, size_t errlen)
+{
+	config_defaults(out);
+	int r = config_load_file(d->config_path, d->config_required, out, err, errlen);
+	if (r < 0)
+		return r;
+	return apply_overrides(out, d->opts, err, errlen);
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+	struct vpmud *d = userdata;
+	struct config next;
+	char err[512], applied[256], ignored[256];
+	(void)s;
+	(void)si;
+	sd_notify(0, "RELOADING=1");
+	if (load_config(d, &next, err, sizeof(err)) < 0) {
+		log_err("config reload refused, settings unchanged: %s", err);
+	} else {
+		config_apply_reload(&d->cfg, &next, applied, sizeof(applied), ignored, sizeof(ignored));
+		log_notice("config reloaded from %s: applied %s; needs restart to change: %s",
+			   d->config_path, applied[0] ? applied : "nothing (no change)",
+			   ignored[0] ? ignored : "nothing");
+	}
+	sd_notify(0, "READY=1");
+	return 0;
+}
+
+static int on_term(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+	struct vpmud *d = userdata;
+	log_notice("signal %u: stopping", si->ssi_signo);
+	sd_notify(0, "STOPPING=1");
+	sd_event_exit(d->event, 0);
+	(void)s;
+	return 0;
+}
+
+/* The PMU the daemon manages: the host's, else the fallback model. */
+static int choose_pmu(struct vpmud *d)
+{
+	char msg[1024];
+	int r;
+	d->pmu = calloc(1, sizeof(*d->pmu));
+	if (!d->pmu)
+		return -ENOMEM;
+	if (strcmp(d->cfg.pmu, "auto")) {
+		r = pmu_model_load(d->cfg.pmu, d->pmu, msg, sizeof(msg));
+		if (r < 0) {
+			log_err("pmu: %s", msg[0] ? msg : strerror(-r));
+			return r;
+		}
+		log_notice("pmu: %s, a model (simulated): nothing is counted on its counters", d->pmu->model);
+		snprintf(d->pmu_note, sizeof(d->pmu_note), "model chosen with pmu=%s", d->cfg.pmu);
+		return 0;
+	}
+	struct pmu_discover_opts o = {
+		.sysfs_root = d->opts->sysfs_root ? d->opts->sysfs_root : "/",
+		.procfs_root = d->opts->procfs_root ? d->opts->procfs_root : "/",
+		.use_cpuid = !d->opts->sysfs_root,
+	};
+	r = pmu_discover_host(&o, d->pmu, msg, sizeof(msg));
+	if (r < 0) {
+		log_err("pmu: discovery failed: %s", msg[0] ? msg : strerror(-r));
+		return r;
+	}
+	if (d->pmu->source == PMU_SOURCE_HOST) {
+		log_notice("pmu: host PMU %s: version %u, %u general x %u bits, fixed 0x%x%s%s",
+			   d->pmu->pmu_name, d->pmu->version, d->pmu->num_gp, d->pmu->gp_width,
+			   d->pmu->fixed_mask, msg[0] ? "; " : "", msg);
+		return 0;
+	}
+	snprintf(d->pmu_note, sizeof(d->pmu_note), "this host exposes no PMU (%s); using built-in model %s",
+		 msg, PMU_FALLBACK_MODEL);
+	log_warn("pmu: %s: everything shown for it is simulated", d->pmu_note);
+	r = pmu_model_load(PMU_FALLBACK_MODEL, d->pmu, msg, sizeof(msg));
+	if (r < 0)
+		log_err("pmu: %s", msg);
+	return r;
+}
+
+static int choose_kvm(struct vpmud *d)
+{
+	char why[512];
+	struct kvm_detect_opts dopts = {0};
+	kvm_detect_run(&dopts, &d->detect);
+	snprintf(d->kvm_summary, sizeof(d->kvm_summary), "vPMU flavour %s: %s",
+		 kvm_vpmu_flavour_name(d->detect.flavour), kvm_vpmu_flavour_host_impact(d->detect.flavour));
+	log_info("kvm: %s", d->kvm_summary);
+
+	unsigned n_cpus = 0;
+	for (unsigned i = 0; i < d->pmu->n_cpus; i++)
+		if ((unsigned)d->pmu->cpus[i].cpu + 1 > n_cpus)
+			n_cpus = (unsigned)d->pmu->cpus[i].cpu + 1;
+	struct kvm_port_opts po = { .n_cpus = n_cpus, .num_gp = d->pmu->num_gp,
+				    .fixed_mask = d->pmu->fixed_mask,
+				    .caller = { .cap_sys_admin = geteuid() == 0 } };
+	enum kvm_backend want;
+	if (kvm_backend_parse(d->cfg.kvm, &want) < 0) {
+		log_err("kvm: unknown backend %s", d->cfg.kvm);
+		return -EINVAL;
+	}
+	/*
+	 * auto: the extension when the kernel has it; otherwise the model, as
+	 * the README promises, so that routes are checked and applied
+	 * somewhere, and labelled simulated. --kvm advisory publishes the plan
+	 * against a stock kernel without the model.
+	 */
+	po.backend = want == KVM_BACKEND_AUTO
+			     ? (d->detect.cap_vpmu > 0 ? KVM_BACKEND_IOCTL : KVM_BACKEND_MODEL)
+			     : want;
+	int r = kvm_port_open(&po, &d->port, why, sizeof(why));
+	if (r < 0) {
+		log_err("kvm: backend %s: %s", kvm_backend_name(po.backend), why);
+		return r;
+	}
+	if (kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
+		log_warn("kvm: %s backend: the kernel has no vpmu extension; routes go to an in-process model (simulated), not to KVM",
+			 want == KVM_BACKEND_AUTO ? "auto chose the model" : "model");
+	else if (kvm_port_backend(d->port) == KVM_BACKEND_ADVISORY)
+		log_warn("kvm: advisory backend: the plan is published but guest routes are not enforced");
+	else
+		log_notice("kvm: ioctl backend: routes are enforced by the kernel");
+	return 0;
+}
+
+static int ensure_dir(const char *dir)
+{
+	struct stat st;
+	if (stat(dir, &st) == 0)
+		return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static void vpmud_free(struct vpmud *d)
+{
+	if (d->server)
+		server_free(d->server);
+	if (d->broker) {
+		broker_free(d->broker);
+	}
+	if (d->port)
+		kvm_port_close(d->port);
+	free(d->pmu);
+	sd_event_unref(d->event);
+}
+
+int vpmud_run(const struct vpmud_opts *opts)
+{
+	struct vpmud d = { .opts = opts };
+	char err[768];
+	int r, rc = EXIT_FAILURE;
+
+	snprintf(d.config_path, sizeof(d.config_path), "%s", opts->config_path ? opts->config_path : CONFIG_DEFAULT_PATH);
+	d.config_required = opts->config_path != NULL;
+	if (load_config(&d, &d.cfg, err, sizeof(err)) < 0) {
+		log_err("refusing to start: %s", err);
+		return 2;
+	}
+	r = ensure_dir(d.cfg.state_dir);
+	if (r < 0) {
+		log_err("refusing to start: state directory %s: %s", d.cfg.state_dir, strerror(-r));
+		return EXIT_FAILURE;
+	}
+	sigset_t ss;
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGTERM);
+	sigaddset(&ss, SIGINT);
+	sigaddset(&ss, SIGHUP);
+	sigprocmask(SIG_BLOCK, &ss, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((r = sd_event_default(&d.event)) < 0) {
+		log_err("sd_event_default: %s", strerror(-r));
+		return EXIT_FAILURE;
+	}
+	if (choose_pmu(&d) < 0 || choose_kvm(&d) < 0)
+		goto out;
+
+	struct broker_opts bo = { .event = d.event, .cfg = &d.cfg, .pmu = d.pmu,
+				  .pmu_note = d.pmu_note, .port = d.port,
+				  .kvm_host_summary = d.kvm_summary, .state_dir = d.cfg.state_dir,
+				  .sysfs_root = opts->sysfs_root };
+	if ((r = broker_new(&bo, &d.broker, err, sizeof(err))) < 0) {
+		log_err("broker: %s", err);
+		goto out;
+	}
+	broker_restore(d.broker);
+	broker_set_change_hook(d.broker, on_plan, &d);
+
+	int n = sd_listen_fds(1);
+	int listen_fd = -1;
+	if (n > 1) {
+		log_err("socket activation passed %d sockets; vpmud takes one", n);
+		goto out;
+	}
+	if (n == 1)
+		listen_fd = SD_LISTEN_FDS_START;
+	unsigned max_cpus = 0;
+	for (unsigned i = 0; i < d.pmu->n_cpus; i++)
+		if ((unsigned)d.pmu->cpus[i].cpu + 1 > max_cpus)
+			max_cpus = (unsigned)d.pmu->cpus[i].cpu + 1;
+	struct server_opts so = { .event = d.event, .broker = d.broker, .cfg = &d.cfg,
+				  .listen_fd = listen_fd, .max_cpus = max_cpus };
+	if ((r = server_new(&so, &d.server, err, sizeof(err))) < 0) {
+		log_err("refusing to start: %s", err);
+		goto out;
+	}
+	sd_event_add_signal(d.event, NULL, SIGTERM, on_term, &d);
+	sd_event_add_signal(d.event, NULL, SIGINT, on_term, &d);
+	sd_event_add_signal(d.event, NULL, SIGHUP, on_sighup, &d);
+	/* Sends WATCHDOG=1 at half of WatchdogSec when the unit sets it. */
+	sd_event_set_watchdog(d.event, true);
+
+	char summary[512];
+	broker_summary(d.broker, summary, sizeof(summary));
+	log_notice("vpmud %s ready on %s%s: %s", VPMU_VERSION,
+		   listen_fd >= 0 ? "an activated socket" : d.cfg.socket,
+		   listen_fd >= 0 ? "" : "", summary);
+	sd_notify(0, "READY=1");
+	notify_status(&d);
+
+	r = sd_event_loop(d.event);
+	rc = r < 0 ? EXIT_FAILURE : 0;
+	log_notice("vpmud stopped");
+out:
+	vpmud_free(&d);
+	return rc;
+}
