@@ -713,13 +713,15 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	return 0;
 }
 
-int broker_vm_release(struct broker *b, const char *name, const char *reason)
+int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
 {
-	struct broker_vm *v = find_vm(b, name);
+	struct broker_vm *v = find_vm(b, vm_name);
 	if (!v)
 		return -ENOENT;
 	uint64_t id = v->id;
-	char why[BROKER_WHY], ev[160];
+	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
+	/* vm_name may point into v, which is freed below. */
+	snprintf(name, sizeof(name), "%s", vm_name);
 	/* Routes first leave the port with the VM; then the arbiter frees its
 	 * counters and the port shrinks partitions accordingly. */
 	unbind_vm(b, v);

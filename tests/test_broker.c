@@ -1,0 +1,416 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker core, driven directly (no socket) with the Ice Lake model PMU
+ * and the model KVM backend, on a private state directory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "config.h"
+#include "kvm_port.h"
+#include "pmu.h"
+#include "state.h"
+
+struct fx {
+	char dir[64];
+	struct config cfg;
+	struct pmu_desc *pmu;
+	sd_event *ev;
+	struct kvm_port *port;
+	struct broker *b;
+};
+
+/* pid: the test process, so sessions it starts live as long as it does. */
+static struct broker_caller root = { .uid = 0, .privileged = true, .transport = "test" };
+static const struct broker_caller nobody = { .uid = 65534, .gid = 65534, .privileged = false,
+					     .transport = "test" };
+
+static void open_broker(struct fx *f)
+{
+	char why[512];
+	struct kvm_port_opts po = { .backend = KVM_BACKEND_MODEL, .n_cpus = f->pmu->n_cpus,
+				    .num_gp = f->pmu->num_gp, .fixed_mask = f->pmu->fixed_mask,
+				    .caller = { .cap_sys_admin = true } };
+	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
+	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
+				  .state_dir = f->dir };
+	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
+	assert_int_equal(broker_restore(f->b), 0);
+}
+
+static void close_broker(struct fx *f)
+{
+	broker_free(f->b);
+	kvm_port_close(f->port);
+	f->b = NULL;
+	f->port = NULL;
+}
+
+static int setup(void **st)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	char err[256];
+	root.pid = getpid();
+	snprintf(f->dir, sizeof(f->dir), "/tmp/vpmu-test-broker.XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	config_defaults(&f->cfg);
+	f->pmu = calloc(1, sizeof(*f->pmu));
+	if (pmu_model_load("icelake-8360y", f->pmu, err, sizeof(err)) < 0)
+		return -1;
+	if (sd_event_new(&f->ev) < 0)
+		return -1;
+	open_broker(f);
+	*st = f;
+	return 0;
+}
+
+static int teardown(void **st)
+{
+	struct fx *f = *st;
+	char cmd[128];
+	close_broker(f);
+	sd_event_unref(f->ev);
+	free(f->pmu);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	int r = system(cmd);
+	free(f);
+	return r == 0 ? 0 : -1;
+}
+
+/* Decodes a request the way the socket would, then runs it. */
+static int call(struct fx *f, const struct broker_caller *c, const char *json,
+		struct json_object **res, struct proto_error *err)
+{
+	struct proto_request req;
+	bool id_known;
+	uint64_t id;
+	memset(&req, 0, sizeof(req));
+	memset(err, 0, sizeof(*err));
+	int r = proto_request_decode(json, strlen(json), PMU_MAX_CPUS, &req, &id_known, &id, err);
+	if (r < 0)
+		fail_msg("test request does not decode: %s", err->message);
+	r = broker_handle(f->b, c, &req, res, err);
+	proto_request_fini(&req);
+	return r;
+}
+
+static struct json_object *ok(struct fx *f, const char *json)
+{
+	struct json_object *res = NULL;
+	struct proto_error err;
+	if (call(f, &root, json, &res, &err) < 0)
+		fail_msg("%s failed: %s: %s", json, proto_errcode_name(err.code), err.message);
+	return res;
+}
+
+static char *state_text(struct fx *f)
+{
+	char p[128];
+	snprintf(p, sizeof(p), "%s/%s", f->dir, STATE_FILE);
+	FILE *fp = fopen(p, "r");
+	if (!fp)
+		return strdup("");
+	static char buf[1 << 16];
+	size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	return strdup(buf);
+}
+
+static const char *route(struct json_object *vm, int vcpu, const char *kind, int idx)
+{
+	struct json_object *v = json_object_array_get_idx(json_object_object_get(vm, "vcpus"), (size_t)vcpu);
+	return json_object_get_string(json_object_array_get_idx(json_object_object_get(v, kind), (size_t)idx));
+}
+
+static void test_attach_show_detach(void **st)
+{
+	struct fx *f = *st;
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"priority\":500,"
+				      "\"class\":\"guaranteed\",\"gp\":4,\"fixed_mask\":\"0x3\",\"vcpu_count\":2,\"cpus\":\"0-3\"}}");
+	assert_int_equal(json_object_get_int(json_object_object_get(json_object_object_get(r, "granted"), "passthrough_vcpus")), 2);
+	json_object_put(r);
+	r = ok(f, "{\"id\":2,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}");
+	assert_string_equal(route(r, 0, "gp", 0), "passthrough");
+	assert_string_equal(route(r, 1, "gp", 3), "passthrough");
+	assert_string_equal(route(r, 0, "gp", 4), "disabled");
+	assert_string_equal(route(r, 0, "fixed", 1), "passthrough");
+	assert_string_equal(route(r, 0, "fixed", 2), "disabled");
+	/* The guest view follows the grant: 4 general PMCs, 2 fixed. */
+	const char *block = json_object_get_string(json_object_object_get(json_object_object_get(r, "guest_pmu"), "boot_block"));
+	assert_non_null(strstr(block, "generic registers:      4"));
+	assert_non_null(strstr(block, "fixed-purpose events:   2"));
+	json_object_put(r);
+
+	/* Acknowledged means on disk. */
+	char *s = state_text(f);
+	assert_non_null(strstr(s, "\"web\""));
+	free(s);
+	assert_int_equal(broker_generation(f->b), 1);
+
+	r = ok(f, "{\"id\":3,\"method\":\"vm.detach\",\"params\":{\"name\":\"web\"}}");
+	json_object_put(r);
+	s = state_text(f);
+	assert_null(strstr(s, "\"web\""));
+	free(s);
+}
+
+static void test_refusal_changes_nothing(void **st)
+{
+	struct fx *f = *st;
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"priority\":500,"
+				      "\"class\":\"guaranteed\",\"gp\":8,\"vcpu_count\":1,\"cpus\":\"5\"}}");
+	json_object_put(r);
+	uint64_t gen = broker_generation(f->b);
+	char *before = state_text(f);
+	struct proto_error err;
+	/* PMC 0..7 on CPU 5 are all in the guest partition for guaranteed 'a':
+	 * a guaranteed host session that needs a general counter there cannot
+	 * be satisfied, whatever its priority. (VMs would share the partition.) */
+	assert_true(call(f, &root, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"b\",\"priority\":900,"
+				   "\"class\":\"guaranteed\",\"events\":[\"branches\"],\"cpus\":\"4-5\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_REFUSED);
+	assert_non_null(strstr(err.message, "cpu 5"));
+	assert_non_null(strstr(err.message, "'a'"));
+	assert_int_equal(broker_generation(f->b), gen);
+	char *after = state_text(f);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+
+	/* Bad inputs name the field and change nothing either. */
+	assert_true(call(f, &root, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"c\",\"gp\":2,"
+				   "\"vcpu_count\":1,\"cpus\":\"500\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_non_null(strstr(err.message, "CPU 500"));
+	assert_true(call(f, &root, "{\"id\":4,\"method\":\"vm.attach\",\"params\":{\"name\":\"c\",\"fixed_mask\":\"0x10\","
+				   "\"vcpu_count\":1,\"cpus\":\"1\"}}", &r, &err) < 0);
+	assert_string_equal(err.field, "params.fixed_mask");
+	assert_true(call(f, &root, "{\"id\":5,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"gp\":1,"
+				   "\"vcpu_count\":1,\"cpus\":\"1\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_EXISTS);
+	assert_true(call(f, &root, "{\"id\":6,\"method\":\"vm.detach\",\"params\":{\"name\":\"zz\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_int_equal(broker_generation(f->b), gen);
+}
+
+static void test_preemption_and_update(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"low\",\"priority\":10,"
+			      "\"gp\":6,\"vcpu_count\":1,\"cpus\":\"8\"}}"));
+	struct json_object *r = ok(f, "{\"id\":2,\"method\":\"vm.show\",\"params\":{\"name\":\"low\"}}");
+	assert_string_equal(route(r, 0, "gp", 5), "passthrough");
+	json_object_put(r);
+	/* A higher preferred VM on the same CPU takes what it needs; the lower
+	 * one is downgraded, not removed. */
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"high\",\"priority\":900,"
+			      "\"gp\":7,\"vcpu_count\":1,\"cpus\":\"8\"}}"));
+	r = ok(f, "{\"id\":4,\"method\":\"vm.show\",\"params\":{\"name\":\"high\"}}");
+	assert_string_equal(route(r, 0, "gp", 6), "passthrough");
+	json_object_put(r);
+	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 2);
+	json_object_put(r);
+	/* Lowering the high VM's demand gives the low one its counters back. */
+	json_object_put(ok(f, "{\"id\":6,\"method\":\"vm.update\",\"params\":{\"name\":\"high\",\"gp\":1}}"));
+	r = ok(f, "{\"id\":7,\"method\":\"vm.show\",\"params\":{\"name\":\"low\"}}");
+	for (int i = 0; i < 6; i++)
+		assert_string_equal(route(r, 0, "gp", i), "passthrough");
+	json_object_put(r);
+}
+
+static void test_permissions(void **st)
+{
+	struct fx *f = *st;
+	struct json_object *r = NULL;
+	struct proto_error err;
+	assert_true(call(f, &nobody, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"gp\":1,"
+				     "\"vcpu_count\":1,\"cpus\":\"1\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	assert_true(call(f, &nobody, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
+				     "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	/* Reading is open to everyone. */
+	assert_int_equal(call(f, &nobody, "{\"id\":3,\"method\":\"status\"}", &r, &err), 0);
+	json_object_put(r);
+	assert_int_equal(call(f, &nobody, "{\"id\":4,\"method\":\"plan\",\"params\":{\"cpus\":\"0\"}}", &r, &err), 0);
+	json_object_put(r);
+	/* Someone else's session is invisible to an unprivileged caller. */
+	json_object_put(ok(f, "{\"id\":5,\"method\":\"session.start\",\"params\":{\"name\":\"mine\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}"));
+	assert_true(call(f, &nobody, "{\"id\":6,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_int_equal(call(f, &nobody, "{\"id\":7,\"method\":\"session.list\"}", &r, &err), 0);
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 0);
+	json_object_put(r);
+}
+
+static void test_session_model_pmu_counts_nothing_invented(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"p\","
+			      "\"events\":[\"cycles\",\"task-clock\",\"event=0xa3,umask=0x04\"],\"cpus\":\"0\"}}"));
+	usleep(20000);
+	struct json_object *r = ok(f, "{\"id\":2,\"method\":\"session.read\",\"params\":{\"name\":\"p\"}}");
+	struct json_object *evs = json_object_object_get(r, "events");
+	struct json_object *cyc = json_object_array_get_idx(evs, 0), *tc = json_object_array_get_idx(evs, 1);
+	/* Model PMU: the hardware event is placed but never given a number. */
+	assert_false(json_object_get_boolean(json_object_object_get(cyc, "counted")));
+	assert_null(json_object_object_get(cyc, "value"));
+	assert_non_null(strstr(json_object_get_string(json_object_object_get(cyc, "reason")), "model"));
+	/* A software event really counts. */
+	assert_true(json_object_get_boolean(json_object_object_get(tc, "counted")));
+	assert_true(json_object_get_uint64(json_object_object_get(tc, "value")) > 0);
+	json_object_put(r);
+
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"q\","
+				   "\"events\":[\"no-such-event\"],\"cpus\":\"0\"}}", &r, &err) < 0);
+	assert_string_equal(err.field, "params.events[0]");
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"session.stop\",\"params\":{\"name\":\"p\"}}"));
+}
+
+static void test_restore_after_restart(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"one\",\"priority\":300,"
+			      "\"class\":\"guaranteed\",\"gp\":2,\"vcpus\":[{\"cpus\":\"0-1\"},{\"cpus\":[2]}]}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"two\",\"gp\":3,"
+			      "\"vcpu_count\":1,\"cpus\":\"2\"}}"));
+	struct json_object *before = ok(f, "{\"id\":3,\"method\":\"plan\",\"params\":{\"cpus\":\"0-3\"}}");
+	close_broker(f);
+	open_broker(f);
+	struct json_object *after = ok(f, "{\"id\":4,\"method\":\"plan\",\"params\":{\"cpus\":\"0-3\"}}");
+	/* Same leases, same plan, nothing duplicated. */
+	assert_string_equal(json_object_to_json_string(json_object_object_get(before, "vms")),
+			    json_object_to_json_string(json_object_object_get(after, "vms")));
+	assert_string_equal(json_object_to_json_string(json_object_object_get(before, "cpus")),
+			    json_object_to_json_string(json_object_object_get(after, "cpus")));
+	json_object_put(before);
+	json_object_put(after);
+}
+
+static void test_corrupt_state_moved_aside(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"one\",\"gp\":2,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	close_broker(f);
+	char p[128];
+	snprintf(p, sizeof(p), "%s/%s", f->dir, STATE_FILE);
+	FILE *fp = fopen(p, "w");
+	fputs("{\"format\":1,\"vms\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"bogus\":1}},\"uid\":0}]}", fp);
+	fclose(fp);
+	open_broker(f);
+	/* The invalid entry is dropped with a log line, not half-applied. */
+	struct json_object *r = ok(f, "{\"id\":2,\"method\":\"vm.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 0);
+	json_object_put(r);
+	close_broker(f);
+	fp = fopen(p, "w");
+	fputs("{\"format\":1,\"vms\":[", fp);
+	fclose(fp);
+	open_broker(f);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "ls %s | grep -q 'state.json.corrupt-'", f->dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void test_vmm_death_releases_lease(void **st)
+{
+	struct fx *f = *st;
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		skip();
+	int pfd[2];
+	assert_int_equal(pipe(pfd), 0);
+	char tool[512];
+	const char *bd = getenv("VPMU_BUILD_DIR");
+	snprintf(tool, sizeof(tool), "%s/vpmu-fake-vmm", bd ? bd : "..");
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		execl(tool, tool, "2", (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	char line[128] = "";
+	ssize_t n = read(pfd[0], line, sizeof(line) - 1);
+	close(pfd[0]);
+	if (n <= 0)
+		skip();
+	line[n] = 0;
+	int vm_fd = -1;
+	sscanf(strstr(line, "vm_fd="), "vm_fd=%d", &vm_fd);
+	char req[512];
+	snprintf(req, sizeof(req), "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"vmm\",\"gp\":2,"
+		 "\"vcpu_count\":2,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}}}", (int)pid, vm_fd);
+	struct json_object *r = ok(f, req);
+	assert_true(json_object_get_boolean(json_object_object_get(r, "bound")));
+	json_object_put(r);
+	/* A wrong fd is refused by name. */
+	struct proto_error err;
+	snprintf(req, sizeof(req), "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"bad\",\"gp\":2,"
+		 "\"vcpu_count\":1,\"cpus\":\"0\",\"owner\":{\"pid\":%d,\"vm_fd\":0}}}", (int)pid);
+	assert_true(call(f, &root, req, &r, &err) < 0);
+	assert_string_equal(err.field, "params.owner");
+
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	/* The pidfd wakes the loop; the lease goes. */
+	for (int i = 0; i < 50; i++)
+		sd_event_run(f->ev, 10000);
+	r = ok(f, "{\"id\":3,\"method\":\"vm.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 0);
+	json_object_put(r);
+}
+
+static void watch_cb(struct json_object *ev, void *ud)
+{
+	(*(int *)ud)++;
+	assert_string_equal(json_object_get_string(json_object_object_get(ev, "event")), "plan");
+}
+
+static void test_watch_events(void **st)
+{
+	struct fx *f = *st;
+	int seen = 0;
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, watch_cb, &seen, &sub), 0);
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"w\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.detach\",\"params\":{\"name\":\"w\"}}"));
+	assert_int_equal(seen, 2);
+	broker_unsubscribe(f->b, sub);
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"w\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	assert_int_equal(seen, 2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_attach_show_detach, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refusal_changes_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_preemption_and_update, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_permissions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_session_model_pmu_counts_nothing_invented, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restore_after_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
