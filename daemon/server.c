@@ -362,9 +362,9 @@ int server_new(const struct server_opts *o, struct server **out, char *why, size
 				close(probe);
 			unlink(sa.sun_path);
 		}
-		/* 0660 at creation: members of the admin group connect; the
-		 * daemon then decides what each peer may do. */
-		mode_t old = umask(0117);
+		/* 0666: anyone may connect and read; what each peer may change
+		 * is decided per request from its credentials. */
+		mode_t old = umask(0111);
 		int r = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
 		int e = errno;
 		umask(old);
