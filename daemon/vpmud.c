@@ -285,8 +285,6 @@ int vpmud_run(const struct vpmud_opts *opts)
 	sd_event_add_signal(d.event, NULL, SIGTERM, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGINT, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGHUP, on_sighup, &d);
-	/* Sends WATCHDOG=1 at half of WatchdogSec when the unit sets it. */
-	sd_event_set_watchdog(d.event, true);
 
 	char summary[512];
 	broker_summary(d.broker, summary, sizeof(summary));
@@ -295,6 +293,10 @@ int vpmud_run(const struct vpmud_opts *opts)
 		   listen_fd >= 0 ? "" : "", summary);
 	sd_notify(0, "READY=1");
 	notify_status(&d);
+	/* Sends WATCHDOG=1 at half of WatchdogSec when the unit sets it; after
+	 * READY=1 so that the manager never sees a ping from a daemon that is
+	 * not serving yet. */
+	sd_event_set_watchdog(d.event, true);
 
 	r = sd_event_loop(d.event);
 	rc = r < 0 ? EXIT_FAILURE : 0;
