@@ -122,6 +122,7 @@ static const char *const method_names[PROTO_M__COUNT] = {
 	[PROTO_M_SESSION_READ] = "session.read",
 	[PROTO_M_SESSION_LIST] = "session.list",
 	[PROTO_M_WATCH] = "watch",
+	[PROTO_M_VM_BIND] = "vm.bind",
 };
 
 const char *proto_method_name(enum proto_method m)
@@ -846,6 +847,37 @@ static int dec_session_start(struct dec *d, struct json_object *params, struct p
 	return dec_priority_class(d, params, &dummy, &out->priority, &dummy, &out->cls);
 }
 
+static int dec_vm_bind(struct dec *d, struct json_object *params, struct proto_vm_bind *out)
+{
+	static const char *const fields[] = { "name", "pid", "vm_fd", NULL };
+	struct json_object *v;
+	struct path p;
+	uint32_t x = 0;
+	int r = check_fields(d, params, "params", fields);
+
+	if (r < 0)
+		return r;
+	r = dec_name_member(d, params, out->name);
+	if (r < 0)
+		return r;
+	r = member(d, params, "params", "pid", true, &v, &p);
+	if (r < 0)
+		return r;
+	r = dec_u32(d, v, p.s, 1, PROTO_MAX_PID, &x);
+	if (r < 0)
+		return r;
+	out->pid = (int32_t)x;
+	r = member(d, params, "params", "vm_fd", false, &v, &p);
+	if (r <= 0)
+		return r;
+	r = dec_u32(d, v, p.s, 0, INT32_MAX, &x);
+	if (r < 0)
+		return r;
+	out->has_vm_fd = true;
+	out->vm_fd = (int32_t)x;
+	return 0;
+}
+
 static int dec_name_only(struct dec *d, struct json_object *params, struct proto_name_req *out)
 {
 	static const char *const fields[] = { "name", NULL };
@@ -938,6 +970,7 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 	case PROTO_M_SESSION_START: r = dec_session_start(&d, params, &req->u.session_start); break;
 	case PROTO_M_SESSION_STOP: r = dec_name_only(&d, params, &req->u.session_stop); break;
 	case PROTO_M_SESSION_READ: r = dec_name_only(&d, params, &req->u.session_read); break;
+	case PROTO_M_VM_BIND: r = dec_vm_bind(&d, params, &req->u.vm_bind); break;
 	case PROTO_M_STATUS:
 	case PROTO_M_PMU:
 	case PROTO_M_VM_LIST:
@@ -1143,6 +1176,15 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 		       (!s->owner_pid || put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
 		       put(p, "priority", json_object_new_int64(s->priority)) &&
 		       put(p, "class", str_or_null(proto_class_name(s->cls)));
+	}
+	case PROTO_M_VM_BIND: {
+		const struct proto_vm_bind *b = &req->u.vm_bind;
+
+		if (b->pid < 1 || b->pid > PROTO_MAX_PID || (b->has_vm_fd && b->vm_fd < 0))
+			return false;
+		return put(p, "name", json_object_new_string(b->name)) &&
+		       put(p, "pid", json_object_new_int64(b->pid)) &&
+		       (!b->has_vm_fd || put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
 	}
 	case PROTO_M_VM_DETACH:
 	case PROTO_M_VM_SHOW:

@@ -95,6 +95,7 @@ enum proto_method {
 	PROTO_M_SESSION_READ,
 	PROTO_M_SESSION_LIST,
 	PROTO_M_WATCH,
+	PROTO_M_VM_BIND,
 	PROTO_M__COUNT
 };
 
@@ -167,6 +168,16 @@ struct proto_session_start {
 	int32_t owner_pid;      /* 0: the requesting process owns the session */
 };
 
+/* Binds an existing lease to its VMM once that process exists (the
+ * libvirt hook at "started": admission happened at "prepare", before QEMU
+ * ran). Without vm_fd the daemon looks for the KVM VM fd in /proc/PID/fd. */
+struct proto_vm_bind {
+	char name[PROTO_NAME_MAX + 1];
+	int32_t pid;
+	bool has_vm_fd;
+	int32_t vm_fd;
+};
+
 /* Methods whose only parameter is a name. */
 struct proto_name_req {
 	char name[PROTO_NAME_MAX + 1];
@@ -183,6 +194,7 @@ struct proto_request {
 		struct proto_name_req vm_detach, vm_show;
 		struct proto_session_start session_start;
 		struct proto_name_req session_stop, session_read;
+		struct proto_vm_bind vm_bind;
 	} u;
 };
 

@@ -399,6 +399,38 @@ static void test_name_methods(void **state)
 	}
 }
 
+#define BIND(params) "{\"id\":1,\"method\":\"vm.bind\",\"params\":{" params "}}"
+
+static void test_vm_bind(void **state)
+{
+	struct proto_request req;
+	const struct proto_vm_bind *b = &req.u.vm_bind;
+
+	(void)state;
+	expect_ok(BIND("\"name\":\"web-1\",\"pid\":1234"), &req);
+	assert_int_equal(req.method, PROTO_M_VM_BIND);
+	assert_string_equal(b->name, "web-1");
+	assert_int_equal(b->pid, 1234);
+	assert_false(b->has_vm_fd);
+	expect_ok(BIND("\"name\":\"w\",\"pid\":4194304,\"vm_fd\":0"), &req);
+	assert_int_equal(b->pid, 4194304);
+	assert_true(b->has_vm_fd);
+	assert_int_equal(b->vm_fd, 0);
+	expect_ok(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":2147483647"), &req);
+	assert_int_equal(b->vm_fd, INT32_MAX);
+
+	expect_err(BIND("\"pid\":1"), PROTO_E_INVALID_PARAM, "params.name");
+	expect_err(BIND("\"name\":\"w\""), PROTO_E_INVALID_PARAM, "params.pid");
+	expect_err(BIND("\"name\":\"w\",\"pid\":0"), PROTO_E_INVALID_PARAM, "params.pid");
+	expect_err(BIND("\"name\":\"w\",\"pid\":4194305"), PROTO_E_INVALID_PARAM, "params.pid");
+	expect_err(BIND("\"name\":\"w\",\"pid\":\"12\""), PROTO_E_INVALID_PARAM, "params.pid");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":-1"), PROTO_E_INVALID_PARAM, "params.vm_fd");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":2147483648"), PROTO_E_INVALID_PARAM, "params.vm_fd");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":null"), PROTO_E_INVALID_PARAM, "params.vm_fd");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"owner\":{}"), PROTO_E_UNKNOWN_FIELD, "params.owner");
+	expect_err(BIND("\"name\":\"..\",\"pid\":1"), PROTO_E_INVALID_PARAM, "params.name");
+}
+
 #define SESS(extra) "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"s\"," extra "}}"
 #define EV "\"events\":[\"cycles\"]"
 
@@ -522,6 +554,12 @@ static void round_trip(const char *in)
 		assert_int_equal(a.u.session_start.priority, b.u.session_start.priority);
 		assert_int_equal(a.u.session_start.cls, b.u.session_start.cls);
 		break;
+	case PROTO_M_VM_BIND:
+		assert_string_equal(a.u.vm_bind.name, b.u.vm_bind.name);
+		assert_int_equal(a.u.vm_bind.pid, b.u.vm_bind.pid);
+		assert_int_equal(a.u.vm_bind.has_vm_fd, b.u.vm_bind.has_vm_fd);
+		assert_int_equal(a.u.vm_bind.vm_fd, b.u.vm_bind.vm_fd);
+		break;
 	case PROTO_M_HELLO:
 		assert_string_equal(a.u.hello.client, b.u.hello.client);
 		break;
@@ -554,6 +592,8 @@ static void test_round_trips(void **state)
 	round_trip("{\"id\":8,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\",\"b\"],\"pid\":77}}");
 	round_trip("{\"id\":9,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\"],\"cpus\":\"1,3\",\"class\":\"guaranteed\"}}");
 	round_trip("{\"id\":10,\"method\":\"session.read\",\"params\":{\"name\":\"s\"}}");
+	round_trip("{\"id\":11,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42}}");
+	round_trip("{\"id\":12,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42,\"vm_fd\":0}}");
 }
 
 static void test_encode_rejects_invalid(void **state)
@@ -566,6 +606,18 @@ static void test_encode_rejects_invalid(void **state)
 	assert_null(proto_request_encode(&req));
 	req.method = PROTO_M_VM_ATTACH; /* zero vCPUs */
 	assert_null(proto_request_encode(&req));
+	req.method = PROTO_M_VM_BIND; /* pid 0 */
+	snprintf(req.u.vm_bind.name, sizeof(req.u.vm_bind.name), "v");
+	assert_null(proto_request_encode(&req));
+	req.u.vm_bind.pid = 5;
+	req.u.vm_bind.has_vm_fd = true;
+	req.u.vm_bind.vm_fd = -1;
+	assert_null(proto_request_encode(&req));
+	req.u.vm_bind.vm_fd = 3;
+	struct json_object *ok = proto_request_encode(&req);
+	assert_non_null(ok);
+	json_object_put(ok);
+	memset(&req, 0, sizeof(req));
 	req.method = PROTO_M_STATUS;
 	req.id = PROTO_MAX_ID + 1;
 	assert_null(proto_request_encode(&req));
@@ -844,6 +896,7 @@ int main(void)
 		cmocka_unit_test(test_vm_attach_many_vcpus),
 		cmocka_unit_test(test_vm_update),
 		cmocka_unit_test(test_name_methods),
+		cmocka_unit_test(test_vm_bind),
 		cmocka_unit_test(test_session_start),
 		cmocka_unit_test(test_session_event_limits),
 		cmocka_unit_test(test_round_trips),
