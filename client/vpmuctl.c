@@ -377,13 +377,20 @@ static void table_print(struct table *t, const char *indent)
 {
 	size_t *w = xcalloc(t->cols, sizeof(*w));
 
-	for (size_t r = 0; r < t->rows; r++)
-		for (size_t c = 0; c < t->cols; c++) {
+	for (size_t r = 0; r < t->rows; r++) {
+		size_t last = t->cols;
+
+		while (last > 1 && !t->cells[r * t->cols + last - 1][0])
+			last--;
+		/* a row's last printed cell needs no alignment: a long note
+		 * ("not counted (...)") must not widen its column for the rest */
+		for (size_t c = 0; c + 1 < last; c++) {
 			size_t n = strlen(t->cells[r * t->cols + c]);
 
 			if (n > w[c])
 				w[c] = n;
 		}
+	}
 	for (size_t r = 0; r < t->rows; r++) {
 		/* trailing empty cells print nothing, not blanks */
 		size_t last = t->cols;
