@@ -609,7 +609,7 @@ static const char *build_path(const char *rel, char *buf, size_t len)
 
 	if (!b)
 		fail_msg("VPMU_BUILD_DIR is not set (run through ctest)");
-	snprintf(buf, len, "%s/%s", b, rel);
+	snprintf(buf, len, "%s/%s", b ? b : ".", rel);
 	if (access(buf, X_OK))
 		fail_msg("%s is not built", buf);
 	return buf;
