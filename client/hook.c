@@ -55,7 +55,9 @@ static const char *errstr(int r)
 	case ETIMEDOUT:
 		return "vpmud did not answer in time";
 	case ENOSYS:
-		return "this build of the hook has no transport to vpmud yet";
+		return "this build of the hook has no transport to vpmud";
+	case EREMOTEIO:
+		return "vpmud reported an error (see above)";
 	default:
 		return strerror(-r);
 	}

@@ -7,9 +7,10 @@ target_include_directories(vpmuhook PUBLIC ${CMAKE_SOURCE_DIR}/client)
 target_link_libraries(vpmuhook PUBLIC vpmucore)
 
 add_executable(vpmu-libvirt-hook ${CMAKE_SOURCE_DIR}/client/hook_main.c)
-target_link_libraries(vpmu-libvirt-hook PRIVATE vpmuhook)
-# The hook needs only libxml2 from vpmucore's dependencies; do not make
-# every VM start load libvirt, libperf or json-c for nothing.
+target_link_libraries(vpmu-libvirt-hook PRIVATE vpmuhook vpmuclient)
+# The hook needs only libxml2 (domain XML) and json-c (the socket protocol)
+# from vpmucore's dependencies; do not make every VM start load libvirt,
+# libperf or libsystemd for nothing.
 target_link_options(vpmu-libvirt-hook PRIVATE -Wl,--as-needed)
 # libvirt only runs hooks from /etc/libvirt/hooks/qemu.d/; docs/libvirt.md
 # says how to link it there (a packaging decision, not the build's).

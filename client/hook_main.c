@@ -2,7 +2,8 @@
 /*
  * vpmu's libvirt QEMU hook: install as /etc/libvirt/hooks/qemu.d/vpmu
  * (docs/libvirt.md). The decisions live in hook.c; this file only gathers
- * the process inputs (argv, stdin, config) and picks the transport.
+ * the process inputs (argv, stdin, config) and provides the transport: the
+ * vpmud socket ($VPMU_SOCKET or /run/vpmu/vpmud.sock) through libvpmuclient.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -10,30 +11,182 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "config.h"
+#include "cpulist.h"
 #include "hook.h"
+#include "proto.h"
+#include "vpmu/client.h"
 
-/*
- * The JSON socket protocol to vpmud is being written; until the client
- * side exists the hook has no way to reach the daemon, and says so. By
- * the fail-open rule every VM then starts without arbitration.
- */
-static int no_admit(void *ctx, const struct dompol *req, uint64_t deadline, struct hook_admission *out)
+#ifndef VPMU_HOOK_VERSION
+#define VPMU_HOOK_VERSION "0.1"
+#endif
+
+/* ------------------------------------------------- transport: vpmud's socket */
+
+/* Everything here happens at most once per hook run; a connection per
+ * operation costs nothing worth optimising. */
+struct sock_ctx {
+	const char *path;
+};
+
+/* The daemon's answer, reported here because only this layer sees it;
+ * hook.c adds what it means for the VM. */
+static void say_remote(const char *name, const char *method, const struct vpmu_client_error *e)
 {
-	(void)ctx, (void)req, (void)deadline, (void)out;
-	return -ENOSYS;
+	fprintf(stderr, "vpmu-hook: %s: %s: vpmud answered %s: %s\n", name, method, e->code, e->message);
 }
 
-static int no_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t deadline)
+static bool is_code(int r, const struct vpmu_client_error *e, const char *code)
 {
-	(void)ctx, (void)req, (void)pid, (void)deadline;
-	return -ENOSYS;
+	return r == -EREMOTEIO && !strcmp(e->code, code);
 }
 
-static int no_release(void *ctx, const char *name, const char *uuid, uint64_t deadline)
+/* Calls one method on a fresh connection. */
+static int call1(const struct sock_ctx *sc, const char *method, struct json_object *params, uint64_t deadline,
+		 struct vpmu_client_error *e)
 {
-	(void)ctx, (void)name, (void)uuid, (void)deadline;
-	return -ENOSYS;
+	struct vpmu_client *c = NULL;
+	struct json_object *res = NULL;
+	int r = vpmu_client_connect(sc->path, "vpmu-libvirt-hook/" VPMU_HOOK_VERSION, deadline, &c, e);
+
+	if (r == 0)
+		r = vpmu_client_call(c, method, params, deadline, &res, e);
+	json_object_put(res);
+	vpmu_client_close(c);
+	return r;
+}
+
+/* vm.attach params for the domain's request, without an owner: at prepare
+ * QEMU does not exist yet, vm.bind names it at started. */
+static int attach_params(const struct dompol *p, struct json_object **out)
+{
+	struct proto_request req = { .method = PROTO_M_VM_ATTACH };
+	struct proto_vm_attach *a = &req.u.vm_attach;
+	int cls = proto_class_from_name(p->cls);
+
+	*out = NULL;
+	if (!p->name || strlen(p->name) > PROTO_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (p->n_vcpus < 1 || p->n_vcpus > PROTO_MAX_VCPUS)
+		return -E2BIG;
+	snprintf(a->name, sizeof(a->name), "%s", p->name);
+	a->priority = p->priority < 0 ? 0 : (uint32_t)p->priority;
+	a->cls = cls < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)cls;
+	a->gp = p->gp;
+	a->fixed_mask = p->fixed_mask;
+	a->vcpus.count = p->n_vcpus;
+	a->vcpus.cpus = calloc(p->n_vcpus, sizeof(*a->vcpus.cpus));
+	if (!a->vcpus.cpus)
+		return -ENOMEM;
+	for (unsigned v = 0; v < p->n_vcpus; v++)
+		for (unsigned cpu = 0; cpu < DOMPOL_MAX_CPUS && cpu < CPULIST_MAX_CPUS; cpu++)
+			if (dompol_cpuset_test(&p->vcpu_cpus[v], cpu))
+				cpulist_set(&a->vcpus.cpus[v], cpu);
+	struct json_object *obj = proto_request_encode(&req), *params = NULL;
+
+	proto_request_fini(&req);
+	if (obj && json_object_object_get_ex(obj, "params", &params))
+		params = json_object_get(params);
+	json_object_put(obj);
+	if (!params)
+		return -ENOMEM;
+	/* a domain without our metadata has no opinion: the daemon's
+	 * configured defaults decide, not the hook's copy of them */
+	if (!p->metadata_present) {
+		json_object_object_del(params, "priority");
+		json_object_object_del(params, "class");
+	}
+	*out = params;
+	return 0;
+}
+
+/* Admits (or re-admits) the domain: 0 admitted, 1 refused (out->reason
+ * says why), negative errno for anything else. */
+static int do_attach(const struct sock_ctx *sc, const struct dompol *req, uint64_t deadline,
+		     struct hook_admission *out)
+{
+	struct vpmu_client_error e;
+	struct json_object *params;
+	int r = attach_params(req, &params);
+
+	if (r < 0)
+		return r;
+	r = call1(sc, "vm.attach", params, deadline, &e);
+	json_object_put(params);
+	/* already attached: prepare ran twice, or the follower saw it first */
+	if (r == 0 || is_code(r, &e, "exists"))
+		return 0;
+	if (is_code(r, &e, "refused")) {
+		snprintf(out->reason, sizeof(out->reason), "%s", e.message);
+		return 1;
+	}
+	if (r == -EREMOTEIO)
+		say_remote(req->name, "vm.attach", &e);
+	return r;
+}
+
+static int sock_admit(void *ctx, const struct dompol *req, uint64_t deadline, struct hook_admission *out)
+{
+	int r = do_attach(ctx, req, deadline, out);
+
+	if (r < 0)
+		return r;
+	out->admitted = r == 0;
+	return 0;
+}
+
+static int sock_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t deadline)
+{
+	struct vpmu_client_error e;
+	struct hook_admission adm = { 0 };
+	struct json_object *params = json_object_new_object();
+	int r;
+
+	if (!params || json_object_object_add(params, "name", json_object_new_string(req->name)) < 0 ||
+	    json_object_object_add(params, "pid", json_object_new_int64(pid)) < 0) {
+		json_object_put(params);
+		return -ENOMEM;
+	}
+	r = call1(ctx, "vm.bind", params, deadline, &e);
+	if (is_code(r, &e, "not_found")) {
+		/* vpmud did not see prepare (it restarted, or the hook was
+		 * installed while the VM ran): take the VM in now, then bind */
+		int a = do_attach(ctx, req, deadline, &adm);
+
+		if (a == 1)
+			fprintf(stderr, "vpmu-hook: %s: vpmud refused it: %s\n", req->name, adm.reason);
+		if (a == 0)
+			r = call1(ctx, "vm.bind", params, deadline, &e);
+		else if (a < 0 && a != -EREMOTEIO)
+			r = a;
+	}
+	json_object_put(params);
+	if (r == -EREMOTEIO)
+		say_remote(req->name, "vm.bind", &e);
+	return r;
+}
+
+static int sock_release(void *ctx, const char *name, const char *uuid, uint64_t deadline)
+{
+	struct vpmu_client_error e;
+	struct json_object *params = json_object_new_object();
+	int r;
+
+	(void)uuid; /* leases are named after the domain */
+	if (!params || json_object_object_add(params, "name", json_object_new_string(name)) < 0) {
+		json_object_put(params);
+		return -ENOMEM;
+	}
+	r = call1(ctx, "vm.detach", params, deadline, &e);
+	json_object_put(params);
+	/* stopped and release both run at every stop: the second finds nothing */
+	if (is_code(r, &e, "not_found"))
+		return 0;
+	if (r == -EREMOTEIO)
+		say_remote(name, "vm.detach", &e);
+	return r;
 }
 
 /* Reads all of stdin: libvirt writes the whole XML and a hook that stops
@@ -93,7 +246,8 @@ int main(int argc, char **argv)
 	o.host_cpus = ncpu < 1 ? 1 : ncpu > DOMPOL_MAX_CPUS ? DOMPOL_MAX_CPUS : (unsigned)ncpu;
 
 	char *xml = read_stdin(&len);
-	const struct hook_transport t = { .admit = no_admit, .bind = no_bind, .release = no_release };
+	struct sock_ctx sc = { .path = vpmu_client_default_socket() };
+	const struct hook_transport t = { .admit = sock_admit, .bind = sock_bind, .release = sock_release, .ctx = &sc };
 	int rc = hook_run(argc, argv, xml ? xml : "", xml ? len : 0, &o, &t, stdout, stderr);
 	free(xml);
 	if (fflush(stdout) != 0)

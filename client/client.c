@@ -1,0 +1,476 @@
+/* SPDX-License-Identifier: MIT */
+#include "vpmu/client.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "frame.h"
+#include "proto.h"
+#include "response.h"
+
+/* Events kept while a call waits for its answer. A watcher that does not
+ * read is not worth unbounded memory: beyond this the oldest are dropped,
+ * which the reader sees as a generation gap (docs/protocol.md says to
+ * fetch the plan then). */
+#define EVENT_QUEUE_MAX 1024
+
+struct queued_event {
+	struct queued_event *next;
+	struct vpmu_client_event ev;
+};
+
+struct vpmu_client {
+	int fd;
+	bool broken;
+	uint64_t next_id;
+	struct proto_reader reader;
+	char server[128];
+	struct queued_event *head, *tail;
+	unsigned int queued;
+};
+
+uint64_t vpmu_client_now_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+const char *vpmu_client_default_socket(void)
+{
+	const char *env = getenv(VPMU_CLIENT_SOCKET_ENV);
+
+	return env && *env ? env : VPMU_CLIENT_DEFAULT_SOCKET;
+}
+
+/* A local failure: fills err (if any) and returns r. */
+__attribute__((format(printf, 3, 4)))
+static int fail(struct vpmu_client_error *err, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err)
+		return r;
+	memset(err, 0, sizeof(*err));
+	err->err = -r;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+/* The connection is unusable from now on (lost sync or gone). */
+static int broken(struct vpmu_client *c, struct vpmu_client_error *err, int r, const char *what)
+{
+	c->broken = true;
+	return fail(err, r, "%s", what);
+}
+
+static int remote(struct vpmu_client_error *err, const struct proto_error *e)
+{
+	if (err) {
+		memset(err, 0, sizeof(*err));
+		err->remote = true;
+		snprintf(err->code, sizeof(err->code), "%s", proto_errcode_name(e->code));
+		err->err = e->err;
+		snprintf(err->field, sizeof(err->field), "%s", e->field);
+		snprintf(err->message, sizeof(err->message), "%s", e->message);
+	}
+	return -EREMOTEIO;
+}
+
+/* Milliseconds poll() may wait before 'deadline' (0: forever). */
+static int poll_timeout(uint64_t deadline)
+{
+	uint64_t now;
+
+	if (!deadline)
+		return -1;
+	now = vpmu_client_now_usec();
+	if (now >= deadline)
+		return 0;
+	/* round up: waking a little after the deadline is better than
+	 * spinning on zero-millisecond polls just before it */
+	uint64_t ms = (deadline - now + 999) / 1000;
+	return ms > 60 * 60 * 1000 ? 60 * 60 * 1000 : (int)ms;
+}
+
+static int wait_fd(int fd, short events, uint64_t deadline)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	for (;;) {
+		int t = poll_timeout(deadline);
+		int n = poll(&p, 1, t);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n > 0)
+			return 0;
+		if (deadline && vpmu_client_now_usec() >= deadline)
+			return -ETIMEDOUT;
+	}
+}
+
+static int send_all(struct vpmu_client *c, const char *buf, size_t len, uint64_t deadline,
+		    struct vpmu_client_error *err)
+{
+	while (len) {
+		ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			int r = wait_fd(c->fd, POLLOUT, deadline);
+
+			if (r == -ETIMEDOUT)
+				return broken(c, err, r, "vpmud did not take the request in time");
+			if (r < 0)
+				return broken(c, err, r, "cannot wait for the socket");
+			continue;
+		}
+		if (n < 0) {
+			int e = errno;
+
+			return broken(c, err, e == EPIPE ? -ECONNRESET : -e,
+				      e == EPIPE || e == ECONNRESET ? "vpmud closed the connection"
+								    : "cannot send the request");
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Reads until one frame is decoded into *resp. Returns 0, or a failure
+ * (the connection is then broken, except for a timeout when 'keep_on_timeout':
+ * the reader keeps any partial frame, so waiting again is safe).
+ */
+static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_timeout,
+		      struct proto_response *resp, struct vpmu_client_error *err)
+{
+	char buf[65536];
+
+	for (;;) {
+		const char *frame;
+		size_t len;
+		int r = proto_reader_next(&c->reader, &frame, &len);
+
+		if (r == -EMSGSIZE)
+			return broken(c, err, -EMSGSIZE, "vpmud sent an answer larger than 16 MiB");
+		if (r < 0)
+			return broken(c, err, r, "cannot read the answer");
+		if (r == 1) {
+			r = proto_response_decode(frame, len, resp);
+			if (r == -ENOMEM)
+				return broken(c, err, r, "out of memory");
+			if (r < 0)
+				return broken(c, err, -EPROTO, "vpmud sent something that is not a protocol message");
+			return 0;
+		}
+		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			r = wait_fd(c->fd, POLLIN, deadline);
+			if (r == -ETIMEDOUT) {
+				if (keep_on_timeout)
+					return fail(err, r, "no event before the deadline");
+				return broken(c, err, r, "vpmud did not answer in time");
+			}
+			if (r < 0)
+				return broken(c, err, r, "cannot wait for the socket");
+			continue;
+		}
+		if (n < 0)
+			return broken(c, err, -errno, "cannot read from vpmud");
+		if (n == 0)
+			return proto_reader_pending(&c->reader)
+				       ? broken(c, err, -EPROTO, "vpmud closed the connection in the middle of a message")
+				       : broken(c, err, -ECONNRESET, "vpmud closed the connection");
+		r = proto_reader_feed(&c->reader, buf, (size_t)n);
+		if (r == -ENOMEM)
+			return broken(c, err, r, "out of memory");
+		/* -EMSGSIZE: frames completed before the oversized one are
+		 * still returned; proto_reader_next reports it in turn */
+	}
+}
+
+static void queue_event(struct vpmu_client *c, struct proto_response *resp)
+{
+	struct queued_event *q;
+
+	if (c->queued >= EVENT_QUEUE_MAX) {
+		q = c->head;
+		c->head = q->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->queued--;
+		vpmu_client_event_fini(&q->ev);
+		free(q);
+	}
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return; /* lost like an overflow; the generation gap shows it */
+	snprintf(q->ev.name, sizeof(q->ev.name), "%s", resp->event);
+	q->ev.generation = resp->generation;
+	q->ev.body = resp->body;
+	resp->body = NULL;
+	if (c->tail)
+		c->tail->next = q;
+	else
+		c->head = q;
+	c->tail = q;
+	c->queued++;
+}
+
+int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_object *params,
+		     uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
+{
+	struct json_object *req;
+	char *frame = NULL;
+	size_t len = 0;
+	uint64_t id;
+	int r;
+
+	if (!c || !method || !result || (params && !json_object_is_type(params, json_type_object)))
+		return fail(err, -EINVAL, "invalid call");
+	*result = NULL;
+	if (c->broken)
+		return fail(err, -ENOTCONN, "the connection to vpmud failed earlier");
+	id = c->next_id++;
+	req = json_object_new_object();
+	if (!req || json_object_object_add(req, "id", json_object_new_uint64(id)) < 0 ||
+	    json_object_object_add(req, "method", json_object_new_string(method)) < 0 ||
+	    (params && json_object_object_add(req, "params", json_object_get(params)) < 0)) {
+		json_object_put(req);
+		return fail(err, -ENOMEM, "out of memory");
+	}
+	r = proto_frame_encode(req, PROTO_MAX_REQUEST, &frame, &len);
+	json_object_put(req);
+	if (r == -EMSGSIZE)
+		return fail(err, r, "the request exceeds the protocol's %u-byte limit", PROTO_MAX_REQUEST);
+	if (r < 0)
+		return fail(err, r, "cannot encode the request");
+	r = send_all(c, frame, len, deadline, err);
+	free(frame);
+	if (r < 0)
+		return r;
+	for (;;) {
+		struct proto_response resp;
+
+		r = read_frame(c, deadline, false, &resp, err);
+		if (r < 0)
+			return r;
+		if (resp.kind == PROTO_RESP_EVENT) {
+			queue_event(c, &resp);
+			proto_response_fini(&resp);
+			continue;
+		}
+		/* "id": null is the server failing to read our request (too
+		 * large, garbled): it is still the answer to it */
+		if (resp.id_known && resp.id != id) {
+			proto_response_fini(&resp);
+			return broken(c, err, -EPROTO, "vpmud answered another request");
+		}
+		if (resp.kind == PROTO_RESP_ERROR) {
+			r = remote(err, &resp.error);
+			proto_response_fini(&resp);
+			return r;
+		}
+		*result = resp.body;
+		resp.body = NULL;
+		proto_response_fini(&resp);
+		return 0;
+	}
+}
+
+int vpmu_client_connect(const char *path, const char *client_name, uint64_t deadline,
+			struct vpmu_client **out, struct vpmu_client_error *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct vpmu_client *c;
+	struct json_object *params, *res = NULL;
+	uint32_t proto = 0;
+	int r;
+
+	if (!out)
+		return fail(err, -EINVAL, "invalid call");
+	*out = NULL;
+	if (!path)
+		path = vpmu_client_default_socket();
+	if (!*path)
+		return fail(err, -EINVAL, "empty socket path");
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return fail(err, -ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
+			    sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail(err, -ENOMEM, "out of memory");
+	c->next_id = 0;
+	if (proto_reader_init(&c->reader, PROTO_MAX_RESPONSE) < 0) {
+		free(c);
+		return fail(err, -ENOMEM, "out of memory");
+	}
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (c->fd < 0) {
+		int e = errno;
+
+		r = fail(err, -e, "cannot create a socket: %s", strerror(e));
+		goto fail;
+	}
+	for (;;) {
+		if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
+		r = -errno;
+		if (r == -EINTR)
+			continue;
+		/* a non-blocking Unix connect reports a full backlog as EAGAIN
+		 * and cannot be polled for completion: retry until the deadline */
+		if (r == -EAGAIN && (!deadline || vpmu_client_now_usec() < deadline)) {
+			usleep(5000);
+			continue;
+		}
+		if (r == -EAGAIN)
+			r = fail(err, -ETIMEDOUT, "cannot connect to %s: vpmud's backlog stayed full", path);
+		else
+			fail(err, r, "cannot connect to %s: %s", path, strerror(-r));
+		goto fail;
+	}
+	params = json_object_new_object();
+	if (!params || json_object_object_add(params, "protocol", json_object_new_int(VPMU_CLIENT_PROTOCOL)) < 0 ||
+	    (client_name && json_object_object_add(params, "client", json_object_new_string(client_name)) < 0)) {
+		json_object_put(params);
+		r = fail(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	r = vpmu_client_call(c, "hello", params, deadline, &res, err);
+	json_object_put(params);
+	if (r < 0)
+		goto fail;
+	if (proto_hello_result_decode(res, &proto, c->server, sizeof(c->server)) < 0) {
+		r = fail(err, -EPROTO, "%s does not answer like vpmud (bad hello result)", path);
+		goto fail;
+	}
+	json_object_put(res);
+	res = NULL;
+	{
+		struct proto_error pe;
+
+		if (proto_hello_check(VPMU_CLIENT_PROTOCOL, proto, &pe) < 0) {
+			r = fail(err, -EPROTONOSUPPORT, "%s", pe.message);
+			goto fail;
+		}
+	}
+	*out = c;
+	return 0;
+fail:
+	json_object_put(res);
+	vpmu_client_close(c);
+	return r;
+}
+
+const char *vpmu_client_server(const struct vpmu_client *c)
+{
+	return c ? c->server : "";
+}
+
+int vpmu_client_watch(struct vpmu_client *c, uint64_t deadline, uint64_t *generation,
+		      struct vpmu_client_error *err)
+{
+	struct json_object *res = NULL, *g;
+	int r = vpmu_client_call(c, "watch", NULL, deadline, &res, err);
+
+	if (r < 0)
+		return r;
+	if (generation) {
+		*generation = 0;
+		if (json_object_object_get_ex(res, "generation", &g) && json_object_is_type(g, json_type_int))
+			*generation = (uint64_t)json_object_get_int64(g);
+	}
+	json_object_put(res);
+	return 0;
+}
+
+int vpmu_client_next_event(struct vpmu_client *c, uint64_t deadline, struct vpmu_client_event *ev,
+			   struct vpmu_client_error *err)
+{
+	struct proto_response resp;
+	int r;
+
+	if (!c || !ev)
+		return fail(err, -EINVAL, "invalid call");
+	memset(ev, 0, sizeof(*ev));
+	if (c->head) {
+		struct queued_event *q = c->head;
+
+		c->head = q->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->queued--;
+		*ev = q->ev;
+		free(q);
+		return 0;
+	}
+	if (c->broken)
+		return fail(err, -ENOTCONN, "the connection to vpmud failed earlier");
+	r = read_frame(c, deadline, true, &resp, err);
+	if (r < 0)
+		return r;
+	if (resp.kind != PROTO_RESP_EVENT) {
+		proto_response_fini(&resp);
+		return broken(c, err, -EPROTO, "vpmud sent an answer to no request");
+	}
+	snprintf(ev->name, sizeof(ev->name), "%s", resp.event);
+	ev->generation = resp.generation;
+	ev->body = resp.body;
+	resp.body = NULL;
+	proto_response_fini(&resp);
+	return 0;
+}
+
+void vpmu_client_event_fini(struct vpmu_client_event *ev)
+{
+	if (!ev)
+		return;
+	json_object_put(ev->body);
+	ev->body = NULL;
+}
+
+int vpmu_client_fd(const struct vpmu_client *c)
+{
+	return c ? c->fd : -EINVAL;
+}
+
+void vpmu_client_close(struct vpmu_client *c)
+{
+	if (!c)
+		return;
+	while (c->head) {
+		struct queued_event *q = c->head;
+
+		c->head = q->next;
+		vpmu_client_event_fini(&q->ev);
+		free(q);
+	}
+	if (c->fd >= 0)
+		close(c->fd);
+	proto_reader_fini(&c->reader);
+	free(c);
+}
