@@ -116,8 +116,9 @@ expect_line r-badfile err 'bad-num-gp.json: field "num_gp": must be an integer 1
 run r-guestonly 2 --pmu icelake-8360y --print-pmu --gp 2
 expect_line r-guestonly err 'go with --print-guest-pmu'
 run r-two 2 --print-pmu --list-models
-run r-none 2
-expect_line r-none err 'no action given'
+# Without an action vpmud runs the daemon; a bad daemon option stops it at once.
+run r-daemon-kvm 2 --kvm magic --socket /nonexistent/x.sock
+expect_line r-daemon-kvm err 'refusing to start: --kvm: field "kvm": must be auto, ioctl, advisory or model'
 run r-positional 2 --print-pmu extra
 expect_line r-positional err "unexpected argument 'extra'"
 
