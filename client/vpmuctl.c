@@ -647,10 +647,17 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 		 * spelling of "not enforced" */
 		bool advisory = (has && !flag) || (!has && kvm && !strcmp(kvm, "advisory"));
 
+		bool model = kvm && !strcmp(kvm, "model");
+		const char *label = enforced ? "  (enforced by the kernel)"
+				    : model ? "  SIMULATED: routes go to an in-process model of the kernel, not to real guests"
+				    : advisory ? "  ADVISORY: guest counter routes are not enforced" : "";
+
 		table_row(&t, xstrdup("kvm"),
-			  xasprintf("%s%s%s%s", kvm ? kvm : "?",
-				    enforced ? "  (enforced)" : advisory ? "  ADVISORY: guest counter routes are not enforced" : "",
-				    advisory && why ? ": " : "", advisory && why ? why : ""));
+			  xasprintf("%s%s%s%s", kvm ? kvm : "?", label,
+				    advisory && !model && why ? ": " : "", advisory && !model && why ? why : ""));
+		const char *host = get_str(b, "kvm_host");
+		if (host)
+			table_row(&t, xstrdup("host kvm"), xstrdup(host));
 	}
 	table_row(&t, xstrdup("generation"), fmt_any(res, "generation"));
 	table_row(&t, xstrdup("cpus"), fmt_any(res, "cpus"));

@@ -722,14 +722,20 @@ int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
 	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
 	/* vm_name may point into v, which is freed below. */
 	snprintf(name, sizeof(name), "%s", vm_name);
-	/* Routes first leave the port with the VM; then the arbiter frees its
-	 * counters and the port shrinks partitions accordingly. */
-	unbind_vm(b, v);
-	remove_vm_at(b, vm_pos(b, v));
+	/*
+	 * Two phases, as for any change: the VM's routes go to disabled while
+	 * its VMM is still registered, then partitions shrink, then the VM
+	 * leaves the port. A VMM that is already dead has no routes to change
+	 * (the kernel drops them with the VM), so it leaves the port first.
+	 */
+	if (v->bound && (!v->watch || vmm_pidfd_alive(owner_watch_pidfd(v->watch)) <= 0))
+		unbind_vm(b, v);
 	arb_vm_remove(b->arb, id);
-	persist(b);
 	if (apply_last(b, why, sizeof(why)) < 0)
 		log_err("releasing vm %s: %s", name, why);
+	unbind_vm(b, v);
+	remove_vm_at(b, vm_pos(b, v));
+	persist(b);
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "vm released %s", name);
 	emit(b, ev);
@@ -1338,6 +1344,8 @@ static struct json_object *plan_json(const struct broker *b, const struct proto_
 			char cn[16];
 			if (p->holder == ARB_HOLDER_FOREIGN) {
 				json_object_object_add(h, "foreign", json_object_new_string(b->foreign[p->id].name));
+				/* The only foreign user we know of counts core cycles. */
+				json_object_object_add(h, "event", json_object_new_string("cycles"));
 			} else {
 				const char *sn = "?";
 				for (size_t s = 0; s < b->n_sessions; s++)
