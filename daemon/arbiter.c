@@ -14,7 +14,8 @@
  *
  * Only vCPUs couple CPUs. An incremental change marks the CPUs the consumer
  * touches dirty and recomputes their items in global order; a vCPU spanning
- * a clean CPU reads that CPU's state rebuilt from the committed decisions,
+ * a clean CPU reads what the committed computation learnt there, or that
+ * CPU's state rebuilt from the committed decisions when that is not enough,
  * and when its own grant changes, its CPUs become dirty from there on. This
  * gives exactly what a full pass gives (arb_check_full).
  */
@@ -161,10 +162,12 @@ struct arb {
 	bool full;
 	unsigned *dirty;
 	unsigned n_dirty;
+	unsigned *didx;         /* decide_vcpu: indices of a vCPU's dirty CPUs */
 	struct heap_ent *heap;
 	size_t n_heap, cap_heap;
 	struct vcpu **recomp;
 	size_t n_recomp, cap_recomp;
+	size_t n_moved;         /* recomp[0..n_moved): vCPUs whose routes may change */
 	struct cons *adm;
 	struct fail fail;
 };
@@ -573,7 +576,8 @@ static void replay_item(struct arb *a, unsigned cpu, const struct item *it)
 	struct work *w = &a->work[cpu];
 
 	if (it->c->kind == CONS_VM) {
-		uint64_t g = it->c->vcpus[it->sub].grant;
+		/* counters already guest need no withdrawal */
+		uint64_t g = it->c->vcpus[it->sub].grant & ~w->guest;
 		while (g) {
 			guest_claim(w, (unsigned)__builtin_ctzll(g));
 			g &= g - 1;
@@ -755,19 +759,24 @@ static bool try_counter(struct arb *a, struct vcpu *v, unsigned i, unsigned p)
 static int decide_vcpu(struct arb *a, struct vcpu *v)
 {
 	const struct item it = { v->vm, v->idx };
-	uint64_t ng = 0;
-	unsigned n_clean = 0;
+	uint64_t ng = 0, cok = ~0ULL, cfail = 0;
+	unsigned n_dirty = 0;
 	int r;
 
 	for (unsigned i = 0; i < v->n_cpus; i++) {
-		bool clean = !is_dirty(a, v->cpus[i]);
-		n_clean += clean;
-		v->nknown[2 * i] = clean && !v->fresh ? v->known[2 * i] : 0;
-		v->nknown[2 * i + 1] = clean && !v->fresh ? v->known[2 * i + 1] : 0;
+		if (is_dirty(a, v->cpus[i])) {
+			a->didx[n_dirty++] = i;
+			v->nknown[2 * i] = v->nknown[2 * i + 1] = 0;
+			continue;
+		}
+		v->nknown[2 * i] = v->fresh ? 0 : v->known[2 * i];
+		v->nknown[2 * i + 1] = v->fresh ? 0 : v->known[2 * i + 1];
+		cok &= v->nknown[2 * i];
+		cfail |= v->nknown[2 * i + 1];
 	}
 	/* A fresh vCPU has nothing known; the one under admission must also
 	 * name the first CPU that refuses it, in CPU order. */
-	bool lazy = n_clean && !v->fresh;
+	bool lazy = n_dirty < v->n_cpus && !v->fresh;
 	if (!lazy) {
 		for (unsigned i = 0; i < v->n_cpus; i++)
 			bring(a, v->cpus[i], &it);
@@ -782,47 +791,44 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 	while (todo && lazy) {
 		unsigned p = (unsigned)__builtin_ctzll(todo);
 		uint64_t bit = 1ULL << p;
-		bool fail = false, unknown = false;
+		bool fail = cfail & bit, unknown = !fail && !(cok & bit);
 
-		for (unsigned i = 0; i < v->n_cpus && !fail; i++) {
-			if (is_dirty(a, v->cpus[i]))
+		for (unsigned k = 0; k < n_dirty && !fail; k++)
+			fail = !try_counter(a, v, a->didx[k], p);
+		if ((!unknown || fail) && fail == !(v->grant & bit)) {
+			/* as committed: the clean CPUs stay as they are */
+			todo &= todo - 1;
+			if (fail)
 				continue;
-			fail = v->nknown[2 * i + 1] & bit;
-			unknown |= !(v->nknown[2 * i] & bit) && !fail;
-		}
-		for (unsigned i = 0; i < v->n_cpus && !fail; i++)
-			if (is_dirty(a, v->cpus[i]))
-				fail = !try_counter(a, v, i, p);
-		if (!unknown || fail) {
-			if (fail == !(v->grant & bit)) {
-				/* as committed: the clean CPUs stay as they are */
-				todo &= todo - 1;
-				if (fail)
-					continue;
-				ng |= bit;
-				for (unsigned i = 0; i < v->n_cpus; i++)
-					if (is_dirty(a, v->cpus[i]))
-						guest_claim(&a->work[v->cpus[i]], p);
-				continue;
-			}
+			ng |= bit;
+			for (unsigned k = 0; k < n_dirty; k++)
+				guest_claim(&a->work[v->cpus[a->didx[k]]], p);
+			continue;
 		}
 		/* Rebuild the clean CPUs as the full computation has them at
 		 * counter p, and decide the rest everywhere. */
 		lazy = false;
 		for (unsigned i = 0; i < v->n_cpus; i++) {
 			unsigned cpu = v->cpus[i];
+			v->nknown[2 * i] &= ~todo;
+			v->nknown[2 * i + 1] &= ~todo;
 			if (is_dirty(a, cpu))
 				continue;
 			bring(a, cpu, &it);
 			for (uint64_t g = ng; g; g &= g - 1)
 				guest_claim(&a->work[cpu], (unsigned)__builtin_ctzll(g));
-			v->nknown[2 * i] &= bit - 1;
-			v->nknown[2 * i + 1] &= bit - 1;
 		}
-		for (unsigned i = 0; i < v->n_cpus; i++) {
-			v->nknown[2 * i] &= ~todo;
-			v->nknown[2 * i + 1] &= ~todo;
-		}
+	}
+	/* Counters already in the guest partition of every CPU are shared at
+	 * no cost: granting them first changes nothing for the others. */
+	uint64_t common = todo;
+	for (unsigned i = 0; i < v->n_cpus && common; i++)
+		common &= a->work[v->cpus[i]].guest;
+	if (common) {
+		for (unsigned i = 0; i < v->n_cpus; i++)
+			v->nknown[2 * i] |= common;
+		ng |= common;
+		todo &= ~common;
 	}
 	while (todo) {
 		unsigned p = (unsigned)__builtin_ctzll(todo);
@@ -1279,7 +1285,7 @@ static int route_steps(struct arb *a, int phase, const struct cons *gone,
 		       const struct cons *replaced_by)
 {
 	int r;
-	for (size_t i = 0; i < a->n_recomp; i++) {
+	for (size_t i = 0; i < a->n_moved; i++) {
 		const struct vcpu *v = a->recomp[i];
 		const struct vcpu *ov = NULL;
 		if (v->vm == replaced_by && gone && v->idx < gone->n_vcpus)
@@ -1314,8 +1320,18 @@ static int build_transitions(struct arb *a, const struct cons *gone,
 	int r;
 
 	a->n_ntr = 0;
-	if (a->n_recomp) /* recomp is NULL until a vCPU was ever computed */
-		qsort(a->recomp, a->n_recomp, sizeof(*a->recomp), cmp_vcpu_ptr);
+	/* Most recomputed vCPUs keep their grant and have no step: sort only
+	 * the others, which route_steps would pick out of the same order. */
+	a->n_moved = 0;
+	for (size_t i = 0; i < a->n_recomp; i++) {
+		struct vcpu *v = a->recomp[i];
+		if (v->fresh || v->grant != v->ngrant) {
+			a->recomp[i] = a->recomp[a->n_moved];
+			a->recomp[a->n_moved++] = v;
+		}
+	}
+	if (a->n_moved)
+		qsort(a->recomp, a->n_moved, sizeof(*a->recomp), cmp_vcpu_ptr);
 	qsort(a->dirty, a->n_dirty, sizeof(*a->dirty), cmp_unsigned);
 	if ((r = route_steps(a, 1, gone, replaced_by)))
 		return r;
@@ -1463,8 +1479,9 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	a->items = calloc(inv->n_cpus, sizeof(*a->items));
 	a->work = calloc(inv->n_cpus, sizeof(*a->work));
 	a->dirty = malloc(inv->n_cpus * sizeof(unsigned));
+	a->didx = malloc(inv->n_cpus * sizeof(unsigned));
 	a->foreign = calloc(inv->n_foreign ? inv->n_foreign : 1, sizeof(*a->foreign));
-	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->foreign) {
+	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->didx || !a->foreign) {
 		arb_destroy(a);
 		return -ENOMEM;
 	}
@@ -1521,6 +1538,7 @@ void arb_destroy(struct arb *a)
 	free(a->items);
 	free(a->work);
 	free(a->dirty);
+	free(a->didx);
 	free(a->foreign);
 	free(a->heap);
 	free(a->recomp);
