@@ -14,7 +14,8 @@
  *
  * Only vCPUs couple CPUs. An incremental change marks the CPUs the consumer
  * touches dirty and recomputes their items in global order; a vCPU spanning
- * a clean CPU reads that CPU's state rebuilt from the committed decisions,
+ * a clean CPU reads what the committed computation learnt there, or that
+ * CPU's state rebuilt from the committed decisions when that is not enough,
  * and when its own grant changes, its CPUs become dirty from there on. This
  * gives exactly what a full pass gives (arb_check_full).
  */
@@ -44,6 +45,12 @@ struct vcpu {
 	uint64_t ngrant;        /* computed in epoch `stamp` */
 	uint32_t stamp;
 	bool fresh;             /* not committed yet */
+	/* What the committed computation learnt on each CPU of the set, two
+	 * masks per CPU: [2i] counters that were guest or withdrawable there
+	 * when the vCPU tried them, [2i+1] counters found not withdrawable.
+	 * A counter in neither was not tried there (a CPU before it failed).
+	 * nknown is the same for the computation in progress. */
+	uint64_t *known, *nknown;
 };
 
 struct sev {
@@ -96,6 +103,10 @@ struct work {
 	unsigned pos;           /* next item in the CPU's list */
 	unsigned pcount;        /* placements so far (foreign, then sessions) */
 	uint64_t guest;
+	/* Counters found not withdrawable. By Hall's theorem that stays so for
+	 * the rest of the computation: events are only added and counters
+	 * only withdrawn, so a vCPU after another need not search again. */
+	uint64_t stuck;
 	struct match m;
 	int16_t slot_pl[MATCH_MAX_SLOTS];        /* slot -> placement index */
 	struct cons *slot_cons[MATCH_MAX_SLOTS]; /* NULL: foreign */
@@ -151,10 +162,12 @@ struct arb {
 	bool full;
 	unsigned *dirty;
 	unsigned n_dirty;
+	unsigned *didx;         /* decide_vcpu: indices of a vCPU's dirty CPUs */
 	struct heap_ent *heap;
 	size_t n_heap, cap_heap;
 	struct vcpu **recomp;
 	size_t n_recomp, cap_recomp;
+	size_t n_moved;         /* recomp[0..n_moved): vCPUs whose routes may change */
 	struct cons *adm;
 	struct fail fail;
 };
@@ -291,6 +304,8 @@ static void cons_free(struct cons *c)
 	for (unsigned v = 0; c->vcpus && v < c->n_vcpus; v++) {
 		free(c->vcpus[v].set);
 		free(c->vcpus[v].cpus);
+		free(c->vcpus[v].known);
+		free(c->vcpus[v].nknown);
 	}
 	free(c->vcpus);
 	free(c->set);
@@ -417,6 +432,10 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 					  s->vcpus[v].fixed_mask);
 		if (set_to_list(a, s->vcpus[v].cpus, &vc->set, &vc->cpus, &vc->n_cpus))
 			goto nomem;
+		vc->known = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
+		vc->nknown = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
+		if (!vc->known || !vc->nknown)
+			goto nomem;
 	}
 	*out = c;
 	return 0;
@@ -506,6 +525,7 @@ static int work_init(struct arb *a, unsigned cpu)
 	w->pos = 0;
 	w->pcount = 0;
 	w->guest = 0;
+	w->stuck = 0;
 	match_init(&w->m, a->inv_mask);
 	for (unsigned f = 0; f < a->n_foreign; f++) {
 		if (a->foreign[f].cpu >= 0 && (unsigned)a->foreign[f].cpu != cpu)
@@ -556,7 +576,8 @@ static void replay_item(struct arb *a, unsigned cpu, const struct item *it)
 	struct work *w = &a->work[cpu];
 
 	if (it->c->kind == CONS_VM) {
-		uint64_t g = it->c->vcpus[it->sub].grant;
+		/* counters already guest need no withdrawal */
+		uint64_t g = it->c->vcpus[it->sub].grant & ~w->guest;
 		while (g) {
 			guest_claim(w, (unsigned)__builtin_ctzll(g));
 			g &= g - 1;
@@ -697,44 +718,133 @@ static void decide_session(struct arb *a, unsigned cpu, const struct item *it)
 	w->pos++;
 }
 
+static bool is_dirty(const struct arb *a, unsigned cpu)
+{
+	return a->work[cpu].epoch == a->epoch && a->work[cpu].dirty;
+}
+
+/* Whether counter p can join the guest partition of CPU i of v (guest
+ * already, or the host events there can all be kept without it); records
+ * the answer in v->nknown. */
+static bool try_counter(struct arb *a, struct vcpu *v, unsigned i, unsigned p)
+{
+	struct work *w = &a->work[v->cpus[i]];
+	uint64_t bit = 1ULL << p;
+
+	if ((w->guest & bit) || (!(w->stuck & bit) && match_can_withdraw(&w->m, p))) {
+		v->nknown[2 * i] |= bit;
+		return true;
+	}
+	w->stuck |= bit;
+	v->nknown[2 * i + 1] |= bit;
+	return false;
+}
+
+/*
+ * A clean CPU of v holds the committed state up to v, so what the committed
+ * computation learnt there (v->known) still holds for as long as v's grant
+ * agrees with the committed one bit by bit: the state a counter is tried in
+ * is the start state plus the claims of the granted counters below it.
+ * Counters are therefore decided on the dirty CPUs only, reading the clean
+ * ones from v->known, and the clean CPUs are rebuilt (bring) only when that
+ * is not enough: an answer there is unknown, or the grant departs from the
+ * committed one. Rebuilding replays every item before v on those CPUs,
+ * which is most of the cost of a change when a pinned vCPU's CPU is dirty
+ * and floating vCPUs span its node.
+ *
+ * Counters are tried in ascending order. A counter in every CPU's guest
+ * partition succeeds without a search and changes nothing, so this is the
+ * order of the full computation too.
+ */
 static int decide_vcpu(struct arb *a, struct vcpu *v)
 {
 	const struct item it = { v->vm, v->idx };
-	uint64_t ng = 0;
+	uint64_t ng = 0, cok = ~0ULL, cfail = 0;
+	unsigned n_dirty = 0;
 	int r;
 
 	for (unsigned i = 0; i < v->n_cpus; i++) {
-		bring(a, v->cpus[i], &it);
-		assert(a->work[v->cpus[i]].pos < a->items[v->cpus[i]].n &&
-		       a->items[v->cpus[i]].v[a->work[v->cpus[i]].pos].c == v->vm &&
-		       a->items[v->cpus[i]].v[a->work[v->cpus[i]].pos].sub == v->idx);
+		if (is_dirty(a, v->cpus[i])) {
+			a->didx[n_dirty++] = i;
+			v->nknown[2 * i] = v->nknown[2 * i + 1] = 0;
+			continue;
+		}
+		v->nknown[2 * i] = v->fresh ? 0 : v->known[2 * i];
+		v->nknown[2 * i + 1] = v->fresh ? 0 : v->known[2 * i + 1];
+		cok &= v->nknown[2 * i];
+		cfail |= v->nknown[2 * i + 1];
 	}
+	/* A fresh vCPU has nothing known; the one under admission must also
+	 * name the first CPU that refuses it, in CPU order. */
+	bool lazy = n_dirty < v->n_cpus && !v->fresh;
+	if (!lazy) {
+		for (unsigned i = 0; i < v->n_cpus; i++)
+			bring(a, v->cpus[i], &it);
+	}
+	for (unsigned i = 0; i < v->n_cpus; i++)
+		assert(!is_dirty(a, v->cpus[i]) ||
+		       (a->work[v->cpus[i]].pos < a->items[v->cpus[i]].n &&
+			a->items[v->cpus[i]].v[a->work[v->cpus[i]].pos].c == v->vm &&
+			a->items[v->cpus[i]].v[a->work[v->cpus[i]].pos].sub == v->idx));
+
 	uint64_t todo = v->vm->cls == ARB_CLASS_SHARED ? 0 : v->want;
+	while (todo && lazy) {
+		unsigned p = (unsigned)__builtin_ctzll(todo);
+		uint64_t bit = 1ULL << p;
+		bool fail = cfail & bit, unknown = !fail && !(cok & bit);
+
+		for (unsigned k = 0; k < n_dirty && !fail; k++)
+			fail = !try_counter(a, v, a->didx[k], p);
+		if ((!unknown || fail) && fail == !(v->grant & bit)) {
+			/* as committed: the clean CPUs stay as they are */
+			todo &= todo - 1;
+			if (fail)
+				continue;
+			ng |= bit;
+			for (unsigned k = 0; k < n_dirty; k++)
+				guest_claim(&a->work[v->cpus[a->didx[k]]], p);
+			continue;
+		}
+		/* Rebuild the clean CPUs as the full computation has them at
+		 * counter p, and decide the rest everywhere. */
+		lazy = false;
+		for (unsigned i = 0; i < v->n_cpus; i++) {
+			unsigned cpu = v->cpus[i];
+			v->nknown[2 * i] &= ~todo;
+			v->nknown[2 * i + 1] &= ~todo;
+			if (is_dirty(a, cpu))
+				continue;
+			bring(a, cpu, &it);
+			for (uint64_t g = ng; g; g &= g - 1)
+				guest_claim(&a->work[cpu], (unsigned)__builtin_ctzll(g));
+		}
+	}
 	/* Counters already in the guest partition of every CPU are shared at
 	 * no cost: granting them first changes nothing for the others. */
 	uint64_t common = todo;
 	for (unsigned i = 0; i < v->n_cpus && common; i++)
 		common &= a->work[v->cpus[i]].guest;
-	ng = common;
-	todo &= ~common;
+	if (common) {
+		for (unsigned i = 0; i < v->n_cpus; i++)
+			v->nknown[2 * i] |= common;
+		ng |= common;
+		todo &= ~common;
+	}
 	while (todo) {
 		unsigned p = (unsigned)__builtin_ctzll(todo);
 		uint64_t bit = 1ULL << p;
 		bool ok = true;
 		todo &= todo - 1;
 		for (unsigned i = 0; i < v->n_cpus && ok; i++) {
-			struct work *w = &a->work[v->cpus[i]];
-			if (w->guest & bit)
+			if (try_counter(a, v, i, p))
 				continue;
-			if (!match_can_withdraw(&w->m, p)) {
-				ok = false;
-				if (v->vm == a->adm && !a->fail.set) {
-					a->fail.set = true;
-					a->fail.need = v->vm;
-					a->fail.need_sub = v->idx;
-					a->fail.need_is_event = false;
-					note_holder(a, w, v->cpus[i], p);
-				}
+			ok = false;
+			if (v->vm == a->adm && !a->fail.set) {
+				a->fail.set = true;
+				a->fail.need = v->vm;
+				a->fail.need_sub = v->idx;
+				a->fail.need_is_event = false;
+				note_holder(a, &a->work[v->cpus[i]], v->cpus[i], p);
 			}
 		}
 		if (!ok)
@@ -745,6 +855,9 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 	}
 
 	bool changed = v->fresh || ng != v->grant;
+	/* Clean CPUs left alone: the grant is the committed one, so a later
+	 * bring() replays it from there. */
+	assert(!lazy || !changed);
 	v->ngrant = ng;
 	v->stamp = a->epoch;
 	if (grow((void **)&a->recomp, &a->cap_recomp, a->n_recomp + 1, sizeof(*a->recomp)))
@@ -753,12 +866,13 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 	for (unsigned i = 0; i < v->n_cpus; i++) {
 		unsigned cpu = v->cpus[i];
 		struct work *w = &a->work[cpu];
-		w->pos++;
-		if (w->dirty) {
+		if (is_dirty(a, cpu)) {
+			w->pos++;
 			if ((r = heap_push(a, cpu)))
 				return r;
-		} else if (changed) {
-			if ((r = mark_dirty(a, cpu)))
+		} else if (!lazy) {
+			w->pos++;
+			if (changed && (r = mark_dirty(a, cpu)))
 				return r;
 		}
 	}
@@ -1171,7 +1285,7 @@ static int route_steps(struct arb *a, int phase, const struct cons *gone,
 		       const struct cons *replaced_by)
 {
 	int r;
-	for (size_t i = 0; i < a->n_recomp; i++) {
+	for (size_t i = 0; i < a->n_moved; i++) {
 		const struct vcpu *v = a->recomp[i];
 		const struct vcpu *ov = NULL;
 		if (v->vm == replaced_by && gone && v->idx < gone->n_vcpus)
@@ -1206,8 +1320,18 @@ static int build_transitions(struct arb *a, const struct cons *gone,
 	int r;
 
 	a->n_ntr = 0;
-	if (a->n_recomp) /* recomp is NULL until a vCPU was ever computed */
-		qsort(a->recomp, a->n_recomp, sizeof(*a->recomp), cmp_vcpu_ptr);
+	/* Most recomputed vCPUs keep their grant and have no step: sort only
+	 * the others, which route_steps would pick out of the same order. */
+	a->n_moved = 0;
+	for (size_t i = 0; i < a->n_recomp; i++) {
+		struct vcpu *v = a->recomp[i];
+		if (v->fresh || v->grant != v->ngrant) {
+			a->recomp[i] = a->recomp[a->n_moved];
+			a->recomp[a->n_moved++] = v;
+		}
+	}
+	if (a->n_moved)
+		qsort(a->recomp, a->n_moved, sizeof(*a->recomp), cmp_vcpu_ptr);
 	qsort(a->dirty, a->n_dirty, sizeof(*a->dirty), cmp_unsigned);
 	if ((r = route_steps(a, 1, gone, replaced_by)))
 		return r;
@@ -1242,8 +1366,12 @@ static void commit(struct arb *a)
 		p->guest = p->nguest;
 	}
 	for (size_t i = 0; i < a->n_recomp; i++) {
-		a->recomp[i]->grant = a->recomp[i]->ngrant;
-		a->recomp[i]->fresh = false;
+		struct vcpu *v = a->recomp[i];
+		uint64_t *t = v->known;
+		v->grant = v->ngrant;
+		v->fresh = false;
+		v->known = v->nknown;
+		v->nknown = t;
 	}
 	struct transition *t = a->tr;
 	size_t cap = a->cap_tr;
@@ -1351,8 +1479,9 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	a->items = calloc(inv->n_cpus, sizeof(*a->items));
 	a->work = calloc(inv->n_cpus, sizeof(*a->work));
 	a->dirty = malloc(inv->n_cpus * sizeof(unsigned));
+	a->didx = malloc(inv->n_cpus * sizeof(unsigned));
 	a->foreign = calloc(inv->n_foreign ? inv->n_foreign : 1, sizeof(*a->foreign));
-	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->foreign) {
+	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->didx || !a->foreign) {
 		arb_destroy(a);
 		return -ENOMEM;
 	}
@@ -1409,6 +1538,7 @@ void arb_destroy(struct arb *a)
 	free(a->items);
 	free(a->work);
 	free(a->dirty);
+	free(a->didx);
 	free(a->foreign);
 	free(a->heap);
 	free(a->recomp);

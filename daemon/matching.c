@@ -92,12 +92,34 @@ int match_withdraw(struct match *m, unsigned counter)
 	return 0;
 }
 
+/* The search augment() would make after withdrawing a counter, read-only:
+ * avail already lacks that counter, so no path ends on or passes it. It
+ * visits counters in augment()'s order and finds a path exactly when
+ * augment() would, but writes nothing, so the caller needs no copy. */
+static bool reachable(const struct match *m, unsigned slot, uint64_t avail, uint64_t *visited)
+{
+	uint64_t cand = m->mask[slot] & avail & ~*visited;
+
+	if (cand & ~m->used)
+		return true;
+	while (cand) {
+		unsigned c = (unsigned)__builtin_ctzll(cand);
+		cand &= cand - 1;
+		if (*visited & (1ULL << c))
+			continue;
+		*visited |= 1ULL << c;
+		if (reachable(m, (unsigned)m->owner[c], avail, visited))
+			return true;
+	}
+	return false;
+}
+
 bool match_can_withdraw(const struct match *m, unsigned counter)
 {
 	uint64_t bit = 1ULL << counter;
 
 	if (!(m->avail & bit) || !(m->used & bit))
 		return true;
-	struct match tmp = *m;
-	return match_withdraw(&tmp, counter) == 0;
+	uint64_t visited = 0;
+	return reachable(m, (unsigned)m->owner[counter], m->avail & ~bit, &visited);
 }
