@@ -25,6 +25,7 @@ struct broker_vm {
 	uint64_t id;
 	struct proto_vm_attach spec;   /* as attached, updates folded in; vcpus owned */
 	uid_t uid;                     /* who attached it */
+	char origin[32];               /* see broker_caller.origin */
 	bool bound;                    /* registered with the kvm port */
 	pid_t vmm_pid;
 	int vm_fd;
@@ -37,6 +38,7 @@ struct broker_session {
 	uint64_t id;
 	struct proto_session_start spec; /* events owned */
 	uid_t uid;
+	char origin[32];
 	pid_t owner_pid;
 	uint64_t owner_start;
 	struct owner_watch *watch;
@@ -138,6 +140,17 @@ static const char *counter_name(int counter, char *buf, size_t len)
 static bool routes_enforced(const struct broker *b)
 {
 	return kvm_port_backend(b->port) == KVM_BACKEND_IOCTL && kvm_port_enforced(b->port);
+}
+
+static void set_origin(char *dst, size_t len, const struct broker_caller *c)
+{
+	const char *o = c->origin && c->origin[0] ? c->origin : c->transport ? c->transport : "?";
+	/* "vpmuctl/0.1" -> "vpmuctl": the version is not part of who it is. */
+	size_t n = strcspn(o, "/");
+	if (n >= len)
+		n = len - 1;
+	memcpy(dst, o, n);
+	dst[n] = '\0';
 }
 
 static bool may_see(const struct broker_caller *c, uid_t owner)
@@ -263,6 +276,7 @@ static struct json_object *vm_state(const struct broker_vm *v)
 	struct json_object *o = json_object_new_object();
 	json_object_object_add(o, "request", proto_request_encode(&req));
 	json_object_object_add(o, "uid", json_object_new_int64(v->uid));
+	json_object_object_add(o, "origin", json_object_new_string(v->origin));
 	if (v->bound)
 		json_object_object_add(o, "owner_start", json_object_new_uint64(v->vmm_start));
 	return o;
@@ -276,6 +290,7 @@ static struct json_object *session_state(const struct broker_session *s)
 	struct json_object *o = json_object_new_object();
 	json_object_object_add(o, "request", proto_request_encode(&req));
 	json_object_object_add(o, "uid", json_object_new_int64(s->uid));
+	json_object_object_add(o, "origin", json_object_new_string(s->origin));
 	json_object_object_add(o, "owner_start", json_object_new_uint64(s->owner_start));
 	return o;
 }
@@ -631,6 +646,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	v->b = b;
 	v->id = b->next_id++;
 	v->uid = uid;
+	set_origin(v->origin, sizeof(v->origin), c);
 	v->spec = *a;
 	if (!a->has_priority)
 		v->spec.priority = (uint32_t)b->cfg->default_priority;
@@ -906,6 +922,7 @@ static struct json_object *vm_json(const struct broker *b, const struct broker_v
 	json_object_object_add(o, "class", json_object_new_string(proto_class_name(v->spec.cls)));
 	json_object_object_add(o, "gp", json_object_new_int((int)v->spec.gp));
 	json_object_object_add(o, "fixed_mask", hex32(v->spec.fixed_mask));
+	json_object_object_add(o, "origin", json_object_new_string(v->origin));
 	if (v->bound) {
 		struct json_object *ow = json_object_new_object();
 		json_object_object_add(ow, "pid", json_object_new_int(v->vmm_pid));
@@ -999,6 +1016,7 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 	s->b = b;
 	s->id = b->next_id++;
 	s->uid = uid;
+	set_origin(s->origin, sizeof(s->origin), c);
 	s->spec = *q;
 	s->spec.events = calloc(q->n_events, sizeof(char *));
 	s->events = calloc(q->n_events, sizeof(*s->events));
@@ -1603,11 +1621,23 @@ static int restore_one(struct broker *b, struct json_object *entry, enum proto_m
 	if (json_object_object_get_ex(entry, "owner_start", &startj))
 		start = json_object_get_uint64(startj);
 	uid_t uid = (uid_t)json_object_get_int64(uidj);
-	struct broker_caller self = { .uid = uid, .privileged = true, .transport = "state" };
+	char origin[32] = "";
+	struct json_object *oj;
+	if (json_object_object_get_ex(entry, "origin", &oj) && json_object_is_type(oj, json_type_string))
+		snprintf(origin, sizeof(origin), "%s", json_object_get_string(oj));
+	struct broker_caller self = { .uid = uid, .privileged = true, .transport = "state",
+				      .origin = origin[0] ? origin : NULL };
 	struct json_object *res = NULL;
 	memset(&err, 0, sizeof(err));
 	if (want == PROTO_M_VM_ATTACH) {
 		const char *name = req.u.vm_attach.name;
+		/* A D-Bus lease follows its bus peer, which a restart disconnects. */
+		if (!strcmp(origin, "dbus") && !req.u.vm_attach.has_owner) {
+			log_notice("state: vm %s: its D-Bus owner left with the previous vpmud: lease released vm=%s",
+				   name, name);
+			proto_request_fini(&req);
+			return -ESRCH;
+		}
 		if (req.u.vm_attach.has_owner && !owner_alive(req.u.vm_attach.owner.pid, start)) {
 			log_notice("state: vm %s: its VMM (pid %d) exited while vpmud was down: lease released vm=%s",
 				   name, req.u.vm_attach.owner.pid, name);
@@ -1670,4 +1700,32 @@ int broker_restore(struct broker *b)
 	log_notice("state: restored %zu leases, released %zu", kept, dropped);
 	/* What was dropped must not come back at the next start. */
 	return persist(b);
+}
+
+const char *broker_vm_origin(const struct broker *b, const char *name)
+{
+	const struct broker_vm *v = find_vm(b, name);
+	return v ? v->origin : NULL;
+}
+
+int broker_vm_names(const struct broker *b, const char *origin, char ***names)
+{
+	char **out = calloc(b->n_vms + 1, sizeof(*out));
+	size_t k = 0;
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < b->n_vms; i++) {
+		if (origin && strcmp(origin, b->vms[i]->origin))
+			continue;
+		out[k] = strdup(b->vms[i]->spec.name);
+		if (!out[k]) {
+			while (k)
+				free(out[--k]);
+			free(out);
+			return -ENOMEM;
+		}
+		k++;
+	}
+	*names = out;
+	return (int)k;
 }

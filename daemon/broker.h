@@ -30,6 +30,10 @@ struct broker_caller {
 	pid_t pid;
 	bool privileged;        /* root or a member of admin_group: may change state */
 	const char *transport;  /* "socket", "dbus", "libvirt": for the log */
+	/* Who made a lease, kept with it across restarts ("vpmuctl",
+	 * "vpmu-libvirt-hook", "dbus", "libvirt"): each door reconciles the
+	 * leases it made. NULL: the transport's name. */
+	const char *origin;
 };
 
 struct broker_opts {
@@ -72,6 +76,12 @@ void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata
 uint64_t broker_generation(const struct broker *b);
 /* One line for sd_notify STATUS= and the log. */
 void broker_summary(const struct broker *b, char *buf, size_t len);
+
+/* The origin a VM lease was made with, or NULL if there is no such VM. */
+const char *broker_vm_origin(const struct broker *b, const char *name);
+/* Names of the VM leases made by origin (all if NULL); *names is a
+ * NULL-terminated array the caller frees (strings included). */
+int broker_vm_names(const struct broker *b, const char *origin, char ***names);
 
 /* Lease removal by name from inside the daemon (libvirt follower, owner
  * death); logs reason. -ENOENT if no such VM. */

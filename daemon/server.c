@@ -29,6 +29,7 @@ struct conn {
 	struct ucred cred;
 	bool privileged;
 	bool hello_done;
+	char client[PROTO_CLIENT_MAX + 1];  /* from hello: the lease origin */
 	bool watching;
 	uint64_t sub_id;
 	bool closing;         /* flush what is queued, then close */
@@ -180,6 +181,7 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 			send_error(c, true, req.id, &err);
 		} else {
 			c->hello_done = true;
+			snprintf(c->client, sizeof(c->client), "%s", req.u.hello.client);
 			send_obj(c, proto_result_response(req.id, proto_hello_result("vpmud/" VPMU_VERSION)));
 		}
 		proto_request_fini(&req);
@@ -209,7 +211,8 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 		return;
 	}
 	struct broker_caller caller = { .uid = c->cred.uid, .gid = c->cred.gid, .pid = c->cred.pid,
-					.privileged = c->privileged, .transport = "socket" };
+					.privileged = c->privileged, .transport = "socket",
+					.origin = c->client[0] ? c->client : NULL };
 	struct json_object *result = NULL;
 	if (broker_handle(s->broker, &caller, &req, &result, &err) < 0)
 		send_error(c, true, req.id, &err);
