@@ -283,6 +283,48 @@ static void test_session_model_pmu_counts_nothing_invented(void **st)
 	json_object_put(ok(f, "{\"id\":4,\"method\":\"session.stop\",\"params\":{\"name\":\"p\"}}"));
 }
 
+static const char *placement_of(struct json_object *read_result, int idx)
+{
+	struct json_object *e = json_object_array_get_idx(json_object_object_get(read_result, "events"), (size_t)idx);
+	return json_object_get_string(json_object_object_get(e, "placement"));
+}
+
+static void test_session_follows_the_plan(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"p\",\"priority\":100,"
+			      "\"events\":[\"branches\",\"cache-misses\",\"task-clock\"],\"cpus\":\"0\"}}"));
+	struct json_object *r = ok(f, "{\"id\":2,\"method\":\"session.read\",\"params\":{\"name\":\"p\"}}");
+	assert_string_equal(placement_of(r, 0), "dedicated");
+	assert_string_equal(placement_of(r, 1), "dedicated");
+	uint64_t tc0 = json_object_get_uint64(json_object_object_get(
+		json_object_array_get_idx(json_object_object_get(r, "events"), 2), "value"));
+	json_object_put(r);
+	/* A higher-priority VM takes every general counter on CPU 0: the
+	 * session's hardware events move to multiplexed; nothing is lost. */
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"big\",\"priority\":900,"
+			      "\"gp\":8,\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	r = ok(f, "{\"id\":4,\"method\":\"session.read\",\"params\":{\"name\":\"p\"}}");
+	assert_string_equal(placement_of(r, 0), "multiplexed");
+	assert_string_equal(placement_of(r, 1), "multiplexed");
+	assert_string_equal(placement_of(r, 2), "software");
+	uint64_t tc1 = json_object_get_uint64(json_object_object_get(
+		json_object_array_get_idx(json_object_object_get(r, "events"), 2), "value"));
+	assert_true(tc1 >= tc0);
+	json_object_put(r);
+	r = ok(f, "{\"id\":5,\"method\":\"plan\",\"params\":{\"cpus\":\"0\"}}");
+	struct json_object *ev = json_object_array_get_idx(json_object_object_get(
+		json_object_array_get_idx(json_object_object_get(r, "sessions"), 0), "events"), 0);
+	assert_string_equal(json_object_get_string(json_object_object_get(ev, "placement")), "multiplexed");
+	json_object_put(r);
+	/* The VM leaves: the events get their counters back. */
+	json_object_put(ok(f, "{\"id\":6,\"method\":\"vm.detach\",\"params\":{\"name\":\"big\"}}"));
+	r = ok(f, "{\"id\":7,\"method\":\"session.read\",\"params\":{\"name\":\"p\"}}");
+	assert_string_equal(placement_of(r, 0), "dedicated");
+	assert_string_equal(placement_of(r, 1), "dedicated");
+	json_object_put(r);
+}
+
 static void test_restore_after_restart(void **st)
 {
 	struct fx *f = *st;
@@ -407,6 +449,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_preemption_and_update, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_permissions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_model_pmu_counts_nothing_invented, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_session_follows_the_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_after_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
