@@ -64,6 +64,7 @@ struct broker {
 	struct pmu_desc pmu;
 	char pmu_note[1600];
 	char kvm_host_summary[512];
+	char kvm_note[512];
 	struct kvm_port *port;
 	char state_dir[512];
 	char sysfs_root[512];
@@ -1295,7 +1296,7 @@ static struct json_object *status_json(const struct broker *b)
 		json_object_object_add(be, "pmu_why", json_object_new_string(b->pmu_note));
 	json_object_object_add(be, "kvm", json_object_new_string(kvm_backend_name(kvm_port_backend(b->port))));
 	json_object_object_add(be, "kvm_enforced", json_object_new_boolean(routes_enforced(b)));
-	json_object_object_add(be, "kvm_why", json_object_new_string(kvm_port_why(b->port)));
+	json_object_object_add(be, "kvm_why", json_object_new_string(b->kvm_note[0] ? b->kvm_note : kvm_port_why(b->port)));
 	if (b->kvm_host_summary[0])
 		json_object_object_add(be, "kvm_host", json_object_new_string(b->kvm_host_summary));
 	json_object_object_add(o, "backends", be);
@@ -1532,6 +1533,7 @@ int broker_new(const struct broker_opts *o, struct broker **out, char *why, size
 	snprintf(b->pmu_note, sizeof(b->pmu_note), "%s", o->pmu_note ? o->pmu_note : "");
 	snprintf(b->kvm_host_summary, sizeof(b->kvm_host_summary), "%s",
 		 o->kvm_host_summary ? o->kvm_host_summary : "");
+	snprintf(b->kvm_note, sizeof(b->kvm_note), "%s", o->kvm_note ? o->kvm_note : "");
 	snprintf(b->state_dir, sizeof(b->state_dir), "%s", o->state_dir);
 	snprintf(b->sysfs_root, sizeof(b->sysfs_root), "%s", o->sysfs_root ? o->sysfs_root : "");
 

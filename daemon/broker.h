@@ -43,6 +43,7 @@ struct broker_opts {
 	const char *pmu_note;         /* why this PMU (fallback reason), may be NULL */
 	struct kvm_port *port;        /* owned by the caller, outlives the broker */
 	const char *kvm_host_summary; /* stock-kernel detection, one line, may be NULL */
+	const char *kvm_note;         /* why this KVM backend, may be NULL (then the port's) */
 	const char *state_dir;
 	const char *sysfs_root;       /* NULL: "/" (tests pass fixture trees) */
 };

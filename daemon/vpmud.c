@@ -29,6 +29,7 @@ struct vpmud {
 	char pmu_note[1600];
 	struct kvm_detect detect;
 	char kvm_summary[512];
+	char kvm_note[256];
 	struct kvm_port *port;
 	struct broker *broker;
 	struct server *server;
@@ -188,6 +189,9 @@ static int choose_kvm(struct vpmud *d)
 		log_err("kvm: backend %s: %s", kvm_backend_name(po.backend), why);
 		return r;
 	}
+	if (want == KVM_BACKEND_AUTO && kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
+		snprintf(d->kvm_note, sizeof(d->kvm_note),
+			 "auto chose the in-process model: the kernel has no vpmu extension (KVM_CAP_VPMU_PARTITION absent); routes are simulated, not enforced on real guests");
 	if (kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
 		log_warn("kvm: %s backend: the kernel has no vpmu extension; routes go to an in-process model (simulated), not to KVM",
 			 want == KVM_BACKEND_AUTO ? "auto chose the model" : "model");
@@ -255,7 +259,8 @@ int vpmud_run(const struct vpmud_opts *opts)
 
 	struct broker_opts bo = { .event = d.event, .cfg = &d.cfg, .pmu = d.pmu,
 				  .pmu_note = d.pmu_note, .port = d.port,
-				  .kvm_host_summary = d.kvm_summary, .state_dir = d.cfg.state_dir,
+				  .kvm_host_summary = d.kvm_summary, .kvm_note = d.kvm_note,
+				  .state_dir = d.cfg.state_dir,
 				  .sysfs_root = opts->sysfs_root };
 	if ((r = broker_new(&bo, &d.broker, err, sizeof(err))) < 0) {
 		log_err("broker: %s", err);
