@@ -1002,6 +1002,27 @@ static void on_session_owner_gone(struct owner_watch *w, void *userdata)
 	session_stop_internal(s->b, s, reason);
 }
 
+static struct json_object *session_events_plan(const struct broker *b, const struct broker_session *s)
+{
+	struct json_object *evs = json_object_new_array();
+	for (uint32_t i = 0; i < s->spec.n_events; i++) {
+		struct json_object *e = json_object_new_object();
+		json_object_object_add(e, "event", json_object_new_string(s->spec.events[i]));
+		if (s->arb_index[i] < 0) {
+			json_object_object_add(e, "placement", json_object_new_string("software"));
+			json_object_object_add(e, "share", json_object_new_double(1.0));
+		} else {
+			struct arb_event_grant g;
+			arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
+			json_object_object_add(e, "placement", json_object_new_string(g.dedicated ? "dedicated" : "multiplexed"));
+			json_object_object_add(e, "share", json_object_new_double(g.share));
+			json_object_object_add(e, "dedicated_cpus", json_object_new_int((int)g.n_dedicated));
+		}
+		json_object_array_add(evs, e);
+	}
+	return evs;
+}
+
 static int session_start(struct broker *b, const struct broker_caller *c,
 			 const struct proto_session_start *q, uid_t uid, uint64_t owner_start,
 			 struct json_object **result, struct proto_error *err)
@@ -1160,24 +1181,10 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 		   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ",
 		   s->spec.has_cpus ? cpus_text : "", (int)s->owner_pid, q->name, (unsigned)uid);
 	if (result) {
-		struct json_object *o = json_object_new_object(), *evs = json_object_new_array();
+		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "name", json_object_new_string(q->name));
 		json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
-		for (uint32_t i = 0; i < q->n_events; i++) {
-			struct json_object *e = json_object_new_object();
-			json_object_object_add(e, "event", json_object_new_string(q->events[i]));
-			if (s->arb_index[i] < 0) {
-				json_object_object_add(e, "placement", json_object_new_string("software"));
-				json_object_object_add(e, "share", json_object_new_double(1.0));
-			} else {
-				struct arb_event_grant g;
-				arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
-				json_object_object_add(e, "placement", json_object_new_string(g.dedicated ? "dedicated" : "multiplexed"));
-				json_object_object_add(e, "share", json_object_new_double(g.share));
-			}
-			json_object_array_add(evs, e);
-		}
-		json_object_object_add(o, "events", evs);
+		json_object_object_add(o, "events", session_events_plan(b, s));
 		*result = o;
 	}
 	return 0;
@@ -1193,27 +1200,6 @@ fail:
 	free(set);
 	session_free(s);
 	return r;
-}
-
-static struct json_object *session_events_plan(const struct broker *b, const struct broker_session *s)
-{
-	struct json_object *evs = json_object_new_array();
-	for (uint32_t i = 0; i < s->spec.n_events; i++) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "event", json_object_new_string(s->spec.events[i]));
-		if (s->arb_index[i] < 0) {
-			json_object_object_add(e, "placement", json_object_new_string("software"));
-			json_object_object_add(e, "share", json_object_new_double(1.0));
-		} else {
-			struct arb_event_grant g;
-			arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
-			json_object_object_add(e, "placement", json_object_new_string(g.dedicated ? "dedicated" : "multiplexed"));
-			json_object_object_add(e, "share", json_object_new_double(g.share));
-			json_object_object_add(e, "dedicated_cpus", json_object_new_int((int)g.n_dedicated));
-		}
-		json_object_array_add(evs, e);
-	}
-	return evs;
 }
 
 static int session_read(struct broker *b, const struct broker_caller *c, const char *name,
