@@ -438,8 +438,8 @@ static void retry_later(struct lvev_follower *f, const char *why)
 	/* Once per outage: a host without libvirt would otherwise log a line
 	 * every 30 s forever (the log has no level filter). */
 	if (f->failures++ == 0)
-		log_warn("libvirt: %s: %s; retrying in %llu ms, then quietly with backoff up to %llu s", f->uri,
-			 why, (unsigned long long)f->backoff / 1000, (unsigned long long)f->backoff_max / 1000000);
+		log_warn("libvirt: %s: %s; retrying in %llu ms, then quietly with backoff up to %llu ms", f->uri,
+			 why, (unsigned long long)f->backoff / 1000, (unsigned long long)f->backoff_max / 1000);
 	schedule(f, f->backoff);
 	f->backoff = f->backoff * 2 > f->backoff_max ? f->backoff_max : f->backoff * 2;
 }
