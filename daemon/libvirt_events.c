@@ -183,7 +183,9 @@ static void bridge_update_handle(int id, int events)
 	if (!w || w->kind != WATCH_HANDLE)
 		return;
 	int r = handle_arm(w, events);
-	if (r < 0)
+	/* -ESTALE: the loop has exited (daemon stopping, libvirt closing its
+	 * connection from the free path); nothing will dispatch any more */
+	if (r < 0 && r != -ESTALE)
 		log_err("libvirt event bridge: cannot update watch %d (fd %d): %s", id, w->fd, strerror(-r));
 }
 
@@ -260,7 +262,7 @@ static void bridge_update_timeout(int id, int interval_ms)
 	if (!w || w->kind != WATCH_TIMEOUT)
 		return;
 	int r = timeout_arm(w, interval_ms);
-	if (r < 0)
+	if (r < 0 && r != -ESTALE)
 		log_err("libvirt event bridge: cannot set timer %d to %d ms: %s", id, interval_ms, strerror(-r));
 }
 
