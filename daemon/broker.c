@@ -823,6 +823,10 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 	}
 	v->spec = next;
+	/* The port checks each route against the CPUs declared for its vCPU:
+	 * a re-pinned vCPU's new routes must meet its new CPUs, not the old. */
+	if (u->has_vcpus && v->bound)
+		declare_vcpu_cpus(b, v);
 	char reason[128];
 	snprintf(reason, sizeof(reason), "vm.update %s", u->name);
 	r = commit_change(b, reason, err);
@@ -831,6 +835,8 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 		if (u->has_vcpus)
 			free(v->spec.vcpus.cpus);
 		v->spec = old;
+		if (u->has_vcpus && v->bound)
+			declare_vcpu_cpus(b, v);
 		if (build_vm_spec(b, v->id, &old, &spec, &ignored) == 0) {
 			arb_vm_update(b->arb, &spec.vm, NULL, 0);
 			vm_arb_spec_free(&spec);
@@ -839,11 +845,8 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 		persist(b);
 		return r;
 	}
-	if (u->has_vcpus) {
-		if (v->bound)
-			declare_vcpu_cpus(b, v);
+	if (u->has_vcpus)
 		free(old.vcpus.cpus);
-	}
 	log_notice("vm %s updated: priority %u, class %s, gp %u, fixed 0x%x vm=%s", u->name,
 		   v->spec.priority, proto_class_name(v->spec.cls), v->spec.gp, v->spec.fixed_mask, u->name);
 	*result = json_object_new_object();

@@ -18,6 +18,9 @@ void config_defaults(struct config *c)
 	snprintf(c->default_class, sizeof(c->default_class), "preferred");
 	snprintf(c->admin_group, sizeof(c->admin_group), "vpmu");
 	c->max_clients = 256;
+	/* On by default: a libvirt that is absent or down costs one log line
+	 * and a backed-off retry, nothing else (docs/config.md). */
+	snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", CONFIG_DEFAULT_LIBVIRT_URI);
 }
 
 bool config_class_valid(const char *cls)

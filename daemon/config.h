@@ -13,6 +13,7 @@
 #define CONFIG_DEFAULT_PATH "/etc/vpmu/vpmud.conf"
 #define CONFIG_DEFAULT_SOCKET "/run/vpmu/vpmud.sock"
 #define CONFIG_DEFAULT_STATE_DIR "/var/lib/vpmu"
+#define CONFIG_DEFAULT_LIBVIRT_URI "qemu:///system"
 
 struct config {
 	char socket[108];           /* sockaddr_un.sun_path */
@@ -23,7 +24,7 @@ struct config {
 	char default_class[16];     /* guaranteed, preferred, shared */
 	char admin_group[64];       /* members may change state */
 	unsigned max_clients;
-	char libvirt_uri[256];      /* empty: do not follow libvirt */
+	char libvirt_uri[256];      /* empty ("none"): do not follow libvirt */
 };
 
 void config_defaults(struct config *c);

@@ -183,7 +183,9 @@ static void bridge_update_handle(int id, int events)
 	if (!w || w->kind != WATCH_HANDLE)
 		return;
 	int r = handle_arm(w, events);
-	if (r < 0)
+	/* -ESTALE: the loop has exited (daemon stopping, libvirt closing its
+	 * connection from the free path); nothing will dispatch any more */
+	if (r < 0 && r != -ESTALE)
 		log_err("libvirt event bridge: cannot update watch %d (fd %d): %s", id, w->fd, strerror(-r));
 }
 
@@ -260,13 +262,19 @@ static void bridge_update_timeout(int id, int interval_ms)
 	if (!w || w->kind != WATCH_TIMEOUT)
 		return;
 	int r = timeout_arm(w, interval_ms);
-	if (r < 0)
+	if (r < 0 && r != -ESTALE)
 		log_err("libvirt event bridge: cannot set timer %d to %d ms: %s", id, interval_ms, strerror(-r));
 }
 
 static int bridge_remove_timeout(int id)
 {
 	return watch_remove(id, WATCH_TIMEOUT);
+}
+
+static void ignore_error(void *ud, virErrorPtr err)
+{
+	(void)ud;
+	(void)err;
 }
 
 int lvev_bridge_register(sd_event *e)
@@ -280,6 +288,10 @@ int lvev_bridge_register(sd_event *e)
 		return -ENOMEM;
 	b->loop = sd_event_ref(e);
 	the_bridge = b;
+	/* libvirt's default handler prints every error to stderr, unprefixed
+	 * (a libvirtd that is down: one line per retry). The follower reads
+	 * each error with virGetLastErrorMessage and logs it itself. */
+	virSetErrorFunc(NULL, ignore_error);
 	virEventRegisterImpl(bridge_add_handle, bridge_update_handle, bridge_remove_handle, bridge_add_timeout,
 			     bridge_update_timeout, bridge_remove_timeout);
 	return 0;
@@ -307,6 +319,7 @@ struct lvev_follower {
 	int cb_ids[CB_N];
 	bool close_cb;
 	sd_event_source *retry;   /* the (re)connect timer */
+	unsigned failures;        /* attempts failed since the last success */
 };
 
 bool lvev_tunable_touches_vcpupin(const virTypedParameter *params, int nparams)
@@ -424,7 +437,11 @@ static void retry_later(struct lvev_follower *f, const char *why)
 {
 	if (f->ops.on_connection)
 		f->ops.on_connection(f->ud, false, why);
-	log_warn("libvirt: %s: %s; retrying in %llu ms", f->uri, why, (unsigned long long)f->backoff / 1000);
+	/* Once per outage: a host without libvirt would otherwise log a line
+	 * every 30 s forever (the log has no level filter). */
+	if (f->failures++ == 0)
+		log_warn("libvirt: %s: %s; retrying in %llu ms, then quietly with backoff up to %llu ms", f->uri,
+			 why, (unsigned long long)f->backoff / 1000, (unsigned long long)f->backoff_max / 1000);
 	schedule(f, f->backoff);
 	f->backoff = f->backoff * 2 > f->backoff_max ? f->backoff_max : f->backoff * 2;
 }
@@ -504,7 +521,8 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
 		return 0;
 	}
 	f->backoff = f->backoff_min;
-	log_info("libvirt: following %s", f->uri);
+	log_notice("libvirt: following %s%s", f->uri, f->failures ? " (connected again)" : "");
+	f->failures = 0;
 	return 0;
 }
 

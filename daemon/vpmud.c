@@ -15,6 +15,7 @@
 #include "config.h"
 #include "kvm_detect.h"
 #include "kvm_port.h"
+#include "libvirt_glue.h"
 #include "log.h"
 #include "pmu.h"
 #include "server.h"
@@ -33,6 +34,7 @@ struct vpmud {
 	struct kvm_port *port;
 	struct broker *broker;
 	struct server *server;
+	struct lvglue *lvglue;      /* NULL when libvirt_uri is empty */
 	char last_status[512];
 };
 
@@ -214,6 +216,8 @@ static int ensure_dir(const char *dir)
 
 static void vpmud_free(struct vpmud *d)
 {
+	/* before the broker: the glue calls it */
+	lvglue_free(d->lvglue);
 	if (d->server)
 		server_free(d->server);
 	if (d->broker) {
@@ -287,6 +291,20 @@ int vpmud_run(const struct vpmud_opts *opts)
 		log_err("refusing to start: %s", err);
 		goto out;
 	}
+	/* ---- libvirt door (daemon/libvirt_glue.h) ---------------------------
+	 * Follows libvirt_uri's domains into leases. A libvirt that is absent
+	 * or down is not an error: the glue retries with backoff from the loop.
+	 * libvirt_uri needs a restart to change, so this runs once. */
+	if (d.cfg.libvirt_uri[0]) {
+		struct lvglue_opts lo = { .event = d.event, .broker = d.broker, .cfg = &d.cfg,
+					  .uri = d.cfg.libvirt_uri, .pid_dir = NULL,
+					  .host_cpus = max_cpus };
+		if ((r = lvglue_new(&lo, &d.lvglue)) < 0) {
+			log_err("refusing to start: libvirt door: %s", strerror(-r));
+			goto out;
+		}
+	}
+	/* ---- end libvirt door ------------------------------------------------ */
 	sd_event_add_signal(d.event, NULL, SIGTERM, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGINT, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGHUP, on_sighup, &d);

@@ -30,6 +30,8 @@ static void test_defaults(void **st)
 	assert_string_equal(c.socket, "/run/vpmu/vpmud.sock");
 	assert_string_equal(c.pmu, "auto");
 	assert_int_equal(c.default_priority, 100);
+	/* followed by default; "none" (test_good_file) turns it off */
+	assert_string_equal(c.libvirt_uri, "qemu:///system");
 }
 
 static void test_good_file(void **st)
