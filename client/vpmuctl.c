@@ -701,9 +701,15 @@ static int cmd_pmu(struct ctl *x, int argc, char **argv)
 			bool first = true;
 
 			json_object_object_foreach(taken, who, what) {
-				table_row(&t, xstrdup(first ? "taken" : ""),
-					  xasprintf("%s: counter %s on CPUs %s", who, get_str(what, "counter") ?: "?",
-						    get_str(what, "cpus") ?: "?"));
+				/* vpmud describes each holder in words (a string);
+				 * docs/protocol.md shows {"counter", "cpus"} */
+				if (json_object_is_type(what, json_type_string))
+					table_row(&t, xstrdup(first ? "taken" : ""),
+						  xasprintf("%s: %s", who, json_object_get_string(what)));
+				else
+					table_row(&t, xstrdup(first ? "taken" : ""),
+						  xasprintf("%s: counter %s on CPUs %s", who,
+							    get_str(what, "counter") ?: "?", get_str(what, "cpus") ?: "?"));
 				first = false;
 			}
 			if (first)
