@@ -133,6 +133,7 @@ class Env:
                               "org.freedesktop.DBus.Mock")
 
     def close(self):
+        """Stops everything; returns vpmud's log (sanitizer reports end up there)."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -141,7 +142,9 @@ class Env:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        log = open(self.vpmud_log).read()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        return log
 
     def signals(self):
         out = []
@@ -225,7 +228,9 @@ def main():
     try:
         run(env)
     finally:
-        env.close()
+        log = env.close()
+    check("Sanitizer" not in log and "vpmud stopped" in log, "vpmud stops cleanly (no sanitizer report)",
+          log[-3000:])
     return 1 if failures else 0
 
 
