@@ -21,6 +21,7 @@ void config_defaults(struct config *c)
 	/* On by default: a libvirt that is absent or down costs one log line
 	 * and a backed-off retry, nothing else (docs/config.md). */
 	snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", CONFIG_DEFAULT_LIBVIRT_URI);
+	snprintf(c->dbus, sizeof(c->dbus), "system");
 }
 
 bool config_class_valid(const char *cls)
@@ -114,6 +115,17 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 			return 0;
 		}
 		return set_string(c->libvirt_uri, sizeof(c->libvirt_uri), key, value, err, errlen);
+	}
+	if (!strcmp(key, "dbus")) {
+		/* A D-Bus address is "transport:key=value,..."; sd-bus checks the rest. */
+		if (strcmp(value, "system") && strcmp(value, "none") &&
+		    (!strchr(value, ':') || !strchr(value, '=') || strpbrk(value, " \t"))) {
+			snprintf(err, errlen,
+				 "field \"dbus\": must be system, none or a bus address such as unix:path=/run/x, got \"%s\"",
+				 value);
+			return -EINVAL;
+		}
+		return set_string(c->dbus, sizeof(c->dbus), key, value, err, errlen);
 	}
 	snprintf(err, errlen, "unknown field \"%s\"", key);
 	return -EINVAL;
@@ -214,4 +226,6 @@ void config_apply_reload(struct config *cur, const struct config *next, char *ap
 		append(ignored, ignored_len, "kvm");
 	if (strcmp(cur->libvirt_uri, next->libvirt_uri))
 		append(ignored, ignored_len, "libvirt_uri");
+	if (strcmp(cur->dbus, next->dbus))
+		append(ignored, ignored_len, "dbus");
 }

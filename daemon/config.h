@@ -25,6 +25,7 @@ struct config {
 	char admin_group[64];       /* members may change state */
 	unsigned max_clients;
 	char libvirt_uri[256];      /* empty ("none"): do not follow libvirt */
+	char dbus[256];             /* "system", "none", or a bus address */
 };
 
 void config_defaults(struct config *c);

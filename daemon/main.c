@@ -48,6 +48,9 @@ static void usage(FILE *f)
 		"  --kvm BACKEND          auto|ioctl|advisory|model (default auto: the kernel's\n"
 		"                         vpmu extension, else the in-process model, simulated)\n"
 		"  --libvirt-uri URI      follow libvirt domains on URI (none: off)\n"
+		"  --dbus ADDRESS|system|none\n"
+		"                         serve org.vpmu.Broker1 on this bus (default system;\n"
+		"                         a missing system bus is logged, not fatal)\n"
 		"\n"
 		"actions:\n"
 		"  --print-pmu            print the PMU as Linux prints it at boot\n"
@@ -88,7 +91,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 {
 	enum { OPT_PMU = 256, OPT_PRINT_PMU, OPT_PRINT_GUEST, OPT_LIST, OPT_GP, OPT_FIXED,
 	       OPT_GVER, OPT_SYSFS, OPT_PROCFS, OPT_CONFIG, OPT_SOCKET, OPT_STATE, OPT_KVM,
-	       OPT_LIBVIRT };
+	       OPT_LIBVIRT, OPT_DBUS };
 	static const struct option opts[] = {
 		{ "pmu", required_argument, NULL, OPT_PMU },
 		{ "print-pmu", no_argument, NULL, OPT_PRINT_PMU },
@@ -104,6 +107,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "state-dir", required_argument, NULL, OPT_STATE },
 		{ "kvm", required_argument, NULL, OPT_KVM },
 		{ "libvirt-uri", required_argument, NULL, OPT_LIBVIRT },
+		{ "dbus", required_argument, NULL, OPT_DBUS },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -177,6 +181,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case OPT_LIBVIRT:
 			a->daemon.libvirt_uri = optarg;
+			break;
+		case OPT_DBUS:
+			a->daemon.dbus = optarg;
 			break;
 		case ':':
 			fprintf(stderr, "vpmud: %s needs a value (see --help)\n", argv[optind - 1]);

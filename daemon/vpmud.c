@@ -13,6 +13,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "dbus_service.h"
 #include "kvm_detect.h"
 #include "kvm_port.h"
 #include "libvirt_glue.h"
@@ -35,6 +36,7 @@ struct vpmud {
 	struct broker *broker;
 	struct server *server;
 	struct lvglue *lvglue;      /* NULL when libvirt_uri is empty */
+	struct dbus_service *dbus;
 	char last_status[512];
 };
 
@@ -60,6 +62,7 @@ static int apply_overrides(struct config *c, const struct vpmud_opts *o, char *e
 	const struct { const char *key, *value; } kv[] = {
 		{ "socket", o->socket },       { "state_dir", o->state_dir }, { "pmu", o->pmu },
 		{ "kvm", o->kvm },             { "libvirt_uri", o->libvirt_uri },
+		{ "dbus", o->dbus },
 	};
 	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
 		char sub[384];
@@ -218,6 +221,7 @@ static void vpmud_free(struct vpmud *d)
 {
 	/* before the broker: the glue calls it */
 	lvglue_free(d->lvglue);
+	dbus_service_free(d->dbus);
 	if (d->server)
 		server_free(d->server);
 	if (d->broker) {
@@ -305,6 +309,21 @@ int vpmud_run(const struct vpmud_opts *opts)
 		}
 	}
 	/* ---- end libvirt door ------------------------------------------------ */
+	/* ---- D-Bus door (dbus_service.c) ---------------------------------- */
+	/* The system bus is optional (containers, early boot): without it
+	 * vpmud still serves its socket. A bus named explicitly must work. */
+	if (strcmp(d.cfg.dbus, "none")) {
+		bool system_bus = !strcmp(d.cfg.dbus, "system");
+		r = dbus_service_new(d.event, d.broker, &d.cfg, system_bus ? NULL : d.cfg.dbus, max_cpus,
+				     &d.dbus, err, sizeof(err));
+		if (r < 0 && !system_bus) {
+			log_err("refusing to start: D-Bus %s: %s", d.cfg.dbus, err);
+			goto out;
+		}
+		if (r < 0)
+			log_notice("dbus: no D-Bus API (%s); set dbus = none to silence this", err);
+	}
+	/* ---- end D-Bus door ------------------------------------------------ */
 	sd_event_add_signal(d.event, NULL, SIGTERM, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGINT, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGHUP, on_sighup, &d);

@@ -17,6 +17,7 @@ struct vpmud_opts {
 	const char *pmu;
 	const char *kvm;
 	const char *libvirt_uri;
+	const char *dbus;           /* system, none or a bus address */
 	const char *sysfs_root;     /* testing */
 	const char *procfs_root;    /* testing */
 };

@@ -49,4 +49,19 @@ if command -v systemd-sysusers >/dev/null; then
 		echo "sysusers did not create group vpmu and user vpmud"; fail=1
 	fi
 fi
+# D-Bus: well-formed policy, polkit action and interface XML; the activation
+# file, the unit's BusName= and its alias must name the same service.
+if command -v xmllint >/dev/null; then
+	for f in "$src/systemd/org.vpmu.Broker1.conf" "$src/systemd/org.vpmu.broker1.policy" \
+		"$src"/docs/org.vpmu.Broker1.*.xml; do
+		xmllint --noout "$f" || { echo "$f is not well-formed XML"; fail=1; }
+	done
+fi
+act="$src/systemd/org.vpmu.Broker1.service"
+busname=$(sed -n 's/^BusName=//p' "$src/systemd/vpmud.service")
+alias=$(sed -n 's/^Alias=//p' "$src/systemd/vpmud.service")
+[ "$busname" = org.vpmu.Broker1 ] || { echo "vpmud.service: BusName=$busname, want org.vpmu.Broker1"; fail=1; }
+grep -qx "Name=$busname" "$act" || { echo "$act: Name= does not match BusName=$busname"; fail=1; }
+grep -qx "SystemdService=$alias" "$act" || { echo "$act: SystemdService= is not the unit's Alias=$alias"; fail=1; }
+grep -q "own=\"$busname\"" "$src/systemd/org.vpmu.Broker1.conf" || { echo "bus policy does not let vpmud own $busname"; fail=1; }
 exit $fail

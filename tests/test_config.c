@@ -91,6 +91,25 @@ static void test_missing_file(void **st)
 	assert_non_null(strstr(err, "/nonexistent/vpmud.conf"));
 }
 
+static void test_dbus_key(void **st)
+{
+	(void)st;
+	struct config c;
+	char err[256];
+	config_defaults(&c);
+	assert_string_equal(c.dbus, "system");
+	assert_int_equal(config_set(&c, "dbus", "none", err, sizeof(err)), 0);
+	assert_string_equal(c.dbus, "none");
+	assert_int_equal(config_set(&c, "dbus", "unix:path=/tmp/bus", err, sizeof(err)), 0);
+	assert_string_equal(c.dbus, "unix:path=/tmp/bus");
+	/* Neither a keyword nor an address: refused, value kept. */
+	assert_int_equal(config_set(&c, "dbus", "sytem", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "\"dbus\""));
+	assert_int_equal(config_set(&c, "dbus", "unix:path=/a b", err, sizeof(err)), -EINVAL);
+	assert_int_equal(config_set(&c, "dbus", "", err, sizeof(err)), -EINVAL);
+	assert_string_equal(c.dbus, "unix:path=/tmp/bus");
+}
+
 static void test_reload(void **st)
 {
 	(void)st;
@@ -112,7 +131,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),   cmocka_unit_test(test_good_file),
 		cmocka_unit_test(test_bad_files),  cmocka_unit_test(test_missing_file),
-		cmocka_unit_test(test_reload),
+		cmocka_unit_test(test_reload),     cmocka_unit_test(test_dbus_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,429 @@
+#!/usr/bin/python3
+"""The real vpmud on a private system-type dbus-daemon whose configuration
+includes our shipped bus policy (systemd/org.vpmu.Broker1.conf).
+
+Clients: dbus-python connections (libdbus) for agents that stay on the bus,
+busctl (sd-bus) for one-shot calls, introspection and `busctl monitor` for
+every signal the daemon sends. A polkit mock (python3-dbusmock's polkitd
+template) on the same bus allows and denies the non-root caller (vpmu-test).
+Each check prints one line; any failure makes the exit status non-zero.
+"""
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.dom.minidom as minidom
+
+try:
+    import dbus
+except ImportError:
+    print("skip: python3-dbus is not installed")
+    sys.exit(77)
+
+SRC = os.environ.get("VPMU_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+BUILD = os.environ.get("VPMU_BUILD_DIR", os.path.join(SRC, "build"))
+VPMUD = os.path.join(BUILD, "vpmud")
+FAKE_VMM = os.path.join(BUILD, "vpmu-fake-vmm")
+NAME, PATH = "org.vpmu.Broker1", "/org/vpmu/Broker1"
+MGR, VM_IF, SESS_IF = NAME + ".Manager", NAME + ".VM", NAME + ".Session"
+ERR = NAME + ".Error."
+TEST_USER = "vpmu-test"
+CLASS_GUARANTEED, CLASS_PREFERRED = 1, 2
+ROUTE_MULTIPLEXED, ROUTE_PASSTHROUGH = 2, 3
+failures = 0
+
+
+def check(cond, what, detail=""):
+    global failures
+    print(("ok   " if cond else "FAIL ") + what + ("" if cond else f": {detail}"), flush=True)
+    if not cond:
+        failures += 1
+
+
+def wait_until(pred, timeout=3.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def bus_conf(tmp, sock):
+    # The defaults of Debian's system.conf that matter here: nobody owns
+    # names or calls methods unless a policy file says so.
+    policy = os.path.join(SRC, "systemd", "org.vpmu.Broker1.conf")
+    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <policy user="root">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+class Env:
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="vpmu-it-dbus-")
+        os.chmod(self.tmp, 0o755)  # the test user reaches the bus socket
+        self.sock = os.path.join(self.tmp, "bus.sock")
+        self.addr = "unix:path=" + self.sock
+        self.procs = []
+        with open(os.path.join(self.tmp, "bus.conf"), "w") as f:
+            f.write(bus_conf(self.tmp, self.sock))
+        self.bus_log = open(os.path.join(self.tmp, "dbus-daemon.log"), "w")
+        self.busd = self.spawn(["dbus-daemon", "--config-file=" + os.path.join(self.tmp, "bus.conf"),
+                                "--nofork", "--nopidfile"], stderr=self.bus_log)
+        if not wait_until(lambda: os.path.exists(self.sock)):
+            raise RuntimeError("dbus-daemon did not start")
+        self.env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.addr)
+        self.monitor_out = os.path.join(self.tmp, "monitor.json")
+        self.mon = self.spawn(["busctl", "--address=" + self.addr, "monitor", "--json=short",
+                               "--match=sender=" + NAME], stdout=open(self.monitor_out, "w"),
+                              stderr=subprocess.DEVNULL)
+        state = os.path.join(self.tmp, "state")
+        conf = os.path.join(self.tmp, "vpmud.conf")
+        open(conf, "w").close()
+        self.vpmud_log = os.path.join(self.tmp, "vpmud.log")
+        self.vpmud = self.spawn([VPMUD, "--pmu", "icelake-8360y", "--kvm", "model",
+                                 "--socket", os.path.join(self.tmp, "vpmud.sock"), "--state-dir", state,
+                                 "--config", conf, "--dbus", self.addr],
+                                stderr=open(self.vpmud_log, "w"))
+        self.bus = dbus.bus.BusConnection(self.addr)
+        if not wait_until(lambda: self.bus.name_has_owner(NAME), 5):
+            raise RuntimeError("vpmud did not take " + NAME + ":\n" + open(self.vpmud_log).read())
+        self.polkit = None
+
+    def spawn(self, args, **kw):
+        p = subprocess.Popen(args, **kw)
+        self.procs.append(p)
+        return p
+
+    def start_polkit_mock(self):
+        self.polkit = self.spawn([sys.executable, "-m", "dbusmock", "--system", "--template", "polkitd"],
+                                 env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(lambda: self.bus.name_has_owner("org.freedesktop.PolicyKit1"), 10):
+            raise RuntimeError("polkit mock did not start")
+        return dbus.Interface(self.bus.get_object("org.freedesktop.PolicyKit1",
+                                                  "/org/freedesktop/PolicyKit1/Authority"),
+                              "org.freedesktop.DBus.Mock")
+
+    def close(self):
+        """Stops everything; returns vpmud's log (sanitizer reports end up there)."""
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        log = open(self.vpmud_log).read()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return log
+
+    def signals(self):
+        out = []
+        with open(self.monitor_out) as f:
+            for line in f:
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                if m.get("type") == "signal":
+                    out.append(m)
+        return out
+
+
+def busctl(env, *args, user=None):
+    cmd = ["busctl", "--address=" + env.addr, "--json=short"] + list(args)
+    if user:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    return p.returncode, p.stdout, p.stderr
+
+
+def mgr_call(env, method, sig, *args, user=None):
+    return busctl(env, "call", NAME, PATH, MGR, method, sig, *[str(a) for a in args], user=user)
+
+
+def interface_xml(xml_text, iface):
+    """The named interface of an introspection document, whitespace-free,
+    so that the shipped XML and the live one compare structurally."""
+    doc = minidom.parseString(xml_text)
+
+    def strip(n):
+        for c in list(n.childNodes):
+            if c.nodeType in (c.TEXT_NODE, c.COMMENT_NODE) and (c.nodeType == c.COMMENT_NODE or not c.data.strip()):
+                n.removeChild(c)
+            else:
+                strip(c)
+    strip(doc)
+    for el in doc.getElementsByTagName("interface"):
+        if el.getAttribute("name") == iface:
+            return el.toxml()
+    return None
+
+
+def props(env, path, iface):
+    return env.bus.get_object(NAME, path).GetAll(iface, dbus_interface=dbus.PROPERTIES_IFACE)
+
+
+def err_name(fn):
+    try:
+        fn()
+    except dbus.DBusException as e:
+        return e.get_dbus_name(), e.get_dbus_message()
+    return None, None
+
+
+def main():
+    if os.geteuid() != 0:
+        print("skip: needs root (the daemon runs as root; the test switches to user %s)" % TEST_USER)
+        return 77
+    for tool in ("dbus-daemon", "busctl", "runuser"):
+        if not shutil.which(tool):
+            print("skip: %s not found" % tool)
+            return 77
+    try:
+        import dbusmock  # noqa: F401
+    except ImportError:
+        print("skip: python3-dbusmock is not installed")
+        return 77
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        if subprocess.run(["useradd", "--system", "--no-create-home", TEST_USER]).returncode != 0:
+            print("skip: cannot create user %s" % TEST_USER)
+            return 77
+    if not os.path.exists(VPMUD):
+        print("no %s: build first" % VPMUD)
+        return 1
+
+    env = Env()
+    try:
+        run(env)
+    finally:
+        log = env.close()
+    check("Sanitizer" not in log and "vpmud stopped" in log, "vpmud stops cleanly (no sanitizer report)",
+          log[-3000:])
+    return 1 if failures else 0
+
+
+def run(env):
+    mgr = dbus.Interface(env.bus.get_object(NAME, PATH), MGR)
+
+    # ---- introspection: what ships in docs/ is what the daemon serves
+    rc, out, _ = busctl(env, "introspect", "--xml-interface", NAME, PATH)
+    check(rc == 0, "busctl introspect of the manager")
+    live = {"Manager": out}
+    rc, out, err = busctl(env, "introspect", NAME, PATH, MGR)
+    check(rc == 0 and "AttachVM" in out and "PlanChanged" in out, "busctl introspect lists methods and signals", err)
+
+    # ---- reads, manager properties
+    p = props(env, PATH, MGR)
+    check(p["Backend"] == 3 and not p["BackendEnforced"],
+          "Backend is 3 (model), not enforced", p.get("Backend"))
+    check(p["Pmu"]["model"] == "icelake-8360y" and int(p["Pmu"]["gp"]) == 8, "Pmu summary property", p["Pmu"])
+    check(p["VmCount"] == 0 and p["SessionCount"] == 0, "no leases at start")
+    gen0 = int(p["Generation"])
+    st = mgr.GetStatus()
+    check(int(st["generation"]) == gen0 and st["backends"]["kvm"] == 3, "GetStatus", st)
+    pm = mgr.GetPmu()
+    check(int(pm["gp"]) == 8 and int(pm["fixed_mask"]) == 0xF, "GetPmu (masks as numbers)", pm)
+
+    # ---- attach a VM from a long-lived agent connection
+    path, res = mgr.AttachVM("web-1", {"priority": dbus.UInt32(200), "class": dbus.UInt32(CLASS_PREFERRED),
+                                       "gp": dbus.UInt32(8), "fixed_mask": dbus.UInt32(0x7),
+                                       "vcpus": dbus.Array(["0-1", "2-3"], signature="s")})
+    check(path == PATH + "/vm/web_2d1", "AttachVM returns the escaped object path", path)
+    vp = props(env, path, VM_IF)
+    check(int(res["granted"]["passthrough_vcpus"]) + int(res["granted"]["multiplexed_vcpus"]) == 2
+          and int(res["granted"]["passthrough_vcpus"]) == vp["PassthroughVcpus"],
+          "AttachVM result (grant) agrees with the PassthroughVcpus property", res)
+    check(vp["Name"] == "web-1" and vp["Class"] == CLASS_PREFERRED and vp["Priority"] == 200
+          and vp["Origin"] == "dbus", "VM object properties", dict(vp))
+    check(len(vp["Routes"]) == 2 and all(r == ROUTE_PASSTHROUGH for r in vp["Routes"][0][2])
+          and vp["Routes"][0][1] == "0-1", "VM Routes: vCPU 0 on 0-1, all gp passthrough", vp["Routes"])
+    check(tuple(vp["Owner"]) == (0, -1), "VM Owner (0,-1) when no VMM is bound", vp["Owner"])
+    objs = env.bus.get_object(NAME, PATH).GetManagedObjects(dbus_interface="org.freedesktop.DBus.ObjectManager")
+    check(path in objs and VM_IF in objs[path], "ObjectManager lists the VM", list(objs))
+    rc, out, _ = busctl(env, "introspect", "--xml-interface", NAME, path)
+    live["VM"] = out
+
+    name, _ = err_name(lambda: mgr.AttachVM("web-1", {"vcpus": dbus.Array(["0"], signature="s")}))
+    check(name == ERR + "Exists", "second AttachVM of the name: Error.Exists", name)
+    name, msg = err_name(lambda: mgr.AttachVM("web-x", {"prority": dbus.UInt32(1)}))
+    check(name == ERR + "UnknownField" and "prority" in msg, "misspelt option: Error.UnknownField", (name, msg))
+    name, _ = err_name(lambda: mgr.AttachVM("web-x", {"class": dbus.UInt32(9), "vcpus": dbus.Array(["0"], signature="s")}))
+    check(name == ERR + "InvalidParam", "class 9: Error.InvalidParam", name)
+    name, _ = err_name(lambda: mgr.DetachVM("nope"))
+    check(name == ERR + "NotFound", "DetachVM of an unknown VM: Error.NotFound", name)
+
+    # ---- update: property change signals
+    r = mgr.UpdateVM("web-1", {"priority": dbus.UInt32(300)})
+    check(int(r["generation"]) > gen0, "UpdateVM returns a newer generation", r)
+    check(props(env, path, VM_IF)["Priority"] == 300, "Priority property follows UpdateVM")
+
+    # ---- a session that preempts the VM: routes change, properties emit
+    spath, sres = mgr.StartSession("prof", ["cycles", "instructions"],
+                                   {"cpus": "0-1", "priority": dbus.UInt32(900)})
+    check(spath == PATH + "/session/prof", "StartSession returns the session path", spath)
+    sp = props(env, spath, SESS_IF)
+    check(sp["Cpus"] == "0-1" and len(sp["Events"]) == 2 and sp["Events"][0][0] == "cycles"
+          and sp["Events"][0][1] in (2, 3), "Session object properties (events with placement)", dict(sp))
+    rc, out, _ = busctl(env, "introspect", "--xml-interface", NAME, spath)
+    live["Session"] = out
+    vp2 = props(env, path, VM_IF)
+    check(any(r == ROUTE_MULTIPLEXED for r in vp2["Routes"][0][2]), "the session downgrades the VM's routes",
+          vp2["Routes"][0])
+    rd = mgr.ReadSession("prof")
+    check(len(rd["events"]) == 2 and rd["events"][0]["event"] == "cycles", "ReadSession", rd)
+    plan = mgr.GetPlan({"cpus": "0-1"})
+    check(len(plan["cpus"]) == 2 and plan["vms"][0]["name"] == "web-1", "GetPlan with a CPU filter", plan.keys())
+    g = mgr.StopSession("prof")
+    check(int(g) > int(r["generation"]), "StopSession returns the generation", g)
+    check(wait_until(lambda: PATH + "/session/prof" not in env.bus.get_object(NAME, PATH).GetManagedObjects(
+        dbus_interface="org.freedesktop.DBus.ObjectManager")), "session object gone after StopSession")
+    check(all(r == ROUTE_PASSTHROUGH for r in props(env, path, VM_IF)["Routes"][0][2]),
+          "VM routes back to passthrough")
+
+    # ---- interface XML in docs/ equals what the daemon serves
+    for iface, text in live.items():
+        f = os.path.join(SRC, "docs", "%s.%s.xml" % (NAME, iface))
+        want = interface_xml(open(f).read(), NAME + "." + iface)
+        got = interface_xml(text, NAME + "." + iface)
+        check(want is not None and want == got, "docs/%s.%s.xml matches the live interface" % (NAME, iface),
+              "\n" + str(got))
+
+    # ---- a client leaving the bus releases its leases
+    rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "oneshot", 1, "vcpus", "as", 1, "4")
+    check(rc == 0 and "/vm/oneshot" in out, "busctl AttachVM", err)
+    check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "busctl left the bus: its VM is released")
+    agent = subprocess.Popen([sys.executable, "-c", """
+import dbus, sys, time
+b = dbus.bus.BusConnection(sys.argv[1])
+m = dbus.Interface(b.get_object("org.vpmu.Broker1", "/org/vpmu/Broker1"), "org.vpmu.Broker1.Manager")
+m.AttachVM("agent-vm", {"vcpus": dbus.Array(["5"], signature="s"), "gp": dbus.UInt32(2)})
+m.StartSession("agent-s", ["cycles"], {"cpus": "6"})
+print("ready", flush=True)
+time.sleep(60)
+""", env.addr], stdout=subprocess.PIPE, text=True)
+    line = agent.stdout.readline()
+    check(line.strip() == "ready", "an agent attached a VM and started a session", line)
+    p = props(env, PATH, MGR)
+    check(p["VmCount"] == 2 and p["SessionCount"] == 1, "both leases exist while the agent is connected", dict(p))
+    agent.kill()
+    agent.wait()
+    check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1 and props(env, PATH, MGR)["SessionCount"] == 0),
+          "agent killed: its VM and session are released")
+
+    # ---- a privileged caller ties a session to a process instead
+    child = subprocess.Popen(["sleep", "60"])
+    rc, out, err = mgr_call(env, "StartSession", "sasa{sv}", "owned", 1, "cycles", 2, "cpus", "s", "7",
+                            "owner_pid", "i", child.pid)
+    check(rc == 0, "busctl StartSession with owner_pid", err)
+    time.sleep(0.2)
+    check(props(env, PATH, MGR)["SessionCount"] == 1, "the session outlives busctl (owned by a process)")
+    child.kill()
+    child.wait()
+    check(wait_until(lambda: props(env, PATH, MGR)["SessionCount"] == 0), "owner process exit stops the session")
+    if os.access("/dev/kvm", os.R_OK | os.W_OK) and os.path.exists(FAKE_VMM):
+        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
+        rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "vmm-vm", 2, "vcpus", "as", 1, "8",
+                                "owner", "a{sv}", 2, "pid", "i", vmm.pid, "vm_fd", "i", vm_fd)
+        check(rc == 0, "busctl AttachVM with a VMM owner", err)
+        vmpath = PATH + "/vm/vmm_2dvm"
+        check(wait_until(lambda: tuple(props(env, vmpath, VM_IF)["Owner"])[0] == vmm.pid),
+              "the VMM-owned VM outlives busctl; Owner shows the VMM")
+        vmm.kill()
+        vmm.wait()
+        check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "VMM exit releases the VM")
+    else:
+        print("skip VMM-owned lease: no /dev/kvm or vpmu-fake-vmm")
+
+    # ---- non-root: reads pass, changes need polkit
+    rc, out, err = busctl(env, "get-property", NAME, PATH, MGR, "VmCount", user=TEST_USER)
+    check(rc == 0 and json.loads(out)["data"] == 1, "non-root reads a property", (out, err))
+    rc, out, err = mgr_call(env, "GetStatus", "", user=TEST_USER)
+    check(rc == 0, "non-root calls GetStatus", err)
+    rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "user-vm", 1, "vcpus", "as", 1, "9", user=TEST_USER)
+    check(rc != 0 and "vm.attach" in err, "non-root AttachVM refused without polkit", (rc, out, err))
+    rc, out, err = mgr_call(env, "DetachVM", "s", "web-1", user=TEST_USER)
+    check(rc != 0 and props(env, PATH, MGR)["VmCount"] == 1, "non-root DetachVM refused without polkit", err)
+    p = subprocess.run(["runuser", "-u", TEST_USER, "--", sys.executable, "-c", """
+import dbus, sys
+m = dbus.Interface(dbus.bus.BusConnection(sys.argv[1]).get_object("org.vpmu.Broker1", "/org/vpmu/Broker1"),
+                   "org.vpmu.Broker1.Manager")
+try:
+    m.AttachVM("user-vm2", {"vcpus": dbus.Array(["9"], signature="s")})
+except dbus.DBusException as e:
+    print(e.get_dbus_name())
+""", env.addr], capture_output=True, text=True, timeout=20)
+    check(p.stdout.strip() == ERR + "PermissionDenied",
+          "non-root AttachVM without polkit: Error.PermissionDenied", (p.stdout, p.stderr))
+
+    mock = env.start_polkit_mock()
+    rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "user-vm", 1, "vcpus", "as", 1, "9", user=TEST_USER)
+    check(rc != 0, "polkit mock denying: non-root AttachVM refused", (rc, out))
+    mock.SetAllowed(["org.vpmu.broker1.manage"])
+    rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "user-vm", 1, "vcpus", "as", 1, "9", user=TEST_USER)
+    check(rc == 0 and "/vm/user_2dvm" in out, "polkit mock allowing: non-root AttachVM accepted", err)
+    check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "the non-root caller's lease left with it")
+    mock.SetAllowed(dbus.Array([], signature="s"))
+    rc, out, err = mgr_call(env, "DetachVM", "s", "web-1", user=TEST_USER)
+    check(rc != 0 and props(env, PATH, MGR)["VmCount"] == 1, "polkit mock denying again: DetachVM refused", err)
+
+    check(int(mgr.DetachVM("web-1")) > 0 and props(env, PATH, MGR)["VmCount"] == 0, "root DetachVM")
+
+    # ---- signals seen by busctl monitor
+    time.sleep(0.3)
+    sigs = env.signals()
+    def seen(pred):
+        return any(pred(s) for s in sigs)
+    check(seen(lambda s: s.get("member") == "PlanChanged" and "vm.attach web-1" in json.dumps(s.get("payload"))),
+          "PlanChanged for vm.attach web-1 (busctl monitor)")
+    check(seen(lambda s: s.get("member") == "PlanChanged" and "vm released agent-vm" in json.dumps(s.get("payload"))),
+          "PlanChanged for the agent's released VM")
+    check(seen(lambda s: s.get("member") == "PropertiesChanged" and s.get("path") == path
+               and "Routes" in json.dumps(s.get("payload"))), "PropertiesChanged Routes on the VM object")
+    check(seen(lambda s: s.get("member") == "PropertiesChanged" and s.get("path") == path
+               and "Priority" in json.dumps(s.get("payload"))), "PropertiesChanged Priority on the VM object")
+    check(seen(lambda s: s.get("member") == "PropertiesChanged" and s.get("path") == PATH
+               and "Generation" in json.dumps(s.get("payload"))), "PropertiesChanged Generation on the manager")
+    check(seen(lambda s: s.get("member") == "InterfacesAdded" and "/session/prof" in json.dumps(s.get("payload"))),
+          "InterfacesAdded for the session")
+    check(seen(lambda s: s.get("member") == "InterfacesRemoved" and "/vm/agent_2dvm" in json.dumps(s.get("payload"))),
+          "InterfacesRemoved for the agent's VM")
+    log = open(env.vpmud_log).read()
+    check("left the bus" in log, "the daemon logs why a D-Bus lease went")
+    check(env.vpmud.poll() is None, "vpmud still running", log[-2000:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
