@@ -522,18 +522,36 @@ static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
 
 /* Registers the VM with the kvm port and applies its current routes. */
 static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
-		   struct proto_error *err)
+		   const char *field, struct proto_error *err)
 {
 	struct vmm_vm found;
 	char why[BROKER_WHY];
 	struct vmm_discover_opts dopts = { .vm_fd = has_vm_fd ? vm_fd : -1 };
 	int r = vmm_discover(pid, &dopts, &found, why, sizeof(why));
+	/* Gone, or no VM to be found: not_found. A VM fd named by the caller
+	 * that is not one: the parameter is wrong. */
 	if (r < 0)
-		return proto_error_set(err, r == -ESRCH ? PROTO_E_NOT_FOUND : PROTO_E_INVALID_PARAM, -r,
-				       "params.owner", "VMM pid %d: %s", (int)pid, why);
-	if (found.n_vcpus && found.n_vcpus < v->spec.vcpus.count) {
-		log_notice("vm %s: VMM pid %d has %u vCPUs now, the lease declares %u vm=%s",
-			   v->spec.name, (int)pid, found.n_vcpus, v->spec.vcpus.count, v->spec.name);
+		return proto_error_set(err, r == -ESRCH || (r == -ENOENT && !has_vm_fd) ? PROTO_E_NOT_FOUND
+											 : PROTO_E_INVALID_PARAM,
+				       -r, field, "VMM pid %d: %s", (int)pid, why);
+	/* Routes are per vCPU: a VMM without every vCPU the lease declares
+	 * cannot take them (it may add vCPUs later: bind again then). */
+	if (found.n_vcpus < v->spec.vcpus.count) {
+		unsigned n = found.n_vcpus;
+		vmm_vm_release(&found);
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+				       "VMM pid %d has %u vCPU%s; vm %s declares %u", (int)pid, n,
+				       n == 1 ? "" : "s", v->spec.name, v->spec.vcpus.count);
+	}
+	/* One KVM VM, one lease: two leases would program the same vCPUs. */
+	for (size_t i = 0; i < b->n_vms; i++) {
+		const struct broker_vm *o = b->vms[i];
+		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == found.vm_fd) {
+			vmm_vm_release(&found);
+			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, field,
+					       "VMM pid %d's VM (fd %d) is already bound to vm %s", (int)pid,
+					       o->vm_fd, o->spec.name);
+		}
 	}
 	pid_t *tids = calloc(v->spec.vcpus.count, sizeof(*tids));
 	if (!tids) {
@@ -551,8 +569,7 @@ static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, 
 	int got_fd = found.vm_fd;
 	vmm_vm_release(&found);
 	if (r < 0)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.owner",
-				       "VMM pid %d: %s", (int)pid, why);
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "VMM pid %d: %s", (int)pid, why);
 
 	declare_vcpu_cpus(b, v);
 
@@ -560,8 +577,8 @@ static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, 
 	r = owner_watch_new(b->event, pid, -1, on_vmm_gone, v, &w);
 	if (r < 0) {
 		kvm_port_unregister_vm(b->port, v->id);
-		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, "params.owner",
-				       "VMM pid %d: %s", (int)pid, strerror(-r));
+		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, field, "VMM pid %d: %s", (int)pid,
+				       strerror(-r));
 	}
 	uint64_t start = 0;
 	owner_start_time(pid, &start);
@@ -697,7 +714,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	snprintf(reason, sizeof(reason), "vm.attach %s", a->name);
 	r = commit_change(b, reason, err);
 	if (r == 0 && a->has_owner) {
-		r = bind_vm(b, v, a->owner.pid, a->owner.vm_fd, true, err);
+		r = bind_vm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
 		if (r == 0)
 			r = persist(b) < 0 ? proto_error_set(err, PROTO_E_INTERNAL, EIO, NULL,
 							     "could not save the state") : 0;
@@ -717,12 +734,14 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		unsigned n_pass = 0;
 		for (uint32_t i = 0; i < v->spec.vcpus.count; i++)
 			json_object_put(vcpu_routes_json(b, v, i, &n_pass));
+		/* A VM that asked for no PMC has nothing to pass through or
+		 * multiplex. */
+		unsigned n_asked = v->spec.gp || v->spec.fixed_mask ? v->spec.vcpus.count : 0;
 		struct json_object *o = json_object_new_object(), *g = json_object_new_object();
 		json_object_object_add(o, "name", json_object_new_string(a->name));
 		json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
 		json_object_object_add(g, "passthrough_vcpus", json_object_new_int((int)n_pass));
-		json_object_object_add(g, "multiplexed_vcpus",
-				       json_object_new_int((int)(v->spec.vcpus.count - n_pass)));
+		json_object_object_add(g, "multiplexed_vcpus", json_object_new_int((int)(n_asked - n_pass)));
 		json_object_object_add(o, "granted", g);
 		json_object_object_add(o, "bound", json_object_new_boolean(v->bound));
 		*result = o;
@@ -870,7 +889,7 @@ static int vm_bind(struct broker *b, const struct broker_caller *c, const struct
 		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
 				       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
 	}
-	int r = bind_vm(b, v, q->pid, q->vm_fd, q->has_vm_fd, err);
+	int r = bind_vm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
 	if (r < 0)
 		return r;
 	if (persist(b) < 0) {
