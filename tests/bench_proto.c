@@ -221,7 +221,8 @@ static int daemon_start(const struct opts *o, struct daemon *d)
 			dup2(lfd, 2);
 			close(lfd);
 		}
-		execl(bin, bin, "--pmu", "icelake-8360y", "--kvm", "model", "--socket", d->socket, "--state-dir", state,
+		execl(bin, bin, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus", "none", "--libvirt-uri", "none",
+		      "--socket", d->socket, "--state-dir", state,
 		      "--config", conf, (char *)NULL);
 		_exit(127);
 	}

@@ -83,7 +83,9 @@ class Daemon:
         conf = os.path.join(self.tmp, "vpmud.conf")
         if not os.path.exists(conf):
             open(conf, "w").close()
-        args = [VPMUD, "--pmu", "icelake-8360y", "--kvm", "model", "--socket", self.sock,
+        # Hermetic: no system bus, no host libvirt (both are on by default).
+        args = [VPMUD, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus", "none", "--libvirt-uri", "none",
+                "--socket", self.sock,
                 "--state-dir", self.state, "--config", os.path.join(self.tmp, "vpmud.conf")] + self.extra
         self.p = subprocess.Popen(args, stderr=self.log, env=self.env)
         if wait:
@@ -401,7 +403,7 @@ def test_socket_activation(tmp):
         return
     sock = os.path.join(tmp, "act.sock")
     p = subprocess.Popen([tool, "-l", sock, VPMUD, "--pmu", "icelake-8360y", "--kvm", "model",
-                          "--state-dir", os.path.join(tmp, "act-state"), "--socket", os.path.join(tmp, "unused.sock")],
+                          "--dbus", "none", "--libvirt-uri", "none", "--state-dir", os.path.join(tmp, "act-state"), "--socket", os.path.join(tmp, "unused.sock")],
                          stderr=subprocess.PIPE)
     ok = wait_until(lambda: os.path.exists(sock), 5)
     try:

@@ -124,7 +124,7 @@ chmod 0755 /etc/libvirt/hooks/qemu.d/vpmu
 start_vpmud() { # log-name, extra options...
 	local log=$1; shift
 	"$VPMUD" --config /dev/null --socket "$W/vpmud.sock" --state-dir "$W/state" \
-		--pmu icelake-8360y --kvm model "$@" >"$W/$log" 2>&1 &
+		--pmu icelake-8360y --kvm model --dbus none "$@" >"$W/$log" 2>&1 &
 	VPMUD_PID=$!
 	for _ in $(seq 1 100); do "$VPMUCTL" --socket "$W/vpmud.sock" status >/dev/null 2>&1 && return 0; sleep 0.05; done
 	fail "vpmud did not come up ($log)"; return 1

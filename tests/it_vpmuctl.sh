@@ -92,7 +92,7 @@ check "no daemon: --socket overrides \$VPMU_SOCKET in the message" eval 'rc_is 3
 
 # ------------------------------------------------------------ start vpmud
 : >"$T/vpmud.conf"
-"$VPMUD" --pmu icelake-8360y --kvm model --socket "$VPMU_SOCKET" --state-dir "$T/state" \
+"$VPMUD" --pmu icelake-8360y --kvm model --dbus none --libvirt-uri none --socket "$VPMU_SOCKET" --state-dir "$T/state" \
 	--config "$T/vpmud.conf" 2>"$T/vpmud.log" &
 daemon=$!
 up() { "$CTL" status >/dev/null 2>&1; }
