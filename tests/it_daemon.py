@@ -70,22 +70,24 @@ class Client:
 
 
 class Daemon:
-    def __init__(self, tmp, extra=(), env=None):
+    def __init__(self, tmp, extra=(), env=None, hermetic_cli=True):
         self.tmp = tmp
         self.sock = os.path.join(tmp, "vpmud.sock")
         self.state = os.path.join(tmp, "state")
         self.log = open(os.path.join(tmp, "vpmud.log"), "ab")
         self.extra = list(extra)
         self.env = env
+        self.hermetic_cli = hermetic_cli
         self.p = None
 
     def start(self, wait=True):
         conf = os.path.join(self.tmp, "vpmud.conf")
         if not os.path.exists(conf):
             open(conf, "w").close()
-        # Hermetic: no system bus, no host libvirt (both are on by default).
-        args = [VPMUD, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus", "none", "--libvirt-uri", "none",
-                "--socket", self.sock,
+        # Hermetic: no system bus, no host libvirt (both are on by default),
+        # from the command line unless the test sets them in the config.
+        hermetic = ["--dbus", "none", "--libvirt-uri", "none"] if self.hermetic_cli else []
+        args = [VPMUD, "--pmu", "icelake-8360y", "--kvm", "model"] + hermetic + ["--socket", self.sock,
                 "--state-dir", self.state, "--config", os.path.join(self.tmp, "vpmud.conf")] + self.extra
         self.p = subprocess.Popen(args, stderr=self.log, env=self.env)
         if wait:
@@ -357,7 +359,10 @@ def test_notify_and_reload(tmp):
     ns.settimeout(5)
     # Without WATCHDOG_PID, sd_watchdog_enabled() trusts WATCHDOG_USEC alone.
     env = dict(os.environ, NOTIFY_SOCKET=ns_path, WATCHDOG_USEC="200000")
-    d = Daemon(tmp, env=env)
+    # libvirt_uri comes from the file here, so that a reload can change it.
+    with open(os.path.join(tmp, "vpmud.conf"), "w") as f:
+        f.write("dbus = none\nlibvirt_uri = none\n")
+    d = Daemon(tmp, env=env, hermetic_cli=False)
     d.start(wait=False)
     msgs = []
     deadline = time.time() + 5
@@ -371,7 +376,7 @@ def test_notify_and_reload(tmp):
     check("STATUS=" in text and "simulated" in text, "sd_notify STATUS= with a summary", text)
     check("WATCHDOG=1" in text, "sd_notify WATCHDOG=1 when WatchdogSec is set", text)
     with open(os.path.join(tmp, "vpmud.conf"), "w") as f:
-        f.write("default_priority = 42\nlibvirt_uri = test:///default\n")
+        f.write("default_priority = 42\ndbus = none\nlibvirt_uri = test:///default\n")
     d.p.send_signal(signal.SIGHUP)
     ok = wait_until(lambda: "config reloaded" in d.logtext(), 3)
     log = d.logtext()
