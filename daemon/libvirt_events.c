@@ -593,3 +593,8 @@ virConnectPtr lvev_follower_conn(const struct lvev_follower *f)
 {
 	return f->conn;
 }
+
+uint64_t lvev_follower_retry_delay(const struct lvev_follower *f)
+{
+	return f->backoff;
+}

@@ -95,4 +95,8 @@ virConnectPtr lvev_follower_conn(const struct lvev_follower *f);
  * ("cputune.vcpupin<N>"); the emulator and iothread pins do not count. */
 bool lvev_tunable_touches_vcpupin(const virTypedParameter *params, int nparams);
 
+/* The delay before the next reconnect attempt (as chosen at the latest
+ * failure; inside on_connection(up=false), the one about to be used). */
+uint64_t lvev_follower_retry_delay(const struct lvev_follower *f);
+
 #endif
