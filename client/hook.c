@@ -104,6 +104,10 @@ static int op_prepare(const char *name, const char *xml, size_t len, const struc
 		}
 		goto out;
 	}
+	/* <pmu state='off'/>: the guest has no vPMU, so there is nothing to
+	 * admit (the daemon's libvirt follower would release such a lease). */
+	if (p.pmu_off)
+		goto out;
 	int r = t->admit(t->ctx, &p, deadline, &adm);
 	if (r < 0) {
 		fprintf(err, TAG ": %s: %s; starting it without PMU arbitration\n", name, errstr(r));
@@ -139,7 +143,7 @@ static void op_bind(const char *name, const char *xml, size_t len, const struct 
 	pid_t pid;
 	int r;
 
-	if (parse(name, xml, len, o, &p, err) < 0)
+	if (parse(name, xml, len, o, &p, err) < 0 || p.pmu_off)
 		goto out;
 	snprintf(path, sizeof(path), "%s/%s.pid", o->pid_dir ? o->pid_dir : HOOK_DEFAULT_PID_DIR, name);
 	if ((r = hook_read_pid(path, &pid)) < 0) {

@@ -318,6 +318,24 @@ static void test_prepare_malformed_metadata(void **st)
 
 /* ------------------------------------------------------ started, reconnect */
 
+static void test_pmu_off_asks_nothing(void **st)
+{
+	(void)st;
+	/* A guest without a vPMU has no counters to arbitrate: neither an
+	 * admission at prepare nor a bind at started. */
+	struct fake f = { .mode = FAKE_OK };
+	struct hook_opts o = opts("guaranteed", 0);
+	struct run r = run_fixture(&f, &o, "nopmu", "prepare", "begin", "pmu-off.xml");
+	assert_int_equal(r.rc, 0);
+	assert_int_equal(f.admits, 0);
+	run_free(&r);
+	write_pid_file("nopmu", "4242\n");
+	r = run_fixture(&f, &o, "nopmu", "started", "begin", "pmu-off.xml");
+	assert_int_equal(r.rc, 0);
+	assert_int_equal(f.binds, 0);
+	run_free(&r);
+}
+
 static void test_started_binds_pid(void **st)
 {
 	(void)st;
@@ -506,6 +524,7 @@ int main(void)
 		cmocka_unit_test(test_prepare_fail_open),
 		cmocka_unit_test(test_prepare_slow_daemon_is_bounded),
 		cmocka_unit_test(test_prepare_malformed_metadata),
+		cmocka_unit_test(test_pmu_off_asks_nothing),
 		cmocka_unit_test(test_started_binds_pid),
 		cmocka_unit_test(test_started_never_fails),
 		cmocka_unit_test(test_read_pid),
