@@ -2,6 +2,7 @@
 #include "broker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,6 +86,8 @@ struct broker {
 	uint64_t next_sub;
 	uint64_t started_usec;
 	bool restoring;                  /* no persisting per lease while reloading */
+	bool state_dirty;                /* the file lags behind: retrying */
+	sd_event_source *persist_retry;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -296,23 +299,67 @@ static struct json_object *session_state(const struct broker_session *s)
 	return o;
 }
 
-static int persist(struct broker *b)
+/*
+ * Writes the state as it is, leaving out skip_vm / skip_session: a removal
+ * is saved before it is carried out, so a failed save refuses it whole.
+ */
+static int persist_excluding(struct broker *b, const struct broker_vm *skip_vm,
+			     const struct broker_session *skip_session)
 {
 	if (b->restoring)
 		return 0;
 	struct json_object *doc = json_object_new_object(), *vms = json_object_new_array(),
 			   *sessions = json_object_new_array();
 	for (size_t i = 0; i < b->n_vms; i++)
-		json_object_array_add(vms, vm_state(b->vms[i]));
+		if (b->vms[i] != skip_vm)
+			json_object_array_add(vms, vm_state(b->vms[i]));
 	for (size_t i = 0; i < b->n_sessions; i++)
-		json_object_array_add(sessions, session_state(b->sessions[i]));
+		if (b->sessions[i] != skip_session)
+			json_object_array_add(sessions, session_state(b->sessions[i]));
 	json_object_object_add(doc, "vms", vms);
 	json_object_object_add(doc, "sessions", sessions);
 	int r = state_save(b->state_dir, doc);
 	json_object_put(doc);
 	if (r < 0)
 		log_err("state: saving %s/%s failed: %s", b->state_dir, STATE_FILE, strerror(-r));
+	else
+		b->state_dirty = false;
 	return r;
+}
+
+static int persist(struct broker *b)
+{
+	return persist_excluding(b, NULL, NULL);
+}
+
+static int on_persist_retry(sd_event_source *src, uint64_t usec, void *userdata)
+{
+	struct broker *b = userdata;
+	(void)usec;
+	/* A oneshot source: armed again only while the file still lags. */
+	if (b->state_dirty && persist(b) < 0) {
+		sd_event_source_set_time_relative(src, 1000000);
+		sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+	}
+	return 0;
+}
+
+/*
+ * For changes nobody can refuse (a VMM or an owner died, libvirt says a
+ * domain stopped): the change stands; a failed save is retried every second
+ * until it succeeds, so what is on disk catches up.
+ */
+static void persist_or_retry(struct broker *b)
+{
+	if (persist(b) == 0 || b->restoring)
+		return;
+	b->state_dirty = true;
+	if (!b->persist_retry &&
+	    sd_event_add_time_relative(b->event, &b->persist_retry, CLOCK_MONOTONIC, 1000000, 0,
+				       on_persist_retry, b) < 0)
+		return;
+	sd_event_source_set_time_relative(b->persist_retry, 1000000);
+	sd_event_source_set_enabled(b->persist_retry, SD_EVENT_ONESHOT);
 }
 
 /* ---------------------------------------------------------------- applying */
@@ -440,14 +487,18 @@ static void sync_sessions(struct broker *b)
 }
 
 /* After an accepted arbiter change: durable first, then KVM, then sessions,
- * then watchers. On failure the caller undoes the arbiter change. */
-static int commit_change(struct broker *b, const char *reason, struct proto_error *err)
+ * then watchers. On failure the caller undoes the arbiter change;
+ * *port_touched says whether the port may hold part of it. */
+static int commit_change(struct broker *b, const char *reason, struct proto_error *err,
+			 bool *port_touched)
 {
 	char why[BROKER_WHY];
+	*port_touched = false;
 	int r = persist(b);
 	if (r < 0)
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
 				       "could not save the state to %s: %s", b->state_dir, strerror(-r));
+	*port_touched = true;
 	r = apply_last(b, why, sizeof(why));
 	if (r < 0) {
 		log_err("%s: %s", reason, why);
@@ -460,13 +511,18 @@ static int commit_change(struct broker *b, const char *reason, struct proto_erro
 	return 0;
 }
 
-/* Undo after a failed commit: take the consumer out again and let the port
- * follow as far as it can. */
-static void undo_vm(struct broker *b, uint64_t id)
+/* Undo after a failed commit: take the consumer out again; if the port saw
+ * part of the change, let it follow back as far as it can. Nothing of a
+ * change the port never saw is sent to it (no counter is scrubbed for a
+ * refused request). */
+static void undo_vm(struct broker *b, uint64_t id, bool port_touched)
 {
 	char why[BROKER_WHY];
-	if (arb_vm_remove(b->arb, id) == 0 && apply_last(b, why, sizeof(why)) < 0)
+	if (arb_vm_remove(b->arb, id) < 0 || !port_touched)
+		return;
+	if (apply_last(b, why, sizeof(why)) < 0)
 		log_err("undo of vm %" PRIu64 " left the kvm port behind: %s", id, why);
+	sync_sessions(b);
 }
 
 /* ---------------------------------------------------------------- VMs */
@@ -520,9 +576,14 @@ static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
 	}
 }
 
-/* Registers the VM with the kvm port and applies its current routes. */
-static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
-		   const char *field, struct proto_error *err)
+/*
+ * Ties the lease to its VMM: finds the VM, checks it can carry the lease,
+ * registers it with the kvm port and watches the process. Applies no route:
+ * at attach the arbiter's transitions do that, at vm.bind apply_routes.
+ * On failure nothing is left registered.
+ */
+static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
+			const char *field, struct proto_error *err)
 {
 	struct vmm_vm found;
 	char why[BROKER_WHY];
@@ -534,80 +595,97 @@ static int bind_vm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, 
 		return proto_error_set(err, r == -ESRCH || (r == -ENOENT && !has_vm_fd) ? PROTO_E_NOT_FOUND
 											 : PROTO_E_INVALID_PARAM,
 				       -r, field, "VMM pid %d: %s", (int)pid, why);
-	/* Routes are per vCPU: a VMM without every vCPU the lease declares
-	 * cannot take them (it may add vCPUs later: bind again then). */
-	if (found.n_vcpus < v->spec.vcpus.count) {
-		unsigned n = found.n_vcpus;
+	/* Routes are per vCPU: the VMM must hold every vCPU id the lease
+	 * declares (it may add vCPUs later: bind again then). */
+	uint32_t n = v->spec.vcpus.count;
+	pid_t *tids = calloc(n, sizeof(*tids));
+	bool *have = calloc(n, sizeof(*have));
+	if (!tids || !have) {
+		free(tids);
+		free(have);
 		vmm_vm_release(&found);
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
-				       "VMM pid %d has %u vCPU%s; vm %s declares %u", (int)pid, n,
-				       n == 1 ? "" : "s", v->spec.name, v->spec.vcpus.count);
+		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 	}
+	for (unsigned i = 0; i < found.n_vcpus; i++)
+		if (found.vcpus[i].id < n) {
+			tids[found.vcpus[i].id] = found.vcpus[i].tid;
+			have[found.vcpus[i].id] = true;
+		}
+	for (uint32_t i = 0; i < n; i++)
+		if (!have[i]) {
+			unsigned nv = found.n_vcpus;
+			free(tids);
+			free(have);
+			vmm_vm_release(&found);
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+					       "VMM pid %d has %u vCPU%s and no vCPU %u; vm %s declares %u",
+					       (int)pid, nv, nv == 1 ? "" : "s", i, v->spec.name, n);
+		}
+	free(have);
 	/* One KVM VM, one lease: two leases would program the same vCPUs. */
 	for (size_t i = 0; i < b->n_vms; i++) {
 		const struct broker_vm *o = b->vms[i];
 		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == found.vm_fd) {
+			free(tids);
 			vmm_vm_release(&found);
 			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, field,
 					       "VMM pid %d's VM (fd %d) is already bound to vm %s", (int)pid,
 					       o->vm_fd, o->spec.name);
 		}
 	}
-	pid_t *tids = calloc(v->spec.vcpus.count, sizeof(*tids));
-	if (!tids) {
+	uint64_t start = 0;
+	r = owner_start_time(pid, &start);
+	/* The watch gets its own copy of the pidfd discovery opened, so no pid
+	 * reuse can slip in between. */
+	int watch_fd = r < 0 ? -1 : fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
+	if (r < 0 || watch_fd < 0) {
+		free(tids);
 		vmm_vm_release(&found);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
 	}
-	for (unsigned i = 0; i < found.n_vcpus; i++)
-		if (found.vcpus[i].id < v->spec.vcpus.count)
-			tids[found.vcpus[i].id] = found.vcpus[i].tid;
 	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found.pidfd,
-				  .vm_fd = found.vm_fd, .n_vcpus = v->spec.vcpus.count,
-				  .vcpu_tids = tids };
+				  .vm_fd = found.vm_fd, .n_vcpus = n, .vcpu_tids = tids };
 	r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
 	free(tids);
 	int got_fd = found.vm_fd;
 	vmm_vm_release(&found);
-	if (r < 0)
+	if (r < 0) {
+		close(watch_fd);
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "VMM pid %d: %s", (int)pid, why);
-
-	declare_vcpu_cpus(b, v);
-
+	}
 	struct owner_watch *w = NULL;
-	r = owner_watch_new(b->event, pid, -1, on_vmm_gone, v, &w);
+	r = owner_watch_new(b->event, pid, watch_fd, on_vmm_gone, v, &w);
 	if (r < 0) {
 		kvm_port_unregister_vm(b->port, v->id);
 		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, field, "VMM pid %d: %s", (int)pid,
 				       strerror(-r));
 	}
-	uint64_t start = 0;
-	owner_start_time(pid, &start);
-
-	/* Partitions are already in place: only route upgrades remain. */
-	struct transition *t = calloc(v->spec.vcpus.count, sizeof(*t));
-	if (!t) {
-		owner_watch_free(w);
-		kvm_port_unregister_vm(b->port, v->id);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
-		t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = 2, .vm_id = v->id, .vcpu = i, .cpu = -1 };
-		arb_vcpu_routes(b->arb, v->id, i, t[i].gp_route, t[i].fixed_route);
-	}
-	struct kvm_apply_result res = {0};
-	r = kvm_port_apply(b->port, t, v->spec.vcpus.count, &res);
-	free(t);
-	if (r < 0) {
-		owner_watch_free(w);
-		kvm_port_unregister_vm(b->port, v->id);
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
-				       "applying the routes of vm %s: %s", v->spec.name, res.why);
-	}
+	declare_vcpu_cpus(b, v);
 	v->bound = true;
 	v->vmm_pid = pid;
 	v->vm_fd = got_fd;
 	v->vmm_start = start;
 	v->watch = w;
+	return 0;
+}
+
+/* A lease bound after its attach: partitions are in place already, only
+ * route upgrades remain (phase 2). */
+static int apply_routes(struct broker *b, struct broker_vm *v, struct proto_error *err)
+{
+	struct transition *t = calloc(v->spec.vcpus.count, sizeof(*t));
+	if (!t)
+		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
+		t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = 2, .vm_id = v->id, .vcpu = i, .cpu = -1 };
+		arb_vcpu_routes(b->arb, v->id, i, t[i].gp_route, t[i].fixed_route);
+	}
+	struct kvm_apply_result res = {0};
+	int r = kvm_port_apply(b->port, t, v->spec.vcpus.count, &res);
+	free(t);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "applying the routes of vm %s: %s",
+				       v->spec.name, res.why);
 	return 0;
 }
 
@@ -684,18 +762,28 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		vm_free(v);
 		return r;
 	}
-	/* A VMM given at attach must already be a live KVM VMM, and a reloaded
-	 * lease's VMM must be the same process (start time) as before. */
-	if (a->has_owner && owner_start && !owner_alive(a->owner.pid, owner_start)) {
-		vm_arb_spec_free(&spec);
-		vm_free(v);
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner",
-				       "VMM pid %d is gone", a->owner.pid);
+	/* A VMM given at attach must already be a live KVM VMM that can carry
+	 * the lease (and a reloaded lease's VMM the same process as before):
+	 * checked before the arbiter, so that a bad owner changes nothing. */
+	if (a->has_owner) {
+		if (owner_start && !owner_alive(a->owner.pid, owner_start)) {
+			vm_arb_spec_free(&spec);
+			vm_free(v);
+			return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner",
+					       "VMM pid %d is gone", a->owner.pid);
+		}
+		r = register_vmm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
+		if (r < 0) {
+			vm_arb_spec_free(&spec);
+			vm_free(v);
+			return r;
+		}
 	}
 	char why[BROKER_WHY];
 	r = arb_vm_add(b->arb, &spec.vm, why, sizeof(why));
 	vm_arb_spec_free(&spec);
 	if (r < 0) {
+		unbind_vm(b, v);
 		vm_free(v);
 		if (r == -EBUSY)
 			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
@@ -703,7 +791,8 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	}
 	struct broker_vm **vms = realloc(b->vms, (b->n_vms + 1) * sizeof(*vms));
 	if (!vms) {
-		undo_vm(b, v->id);
+		undo_vm(b, v->id, false);
+		unbind_vm(b, v);
 		vm_free(v);
 		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 	}
@@ -711,19 +800,15 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	b->vms[b->n_vms++] = v;
 
 	char reason[128];
+	bool touched;
 	snprintf(reason, sizeof(reason), "vm.attach %s", a->name);
-	r = commit_change(b, reason, err);
-	if (r == 0 && a->has_owner) {
-		r = bind_vm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
-		if (r == 0)
-			r = persist(b) < 0 ? proto_error_set(err, PROTO_E_INTERNAL, EIO, NULL,
-							     "could not save the state") : 0;
-	}
+	r = commit_change(b, reason, err, &touched);
 	if (r < 0) {
+		undo_vm(b, v->id, touched);
 		unbind_vm(b, v);
-		undo_vm(b, v->id);
 		remove_vm_at(b, vm_pos(b, v));
-		persist(b);
+		if (touched && persist(b) < 0)
+			log_err("vm %s: the refused attach may come back at restart: the state could not be saved", a->name);
 		return r;
 	}
 	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
@@ -749,15 +834,20 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	return 0;
 }
 
-int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
+/*
+ * Takes a VM lease away. A request (vm.detach) must be saved before it is
+ * carried out, and is refused whole when it cannot be; a release nobody can
+ * refuse (its VMM died, libvirt stopped the domain, the D-Bus peer left) is
+ * carried out and its save retried until it succeeds.
+ */
+static int vm_release(struct broker *b, struct broker_vm *v, const char *reason, bool refuse_unsaved)
 {
-	struct broker_vm *v = find_vm(b, vm_name);
-	if (!v)
-		return -ENOENT;
 	uint64_t id = v->id;
 	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
-	/* vm_name may point into v, which is freed below. */
-	snprintf(name, sizeof(name), "%s", vm_name);
+	snprintf(name, sizeof(name), "%s", v->spec.name);
+	int r = persist_excluding(b, v, NULL);
+	if (r < 0 && refuse_unsaved)
+		return r;
 	/*
 	 * Two phases, as for any change: the VM's routes go to disabled while
 	 * its VMM is still registered, then partitions shrink, then the VM
@@ -771,12 +861,21 @@ int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
 		log_err("releasing vm %s: %s", name, why);
 	unbind_vm(b, v);
 	remove_vm_at(b, vm_pos(b, v));
-	persist(b);
+	if (r < 0)
+		persist_or_retry(b);
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "vm released %s", name);
 	emit(b, ev);
 	log_notice("vm %s released: %s vm=%s", name, reason, name);
 	return 0;
+}
+
+int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
+{
+	struct broker_vm *v = find_vm(b, vm_name);
+	if (!v)
+		return -ENOENT;
+	return vm_release(b, v, reason, false);
 }
 
 static int vm_detach(struct broker *b, const struct broker_caller *c, const char *name,
@@ -790,7 +889,11 @@ static int vm_detach(struct broker *b, const struct broker_caller *c, const char
 	char reason[160];
 	snprintf(reason, sizeof(reason), "detached by uid %u via %s", (unsigned)c->uid,
 		 c->transport ? c->transport : "?");
-	broker_vm_release(b, name, reason);
+	int r = vm_release(b, find_vm(b, name), reason, true);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
+				       "could not save the state to %s: %s; vm %s stays attached", b->state_dir,
+				       strerror(-r), name);
 	*result = json_object_new_object();
 	json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
 	return 0;
@@ -848,7 +951,8 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 		declare_vcpu_cpus(b, v);
 	char reason[128];
 	snprintf(reason, sizeof(reason), "vm.update %s", u->name);
-	r = commit_change(b, reason, err);
+	bool touched;
+	r = commit_change(b, reason, err, &touched);
 	if (r < 0) {
 		struct proto_error ignored;
 		if (u->has_vcpus)
@@ -859,9 +963,14 @@ static int vm_update(struct broker *b, const struct broker_caller *c, const stru
 		if (build_vm_spec(b, v->id, &old, &spec, &ignored) == 0) {
 			arb_vm_update(b->arb, &spec.vm, NULL, 0);
 			vm_arb_spec_free(&spec);
-			apply_last(b, why, sizeof(why));
+			if (touched) {
+				apply_last(b, why, sizeof(why));
+				sync_sessions(b);
+			}
 		}
-		persist(b);
+		if (touched && persist(b) < 0)
+			log_err("vm %s: the refused update may come back at restart: the state could not be saved",
+				u->name);
 		return r;
 	}
 	if (u->has_vcpus)
@@ -889,12 +998,30 @@ static int vm_bind(struct broker *b, const struct broker_caller *c, const struct
 		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
 				       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
 	}
-	int r = bind_vm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
+	int r = register_vmm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
 	if (r < 0)
 		return r;
-	if (persist(b) < 0) {
+	/* Durable first: the lease now names its VMM. */
+	if ((r = persist(b)) < 0) {
 		unbind_vm(b, v);
-		return proto_error_set(err, PROTO_E_INTERNAL, EIO, NULL, "could not save the state");
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "could not save the state to %s: %s",
+				       b->state_dir, strerror(-r));
+	}
+	r = apply_routes(b, v, err);
+	if (r < 0) {
+		/* Take back what reached the port before the VM leaves it, then
+		 * save the lease unbound again. */
+		struct transition *t = calloc(v->spec.vcpus.count, sizeof(*t));
+		struct kvm_apply_result res = {0};
+		for (uint32_t i = 0; t && i < v->spec.vcpus.count; i++)
+			t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = 1, .vm_id = v->id,
+						    .vcpu = i, .cpu = -1 };
+		if (t)
+			kvm_port_apply(b->port, t, v->spec.vcpus.count, &res);
+		free(t);
+		unbind_vm(b, v);
+		persist_or_retry(b);
+		return r;
 	}
 	log_notice("vm %s bound to VMM pid %d (VM fd %d) vm=%s", q->name, (int)q->pid, v->vm_fd, q->name);
 done:
@@ -998,16 +1125,22 @@ static void remove_session(struct broker *b, struct broker_session *s)
 	session_free(s);
 }
 
-static int session_stop_internal(struct broker *b, struct broker_session *s, const char *reason)
+/* As vm_release: a request is refused whole when it cannot be saved. */
+static int session_stop_internal(struct broker *b, struct broker_session *s, const char *reason,
+				 bool refuse_unsaved)
 {
 	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
 	uint64_t id = s->id;
 	bool in_arb = s->n_hw > 0;
+	int saved = persist_excluding(b, NULL, s);
+	if (saved < 0 && refuse_unsaved)
+		return saved;
 	snprintf(name, sizeof(name), "%s", s->spec.name);
 	remove_session(b, s);
 	if (in_arb && arb_session_remove(b->arb, id) == 0 && apply_last(b, why, sizeof(why)) < 0)
 		log_err("stopping session %s: %s", name, why);
-	persist(b);
+	if (saved < 0)
+		persist_or_retry(b);
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "session stopped %s", name);
 	emit(b, ev);
@@ -1021,7 +1154,7 @@ static void on_session_owner_gone(struct owner_watch *w, void *userdata)
 	char reason[96];
 	(void)w;
 	snprintf(reason, sizeof(reason), "owner pid %d exited", (int)s->owner_pid);
-	session_stop_internal(s->b, s, reason);
+	session_stop_internal(s->b, s, reason, false);
 }
 
 static struct json_object *session_events_plan(const struct broker *b, const struct broker_session *s)
@@ -1188,13 +1321,23 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 	b->sessions[b->n_sessions++] = s;
 	char reason[128];
 	snprintf(reason, sizeof(reason), "session.start %s", q->name);
+	bool touched = false;
 	if (s->n_hw)
-		r = commit_change(b, reason, err);
+		r = commit_change(b, reason, err, &touched);
 	else
 		r = persist(b) < 0 ? proto_error_set(err, PROTO_E_INTERNAL, EIO, NULL,
 						     "could not save the state") : 0;
 	if (r < 0) {
 		b->n_sessions--;
+		if (touched) {
+			/* Saved, then the port failed: save again without it. */
+			if (s->n_hw && arb_session_remove(b->arb, s->id) == 0) {
+				apply_last(b, why, sizeof(why));
+				sync_sessions(b);
+			}
+			persist_or_retry(b);
+			s->n_hw = 0; /* already out of the arbiter */
+		}
 		goto fail_arb;
 	}
 	free(aev);
@@ -1212,11 +1355,10 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 	return 0;
 
 fail_arb:
-	if (s->n_hw && arb_session_remove(b->arb, s->id) == 0) {
-		/* Nothing of the add reached the port yet unless commit ran;
-		 * applying the removal's transitions is then harmless. */
-		apply_last(b, why, sizeof(why));
-	}
+	/* The port never saw the add (a commit that reached it undid itself
+	 * above): take it out of the arbiter only, scrubbing nothing. */
+	if (s->n_hw)
+		arb_session_remove(b->arb, s->id);
 fail:
 	free(aev);
 	free(set);
@@ -1456,7 +1598,11 @@ int broker_handle(struct broker *b, const struct broker_caller *c, const struct 
 					       s ? " that this caller may stop" : "");
 		char reason[96];
 		snprintf(reason, sizeof(reason), "stopped by uid %u", (unsigned)c->uid);
-		session_stop_internal(b, s, reason);
+		int r = session_stop_internal(b, s, reason, true);
+		if (r < 0)
+			return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
+					       "could not save the state to %s: %s; session %s keeps running",
+					       b->state_dir, strerror(-r), req->u.session_stop.name);
 		*result = json_object_new_object();
 		json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
 		return 0;
@@ -1590,6 +1736,7 @@ void broker_free(struct broker *b)
 		b->n_vms--;
 		vm_free(v);
 	}
+	sd_event_source_disable_unref(b->persist_retry);
 	free(b->vms);
 	free(b->sessions);
 	free(b->subs);
@@ -1615,12 +1762,21 @@ static int restore_one(struct broker *b, struct json_object *entry, enum proto_m
 		log_err("state: %s[%zu]: not an object with \"request\" and integer \"uid\": dropped", kind, idx);
 		return -EINVAL;
 	}
-	/* The saved request goes through the same validation as a live one. */
-	struct json_object *copy = json_object_get(rq);
-	if (!json_object_object_get_ex(copy, "id", NULL))
-		json_object_object_add(copy, "id", json_object_new_int(0));
-	int r = proto_request_from_json(copy, PMU_MAX_CPUS, &req, &id_known, &id, &err);
-	json_object_put(copy);
+	/* The saved request goes through the same validation as a live one, in
+	 * a fresh envelope: the stored document is not ours to change. */
+	struct json_object *method, *params;
+	if (!json_object_is_type(rq, json_type_object) ||
+	    !json_object_object_get_ex(rq, "method", &method) ||
+	    !json_object_object_get_ex(rq, "params", &params)) {
+		log_err("state: %s[%zu]: \"request\" is not an object with method and params: dropped", kind, idx);
+		return -EINVAL;
+	}
+	struct json_object *envelope = json_object_new_object();
+	json_object_object_add(envelope, "id", json_object_new_int(0));
+	json_object_object_add(envelope, "method", json_object_get(method));
+	json_object_object_add(envelope, "params", json_object_get(params));
+	int r = proto_request_from_json(envelope, PMU_MAX_CPUS, &req, &id_known, &id, &err);
+	json_object_put(envelope);
 	if (r < 0 || req.method != want) {
 		log_err("state: %s[%zu]: invalid saved request (%s): dropped", kind, idx,
 			r < 0 ? err.message : "wrong method");
@@ -1738,4 +1894,16 @@ int broker_vm_names(const struct broker *b, const char *origin, char ***names)
 	}
 	*names = out;
 	return (int)k;
+}
+
+uint64_t broker_vm_id(const struct broker *b, const char *name)
+{
+	const struct broker_vm *v = find_vm(b, name);
+	return v ? v->id : 0;
+}
+
+bool broker_vm_bound(const struct broker *b, const char *name)
+{
+	const struct broker_vm *v = find_vm(b, name);
+	return v && v->bound;
 }

@@ -78,6 +78,11 @@ uint64_t broker_generation(const struct broker *b);
 /* One line for sd_notify STATUS= and the log. */
 void broker_summary(const struct broker *b, char *buf, size_t len);
 
+/* A VM lease's identity: unique for the daemon's life, so a name detached
+ * and attached again is another lease. 0 if there is no such VM. */
+uint64_t broker_vm_id(const struct broker *b, const char *name);
+/* Whether the VM lease follows a VMM process. */
+bool broker_vm_bound(const struct broker *b, const char *name);
 /* The origin a VM lease was made with, or NULL if there is no such VM. */
 const char *broker_vm_origin(const struct broker *b, const char *name);
 /* Names of the VM leases made by origin (all if NULL); *names is a

@@ -33,7 +33,7 @@ struct peer {
 	struct dbus_service *svc;
 	char *name;                 /* unique bus name */
 	sd_bus_track *track;
-	char **vms;                 /* VM leases this peer made without a VMM owner */
+	struct peer_vm { char *name; uint64_t id; } *vms; /* VM leases made without a VMM owner */
 	size_t n_vms;
 	struct peer_session { char *name; pid_t owner; } *sessions;
 	size_t n_sessions;
@@ -730,7 +730,7 @@ static void peer_free(struct peer *p)
 		p->next->prev = p->prev;
 	sd_bus_track_unref(p->track);
 	for (size_t i = 0; i < p->n_vms; i++)
-		free(p->vms[i]);
+		free(p->vms[i].name);
 	for (size_t i = 0; i < p->n_sessions; i++)
 		free(p->sessions[i].name);
 	free(p->vms);
@@ -748,10 +748,12 @@ static int on_peer_gone(sd_bus_track *t, void *userdata)
 	(void)t;
 	snprintf(reason, sizeof(reason), "its D-Bus peer %s left the bus", p->name);
 	for (size_t i = 0; i < p->n_vms; i++) {
-		const char *origin = broker_vm_origin(s->broker, p->vms[i]);
-		/* The name may have been detached and reused by another door. */
-		if (origin && !strcmp(origin, "dbus"))
-			broker_vm_release(s->broker, p->vms[i], reason);
+		/* Only the very lease this peer made (a name detached and made
+		 * again elsewhere has another id), and only while no VMM holds
+		 * it: a bound lease follows its process, not the connection. */
+		if (broker_vm_id(s->broker, p->vms[i].name) == p->vms[i].id &&
+		    !broker_vm_bound(s->broker, p->vms[i].name))
+			broker_vm_release(s->broker, p->vms[i].name, reason);
 	}
 	for (size_t i = 0; i < p->n_sessions; i++) {
 		struct json_object *ss = find_named(s->plan, "sessions", p->sessions[i].name);
@@ -803,13 +805,13 @@ static int track_lease(struct dbus_service *s, const char *sender, bool vm, cons
 		return -ENOMEM;
 	}
 	if (vm) {
-		char **v = realloc(p->vms, (p->n_vms + 1) * sizeof(*v));
+		struct peer_vm *v = realloc(p->vms, (p->n_vms + 1) * sizeof(*v));
 		if (!v) {
 			free(n);
 			return -ENOMEM;
 		}
 		p->vms = v;
-		p->vms[p->n_vms++] = n;
+		p->vms[p->n_vms++] = (struct peer_vm){ .name = n, .id = broker_vm_id(s->broker, name) };
 	} else {
 		struct peer_session *v = realloc(p->sessions, (p->n_sessions + 1) * sizeof(*v));
 		if (!v) {
@@ -828,8 +830,8 @@ static void untrack_lease(struct dbus_service *s, bool vm, const char *name)
 	for (struct peer *p = s->peers; p; p = p->next) {
 		if (vm) {
 			for (size_t i = 0; i < p->n_vms; i++)
-				if (!strcmp(p->vms[i], name)) {
-					free(p->vms[i]);
+				if (!strcmp(p->vms[i].name, name)) {
+					free(p->vms[i].name);
 					p->vms[i] = p->vms[--p->n_vms];
 					return;
 				}
@@ -888,6 +890,8 @@ static void finish(struct pending *p, bool privileged)
 			t = track_lease(s, p->sender, false, req->u.session_start.name, p->pid);
 		else if (req->method == PROTO_M_VM_DETACH)
 			untrack_lease(s, true, req->u.vm_detach.name);
+		else if (req->method == PROTO_M_VM_BIND)
+			untrack_lease(s, true, req->u.vm_bind.name); /* it follows its VMM now */
 		else if (req->method == PROTO_M_SESSION_STOP)
 			untrack_lease(s, false, req->u.session_stop.name);
 		if (t < 0)

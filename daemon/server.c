@@ -16,8 +16,10 @@
 #include "log.h"
 #include "response.h"
 
-/* A watcher that does not read its events is cut off past this. */
-#define SERVER_MAX_BACKLOG (8u << 20)
+/* A watcher that does not read its events is cut off when this much waits
+ * for it; replies may add one more maximal response on top. */
+#define SERVER_MAX_EVENT_BACKLOG (8u << 20)
+#define SERVER_MAX_BACKLOG (SERVER_MAX_EVENT_BACKLOG + 2 * PROTO_MAX_RESPONSE)
 
 struct conn {
 	struct server *srv;
@@ -33,6 +35,8 @@ struct conn {
 	bool watching;
 	uint64_t sub_id;
 	bool closing;         /* flush what is queued, then close */
+	bool dead;            /* cut off: freed from a deferred source */
+	sd_event_source *reaper;
 	struct conn *next, *prev;
 };
 
@@ -54,6 +58,7 @@ static void conn_free(struct conn *c)
 	struct server *s = c->srv;
 	if (c->watching)
 		broker_unsubscribe(s->broker, c->sub_id);
+	sd_event_source_disable_unref(c->reaper);
 	sd_event_source_disable_unref(c->src);
 	close(c->fd);
 	proto_reader_fini(&c->reader);
@@ -70,46 +75,87 @@ static void conn_free(struct conn *c)
 
 static void update_events(struct conn *c)
 {
+	if (c->dead)
+		return;
 	uint32_t ev = c->closing ? 0 : EPOLLIN;
 	if (c->out_len)
 		ev |= EPOLLOUT;
 	sd_event_source_set_io_events(c->src, ev);
 }
 
-/* Queues one frame; takes ownership of obj. */
-static int send_obj(struct conn *c, struct json_object *obj)
+static int on_reap(sd_event_source *src, void *userdata)
+{
+	(void)src;
+	conn_free(userdata);
+	return 0;
+}
+
+/*
+ * Cuts a connection off now: no more events, nothing more sent or read.
+ * The memory goes from a deferred source, because this may run inside a
+ * broker callback (emit) or while one of its frames is being handled.
+ */
+static void conn_kill(struct conn *c, const char *why)
+{
+	if (c->dead)
+		return;
+	log_warn("client pid %d: %s: disconnecting", (int)c->cred.pid, why);
+	c->dead = c->closing = true;
+	if (c->watching) {
+		broker_unsubscribe(c->srv->broker, c->sub_id);
+		c->watching = false;
+	}
+	c->out_len = 0;
+	shutdown(c->fd, SHUT_RDWR);
+	sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
+	if (sd_event_add_defer(c->srv->event, &c->reaper, on_reap, c) < 0)
+		log_err("client pid %d: cannot schedule its cleanup", (int)c->cred.pid);
+}
+
+/* Queues one frame; takes ownership of obj. An event (is_event) is cut off
+ * at a smaller backlog than a reply. */
+static int queue_obj(struct conn *c, struct json_object *obj, bool is_event)
 {
 	char *frame;
 	size_t len;
 	if (!obj)
 		return -ENOMEM;
+	if (c->dead || (c->closing && is_event)) {
+		json_object_put(obj);
+		return -ECONNRESET;
+	}
 	int r = proto_frame_encode(obj, PROTO_MAX_RESPONSE, &frame, &len);
 	json_object_put(obj);
 	if (r < 0)
 		return r;
-	if (c->out_len + len > SERVER_MAX_BACKLOG) {
+	size_t cap = is_event ? SERVER_MAX_EVENT_BACKLOG : SERVER_MAX_BACKLOG;
+	if (c->out_len + len > cap) {
+		char why[96];
 		free(frame);
-		log_warn("client pid %d does not read its replies (%zu bytes queued): disconnecting",
-			 (int)c->cred.pid, c->out_len);
-		c->closing = true;
-		c->out_len = 0;
+		snprintf(why, sizeof(why), "it does not read what it is sent (%zu bytes queued)", c->out_len);
+		conn_kill(c, why);
 		return -ENOBUFS;
 	}
 	if (c->out_len + len > c->out_cap) {
-		size_t cap = (c->out_len + len) * 2;
-		char *n = realloc(c->out, cap);
+		size_t ncap = (c->out_len + len) * 2;
+		char *n = realloc(c->out, ncap);
 		if (!n) {
 			free(frame);
 			return -ENOMEM;
 		}
 		c->out = n;
-		c->out_cap = cap;
+		c->out_cap = ncap;
 	}
 	memcpy(c->out + c->out_len, frame, len);
 	c->out_len += len;
 	free(frame);
 	update_events(c);
 	return 0;
+}
+
+static int send_obj(struct conn *c, struct json_object *obj)
+{
+	return queue_obj(c, obj, false);
 }
 
 static void send_error(struct conn *c, bool id_known, uint64_t id, const struct proto_error *err)
@@ -120,12 +166,30 @@ static void send_error(struct conn *c, bool id_known, uint64_t id, const struct 
 static void on_plan_event(struct json_object *event, void *userdata)
 {
 	struct conn *c = userdata;
-	send_obj(c, json_object_get(event));
+	queue_obj(c, json_object_get(event), true);
 }
 
-/* Root, or a member of the admin group (primary or supplementary), as the
- * peer's /proc/PID/status says at connect time. */
-static bool peer_privileged(const struct server *s, const struct ucred *cr)
+/* A result too large to send still gets an answer. */
+static void send_result(struct conn *c, uint64_t id, struct json_object *result)
+{
+	int r = send_obj(c, proto_result_response(id, result));
+	if (r == -EMSGSIZE) {
+		struct proto_error err = {0};
+		proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
+				"the result exceeds %u bytes; ask for less (plan: params.cpus)",
+				PROTO_MAX_RESPONSE);
+		send_error(c, true, id, &err);
+	}
+}
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+/* Root, or a member of the admin group (primary or supplementary). The
+ * groups come from the kernel with the connection (SO_PEERGROUPS), as the
+ * credentials do: nothing a reused pid could change. */
+static bool peer_privileged(const struct server *s, int fd, const struct ucred *cr)
 {
 	if (cr->uid == 0)
 		return true;
@@ -135,28 +199,14 @@ static bool peer_privileged(const struct server *s, const struct ucred *cr)
 		return false;
 	if (cr->gid == gr->gr_gid)
 		return true;
-	char path[64], line[1024];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)cr->pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return false;
-	bool member = false;
-	while (fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "Groups:", 7))
-			continue;
-		char *p = line + 7, *end;
-		for (;;) {
-			long g = strtol(p, &end, 10);
-			if (end == p)
-				break;
-			if ((gid_t)g == gr->gr_gid)
-				member = true;
-			p = end;
-		}
-		break;
-	}
-	fclose(f);
-	return member;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false; /* ERANGE: more than 256 groups; not privileged by group */
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (groups[i] == gr->gr_gid)
+			return true;
+	return false;
 }
 
 static void handle_frame(struct conn *c, const char *frame, size_t len)
@@ -217,7 +267,7 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 	if (broker_handle(s->broker, &caller, &req, &result, &err) < 0)
 		send_error(c, true, req.id, &err);
 	else
-		send_obj(c, proto_result_response(req.id, result));
+		send_result(c, req.id, result);
 	proto_request_fini(&req);
 }
 
@@ -225,6 +275,8 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 {
 	struct conn *c = userdata;
 	(void)src;
+	if (c->dead)
+		return 0;
 
 	if (revents & EPOLLOUT && c->out_len) {
 		ssize_t n = send(fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -244,6 +296,13 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing) {
 		char buf[16384];
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n == 0 && c->out_len) {
+			/* The peer is done sending (half-close): answer what it
+			 * asked before closing. */
+			c->closing = true;
+			update_events(c);
+			return 0;
+		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 			conn_free(c);
 			return 0;
@@ -258,6 +317,8 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 				if (c->closing)
 					break;
 			}
+			if (c->dead)
+				return 0;
 			if (fr == -EMSGSIZE || r == -EMSGSIZE) {
 				struct proto_error err = {0};
 				proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
@@ -309,7 +370,7 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 	c->srv = s;
 	c->fd = cfd;
 	c->cred = cr;
-	c->privileged = peer_privileged(s, &cr);
+	c->privileged = peer_privileged(s, cfd, &cr);
 	if (sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0) {
 		proto_reader_fini(&c->reader);
 		free(c);

@@ -274,7 +274,13 @@ int vpmud_run(const struct vpmud_opts *opts)
 		log_err("broker: %s", err);
 		goto out;
 	}
-	broker_restore(d.broker);
+	/* Serving with an empty state over one we could not read would
+	 * overwrite every lease at the first change. */
+	if ((r = broker_restore(d.broker)) < 0) {
+		log_err("refusing to start: the state in %s could not be restored or saved: %s",
+			d.cfg.state_dir, strerror(-r));
+		goto out;
+	}
 	broker_set_change_hook(d.broker, on_plan, &d);
 
 	int n = sd_listen_fds(1);

@@ -340,6 +340,37 @@ print(json.dumps(out))
     check(names == ["keep"], "refused requests changed nothing", names)
     Client(d.sock).call("vm.detach", {"name": "keep"})
 
+    # The same user with group vpmu as a supplementary group may change
+    # things (the daemon reads the groups from the connection).
+    import grp
+    try:
+        gid = grp.getgrnam("vpmu").gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "--system", "vpmu"], check=True)
+        gid = grp.getgrnam("vpmu").gr_gid
+
+    def member():
+        os.setgroups([gid])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+
+    code2 = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+out = []
+for req in [{"id":1,"method":"hello","params":{"protocol":1}},
+            {"id":2,"method":"vm.attach","params":{"name":"grp","gp":1,"vcpu_count":1,"cpus":"0"}},
+            {"id":3,"method":"vm.detach","params":{"name":"grp"}}]:
+    f.write(json.dumps(req) + "\n"); f.flush(); out.append(json.loads(f.readline()))
+print(json.dumps(out))
+"""
+    p = subprocess.run([py, "-c", code2, d.sock], capture_output=True, preexec_fn=member, timeout=20)
+    try:
+        out = json.loads(p.stdout)
+        check("result" in out[1] and "result" in out[2], "a member of group vpmu may attach and detach", out[1:])
+    except ValueError:
+        check(False, "group member client ran", p.stderr.decode())
+
 
 def test_config_and_reload(tmp):
     conf = os.path.join(tmp, "bad.conf")

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -325,6 +326,77 @@ static void test_session_follows_the_plan(void **st)
 	json_object_put(r);
 }
 
+static void count_events(struct json_object *ev, void *ud)
+{
+	(void)ev;
+	(*(int *)ud)++;
+}
+
+static void test_refused_owner_changes_nothing(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
+			      "\"events\":[\"branches\",\"cache-misses\"],\"cpus\":\"0-1\"}}"));
+	uint64_t gen = broker_generation(f->b);
+	char *before = state_text(f);
+	int events = 0;
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, count_events, &events, &sub), 0);
+	/* This process holds no KVM VM: the owner is refused before anything
+	 * moves — no plan change, no watcher event, sessions untouched. */
+	char req[256];
+	struct json_object *r = NULL;
+	struct proto_error err;
+	snprintf(req, sizeof(req), "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"class\":\"guaranteed\","
+		 "\"priority\":900,\"gp\":8,\"vcpu_count\":1,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":0}}}",
+		 (int)getpid());
+	assert_true(call(f, &root, req, &r, &err) < 0);
+	assert_string_equal(err.field, "params.owner");
+	assert_int_equal(broker_generation(f->b), gen);
+	assert_int_equal(events, 0);
+	char *after = state_text(f);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+	r = ok(f, "{\"id\":3,\"method\":\"session.read\",\"params\":{\"name\":\"s\"}}");
+	assert_string_equal(placement_of(r, 0), "dedicated");
+	assert_string_equal(placement_of(r, 1), "dedicated");
+	json_object_put(r);
+	broker_unsubscribe(f->b, sub);
+}
+
+static void test_unsaved_removal_is_refused(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}"));
+	/* A directory where the temporary state file goes: every save fails. */
+	char blocker[128];
+	snprintf(blocker, sizeof(blocker), "%s/.%s.tmp", f->dir, STATE_FILE);
+	assert_int_equal(mkdir(blocker, 0700), 0);
+	struct json_object *r = NULL;
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":3,\"method\":\"vm.detach\",\"params\":{\"name\":\"v\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INTERNAL);
+	assert_true(call(f, &root, "{\"id\":4,\"method\":\"session.stop\",\"params\":{\"name\":\"s\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INTERNAL);
+	/* Refused whole: both leases are still there. */
+	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 1);
+	json_object_put(r);
+	r = ok(f, "{\"id\":6,\"method\":\"session.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
+	json_object_put(r);
+	assert_int_equal(rmdir(blocker), 0);
+	json_object_put(ok(f, "{\"id\":7,\"method\":\"vm.detach\",\"params\":{\"name\":\"v\"}}"));
+	json_object_put(ok(f, "{\"id\":8,\"method\":\"session.stop\",\"params\":{\"name\":\"s\"}}"));
+	char *text = state_text(f);
+	assert_null(strstr(text, "\"v\""));
+	free(text);
+}
+
 static void test_restore_after_restart(void **st)
 {
 	struct fx *f = *st;
@@ -354,7 +426,13 @@ static void test_corrupt_state_moved_aside(void **st)
 	char p[128];
 	snprintf(p, sizeof(p), "%s/%s", f->dir, STATE_FILE);
 	FILE *fp = fopen(p, "w");
-	fputs("{\"format\":1,\"vms\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"bogus\":1}},\"uid\":0}]}", fp);
+	/* Invalid entries of every shape: dropped with a log line, never a
+	 * crash (a crash here would repeat at every start). */
+	fputs("{\"format\":1,\"vms\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"bogus\":1}},\"uid\":0},"
+	      "{\"request\":5,\"uid\":0},{\"request\":null,\"uid\":0},{\"request\":[1],\"uid\":0},"
+	      "{\"request\":{\"method\":\"vm.attach\"},\"uid\":0},{\"request\":{\"params\":{}},\"uid\":0},"
+	      "{\"request\":{\"method\":7,\"params\":{}},\"uid\":0},\"junk\",{\"uid\":\"root\"}],"
+	      "\"sessions\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"y\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}]}", fp);
 	fclose(fp);
 	open_broker(f);
 	/* The invalid entry is dropped with a log line, not half-applied. */
@@ -450,6 +528,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_permissions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_model_pmu_counts_nothing_invented, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_session_follows_the_plan, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refused_owner_changes_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unsaved_removal_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_after_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
