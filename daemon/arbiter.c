@@ -119,7 +119,11 @@ struct foreign {
 	uint64_t mask;
 };
 
+/* The item's order key is copied in, so that comparing two entries reads
+ * neither the item lists nor the consumers. */
 struct heap_ent {
+	uint64_t key, seq;
+	unsigned sub;
 	unsigned cpu, pos;
 };
 
@@ -163,6 +167,7 @@ struct arb {
 	unsigned *dirty;
 	unsigned n_dirty;
 	unsigned *didx;         /* decide_vcpu: indices of a vCPU's dirty CPUs */
+	uint64_t *fp;           /* change: CPUs the consumer touches */
 	struct heap_ent *heap;
 	size_t n_heap, cap_heap;
 	struct vcpu **recomp;
@@ -180,6 +185,21 @@ const char *arb_class_name(enum arb_class c)
 	case ARB_CLASS_SHARED: return "shared";
 	}
 	return "unknown";
+}
+
+/* Without -mpopcnt (the x86-64 baseline) __builtin_popcountll is a libgcc
+ * call, and finalize_cpu makes one per vCPU and per multiplexed event of
+ * every dirty CPU. Inline bit arithmetic costs less than the call. */
+static inline unsigned pop64(uint64_t x)
+{
+#ifdef __POPCNT__
+	return (unsigned)__builtin_popcountll(x);
+#else
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (unsigned)((x * 0x0101010101010101ULL) >> 56);
+#endif
 }
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -340,14 +360,14 @@ static int set_to_list(const struct arb *a, const uint64_t *in, uint64_t **set,
 	if (a->n_cpus % 64)
 		(*set)[words - 1] &= (1ULL << (a->n_cpus % 64)) - 1;
 	for (size_t w = 0; w < words; w++)
-		cnt += (unsigned)__builtin_popcountll((*set)[w]);
+		cnt += pop64((*set)[w]);
 	*list = malloc((cnt ? cnt : 1) * sizeof(unsigned));
 	if (!*list)
 		return -ENOMEM;
 	*n = 0;
-	for (unsigned i = 0; i < a->n_cpus; i++)
-		if (arb_cpuset_has(*set, i))
-			(*list)[(*n)++] = i;
+	for (size_t w = 0; w < words; w++)
+		for (uint64_t b = (*set)[w]; b; b &= b - 1)
+			(*list)[(*n)++] = (unsigned)(w * 64 + (unsigned)__builtin_ctzll(b));
 	return 0;
 }
 
@@ -641,61 +661,6 @@ static void note_holder(struct arb *a, struct work *w, unsigned cpu, unsigned co
 	}
 }
 
-static int heap_push(struct arb *a, unsigned cpu)
-{
-	struct heap_ent e = { cpu, a->work[cpu].pos };
-	if (e.pos >= a->items[cpu].n || a->full)
-		return 0;
-	if (grow((void **)&a->heap, &a->cap_heap, a->n_heap + 1, sizeof(*a->heap)))
-		return -ENOMEM;
-	size_t i = a->n_heap++;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (item_cmp(&a->items[a->heap[p].cpu].v[a->heap[p].pos],
-			     &a->items[cpu].v[e.pos]) <= 0)
-			break;
-		a->heap[i] = a->heap[p];
-		i = p;
-	}
-	a->heap[i] = e;
-	return 0;
-}
-
-static struct heap_ent heap_pop(struct arb *a)
-{
-	struct heap_ent top = a->heap[0];
-	struct heap_ent last = a->heap[--a->n_heap];
-	size_t i = 0, n = a->n_heap;
-	for (;;) {
-		size_t l = 2 * i + 1, m = i;
-		const struct item *best = &a->items[last.cpu].v[last.pos];
-		if (l < n && item_cmp(&a->items[a->heap[l].cpu].v[a->heap[l].pos], best) < 0) {
-			m = l;
-			best = &a->items[a->heap[l].cpu].v[a->heap[l].pos];
-		}
-		if (l + 1 < n &&
-		    item_cmp(&a->items[a->heap[l + 1].cpu].v[a->heap[l + 1].pos], best) < 0)
-			m = l + 1;
-		if (m == i)
-			break;
-		a->heap[i] = a->heap[m];
-		i = m;
-	}
-	if (n)
-		a->heap[i] = last;
-	return top;
-}
-
-static int mark_dirty(struct arb *a, unsigned cpu)
-{
-	struct work *w = work_get(a, cpu);
-	if (w->dirty)
-		return 0;
-	w->dirty = true;
-	a->dirty[a->n_dirty++] = cpu;
-	return heap_push(a, cpu);
-}
-
 static void decide_session(struct arb *a, unsigned cpu, const struct item *it)
 {
 	struct work *w = &a->work[cpu];
@@ -716,6 +681,87 @@ static void decide_session(struct arb *a, unsigned cpu, const struct item *it)
 	}
 	w->pcount += c->n_ev;
 	w->pos++;
+}
+
+/* item_cmp on the copied keys */
+static inline bool heap_less(const struct heap_ent *x, const struct heap_ent *y)
+{
+	if (x->key != y->key)
+		return x->key < y->key;
+	if (x->seq != y->seq)
+		return x->seq < y->seq;
+	return x->sub < y->sub;
+}
+
+/*
+ * Queues a dirty CPU at its next item. A session item reads and writes its
+ * own CPU only, so the session items up to the CPU's next vCPU are decided
+ * here at once, without a round through the heap. That changes the order
+ * in which the same session is decided on different CPUs, which is seen
+ * only in the refusal reason of a session under admission (the first
+ * failure found): then every item goes through the heap as before.
+ */
+static int heap_push(struct arb *a, unsigned cpu)
+{
+	const struct cpu_items *l = &a->items[cpu];
+	struct work *w = &a->work[cpu];
+
+	if (a->full)
+		return 0;
+	if (!a->adm || a->adm->kind != CONS_SESSION)
+		while (w->pos < l->n && l->v[w->pos].c->kind == CONS_SESSION)
+			decide_session(a, cpu, &l->v[w->pos]);
+	unsigned pos = w->pos;
+	if (pos >= l->n)
+		return 0;
+	const struct item *it = &a->items[cpu].v[pos];
+	struct heap_ent e = { it->c->key, it->c->seq, it->sub, cpu, pos };
+	if (grow((void **)&a->heap, &a->cap_heap, a->n_heap + 1, sizeof(*a->heap)))
+		return -ENOMEM;
+	size_t i = a->n_heap++;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!heap_less(&e, &a->heap[p]))
+			break;
+		a->heap[i] = a->heap[p];
+		i = p;
+	}
+	a->heap[i] = e;
+	return 0;
+}
+
+static struct heap_ent heap_pop(struct arb *a)
+{
+	struct heap_ent top = a->heap[0];
+	struct heap_ent last = a->heap[--a->n_heap];
+	size_t i = 0, n = a->n_heap;
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+		const struct heap_ent *best = &last;
+		if (l < n && heap_less(&a->heap[l], best)) {
+			m = l;
+			best = &a->heap[l];
+		}
+		if (l + 1 < n && heap_less(&a->heap[l + 1], best))
+			m = l + 1;
+		if (m == i)
+			break;
+		a->heap[i] = a->heap[m];
+		i = m;
+	}
+	if (n)
+		a->heap[i] = last;
+	return top;
+}
+
+static int mark_dirty(struct arb *a, unsigned cpu)
+{
+	struct work *w = work_get(a, cpu);
+	if (w->dirty)
+		return 0;
+	w->dirty = true;
+	a->dirty[a->n_dirty++] = cpu;
+	return heap_push(a, cpu);
 }
 
 static bool is_dirty(const struct arb *a, unsigned cpu)
@@ -905,7 +951,7 @@ static int finalize_cpu(struct arb *a, unsigned cpu)
 		const struct item *it = &l->v[i];
 		if (it->c->kind == CONS_VM) {
 			const struct vcpu *v = &it->c->vcpus[it->sub];
-			demand += (double)__builtin_popcountll(v->want & ~cur_grant(a, v)) /
+			demand += (double)pop64(v->want & ~cur_grant(a, v)) /
 				  v->n_cpus;
 			continue;
 		}
@@ -918,9 +964,10 @@ static int finalize_cpu(struct arb *a, unsigned cpu)
 		p->npl[w->slot_pl[s]].counter = w->m.at[s];
 		p->npl[w->slot_pl[s]].share = 1.0;
 	}
-	for (unsigned i = 0; i < n; i++)
-		if (p->npl[i].counter < 0)
-			demand += 1;
+	/* Every slot holds a distinct placement, so the others are the
+	 * multiplexed ones; adding them one by one keeps the rounding. */
+	for (unsigned i = w->m.n; i < n; i++)
+		demand += 1;
 	uint64_t spare = w->m.avail & ~w->m.used;
 	unsigned k = 0;
 	for (unsigned i = 0; i < l->n; i++) {
@@ -932,7 +979,7 @@ static int finalize_cpu(struct arb *a, unsigned cpu)
 		for (unsigned e = 0; e < c->n_ev; e++, k++) {
 			if (p->npl[k].counter >= 0)
 				continue;
-			double s = __builtin_popcountll(spare & c->ev[e].mask) / demand;
+			double s = pop64(spare & c->ev[e].mask) / demand;
 			p->npl[k].share = s > 1 ? 1 : s;
 		}
 	}
@@ -987,13 +1034,13 @@ static int compute_incremental(struct arb *a, const uint64_t *footprint,
 	int r;
 
 	begin(a, false);
-	for (unsigned c = 0; c < a->n_cpus; c++) {
-		if (!arb_cpuset_has(footprint, c))
-			continue;
-		bring(a, c, from);
-		if ((r = mark_dirty(a, c)))
-			return r;
-	}
+	for (size_t wd = 0; wd < ARB_CPUSET_WORDS(a->n_cpus); wd++)
+		for (uint64_t b = footprint[wd]; b; b &= b - 1) {
+			unsigned c = (unsigned)(wd * 64 + (unsigned)__builtin_ctzll(b));
+			bring(a, c, from);
+			if ((r = mark_dirty(a, c)))
+				return r;
+		}
 	while (a->n_heap) {
 		struct heap_ent e = heap_pop(a);
 		struct work *w = &a->work[e.cpu];
@@ -1211,12 +1258,13 @@ static int push_tr(struct arb *a, const struct transition *t)
 	return 0;
 }
 
-static void fill_routes(struct transition *t, const uint8_t r[64])
+/* Routes from two disjoint masks, as route_of reads want and grant. */
+static void fill_routes(struct transition *t, uint64_t want, uint64_t grant)
 {
 	for (unsigned i = 0; i < PMU_MAX_GP; i++)
-		t->gp_route[i] = r[i];
+		t->gp_route[i] = (uint8_t)route_of(want, grant, i);
 	for (unsigned i = 0; i < PMU_MAX_FIXED; i++)
-		t->fixed_route[i] = r[MATCH_FIXED_SHIFT + i];
+		t->fixed_route[i] = (uint8_t)route_of(want, grant, MATCH_FIXED_SHIFT + i);
 }
 
 static void split_mask(uint64_t m, uint32_t *gp, uint32_t *fixed)
@@ -1239,32 +1287,24 @@ static int vcpu_steps(struct arb *a, uint64_t vm_id, unsigned idx, uint64_t ow, 
 			unsigned cpu = sets[s]->cpus[i];
 			kept &= a->plan[cpu].guest & new_guest(a, cpu);
 		}
-	uint8_t o[64], mid[64], n[64];
-	bool down = false, up = false;
-	for (unsigned p = 0; p < 64; p++) {
-		o[p] = (uint8_t)route_of(ow, og, p);
-		n[p] = (uint8_t)route_of(nw, ng, p);
-		if (kept & (1ULL << p))
-			mid[p] = PMC_ROUTE_PASSTHROUGH;
-		else if (n[p] != PMC_ROUTE_PASSTHROUGH)
-			mid[p] = n[p];
-		else if (o[p] != PMC_ROUTE_PASSTHROUGH)
-			mid[p] = o[p];
-		else
-			mid[p] = PMC_ROUTE_MULTIPLEXED;
-		down |= mid[p] != o[p];
-		up |= mid[p] != n[p];
-	}
+	/* A route is a pair of disjoint masks: pass-through, multiplexed; the
+	 * rest is disabled. The middle route: kept pass-through stays, else
+	 * the new route unless that is pass-through, else the old one unless
+	 * that is, else multiplexed. */
+	uint64_t o_mux = ow & ~og, n_mux = nw & ~ng;
+	uint64_t m_mux = ~kept & (n_mux | (ng & ~og & ow) | (ng & og));
+	bool down = kept != og || m_mux != o_mux;
+	bool up = kept != ng || m_mux != n_mux;
 	struct transition t = { .kind = TRANSITION_ROUTES, .vm_id = vm_id, .vcpu = idx, .cpu = -1 };
 	if (phase == 1 && down) {
 		t.phase = 1;
-		fill_routes(&t, mid);
+		fill_routes(&t, kept | m_mux, kept);
 		split_mask(og & ~kept, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
 	if (phase == 2 && up) {
 		t.phase = 2;
-		fill_routes(&t, n);
+		fill_routes(&t, nw, ng);
 		split_mask(ng & ~kept, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
@@ -1398,27 +1438,23 @@ static void footprint_of(const struct arb *a, const struct cons *c, uint64_t *fp
 }
 
 /*
- * The one path for every change: unlink old (if any), link new (if any),
- * recompute what they touch, check admission, then commit or put everything
- * back. Nothing committed is written before the decision.
+ * The one path for every change: unlink old (if any, at index `at` in
+ * a->cons), link new (if any), recompute what they touch, check admission,
+ * then commit or put everything back. Nothing committed is written before
+ * the decision.
  */
-static int change(struct arb *a, struct cons *old, struct cons *nw, char *why, size_t whylen)
+static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw, char *why,
+		  size_t whylen)
 {
-	size_t words = ARB_CPUSET_WORDS(a->n_cpus);
-	uint64_t *fp = calloc(words, sizeof(uint64_t));
-	unsigned at = 0;
+	uint64_t *fp = a->fp;
 	int r;
 
-	if (!fp)
+	if (grow((void **)&a->cons, &a->cap_cons, a->n_cons + 1, sizeof(*a->cons)))
 		return -ENOMEM;
-	if (grow((void **)&a->cons, &a->cap_cons, a->n_cons + 1, sizeof(*a->cons))) {
-		free(fp);
-		return -ENOMEM;
-	}
+	memset(fp, 0, ARB_CPUSET_WORDS(a->n_cpus) * sizeof(*fp));
 	footprint_of(a, old, fp);
 	footprint_of(a, nw, fp);
 	if (old) {
-		cons_find(a, old->kind, old->id, &at);
 		cons_unlink(a, old);
 		a->cons[at] = a->cons[--a->n_cons];
 	}
@@ -1440,7 +1476,6 @@ static int change(struct arb *a, struct cons *old, struct cons *nw, char *why, s
 	if (r)
 		goto undo_new;
 	commit(a);
-	free(fp);
 	cons_free(old);
 	return 0;
 
@@ -1457,7 +1492,6 @@ undo:
 		a->cons[at] = old;
 	}
 	next_epoch(a);
-	free(fp);
 	return r;
 }
 
@@ -1480,8 +1514,10 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	a->work = calloc(inv->n_cpus, sizeof(*a->work));
 	a->dirty = malloc(inv->n_cpus * sizeof(unsigned));
 	a->didx = malloc(inv->n_cpus * sizeof(unsigned));
+	a->fp = malloc(ARB_CPUSET_WORDS(inv->n_cpus) * sizeof(uint64_t));
 	a->foreign = calloc(inv->n_foreign ? inv->n_foreign : 1, sizeof(*a->foreign));
-	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->didx || !a->foreign) {
+	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->didx || !a->fp ||
+	    !a->foreign) {
 		arb_destroy(a);
 		return -ENOMEM;
 	}
@@ -1539,6 +1575,7 @@ void arb_destroy(struct arb *a)
 	free(a->work);
 	free(a->dirty);
 	free(a->didx);
+	free(a->fp);
 	free(a->foreign);
 	free(a->heap);
 	free(a->recomp);
@@ -1556,7 +1593,7 @@ static int add(struct arb *a, struct cons *c, char *why, size_t whylen)
 		return -EEXIST;
 	}
 	c->seq = a->next_seq++;
-	int r = change(a, NULL, c, why, whylen);
+	int r = change(a, NULL, 0, c, why, whylen);
 	if (r)
 		cons_free(c);
 	return r;
@@ -1564,7 +1601,8 @@ static int add(struct arb *a, struct cons *c, char *why, size_t whylen)
 
 static int update(struct arb *a, struct cons *c, char *why, size_t whylen)
 {
-	struct cons *old = cons_find(a, c->kind, c->id, NULL);
+	unsigned at;
+	struct cons *old = cons_find(a, c->kind, c->id, &at);
 	if (!old) {
 		reason(why, whylen, "%s id %llu is not attached",
 		       c->kind == CONS_VM ? "vm" : "session", (unsigned long long)c->id);
@@ -1572,7 +1610,7 @@ static int update(struct arb *a, struct cons *c, char *why, size_t whylen)
 		return -ENOENT;
 	}
 	c->seq = old->seq;
-	int r = change(a, old, c, why, whylen);
+	int r = change(a, old, at, c, why, whylen);
 	if (r)
 		cons_free(c);
 	return r;
@@ -1580,10 +1618,11 @@ static int update(struct arb *a, struct cons *c, char *why, size_t whylen)
 
 static int remove_cons(struct arb *a, enum cons_kind kind, uint64_t id)
 {
-	struct cons *old = cons_find(a, kind, id, NULL);
+	unsigned at;
+	struct cons *old = cons_find(a, kind, id, &at);
 	if (!old)
 		return -ENOENT;
-	return change(a, old, NULL, NULL, 0);
+	return change(a, old, at, NULL, NULL, 0);
 }
 
 int arb_vm_add(struct arb *a, const struct arb_vm_spec *vm, char *why, size_t whylen)
