@@ -15,6 +15,18 @@ target_link_options(vpmu-libvirt-hook PRIVATE -Wl,--as-needed)
 # libvirt only runs hooks from /etc/libvirt/hooks/qemu.d/; docs/libvirt.md
 # says how to link it there (a packaging decision, not the build's).
 install(TARGETS vpmu-libvirt-hook DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/vpmu)
+# Where libvirt (>= 6.5) runs every executable: a symlink to the program, so
+# that upgrades of the program need no second copy. Off with
+# -DVPMU_INSTALL_LIBVIRT_HOOK=OFF (e.g. hosts without libvirt).
+option(VPMU_INSTALL_LIBVIRT_HOOK "Link the hook into /etc/libvirt/hooks/qemu.d" ON)
+if(VPMU_INSTALL_LIBVIRT_HOOK)
+  install(CODE "
+    set(dir \"\$ENV{DESTDIR}${CMAKE_INSTALL_FULL_SYSCONFDIR}/libvirt/hooks/qemu.d\")
+    file(MAKE_DIRECTORY \"\${dir}\")
+    file(CREATE_LINK \"${CMAKE_INSTALL_FULL_LIBEXECDIR}/vpmu/vpmu-libvirt-hook\" \"\${dir}/vpmu\" SYMBOLIC)
+    message(STATUS \"Linking: \${dir}/vpmu -> ${CMAKE_INSTALL_FULL_LIBEXECDIR}/vpmu/vpmu-libvirt-hook\")
+  ")
+endif()
 
 if(TARGET test_hook)
   target_link_libraries(test_hook PRIVATE vpmuhook)
