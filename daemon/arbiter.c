@@ -16,8 +16,10 @@
  * touches dirty and recomputes their items in global order; a vCPU spanning
  * a clean CPU reads what the committed computation learnt there, or that
  * CPU's state rebuilt from the committed decisions when that is not enough,
- * and when its own grant changes, its CPUs become dirty from there on. This
- * gives exactly what a full pass gives (arb_check_full).
+ * and when its own grant changes, its CPUs become dirty from there on. A
+ * dirty CPU found back in its committed state past the change is clean
+ * again (back_to_committed). This gives exactly what a full pass gives
+ * (arb_check_full).
  */
 #include "arbiter.h"
 #include "matching.h"
@@ -51,6 +53,10 @@ struct vcpu {
 	 * A counter in neither was not tried there (a CPU before it failed).
 	 * nknown is the same for the computation in progress. */
 	uint64_t *known, *nknown;
+	/* The state of each CPU of the set just before this vCPU's item in
+	 * the committed computation (snap_put), and in the one in progress:
+	 * a dirty CPU found back in that state here is clean again. */
+	uint64_t *snap, *nsnap;
 };
 
 struct sev {
@@ -80,6 +86,11 @@ struct cons {
 struct item {
 	struct cons *c;
 	unsigned sub;           /* vCPU index; 0 for a session */
+	/* A vCPU's snap_hash where its snapshot of this CPU was last taken.
+	 * Only a hint: a refused computation leaves its own here, so a match
+	 * is confirmed against the committed snapshot, but the snapshot (far
+	 * from the item lists in memory) is read only on a match. */
+	uint32_t hint;
 };
 
 struct cpu_items {
@@ -100,6 +111,10 @@ struct cpu_plan {
 struct work {
 	uint32_t epoch;
 	bool dirty;
+	bool listed;            /* in a->dirty: gets a new plan */
+	/* Committed placement index minus this one, for replaying a CPU that
+	 * became clean again after the changed consumer's items. */
+	int pshift;
 	unsigned pos;           /* next item in the CPU's list */
 	unsigned pcount;        /* placements so far (foreign, then sessions) */
 	uint64_t guest;
@@ -174,6 +189,7 @@ struct arb {
 	size_t n_recomp, cap_recomp;
 	size_t n_moved;         /* recomp[0..n_moved): vCPUs whose routes may change */
 	struct cons *adm;
+	struct cons *gone;      /* the consumer being replaced or removed */
 	struct fail fail;
 };
 
@@ -302,11 +318,11 @@ static int cons_link(struct arb *a, struct cons *c)
 		for (unsigned v = 0; v < c->n_vcpus; v++)
 			for (unsigned i = 0; i < c->vcpus[v].n_cpus; i++)
 				if (items_insert(&a->items[c->vcpus[v].cpus[i]],
-						 (struct item){ c, v }))
+						 (struct item){ c, v, 0 }))
 					goto fail;
 	} else {
 		for (unsigned i = 0; i < c->n_cpus; i++)
-			if (items_insert(&a->items[c->cpus[i]], (struct item){ c, 0 }))
+			if (items_insert(&a->items[c->cpus[i]], (struct item){ c, 0, 0 }))
 				goto fail;
 	}
 	return 0;
@@ -326,6 +342,8 @@ static void cons_free(struct cons *c)
 		free(c->vcpus[v].cpus);
 		free(c->vcpus[v].known);
 		free(c->vcpus[v].nknown);
+		free(c->vcpus[v].snap);
+		free(c->vcpus[v].nsnap);
 	}
 	free(c->vcpus);
 	free(c->set);
@@ -400,6 +418,13 @@ static int check_common(const char *name, enum arb_class cls, char *why, size_t 
 	return 0;
 }
 
+/* A CPU's state for snap_put: guest partition, counters holding an event,
+ * then the allowed counters of each of these events. */
+static size_t snap_words(const struct arb *a)
+{
+	return 2 + pop64(a->inv_mask);
+}
+
 static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct cons **out,
 		    char *why, size_t whylen)
 {
@@ -454,7 +479,9 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 			goto nomem;
 		vc->known = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
 		vc->nknown = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
-		if (!vc->known || !vc->nknown)
+		vc->snap = calloc(snap_words(a) * vc->n_cpus, sizeof(uint64_t));
+		vc->nsnap = calloc(snap_words(a) * vc->n_cpus, sizeof(uint64_t));
+		if (!vc->known || !vc->nknown || !vc->snap || !vc->nsnap)
 			goto nomem;
 	}
 	*out = c;
@@ -542,6 +569,8 @@ static int work_init(struct arb *a, unsigned cpu)
 
 	w->epoch = a->epoch;
 	w->dirty = false;
+	w->listed = false;
+	w->pshift = 0;
 	w->pos = 0;
 	w->pcount = 0;
 	w->guest = 0;
@@ -605,7 +634,7 @@ static void replay_item(struct arb *a, unsigned cpu, const struct item *it)
 	} else {
 		const struct arb_placement *pl = a->plan[cpu].pl;
 		for (unsigned e = 0; e < it->c->n_ev; e++) {
-			if (pl[w->pcount + e].counter < 0)
+			if (pl[(int)w->pcount + w->pshift + (int)e].counter < 0)
 				continue;
 			int slot = match_add(&w->m, it->c->ev[e].mask);
 			assert(slot >= 0);
@@ -683,6 +712,84 @@ static void decide_session(struct arb *a, unsigned cpu, const struct item *it)
 	w->pos++;
 }
 
+/* The rest of a CPU's computation reads only the guest partition, which
+ * counters hold an event and which counters that event allows: avail is
+ * what the guest does not hold, and a search goes from counter to owner to
+ * mask, so slot numbers are mere labels. stuck and the matching's failure
+ * cache are short cuts that hold for any computation reaching this state.
+ * Only the first 2 + popcount(used) words are written. */
+static void snap_put(const struct work *w, uint64_t *dst)
+{
+	uint64_t *d = dst + 2;
+	dst[0] = w->guest;
+	dst[1] = w->m.used;
+	for (uint64_t u = w->m.used; u; u &= u - 1)
+		*d++ = w->m.mask[w->m.owner[__builtin_ctzll(u)]];
+}
+
+static uint32_t snap_hash(const struct work *w)
+{
+	uint64_t h = w->guest * 0x9e3779b97f4a7c15ULL ^ w->m.used;
+	for (uint64_t u = w->m.used; u; u &= u - 1)
+		h = (h ^ w->m.mask[w->m.owner[__builtin_ctzll(u)]]) * 0xff51afd7ed558ccdULL;
+	return (uint32_t)(h ^ (h >> 32));
+}
+
+static bool snap_same(const struct work *w, const uint64_t *src)
+{
+	const uint64_t *d = src + 2;
+	if (src[0] != w->guest || src[1] != w->m.used)
+		return false;
+	for (uint64_t u = w->m.used; u; u &= u - 1)
+		if (*d++ != w->m.mask[w->m.owner[__builtin_ctzll(u)]])
+			return false;
+	return true;
+}
+
+static unsigned cpu_index(const struct vcpu *v, unsigned cpu)
+{
+	unsigned lo = 0, hi = v->n_cpus;
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
+		if (v->cpus[mid] < cpu)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	assert(lo < v->n_cpus && v->cpus[lo] == cpu);
+	return lo;
+}
+
+static int session_pl(const struct cons *c, unsigned cpu)
+{
+	return c && c->kind == CONS_SESSION && arb_cpuset_has(c->set, cpu) ? (int)c->n_ev : 0;
+}
+
+/*
+ * Whether a dirty CPU, about to decide the vCPU item `it`, is back in the
+ * state the committed computation had there. Past every item of the
+ * changed consumer, the items left are the committed ones, so from there
+ * the committed computation is this one: the CPU is clean again and is
+ * replayed, or re-dirtied by a vCPU whose grant changes, like any other.
+ * This is what keeps a change that a few items absorb from recomputing
+ * every floating vCPU of the node after them.
+ */
+static bool back_to_committed(struct arb *a, unsigned cpu, const struct item *it)
+{
+	struct work *w = &a->work[cpu];
+	const struct vcpu *v = &it->c->vcpus[it->sub];
+
+	if (v->fresh || (a->adm && cons_cmp(it->c, a->adm) <= 0) ||
+	    (a->gone && cons_cmp(it->c, a->gone) <= 0))
+		return false;
+	if (it->hint != snap_hash(w) ||
+	    !snap_same(w, v->snap + cpu_index(v, cpu) * snap_words(a)))
+		return false;
+	w->dirty = false;
+	w->pshift = session_pl(a->gone, cpu) - session_pl(a->adm, cpu);
+	return true;
+}
+
 /* item_cmp on the copied keys */
 static inline bool heap_less(const struct heap_ent *x, const struct heap_ent *y)
 {
@@ -715,6 +822,8 @@ static int heap_push(struct arb *a, unsigned cpu)
 	if (pos >= l->n)
 		return 0;
 	const struct item *it = &a->items[cpu].v[pos];
+	if (it->c->kind == CONS_VM && back_to_committed(a, cpu, it))
+		return 0;
 	struct heap_ent e = { it->c->key, it->c->seq, it->sub, cpu, pos };
 	if (grow((void **)&a->heap, &a->cap_heap, a->n_heap + 1, sizeof(*a->heap)))
 		return -ENOMEM;
@@ -760,7 +869,10 @@ static int mark_dirty(struct arb *a, unsigned cpu)
 	if (w->dirty)
 		return 0;
 	w->dirty = true;
-	a->dirty[a->n_dirty++] = cpu;
+	if (!w->listed) {
+		w->listed = true;
+		a->dirty[a->n_dirty++] = cpu;
+	}
 	return heap_push(a, cpu);
 }
 
@@ -804,7 +916,7 @@ static bool try_counter(struct arb *a, struct vcpu *v, unsigned i, unsigned p)
  */
 static int decide_vcpu(struct arb *a, struct vcpu *v)
 {
-	const struct item it = { v->vm, v->idx };
+	const struct item it = { v->vm, v->idx, 0 };
 	uint64_t ng = 0, cok = ~0ULL, cfail = 0;
 	unsigned n_dirty = 0;
 	int r;
@@ -826,6 +938,20 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 	if (!lazy) {
 		for (unsigned i = 0; i < v->n_cpus; i++)
 			bring(a, v->cpus[i], &it);
+	}
+	/* A full computation gives the committed states again (it equals
+	 * the incremental one), so only an incremental one writes them. */
+	size_t sw = snap_words(a);
+	for (unsigned i = 0; i < v->n_cpus && !a->full; i++) {
+		uint64_t *d = v->nsnap + i * sw;
+		const uint64_t *s = v->snap + i * sw;
+		if (lazy && !is_dirty(a, v->cpus[i])) {
+			memcpy(d, s, (2 + pop64(s[1])) * sizeof(*s));
+		} else {
+			struct work *w = &a->work[v->cpus[i]];
+			snap_put(w, d);
+			a->items[v->cpus[i]].v[w->pos].hint = snap_hash(w);
+		}
 	}
 	for (unsigned i = 0; i < v->n_cpus; i++)
 		assert(!is_dirty(a, v->cpus[i]) ||
@@ -1015,7 +1141,12 @@ static void begin(struct arb *a, bool full)
 static int finalize_dirty(struct arb *a)
 {
 	for (unsigned i = 0; i < a->n_dirty; i++) {
-		int r = finalize_cpu(a, a->dirty[i]);
+		unsigned cpu = a->dirty[i];
+		struct work *w = &a->work[cpu];
+		/* clean again before its end (back_to_committed) */
+		while (!w->dirty && w->pos < a->items[cpu].n)
+			replay_item(a, cpu, &a->items[cpu].v[w->pos]);
+		int r = finalize_cpu(a, cpu);
 		if (r)
 			return r;
 	}
@@ -1044,7 +1175,7 @@ static int compute_incremental(struct arb *a, const uint64_t *footprint,
 	while (a->n_heap) {
 		struct heap_ent e = heap_pop(a);
 		struct work *w = &a->work[e.cpu];
-		if (w->pos != e.pos)
+		if (w->pos != e.pos || !w->dirty)
 			continue; /* advanced by a vCPU spanning several dirty CPUs */
 		const struct item *it = &a->items[e.cpu].v[e.pos];
 		if (it->c->kind == CONS_SESSION) {
@@ -1079,6 +1210,7 @@ static int compute_full(struct arb *a)
 	}
 	for (unsigned c = 0; c < a->n_cpus; c++) {
 		work_get(a, c)->dirty = true;
+		a->work[c].listed = true;
 		a->dirty[a->n_dirty++] = c;
 	}
 	for (unsigned i = 0; i < a->n_cons; i++) {
@@ -1091,7 +1223,7 @@ static int compute_full(struct arb *a)
 				}
 		} else {
 			for (unsigned k = 0; k < c->n_cpus; k++)
-				decide_session(a, c->cpus[k], &(struct item){ c, 0 });
+				decide_session(a, c->cpus[k], &(struct item){ c, 0, 0 });
 		}
 	}
 	free(order);
@@ -1247,7 +1379,7 @@ static enum pmc_route route_of(uint64_t want, uint64_t grant, unsigned p)
 static uint64_t new_guest(const struct arb *a, unsigned cpu)
 {
 	const struct work *w = &a->work[cpu];
-	return w->epoch == a->epoch && w->dirty ? a->plan[cpu].nguest : a->plan[cpu].guest;
+	return w->epoch == a->epoch && w->listed ? a->plan[cpu].nguest : a->plan[cpu].guest;
 }
 
 static int push_tr(struct arb *a, const struct transition *t)
@@ -1412,6 +1544,11 @@ static void commit(struct arb *a)
 		v->fresh = false;
 		v->known = v->nknown;
 		v->nknown = t;
+		if (a->full)
+			continue;
+		t = v->snap;
+		v->snap = v->nsnap;
+		v->nsnap = t;
 	}
 	struct transition *t = a->tr;
 	size_t cap = a->cap_tr;
@@ -1464,7 +1601,8 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 		a->cons[a->n_cons++] = nw;
 	}
 	a->adm = nw;
-	struct item from = { old ? old : nw, 0 };
+	a->gone = old;
+	struct item from = { old ? old : nw, 0, 0 };
 	if (old && nw && cons_cmp(nw, old) < 0)
 		from.c = nw;
 	r = compute_incremental(a, fp, &from);
@@ -1473,6 +1611,7 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 	if (!r)
 		r = build_transitions(a, old, nw);
 	a->adm = NULL;
+	a->gone = NULL;
 	if (r)
 		goto undo_new;
 	commit(a);
@@ -1541,6 +1680,7 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	for (unsigned c = 0; c < a->n_cpus && !r; c++) {
 		r = work_init(a, c) ? -EINVAL : 0;
 		a->work[c].dirty = true;
+		a->work[c].listed = true;
 		a->dirty[a->n_dirty++] = c;
 		if (!r)
 			r = finalize_cpu(a, c);
