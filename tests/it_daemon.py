@@ -261,6 +261,28 @@ def test_concurrent_clients(d):
     c.close()
 
 
+def test_slow_watcher_cut_off(d):
+    # A watcher that never reads must not hold the daemon's memory: past
+    # 8 MiB of queued events it is disconnected, and stops counting.
+    lazy = Client(d.sock)
+    lazy.call("watch")
+    c = Client(d.sock)
+    check(c.call("status")["result"]["watchers"] == 1, "one watcher registered")
+    big = attach_params("wide", gp=8, fixed_mask="0x7", vcpus=64, cpus="0-63")
+    for i in range(400):
+        c.call("vm.attach", big)
+        c.call("vm.detach", {"name": "wide"})
+        if i % 50 == 49 and c.call("status")["result"]["watchers"] == 0:
+            break
+    w = c.call("status")["result"]["watchers"]
+    check(w == 0 and "does not read what it is sent" in d.logtext(),
+          "a watcher that does not read is cut off", f"watchers={w}")
+    r = c.call("plan", {"cpus": "0"})
+    check("result" in r, "the daemon serves on after cutting a watcher off", r)
+    c.close()
+    lazy.close()
+
+
 def test_crash_restart(d):
     acked = []
     stop = threading.Event()
@@ -472,6 +494,7 @@ def main():
         test_verbs(d)
         test_owner_death(d)
         test_concurrent_clients(d)
+        test_slow_watcher_cut_off(d)
         test_crash_restart(d)
         test_unprivileged(d)
     finally:
