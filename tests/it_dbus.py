@@ -364,6 +364,26 @@ time.sleep(60)
         vmm.kill()
         vmm.wait()
         check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "VMM exit releases the VM")
+        # An agent attaches without an owner, then binds the lease to its
+        # VMM and leaves: the bound lease follows the VMM, not the agent.
+        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
+        agent = subprocess.Popen([sys.executable, "-c", """
+import dbus, sys
+b = dbus.bus.BusConnection(sys.argv[1])
+m = dbus.Interface(b.get_object("org.vpmu.Broker1", "/org/vpmu/Broker1"), "org.vpmu.Broker1.Manager")
+m.AttachVM("bound-vm", {"vcpus": dbus.Array(["9"], signature="s"), "gp": dbus.UInt32(1)})
+m.BindVM("bound-vm", dbus.UInt32(int(sys.argv[2])), {"vm_fd": dbus.Int32(int(sys.argv[3]))})
+print("bound", flush=True)
+""", env.addr, str(vmm.pid), str(vm_fd)], stdout=subprocess.PIPE, text=True)
+        line = agent.stdout.readline()
+        agent.wait()
+        check(line.strip() == "bound", "an agent attached and bound a VM, then left", line)
+        time.sleep(0.3)
+        check(props(env, PATH, MGR)["VmCount"] == 2, "the bound VM outlives the agent's connection")
+        vmm.kill()
+        vmm.wait()
+        check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "its VMM's exit releases it")
     else:
         print("skip VMM-owned lease: no /dev/kvm or vpmu-fake-vmm")
 
