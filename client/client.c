@@ -182,6 +182,13 @@ static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_tim
 				return broken(c, err, -EPROTO, "vpmud sent something that is not a protocol message");
 			return 0;
 		}
+		/* A peer that never stops sending (empty lines, events) must not
+		 * keep us past the deadline: the hook promises libvirt 2 s. */
+		if (deadline && vpmu_client_now_usec() >= deadline) {
+			if (keep_on_timeout)
+				return fail(err, -ETIMEDOUT, "no event before the deadline");
+			return broken(c, err, -ETIMEDOUT, "vpmud did not answer in time");
+		}
 		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
 
 		if (n < 0 && errno == EINTR)
@@ -280,6 +287,8 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		if (resp.kind == PROTO_RESP_EVENT) {
 			queue_event(c, &resp);
 			proto_response_fini(&resp);
+			if (deadline && vpmu_client_now_usec() >= deadline)
+				return broken(c, err, -ETIMEDOUT, "vpmud did not answer in time");
 			continue;
 		}
 		/* "id": null is the server failing to read our request (too

@@ -38,6 +38,7 @@ enum act {
 	ACT_RAW,       /* send 'raw' verbatim, keep the connection */
 	ACT_RAW_CLOSE, /* send 'raw' verbatim, then close */
 	ACT_HUGE,      /* a frame over the client's 16 MiB limit */
+	ACT_FLOOD,     /* never answer, but never stop sending events and blank lines */
 };
 
 struct canned {
@@ -165,6 +166,17 @@ static bool answer(struct fake *f, int fd, const char *line, size_t len)
 		memcpy(big, "{\"id\":1,\"result\":{", 18);
 		send_text(fd, big, n);
 		free(big);
+		return false;
+	}
+	case ACT_FLOOD: {
+		/* Keep the socket full: a reader never finds it empty, so only a
+		 * deadline checked between reads can stop it. */
+		char *chunk = malloc(1 << 16);
+		assert_non_null(chunk);
+		memset(chunk, '\n', 1 << 16);
+		while (!stopping(f) && send(fd, chunk, 1 << 16, MSG_NOSIGNAL) > 0)
+			;
+		free(chunk);
 		return false;
 	}
 	case ACT_REPLY: {
@@ -464,6 +476,17 @@ static void test_deadline(void **st)
 	/* a late answer would be taken for the next request's: the
 	 * connection is given up */
 	assert_int_equal(vpmu_client_call(c, "status", NULL, 0, &res, &e), -ENOTCONN);
+	vpmu_client_close(c);
+	fake_stop(&f);
+
+	/* a daemon that never answers but never stops sending either: the
+	 * deadline still holds (the libvirt hook promises 2 s) */
+	struct canned flood[] = { { .method = "status", .act = ACT_FLOOD } };
+	fake_start(&f, flood, 1);
+	connect_ok(&f, &c);
+	t0 = vpmu_client_now_usec();
+	assert_int_equal(vpmu_client_call(c, "status", NULL, t0 + 200000, &res, &e), -ETIMEDOUT);
+	assert_true(vpmu_client_now_usec() - t0 < 1500000);
 	vpmu_client_close(c);
 	fake_stop(&f);
 
