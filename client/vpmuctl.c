@@ -1012,6 +1012,10 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 
 			fprintf(stderr, "vpmuctl: vm attach: could not bind %s to pid %d; detaching it again\n",
 				a->name, (int)pid);
+			/* The bind may have broken the connection (a timeout, a
+			 * reset): the detach gets a fresh one. */
+			vpmu_client_close(x->c);
+			x->c = NULL;
 			if (call(x, "vm.detach", dp, &dres) == 0)
 				json_object_put(dres);
 			json_object_put(dp);

@@ -440,7 +440,9 @@ static struct json_object *transitions_json(const struct broker *b)
 	return arr;
 }
 
-static void emit(struct broker *b, const char *reason)
+/* with_plan: the event carries the arbiter's last transitions; without,
+ * it says a lease changed (bound to its VMM) while the plan did not. */
+static void emit_event(struct broker *b, const char *reason, bool with_plan)
 {
 	if (b->change_hook && !b->restoring)
 		b->change_hook(NULL, b->change_hook_ud);
@@ -450,7 +452,7 @@ static void emit(struct broker *b, const char *reason)
 	json_object_object_add(ev, "event", json_object_new_string("plan"));
 	json_object_object_add(ev, "generation", json_object_new_uint64(arb_generation(b->arb)));
 	json_object_object_add(ev, "reason", json_object_new_string(reason));
-	json_object_object_add(ev, "changes", transitions_json(b));
+	json_object_object_add(ev, "changes", with_plan ? transitions_json(b) : json_object_new_array());
 	/* A subscriber may unsubscribe from inside its callback: iterate a copy. */
 	size_t n = b->n_subs;
 	struct broker_sub *copy = malloc(n * sizeof(*copy));
@@ -461,6 +463,11 @@ static void emit(struct broker *b, const char *reason)
 		free(copy);
 	}
 	json_object_put(ev);
+}
+
+static void emit(struct broker *b, const char *reason)
+{
+	emit_event(b, reason, true);
 }
 
 /* Keeps every session's events on the placements the plan now gives. */
@@ -1024,6 +1031,12 @@ static int vm_bind(struct broker *b, const struct broker_caller *c, const struct
 		return r;
 	}
 	log_notice("vm %s bound to VMM pid %d (VM fd %d) vm=%s", q->name, (int)q->pid, v->vm_fd, q->name);
+	{
+		/* Doors that mirror leases (D-Bus Owner) learn of it. */
+		char ev[160];
+		snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
+		emit_event(b, ev, false);
+	}
 done:
 	*result = json_object_new_object();
 	json_object_object_add(*result, "name", json_object_new_string(q->name));

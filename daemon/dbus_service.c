@@ -900,6 +900,11 @@ static void finish(struct pending *p, bool privileged)
 		if (changes_state(req->method))
 			flush(s);
 		r = p->reply(s, p->call, req, result);
+		/* The change is done; the caller must still hear an answer
+		 * (a reply that cannot be built, e.g. too large for the bus). */
+		if (r < 0)
+			r = sd_bus_reply_method_errorf(p->call, "org.vpmu.Broker1.Error.Internal",
+						       "the result could not be sent: %s", strerror(-r));
 	}
 	if (r < 0)
 		log_warn("dbus: cannot answer %s: %s", p->sender, strerror(-r));

@@ -352,8 +352,12 @@ static void report(struct lvev_follower *f, virDomainPtr dom, bool running)
 	}
 	char *xml = virDomainGetXMLDesc(dom, 0);
 	if (!xml) {
-		/* it may have stopped meanwhile; its stopped event follows */
+		/* It may have stopped meanwhile (its stopped event follows), or
+		 * libvirt failed: a running domain is still reported, without
+		 * XML, so that a reconcile does not take it for gone. */
 		log_warn("libvirt: cannot read the XML of domain %s: %s vm=%s", name, virGetLastErrorMessage(), name);
+		if (running)
+			f->ops.on_domain_running(f->ud, name, uuid, NULL);
 		return;
 	}
 	if (running)

@@ -53,6 +53,7 @@ struct lvev_ops {
 	/* A (re)connection's listing starts: forget what you believed ran. */
 	void (*on_reconcile_begin)(void *ud);
 	/* Started, or found running during a reconcile. xml is the live XML. */
+	/* xml is NULL when the domain runs but its XML could not be read. */
 	void (*on_domain_running)(void *ud, const char *name, const char *uuid, const char *xml);
 	void (*on_reconcile_end)(void *ud);
 	void (*on_domain_stopped)(void *ud, const char *name, const char *uuid);

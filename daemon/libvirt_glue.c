@@ -398,7 +398,9 @@ static void on_domain_running(void *ud, const char *name, const char *uuid, cons
 		log_err("libvirt: out of memory while listing domains; no lease released this time");
 		g->reconciling = false;
 	}
-	follow(g, name, xml);
+	/* NULL: running, but its XML could not be read; keep what we have. */
+	if (xml)
+		follow(g, name, xml);
 }
 
 static void on_reconcile_end(void *ud)

@@ -49,6 +49,7 @@ struct ev {
 	enum psess_placement placement;
 	unsigned group;
 	int unit;            /* index in s->units, -1 if not opened */
+	bool reopen_failed;  /* not_counted says so; retried at the next move */
 	uint64_t *ids;       /* per slot, kernel event id (group reads) */
 	/* Counts carried over from units closed by a placement change. */
 	uint64_t base_val, base_ena, base_run;
@@ -536,7 +537,11 @@ int psess_set_placement(struct psess *s, size_t idx, enum psess_placement placem
 	if (placement != PSESS_DEDICATED && placement != PSESS_MULTIPLEXED)
 		return set_err(s, -EINVAL, "unknown placement %d", (int)placement);
 	struct ev *e = &s->evs[idx];
-	if (e->placement == placement)
+	/* An event whose reopen failed is retried even at the same placement:
+	 * a transient failure (EMFILE, a CPU briefly offline) must not leave
+	 * it dead until the session restarts. */
+	bool retry = e->reopen_failed;
+	if (e->placement == placement && !retry)
 		return 0;
 	if (e->unit < 0) {
 		/* Not opened (model PMU): only the bookkeeping changes. */
@@ -545,27 +550,32 @@ int psess_set_placement(struct psess *s, size_t idx, enum psess_placement placem
 		return 0;
 	}
 	struct unit *u = &s->units[e->unit];
-	struct counts stackcnt[16];
-	struct counts *cnt = u->n <= 16 ? stackcnt : malloc(u->n * sizeof(*cnt));
-	if (!cnt)
-		return set_err(s, -ENOMEM, "out of memory");
-	int rc = unit_read(s, u, cnt);
-	if (rc < 0) {
+	/* A unit closed by a failed reopen has its counts in the bases
+	 * already: nothing to read. */
+	if (u->open) {
+		struct counts stackcnt[16];
+		struct counts *cnt = u->n <= 16 ? stackcnt : malloc(u->n * sizeof(*cnt));
+		if (!cnt)
+			return set_err(s, -ENOMEM, "out of memory");
+		int rr = unit_read(s, u, cnt);
+		if (rr < 0) {
+			if (cnt != stackcnt)
+				free(cnt);
+			return rr;
+		}
+		/* Closing right after the read keeps the uncounted gap to the
+		 * close and reopen syscalls below. */
+		unit_close(s, u);
+		for (size_t m = 0; m < u->n; m++) {
+			struct ev *me = &s->evs[u->members[m]];
+			me->base_val += cnt[m].val;
+			me->base_ena += cnt[m].ena;
+			me->base_run += cnt[m].run;
+		}
 		if (cnt != stackcnt)
 			free(cnt);
-		return rc;
 	}
-	/* Closing right after the read keeps the uncounted gap to the close
-	 * and reopen syscalls below. */
-	unit_close(s, u);
-	for (size_t m = 0; m < u->n; m++) {
-		struct ev *me = &s->evs[u->members[m]];
-		me->base_val += cnt[m].val;
-		me->base_ena += cnt[m].ena;
-		me->base_run += cnt[m].run;
-	}
-	if (cnt != stackcnt)
-		free(cnt);
+	int rc;
 
 	/* Take the event out of its unit, keeping the others' order so the
 	 * old leader stays leader when it is not the one moving. */
@@ -579,9 +589,18 @@ int psess_set_placement(struct psess *s, size_t idx, enum psess_placement placem
 	e->group = 0;
 
 	rc = 0;
-	if (u->n > 0 && (rc = unit_open(s, u)) < 0) {
-		for (size_t m = 0; m < u->n; m++)
-			s->evs[u->members[m]].not_counted = PSESS_REASON_REOPEN_FAILED;
+	if (u->n > 0) {
+		rc = unit_open(s, u);
+		for (size_t m = 0; m < u->n; m++) {
+			struct ev *me = &s->evs[u->members[m]];
+			if (rc < 0) {
+				me->not_counted = PSESS_REASON_REOPEN_FAILED;
+				me->reopen_failed = true;
+			} else if (me->reopen_failed) {
+				me->not_counted = NULL;
+				me->reopen_failed = false;
+			}
+		}
 	}
 	int ui = new_unit(s, placement, 0);
 	if (ui < 0)
@@ -592,7 +611,12 @@ int psess_set_placement(struct psess *s, size_t idx, enum psess_placement placem
 	int rc2 = unit_open(s, &s->units[ui]);
 	if (rc2 < 0) {
 		e->not_counted = PSESS_REASON_REOPEN_FAILED;
+		e->reopen_failed = true;
 		return rc2;
+	}
+	if (e->reopen_failed) {
+		e->not_counted = NULL;
+		e->reopen_failed = false;
 	}
 	return rc;
 }

@@ -229,7 +229,7 @@ struct seen {
 static void set_xml(struct seen *s, const char *xml)
 {
 	free(s->last_xml);
-	s->last_xml = strdup(xml);
+	s->last_xml = xml ? strdup(xml) : NULL;
 }
 
 static void cb_begin(void *ud)
