@@ -97,7 +97,7 @@ static int op_prepare(const char *name, const char *xml, size_t len, const struc
 	if (parse(name, xml, len, o, &p, err) < 0) {
 		if (p.guaranteed) {
 			fprintf(err, TAG ": refusing to start %s: it asks for a guaranteed PMU share, "
-				     "but its vpmu metadata is invalid (see above)\n", name);
+				     "but its domain XML cannot be read for PMU arbitration (see above)\n", name);
 			rc = 1;
 		} else {
 			fprintf(err, TAG ": starting %s without PMU arbitration\n", name);
