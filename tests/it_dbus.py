@@ -384,6 +384,24 @@ print("bound", flush=True)
         vmm.kill()
         vmm.wait()
         check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "its VMM's exit releases it")
+        # A lease bound through another door (the socket, as the libvirt
+        # hook does) shows its Owner on the bus too.
+        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
+        sock = os.path.join(env.tmp, "vpmud.sock")
+        ctl = [os.path.join(BUILD, "client", "vpmuctl"), "--socket", sock]
+        a = subprocess.run(ctl + ["vm", "attach", "sock-bound", "--gp", "1", "--vcpus", "1", "--cpus", "10"],
+                           capture_output=True, text=True)
+        check(a.returncode == 0, "vm attach over the socket", a.stderr)
+        b = subprocess.run(ctl + ["vm", "bind", "sock-bound", "--pid", str(vmm.pid), "--vm-fd", str(vm_fd)],
+                           capture_output=True, text=True)
+        check(b.returncode == 0, "vm bind over the socket", b.stderr)
+        sbpath = PATH + "/vm/sock_2dbound"
+        check(wait_until(lambda: tuple(props(env, sbpath, VM_IF)["Owner"])[0] == vmm.pid),
+              "D-Bus Owner follows a bind made through the socket")
+        vmm.kill()
+        vmm.wait()
+        check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "and its VMM's exit releases it")
     else:
         print("skip VMM-owned lease: no /dev/kvm or vpmu-fake-vmm")
 
