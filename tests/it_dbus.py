@@ -8,6 +8,7 @@ every signal the daemon sends. A polkit mock (python3-dbusmock's polkitd
 template) on the same bus allows and denies the non-root caller (vpmu-test).
 Each check prints one line; any failure makes the exit status non-zero.
 """
+import atexit
 import json
 import os
 import pwd
@@ -36,6 +37,26 @@ TEST_USER = "vpmu-test"
 CLASS_GUARANTEED, CLASS_PREFERRED = 1, 2
 ROUTE_MULTIPLEXED, ROUTE_PASSTHROUGH = 2, 3
 failures = 0
+
+
+_vmms = []
+
+
+def spawn_vmm():
+    """A real KVM VMM (vpmu-fake-vmm) that is killed at exit whatever happens."""
+    p = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+    _vmms.append(p)
+    return p
+
+
+def _kill_vmms():
+    for p in _vmms:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+atexit.register(_kill_vmms)
 
 
 def check(cond, what, detail=""):
@@ -353,7 +374,7 @@ time.sleep(60)
     child.wait()
     check(wait_until(lambda: props(env, PATH, MGR)["SessionCount"] == 0), "owner process exit stops the session")
     if os.access("/dev/kvm", os.R_OK | os.W_OK) and os.path.exists(FAKE_VMM):
-        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vmm = spawn_vmm()
         vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
         rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "vmm-vm", 2, "vcpus", "as", 1, "8",
                                 "owner", "a{sv}", 2, "pid", "i", vmm.pid, "vm_fd", "i", vm_fd)
@@ -366,7 +387,7 @@ time.sleep(60)
         check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "VMM exit releases the VM")
         # An agent attaches without an owner, then binds the lease to its
         # VMM and leaves: the bound lease follows the VMM, not the agent.
-        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vmm = spawn_vmm()
         vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
         agent = subprocess.Popen([sys.executable, "-c", """
 import dbus, sys
@@ -386,7 +407,7 @@ print("bound", flush=True)
         check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "its VMM's exit releases it")
         # A lease bound through another door (the socket, as the libvirt
         # hook does) shows its Owner on the bus too.
-        vmm = subprocess.Popen([FAKE_VMM, "1"], stdout=subprocess.PIPE, text=True)
+        vmm = spawn_vmm()
         vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
         sock = os.path.join(env.tmp, "vpmud.sock")
         ctl = [os.path.join(BUILD, "client", "vpmuctl"), "--socket", sock]
