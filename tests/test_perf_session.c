@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -338,6 +339,47 @@ static void test_placement_change(void **state)
 	unpin();
 }
 
+/* A reopen that fails (here: no file descriptor may be opened at all) is
+ * reported, never invented, and retried at the next placement call, with
+ * the counts so far carried over. */
+static void test_reopen_failure_is_retried(void **state)
+{
+	(void)state;
+	struct psess *s;
+	char err[256];
+	struct psess_opts o = { .cpus = "0" };
+	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
+	int tc = add(s, "task-clock", PSESS_DEDICATED, 0);
+	if (psess_open(s) != 0)
+		fail_msg("open: %s", psess_error(s));
+	struct psess_reading a[1], b[1], c[1];
+	workload(10);
+	read_ok(s, a, 1);
+	assert_int_equal(a[0].status, PSESS_COUNTED);
+
+	struct rlimit saved, none;
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+	none = saved;
+	none.rlim_cur = 0;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &none), 0);
+	int rc = psess_set_placement(s, (size_t)tc, PSESS_MULTIPLEXED);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+	assert_true(rc < 0);
+	read_ok(s, b, 1);
+	assert_int_equal(b[0].status, PSESS_NOT_COUNTED);
+	assert_string_equal(b[0].reason, PSESS_REASON_REOPEN_FAILED);
+
+	/* The same placement asked again: reopened, counting, nothing lost. */
+	if (psess_set_placement(s, (size_t)tc, PSESS_MULTIPLEXED) != 0)
+		fail_msg("retry: %s", psess_error(s));
+	workload(10);
+	read_ok(s, c, 1);
+	assert_int_equal(c[0].status, PSESS_COUNTED);
+	assert_true(c[0].value > a[0].value);
+	assert_int_equal(c[0].placement, PSESS_MULTIPLEXED);
+	psess_destroy(s);
+}
+
 static bool host_has_hw_pmu(void)
 {
 	struct perf_event_attr attr;
@@ -505,6 +547,7 @@ int main(void)
 		cmocka_unit_test(test_cpu_mode_all_cpus),
 		cmocka_unit_test(test_pid_mode),
 		cmocka_unit_test(test_placement_change),
+		cmocka_unit_test(test_reopen_failure_is_retried),
 		cmocka_unit_test(test_model_pmu),
 		cmocka_unit_test(test_no_hw_pmu),
 		cmocka_unit_test(test_derive),
