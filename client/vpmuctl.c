@@ -336,6 +336,16 @@ static void print_json(struct json_object *o, bool compact)
 						       : JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
 }
 
+/* --json: the daemon's result as it came, consumed here. */
+static bool printed_as_json(const struct ctl *x, struct json_object *res)
+{
+	if (!x->json)
+		return false;
+	print_json(res, false);
+	json_object_put(res);
+	return true;
+}
+
 /* ---------------------------------------------------------------- tables */
 
 struct table {
@@ -616,11 +626,8 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 
 	if (r || (r = call(x, "status", NULL, &res)))
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	struct table t;
 
 	table_init(&t, 2);
@@ -682,11 +689,8 @@ static int cmd_pmu(struct ctl *x, int argc, char **argv)
 
 	if (r || (r = call(x, "pmu", NULL, &res)))
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	static const char *const keys[] = { "source", "model", "vendor", "version", "gp", "fixed", "gp_width", "cpus" };
 	struct table t;
 
@@ -744,11 +748,8 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 	json_object_put(params);
 	if (r)
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	int64_t gen;
 
 	if (get_i64(res, "generation", &gen))
@@ -1167,11 +1168,8 @@ static int vm_show(struct ctl *x, int argc, char **argv)
 
 	if (r)
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	struct table t;
 
 	table_init(&t, 2);
@@ -1203,11 +1201,8 @@ static int vm_list(struct ctl *x, int argc, char **argv)
 
 	if (r || (r = call(x, "vm.list", NULL, &res)))
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	vms = get_arr(res, "vms");
 	if (!arr_len(vms)) {
 		printf("no VMs\n");
@@ -1374,11 +1369,8 @@ static int session_list(struct ctl *x, int argc, char **argv)
 
 	if (r || (r = call(x, "session.list", NULL, &res)))
 		return r;
-	if (x->json) {
-		print_json(res, false);
-		json_object_put(res);
+	if (printed_as_json(x, res))
 		return 0;
-	}
 	ss = get_arr(res, "sessions");
 	if (!arr_len(ss)) {
 		printf("no sessions\n");
