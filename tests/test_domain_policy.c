@@ -4,6 +4,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "fixture.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,18 +19,9 @@ static const struct dompol_defaults defaults = {
 
 static char *slurp(const char *name, size_t *len)
 {
-	const char *src = getenv("VPMU_SOURCE_DIR");
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/tests/fixtures/libvirt/%s", src ? src : "..", name);
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		fail_msg("cannot open %s", path);
-	char *buf = malloc(1 << 16);
-	assert_non_null(buf);
-	*len = fread(buf, 1, (1 << 16) - 1, f);
-	buf[*len] = 0;
-	fclose(f);
-	return buf;
+	char rel[256];
+	snprintf(rel, sizeof(rel), "libvirt/%s", name);
+	return fixture_read(rel, len);
 }
 
 static int parse_fixture(const char *name, unsigned host_cpus, struct dompol *p, char *err, size_t errlen)

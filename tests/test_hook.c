@@ -4,6 +4,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "fixture.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,18 +98,9 @@ static char pid_dir[] = "/tmp/vpmu-test-hook.XXXXXX";
 
 static char *fixture(const char *name, size_t *len)
 {
-	const char *src = getenv("VPMU_SOURCE_DIR");
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/tests/fixtures/libvirt/%s", src ? src : "..", name);
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		fail_msg("cannot open %s", path);
-	char *buf = malloc(1 << 16);
-	assert_non_null(buf);
-	*len = fread(buf, 1, (1 << 16) - 1, f);
-	buf[*len] = 0;
-	fclose(f);
-	return buf;
+	char rel[256];
+	snprintf(rel, sizeof(rel), "libvirt/%s", name);
+	return fixture_read(rel, len);
 }
 
 static struct hook_opts opts(const char *dflt_class, uint64_t budget)

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "fixture.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,15 +28,6 @@ static struct pmu_desc *new_desc(void)
 	return d;
 }
 
-static void fixture(char *buf, size_t len, const char *rel)
-{
-	const char *src = getenv("VPMU_SOURCE_DIR");
-
-	if (src)
-		snprintf(buf, len, "%s/tests/fixtures/%s", src, rel);
-	else
-		snprintf(buf, len, "fixtures/%s", rel);
-}
 
 /* What an Ice Lake-SP reports, as CPUID registers. */
 static struct pmu_host_cpuid icelake_cpuid(void)
@@ -100,7 +93,7 @@ static void test_icelake_fixture(void **state)
 	struct pmu_desc *d = new_desc();
 	struct pmu_discover_opts o = { .use_cpuid = false, .cpuid = &c };
 
-	fixture(root, sizeof(root), "sysfs-icelake");
+	fixture_path(root, sizeof(root), "sysfs-icelake");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), 0);
@@ -149,7 +142,7 @@ static void test_icelake_fixture_with_msr(void **state)
 	/* /dev/cpu/N/msr is read at the MSR number as file offset. */
 	assert_int_equal(pwrite(fd, &caps, sizeof(caps), 0x345), (ssize_t)sizeof(caps));
 	close(fd);
-	fixture(root, sizeof(root), "sysfs-icelake");
+	fixture_path(root, sizeof(root), "sysfs-icelake");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), 0);
@@ -175,7 +168,7 @@ static void test_nopmu_fixture(void **state)
 	struct pmu_desc *d = new_desc();
 	struct pmu_discover_opts o = { .use_cpuid = false, .cpuid = &c };
 
-	fixture(root, sizeof(root), "sysfs-nopmu");
+	fixture_path(root, sizeof(root), "sysfs-nopmu");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), 0);
@@ -208,7 +201,7 @@ static void test_pmu_without_cpuid(void **state)
 	struct pmu_desc *d = new_desc();
 	struct pmu_discover_opts o = { .use_cpuid = false };
 
-	fixture(root, sizeof(root), "sysfs-icelake");
+	fixture_path(root, sizeof(root), "sysfs-icelake");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), -ENODATA);
@@ -225,7 +218,7 @@ static void test_sysfs_pmu_but_cpuid_none(void **state)
 	struct pmu_discover_opts o = { .use_cpuid = false, .cpuid = &c };
 
 	c.leaf0a.eax = 0; /* version 0 */
-	fixture(root, sizeof(root), "sysfs-icelake");
+	fixture_path(root, sizeof(root), "sysfs-icelake");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), 0);
@@ -242,7 +235,7 @@ static void test_hybrid_fixture(void **state)
 	struct pmu_desc *d = new_desc();
 	struct pmu_discover_opts o = { .use_cpuid = false };
 
-	fixture(root, sizeof(root), "sysfs-hybrid");
+	fixture_path(root, sizeof(root), "sysfs-hybrid");
 	o.sysfs_root = root;
 	o.procfs_root = root;
 	assert_int_equal(pmu_discover_host(&o, d, why, sizeof(why)), 0);

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "fixture.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,15 +25,6 @@ static struct pmu_desc *new_desc(void)
 	return d;
 }
 
-static void fixture(char *buf, size_t len, const char *rel)
-{
-	const char *src = getenv("VPMU_SOURCE_DIR");
-
-	if (src)
-		snprintf(buf, len, "%s/tests/fixtures/%s", src, rel);
-	else
-		snprintf(buf, len, "fixtures/%s", rel); /* run from tests/ */
-}
 
 /* Invariants every model must keep, whatever its source. */
 static void check_invariants(const struct pmu_desc *d)
@@ -156,7 +149,7 @@ static void test_load_file(void **state)
 	char path[4096], err[512];
 	uint32_t gp, fx;
 
-	fixture(path, sizeof(path), "models/skylake-4c.json");
+	fixture_path(path, sizeof(path), "models/skylake-4c.json");
 	assert_int_equal(pmu_model_load(path, d, err, sizeof(err)), 0);
 	assert_int_equal(d->source, PMU_SOURCE_FILE);
 	assert_string_equal(d->model, "skylake-4c");
@@ -195,24 +188,24 @@ static void test_load_file_errors(void **state)
 	struct pmu_desc *d = new_desc();
 	char path[4096], err[512], want[4200];
 
-	fixture(path, sizeof(path), "models/does-not-exist.json");
+	fixture_path(path, sizeof(path), "models/does-not-exist.json");
 	assert_int_equal(pmu_model_load(path, d, err, sizeof(err)), -ENOENT);
 	snprintf(want, sizeof(want), "%s: cannot open", path);
 	assert_non_null(strstr(err, want));
 
-	fixture(path, sizeof(path), "models/bad-syntax.json");
+	fixture_path(path, sizeof(path), "models/bad-syntax.json");
 	assert_int_equal(pmu_model_load(path, d, err, sizeof(err)), -EINVAL);
 	snprintf(want, sizeof(want), "%s: line 4: not valid JSON", path);
 	if (!strstr(err, want))
 		fail_msg("got \"%s\"", err);
 
-	fixture(path, sizeof(path), "models/bad-num-gp.json");
+	fixture_path(path, sizeof(path), "models/bad-num-gp.json");
 	assert_int_equal(pmu_model_load(path, d, err, sizeof(err)), -EINVAL);
 	snprintf(want, sizeof(want), "%s: field \"num_gp\": must be an integer 1..32", path);
 	assert_string_equal(err, want);
 
 	/* A directory is not a model. */
-	fixture(path, sizeof(path), "models/");
+	fixture_path(path, sizeof(path), "models/");
 	assert_int_equal(pmu_model_load(path, d, err, sizeof(err)), -EINVAL);
 	free(d);
 }
