@@ -27,6 +27,7 @@ struct broker_vm {
 	struct proto_vm_attach spec;   /* as attached, updates folded in; vcpus owned */
 	uid_t uid;                     /* who attached it */
 	char origin[32];               /* see broker_caller.origin */
+	bool follows_connection;       /* see broker_caller; false once bound */
 	bool bound;                    /* registered with the kvm port */
 	pid_t vmm_pid;
 	int vm_fd;
@@ -40,6 +41,7 @@ struct broker_session {
 	struct proto_session_start spec; /* events owned */
 	uid_t uid;
 	char origin[32];
+	bool follows_connection;         /* see broker_caller */
 	pid_t owner_pid;
 	uint64_t owner_start;
 	struct owner_watch *watch;
@@ -281,6 +283,8 @@ static struct json_object *vm_state(const struct broker_vm *v)
 	json_object_object_add(o, "request", proto_request_encode(&req));
 	json_object_object_add(o, "uid", json_object_new_int64(v->uid));
 	json_object_object_add(o, "origin", json_object_new_string(v->origin));
+	if (v->follows_connection && !v->bound)
+		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
 	if (v->bound)
 		json_object_object_add(o, "owner_start", json_object_new_uint64(v->vmm_start));
 	return o;
@@ -295,6 +299,8 @@ static struct json_object *session_state(const struct broker_session *s)
 	json_object_object_add(o, "request", proto_request_encode(&req));
 	json_object_object_add(o, "uid", json_object_new_int64(s->uid));
 	json_object_object_add(o, "origin", json_object_new_string(s->origin));
+	if (s->follows_connection)
+		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
 	json_object_object_add(o, "owner_start", json_object_new_uint64(s->owner_start));
 	return o;
 }
@@ -750,6 +756,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	v->id = b->next_id++;
 	v->uid = uid;
 	set_origin(v->origin, sizeof(v->origin), c);
+	v->follows_connection = c->follows_connection && !a->has_owner;
 	v->spec = *a;
 	if (!a->has_priority)
 		v->spec.priority = (uint32_t)b->cfg->default_priority;
@@ -1086,6 +1093,8 @@ static struct json_object *vm_json(const struct broker *b, const struct broker_v
 	json_object_object_add(o, "gp", json_object_new_int((int)v->spec.gp));
 	json_object_object_add(o, "fixed_mask", hex32(v->spec.fixed_mask));
 	json_object_object_add(o, "origin", json_object_new_string(v->origin));
+	if (v->follows_connection && !v->bound)
+		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
 	if (v->bound) {
 		struct json_object *ow = json_object_new_object();
 		json_object_object_add(ow, "pid", json_object_new_int(v->vmm_pid));
@@ -1207,6 +1216,7 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 	s->id = b->next_id++;
 	s->uid = uid;
 	set_origin(s->origin, sizeof(s->origin), c);
+	s->follows_connection = c->follows_connection && !q->owner_pid;
 	s->spec = *q;
 	s->spec.events = calloc(q->n_events, sizeof(char *));
 	s->events = calloc(q->n_events, sizeof(*s->events));
@@ -1804,16 +1814,18 @@ static int restore_one(struct broker *b, struct json_object *entry, enum proto_m
 	struct json_object *oj;
 	if (json_object_object_get_ex(entry, "origin", &oj) && json_object_is_type(oj, json_type_string))
 		snprintf(origin, sizeof(origin), "%s", json_object_get_string(oj));
+	struct json_object *fj;
+	bool follows_connection = json_object_object_get_ex(entry, "follows_connection", &fj) &&
+				  json_object_get_boolean(fj);
 	struct broker_caller self = { .uid = uid, .privileged = true, .transport = "state",
 				      .origin = origin[0] ? origin : NULL };
 	struct json_object *res = NULL;
 	memset(&err, 0, sizeof(err));
 	if (want == PROTO_M_VM_ATTACH) {
 		const char *name = req.u.vm_attach.name;
-		/* A D-Bus lease follows its bus peer, which a restart disconnects. */
-		if (!strcmp(origin, "dbus") && !req.u.vm_attach.has_owner) {
-			log_notice("state: vm %s: its D-Bus owner left with the previous vpmud: lease released vm=%s",
-				   name, name);
+		if (follows_connection && !req.u.vm_attach.has_owner) {
+			log_notice("state: vm %s: it followed a %s connection, which the restart closed: lease released vm=%s",
+				   name, origin[0] ? origin : "client", name);
 			proto_request_fini(&req);
 			return -ESRCH;
 		}
@@ -1831,6 +1843,12 @@ static int restore_one(struct broker *b, struct json_object *entry, enum proto_m
 				   req.u.vm_attach.has_owner ? " and re-bound to its VMM" : "", name);
 	} else {
 		struct proto_session_start *q = &req.u.session_start;
+		if (follows_connection) {
+			log_notice("state: session %s: it followed a %s connection, which the restart closed: stopped session=%s",
+				   q->name, origin[0] ? origin : "client", q->name);
+			proto_request_fini(&req);
+			return -ESRCH;
+		}
 		if (q->owner_pid && !owner_alive(q->owner_pid, start)) {
 			log_notice("state: session %s: its owner (pid %d) exited while vpmud was down: stopped session=%s",
 				   q->name, q->owner_pid, q->name);

@@ -34,6 +34,11 @@ struct broker_caller {
 	 * "vpmu-libvirt-hook", "dbus", "libvirt"): each door reconciles the
 	 * leases it made. NULL: the transport's name. */
 	const char *origin;
+	/* The transport ends what this caller makes when the caller's
+	 * connection goes (a D-Bus peer leaving the bus), unless a process
+	 * owns it (a VMM, an owner_pid). Such a lease cannot outlive a daemon
+	 * restart, which closes every connection: it is not restored. */
+	bool follows_connection;
 };
 
 struct broker_opts {

@@ -876,7 +876,8 @@ static void finish(struct pending *p, bool privileged)
 	struct dbus_service *s = p->svc;
 	const struct proto_request *req = &p->req;
 	struct broker_caller caller = { .uid = p->uid, .gid = p->gid, .pid = p->pid, .privileged = privileged,
-					.transport = "dbus", .origin = "dbus" };
+					.transport = "dbus", .origin = "dbus",
+					.follows_connection = true };
 	struct json_object *result = NULL;
 	struct proto_error err = {0};
 	int r;

@@ -417,6 +417,45 @@ static void test_restore_after_restart(void **st)
 	json_object_put(after);
 }
 
+static void test_connection_leases_end_with_restart(void **st)
+{
+	struct fx *f = *st;
+	/* A caller whose leases follow its connection (a D-Bus peer). */
+	struct broker_caller agent = root;
+	agent.transport = agent.origin = "dbus";
+	agent.follows_connection = true;
+	struct json_object *r = NULL;
+	struct proto_error err;
+	assert_int_equal(call(f, &agent, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"gp\":1,"
+				      "\"vcpu_count\":1,\"cpus\":\"0\"}}", &r, &err), 0);
+	json_object_put(r);
+	assert_int_equal(call(f, &agent, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
+				      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}", &r, &err), 0);
+	json_object_put(r);
+	/* Given an owner process, a session follows that process instead. */
+	char req[256];
+	snprintf(req, sizeof(req), "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"owned\","
+		 "\"events\":[\"task-clock\"],\"cpus\":\"0\",\"owner_pid\":%d}}", (int)getpid());
+	assert_int_equal(call(f, &agent, req, &r, &err), 0);
+	json_object_put(r);
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.attach\",\"params\":{\"name\":\"op\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"1\"}}"));
+	close_broker(f);
+	open_broker(f);
+	/* The restart closed every connection: what followed one is gone,
+	 * what a process or an operator owns is back. */
+	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
+	struct json_object *vms = json_object_object_get(r, "vms");
+	assert_int_equal(json_object_array_length(vms), 1);
+	assert_string_equal(json_object_get_string(json_object_object_get(json_object_array_get_idx(vms, 0), "name")), "op");
+	json_object_put(r);
+	r = ok(f, "{\"id\":6,\"method\":\"session.list\"}");
+	struct json_object *ss = json_object_object_get(r, "sessions");
+	assert_int_equal(json_object_array_length(ss), 1);
+	assert_string_equal(json_object_get_string(json_object_object_get(json_object_array_get_idx(ss, 0), "name")), "owned");
+	json_object_put(r);
+}
+
 static void test_corrupt_state_moved_aside(void **st)
 {
 	struct fx *f = *st;
@@ -531,6 +570,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refused_owner_changes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unsaved_removal_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_after_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connection_leases_end_with_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
