@@ -380,3 +380,12 @@ const char *pmu_source_name(enum pmu_source s)
 	}
 	return "unknown";
 }
+
+unsigned pmu_cpu_span(const struct pmu_desc *d)
+{
+	unsigned span = 0;
+	for (unsigned i = 0; i < d->n_cpus; i++)
+		if ((unsigned)d->cpus[i].cpu + 1 > span)
+			span = (unsigned)d->cpus[i].cpu + 1;
+	return span;
+}

@@ -122,6 +122,10 @@ static inline uint64_t pmu_gp_bits(unsigned n)
 	return n >= 64 ? ~0ULL : (1ULL << n) - 1;
 }
 
+/* One past the highest CPU number of the inventory: the size of anything
+ * indexed by CPU number (CPUs may be offline, so numbers can have gaps). */
+unsigned pmu_cpu_span(const struct pmu_desc *d);
+
 /* PERF_GLOBAL_CTRL enable bits: GP in 0..31, fixed at 32+i, metrics at 48. */
 uint64_t pmu_global_ctrl_mask(const struct pmu_desc *d);
 

@@ -168,11 +168,7 @@ static int choose_kvm(struct vpmud *d)
 		 kvm_vpmu_flavour_name(d->detect.flavour), kvm_vpmu_flavour_host_impact(d->detect.flavour));
 	log_info("kvm: %s", d->kvm_summary);
 
-	unsigned n_cpus = 0;
-	for (unsigned i = 0; i < d->pmu->n_cpus; i++)
-		if ((unsigned)d->pmu->cpus[i].cpu + 1 > n_cpus)
-			n_cpus = (unsigned)d->pmu->cpus[i].cpu + 1;
-	struct kvm_port_opts po = { .n_cpus = n_cpus, .num_gp = d->pmu->num_gp,
+	struct kvm_port_opts po = { .n_cpus = pmu_cpu_span(d->pmu), .num_gp = d->pmu->num_gp,
 				    .fixed_mask = d->pmu->fixed_mask,
 				    .caller = { .cap_sys_admin = geteuid() == 0 } };
 	enum kvm_backend want;
@@ -291,10 +287,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 	}
 	if (n == 1)
 		listen_fd = SD_LISTEN_FDS_START;
-	unsigned max_cpus = 0;
-	for (unsigned i = 0; i < d.pmu->n_cpus; i++)
-		if ((unsigned)d.pmu->cpus[i].cpu + 1 > max_cpus)
-			max_cpus = (unsigned)d.pmu->cpus[i].cpu + 1;
+	unsigned max_cpus = pmu_cpu_span(d.pmu);
 	struct server_opts so = { .event = d.event, .broker = d.broker, .cfg = &d.cfg,
 				  .listen_fd = listen_fd, .max_cpus = max_cpus };
 	if ((r = server_new(&so, &d.server, err, sizeof(err))) < 0) {

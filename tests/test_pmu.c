@@ -492,6 +492,22 @@ static void test_guest_default_shapes(void **state)
 	free(d);
 }
 
+static void test_cpu_span(void **state)
+{
+	(void)state;
+	struct pmu_desc *d = malloc(sizeof(*d));
+	assert_non_null(d);
+	pmu_desc_init(d);
+	assert_int_equal(pmu_cpu_span(d), 0);
+	/* Offline CPUs leave gaps: the span reaches the highest number. */
+	d->cpus[0].cpu = 0;
+	d->cpus[1].cpu = 5;
+	d->cpus[2].cpu = 2;
+	d->n_cpus = 3;
+	assert_int_equal(pmu_cpu_span(d), 6);
+	free(d);
+}
+
 static void test_names(void **state)
 {
 	(void)state;
@@ -524,6 +540,7 @@ int main(void)
 		cmocka_unit_test(test_guest_options),
 		cmocka_unit_test(test_guest_refusals),
 		cmocka_unit_test(test_guest_default_shapes),
+		cmocka_unit_test(test_cpu_span),
 		cmocka_unit_test(test_names),
 	};
 
