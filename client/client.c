@@ -14,9 +14,9 @@
 
 #include <json-c/json.h>
 
-#include "frame.h"
-#include "proto.h"
-#include "response.h"
+#include "proto/frame.h"
+#include "proto/proto.h"
+#include "proto/response.h"
 
 /* Events kept while a call waits for its answer. A watcher that does not
  * read is not worth unbounded memory: beyond this the oldest are dropped,
@@ -33,7 +33,7 @@ struct vpmu_client {
 	int fd;
 	bool broken;
 	uint64_t next_id;
-	struct proto_reader reader;
+	struct frame_reader reader;
 	char server[128];
 	struct queued_event *head, *tail;
 	unsigned int queued;
@@ -168,14 +168,14 @@ static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_tim
 	for (;;) {
 		const char *frame;
 		size_t len;
-		int r = proto_reader_next(&c->reader, &frame, &len);
+		int r = frame_reader_next(&c->reader, &frame, &len);
 
 		if (r == -EMSGSIZE)
 			return broken(c, err, -EMSGSIZE, "vpmud sent an answer larger than 16 MiB");
 		if (r < 0)
 			return broken(c, err, r, "cannot read the answer");
 		if (r == 1) {
-			r = proto_response_decode(frame, len, resp);
+			r = response_decode(frame, len, resp);
 			if (r == -ENOMEM)
 				return broken(c, err, r, "out of memory");
 			if (r < 0)
@@ -207,14 +207,14 @@ static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_tim
 		if (n < 0)
 			return broken(c, err, -errno, "cannot read from vpmud");
 		if (n == 0)
-			return proto_reader_pending(&c->reader)
+			return frame_reader_pending(&c->reader)
 				       ? broken(c, err, -EPROTO, "vpmud closed the connection in the middle of a message")
 				       : broken(c, err, -ECONNRESET, "vpmud closed the connection");
-		r = proto_reader_feed(&c->reader, buf, (size_t)n);
+		r = frame_reader_feed(&c->reader, buf, (size_t)n);
 		if (r == -ENOMEM)
 			return broken(c, err, r, "out of memory");
 		/* -EMSGSIZE: frames completed before the oversized one are
-		 * still returned; proto_reader_next reports it in turn */
+		 * still returned; frame_reader_next reports it in turn */
 	}
 }
 
@@ -268,7 +268,7 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		json_object_put(req);
 		return fail(err, -ENOMEM, "out of memory");
 	}
-	r = proto_frame_encode(req, PROTO_MAX_REQUEST, &frame, &len);
+	r = frame_encode(req, PROTO_MAX_REQUEST, &frame, &len);
 	json_object_put(req);
 	if (r == -EMSGSIZE)
 		return fail(err, r, "the request exceeds the protocol's %u-byte limit", PROTO_MAX_REQUEST);
@@ -286,7 +286,7 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 			return r;
 		if (resp.kind == PROTO_RESP_EVENT) {
 			queue_event(c, &resp);
-			proto_response_fini(&resp);
+			response_fini(&resp);
 			if (deadline && vpmu_client_now_usec() >= deadline)
 				return broken(c, err, -ETIMEDOUT, "vpmud did not answer in time");
 			continue;
@@ -294,17 +294,17 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		/* "id": null is the server failing to read our request (too
 		 * large, garbled): it is still the answer to it */
 		if (resp.id_known && resp.id != id) {
-			proto_response_fini(&resp);
+			response_fini(&resp);
 			return broken(c, err, -EPROTO, "vpmud answered another request");
 		}
 		if (resp.kind == PROTO_RESP_ERROR) {
 			r = remote(err, &resp.error);
-			proto_response_fini(&resp);
+			response_fini(&resp);
 			return r;
 		}
 		*result = resp.body;
 		resp.body = NULL;
-		proto_response_fini(&resp);
+		response_fini(&resp);
 		return 0;
 	}
 }
@@ -333,7 +333,7 @@ int vpmu_client_connect(const char *path, const char *client_name, uint64_t dead
 	if (!c)
 		return fail(err, -ENOMEM, "out of memory");
 	c->next_id = 0;
-	if (proto_reader_init(&c->reader, PROTO_MAX_RESPONSE) < 0) {
+	if (frame_reader_init(&c->reader, PROTO_MAX_RESPONSE) < 0) {
 		free(c);
 		return fail(err, -ENOMEM, "out of memory");
 	}
@@ -373,7 +373,7 @@ int vpmu_client_connect(const char *path, const char *client_name, uint64_t dead
 	json_object_put(params);
 	if (r < 0)
 		goto fail;
-	if (proto_hello_result_decode(res, &proto, c->server, sizeof(c->server)) < 0) {
+	if (response_hello_result_decode(res, &proto, c->server, sizeof(c->server)) < 0) {
 		r = fail(err, -EPROTO, "%s does not answer like vpmud (bad hello result)", path);
 		goto fail;
 	}
@@ -443,14 +443,14 @@ int vpmu_client_next_event(struct vpmu_client *c, uint64_t deadline, struct vpmu
 	if (r < 0)
 		return r;
 	if (resp.kind != PROTO_RESP_EVENT) {
-		proto_response_fini(&resp);
+		response_fini(&resp);
 		return broken(c, err, -EPROTO, "vpmud sent an answer to no request");
 	}
 	snprintf(ev->name, sizeof(ev->name), "%s", resp.event);
 	ev->generation = resp.generation;
 	ev->body = resp.body;
 	resp.body = NULL;
-	proto_response_fini(&resp);
+	response_fini(&resp);
 	return 0;
 }
 
@@ -480,6 +480,6 @@ void vpmu_client_close(struct vpmu_client *c)
 	}
 	if (c->fd >= 0)
 		close(c->fd);
-	proto_reader_fini(&c->reader);
+	frame_reader_fini(&c->reader);
 	free(c);
 }

@@ -66,19 +66,19 @@ static const char *errstr(int r)
 /* Every CPU some vCPU may run on: where the counters are needed. */
 static void cpus_of(const struct dompol *p, char *buf, size_t len)
 {
-	struct dompol_cpuset all;
+	struct domain_policy_cpuset all;
 	memset(&all, 0, sizeof(all));
 	for (unsigned v = 0; v < p->n_vcpus; v++)
-		for (unsigned w = 0; w < DOMPOL_CPU_WORDS; w++)
+		for (unsigned w = 0; w < DOMAIN_POLICY_CPU_WORDS; w++)
 			all.w[w] |= p->vcpu_cpus[v].w[w];
-	dompol_cpuset_format(&all, buf, len);
+	domain_policy_cpuset_format(&all, buf, len);
 }
 
 static int parse(const char *name, const char *xml, size_t len, const struct hook_opts *o, struct dompol *p,
 		 FILE *err)
 {
 	char msg[512];
-	int r = dompol_parse(xml, len, &o->defaults, o->host_cpus, p, msg, sizeof(msg));
+	int r = domain_policy_parse(xml, len, &o->defaults, o->host_cpus, p, msg, sizeof(msg));
 	if (r < 0)
 		fprintf(err, TAG ": %s: %s\n", name, msg);
 	else if (strcmp(p->name, name))
@@ -131,7 +131,7 @@ static int op_prepare(const char *name, const char *xml, size_t len, const struc
 		name, p.gp, p.fixed_mask, cpus, adm.reason[0] ? adm.reason : "no reason given");
 	rc = 1;
 out:
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 	return rc;
 }
 
@@ -154,7 +154,7 @@ static void op_bind(const char *name, const char *xml, size_t len, const struct 
 	if ((r = t->bind(t->ctx, &p, pid, deadline)) < 0)
 		fprintf(err, TAG ": %s: cannot bind its PMU lease to pid %d: %s\n", name, (int)pid, errstr(r));
 out:
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void op_release(const char *name, const char *xml, size_t len, const struct hook_opts *o,
@@ -167,7 +167,7 @@ static void op_release(const char *name, const char *xml, size_t len, const stru
 	int r = t->release(t->ctx, name, p.uuid, deadline);
 	if (r < 0)
 		fprintf(err, TAG ": %s: cannot release its PMU lease: %s\n", name, errstr(r));
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 int hook_run(int argc, char *const argv[], const char *xml, size_t xml_len, const struct hook_opts *o,

@@ -4,7 +4,7 @@
 
 add_library(vpmuhook STATIC ${CMAKE_SOURCE_DIR}/client/hook.c)
 target_include_directories(vpmuhook PUBLIC ${CMAKE_SOURCE_DIR}/client)
-target_link_libraries(vpmuhook PUBLIC vpmucore)
+target_link_libraries(vpmuhook PUBLIC vpmu_proto)
 
 add_executable(vpmu-libvirt-hook ${CMAKE_SOURCE_DIR}/client/hook_main.c)
 target_link_libraries(vpmu-libvirt-hook PRIVATE vpmuhook vpmuclient)

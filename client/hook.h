@@ -31,7 +31,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
-#include "domain_policy.h"
+#include "proto/domain_policy.h"
 
 #define HOOK_DEFAULT_PID_DIR "/run/libvirt/qemu"
 #define HOOK_DEFAULT_BUDGET_USEC (2 * 1000 * 1000ull)
@@ -63,7 +63,7 @@ struct hook_transport {
 struct hook_opts {
 	const char *pid_dir;             /* NULL: HOOK_DEFAULT_PID_DIR */
 	uint64_t budget_usec;            /* 0: HOOK_DEFAULT_BUDGET_USEC */
-	struct dompol_defaults defaults; /* for a domain without our metadata */
+	struct domain_policy_defaults defaults; /* for a domain without our metadata */
 	unsigned host_cpus;              /* bound for cpusets */
 };
 

@@ -13,10 +13,10 @@
 
 #include <json-c/json.h>
 
-#include "config.h"
-#include "cpulist.h"
+#include "proto/config.h"
+#include "proto/cpulist.h"
 #include "hook.h"
-#include "proto.h"
+#include "proto/proto.h"
 #include "vpmu/client.h"
 
 #ifndef VPMU_HOOK_VERSION
@@ -81,8 +81,8 @@ static int attach_params(const struct dompol *p, struct json_object **out)
 	if (!a->vcpus.cpus)
 		return -ENOMEM;
 	for (unsigned v = 0; v < p->n_vcpus; v++)
-		for (unsigned cpu = 0; cpu < DOMPOL_MAX_CPUS && cpu < CPULIST_MAX_CPUS; cpu++)
-			if (dompol_cpuset_test(&p->vcpu_cpus[v], cpu))
+		for (unsigned cpu = 0; cpu < DOMAIN_POLICY_MAX_CPUS && cpu < CPULIST_MAX_CPUS; cpu++)
+			if (domain_policy_cpuset_test(&p->vcpu_cpus[v], cpu))
 				cpulist_set(&a->vcpus.cpus[v], cpu);
 	struct json_object *obj = proto_request_encode(&req), *params = NULL;
 
@@ -202,7 +202,7 @@ static char *read_stdin(size_t *len)
 		return NULL;
 	for (;;) {
 		if (n == cap && !over) {
-			if (cap >= DOMPOL_MAX_XML) {
+			if (cap >= DOMAIN_POLICY_MAX_XML) {
 				over = true;
 			} else {
 				char *nb = realloc(buf, cap * 2);
@@ -243,7 +243,7 @@ int main(int argc, char **argv)
 	o.defaults.gp = 0;
 	o.defaults.fixed_mask = 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	o.host_cpus = ncpu < 1 ? 1 : ncpu > DOMPOL_MAX_CPUS ? DOMPOL_MAX_CPUS : (unsigned)ncpu;
+	o.host_cpus = ncpu < 1 ? 1 : ncpu > DOMAIN_POLICY_MAX_CPUS ? DOMAIN_POLICY_MAX_CPUS : (unsigned)ncpu;
 
 	char *xml = read_stdin(&len);
 	struct sock_ctx sc = { .path = vpmu_client_default_socket() };

@@ -18,8 +18,8 @@
 
 #include <json-c/json.h>
 
-#include "cpulist.h"
-#include "proto.h"
+#include "proto/cpulist.h"
+#include "proto/proto.h"
 #include "vpmu/client.h"
 
 #define EXIT_DAEMON 1

@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pmu.h"
-#include "pmu_model.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_discover.h"
+#include "pmu/pmu_model.h"
 #include "vpmud.h"
 
 enum action {

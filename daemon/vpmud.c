@@ -11,15 +11,17 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
-#include "broker.h"
-#include "config.h"
-#include "dbus_service.h"
-#include "kvm_detect.h"
-#include "kvm_port.h"
-#include "libvirt_glue.h"
-#include "log.h"
-#include "pmu.h"
-#include "server.h"
+#include "broker/broker.h"
+#include "proto/config.h"
+#include "doors/dbus_service.h"
+#include "kvm/kvm_detect.h"
+#include "kvm/kvm_port.h"
+#include "doors/libvirt_glue.h"
+#include "base/log.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_discover.h"
+#include "pmu/pmu_model.h"
+#include "doors/server.h"
 
 struct vpmud {
 	struct config cfg;
@@ -165,14 +167,14 @@ static int choose_kvm(struct vpmud *d)
 	struct kvm_detect_opts dopts = {0};
 	kvm_detect_run(&dopts, &d->detect);
 	snprintf(d->kvm_summary, sizeof(d->kvm_summary), "vPMU flavour %s: %s",
-		 kvm_vpmu_flavour_name(d->detect.flavour), kvm_vpmu_flavour_host_impact(d->detect.flavour));
+		 kvm_detect_flavour_name(d->detect.flavour), kvm_detect_flavour_host_impact(d->detect.flavour));
 	log_info("kvm: %s", d->kvm_summary);
 
 	struct kvm_port_opts po = { .n_cpus = pmu_cpu_span(d->pmu), .num_gp = d->pmu->num_gp,
 				    .fixed_mask = d->pmu->fixed_mask,
 				    .caller = { .cap_sys_admin = geteuid() == 0 } };
 	enum kvm_backend want;
-	if (kvm_backend_parse(d->cfg.kvm, &want) < 0) {
+	if (kvm_port_backend_parse(d->cfg.kvm, &want) < 0) {
 		log_err("kvm: unknown backend %s", d->cfg.kvm);
 		return -EINVAL;
 	}
@@ -187,7 +189,7 @@ static int choose_kvm(struct vpmud *d)
 			     : want;
 	int r = kvm_port_open(&po, &d->port, why, sizeof(why));
 	if (r < 0) {
-		log_err("kvm: backend %s: %s", kvm_backend_name(po.backend), why);
+		log_err("kvm: backend %s: %s", kvm_port_backend_name(po.backend), why);
 		return r;
 	}
 	if (want == KVM_BACKEND_AUTO && kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
@@ -216,7 +218,7 @@ static int ensure_dir(const char *dir)
 static void vpmud_free(struct vpmud *d)
 {
 	/* before the broker: the glue calls it */
-	lvglue_free(d->lvglue);
+	libvirt_glue_free(d->lvglue);
 	dbus_service_free(d->dbus);
 	if (d->server)
 		server_free(d->server);
@@ -299,10 +301,10 @@ int vpmud_run(const struct vpmud_opts *opts)
 	 * or down is not an error: the glue retries with backoff from the loop.
 	 * libvirt_uri needs a restart to change, so this runs once. */
 	if (d.cfg.libvirt_uri[0]) {
-		struct lvglue_opts lo = { .event = d.event, .broker = d.broker, .cfg = &d.cfg,
+		struct libvirt_glue_opts lo = { .event = d.event, .broker = d.broker, .cfg = &d.cfg,
 					  .uri = d.cfg.libvirt_uri, .pid_dir = NULL,
 					  .host_cpus = max_cpus };
-		if ((r = lvglue_new(&lo, &d.lvglue)) < 0) {
+		if ((r = libvirt_glue_new(&lo, &d.lvglue)) < 0) {
 			log_err("refusing to start: libvirt door: %s", strerror(-r));
 			goto out;
 		}

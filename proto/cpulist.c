@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "cpulist.h"
+#include "proto/cpulist.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "frame.h"
+#include "proto/frame.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 
 #include <json-c/json.h>
 
-int proto_reader_init(struct proto_reader *r, size_t max)
+int frame_reader_init(struct frame_reader *r, size_t max)
 {
 	if (!r || max == 0 || max > PROTO_MAX_RESPONSE)
 		return -EINVAL;
@@ -16,7 +16,7 @@ int proto_reader_init(struct proto_reader *r, size_t max)
 	return 0;
 }
 
-void proto_reader_fini(struct proto_reader *r)
+void frame_reader_fini(struct frame_reader *r)
 {
 	if (!r)
 		return;
@@ -26,7 +26,7 @@ void proto_reader_fini(struct proto_reader *r)
 
 /* Drop bytes already handed out, so the buffer holds at most the frames the
  * caller has not drained plus one partial frame. */
-static void compact(struct proto_reader *r)
+static void compact(struct frame_reader *r)
 {
 	if (r->start == 0)
 		return;
@@ -35,7 +35,7 @@ static void compact(struct proto_reader *r)
 	r->start = 0;
 }
 
-static int reserve(struct proto_reader *r, size_t extra)
+static int reserve(struct frame_reader *r, size_t extra)
 {
 	size_t want = r->len + extra + 1; /* +1: room to NUL-terminate a frame */
 	size_t cap;
@@ -54,7 +54,7 @@ static int reserve(struct proto_reader *r, size_t extra)
 	return 0;
 }
 
-int proto_reader_feed(struct proto_reader *r, const void *data, size_t len)
+int frame_reader_feed(struct frame_reader *r, const void *data, size_t len)
 {
 	const char *in = data;
 	size_t tail; /* bytes of the unterminated frame before this feed */
@@ -100,7 +100,7 @@ int proto_reader_feed(struct proto_reader *r, const void *data, size_t len)
 	return r->overflow ? -EMSGSIZE : 0;
 }
 
-int proto_reader_next(struct proto_reader *r, const char **frame, size_t *len)
+int frame_reader_next(struct frame_reader *r, const char **frame, size_t *len)
 {
 	if (!r || !frame || !len)
 		return -EINVAL;
@@ -130,12 +130,12 @@ int proto_reader_next(struct proto_reader *r, const char **frame, size_t *len)
 	return r->overflow ? -EMSGSIZE : 0;
 }
 
-bool proto_reader_pending(const struct proto_reader *r)
+bool frame_reader_pending(const struct frame_reader *r)
 {
 	return r && (r->overflow || r->len > r->start);
 }
 
-int proto_frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len)
+int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len)
 {
 	const char *text;
 	size_t n;

@@ -21,11 +21,11 @@ struct json_object;
 
 /*
  * Incremental reader. Feed whatever a read() returned; take complete frames
- * with proto_reader_next(). A frame is refused as soon as more than 'max'
+ * with frame_reader_next(). A frame is refused as soon as more than 'max'
  * bytes have arrived without a newline, so an unterminated or oversized
  * message costs at most 'max' bytes of buffer.
  */
-struct proto_reader {
+struct frame_reader {
 	char *buf;
 	size_t len;      /* bytes held */
 	size_t cap;
@@ -36,15 +36,15 @@ struct proto_reader {
 };
 
 /* max: 1..PROTO_MAX_RESPONSE. -EINVAL otherwise. */
-int proto_reader_init(struct proto_reader *r, size_t max);
-void proto_reader_fini(struct proto_reader *r);
+int frame_reader_init(struct frame_reader *r, size_t max);
+void frame_reader_fini(struct frame_reader *r);
 
 /*
  * Buffer 'len' bytes. Returns 0, -ENOMEM, or -EMSGSIZE when the frame being
  * assembled grew past the limit; bytes after that point are dropped, but
- * frames completed before it are still returned by proto_reader_next().
+ * frames completed before it are still returned by frame_reader_next().
  */
-int proto_reader_feed(struct proto_reader *r, const void *data, size_t len);
+int frame_reader_feed(struct frame_reader *r, const void *data, size_t len);
 
 /*
  * Take the next complete frame: returns 1 and points *frame at a
@@ -53,17 +53,17 @@ int proto_reader_feed(struct proto_reader *r, const void *data, size_t len);
  * the oversized frame is reached. Empty lines are skipped so that a human
  * typing into socat can press Enter freely.
  */
-int proto_reader_next(struct proto_reader *r, const char **frame, size_t *len);
+int frame_reader_next(struct frame_reader *r, const char **frame, size_t *len);
 
 /* True when bytes of an unfinished frame are buffered (a peer that closes
  * now has truncated a message). */
-bool proto_reader_pending(const struct proto_reader *r);
+bool frame_reader_pending(const struct frame_reader *r);
 
 /*
  * Serialise 'obj' as one frame (compact JSON + '\n') into a malloc'd buffer.
  * -EMSGSIZE if the JSON text exceeds 'max' bytes, -EINVAL if obj is not an
  * object, -ENOMEM.
  */
-int proto_frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len);
+int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len);
 
 #endif

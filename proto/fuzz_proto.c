@@ -13,8 +13,8 @@
 
 #include <json-c/json.h>
 
-#include "proto.h"
-#include "response.h"
+#include "proto/proto.h"
+#include "proto/response.h"
 
 static void one_frame(const char *f, size_t n)
 {
@@ -43,48 +43,48 @@ static void one_frame(const char *f, size_t n)
 		json_object_put(o);
 		proto_request_fini(&req);
 	} else {
-		o = proto_error_response(idk, id, &err);
+		o = response_error(idk, id, &err);
 		if (o) {
 			char *out;
 			size_t len;
 
 			/* error text echoes client bytes: it must still be one valid frame */
-			if (proto_frame_encode(o, PROTO_MAX_RESPONSE, &out, &len) == 0) {
+			if (frame_encode(o, PROTO_MAX_RESPONSE, &out, &len) == 0) {
 				if (memchr(out, '\n', len) != out + len - 1)
 					abort();
-				if (proto_response_decode(out, len - 1, &resp) != 0 ||
+				if (response_decode(out, len - 1, &resp) != 0 ||
 				    resp.kind != PROTO_RESP_ERROR)
 					abort();
-				proto_response_fini(&resp);
+				response_fini(&resp);
 				free(out);
 			}
 			json_object_put(o);
 		}
 	}
-	if (proto_response_decode(f, n, &resp) == 0)
-		proto_response_fini(&resp);
+	if (response_decode(f, n, &resp) == 0)
+		response_fini(&resp);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct proto_reader r;
+	struct frame_reader r;
 	const char *f;
 	size_t n, off = 0;
 	/* the first byte picks the chunk size, so splits land everywhere */
 	size_t chunk = size ? (size_t)data[0] % 17 + 1 : 1;
 
-	if (proto_reader_init(&r, 4096) < 0)
+	if (frame_reader_init(&r, 4096) < 0)
 		return 0;
 	while (off < size) {
 		size_t take = size - off < chunk ? size - off : chunk;
-		int fr = proto_reader_feed(&r, data + off, take);
+		int fr = frame_reader_feed(&r, data + off, take);
 
 		off += take;
-		while (proto_reader_next(&r, &f, &n) == 1)
+		while (frame_reader_next(&r, &f, &n) == 1)
 			one_frame(f, n);
 		if (fr < 0)
 			break;
 	}
-	proto_reader_fini(&r);
+	frame_reader_fini(&r);
 	return 0;
 }

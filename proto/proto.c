@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "proto.h"
+#include "proto/proto.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -5,8 +5,8 @@
  *
  * Server side: proto_request_decode() turns one frame into a validated
  * struct proto_request or a struct proto_error ready for
- * proto_error_response() (response.h). Client side: proto_request_encode()
- * builds the request, proto_response_decode() classifies what comes back.
+ * response_error() (response.h). Client side: proto_request_encode()
+ * builds the request, response_decode() classifies what comes back.
  * docs/protocol.md is the contract; this header is its C mirror.
  */
 #ifndef VPMU_PROTO_H
@@ -16,8 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cpulist.h"
-#include "frame.h"
+#include "proto/cpulist.h"
+#include "proto/frame.h"
 
 struct json_object;
 
@@ -205,7 +205,7 @@ struct proto_request {
 void proto_request_fini(struct proto_request *req);
 
 /*
- * Decode and validate one frame (as returned by proto_reader_next) against
+ * Decode and validate one frame (as returned by frame_reader_next) against
  * CPU numbers < max_cpus. On success returns 0 and fills *req (call
  * proto_request_fini). On failure returns a negative errno, fills *err, and
  * sets *id_known and *id when the request id could be read, so the error

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "response.h"
+#include "proto/response.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -22,7 +22,7 @@ static bool put(struct json_object *obj, const char *key, struct json_object *v)
 	return true;
 }
 
-struct json_object *proto_result_response(uint64_t id, struct json_object *result)
+struct json_object *response_result(uint64_t id, struct json_object *result)
 {
 	struct json_object *obj;
 
@@ -45,7 +45,7 @@ struct json_object *proto_result_response(uint64_t id, struct json_object *resul
 	return obj;
 }
 
-struct json_object *proto_error_response(bool id_known, uint64_t id, const struct proto_error *err)
+struct json_object *response_error(bool id_known, uint64_t id, const struct proto_error *err)
 {
 	struct json_object *obj, *e;
 	enum proto_errcode code;
@@ -83,7 +83,7 @@ out_fail:
 	return NULL;
 }
 
-struct json_object *proto_event(const char *name, uint64_t generation, struct json_object *body)
+struct json_object *response_event(const char *name, uint64_t generation, struct json_object *body)
 {
 	struct json_object *obj;
 
@@ -114,7 +114,7 @@ fail:
 	return NULL;
 }
 
-struct json_object *proto_hello_result(const char *server_version)
+struct json_object *response_hello_result(const char *server_version)
 {
 	struct json_object *obj = json_object_new_object();
 
@@ -211,7 +211,7 @@ static int classify(struct json_object *obj, struct proto_response *out)
 	return 0;
 }
 
-int proto_response_decode(const char *frame, size_t len, struct proto_response *out)
+int response_decode(const char *frame, size_t len, struct proto_response *out)
 {
 	struct json_tokener *tok;
 	struct json_object *obj;
@@ -237,11 +237,11 @@ int proto_response_decode(const char *frame, size_t len, struct proto_response *
 	r = classify(obj, out);
 	json_object_put(obj);
 	if (r < 0)
-		proto_response_fini(out);
+		response_fini(out);
 	return r;
 }
 
-void proto_response_fini(struct proto_response *r)
+void response_fini(struct proto_response *r)
 {
 	if (!r)
 		return;
@@ -249,7 +249,7 @@ void proto_response_fini(struct proto_response *r)
 	r->body = NULL;
 }
 
-int proto_hello_result_decode(struct json_object *result, uint32_t *protocol,
+int response_hello_result_decode(struct json_object *result, uint32_t *protocol,
 			      char *server, size_t server_len)
 {
 	struct json_object *v;

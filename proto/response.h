@@ -10,20 +10,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto.h"
+#include "proto/proto.h"
 
 /* ---- response builders (server side); all take ownership of 'result' /
  * 'body' and return NULL on allocation failure. ---- */
 
-struct json_object *proto_result_response(uint64_t id, struct json_object *result);
+struct json_object *response_result(uint64_t id, struct json_object *result);
 /* id_known false → "id": null (the request's id could not be read). */
-struct json_object *proto_error_response(bool id_known, uint64_t id,
+struct json_object *response_error(bool id_known, uint64_t id,
 					 const struct proto_error *err);
 /* {"event": name, "generation": n, ...body's members} */
-struct json_object *proto_event(const char *name, uint64_t generation,
+struct json_object *response_event(const char *name, uint64_t generation,
 				struct json_object *body);
 /* The hello result: {"protocol": PROTO_VERSION, "server": server_version} */
-struct json_object *proto_hello_result(const char *server_version);
+struct json_object *response_hello_result(const char *server_version);
 
 /* ---- client side ---- */
 
@@ -45,11 +45,11 @@ struct proto_response {
 
 /* Parse one frame from the server. Unknown members are ignored (newer
  * servers may add them). -EBADMSG for anything that is not a response. */
-int proto_response_decode(const char *frame, size_t len, struct proto_response *out);
-void proto_response_fini(struct proto_response *r);
+int response_decode(const char *frame, size_t len, struct proto_response *out);
+void response_fini(struct proto_response *r);
 
 /* Parse the hello result body: protocol and server version string. */
-int proto_hello_result_decode(struct json_object *result, uint32_t *protocol,
+int response_hello_result_decode(struct json_object *result, uint32_t *protocol,
 			      char *server, size_t server_len);
 
 #endif

@@ -19,9 +19,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "arbiter.h"
+#include "arbiter/arbiter.h"
 #include "icl_events.h"
-#include "matching.h"
+#include "arbiter/matching.h"
 
 static uint64_t rng_state;
 
@@ -258,22 +258,22 @@ static struct placed bench_matching(unsigned sets)
 		unsigned n = 2 + below(11);
 		uint64_t m[12];
 		/* Host partition: all counters, or what a guest partition left. */
-		uint64_t avail = match_counters(0xff, 0xf);
+		uint64_t avail = matching_counters(0xff, 0xf);
 		if (below(2))
-			avail &= ~match_counters((uint32_t)rnd() & 0xff, (uint32_t)rnd() & 0x5);
+			avail &= ~matching_counters((uint32_t)rnd() & 0xff, (uint32_t)rnd() & 0x5);
 		for (unsigned i = 0; i < n; i++) {
 			uint32_t gp, fx;
 			icl_event_masks(icl_event_pool[below(ICL_EVENT_POOL_N)], &gp, &fx);
-			m[i] = match_counters(gp, fx);
+			m[i] = matching_counters(gp, fx);
 		}
 		if (!feasible(m, n, avail))
 			continue;
 		p.feasible++;
 		struct match mt;
-		match_init(&mt, avail);
+		matching_init(&mt, avail);
 		bool ok = true;
 		for (unsigned i = 0; i < n && ok; i++)
-			ok = match_add(&mt, m[i]) >= 0;
+			ok = matching_add(&mt, m[i]) >= 0;
 		by_match += ok;
 		by_greedy += greedy(m, n, avail);
 		by_ff += first_fit(m, n, avail);
@@ -328,12 +328,12 @@ static void baseline(enum policy pol, struct tc *live, unsigned n, struct grants
 	struct tc *ord[TR_MAX];
 	struct match m[TR_CPUS];
 	bool guest_owned[TR_CPUS] = { false }, host_owned[TR_CPUS] = { false };
-	uint64_t host = match_counters(0xff, 0xf);
+	uint64_t host = matching_counters(0xff, 0xf);
 
 	if (pol == POL_STATIC)
-		host = match_counters(0xf0, 0xf); /* guests get GP 0-3 everywhere */
+		host = matching_counters(0xf0, 0xf); /* guests get GP 0-3 everywhere */
 	for (unsigned c = 0; c < TR_CPUS; c++)
-		match_init(&m[c], host);
+		matching_init(&m[c], host);
 	for (unsigned i = 0; i < n; i++)
 		ord[i] = &live[i];
 	qsort(ord, n, sizeof(*ord), tc_order);
@@ -347,7 +347,7 @@ static void baseline(enum policy pol, struct tc *live, unsigned n, struct grants
 		if (t->vm) {
 			for (unsigned v = 0; v < t->n; v++) {
 				if (pol == POL_STATIC) {
-					g->pt[k][v] = t->want & match_counters(0x0f, 0);
+					g->pt[k][v] = t->want & matching_counters(0x0f, 0);
 				} else if (pol == POL_AON) {
 					bool free_cpus = true;
 					for (unsigned c = 0; c < TR_CPUS; c++)
@@ -371,7 +371,7 @@ static void baseline(enum policy pol, struct tc *live, unsigned n, struct grants
 			if (pol == POL_AON && guest_owned[c])
 				continue;
 			for (unsigned e = 0; e < t->n; e++)
-				if (match_add(&m[c], t->ev[e]) >= 0) {
+				if (matching_add(&m[c], t->ev[e]) >= 0) {
 					g->ded[k][c] |= 1ULL << e;
 					host_owned[c] = true;
 				}
@@ -388,7 +388,7 @@ static void from_arbiter(struct arb *a, struct tc *live, unsigned n, struct gran
 		g->vm[k] = live[k].vm;
 		if (live[k].vm) {
 			for (unsigned v = 0; v < live[k].n; v++) {
-				uint8_t gp[PMU_MAX_GP], fx[PMU_MAX_FIXED];
+				uint8_t gp[TRANSITION_MAX_GP], fx[TRANSITION_MAX_FIXED];
 				arb_vcpu_routes(a, live[k].id, v, gp, fx);
 				for (unsigned i = 0; i < 8; i++)
 					if (gp[i] == PMC_ROUTE_PASSTHROUGH)
@@ -502,7 +502,7 @@ static struct trace_result bench_trace(unsigned steps)
 			t.prio = 1 + (int)below(100);
 			if (t.vm) {
 				t.n = 1 + below(4);
-				t.want = match_counters(0xff, 0x7);
+				t.want = matching_counters(0xff, 0x7);
 				unsigned node = below(TR_CPUS / 8);
 				for (unsigned v = 0; v < t.n; v++)
 					t.set[v] = below(2) ? 1ULL << below(TR_CPUS)
@@ -513,7 +513,7 @@ static struct trace_result bench_trace(unsigned steps)
 				for (unsigned e = 0; e < t.n; e++) {
 					uint32_t gp, fx;
 					icl_event_masks(icl_event_pool[below(ICL_EVENT_POOL_N)], &gp, &fx);
-					t.ev[e] = match_counters(gp, fx);
+					t.ev[e] = matching_counters(gp, fx);
 				}
 			}
 			if ((r = arb_apply(a, &t, true)))

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vpmu-bench-read: what one psess_read costs for N events on M CPUs, read
+ * vpmu-bench-read: what one perf_session_read costs for N events on M CPUs, read
  * one fd per event and CPU ("per-event") or one PERF_FORMAT_GROUP read per
  * CPU ("group"). Software events only, so the numbers are the syscall and
  * parsing cost, not a PMU's. The rdpmc self-monitoring path is measured
@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "perf_session.h"
+#include "perf/perf_session.h"
 
 /* All on the "software" PMU, so they may share a group. */
 static const char *const sw_events[] = {
@@ -48,44 +48,44 @@ static int bench_one(unsigned nev, unsigned ncpu, bool grouped, unsigned iters, 
 	char list[32], err[256];
 	snprintf(list, sizeof(list), "0-%u", ncpu - 1);
 	struct psess *s;
-	struct psess_opts o = { .cpus = list };
-	int rc = psess_create(&o, &s, err, sizeof(err));
+	struct perf_session_opts o = { .cpus = list };
+	int rc = perf_session_create(&o, &s, err, sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "bench-read: %s\n", err);
 		return rc;
 	}
 	for (unsigned i = 0; i < nev; i++) {
-		struct pev_event ev;
-		rc = pev_parse(sw_events[i % N_SW], NULL, &ev, err, sizeof(err));
+		struct perf_event_desc ev;
+		rc = perf_event_parse(sw_events[i % N_SW], NULL, &ev, err, sizeof(err));
 		if (rc == 0)
-			rc = psess_add_event(s, &ev, PSESS_MULTIPLEXED, grouped ? 1 : 0);
+			rc = perf_session_add_event(s, &ev, PERF_SESSION_MULTIPLEXED, grouped ? 1 : 0);
 		if (rc < 0)
 			goto out;
 	}
-	rc = psess_open(s);
+	rc = perf_session_open(s);
 	if (rc < 0)
 		goto out;
-	struct psess_reading rd[64];
+	struct perf_session_reading rd[64];
 	/* One untimed read warms the paths and checks it works at all. */
-	rc = psess_read(s, rd, nev);
+	rc = perf_session_read(s, rd, nev);
 	if (rc < 0)
 		goto out;
 	uint64_t t0 = now_ns();
 	for (unsigned i = 0; i < iters && rc == 0; i++)
-		rc = psess_read(s, rd, nev);
+		rc = perf_session_read(s, rd, nev);
 	uint64_t dt = now_ns() - t0;
 	if (rc < 0)
 		goto out;
 	r->mode = grouped ? "group" : "per-event";
 	r->events = nev;
 	r->cpus = ncpu;
-	r->reads_per_call = psess_last_read_syscalls(s);
+	r->reads_per_call = perf_session_last_read_syscalls(s);
 	r->ns_per_call = (double)dt / iters;
 	r->ns_per_counter = r->ns_per_call / (nev * ncpu);
 out:
 	if (rc < 0)
-		fprintf(stderr, "bench-read: %s\n", psess_error(s));
-	psess_destroy(s);
+		fprintf(stderr, "bench-read: %s\n", perf_session_error(s));
+	perf_session_destroy(s);
 	return rc;
 }
 
@@ -217,7 +217,7 @@ int main(int argc, char **argv)
 		json_object_put(root);
 		return 0;
 	}
-	printf("psess_read cost, software events, %u iterations each\n", iters);
+	printf("perf_session_read cost, software events, %u iterations each\n", iters);
 	printf("%-10s %6s %5s %11s %12s %14s\n", "mode", "events", "cpus", "read(2)/call", "ns/call",
 	       "ns/counter");
 	for (unsigned i = 0; i < nres; i++)

@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "arbiter.h"
+#include "arbiter/arbiter.h"
 #include "icl_events.h"
 
 #define NCPU 8
@@ -60,11 +60,11 @@ static int sess(struct arb *a, uint64_t id, const char *name, int prio, enum arb
 
 static void expect_routes(struct arb *a, uint64_t id, const uint8_t gp[8], const uint8_t fx[4])
 {
-	uint8_t g[PMU_MAX_GP], f[PMU_MAX_FIXED];
+	uint8_t g[TRANSITION_MAX_GP], f[TRANSITION_MAX_FIXED];
 	assert_int_equal(arb_vcpu_routes(a, id, 0, g, f), 0);
 	assert_memory_equal(g, gp, 8);
 	assert_memory_equal(f, fx, 4);
-	for (unsigned i = 8; i < PMU_MAX_GP; i++)
+	for (unsigned i = 8; i < TRANSITION_MAX_GP; i++)
 		assert_int_equal(g[i], D);
 }
 
@@ -179,7 +179,7 @@ static void guaranteed_refused_names_cpu_counter_and_holder(void **state)
 	assert_int_equal(arb_generation(a), gen);
 	const struct transition *t1;
 	assert_int_equal(arb_transitions(a, &t1), n0);
-	uint8_t g[PMU_MAX_GP], f[PMU_MAX_FIXED];
+	uint8_t g[TRANSITION_MAX_GP], f[TRANSITION_MAX_FIXED];
 	assert_int_equal(arb_vcpu_routes(a, 2, 0, g, f), -ENOENT);
 	expect_partition(a, 7, 0xff, 0);
 	expect_full_equal(a);
@@ -205,7 +205,7 @@ static void guaranteed_vm_blocked_by_guaranteed_session(void **state)
 	/* As preferred it is admitted with what is free. */
 	s.cls = ARB_CLASS_PREFERRED;
 	assert_int_equal(arb_vm_add(a, &s, why, sizeof(why)), 0);
-	uint8_t g[PMU_MAX_GP], f[PMU_MAX_FIXED];
+	uint8_t g[TRANSITION_MAX_GP], f[TRANSITION_MAX_FIXED];
 	assert_int_equal(arb_vcpu_routes(a, 3, 2, g, f), 0);
 	assert_memory_equal(g, ((uint8_t[]){ P, P, M, M, M, M, D, D }), 8);
 	assert_int_equal(arb_vcpu_routes(a, 3, 0, g, f), 0);
@@ -409,7 +409,7 @@ static void lower_priority_changes_leave_higher_grants_alone(void **state)
 	char why[ARB_REASON_LEN];
 	unsigned codes[3] = { 0x0148, ICL_CYCLES, 0x00c4 };
 	assert_int_equal(vm(a, 1, "hi", 80, ARB_CLASS_PREFERRED, one(3) | one(4), 6, 0x1, why), 0);
-	uint8_t g0[PMU_MAX_GP], f0[PMU_MAX_FIXED], g1[PMU_MAX_GP], f1[PMU_MAX_FIXED];
+	uint8_t g0[TRANSITION_MAX_GP], f0[TRANSITION_MAX_FIXED], g1[TRANSITION_MAX_GP], f1[TRANSITION_MAX_FIXED];
 	arb_vcpu_routes(a, 1, 0, g0, f0);
 	assert_int_equal(sess(a, 2, "lo", 10, ARB_CLASS_PREFERRED, one(3), 3, codes, why), 0);
 	assert_int_equal(vm(a, 3, "lo-vm", 10, ARB_CLASS_PREFERRED, one(4), 8, 0xf, why), 0);

@@ -25,7 +25,7 @@
 
 #include <cmocka.h>
 
-#include "arbiter.h"
+#include "arbiter/arbiter.h"
 #include "icl_events.h"
 
 #define MAXC 32     /* consumers alive at once */
@@ -163,7 +163,7 @@ static bool snap_take(const struct world *w, struct arb *a, struct snap *s)
 	for (unsigned k = 0; k < w->n_live; k++) {
 		const struct spec *sp = &w->live[k];
 		for (unsigned i = 0; sp->vm && i < sp->n; i++) {
-			uint8_t g[PMU_MAX_GP], f[PMU_MAX_FIXED];
+			uint8_t g[TRANSITION_MAX_GP], f[TRANSITION_MAX_FIXED];
 			if (arb_vcpu_routes(a, sp->id, i, g, f))
 				return false;
 			memcpy(s->route[k][i], g, 32);
@@ -263,7 +263,7 @@ static bool check_priority(struct world *w, struct arb *a, unsigned x)
 			ok = false;
 		}
 	for (unsigned i = 0; ok && sx->vm && i < sx->n; i++) {
-		uint8_t g1[PMU_MAX_GP], f1[PMU_MAX_FIXED], g2[PMU_MAX_GP], f2[PMU_MAX_FIXED];
+		uint8_t g1[TRANSITION_MAX_GP], f1[TRANSITION_MAX_FIXED], g2[TRANSITION_MAX_GP], f2[TRANSITION_MAX_FIXED];
 		arb_vcpu_routes(a, sx->id, i, g1, f1);
 		arb_vcpu_routes(b, sx->id, i, g2, f2);
 		if (memcmp(g1, g2, sizeof(g1)) || memcmp(f1, f2, sizeof(f1))) {

@@ -17,11 +17,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "broker.h"
-#include "config.h"
-#include "kvm_port.h"
-#include "pmu.h"
-#include "state.h"
+#include "broker/broker.h"
+#include "proto/config.h"
+#include "kvm/kvm_port.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_model.h"
+#include "broker/state.h"
 
 struct fx {
 	char dir[64];

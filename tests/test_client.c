@@ -26,8 +26,8 @@
 
 #include <json-c/json.h>
 
-#include "proto.h"
-#include "response.h"
+#include "proto/proto.h"
+#include "proto/response.h"
 #include "vpmu/client.h"
 
 /* ------------------------------------------------------------ fake vpmud */
@@ -117,7 +117,7 @@ static bool answer(struct fake *f, int fd, const char *line, size_t len)
 	int r = proto_request_decode(line, len, 4096, &req, &idk, &id, &err);
 
 	if (r < 0) {
-		struct json_object *e = proto_error_response(idk, id, &err);
+		struct json_object *e = response_error(idk, id, &err);
 
 		pthread_mutex_lock(&f->lock);
 		f->invalid++;
@@ -198,10 +198,10 @@ static bool answer(struct fake *f, int fd, const char *line, size_t len)
 
 static void serve(struct fake *f, int fd)
 {
-	struct proto_reader rd;
+	struct frame_reader rd;
 	char buf[4096];
 
-	proto_reader_init(&rd, PROTO_MAX_REQUEST);
+	frame_reader_init(&rd, PROTO_MAX_REQUEST);
 	while (!stopping(f)) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		const char *line;
@@ -213,16 +213,16 @@ static void serve(struct fake *f, int fd)
 
 		if (n <= 0)
 			break;
-		if (proto_reader_feed(&rd, buf, (size_t)n) < 0)
+		if (frame_reader_feed(&rd, buf, (size_t)n) < 0)
 			break;
 		bool open = true;
 
-		while (open && proto_reader_next(&rd, &line, &len) == 1)
+		while (open && frame_reader_next(&rd, &line, &len) == 1)
 			open = answer(f, fd, line, len);
 		if (!open)
 			break;
 	}
-	proto_reader_fini(&rd);
+	frame_reader_fini(&rd);
 	close(fd);
 }
 

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "proto/config.h"
 
 static char *write_tmp(const char *content)
 {

@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "cpulist.h"
+#include "proto/cpulist.h"
 
 static void expect_list(const char *in, unsigned int max, const char *canonical, unsigned int count)
 {

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "domain_policy.h"
+#include "proto/domain_policy.h"
 
-static const struct dompol_defaults defaults = {
+static const struct domain_policy_defaults defaults = {
 	.priority = 100, .cls = "preferred", .gp = 2, .fixed_mask = 0x1,
 };
 
@@ -28,15 +28,15 @@ static int parse_fixture(const char *name, unsigned host_cpus, struct dompol *p,
 {
 	size_t len;
 	char *xml = slurp(name, &len);
-	int r = dompol_parse(xml, len, &defaults, host_cpus, p, err, errlen);
+	int r = domain_policy_parse(xml, len, &defaults, host_cpus, p, err, errlen);
 	free(xml);
 	return r;
 }
 
-static void assert_cpus(const struct dompol_cpuset *s, const char *expect)
+static void assert_cpus(const struct domain_policy_cpuset *s, const char *expect)
 {
 	char buf[256];
-	dompol_cpuset_format(s, buf, sizeof(buf));
+	domain_policy_cpuset_format(s, buf, sizeof(buf));
 	assert_string_equal(buf, expect);
 }
 
@@ -63,7 +63,7 @@ static void test_with_metadata(void **st)
 	/* unpinned vCPUs take <vcpu cpuset>; emulatorpin (60-63) is not a vCPU */
 	assert_cpus(&p.vcpu_cpus[2], "0-7");
 	assert_cpus(&p.vcpu_cpus[3], "0-7");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 	assert_null(p.name);
 }
 
@@ -86,24 +86,24 @@ static void test_without_metadata(void **st)
 	assert_int_equal(p.n_vcpus_current, 2);
 	for (unsigned i = 0; i < 6; i++)
 		assert_cpus(&p.vcpu_cpus[i], "0-15");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void test_guaranteed_default(void **st)
 {
 	(void)st;
-	struct dompol_defaults d = defaults;
+	struct domain_policy_defaults d = defaults;
 	struct dompol p;
 	char err[256];
 	size_t len;
 	char *xml = slurp("without-metadata.xml", &len);
 	d.cls = "guaranteed";
-	assert_int_equal(dompol_parse(xml, len, &d, 16, &p, err, sizeof(err)), 0);
+	assert_int_equal(domain_policy_parse(xml, len, &d, 16, &p, err, sizeof(err)), 0);
 	assert_true(p.guaranteed);
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 	d.cls = "platinum";
-	assert_int_equal(dompol_parse(xml, len, &d, 16, &p, err, sizeof(err)), -EINVAL);
-	dompol_clear(&p);
+	assert_int_equal(domain_policy_parse(xml, len, &d, 16, &p, err, sizeof(err)), -EINVAL);
+	domain_policy_clear(&p);
 	free(xml);
 }
 
@@ -118,7 +118,7 @@ static void test_pmu_off(void **st)
 	assert_int_equal(p.gp, 0);
 	assert_int_equal(p.fixed_mask, 0);
 	assert_string_equal(p.cls, "preferred");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void test_partial_metadata_and_auto_placement(void **st)
@@ -135,7 +135,7 @@ static void test_partial_metadata_and_auto_placement(void **st)
 	/* placement=auto: numad decides, the cpuset attribute is not used */
 	assert_true(p.placement_auto);
 	assert_cpus(&p.vcpu_cpus[0], "0-3");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void test_cpuset_exclusions(void **st)
@@ -145,29 +145,29 @@ static void test_cpuset_exclusions(void **st)
 	char err[256];
 	assert_int_equal(parse_fixture("cpuset-exclusions.xml", 64, &p, err, sizeof(err)), 0);
 	assert_cpus(&p.vcpu_cpus[0], "0-2,4-6,8-15,32-33");
-	assert_int_equal(dompol_cpuset_count(&p.vcpu_cpus[0]), 16);
+	assert_int_equal(domain_policy_cpuset_count(&p.vcpu_cpus[0]), 16);
 	/* "^5,4-6": an exclusion only removes what came before it */
 	assert_cpus(&p.vcpu_cpus[2], "4-6");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 	/* 32-33 is beyond a 32-CPU host */
 	assert_int_equal(parse_fixture("cpuset-exclusions.xml", 32, &p, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "<vcpu> attribute \"cpuset\""));
 	assert_non_null(strstr(err, "CPU 32"));
 	assert_string_equal(p.name, "excl");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void test_cpuset_syntax(void **st)
 {
 	(void)st;
-	struct dompol_cpuset s;
+	struct domain_policy_cpuset s;
 	char err[128];
-	assert_int_equal(dompol_cpuset_parse("0-3,^2,8", 16, &s, err, sizeof(err)), 0);
+	assert_int_equal(domain_policy_cpuset_parse("0-3,^2,8", 16, &s, err, sizeof(err)), 0);
 	assert_cpus(&s, "0-1,3,8");
-	assert_int_equal(dompol_cpuset_parse("4095", 4096, &s, err, sizeof(err)), 0);
-	assert_true(dompol_cpuset_test(&s, 4095));
-	assert_false(dompol_cpuset_test(&s, 4096));
-	assert_int_equal(dompol_cpuset_parse("63,0-1", 64, &s, err, sizeof(err)), 0);
+	assert_int_equal(domain_policy_cpuset_parse("4095", 4096, &s, err, sizeof(err)), 0);
+	assert_true(domain_policy_cpuset_test(&s, 4095));
+	assert_false(domain_policy_cpuset_test(&s, 4096));
+	assert_int_equal(domain_policy_cpuset_parse("63,0-1", 64, &s, err, sizeof(err)), 0);
 	assert_cpus(&s, "0-1,63");
 
 	static const char *const bad[] = {
@@ -176,12 +176,12 @@ static void test_cpuset_syntax(void **st)
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		err[0] = 0;
-		if (dompol_cpuset_parse(bad[i], 64, &s, err, sizeof(err)) != -EINVAL)
+		if (domain_policy_cpuset_parse(bad[i], 64, &s, err, sizeof(err)) != -EINVAL)
 			fail_msg("cpuset \"%s\" accepted", bad[i]);
 		assert_true(err[0] != 0);
 	}
-	assert_int_equal(dompol_cpuset_parse("0", 0, &s, err, sizeof(err)), -EINVAL);
-	assert_int_equal(dompol_cpuset_parse("0", 4097, &s, err, sizeof(err)), -EINVAL);
+	assert_int_equal(domain_policy_cpuset_parse("0", 0, &s, err, sizeof(err)), -EINVAL);
+	assert_int_equal(domain_policy_cpuset_parse("0", 4097, &s, err, sizeof(err)), -EINVAL);
 }
 
 struct bad_case {
@@ -221,7 +221,7 @@ static void test_malformed(void **st)
 		/* nothing but the identity survives a failure */
 		assert_null(p.vcpu_cpus);
 		assert_int_equal(p.gp, 0);
-		dompol_clear(&p);
+		domain_policy_clear(&p);
 	}
 }
 
@@ -252,25 +252,25 @@ static void test_identity_errors(void **st)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct dompol p;
 		char err[256] = "";
-		int r = dompol_parse(cases[i].xml, strlen(cases[i].xml), &defaults, 8, &p, err, sizeof(err));
+		int r = domain_policy_parse(cases[i].xml, strlen(cases[i].xml), &defaults, 8, &p, err, sizeof(err));
 		if (r != -EINVAL || !strstr(err, cases[i].needle))
 			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
-		dompol_clear(&p);
+		domain_policy_clear(&p);
 	}
 }
 
 static void test_class_known_despite_broken_identity(void **st)
 {
 	(void)st;
-	const char *xml = "<domain><name>g</name><metadata><vpmu:pmu xmlns:vpmu='" DOMPOL_NS_URI
+	const char *xml = "<domain><name>g</name><metadata><vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI
 			  "' class='guaranteed'/></metadata></domain>";
 	struct dompol p;
 	char err[256];
-	assert_int_equal(dompol_parse(xml, strlen(xml), &defaults, 8, &p, err, sizeof(err)), -EINVAL);
+	assert_int_equal(domain_policy_parse(xml, strlen(xml), &defaults, 8, &p, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "<uuid>: missing"));
 	assert_true(p.guaranteed);
 	assert_string_equal(p.name, "g");
-	dompol_clear(&p);
+	domain_policy_clear(&p);
 }
 
 static void test_size_limit(void **st)
@@ -278,8 +278,8 @@ static void test_size_limit(void **st)
 	(void)st;
 	struct dompol p;
 	char err[256];
-	assert_int_equal(dompol_parse("<domain/>", DOMPOL_MAX_XML + 1, &defaults, 8, &p, err, sizeof(err)), -E2BIG);
-	dompol_clear(&p);
+	assert_int_equal(domain_policy_parse("<domain/>", DOMAIN_POLICY_MAX_XML + 1, &defaults, 8, &p, err, sizeof(err)), -E2BIG);
+	domain_policy_clear(&p);
 }
 
 int main(void)

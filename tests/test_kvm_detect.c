@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kvm_detect.h"
+#include "kvm/kvm_detect.h"
 
 static void test_parse_bool(void **state)
 {
@@ -60,10 +60,10 @@ static void test_flavour_decision(void **state)
 	d.dev_ok = false;
 	assert_int_equal(kvm_detect_flavour(&d), KVM_VPMU_FLAVOUR_UNKNOWN);
 	for (int f = KVM_VPMU_FLAVOUR_UNKNOWN; f <= KVM_VPMU_FLAVOUR_MEDIATED; f++) {
-		assert_string_not_equal(kvm_vpmu_flavour_name(f), "invalid");
-		assert_string_not_equal(kvm_vpmu_flavour_host_impact(f), "invalid");
+		assert_string_not_equal(kvm_detect_flavour_name(f), "invalid");
+		assert_string_not_equal(kvm_detect_flavour_host_impact(f), "invalid");
 	}
-	assert_non_null(strstr(kvm_vpmu_flavour_host_impact(KVM_VPMU_FLAVOUR_MEDIATED),
+	assert_non_null(strstr(kvm_detect_flavour_host_impact(KVM_VPMU_FLAVOUR_MEDIATED),
 			       "exclude_guest"));
 }
 

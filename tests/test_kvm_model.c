@@ -10,8 +10,8 @@
 #include <stdlib.h>
 
 #include "kvm_child.h"
-#include "kvm_model.h"
-#include "vmm_discover.h"
+#include "kvm/kvm_model.h"
+#include "kvm/vmm_discover.h"
 
 #define N_CPUS 4
 #define NUM_GP 8
@@ -35,7 +35,7 @@ static int setup(void **state)
 	struct kvm_model_opts o = { .n_cpus = N_CPUS, .num_gp = NUM_GP, .fixed_mask = FIXED_MASK };
 	assert_int_equal(kvm_model_new(&o, &f->m), 0);
 	assert_int_equal(kvm_child_start(&f->child, 1, 2, false), 0);
-	f->pidfd = vmm_pidfd_open(f->child.pid);
+	f->pidfd = vmm_discover_pidfd_open(f->child.pid);
 	assert_true(f->pidfd >= 0);
 	*state = f;
 	return 0;

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 
 #include "kvm_child.h"
-#include "kvm_port.h"
-#include "vmm_discover.h"
+#include "kvm/kvm_port.h"
+#include "kvm/vmm_discover.h"
 
 #define N_CPUS 2
 #define NUM_GP 8
@@ -26,12 +26,12 @@ static void test_backend_names(void **state)
 	enum kvm_backend b;
 	const char *names[] = { "auto", "ioctl", "advisory", "model" };
 	for (int i = 0; i < 4; i++) {
-		assert_int_equal(kvm_backend_parse(names[i], &b), 0);
-		assert_string_equal(kvm_backend_name(b), names[i]);
+		assert_int_equal(kvm_port_backend_parse(names[i], &b), 0);
+		assert_string_equal(kvm_port_backend_name(b), names[i]);
 	}
-	assert_int_equal(kvm_backend_parse("Model", &b), -EINVAL);
-	assert_int_equal(kvm_backend_parse("", &b), -EINVAL);
-	assert_int_equal(kvm_backend_parse(NULL, &b), -EINVAL);
+	assert_int_equal(kvm_port_backend_parse("Model", &b), -EINVAL);
+	assert_int_equal(kvm_port_backend_parse("", &b), -EINVAL);
+	assert_int_equal(kvm_port_backend_parse(NULL, &b), -EINVAL);
 }
 
 /* The layout docs/kvm-api.md documents, and the ioctl numbers. */
@@ -233,7 +233,7 @@ static struct transition routes(unsigned phase, unsigned vcpu, uint32_t pt_gp, u
 				.vcpu = vcpu, .scrub_gp_mask = sgp, .scrub_fixed_mask = sfx };
 	for (unsigned i = 0; i < NUM_GP; i++)
 		t.gp_route[i] = (pt_gp >> i) & 1 ? PMC_ROUTE_PASSTHROUGH : PMC_ROUTE_MULTIPLEXED;
-	for (unsigned i = 0; i < PMU_MAX_FIXED; i++)
+	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
 		if ((FIXED_MASK >> i) & 1)
 			t.fixed_route[i] = (pt_fixed >> i) & 1 ? PMC_ROUTE_PASSTHROUGH
 							       : PMC_ROUTE_MULTIPLEXED;
@@ -255,7 +255,7 @@ static int f_pidfd(struct fx *f)
 	static int fd = -1;
 	if (fd >= 0)
 		close(fd);
-	fd = vmm_pidfd_open(f->child.pid);
+	fd = vmm_discover_pidfd_open(f->child.pid);
 	return fd;
 }
 
@@ -525,7 +525,7 @@ static void test_register_validates(void **state)
 	vm.n_vcpus = 0;
 	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
 	vm.n_vcpus = 2;
-	int self = vmm_pidfd_open(getpid());
+	int self = vmm_discover_pidfd_open(getpid());
 	vm.vmm_pidfd = self; /* a pidfd for another process than vmm_pid */
 	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
 	close(self);

@@ -12,8 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "domain_policy.h"
-#include "libvirt_events.h"
+#include "proto/domain_policy.h"
+#include "doors/libvirt_events.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -45,7 +45,7 @@ static int group_setup(void **st)
 	sd_event *e;
 	if (sd_event_new(&e) < 0)
 		return -1;
-	if (lvev_bridge_register(e) < 0)
+	if (libvirt_events_bridge_register(e) < 0)
 		return -1;
 	*st = e;
 	return 0;
@@ -96,10 +96,10 @@ static void on_timeout(int timer, void *opaque)
 static void test_register_idempotent(void **st)
 {
 	sd_event *e = *st, *other;
-	assert_int_equal(lvev_bridge_register(e), 0);
-	assert_ptr_equal(lvev_bridge_loop(), e);
+	assert_int_equal(libvirt_events_bridge_register(e), 0);
+	assert_ptr_equal(libvirt_events_bridge_loop(), e);
 	assert_int_equal(sd_event_new(&other), 0);
-	assert_int_equal(lvev_bridge_register(other), -EBUSY);
+	assert_int_equal(libvirt_events_bridge_register(other), -EBUSY);
 	sd_event_unref(other);
 }
 
@@ -223,7 +223,7 @@ struct seen {
 	char running_names[256];
 	uint64_t down_at[8];
 	uint64_t down_delay[8];         /* the retry delay the follower chose */
-	struct lvev_follower **follower; /* set once lvev_follower_new returned */
+	struct libvirt_events_follower **follower; /* set once libvirt_events_follower_new returned */
 };
 
 static void set_xml(struct seen *s, const char *xml)
@@ -282,13 +282,13 @@ static void cb_connection(void *ud, bool up, const char *why)
 		if (s->downs < 8) {
 			s->down_at[s->downs] = now_usec();
 			s->down_delay[s->downs] = s->follower && *s->follower
-							  ? lvev_follower_retry_delay(*s->follower) : 0;
+							  ? libvirt_events_follower_retry_delay(*s->follower) : 0;
 		}
 		s->downs++;
 	}
 }
 
-static const struct lvev_ops ops = {
+static const struct libvirt_events_ops ops = {
 	.on_reconcile_begin = cb_begin,
 	.on_domain_running = cb_running,
 	.on_reconcile_end = cb_end,
@@ -312,10 +312,10 @@ static char *node_uri(void)
 /* The parsed policy of the last XML seen, through the real parser. */
 static void policy_of(const struct seen *s, struct dompol *p)
 {
-	static const struct dompol_defaults d = { .priority = 100, .cls = "preferred" };
+	static const struct domain_policy_defaults d = { .priority = 100, .cls = "preferred" };
 	char err[256];
 	assert_non_null(s->last_xml);
-	if (dompol_parse(s->last_xml, strlen(s->last_xml), &d, 64, p, err, sizeof(err)) < 0)
+	if (domain_policy_parse(s->last_xml, strlen(s->last_xml), &d, 64, p, err, sizeof(err)) < 0)
 		fail_msg("policy of %s: %s", s->last_running, err);
 }
 
@@ -323,15 +323,15 @@ static void test_follower(void **st)
 {
 	sd_event *e = *st;
 	struct seen s = { 0 };
-	struct lvev_follower *f;
+	struct libvirt_events_follower *f;
 	struct dompol pol;
 	char *uri = node_uri();
 
-	assert_int_equal(lvev_follower_new(e, uri, &ops, &s, NULL, &f), 0);
+	assert_int_equal(libvirt_events_follower_new(e, uri, &ops, &s, NULL, &f), 0);
 	/* nothing happens before the loop runs */
 	assert_int_equal(s.begins, 0);
 	assert_true(run_until(e, &s.ends, 1));
-	assert_true(lvev_follower_connected(f));
+	assert_true(libvirt_events_follower_connected(f));
 	assert_int_equal(s.ups, 1);
 	assert_int_equal(s.begins, 1);
 	assert_string_equal(s.running_names, "alpha");
@@ -344,12 +344,12 @@ static void test_follower(void **st)
 	assert_int_equal(pol.fixed_mask, 7);
 	assert_int_equal(pol.n_vcpus, 4);
 	char buf[64];
-	dompol_cpuset_format(&pol.vcpu_cpus[3], buf, sizeof(buf));
+	domain_policy_cpuset_format(&pol.vcpu_cpus[3], buf, sizeof(buf));
 	assert_string_equal(buf, "40,42-43");
-	dompol_clear(&pol);
+	domain_policy_clear(&pol);
 
 	/* The test driver is private per connection: act on the follower's. */
-	virConnectPtr conn = lvev_follower_conn(f);
+	virConnectPtr conn = libvirt_events_follower_conn(f);
 	assert_non_null(conn);
 	virNodeInfo ni;
 	assert_int_equal(virNodeGetInfo(conn, &ni), 0);
@@ -364,11 +364,11 @@ static void test_follower(void **st)
 	policy_of(&s, &pol);
 	assert_true(pol.pmu_off);
 	assert_false(pol.metadata_present);
-	dompol_clear(&pol);
+	domain_policy_clear(&pol);
 
 	/* metadata in our namespace on a running domain */
 	assert_int_equal(virDomainSetMetadata(beta, VIR_DOMAIN_METADATA_ELEMENT,
-					      "<pmu class='shared' gp='1'/>", "vpmu", DOMPOL_NS_URI,
+					      "<pmu class='shared' gp='1'/>", "vpmu", DOMAIN_POLICY_NS_URI,
 					      VIR_DOMAIN_AFFECT_LIVE),
 			 0);
 	assert_true(run_until(e, &s.changed, 1));
@@ -380,7 +380,7 @@ static void test_follower(void **st)
 	/* beta has <pmu state='off'/>: the metadata is read, nothing requested */
 	assert_true(pol.pmu_off);
 	assert_int_equal(pol.gp, 0);
-	dompol_clear(&pol);
+	domain_policy_clear(&pol);
 
 	/* Another application's metadata is not our business, and the test
 	 * driver's virDomainPinVcpu emits no tunable event (libvirt 9.0's
@@ -394,18 +394,18 @@ static void test_follower(void **st)
 	VIR_USE_CPU(map, 50);
 	assert_int_equal(virDomainPinVcpu(beta, 1, map, sizeof(map)), 0);
 	assert_int_equal(virDomainSetMetadata(beta, VIR_DOMAIN_METADATA_ELEMENT, "<pmu gp='2'/>", "vpmu",
-					      DOMPOL_NS_URI, VIR_DOMAIN_AFFECT_LIVE),
+					      DOMAIN_POLICY_NS_URI, VIR_DOMAIN_AFFECT_LIVE),
 			 0);
 	assert_true(run_until(e, &s.changed, 2));
 	run_for(e, 30000);
 	assert_int_equal(s.changed, 2);
 	/* the pin shows in the XML the marker event delivered */
 	policy_of(&s, &pol);
-	dompol_cpuset_format(&pol.vcpu_cpus[1], buf, sizeof(buf));
+	domain_policy_cpuset_format(&pol.vcpu_cpus[1], buf, sizeof(buf));
 	assert_string_equal(buf, "50");
-	dompol_cpuset_format(&pol.vcpu_cpus[0], buf, sizeof(buf));
+	domain_policy_cpuset_format(&pol.vcpu_cpus[0], buf, sizeof(buf));
 	assert_string_equal(buf, "16-31");
-	dompol_clear(&pol);
+	domain_policy_clear(&pol);
 
 	/* a change on a stopped domain is not reported */
 	virDomainPtr alpha = virDomainLookupByName(conn, "alpha");
@@ -415,7 +415,7 @@ static void test_follower(void **st)
 	assert_string_equal(s.last_stopped, "alpha");
 	assert_string_equal(s.last_uuid, "a1a1a1a1-0000-4000-8000-000000000001");
 	assert_int_equal(virDomainSetMetadata(alpha, VIR_DOMAIN_METADATA_ELEMENT, "<pmu gp='3'/>", "vpmu",
-					      DOMPOL_NS_URI, VIR_DOMAIN_AFFECT_CONFIG),
+					      DOMAIN_POLICY_NS_URI, VIR_DOMAIN_AFFECT_CONFIG),
 			 0);
 	run_for(e, 30000);
 	assert_int_equal(s.changed, 2);
@@ -425,8 +425,8 @@ static void test_follower(void **st)
 	/* Reconnect: a fresh test-driver connection re-reads the node file,
 	 * so alpha runs again and beta is off; the reconcile says so. */
 	int running_before = s.running;
-	assert_int_equal(lvev_follower_reconnect(f), 0);
-	assert_false(lvev_follower_connected(f));
+	assert_int_equal(libvirt_events_follower_reconnect(f), 0);
+	assert_false(libvirt_events_follower_connected(f));
 	assert_true(run_until(e, &s.ends, 2));
 	assert_int_equal(s.begins, 2);
 	assert_int_equal(s.ups, 2);
@@ -434,13 +434,13 @@ static void test_follower(void **st)
 	assert_int_equal(s.running, running_before + 1);
 
 	/* events are followed on the new connection too */
-	conn = lvev_follower_conn(f);
+	conn = libvirt_events_follower_conn(f);
 	alpha = virDomainLookupByName(conn, "alpha");
 	assert_int_equal(virDomainDestroy(alpha), 0);
 	assert_true(run_until(e, &s.stopped, 2));
 	virDomainFree(alpha);
 
-	lvev_follower_free(f);
+	libvirt_events_follower_free(f);
 	assert_int_equal(s.downs, 0);
 	free(s.last_xml);
 	free(uri);
@@ -450,17 +450,17 @@ static void test_follower_backoff(void **st)
 {
 	sd_event *e = *st;
 	struct seen s = { 0 };
-	struct lvev_follower *f;
-	const struct lvev_follower_opts o = { .backoff_min_usec = 20000, .backoff_max_usec = 80000 };
+	struct libvirt_events_follower *f;
+	const struct libvirt_events_follower_opts o = { .backoff_min_usec = 20000, .backoff_max_usec = 80000 };
 
 	f = NULL;
 	s.follower = &f;
-	assert_int_equal(lvev_follower_new(e, "test:///nonexistent/vpmu-node.xml", &ops, &s, &o, &f), 0);
+	assert_int_equal(libvirt_events_follower_new(e, "test:///nonexistent/vpmu-node.xml", &ops, &s, &o, &f), 0);
 	assert_true(run_until(e, &s.downs, 5));
-	assert_false(lvev_follower_connected(f));
+	assert_false(libvirt_events_follower_connected(f));
 	assert_int_equal(s.begins, 0);
 	/* The delays the follower chose: 20, 40, 80, 80, 80 ms — doubling, then
-	 * capped. (The first failure may happen inside lvev_follower_new,
+	 * capped. (The first failure may happen inside libvirt_events_follower_new,
 	 * before the test knows the follower: it is not checked.) */
 	static const uint64_t want[5] = { 20000, 40000, 80000, 80000, 80000 };
 	for (int i = 1; i < 5; i++)
@@ -475,19 +475,19 @@ static void test_follower_backoff(void **st)
 			fail_msg("retry %d came %llu us after the previous one, want >= %llu", i,
 				 (unsigned long long)(s.down_at[i] - s.down_at[i - 1]),
 				 (unsigned long long)want[i - 1] / 2);
-	lvev_follower_free(f);
+	libvirt_events_follower_free(f);
 }
 
 static void test_follower_args(void **st)
 {
 	sd_event *e = *st, *other;
-	struct lvev_follower *f;
-	struct lvev_ops partial = ops;
+	struct libvirt_events_follower *f;
+	struct libvirt_events_ops partial = ops;
 	partial.on_domain_changed = NULL;
-	assert_int_equal(lvev_follower_new(e, "test:///default", &partial, NULL, NULL, &f), -EINVAL);
-	assert_int_equal(lvev_follower_new(e, "", &ops, NULL, NULL, &f), -EINVAL);
+	assert_int_equal(libvirt_events_follower_new(e, "test:///default", &partial, NULL, NULL, &f), -EINVAL);
+	assert_int_equal(libvirt_events_follower_new(e, "", &ops, NULL, NULL, &f), -EINVAL);
 	assert_int_equal(sd_event_new(&other), 0);
-	assert_int_equal(lvev_follower_new(other, "test:///default", &ops, NULL, NULL, &f), -ENXIO);
+	assert_int_equal(libvirt_events_follower_new(other, "test:///default", &ops, NULL, NULL, &f), -ENXIO);
 	sd_event_unref(other);
 }
 
@@ -498,15 +498,15 @@ static void test_tunable_filter(void **st)
 	memset(p, 0, sizeof(p));
 	snprintf(p[0].field, sizeof(p[0].field), "cputune.emulatorpin");
 	snprintf(p[1].field, sizeof(p[1].field), "cputune.vcpu_quota");
-	assert_false(lvev_tunable_touches_vcpupin(p, 2));
+	assert_false(libvirt_events_tunable_touches_vcpupin(p, 2));
 	snprintf(p[1].field, sizeof(p[1].field), "cputune.vcpupin");
-	assert_false(lvev_tunable_touches_vcpupin(p, 2));
+	assert_false(libvirt_events_tunable_touches_vcpupin(p, 2));
 	snprintf(p[1].field, sizeof(p[1].field), "cputune.vcpupin3x");
-	assert_false(lvev_tunable_touches_vcpupin(p, 2));
+	assert_false(libvirt_events_tunable_touches_vcpupin(p, 2));
 	snprintf(p[1].field, sizeof(p[1].field), VIR_DOMAIN_TUNABLE_CPU_VCPUPIN, 12u);
-	assert_true(lvev_tunable_touches_vcpupin(p, 2));
-	assert_false(lvev_tunable_touches_vcpupin(p, 1));
-	assert_false(lvev_tunable_touches_vcpupin(p, 0));
+	assert_true(libvirt_events_tunable_touches_vcpupin(p, 2));
+	assert_false(libvirt_events_tunable_touches_vcpupin(p, 1));
+	assert_false(libvirt_events_tunable_touches_vcpupin(p, 0));
 }
 
 int main(void)

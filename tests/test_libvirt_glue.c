@@ -20,14 +20,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker.h"
-#include "config.h"
-#include "domain_policy.h"
+#include "broker/broker.h"
+#include "proto/config.h"
+#include "proto/domain_policy.h"
 #include "kvm_child.h"
-#include "kvm_port.h"
-#include "libvirt_events.h"
-#include "libvirt_glue.h"
-#include "pmu.h"
+#include "kvm/kvm_port.h"
+#include "doors/libvirt_events.h"
+#include "doors/libvirt_glue.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_model.h"
 
 struct fx {
 	sd_event *ev;
@@ -138,7 +139,7 @@ static bool run_until(struct fx *f, pred_fn p, const void *arg)
 
 static bool reconciled(struct fx *f, const void *arg)
 {
-	return f->g && lvglue_reconciles(f->g) >= *(const unsigned *)arg;
+	return f->g && libvirt_glue_reconciles(f->g) >= *(const unsigned *)arg;
 }
 
 static bool has_lease(struct fx *f, const void *name)
@@ -188,15 +189,15 @@ static void open_daemon(struct fx *f)
 				  .state_dir = f->state };
 	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
 	assert_int_equal(broker_restore(f->b), 0);
-	const struct lvev_follower_opts fo = { .backoff_min_usec = 20000, .backoff_max_usec = 40000 };
-	struct lvglue_opts go = { .event = f->ev, .broker = f->b, .cfg = &f->cfg, .uri = f->uri,
+	const struct libvirt_events_follower_opts fo = { .backoff_min_usec = 20000, .backoff_max_usec = 40000 };
+	struct libvirt_glue_opts go = { .event = f->ev, .broker = f->b, .cfg = &f->cfg, .uri = f->uri,
 				  .pid_dir = f->pids, .host_cpus = f->pmu->n_cpus, .follower = &fo };
-	assert_int_equal(lvglue_new(&go, &f->g), 0);
+	assert_int_equal(libvirt_glue_new(&go, &f->g), 0);
 }
 
 static void close_daemon(struct fx *f)
 {
-	lvglue_free(f->g);
+	libvirt_glue_free(f->g);
 	broker_free(f->b);
 	kvm_port_close(f->port);
 	f->g = NULL;
@@ -222,7 +223,7 @@ static int setup(void **st)
 	f->uri = node_uri();
 	/* one loop for the whole process: libvirt's event registration is
 	 * permanent */
-	if (sd_event_new(&f->ev) < 0 || lvev_bridge_register(f->ev) < 0)
+	if (sd_event_new(&f->ev) < 0 || libvirt_events_bridge_register(f->ev) < 0)
 		return -1;
 	/* alpha (4 vCPUs, running in the node file) gets a real KVM "QEMU" */
 	if (kvm_child_available()) {
@@ -260,14 +261,14 @@ static virDomainPtr define(struct fx *f, const char *name, const char *metadata,
 		 "<metadata>%s</metadata><vcpu placement='static' cpuset='%s'>%u</vcpu>"
 		 "<os><type arch='x86_64'>hvm</type></os></domain>",
 		 name, metadata, cpuset, vcpus);
-	virDomainPtr d = virDomainDefineXML(lvev_follower_conn(lvglue_follower(f->g)), xml);
+	virDomainPtr d = virDomainDefineXML(libvirt_events_follower_conn(libvirt_glue_follower(f->g)), xml);
 	assert_non_null(d);
 	return d;
 }
 
 static void set_meta(virDomainPtr d, const char *xml)
 {
-	assert_int_equal(virDomainSetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, xml, "vpmu", DOMPOL_NS_URI,
+	assert_int_equal(virDomainSetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, xml, "vpmu", DOMAIN_POLICY_NS_URI,
 					      VIR_DOMAIN_AFFECT_LIVE),
 			 0);
 }
@@ -300,7 +301,7 @@ static void test_follow_domains(void **st)
 	json_object_put(vm);
 	assert_int_equal(n_leases(f), 1);
 
-	virConnectPtr conn = lvev_follower_conn(lvglue_follower(f->g));
+	virConnectPtr conn = libvirt_events_follower_conn(libvirt_glue_follower(f->g));
 	assert_non_null(conn);
 
 	/* beta has <pmu state='off'/>: no lease. gamma (no metadata), started
@@ -361,7 +362,7 @@ static void test_follow_domains(void **st)
 	/* A guaranteed domain the broker refuses (alpha holds 4 of the 8
 	 * counters of CPU 8 guaranteed): no lease, the rest unchanged. */
 	virDomainPtr hog = define(f, "hog",
-				  "<vpmu:pmu xmlns:vpmu='" DOMPOL_NS_URI "' class='guaranteed' gp='8' fixed='0x7'/>",
+				  "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' class='guaranteed' gp='8' fixed='0x7'/>",
 				  "8", 1);
 	assert_int_equal(virDomainCreate(hog), 0);
 	virDomainPtr eps = define(f, "eps", "", "0-3", 1);
@@ -381,7 +382,7 @@ static void test_follow_domains(void **st)
 	assert_non_null(vm);
 	json_object_put(vm);
 	int before = n_leases(f);
-	virDomainPtr zeta = define(f, "zeta", "<vpmu:pmu xmlns:vpmu='" DOMPOL_NS_URI "' gp='2'/>", "4-7", 1);
+	virDomainPtr zeta = define(f, "zeta", "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' gp='2'/>", "4-7", 1);
 	assert_int_equal(virDomainCreate(zeta), 0);
 	assert_true(run_until(f, gp_is, &(struct want_gp){ "zeta", 2 }));
 	assert_int_equal(n_leases(f), before);
@@ -415,7 +416,7 @@ static void test_follow_domains(void **st)
 	/* Reconnect (daemon reload): the test driver re-reads the node file,
 	 * where only alpha runs. delta, hook-made or not, is gone -> released;
 	 * alpha is kept once, still bound; the operator's lease stays. */
-	assert_int_equal(lvglue_reconnect(f->g), 0);
+	assert_int_equal(libvirt_glue_reconnect(f->g), 0);
 	assert_true(run_until(f, reconciled, &two));
 	assert_null(broker_vm_origin(f->b, "delta"));
 	assert_non_null(broker_vm_origin(f->b, "ops"));
@@ -497,16 +498,16 @@ static void test_unreachable_libvirt(void **st)
 	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
 	assert_int_equal(broker_restore(f->b), 0);
 	int n = n_leases(f);
-	const struct lvev_follower_opts fo = { .backoff_min_usec = 10000, .backoff_max_usec = 20000 };
-	struct lvglue_opts go = { .event = f->ev, .broker = f->b, .cfg = &f->cfg,
+	const struct libvirt_events_follower_opts fo = { .backoff_min_usec = 10000, .backoff_max_usec = 20000 };
+	struct libvirt_glue_opts go = { .event = f->ev, .broker = f->b, .cfg = &f->cfg,
 				  .uri = "test:///nonexistent/vpmu-node.xml", .pid_dir = f->pids,
 				  .host_cpus = f->pmu->n_cpus, .follower = &fo };
-	assert_int_equal(lvglue_new(&go, &f->g), 0);
+	assert_int_equal(libvirt_glue_new(&go, &f->g), 0);
 	uint64_t end = now_usec() + 200000;
 	while (now_usec() < end)
 		assert_true(sd_event_run(f->ev, 10000) >= 0);
-	assert_false(lvev_follower_connected(lvglue_follower(f->g)));
-	assert_int_equal(lvglue_reconciles(f->g), 0);
+	assert_false(libvirt_events_follower_connected(libvirt_glue_follower(f->g)));
+	assert_int_equal(libvirt_glue_reconciles(f->g), 0);
 	/* no reconcile: nothing was released for want of a listing */
 	assert_int_equal(n_leases(f), n);
 	struct proto_error err;
@@ -517,10 +518,10 @@ static void test_unreachable_libvirt(void **st)
 	/* bad arguments */
 	struct lvglue *g;
 	go.host_cpus = 0;
-	assert_int_equal(lvglue_new(&go, &g), -EINVAL);
+	assert_int_equal(libvirt_glue_new(&go, &g), -EINVAL);
 	go.host_cpus = 64;
 	go.uri = "";
-	assert_int_equal(lvglue_new(&go, &g), -EINVAL);
+	assert_int_equal(libvirt_glue_new(&go, &g), -EINVAL);
 }
 
 int main(void)

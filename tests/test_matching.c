@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * matching: match_can_withdraw() must answer what match_withdraw() does,
+ * matching: matching_can_withdraw() must answer what matching_withdraw() does,
  * without touching the matching, on random constrained event sets and
  * partly withdrawn counters (the arbiter relies on both to agree).
  */
@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "matching.h"
+#include "arbiter/matching.h"
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -31,22 +31,22 @@ static void can_withdraw_agrees_with_withdraw(void **state)
 	for (unsigned round = 0; round < 20000; round++) {
 		struct match m;
 		/* 8 GP and 4 fixed counters, as on Ice Lake */
-		match_init(&m, match_counters(0xff, 0xf));
+		matching_init(&m, matching_counters(0xff, 0xf));
 		unsigned n = 1 + (unsigned)(rnd(&s) % 12);
 		for (unsigned i = 0; i < n; i++) {
-			uint64_t mask = match_counters((uint32_t)rnd(&s) & 0xff,
+			uint64_t mask = matching_counters((uint32_t)rnd(&s) & 0xff,
 						       (uint32_t)rnd(&s) & 0xf);
 			if (rnd(&s) % 3 == 0) /* often a narrow constraint */
-				mask &= match_counters(0x0f, 0x2);
-			(void)match_add(&m, mask ? mask : 1);
+				mask &= matching_counters(0x0f, 0x2);
+			(void)matching_add(&m, mask ? mask : 1);
 			if (rnd(&s) % 4 == 0)
-				(void)match_withdraw(&m, (unsigned)(rnd(&s) % 8));
+				(void)matching_withdraw(&m, (unsigned)(rnd(&s) % 8));
 		}
 		for (unsigned c = 0; c < 64; c++) {
 			struct match before = m, tried = m;
-			bool can = match_can_withdraw(&m, c);
+			bool can = matching_can_withdraw(&m, c);
 			assert_memory_equal(&m, &before, sizeof(m));
-			assert_int_equal(can, match_withdraw(&tried, c) == 0);
+			assert_int_equal(can, matching_withdraw(&tried, c) == 0);
 			if ((m.used >> c) & 1)
 				can ? yes++ : no++;
 		}

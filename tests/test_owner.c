@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "owner.h"
+#include "broker/owner.h"
 
 struct seen {
 	int calls;

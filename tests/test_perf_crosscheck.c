@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "perf_session.h"
+#include "perf/perf_session.h"
 
 extern char **environ;
 
@@ -151,17 +151,17 @@ static int session_counts(double out[N_EV], char *err, size_t errlen)
 	}
 	close(go[0]);
 	struct psess *s;
-	struct psess_opts o = { .pid = pid, .inherit = true };
-	int rc = psess_create(&o, &s, err, errlen);
+	struct perf_session_opts o = { .pid = pid, .inherit = true };
+	int rc = perf_session_create(&o, &s, err, errlen);
 	for (int i = 0; rc == 0 && i < N_EV; i++) {
-		struct pev_event ev;
-		rc = pev_parse(events[i], NULL, &ev, err, errlen);
+		struct perf_event_desc ev;
+		rc = perf_event_parse(events[i], NULL, &ev, err, errlen);
 		if (rc == 0)
-			rc = psess_add_event(s, &ev, PSESS_MULTIPLEXED, 0);
+			rc = perf_session_add_event(s, &ev, PERF_SESSION_MULTIPLEXED, 0);
 		rc = rc > 0 ? 0 : rc;
 	}
-	if (rc == 0 && (rc = psess_open(s)) < 0)
-		snprintf(err, errlen, "%s", psess_error(s));
+	if (rc == 0 && (rc = perf_session_open(s)) < 0)
+		snprintf(err, errlen, "%s", perf_session_error(s));
 	if (write(go[1], "g", 1) != 1)
 		rc = rc ? rc : -EIO;
 	close(go[1]);
@@ -171,17 +171,17 @@ static int session_counts(double out[N_EV], char *err, size_t errlen)
 		snprintf(err, errlen, "workload failed");
 		rc = -EIO;
 	}
-	struct psess_reading r[N_EV];
-	if (rc == 0 && (rc = psess_read(s, r, N_EV)) < 0)
-		snprintf(err, errlen, "%s", psess_error(s));
+	struct perf_session_reading r[N_EV];
+	if (rc == 0 && (rc = perf_session_read(s, r, N_EV)) < 0)
+		snprintf(err, errlen, "%s", perf_session_error(s));
 	for (int i = 0; rc == 0 && i < N_EV; i++) {
-		if (r[i].status != PSESS_COUNTED) {
+		if (r[i].status != PERF_SESSION_COUNTED) {
 			snprintf(err, errlen, "%s not counted", events[i]);
 			rc = -EIO;
 		}
 		out[i] = r[i].scaled;
 	}
-	psess_destroy(s);
+	perf_session_destroy(s);
 	return rc;
 }
 

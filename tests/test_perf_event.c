@@ -9,27 +9,27 @@
 #include <linux/perf_event.h>
 #include <string.h>
 
-#include "perf_event.h"
+#include "perf/perf_event.h"
 
 /* ctest runs us in tests/, so the fixture path is relative to it. */
-static const struct pev_opts icl = { .sysfs_root = "fixtures/perf-sysfs/icelake" };
-static const struct pev_opts nopmu = { .sysfs_root = "fixtures/perf-sysfs/nopmu" };
+static const struct perf_event_opts icl = { .sysfs_root = "fixtures/perf-sysfs/icelake" };
+static const struct perf_event_opts nopmu = { .sysfs_root = "fixtures/perf-sysfs/nopmu" };
 
-static void parse_ok(const char *spec, const struct pev_opts *o, struct pev_event *ev)
+static void parse_ok(const char *spec, const struct perf_event_opts *o, struct perf_event_desc *ev)
 {
 	char err[256] = "";
-	int rc = pev_parse(spec, o, ev, err, sizeof(err));
+	int rc = perf_event_parse(spec, o, ev, err, sizeof(err));
 	if (rc != 0)
 		fail_msg("%s: rc %d: %s", spec, rc, err);
 	assert_string_equal(ev->name, spec);
 }
 
 /* Returns the error and checks the message mentions needle. */
-static int parse_fail(const char *spec, const struct pev_opts *o, const char *needle)
+static int parse_fail(const char *spec, const struct perf_event_opts *o, const char *needle)
 {
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	char err[256] = "";
-	int rc = pev_parse(spec, o, &ev, err, sizeof(err));
+	int rc = perf_event_parse(spec, o, &ev, err, sizeof(err));
 	if (rc == 0)
 		fail_msg("%s: accepted", spec);
 	if (!strstr(err, needle))
@@ -55,7 +55,7 @@ static void test_software(void **state)
 		{ "dummy", PERF_COUNT_SW_DUMMY },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		struct pev_event ev;
+		struct perf_event_desc ev;
 		parse_ok(t[i].n, &icl, &ev);
 		assert_int_equal(ev.type, PERF_TYPE_SOFTWARE);
 		assert_int_equal(ev.config, t[i].c);
@@ -85,7 +85,7 @@ static void test_generic_hardware(void **state)
 		{ "stalled-cycles-backend", PERF_COUNT_HW_STALLED_CYCLES_BACKEND, -1, -1 },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		struct pev_event ev;
+		struct perf_event_desc ev;
 		parse_ok(t[i].n, &nopmu, &ev);
 		assert_int_equal(ev.type, PERF_TYPE_HARDWARE);
 		assert_int_equal(ev.config, t[i].c);
@@ -104,7 +104,7 @@ static void test_generic_hardware(void **state)
 static void test_raw(void **state)
 {
 	(void)state;
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	parse_ok("r01c2", &icl, &ev);
 	assert_int_equal(ev.type, 4);
 	assert_int_equal(ev.config, 0x01c2);
@@ -135,7 +135,7 @@ static void test_raw(void **state)
 static void test_terms(void **state)
 {
 	(void)state;
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	parse_ok("event=0xc0,umask=0x01", &icl, &ev);
 	assert_int_equal(ev.type, 4);
 	assert_int_equal(ev.config, 0x01c0);
@@ -179,7 +179,7 @@ static void test_terms(void **state)
 static void test_sysfs_names(void **state)
 {
 	(void)state;
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	parse_ok("slots", &icl, &ev);
 	assert_int_equal(ev.type, 4);
 	assert_int_equal(ev.config, 0x0400);
@@ -213,11 +213,11 @@ static void test_sysfs_names(void **state)
 static void test_malformed(void **state)
 {
 	(void)state;
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	char err[256];
-	assert_int_equal(pev_parse("", &icl, &ev, err, sizeof(err)), -EINVAL);
+	assert_int_equal(perf_event_parse("", &icl, &ev, err, sizeof(err)), -EINVAL);
 	assert_string_equal(err, "empty event spec");
-	assert_int_equal(pev_parse(NULL, &icl, &ev, err, sizeof(err)), -EINVAL);
+	assert_int_equal(perf_event_parse(NULL, &icl, &ev, err, sizeof(err)), -EINVAL);
 	assert_int_equal(parse_fail("cycles:u", &icl, "modifiers"), -EINVAL);
 	char big[300];
 	memset(big, 'a', sizeof(big) - 1);
@@ -228,23 +228,23 @@ static void test_malformed(void **state)
 static void test_attr(void **state)
 {
 	(void)state;
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	struct perf_event_attr attr;
 	parse_ok("event=0xc0,umask=0x01", &icl, &ev);
 	memset(&attr, 0, sizeof(attr));
-	pev_to_attr(&ev, &attr);
+	perf_event_to_attr(&ev, &attr);
 	assert_int_equal(attr.type, 4);
 	assert_int_equal(attr.config, 0x01c0);
 	assert_int_equal(attr.size, sizeof(attr));
-	assert_string_equal(pev_pmu(&ev), "cpu");
+	assert_string_equal(perf_event_pmu(&ev), "cpu");
 	parse_ok("cpu-clock", &icl, &ev);
-	assert_string_equal(pev_pmu(&ev), "cpu-clock");
+	assert_string_equal(perf_event_pmu(&ev), "cpu-clock");
 	parse_ok("task-clock", &icl, &ev);
-	assert_string_equal(pev_pmu(&ev), "task-clock");
+	assert_string_equal(perf_event_pmu(&ev), "task-clock");
 	parse_ok("cs", &icl, &ev);
-	assert_string_equal(pev_pmu(&ev), "software");
+	assert_string_equal(perf_event_pmu(&ev), "software");
 	parse_ok("cycles", &icl, &ev);
-	assert_string_equal(pev_pmu(&ev), "cpu");
+	assert_string_equal(perf_event_pmu(&ev), "cpu");
 }
 
 int main(void)

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "perf_session.h"
+#include "perf/perf_session.h"
 
 #define PAGES 512
 #define SLEEPS 40
@@ -69,36 +69,36 @@ static int count_fds(void)
 	return n;
 }
 
-static void parse(const char *spec, struct pev_event *ev)
+static void parse(const char *spec, struct perf_event_desc *ev)
 {
 	char err[256];
-	if (pev_parse(spec, NULL, ev, err, sizeof(err)) != 0)
+	if (perf_event_parse(spec, NULL, ev, err, sizeof(err)) != 0)
 		fail_msg("%s: %s", spec, err);
 }
 
-static int add(struct psess *s, const char *spec, enum psess_placement p, unsigned group)
+static int add(struct psess *s, const char *spec, enum perf_session_placement p, unsigned group)
 {
-	struct pev_event ev;
+	struct perf_event_desc ev;
 	parse(spec, &ev);
-	int idx = psess_add_event(s, &ev, p, group);
+	int idx = perf_session_add_event(s, &ev, p, group);
 	if (idx < 0)
-		fail_msg("add %s: %d %s", spec, idx, psess_error(s));
+		fail_msg("add %s: %d %s", spec, idx, perf_session_error(s));
 	return idx;
 }
 
-static void read_ok(struct psess *s, struct psess_reading *r, size_t n)
+static void read_ok(struct psess *s, struct perf_session_reading *r, size_t n)
 {
-	int rc = psess_read(s, r, n);
+	int rc = perf_session_read(s, r, n);
 	if (rc != 0)
-		fail_msg("read: %d %s", rc, psess_error(s));
+		fail_msg("read: %d %s", rc, perf_session_error(s));
 }
 
-static void assert_monotonic(const struct psess_reading *a, const struct psess_reading *b, size_t n)
+static void assert_monotonic(const struct perf_session_reading *a, const struct perf_session_reading *b, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (a[i].status != PSESS_COUNTED)
+		if (a[i].status != PERF_SESSION_COUNTED)
 			continue;
-		assert_int_equal(b[i].status, PSESS_COUNTED);
+		assert_int_equal(b[i].status, PERF_SESSION_COUNTED);
 		if (b[i].value < a[i].value || b[i].time_enabled < a[i].time_enabled ||
 		    b[i].time_running < a[i].time_running)
 			fail_msg("event %zu went backwards: %llu/%llu/%llu -> %llu/%llu/%llu", i,
@@ -134,17 +134,17 @@ static void test_cpu_mode(void **state)
 	pin_to_cpu0();
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = "0" };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	int cpu_clk = add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
-	int cs = add(s, "cs", PSESS_MULTIPLEXED, 0);
-	int pf = add(s, "page-faults", PSESS_DEDICATED, 1);
-	int mig = add(s, "cpu-migrations", PSESS_DEDICATED, 1);
-	int tc = add(s, "task-clock", PSESS_MULTIPLEXED, 0);
+	struct perf_session_opts o = { .cpus = "0" };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	int cpu_clk = add(s, "cpu-clock", PERF_SESSION_MULTIPLEXED, 0);
+	int cs = add(s, "cs", PERF_SESSION_MULTIPLEXED, 0);
+	int pf = add(s, "page-faults", PERF_SESSION_DEDICATED, 1);
+	int mig = add(s, "cpu-migrations", PERF_SESSION_DEDICATED, 1);
+	int tc = add(s, "task-clock", PERF_SESSION_MULTIPLEXED, 0);
 	uint64_t t0 = now_ns();
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
-	struct psess_reading a[5], b[5];
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
+	struct perf_session_reading a[5], b[5];
 	read_ok(s, a, 5);
 	workload(50);
 	read_ok(s, b, 5);
@@ -152,7 +152,7 @@ static void test_cpu_mode(void **state)
 	assert_monotonic(a, b, 5);
 
 	for (int i = 0; i < 5; i++) {
-		assert_int_equal(b[i].status, PSESS_COUNTED);
+		assert_int_equal(b[i].status, PERF_SESSION_COUNTED);
 		assert_null(b[i].reason);
 		/* Software events always have a counter: never multiplexed. */
 		assert_int_equal(b[i].time_enabled, b[i].time_running);
@@ -169,11 +169,11 @@ static void test_cpu_mode(void **state)
 	assert_true(b[tc].value - a[tc].value >= 45000000ull);
 	/* Group members share the leader's times. */
 	assert_int_equal(b[pf].time_enabled, b[mig].time_enabled);
-	assert_int_equal(b[pf].placement, PSESS_DEDICATED);
+	assert_int_equal(b[pf].placement, PERF_SESSION_DEDICATED);
 	assert_int_equal(b[pf].group, 1);
 	/* Three singletons + one group on one CPU: four read(2)s. */
-	assert_int_equal(psess_last_read_syscalls(s), 4);
-	psess_destroy(s);
+	assert_int_equal(perf_session_last_read_syscalls(s), 4);
+	perf_session_destroy(s);
 	unpin();
 }
 
@@ -186,16 +186,16 @@ static void test_cpu_mode_all_cpus(void **state)
 	snprintf(list, sizeof(list), "0-%ld", n - 1);
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = list };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
-	add(s, "page-faults", PSESS_MULTIPLEXED, 2);
-	add(s, "cs", PSESS_MULTIPLEXED, 2);
+	struct perf_session_opts o = { .cpus = list };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "cpu-clock", PERF_SESSION_MULTIPLEXED, 0);
+	add(s, "page-faults", PERF_SESSION_MULTIPLEXED, 2);
+	add(s, "cs", PERF_SESSION_MULTIPLEXED, 2);
 	uint64_t t0 = now_ns();
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
 	workload(10);
-	struct psess_reading r[3];
+	struct perf_session_reading r[3];
 	read_ok(s, r, 3);
 	uint64_t wall = now_ns() - t0;
 	/* Enabled time is summed over the CPUs, each at most the wall time. */
@@ -203,8 +203,8 @@ static void test_cpu_mode_all_cpus(void **state)
 	assert_true(r[0].time_enabled >= (uint64_t)n * (wall / 2));
 	assert_true(r[1].value >= PAGES);
 	assert_true(r[2].value >= SLEEPS);
-	assert_int_equal(psess_last_read_syscalls(s), 2 * (unsigned long)n);
-	psess_destroy(s);
+	assert_int_equal(perf_session_last_read_syscalls(s), 2 * (unsigned long)n);
+	perf_session_destroy(s);
 }
 
 struct child {
@@ -243,15 +243,15 @@ static void test_pid_mode(void **state)
 	struct child c = spawn_waiting(100);
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .pid = c.pid };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	add(s, "task-clock", PSESS_MULTIPLEXED, 0);
-	add(s, "context-switches", PSESS_MULTIPLEXED, 0);
-	add(s, "page-faults", PSESS_DEDICATED, 3);
-	add(s, "cpu-migrations", PSESS_DEDICATED, 3);
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
-	struct psess_reading prev[4], cur[4];
+	struct perf_session_opts o = { .pid = c.pid };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "task-clock", PERF_SESSION_MULTIPLEXED, 0);
+	add(s, "context-switches", PERF_SESSION_MULTIPLEXED, 0);
+	add(s, "page-faults", PERF_SESSION_DEDICATED, 3);
+	add(s, "cpu-migrations", PERF_SESSION_DEDICATED, 3);
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
+	struct perf_session_reading prev[4], cur[4];
 	read_ok(s, prev, 4);
 	/* The child is blocked in read(2): almost nothing counted yet. */
 	assert_true(prev[2].value < PAGES);
@@ -274,7 +274,7 @@ static void test_pid_mode(void **state)
 	assert_true(cur[0].value <= cur[0].time_enabled + 1000000ull);
 	assert_true(cur[1].value >= SLEEPS);
 	assert_true(cur[2].value >= PAGES);
-	psess_destroy(s);
+	perf_session_destroy(s);
 }
 
 /*
@@ -288,54 +288,54 @@ static void test_placement_change(void **state)
 	pin_to_cpu0();
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = "0" };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	int lead = add(s, "minor-faults", PSESS_DEDICATED, 7);
-	int sib = add(s, "page-faults", PSESS_DEDICATED, 7);
-	int sib2 = add(s, "cs", PSESS_DEDICATED, 7);
-	int solo = add(s, "cpu-clock", PSESS_MULTIPLEXED, 0);
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
-	struct psess_reading a[4], b[4], c[4], d[4];
+	struct perf_session_opts o = { .cpus = "0" };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	int lead = add(s, "minor-faults", PERF_SESSION_DEDICATED, 7);
+	int sib = add(s, "page-faults", PERF_SESSION_DEDICATED, 7);
+	int sib2 = add(s, "cs", PERF_SESSION_DEDICATED, 7);
+	int solo = add(s, "cpu-clock", PERF_SESSION_MULTIPLEXED, 0);
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
+	struct perf_session_reading a[4], b[4], c[4], d[4];
 	workload(30);
 	read_ok(s, a, 4);
 	assert_true(a[sib].value >= PAGES);
 
 	/* The leader leaves its group: the siblings are reopened as a group
 	 * led by the next member, the leader alone and multiplexed. */
-	if (psess_set_placement(s, (size_t)lead, PSESS_MULTIPLEXED) != 0)
-		fail_msg("set_placement: %s", psess_error(s));
+	if (perf_session_set_placement(s, (size_t)lead, PERF_SESSION_MULTIPLEXED) != 0)
+		fail_msg("set_placement: %s", perf_session_error(s));
 	read_ok(s, b, 4);
 	assert_monotonic(a, b, 4);
-	assert_int_equal(b[lead].placement, PSESS_MULTIPLEXED);
+	assert_int_equal(b[lead].placement, PERF_SESSION_MULTIPLEXED);
 	assert_int_equal(b[lead].group, 0);
 	assert_int_equal(b[sib].group, 7);
 	/* Without the carried base these would restart near zero. */
 	assert_true(b[sib].value >= a[sib].value);
 	assert_true(b[lead].time_enabled >= a[lead].time_enabled);
 
-	if (psess_set_placement(s, (size_t)solo, PSESS_DEDICATED) != 0)
-		fail_msg("set_placement: %s", psess_error(s));
-	if (psess_set_placement(s, (size_t)lead, PSESS_DEDICATED) != 0)
-		fail_msg("set_placement: %s", psess_error(s));
+	if (perf_session_set_placement(s, (size_t)solo, PERF_SESSION_DEDICATED) != 0)
+		fail_msg("set_placement: %s", perf_session_error(s));
+	if (perf_session_set_placement(s, (size_t)lead, PERF_SESSION_DEDICATED) != 0)
+		fail_msg("set_placement: %s", perf_session_error(s));
 	/* Unchanged placement is a no-op, not a reopen. */
-	assert_int_equal(psess_set_placement(s, (size_t)sib2, PSESS_DEDICATED), 0);
+	assert_int_equal(perf_session_set_placement(s, (size_t)sib2, PERF_SESSION_DEDICATED), 0);
 	workload(30);
 	read_ok(s, c, 4);
 	assert_monotonic(b, c, 4);
 	assert_true(c[sib].value - b[sib].value >= PAGES);
 	assert_true(c[sib2].value - b[sib2].value >= SLEEPS);
 	assert_true(c[lead].value - b[lead].value >= PAGES);
-	assert_int_equal(c[solo].placement, PSESS_DEDICATED);
+	assert_int_equal(c[solo].placement, PERF_SESSION_DEDICATED);
 	/* Group {page-faults, cs} and the two singletons: three reads. */
-	assert_int_equal(psess_last_read_syscalls(s), 3);
+	assert_int_equal(perf_session_last_read_syscalls(s), 3);
 
 	/* A sibling moves out too; the remaining one-member group still reads. */
-	if (psess_set_placement(s, (size_t)sib, PSESS_MULTIPLEXED) != 0)
-		fail_msg("set_placement: %s", psess_error(s));
+	if (perf_session_set_placement(s, (size_t)sib, PERF_SESSION_MULTIPLEXED) != 0)
+		fail_msg("set_placement: %s", perf_session_error(s));
 	read_ok(s, d, 4);
 	assert_monotonic(c, d, 4);
-	psess_destroy(s);
+	perf_session_destroy(s);
 	unpin();
 }
 
@@ -347,37 +347,37 @@ static void test_reopen_failure_is_retried(void **state)
 	(void)state;
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = "0" };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	int tc = add(s, "task-clock", PSESS_DEDICATED, 0);
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
-	struct psess_reading a[1], b[1], c[1];
+	struct perf_session_opts o = { .cpus = "0" };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	int tc = add(s, "task-clock", PERF_SESSION_DEDICATED, 0);
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
+	struct perf_session_reading a[1], b[1], c[1];
 	workload(10);
 	read_ok(s, a, 1);
-	assert_int_equal(a[0].status, PSESS_COUNTED);
+	assert_int_equal(a[0].status, PERF_SESSION_COUNTED);
 
 	struct rlimit saved, none;
 	assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
 	none = saved;
 	none.rlim_cur = 0;
 	assert_int_equal(setrlimit(RLIMIT_NOFILE, &none), 0);
-	int rc = psess_set_placement(s, (size_t)tc, PSESS_MULTIPLEXED);
+	int rc = perf_session_set_placement(s, (size_t)tc, PERF_SESSION_MULTIPLEXED);
 	assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
 	assert_true(rc < 0);
 	read_ok(s, b, 1);
-	assert_int_equal(b[0].status, PSESS_NOT_COUNTED);
-	assert_string_equal(b[0].reason, PSESS_REASON_REOPEN_FAILED);
+	assert_int_equal(b[0].status, PERF_SESSION_NOT_COUNTED);
+	assert_string_equal(b[0].reason, PERF_SESSION_REASON_REOPEN_FAILED);
 
 	/* The same placement asked again: reopened, counting, nothing lost. */
-	if (psess_set_placement(s, (size_t)tc, PSESS_MULTIPLEXED) != 0)
-		fail_msg("retry: %s", psess_error(s));
+	if (perf_session_set_placement(s, (size_t)tc, PERF_SESSION_MULTIPLEXED) != 0)
+		fail_msg("retry: %s", perf_session_error(s));
 	workload(10);
 	read_ok(s, c, 1);
-	assert_int_equal(c[0].status, PSESS_COUNTED);
+	assert_int_equal(c[0].status, PERF_SESSION_COUNTED);
 	assert_true(c[0].value > a[0].value);
-	assert_int_equal(c[0].placement, PSESS_MULTIPLEXED);
-	psess_destroy(s);
+	assert_int_equal(c[0].placement, PERF_SESSION_MULTIPLEXED);
+	perf_session_destroy(s);
 }
 
 static bool host_has_hw_pmu(void)
@@ -401,31 +401,31 @@ static void test_model_pmu(void **state)
 	(void)state;
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = "0", .model_pmu = true };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	add(s, "instructions", PSESS_DEDICATED, 1);
-	add(s, "task-clock", PSESS_DEDICATED, 0);
-	add(s, "event=0xc4", PSESS_MULTIPLEXED, 0);
-	if (psess_open(s) != 0)
-		fail_msg("open: %s", psess_error(s));
+	struct perf_session_opts o = { .cpus = "0", .model_pmu = true };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "instructions", PERF_SESSION_DEDICATED, 1);
+	add(s, "task-clock", PERF_SESSION_DEDICATED, 0);
+	add(s, "event=0xc4", PERF_SESSION_MULTIPLEXED, 0);
+	if (perf_session_open(s) != 0)
+		fail_msg("open: %s", perf_session_error(s));
 	workload(5);
-	struct psess_reading r[3];
+	struct perf_session_reading r[3];
 	read_ok(s, r, 3);
 	for (int i = 0; i < 3; i += 2) {
-		assert_int_equal(r[i].status, PSESS_NOT_COUNTED);
-		assert_string_equal(r[i].reason, PSESS_REASON_MODEL_PMU);
+		assert_int_equal(r[i].status, PERF_SESSION_NOT_COUNTED);
+		assert_string_equal(r[i].reason, PERF_SESSION_REASON_MODEL_PMU);
 		assert_int_equal(r[i].value, 0);
 		assert_int_equal(r[i].time_enabled, 0);
 		assert_true(r[i].scaled == 0.0);
 	}
-	assert_int_equal(r[1].status, PSESS_COUNTED);
+	assert_int_equal(r[1].status, PERF_SESSION_COUNTED);
 	assert_true(r[1].value > 0);
 	/* A placement change on an unopened event changes only bookkeeping. */
-	assert_int_equal(psess_set_placement(s, 0, PSESS_MULTIPLEXED), 0);
+	assert_int_equal(perf_session_set_placement(s, 0, PERF_SESSION_MULTIPLEXED), 0);
 	read_ok(s, r, 3);
-	assert_int_equal(r[0].status, PSESS_NOT_COUNTED);
-	assert_int_equal(r[0].placement, PSESS_MULTIPLEXED);
-	psess_destroy(s);
+	assert_int_equal(r[0].status, PERF_SESSION_NOT_COUNTED);
+	assert_int_equal(r[0].placement, PERF_SESSION_MULTIPLEXED);
+	perf_session_destroy(s);
 }
 
 static void test_no_hw_pmu(void **state)
@@ -438,55 +438,55 @@ static void test_no_hw_pmu(void **state)
 	int fds_before = count_fds();
 	struct psess *s;
 	char err[256];
-	struct psess_opts o = { .cpus = "0" };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	add(s, "task-clock", PSESS_DEDICATED, 0);
-	add(s, "cycles", PSESS_DEDICATED, 0);
-	assert_int_equal(psess_open(s), -ENODEV);
-	if (!strstr(psess_error(s), "cycles: the host exposes no hardware PMU"))
-		fail_msg("message: %s", psess_error(s));
+	struct perf_session_opts o = { .cpus = "0" };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "task-clock", PERF_SESSION_DEDICATED, 0);
+	add(s, "cycles", PERF_SESSION_DEDICATED, 0);
+	assert_int_equal(perf_session_open(s), -ENODEV);
+	if (!strstr(perf_session_error(s), "cycles: the host exposes no hardware PMU"))
+		fail_msg("message: %s", perf_session_error(s));
 	/* The task-clock opened before cycles failed must be closed again. */
 	assert_int_equal(count_fds(), fds_before);
-	struct psess_reading r[2];
-	assert_int_equal(psess_read(s, r, 2), -EBADFD);
-	psess_destroy(s);
+	struct perf_session_reading r[2];
+	assert_int_equal(perf_session_read(s, r, 2), -EBADFD);
+	perf_session_destroy(s);
 
 	/* The same failure on a host whose sysfs has a cpu PMU is worded as an
 	 * unsupported event, not a missing PMU (fixture tree). */
 	o.sysfs_root = "fixtures/perf-sysfs/icelake";
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	add(s, "r01c2", PSESS_MULTIPLEXED, 4);
-	assert_int_equal(psess_open(s), -ENODEV);
-	if (!strstr(psess_error(s), "r01c2: the host PMU does not support this event"))
-		fail_msg("message: %s", psess_error(s));
-	psess_destroy(s);
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	add(s, "r01c2", PERF_SESSION_MULTIPLEXED, 4);
+	assert_int_equal(perf_session_open(s), -ENODEV);
+	if (!strstr(perf_session_error(s), "r01c2: the host PMU does not support this event"))
+		fail_msg("message: %s", perf_session_error(s));
+	perf_session_destroy(s);
 }
 
 static void test_derive(void **state)
 {
 	(void)state;
-	struct psess_reading r = { .value = 1000, .time_enabled = 400, .time_running = 100 };
-	psess_derive(&r);
+	struct perf_session_reading r = { .value = 1000, .time_enabled = 400, .time_running = 100 };
+	perf_session_derive(&r);
 	assert_true(r.multiplexed);
 	assert_false(r.never_ran);
 	assert_true(r.scaled == 4000.0);
 
-	r = (struct psess_reading){ .value = 0, .time_enabled = 400, .time_running = 0 };
-	psess_derive(&r);
+	r = (struct perf_session_reading){ .value = 0, .time_enabled = 400, .time_running = 0 };
+	perf_session_derive(&r);
 	assert_true(r.multiplexed);
 	assert_true(r.never_ran);
 	assert_true(r.scaled == 0.0);
 
-	r = (struct psess_reading){ .value = 7, .time_enabled = 400, .time_running = 400 };
-	psess_derive(&r);
+	r = (struct perf_session_reading){ .value = 7, .time_enabled = 400, .time_running = 400 };
+	perf_session_derive(&r);
 	assert_false(r.multiplexed);
 	assert_false(r.never_ran);
 	assert_true(r.scaled == 7.0);
 
 	/* value * enabled overflows 64 bits; the estimate must not. */
-	r = (struct psess_reading){ .value = UINT64_MAX / 2, .time_enabled = 1000000000ull,
+	r = (struct perf_session_reading){ .value = UINT64_MAX / 2, .time_enabled = 1000000000ull,
 				    .time_running = 500000000ull };
-	psess_derive(&r);
+	perf_session_derive(&r);
 	assert_true(r.scaled > (double)UINT64_MAX * 0.99);
 }
 
@@ -495,49 +495,49 @@ static void test_bad_args(void **state)
 	(void)state;
 	struct psess *s = NULL;
 	char err[256];
-	struct psess_opts both = { .cpus = "0", .pid = 1 };
-	assert_int_equal(psess_create(&both, &s, err, sizeof(err)), -EINVAL);
+	struct perf_session_opts both = { .cpus = "0", .pid = 1 };
+	assert_int_equal(perf_session_create(&both, &s, err, sizeof(err)), -EINVAL);
 	assert_null(s);
-	struct psess_opts none = { 0 };
-	assert_int_equal(psess_create(&none, &s, err, sizeof(err)), -EINVAL);
+	struct perf_session_opts none = { 0 };
+	assert_int_equal(perf_session_create(&none, &s, err, sizeof(err)), -EINVAL);
 	static const char *bad[] = { "", "a", "0-", "-1", "0,,1", "1 2" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		struct psess_opts o = { .cpus = bad[i] };
-		assert_int_equal(psess_create(&o, &s, err, sizeof(err)), -EINVAL);
+		struct perf_session_opts o = { .cpus = bad[i] };
+		assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), -EINVAL);
 		assert_non_null(strstr(err, "malformed CPU list"));
 	}
-	struct psess_opts o = { .cpus = "0" };
-	assert_int_equal(psess_create(&o, &s, err, sizeof(err)), 0);
-	struct pev_event ev;
+	struct perf_session_opts o = { .cpus = "0" };
+	assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+	struct perf_event_desc ev;
 	parse("task-clock", &ev);
-	assert_int_equal(psess_add_event(s, &ev, PSESS_DEDICATED, 5), 0);
-	assert_int_equal(psess_add_event(s, &ev, PSESS_MULTIPLEXED, 5), -EINVAL);
-	assert_non_null(strstr(psess_error(s), "group 5 is dedicated"));
+	assert_int_equal(perf_session_add_event(s, &ev, PERF_SESSION_DEDICATED, 5), 0);
+	assert_int_equal(perf_session_add_event(s, &ev, PERF_SESSION_MULTIPLEXED, 5), -EINVAL);
+	assert_non_null(strstr(perf_session_error(s), "group 5 is dedicated"));
 	/* The clocks have PMUs of their own: no mixed groups. */
-	struct pev_event pf;
+	struct perf_event_desc pf;
 	parse("page-faults", &pf);
-	assert_int_equal(psess_add_event(s, &pf, PSESS_DEDICATED, 5), -EINVAL);
-	assert_non_null(strstr(psess_error(s), "page-faults: counted by the software PMU, cannot join group 5 of task-clock PMU events"));
-	assert_int_equal(psess_set_placement(s, 0, PSESS_MULTIPLEXED), -EBADFD);
-	assert_int_equal(psess_open(s), 0);
-	assert_int_equal(psess_add_event(s, &ev, PSESS_DEDICATED, 0), -EBUSY);
-	assert_int_equal(psess_set_placement(s, 9, PSESS_MULTIPLEXED), -EINVAL);
-	psess_close(s);
-	struct psess_reading r;
-	assert_int_equal(psess_read(s, &r, 1), -EBADFD);
-	psess_destroy(s);
+	assert_int_equal(perf_session_add_event(s, &pf, PERF_SESSION_DEDICATED, 5), -EINVAL);
+	assert_non_null(strstr(perf_session_error(s), "page-faults: counted by the software PMU, cannot join group 5 of task-clock PMU events"));
+	assert_int_equal(perf_session_set_placement(s, 0, PERF_SESSION_MULTIPLEXED), -EBADFD);
+	assert_int_equal(perf_session_open(s), 0);
+	assert_int_equal(perf_session_add_event(s, &ev, PERF_SESSION_DEDICATED, 0), -EBUSY);
+	assert_int_equal(perf_session_set_placement(s, 9, PERF_SESSION_MULTIPLEXED), -EINVAL);
+	perf_session_close(s);
+	struct perf_session_reading r;
+	assert_int_equal(perf_session_read(s, &r, 1), -EBADFD);
+	perf_session_destroy(s);
 
 	/* A pid that does not exist: open fails and says so. */
 	pid_t dead = fork();
 	if (dead == 0)
 		_exit(0);
 	waitpid(dead, NULL, 0);
-	struct psess_opts po = { .pid = dead };
-	assert_int_equal(psess_create(&po, &s, err, sizeof(err)), 0);
-	psess_add_event(s, &ev, PSESS_DEDICATED, 0);
-	assert_int_equal(psess_open(s), -ESRCH);
-	assert_non_null(strstr(psess_error(s), "no such process"));
-	psess_destroy(s);
+	struct perf_session_opts po = { .pid = dead };
+	assert_int_equal(perf_session_create(&po, &s, err, sizeof(err)), 0);
+	perf_session_add_event(s, &ev, PERF_SESSION_DEDICATED, 0);
+	assert_int_equal(perf_session_open(s), -ESRCH);
+	assert_non_null(strstr(perf_session_error(s), "no such process"));
+	perf_session_destroy(s);
 }
 
 int main(void)

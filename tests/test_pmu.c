@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pmu.h"
-#include "pmu_model.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_model.h"
 
 static const char icelake_block[] =
 	"... version:                5\n"

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pmu.h"
-#include "pmu_model.h"
+#include "pmu/pmu.h"
+#include "pmu/pmu_model.h"
 
 static struct pmu_desc *new_desc(void)
 {

@@ -12,8 +12,8 @@
 
 #include <json-c/json.h>
 
-#include "proto.h"
-#include "response.h"
+#include "proto/proto.h"
+#include "proto/response.h"
 
 #define MAXCPU 64
 
@@ -650,77 +650,77 @@ static void test_names_tables(void **state)
 
 static void test_reader_split_and_multi(void **state)
 {
-	struct proto_reader r;
+	struct frame_reader r;
 	const char *f;
 	size_t n;
 	const char *stream = "{\"a\":1}\n\n{\"b\":2}\r\n\r\n{\"c\":3}\n{\"d\"";
 
 	(void)state;
-	assert_int_equal(proto_reader_init(&r, 64), 0);
+	assert_int_equal(frame_reader_init(&r, 64), 0);
 	/* byte by byte */
 	for (size_t i = 0; i < strlen(stream); i++)
-		assert_int_equal(proto_reader_feed(&r, stream + i, 1), 0);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+		assert_int_equal(frame_reader_feed(&r, stream + i, 1), 0);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{\"a\":1}");
 	assert_int_equal(n, 7);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{\"b\":2}\r");
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{\"c\":3}");
-	assert_int_equal(proto_reader_next(&r, &f, &n), 0);
-	assert_true(proto_reader_pending(&r));
-	assert_int_equal(proto_reader_feed(&r, ":4}\n{\"e\":5}\n", 12), 0);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 0);
+	assert_true(frame_reader_pending(&r));
+	assert_int_equal(frame_reader_feed(&r, ":4}\n{\"e\":5}\n", 12), 0);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{\"d\":4}");
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{\"e\":5}");
-	assert_int_equal(proto_reader_next(&r, &f, &n), 0);
-	assert_false(proto_reader_pending(&r));
-	proto_reader_fini(&r);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 0);
+	assert_false(frame_reader_pending(&r));
+	frame_reader_fini(&r);
 }
 
 static void test_reader_oversize(void **state)
 {
-	struct proto_reader r;
+	struct frame_reader r;
 	const char *f;
 	size_t n;
 	char big[40];
 
 	(void)state;
 	memset(big, 'x', sizeof(big));
-	assert_int_equal(proto_reader_init(&r, 16), 0);
+	assert_int_equal(frame_reader_init(&r, 16), 0);
 	/* exactly at the limit is fine */
-	assert_int_equal(proto_reader_feed(&r, big, 16), 0);
-	assert_int_equal(proto_reader_feed(&r, "\n", 1), 0);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_feed(&r, big, 16), 0);
+	assert_int_equal(frame_reader_feed(&r, "\n", 1), 0);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_int_equal(n, 16);
 	/* a complete frame before the oversized one is still delivered */
-	assert_int_equal(proto_reader_feed(&r, "{}\n", 3), 0);
-	assert_int_equal(proto_reader_feed(&r, big, 10), 0);
-	assert_int_equal(proto_reader_feed(&r, big, 7), -EMSGSIZE);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_feed(&r, "{}\n", 3), 0);
+	assert_int_equal(frame_reader_feed(&r, big, 10), 0);
+	assert_int_equal(frame_reader_feed(&r, big, 7), -EMSGSIZE);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_string_equal(f, "{}");
-	assert_int_equal(proto_reader_next(&r, &f, &n), -EMSGSIZE);
+	assert_int_equal(frame_reader_next(&r, &f, &n), -EMSGSIZE);
 	/* the stream stays refused, and buffered no more than the limit */
-	assert_int_equal(proto_reader_feed(&r, "\n{}\n", 4), -EMSGSIZE);
+	assert_int_equal(frame_reader_feed(&r, "\n{}\n", 4), -EMSGSIZE);
 	assert_true(r.len <= 3 + 16);
-	assert_true(proto_reader_pending(&r));
-	proto_reader_fini(&r);
+	assert_true(frame_reader_pending(&r));
+	frame_reader_fini(&r);
 
 	/* an unterminated flood in one feed is cut at the limit */
-	assert_int_equal(proto_reader_init(&r, 16), 0);
-	assert_int_equal(proto_reader_feed(&r, big, sizeof(big)), -EMSGSIZE);
+	assert_int_equal(frame_reader_init(&r, 16), 0);
+	assert_int_equal(frame_reader_feed(&r, big, sizeof(big)), -EMSGSIZE);
 	assert_true(r.len <= 16);
-	assert_int_equal(proto_reader_next(&r, &f, &n), -EMSGSIZE);
-	proto_reader_fini(&r);
+	assert_int_equal(frame_reader_next(&r, &f, &n), -EMSGSIZE);
+	frame_reader_fini(&r);
 
-	assert_int_equal(proto_reader_init(&r, 0), -EINVAL);
-	assert_int_equal(proto_reader_init(&r, PROTO_MAX_RESPONSE + 1), -EINVAL);
+	assert_int_equal(frame_reader_init(&r, 0), -EINVAL);
+	assert_int_equal(frame_reader_init(&r, PROTO_MAX_RESPONSE + 1), -EINVAL);
 }
 
 static void test_reader_large_real_limit(void **state)
 {
-	struct proto_reader r;
+	struct frame_reader r;
 	const char *f;
 	size_t n;
 	size_t sz = PROTO_MAX_REQUEST + 2;
@@ -728,17 +728,17 @@ static void test_reader_large_real_limit(void **state)
 
 	(void)state;
 	assert_non_null(buf);
-	assert_int_equal(proto_reader_init(&r, PROTO_MAX_REQUEST), 0);
+	assert_int_equal(frame_reader_init(&r, PROTO_MAX_REQUEST), 0);
 	memset(buf, ' ', sz);
 	buf[PROTO_MAX_REQUEST] = '\n';
 	/* 64 KiB of spaces and a newline: at the limit, accepted */
-	assert_int_equal(proto_reader_feed(&r, buf, PROTO_MAX_REQUEST + 1), 0);
-	assert_int_equal(proto_reader_next(&r, &f, &n), 1);
+	assert_int_equal(frame_reader_feed(&r, buf, PROTO_MAX_REQUEST + 1), 0);
+	assert_int_equal(frame_reader_next(&r, &f, &n), 1);
 	assert_int_equal(n, PROTO_MAX_REQUEST);
 	/* one byte more is not */
 	buf[PROTO_MAX_REQUEST] = ' ';
-	assert_int_equal(proto_reader_feed(&r, buf, PROTO_MAX_REQUEST + 1), -EMSGSIZE);
-	proto_reader_fini(&r);
+	assert_int_equal(frame_reader_feed(&r, buf, PROTO_MAX_REQUEST + 1), -EMSGSIZE);
+	frame_reader_fini(&r);
 	free(buf);
 }
 
@@ -750,15 +750,15 @@ static void test_frame_encode(void **state)
 
 	(void)state;
 	json_object_object_add(o, "s", json_object_new_string("line1\nline2/x"));
-	assert_int_equal(proto_frame_encode(o, PROTO_MAX_REQUEST, &out, &n), 0);
+	assert_int_equal(frame_encode(o, PROTO_MAX_REQUEST, &out, &n), 0);
 	/* exactly one newline, at the end: the framing invariant */
 	assert_ptr_equal(memchr(out, '\n', n), out + n - 1);
 	assert_memory_equal(out, "{\"s\":\"line1\\nline2/x\"}\n", n);
 	free(out);
-	assert_int_equal(proto_frame_encode(o, 5, &out, &n), -EMSGSIZE);
+	assert_int_equal(frame_encode(o, 5, &out, &n), -EMSGSIZE);
 	json_object_put(o);
 	o = json_object_new_array();
-	assert_int_equal(proto_frame_encode(o, 100, &out, &n), -EINVAL);
+	assert_int_equal(frame_encode(o, 100, &out, &n), -EINVAL);
 	json_object_put(o);
 }
 
@@ -774,38 +774,38 @@ static void test_result_and_error_round_trip(void **state)
 
 	(void)state;
 	json_object_object_add(res, "generation", json_object_new_int(4));
-	msg = proto_result_response(12, res);
-	assert_int_equal(proto_frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
-	assert_int_equal(proto_response_decode(out, n - 1, &r), 0);
+	msg = response_result(12, res);
+	assert_int_equal(frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
+	assert_int_equal(response_decode(out, n - 1, &r), 0);
 	assert_int_equal(r.kind, PROTO_RESP_RESULT);
 	assert_true(r.id_known);
 	assert_int_equal(r.id, 12);
 	assert_non_null(r.body);
 	assert_int_equal(json_object_get_int(json_object_object_get(r.body, "generation")), 4);
-	proto_response_fini(&r);
+	response_fini(&r);
 	free(out);
 	json_object_put(msg);
 
 	proto_error_set(&e, PROTO_E_INVALID_PARAM, ERANGE, "params.vcpus[2].cpus", "bad %s", "cpus");
-	msg = proto_error_response(true, 13, &e);
-	assert_int_equal(proto_frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
-	assert_int_equal(proto_response_decode(out, n - 1, &r), 0);
+	msg = response_error(true, 13, &e);
+	assert_int_equal(frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
+	assert_int_equal(response_decode(out, n - 1, &r), 0);
 	assert_int_equal(r.kind, PROTO_RESP_ERROR);
 	assert_int_equal(r.id, 13);
 	assert_int_equal(r.error.code, PROTO_E_INVALID_PARAM);
 	assert_int_equal(r.error.err, ERANGE);
 	assert_string_equal(r.error.field, "params.vcpus[2].cpus");
 	assert_string_equal(r.error.message, "bad cpus");
-	proto_response_fini(&r);
+	response_fini(&r);
 	free(out);
 	json_object_put(msg);
 
 	/* unreadable id → "id": null */
 	proto_error_set(&e, PROTO_E_BAD_REQUEST, 0, NULL, "junk");
-	msg = proto_error_response(false, 0, &e);
-	assert_int_equal(proto_frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
+	msg = response_error(false, 0, &e);
+	assert_int_equal(frame_encode(msg, PROTO_MAX_RESPONSE, &out, &n), 0);
 	assert_memory_equal(out, "{\"id\":null,\"error\":{\"code\":\"bad_request\",\"errno\":74,\"message\":\"junk\"}}\n", n);
-	assert_int_equal(proto_response_decode(out, n - 1, &r), 0);
+	assert_int_equal(response_decode(out, n - 1, &r), 0);
 	assert_false(r.id_known);
 	assert_int_equal(r.error.err, EBADMSG);
 	free(out);
@@ -822,23 +822,23 @@ static void test_event_and_hello(void **state)
 
 	(void)state;
 	json_object_object_add(body, "cpus", json_object_new_array());
-	msg = proto_event("plan", 77, body);
+	msg = response_event("plan", 77, body);
 	assert_non_null(msg);
 	text = json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN);
-	assert_int_equal(proto_response_decode(text, strlen(text), &r), 0);
+	assert_int_equal(response_decode(text, strlen(text), &r), 0);
 	assert_int_equal(r.kind, PROTO_RESP_EVENT);
 	assert_string_equal(r.event, "plan");
 	assert_int_equal(r.generation, 77);
 	assert_non_null(json_object_object_get(r.body, "cpus"));
-	proto_response_fini(&r);
+	response_fini(&r);
 	json_object_put(msg);
 
 	body = json_object_new_object();
 	json_object_object_add(body, "generation", json_object_new_int(1));
-	assert_null(proto_event("plan", 1, body));
+	assert_null(response_event("plan", 1, body));
 
-	h = proto_hello_result("vpmud/0.1.0");
-	assert_int_equal(proto_hello_result_decode(h, &p, server, sizeof(server)), 0);
+	h = response_hello_result("vpmud/0.1.0");
+	assert_int_equal(response_hello_result_decode(h, &p, server, sizeof(server)), 0);
 	assert_int_equal(p, PROTO_VERSION);
 	assert_string_equal(server, "vpmud/0.1.0");
 	json_object_put(h);
@@ -856,13 +856,13 @@ static void test_response_decode_rejects(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		if (proto_response_decode(bad[i], strlen(bad[i]), &r) != -EBADMSG)
+		if (response_decode(bad[i], strlen(bad[i]), &r) != -EBADMSG)
 			fail_msg("accepted: %s", bad[i]);
 	/* codes from a newer server degrade to "unknown" but keep the text */
 	{
 		static const char newer[] = "{\"id\":1,\"error\":{\"code\":\"quota\",\"message\":\"m\",\"new\":1}}";
 
-		assert_int_equal(proto_response_decode(newer, sizeof(newer) - 1, &r), 0);
+		assert_int_equal(response_decode(newer, sizeof(newer) - 1, &r), 0);
 	}
 	assert_int_equal(r.error.code, PROTO_E_UNKNOWN);
 	assert_string_equal(r.error.message, "m");
@@ -872,7 +872,7 @@ static void test_response_decode_rejects(void **state)
 		struct json_object *m;
 
 		proto_error_set(&e, PROTO_E_UNKNOWN, 0, NULL, "x");
-		m = proto_error_response(true, 1, &e);
+		m = response_error(true, 1, &e);
 		assert_string_equal(json_object_get_string(json_object_object_get(json_object_object_get(m, "error"), "code")),
 				    "internal");
 		json_object_put(m);

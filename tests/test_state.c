@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "state.h"
+#include "broker/state.h"
 
 static int setup_dir(void **st)
 {

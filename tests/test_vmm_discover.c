@@ -12,32 +12,32 @@
 #include <time.h>
 
 #include "kvm_child.h"
-#include "kvm_port.h"
-#include "vmm_discover.h"
+#include "kvm/kvm_port.h"
+#include "kvm/vmm_discover.h"
 
 static void test_fd_kind_and_pidfd(void **state)
 {
 	(void)state;
 	int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	assert_true(nul >= 0);
-	assert_int_equal(vmm_fd_kind(NULL, getpid(), nul, NULL), VMM_FD_OTHER);
-	assert_int_equal(vmm_fd_kind(NULL, getpid(), 4000, NULL), -ENOENT);
-	assert_int_equal(vmm_fd_kind(NULL, 0, 0, NULL), -EBADF);
-	assert_int_equal(vmm_pidfd_pid(nul), -EBADF);
+	assert_int_equal(vmm_discover_fd_kind(NULL, getpid(), nul, NULL), VMM_FD_OTHER);
+	assert_int_equal(vmm_discover_fd_kind(NULL, getpid(), 4000, NULL), -ENOENT);
+	assert_int_equal(vmm_discover_fd_kind(NULL, 0, 0, NULL), -EBADF);
+	assert_int_equal(vmm_discover_pidfd_pid(nul), -EBADF);
 	close(nul);
-	int self = vmm_pidfd_open(getpid());
+	int self = vmm_discover_pidfd_open(getpid());
 	assert_true(self >= 0);
-	assert_int_equal(vmm_pidfd_pid(self), getpid());
-	assert_int_equal(vmm_pidfd_alive(self), 1);
+	assert_int_equal(vmm_discover_pidfd_pid(self), getpid());
+	assert_int_equal(vmm_discover_pidfd_alive(self), 1);
 	close(self);
 	pid_t c = fork();
 	if (c == 0)
 		_exit(0);
-	int pfd = vmm_pidfd_open(c);
+	int pfd = vmm_discover_pidfd_open(c);
 	assert_true(pfd >= 0);
 	waitpid(c, NULL, 0);
-	assert_int_equal(vmm_pidfd_alive(pfd), 0);
-	assert_int_equal(vmm_pidfd_pid(pfd), -ESRCH);
+	assert_int_equal(vmm_discover_pidfd_alive(pfd), 0);
+	assert_int_equal(vmm_discover_pidfd_pid(pfd), -ESRCH);
 	close(pfd);
 	struct vmm_vm vm;
 	char why[256];
@@ -75,15 +75,15 @@ static void test_child_vm(void **state)
 		assert_int_equal(vm.vcpus[i].tid, c.tid[i]);
 		assert_int_equal(vm.vcpus[i].tid_source, VMM_TID_COMM);
 	}
-	assert_int_equal(vmm_pidfd_pid(vm.pidfd), c.pid);
-	assert_int_equal(vmm_fd_kind(NULL, c.pid, c.dev_fd, NULL), VMM_FD_OTHER);
+	assert_int_equal(vmm_discover_pidfd_pid(vm.pidfd), c.pid);
+	assert_int_equal(vmm_discover_fd_kind(NULL, c.pid, c.dev_fd, NULL), VMM_FD_OTHER);
 	unsigned id = 99;
-	assert_int_equal(vmm_fd_kind(NULL, c.pid, c.vcpu_fd[2], &id), VMM_FD_KVM_VCPU);
+	assert_int_equal(vmm_discover_fd_kind(NULL, c.pid, c.vcpu_fd[2], &id), VMM_FD_KVM_VCPU);
 	assert_int_equal(id, 2);
 	/* The lease's pidfd sees the VMM go. */
 	kvm_child_stop(&c);
-	assert_int_equal(vmm_pidfd_alive(vm.pidfd), 0);
-	vmm_vm_release(&vm);
+	assert_int_equal(vmm_discover_pidfd_alive(vm.pidfd), 0);
+	vmm_discover_release(&vm);
 }
 
 static void test_child_unnamed_threads(void **state)
@@ -100,7 +100,7 @@ static void test_child_unnamed_threads(void **state)
 	/* Without QEMU's thread names (and no debugfs), unknown, not guessed. */
 	assert_int_equal(vm.vcpus[0].tid, 0);
 	assert_int_equal(vm.vcpus[0].tid_source, VMM_TID_NONE);
-	vmm_vm_release(&vm);
+	vmm_discover_release(&vm);
 	kvm_child_stop(&c);
 }
 
@@ -117,7 +117,7 @@ static void test_child_two_vms(void **state)
 	struct vmm_discover_opts o = { .vm_fd = c.vm_fd[1] };
 	assert_int_equal(vmm_discover(c.pid, &o, &vm, why, sizeof(why)), 0);
 	assert_int_equal(vm.vm_fd, c.vm_fd[1]);
-	vmm_vm_release(&vm);
+	vmm_discover_release(&vm);
 	o.vm_fd = c.dev_fd;
 	assert_int_equal(vmm_discover(c.pid, &o, &vm, why, sizeof(why)), -ENOENT);
 	kvm_child_stop(&c);
@@ -164,7 +164,7 @@ static void test_qemu(void **state)
 		if (r == 0 && vm.n_vcpus == 2 && vm.vcpus[0].tid && vm.vcpus[1].tid)
 			break;
 		if (r == 0)
-			vmm_vm_release(&vm);
+			vmm_discover_release(&vm);
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (now.tv_sec - start.tv_sec > 30 || waitpid(pid, NULL, WNOHANG) == pid)
 			break;
@@ -207,8 +207,8 @@ static void test_qemu(void **state)
 
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	assert_int_equal(vmm_pidfd_alive(vm.pidfd), 0);
-	vmm_vm_release(&vm);
+	assert_int_equal(vmm_discover_pidfd_alive(vm.pidfd), 0);
+	vmm_discover_release(&vm);
 }
 
 int main(void)

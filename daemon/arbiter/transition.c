@@ -1,0 +1,12 @@
+/* SPDX-License-Identifier: MIT */
+#include "arbiter/transition.h"
+
+const char *transition_route_name(enum pmc_route r)
+{
+	switch (r) {
+	case PMC_ROUTE_DISABLED: return "disabled";
+	case PMC_ROUTE_MULTIPLEXED: return "multiplexed";
+	case PMC_ROUTE_PASSTHROUGH: return "passthrough";
+	}
+	return "unknown";
+}

@@ -1,0 +1,477 @@
+/* SPDX-License-Identifier: MIT */
+#include "doors/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "base/log.h"
+#include "proto/response.h"
+
+/* A watcher that does not read its events is cut off when this much waits
+ * for it; replies may add one more maximal response on top. */
+#define SERVER_MAX_EVENT_BACKLOG (8u << 20)
+#define SERVER_MAX_BACKLOG (SERVER_MAX_EVENT_BACKLOG + 2 * PROTO_MAX_RESPONSE)
+
+struct conn {
+	struct server *srv;
+	int fd;
+	sd_event_source *src;
+	struct frame_reader reader;
+	char *out;
+	size_t out_len, out_cap;
+	struct ucred cred;
+	bool privileged;
+	bool hello_done;
+	char client[PROTO_CLIENT_MAX + 1];  /* from hello: the lease origin */
+	bool watching;
+	uint64_t sub_id;
+	bool closing;         /* flush what is queued, then close */
+	bool dead;            /* cut off: freed from a deferred source */
+	sd_event_source *reaper;
+	struct conn *next, *prev;
+};
+
+struct server {
+	sd_event *event;
+	struct broker *broker;
+	const struct config *cfg;
+	int listen_fd;
+	bool owns_path;
+	char path[108];
+	sd_event_source *listen_src;
+	struct conn *conns;
+	unsigned n_conns;
+	unsigned max_cpus;
+};
+
+static void conn_free(struct conn *c)
+{
+	struct server *s = c->srv;
+	if (c->watching)
+		broker_unsubscribe(s->broker, c->sub_id);
+	sd_event_source_disable_unref(c->reaper);
+	sd_event_source_disable_unref(c->src);
+	close(c->fd);
+	frame_reader_fini(&c->reader);
+	free(c->out);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->n_conns--;
+	free(c);
+}
+
+static void update_events(struct conn *c)
+{
+	if (c->dead)
+		return;
+	uint32_t ev = c->closing ? 0 : EPOLLIN;
+	if (c->out_len)
+		ev |= EPOLLOUT;
+	sd_event_source_set_io_events(c->src, ev);
+}
+
+static int on_reap(sd_event_source *src, void *userdata)
+{
+	(void)src;
+	conn_free(userdata);
+	return 0;
+}
+
+/*
+ * Cuts a connection off now: no more events, nothing more sent or read.
+ * The memory goes from a deferred source, because this may run inside a
+ * broker callback (emit) or while one of its frames is being handled.
+ */
+static void conn_kill(struct conn *c, const char *why)
+{
+	if (c->dead)
+		return;
+	log_warn("client pid %d: %s: disconnecting", (int)c->cred.pid, why);
+	c->dead = c->closing = true;
+	if (c->watching) {
+		broker_unsubscribe(c->srv->broker, c->sub_id);
+		c->watching = false;
+	}
+	c->out_len = 0;
+	shutdown(c->fd, SHUT_RDWR);
+	sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
+	if (sd_event_add_defer(c->srv->event, &c->reaper, on_reap, c) < 0)
+		log_err("client pid %d: cannot schedule its cleanup", (int)c->cred.pid);
+}
+
+/* Queues one frame; takes ownership of obj. An event (is_event) is cut off
+ * at a smaller backlog than a reply. */
+static int queue_obj(struct conn *c, struct json_object *obj, bool is_event)
+{
+	char *frame;
+	size_t len;
+	if (!obj)
+		return -ENOMEM;
+	if (c->dead || (c->closing && is_event)) {
+		json_object_put(obj);
+		return -ECONNRESET;
+	}
+	int r = frame_encode(obj, PROTO_MAX_RESPONSE, &frame, &len);
+	json_object_put(obj);
+	if (r < 0)
+		return r;
+	size_t cap = is_event ? SERVER_MAX_EVENT_BACKLOG : SERVER_MAX_BACKLOG;
+	if (c->out_len + len > cap) {
+		char why[96];
+		free(frame);
+		snprintf(why, sizeof(why), "it does not read what it is sent (%zu bytes queued)", c->out_len);
+		conn_kill(c, why);
+		return -ENOBUFS;
+	}
+	if (c->out_len + len > c->out_cap) {
+		size_t ncap = (c->out_len + len) * 2;
+		char *n = realloc(c->out, ncap);
+		if (!n) {
+			free(frame);
+			return -ENOMEM;
+		}
+		c->out = n;
+		c->out_cap = ncap;
+	}
+	memcpy(c->out + c->out_len, frame, len);
+	c->out_len += len;
+	free(frame);
+	update_events(c);
+	return 0;
+}
+
+static int send_obj(struct conn *c, struct json_object *obj)
+{
+	return queue_obj(c, obj, false);
+}
+
+static void send_error(struct conn *c, bool id_known, uint64_t id, const struct proto_error *err)
+{
+	send_obj(c, response_error(id_known, id, err));
+}
+
+static void on_plan_event(struct json_object *event, void *userdata)
+{
+	struct conn *c = userdata;
+	queue_obj(c, json_object_get(event), true);
+}
+
+/* A result too large to send still gets an answer. */
+static void send_result(struct conn *c, uint64_t id, struct json_object *result)
+{
+	int r = send_obj(c, response_result(id, result));
+	if (r == -EMSGSIZE) {
+		struct proto_error err = {0};
+		proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
+				"the result exceeds %u bytes; ask for less (plan: params.cpus)",
+				PROTO_MAX_RESPONSE);
+		send_error(c, true, id, &err);
+	}
+}
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+/* Root, or a member of the admin group (primary or supplementary). The
+ * groups come from the kernel with the connection (SO_PEERGROUPS), as the
+ * credentials do: nothing a reused pid could change. */
+static bool peer_privileged(const struct server *s, int fd, const struct ucred *cr)
+{
+	if (cr->uid == 0)
+		return true;
+	char buf[4096];
+	struct group grp, *gr = NULL;
+	if (getgrnam_r(s->cfg->admin_group, &grp, buf, sizeof(buf), &gr) != 0 || !gr)
+		return false;
+	if (cr->gid == gr->gr_gid)
+		return true;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false; /* ERANGE: more than 256 groups; not privileged by group */
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (groups[i] == gr->gr_gid)
+			return true;
+	return false;
+}
+
+static void handle_frame(struct conn *c, const char *frame, size_t len)
+{
+	struct server *s = c->srv;
+	struct proto_request req;
+	struct proto_error err = {0};
+	bool id_known = false;
+	uint64_t id = 0;
+
+	memset(&req, 0, sizeof(req));
+	if (proto_request_decode(frame, len, s->max_cpus, &req, &id_known, &id, &err) < 0) {
+		send_error(c, id_known, id, &err);
+		proto_request_fini(&req);
+		return;
+	}
+	if (req.method == PROTO_M_HELLO) {
+		if (req.u.hello.protocol != PROTO_VERSION) {
+			proto_error_set(&err, PROTO_E_UNSUPPORTED_VERSION, EPROTONOSUPPORT, "params.protocol",
+					"this vpmud speaks protocol %d, the client asked for %u", PROTO_VERSION,
+					req.u.hello.protocol);
+			send_error(c, true, req.id, &err);
+		} else {
+			c->hello_done = true;
+			snprintf(c->client, sizeof(c->client), "%s", req.u.hello.client);
+			send_obj(c, response_result(req.id, response_hello_result("vpmud/" VPMU_VERSION)));
+		}
+		proto_request_fini(&req);
+		return;
+	}
+	if (!c->hello_done) {
+		proto_error_set(&err, PROTO_E_BAD_REQUEST, EPROTO, "method",
+				"the first request must be hello, got %s", proto_method_name(req.method));
+		send_error(c, true, req.id, &err);
+		proto_request_fini(&req);
+		return;
+	}
+	if (req.method == PROTO_M_WATCH) {
+		if (!c->watching) {
+			if (broker_subscribe(s->broker, on_plan_event, c, &c->sub_id) < 0) {
+				proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+				send_error(c, true, req.id, &err);
+				proto_request_fini(&req);
+				return;
+			}
+			c->watching = true;
+		}
+		struct json_object *r = json_object_new_object();
+		json_object_object_add(r, "generation", json_object_new_uint64(broker_generation(s->broker)));
+		send_obj(c, response_result(req.id, r));
+		proto_request_fini(&req);
+		return;
+	}
+	struct broker_caller caller = { .uid = c->cred.uid, .gid = c->cred.gid, .pid = c->cred.pid,
+					.privileged = c->privileged, .transport = "socket",
+					.origin = c->client[0] ? c->client : NULL };
+	struct json_object *result = NULL;
+	if (broker_handle(s->broker, &caller, &req, &result, &err) < 0)
+		send_error(c, true, req.id, &err);
+	else
+		send_result(c, req.id, result);
+	proto_request_fini(&req);
+}
+
+static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+	struct conn *c = userdata;
+	(void)src;
+	if (c->dead)
+		return 0;
+
+	if (revents & EPOLLOUT && c->out_len) {
+		ssize_t n = send(fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			conn_free(c);
+			return 0;
+		}
+		if (n > 0) {
+			memmove(c->out, c->out + n, c->out_len - (size_t)n);
+			c->out_len -= (size_t)n;
+		}
+	}
+	if (c->closing && c->out_len == 0) {
+		conn_free(c);
+		return 0;
+	}
+	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing) {
+		char buf[16384];
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n == 0 && c->out_len) {
+			/* The peer is done sending (half-close): answer what it
+			 * asked before closing. */
+			c->closing = true;
+			update_events(c);
+			return 0;
+		}
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			conn_free(c);
+			return 0;
+		}
+		if (n > 0) {
+			int fr = frame_reader_feed(&c->reader, buf, (size_t)n);
+			const char *frame;
+			size_t len;
+			int r;
+			while ((r = frame_reader_next(&c->reader, &frame, &len)) == 1) {
+				handle_frame(c, frame, len);
+				if (c->closing)
+					break;
+			}
+			if (c->dead)
+				return 0;
+			if (fr == -EMSGSIZE || r == -EMSGSIZE) {
+				struct proto_error err = {0};
+				proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
+						"a request frame exceeds %u bytes; closing the connection",
+						PROTO_MAX_REQUEST);
+				send_error(c, false, 0, &err);
+				c->closing = true;
+			} else if (fr < 0) {
+				conn_free(c);
+				return 0;
+			}
+		}
+	}
+	update_events(c);
+	return 0;
+}
+
+static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+	struct server *s = userdata;
+	(void)src;
+	(void)revents;
+	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (cfd < 0)
+		return 0;
+	struct ucred cr;
+	socklen_t l = sizeof(cr);
+	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0) {
+		close(cfd);
+		return 0;
+	}
+	if (s->n_conns >= s->cfg->max_clients) {
+		static const char msg[] =
+			"{\"id\":null,\"error\":{\"code\":\"busy\",\"errno\":16,\"message\":\"too many clients\"}}\n";
+		if (send(cfd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+			/* nothing more to tell a client we are turning away */
+		}
+		close(cfd);
+		log_warn("refused a connection from pid %d: %u clients already (max_clients)", (int)cr.pid,
+			 s->n_conns);
+		return 0;
+	}
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c || frame_reader_init(&c->reader, PROTO_MAX_REQUEST) < 0) {
+		free(c);
+		close(cfd);
+		return 0;
+	}
+	c->srv = s;
+	c->fd = cfd;
+	c->cred = cr;
+	c->privileged = peer_privileged(s, cfd, &cr);
+	if (sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0) {
+		frame_reader_fini(&c->reader);
+		free(c);
+		close(cfd);
+		return 0;
+	}
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->n_conns++;
+	return 0;
+}
+
+int server_new(const struct server_opts *o, struct server **out, char *why, size_t whylen)
+{
+	struct server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->event = o->event;
+	s->broker = o->broker;
+	s->cfg = o->cfg;
+	s->max_cpus = o->max_cpus;
+	s->listen_fd = o->listen_fd;
+	if (s->listen_fd < 0) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		if (strlen(o->cfg->socket) >= sizeof(sa.sun_path)) {
+			snprintf(why, whylen, "socket path %s is too long", o->cfg->socket);
+			free(s);
+			return -ENAMETOOLONG;
+		}
+		strcpy(sa.sun_path, o->cfg->socket);
+		snprintf(s->path, sizeof(s->path), "%s", o->cfg->socket);
+		s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (s->listen_fd < 0) {
+			int e = errno;
+			snprintf(why, whylen, "socket: %s", strerror(e));
+			free(s);
+			return -e;
+		}
+		/* A socket file left by a crashed vpmud is stale; a live one answers. */
+		struct stat st;
+		if (lstat(sa.sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+			int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+				close(probe);
+				close(s->listen_fd);
+				snprintf(why, whylen, "another vpmud already listens on %s", sa.sun_path);
+				free(s);
+				return -EADDRINUSE;
+			}
+			if (probe >= 0)
+				close(probe);
+			unlink(sa.sun_path);
+		}
+		/* 0666: anyone may connect and read; what each peer may change
+		 * is decided per request from its credentials. */
+		mode_t old = umask(0111);
+		int r = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
+		int e = errno;
+		umask(old);
+		if (r < 0 || listen(s->listen_fd, 128) < 0) {
+			e = r < 0 ? e : errno;
+			snprintf(why, whylen, "cannot listen on %s: %s", sa.sun_path, strerror(e));
+			close(s->listen_fd);
+			free(s);
+			return -e;
+		}
+		struct group grp, *gr = NULL;
+		char buf[4096];
+		if (getgrnam_r(o->cfg->admin_group, &grp, buf, sizeof(buf), &gr) == 0 && gr &&
+		    chown(sa.sun_path, (uid_t)-1, gr->gr_gid) < 0)
+			log_warn("cannot give %s to group %s: %s", sa.sun_path, o->cfg->admin_group,
+				 strerror(errno));
+		s->owns_path = true;
+	}
+	int r = sd_event_add_io(s->event, &s->listen_src, s->listen_fd, EPOLLIN, on_accept, s);
+	if (r < 0) {
+		snprintf(why, whylen, "sd_event_add_io: %s", strerror(-r));
+		server_free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+void server_free(struct server *s)
+{
+	if (!s)
+		return;
+	while (s->conns)
+		conn_free(s->conns);
+	sd_event_source_disable_unref(s->listen_src);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->owns_path)
+		unlink(s->path);
+	free(s);
+}
+
+unsigned server_n_clients(const struct server *s)
+{
+	return s->n_conns;
+}

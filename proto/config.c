@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: MIT */
+#include "proto/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	snprintf(c->socket, sizeof(c->socket), "%s", CONFIG_DEFAULT_SOCKET);
+	snprintf(c->state_dir, sizeof(c->state_dir), "%s", CONFIG_DEFAULT_STATE_DIR);
+	snprintf(c->pmu, sizeof(c->pmu), "auto");
+	snprintf(c->kvm, sizeof(c->kvm), "auto");
+	c->default_priority = 100;
+	snprintf(c->default_class, sizeof(c->default_class), "preferred");
+	snprintf(c->admin_group, sizeof(c->admin_group), "vpmu");
+	c->max_clients = 256;
+	/* On by default: a libvirt that is absent or down costs one log line
+	 * and a backed-off retry, nothing else (docs/config.md). */
+	snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", CONFIG_DEFAULT_LIBVIRT_URI);
+	snprintf(c->dbus, sizeof(c->dbus), "system");
+}
+
+bool config_class_valid(const char *cls)
+{
+	return !strcmp(cls, "guaranteed") || !strcmp(cls, "preferred") || !strcmp(cls, "shared");
+}
+
+static int set_string(char *dst, size_t cap, const char *key, const char *value, char *err, size_t errlen)
+{
+	size_t n = strlen(value);
+	if (n == 0 || n >= cap) {
+		snprintf(err, errlen, "field \"%s\": must be 1..%zu characters", key, cap - 1);
+		return -EINVAL;
+	}
+	memcpy(dst, value, n + 1);
+	return 0;
+}
+
+static int parse_int(const char *key, const char *value, long lo, long hi, long *out, char *err,
+		     size_t errlen)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(value, &end, 10);
+	if (errno || end == value || *end || v < lo || v > hi) {
+		snprintf(err, errlen, "field \"%s\": must be an integer %ld..%ld, got \"%s\"", key, lo, hi,
+			 value);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen)
+{
+	long v;
+	int r;
+
+	if (!strcmp(key, "socket")) {
+		if (value[0] != '/') {
+			snprintf(err, errlen, "field \"socket\": must be an absolute path");
+			return -EINVAL;
+		}
+		return set_string(c->socket, sizeof(c->socket), key, value, err, errlen);
+	}
+	if (!strcmp(key, "state_dir")) {
+		if (value[0] != '/') {
+			snprintf(err, errlen, "field \"state_dir\": must be an absolute path");
+			return -EINVAL;
+		}
+		return set_string(c->state_dir, sizeof(c->state_dir), key, value, err, errlen);
+	}
+	if (!strcmp(key, "pmu"))
+		return set_string(c->pmu, sizeof(c->pmu), key, value, err, errlen);
+	if (!strcmp(key, "kvm")) {
+		if (strcmp(value, "auto") && strcmp(value, "ioctl") && strcmp(value, "advisory") &&
+		    strcmp(value, "model")) {
+			snprintf(err, errlen, "field \"kvm\": must be auto, ioctl, advisory or model, got \"%s\"",
+				 value);
+			return -EINVAL;
+		}
+		return set_string(c->kvm, sizeof(c->kvm), key, value, err, errlen);
+	}
+	if (!strcmp(key, "default_priority")) {
+		if ((r = parse_int(key, value, 0, 1000, &v, err, errlen)) < 0)
+			return r;
+		c->default_priority = (int)v;
+		return 0;
+	}
+	if (!strcmp(key, "default_class")) {
+		if (!config_class_valid(value)) {
+			snprintf(err, errlen,
+				 "field \"default_class\": must be guaranteed, preferred or shared, got \"%s\"",
+				 value);
+			return -EINVAL;
+		}
+		return set_string(c->default_class, sizeof(c->default_class), key, value, err, errlen);
+	}
+	if (!strcmp(key, "admin_group"))
+		return set_string(c->admin_group, sizeof(c->admin_group), key, value, err, errlen);
+	if (!strcmp(key, "max_clients")) {
+		if ((r = parse_int(key, value, 1, 65536, &v, err, errlen)) < 0)
+			return r;
+		c->max_clients = (unsigned)v;
+		return 0;
+	}
+	if (!strcmp(key, "libvirt_uri")) {
+		/* "none" turns the libvirt follower off. */
+		if (!strcmp(value, "none")) {
+			c->libvirt_uri[0] = '\0';
+			return 0;
+		}
+		return set_string(c->libvirt_uri, sizeof(c->libvirt_uri), key, value, err, errlen);
+	}
+	if (!strcmp(key, "dbus")) {
+		/* A D-Bus address is "transport:key=value,..."; sd-bus checks the rest. */
+		if (strcmp(value, "system") && strcmp(value, "none") &&
+		    (!strchr(value, ':') || !strchr(value, '=') || strpbrk(value, " \t"))) {
+			snprintf(err, errlen,
+				 "field \"dbus\": must be system, none or a bus address such as unix:path=/run/x, got \"%s\"",
+				 value);
+			return -EINVAL;
+		}
+		return set_string(c->dbus, sizeof(c->dbus), key, value, err, errlen);
+	}
+	snprintf(err, errlen, "unknown field \"%s\"", key);
+	return -EINVAL;
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen)
+{
+	struct config next = *c;
+	char line[1024], sub[512];
+	unsigned lineno = 0;
+	FILE *f = fopen(path, "re");
+
+	if (!f) {
+		if (errno == ENOENT && !required)
+			return 0;
+		int e = errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(e));
+		return -e;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			snprintf(err, errlen, "%s:%u: line longer than %zu characters", path, lineno,
+				 sizeof(line) - 2);
+			fclose(f);
+			return -EINVAL;
+		}
+		char *s = trim(line);
+		if (*s == '\0' || *s == '#' || *s == ';')
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			snprintf(err, errlen, "%s:%u: expected \"key = value\", got \"%s\"", path, lineno, s);
+			fclose(f);
+			return -EINVAL;
+		}
+		*eq = '\0';
+		char *key = trim(s), *value = trim(eq + 1);
+		size_t vl = strlen(value);
+		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+			value[vl - 1] = '\0';
+			value++;
+		}
+		if (config_set(&next, key, value, sub, sizeof(sub)) < 0) {
+			snprintf(err, errlen, "%s:%u: %s", path, lineno, sub);
+			fclose(f);
+			return -EINVAL;
+		}
+	}
+	fclose(f);
+	*c = next;
+	return 0;
+}
+
+static void append(char *buf, size_t len, const char *key)
+{
+	size_t used = strlen(buf);
+	snprintf(buf + used, len - used, "%s%s", used ? "," : "", key);
+}
+
+void config_apply_reload(struct config *cur, const struct config *next, char *applied,
+			 size_t applied_len, char *ignored, size_t ignored_len)
+{
+	applied[0] = ignored[0] = '\0';
+	if (cur->default_priority != next->default_priority) {
+		cur->default_priority = next->default_priority;
+		append(applied, applied_len, "default_priority");
+	}
+	if (strcmp(cur->default_class, next->default_class)) {
+		memcpy(cur->default_class, next->default_class, sizeof(cur->default_class));
+		append(applied, applied_len, "default_class");
+	}
+	if (strcmp(cur->admin_group, next->admin_group)) {
+		memcpy(cur->admin_group, next->admin_group, sizeof(cur->admin_group));
+		append(applied, applied_len, "admin_group");
+	}
+	if (cur->max_clients != next->max_clients) {
+		cur->max_clients = next->max_clients;
+		append(applied, applied_len, "max_clients");
+	}
+	if (strcmp(cur->socket, next->socket))
+		append(ignored, ignored_len, "socket");
+	if (strcmp(cur->state_dir, next->state_dir))
+		append(ignored, ignored_len, "state_dir");
+	if (strcmp(cur->pmu, next->pmu))
+		append(ignored, ignored_len, "pmu");
+	if (strcmp(cur->kvm, next->kvm))
+		append(ignored, ignored_len, "kvm");
+	if (strcmp(cur->libvirt_uri, next->libvirt_uri))
+		append(ignored, ignored_len, "libvirt_uri");
+	if (strcmp(cur->dbus, next->dbus))
+		append(ignored, ignored_len, "dbus");
+}

@@ -1,0 +1,666 @@
+/* SPDX-License-Identifier: MIT */
+#include "proto/domain_policy.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+
+#define ERR(...) snprintf(err, errlen, __VA_ARGS__)
+
+/* ------------------------------------------------------------------ cpusets */
+
+static void cpuset_set(struct domain_policy_cpuset *s, unsigned cpu)
+{
+	s->w[cpu / 64] |= UINT64_C(1) << (cpu % 64);
+}
+
+static void cpuset_clear_bit(struct domain_policy_cpuset *s, unsigned cpu)
+{
+	s->w[cpu / 64] &= ~(UINT64_C(1) << (cpu % 64));
+}
+
+bool domain_policy_cpuset_test(const struct domain_policy_cpuset *s, unsigned cpu)
+{
+	return cpu < DOMAIN_POLICY_MAX_CPUS && (s->w[cpu / 64] >> (cpu % 64)) & 1;
+}
+
+unsigned domain_policy_cpuset_count(const struct domain_policy_cpuset *s)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < DOMAIN_POLICY_CPU_WORDS; i++)
+		n += (unsigned)__builtin_popcountll(s->w[i]);
+	return n;
+}
+
+int domain_policy_cpuset_format(const struct domain_policy_cpuset *s, char *buf, size_t len)
+{
+	size_t off = 0;
+	int total = 0;
+	if (len)
+		buf[0] = 0;
+	for (unsigned c = 0; c < DOMAIN_POLICY_MAX_CPUS;) {
+		if (!domain_policy_cpuset_test(s, c)) {
+			c++;
+			continue;
+		}
+		unsigned e = c;
+		while (e + 1 < DOMAIN_POLICY_MAX_CPUS && domain_policy_cpuset_test(s, e + 1))
+			e++;
+		int n = e == c ? snprintf(buf + off, off < len ? len - off : 0, "%s%u", total ? "," : "", c)
+			       : snprintf(buf + off, off < len ? len - off : 0, "%s%u-%u", total ? "," : "", c, e);
+		total += n;
+		off = off + (size_t)n < len ? off + (size_t)n : len;
+		c = e + 1;
+	}
+	return total;
+}
+
+/* A CPU number: digits only (no sign, no base prefix), as libvirt writes them. */
+static int cpu_number(const char **p, unsigned host_cpus, unsigned *out, char *err, size_t errlen)
+{
+	const char *s = *p;
+	unsigned long v = 0;
+	if (!isdigit((unsigned char)*s)) {
+		ERR("expected a CPU number at \"%.16s\"", s);
+		return -EINVAL;
+	}
+	while (isdigit((unsigned char)*s)) {
+		v = v * 10 + (unsigned long)(*s - '0');
+		if (v > DOMAIN_POLICY_MAX_CPUS * 10ul)
+			break;
+		s++;
+	}
+	if (isdigit((unsigned char)*s) || v >= host_cpus) {
+		ERR("CPU %s%lu is beyond the host's %u CPUs", isdigit((unsigned char)*s) ? ">" : "", v,
+		    host_cpus);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	*p = s;
+	return 0;
+}
+
+static void skip_blanks(const char **p)
+{
+	while (**p == ' ' || **p == '\t' || **p == '\n')
+		(*p)++;
+}
+
+int domain_policy_cpuset_parse(const char *s, unsigned host_cpus, struct domain_policy_cpuset *out, char *err,
+			size_t errlen)
+{
+	const char *p = s;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (host_cpus == 0 || host_cpus > DOMAIN_POLICY_MAX_CPUS) {
+		ERR("host CPU count %u out of range 1..%u", host_cpus, DOMAIN_POLICY_MAX_CPUS);
+		return -EINVAL;
+	}
+	skip_blanks(&p);
+	if (!*p) {
+		ERR("empty cpuset");
+		return -EINVAL;
+	}
+	for (;;) {
+		bool neg = false;
+		unsigned a, b;
+		skip_blanks(&p);
+		if (*p == '^') {
+			neg = true;
+			p++;
+		}
+		if ((r = cpu_number(&p, host_cpus, &a, err, errlen)) < 0)
+			return r;
+		b = a;
+		skip_blanks(&p);
+		if (*p == '-') {
+			/* libvirt only excludes single CPUs, never ranges */
+			if (neg) {
+				ERR("\"^\" takes a single CPU, not a range");
+				return -EINVAL;
+			}
+			p++;
+			skip_blanks(&p);
+			if ((r = cpu_number(&p, host_cpus, &b, err, errlen)) < 0)
+				return r;
+			if (b < a) {
+				ERR("range %u-%u runs backwards", a, b);
+				return -EINVAL;
+			}
+			skip_blanks(&p);
+		}
+		for (unsigned c = a; c <= b; c++) {
+			if (neg)
+				cpuset_clear_bit(out, c);
+			else
+				cpuset_set(out, c);
+		}
+		if (!*p)
+			break;
+		if (*p != ',') {
+			ERR("unexpected \"%c\"", *p);
+			return -EINVAL;
+		}
+		p++;
+	}
+	if (domain_policy_cpuset_count(out) == 0) {
+		ERR("selects no CPU");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------- XML helpers */
+
+struct ctx {
+	xmlDocPtr doc;
+	xmlXPathContextPtr xp;
+	char *err;
+	size_t errlen;
+};
+
+/* Returns the nodes of expr (owned by the caller) or NULL on an XPath error. */
+static xmlXPathObjectPtr eval(struct ctx *c, const char *expr)
+{
+	return xmlXPathEvalExpression((const xmlChar *)expr, c->xp);
+}
+
+static int node_count(xmlXPathObjectPtr o)
+{
+	return o && o->nodesetval ? o->nodesetval->nodeNr : 0;
+}
+
+/* The single element matching expr: 0 none, 1 found, <0 more than one. */
+static int single(struct ctx *c, const char *expr, const char *what, xmlNodePtr *out)
+{
+	xmlXPathObjectPtr o = eval(c, expr);
+	int n = node_count(o);
+	*out = n == 1 ? o->nodesetval->nodeTab[0] : NULL;
+	xmlXPathFreeObject(o);
+	if (n > 1) {
+		snprintf(c->err, c->errlen, "%s: appears %d times, at most once allowed", what, n);
+		return -EINVAL;
+	}
+	return n;
+}
+
+/* Copies the node's text, trimmed; NULL on ENOMEM. */
+static char *text_of(xmlNodePtr n)
+{
+	xmlChar *x = xmlNodeGetContent(n);
+	if (!x)
+		return strdup("");
+	const char *s = (const char *)x;
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t len = strlen(s);
+	while (len && isspace((unsigned char)s[len - 1]))
+		len--;
+	char *r = strndup(s, len);
+	xmlFree(x);
+	return r;
+}
+
+/* Strict unsigned integer: decimal, or hex with 0x when hex_ok. */
+static int parse_uint(const char *s, bool hex_ok, unsigned long max, unsigned long *out)
+{
+	int base = 10;
+	if (hex_ok && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+		base = 16;
+		s += 2;
+		if (!isxdigit((unsigned char)*s))
+			return -EINVAL;
+	} else if (!isdigit((unsigned char)*s)) {
+		return -EINVAL;
+	}
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, base);
+	if (errno || *end || v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* Accepts 32 hex digits with dashes anywhere between them, as libvirt does,
+ * and writes the canonical form. */
+static int parse_uuid(const char *s, char out[37])
+{
+	unsigned char hex[32];
+	unsigned n = 0;
+	for (; *s; s++) {
+		if (*s == '-')
+			continue;
+		if (!isxdigit((unsigned char)*s) || n == 32)
+			return -EINVAL;
+		hex[n++] = (unsigned char)tolower((unsigned char)*s);
+	}
+	if (n != 32)
+		return -EINVAL;
+	unsigned o = 0;
+	for (unsigned i = 0; i < 32; i++) {
+		if (i == 8 || i == 12 || i == 16 || i == 20)
+			out[o++] = '-';
+		out[o++] = (char)hex[i];
+	}
+	out[o] = 0;
+	return 0;
+}
+
+static bool class_valid(const char *s)
+{
+	return !strcmp(s, "guaranteed") || !strcmp(s, "preferred") || !strcmp(s, "shared");
+}
+
+/* ------------------------------------------------------------------ pieces */
+
+static int parse_identity(struct ctx *c, struct dompol *out)
+{
+	xmlNodePtr n;
+	int r;
+
+	if ((r = single(c, "/domain/name", "<name>", &n)) < 0)
+		return r;
+	if (!n) {
+		snprintf(c->err, c->errlen, "<name>: missing");
+		return -EINVAL;
+	}
+	if (!(out->name = text_of(n)))
+		return -ENOMEM;
+	if (!out->name[0]) {
+		snprintf(c->err, c->errlen, "<name>: empty");
+		return -EINVAL;
+	}
+	if ((r = single(c, "/domain/uuid", "<uuid>", &n)) < 0)
+		return r;
+	if (!n) {
+		snprintf(c->err, c->errlen, "<uuid>: missing");
+		return -EINVAL;
+	}
+	char *u = text_of(n);
+	if (!u)
+		return -ENOMEM;
+	r = parse_uuid(u, out->uuid);
+	if (r < 0)
+		snprintf(c->err, c->errlen, "<uuid>: not a UUID: \"%.64s\"", u);
+	free(u);
+	return r;
+}
+
+static int parse_pmu_feature(struct ctx *c, struct dompol *out)
+{
+	xmlNodePtr n;
+	int r = single(c, "/domain/features/pmu", "<features><pmu>", &n);
+	if (r <= 0)
+		return r;
+	xmlChar *st = xmlGetProp(n, (const xmlChar *)"state");
+	if (!st) {
+		/* libvirt requires state; an element without it is not one libvirt wrote */
+		snprintf(c->err, c->errlen, "<features><pmu>: attribute \"state\" missing");
+		return -EINVAL;
+	}
+	if (!strcmp((char *)st, "off"))
+		out->pmu_off = true;
+	else if (strcmp((char *)st, "on")) {
+		snprintf(c->err, c->errlen, "<features><pmu> attribute \"state\": must be on or off, got \"%.32s\"",
+			 (char *)st);
+		r = -EINVAL;
+	}
+	xmlFree(st);
+	return r < 0 ? r : 0;
+}
+
+/* Our attributes, in the order they are checked: class first, so that the
+ * caller learns whether the VM is guaranteed even if a later one is bad. */
+static const char *const pmu_attrs[] = { "class", "priority", "gp", "fixed" };
+
+static int parse_pmu_element(struct ctx *c, xmlNodePtr el, struct dompol *out)
+{
+	const char *tag = "<vpmu:pmu>";
+
+	int r = 0;
+	xmlChar *v;
+	unsigned long x;
+
+	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"class"))) {
+		if (!class_valid((char *)v)) {
+			snprintf(c->err, c->errlen,
+				 "%s attribute \"class\": must be guaranteed, preferred or shared, got \"%.32s\"", tag,
+				 (char *)v);
+			out->cls[0] = 0;
+			out->guaranteed = false;
+			r = -EINVAL;
+		} else {
+			snprintf(out->cls, sizeof(out->cls), "%s", (char *)v);
+			out->guaranteed = !strcmp(out->cls, "guaranteed");
+		}
+		xmlFree(v);
+		if (r < 0)
+			return r;
+	}
+	for (xmlAttrPtr a = el->properties; a; a = a->next) {
+		bool known = false;
+		for (size_t i = 0; i < sizeof(pmu_attrs) / sizeof(pmu_attrs[0]); i++)
+			known |= !strcmp((const char *)a->name, pmu_attrs[i]);
+		if (!known || a->ns) {
+			snprintf(c->err, c->errlen, "%s: unknown attribute \"%s%s%.64s\"", tag,
+				 a->ns && a->ns->prefix ? (const char *)a->ns->prefix : "",
+				 a->ns && a->ns->prefix ? ":" : "", (const char *)a->name);
+			return -EINVAL;
+		}
+	}
+	for (xmlNodePtr ch = el->children; ch; ch = ch->next) {
+		if (ch->type == XML_ELEMENT_NODE) {
+			snprintf(c->err, c->errlen, "%s: unexpected child element <%.64s>", tag,
+				 (const char *)ch->name);
+			return -EINVAL;
+		}
+		if (ch->type == XML_TEXT_NODE) {
+			xmlChar *t = xmlNodeGetContent(ch);
+			bool blank = true;
+			for (const xmlChar *q = t; q && *q; q++)
+				blank &= isspace(*q) != 0;
+			xmlFree(t);
+			if (!blank) {
+				snprintf(c->err, c->errlen, "%s: unexpected text content", tag);
+				return -EINVAL;
+			}
+		}
+	}
+
+	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"priority"))) {
+		if (parse_uint((char *)v, false, DOMAIN_POLICY_MAX_PRIORITY, &x) < 0) {
+			snprintf(c->err, c->errlen, "%s attribute \"priority\": must be an integer 0..%d, got \"%.32s\"",
+				 tag, DOMAIN_POLICY_MAX_PRIORITY, (char *)v);
+			r = -EINVAL;
+		} else {
+			out->priority = (int)x;
+		}
+		xmlFree(v);
+		if (r < 0)
+			return r;
+	}
+	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"gp"))) {
+		if (parse_uint((char *)v, false, DOMAIN_POLICY_MAX_GP, &x) < 0) {
+			snprintf(c->err, c->errlen, "%s attribute \"gp\": must be an integer 0..%d, got \"%.32s\"", tag,
+				 DOMAIN_POLICY_MAX_GP, (char *)v);
+			r = -EINVAL;
+		} else {
+			out->gp = (unsigned)x;
+		}
+		xmlFree(v);
+		if (r < 0)
+			return r;
+	}
+	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"fixed"))) {
+		if (parse_uint((char *)v, true, DOMAIN_POLICY_MAX_FIXED_MASK, &x) < 0) {
+			snprintf(c->err, c->errlen,
+				 "%s attribute \"fixed\": must be a mask 0..0x%x (decimal or 0x hex), got \"%.32s\"", tag,
+				 DOMAIN_POLICY_MAX_FIXED_MASK, (char *)v);
+			r = -EINVAL;
+		} else {
+			out->fixed_mask = (uint32_t)x;
+		}
+		xmlFree(v);
+	}
+	return r;
+}
+
+static int parse_metadata(struct ctx *c, struct dompol *out)
+{
+	xmlXPathObjectPtr o = eval(c, "/domain/metadata/*");
+	int n = node_count(o), r = 0;
+	xmlNodePtr ours = NULL;
+
+	for (int i = 0; i < n && r == 0; i++) {
+		xmlNodePtr el = o->nodesetval->nodeTab[i];
+		const char *uri = el->ns ? (const char *)el->ns->href : NULL;
+		if (!uri || strncmp(uri, DOMAIN_POLICY_NS_URI_BASE, strlen(DOMAIN_POLICY_NS_URI_BASE)))
+			continue; /* another application's metadata */
+		if (strcmp(uri, DOMAIN_POLICY_NS_URI)) {
+			snprintf(c->err, c->errlen,
+				 "<metadata>: element <%.64s> is in namespace \"%.128s\", this vpmu reads only \"%s\"",
+				 (const char *)el->name, uri, DOMAIN_POLICY_NS_URI);
+			r = -EPROTONOSUPPORT;
+		} else if (strcmp((const char *)el->name, DOMAIN_POLICY_ELEMENT)) {
+			snprintf(c->err, c->errlen, "<metadata>: unknown element <vpmu:%.64s> (expected <vpmu:%s>)",
+				 (const char *)el->name, DOMAIN_POLICY_ELEMENT);
+			r = -EINVAL;
+		} else if (ours) {
+			snprintf(c->err, c->errlen, "<metadata>: <vpmu:%s> appears more than once", DOMAIN_POLICY_ELEMENT);
+			r = -EINVAL;
+		} else {
+			ours = el;
+		}
+	}
+	xmlXPathFreeObject(o);
+	if (r < 0 || !ours)
+		return r;
+	out->metadata_present = true;
+	return parse_pmu_element(c, ours, out);
+}
+
+static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
+{
+	struct domain_policy_cpuset dflt;
+	char perr[160];
+	xmlNodePtr n;
+	unsigned long v;
+	int r;
+
+	memset(&dflt, 0, sizeof(dflt));
+	for (unsigned i = 0; i < host_cpus; i++)
+		cpuset_set(&dflt, i);
+
+	out->n_vcpus = 1; /* libvirt's default when <vcpu> is absent */
+	if ((r = single(c, "/domain/vcpu", "<vcpu>", &n)) < 0)
+		return r;
+	if (n) {
+		char *t = text_of(n);
+		if (!t)
+			return -ENOMEM;
+		r = parse_uint(t, false, DOMAIN_POLICY_MAX_VCPUS, &v);
+		if (r < 0 || v == 0)
+			snprintf(c->err, c->errlen, "<vcpu>: must be an integer 1..%d, got \"%.32s\"", DOMAIN_POLICY_MAX_VCPUS,
+				 t);
+		free(t);
+		if (r < 0 || v == 0)
+			return -EINVAL;
+		out->n_vcpus = (unsigned)v;
+
+		xmlChar *a = xmlGetProp(n, (const xmlChar *)"current");
+		if (a) {
+			r = parse_uint((char *)a, false, out->n_vcpus, &v);
+			if (r < 0 || v == 0)
+				snprintf(c->err, c->errlen, "<vcpu> attribute \"current\": must be an integer 1..%u, got \"%.32s\"",
+					 out->n_vcpus, (char *)a);
+			xmlFree(a);
+			if (r < 0 || v == 0)
+				return -EINVAL;
+			out->n_vcpus_current = (unsigned)v;
+		}
+		if ((a = xmlGetProp(n, (const xmlChar *)"placement"))) {
+			out->placement_auto = !strcmp((char *)a, "auto");
+			xmlFree(a);
+		}
+		/* With placement="auto" libvirt asks numad and ignores cpuset. */
+		if (!out->placement_auto && (a = xmlGetProp(n, (const xmlChar *)"cpuset"))) {
+			r = domain_policy_cpuset_parse((char *)a, host_cpus, &dflt, perr, sizeof(perr));
+			if (r < 0)
+				snprintf(c->err, c->errlen, "<vcpu> attribute \"cpuset\": %s (\"%.64s\")", perr, (char *)a);
+			xmlFree(a);
+			if (r < 0)
+				return r;
+		}
+	}
+	if (!out->n_vcpus_current)
+		out->n_vcpus_current = out->n_vcpus;
+
+	out->vcpu_cpus = calloc(out->n_vcpus, sizeof(*out->vcpu_cpus));
+	if (!out->vcpu_cpus)
+		return -ENOMEM;
+	bool *pinned = calloc(out->n_vcpus, sizeof(bool));
+	if (!pinned)
+		return -ENOMEM;
+	for (unsigned i = 0; i < out->n_vcpus; i++)
+		out->vcpu_cpus[i] = dflt;
+
+	xmlXPathObjectPtr o = eval(c, "/domain/cputune/vcpupin");
+	int cnt = node_count(o);
+	r = 0;
+	for (int i = 0; i < cnt && r == 0; i++) {
+		xmlNodePtr p = o->nodesetval->nodeTab[i];
+		xmlChar *vc = xmlGetProp(p, (const xmlChar *)"vcpu");
+		xmlChar *cs = xmlGetProp(p, (const xmlChar *)"cpuset");
+		if (!vc) {
+			snprintf(c->err, c->errlen, "<cputune><vcpupin>: attribute \"vcpu\" missing");
+			r = -EINVAL;
+		} else if (parse_uint((char *)vc, false, out->n_vcpus - 1, &v) < 0) {
+			snprintf(c->err, c->errlen,
+				 "<cputune><vcpupin> attribute \"vcpu\": must be an integer 0..%u (the domain has %u vCPUs), got \"%.32s\"",
+				 out->n_vcpus - 1, out->n_vcpus, (char *)vc);
+			r = -EINVAL;
+		} else if (pinned[v]) {
+			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: vCPU pinned twice", v);
+			r = -EINVAL;
+		} else if (!cs) {
+			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: attribute \"cpuset\" missing", v);
+			r = -EINVAL;
+		} else if ((r = domain_policy_cpuset_parse((char *)cs, host_cpus, &out->vcpu_cpus[v], perr, sizeof(perr))) <
+			   0) {
+			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'> attribute \"cpuset\": %s (\"%.64s\")", v,
+				 perr, (char *)cs);
+		} else {
+			pinned[v] = true;
+		}
+		xmlFree(vc);
+		xmlFree(cs);
+	}
+	xmlXPathFreeObject(o);
+	free(pinned);
+	return r;
+}
+
+/* -------------------------------------------------------------------- main */
+
+void domain_policy_clear(struct dompol *p)
+{
+	free(p->name);
+	free(p->vcpu_cpus);
+	memset(p, 0, sizeof(*p));
+}
+
+/* Keeps only what domain_policy_parse promises to leave on failure. */
+static void keep_identity_only(struct dompol *p)
+{
+	struct dompol k = { .name = p->name, .guaranteed = p->guaranteed };
+	memcpy(k.uuid, p->uuid, sizeof(k.uuid));
+	memcpy(k.cls, p->cls, sizeof(k.cls));
+	free(p->vcpu_cpus);
+	*p = k;
+}
+
+int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
+		 struct dompol *out, char *err, size_t errlen)
+{
+	struct ctx c = { .err = err, .errlen = errlen };
+	xmlParserCtxtPtr pc = NULL;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (errlen)
+		err[0] = 0;
+	if (!def || !def->cls || !class_valid(def->cls) || def->gp > DOMAIN_POLICY_MAX_GP ||
+	    def->fixed_mask > DOMAIN_POLICY_MAX_FIXED_MASK || def->priority < 0 || def->priority > DOMAIN_POLICY_MAX_PRIORITY) {
+		ERR("default policy invalid");
+		return -EINVAL;
+	}
+	if (host_cpus == 0 || host_cpus > DOMAIN_POLICY_MAX_CPUS) {
+		ERR("host CPU count %u out of range 1..%u", host_cpus, DOMAIN_POLICY_MAX_CPUS);
+		return -EINVAL;
+	}
+	if (len > DOMAIN_POLICY_MAX_XML) {
+		ERR("domain XML is %zu bytes, more than the %u accepted", len, DOMAIN_POLICY_MAX_XML);
+		return -E2BIG;
+	}
+	out->priority = def->priority;
+	snprintf(out->cls, sizeof(out->cls), "%s", def->cls);
+	out->guaranteed = !strcmp(def->cls, "guaranteed");
+	out->gp = def->gp;
+	out->fixed_mask = def->fixed_mask;
+	out->host_cpus = host_cpus;
+
+	xmlInitParser();
+	if (!(pc = xmlNewParserCtxt()))
+		return -ENOMEM;
+	/* NONET: a domain XML never needs the network; no NOENT: entities are
+	 * not expanded, and a DTD is refused below anyway. */
+	c.doc = xmlCtxtReadMemory(pc, xml, (int)len, "domain.xml", NULL,
+				  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	if (!c.doc) {
+		const xmlError *e = &pc->lastError;
+		char msg[128];
+		snprintf(msg, sizeof(msg), "%s", e->message ? e->message : "parse error");
+		msg[strcspn(msg, "\n")] = 0;
+		ERR("domain XML: line %d: %s", e->line, msg);
+		r = -EINVAL;
+		goto out;
+	}
+	if (c.doc->intSubset) {
+		/* libvirt never writes a DOCTYPE; one here could only carry entity tricks */
+		ERR("domain XML: a DOCTYPE is not accepted");
+		r = -EINVAL;
+		goto out;
+	}
+	xmlNodePtr root = xmlDocGetRootElement(c.doc);
+	if (!root || strcmp((const char *)root->name, "domain") || root->ns) {
+		ERR("domain XML: root element must be <domain>, got <%.64s>", root ? (const char *)root->name : "");
+		r = -EINVAL;
+		goto out;
+	}
+	if (!(c.xp = xmlXPathNewContext(c.doc))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* The class is read even when the identity is broken, so that the
+	 * caller can still tell a guaranteed VM from the others. */
+	if ((r = parse_identity(&c, out)) < 0) {
+		char scratch[8];
+		c.err = scratch;
+		c.errlen = sizeof(scratch);
+		if (parse_metadata(&c, out) == -EPROTONOSUPPORT)
+			out->guaranteed = false;
+		goto out;
+	}
+	if ((r = parse_metadata(&c, out)) < 0) {
+		if (r == -EPROTONOSUPPORT) {
+			/* we cannot know what class that version asked for */
+			out->cls[0] = 0;
+			out->guaranteed = false;
+		}
+		goto out;
+	}
+	if ((r = parse_pmu_feature(&c, out)) < 0)
+		goto out;
+	if (out->pmu_off) {
+		out->gp = 0;
+		out->fixed_mask = 0;
+	}
+	r = parse_vcpus(&c, host_cpus, out);
+out:
+	if (r < 0)
+		keep_identity_only(out);
+	xmlXPathFreeContext(c.xp);
+	xmlFreeDoc(c.doc);
+	xmlFreeParserCtxt(pc);
+	return r;
+}
