@@ -25,6 +25,9 @@ allowed = {
     'daemon/doors':   ['doors/', 'broker/broker.h', 'base/', 'proto/'],
     'client':         ['proto/', 'vpmu/', 'hook.h'],
 }
+# proto/cleanup.h is header-only and needs nothing but libc: every layer may use it.
+for v in allowed.values():
+    v.append('proto/cleanup.h')
 inc = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 for folder, ok in allowed.items():
     d = os.path.join(src, folder)
