@@ -80,6 +80,10 @@ int proto_error_set(struct proto_error *e, enum proto_errcode code, int err,
 		    const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
+/* The one way to say "out of memory" (PROTO_E_INTERNAL, ENOMEM); returns
+ * -ENOMEM. */
+int proto_error_oom(struct proto_error *e);
+
 enum proto_method {
 	PROTO_M_HELLO = 0,
 	PROTO_M_STATUS,
@@ -219,6 +223,16 @@ int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 			    struct proto_request *req, bool *id_known, uint64_t *id,
 			    struct proto_error *err);
+
+/*
+ * Validates a typed request exactly as proto_request_decode does after
+ * reading JSON (names, ranges, classes, CPU numbers < max_cpus, vCPU
+ * counts), for doors that decode their own encoding (D-Bus). The one place
+ * where the rules live; error fields are named as on the wire
+ * ("params.gp").
+ */
+int proto_request_validate(const struct proto_request *req, unsigned int max_cpus,
+			   struct proto_error *err);
 
 /*
  * Client side: the JSON form of a validated request (defaults written out
