@@ -844,16 +844,9 @@ static bool put(struct json_object *obj, const char *key, struct json_object *v)
 
 static struct json_object *cpus_json(const struct cpulist *set)
 {
-	/* worst case "0,2,4,...": at most 5 bytes per CPU */
-	char *buf = malloc(CPULIST_MAX_CPUS * 5 + 1);
-	struct json_object *s = NULL;
+	_cleanup_free_ char *text = cpulist_to_text(set);
 
-	if (!buf)
-		return NULL;
-	if (cpulist_format(set, buf, CPULIST_MAX_CPUS * 5 + 1) >= 0)
-		s = json_object_new_string(buf);
-	free(buf);
-	return s;
+	return text ? json_object_new_string(text) : NULL;
 }
 
 static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)
