@@ -776,13 +776,11 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 	return r;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
-
 int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 			 struct proto_request *req, bool *id_known, uint64_t *id,
 			 struct proto_error *err)
 {
-	_cleanup_(json_tokener_freep) struct json_tokener *tok = NULL;
+	_cleanup_json_tokener_ struct json_tokener *tok = NULL;
 	_cleanup_json_ struct json_object *obj = NULL;
 	enum json_tokener_error jerr;
 
@@ -971,7 +969,8 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 
 struct json_object *proto_request_encode(const struct proto_request *req)
 {
-	struct json_object *obj, *params;
+	_cleanup_json_ struct json_object *obj = NULL;
+	struct json_object *params;
 	const char *name;
 
 	if (!req || req->id > PROTO_MAX_ID)
@@ -985,9 +984,7 @@ struct json_object *proto_request_encode(const struct proto_request *req)
 	params = json_object_new_object();
 	if (!put(obj, "id", json_object_new_uint64(req->id)) ||
 	    !put(obj, "method", json_object_new_string(name)) ||
-	    !put(obj, "params", params) || !encode_params(req, params)) {
-		json_object_put(obj);
+	    !put(obj, "params", params) || !encode_params(req, params))
 		return NULL;
-	}
-	return obj;
+	return TAKE_PTR(obj);
 }
