@@ -58,15 +58,10 @@ static int call1(const struct sock_ctx *sc, const char *method, struct json_obje
 }
 
 /* The params of a typed request, as the protocol's encoder writes them. */
-static int params_of(const struct proto_request *req, struct json_object **out)
+static int params_of(const struct proto_request *req, const char *const *omit, struct json_object **out)
 {
-	_cleanup_json_ struct json_object *obj = proto_request_encode(req);
-	struct json_object *params;
-
-	if (!obj || !json_object_object_get_ex(obj, "params", &params))
-		return -ENOMEM;
-	*out = json_object_get(params);
-	return 0;
+	*out = proto_request_encode_params(req, omit);
+	return *out ? 0 : -ENOMEM;
 }
 
 /* A domain name as a lease name; the daemon says what else it refuses. */
@@ -84,6 +79,9 @@ static int attach_params(const struct dompol *p, struct json_object **out)
 {
 	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_VM_ATTACH };
 	struct proto_vm_attach *a = &req.u.vm_attach;
+	/* a domain without our metadata has no opinion: the daemon's
+	 * configured defaults decide, not the hook's copy of them */
+	static const char *const daemon_decides[] = { "priority", "class", NULL };
 	int cls = proto_class_from_name(p->cls);
 	int r;
 
@@ -102,15 +100,7 @@ static int attach_params(const struct dompol *p, struct json_object **out)
 	a->vcpus.count = p->n_vcpus;
 	for (unsigned v = 0; v < p->n_vcpus; v++)
 		a->vcpus.cpus[v] = p->vcpu_cpus[v];
-	if ((r = params_of(&req, out)) < 0)
-		return r;
-	/* a domain without our metadata has no opinion: the daemon's
-	 * configured defaults decide, not the hook's copy of them */
-	if (!p->metadata_present) {
-		json_object_object_del(*out, "priority");
-		json_object_object_del(*out, "class");
-	}
-	return 0;
+	return params_of(&req, p->metadata_present ? NULL : daemon_decides, out);
 }
 
 /* Admits (or re-admits) the domain: 0 admitted, 1 refused (out->reason
@@ -155,7 +145,7 @@ static int sock_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t de
 	struct hook_admission adm = { 0 };
 	int r;
 
-	if ((r = set_name(bind.u.vm_bind.name, req->name)) < 0 || (r = params_of(&bind, &params)) < 0)
+	if ((r = set_name(bind.u.vm_bind.name, req->name)) < 0 || (r = params_of(&bind, NULL, &params)) < 0)
 		return r;
 	r = call1(ctx, "vm.bind", params, deadline, &e);
 	if (is_code(r, &e, "not_found")) {
@@ -183,7 +173,7 @@ static int sock_release(void *ctx, const char *name, const char *uuid, uint64_t 
 	int r;
 
 	(void)uuid; /* leases are named after the domain */
-	if ((r = set_name(detach.u.vm_detach.name, name)) < 0 || (r = params_of(&detach, &params)) < 0)
+	if ((r = set_name(detach.u.vm_detach.name, name)) < 0 || (r = params_of(&detach, NULL, &params)) < 0)
 		return r;
 	r = call1(ctx, "vm.detach", params, deadline, &e);
 	/* stopped and release both run at every stop: the second finds nothing */

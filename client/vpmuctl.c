@@ -468,14 +468,10 @@ static int call(struct ctl *x, const char *method, struct json_object *params, s
  * give, so the daemon applies its own configured defaults. */
 static struct json_object *req_params(const struct proto_request *req, const char *const *omit)
 {
-	struct json_object *obj = proto_request_encode(req), *p = NULL;
+	struct json_object *p = proto_request_encode_params(req, omit);
 
-	if (!obj)
+	if (!p)
 		oom(); /* every request here was validated; only allocation can fail */
-	p = json_object_get(get(obj, "params"));
-	json_object_put(obj);
-	for (; omit && *omit; omit++)
-		json_object_object_del(p, *omit);
 	return p;
 }
 

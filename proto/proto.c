@@ -827,19 +827,6 @@ int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol, struct
 
 /* ---------------------------------------------------------------- encoding */
 
-/* Adds to obj, taking 'v'; false (and v freed) on failure so callers can
- * chain with && and bail once. */
-static bool put(struct json_object *obj, const char *key, struct json_object *v)
-{
-	if (!v)
-		return false;
-	if (json_object_object_add(obj, key, v) < 0) {
-		json_object_put(v);
-		return false;
-	}
-	return true;
-}
-
 static struct json_object *cpus_json(const struct cpulist *set)
 {
 	_cleanup_free_ char *text = cpulist_to_text(set);
@@ -858,10 +845,10 @@ static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)
 		uniform = cpulist_equal(&v->cpus[0], &v->cpus[i]);
 	/* the compact form keeps a 1024-vCPU VM far below the frame limit */
 	if (uniform)
-		return put(params, "vcpu_count", json_object_new_int64(v->count)) &&
-		       put(params, "cpus", cpus_json(&v->cpus[0]));
+		return json_fields_put(params, "vcpu_count", json_object_new_int64(v->count)) &&
+		       json_fields_put(params, "cpus", cpus_json(&v->cpus[0]));
 	arr = json_object_new_array_ext((int)v->count);
-	if (!put(params, "vcpus", arr))
+	if (!json_fields_put(params, "vcpus", arr))
 		return false;
 	for (uint32_t i = 0; i < v->count; i++) {
 		struct json_object *e = json_object_new_object();
@@ -870,7 +857,7 @@ static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)
 			json_object_put(e);
 			return false;
 		}
-		if (!put(e, "cpus", cpus_json(&v->cpus[i])))
+		if (!json_fields_put(e, "cpus", cpus_json(&v->cpus[i])))
 			return false;
 	}
 	return true;
@@ -885,37 +872,37 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 {
 	switch (req->method) {
 	case PROTO_M_HELLO:
-		return put(p, "protocol", json_object_new_int64(req->u.hello.protocol)) &&
+		return json_fields_put(p, "protocol", json_object_new_int64(req->u.hello.protocol)) &&
 		       (!req->u.hello.client[0] ||
-			put(p, "client", json_object_new_string(req->u.hello.client)));
+			json_fields_put(p, "client", json_object_new_string(req->u.hello.client)));
 	case PROTO_M_PLAN:
-		return !req->u.plan.has_cpus || put(p, "cpus", cpus_json(&req->u.plan.cpus));
+		return !req->u.plan.has_cpus || json_fields_put(p, "cpus", cpus_json(&req->u.plan.cpus));
 	case PROTO_M_VM_ATTACH: {
 		const struct proto_vm_attach *a = &req->u.vm_attach;
 		struct json_object *o;
 
-		if (!(put(p, "name", json_object_new_string(a->name)) &&
-		      put(p, "priority", json_object_new_int64(a->priority)) &&
-		      put(p, "class", str_or_null(proto_class_name(a->cls))) &&
-		      put(p, "gp", json_object_new_int64(a->gp)) &&
-		      put(p, "fixed_mask", json_object_new_int64(a->fixed_mask)) &&
+		if (!(json_fields_put(p, "name", json_object_new_string(a->name)) &&
+		      json_fields_put(p, "priority", json_object_new_int64(a->priority)) &&
+		      json_fields_put(p, "class", str_or_null(proto_class_name(a->cls))) &&
+		      json_fields_put(p, "gp", json_object_new_int64(a->gp)) &&
+		      json_fields_put(p, "fixed_mask", json_object_new_int64(a->fixed_mask)) &&
 		      put_vcpus(p, &a->vcpus)))
 			return false;
 		if (!a->has_owner)
 			return true;
 		o = json_object_new_object();
-		return put(p, "owner", o) &&
-		       put(o, "pid", json_object_new_int64(a->owner.pid)) &&
-		       put(o, "vm_fd", json_object_new_int64(a->owner.vm_fd));
+		return json_fields_put(p, "owner", o) &&
+		       json_fields_put(o, "pid", json_object_new_int64(a->owner.pid)) &&
+		       json_fields_put(o, "vm_fd", json_object_new_int64(a->owner.vm_fd));
 	}
 	case PROTO_M_VM_UPDATE: {
 		const struct proto_vm_update *u = &req->u.vm_update;
 
-		return put(p, "name", json_object_new_string(u->name)) &&
-		       (!u->has_priority || put(p, "priority", json_object_new_int64(u->priority))) &&
-		       (!u->has_class || put(p, "class", str_or_null(proto_class_name(u->cls)))) &&
-		       (!u->has_gp || put(p, "gp", json_object_new_int64(u->gp))) &&
-		       (!u->has_fixed_mask || put(p, "fixed_mask", json_object_new_int64(u->fixed_mask))) &&
+		return json_fields_put(p, "name", json_object_new_string(u->name)) &&
+		       (!u->has_priority || json_fields_put(p, "priority", json_object_new_int64(u->priority))) &&
+		       (!u->has_class || json_fields_put(p, "class", str_or_null(proto_class_name(u->cls)))) &&
+		       (!u->has_gp || json_fields_put(p, "gp", json_object_new_int64(u->gp))) &&
+		       (!u->has_fixed_mask || json_fields_put(p, "fixed_mask", json_object_new_int64(u->fixed_mask))) &&
 		       (!u->has_vcpus || put_vcpus(p, &u->vcpus));
 	}
 	case PROTO_M_SESSION_START: {
@@ -925,7 +912,7 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 		if (s->n_events < 1 || s->n_events > PROTO_MAX_EVENTS || !s->events)
 			return false;
 		ev = json_object_new_array_ext((int)s->n_events);
-		if (!put(p, "name", json_object_new_string(s->name)) || !put(p, "events", ev))
+		if (!json_fields_put(p, "name", json_object_new_string(s->name)) || !json_fields_put(p, "events", ev))
 			return false;
 		for (uint32_t i = 0; i < s->n_events; i++) {
 			struct json_object *e = str_or_null(s->events[i]);
@@ -935,27 +922,27 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 				return false;
 			}
 		}
-		return (s->has_cpus ? put(p, "cpus", cpus_json(&s->cpus))
-				    : put(p, "pid", json_object_new_int64(s->pid))) &&
-		       (!s->owner_pid || put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
-		       put(p, "priority", json_object_new_int64(s->priority)) &&
-		       put(p, "class", str_or_null(proto_class_name(s->cls)));
+		return (s->has_cpus ? json_fields_put(p, "cpus", cpus_json(&s->cpus))
+				    : json_fields_put(p, "pid", json_object_new_int64(s->pid))) &&
+		       (!s->owner_pid || json_fields_put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
+		       json_fields_put(p, "priority", json_object_new_int64(s->priority)) &&
+		       json_fields_put(p, "class", str_or_null(proto_class_name(s->cls)));
 	}
 	case PROTO_M_VM_BIND: {
 		const struct proto_vm_bind *b = &req->u.vm_bind;
 
 		if (b->pid < 1 || b->pid > PROTO_MAX_PID || (b->has_vm_fd && b->vm_fd < 0))
 			return false;
-		return put(p, "name", json_object_new_string(b->name)) &&
-		       put(p, "pid", json_object_new_int64(b->pid)) &&
-		       (!b->has_vm_fd || put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
+		return json_fields_put(p, "name", json_object_new_string(b->name)) &&
+		       json_fields_put(p, "pid", json_object_new_int64(b->pid)) &&
+		       (!b->has_vm_fd || json_fields_put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
 	}
 	case PROTO_M_VM_DETACH:
 	case PROTO_M_VM_SHOW:
 	case PROTO_M_SESSION_STOP:
 	case PROTO_M_SESSION_READ:
 		/* all name-only requests share the layout of vm_detach */
-		return put(p, "name", json_object_new_string(req->u.vm_detach.name));
+		return json_fields_put(p, "name", json_object_new_string(req->u.vm_detach.name));
 	case PROTO_M_STATUS:
 	case PROTO_M_PMU:
 	case PROTO_M_VM_LIST:
@@ -982,9 +969,21 @@ struct json_object *proto_request_encode(const struct proto_request *req)
 	if (!obj)
 		return NULL;
 	params = json_object_new_object();
-	if (!put(obj, "id", json_object_new_uint64(req->id)) ||
-	    !put(obj, "method", json_object_new_string(name)) ||
-	    !put(obj, "params", params) || !encode_params(req, params))
+	if (!json_fields_put(obj, "id", json_object_new_uint64(req->id)) ||
+	    !json_fields_put(obj, "method", json_object_new_string(name)) ||
+	    !json_fields_put(obj, "params", params) || !encode_params(req, params))
 		return NULL;
 	return TAKE_PTR(obj);
+}
+
+struct json_object *proto_request_encode_params(const struct proto_request *req, const char *const *omit)
+{
+	_cleanup_json_ struct json_object *obj = proto_request_encode(req);
+	struct json_object *params;
+
+	if (!obj || !json_object_object_get_ex(obj, "params", &params))
+		return NULL;
+	for (; omit && *omit; omit++)
+		json_object_object_del(params, *omit);
+	return json_object_get(params);
 }

@@ -7,21 +7,11 @@
 
 #include <json-c/json.h>
 
+#include "proto/json_fields.h"
+
 /* Plans nest per CPU and per vCPU; generous, but bounded against stack
  * exhaustion by a hostile or broken server. */
 #define RESPONSE_MAX_DEPTH 32
-
-/* Adds to obj, taking 'v'; false (and v freed) on failure. */
-static bool put(struct json_object *obj, const char *key, struct json_object *v)
-{
-	if (!v)
-		return false;
-	if (json_object_object_add(obj, key, v) < 0) {
-		json_object_put(v);
-		return false;
-	}
-	return true;
-}
 
 struct json_object *response_result(uint64_t id, struct json_object *result)
 {
@@ -31,7 +21,8 @@ struct json_object *response_result(uint64_t id, struct json_object *result)
 	if (!res || !json_object_is_type(res, json_type_object) || id > PROTO_MAX_ID)
 		return NULL;
 	obj = json_object_new_object();
-	if (!obj || !put(obj, "id", json_object_new_uint64(id)) || !put(obj, "result", TAKE_PTR(res)))
+	if (!obj || !json_fields_put(obj, "id", json_object_new_uint64(id)) ||
+	    !json_fields_put(obj, "result", TAKE_PTR(res)))
 		return NULL;
 	return TAKE_PTR(obj);
 }
@@ -52,17 +43,17 @@ struct json_object *response_error(bool id_known, uint64_t id, const struct prot
 		return NULL;
 	/* json-c has no null object; adding NULL stores JSON null */
 	if (id_known && id <= PROTO_MAX_ID) {
-		if (!put(obj, "id", json_object_new_uint64(id)))
+		if (!json_fields_put(obj, "id", json_object_new_uint64(id)))
 			return NULL;
 	} else if (json_object_object_add(obj, "id", NULL) < 0) {
 		return NULL;
 	}
 	body = e;
-	if (!put(obj, "error", TAKE_PTR(e)) ||
-	    !put(body, "code", json_object_new_string(proto_errcode_name(code))) ||
-	    !put(body, "errno", json_object_new_int(err->err > 0 ? err->err : proto_errcode_errno(code))) ||
-	    !put(body, "message", json_object_new_string(err->message)) ||
-	    (err->field[0] && !put(body, "field", json_object_new_string(err->field))))
+	if (!json_fields_put(obj, "error", TAKE_PTR(e)) ||
+	    !json_fields_put(body, "code", json_object_new_string(proto_errcode_name(code))) ||
+	    !json_fields_put(body, "errno", json_object_new_int(err->err > 0 ? err->err : proto_errcode_errno(code))) ||
+	    !json_fields_put(body, "message", json_object_new_string(err->message)) ||
+	    (err->field[0] && !json_fields_put(body, "field", json_object_new_string(err->field))))
 		return NULL;
 	return TAKE_PTR(obj);
 }
@@ -74,8 +65,8 @@ struct json_object *response_event(const char *name, uint64_t generation, struct
 	if (!name || (b && !json_object_is_type(b, json_type_object)))
 		return NULL;
 	obj = json_object_new_object();
-	if (!obj || !put(obj, "event", json_object_new_string(name)) ||
-	    !put(obj, "generation", json_object_new_uint64(generation)))
+	if (!obj || !json_fields_put(obj, "event", json_object_new_string(name)) ||
+	    !json_fields_put(obj, "generation", json_object_new_uint64(generation)))
 		return NULL;
 	if (b) {
 		/* "event" and "generation" are the envelope; a body must not shadow them */
@@ -96,8 +87,8 @@ struct json_object *response_hello_result(const char *server_version)
 	struct json_object *obj = json_object_new_object();
 
 	if (!obj || !server_version ||
-	    !put(obj, "protocol", json_object_new_int(PROTO_VERSION)) ||
-	    !put(obj, "server", json_object_new_string(server_version))) {
+	    !json_fields_put(obj, "protocol", json_object_new_int(PROTO_VERSION)) ||
+	    !json_fields_put(obj, "server", json_object_new_string(server_version))) {
 		json_object_put(obj);
 		return NULL;
 	}
