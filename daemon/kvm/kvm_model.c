@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include "kvm/vmm_discover.h"
+#include "proto/cleanup.h"
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_model *, kvm_model_free)
 
 struct model_vcpu {
 	unsigned id;
@@ -44,7 +47,7 @@ struct model_cpu {
 struct kvm_model {
 	unsigned n_cpus, num_gp;
 	uint32_t fixed_mask;
-	char procfs[256];
+	char *procfs;
 	struct model_cpu *cpus;
 	struct model_vm *vms;
 	size_t n_vms, cap_vms;
@@ -56,23 +59,21 @@ int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
 	    o->num_gp > KVM_VPMU_MAX_GP ||
 	    (KVM_VPMU_MAX_FIXED < 32 && (o->fixed_mask >> KVM_VPMU_MAX_FIXED)))
 		return -EINVAL;
-	struct kvm_model *m = calloc(1, sizeof(*m));
+	_cleanup_(kvm_model_freep) struct kvm_model *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->cpus = calloc(o->n_cpus, sizeof(*m->cpus));
-	if (!m->cpus) {
-		free(m);
+	m->procfs = strdup(o->procfs_root ? o->procfs_root : "/proc");
+	if (!m->cpus || !m->procfs)
 		return -ENOMEM;
-	}
 	m->n_cpus = o->n_cpus;
 	m->num_gp = o->num_gp;
 	m->fixed_mask = o->fixed_mask;
-	snprintf(m->procfs, sizeof(m->procfs), "%s", o->procfs_root ? o->procfs_root : "/proc");
 	/* Generations start at 1 so that 0 can never match: a writer that has
 	 * not read the current state is stale by construction. */
 	for (unsigned c = 0; c < m->n_cpus; c++)
 		m->cpus[c].generation = 1;
-	*out = m;
+	*out = TAKE_PTR(m);
 	return 0;
 }
 
@@ -91,6 +92,7 @@ void kvm_model_free(struct kvm_model *m)
 		vm_free(&m->vms[i]);
 	free(m->vms);
 	free(m->cpus);
+	free(m->procfs);
 	free(m);
 }
 
@@ -180,8 +182,7 @@ static int resolve_vcpu(struct kvm_model *m, struct model_vm *vm, unsigned id,
 	struct vmm_discover_opts o = { .procfs_root = m->procfs, .debugfs_root = "/nonexistent",
 				       .vm_fd = vm->vm_fd };
 	struct vmm_vm found;
-	char why[128];
-	int r = vmm_discover(vm->pid, &o, &found, why, sizeof(why));
+	int r = vmm_discover(vm->pid, &o, &found, NULL, 0);
 	if (r < 0)
 		return r == -ESRCH ? -ESRCH : -ENOENT;
 	bool exists = false;
