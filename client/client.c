@@ -36,7 +36,7 @@ struct vpmu_client {
 	bool broken;
 	uint64_t next_id;
 	struct frame_reader reader;
-	char server[128];
+	char server[128];  /* the hello's version string, cut: it is only shown */
 	struct queued_event *head, *tail;
 	unsigned int queued;
 };

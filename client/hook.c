@@ -81,7 +81,7 @@ static char *cpus_of(const struct dompol *p)
 static int parse(const char *name, const char *xml, size_t len, const struct hook_opts *o, struct dompol *p,
 		 FILE *err)
 {
-	char msg[512];
+	char msg[DOMAIN_POLICY_ERR_MAX];
 	int r = domain_policy_parse(xml, len, &o->defaults, o->host_cpus, p, msg, sizeof(msg));
 	if (r < 0)
 		fprintf(err, TAG ": %s: %s\n", name, msg);

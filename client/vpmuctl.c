@@ -1579,7 +1579,7 @@ static void print_event(const struct vpmu_client_event *ev)
 		struct json_object *c = json_object_array_get_idx(changes, i);
 		const char *vm = get_str(c, "vm"), *from = get_str(c, "from"), *to = get_str(c, "to");
 		int64_t vcpu, gp, fixed;
-		char ctr[32] = "";
+		char ctr[32] = ""; /* " fixedN" */
 
 		if (get_i64(c, "gp", &gp))
 			snprintf(ctr, sizeof(ctr), " gp%" PRId64, gp);

@@ -517,7 +517,9 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 		const char *msg = e->message ? e->message : "parse error";
 
 		/* libxml2's message, up to its first line break */
-		ERR("domain XML: line %d: %.*s", e->line, (int)strcspn(msg, "\n"), msg);
+		size_t n = strcspn(msg, "\n");
+		ERR("domain XML: line %d: %.*s", e->line,
+		    (int)(n < DOMAIN_POLICY_XML_ERR_MAX ? n : DOMAIN_POLICY_XML_ERR_MAX), msg);
 		keep_identity_only(out);
 		return -EINVAL;
 	}

@@ -284,7 +284,7 @@ static void expected(const struct json_fields_problem *p, char *buf, size_t len)
 
 static int report(struct json_fields *jf, const struct json_fields_problem *p)
 {
-	char want[160];
+	char want[160]; /* expected(): fixed words and two numbers */
 
 	switch (p->kind) {
 	case JSON_FIELDS_UNKNOWN:
