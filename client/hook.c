@@ -143,8 +143,8 @@ static void op_bind(const char *name, const char *xml, size_t len, const struct 
 
 	if (parse(name, xml, len, o, &p, err) < 0 || p.pmu_off)
 		return;
-	if (asprintf(&path, "%s/%s.pid", o->pid_dir ? o->pid_dir : HOOK_DEFAULT_PID_DIR, name) < 0) {
-		path = NULL;
+	path = alloc_printf("%s/%s.pid", o->pid_dir ? o->pid_dir : HOOK_DEFAULT_PID_DIR, name);
+	if (!path) {
 		fprintf(err, TAG ": %s: out of memory\n", name);
 		return;
 	}

@@ -99,12 +99,11 @@ static char *xasprintf(const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
+	s = alloc_vprintf(fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (!s)
 		oom();
 	return s;
 }

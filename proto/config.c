@@ -2,6 +2,7 @@
 #include "proto/config.h"
 
 #include "proto/cleanup.h"
+#include "proto/proto.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -28,7 +29,7 @@ void config_defaults(struct config *c)
 
 bool config_class_valid(const char *cls)
 {
-	return !strcmp(cls, "guaranteed") || !strcmp(cls, "preferred") || !strcmp(cls, "shared");
+	return proto_class_from_name(cls) >= 0;
 }
 
 static int set_string(char *dst, size_t cap, const char *key, const char *value, char *err, size_t errlen)

@@ -51,6 +51,21 @@ static const int errcode_errno[PROTO_E__COUNT] = {
 	[PROTO_E_UNKNOWN] = EIO,
 };
 
+/* Where name stands in names[0..n); -ENOENT when nowhere (or NULL). */
+static int index_of(const char *const *names, int n, const char *name)
+{
+	for (int i = 0; name && i < n; i++)
+		if (strcmp(names[i], name) == 0)
+			return i;
+	return -ENOENT;
+}
+
+/* names[i], or NULL outside [0, n). */
+static const char *name_at(const char *const *names, int n, int i)
+{
+	return i >= 0 && i < n ? names[i] : NULL;
+}
+
 const char *proto_errcode_name(enum proto_errcode code)
 {
 	if ((unsigned int)code >= PROTO_E__COUNT)
@@ -60,13 +75,10 @@ const char *proto_errcode_name(enum proto_errcode code)
 
 enum proto_errcode proto_errcode_from_name(const char *name)
 {
-	if (!name)
-		return PROTO_E_UNKNOWN;
 	/* "unknown" is a client-side placeholder, never a wire code */
-	for (int i = 0; i < PROTO_E_UNKNOWN; i++)
-		if (strcmp(errcode_names[i], name) == 0)
-			return (enum proto_errcode)i;
-	return PROTO_E_UNKNOWN;
+	int i = index_of(errcode_names, PROTO_E_UNKNOWN, name);
+
+	return i < 0 ? PROTO_E_UNKNOWN : (enum proto_errcode)i;
 }
 
 int proto_errcode_errno(enum proto_errcode code)
@@ -136,19 +148,12 @@ static const char *const method_names[PROTO_M__COUNT] = {
 
 const char *proto_method_name(enum proto_method m)
 {
-	if ((unsigned int)m >= PROTO_M__COUNT)
-		return NULL;
-	return method_names[m];
+	return name_at(method_names, PROTO_M__COUNT, (int)m);
 }
 
 int proto_method_from_name(const char *name)
 {
-	if (!name)
-		return -ENOENT;
-	for (int i = 0; i < PROTO_M__COUNT; i++)
-		if (strcmp(method_names[i], name) == 0)
-			return i;
-	return -ENOENT;
+	return index_of(method_names, PROTO_M__COUNT, name);
 }
 
 static const char *const class_names[PROTO_CLASS__COUNT] = {
@@ -159,19 +164,12 @@ static const char *const class_names[PROTO_CLASS__COUNT] = {
 
 const char *proto_class_name(enum proto_class c)
 {
-	if ((unsigned int)c >= PROTO_CLASS__COUNT)
-		return NULL;
-	return class_names[c];
+	return name_at(class_names, PROTO_CLASS__COUNT, (int)c);
 }
 
 int proto_class_from_name(const char *name)
 {
-	if (!name)
-		return -ENOENT;
-	for (int i = 0; i < PROTO_CLASS__COUNT; i++)
-		if (strcmp(class_names[i], name) == 0)
-			return i;
-	return -ENOENT;
+	return index_of(class_names, PROTO_CLASS__COUNT, name);
 }
 
 void proto_request_fini(struct proto_request *req)

@@ -14,8 +14,7 @@ void log_write(int priority, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	if (vasprintf(&line, fmt, ap) < 0)
-		line = NULL;
+	line = alloc_vprintf(fmt, ap);
 	va_end(ap);
 	/* One write per line keeps lines whole when several processes share
 	 * stderr (tests run daemons side by side). */

@@ -2,7 +2,6 @@
 #include "doors/libvirt_events.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -473,21 +472,8 @@ static const char *last_error(void)
 	return m ? m : "unknown libvirt error";
 }
 
-/* Why a connection attempt failed, in a malloc'd string (libvirt's
- * messages have no bound); NULL on ENOMEM. */
-static char * __attribute__((format(printf, 1, 2))) whyf(const char *fmt, ...)
-{
-	char *why;
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vasprintf(&why, fmt, ap);
-	va_end(ap);
-	return n < 0 ? NULL : why;
-}
-
 /* Opens, registers, reconciles. On failure the caller retries. */
+/* *why: malloc'd (libvirt's messages have no bound); NULL on ENOMEM. */
 static int connect_and_reconcile(struct libvirt_events_follower *f, char **why)
 {
 	virDomainPtr *doms = NULL;
@@ -495,7 +481,7 @@ static int connect_and_reconcile(struct libvirt_events_follower *f, char **why)
 
 	drop_connection(f);
 	if (!(f->conn = virConnectOpen(f->uri))) {
-		*why = whyf("cannot connect: %s", last_error());
+		*why = alloc_printf("cannot connect: %s", last_error());
 		return -ECONNREFUSED;
 	}
 	f->cb_ids[CB_LIFECYCLE] = virConnectDomainEventRegisterAny(
@@ -506,7 +492,7 @@ static int connect_and_reconcile(struct libvirt_events_follower *f, char **why)
 		f->conn, NULL, VIR_DOMAIN_EVENT_ID_TUNABLE, VIR_DOMAIN_EVENT_CALLBACK(on_tunable), f, NULL);
 	for (int i = 0; i < CB_N; i++)
 		if (f->cb_ids[i] < 0) {
-			*why = whyf("cannot register for domain events: %s", last_error());
+			*why = alloc_printf("cannot register for domain events: %s", last_error());
 			drop_connection(f);
 			return -EIO;
 		}
@@ -516,7 +502,7 @@ static int connect_and_reconcile(struct libvirt_events_follower *f, char **why)
 	f->close_cb = virConnectRegisterCloseCallback(f->conn, on_close, f, NULL) == 0;
 
 	if ((n = virConnectListAllDomains(f->conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) < 0) {
-		*why = whyf("cannot list domains: %s", last_error());
+		*why = alloc_printf("cannot list domains: %s", last_error());
 		drop_connection(f);
 		return -EIO;
 	}

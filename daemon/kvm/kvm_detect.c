@@ -32,11 +32,9 @@ int kvm_detect_parse_bool(const char *s, bool *out)
 static enum kvm_tristate read_param(const char *root, const char *mod, const char *name)
 {
 	char buf[16]; /* "Y\n", "N\n", "1\n": a boolean parameter */
-	_cleanup_free_ char *path = NULL;
-	if (asprintf(&path, "%s/module/%s/parameters/%s", root, mod, name) < 0) {
-		path = NULL;
+	_cleanup_free_ char *path = alloc_printf("%s/module/%s/parameters/%s", root, mod, name);
+	if (!path)
 		return KVM_ABSENT;
-	}
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return KVM_ABSENT;

@@ -200,6 +200,22 @@ static int resolve_vcpu(struct kvm_model *m, struct model_vm *vm, unsigned id,
 	return 0;
 }
 
+/* The vCPU a request names (and its VM when vm is not NULL), once VMs
+ * whose VMM died are forgotten. */
+static int resolve(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, struct model_vm **vm,
+		   struct model_vcpu **v)
+{
+	struct model_vm *found = NULL;
+	int e;
+
+	prune_dead(m);
+	if ((e = resolve_vm(m, pidfd, vm_fd, &found)) < 0)
+		return e;
+	if (vm)
+		*vm = found;
+	return resolve_vcpu(m, found, vcpu, v);
+}
+
 static bool cpu_allowed(const __u64 *allowed, unsigned cpu)
 {
 	return (allowed[cpu / 64] >> (cpu % 64)) & 1;
@@ -300,10 +316,7 @@ static long do_get_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
 	struct model_vcpu *v;
 	if (e < 0)
 		return e;
-	prune_dead(m);
-	if ((e = resolve_vm(m, r->pidfd, r->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, r->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
 		return e;
 	r->generation = vm->generation;
 	memcpy(r->gp, v->gp, sizeof(r->gp));
@@ -344,10 +357,7 @@ static long do_set_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
 
 	struct model_vm *vm;
 	struct model_vcpu *v;
-	prune_dead(m);
-	if ((e = resolve_vm(m, r->pidfd, r->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, r->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
 		return e;
 	if (r->generation != vm->generation)
 		return -ESTALE;
@@ -393,10 +403,7 @@ static long do_get_stats(struct kvm_model *m, struct kvm_vpmu_vcpu_stats *s)
 	struct model_vm *vm;
 	struct model_vcpu *v;
 	int e;
-	prune_dead(m);
-	if ((e = resolve_vm(m, s->pidfd, s->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, s->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, s->pidfd, s->vm_fd, s->vcpu_id, &vm, &v)) < 0)
 		return e;
 	s->generation = vm->generation;
 	s->route_fallbacks = v->route_fallbacks;
@@ -461,21 +468,13 @@ int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, bool fixed, un
 	return 0;
 }
 
-static int lookup(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, struct model_vcpu **v)
-{
-	struct model_vm *vm;
-	prune_dead(m);
-	int e = resolve_vm(m, pidfd, vm_fd, &vm);
-	return e < 0 ? e : resolve_vcpu(m, vm, vcpu, v);
-}
-
 int kvm_model_guest_count(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
 			  bool fixed, unsigned idx, uint64_t delta)
 {
 	struct model_vcpu *v;
 	if (!m || !counter_ok(m, fixed, idx))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	(fixed ? v->fixed_val : v->gp_val)[idx] += delta;
@@ -488,7 +487,7 @@ int kvm_model_guest_value(struct kvm_model *m, int pidfd, int vm_fd, unsigned vc
 	struct model_vcpu *v;
 	if (!m || !out || !counter_ok(m, fixed, idx))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	*out = (fixed ? v->fixed_val : v->gp_val)[idx];
@@ -500,7 +499,7 @@ int kvm_model_guest_enter(struct kvm_model *m, int pidfd, int vm_fd, unsigned vc
 	struct model_vcpu *v;
 	if (!m || cpu >= m->n_cpus)
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	uint32_t gp, fixed;
@@ -523,7 +522,7 @@ int kvm_model_guest_msr_access(struct kvm_model *m, int pidfd, int vm_fd, unsign
 	struct model_vcpu *v;
 	if (!m || idx >= (fixed ? KVM_VPMU_MAX_FIXED : KVM_VPMU_MAX_GP))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	uint8_t route = fixed ? v->fixed[idx] : v->gp[idx];

@@ -62,12 +62,11 @@ static int __attribute__((format(printf, 2, 3))) set_why(struct kvm_port *p, con
 {
 	char *why;
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&why, fmt, ap);
+	why = alloc_vprintf(fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (!why)
 		return -ENOMEM;
 	free(p->why);
 	p->why = why;

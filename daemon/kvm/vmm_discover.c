@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,20 +19,6 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
 #define _cleanup_closedir_ _cleanup_(closedirp)
 
 static const char *proc_root(const char *r) { return r ? r : "/proc"; }
-
-/* A path under a root the caller chose, in a malloc'd string; NULL on
- * ENOMEM. */
-static char * __attribute__((format(printf, 1, 2))) pathf(const char *fmt, ...)
-{
-	char *p;
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vasprintf(&p, fmt, ap);
-	va_end(ap);
-	return n < 0 ? NULL : p;
-}
 
 /* Parses a non-negative decimal that must fill the whole string: /proc
  * names and file contents are outside input. */
@@ -56,7 +41,7 @@ int vmm_discover_fd_kind(const char *procfs_root, pid_t pid, int fd, unsigned *v
 	char target[128];
 	if (pid <= 0 || fd < 0)
 		return -EBADF;
-	_cleanup_free_ char *path = pathf("%s/%d/fd/%d", proc_root(procfs_root), (int)pid, fd);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/fd/%d", proc_root(procfs_root), (int)pid, fd);
 	if (!path)
 		return -ENOMEM;
 	ssize_t n = readlink(path, target, sizeof(target) - 1);
@@ -141,7 +126,7 @@ static int cmp_vcpu(const void *a, const void *b)
 static pid_t tid_from_debugfs(const char *root, pid_t pid, int vm_fd, unsigned id)
 {
 	char buf[32]; /* a decimal pid */
-	_cleanup_free_ char *path = pathf("%s/kvm/%d-%d/vcpu%u/pid", root, (int)pid, vm_fd, id);
+	_cleanup_free_ char *path = alloc_printf("%s/kvm/%d-%d/vcpu%u/pid", root, (int)pid, vm_fd, id);
 	if (!path)
 		return 0;
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -162,7 +147,7 @@ static pid_t tid_from_debugfs(const char *root, pid_t pid, int vm_fd, unsigned i
  * case the thread stays unknown rather than guessed. */
 static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 {
-	_cleanup_free_ char *path = pathf("%s/%d/task", procfs, (int)pid);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/task", procfs, (int)pid);
 	if (!path)
 		return;
 	_cleanup_closedir_ DIR *d = opendir(path);
@@ -174,7 +159,7 @@ static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 		if (parse_uint(e->d_name, INT_MAX, &tid) < 0)
 			continue;
 		char comm[64]; /* TASK_COMM_LEN is 16 */
-		_cleanup_free_ char *cpath = pathf("%s/%lu/comm", path, tid);
+		_cleanup_free_ char *cpath = alloc_printf("%s/%lu/comm", path, tid);
 		if (!cpath)
 			continue;
 		_cleanup_close_ int fd = open(cpath, O_RDONLY | O_CLOEXEC);
@@ -220,7 +205,7 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 		return pidfd == -EINVAL ? -ESRCH : pidfd;
 	}
 
-	_cleanup_free_ char *path = pathf("%s/%d/fd", procfs, (int)pid);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/fd", procfs, (int)pid);
 	if (!path)
 		return -ENOMEM;
 	_cleanup_closedir_ DIR *d = opendir(path);

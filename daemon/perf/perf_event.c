@@ -80,9 +80,8 @@ static void set_evtsel(struct perf_event_desc *out, uint16_t event, uint8_t umas
 static char *cpu_pmu_path(const struct perf_event_opts *opts, const char *rel)
 {
 	const char *root = opts && opts->sysfs_root ? opts->sysfs_root : "/";
-	char *p;
 
-	return asprintf(&p, "%s/" SYSFS_CPU_PMU "/%s", root, rel) < 0 ? NULL : p;
+	return alloc_printf("%s/" SYSFS_CPU_PMU "/%s", root, rel);
 }
 
 /* Reads a small sysfs file into buf, without its trailing newline;
@@ -247,8 +246,7 @@ static int parse_sysfs_name(const char *name, const struct perf_event_opts *opts
 	/* "event=0x..,umask=0x..": as long as a spec's terms may be */
 	char content[PERF_EVENT_NAME_LEN * 2];
 	_cleanup_free_ char *rel = NULL, *path = NULL;
-	if (asprintf(&rel, "events/%s", name) < 0 || !(path = cpu_pmu_path(opts, rel))) {
-		rel = NULL;
+	if (!(rel = alloc_printf("events/%s", name)) || !(path = cpu_pmu_path(opts, rel))) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}

@@ -85,13 +85,28 @@ static int set_err(struct psess *s, int rc, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		msg = NULL;
+	msg = alloc_vprintf(fmt, ap);
 	va_end(ap);
 	free(s->err);
 	s->err = msg;
 	s->err_oom = !msg;
 	return rc;
+}
+
+/* Makes room for element n of *arr (cap elements of size each), doubling. */
+static int room_for_one(void **arr, size_t *cap, size_t n, size_t size)
+{
+	size_t want = *cap ? 2 * *cap : 8;
+	void *grown;
+
+	if (n < *cap)
+		return 0;
+	grown = reallocarray(*arr, want, size);
+	if (!grown)
+		return -ENOMEM;
+	*arr = grown;
+	*cap = want;
+	return 0;
 }
 
 /* The one way this module runs out of memory. */
@@ -191,14 +206,8 @@ int perf_session_add_event(struct psess *s, const struct perf_event_desc *pev, e
 				       "%s: counted by the %s PMU, cannot join group %u of %s PMU events (the kernel would not schedule it with the group)",
 				       pev->name, perf_event_pmu(pev), group, perf_event_pmu(&s->evs[i].pev));
 	}
-	if (s->n_evs == s->cap_evs) {
-		size_t cap = s->cap_evs ? 2 * s->cap_evs : 8;
-		struct ev *n = realloc(s->evs, cap * sizeof(*n));
-		if (!n)
-			return oom(s);
-		s->evs = n;
-		s->cap_evs = cap;
-	}
+	if (room_for_one((void **)&s->evs, &s->cap_evs, s->n_evs, sizeof(*s->evs)) < 0)
+		return oom(s);
 	struct ev *e = &s->evs[s->n_evs];
 	memset(e, 0, sizeof(*e));
 	e->pev = *pev;
@@ -223,12 +232,11 @@ static pid_t slot_pid(const struct psess *s, int slot)
 
 static bool host_has_cpu_pmu(const struct psess *s)
 {
-	_cleanup_free_ char *path = NULL;
+	_cleanup_free_ char *path = alloc_printf("%s/bus/event_source/devices/cpu", s->sysfs_root);
 	struct stat st;
 
-	if (asprintf(&path, "%s/bus/event_source/devices/cpu", s->sysfs_root) < 0)
-		return (path = NULL), true; /* unknown: word it as the event's fault */
-	return stat(path, &st) == 0;
+	/* unknown (no memory): word it as the event's fault */
+	return !path || stat(path, &st) == 0;
 }
 
 /* Words a failed perf_event_open so the operator learns the cause, not
@@ -330,14 +338,8 @@ static int unit_open(struct psess *s, struct unit *u)
 
 static int new_unit(struct psess *s, enum perf_session_placement placement, unsigned group)
 {
-	if (s->n_units == s->cap_units) {
-		size_t cap = s->cap_units ? 2 * s->cap_units : 8;
-		struct unit *n = realloc(s->units, cap * sizeof(*n));
-		if (!n)
-			return oom(s);
-		s->units = n;
-		s->cap_units = cap;
-	}
+	if (room_for_one((void **)&s->units, &s->cap_units, s->n_units, sizeof(*s->units)) < 0)
+		return oom(s);
 	struct unit *u = &s->units[s->n_units];
 	memset(u, 0, sizeof(*u));
 	u->placement = placement;

@@ -65,11 +65,10 @@ int pmu_discover_read_host_cpuid(struct pmu_host_cpuid *out)
 static char *path_of(const char *root, const char *rel)
 {
 	size_t rl = strlen(root);
-	char *p;
 
 	while (rl > 0 && root[rl - 1] == '/')
 		rl--;
-	return asprintf(&p, "%.*s/%s", (int)rl, root, rel) < 0 ? NULL : p;
+	return alloc_printf("%.*s/%s", (int)rl, root, rel);
 }
 
 /* Longest sysfs/procfs text read here: a CPU list of every other CPU of
@@ -151,11 +150,9 @@ static char *event_sources(const char *root)
 	if (n < 0)
 		return strdup("directory missing");
 	for (int i = 0; i < n; i++) {
-		char *longer = NULL;
-
 		if (list && ents[i]->d_name[0] != '.') {
-			if (asprintf(&longer, "%s%s%s", list, list[0] ? ", " : "", ents[i]->d_name) < 0)
-				longer = NULL;
+			char *longer = alloc_printf("%s%s%s", list, list[0] ? ", " : "", ents[i]->d_name);
+
 			free(list);
 			list = longer;
 		}
