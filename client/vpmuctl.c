@@ -20,6 +20,7 @@
 
 #include "proto/cleanup.h"
 #include "proto/cpulist.h"
+#include "proto/json_fields.h"
 #include "proto/proto.h"
 #include "vpmu/client.h"
 
@@ -479,7 +480,7 @@ static struct json_object *name_params(const char *name)
 {
 	struct json_object *p = json_object_new_object();
 
-	if (!p || json_object_object_add(p, "name", json_object_new_string(name)) < 0)
+	if (!p || !json_fields_put(p, "name", json_object_new_string(name)))
 		oom();
 	return p;
 }

@@ -767,8 +767,10 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 	d.envelope = false;
 	req->method = env.method;
 	r = decode_params(&d, env.params, req);
+	/* the rows were checked as they were read; what no single member
+	 * says (and everything, again, cheaply) is checked on the result */
 	if (r == 0)
-		r = check_request(&d, req);
+		r = proto_request_validate(req, max_cpus, err);
 	if (r < 0)
 		proto_request_fini(req);
 	return r;
