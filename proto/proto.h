@@ -80,6 +80,10 @@ int proto_error_set(struct proto_error *e, enum proto_errcode code, int err,
 		    const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
+/* The one way to say "out of memory" (PROTO_E_INTERNAL, ENOMEM); returns
+ * -ENOMEM. */
+int proto_error_oom(struct proto_error *e);
+
 enum proto_method {
 	PROTO_M_HELLO = 0,
 	PROTO_M_STATUS,
@@ -221,11 +225,30 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 			    struct proto_error *err);
 
 /*
+ * Validates a typed request exactly as proto_request_decode does after
+ * reading JSON (names, ranges, classes, CPU numbers < max_cpus, vCPU
+ * counts), for doors that decode their own encoding (D-Bus). The one place
+ * where the rules live; error fields are named as on the wire
+ * ("params.gp").
+ */
+int proto_request_validate(const struct proto_request *req, unsigned int max_cpus,
+			   struct proto_error *err);
+
+/*
  * Client side: the JSON form of a validated request (defaults written out
  * explicitly). Returns a new object or NULL on allocation failure or an
  * invalid struct (unknown method, count out of range).
  */
 struct json_object *proto_request_encode(const struct proto_request *req);
+
+/*
+ * The same request's params object alone (a new reference), as a client
+ * library call takes it, without the members named in omit (NULL-ended; may
+ * be NULL): a client leaves out what its user did not give, so that the
+ * daemon applies its own configured defaults. NULL as for
+ * proto_request_encode.
+ */
+struct json_object *proto_request_encode_params(const struct proto_request *req, const char *const *omit);
 
 /* Check a server's hello answer against what this client speaks. */
 int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol,
