@@ -221,6 +221,16 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 			    struct proto_error *err);
 
 /*
+ * Validates a typed request exactly as proto_request_decode does after
+ * reading JSON (names, ranges, classes, CPU numbers < max_cpus, vCPU
+ * counts), for doors that decode their own encoding (D-Bus). The one place
+ * where the rules live; error fields are named as on the wire
+ * ("params.gp").
+ */
+int proto_request_validate(const struct proto_request *req, unsigned int max_cpus,
+			   struct proto_error *err);
+
+/*
  * Client side: the JSON form of a validated request (defaults written out
  * explicitly). Returns a new object or NULL on allocation failure or an
  * invalid struct (unknown method, count out of range).
