@@ -67,11 +67,11 @@ struct broker_caller {
 	 * dropped. */
 	const char *origin;
 	/* The connection the request came on, or NULL. A lease made on a
-	 * connection with follows_connection set, and owned by no process
-	 * (no VMM, no owner_pid), is released by the broker when the door
-	 * closes the connection; such a lease is not restored after a restart
-	 * (the restart closed the connection). A request on a connection
-	 * already closed is refused: nothing outlives the caller that asked. */
+	 * connection opened with leases_follow, and owned by no process (no
+	 * VMM, no owner_pid), is released by the broker when the door closes
+	 * the connection; such a lease is not restored after a restart (the
+	 * restart closed the connection). A request on a connection already
+	 * closed is refused: nothing outlives the caller that asked. */
 	struct broker_conn *conn;
 };
 
@@ -100,8 +100,10 @@ bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *
 
 /* ------------------------------------------------------------ connections */
 
-/* A door opens one per client connection (socket client, bus peer). */
-int broker_conn_open(struct broker *b, struct broker_conn **out);
+/* A door opens one per client connection (socket client, bus peer).
+ * leases_follow: leases made on it without a process owner end with it (a
+ * bus peer's); false for clients whose leases outlive them (vpmuctl). */
+int broker_conn_open(struct broker *b, bool leases_follow, struct broker_conn **out);
 /*
  * The door reports the connection gone: the broker releases every lease
  * made on it that follows it, recomputes the plan once, and marks the
