@@ -2609,7 +2609,10 @@ struct broker *broker_free(struct broker *b)
 {
 	if (!b)
 		return NULL;
-	/* Leases stay on disk: a stop is not a release. */
+	/* A file that still lags gets one last try; leases stay on disk
+	 * otherwise: a stop is not a release. */
+	if (b->n_resync && b->resync_timer)
+		on_resync(b->resync_timer, 0, b);
 	while (b->n_sessions) {
 		struct broker_session *s = b->sessions[b->n_sessions - 1];
 		session_unlist(b, s);
@@ -2822,7 +2825,8 @@ int broker_restore(struct broker *b)
 	if (rs.n == 0 && rs.n_bad == 0)
 		log_info("state: nothing to restore in %s", state_dir(b->state));
 	/* Arrival order: arbitration breaks ties by it. */
-	qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
+	if (rs.n > 1)
+		qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
 	uint64_t max = 0;
 	for (size_t i = 0; i < rs.n; i++)
 		if (rs.recs[i].seq > max)
