@@ -673,11 +673,9 @@ static void test_corrupt_state_moved_aside(void **st)
 	assert_int_equal(broker_vm_count(f->b), 1);
 }
 
-static void test_vmm_death_releases_lease(void **st)
+/* A fake VMM holding one KVM VM with 2 vCPUs; pid 0 when it cannot run. */
+static pid_t spawn_fake_vmm(int *vm_fd)
 {
-	struct fx *f = *st;
-	if (access("/dev/kvm", R_OK | W_OK) != 0)
-		skip();
 	int pfd[2];
 	assert_int_equal(pipe(pfd), 0);
 	char tool[512];
@@ -693,11 +691,27 @@ static void test_vmm_death_releases_lease(void **st)
 	char line[128] = "";
 	ssize_t n = read(pfd[0], line, sizeof(line) - 1);
 	close(pfd[0]);
-	if (n <= 0)
-		skip();
+	if (n <= 0 || !strstr(line, "vm_fd=")) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return 0;
+	}
 	line[n] = 0;
-	int vm_fd = -1;
-	sscanf(strstr(line, "vm_fd="), "vm_fd=%d", &vm_fd);
+	sscanf(strstr(line, "vm_fd="), "vm_fd=%d", vm_fd);
+	return pid;
+}
+
+static void test_vmm_death_releases_lease(void **st)
+{
+	struct fx *f = *st;
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		skip();
+	int vm_fd = -1, vm_fd2 = -1;
+	pid_t pid = spawn_fake_vmm(&vm_fd);
+	if (!pid)
+		skip();
+	pid_t pid2 = spawn_fake_vmm(&vm_fd2);
+	assert_true(pid2 > 0);
 	char req[512];
 	snprintf(req, sizeof(req), "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"vmm\",\"gp\":2,"
 		 "\"vcpu_count\":2,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}}}", (int)pid, vm_fd);
@@ -711,14 +725,40 @@ static void test_vmm_death_releases_lease(void **st)
 	assert_true(call(f, &root, req, &r, &err) < 0);
 	assert_string_equal(err.field, "params.owner");
 
+	/* A lease made on a connection that it follows, then bound to its
+	 * VMM: it follows the VMM from then on, not the connection. */
+	struct broker_caller agent = root;
+	agent.door = BROKER_DOOR_DBUS;
+	assert_int_equal(broker_conn_open(f->b, true, &agent.conn), 0);
+	json_object_put(ok_as(f, &agent, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"agent\",\"gp\":2,"
+					 "\"vcpu_count\":2,\"cpus\":\"2-3\"}}"));
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "agent", &v), 0);
+	assert_true(v.follows_connection);
+	snprintf(req, sizeof(req), "{\"id\":4,\"method\":\"vm.bind\",\"params\":{\"name\":\"agent\",\"pid\":%d}}", (int)pid2);
+	json_object_put(ok_as(f, &agent, req));
+	assert_int_equal(broker_vm_find(f->b, "agent", &v), 0);
+	assert_false(v.follows_connection);
+	assert_true(v.bound);
+	assert_int_equal(v.vmm_pid, pid2);
+	char *text = state_text(f);
+	assert_null(strstr(text, "follows_connection"));
+	free(text);
+	broker_conn_close(agent.conn, "its D-Bus peer :1.3 left the bus");
+	broker_conn_unref(agent.conn);
+	assert_int_equal(broker_vm_find(f->b, "agent", NULL), 0);
+
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	/* The pidfd wakes the loop; the lease goes. */
-	for (int i = 0; i < 50; i++)
+	kill(pid2, SIGKILL);
+	waitpid(pid2, NULL, 0);
+	/* The pidfd wakes the loop; the leases go, and their files. */
+	for (int i = 0; i < 50 && broker_vm_count(f->b); i++)
 		sd_event_run(f->ev, 10000);
-	r = ok(f, "{\"id\":3,\"method\":\"vm.list\"}");
+	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
 	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 0);
 	json_object_put(r);
+	assert_int_equal(count_files(f, "leases"), 0);
 }
 
 static uint64_t last_seq;
