@@ -1,101 +1,395 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * broker: the one core every door (socket, D-Bus, libvirt) calls. It owns
- * the leases, feeds the arbiter, persists every change before answering,
- * hands transitions to the kvm port, keeps host sessions on the placements
- * the plan gives them, and tells watchers what changed. Requests arrive as
- * decoded proto structs; results leave as json-c objects, which each
- * transport encodes its own way.
+ * the leases and every lifetime (a lease follows its VMM, its owner process,
+ * or the connection it was made on), decides who may do what from the
+ * credentials a door supplies, feeds the arbiter, persists each changed
+ * lease before answering, hands transitions to the kvm port, keeps host
+ * sessions on the placements the plan gives them, and tells watchers what
+ * changed.
+ *
+ * The core speaks C types: requests are the typed structs proto decodes,
+ * results are typed, read-only views of the broker's state. Each door
+ * renders views in its own encoding (JSON at the socket, D-Bus types on the
+ * bus). A view's pointers are borrowed: valid until the next change of the
+ * broker (the next call that is not a view, or the next event-loop
+ * dispatch), never to be freed by the caller.
+ *
+ * A door includes nothing of the core but this header.
  */
 #ifndef VPMU_BROKER_H
 #define VPMU_BROKER_H
 
-#include <json-c/json.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
 #include "proto/config.h"
-#include "kvm/kvm_port.h"
-#include "pmu/pmu.h"
+#include "proto/cpulist.h"
 #include "proto/proto.h"
 
 struct broker;
+struct broker_conn;
+struct pmu_desc;   /* pmu/pmu.h: for vpmud's wiring only */
+struct kvm_port;   /* kvm/kvm_port.h: for vpmud's wiring only */
 
-/* Who asks: transports fill this from peer credentials. */
+/* ------------------------------------------------------------ callers */
+
+/* Which door a request came through: the same rights everywhere, but a
+ * refusal names what this door accepts (polkit exists only on the bus). */
+enum broker_door {
+	BROKER_DOOR_SOCKET = 0,
+	BROKER_DOOR_DBUS,
+	BROKER_DOOR_LIBVIRT,   /* vpmud's own libvirt follower */
+	BROKER_DOOR_STATE,     /* restore at start */
+};
+const char *broker_door_name(enum broker_door d);
+
+/* Who asks, as the door learnt it from the kernel or the bus. The broker
+ * decides from this alone whether the caller may do what it asks
+ * (broker_authorize); doors never decide. */
 struct broker_caller {
+	enum broker_door door;
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
-	bool privileged;        /* root or a member of admin_group: may change state */
-	const char *transport;  /* "socket", "dbus", "libvirt": for the log */
-	/* Who made a lease, kept with it across restarts ("vpmuctl",
-	 * "vpmu-libvirt-hook", "dbus", "libvirt"): each door reconciles the
-	 * leases it made. NULL: the transport's name. */
+	/* Supplementary groups (SO_PEERGROUPS, or the bus's credentials);
+	 * borrowed, may be NULL with n_groups 0. */
+	const gid_t *groups;
+	size_t n_groups;
+	/* D-Bus only: polkit answered yes for this caller and action. */
+	bool polkit_allowed;
+	/* Who makes leases ("vpmuctl", "vpmu-libvirt-hook", "dbus",
+	 * "libvirt"), kept with each lease across restarts so that each door
+	 * reconciles its own. NULL: the door's name. A "/version" suffix is
+	 * dropped. */
 	const char *origin;
-	/* The transport ends what this caller makes when the caller's
-	 * connection goes (a D-Bus peer leaving the bus), unless a process
-	 * owns it (a VMM, an owner_pid). Such a lease cannot outlive a daemon
-	 * restart, which closes every connection: it is not restored. */
-	bool follows_connection;
+	/* The connection the request came on, or NULL. A lease made on a
+	 * connection opened with leases_follow, and owned by no process (no
+	 * VMM, no owner_pid), is released by the broker when the door closes
+	 * the connection; such a lease is not restored after a restart (the
+	 * restart closed the connection). A request on a connection already
+	 * closed is refused: nothing outlives the caller that asked. */
+	struct broker_conn *conn;
 };
+
+/* What a method needs; one table for every door (docs/protocol.md,
+ * "Who may call what"). */
+enum broker_right {
+	BROKER_RIGHT_ANYONE = 0,   /* reads: status, pmu, plan, lists, show */
+	BROKER_RIGHT_ADMIN,        /* root, the admin group, or polkit on D-Bus */
+	BROKER_RIGHT_OWNER_OR_ADMIN, /* the lease's own uid, or an admin */
+};
+enum broker_right broker_method_right(enum proto_method m);
+
+/* The polkit action a D-Bus caller needs for ADMIN methods
+ * (systemd/org.vpmu.broker1.policy). */
+#define BROKER_POLKIT_ACTION "org.vpmu.broker1.manage"
+
+/*
+ * The one decision of who may do what. Returns 0 when the caller may call
+ * method m (on a lease owned by owner_uid, for OWNER_OR_ADMIN methods;
+ * pass (uid_t)-1 when there is no such lease), or -EPERM with err (may be
+ * NULL) set to a message that names what this door accepts. The libvirt
+ * and state doors are vpmud itself and may do anything. Doors call it up
+ * front only to learn whether asking polkit could help (and the socket to
+ * leave other users' sessions out of session.list); every operation below
+ * checks again itself.
+ */
+int broker_authorize(const struct broker *b, const struct broker_caller *c, enum proto_method m,
+		     uid_t owner_uid, struct proto_error *err);
+/* Whether the caller is an admin by credentials alone (root or the admin
+ * group), without polkit. */
+bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *c);
+
+/* ------------------------------------------------------------ connections */
+
+/* A door opens one per client connection (socket client, bus peer).
+ * leases_follow: leases made on it without a process owner end with it (a
+ * bus peer's); false for clients whose leases outlive them (vpmuctl). */
+int broker_conn_open(struct broker *b, bool leases_follow, struct broker_conn **out);
+/*
+ * The door reports the connection gone: the broker marks it closed and
+ * releases (once) every lease made on it that still follows it, each as
+ * broker_vm_release or a session's stop does, logging reason ("its D-Bus
+ * peer :1.42 left the bus"; NULL: "its connection closed"). The object
+ * itself lives on until the last reference is dropped (a lease holds one
+ * while it follows the connection), so that a request still waiting (for
+ * polkit, say) is refused when it finally arrives instead of creating a
+ * lease nobody holds.
+ */
+void broker_conn_close(struct broker_conn *conn, const char *reason);
+struct broker_conn *broker_conn_ref(struct broker_conn *conn);
+struct broker_conn *broker_conn_unref(struct broker_conn *conn); /* returns NULL */
+bool broker_conn_closed(const struct broker_conn *conn);
+
+/* ------------------------------------------------------------ life */
 
 struct broker_opts {
 	sd_event *event;
 	const struct config *cfg;     /* read at each request: reload changes defaults */
 	const struct pmu_desc *pmu;   /* copied */
-	const char *pmu_note;         /* why this PMU (fallback reason), may be NULL */
+	const char *pmu_note;         /* why this PMU (fallback reason), may be NULL; copied */
 	struct kvm_port *port;        /* owned by the caller, outlives the broker */
-	const char *kvm_host_summary; /* stock-kernel detection, one line, may be NULL */
-	const char *kvm_note;         /* why this KVM backend, may be NULL (then the port's) */
+	const char *kvm_host_summary; /* stock-kernel detection, one line, may be NULL; copied */
+	const char *kvm_note;         /* why this KVM backend, may be NULL (then the port's); copied */
 	const char *state_dir;
 	const char *sysfs_root;       /* NULL: "/" (tests pass fixture trees) */
 };
 
-int broker_new(const struct broker_opts *opts, struct broker **out, char *why, size_t whylen);
-void broker_free(struct broker *b);
+int broker_new(const struct broker_opts *opts, struct broker **out, struct proto_error *err);
+struct broker *broker_free(struct broker *b); /* returns NULL */
 
 /* Reloads the state directory and reconciles it with what is alive. Logs
- * every lease it restores or drops, and why. */
+ * every lease it restores, drops or moves aside, and why. */
 int broker_restore(struct broker *b);
-
-/*
- * Runs one request (everything but hello and watch, which are transport
- * matters). Returns 0 with *result set, or a negative errno with err
- * filled; a refused or failed request changes nothing.
- */
-int broker_handle(struct broker *b, const struct broker_caller *caller,
-		  const struct proto_request *req, struct json_object **result,
-		  struct proto_error *err);
-
-/* Plan events for watchers: fn gets each event (borrowed: take a reference
- * to keep it). */
-typedef void (*broker_event_fn)(struct json_object *event, void *userdata);
-int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id);
-void broker_unsubscribe(struct broker *b, uint64_t sub_id);
-
-/* Called (with a NULL event) after every accepted change; for the daemon's
- * own bookkeeping (sd_notify STATUS), not counted as a watcher. */
-void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata);
 
 uint64_t broker_generation(const struct broker *b);
 /* One line for sd_notify STATUS= and the log. */
 void broker_summary(const struct broker *b, char *buf, size_t len);
 
-/* A VM lease's identity: unique for the daemon's life, so a name detached
- * and attached again is another lease. 0 if there is no such VM. */
-uint64_t broker_vm_id(const struct broker *b, const char *name);
-/* Whether the VM lease follows a VMM process. */
-bool broker_vm_bound(const struct broker *b, const char *name);
-/* The origin a VM lease was made with, or NULL if there is no such VM. */
-const char *broker_vm_origin(const struct broker *b, const char *name);
-/* Names of the VM leases made by origin (all if NULL); *names is a
- * NULL-terminated array the caller frees (strings included). */
+/* ------------------------------------------------------------ changes */
+
+/*
+ * Each returns 0 or a negative errno with err filled; a refused or failed
+ * request changes nothing. Every accepted change is durable before the
+ * call returns. *generation (may be NULL) is the plan generation after the
+ * change.
+ */
+struct broker_attach_result {
+	uint64_t generation;
+	unsigned passthrough_vcpus;   /* vCPUs whose every PMC passes through */
+	unsigned multiplexed_vcpus;   /* vCPUs that asked for PMCs and got less */
+	bool bound;                   /* tied to its VMM already */
+};
+int broker_vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
+		     struct broker_attach_result *res, struct proto_error *err);
+int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char *name,
+		     uint64_t *generation, struct proto_error *err);
+int broker_vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
+		     uint64_t *generation, struct proto_error *err);
+int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
+		   uint64_t *generation, struct proto_error *err);
+/* After success the session's view (broker_session_find) has its events'
+ * placements. */
+int broker_session_start(struct broker *b, const struct broker_caller *c,
+			 const struct proto_session_start *q, uint64_t *generation,
+			 struct proto_error *err);
+int broker_session_stop(struct broker *b, const struct broker_caller *c, const char *name,
+			uint64_t *generation, struct proto_error *err);
+
+/* Lease removal from inside the daemon (the libvirt follower, an owner's
+ * death); logs reason. -ENOENT if there is no such VM. */
+int broker_vm_release(struct broker *b, const char *name, const char *reason);
+
+/* ------------------------------------------------------------ views */
+
+enum broker_route {
+	BROKER_ROUTE_DISABLED = 0,     /* the guest does not have this PMC */
+	BROKER_ROUTE_MULTIPLEXED,      /* backed by a host perf event */
+	BROKER_ROUTE_PASSTHROUGH,      /* guest PMC i is physical PMC i */
+	BROKER_ROUTE__COUNT
+};
+const char *broker_route_name(enum broker_route r);
+
+struct broker_status {
+	const char *server;            /* "vpmud/VERSION" */
+	int protocol;
+	const char *pmu_model;
+	const char *pmu_source;        /* host, builtin, file, none */
+	bool pmu_simulated;
+	const char *pmu_why;           /* NULL when nothing to say */
+	const char *kvm_backend;       /* ioctl, advisory, model */
+	bool kvm_enforced;
+	const char *kvm_why;
+	const char *kvm_host;          /* NULL when not detected */
+	uint64_t generation;
+	unsigned cpus;
+	size_t vms, sessions, watchers;
+	uint64_t uptime_s;
+};
+void broker_status(const struct broker *b, struct broker_status *out);
+
+struct broker_pmu_view {
+	const char *source;
+	bool simulated;
+	const char *model;
+	const char *vendor;
+	unsigned version;
+	unsigned gp, gp_width;
+	uint32_t fixed_mask;
+	unsigned fixed, fixed_width;
+	bool perf_metrics;
+	int pebs_format;
+	uint64_t global_ctrl_mask;
+	unsigned cpus;
+	const char *boot_block;        /* the kernel's boot lines for this PMU */
+	bool nmi_watchdog;             /* one cycles-capable counter taken on every CPU */
+};
+void broker_pmu(const struct broker *b, struct broker_pmu_view *out);
+
+struct broker_vm_view {
+	/* The lease's sequence number: kept across restarts, never reused,
+	 * so a name detached and attached again is another lease. */
+	uint64_t id;
+	const char *name;
+	uint32_t priority;
+	enum proto_class cls;
+	uint32_t gp;
+	uint32_t fixed_mask;
+	const char *origin;
+	uid_t uid;                     /* who attached it */
+	bool follows_connection;       /* released when its connection closes */
+	bool bound;
+	pid_t vmm_pid;                 /* when bound; 0 otherwise */
+	int vm_fd;                     /* when bound; -1 otherwise */
+	uint32_t n_vcpus;
+	unsigned passthrough_vcpus;    /* vCPUs whose every asked PMC passes through */
+};
+struct broker_vcpu_view {
+	uint32_t vcpu;
+	const struct cpulist *cpus;    /* where it may run */
+	unsigned n_gp;                 /* the PMU's general counters */
+	uint8_t gp[32];                /* enum broker_route, n_gp of them */
+	uint32_t pmu_fixed_mask;       /* which fixed counters the PMU has */
+	uint8_t fixed[16];             /* enum broker_route, by fixed index */
+};
+struct broker_guest_view {
+	bool ok;                       /* false: error says why */
+	char error[256];
+	unsigned version;
+	uint32_t eax, ebx, ecx, edx;   /* CPUID leaf 0xA (Intel) or 0x80000022 (AMD) */
+	char boot_block[1024];         /* what a Linux guest would print */
+};
+
+size_t broker_vm_count(const struct broker *b);
+/* i < broker_vm_count(); in arrival order. */
+void broker_vm_at(const struct broker *b, size_t i, struct broker_vm_view *out);
+/* -ENOENT; out may be NULL to ask whether the lease exists. */
+int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_view *out);
+int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct broker_vcpu_view *out);
+int broker_vm_guest(const struct broker *b, uint64_t vm_id, struct broker_guest_view *out);
+/* Whether any vCPU of the VM may run on one of cpus. */
+bool broker_vm_on_cpus(const struct broker *b, uint64_t vm_id, const struct cpulist *cpus);
+/* Names of the VM leases made by origin (all if NULL): a NULL-terminated
+ * array the caller frees with strv_free (proto/cleanup.h). */
 int broker_vm_names(const struct broker *b, const char *origin, char ***names);
 
-/* Lease removal by name from inside the daemon (libvirt follower, owner
- * death); logs reason. -ENOENT if no such VM. */
-int broker_vm_release(struct broker *b, const char *name, const char *reason);
+enum broker_placement {
+	BROKER_PLACEMENT_SOFTWARE = 0, /* a software event: no counter needed */
+	BROKER_PLACEMENT_DEDICATED,    /* its own counter on every CPU */
+	BROKER_PLACEMENT_MULTIPLEXED,  /* rotates with others */
+	BROKER_PLACEMENT__COUNT
+};
+const char *broker_placement_name(enum broker_placement p);
+
+struct broker_session_view {
+	uint64_t id;
+	const char *name;
+	uint32_t priority;
+	enum proto_class cls;
+	uint32_t n_events;
+	bool has_cpus;
+	const struct cpulist *cpus;    /* when has_cpus */
+	pid_t pid;                     /* when !has_cpus: the counted task */
+	pid_t owner_pid;
+	uid_t uid;
+	const char *origin;
+	bool follows_connection;
+	uint64_t started_usec;         /* CLOCK_REALTIME */
+};
+struct broker_event_view {
+	const char *event;             /* the spec as given */
+	enum broker_placement placement;
+	double share;                  /* expected fraction of time counted */
+	unsigned dedicated_cpus;       /* CPUs where it holds a counter */
+};
+
+size_t broker_session_count(const struct broker *b);
+void broker_session_at(const struct broker *b, size_t i, struct broker_session_view *out);
+/* -ENOENT; out may be NULL. */
+int broker_session_find(const struct broker *b, const char *name, struct broker_session_view *out);
+int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e,
+			 struct broker_event_view *out);
+bool broker_session_on_cpus(const struct broker *b, uint64_t session_id, const struct cpulist *cpus);
+
+/* One reading of a session: owned by the caller (broker_reading_free). */
+struct broker_event_reading {
+	const char *event;
+	enum broker_placement placement;
+	bool counted;
+	const char *reason;            /* when !counted */
+	uint64_t value, time_enabled, time_running;
+	double scaled;
+	bool multiplexed, never_ran;
+};
+struct broker_reading {
+	char name[PROTO_NAME_MAX + 1];
+	uint64_t since_usec, read_usec;
+	const char *note;              /* NULL, or why nothing is counted (model PMU) */
+	uint32_t n_events;
+	struct broker_event_reading *events;
+};
+int broker_session_read(struct broker *b, const struct broker_caller *c, const char *name,
+			struct broker_reading **out, struct proto_error *err);
+void broker_reading_free(struct broker_reading *r);
+
+/* The plan, per CPU of the inventory. */
+enum broker_holder {
+	BROKER_HOLDER_SESSION = 0,
+	BROKER_HOLDER_FOREIGN,         /* the NMI watchdog, other perf users */
+};
+struct broker_host_placement {
+	enum broker_holder holder;
+	const char *holder_name;       /* session name, or "nmi_watchdog" */
+	uint64_t session_id;           /* when a session */
+	const char *event;
+	int counter;                   /* -1: none; 0..31 gp; 32+j fixed j */
+	double share;
+};
+struct broker_cpu_view {
+	int cpu;
+	uint32_t guest_gp_mask;
+	uint32_t guest_fixed_mask;
+	unsigned n_host;
+	const struct broker_host_placement *host; /* valid until the next broker_cpu_at */
+};
+unsigned broker_cpu_count(const struct broker *b);
+int broker_cpu_at(const struct broker *b, unsigned i, struct broker_cpu_view *out);
+
+/* ------------------------------------------------------------ watchers */
+
+/* One step of a plan change, as watchers see it. */
+struct broker_change {
+	unsigned phase;                /* 1: downgrades and shrinks; 2: grows and upgrades */
+	bool partition;                /* true: a CPU's guest partition; false: a vCPU's routes */
+	int cpu;                       /* partition */
+	uint32_t guest_gp_mask, guest_fixed_mask; /* partition */
+	const char *vm;                /* routes */
+	uint32_t vcpu;                 /* routes */
+	unsigned n_gp;
+	uint8_t gp[32];                /* enum broker_route */
+	uint32_t pmu_fixed_mask;
+	uint8_t fixed[16];             /* enum broker_route, by fixed index */
+	uint32_t scrub_gp_mask, scrub_fixed_mask;
+};
+struct broker_event {
+	uint64_t seq;                  /* increases by one per event: doors cache renderings by it */
+	uint64_t generation;
+	const char *reason;
+	size_t n_changes;              /* 0: a lease changed (bound) and the plan did not */
+	const struct broker_change *changes;
+};
+/* fn gets each event, borrowed for the duration of the call. A subscriber
+ * may unsubscribe from inside its callback. */
+typedef void (*broker_event_fn)(const struct broker_event *ev, void *userdata);
+int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id);
+void broker_unsubscribe(struct broker *b, uint64_t sub_id);
+
+/* Called with every event before the watchers, and not counted as one:
+ * the daemon's own bookkeeping (sd_notify STATUS). */
+void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata);
 
 #endif

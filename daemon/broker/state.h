@@ -1,34 +1,79 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * state: the daemon's durable state, one JSON document in the state
- * directory. A save is atomic and durable before it returns (write a temp
- * file, fsync, rename over the old one, fsync the directory), so a change
- * acknowledged after state_save survives a crash at any point.
+ * state: the daemon's durable leases, one file per lease in the state
+ * directory, so that persisting a change costs what it changes (libvirt
+ * keeps one status file per running domain for the same reason).
+ *
+ * A put is atomic and durable before it returns (write a temp file, fsync,
+ * rename over the old one, fsync the directory); a delete is an unlink
+ * followed by an fsync of the directory. A change acknowledged after either
+ * survives a crash at any point.
+ *
+ * The store does not interpret a lease's text (the broker writes JSON);
+ * it only guarantees that what it accepted, it gives back at load:
+ * state_put refuses a text longer than STATE_LEASE_MAX, and state_load
+ * reads every text up to that size.
  */
 #ifndef VPMU_STATE_H
 #define VPMU_STATE_H
 
-#include <json-c/json.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
-#define STATE_FORMAT 1
-#define STATE_FILE "state.json"
+/* Above the largest lease the doors can produce (1024 vCPUs, each with
+ * the longest CPU list of 4096 CPUs). */
+#define STATE_LEASE_MAX (16u << 20)
 
-/* Writes doc (whose "format" member state_save sets) to dir/state.json. */
-int state_save(const char *dir, struct json_object *doc);
+enum state_kind {
+	STATE_VM = 0,
+	STATE_SESSION,
+};
+
+struct state;
 
 /*
- * Loads dir/state.json. Returns 0 with *doc set, or 0 with *doc NULL when
- * there is no state yet. A file that does not parse, is not an object, or
- * carries a format this daemon does not know is moved aside to
- * state.json.<reason>-<unix time> and *doc is NULL; moved_to then names the
- * new path (empty otherwise) and why says what was wrong.
+ * Opens (and creates, mode 0700) dir and its lease folder. A state.json
+ * left by an older vpmud (format 1: one document with every lease) is
+ * split into lease files, each the old entry plus "seq", its rank in the
+ * old restore order (VMs first, then sessions), and renamed
+ * state.json.migrated-<unix time>; one that cannot be read as format 1 is
+ * moved into "rejected". On failure why says what failed; on success it
+ * holds what the migration did, for the log ("" when nothing).
  */
-int state_load(const char *dir, struct json_object **doc, char *moved_to, size_t moved_len,
-	       char *why, size_t whylen);
+int state_open(const char *dir, struct state **out, char *why, size_t whylen);
+struct state *state_close(struct state *s); /* returns NULL */
+const char *state_dir(const struct state *s);
 
-/* Moves the current state file aside (used when its content fails
- * validation beyond the format check). */
-int state_move_aside(const char *dir, const char *reason, char *moved_to, size_t moved_len);
+/* name: a lease name as the protocol allows it (1..64 of [A-Za-z0-9._-],
+ * not "." or ".."). -EFBIG above STATE_LEASE_MAX, -EINVAL for a bad
+ * name; nothing is written then. */
+int state_put(struct state *s, enum state_kind kind, const char *name, const char *text, size_t len);
+/* -ENOENT when there is no such lease (not an error for callers that
+ * release what may never have been saved). */
+int state_delete(struct state *s, enum state_kind kind, const char *name);
+
+/*
+ * Calls fn for every lease file, in no particular order (the broker sorts
+ * by the sequence number it stores in each text). A file that cannot be
+ * read, is not a regular file, is larger than STATE_LEASE_MAX or not
+ * named as state_put names files (a temporary file a crash left behind
+ * included) is moved aside into the state directory's "rejected" folder
+ * as NAME.<unix time> and reported through fn_rejected (may be NULL) with
+ * where it went and why; it is never deleted. When fn returns a negative
+ * errno the file is moved aside the same way with the errno's message.
+ * Returns 0 or a negative errno when the directory itself cannot be read
+ * (or memory runs out).
+ */
+typedef int (*state_lease_fn)(enum state_kind kind, const char *name, const char *text, size_t len,
+			      void *userdata);
+typedef void (*state_rejected_fn)(const char *path, const char *moved_to, const char *why,
+				  void *userdata);
+int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected, void *userdata);
+
+/* Moves one saved lease aside (into "rejected") without deleting it: for a
+ * lease whose text parsed but that can no longer be restored. */
+int state_reject(struct state *s, enum state_kind kind, const char *name, const char *why,
+		 char *moved_to, size_t moved_len);
 
 #endif

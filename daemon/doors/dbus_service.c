@@ -7,7 +7,10 @@
 #include <string.h>
 #include <systemd/sd-bus.h>
 
+#include <json-c/json.h>
+
 #include "base/log.h"
+#include "doors/json_door.h"
 
 #define IFACE_MANAGER DBUS_SERVICE_NAME ".Manager"
 #define IFACE_VM DBUS_SERVICE_NAME ".VM"
@@ -33,10 +36,7 @@ struct peer {
 	struct dbus_service *svc;
 	char *name;                 /* unique bus name */
 	sd_bus_track *track;
-	struct peer_vm { char *name; uint64_t id; } *vms; /* VM leases made without a VMM owner */
-	size_t n_vms;
-	struct peer_session { char *name; pid_t owner; } *sessions;
-	size_t n_sessions;
+	struct broker_conn *conn;   /* the broker releases what follows it when the peer leaves */
 	struct peer *next, *prev;
 };
 
@@ -53,6 +53,7 @@ struct pending {
 	gid_t gid;
 	pid_t pid;
 	char *sender;
+	struct broker_conn *conn;   /* the caller's connection (a reference), for changes */
 	reply_fn reply;
 	struct pending *next, *prev;
 };
@@ -73,8 +74,8 @@ struct dbus_service {
 };
 
 /* The daemon itself, for reads and for releasing what a departed peer held. */
-static const struct broker_caller self_caller = { .uid = 0, .gid = 0, .pid = 0, .privileged = true,
-						   .transport = "dbus", .origin = "dbus" };
+static const struct broker_caller self_caller = { .door = BROKER_DOOR_DBUS, .uid = 0, .gid = 0, .pid = 0,
+						   .origin = "dbus" };
 
 /* ------------------------------------------------------------ helpers */
 
@@ -644,7 +645,7 @@ static void sync_objects(struct dbus_service *s)
 	struct proto_request req = { .method = PROTO_M_PLAN };
 	struct proto_error err = {0};
 	struct json_object *plan = NULL;
-	if (broker_handle(s->broker, &self_caller, &req, &plan, &err) < 0) {
+	if (json_door_call(s->broker, &self_caller, &req, &plan, &err) < 0) {
 		log_err("dbus: reading the plan: %s", err.message);
 		return;
 	}
@@ -709,11 +710,14 @@ static int on_flush(sd_event_source *src, void *userdata)
 
 /* Broker events arrive from inside broker calls; the bus work waits for the
  * event loop so that it never re-enters the broker. */
-static void on_broker_event(struct json_object *event, void *userdata)
+static void on_broker_event(const struct broker_event *ev, void *userdata)
 {
 	struct dbus_service *s = userdata;
-	if (s->queue)
-		json_object_array_add(s->queue, json_object_get(event));
+	struct json_object *event = json_door_event_object(ev);
+	if (s->queue && event)
+		json_object_array_add(s->queue, event);
+	else
+		json_object_put(event);
 	sd_event_source_set_enabled(s->flush_src, SD_EVENT_ONESHOT);
 }
 
@@ -729,46 +733,19 @@ static void peer_free(struct peer *p)
 	if (p->next)
 		p->next->prev = p->prev;
 	sd_bus_track_unref(p->track);
-	for (size_t i = 0; i < p->n_vms; i++)
-		free(p->vms[i].name);
-	for (size_t i = 0; i < p->n_sessions; i++)
-		free(p->sessions[i].name);
-	free(p->vms);
-	free(p->sessions);
+	broker_conn_unref(p->conn);
 	free(p->name);
 	free(p);
 }
 
-/* The agent left the bus: what it held without a VMM or process owner goes. */
+/* The agent left the bus: the broker releases what followed it. */
 static int on_peer_gone(sd_bus_track *t, void *userdata)
 {
 	struct peer *p = userdata;
-	struct dbus_service *s = p->svc;
 	char reason[160];
 	(void)t;
 	snprintf(reason, sizeof(reason), "its D-Bus peer %s left the bus", p->name);
-	for (size_t i = 0; i < p->n_vms; i++) {
-		/* Only the very lease this peer made (a name detached and made
-		 * again elsewhere has another id), and only while no VMM holds
-		 * it: a bound lease follows its process, not the connection. */
-		if (broker_vm_id(s->broker, p->vms[i].name) == p->vms[i].id &&
-		    !broker_vm_bound(s->broker, p->vms[i].name))
-			broker_vm_release(s->broker, p->vms[i].name, reason);
-	}
-	for (size_t i = 0; i < p->n_sessions; i++) {
-		struct json_object *ss = find_named(s->plan, "sessions", p->sessions[i].name);
-		if (!ss || jint(ss, "owner_pid", 0) != p->sessions[i].owner)
-			continue;
-		struct proto_request req = { .method = PROTO_M_SESSION_STOP };
-		struct proto_error err = {0};
-		struct json_object *res = NULL;
-		snprintf(req.u.session_stop.name, sizeof(req.u.session_stop.name), "%s", p->sessions[i].name);
-		log_notice("dbus: stopping session %s: %s session=%s", p->sessions[i].name, reason,
-			   p->sessions[i].name);
-		if (broker_handle(s->broker, &self_caller, &req, &res, &err) < 0)
-			log_warn("dbus: session %s: %s", p->sessions[i].name, err.message);
-		json_object_put(res);
-	}
+	broker_conn_close(p->conn, reason);
 	peer_free(p);
 	return 0;
 }
@@ -779,10 +756,11 @@ static struct peer *peer_get(struct dbus_service *s, const char *sender)
 		if (!strcmp(p->name, sender))
 			return p;
 	struct peer *p = calloc(1, sizeof(*p));
-	if (!p || !(p->name = strdup(sender)) || sd_bus_track_new(s->bus, &p->track, on_peer_gone, p) < 0 ||
-	    sd_bus_track_add_name(p->track, sender) < 0) {
+	if (!p || !(p->name = strdup(sender)) || broker_conn_open(s->broker, true, &p->conn) < 0 ||
+	    sd_bus_track_new(s->bus, &p->track, on_peer_gone, p) < 0 || sd_bus_track_add_name(p->track, sender) < 0) {
 		if (p) {
 			sd_bus_track_unref(p->track);
+			broker_conn_unref(p->conn);
 			free(p->name);
 		}
 		free(p);
@@ -794,56 +772,6 @@ static struct peer *peer_get(struct dbus_service *s, const char *sender)
 		s->peers->prev = p;
 	s->peers = p;
 	return p;
-}
-
-static int track_lease(struct dbus_service *s, const char *sender, bool vm, const char *name, pid_t owner)
-{
-	struct peer *p = peer_get(s, sender);
-	char *n = strdup(name);
-	if (!p || !n) {
-		free(n);
-		return -ENOMEM;
-	}
-	if (vm) {
-		struct peer_vm *v = realloc(p->vms, (p->n_vms + 1) * sizeof(*v));
-		if (!v) {
-			free(n);
-			return -ENOMEM;
-		}
-		p->vms = v;
-		p->vms[p->n_vms++] = (struct peer_vm){ .name = n, .id = broker_vm_id(s->broker, name) };
-	} else {
-		struct peer_session *v = realloc(p->sessions, (p->n_sessions + 1) * sizeof(*v));
-		if (!v) {
-			free(n);
-			return -ENOMEM;
-		}
-		p->sessions = v;
-		p->sessions[p->n_sessions].name = n;
-		p->sessions[p->n_sessions++].owner = owner;
-	}
-	return 0;
-}
-
-static void untrack_lease(struct dbus_service *s, bool vm, const char *name)
-{
-	for (struct peer *p = s->peers; p; p = p->next) {
-		if (vm) {
-			for (size_t i = 0; i < p->n_vms; i++)
-				if (!strcmp(p->vms[i].name, name)) {
-					free(p->vms[i].name);
-					p->vms[i] = p->vms[--p->n_vms];
-					return;
-				}
-		} else {
-			for (size_t i = 0; i < p->n_sessions; i++)
-				if (!strcmp(p->sessions[i].name, name)) {
-					free(p->sessions[i].name);
-					p->sessions[i] = p->sessions[--p->n_sessions];
-					return;
-				}
-		}
-	}
 }
 
 /* ------------------------------------------------------------ requests */
@@ -860,6 +788,7 @@ static void pending_free(struct pending *p)
 	sd_bus_slot_unref(p->slot);
 	sd_bus_message_unref(p->call);
 	proto_request_fini(&p->req);
+	broker_conn_unref(p->conn);
 	free(p->sender);
 	free(p);
 }
@@ -870,34 +799,20 @@ static bool changes_state(enum proto_method m)
 	       m == PROTO_M_VM_BIND || m == PROTO_M_SESSION_START || m == PROTO_M_SESSION_STOP;
 }
 
-/* Runs the request through the broker and answers; frees p. */
-static void finish(struct pending *p, bool privileged)
+/* Runs the request through the broker and answers; frees p. The broker
+ * decides: polkit's answer is one of the credentials it weighs. */
+static void finish(struct pending *p, bool polkit_allowed)
 {
 	struct dbus_service *s = p->svc;
 	const struct proto_request *req = &p->req;
-	struct broker_caller caller = { .uid = p->uid, .gid = p->gid, .pid = p->pid, .privileged = privileged,
-					.transport = "dbus", .origin = "dbus",
-					.follows_connection = true };
+	struct broker_caller caller = { .door = BROKER_DOOR_DBUS, .uid = p->uid, .gid = p->gid, .pid = p->pid,
+					.polkit_allowed = polkit_allowed, .origin = "dbus", .conn = p->conn };
 	struct json_object *result = NULL;
 	struct proto_error err = {0};
 	int r;
-	if (broker_handle(s->broker, &caller, req, &result, &err) < 0) {
+	if (json_door_call(s->broker, &caller, req, &result, &err) < 0) {
 		r = reply_proto_error(p->call, &err);
 	} else {
-		int t = 0;
-		if (req->method == PROTO_M_VM_ATTACH && !req->u.vm_attach.has_owner)
-			t = track_lease(s, p->sender, true, req->u.vm_attach.name, 0);
-		else if (req->method == PROTO_M_SESSION_START && !req->u.session_start.owner_pid)
-			t = track_lease(s, p->sender, false, req->u.session_start.name, p->pid);
-		else if (req->method == PROTO_M_VM_DETACH)
-			untrack_lease(s, true, req->u.vm_detach.name);
-		else if (req->method == PROTO_M_VM_BIND)
-			untrack_lease(s, true, req->u.vm_bind.name); /* it follows its VMM now */
-		else if (req->method == PROTO_M_SESSION_STOP)
-			untrack_lease(s, false, req->u.session_stop.name);
-		if (t < 0)
-			log_err("dbus: cannot follow peer %s: its lease stays until it is detached or vpmud restarts",
-				p->sender);
 		if (changes_state(req->method))
 			flush(s);
 		r = p->reply(s, p->call, req, result);
@@ -937,8 +852,9 @@ static int on_polkit(sd_bus_message *reply, void *userdata, sd_bus_error *e)
 
 /*
  * The common path of every method: validate as the socket does, learn who
- * asks, then decide "privileged" (root; otherwise polkit, asynchronously,
- * only for changes) and let the broker do the rest. Takes params.
+ * asks, ask polkit (asynchronously) for a change the caller's credentials
+ * alone do not allow, and let the broker decide and do the rest. Takes
+ * params.
  */
 static int dispatch(sd_bus_message *m, struct dbus_service *s, enum proto_method method,
 		    struct json_object *params, reply_fn reply, sd_bus_error *e)
@@ -997,8 +913,26 @@ static int dispatch(sd_bus_message *m, struct dbus_service *s, enum proto_method
 	p->uid = uid;
 	p->gid = gid;
 	p->pid = pid;
-	if (uid == 0 || !changes_state(method)) {
-		finish(p, uid == 0);
+	if (changes_state(method)) {
+		/* The caller's connection, from now on: if it leaves while polkit
+		 * thinks, the broker refuses the request when it arrives. */
+		struct peer *peer = peer_get(s, p->sender);
+		if (!peer) {
+			pending_free(p);
+			return sd_bus_error_setf(e, ERROR_PREFIX "Internal", "cannot follow the caller's connection");
+		}
+		p->conn = broker_conn_ref(peer->conn);
+	}
+	/* Polkit only when the credentials alone do not allow it. */
+	struct broker_caller who = { .door = BROKER_DOOR_DBUS, .uid = uid, .gid = gid, .pid = pid };
+	uid_t owner = (uid_t)-1;
+	struct broker_session_view sv;
+	if ((method == PROTO_M_SESSION_STOP || method == PROTO_M_SESSION_READ) &&
+	    broker_session_find(s->broker, p->req.u.session_stop.name, &sv) == 0)
+		owner = sv.uid;
+	if (broker_method_right(method) == BROKER_RIGHT_ANYONE ||
+	    broker_authorize(s->broker, &who, method, owner, NULL) == 0) {
+		finish(p, false);
 		return 1;
 	}
 	r = sd_bus_call_method_async(s->bus, &p->slot, "org.freedesktop.PolicyKit1",
@@ -1181,7 +1115,7 @@ static struct json_object *read_view(struct dbus_service *s, enum proto_method m
 	struct proto_request req = { .method = method };
 	struct proto_error err = {0};
 	struct json_object *res = NULL;
-	if (broker_handle(s->broker, &self_caller, &req, &res, &err) < 0)
+	if (json_door_call(s->broker, &self_caller, &req, &res, &err) < 0)
 		log_warn("dbus: %s: %s", proto_method_name(method), err.message);
 	return res;
 }
@@ -1324,7 +1258,8 @@ void dbus_service_free(struct dbus_service *s)
 	while (s->pending)
 		pending_free(s->pending);
 	/* Leases stay: a restart releases D-Bus leases without an owner, and
-	 * a plain stop must not rewrite the state as if agents had left. */
+	 * a plain stop must not rewrite the state as if agents had left (the
+	 * connections are dropped, not closed). */
 	while (s->peers) {
 		s->peers->track = sd_bus_track_unref(s->peers->track);
 		peer_free(s->peers);
