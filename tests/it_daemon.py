@@ -923,6 +923,7 @@ def test_limits_state_size(tmp):
               f"{len(missing)} missing; log: {d.logtext()[-400:]}")
     finally:
         d.stop()
+        shutil.rmtree(d.state, ignore_errors=True)  # tens of MiB; the log stays
 
 
 def test_many_leases(tmp):
