@@ -888,7 +888,7 @@ def test_limits_state_size(tmp):
     state file was over the load limit). 400 such leases, none on CPU 0, so
     that a plan filtered to CPU 0 has no VM to list."""
     n = int(os.environ.get("VPMU_IT_BIG_LEASES", "400"))
-    budget = float(os.environ.get("VPMU_IT_LIMIT_SECONDS", "400"))
+    budget = float(os.environ.get("VPMU_IT_LIMIT_SECONDS", "300"))
     os.makedirs(tmp)
     d = Daemon(tmp)
     d.start()
