@@ -89,7 +89,7 @@ class Daemon:
         self.hermetic_cli = hermetic_cli
         self.p = None
 
-    def start(self, wait=True):
+    def start(self, wait=True, timeout=10):
         conf = os.path.join(self.tmp, "vpmud.conf")
         if not os.path.exists(conf):
             open(conf, "w").close()
@@ -100,7 +100,7 @@ class Daemon:
                 "--state-dir", self.state, "--config", os.path.join(self.tmp, "vpmud.conf")] + self.extra
         self.p = subprocess.Popen(args, stderr=self.log, env=self.env)
         if wait:
-            deadline = time.time() + 10
+            deadline = time.time() + timeout
             while time.time() < deadline:
                 try:
                     Client(self.sock).close()
@@ -914,7 +914,7 @@ def test_limits_state_size(tmp):
               r.get("error"))
         c.close()
         d.stop()
-        d.start()
+        d.start(timeout=300)  # restoring 400 x 1024 vCPUs is slow under ASan: correctness, not speed, is checked here
         c = Client(d.sock, timeout=120)
         back = {v["name"] for v in c.call("vm.list")["result"]["vms"]}
         c.close()
