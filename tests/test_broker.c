@@ -1107,6 +1107,31 @@ static void test_restore_order_and_next_id(void **st)
 	assert_true(id_of(f, "new") > aa);
 }
 
+/* Admission is a gate on arrival: a guaranteed session admitted before a
+ * VM was raised to a priority that would have kept it out comes back at
+ * restart exactly as it was acknowledged, not refused. */
+static void test_restore_replays_admitted_set(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"gp\":8,"
+			      "\"vcpu_count\":1,\"cpus\":\"1\",\"priority\":100,\"class\":\"preferred\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"g\","
+			      "\"events\":[\"branches\"],\"cpus\":\"1\",\"priority\":500,\"class\":\"guaranteed\"}}"));
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.update\",\"params\":{\"name\":\"v\",\"priority\":900}}"));
+	const char *before = placement_in_plan(f, "g", 0);
+	assert_string_equal(before, "dedicated");
+	char routes[8][16];
+	for (int i = 0; i < 8; i++)
+		snprintf(routes[i], sizeof(routes[i]), "%s", route_of(f, "v", i));
+	close_broker(f);
+	open_broker(f);
+	assert_int_equal(n_sessions_named(f, "g"), 1);
+	assert_string_equal(placement_in_plan(f, "g", 0), "dedicated");
+	for (int i = 0; i < 8; i++)
+		assert_string_equal(route_of(f, "v", i), routes[i]);
+	assert_int_equal(count_files(f, "rejected"), 0);
+}
+
 /* A state.json of the old format becomes lease files, restored in its
  * order (VMs, then sessions). */
 static void test_old_state_migrates(void **st)
@@ -1497,6 +1522,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_request_on_closed_conn_creates_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authorization_per_door, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_order_and_next_id, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restore_replays_admitted_set, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_old_state_migrates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_per_lease_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_at_size_limit_reloads, setup, teardown),

@@ -192,6 +192,7 @@ struct arb {
 	size_t n_moved;         /* recomp[0..n_moved): vCPUs whose routes may change */
 	struct cons *adm;
 	struct cons *gone;      /* the consumer being replaced or removed */
+	bool no_admission;      /* arb_set_admission(false): replaying an admitted set */
 	struct fail fail;
 };
 
@@ -1624,7 +1625,7 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 	if (old && nw && cons_cmp(nw, old) < 0)
 		from.c = nw;
 	r = compute_incremental(a, fp, &from);
-	if (!r && nw)
+	if (!r && nw && !a->no_admission)
 		r = admission(a, nw, why, whylen);
 	if (!r)
 		r = build_transitions(a, old, nw);
@@ -1638,6 +1639,11 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 }
 
 /* ---- public ---- */
+
+void arb_set_admission(struct arb *a, bool enforce)
+{
+	a->no_admission = !enforce;
+}
 
 int arb_create(const struct arb_inventory *inv, struct arb **out)
 {

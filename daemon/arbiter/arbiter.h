@@ -115,6 +115,16 @@ int arb_session_add(struct arb *a, const struct arb_session_spec *s, char *why, 
 int arb_session_update(struct arb *a, const struct arb_session_spec *s, char *why, size_t whylen);
 int arb_session_remove(struct arb *a, uint64_t id);
 
+/*
+ * Whether adds and updates go through admission (default: yes). Admission
+ * is a gate on arrival, not part of the plan: the plan is a function of the
+ * ordered set of consumers alone. A set that was admitted one change at a
+ * time (a guaranteed session admitted, then a VM updated to a priority that
+ * would have kept the session out) is therefore replayed at restart with
+ * the gate off, so that it comes back exactly as it was acknowledged.
+ */
+void arb_set_admission(struct arb *a, bool enforce);
+
 /* Counts accepted changes; a refused request leaves it unchanged. */
 uint64_t arb_generation(const struct arb *a);
 unsigned arb_n_cpus(const struct arb *a);

@@ -2847,6 +2847,10 @@ int broker_restore(struct broker *b)
 		b->next_id = max + 1;
 	size_t kept = 0, dropped = 0;
 	b->restoring = true;
+	/* Every lease here was admitted when it came; replayed in arrival order
+	 * without the gate, the set comes back as it was acknowledged (a VM
+	 * updated after a guaranteed session would otherwise keep it out). */
+	arb_set_admission(b->arb, false);
 	for (size_t i = 0; i < rs.n; i++) {
 		if (restore_one(b, &rs.recs[i]) == 1) {
 			kept++;
@@ -2862,6 +2866,7 @@ int broker_restore(struct broker *b)
 		}
 		proto_request_fini(&rs.recs[i].req);
 	}
+	arb_set_admission(b->arb, true);
 	b->restoring = false;
 	free(rs.recs);
 	if (rs.n)
