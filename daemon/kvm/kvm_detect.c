@@ -479,9 +479,10 @@ enum kvm_vpmu_flavour kvm_detect_flavour(const struct kvm_detect *d)
 	return kvm_detect_decide(d, NULL, 0);
 }
 
-/* The hard-lockup detector counts only while both sysctls allow it; with a
- * core PMU registered it is the perf one (the buddy detector needs no
- * counter, but x86 uses it only when perf's cannot run). */
+/* The hard-lockup detector runs only while both sysctls allow it. Which one
+ * runs is not shown anywhere; with a core PMU registered it is the perf one
+ * unless the kernel was built with HARDLOCKUP_DETECTOR_PREFER_BUDDY (off by
+ * default), so that is what we assume. */
 static bool perf_nmi_watchdog(const struct kvm_detect *d)
 {
 	bool hard = d->nmi_watchdog.err == 0 && d->nmi_watchdog.value != 0;

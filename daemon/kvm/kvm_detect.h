@@ -102,8 +102,9 @@ struct kvm_detect {
 	struct kvm_detect_number nmi_watchdog;   /* /proc/sys/kernel/nmi_watchdog */
 	struct kvm_detect_number watchdog;       /* /proc/sys/kernel/watchdog (0 stops both detectors) */
 	/* The perf NMI watchdog runs: nmi_watchdog != 0, watchdog not 0, and a
-	 * core PMU is registered (on x86 the hard-lockup detector is then the
-	 * perf one, a CPU-pinned cycles event holding a counter on every CPU).
+	 * core PMU is registered (the hard-lockup detector is then the perf
+	 * one, a CPU-pinned cycles event holding a counter on every CPU, unless
+	 * the kernel was built to prefer the buddy detector; an inference).
 	 * Under the perf-based vPMU it outranks guest PMCs; under the mediated
 	 * vPMU every VM's first vCPU fails with EBUSY until
 	 * kernel.nmi_watchdog=0. */
