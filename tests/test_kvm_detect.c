@@ -291,7 +291,7 @@ static void test_host_5_15(void **state)
 		"kvm:   /sys/bus/event_source/devices/cpu_atom: absent\n"
 		"kvm:   /proc/sys/kernel/nmi_watchdog: 1\n"
 		"kvm:   /proc/sys/kernel/watchdog: 1\n"
-		"kvm:   NMI watchdog: the perf one (nmi_watchdog on, with a core PMU): a CPU-pinned cycles event "
+		"kvm:   NMI watchdog: the perf one (inferred: nmi_watchdog on, a core PMU): a CPU-pinned cycles event "
 		"holds a counter on every CPU\n"
 		"kvm: for guests: each guest PMC the guest enables is a task-pinned perf event on its vCPU thread; "
 		"perf picks the counter, and with none free the guest silently counts nothing until it reprograms "

@@ -713,7 +713,7 @@ int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
 	say_number(&r, "/proc/sys/kernel/nmi_watchdog", &d->nmi_watchdog);
 	say_number(&r, "/proc/sys/kernel/watchdog", &d->watchdog);
 	if (d->nmi_watchdog_perf)
-		say(&r, "kvm:   NMI watchdog: the perf one (nmi_watchdog on, with a core PMU): a CPU-pinned cycles "
+		say(&r, "kvm:   NMI watchdog: the perf one (inferred: nmi_watchdog on, a core PMU): a CPU-pinned cycles "
 			"event holds a counter on every CPU\n");
 	else
 		say(&r, "kvm:   NMI watchdog: holds no counter (%s)\n",
