@@ -21,13 +21,18 @@
 static const int cpu_ids[NCPU] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 static const struct arb_foreign watchdog = { "nmi_watchdog", -1, 0xff, 1u << 1 };
 
-static struct arb *mk(bool with_watchdog)
+static struct arb *mk_mode(enum arb_guest_mode mode, bool with_watchdog)
 {
 	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     with_watchdog ? &watchdog : NULL, with_watchdog };
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
+}
+
+static struct arb *mk(bool with_watchdog)
+{
+	return mk_mode(ARB_GUEST_IDENTITY, with_watchdog);
 }
 
 static uint64_t one(unsigned cpu)
@@ -458,7 +463,7 @@ static void bad_input_changes_nothing(void **state)
 
 	/* An inventory whose foreign events cannot all be placed. */
 	struct arb_foreign two[2] = { { "a", 0, 0, 0x4 }, { "b", 0, 0, 0x4 } };
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2 };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_null(b);
