@@ -1370,7 +1370,9 @@ static void item_name(char *buf, size_t len, const struct cons *c, unsigned sub,
 }
 
 /* With perf-based guests a VM holds room, not a counter: perf places its
- * events, so a VM "needs room for its PMC p" and room is "kept for" one. */
+ * events, so a vCPU "needs room for its PMC p" and room is "kept for" one.
+ * need_sub UINT32_MAX: the newcomer as a whole, naming the counter another
+ * consumer would lose. */
 static void say_refusal(const struct arb *a, char *why, size_t whylen, const struct cons *need,
 			unsigned need_sub, bool need_is_event, unsigned cpu, int counter,
 			const struct cons *holder, unsigned holder_sub, bool holder_is_event,
@@ -1398,7 +1400,7 @@ static void say_refusal(const struct arb *a, char *why, size_t whylen, const str
 	}
 	counter_name(k, sizeof(k), counter);
 	snprintf(why, whylen, "%s needs %s%s on cpu %d, %s %s", n,
-		 room && need->kind == CONS_VM && !need_is_event ? "room for its " : "", k,
+		 room && need->kind == CONS_VM && need_sub != UINT32_MAX ? "room for its " : "", k,
 		 a->cpu_ids[cpu], held, h);
 }
 
