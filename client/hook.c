@@ -63,15 +63,17 @@ static const char *errstr(int r)
 	}
 }
 
-/* Every CPU some vCPU may run on: where the counters are needed. */
-static void cpus_of(const struct dompol *p, char *buf, size_t len)
+/* Every CPU some vCPU may run on, as text (malloc'd; NULL on ENOMEM):
+ * where the counters are needed. */
+static char *cpus_of(const struct dompol *p)
 {
-	struct domain_policy_cpuset all;
-	memset(&all, 0, sizeof(all));
+	struct cpulist all;
+
+	cpulist_clear(&all);
 	for (unsigned v = 0; v < p->n_vcpus; v++)
-		for (unsigned w = 0; w < DOMAIN_POLICY_CPU_WORDS; w++)
-			all.w[w] |= p->vcpu_cpus[v].w[w];
-	domain_policy_cpuset_format(&all, buf, len);
+		for (int c = cpulist_next(&p->vcpu_cpus[v], -1); c >= 0; c = cpulist_next(&p->vcpu_cpus[v], c))
+			cpulist_set(&all, (unsigned)c);
+	return cpulist_to_text(&all);
 }
 
 static int parse(const char *name, const char *xml, size_t len, const struct hook_opts *o, struct dompol *p,
@@ -123,12 +125,12 @@ static int op_prepare(const char *name, const char *xml, size_t len, const struc
 			adm.reason);
 		goto out;
 	}
-	char cpus[256];
-	cpus_of(&p, cpus, sizeof(cpus));
+	char *cpus = cpus_of(&p);
 	fprintf(err,
 		TAG ": refusing to start %s: its guaranteed PMU request (%u general counters, fixed counters 0x%x, "
 		    "on CPUs %s) cannot be met: %s\n",
-		name, p.gp, p.fixed_mask, cpus, adm.reason[0] ? adm.reason : "no reason given");
+		name, p.gp, p.fixed_mask, cpus ? cpus : "?", adm.reason[0] ? adm.reason : "no reason given");
+	free(cpus);
 	rc = 1;
 out:
 	domain_policy_clear(&p);

@@ -81,9 +81,7 @@ static int attach_params(const struct dompol *p, struct json_object **out)
 	if (!a->vcpus.cpus)
 		return -ENOMEM;
 	for (unsigned v = 0; v < p->n_vcpus; v++)
-		for (unsigned cpu = 0; cpu < DOMAIN_POLICY_MAX_CPUS && cpu < CPULIST_MAX_CPUS; cpu++)
-			if (domain_policy_cpuset_test(&p->vcpu_cpus[v], cpu))
-				cpulist_set(&a->vcpus.cpus[v], cpu);
+		a->vcpus.cpus[v] = p->vcpu_cpus[v];
 	struct json_object *obj = proto_request_encode(&req), *params = NULL;
 
 	proto_request_fini(&req);
@@ -243,7 +241,7 @@ int main(int argc, char **argv)
 	o.defaults.gp = 0;
 	o.defaults.fixed_mask = 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	o.host_cpus = ncpu < 1 ? 1 : ncpu > DOMAIN_POLICY_MAX_CPUS ? DOMAIN_POLICY_MAX_CPUS : (unsigned)ncpu;
+	o.host_cpus = ncpu < 1 ? 1 : ncpu > CPULIST_MAX_CPUS ? CPULIST_MAX_CPUS : (unsigned)ncpu;
 
 	char *xml = read_stdin(&len);
 	struct sock_ctx sc = { .path = vpmu_client_default_socket() };

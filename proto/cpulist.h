@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cpulist: a set of logical CPUs and its text form, the kernel's cpu-list
- * syntax ("0-3,8"). Shared by the protocol, the daemon and vpmuctl so that
- * every door accepts and prints exactly the same syntax.
+ * cpulist: the one type for a set of logical CPUs, and the one place that
+ * reads and writes CPU lists as text: the kernel's cpu-list syntax
+ * ("0-3,8"), which every door accepts and prints, and libvirt's cpuset
+ * attribute ("0-3,^2, 8"), which the domain metadata code reads.
  */
 #ifndef VPMU_CPULIST_H
 #define VPMU_CPULIST_H
@@ -39,10 +40,23 @@ int cpulist_next(const struct cpulist *set, int prev);
 int cpulist_parse(const char *text, unsigned int max_cpus, struct cpulist *out);
 
 /*
+ * libvirt's cpuset syntax: items "N", "N-M" (N <= M) or "^N" (removes N from
+ * what the items before it added), separated by commas, blanks around items
+ * allowed. Every CPU must be < max_cpus and the result non-empty. -EINVAL
+ * with why saying what is wrong (without naming the attribute: the caller
+ * does); 'out' is untouched on error.
+ */
+int cpulist_parse_libvirt(const char *text, unsigned int max_cpus, struct cpulist *out, char *why,
+			  size_t whylen);
+
+/*
  * Canonical text: ascending, ranges of two or more merged ("0-3,8"), ""
  * for the empty set. Returns the length written (excluding the NUL) or
  * -ENOSPC when buf is too small (buf then holds "" if len > 0).
  */
 int cpulist_format(const struct cpulist *set, char *buf, size_t len);
+
+/* The same text in a malloc'd string of its own length; NULL on ENOMEM. */
+char *cpulist_to_text(const struct cpulist *set);
 
 #endif

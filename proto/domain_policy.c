@@ -15,150 +15,6 @@
 
 #define ERR(...) snprintf(err, errlen, __VA_ARGS__)
 
-/* ------------------------------------------------------------------ cpusets */
-
-static void cpuset_set(struct domain_policy_cpuset *s, unsigned cpu)
-{
-	s->w[cpu / 64] |= UINT64_C(1) << (cpu % 64);
-}
-
-static void cpuset_clear_bit(struct domain_policy_cpuset *s, unsigned cpu)
-{
-	s->w[cpu / 64] &= ~(UINT64_C(1) << (cpu % 64));
-}
-
-bool domain_policy_cpuset_test(const struct domain_policy_cpuset *s, unsigned cpu)
-{
-	return cpu < DOMAIN_POLICY_MAX_CPUS && (s->w[cpu / 64] >> (cpu % 64)) & 1;
-}
-
-unsigned domain_policy_cpuset_count(const struct domain_policy_cpuset *s)
-{
-	unsigned n = 0;
-	for (unsigned i = 0; i < DOMAIN_POLICY_CPU_WORDS; i++)
-		n += (unsigned)__builtin_popcountll(s->w[i]);
-	return n;
-}
-
-int domain_policy_cpuset_format(const struct domain_policy_cpuset *s, char *buf, size_t len)
-{
-	size_t off = 0;
-	int total = 0;
-	if (len)
-		buf[0] = 0;
-	for (unsigned c = 0; c < DOMAIN_POLICY_MAX_CPUS;) {
-		if (!domain_policy_cpuset_test(s, c)) {
-			c++;
-			continue;
-		}
-		unsigned e = c;
-		while (e + 1 < DOMAIN_POLICY_MAX_CPUS && domain_policy_cpuset_test(s, e + 1))
-			e++;
-		int n = e == c ? snprintf(buf + off, off < len ? len - off : 0, "%s%u", total ? "," : "", c)
-			       : snprintf(buf + off, off < len ? len - off : 0, "%s%u-%u", total ? "," : "", c, e);
-		total += n;
-		off = off + (size_t)n < len ? off + (size_t)n : len;
-		c = e + 1;
-	}
-	return total;
-}
-
-/* A CPU number: digits only (no sign, no base prefix), as libvirt writes them. */
-static int cpu_number(const char **p, unsigned host_cpus, unsigned *out, char *err, size_t errlen)
-{
-	const char *s = *p;
-	unsigned long v = 0;
-	if (!isdigit((unsigned char)*s)) {
-		ERR("expected a CPU number at \"%.16s\"", s);
-		return -EINVAL;
-	}
-	while (isdigit((unsigned char)*s)) {
-		v = v * 10 + (unsigned long)(*s - '0');
-		if (v > DOMAIN_POLICY_MAX_CPUS * 10ul)
-			break;
-		s++;
-	}
-	if (isdigit((unsigned char)*s) || v >= host_cpus) {
-		ERR("CPU %s%lu is beyond the host's %u CPUs", isdigit((unsigned char)*s) ? ">" : "", v,
-		    host_cpus);
-		return -EINVAL;
-	}
-	*out = (unsigned)v;
-	*p = s;
-	return 0;
-}
-
-static void skip_blanks(const char **p)
-{
-	while (**p == ' ' || **p == '\t' || **p == '\n')
-		(*p)++;
-}
-
-int domain_policy_cpuset_parse(const char *s, unsigned host_cpus, struct domain_policy_cpuset *out, char *err,
-			size_t errlen)
-{
-	const char *p = s;
-	int r;
-
-	memset(out, 0, sizeof(*out));
-	if (host_cpus == 0 || host_cpus > DOMAIN_POLICY_MAX_CPUS) {
-		ERR("host CPU count %u out of range 1..%u", host_cpus, DOMAIN_POLICY_MAX_CPUS);
-		return -EINVAL;
-	}
-	skip_blanks(&p);
-	if (!*p) {
-		ERR("empty cpuset");
-		return -EINVAL;
-	}
-	for (;;) {
-		bool neg = false;
-		unsigned a, b;
-		skip_blanks(&p);
-		if (*p == '^') {
-			neg = true;
-			p++;
-		}
-		if ((r = cpu_number(&p, host_cpus, &a, err, errlen)) < 0)
-			return r;
-		b = a;
-		skip_blanks(&p);
-		if (*p == '-') {
-			/* libvirt only excludes single CPUs, never ranges */
-			if (neg) {
-				ERR("\"^\" takes a single CPU, not a range");
-				return -EINVAL;
-			}
-			p++;
-			skip_blanks(&p);
-			if ((r = cpu_number(&p, host_cpus, &b, err, errlen)) < 0)
-				return r;
-			if (b < a) {
-				ERR("range %u-%u runs backwards", a, b);
-				return -EINVAL;
-			}
-			skip_blanks(&p);
-		}
-		for (unsigned c = a; c <= b; c++) {
-			if (neg)
-				cpuset_clear_bit(out, c);
-			else
-				cpuset_set(out, c);
-		}
-		if (!*p)
-			break;
-		if (*p != ',') {
-			ERR("unexpected \"%c\"", *p);
-			return -EINVAL;
-		}
-		p++;
-	}
-	if (domain_policy_cpuset_count(out) == 0) {
-		ERR("selects no CPU");
-		return -EINVAL;
-	}
-	return 0;
-}
-
 /* ------------------------------------------------------------- XML helpers */
 
 struct ctx {
@@ -451,15 +307,15 @@ static int parse_metadata(struct ctx *c, struct dompol *out)
 
 static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
 {
-	struct domain_policy_cpuset dflt;
+	struct cpulist dflt;
 	char perr[160];
 	xmlNodePtr n;
 	unsigned long v;
 	int r;
 
-	memset(&dflt, 0, sizeof(dflt));
+	cpulist_clear(&dflt);
 	for (unsigned i = 0; i < host_cpus; i++)
-		cpuset_set(&dflt, i);
+		cpulist_set(&dflt, i);
 
 	out->n_vcpus = 1; /* libvirt's default when <vcpu> is absent */
 	if ((r = single(c, "/domain/vcpu", "<vcpu>", &n)) < 0)
@@ -494,7 +350,7 @@ static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
 		}
 		/* With placement="auto" libvirt asks numad and ignores cpuset. */
 		if (!out->placement_auto && (a = xmlGetProp(n, (const xmlChar *)"cpuset"))) {
-			r = domain_policy_cpuset_parse((char *)a, host_cpus, &dflt, perr, sizeof(perr));
+			r = cpulist_parse_libvirt((char *)a, host_cpus, &dflt, perr, sizeof(perr));
 			if (r < 0)
 				snprintf(c->err, c->errlen, "<vcpu> attribute \"cpuset\": %s (\"%.64s\")", perr, (char *)a);
 			xmlFree(a);
@@ -535,8 +391,7 @@ static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
 		} else if (!cs) {
 			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: attribute \"cpuset\" missing", v);
 			r = -EINVAL;
-		} else if ((r = domain_policy_cpuset_parse((char *)cs, host_cpus, &out->vcpu_cpus[v], perr, sizeof(perr))) <
-			   0) {
+		} else if ((r = cpulist_parse_libvirt((char *)cs, host_cpus, &out->vcpu_cpus[v], perr, sizeof(perr))) < 0) {
 			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'> attribute \"cpuset\": %s (\"%.64s\")", v,
 				 perr, (char *)cs);
 		} else {
@@ -584,8 +439,8 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 		ERR("default policy invalid");
 		return -EINVAL;
 	}
-	if (host_cpus == 0 || host_cpus > DOMAIN_POLICY_MAX_CPUS) {
-		ERR("host CPU count %u out of range 1..%u", host_cpus, DOMAIN_POLICY_MAX_CPUS);
+	if (host_cpus == 0 || host_cpus > CPULIST_MAX_CPUS) {
+		ERR("host CPU count %u out of range 1..%u", host_cpus, CPULIST_MAX_CPUS);
 		return -EINVAL;
 	}
 	if (len > DOMAIN_POLICY_MAX_XML) {

@@ -28,13 +28,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/cpulist.h"
+
 #define DOMAIN_POLICY_NS_URI "https://vpmu.org/xmlns/libvirt/1"
 /* Any URI with this prefix is "ours", whatever the version after it. */
 #define DOMAIN_POLICY_NS_URI_BASE "https://vpmu.org/xmlns/libvirt/"
 #define DOMAIN_POLICY_ELEMENT "pmu"
 
-#define DOMAIN_POLICY_MAX_CPUS 4096
-#define DOMAIN_POLICY_CPU_WORDS (DOMAIN_POLICY_MAX_CPUS / 64)
+/* The largest host_cpus accepted: what a cpulist holds. */
+#define DOMAIN_POLICY_MAX_CPUS CPULIST_MAX_CPUS
+
 #define DOMAIN_POLICY_MAX_VCPUS 4096
 #define DOMAIN_POLICY_MAX_GP 32
 /* PERF_GLOBAL_CTRL has 16 bits (32..47) for fixed counters. */
@@ -42,10 +45,6 @@
 #define DOMAIN_POLICY_MAX_PRIORITY 1000
 /* Far above any real domain XML; bounds what one hook run may allocate. */
 #define DOMAIN_POLICY_MAX_XML (8u << 20)
-
-struct domain_policy_cpuset {
-	uint64_t w[DOMAIN_POLICY_CPU_WORDS];
-};
 
 /* What a domain without (part of) our metadata gets. */
 struct domain_policy_defaults {
@@ -69,12 +68,13 @@ struct dompol {
 	unsigned n_vcpus;          /* maximum vCPUs (<vcpu> content) */
 	unsigned n_vcpus_current;  /* vCPUs online at start (current=, else n_vcpus) */
 	unsigned host_cpus;        /* the bound the cpusets were checked against */
-	struct domain_policy_cpuset *vcpu_cpus; /* n_vcpus entries: where each vCPU may run */
+	struct cpulist *vcpu_cpus; /* n_vcpus entries: where each vCPU may run */
 };
 
 /*
- * Parses xml (len bytes, need not be NUL-terminated). host_cpus (1..4096)
- * bounds every cpuset; a cpuset naming a CPU at or above it is an error.
+ * Parses xml (len bytes, need not be NUL-terminated). host_cpus
+ * (1..CPULIST_MAX_CPUS) bounds every cpuset (cpulist_parse_libvirt); a
+ * cpuset naming a CPU at or above it is an error.
  *
  * Returns 0, or a negative errno with err naming the element and attribute:
  *   -EINVAL           malformed XML, domain or metadata
@@ -91,19 +91,5 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 		 struct dompol *out, char *err, size_t errlen);
 
 void domain_policy_clear(struct dompol *p);
-
-/*
- * libvirt cpuset syntax: comma-separated items "N", "N-M" (N <= M) or "^N"
- * (removes N from what the items before it added); blanks around items are
- * allowed. The result must be non-empty and below host_cpus. On error err
- * says what is wrong without naming the element (the caller adds that).
- */
-int domain_policy_cpuset_parse(const char *s, unsigned host_cpus, struct domain_policy_cpuset *out, char *err,
-			size_t errlen);
-
-bool domain_policy_cpuset_test(const struct domain_policy_cpuset *s, unsigned cpu);
-unsigned domain_policy_cpuset_count(const struct domain_policy_cpuset *s);
-/* Formats as ranges ("0-3,8"); returns what snprintf would. */
-int domain_policy_cpuset_format(const struct domain_policy_cpuset *s, char *buf, size_t len);
 
 #endif

@@ -11,7 +11,20 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "proto/cleanup.h"
+
 struct json_object;
+
+/* json-c's release, as a cleanup attribute. Declared here (as json-c
+ * declares it) rather than by including json-c, so that code that only
+ * sees the protocol's structs does not see json-c's types. */
+int json_object_put(struct json_object *obj);
+static inline void json_object_putp(struct json_object **obj)
+{
+	if (*obj)
+		json_object_put(*obj);
+}
+#define _cleanup_json_ _cleanup_(json_object_putp)
 
 /* Largest request a server accepts, excluding the newline. */
 #define PROTO_MAX_REQUEST (64u * 1024u)

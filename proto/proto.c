@@ -4,11 +4,15 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <json-c/json.h>
+
+#include "proto/cleanup.h"
+#include "proto/json_fields.h"
 
 /* Requests nest at most top > params > vcpus > [i] > cpus > [j]; a little
  * slack for later versions, but deep enough nesting to exhaust the stack
@@ -107,6 +111,11 @@ int proto_error_set(struct proto_error *e, enum proto_errcode code, int err,
 	return -err;
 }
 
+int proto_error_oom(struct proto_error *e)
+{
+	return proto_error_set(e, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+}
+
 static const char *const method_names[PROTO_M__COUNT] = {
 	[PROTO_M_HELLO] = "hello",
 	[PROTO_M_STATUS] = "status",
@@ -194,219 +203,122 @@ void proto_request_fini(struct proto_request *req)
 
 /* ---------------------------------------------------------------- decoding */
 
+/*
+ * Every method's parameters are a table of rows (proto/json_fields.h): the
+ * JSON decoder reads them, proto_request_validate applies the same rows to
+ * a typed request. What no single member says (the two vCPU forms, "exactly
+ * one of cpus and pid", "nothing to update") is checked by hand below.
+ */
 struct dec {
+	struct json_fields jf;
 	unsigned int max_cpus;
 	struct proto_error *err;
+	/* A malformed envelope is a bad request, not a bad parameter. */
+	bool envelope;
+	/* The compact vCPU form (vcpu_count + cpus), expanded once every
+	 * member has been read. */
+	bool has_vcpu_count, has_compact_cpus;
+	uint32_t vcpu_count;
+	struct cpulist compact_cpus;
 };
 
-/* Field paths are built on the stack; a path longer than the buffer is cut,
- * which only shortens the error text. */
-struct path {
-	char s[PROTO_FIELD_MAX];
-};
-
-/* Keys come from the client: anything but printable ASCII is shown as '?'
- * so that a truncated path can never split a UTF-8 sequence and make the
- * error response itself invalid. */
-static void path_key(struct path *out, const char *base, const char *key)
+/* "\"a\", \"b\" or \"c\"" into buf; the list ends up in a message, so
+ * the message's bound is its bound. */
+static void names_text(const char *const *names, int64_t min, int64_t max, char *buf, size_t len)
 {
-	size_t n = (size_t)snprintf(out->s, sizeof(out->s), "%s%s", base, *base ? "." : "");
+	size_t used = 0;
 
-	for (; *key && n + 1 < sizeof(out->s); key++)
-		out->s[n++] = (*key >= 0x20 && *key <= 0x7e) ? *key : '?';
-	if (n < sizeof(out->s))
-		out->s[n] = '\0';
-}
+	buf[0] = '\0';
+	for (int64_t i = min; i <= max && used < len; i++) {
+		int n;
 
-static void path_index(struct path *out, const char *base, size_t i)
-{
-	/* A path that does not fit is cut; it only labels an error message. */
-	if (snprintf(out->s, sizeof(out->s), "%s[%zu]", base, i) >= (int)sizeof(out->s))
-		out->s[sizeof(out->s) - 1] = '\0';
-}
-
-static const char *type_name(struct json_object *v)
-{
-	switch (json_object_get_type(v)) {
-	case json_type_null: return "null";
-	case json_type_boolean: return "boolean";
-	case json_type_double: return "number";
-	case json_type_int: return "integer";
-	case json_type_object: return "object";
-	case json_type_array: return "array";
-	case json_type_string: return "string";
+		if (!names[i])
+			continue;
+		n = snprintf(buf + used, len - used, "%s\"%s\"", !used ? "" : i == max ? " or " : ", ", names[i]);
+		used += n < 0 ? 0 : (size_t)n;
 	}
-	return "value";
 }
 
-static int wrong_type(struct dec *d, const char *path, struct json_object *v, const char *want)
+static int report(struct json_fields *jf, const struct json_fields_problem *p)
 {
-	return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-			       "%s: expected %s, got %s", path, want, type_name(v));
-}
+	struct dec *d = jf->user;
+	const struct json_fields_field *f = p->field;
+	const char *path = p->path;
+	char names[PROTO_MESSAGE_MAX];
+	int r;
 
-/* Refuse members not in 'allowed': a typo such as "prority" must not be
- * silently ignored and leave the default in force. */
-static int check_fields(struct dec *d, struct json_object *obj, const char *base,
-			const char *const *allowed)
-{
-	json_object_object_foreach(obj, key, val) {
-		bool ok = false;
-
-		(void)val;
-		for (const char *const *a = allowed; *a; a++)
-			if (strcmp(*a, key) == 0)
-				ok = true;
-		if (!ok) {
-			struct path p;
-
-			path_key(&p, base, key);
-			return proto_error_set(d->err, PROTO_E_UNKNOWN_FIELD, EINVAL, p.s,
-					       "unknown field %s", p.s);
-		}
+	switch (p->kind) {
+	case JSON_FIELDS_UNKNOWN:
+		/* unknown stays unknown_field even in the envelope */
+		return proto_error_set(d->err, PROTO_E_UNKNOWN_FIELD, EINVAL, path, "unknown field %s", path);
+	case JSON_FIELDS_OOM:
+		return proto_error_oom(d->err);
+	case JSON_FIELDS_MISSING:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path, "missing required field %s", path);
+		break;
+	case JSON_FIELDS_NULL:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path, "%s: null is not allowed", path);
+		break;
+	case JSON_FIELDS_TYPE:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path, "%s: expected %s, got %s", path,
+				    json_fields_expected(f), json_fields_type_name(p->value));
+		break;
+	case JSON_FIELDS_RANGE:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, path, "%s: must be %" PRId64 "..%" PRId64,
+				    path, p->min, p->max);
+		break;
+	case JSON_FIELDS_SYNTAX:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
+				    "%s: expected a hex string \"0x%" PRIx64 "\"..\"0x%" PRIx64 "\"", path,
+				    (uint64_t)p->min, (uint64_t)p->max);
+		break;
+	case JSON_FIELDS_LENGTH:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
+				    "%s: must be %" PRId64 "..%" PRId64 " characters", path, p->min, p->max);
+		break;
+	case JSON_FIELDS_CHARSET:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path, "%s: only %s allowed", path,
+				    f->flags & JSON_FIELDS_NAME_CHARS ? "A-Z a-z 0-9 . _ -"
+								      : "printable ASCII without spaces");
+		break;
+	case JSON_FIELDS_NAME:
+		names_text(f->names, f->min, f->max, names, sizeof(names));
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path, "%s: must be %s", path, names);
+		break;
+	case JSON_FIELDS_COUNT:
+		r = proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, path,
+				    "%s: must hold %" PRId64 "..%" PRId64 " %s", path, p->min, p->max, f->unit);
+		break;
+	default:
+		return proto_error_set(d->err, PROTO_E_INTERNAL, EINVAL, path, "%s: undecodable", path);
 	}
-	return 0;
-}
-
-static int missing(struct dec *d, const char *path)
-{
-	return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-			       "missing required field %s", path);
-}
-
-static int dec_uint(struct dec *d, struct json_object *v, const char *path,
-		    uint64_t min, uint64_t max, uint64_t *out)
-{
-	int64_t x = 0;
-
-	if (!json_object_is_type(v, json_type_int))
-		return wrong_type(d, path, v, "integer");
-	x = json_object_get_int64(v);
-	/* json-c clamps larger values to INT64_MAX, which every max here is
-	 * below, so "huge" lands in the range error too */
-	if (x < 0 || (uint64_t)x < min || (uint64_t)x > max)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, path,
-				       "%s: must be %" PRIu64 "..%" PRIu64, path, min, max);
-	*out = (uint64_t)x;
-	return 0;
-}
-
-static int dec_u32(struct dec *d, struct json_object *v, const char *path,
-		   uint32_t min, uint32_t max, uint32_t *out)
-{
-	uint64_t x = 0;
-	int r = dec_uint(d, v, path, min, max, &x);
-
-	if (r == 0)
-		*out = (uint32_t)x;
-	return r;
-}
-
-static bool name_char(char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       c == '.' || c == '_' || c == '-';
-}
-
-static int dec_name(struct dec *d, struct json_object *v, const char *path, char *out)
-{
-	const char *s;
-	int n;
-
-	if (!json_object_is_type(v, json_type_string))
-		return wrong_type(d, path, v, "string");
-	s = json_object_get_string(v);
-	n = json_object_get_string_len(v);
-	if (n < 1 || n > PROTO_NAME_MAX)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: must be 1..%d characters", path, PROTO_NAME_MAX);
-	for (int i = 0; i < n; i++)
-		if (!name_char(s[i]))
-			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-					       "%s: only A-Z a-z 0-9 . _ - allowed", path);
-	/* names may end up as file names under the state directory */
-	if (strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: \".\" and \"..\" are reserved", path);
-	memcpy(out, s, (size_t)n + 1);
-	return 0;
-}
-
-/* Printable ASCII without spaces: perf event specs ("cpu/event=0x3c/u")
- * never need more, and it keeps logs and terminals safe. */
-static int dec_token(struct dec *d, struct json_object *v, const char *path,
-		     int maxlen, char *out, size_t out_size)
-{
-	const char *s;
-	int n;
-
-	if (!json_object_is_type(v, json_type_string))
-		return wrong_type(d, path, v, "string");
-	s = json_object_get_string(v);
-	n = json_object_get_string_len(v);
-	if (n < 1 || n > maxlen || (size_t)n >= out_size)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: must be 1..%d characters", path, maxlen);
-	for (int i = 0; i < n; i++)
-		if (s[i] < 0x21 || s[i] > 0x7e)
-			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-					       "%s: only printable ASCII without spaces allowed", path);
-	memcpy(out, s, (size_t)n + 1);
-	return 0;
-}
-
-static int dec_class(struct dec *d, struct json_object *v, const char *path, enum proto_class *out)
-{
-	int c;
-
-	if (!json_object_is_type(v, json_type_string))
-		return wrong_type(d, path, v, "string");
-	c = proto_class_from_name(json_object_get_string(v));
-	if (c < 0)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: must be \"guaranteed\", \"preferred\" or \"shared\"", path);
-	*out = (enum proto_class)c;
-	return 0;
-}
-
-static int dec_fixed_mask(struct dec *d, struct json_object *v, const char *path, uint32_t *out)
-{
-	const char *s;
-	uint32_t x = 0;
-	int n;
-
-	if (json_object_is_type(v, json_type_int))
-		return dec_u32(d, v, path, 0, PROTO_MAX_FIXED_MASK, out);
-	if (!json_object_is_type(v, json_type_string))
-		return wrong_type(d, path, v, "integer or hex string");
-	s = json_object_get_string(v);
-	n = json_object_get_string_len(v);
-	/* "0x" + 1..4 hex digits is the whole grammar; anything looser
-	 * (octal, decimal strings, spaces) would be ambiguous */
-	if (n < 3 || n > 6 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X'))
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: expected a hex string \"0x0\"..\"0xffff\"", path);
-	for (int i = 2; i < n; i++) {
-		char c = s[i];
-		uint32_t digit;
-
-		if (c >= '0' && c <= '9')
-			digit = (uint32_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			digit = (uint32_t)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			digit = (uint32_t)(c - 'A' + 10);
-		else
-			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-					       "%s: expected a hex string \"0x0\"..\"0xffff\"", path);
-		x = x * 16 + digit;
+	if (!d->envelope)
+		return r;
+	if (d->err) {
+		d->err->code = PROTO_E_BAD_REQUEST;
+		d->err->err = EBADMSG;
 	}
-	*out = x;
-	return 0;
+	return -EBADMSG;
 }
 
-static int dec_cpus(struct dec *d, struct json_object *v, const char *path, struct cpulist *out)
+static int say(struct dec *d, enum json_fields_kind kind, const char *path, const struct json_fields_field *f,
+	       struct json_object *v)
 {
+	const struct json_fields_problem p = { .kind = kind, .path = path, .field = f, .value = v };
+
+	return report(&d->jf, &p);
+}
+
+static struct dec *dec_of(struct json_fields *jf)
+{
+	return jf->user;
+}
+
+/* A CPU set: the kernel's list syntax ("0-3,8") or an array of numbers. */
+static int decode_cpus(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+		       const char *path, void *slot)
+{
+	struct dec *d = dec_of(jf);
 	struct cpulist set;
 
 	cpulist_clear(&set);
@@ -423,488 +335,418 @@ static int dec_cpus(struct dec *d, struct json_object *v, const char *path, stru
 			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
 					       "%s: not a CPU list (like \"0-3,8\")", path);
 	} else if (json_object_is_type(v, json_type_array)) {
+		const struct json_fields_field cpu = { .name = "cpu", .type = JSON_FIELDS_INT,
+						       .max = d->max_cpus - 1, .size = sizeof(uint32_t) };
 		size_t n = json_object_array_length(v);
 
 		for (size_t i = 0; i < n; i++) {
-			struct json_object *e = json_object_array_get_idx(v, i);
-			struct path p;
-			uint64_t cpu;
+			char p[JSON_FIELDS_PATH_MAX];
+			uint32_t c = 0;
 			int r;
 
-			path_index(&p, path, i);
-			r = dec_uint(d, e, p.s, 0, d->max_cpus - 1, &cpu);
+			json_fields_path_index(p, path, i);
+			r = json_fields_decode_value(jf, &cpu, json_object_array_get_idx(v, i), p, &c);
 			if (r < 0)
 				return r;
-			if (cpulist_test(&set, (unsigned int)cpu))
-				return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, p.s,
-						       "%s: CPU %" PRIu64 " listed twice", p.s, cpu);
-			cpulist_set(&set, (unsigned int)cpu);
+			if (cpulist_test(&set, c))
+				return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, p,
+						       "%s: CPU %" PRIu32 " listed twice", p, c);
+			cpulist_set(&set, c);
 		}
 	} else {
-		return wrong_type(d, path, v, "CPU list string or array of integers");
+		return say(d, JSON_FIELDS_TYPE, path, f, v);
 	}
-	if (cpulist_empty(&set))
+	*(struct cpulist *)slot = set;
+	return 0;
+}
+
+static int check_cpus(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+		      const void *base, bool present)
+{
+	const struct cpulist *set = (const struct cpulist *)((const char *)base + f->offset);
+	struct dec *d = dec_of(jf);
+	int last = -1;
+
+	if (!present)
+		return 0;
+	if (cpulist_empty(set))
 		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, path,
 				       "%s: must name at least one CPU", path);
-	*out = set;
+	for (int c = cpulist_next(set, -1); c >= 0; c = cpulist_next(set, c))
+		last = c;
+	if ((unsigned int)last >= d->max_cpus)
+		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, path,
+				       "%s: CPU numbers must be below %u", path, d->max_cpus);
 	return 0;
 }
 
-/*
- * Fetch obj.key into *out with its path in *p. Returns 1 when present, 0
- * when absent and optional, or an error: absent and required, or a JSON
- * null (json-c hands null back as a NULL value; treating it as absent would
- * make "priority": null a silent default).
- */
-static int member(struct dec *d, struct json_object *obj, const char *base, const char *key,
-		  bool required, struct json_object **out, struct path *p)
+/* Names may end up as file names under the state directory. */
+static int check_name(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+		      const void *base, bool present)
 {
-	struct json_object *v = NULL;
+	const char *s = (const char *)base + f->offset;
 
-	path_key(p, base, key);
-	*out = NULL;
-	if (!json_object_object_get_ex(obj, key, &v))
-		return required ? missing(d, p->s) : 0;
-	if (!v)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, p->s,
-				       "%s: null is not allowed", p->s);
-	*out = v;
-	return 1;
-}
-
-static int dec_name_member(struct dec *d, struct json_object *params, char *out)
-{
-	struct json_object *v;
-	struct path p;
-	int r = member(d, params, "params", "name", true, &v, &p);
-
-	return r < 0 ? r : dec_name(d, v, p.s, out);
-}
-
-static int dec_priority_class(struct dec *d, struct json_object *params,
-			      bool *has_prio, uint32_t *prio, bool *has_cls, enum proto_class *cls)
-{
-	struct json_object *v;
-	struct path p;
-	int r;
-
-	r = member(d, params, "params", "priority", false, &v, &p);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		r = dec_u32(d, v, p.s, 0, PROTO_MAX_PRIORITY, prio);
-		if (r < 0)
-			return r;
-		*has_prio = true;
-	}
-	r = member(d, params, "params", "class", false, &v, &p);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		r = dec_class(d, v, p.s, cls);
-		if (r < 0)
-			return r;
-		*has_cls = true;
-	}
+	if (present && (strcmp(s, ".") == 0 || strcmp(s, "..") == 0))
+		return proto_error_set(dec_of(jf)->err, PROTO_E_INVALID_PARAM, EINVAL, path,
+				       "%s: \".\" and \"..\" are reserved", path);
 	return 0;
 }
 
-/* Both wire forms end up as one cpulist per vCPU, so the daemon has a
- * single shape to reason about. Returns 1 if vCPUs were given, 0 if
- * neither form is present. */
-static int dec_vcpus(struct dec *d, struct json_object *params, struct proto_vcpus *out)
+static int check_protocol(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			  const void *base, bool present)
 {
-	static const char *const vcpu_fields[] = { "cpus", NULL };
-	struct json_object *arr, *count, *cpus;
-	struct path pa, pc, pn;
-	int ra, rc, rn, r;
-
-	ra = member(d, params, "params", "vcpus", false, &arr, &pa);
-	if (ra < 0)
-		return ra;
-	rn = member(d, params, "params", "vcpu_count", false, &count, &pn);
-	if (rn < 0)
-		return rn;
-	rc = member(d, params, "params", "cpus", false, &cpus, &pc);
-	if (rc < 0)
-		return rc;
-	if (ra > 0 && (rn > 0 || rc > 0))
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, pa.s,
-				       "params.vcpus: give either vcpus or vcpu_count + cpus, not both");
-	if (ra > 0) {
-		size_t n = 0;
-
-		if (!json_object_is_type(arr, json_type_array))
-			return wrong_type(d, pa.s, arr, "array");
-		n = json_object_array_length(arr);
-		if (n < 1 || n > PROTO_MAX_VCPUS)
-			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, pa.s,
-					       "%s: must hold 1..%d vCPUs", pa.s, PROTO_MAX_VCPUS);
-		out->cpus = calloc(n, sizeof(*out->cpus));
-		if (!out->cpus)
-			return proto_error_set(d->err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		out->count = (uint32_t)n;
-		for (size_t i = 0; i < n; i++) {
-			struct json_object *e = json_object_array_get_idx(arr, i), *c;
-			struct path pe, pcpu;
-
-			path_index(&pe, pa.s, i);
-			if (!e || !json_object_is_type(e, json_type_object))
-				return e ? wrong_type(d, pe.s, e, "object")
-					 : proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, pe.s,
-							   "%s: null is not allowed", pe.s);
-			r = check_fields(d, e, pe.s, vcpu_fields);
-			if (r < 0)
-				return r;
-			r = member(d, e, pe.s, "cpus", true, &c, &pcpu);
-			if (r < 0)
-				return r;
-			r = dec_cpus(d, c, pcpu.s, &out->cpus[i]);
-			if (r < 0)
-				return r;
-		}
-		return 1;
-	}
-	if (rn == 0 && rc == 0)
+	(void)path;
+	if (!present)
 		return 0;
-	if (rn == 0)
-		return missing(d, pn.s);
-	if (rc == 0)
-		return missing(d, pc.s);
-	{
-		uint32_t n = 0;
-		struct cpulist set;
-
-		r = dec_u32(d, count, pn.s, 1, PROTO_MAX_VCPUS, &n);
-		if (r < 0)
-			return r;
-		r = dec_cpus(d, cpus, pc.s, &set);
-		if (r < 0)
-			return r;
-		out->cpus = calloc(n, sizeof(*out->cpus));
-		if (!out->cpus)
-			return proto_error_set(d->err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		out->count = n;
-		for (uint32_t i = 0; i < n; i++)
-			out->cpus[i] = set;
-	}
-	return 1;
+	return proto_hello_check((uint32_t)json_fields_load_int((const char *)base + f->offset, f->size, false),
+				 PROTO_VERSION, dec_of(jf)->err);
 }
 
-static int dec_shape(struct dec *d, struct json_object *params, bool *has_gp, uint32_t *gp,
-		     bool *has_fixed, uint32_t *fixed)
+static int check_events_distinct(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+				 const void *base, bool present)
 {
-	struct json_object *v;
-	struct path p;
-	int r;
+	const struct proto_session_start *s = base;
 
-	r = member(d, params, "params", "gp", false, &v, &p);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		r = dec_u32(d, v, p.s, 0, PROTO_MAX_GP, gp);
-		if (r < 0)
-			return r;
-		*has_gp = true;
-	}
-	r = member(d, params, "params", "fixed_mask", false, &v, &p);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		r = dec_fixed_mask(d, v, p.s, fixed);
-		if (r < 0)
-			return r;
-		*has_fixed = true;
+	(void)f;
+	for (uint32_t i = 1; present && i < s->n_events; i++) {
+		for (uint32_t j = 0; j < i; j++) {
+			char p[JSON_FIELDS_PATH_MAX];
+
+			if (strcmp(s->events[i], s->events[j]) != 0)
+				continue;
+			json_fields_path_index(p, path, i);
+			return proto_error_set(dec_of(jf)->err, PROTO_E_INVALID_PARAM, EINVAL, p,
+					       "%s: duplicates %s[%" PRIu32 "]", p, path, j);
+		}
 	}
 	return 0;
 }
 
-static int dec_hello(struct dec *d, struct json_object *params, struct proto_hello *out)
+static int decode_vcpu_count(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+			     const char *path, void *slot)
 {
-	static const char *const fields[] = { "protocol", "client", NULL };
-	struct json_object *v;
-	struct path p;
-	uint64_t proto;
-	int r;
+	const struct json_fields_field count = { .name = f->name, .type = JSON_FIELDS_INT, .min = 1,
+						 .max = PROTO_MAX_VCPUS, .size = sizeof(uint32_t) };
+	struct dec *d = dec_of(jf);
+	int r = json_fields_decode_value(jf, &count, v, path, &d->vcpu_count);
 
-	/* The version is read before anything else: a client of another
-	 * major version must learn that, not trip over a field we lack. */
-	r = member(d, params, "params", "protocol", true, &v, &p);
-	if (r < 0)
-		return r;
-	r = dec_uint(d, v, p.s, 1, UINT32_MAX, &proto);
-	if (r < 0)
-		return r;
-	r = proto_hello_check((uint32_t)proto, PROTO_VERSION, d->err);
-	if (r < 0)
-		return r;
-	out->protocol = (uint32_t)proto;
-	r = check_fields(d, params, "params", fields);
-	if (r < 0)
-		return r;
-	r = member(d, params, "params", "client", false, &v, &p);
-	if (r < 0)
-		return r;
-	if (r > 0)
-		return dec_token(d, v, p.s, PROTO_CLIENT_MAX, out->client, sizeof(out->client));
-	return 0;
+	(void)slot;
+	d->has_vcpu_count = r == 0;
+	return r;
 }
 
-static int dec_plan(struct dec *d, struct json_object *params, struct proto_plan_req *out)
+static int decode_compact_cpus(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+			       const char *path, void *slot)
 {
-	static const char *const fields[] = { "cpus", NULL };
-	struct json_object *v;
-	struct path p;
-	int r = check_fields(d, params, "params", fields);
+	struct dec *d = dec_of(jf);
+	int r = decode_cpus(jf, f, v, path, &d->compact_cpus);
 
-	if (r < 0)
-		return r;
-	r = member(d, params, "params", "cpus", false, &v, &p);
-	if (r <= 0)
-		return r;
-	out->has_cpus = true;
-	return dec_cpus(d, v, p.s, &out->cpus);
-}
-
-static int dec_owner(struct dec *d, struct json_object *v, const char *path, struct proto_owner *out)
-{
-	static const char *const fields[] = { "pid", "vm_fd", NULL };
-	struct json_object *m;
-	struct path p;
-	uint32_t x = 0;
-	int r;
-
-	if (!json_object_is_type(v, json_type_object))
-		return wrong_type(d, path, v, "object");
-	r = check_fields(d, v, path, fields);
-	if (r < 0)
-		return r;
-	r = member(d, v, path, "pid", true, &m, &p);
-	if (r < 0)
-		return r;
-	r = dec_u32(d, m, p.s, 1, PROTO_MAX_PID, &x);
-	if (r < 0)
-		return r;
-	out->pid = (int32_t)x;
-	r = member(d, v, path, "vm_fd", true, &m, &p);
-	if (r < 0)
-		return r;
-	r = dec_u32(d, m, p.s, 0, INT32_MAX, &x);
-	if (r < 0)
-		return r;
-	out->vm_fd = (int32_t)x;
-	return 0;
-}
-
-static int dec_vm_attach(struct dec *d, struct json_object *params, struct proto_vm_attach *out)
-{
-	static const char *const fields[] = { "name", "priority", "class", "gp", "fixed_mask",
-					      "vcpus", "vcpu_count", "cpus", "owner", NULL };
-	struct json_object *v;
-	struct path p;
-	bool dummy;
-	int r;
-
-	out->priority = PROTO_DEFAULT_PRIORITY;
-	out->cls = PROTO_CLASS_PREFERRED;
-	r = check_fields(d, params, "params", fields);
-	if (r < 0)
-		return r;
-	r = dec_name_member(d, params, out->name);
-	if (r < 0)
-		return r;
-	r = dec_priority_class(d, params, &out->has_priority, &out->priority, &out->has_class,
-			       &out->cls);
-	if (r < 0)
-		return r;
-	r = dec_shape(d, params, &dummy, &out->gp, &dummy, &out->fixed_mask);
-	if (r < 0)
-		return r;
-	r = dec_vcpus(d, params, &out->vcpus);
-	if (r < 0)
-		return r;
+	(void)slot;
 	if (r == 0)
-		return missing(d, "params.vcpus");
-	r = member(d, params, "params", "owner", false, &v, &p);
+		r = check_cpus(jf, &(struct json_fields_field){ .name = f->name }, path, &d->compact_cpus, true);
+	d->has_compact_cpus = r == 0;
+	return r;
+}
+
+#define CPUS_EXPECT "CPU list string or array of integers"
+
+static const struct json_fields_field vcpu_rows[] = {
+	{ .name = "cpus", .type = JSON_FIELDS_CUSTOM, .flags = JSON_FIELDS_REQUIRED, .offset = 0,
+	  .expect = CPUS_EXPECT, .decode = decode_cpus, .check = check_cpus },
+	{ 0 },
+};
+
+static const struct json_fields_field vcpu_elem = { .type = JSON_FIELDS_OBJECT, .fields = vcpu_rows };
+
+static const struct json_fields_field owner_rows[] = {
+	{ .name = "pid", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .min = 1, .max = PROTO_MAX_PID,
+	  .offset = offsetof(struct proto_owner, pid), .size = sizeof(int32_t) },
+	{ .name = "vm_fd", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .max = INT32_MAX,
+	  .offset = offsetof(struct proto_owner, vm_fd), .size = sizeof(int32_t) },
+	{ 0 },
+};
+
+static const struct json_fields_field event_elem = {
+	.type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_STRDUP | JSON_FIELDS_TOKEN_CHARS,
+	.min = 1, .max = PROTO_EVENT_MAX,
+};
+
+#define NAME_ROW(T)                                                                                 \
+	{ .name = "name", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_NAME_CHARS, \
+	  .min = 1, .max = PROTO_NAME_MAX, .offset = offsetof(T, name),                             \
+	  .size = JSON_FIELDS_SIZE(T, name), .check = check_name }
+
+/* flags: JSON_FIELDS_DEFAULT where the struct holds the protocol's default
+ * when the member is absent. */
+#define PRIORITY_ROW(T, flags_, present_)                                                   \
+	{ .name = "priority", .type = JSON_FIELDS_INT, .flags = (flags_), .max = PROTO_MAX_PRIORITY, \
+	  .def = PROTO_DEFAULT_PRIORITY, .offset = offsetof(T, priority), .size = sizeof(uint32_t), \
+	  .present = (present_) }
+
+#define CLASS_ROW(T, flags_, present_)                                                             \
+	{ .name = "class", .type = JSON_FIELDS_ENUM, .flags = (flags_), .max = PROTO_CLASS__COUNT - 1, \
+	  .names = class_names, .def = PROTO_CLASS_PREFERRED, .offset = offsetof(T, cls),            \
+	  .size = sizeof(enum proto_class), .present = (present_) }
+
+#define GP_ROW(T, present_)                                                                    \
+	{ .name = "gp", .type = JSON_FIELDS_INT, .max = PROTO_MAX_GP, .offset = offsetof(T, gp), \
+	  .size = sizeof(uint32_t), .present = (present_) }
+
+/* "0x" + 1..4 hex digits or an integer: docs/protocol.md */
+#define FIXED_MASK_ROW(T, present_)                                                                 \
+	{ .name = "fixed_mask", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX, .digits = 4,            \
+	  .max = PROTO_MAX_FIXED_MASK, .offset = offsetof(T, fixed_mask), .size = sizeof(uint32_t), \
+	  .present = (present_) }
+
+/* Both wire forms (an array of {"cpus"}, or vcpu_count + cpus) end up as
+ * one cpulist per vCPU, so the daemon has a single shape to reason about. */
+#define VCPUS_ROWS(T, present_)                                                                    \
+	{ .name = "vcpus", .type = JSON_FIELDS_ARRAY, .flags = JSON_FIELDS_HEAP, .min = 1,                \
+	  .max = PROTO_MAX_VCPUS, .offset = offsetof(T, vcpus.cpus), .elem = &vcpu_elem,              \
+	  .elem_size = sizeof(struct cpulist), .count_offset = offsetof(T, vcpus.count),               \
+	  .count_size = sizeof(uint32_t), .unit = "vCPUs", .present = (present_) },                      \
+	{ .name = "vcpu_count", .type = JSON_FIELDS_CUSTOM, .expect = "integer", .decode = decode_vcpu_count }, \
+	{ .name = "cpus", .type = JSON_FIELDS_CUSTOM, .expect = CPUS_EXPECT, .decode = decode_compact_cpus }
+
+#define CPUS_ROW(T)                                                                           \
+	{ .name = "cpus", .type = JSON_FIELDS_CUSTOM, .offset = offsetof(T, cpus),                  \
+	  .present = JSON_FIELDS_FLAG(T, has_cpus), .expect = CPUS_EXPECT, .decode = decode_cpus, \
+	  .check = check_cpus }
+
+#define PID_ROW(T, member, flags_)                                                                 \
+	{ .name = #member, .type = JSON_FIELDS_INT, .flags = (flags_), .min = 1, .max = PROTO_MAX_PID, \
+	  .offset = offsetof(T, member), .size = sizeof(int32_t) }
+
+static const struct json_fields_field no_rows[] = { { 0 } };
+
+static const struct json_fields_field hello_rows[] = {
+	{ .name = "protocol", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_FIRST,
+	  .min = 1, .max = UINT32_MAX, .offset = offsetof(struct proto_hello, protocol),
+	  .size = sizeof(uint32_t), .check = check_protocol },
+	{ .name = "client", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_TOKEN_CHARS | JSON_FIELDS_ZERO_UNSET, .min = 1,
+	  .max = PROTO_CLIENT_MAX, .offset = offsetof(struct proto_hello, client),
+	  .size = JSON_FIELDS_SIZE(struct proto_hello, client) },
+	{ 0 },
+};
+
+static const struct json_fields_field plan_rows[] = { CPUS_ROW(struct proto_plan_req), { 0 } };
+
+static const struct json_fields_field vm_attach_rows[] = {
+	NAME_ROW(struct proto_vm_attach),
+	PRIORITY_ROW(struct proto_vm_attach, JSON_FIELDS_DEFAULT, JSON_FIELDS_FLAG(struct proto_vm_attach, has_priority)),
+	CLASS_ROW(struct proto_vm_attach, JSON_FIELDS_DEFAULT, JSON_FIELDS_FLAG(struct proto_vm_attach, has_class)),
+	GP_ROW(struct proto_vm_attach, 0),
+	FIXED_MASK_ROW(struct proto_vm_attach, 0),
+	VCPUS_ROWS(struct proto_vm_attach, 0),
+	{ .name = "owner", .type = JSON_FIELDS_OBJECT, .fields = owner_rows,
+	  .offset = offsetof(struct proto_vm_attach, owner), .present = JSON_FIELDS_FLAG(struct proto_vm_attach, has_owner) },
+	{ 0 },
+};
+
+static const struct json_fields_field vm_update_rows[] = {
+	NAME_ROW(struct proto_vm_update),
+	PRIORITY_ROW(struct proto_vm_update, 0, JSON_FIELDS_FLAG(struct proto_vm_update, has_priority)),
+	CLASS_ROW(struct proto_vm_update, 0, JSON_FIELDS_FLAG(struct proto_vm_update, has_class)),
+	GP_ROW(struct proto_vm_update, JSON_FIELDS_FLAG(struct proto_vm_update, has_gp)),
+	FIXED_MASK_ROW(struct proto_vm_update, JSON_FIELDS_FLAG(struct proto_vm_update, has_fixed_mask)),
+	VCPUS_ROWS(struct proto_vm_update, JSON_FIELDS_FLAG(struct proto_vm_update, has_vcpus)),
+	{ 0 },
+};
+
+static const struct json_fields_field session_start_rows[] = {
+	NAME_ROW(struct proto_session_start),
+	{ .name = "events", .type = JSON_FIELDS_ARRAY, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_HEAP, .min = 1,
+	  .max = PROTO_MAX_EVENTS, .offset = offsetof(struct proto_session_start, events), .elem = &event_elem,
+	  .elem_size = sizeof(char *), .count_offset = offsetof(struct proto_session_start, n_events),
+	  .count_size = sizeof(uint32_t), .unit = "events", .check = check_events_distinct },
+	PID_ROW(struct proto_session_start, owner_pid, JSON_FIELDS_ZERO_UNSET),
+	CPUS_ROW(struct proto_session_start),
+	PID_ROW(struct proto_session_start, pid, JSON_FIELDS_ZERO_UNSET),
+	PRIORITY_ROW(struct proto_session_start, JSON_FIELDS_DEFAULT, 0),
+	CLASS_ROW(struct proto_session_start, JSON_FIELDS_DEFAULT, 0),
+	{ 0 },
+};
+
+static const struct json_fields_field vm_bind_rows[] = {
+	NAME_ROW(struct proto_vm_bind),
+	PID_ROW(struct proto_vm_bind, pid, JSON_FIELDS_REQUIRED),
+	{ .name = "vm_fd", .type = JSON_FIELDS_INT, .max = INT32_MAX, .offset = offsetof(struct proto_vm_bind, vm_fd),
+	  .size = sizeof(int32_t), .present = JSON_FIELDS_FLAG(struct proto_vm_bind, has_vm_fd) },
+	{ 0 },
+};
+
+static const struct json_fields_field name_rows[] = { NAME_ROW(struct proto_name_req), { 0 } };
+
+/* Rows of each method's params, all relative to req->u. */
+static const struct json_fields_field *const method_rows[PROTO_M__COUNT] = {
+	[PROTO_M_HELLO] = hello_rows,
+	[PROTO_M_STATUS] = no_rows,
+	[PROTO_M_PMU] = no_rows,
+	[PROTO_M_PLAN] = plan_rows,
+	[PROTO_M_VM_ATTACH] = vm_attach_rows,
+	[PROTO_M_VM_DETACH] = name_rows,
+	[PROTO_M_VM_UPDATE] = vm_update_rows,
+	[PROTO_M_VM_LIST] = no_rows,
+	[PROTO_M_VM_SHOW] = name_rows,
+	[PROTO_M_SESSION_START] = session_start_rows,
+	[PROTO_M_SESSION_STOP] = name_rows,
+	[PROTO_M_SESSION_READ] = name_rows,
+	[PROTO_M_SESSION_LIST] = no_rows,
+	[PROTO_M_WATCH] = no_rows,
+	[PROTO_M_VM_BIND] = vm_bind_rows,
+};
+
+static struct dec dec_new(unsigned int max_cpus, struct proto_error *err)
+{
+	return (struct dec){ .jf = { .report = report }, .max_cpus = max_cpus, .err = err };
+}
+
+static int check_request(struct dec *d, const struct proto_request *req)
+{
+	int r;
+
+	if ((unsigned int)req->method >= PROTO_M__COUNT)
+		return proto_error_set(d->err, PROTO_E_INTERNAL, EINVAL, NULL, "method table mismatch");
+	r = json_fields_check(&d->jf, method_rows[req->method], &req->u, "params");
 	if (r < 0)
 		return r;
-	if (r > 0) {
-		out->has_owner = true;
-		return dec_owner(d, v, p.s, &out->owner);
+	switch (req->method) {
+	case PROTO_M_VM_UPDATE: {
+		const struct proto_vm_update *u = &req->u.vm_update;
+
+		if (!u->has_priority && !u->has_class && !u->has_gp && !u->has_fixed_mask && !u->has_vcpus)
+			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, "params",
+					       "params: nothing to update");
+		return 0;
 	}
+	case PROTO_M_SESSION_START:
+		if (req->u.session_start.has_cpus == (req->u.session_start.pid != 0))
+			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, "params",
+					       "params: give exactly one of cpus and pid");
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+int proto_request_validate(const struct proto_request *req, unsigned int max_cpus, struct proto_error *err)
+{
+	struct dec d = dec_new(max_cpus, err);
+
+	d.jf.user = &d;
+	if (!req)
+		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "invalid call");
+	if (max_cpus == 0 || max_cpus > CPULIST_MAX_CPUS)
+		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "invalid CPU bound");
+	return check_request(&d, req);
+}
+
+/* The compact form expanded, or the array form kept; *given says whether
+ * either was there. */
+static int resolve_vcpus(struct dec *d, struct proto_vcpus *v, bool *given)
+{
+	*given = v->count > 0;
+	if (*given && (d->has_vcpu_count || d->has_compact_cpus))
+		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
+				       "params.vcpus: give either vcpus or vcpu_count + cpus, not both");
+	if (*given || (!d->has_vcpu_count && !d->has_compact_cpus))
+		return 0;
+	if (!d->has_vcpu_count)
+		return say(d, JSON_FIELDS_MISSING, "params.vcpu_count", NULL, NULL);
+	if (!d->has_compact_cpus)
+		return say(d, JSON_FIELDS_MISSING, "params.cpus", NULL, NULL);
+	v->cpus = calloc(d->vcpu_count, sizeof(*v->cpus));
+	if (!v->cpus)
+		return proto_error_oom(d->err);
+	v->count = d->vcpu_count;
+	for (uint32_t i = 0; i < v->count; i++)
+		v->cpus[i] = d->compact_cpus;
+	*given = true;
 	return 0;
 }
 
-static int dec_vm_update(struct dec *d, struct json_object *params, struct proto_vm_update *out)
+static int decode_params(struct dec *d, struct json_object *params, struct proto_request *req)
 {
-	static const char *const fields[] = { "name", "priority", "class", "gp", "fixed_mask",
-					      "vcpus", "vcpu_count", "cpus", NULL };
-	int r = check_fields(d, params, "params", fields);
+	bool given = false;
+	int r = json_fields_decode(&d->jf, method_rows[req->method], params, "params", &req->u);
 
 	if (r < 0)
 		return r;
-	r = dec_name_member(d, params, out->name);
-	if (r < 0)
+	switch (req->method) {
+	case PROTO_M_VM_ATTACH:
+		r = resolve_vcpus(d, &req->u.vm_attach.vcpus, &given);
+		if (r == 0 && !given)
+			r = say(d, JSON_FIELDS_MISSING, "params.vcpus", NULL, NULL);
 		return r;
-	r = dec_priority_class(d, params, &out->has_priority, &out->priority, &out->has_class, &out->cls);
-	if (r < 0)
+	case PROTO_M_VM_UPDATE:
+		r = resolve_vcpus(d, &req->u.vm_update.vcpus, &given);
+		req->u.vm_update.has_vcpus = given;
 		return r;
-	r = dec_shape(d, params, &out->has_gp, &out->gp, &out->has_fixed_mask, &out->fixed_mask);
-	if (r < 0)
-		return r;
-	r = dec_vcpus(d, params, &out->vcpus);
-	if (r < 0)
-		return r;
-	out->has_vcpus = r > 0;
-	if (!out->has_priority && !out->has_class && !out->has_gp && !out->has_fixed_mask &&
-	    !out->has_vcpus)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, "params",
-				       "params: nothing to update");
+	default:
+		return 0;
+	}
+}
+
+struct envelope {
+	uint64_t id;
+	bool has_id;
+	enum proto_method method;
+	struct json_object *params; /* borrowed from the request; NULL when absent */
+};
+
+static int decode_method(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+			 const char *path, void *slot)
+{
+	struct dec *d = dec_of(jf);
+	const char *s = json_object_get_string(v);
+	size_t n = (size_t)json_object_get_string_len(v);
+	bool printable = n >= 1 && n <= PROTO_NAME_MAX;
+	int m;
+
+	if (!json_object_is_type(v, json_type_string))
+		return say(d, JSON_FIELDS_TYPE, path, f, v);
+	m = proto_method_from_name(s);
+	if (m >= 0) {
+		*(enum proto_method *)slot = (enum proto_method)m;
+		return 0;
+	}
+	/* the name is echoed only when it is short and printable */
+	for (size_t i = 0; printable && i < n; i++)
+		printable = s[i] >= 0x21 && s[i] <= 0x7e;
+	return proto_error_set(d->err, PROTO_E_UNKNOWN_METHOD, EOPNOTSUPP, "method", "unknown method \"%s\"",
+			       printable ? s : "?");
+}
+
+static int decode_params_object(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+				const char *path, void *slot)
+{
+	if (!json_object_is_type(v, json_type_object))
+		return say(dec_of(jf), JSON_FIELDS_TYPE, path, f, v);
+	*(struct json_object **)slot = v;
 	return 0;
 }
 
-static int dec_session_start(struct dec *d, struct json_object *params, struct proto_session_start *out)
-{
-	static const char *const fields[] = { "name", "events", "cpus", "pid", "priority", "class",
-					      "owner_pid", NULL };
-	struct json_object *ev, *cpus, *pid, *own;
-	struct path pe, pc, pp;
-	bool dummy;
-	size_t n = 0;
-	int r, rc, rp;
-
-	out->priority = PROTO_DEFAULT_PRIORITY;
-	out->cls = PROTO_CLASS_PREFERRED;
-	r = check_fields(d, params, "params", fields);
-	if (r < 0)
-		return r;
-	r = dec_name_member(d, params, out->name);
-	if (r < 0)
-		return r;
-	r = member(d, params, "params", "events", true, &ev, &pe);
-	if (r < 0)
-		return r;
-	if (!json_object_is_type(ev, json_type_array))
-		return wrong_type(d, pe.s, ev, "array");
-	n = json_object_array_length(ev);
-	if (n < 1 || n > PROTO_MAX_EVENTS)
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, ERANGE, pe.s,
-				       "%s: must hold 1..%d events", pe.s, PROTO_MAX_EVENTS);
-	out->events = calloc(n, sizeof(*out->events));
-	if (!out->events)
-		return proto_error_set(d->err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *e = json_object_array_get_idx(ev, i);
-		char buf[PROTO_EVENT_MAX + 1];
-		struct path pi;
-
-		path_index(&pi, pe.s, i);
-		if (!e)
-			return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, pi.s,
-					       "%s: null is not allowed", pi.s);
-		r = dec_token(d, e, pi.s, PROTO_EVENT_MAX, buf, sizeof(buf));
-		if (r < 0)
-			return r;
-		for (uint32_t j = 0; j < out->n_events; j++)
-			if (strcmp(out->events[j], buf) == 0)
-				return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, pi.s,
-						       "%s: duplicates %s[%u]", pi.s, pe.s, j);
-		out->events[i] = strdup(buf);
-		if (!out->events[i])
-			return proto_error_set(d->err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		out->n_events++;
-	}
-	r = member(d, params, "params", "owner_pid", false, &own, &pp);
-	if (r < 0)
-		return r;
-	if (r > 0) {
-		uint32_t x = 0;
-
-		r = dec_u32(d, own, pp.s, 1, PROTO_MAX_PID, &x);
-		if (r < 0)
-			return r;
-		out->owner_pid = (int32_t)x;
-	}
-	rc = member(d, params, "params", "cpus", false, &cpus, &pc);
-	if (rc < 0)
-		return rc;
-	rp = member(d, params, "params", "pid", false, &pid, &pp);
-	if (rp < 0)
-		return rp;
-	if ((rc > 0) == (rp > 0))
-		return proto_error_set(d->err, PROTO_E_INVALID_PARAM, EINVAL, "params",
-				       "params: give exactly one of cpus and pid");
-	if (rc > 0) {
-		out->has_cpus = true;
-		r = dec_cpus(d, cpus, pc.s, &out->cpus);
-	} else {
-		uint32_t x = 0;
-
-		r = dec_u32(d, pid, pp.s, 1, PROTO_MAX_PID, &x);
-		out->pid = (int32_t)x;
-	}
-	if (r < 0)
-		return r;
-	return dec_priority_class(d, params, &dummy, &out->priority, &dummy, &out->cls);
-}
-
-static int dec_vm_bind(struct dec *d, struct json_object *params, struct proto_vm_bind *out)
-{
-	static const char *const fields[] = { "name", "pid", "vm_fd", NULL };
-	struct json_object *v;
-	struct path p;
-	uint32_t x = 0;
-	int r = check_fields(d, params, "params", fields);
-
-	if (r < 0)
-		return r;
-	r = dec_name_member(d, params, out->name);
-	if (r < 0)
-		return r;
-	r = member(d, params, "params", "pid", true, &v, &p);
-	if (r < 0)
-		return r;
-	r = dec_u32(d, v, p.s, 1, PROTO_MAX_PID, &x);
-	if (r < 0)
-		return r;
-	out->pid = (int32_t)x;
-	r = member(d, params, "params", "vm_fd", false, &v, &p);
-	if (r <= 0)
-		return r;
-	r = dec_u32(d, v, p.s, 0, INT32_MAX, &x);
-	if (r < 0)
-		return r;
-	out->has_vm_fd = true;
-	out->vm_fd = (int32_t)x;
-	return 0;
-}
-
-static int dec_name_only(struct dec *d, struct json_object *params, struct proto_name_req *out)
-{
-	static const char *const fields[] = { "name", NULL };
-	int r = check_fields(d, params, "params", fields);
-
-	return r < 0 ? r : dec_name_member(d, params, out->name);
-}
-
-static int dec_no_params(struct dec *d, struct json_object *params)
-{
-	static const char *const fields[] = { NULL };
-
-	return check_fields(d, params, "params", fields);
-}
+static const struct json_fields_field envelope_rows[] = {
+	/* id first, so every later error can be matched to its request */
+	{ .name = "id", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_FIRST,
+	  .max = (int64_t)PROTO_MAX_ID, .offset = offsetof(struct envelope, id), .size = sizeof(uint64_t),
+	  .present = JSON_FIELDS_FLAG(struct envelope, has_id) },
+	{ .name = "method", .type = JSON_FIELDS_CUSTOM, .flags = JSON_FIELDS_REQUIRED,
+	  .offset = offsetof(struct envelope, method), .expect = "string", .decode = decode_method },
+	{ .name = "params", .type = JSON_FIELDS_CUSTOM, .offset = offsetof(struct envelope, params),
+	  .expect = "object", .decode = decode_params_object },
+	{ 0 },
+};
 
 int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 			    struct proto_request *req, bool *id_known, uint64_t *id,
 			    struct proto_error *err)
 {
-	static const char *const fields[] = { "id", "method", "params", NULL };
-	struct dec d = { .max_cpus = max_cpus, .err = err };
-	struct json_object *v, *params, *empty = NULL;
-	struct path p;
-	uint64_t rid;
-	int m, r;
+	struct dec d = dec_new(max_cpus, err);
+	struct envelope env = { 0 };
+	int r;
 
+	d.jf.user = &d;
 	if (!req || !id_known || !id)
 		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "invalid call");
 	memset(req, 0, sizeof(*req));
@@ -915,99 +757,34 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 	if (!obj || !json_object_is_type(obj, json_type_object))
 		return proto_error_set(err, PROTO_E_BAD_REQUEST, EBADMSG, NULL,
 				       "a request must be a JSON object");
-	/* id first, so every later error can be matched to its request */
-	r = member(&d, obj, "", "id", true, &v, &p);
-	if (r < 0)
-		goto bad_envelope;
-	r = dec_uint(&d, v, p.s, 0, PROTO_MAX_ID, &rid);
-	if (r < 0)
-		goto bad_envelope;
-	*id_known = true;
-	*id = rid;
-	req->id = rid;
-	r = check_fields(&d, obj, "", fields);
+	d.envelope = true;
+	r = json_fields_decode(&d.jf, envelope_rows, obj, "", &env);
+	if (env.has_id) {
+		*id_known = true;
+		*id = env.id;
+		req->id = env.id;
+	}
 	if (r < 0)
 		return r;
-	r = member(&d, obj, "", "method", true, &v, &p);
+	d.envelope = false;
+	req->method = env.method;
+	r = decode_params(&d, env.params, req);
+	if (r == 0)
+		r = check_request(&d, req);
 	if (r < 0)
-		goto bad_envelope;
-	if (!json_object_is_type(v, json_type_string)) {
-		r = wrong_type(&d, p.s, v, "string");
-		goto bad_envelope;
-	}
-	m = proto_method_from_name(json_object_get_string(v));
-	if (m < 0) {
-		/* the name is echoed only when it is short and printable */
-		struct proto_error tmp;
-		char shown[PROTO_NAME_MAX + 1];
-		struct dec dt = { .max_cpus = max_cpus, .err = &tmp };
-
-		if (dec_token(&dt, v, "method", PROTO_NAME_MAX, shown, sizeof(shown)) < 0)
-			snprintf(shown, sizeof(shown), "?");
-		return proto_error_set(err, PROTO_E_UNKNOWN_METHOD, EOPNOTSUPP, "method",
-				       "unknown method \"%s\"", shown);
-	}
-	req->method = (enum proto_method)m;
-	r = member(&d, obj, "", "params", false, &params, &p);
-	if (r < 0)
-		goto bad_envelope;
-	if (r == 0) {
-		empty = json_object_new_object();
-		if (!empty)
-			return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		params = empty;
-	} else if (!json_object_is_type(params, json_type_object)) {
-		r = wrong_type(&d, "params", params, "object");
-		goto bad_envelope;
-	}
-
-	switch (req->method) {
-	case PROTO_M_HELLO: r = dec_hello(&d, params, &req->u.hello); break;
-	case PROTO_M_PLAN: r = dec_plan(&d, params, &req->u.plan); break;
-	case PROTO_M_VM_ATTACH: r = dec_vm_attach(&d, params, &req->u.vm_attach); break;
-	case PROTO_M_VM_UPDATE: r = dec_vm_update(&d, params, &req->u.vm_update); break;
-	case PROTO_M_VM_DETACH: r = dec_name_only(&d, params, &req->u.vm_detach); break;
-	case PROTO_M_VM_SHOW: r = dec_name_only(&d, params, &req->u.vm_show); break;
-	case PROTO_M_SESSION_START: r = dec_session_start(&d, params, &req->u.session_start); break;
-	case PROTO_M_SESSION_STOP: r = dec_name_only(&d, params, &req->u.session_stop); break;
-	case PROTO_M_SESSION_READ: r = dec_name_only(&d, params, &req->u.session_read); break;
-	case PROTO_M_VM_BIND: r = dec_vm_bind(&d, params, &req->u.vm_bind); break;
-	case PROTO_M_STATUS:
-	case PROTO_M_PMU:
-	case PROTO_M_VM_LIST:
-	case PROTO_M_SESSION_LIST:
-	case PROTO_M_WATCH:
-		r = dec_no_params(&d, params);
-		break;
-	default:
-		r = proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "method table mismatch");
-		break;
-	}
-	json_object_put(empty);
-	if (r < 0) {
 		proto_request_fini(req);
-		return r;
-	}
-	return 0;
-
-bad_envelope:
-	/* a malformed envelope is a bad request, not a bad parameter */
-	(void)r;
-	if (err) {
-		err->code = PROTO_E_BAD_REQUEST;
-		err->err = EBADMSG;
-	}
-	return -EBADMSG;
+	return r;
 }
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
 
 int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 			 struct proto_request *req, bool *id_known, uint64_t *id,
 			 struct proto_error *err)
 {
-	struct json_tokener *tok;
-	struct json_object *obj;
+	_cleanup_(json_tokener_freep) struct json_tokener *tok = NULL;
+	_cleanup_json_ struct json_object *obj = NULL;
 	enum json_tokener_error jerr;
-	int r;
 
 	if (!req || !id_known || !id)
 		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "invalid call");
@@ -1025,7 +802,7 @@ int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 				       "request contains a NUL byte");
 	tok = json_tokener_new_ex(REQUEST_MAX_DEPTH);
 	if (!tok)
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+		return proto_error_oom(err);
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	obj = json_tokener_parse_ex(tok, frame, (int)len);
 	jerr = json_tokener_get_error(tok);
@@ -1034,15 +811,10 @@ int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 				  : jerr == json_tokener_success ? "trailing data after the JSON object"
 				  : json_tokener_error_desc(jerr);
 
-		json_object_put(obj);
-		json_tokener_free(tok);
 		return proto_error_set(err, PROTO_E_BAD_REQUEST, EBADMSG, NULL,
 				       "not a JSON object: %s", why);
 	}
-	json_tokener_free(tok);
-	r = proto_request_from_json(obj, max_cpus, req, id_known, id, err);
-	json_object_put(obj);
-	return r;
+	return proto_request_from_json(obj, max_cpus, req, id_known, id, err);
 }
 
 int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol, struct proto_error *err)
@@ -1072,16 +844,9 @@ static bool put(struct json_object *obj, const char *key, struct json_object *v)
 
 static struct json_object *cpus_json(const struct cpulist *set)
 {
-	/* worst case "0,2,4,...": at most 5 bytes per CPU */
-	char *buf = malloc(CPULIST_MAX_CPUS * 5 + 1);
-	struct json_object *s = NULL;
+	_cleanup_free_ char *text = cpulist_to_text(set);
 
-	if (!buf)
-		return NULL;
-	if (cpulist_format(set, buf, CPULIST_MAX_CPUS * 5 + 1) >= 0)
-		s = json_object_new_string(buf);
-	free(buf);
-	return s;
+	return text ? json_object_new_string(text) : NULL;
 }
 
 static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)

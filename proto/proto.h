@@ -80,6 +80,10 @@ int proto_error_set(struct proto_error *e, enum proto_errcode code, int err,
 		    const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
+/* The one way to say "out of memory" (PROTO_E_INTERNAL, ENOMEM); returns
+ * -ENOMEM. */
+int proto_error_oom(struct proto_error *e);
+
 enum proto_method {
 	PROTO_M_HELLO = 0,
 	PROTO_M_STATUS,

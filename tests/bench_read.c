@@ -45,10 +45,13 @@ struct result {
 
 static int bench_one(unsigned nev, unsigned ncpu, bool grouped, unsigned iters, struct result *r)
 {
-	char list[32], err[256];
-	snprintf(list, sizeof(list), "0-%u", ncpu - 1);
+	char err[256];
+	struct cpulist cpus;
+	cpulist_clear(&cpus);
+	for (unsigned c = 0; c < ncpu; c++)
+		cpulist_set(&cpus, c);
 	struct psess *s;
-	struct perf_session_opts o = { .cpus = list };
+	struct perf_session_opts o = { .cpus = &cpus };
 	int rc = perf_session_create(&o, &s, err, sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "bench-read: %s\n", err);

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proto/cpulist.h"
@@ -113,9 +114,10 @@ static void test_format_space(void **state)
 	cpulist_clear(&s);
 	assert_int_equal(cpulist_format(&s, small, sizeof(small)), 0);
 	assert_string_equal(small, "");
-	/* the worst case (every other CPU) fits the documented bound */
-	for (unsigned int c = 0; c < CPULIST_MAX_CPUS; c += 2)
-		cpulist_set(&s, c);
+	/* the longest text (pairs with gaps: "0-1,3-4,...") fits 5 bytes a CPU */
+	for (unsigned int c = 0; c < CPULIST_MAX_CPUS; c++)
+		if (c % 3 != 2)
+			cpulist_set(&s, c);
 	assert_true(cpulist_format(&s, big, sizeof(big)) > 0);
 }
 
@@ -140,6 +142,92 @@ static void test_round_trip(void **state)
 	}
 }
 
+/* libvirt's cpuset attribute: exclusions and blanks, first problem named */
+static void expect_libvirt(const char *in, unsigned int max, const char *canonical)
+{
+	struct cpulist s;
+	char why[128] = "", buf[256];
+
+	if (cpulist_parse_libvirt(in, max, &s, why, sizeof(why)) != 0)
+		fail_msg("\"%s\": %s", in, why);
+	assert_int_equal(cpulist_format(&s, buf, sizeof(buf)), (int)strlen(canonical));
+	assert_string_equal(buf, canonical);
+}
+
+static void expect_libvirt_fail(const char *in, unsigned int max, const char *why_part)
+{
+	struct cpulist s;
+	char why[128] = "";
+
+	cpulist_clear(&s);
+	cpulist_set(&s, 5);
+	if (cpulist_parse_libvirt(in, max, &s, why, sizeof(why)) != -EINVAL)
+		fail_msg("cpuset \"%s\" accepted", in);
+	if (!strstr(why, why_part))
+		fail_msg("cpuset \"%s\": \"%s\" does not say \"%s\"", in, why, why_part);
+	assert_int_equal(cpulist_count(&s), 1);
+}
+
+static void test_parse_libvirt(void **state)
+{
+	(void)state;
+	expect_libvirt("0-3,^2,8", 16, "0-1,3,8");
+	expect_libvirt(" 0 - 3 , ^1 ,\t5 ", 16, "0,2-3,5");
+	expect_libvirt("4095", 4096, "4095");
+	expect_libvirt("63,0-1", 64, "0-1,63");
+	expect_libvirt("^3,1", 64, "1"); /* an exclusion applies to what came before */
+
+	expect_libvirt_fail("", 64, "empty cpuset");
+	expect_libvirt_fail(" ", 64, "empty cpuset");
+	expect_libvirt_fail("^1", 64, "selects no CPU");
+	expect_libvirt_fail("1,^1", 64, "selects no CPU");
+	expect_libvirt_fail("3-1", 64, "range 3-1 runs backwards");
+	expect_libvirt_fail("^1-2", 64, "\"^\" takes a single CPU");
+	expect_libvirt_fail("a", 64, "expected a CPU number at \"a\"");
+	expect_libvirt_fail("1,", 64, "expected a CPU number");
+	expect_libvirt_fail(",1", 64, "expected a CPU number");
+	expect_libvirt_fail("1-", 64, "expected a CPU number");
+	expect_libvirt_fail("-1", 64, "expected a CPU number");
+	expect_libvirt_fail("+1", 64, "expected a CPU number");
+	expect_libvirt_fail("1;2", 64, "unexpected \";\"");
+	expect_libvirt_fail("0x1", 64, "unexpected \"x\"");
+	expect_libvirt_fail("64", 64, "CPU 64 is beyond the host's 64 CPUs");
+	expect_libvirt_fail("0-64", 64, "CPU 64 is beyond");
+	/* the first problem is the one named, range or syntax */
+	expect_libvirt_fail("99,a", 64, "CPU 99 is beyond");
+	expect_libvirt_fail("99999999999999999999", 64, "CPU >");
+	expect_libvirt_fail("0", 0, "out of range");
+	expect_libvirt_fail("0", CPULIST_MAX_CPUS + 1, "out of range");
+}
+
+static void test_to_text(void **state)
+{
+	struct cpulist s;
+	char *t;
+
+	(void)state;
+	cpulist_clear(&s);
+	t = cpulist_to_text(&s);
+	assert_non_null(t);
+	assert_string_equal(t, "");
+	free(t);
+	/* the longest text there is: pairs with gaps ("0-1,3-4,...") */
+	for (unsigned int c = 0; c < CPULIST_MAX_CPUS; c++)
+		if (c % 3 != 2)
+			cpulist_set(&s, c);
+	t = cpulist_to_text(&s);
+	assert_non_null(t);
+	assert_true(strlen(t) > 12000);
+	assert_int_equal(strncmp(t, "0-1,3-4,", 8), 0);
+	{
+		struct cpulist back;
+
+		assert_int_equal(cpulist_parse(t, CPULIST_MAX_CPUS, &back), 0);
+		assert_true(cpulist_equal(&s, &back));
+	}
+	free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -148,6 +236,8 @@ int main(void)
 		cmocka_unit_test(test_bitmap_ops),
 		cmocka_unit_test(test_format_space),
 		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_parse_libvirt),
+		cmocka_unit_test(test_to_text),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

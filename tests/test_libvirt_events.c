@@ -344,7 +344,7 @@ static void test_follower(void **st)
 	assert_int_equal(pol.fixed_mask, 7);
 	assert_int_equal(pol.n_vcpus, 4);
 	char buf[64];
-	domain_policy_cpuset_format(&pol.vcpu_cpus[3], buf, sizeof(buf));
+	assert_true(cpulist_format(&pol.vcpu_cpus[3], buf, sizeof(buf)) >= 0);
 	assert_string_equal(buf, "40,42-43");
 	domain_policy_clear(&pol);
 
@@ -401,9 +401,9 @@ static void test_follower(void **st)
 	assert_int_equal(s.changed, 2);
 	/* the pin shows in the XML the marker event delivered */
 	policy_of(&s, &pol);
-	domain_policy_cpuset_format(&pol.vcpu_cpus[1], buf, sizeof(buf));
+	assert_true(cpulist_format(&pol.vcpu_cpus[1], buf, sizeof(buf)) >= 0);
 	assert_string_equal(buf, "50");
-	domain_policy_cpuset_format(&pol.vcpu_cpus[0], buf, sizeof(buf));
+	assert_true(cpulist_format(&pol.vcpu_cpus[0], buf, sizeof(buf)) >= 0);
 	assert_string_equal(buf, "16-31");
 	domain_policy_clear(&pol);
 

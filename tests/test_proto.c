@@ -879,6 +879,277 @@ static void test_response_decode_rejects(void **state)
 	}
 }
 
+/* ------------------------------------------------ typed requests (validate) */
+
+static struct cpulist one_cpu(unsigned int cpu)
+{
+	struct cpulist l;
+
+	cpulist_clear(&l);
+	cpulist_set(&l, cpu);
+	return l;
+}
+
+/* vCPU storage for the typed requests below (no heap to free) */
+static struct cpulist vcpu_sets[3];
+static char *event_names[3];
+
+static struct proto_request valid(enum proto_method m)
+{
+	struct proto_request r;
+
+	memset(&r, 0, sizeof(r));
+	r.method = m;
+	for (int i = 0; i < 3; i++)
+		vcpu_sets[i] = one_cpu((unsigned int)i);
+	event_names[0] = "cycles";
+	event_names[1] = "instructions";
+	event_names[2] = "branches";
+	switch (m) {
+	case PROTO_M_HELLO:
+		r.u.hello.protocol = PROTO_VERSION;
+		snprintf(r.u.hello.client, sizeof(r.u.hello.client), "vpmuctl/1");
+		break;
+	case PROTO_M_PLAN:
+		r.u.plan.has_cpus = true;
+		r.u.plan.cpus = one_cpu(MAXCPU - 1);
+		break;
+	case PROTO_M_VM_ATTACH:
+		snprintf(r.u.vm_attach.name, sizeof(r.u.vm_attach.name), "vm-1");
+		r.u.vm_attach.has_priority = r.u.vm_attach.has_class = true;
+		r.u.vm_attach.priority = PROTO_MAX_PRIORITY;
+		r.u.vm_attach.cls = PROTO_CLASS_SHARED;
+		r.u.vm_attach.gp = PROTO_MAX_GP;
+		r.u.vm_attach.fixed_mask = PROTO_MAX_FIXED_MASK;
+		r.u.vm_attach.vcpus.count = 3;
+		r.u.vm_attach.vcpus.cpus = vcpu_sets;
+		r.u.vm_attach.has_owner = true;
+		r.u.vm_attach.owner.pid = PROTO_MAX_PID;
+		r.u.vm_attach.owner.vm_fd = 0;
+		break;
+	case PROTO_M_VM_UPDATE:
+		snprintf(r.u.vm_update.name, sizeof(r.u.vm_update.name), "vm-1");
+		r.u.vm_update.has_gp = true;
+		r.u.vm_update.gp = 2;
+		break;
+	case PROTO_M_SESSION_START:
+		snprintf(r.u.session_start.name, sizeof(r.u.session_start.name), "s");
+		r.u.session_start.n_events = 3;
+		r.u.session_start.events = event_names;
+		r.u.session_start.has_cpus = true;
+		r.u.session_start.cpus = one_cpu(0);
+		r.u.session_start.cls = PROTO_CLASS_GUARANTEED;
+		break;
+	case PROTO_M_VM_BIND:
+		snprintf(r.u.vm_bind.name, sizeof(r.u.vm_bind.name), "vm-1");
+		r.u.vm_bind.pid = 1;
+		r.u.vm_bind.has_vm_fd = true;
+		r.u.vm_bind.vm_fd = INT32_MAX;
+		break;
+	case PROTO_M_VM_DETACH:
+	case PROTO_M_VM_SHOW:
+	case PROTO_M_SESSION_STOP:
+	case PROTO_M_SESSION_READ:
+		snprintf(r.u.vm_detach.name, sizeof(r.u.vm_detach.name), "x");
+		break;
+	default:
+		break;
+	}
+	return r;
+}
+
+static void refused(const struct proto_request *r, enum proto_errcode code, const char *field)
+{
+	struct proto_error e;
+	int rc;
+
+	memset(&e, 0, sizeof(e));
+	rc = proto_request_validate(r, MAXCPU, &e);
+	if (rc == 0)
+		fail_msg("%s: accepted, want %s at %s", proto_method_name(r->method), proto_errcode_name(code),
+			 field);
+	assert_int_equal(rc, -e.err);
+	if (e.code != code || strcmp(e.field, field) != 0)
+		fail_msg("%s: got %s at \"%s\" (%s), want %s at \"%s\"", proto_method_name(r->method),
+			 proto_errcode_name(e.code), e.field, e.message, proto_errcode_name(code), field);
+	assert_true(e.message[0] != '\0');
+}
+
+static void test_validate_accepts(void **state)
+{
+	struct proto_error e;
+
+	(void)state;
+	for (int m = 0; m < PROTO_M__COUNT; m++) {
+		struct proto_request r = valid((enum proto_method)m);
+
+		if (proto_request_validate(&r, MAXCPU, &e) != 0)
+			fail_msg("%s: %s (%s)", proto_method_name(r.method), e.message, e.field);
+	}
+	{
+		/* optional members that are not given are not checked */
+		struct proto_request r = valid(PROTO_M_VM_UPDATE);
+
+		r.u.vm_update.priority = 99999;
+		r.u.vm_update.cls = (enum proto_class)7;
+		assert_int_equal(proto_request_validate(&r, MAXCPU, &e), 0);
+		/* vm.attach: without has_priority the daemon's default replaces it */
+		r = valid(PROTO_M_VM_ATTACH);
+		r.u.vm_attach.has_priority = false;
+		r.u.vm_attach.priority = 99999;
+		assert_int_equal(proto_request_validate(&r, MAXCPU, &e), 0);
+		r = valid(PROTO_M_HELLO);
+		r.u.hello.client[0] = '\0';
+		assert_int_equal(proto_request_validate(&r, MAXCPU, &e), 0);
+		r = valid(PROTO_M_SESSION_START);
+		r.u.session_start.has_cpus = false;
+		r.u.session_start.pid = PROTO_MAX_PID;
+		assert_int_equal(proto_request_validate(&r, MAXCPU, &e), 0);
+	}
+}
+
+static void test_validate_refuses(void **state)
+{
+	struct proto_request r;
+
+	(void)state;
+	r = valid(PROTO_M_HELLO), r.u.hello.protocol = PROTO_VERSION + 1;
+	refused(&r, PROTO_E_UNSUPPORTED_VERSION, "params.protocol");
+	r = valid(PROTO_M_HELLO), r.u.hello.protocol = 0;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.protocol");
+	r = valid(PROTO_M_HELLO), snprintf(r.u.hello.client, sizeof(r.u.hello.client), "a b");
+	refused(&r, PROTO_E_INVALID_PARAM, "params.client");
+	r = valid(PROTO_M_HELLO), memset(r.u.hello.client, 'c', sizeof(r.u.hello.client)); /* unterminated */
+	refused(&r, PROTO_E_INVALID_PARAM, "params.client");
+
+	r = valid(PROTO_M_PLAN), cpulist_clear(&r.u.plan.cpus);
+	refused(&r, PROTO_E_INVALID_PARAM, "params.cpus");
+	r = valid(PROTO_M_PLAN), r.u.plan.cpus = one_cpu(MAXCPU);
+	refused(&r, PROTO_E_INVALID_PARAM, "params.cpus");
+
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.name[0] = '\0';
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+	r = valid(PROTO_M_VM_ATTACH), snprintf(r.u.vm_attach.name, sizeof(r.u.vm_attach.name), "a/b");
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+	r = valid(PROTO_M_VM_ATTACH), snprintf(r.u.vm_attach.name, sizeof(r.u.vm_attach.name), "..");
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+	r = valid(PROTO_M_VM_ATTACH), memset(r.u.vm_attach.name, 'n', sizeof(r.u.vm_attach.name));
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.priority = PROTO_MAX_PRIORITY + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.priority");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.cls = PROTO_CLASS__COUNT;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.class");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.gp = PROTO_MAX_GP + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.gp");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.fixed_mask = PROTO_MAX_FIXED_MASK + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.fixed_mask");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.vcpus.count = 0;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.vcpus.count = PROTO_MAX_VCPUS + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.vcpus.cpus = NULL;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus");
+	r = valid(PROTO_M_VM_ATTACH), cpulist_clear(&vcpu_sets[1]);
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus[1].cpus");
+	r = valid(PROTO_M_VM_ATTACH), vcpu_sets[2] = one_cpu(MAXCPU);
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus[2].cpus");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.owner.pid = 0;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.owner.pid");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.owner.pid = PROTO_MAX_PID + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.owner.pid");
+	r = valid(PROTO_M_VM_ATTACH), r.u.vm_attach.owner.vm_fd = -1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.owner.vm_fd");
+
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.has_gp = false;
+	refused(&r, PROTO_E_INVALID_PARAM, "params");
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.gp = PROTO_MAX_GP + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.gp");
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.has_priority = true, r.u.vm_update.priority = 1001;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.priority");
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.has_class = true, r.u.vm_update.cls = (enum proto_class)-1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.class");
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.has_fixed_mask = true, r.u.vm_update.fixed_mask = 0x10000;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.fixed_mask");
+	r = valid(PROTO_M_VM_UPDATE), r.u.vm_update.has_vcpus = true;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vcpus");
+	r = valid(PROTO_M_VM_UPDATE), snprintf(r.u.vm_update.name, sizeof(r.u.vm_update.name), ".");
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.n_events = 0;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.events");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.n_events = PROTO_MAX_EVENTS + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.events");
+	r = valid(PROTO_M_SESSION_START), event_names[1] = "cy cles";
+	refused(&r, PROTO_E_INVALID_PARAM, "params.events[1]");
+	r = valid(PROTO_M_SESSION_START), event_names[1] = NULL;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.events[1]");
+	r = valid(PROTO_M_SESSION_START), event_names[2] = "cycles";
+	refused(&r, PROTO_E_INVALID_PARAM, "params.events[2]");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.has_cpus = false;
+	refused(&r, PROTO_E_INVALID_PARAM, "params");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.pid = 5;
+	refused(&r, PROTO_E_INVALID_PARAM, "params");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.has_cpus = false, r.u.session_start.pid = -5;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.pid");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.cpus = one_cpu(MAXCPU);
+	refused(&r, PROTO_E_INVALID_PARAM, "params.cpus");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.owner_pid = PROTO_MAX_PID + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.owner_pid");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.priority = PROTO_MAX_PRIORITY + 1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.priority");
+	r = valid(PROTO_M_SESSION_START), r.u.session_start.cls = PROTO_CLASS__COUNT;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.class");
+
+	r = valid(PROTO_M_VM_BIND), r.u.vm_bind.pid = 0;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.pid");
+	r = valid(PROTO_M_VM_BIND), r.u.vm_bind.vm_fd = -1;
+	refused(&r, PROTO_E_INVALID_PARAM, "params.vm_fd");
+	r = valid(PROTO_M_VM_BIND), r.u.vm_bind.name[0] = '\0';
+	refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+
+	static const enum proto_method name_only[] = { PROTO_M_VM_DETACH, PROTO_M_VM_SHOW, PROTO_M_SESSION_STOP,
+							PROTO_M_SESSION_READ };
+	for (size_t i = 0; i < sizeof(name_only) / sizeof(name_only[0]); i++) {
+		r = valid(name_only[i]);
+		snprintf(r.u.vm_detach.name, sizeof(r.u.vm_detach.name), "a b");
+		refused(&r, PROTO_E_INVALID_PARAM, "params.name");
+	}
+
+	r = valid(PROTO_M_STATUS), r.method = PROTO_M__COUNT;
+	refused(&r, PROTO_E_INTERNAL, "");
+	r = valid(PROTO_M_STATUS);
+	{
+		struct proto_error e;
+
+		assert_int_equal(proto_request_validate(&r, 0, &e), -EINVAL);
+		assert_int_equal(e.code, PROTO_E_INTERNAL);
+		assert_int_equal(proto_request_validate(&r, CPULIST_MAX_CPUS + 1, &e), -EINVAL);
+		assert_int_equal(proto_request_validate(NULL, MAXCPU, &e), -EINVAL);
+	}
+}
+
+/* The JSON decoder and validate agree: what one decodes, the other accepts. */
+static void test_validate_after_decode(void **state)
+{
+	static const char *const ok[] = {
+		"{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"vcpu_count\":4,\"cpus\":\"0-63\"}}",
+		"{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\"],\"pid\":9,\"owner_pid\":3}}",
+		"{\"id\":1,\"method\":\"hello\",\"params\":{\"protocol\":1}}",
+		"{\"id\":1,\"method\":\"vm.update\",\"params\":{\"name\":\"v\",\"vcpus\":[{\"cpus\":[1,2]}]}}",
+	};
+	struct proto_error e;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		struct proto_request r;
+
+		expect_ok(ok[i], &r);
+		if (proto_request_validate(&r, MAXCPU, &e) != 0)
+			fail_msg("%s: %s", ok[i], e.message);
+		proto_request_fini(&r);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -901,6 +1172,9 @@ int main(void)
 		cmocka_unit_test(test_session_event_limits),
 		cmocka_unit_test(test_round_trips),
 		cmocka_unit_test(test_encode_rejects_invalid),
+		cmocka_unit_test(test_validate_accepts),
+		cmocka_unit_test(test_validate_refuses),
+		cmocka_unit_test(test_validate_after_decode),
 		cmocka_unit_test(test_names_tables),
 		cmocka_unit_test(test_reader_split_and_multi),
 		cmocka_unit_test(test_reader_oversize),

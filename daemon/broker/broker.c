@@ -1291,7 +1291,7 @@ static int session_start(struct broker *b, const struct broker_caller *c,
 	char cpus_text[8192] = "";
 	if (s->spec.has_cpus)
 		cpulist_format(&s->spec.cpus, cpus_text, sizeof(cpus_text));
-	struct perf_session_opts so = { .cpus = s->spec.has_cpus ? cpus_text : NULL,
+	struct perf_session_opts so = { .cpus = s->spec.has_cpus ? &s->spec.cpus : NULL,
 				 .pid = s->spec.has_cpus ? 0 : s->spec.pid,
 				 .model_pmu = b->pmu.source == PMU_SOURCE_BUILTIN ||
 					      b->pmu.source == PMU_SOURCE_FILE,

@@ -15,8 +15,6 @@
 #include "base/log.h"
 #include "proto/proto.h"
 
-_Static_assert(DOMAIN_POLICY_CPU_WORDS == CPULIST_WORDS, "a domain cpuset must fit a cpulist word for word");
-
 struct lvglue {
 	struct broker *b;
 	const struct config *cfg;
@@ -98,9 +96,9 @@ static struct json_object *vm_show(struct lvglue *g, const char *name)
 	return res;
 }
 
-static void to_cpulist(const struct domain_policy_cpuset *s, struct cpulist *l)
+static void to_cpulist(const struct cpulist *s, struct cpulist *l)
 {
-	memcpy(l->bits, s->w, sizeof(l->bits));
+	*l = *s;
 }
 
 /* name, gp, fixed_mask and one CPU set per vCPU; priority and class when

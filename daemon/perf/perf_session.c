@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Who opens the events: libperf gives us the CPU and thread maps (CPU list
- * parsing, the pid/any-CPU conventions), but the events themselves are opened
- * here with perf_event_open(2), for two reasons found in libperf 6.12:
+ * Who opens the events: libperf gives us the thread map (the pid
+ * conventions) and the caller the CPUs (a struct cpulist, never text), but
+ * the events themselves are opened here with perf_event_open(2), for two
+ * reasons found in libperf 6.12:
  *  - a group is read with one read(2) of PERF_FORMAT_GROUP, and
  *    perf_evsel__read fills only the leader from that buffer; the sibling
  *    values need the leader's fd, which the public API never exposes (the
@@ -18,7 +19,6 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <linux/perf_event.h>
-#include <perf/cpumap.h>
 #include <perf/threadmap.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +59,8 @@ struct ev {
 struct psess {
 	struct perf_session_opts opts;
 	char sysfs_root[256];
-	struct perf_cpu_map *cpus;
+	int *cpus;           /* n_cpus CPU numbers, ascending; {-1} for a task */
+	int n_cpus;
 	struct perf_thread_map *threads;
 	int nslots;          /* CPUs x threads: fds per event */
 	struct ev *evs;
@@ -92,24 +93,6 @@ const char *perf_session_placement_name(enum perf_session_placement p)
 	return "?";
 }
 
-static bool valid_cpu_list(const char *l)
-{
-	/* libperf falls back to "any CPU" with a warning on junk; a session
-	 * must never widen silently, so check the syntax first. */
-	if (!*l)
-		return false;
-	bool digit = false;
-	for (const char *p = l; *p; p++) {
-		if (*p >= '0' && *p <= '9')
-			digit = true;
-		else if ((*p == ',' || *p == '-') && digit)
-			digit = false;
-		else
-			return false;
-	}
-	return digit;
-}
-
 int perf_session_create(const struct perf_session_opts *opts, struct psess **out, char *err, size_t errlen)
 {
 	*out = NULL;
@@ -118,8 +101,8 @@ int perf_session_create(const struct perf_session_opts *opts, struct psess **out
 		snprintf(err, errlen, "a session needs exactly one target: a CPU list or a pid");
 		return -EINVAL;
 	}
-	if (cpu_mode && !valid_cpu_list(opts->cpus)) {
-		snprintf(err, errlen, "malformed CPU list '%s'", opts->cpus);
+	if (cpu_mode && cpulist_empty(opts->cpus)) {
+		snprintf(err, errlen, "a session's CPU list names no CPU");
 		return -EINVAL;
 	}
 	struct psess *s = calloc(1, sizeof(*s));
@@ -128,13 +111,21 @@ int perf_session_create(const struct perf_session_opts *opts, struct psess **out
 	s->opts = *opts;
 	snprintf(s->sysfs_root, sizeof(s->sysfs_root), "%s", opts->sysfs_root ? opts->sysfs_root : "/");
 	s->opts.sysfs_root = s->sysfs_root;
-	s->opts.cpus = NULL; /* not kept: the map is the parsed form */
+	s->opts.cpus = NULL; /* not kept: cpus[] is what is used */
+	/* a task is counted on any CPU: the one entry -1 */
+	s->n_cpus = cpu_mode ? (int)cpulist_count(opts->cpus) : 1;
+	s->cpus = malloc((size_t)s->n_cpus * sizeof(*s->cpus));
+	if (s->cpus) {
+		int n = 0;
+
+		s->cpus[0] = -1;
+		for (int c = cpu_mode ? cpulist_next(opts->cpus, -1) : -1; c >= 0; c = cpulist_next(opts->cpus, c))
+			s->cpus[n++] = c;
+	}
 	if (cpu_mode) {
-		s->cpus = perf_cpu_map__new(opts->cpus);
 		s->threads = perf_thread_map__new_dummy();
 	} else {
 		pid_t pid = opts->pid;
-		s->cpus = perf_cpu_map__new_any_cpu();
 		s->threads = perf_thread_map__new_array(1, &pid);
 	}
 	if (!s->cpus || !s->threads) {
@@ -142,7 +133,7 @@ int perf_session_create(const struct perf_session_opts *opts, struct psess **out
 		snprintf(err, errlen, "out of memory building CPU/thread maps");
 		return -ENOMEM;
 	}
-	s->nslots = perf_cpu_map__nr(s->cpus) * perf_thread_map__nr(s->threads);
+	s->nslots = s->n_cpus * perf_thread_map__nr(s->threads);
 	*out = s;
 	return 0;
 }
@@ -206,7 +197,7 @@ int perf_session_add_event(struct psess *s, const struct perf_event_desc *pev, e
 
 static int slot_cpu(const struct psess *s, int slot)
 {
-	return perf_cpu_map__cpu(s->cpus, slot / perf_thread_map__nr(s->threads)).cpu;
+	return s->cpus[slot / perf_thread_map__nr(s->threads)];
 }
 
 static pid_t slot_pid(const struct psess *s, int slot)
@@ -638,7 +629,7 @@ void perf_session_destroy(struct psess *s)
 		free(s->evs[i].ids);
 	free(s->evs);
 	free(s->units);
-	perf_cpu_map__put(s->cpus);
+	free(s->cpus);
 	perf_thread_map__put(s->threads);
 	free(s);
 }

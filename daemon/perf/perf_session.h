@@ -22,6 +22,7 @@
 #include <sys/types.h>
 
 #include "perf/perf_event.h"
+#include "proto/cpulist.h"
 
 struct psess;
 
@@ -31,9 +32,9 @@ enum perf_session_placement {
 };
 
 struct perf_session_opts {
-	/* Exactly one target: cpus (a list such as "0-3,6"; counts every task
-	 * on those CPUs) or pid > 0 (counts that task on any CPU). */
-	const char *cpus;
+	/* Exactly one target: cpus (non-empty; counts every task on those
+	 * CPUs) or pid > 0 (counts that task on any CPU). Not kept. */
+	const struct cpulist *cpus;
 	pid_t pid;
 	bool inherit;      /* pid mode: also count children created after open */
 	/* The PMU is simulated (pmu_desc.source is BUILTIN or FILE): hardware

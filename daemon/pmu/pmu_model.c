@@ -24,12 +24,18 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
+
+#include "proto/cleanup.h"
+#include "proto/frame.h" /* _cleanup_json_ */
+#include "proto/json_fields.h"
 
 /* ---- built-in models ---------------------------------------------------- */
 
@@ -215,15 +221,35 @@ int pmu_model_builtin(const char *name, struct pmu_desc *out)
 
 /* ---- JSON loader -------------------------------------------------------- */
 
-struct jctx {
+/*
+ * The model file's members are the rows below (proto/json_fields.h), read
+ * in order: a rule that involves several members (AMD has no fixed
+ * counters, PEBS baseline needs format 4) sits on the last member it
+ * involves, so the first problem in a file is the one reported.
+ */
+struct model_ctx {
+	struct json_fields jf;
 	const char *label;
 	char *err;
 	size_t errlen;
+	const struct pmu_desc *d;
 };
 
-static int __attribute__((format(printf, 3, 4)))
-field_error(const struct jctx *c, const char *field, const char *fmt, ...)
+static const struct model_ctx *ctx_of(const struct json_fields *jf)
 {
+	return jf->user;
+}
+
+static bool intel(const struct json_fields *jf)
+{
+	return ctx_of(jf)->d->vendor == PMU_VENDOR_INTEL;
+}
+
+static int __attribute__((format(printf, 3, 4)))
+field_error(const struct json_fields *jf, const char *field, const char *fmt, ...)
+{
+	const struct model_ctx *c = ctx_of(jf);
+	/* what follows "field": a sentence about numbers and member names */
 	char msg[256];
 	va_list ap;
 
@@ -234,344 +260,334 @@ field_error(const struct jctx *c, const char *field, const char *fmt, ...)
 	return -EINVAL;
 }
 
-/* Refuses any key not in allowed: a typo must not silently become a
- * default. */
-static int check_keys(const struct jctx *c, json_object *obj, const char *prefix,
-		      const char *const *allowed)
+/* What a member must be, in the words every message of a model file uses. */
+static void expected(const struct json_fields_problem *p, char *buf, size_t len)
 {
-	json_object_object_foreach(obj, key, val) {
-		bool known = false;
+	const struct json_fields_field *f = p->field;
 
-		(void)val;
-		for (const char *const *a = allowed; *a; a++)
-			if (strcmp(*a, key) == 0)
-				known = true;
-		if (!known) {
-			char name[160];
-
-			snprintf(name, sizeof(name), "%s%s", prefix, key);
-			return field_error(c, name, "unknown field");
-		}
-	}
-	return 0;
-}
-
-/* Integers may be JSON numbers or, because masks read better in hex,
- * strings "0x...". Anything fractional, negative where not allowed, or out
- * of range is refused with the range in the message. */
-static int get_int(const struct jctx *c, json_object *obj, const char *key, const char *field,
-		   long long lo, long long hi, bool hex_ok, bool required, long long def,
-		   long long *out)
-{
-	json_object *v;
-	long long x;
-	char range[96];
-
-	if (hex_ok)
-		snprintf(range, sizeof(range), "must be an integer or \"0x...\" string 0x%llx..0x%llx",
-			 lo, hi);
+	if (f->expect)
+		snprintf(buf, len, "%s", f->expect);
+	else if (f->type == JSON_FIELDS_INT && (f->flags & JSON_FIELDS_HEX))
+		snprintf(buf, len, "an integer or \"0x...\" string 0x%" PRIx64 "..0x%" PRIx64, (uint64_t)p->min,
+			 (uint64_t)p->max);
+	else if (f->type == JSON_FIELDS_INT)
+		snprintf(buf, len, "an integer %" PRId64 "..%" PRId64, p->min, p->max);
+	else if (f->type == JSON_FIELDS_BOOL)
+		snprintf(buf, len, "true or false");
+	else if (f->type == JSON_FIELDS_STRING && (f->flags & JSON_FIELDS_NAME_CHARS))
+		snprintf(buf, len, "a string of %" PRId64 "..%" PRId64 " characters A-Z a-z 0-9 . _ -", p->min, p->max);
+	else if (f->type == JSON_FIELDS_ARRAY)
+		snprintf(buf, len, "an array of at most %" PRId64 " objects", p->max);
 	else
-		snprintf(range, sizeof(range), "must be an integer %lld..%lld", lo, hi);
+		snprintf(buf, len, "a %s", json_fields_expected(f));
+}
 
-	if (!json_object_object_get_ex(obj, key, &v)) {
-		if (required)
-			return field_error(c, field, "missing (required; %s)", range);
-		*out = def;
-		return 0;
-	}
-	if (json_object_is_type(v, json_type_int)) {
-		/* json-c saturates beyond int64, which the range check then
-		 * refuses like any other out-of-range value. */
-		x = (long long)json_object_get_int64(v);
-	} else if (hex_ok && json_object_is_type(v, json_type_string)) {
-		const char *s = json_object_get_string(v);
-		char *end;
-		unsigned long long u;
+static int report(struct json_fields *jf, const struct json_fields_problem *p)
+{
+	char want[160];
 
-		if (strncmp(s, "0x", 2) != 0 && strncmp(s, "0X", 2) != 0)
-			return field_error(c, field, "%s", range);
-		errno = 0;
-		u = strtoull(s + 2, &end, 16);
-		if (s[2] == '\0' || *end != '\0' || errno == ERANGE || u > (unsigned long long)hi)
-			return field_error(c, field, "%s", range);
-		x = (long long)u;
-	} else {
-		return field_error(c, field, "%s", range);
+	switch (p->kind) {
+	case JSON_FIELDS_UNKNOWN:
+		return field_error(jf, p->path, "unknown field");
+	case JSON_FIELDS_OOM:
+		return -ENOMEM;
+	case JSON_FIELDS_COUNT:
+		return field_error(jf, p->path, "has %zu entries, at most %" PRId64 " allowed", p->count, p->max);
+	case JSON_FIELDS_MISSING:
+		expected(p, want, sizeof(want));
+		return field_error(jf, p->path, "missing (required; %s%s)",
+				   p->field->type == JSON_FIELDS_INT ? "must be " : "", want);
+	default:
+		expected(p, want, sizeof(want));
+		return field_error(jf, p->path, "must be %s", want);
 	}
-	if (x < lo || x > hi)
-		return field_error(c, field, "%s", range);
-	*out = x;
+}
+
+#define DESC(member) .offset = offsetof(struct pmu_desc, member), .size = JSON_FIELDS_SIZE(struct pmu_desc, member)
+
+static void version_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
+{
+	(void)base;
+	*min = intel(jf) ? 1 : 0;
+	*max = intel(jf) ? 5 : 2;
+}
+
+static int check_version(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			 const void *base, bool present)
+{
+	const struct pmu_desc *d = base;
+
+	(void)f, (void)present;
+	if (!intel(jf) && d->version == 1)
+		return field_error(jf, path, "AMD has version 0 (no PerfMonV2) or 2 (PerfMonV2)");
 	return 0;
 }
 
-static int get_bool(const struct jctx *c, json_object *obj, const char *key, bool def, bool *out)
+static int check_num_gp(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			const void *base, bool present)
 {
-	json_object *v;
+	const struct pmu_desc *d = base;
 
-	if (!json_object_object_get_ex(obj, key, &v)) {
-		*out = def;
-		return 0;
-	}
-	if (!json_object_is_type(v, json_type_boolean))
-		return field_error(c, key, "must be true or false");
-	*out = json_object_get_boolean(v);
+	(void)f, (void)present;
+	if (!intel(jf) && d->version == 0 && d->num_gp != 4 && d->num_gp != 6)
+		return field_error(jf, path, "an AMD PMU without PerfMonV2 has 4 (legacy) or 6 (perfctr_core) counters");
+	if (!intel(jf) && d->version == 2 && d->num_gp > 15)
+		return field_error(jf, path, "must be an integer 1..15 (0x80000022 EBX[3:0])");
 	return 0;
 }
 
-static bool name_char_ok(char ch)
+static int check_fixed_mask(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			    const void *base, bool present)
 {
-	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-	       ch == '-' || ch == '_' || ch == '.';
-}
+	const struct pmu_desc *d = base;
+	uint32_t fixed = d->fixed_mask;
 
-/* Names end up in headers, logs and protocol messages: keep them to a
- * charset that needs no quoting. */
-static int get_name(const struct jctx *c, json_object *obj, const char *key, bool required,
-		    char *dst, size_t dstlen)
-{
-	json_object *v;
-	const char *s;
-	size_t n;
-
-	if (!json_object_object_get_ex(obj, key, &v)) {
-		if (required)
-			return field_error(c, key, "missing (required; a string of 1..%zu characters A-Z a-z 0-9 . _ -)",
-					   dstlen - 1);
-		dst[0] = '\0';
-		return 0;
-	}
-	if (!json_object_is_type(v, json_type_string))
-		return field_error(c, key, "must be a string of 1..%zu characters A-Z a-z 0-9 . _ -",
-				   dstlen - 1);
-	s = json_object_get_string(v);
-	n = strlen(s);
-	if (n == 0 || n >= dstlen || (size_t)json_object_get_string_len(v) != n)
-		return field_error(c, key, "must be a string of 1..%zu characters A-Z a-z 0-9 . _ -",
-				   dstlen - 1);
-	for (size_t i = 0; i < n; i++)
-		if (!name_char_ok(s[i]))
-			return field_error(c, key, "must be a string of 1..%zu characters A-Z a-z 0-9 . _ -",
-					   dstlen - 1);
-	memcpy(dst, s, n + 1);
+	(void)f, (void)present;
+	if (fixed && !intel(jf))
+		return field_error(jf, path, "AMD PMUs have no fixed counters: must be 0");
+	if (fixed && d->version < 2)
+		return field_error(jf, path, "perfmon version 1 has no fixed counters: must be 0");
+	if (fixed && d->version < 5 && (fixed & (fixed + 1)))
+		return field_error(jf, path, "before version 5 fixed counters are contiguous from 0 (0x1, 0x3, 0x7, ...)");
 	return 0;
 }
 
-static int parse_topology(const struct jctx *c, json_object *root, struct pmu_desc *d)
+static int64_t default_fixed_width(const struct json_fields *jf, const void *base)
 {
-	static const char *const keys[] = { "packages", "cores_per_package", "threads_per_core", NULL };
-	json_object *t;
-	long long p, cores, thr;
-	int rc;
-
-	if (!json_object_object_get_ex(root, "topology", &t))
-		return field_error(c, "topology", "missing (required; an object with packages, cores_per_package, threads_per_core)");
-	if (!json_object_is_type(t, json_type_object))
-		return field_error(c, "topology", "must be an object with packages, cores_per_package, threads_per_core");
-	if ((rc = check_keys(c, t, "topology.", keys)))
-		return rc;
-	if ((rc = get_int(c, t, "packages", "topology.packages", 1, PMU_MAX_CPUS, false, true, 0, &p)) ||
-	    (rc = get_int(c, t, "cores_per_package", "topology.cores_per_package", 1, PMU_MAX_CPUS,
-			  false, true, 0, &cores)) ||
-	    (rc = get_int(c, t, "threads_per_core", "topology.threads_per_core", 1, 8, false, false, 1,
-			  &thr)))
-		return rc;
-	if (p * cores * thr > PMU_MAX_CPUS)
-		return field_error(c, "topology", "%lld packages x %lld cores x %lld threads = %lld CPUs, more than the %d supported",
-				   p, cores, thr, p * cores * thr, PMU_MAX_CPUS);
-	return pmu_model_fill_topology(d, (unsigned)p, (unsigned)cores, (unsigned)thr);
+	(void)jf;
+	return ((const struct pmu_desc *)base)->gp_width;
 }
 
-static int parse_constraints(const struct jctx *c, json_object *root, struct pmu_desc *d)
+static void events_mask_len_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
 {
-	static const char *const keys[] = { "event", "event_hi", "umask", "gp_mask", "fixed_mask", NULL };
-	long long max_event = d->vendor == PMU_VENDOR_AMD ? 0xfff : 0xff;
-	json_object *arr;
-	size_t n;
+	(void)base;
+	*min = 0;
+	*max = intel(jf) ? 32 : 0;
+}
 
-	d->n_constraints = 0;
-	if (!json_object_object_get_ex(root, "constraints", &arr))
+/* CPUID.0AH EAX[31:24] as Linux knows it per version. */
+static int64_t default_events_mask_len(const struct json_fields *jf, const void *base)
+{
+	return intel(jf) ? (((const struct pmu_desc *)base)->version >= 5 ? 8 : 7) : 0;
+}
+
+static void arch_events_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
+{
+	(void)jf;
+	*min = 0;
+	*max = (int64_t)pmu_gp_bits(((const struct pmu_desc *)base)->events_mask_len);
+}
+
+static int64_t default_anythread(const struct json_fields *jf, const void *base)
+{
+	return intel(jf) && ((const struct pmu_desc *)base)->version >= 5;
+}
+
+/* Features that exist only on Intel. */
+static int check_intel_only(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			    const void *base, bool present)
+{
+	const struct pmu_desc *d = base;
+
+	(void)present;
+	if (intel(jf))
 		return 0;
-	if (!json_object_is_type(arr, json_type_array))
-		return field_error(c, "constraints", "must be an array of at most %d objects",
-				   PMU_MAX_CONSTRAINTS);
-	n = json_object_array_length(arr);
-	if (n > PMU_MAX_CONSTRAINTS)
-		return field_error(c, "constraints", "has %zu entries, at most %d allowed", n,
-				   PMU_MAX_CONSTRAINTS);
-	for (size_t i = 0; i < n; i++) {
-		json_object *e = json_object_array_get_idx(arr, i);
-		struct pmu_event_constraint *k = &d->constraints[i];
-		char prefix[48], f[96];
-		long long ev, ev_hi, umask, gp, fixed;
-		int rc;
-
-		snprintf(prefix, sizeof(prefix), "constraints[%zu].", i);
-		if (!json_object_is_type(e, json_type_object)) {
-			snprintf(f, sizeof(f), "constraints[%zu]", i);
-			return field_error(c, f, "must be an object with event, gp_mask and optionally event_hi, umask, fixed_mask");
-		}
-		if ((rc = check_keys(c, e, prefix, keys)))
-			return rc;
-		snprintf(f, sizeof(f), "%sevent", prefix);
-		if ((rc = get_int(c, e, "event", f, 0, max_event, true, true, 0, &ev)))
-			return rc;
-		snprintf(f, sizeof(f), "%sevent_hi", prefix);
-		if ((rc = get_int(c, e, "event_hi", f, ev, max_event, true, false, ev, &ev_hi)))
-			return rc;
-		snprintf(f, sizeof(f), "%sumask", prefix);
-		if ((rc = get_int(c, e, "umask", f, 0, 0xff, true, false, -1, &umask)))
-			return rc;
-		snprintf(f, sizeof(f), "%sgp_mask", prefix);
-		if ((rc = get_int(c, e, "gp_mask", f, 0, (long long)pmu_gp_bits(d->num_gp), true, true, 0,
-				  &gp)))
-			return rc;
-		snprintf(f, sizeof(f), "%sfixed_mask", prefix);
-		if ((rc = get_int(c, e, "fixed_mask", f, 0, 0xffff, true, false, 0, &fixed)))
-			return rc;
-		if ((uint32_t)fixed & ~d->fixed_mask)
-			return field_error(c, f, "0x%llx names fixed counters the model lacks (fixed_mask 0x%x)",
-					   fixed, d->fixed_mask);
-		k->event_lo = (uint16_t)ev;
-		k->event_hi = (uint16_t)ev_hi;
-		k->umask = (int16_t)umask;
-		k->gp_mask = (uint32_t)gp;
-		k->fixed_mask = (uint32_t)fixed;
-	}
-	d->n_constraints = n;
+	if (f->type == JSON_FIELDS_BOOL && *(const bool *)((const char *)d + f->offset))
+		return field_error(jf, path, "Intel only: must be false for AMD");
+	if (f->type == JSON_FIELDS_INT && d->pebs_format >= 0)
+		return field_error(jf, path, "Intel only: must be -1 for AMD");
 	return 0;
 }
 
-static const char *const top_keys[] = {
-	"name", "description", "pmu_name", "vendor", "version", "num_gp", "gp_width",
-	"fixed_mask", "fixed_width", "events_mask_len", "arch_events_unavailable",
-	"anythread_deprecated", "perf_metrics", "full_width_write", "pebs_format",
-	"pebs_baseline", "max_precise", "lbr_depth", "nmi_watchdog", "topology",
-	"constraints", NULL,
+static int check_perf_metrics(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			      const void *base, bool present)
+{
+	const struct pmu_desc *d = base;
+
+	(void)f, (void)present;
+	if (d->perf_metrics && (!intel(jf) || !(d->fixed_mask & (1u << 3))))
+		return field_error(jf, path, "needs an Intel PMU with fixed counter 3 (TOPDOWN.SLOTS) in fixed_mask");
+	return 0;
+}
+
+static int check_pebs_baseline(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+			       const void *base, bool present)
+{
+	const struct pmu_desc *d = base;
+
+	(void)f, (void)present;
+	if (d->pebs_baseline && d->pebs_format < 4)
+		return field_error(jf, path, "needs pebs_format 4 or later");
+	return 0;
+}
+
+/* ---- constraints[i] ---- */
+
+#define CONSTRAINT(member)                                          \
+	.offset = offsetof(struct pmu_event_constraint, member), \
+	.size = JSON_FIELDS_SIZE(struct pmu_event_constraint, member)
+
+static void event_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
+{
+	(void)base;
+	*min = 0;
+	*max = ctx_of(jf)->d->vendor == PMU_VENDOR_AMD ? 0xfff : 0xff;
+}
+
+static void event_hi_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
+{
+	event_bounds(jf, base, min, max);
+	*min = ((const struct pmu_event_constraint *)base)->event_lo;
+}
+
+static int64_t default_event_hi(const struct json_fields *jf, const void *base)
+{
+	(void)jf;
+	return ((const struct pmu_event_constraint *)base)->event_lo;
+}
+
+static void gp_mask_bounds(const struct json_fields *jf, const void *base, int64_t *min, int64_t *max)
+{
+	(void)base;
+	*min = 0;
+	*max = (int64_t)pmu_gp_bits(ctx_of(jf)->d->num_gp);
+}
+
+static int check_constraint_fixed(struct json_fields *jf, const struct json_fields_field *f, const char *path,
+				  const void *base, bool present)
+{
+	uint32_t fixed = ((const struct pmu_event_constraint *)base)->fixed_mask;
+	uint32_t have = ctx_of(jf)->d->fixed_mask;
+
+	(void)f, (void)present;
+	if (fixed & ~have)
+		return field_error(jf, path, "0x%" PRIx32 " names fixed counters the model lacks (fixed_mask 0x%" PRIx32 ")",
+				   fixed, have);
+	return 0;
+}
+
+static const struct json_fields_field constraint_rows[] = {
+	{ .name = "event", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_HEX,
+	  .bounds = event_bounds, CONSTRAINT(event_lo) },
+	{ .name = "event_hi", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX | JSON_FIELDS_DEFAULT,
+	  .bounds = event_hi_bounds, .default_of = default_event_hi, CONSTRAINT(event_hi) },
+	{ .name = "umask", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX | JSON_FIELDS_DEFAULT, .max = 0xff,
+	  .def = -1, CONSTRAINT(umask) },
+	{ .name = "gp_mask", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_HEX,
+	  .bounds = gp_mask_bounds, CONSTRAINT(gp_mask) },
+	{ .name = "fixed_mask", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX | JSON_FIELDS_DEFAULT,
+	  .max = 0xffff, .check = check_constraint_fixed, CONSTRAINT(fixed_mask) },
+	{ 0 },
 };
 
-static int parse_vendor(const struct jctx *c, json_object *root, struct pmu_desc *d)
-{
-	json_object *v;
-	const char *s;
+static const struct json_fields_field constraint_elem = {
+	.type = JSON_FIELDS_OBJECT, .fields = constraint_rows,
+	.expect = "an object with event, gp_mask and optionally event_hi, umask, fixed_mask",
+};
 
-	if (!json_object_object_get_ex(root, "vendor", &v))
-		return field_error(c, "vendor", "missing (required; \"intel\" or \"amd\")");
-	s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-	if (strcmp(s, "intel") == 0)
-		d->vendor = PMU_VENDOR_INTEL;
-	else if (strcmp(s, "amd") == 0)
-		d->vendor = PMU_VENDOR_AMD;
-	else
-		return field_error(c, "vendor", "must be \"intel\" or \"amd\"");
-	return 0;
+/* ---- topology ---- */
+
+struct topology {
+	int64_t packages, cores, threads;
+};
+
+static const struct json_fields_field topology_rows[] = {
+	{ .name = "packages", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .min = 1, .max = PMU_MAX_CPUS,
+	  .offset = offsetof(struct topology, packages), .size = sizeof(int64_t) },
+	{ .name = "cores_per_package", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .min = 1,
+	  .max = PMU_MAX_CPUS, .offset = offsetof(struct topology, cores), .size = sizeof(int64_t) },
+	{ .name = "threads_per_core", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .min = 1, .max = 8,
+	  .def = 1, .offset = offsetof(struct topology, threads), .size = sizeof(int64_t) },
+	{ 0 },
+};
+
+static int decode_topology(struct json_fields *jf, const struct json_fields_field *f, struct json_object *v,
+			   const char *path, void *slot)
+{
+	const struct json_fields_problem type = { .kind = JSON_FIELDS_TYPE, .path = path, .field = f, .value = v };
+	struct pmu_desc *d = (struct pmu_desc *)ctx_of(jf)->d;
+	struct topology t = { 0 };
+	int64_t n;
+	int r;
+
+	(void)slot;
+	if (!json_object_is_type(v, json_type_object))
+		return report(jf, &type);
+	r = json_fields_decode(jf, topology_rows, v, path, &t);
+	if (r < 0)
+		return r;
+	n = t.packages * t.cores * t.threads;
+	if (n > PMU_MAX_CPUS)
+		return field_error(jf, path, "%" PRId64 " packages x %" PRId64 " cores x %" PRId64 " threads = %" PRId64
+				   " CPUs, more than the %d supported", t.packages, t.cores, t.threads, n, PMU_MAX_CPUS);
+	return pmu_model_fill_topology(d, (unsigned)t.packages, (unsigned)t.cores, (unsigned)t.threads);
 }
 
-static int parse_counters(const struct jctx *c, json_object *root, struct pmu_desc *d)
-{
-	bool intel = d->vendor == PMU_VENDOR_INTEL;
-	long long version, gp, width, fixed, fwidth, mlen, unavail;
-	int rc;
+static const char *const vendor_names[] = {
+	[PMU_VENDOR_INTEL] = "intel",
+	[PMU_VENDOR_AMD] = "amd",
+};
 
-	if (intel)
-		rc = get_int(c, root, "version", "version", 1, 5, false, true, 0, &version);
-	else
-		rc = get_int(c, root, "version", "version", 0, 2, false, true, 0, &version);
-	if (rc)
-		return rc;
-	if (!intel && version == 1)
-		return field_error(c, "version", "AMD has version 0 (no PerfMonV2) or 2 (PerfMonV2)");
-	if ((rc = get_int(c, root, "num_gp", "num_gp", 1, PMU_MAX_GP, false, true, 0, &gp)))
-		return rc;
-	if (!intel && version == 0 && gp != 4 && gp != 6)
-		return field_error(c, "num_gp", "an AMD PMU without PerfMonV2 has 4 (legacy) or 6 (perfctr_core) counters");
-	if (!intel && version == 2 && gp > 15)
-		return field_error(c, "num_gp", "must be an integer 1..15 (0x80000022 EBX[3:0])");
-	if ((rc = get_int(c, root, "gp_width", "gp_width", 8, 64, false, false, 48, &width)))
-		return rc;
-	if ((rc = get_int(c, root, "fixed_mask", "fixed_mask", 0, (long long)pmu_gp_bits(PMU_MAX_FIXED),
-			  true, false, 0, &fixed)))
-		return rc;
-	if (fixed && !intel)
-		return field_error(c, "fixed_mask", "AMD PMUs have no fixed counters: must be 0");
-	if (fixed && version < 2)
-		return field_error(c, "fixed_mask", "perfmon version 1 has no fixed counters: must be 0");
-	if (fixed && version < 5 && ((uint64_t)fixed & ((uint64_t)fixed + 1)))
-		return field_error(c, "fixed_mask", "before version 5 fixed counters are contiguous from 0 (0x1, 0x3, 0x7, ...)");
-	if ((rc = get_int(c, root, "fixed_width", "fixed_width", 8, 64, false, false, width, &fwidth)))
-		return rc;
-	if ((rc = get_int(c, root, "events_mask_len", "events_mask_len", 0, intel ? 32 : 0, false, false,
-			  intel ? (version >= 5 ? 8 : 7) : 0, &mlen)))
-		return rc;
-	if ((rc = get_int(c, root, "arch_events_unavailable", "arch_events_unavailable", 0,
-			  (long long)pmu_gp_bits((unsigned)mlen), true, false, 0, &unavail)))
-		return rc;
+static const struct json_fields_field model_rows[] = {
+	{ .name = "name", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_NAME_CHARS,
+	  .min = 1, .max = PMU_NAME_LEN - 1, DESC(model) },
+	{ .name = "pmu_name", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_NAME_CHARS, .min = 1,
+	  .max = PMU_NAME_LEN - 1, DESC(pmu_name) },
+	{ .name = "vendor", .type = JSON_FIELDS_ENUM, .flags = JSON_FIELDS_REQUIRED, .min = PMU_VENDOR_INTEL,
+	  .max = PMU_VENDOR_AMD, .names = vendor_names, .expect = "\"intel\" or \"amd\"", DESC(vendor) },
+	{ .name = "version", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .bounds = version_bounds,
+	  .check = check_version, DESC(version) },
+	{ .name = "num_gp", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_REQUIRED, .min = 1, .max = PMU_MAX_GP,
+	  .check = check_num_gp, DESC(num_gp) },
+	{ .name = "gp_width", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .min = 8, .max = 64, .def = 48,
+	  DESC(gp_width) },
+	{ .name = "fixed_mask", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX | JSON_FIELDS_DEFAULT,
+	  .max = (INT64_C(1) << PMU_MAX_FIXED) - 1, .check = check_fixed_mask, DESC(fixed_mask) },
+	{ .name = "fixed_width", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .min = 8, .max = 64,
+	  .default_of = default_fixed_width, DESC(fixed_width) },
+	{ .name = "events_mask_len", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT,
+	  .bounds = events_mask_len_bounds, .default_of = default_events_mask_len, DESC(events_mask_len) },
+	{ .name = "arch_events_unavailable", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_HEX | JSON_FIELDS_DEFAULT,
+	  .bounds = arch_events_bounds, DESC(arch_events_unavailable) },
+	{ .name = "anythread_deprecated", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT,
+	  .default_of = default_anythread, .check = check_intel_only, DESC(anythread_deprecated) },
+	{ .name = "perf_metrics", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT, .check = check_perf_metrics,
+	  DESC(perf_metrics) },
+	{ .name = "full_width_write", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT,
+	  .check = check_intel_only, DESC(full_width_write) },
+	{ .name = "pebs_format", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .min = -1, .max = 15,
+	  .def = -1, .check = check_intel_only, DESC(pebs_format) },
+	{ .name = "pebs_baseline", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT,
+	  .check = check_pebs_baseline, DESC(pebs_baseline) },
+	{ .name = "max_precise", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .min = -1, .max = 3,
+	  .def = -1, DESC(max_precise) },
+	{ .name = "lbr_depth", .type = JSON_FIELDS_INT, .flags = JSON_FIELDS_DEFAULT, .max = 64, DESC(lbr_depth) },
+	{ .name = "nmi_watchdog", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT, .def = 1,
+	  DESC(nmi_watchdog) },
+	{ .name = "constraints", .type = JSON_FIELDS_ARRAY, .max = PMU_MAX_CONSTRAINTS,
+	  .offset = offsetof(struct pmu_desc, constraints), .elem = &constraint_elem,
+	  .elem_size = sizeof(struct pmu_event_constraint), .count_offset = offsetof(struct pmu_desc, n_constraints),
+	  .count_size = JSON_FIELDS_SIZE(struct pmu_desc, n_constraints) },
+	{ .name = "topology", .type = JSON_FIELDS_CUSTOM, .flags = JSON_FIELDS_REQUIRED,
+	  .expect = "an object with packages, cores_per_package, threads_per_core", .decode = decode_topology },
+	/* free text for people; only its type is checked */
+	{ .name = "description", .type = JSON_FIELDS_STRING, .max = PMU_MODEL_MAX_BYTES },
+	{ 0 },
+};
 
-	d->version = (unsigned)version;
-	d->num_gp = (unsigned)gp;
-	d->gp_width = (unsigned)width;
-	d->fixed_mask = (uint32_t)fixed;
-	d->fixed_width = fixed ? (unsigned)fwidth : 0;
-	d->events_mask_len = (unsigned)mlen;
-	d->arch_events_unavailable = (uint32_t)unavail;
-	return 0;
-}
-
-static int parse_features(const struct jctx *c, json_object *root, struct pmu_desc *d)
-{
-	bool intel = d->vendor == PMU_VENDOR_INTEL;
-	long long pebs, precise, lbr;
-	int rc;
-
-	if ((rc = get_bool(c, root, "anythread_deprecated", intel && d->version >= 5,
-			   &d->anythread_deprecated)) ||
-	    (rc = get_bool(c, root, "perf_metrics", false, &d->perf_metrics)) ||
-	    (rc = get_bool(c, root, "full_width_write", false, &d->full_width_write)) ||
-	    (rc = get_bool(c, root, "pebs_baseline", false, &d->pebs_baseline)) ||
-	    (rc = get_bool(c, root, "nmi_watchdog", true, &d->nmi_watchdog)))
-		return rc;
-	if ((rc = get_int(c, root, "pebs_format", "pebs_format", -1, 15, false, false, -1, &pebs)) ||
-	    (rc = get_int(c, root, "max_precise", "max_precise", -1, 3, false, false, -1, &precise)) ||
-	    (rc = get_int(c, root, "lbr_depth", "lbr_depth", 0, 64, false, false, 0, &lbr)))
-		return rc;
-	d->pebs_format = (int)pebs;
-	d->max_precise = (int)precise;
-	d->lbr_depth = (unsigned)lbr;
-
-	/* Features that exist only on Intel, or only with other features. */
-	if (!intel && d->anythread_deprecated)
-		return field_error(c, "anythread_deprecated", "Intel only: must be false for AMD");
-	if (!intel && d->full_width_write)
-		return field_error(c, "full_width_write", "Intel only: must be false for AMD");
-	if (!intel && d->pebs_format >= 0)
-		return field_error(c, "pebs_format", "Intel only: must be -1 for AMD");
-	if (d->perf_metrics && (!intel || !(d->fixed_mask & (1u << 3))))
-		return field_error(c, "perf_metrics", "needs an Intel PMU with fixed counter 3 (TOPDOWN.SLOTS) in fixed_mask");
-	if (d->pebs_baseline && d->pebs_format < 4)
-		return field_error(c, "pebs_baseline", "needs pebs_format 4 or later");
-	return 0;
-}
-
-/* Free text for people; only its type is checked. */
-static int check_description(const struct jctx *c, json_object *root)
-{
-	json_object *v;
-
-	if (json_object_object_get_ex(root, "description", &v) &&
-	    !json_object_is_type(v, json_type_string))
-		return field_error(c, "description", "must be a string");
-	return 0;
-}
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
 
 int pmu_model_parse_json(const char *text, size_t len, const char *label,
 			 struct pmu_desc *out, char *err, size_t errlen)
 {
-	struct jctx c = { .label = label, .err = err, .errlen = errlen };
-	struct json_tokener *tok;
+	struct model_ctx c = { .jf = { .report = report }, .label = label, .err = err, .errlen = errlen, .d = out };
+	_cleanup_(json_tokener_freep) struct json_tokener *tok = NULL;
+	_cleanup_json_ json_object *root = NULL;
 	enum json_tokener_error jerr;
-	json_object *root;
 	size_t end;
 	int rc;
 
+	c.jf.user = &c;
 	if (len > PMU_MODEL_MAX_BYTES) {
 		snprintf(err, errlen, "%s: larger than %d bytes", label, PMU_MODEL_MAX_BYTES);
 		return -EFBIG;
@@ -582,7 +598,6 @@ int pmu_model_parse_json(const char *text, size_t len, const char *label,
 	root = json_tokener_parse_ex(tok, text, (int)len);
 	jerr = json_tokener_get_error(tok);
 	end = json_tokener_get_parse_end(tok);
-	json_tokener_free(tok);
 	if (!root || jerr != json_tokener_success) {
 		unsigned line = 1;
 
@@ -590,46 +605,37 @@ int pmu_model_parse_json(const char *text, size_t len, const char *label,
 			line += text[i] == '\n';
 		snprintf(err, errlen, "%s: line %u: not valid JSON: %s", label, line,
 			 root ? "unexpected data" : json_tokener_error_desc(jerr));
-		json_object_put(root);
 		return -EINVAL;
 	}
 	for (size_t i = end; i < len; i++) {
 		if (text[i] != ' ' && text[i] != '\n' && text[i] != '\t' && text[i] != '\r') {
 			snprintf(err, errlen, "%s: trailing data after the JSON object", label);
-			json_object_put(root);
 			return -EINVAL;
 		}
 	}
 	if (!json_object_is_type(root, json_type_object)) {
 		snprintf(err, errlen, "%s: the model must be a JSON object", label);
-		json_object_put(root);
 		return -EINVAL;
 	}
 
 	pmu_desc_init(out);
 	out->source = PMU_SOURCE_FILE;
-	if ((rc = check_keys(&c, root, "", top_keys)) ||
-	    (rc = get_name(&c, root, "name", true, out->model, sizeof(out->model))) ||
-	    (rc = get_name(&c, root, "pmu_name", false, out->pmu_name, sizeof(out->pmu_name))) ||
-	    (rc = parse_vendor(&c, root, out)) ||
-	    (rc = parse_counters(&c, root, out)) ||
-	    (rc = parse_features(&c, root, out)) ||
-	    (rc = parse_constraints(&c, root, out)) ||
-	    (rc = parse_topology(&c, root, out)) ||
-	    (rc = check_description(&c, root))) {
-		json_object_put(root);
+	rc = json_fields_decode(&c.jf, model_rows, root, "", out);
+	if (rc < 0)
 		return rc;
-	}
-	json_object_put(root);
+	/* a width without fixed counters describes nothing */
+	if (!out->fixed_mask)
+		out->fixed_width = 0;
 	return 0;
 }
 
 static int read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *data = NULL;
 	struct stat st;
-	ssize_t n;
 	size_t got = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
 
 	if (fd < 0) {
 		int e = errno;
@@ -639,36 +645,31 @@ static int read_file(const char *path, char **buf, size_t *len, char *err, size_
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		snprintf(err, errlen, "%s: not a regular file", path);
-		close(fd);
 		return -EINVAL;
 	}
 	if (st.st_size > PMU_MODEL_MAX_BYTES) {
 		snprintf(err, errlen, "%s: larger than %d bytes", path, PMU_MODEL_MAX_BYTES);
-		close(fd);
 		return -EFBIG;
 	}
-	*buf = malloc((size_t)st.st_size + 1);
-	if (!*buf) {
-		close(fd);
+	data = malloc((size_t)st.st_size + 1);
+	if (!data) {
+		snprintf(err, errlen, "%s: out of memory", path);
 		return -ENOMEM;
 	}
-	while (got < (size_t)st.st_size && (n = read(fd, *buf + got, (size_t)st.st_size - got)) != 0) {
+	while (got < (size_t)st.st_size && (n = read(fd, data + got, (size_t)st.st_size - got)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n < 0) {
 			int e = errno;
 
-			if (e == EINTR)
-				continue;
 			snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
-			free(*buf);
-			*buf = NULL;
-			close(fd);
 			return -e;
 		}
 		got += (size_t)n;
 	}
-	close(fd);
-	(*buf)[got] = '\0';
+	data[got] = '\0';
 	*len = got;
+	*buf = TAKE_PTR(data);
 	return 0;
 }
 
@@ -681,7 +682,7 @@ static bool looks_like_path(const char *s)
 
 int pmu_model_load(const char *name_or_path, struct pmu_desc *out, char *err, size_t errlen)
 {
-	char *buf = NULL;
+	_cleanup_free_ char *buf = NULL;
 	size_t len = 0;
 	int rc;
 
@@ -689,21 +690,19 @@ int pmu_model_load(const char *name_or_path, struct pmu_desc *out, char *err, si
 		err[0] = '\0';
 	if (!looks_like_path(name_or_path)) {
 		rc = pmu_model_builtin(name_or_path, out);
-		if (rc == -ENOENT) {
-			char names[128] = "";
+		if (rc == -ENOENT && err && errlen) {
+			const char *sep = "";
 
-			for (const char *const *n = pmu_model_builtin_names(); *n; n++)
-				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
-					 names[0] ? ", " : "", *n);
-			snprintf(err, errlen, "unknown model \"%s\" (built-in models: %s; a model file needs a '/' or a .json suffix)",
-				 name_or_path, names);
+			snprintf(err, errlen, "unknown model \"%s\" (built-in models: ", name_or_path);
+			for (const char *const *n = pmu_model_builtin_names(); *n; n++, sep = ", ")
+				snprintf(err + strlen(err), errlen - strlen(err), "%s%s", sep, *n);
+			snprintf(err + strlen(err), errlen - strlen(err),
+				 "; a model file needs a '/' or a .json suffix)");
 		}
 		return rc;
 	}
 	rc = read_file(name_or_path, &buf, &len, err, errlen);
 	if (rc)
 		return rc;
-	rc = pmu_model_parse_json(buf, len, name_or_path, out, err, errlen);
-	free(buf);
-	return rc;
+	return pmu_model_parse_json(buf, len, name_or_path, out, err, errlen);
 }
