@@ -135,22 +135,6 @@ static uint32_t wire_placement(enum broker_placement p)
 	return wire_enum(placement_names, broker_placement_name(p));
 }
 
-/* The kernel's cpu-list text of l, allocated: its length is bounded only by
- * CPULIST_MAX_CPUS. NULL when out of memory. */
-static char *cpus_text(const struct cpulist *l)
-{
-	for (size_t len = 64;; len *= 2) {
-		_cleanup_free_ char *buf = malloc(len);
-		if (!buf)
-			return NULL;
-		int r = cpulist_format(l, buf, len);
-		if (r >= 0)
-			return TAKE_PTR(buf);
-		if (r != -ENOSPC)
-			return NULL;
-	}
-}
-
 static void request_finip(struct proto_request *r)
 {
 	proto_request_fini(r);
@@ -219,7 +203,7 @@ static void put_d(struct out *o, const char *key, double v)
 
 static void put_cpus(struct out *o, const char *key, const struct cpulist *l)
 {
-	_cleanup_free_ char *text = cpus_text(l);
+	_cleanup_free_ char *text = cpulist_to_text(l);
 	if (!text && o->r >= 0)
 		o->r = -ENOMEM;
 	put_s(o, key, text);
@@ -1705,7 +1689,7 @@ static int vm_prop(PROP_ARGS)
 		int r = broker_vm_vcpu(s->broker, v.id, i, &vc);
 		if (r < 0)
 			return r;
-		_cleanup_free_ char *cpus = cpus_text(vc.cpus);
+		_cleanup_free_ char *cpus = cpulist_to_text(vc.cpus);
 		if (!cpus)
 			return -ENOMEM;
 		open_c(&o, 'r', "usauau");
@@ -1733,7 +1717,7 @@ static int session_prop(PROP_ARGS)
 	if (!strcmp(prop, "Class"))
 		return sd_bus_message_append(reply, "u", wire_class(v.cls));
 	if (!strcmp(prop, "Cpus")) {
-		_cleanup_free_ char *cpus = v.has_cpus ? cpus_text(v.cpus) : strdup("");
+		_cleanup_free_ char *cpus = v.has_cpus ? cpulist_to_text(v.cpus) : strdup("");
 		return cpus ? sd_bus_message_append(reply, "s", cpus) : -ENOMEM;
 	}
 	if (!strcmp(prop, "Pid"))
