@@ -2,6 +2,7 @@
 #include "vpmud.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +54,7 @@ static void notify_status(struct vpmud *d)
 	sd_notify(0, msg);
 }
 
-static void on_plan(struct json_object *event, void *userdata)
+static void on_plan(const struct broker_event *event, void *userdata)
 {
 	(void)event;
 	notify_status(userdata);
@@ -222,9 +223,7 @@ static void vpmud_free(struct vpmud *d)
 	dbus_service_free(d->dbus);
 	if (d->server)
 		server_free(d->server);
-	if (d->broker) {
-		broker_free(d->broker);
-	}
+	d->broker = broker_free(d->broker);
 	if (d->port)
 		kvm_port_close(d->port);
 	free(d->pmu);
@@ -237,6 +236,11 @@ int vpmud_run(const struct vpmud_opts *opts)
 	char err[768];
 	int r, rc = EXIT_FAILURE;
 
+	/* Large transient buffers (a plan of thousands of VMs rendered for one
+	 * client) go back to the kernel when freed: a fixed mmap threshold
+	 * stops glibc from raising it after the first such buffer, which would
+	 * keep every later one in the heap for good. */
+	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	snprintf(d.config_path, sizeof(d.config_path), "%s", opts->config_path ? opts->config_path : CONFIG_DEFAULT_PATH);
 	d.config_required = opts->config_path != NULL;
 	if (load_config(&d, &d.cfg, err, sizeof(err)) < 0) {
@@ -268,8 +272,9 @@ int vpmud_run(const struct vpmud_opts *opts)
 				  .kvm_host_summary = d.kvm_summary, .kvm_note = d.kvm_note,
 				  .state_dir = d.cfg.state_dir,
 				  .sysfs_root = opts->sysfs_root };
-	if ((r = broker_new(&bo, &d.broker, err, sizeof(err))) < 0) {
-		log_err("broker: %s", err);
+	struct proto_error perr = {0};
+	if ((r = broker_new(&bo, &d.broker, &perr)) < 0) {
+		log_err("broker: %s", perr.message);
 		goto out;
 	}
 	/* Serving with an empty state over one we could not read would

@@ -1,28 +1,67 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The broker core, driven directly (no socket) with the Ice Lake model PMU
- * and the model KVM backend, on a private state directory.
+ * and the model KVM backend, on a private state directory. Requests are
+ * decoded as the socket decodes them and answered through the JSON door,
+ * so the results checked are the wire's.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "broker/broker.h"
-#include "proto/config.h"
+#include "broker/state.h"
+#include "doors/json_door.h"
 #include "kvm/kvm_port.h"
 #include "pmu/pmu.h"
 #include "pmu/pmu_model.h"
-#include "broker/state.h"
+#include "proto/config.h"
+
+/* ------------------------------------------------------------ faults */
+
+/*
+ * The state store's renames and unlinks, failing on demand: these take the
+ * place of libc's for the whole test program (the store calls them), so a
+ * save or a removal can be made to fail without privileges.
+ */
+static int fail_rename, fail_unlink;
+
+int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+	if (fail_rename) {
+		errno = fail_rename;
+		return -1;
+	}
+	return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, 0);
+}
+
+int unlinkat(int dirfd, const char *path, int flags)
+{
+	/* The store cleans its temporary file with unlinkat too: only lease
+	 * files fail. */
+	if (fail_unlink && path[0] != '.') {
+		errno = fail_unlink;
+		return -1;
+	}
+	return (int)syscall(SYS_unlinkat, dirfd, path, flags);
+}
+
+/* ------------------------------------------------------------ fixture */
 
 struct fx {
 	char dir[64];
@@ -34,28 +73,28 @@ struct fx {
 };
 
 /* pid: the test process, so sessions it starts live as long as it does. */
-static struct broker_caller root = { .uid = 0, .privileged = true, .transport = "test" };
-static const struct broker_caller nobody = { .uid = 65534, .gid = 65534, .privileged = false,
-					     .transport = "test" };
+static struct broker_caller root = { .door = BROKER_DOOR_SOCKET, .uid = 0 };
+static const struct broker_caller nobody = { .door = BROKER_DOOR_SOCKET, .uid = 65534, .gid = 65534 };
 
 static void open_broker(struct fx *f)
 {
 	char why[512];
+	struct proto_error err = {0};
 	struct kvm_port_opts po = { .backend = KVM_BACKEND_MODEL, .n_cpus = f->pmu->n_cpus,
 				    .num_gp = f->pmu->num_gp, .fixed_mask = f->pmu->fixed_mask,
 				    .caller = { .cap_sys_admin = true } };
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
 				  .state_dir = f->dir };
-	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
+	if (broker_new(&bo, &f->b, &err) < 0)
+		fail_msg("broker_new: %s", err.message);
 	assert_int_equal(broker_restore(f->b), 0);
 }
 
 static void close_broker(struct fx *f)
 {
-	broker_free(f->b);
+	f->b = broker_free(f->b);
 	kvm_port_close(f->port);
-	f->b = NULL;
 	f->port = NULL;
 }
 
@@ -64,6 +103,7 @@ static int setup(void **st)
 	struct fx *f = calloc(1, sizeof(*f));
 	char err[256];
 	root.pid = getpid();
+	fail_rename = fail_unlink = 0;
 	snprintf(f->dir, sizeof(f->dir), "/tmp/vpmu-test-broker.XXXXXX");
 	if (!mkdtemp(f->dir))
 		return -1;
@@ -82,6 +122,7 @@ static int teardown(void **st)
 {
 	struct fx *f = *st;
 	char cmd[128];
+	fail_rename = fail_unlink = 0;
 	close_broker(f);
 	sd_event_unref(f->ev);
 	free(f->pmu);
@@ -100,35 +141,87 @@ static int call(struct fx *f, const struct broker_caller *c, const char *json,
 	uint64_t id;
 	memset(&req, 0, sizeof(req));
 	memset(err, 0, sizeof(*err));
+	*res = NULL;
 	int r = proto_request_decode(json, strlen(json), PMU_MAX_CPUS, &req, &id_known, &id, err);
 	if (r < 0)
 		fail_msg("test request does not decode: %s", err->message);
-	r = broker_handle(f->b, c, &req, res, err);
+	r = json_door_call(f->b, c, &req, res, err);
 	proto_request_fini(&req);
 	return r;
 }
 
-static struct json_object *ok(struct fx *f, const char *json)
+static struct json_object *ok_as(struct fx *f, const struct broker_caller *c, const char *json)
 {
 	struct json_object *res = NULL;
 	struct proto_error err;
-	if (call(f, &root, json, &res, &err) < 0)
+	if (call(f, c, json, &res, &err) < 0)
 		fail_msg("%s failed: %s: %s", json, proto_errcode_name(err.code), err.message);
 	return res;
 }
 
+static struct json_object *ok(struct fx *f, const char *json)
+{
+	return ok_as(f, &root, json);
+}
+
+/* Every lease file, by name, with its text: what a restart would see. */
 static char *state_text(struct fx *f)
 {
 	char p[128];
-	snprintf(p, sizeof(p), "%s/%s", f->dir, STATE_FILE);
-	FILE *fp = fopen(p, "r");
-	if (!fp)
-		return strdup("");
-	static char buf[1 << 16];
-	size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+	snprintf(p, sizeof(p), "%s/leases", f->dir);
+	struct dirent **list = NULL;
+	int n = scandir(p, &list, NULL, alphasort);
+	size_t cap = 1 << 16, len = 0;
+	char *out = calloc(1, cap);
+	assert_non_null(out);
+	for (int i = 0; i < n; i++) {
+		if (list[i]->d_name[0] != '.') {
+			char fp[512];
+			snprintf(fp, sizeof(fp), "%s/%s", p, list[i]->d_name);
+			FILE *fp_ = fopen(fp, "r");
+			assert_non_null(fp_);
+			len += (size_t)snprintf(out + len, cap - len, "== %s\n", list[i]->d_name);
+			len += fread(out + len, 1, cap - len - 1, fp_);
+			fclose(fp_);
+			assert_true(len < cap - 256);
+		}
+		free(list[i]);
+	}
+	free(list);
+	out[len] = '\0';
+	return out;
+}
+
+static bool lease_file_exists(struct fx *f, const char *file)
+{
+	char p[256];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/leases/%s", f->dir, file);
+	return stat(p, &st) == 0;
+}
+
+static int count_files(struct fx *f, const char *sub)
+{
+	char p[256];
+	snprintf(p, sizeof(p), "%s/%s", f->dir, sub);
+	DIR *d = opendir(p);
+	if (!d)
+		return 0;
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static void write_lease(struct fx *f, const char *file, const char *text)
+{
+	char p[256];
+	snprintf(p, sizeof(p), "%s/leases/%s", f->dir, file);
+	FILE *fp = fopen(p, "w");
+	assert_non_null(fp);
+	fputs(text, fp);
 	fclose(fp);
-	buf[n] = 0;
-	return strdup(buf);
 }
 
 static const char *route(struct json_object *vm, int vcpu, const char *kind, int idx)
@@ -327,7 +420,7 @@ static void test_session_follows_the_plan(void **st)
 	json_object_put(r);
 }
 
-static void count_events(struct json_object *ev, void *ud)
+static void count_events(const struct broker_event *ev, void *ud)
 {
 	(void)ev;
 	(*(int *)ud)++;
@@ -373,29 +466,86 @@ static void test_unsaved_removal_is_refused(void **st)
 			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
 	json_object_put(ok(f, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
 			      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}"));
-	/* A directory where the temporary state file goes: every save fails. */
-	char blocker[128];
-	snprintf(blocker, sizeof(blocker), "%s/.%s.tmp", f->dir, STATE_FILE);
-	assert_int_equal(mkdir(blocker, 0700), 0);
+	/* Every removal of a lease file fails. */
+	fail_unlink = EIO;
 	struct json_object *r = NULL;
 	struct proto_error err;
+	uint64_t gen = broker_generation(f->b);
 	assert_true(call(f, &root, "{\"id\":3,\"method\":\"vm.detach\",\"params\":{\"name\":\"v\"}}", &r, &err) < 0);
 	assert_int_equal(err.code, PROTO_E_INTERNAL);
+	assert_non_null(strstr(err.message, "stays attached"));
 	assert_true(call(f, &root, "{\"id\":4,\"method\":\"session.stop\",\"params\":{\"name\":\"s\"}}", &r, &err) < 0);
 	assert_int_equal(err.code, PROTO_E_INTERNAL);
-	/* Refused whole: both leases are still there. */
+	assert_non_null(strstr(err.message, "keeps running"));
+	/* Refused whole: both leases are still there, in memory and on disk. */
+	assert_int_equal(broker_generation(f->b), gen);
 	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
 	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 1);
 	json_object_put(r);
 	r = ok(f, "{\"id\":6,\"method\":\"session.list\"}");
 	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
 	json_object_put(r);
-	assert_int_equal(rmdir(blocker), 0);
+	assert_true(lease_file_exists(f, "vm-v.json"));
+	assert_true(lease_file_exists(f, "session-s.json"));
+	fail_unlink = 0;
 	json_object_put(ok(f, "{\"id\":7,\"method\":\"vm.detach\",\"params\":{\"name\":\"v\"}}"));
 	json_object_put(ok(f, "{\"id\":8,\"method\":\"session.stop\",\"params\":{\"name\":\"s\"}}"));
 	char *text = state_text(f);
-	assert_null(strstr(text, "\"v\""));
+	assert_string_equal(text, "");
 	free(text);
+}
+
+/* The plan without its generation: what a refused change must not move. */
+static char *plan_text(struct fx *f)
+{
+	struct json_object *r = ok(f, "{\"id\":99,\"method\":\"plan\"}");
+	json_object_object_del(r, "generation");
+	char *t = strdup(json_object_to_json_string(r));
+	json_object_put(r);
+	return t;
+}
+
+/*
+ * An attach that cannot be saved is refused and leaves nothing: no lease,
+ * no file, no plan change, no event. (The generation may move: the arbiter
+ * took the lease and gave it back before anything was told.)
+ */
+static void test_unsaved_attach_is_refused(void **st)
+{
+	struct fx *f = *st;
+	int events = 0;
+	uint64_t sub;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"p\","
+			      "\"events\":[\"branches\"],\"cpus\":\"0\"}}"));
+	char *before = plan_text(f), *files = state_text(f);
+	assert_int_equal(broker_subscribe(f->b, count_events, &events, &sub), 0);
+	fail_rename = ENOSPC;
+	struct json_object *r = NULL;
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"gp\":1,"
+				   "\"vcpu_count\":1,\"cpus\":\"0\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INTERNAL);
+	assert_non_null(strstr(err.message, "could not save"));
+	assert_true(call(f, &root, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
+				   "\"events\":[\"cycles\"],\"cpus\":\"0\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INTERNAL);
+	fail_rename = 0;
+	assert_int_equal(events, 0);
+	assert_int_equal(broker_vm_count(f->b), 0);
+	assert_int_equal(broker_session_count(f->b), 1);
+	char *after = plan_text(f), *files_after = state_text(f);
+	assert_string_equal(before, after);
+	assert_string_equal(files, files_after);
+	assert_int_equal(count_files(f, "leases"), 1);
+	free(before);
+	free(after);
+	free(files);
+	free(files_after);
+	/* Nothing half-made blocks the names either. */
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"v\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	assert_int_equal(events, 1);
+	broker_unsubscribe(f->b, sub);
 }
 
 static void test_restore_after_restart(void **st)
@@ -423,8 +573,9 @@ static void test_connection_leases_end_with_restart(void **st)
 	struct fx *f = *st;
 	/* A caller whose leases follow its connection (a D-Bus peer). */
 	struct broker_caller agent = root;
-	agent.transport = agent.origin = "dbus";
-	agent.follows_connection = true;
+	agent.door = BROKER_DOOR_DBUS;
+	agent.origin = "dbus";
+	assert_int_equal(broker_conn_open(f->b, true, &agent.conn), 0);
 	struct json_object *r = NULL;
 	struct proto_error err;
 	assert_int_equal(call(f, &agent, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"gp\":1,"
@@ -441,7 +592,9 @@ static void test_connection_leases_end_with_restart(void **st)
 	json_object_put(r);
 	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.attach\",\"params\":{\"name\":\"op\",\"gp\":1,"
 			      "\"vcpu_count\":1,\"cpus\":\"1\"}}"));
+	/* The restart does not close the connection: it drops it. */
 	close_broker(f);
+	broker_conn_unref(agent.conn);
 	open_broker(f);
 	/* The restart closed every connection: what followed one is gone,
 	 * what a process or an operator owns is back. */
@@ -455,6 +608,11 @@ static void test_connection_leases_end_with_restart(void **st)
 	assert_int_equal(json_object_array_length(ss), 1);
 	assert_string_equal(json_object_get_string(json_object_object_get(json_object_array_get_idx(ss, 0), "name")), "owned");
 	json_object_put(r);
+	/* ... and the files of what is gone went with it. */
+	assert_false(lease_file_exists(f, "vm-a.json"));
+	assert_false(lease_file_exists(f, "session-s.json"));
+	assert_true(lease_file_exists(f, "vm-op.json"));
+	assert_true(lease_file_exists(f, "session-owned.json"));
 }
 
 static void test_corrupt_state_moved_aside(void **st)
@@ -463,30 +621,56 @@ static void test_corrupt_state_moved_aside(void **st)
 	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"one\",\"gp\":2,"
 			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
 	close_broker(f);
-	char p[128];
-	snprintf(p, sizeof(p), "%s/%s", f->dir, STATE_FILE);
-	FILE *fp = fopen(p, "w");
-	/* Invalid entries of every shape: dropped with a log line, never a
-	 * crash (a crash here would repeat at every start). */
-	fputs("{\"format\":1,\"vms\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"bogus\":1}},\"uid\":0},"
-	      "{\"request\":5,\"uid\":0},{\"request\":null,\"uid\":0},{\"request\":[1],\"uid\":0},"
-	      "{\"request\":{\"method\":\"vm.attach\"},\"uid\":0},{\"request\":{\"params\":{}},\"uid\":0},"
-	      "{\"request\":{\"method\":7,\"params\":{}},\"uid\":0},\"junk\",{\"uid\":\"root\"}],"
-	      "\"sessions\":[{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"y\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}]}", fp);
-	fclose(fp);
+	/* Invalid leases of every shape: moved aside with a log line, never a
+	 * crash (a crash here would repeat at every start), never deleted. */
+	const char *bad[][2] = {
+		{ "vm-x.json", "{\"seq\":5,\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"bogus\":1}},\"uid\":0}" },
+		{ "vm-a.json", "{\"seq\":6,\"request\":5,\"uid\":0}" },
+		{ "vm-b.json", "{\"seq\":7,\"request\":null,\"uid\":0}" },
+		{ "vm-c.json", "{\"seq\":8,\"request\":[1],\"uid\":0}" },
+		{ "vm-d.json", "{\"seq\":9,\"request\":{\"method\":\"vm.attach\"},\"uid\":0}" },
+		{ "vm-e.json", "{\"seq\":10,\"request\":{\"params\":{}},\"uid\":0}" },
+		{ "vm-g.json", "{\"seq\":11,\"request\":{\"method\":7,\"params\":{}},\"uid\":0}" },
+		{ "vm-h.json", "\"junk\"" },
+		{ "vm-i.json", "{\"seq\":12,\"uid\":\"root\"}" },
+		{ "vm-j.json", "{\"seq\":13,\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"j\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0} trailing" },
+		{ "vm-k.json", "{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"k\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}" },
+		/* a VM request in a session's file, and a file naming another lease */
+		{ "session-y.json", "{\"seq\":14,\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"y\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}" },
+		{ "vm-z.json", "{\"seq\":15,\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"other\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}" },
+		/* valid, but it cannot be restored: the PMU has 8 general counters */
+		{ "vm-big.json", "{\"seq\":16,\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"big\",\"gp\":9,\"vcpu_count\":1,\"cpus\":\"0\"}},\"uid\":0}" },
+		{ "vm-{\"x.json", "{}" },
+		{ "stray", "what is this" },
+	};
+	size_t n_bad = sizeof(bad) / sizeof(bad[0]);
+	for (size_t i = 0; i < n_bad; i++)
+		write_lease(f, bad[i][0], bad[i][1]);
 	open_broker(f);
-	/* The invalid entry is dropped with a log line, not half-applied. */
+	/* Only the good lease is back; every other file is kept aside. */
 	struct json_object *r = ok(f, "{\"id\":2,\"method\":\"vm.list\"}");
-	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 0);
+	struct json_object *vms = json_object_object_get(r, "vms");
+	assert_int_equal(json_object_array_length(vms), 1);
+	assert_string_equal(json_object_get_string(json_object_object_get(json_object_array_get_idx(vms, 0), "name")), "one");
 	json_object_put(r);
+	assert_int_equal(count_files(f, "leases"), 1);
+	assert_int_equal(count_files(f, "rejected"), (int)n_bad);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "grep -q '\"gp\":9' %s/rejected/vm-big.json.*", f->dir);
+	assert_int_equal(system(cmd), 0);
+
+	/* A state.json of the old format that does not parse is kept aside
+	 * too, and the daemon starts with what the lease files hold. */
 	close_broker(f);
-	fp = fopen(p, "w");
+	char p[128];
+	snprintf(p, sizeof(p), "%s/state.json", f->dir);
+	FILE *fp = fopen(p, "w");
 	fputs("{\"format\":1,\"vms\":[", fp);
 	fclose(fp);
 	open_broker(f);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "ls %s | grep -q 'state.json.corrupt-'", f->dir);
+	snprintf(cmd, sizeof(cmd), "ls %s/rejected | grep -q '^state.json\\.'", f->dir);
 	assert_int_equal(system(cmd), 0);
+	assert_int_equal(broker_vm_count(f->b), 1);
 }
 
 static void test_vmm_death_releases_lease(void **st)
@@ -537,10 +721,19 @@ static void test_vmm_death_releases_lease(void **st)
 	json_object_put(r);
 }
 
-static void watch_cb(struct json_object *ev, void *ud)
+static uint64_t last_seq;
+
+static void watch_cb(const struct broker_event *ev, void *ud)
 {
 	(*(int *)ud)++;
-	assert_string_equal(json_object_get_string(json_object_object_get(ev, "event")), "plan");
+	/* One number per event, for doors that render each once. */
+	assert_true(ev->seq > last_seq);
+	last_seq = ev->seq;
+	struct json_object *o = json_door_event_object(ev);
+	assert_non_null(o);
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "event")), "plan");
+	assert_int_equal(json_object_get_uint64(json_object_object_get(o, "generation")), ev->generation);
+	json_object_put(o);
 }
 
 static void test_watch_events(void **st)
@@ -570,6 +763,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_session_follows_the_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refused_owner_changes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unsaved_removal_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unsaved_attach_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_after_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connection_leases_end_with_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),

@@ -20,7 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "broker/broker.h"
+#include "doors/json_door.h"
 #include "proto/config.h"
 #include "proto/domain_policy.h"
 #include "kvm_child.h"
@@ -42,7 +45,7 @@ struct fx {
 	struct kvm_child vmm;   /* alpha's "QEMU"; pid 0 without /dev/kvm */
 };
 
-static const struct broker_caller root = { .uid = 0, .privileged = true, .transport = "test" };
+static const struct broker_caller root = { .door = BROKER_DOOR_SOCKET, .uid = 0 };
 
 static uint64_t now_usec(void)
 {
@@ -75,7 +78,7 @@ static struct json_object *request(struct fx *f, const struct broker_caller *c, 
 	memset(err, 0, sizeof(*err));
 	if (proto_request_decode(json, strlen(json), PMU_MAX_CPUS, &req, &id_known, &id, err) < 0)
 		fail_msg("test request does not decode: %s", err->message);
-	if (broker_handle(f->b, c, &req, &res, err) < 0)
+	if (json_door_call(f->b, c, &req, &res, err) < 0)
 		res = NULL;
 	proto_request_fini(&req);
 	return res;
@@ -137,6 +140,13 @@ static bool run_until(struct fx *f, pred_fn p, const void *arg)
 	return p(f, arg);
 }
 
+/* The origin of a VM lease, or NULL when there is none. */
+static const char *origin_of(struct fx *f, const char *name)
+{
+	struct broker_vm_view v;
+	return broker_vm_find(f->b, name, &v) == 0 ? v.origin : NULL;
+}
+
 static bool reconciled(struct fx *f, const void *arg)
 {
 	return f->g && libvirt_glue_reconciles(f->g) >= *(const unsigned *)arg;
@@ -144,12 +154,12 @@ static bool reconciled(struct fx *f, const void *arg)
 
 static bool has_lease(struct fx *f, const void *name)
 {
-	return broker_vm_origin(f->b, name) != NULL;
+	return origin_of(f, name) != NULL;
 }
 
 static bool no_lease(struct fx *f, const void *name)
 {
-	return broker_vm_origin(f->b, name) == NULL;
+	return origin_of(f, name) == NULL;
 }
 
 struct want_gp {
@@ -187,7 +197,9 @@ static void open_daemon(struct fx *f)
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
 				  .state_dir = f->state };
-	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
+	struct proto_error perr = {0};
+	if (broker_new(&bo, &f->b, &perr) < 0)
+		fail_msg("broker_new: %s", perr.message);
 	assert_int_equal(broker_restore(f->b), 0);
 	const struct libvirt_events_follower_opts fo = { .backoff_min_usec = 20000, .backoff_max_usec = 40000 };
 	struct libvirt_glue_opts go = { .event = f->ev, .broker = f->b, .cfg = &f->cfg, .uri = f->uri,
@@ -198,10 +210,9 @@ static void open_daemon(struct fx *f)
 static void close_daemon(struct fx *f)
 {
 	libvirt_glue_free(f->g);
-	broker_free(f->b);
+	f->b = broker_free(f->b);
 	kvm_port_close(f->port);
 	f->g = NULL;
-	f->b = NULL;
 	f->port = NULL;
 }
 
@@ -311,7 +322,7 @@ static void test_follow_domains(void **st)
 	assert_int_equal(virDomainCreate(beta), 0);
 	assert_int_equal(virDomainCreate(gamma), 0);
 	assert_true(run_until(f, has_lease, "gamma"));
-	assert_null(broker_vm_origin(f->b, "beta"));
+	assert_null(origin_of(f, "beta"));
 	vm = show(f, "gamma");
 	/* without metadata: what the hook asks, the daemon's defaults */
 	assert_string_equal(sfield(vm, "class"), f->cfg.default_class);
@@ -368,12 +379,12 @@ static void test_follow_domains(void **st)
 	virDomainPtr eps = define(f, "eps", "", "0-3", 1);
 	assert_int_equal(virDomainCreate(eps), 0);
 	assert_true(run_until(f, has_lease, "eps"));
-	assert_null(broker_vm_origin(f->b, "hog"));
+	assert_null(origin_of(f, "hog"));
 
 	/* A lease made by the hook is followed, never duplicated: zeta is
 	 * admitted by "the hook" with a stale gp, then starts; the follower
 	 * updates it in place and the origin stays the hook's. */
-	const struct broker_caller hook = { .uid = 0, .privileged = true, .transport = "socket",
+	const struct broker_caller hook = { .door = BROKER_DOOR_SOCKET, .uid = 0,
 					    .origin = "vpmu-libvirt-hook/0.1" };
 	vm = request(f, &hook,
 		     "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"zeta\",\"gp\":1,"
@@ -386,10 +397,10 @@ static void test_follow_domains(void **st)
 	assert_int_equal(virDomainCreate(zeta), 0);
 	assert_true(run_until(f, gp_is, &(struct want_gp){ "zeta", 2 }));
 	assert_int_equal(n_leases(f), before);
-	assert_string_equal(broker_vm_origin(f->b, "zeta"), "vpmu-libvirt-hook");
+	assert_string_equal(origin_of(f, "zeta"), "vpmu-libvirt-hook");
 
 	/* An operator's lease named like a domain is not ours to touch. */
-	const struct broker_caller ops = { .uid = 0, .privileged = true, .transport = "socket", .origin = "vpmuctl/0.1" };
+	const struct broker_caller ops = { .door = BROKER_DOOR_SOCKET, .uid = 0, .origin = "vpmuctl/0.1" };
 	vm = request(f, &ops,
 		     "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"ops\",\"gp\":1,"
 		     "\"vcpus\":[{\"cpus\":\"60\"}]}}",
@@ -418,8 +429,8 @@ static void test_follow_domains(void **st)
 	 * alpha is kept once, still bound; the operator's lease stays. */
 	assert_int_equal(libvirt_glue_reconnect(f->g), 0);
 	assert_true(run_until(f, reconciled, &two));
-	assert_null(broker_vm_origin(f->b, "delta"));
-	assert_non_null(broker_vm_origin(f->b, "ops"));
+	assert_null(origin_of(f, "delta"));
+	assert_non_null(origin_of(f, "ops"));
 	vm = show(f, "alpha");
 	assert_non_null(vm);
 	if (f->vmm.pid)
@@ -448,8 +459,8 @@ static void test_restart_reconciles(void **st)
 	 * running after the restart, and one the follower made (gamma2). */
 	open_daemon(f);
 	assert_true(run_until(f, reconciled, &one));
-	assert_non_null(broker_vm_origin(f->b, "alpha"));
-	const struct broker_caller hook = { .uid = 0, .privileged = true, .transport = "socket",
+	assert_non_null(origin_of(f, "alpha"));
+	const struct broker_caller hook = { .door = BROKER_DOOR_SOCKET, .uid = 0,
 					    .origin = "vpmu-libvirt-hook/0.1" };
 	struct json_object *r = request(f, &hook,
 					"{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"ghost\","
@@ -471,10 +482,10 @@ static void test_restart_reconciles(void **st)
 	 * only alpha runs) releases ghost and gamma2, keeps alpha once and
 	 * leaves the operator's lease alone. */
 	assert_true(run_until(f, reconciled, &one));
-	assert_null(broker_vm_origin(f->b, "ghost"));
-	assert_null(broker_vm_origin(f->b, "gamma2"));
-	assert_string_equal(broker_vm_origin(f->b, "alpha"), "libvirt");
-	assert_string_equal(broker_vm_origin(f->b, "ops"), "vpmuctl");
+	assert_null(origin_of(f, "ghost"));
+	assert_null(origin_of(f, "gamma2"));
+	assert_string_equal(origin_of(f, "alpha"), "libvirt");
+	assert_string_equal(origin_of(f, "ops"), "vpmuctl");
 	assert_int_equal(n_leases(f), 2);
 	struct json_object *vm = show(f, "alpha");
 	if (f->vmm.pid)
@@ -495,7 +506,9 @@ static void test_unreachable_libvirt(void **st)
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
 				  .state_dir = f->state };
-	assert_int_equal(broker_new(&bo, &f->b, why, sizeof(why)), 0);
+	struct proto_error perr = {0};
+	if (broker_new(&bo, &f->b, &perr) < 0)
+		fail_msg("broker_new: %s", perr.message);
 	assert_int_equal(broker_restore(f->b), 0);
 	int n = n_leases(f);
 	const struct libvirt_events_follower_opts fo = { .backoff_min_usec = 10000, .backoff_max_usec = 20000 };

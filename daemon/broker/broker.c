@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,28 +12,55 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
 #include "arbiter/arbiter.h"
-#include "proto/cpulist.h"
 #include "base/log.h"
 #include "broker/owner.h"
+#include "broker/state.h"
+#include "kvm/kvm_port.h"
+#include "kvm/vmm_discover.h"
 #include "perf/perf_event.h"
 #include "perf/perf_session.h"
-#include "broker/state.h"
-#include "kvm/vmm_discover.h"
+#include "pmu/pmu.h"
+#include "proto/cleanup.h"
+#include "proto/cpulist.h"
 
 #define BROKER_WHY 512
+#define BROKER_ORIGIN_LEN 32
+/* Why a saved lease cannot be used: a protocol message and some words. */
+#define LEASE_WHY (PROTO_MESSAGE_MAX + 128)
 
 /* The arbiter keeps its own copy of the counter bounds (it is the lowest
  * layer); they must be the PMU layer's. */
 _Static_assert(PMU_MAX_GP == TRANSITION_MAX_GP && PMU_MAX_FIXED == TRANSITION_MAX_FIXED &&
 		       PMU_MAX_CPUS == TRANSITION_MAX_CPUS, "counter bounds of pmu and arbiter differ");
+/* Views carry routes as the arbiter writes them. */
+_Static_assert((int)BROKER_ROUTE_DISABLED == PMC_ROUTE_DISABLED &&
+		       (int)BROKER_ROUTE_MULTIPLEXED == PMC_ROUTE_MULTIPLEXED &&
+		       (int)BROKER_ROUTE_PASSTHROUGH == PMC_ROUTE_PASSTHROUGH, "route values differ");
+_Static_assert(sizeof(((struct broker_vcpu_view *)0)->gp) == PMU_MAX_GP &&
+		       sizeof(((struct broker_vcpu_view *)0)->fixed) == PMU_MAX_FIXED, "view route arrays");
+_Static_assert(PMU_MAX_CPUS <= CPULIST_MAX_CPUS, "a cpulist holds every CPU number");
+
+struct broker_conn {
+	struct broker *b;
+	unsigned refs;
+	bool leases_follow;
+	bool closed;
+};
 
 struct broker_vm {
-	uint64_t id;
-	struct proto_vm_attach spec;   /* as attached, updates folded in; vcpus owned */
+	uint64_t id;                   /* the lease's sequence number: arrival order */
+	char name[PROTO_NAME_MAX + 1];
+	uint32_t priority;
+	enum proto_class cls;
+	uint32_t gp, fixed_mask;
+	uint32_t n_vcpus;
+	const struct cpulist **vcpus;  /* where each vCPU may run: interned, see cpus_intern */
 	uid_t uid;                     /* who attached it */
-	char origin[32];               /* see broker_caller.origin */
-	bool follows_connection;       /* see broker_caller; false once bound */
+	char origin[BROKER_ORIGIN_LEN];
+	struct broker_conn *conn;      /* the connection it follows (a reference), or NULL */
 	bool bound;                    /* registered with the kvm port */
 	pid_t vmm_pid;
 	int vm_fd;
@@ -43,19 +71,50 @@ struct broker_vm {
 
 struct broker_session {
 	uint64_t id;
-	struct proto_session_start spec; /* events owned */
+	struct proto_session_start spec; /* events owned; owner_pid as asked */
 	uid_t uid;
-	char origin[32];
-	bool follows_connection;         /* see broker_caller */
-	pid_t owner_pid;
+	char origin[BROKER_ORIGIN_LEN];
+	struct broker_conn *conn;        /* as for VMs */
+	pid_t owner_pid;                 /* the process it follows */
 	uint64_t owner_start;
 	struct owner_watch *watch;
-	struct perf_event_desc *events;        /* spec.n_events */
+	struct perf_event_desc *events;  /* spec.n_events */
 	int *arb_index;                  /* per event: index among hardware events, -1 software */
 	unsigned n_hw;
 	struct psess *ps;
 	uint64_t started_usec;           /* CLOCK_REALTIME */
 	struct broker *b;
+};
+
+/*
+ * A hash index from a name or an id to a lease, so that a request costs the
+ * same with 5 leases or 5000. Open addressing, linear probing, deletion by
+ * shifting back; keys point into the leases themselves.
+ */
+struct index_slot {
+	uint64_t hash;
+	const char *name;  /* name keys */
+	uint64_t id;       /* id keys */
+	void *val;         /* NULL: empty */
+};
+struct index {
+	struct index_slot *slots;
+	size_t cap, n;     /* cap: 0 or a power of two */
+	bool by_name;
+};
+
+/* One copy of each distinct CPU list the VM leases name: leases pinned
+ * alike (most are) share it, so that a vCPU costs a pointer, not the 512
+ * bytes of a cpulist. */
+struct cpus_entry {
+	struct cpulist set;            /* first: leases point here */
+	uint64_t hash;
+	unsigned refs;
+	struct cpus_entry *next;
+};
+struct cpus_table {
+	struct cpus_entry **buckets;
+	size_t cap, n;                 /* cap: 0 or a power of two */
 };
 
 struct broker_sub {
@@ -64,61 +123,79 @@ struct broker_sub {
 	void *userdata;
 };
 
+/* A lease file that lags behind memory after a failed save nobody could
+ * refuse: written again (or deleted) until the store takes it. */
+struct resync {
+	enum state_kind kind;
+	char name[PROTO_NAME_MAX + 1];
+};
+
+struct guest_cache_entry {
+	bool valid;
+	uint32_t gp, fixed_mask;
+	struct broker_guest_view view;
+};
+#define GUEST_CACHE 8
+
 struct broker {
 	broker_event_fn change_hook;
 	void *change_hook_ud;
 	sd_event *event;
 	const struct config *cfg;
 	struct pmu_desc pmu;
-	char pmu_note[1600];
-	char kvm_host_summary[512];
-	char kvm_note[512];
+	char *pmu_note;
+	char *kvm_host_summary;
+	char *kvm_note;
+	char *pmu_boot_block;            /* what the host kernel prints for this PMU */
 	struct kvm_port *port;
-	char state_dir[512];
-	char sysfs_root[512];
+	struct state *state;
+	char *sysfs_root;                /* NULL: the host's */
 	struct arb *arb;
 	int cpu_ids[PMU_MAX_CPUS];
 	int cpu_index[PMU_MAX_CPUS];     /* CPU number -> inventory index, -1 */
 	struct arb_foreign foreign[1];
 	unsigned n_foreign;
 
-	struct broker_vm **vms;
-	size_t n_vms;
+	struct broker_vm **vms;          /* arrival order */
+	size_t n_vms, cap_vms;
 	struct broker_session **sessions;
-	size_t n_sessions;
+	size_t n_sessions, cap_sessions;
+	struct index vm_names, vm_ids, session_names, session_ids;
+	struct cpus_table cpus;
 	uint64_t next_id;
 
 	struct broker_sub *subs;
 	size_t n_subs;
 	uint64_t next_sub;
+	uint64_t event_seq;
+	struct broker_change *changes;   /* the event being delivered */
+	size_t cap_changes;
+
 	uint64_t started_usec;
-	bool restoring;                  /* no persisting per lease while reloading */
-	bool state_dirty;                /* the file lags behind: retrying */
-	sd_event_source *persist_retry;
+	bool restoring;                  /* replaying the store: nothing saved, nobody told */
+	struct resync *resync;
+	size_t n_resync;
+	sd_event_source *resync_timer;
+
+	/* Scratch for views the caller borrows (broker_cpu_at, guest views):
+	 * const views write only behind these pointers. */
+	struct broker_host_placement *host;
+	size_t cap_host;
+	struct guest_cache_entry *guest_cache;
+	unsigned *guest_next;
 };
 
 /* ------------------------------------------------------------------ helpers */
+
+static void session_free(struct broker_session *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct broker_session *, session_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct broker *, broker_free)
 
 static uint64_t now_usec(clockid_t clk)
 {
 	struct timespec ts;
 	clock_gettime(clk, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static struct json_object *hex32(uint32_t v)
-{
-	char buf[16];
-	snprintf(buf, sizeof(buf), "0x%" PRIx32, v);
-	return json_object_new_string(buf);
-}
-
-static struct json_object *cpus_string(const struct cpulist *l)
-{
-	char buf[8192];
-	if (cpulist_format(l, buf, sizeof(buf)) < 0)
-		return json_object_new_string("?");
-	return json_object_new_string(buf);
 }
 
 static enum arb_class arb_class_of(enum proto_class c)
@@ -136,26 +213,51 @@ static enum proto_class default_class(const struct broker *b)
 	return c < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)c;
 }
 
-static const char *counter_name(int counter, char *buf, size_t len)
-{
-	if (counter < 0)
-		return NULL;
-	if (counter >= 32)
-		snprintf(buf, len, "fixed%d", counter - 32);
-	else
-		snprintf(buf, len, "gp%d", counter);
-	return buf;
-}
-
 /* Only the kernel enforces routes on real guests; the model simulates. */
 static bool routes_enforced(const struct broker *b)
 {
 	return kvm_port_backend(b->port) == KVM_BACKEND_IOCTL && kvm_port_enforced(b->port);
 }
 
+static char *strdup_or_empty(const char *s)
+{
+	return strdup(s ? s : "");
+}
+
+static int oom(struct proto_error *err)
+{
+	return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+}
+
+const char *broker_door_name(enum broker_door d)
+{
+	switch (d) {
+	case BROKER_DOOR_SOCKET: return "socket";
+	case BROKER_DOOR_DBUS: return "dbus";
+	case BROKER_DOOR_LIBVIRT: return "libvirt";
+	case BROKER_DOOR_STATE: return "state";
+	}
+	return "?";
+}
+
+const char *broker_route_name(enum broker_route r)
+{
+	return transition_route_name((enum pmc_route)r);
+}
+
+const char *broker_placement_name(enum broker_placement p)
+{
+	switch (p) {
+	case BROKER_PLACEMENT_SOFTWARE: return "software";
+	case BROKER_PLACEMENT_DEDICATED: return "dedicated";
+	case BROKER_PLACEMENT_MULTIPLEXED: return "multiplexed";
+	default: return "?";
+	}
+}
+
 static void set_origin(char *dst, size_t len, const struct broker_caller *c)
 {
-	const char *o = c->origin && c->origin[0] ? c->origin : c->transport ? c->transport : "?";
+	const char *o = c->origin && c->origin[0] ? c->origin : broker_door_name(c->door);
 	/* "vpmuctl/0.1" -> "vpmuctl": the version is not part of who it is. */
 	size_t n = strcspn(o, "/");
 	if (n >= len)
@@ -164,1496 +266,433 @@ static void set_origin(char *dst, size_t len, const struct broker_caller *c)
 	dst[n] = '\0';
 }
 
-static bool may_see(const struct broker_caller *c, uid_t owner)
+/* ------------------------------------------------------------------ index */
+
+static uint64_t hash_name(const char *s)
 {
-	return c->privileged || c->uid == owner;
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 1099511628211ull;
+	return h;
 }
 
-static int deny(struct proto_error *err, const struct broker_caller *c, const char *what)
+static uint64_t hash_id(uint64_t id)
 {
-	return proto_error_set(err, PROTO_E_PERMISSION_DENIED, EPERM, NULL,
-			       "%s needs root or membership in the admin group (caller uid %u)", what,
-			       (unsigned)c->uid);
+	id ^= id >> 33;
+	id *= 0xff51afd7ed558ccdull;
+	id ^= id >> 33;
+	return id;
+}
+
+static bool slot_matches(const struct index *x, const struct index_slot *s, uint64_t h, const char *name,
+			 uint64_t id)
+{
+	if (!s->val || s->hash != h)
+		return false;
+	return x->by_name ? !strcmp(s->name, name) : s->id == id;
+}
+
+static void *index_get(const struct index *x, const char *name, uint64_t id)
+{
+	if (!x->cap)
+		return NULL;
+	uint64_t h = x->by_name ? hash_name(name) : hash_id(id);
+	for (size_t i = h & (x->cap - 1);; i = (i + 1) & (x->cap - 1)) {
+		const struct index_slot *s = &x->slots[i];
+		if (!s->val)
+			return NULL;
+		if (slot_matches(x, s, h, name, id))
+			return s->val;
+	}
+}
+
+static void index_insert_slot(struct index *x, const struct index_slot *in)
+{
+	size_t i = in->hash & (x->cap - 1);
+	while (x->slots[i].val)
+		i = (i + 1) & (x->cap - 1);
+	x->slots[i] = *in;
+}
+
+/* The key must be unique (callers check first). */
+static int index_put(struct index *x, const char *name, uint64_t id, void *val)
+{
+	if ((x->n + 1) * 2 > x->cap) {
+		size_t ncap = x->cap ? x->cap * 2 : 64;
+		struct index_slot *old = x->slots;
+		size_t ocap = x->cap;
+		x->slots = calloc(ncap, sizeof(*x->slots));
+		if (!x->slots) {
+			x->slots = old;
+			return -ENOMEM;
+		}
+		x->cap = ncap;
+		for (size_t i = 0; i < ocap; i++)
+			if (old[i].val)
+				index_insert_slot(x, &old[i]);
+		free(old);
+	}
+	struct index_slot s = { .hash = x->by_name ? hash_name(name) : hash_id(id), .name = name, .id = id,
+				.val = val };
+	index_insert_slot(x, &s);
+	x->n++;
+	return 0;
+}
+
+static void index_del(struct index *x, const char *name, uint64_t id)
+{
+	if (!x->cap)
+		return;
+	uint64_t h = x->by_name ? hash_name(name) : hash_id(id);
+	size_t mask = x->cap - 1, i = h & mask;
+	for (;; i = (i + 1) & mask) {
+		if (!x->slots[i].val)
+			return;
+		if (slot_matches(x, &x->slots[i], h, name, id))
+			break;
+	}
+	/* Shift back every later entry of the run that may move into the gap. */
+	size_t gap = i;
+	for (size_t j = (i + 1) & mask; x->slots[j].val; j = (j + 1) & mask) {
+		size_t home = x->slots[j].hash & mask;
+		bool movable = gap <= j ? (home <= gap || home > j) : (home <= gap && home > j);
+		if (movable) {
+			x->slots[gap] = x->slots[j];
+			gap = j;
+		}
+	}
+	x->slots[gap] = (struct index_slot){0};
+	x->n--;
 }
 
 static struct broker_vm *find_vm(const struct broker *b, const char *name)
 {
-	for (size_t i = 0; i < b->n_vms; i++)
-		if (!strcmp(b->vms[i]->spec.name, name))
-			return b->vms[i];
-	return NULL;
+	return index_get(&b->vm_names, name, 0);
+}
+
+static struct broker_vm *vm_by_id(const struct broker *b, uint64_t id)
+{
+	return index_get(&b->vm_ids, NULL, id);
 }
 
 static struct broker_session *find_session(const struct broker *b, const char *name)
 {
-	for (size_t i = 0; i < b->n_sessions; i++)
-		if (!strcmp(b->sessions[i]->spec.name, name))
-			return b->sessions[i];
-	return NULL;
+	return index_get(&b->session_names, name, 0);
 }
 
-static int copy_vcpus(struct proto_vcpus *dst, const struct proto_vcpus *src)
+static struct broker_session *session_by_id(const struct broker *b, uint64_t id)
 {
-	dst->count = src->count;
-	dst->cpus = calloc(src->count ? src->count : 1, sizeof(*dst->cpus));
-	if (!dst->cpus)
+	return index_get(&b->session_ids, NULL, id);
+}
+
+/* ------------------------------------------------------------- CPU lists */
+
+static uint64_t hash_cpus(const struct cpulist *l)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (unsigned w = 0; w < CPULIST_WORDS; w++)
+		h = (h ^ l->bits[w]) * 1099511628211ull;
+	return hash_id(h);
+}
+
+static int cpus_grow(struct cpus_table *t)
+{
+	size_t cap = t->cap ? t->cap * 2 : 64;
+	struct cpus_entry **nb = calloc(cap, sizeof(*nb));
+	if (!nb)
 		return -ENOMEM;
-	memcpy(dst->cpus, src->cpus, src->count * sizeof(*dst->cpus));
-	return 0;
-}
-
-/* --------------------------------------------------------- arbiter feeding */
-
-/* CPU sets over inventory indices, refusing CPUs the inventory lacks. */
-static int to_cpuset(const struct broker *b, const struct cpulist *l, uint64_t *set,
-		     const char *field, struct proto_error *err)
-{
-	unsigned n = b->pmu.n_cpus;
-	memset(set, 0, ARB_CPUSET_WORDS(n) * sizeof(uint64_t));
-	bool any = false;
-	for (int c = cpulist_next(l, -1); c >= 0; c = cpulist_next(l, c)) {
-		if (c >= PMU_MAX_CPUS || b->cpu_index[c] < 0)
-			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
-					       "%s: CPU %d is not in the PMU inventory (%u CPUs, %d..%d)",
-					       field, c, n, b->cpu_ids[0], b->cpu_ids[n - 1]);
-		arb_cpuset_add(set, (unsigned)b->cpu_index[c]);
-		any = true;
-	}
-	if (!any)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field, "%s: no CPU", field);
-	return 0;
-}
-
-struct vm_arb_spec {
-	struct arb_vm_spec vm;
-	struct arb_vcpu_spec *vcpus;
-	uint64_t *sets;
-};
-
-static void vm_arb_spec_free(struct vm_arb_spec *s)
-{
-	free(s->vcpus);
-	free(s->sets);
-}
-
-static int build_vm_spec(const struct broker *b, uint64_t id, const struct proto_vm_attach *a,
-			 struct vm_arb_spec *out, struct proto_error *err)
-{
-	size_t words = ARB_CPUSET_WORDS(b->pmu.n_cpus);
-	memset(out, 0, sizeof(*out));
-	if (a->gp > b->pmu.num_gp)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.gp",
-				       "params.gp: %u general PMCs asked, the PMU has %u", a->gp,
-				       b->pmu.num_gp);
-	if (a->fixed_mask & ~b->pmu.fixed_mask)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
-				       "params.fixed_mask: 0x%x names fixed counters the PMU lacks (it has 0x%x)",
-				       a->fixed_mask, b->pmu.fixed_mask);
-	if (a->vcpus.count == 0 || a->vcpus.count > ARB_MAX_VCPUS)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
-				       "params.vcpus: 1..%d vCPUs", ARB_MAX_VCPUS);
-	out->vcpus = calloc(a->vcpus.count, sizeof(*out->vcpus));
-	out->sets = calloc(a->vcpus.count * words, sizeof(uint64_t));
-	if (!out->vcpus || !out->sets) {
-		vm_arb_spec_free(out);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	for (uint32_t i = 0; i < a->vcpus.count; i++) {
-		char field[64];
-		snprintf(field, sizeof(field), "params.vcpus[%u].cpus", i);
-		int r = to_cpuset(b, &a->vcpus.cpus[i], out->sets + i * words, field, err);
-		if (r < 0) {
-			vm_arb_spec_free(out);
-			return r;
+	for (size_t i = 0; i < t->cap; i++)
+		for (struct cpus_entry *e = t->buckets[i], *next; e; e = next) {
+			next = e->next;
+			e->next = nb[e->hash & (cap - 1)];
+			nb[e->hash & (cap - 1)] = e;
 		}
-		out->vcpus[i] = (struct arb_vcpu_spec){ .cpus = out->sets + i * words,
-							.num_gp = a->gp,
-							.fixed_mask = a->fixed_mask };
-	}
-	out->vm = (struct arb_vm_spec){ .id = id, .name = a->name, .priority = (int)a->priority,
-					.cls = arb_class_of(a->cls), .n_vcpus = a->vcpus.count,
-					.vcpus = out->vcpus };
+	free(t->buckets);
+	t->buckets = nb;
+	t->cap = cap;
 	return 0;
 }
 
-/* ------------------------------------------------------------- persistence */
-
-static struct json_object *vm_state(const struct broker_vm *v)
+/* The shared copy of l, one reference more; NULL when out of memory. */
+static const struct cpulist *cpus_intern(struct broker *b, const struct cpulist *l)
 {
-	struct proto_request req = { .method = PROTO_M_VM_ATTACH };
-	req.u.vm_attach = v->spec;
-	req.u.vm_attach.has_owner = v->bound;
-	req.u.vm_attach.owner = (struct proto_owner){ .pid = v->vmm_pid, .vm_fd = v->vm_fd };
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "request", proto_request_encode(&req));
-	json_object_object_add(o, "uid", json_object_new_int64(v->uid));
-	json_object_object_add(o, "origin", json_object_new_string(v->origin));
-	if (v->follows_connection && !v->bound)
-		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
-	if (v->bound)
-		json_object_object_add(o, "owner_start", json_object_new_uint64(v->vmm_start));
-	return o;
+	struct cpus_table *t = &b->cpus;
+	uint64_t h = hash_cpus(l);
+	for (struct cpus_entry *e = t->cap ? t->buckets[h & (t->cap - 1)] : NULL; e; e = e->next)
+		if (e->hash == h && cpulist_equal(&e->set, l)) {
+			e->refs++;
+			return &e->set;
+		}
+	if (t->n + 1 > t->cap && cpus_grow(t) < 0)
+		return NULL;
+	struct cpus_entry *e = malloc(sizeof(*e));
+	if (!e)
+		return NULL;
+	*e = (struct cpus_entry){ .set = *l, .hash = h, .refs = 1, .next = t->buckets[h & (t->cap - 1)] };
+	t->buckets[h & (t->cap - 1)] = e;
+	t->n++;
+	return &e->set;
 }
 
-static struct json_object *session_state(const struct broker_session *s)
+static void cpus_release(struct broker *b, const struct cpulist *l)
 {
-	struct proto_request req = { .method = PROTO_M_SESSION_START };
-	req.u.session_start = s->spec;
-	req.u.session_start.owner_pid = s->owner_pid;
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "request", proto_request_encode(&req));
-	json_object_object_add(o, "uid", json_object_new_int64(s->uid));
-	json_object_object_add(o, "origin", json_object_new_string(s->origin));
-	if (s->follows_connection)
-		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
-	json_object_object_add(o, "owner_start", json_object_new_uint64(s->owner_start));
-	return o;
+	struct cpus_table *t = &b->cpus;
+	if (!l || !t->cap)
+		return;
+	const struct cpus_entry *want = (const struct cpus_entry *)l;
+	for (struct cpus_entry **pp = &t->buckets[want->hash & (t->cap - 1)]; *pp; pp = &(*pp)->next)
+		if (*pp == want) {
+			struct cpus_entry *e = *pp;
+			if (--e->refs == 0) {
+				*pp = e->next;
+				free(e);
+				t->n--;
+			}
+			return;
+		}
 }
 
-/*
- * Writes the state as it is, leaving out skip_vm / skip_session: a removal
- * is saved before it is carried out, so a failed save refuses it whole.
- */
-static int persist_excluding(struct broker *b, const struct broker_vm *skip_vm,
-			     const struct broker_session *skip_session)
+static void cpus_release_all(struct broker *b, const struct cpulist **v, uint32_t n)
 {
-	if (b->restoring)
+	for (uint32_t i = 0; v && i < n; i++)
+		cpus_release(b, v[i]);
+	free(v);
+}
+
+/* Interned copies of n contiguous lists, or NULL when out of memory. */
+static const struct cpulist **cpus_intern_all(struct broker *b, const struct cpulist *src, uint32_t n)
+{
+	const struct cpulist **v = calloc(n ? n : 1, sizeof(*v));
+	for (uint32_t i = 0; v && i < n; i++)
+		if (!(v[i] = cpus_intern(b, &src[i]))) {
+			cpus_release_all(b, v, i);
+			return NULL;
+		}
+	return v;
+}
+
+/* ------------------------------------------------------------------ rights */
+
+enum broker_right broker_method_right(enum proto_method m)
+{
+	switch (m) {
+	case PROTO_M_VM_ATTACH:
+	case PROTO_M_VM_DETACH:
+	case PROTO_M_VM_UPDATE:
+	case PROTO_M_VM_BIND:
+	case PROTO_M_SESSION_START:
+		return BROKER_RIGHT_ADMIN;
+	case PROTO_M_SESSION_STOP:
+	case PROTO_M_SESSION_READ:
+		return BROKER_RIGHT_OWNER_OR_ADMIN;
+	default:
+		return BROKER_RIGHT_ANYONE;
+	}
+}
+
+/* The admin group's gid, looked up at each use: a reload may rename it and
+ * an administrator may create it while vpmud runs. */
+static int admin_gid(const struct broker *b, gid_t *gid)
+{
+	const char *name = b->cfg->admin_group;
+	if (!name[0])
+		return -ENOENT;
+	long hint = sysconf(_SC_GETGR_R_SIZE_MAX);
+	size_t len = hint > 0 ? (size_t)hint : 4096;
+	for (;;) {
+		_cleanup_free_ char *buf = malloc(len);
+		struct group grp, *gr = NULL;
+		if (!buf)
+			return -ENOMEM;
+		int r = getgrnam_r(name, &grp, buf, len, &gr);
+		if (r == ERANGE && len < (1u << 24)) {
+			len *= 2;
+			continue;
+		}
+		if (r != 0 || !gr)
+			return -ENOENT;
+		*gid = gr->gr_gid;
 		return 0;
-	struct json_object *doc = json_object_new_object(), *vms = json_object_new_array(),
-			   *sessions = json_object_new_array();
-	for (size_t i = 0; i < b->n_vms; i++)
-		if (b->vms[i] != skip_vm)
-			json_object_array_add(vms, vm_state(b->vms[i]));
-	for (size_t i = 0; i < b->n_sessions; i++)
-		if (b->sessions[i] != skip_session)
-			json_object_array_add(sessions, session_state(b->sessions[i]));
-	json_object_object_add(doc, "vms", vms);
-	json_object_object_add(doc, "sessions", sessions);
-	int r = state_save(b->state_dir, doc);
-	json_object_put(doc);
-	if (r < 0)
-		log_err("state: saving %s/%s failed: %s", b->state_dir, STATE_FILE, strerror(-r));
-	else
-		b->state_dirty = false;
-	return r;
-}
-
-static int persist(struct broker *b)
-{
-	return persist_excluding(b, NULL, NULL);
-}
-
-static int on_persist_retry(sd_event_source *src, uint64_t usec, void *userdata)
-{
-	struct broker *b = userdata;
-	(void)usec;
-	/* A oneshot source: armed again only while the file still lags. */
-	if (b->state_dirty && persist(b) < 0) {
-		sd_event_source_set_time_relative(src, 1000000);
-		sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
 	}
-	return 0;
 }
 
-/*
- * For changes nobody can refuse (a VMM or an owner died, libvirt says a
- * domain stopped): the change stands; a failed save is retried every second
- * until it succeeds, so what is on disk catches up.
- */
-static void persist_or_retry(struct broker *b)
+bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *c)
 {
-	if (persist(b) == 0 || b->restoring)
-		return;
-	b->state_dirty = true;
-	if (!b->persist_retry &&
-	    sd_event_add_time_relative(b->event, &b->persist_retry, CLOCK_MONOTONIC, 1000000, 0,
-				       on_persist_retry, b) < 0)
-		return;
-	sd_event_source_set_time_relative(b->persist_retry, 1000000);
-	sd_event_source_set_enabled(b->persist_retry, SD_EVENT_ONESHOT);
-}
-
-/* ---------------------------------------------------------------- applying */
-
-static bool vm_bound(const struct broker *b, uint64_t id)
-{
-	for (size_t i = 0; i < b->n_vms; i++)
-		if (b->vms[i]->id == id)
-			return b->vms[i]->bound;
+	if (c->door == BROKER_DOOR_LIBVIRT || c->door == BROKER_DOOR_STATE)
+		return true;
+	if (c->uid == 0)
+		return true;
+	gid_t g;
+	if (admin_gid(b, &g) < 0)
+		return false;
+	if (c->gid == g)
+		return true;
+	for (size_t i = 0; c->groups && i < c->n_groups; i++)
+		if (c->groups[i] == g)
+			return true;
 	return false;
 }
 
-static const char *vm_name_of(const struct broker *b, uint64_t id)
+int broker_authorize(const struct broker *b, const struct broker_caller *c, enum proto_method m,
+		     uid_t owner_uid, struct proto_error *err)
 {
-	for (size_t i = 0; i < b->n_vms; i++)
-		if (b->vms[i]->id == id)
-			return b->vms[i]->spec.name;
-	return "?";
+	enum broker_right right = broker_method_right(m);
+	if (right == BROKER_RIGHT_ANYONE)
+		return 0;
+	if (right == BROKER_RIGHT_OWNER_OR_ADMIN && owner_uid != (uid_t)-1 && c->uid == owner_uid)
+		return 0;
+	if (broker_caller_is_admin(b, c))
+		return 0;
+	if (c->door == BROKER_DOOR_DBUS && c->polkit_allowed)
+		return 0;
+	if (!err)
+		return -EPERM;
+	const char *what = proto_method_name(m), *group = b->cfg->admin_group;
+	const char *owner = right == BROKER_RIGHT_OWNER_OR_ADMIN ? "the session's owner, " : "";
+	switch (c->door) {
+	case BROKER_DOOR_DBUS:
+		return proto_error_set(err, PROTO_E_PERMISSION_DENIED, EPERM, NULL,
+				       "%s needs %sroot, membership in group %s, or polkit authorization for %s "
+				       "(caller uid %u)",
+				       what, owner, group, BROKER_POLKIT_ACTION, (unsigned)c->uid);
+	case BROKER_DOOR_SOCKET:
+		return proto_error_set(err, PROTO_E_PERMISSION_DENIED, EPERM, NULL,
+				       "%s needs %sroot or membership in group %s (caller uid %u)", what, owner,
+				       group, (unsigned)c->uid);
+	default:
+		return proto_error_set(err, PROTO_E_PERMISSION_DENIED, EPERM, NULL,
+				       "%s: refused for internal caller %s (uid %u)", what,
+				       broker_door_name(c->door), (unsigned)c->uid);
+	}
+}
+
+/* The checks every request carrying a caller goes through. */
+static int check_caller(struct broker *b, const struct broker_caller *c, enum proto_method m,
+			struct proto_error *err)
+{
+	if (c->conn && c->conn->closed)
+		return proto_error_set(err, PROTO_E_REFUSED, ECONNRESET, NULL,
+				       "%s: the caller's connection is gone: nothing created", proto_method_name(m));
+	if (broker_method_right(m) == BROKER_RIGHT_ADMIN)
+		return broker_authorize(b, c, m, (uid_t)-1, err);
+	return 0;
+}
+
+/* ------------------------------------------------------------- connections */
+
+int broker_conn_open(struct broker *b, bool leases_follow, struct broker_conn **out)
+{
+	struct broker_conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->b = b;
+	c->refs = 1;
+	c->leases_follow = leases_follow;
+	*out = c;
+	return 0;
+}
+
+struct broker_conn *broker_conn_ref(struct broker_conn *conn)
+{
+	if (conn)
+		conn->refs++;
+	return conn;
+}
+
+struct broker_conn *broker_conn_unref(struct broker_conn *conn)
+{
+	if (conn && --conn->refs == 0)
+		free(conn);
+	return NULL;
+}
+
+bool broker_conn_closed(const struct broker_conn *conn)
+{
+	return conn && conn->closed;
+}
+
+/* A lease made on c follows it when c says so and no process owns it. */
+static struct broker_conn *follow_conn(const struct broker_caller *c, bool process_owned)
+{
+	if (process_owned || !c->conn || !c->conn->leases_follow)
+		return NULL;
+	return broker_conn_ref(c->conn);
+}
+
+/* ---------------------------------------------------------------- watchers */
+
+static size_t transitions_of(const struct broker *b, const struct transition **t)
+{
+	return arb_transitions(b->arb, t);
 }
 
 /*
- * Hands the arbiter's last transitions to the port. Route steps of VMs not
- * yet bound to a VMM have nowhere to go: their routes are applied when the
- * VMM binds (bind_vm), so they are left out here.
+ * with_plan: the event carries the arbiter's last transitions; without,
+ * it says a lease changed (bound to its VMM) while the plan did not.
+ * gone_id / gone_name: a VM released just before, so that its route steps
+ * still carry its name.
  */
-static int apply_last(struct broker *b, char *why, size_t whylen)
+static void emit_event(struct broker *b, const char *reason, bool with_plan, uint64_t gone_id,
+		       const char *gone_name)
 {
-	const struct transition *t;
-	size_t n = arb_transitions(b->arb, &t);
-	if (n == 0)
-		return 0;
-	struct transition *keep = calloc(n, sizeof(*keep));
-	size_t k = 0;
-	if (!keep)
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++)
-		if (t[i].kind != TRANSITION_ROUTES || vm_bound(b, t[i].vm_id))
-			keep[k++] = t[i];
-	struct kvm_apply_result res = {0};
-	int r = k ? kvm_port_apply(b->port, keep, k, &res) : 0;
-	free(keep);
-	if (r < 0)
-		snprintf(why, whylen, "kvm port applied %zu of %zu steps, then: %s", res.applied, k,
-			 res.why);
-	return r;
-}
-
-static struct json_object *transitions_json(const struct broker *b)
-{
-	const struct transition *t;
-	size_t n = arb_transitions(b->arb, &t);
-	struct json_object *arr = json_object_new_array();
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "phase", json_object_new_int((int)t[i].phase));
-		if (t[i].kind == TRANSITION_PARTITION) {
-			json_object_object_add(o, "cpu", json_object_new_int(t[i].cpu));
-			json_object_object_add(o, "guest_gp_mask", hex32(t[i].guest_gp_mask));
-			json_object_object_add(o, "guest_fixed_mask", hex32(t[i].guest_fixed_mask));
-		} else {
-			json_object_object_add(o, "vm", json_object_new_string(vm_name_of(b, t[i].vm_id)));
-			json_object_object_add(o, "vcpu", json_object_new_int((int)t[i].vcpu));
-			struct json_object *gp = json_object_new_array(), *fx = json_object_new_array();
-			for (unsigned j = 0; j < b->pmu.num_gp; j++)
-				json_object_array_add(gp, json_object_new_string(transition_route_name(t[i].gp_route[j])));
-			for (unsigned j = 0; j < PMU_MAX_FIXED; j++)
-				if (b->pmu.fixed_mask & (1u << j))
-					json_object_array_add(fx, json_object_new_string(transition_route_name(t[i].fixed_route[j])));
-			json_object_object_add(o, "gp", gp);
-			json_object_object_add(o, "fixed", fx);
-		}
-		if (t[i].scrub_gp_mask || t[i].scrub_fixed_mask) {
-			json_object_object_add(o, "scrub_gp_mask", hex32(t[i].scrub_gp_mask));
-			json_object_object_add(o, "scrub_fixed_mask", hex32(t[i].scrub_fixed_mask));
-		}
-		json_object_array_add(arr, o);
-	}
-	return arr;
-}
-
-/* with_plan: the event carries the arbiter's last transitions; without,
- * it says a lease changed (bound to its VMM) while the plan did not. */
-static void emit_event(struct broker *b, const char *reason, bool with_plan)
-{
-	if (b->change_hook && !b->restoring)
-		b->change_hook(NULL, b->change_hook_ud);
-	if (b->n_subs == 0 || b->restoring)
+	if (b->restoring || (b->n_subs == 0 && !b->change_hook))
 		return;
-	struct json_object *ev = json_object_new_object();
-	json_object_object_add(ev, "event", json_object_new_string("plan"));
-	json_object_object_add(ev, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	json_object_object_add(ev, "reason", json_object_new_string(reason));
-	json_object_object_add(ev, "changes", with_plan ? transitions_json(b) : json_object_new_array());
-	/* A subscriber may unsubscribe from inside its callback: iterate a copy. */
-	size_t n = b->n_subs;
-	struct broker_sub *copy = malloc(n * sizeof(*copy));
-	if (copy) {
-		memcpy(copy, b->subs, n * sizeof(*copy));
-		for (size_t i = 0; i < n; i++)
-			copy[i].fn(ev, copy[i].userdata);
-		free(copy);
+	const struct transition *t;
+	size_t n = with_plan ? transitions_of(b, &t) : 0;
+	if (n > b->cap_changes) {
+		struct broker_change *c = realloc(b->changes, n * sizeof(*c));
+		if (!c) {
+			log_err("%s: out of memory: watchers miss this change", reason);
+			return;
+		}
+		b->changes = c;
+		b->cap_changes = n;
 	}
-	json_object_put(ev);
+	for (size_t i = 0; i < n; i++) {
+		struct broker_change *c = &b->changes[i];
+		*c = (struct broker_change){ .phase = t[i].phase, .partition = t[i].kind == TRANSITION_PARTITION,
+					     .cpu = t[i].cpu, .n_gp = b->pmu.num_gp,
+					     .pmu_fixed_mask = b->pmu.fixed_mask,
+					     .scrub_gp_mask = t[i].scrub_gp_mask,
+					     .scrub_fixed_mask = t[i].scrub_fixed_mask };
+		if (c->partition) {
+			c->guest_gp_mask = t[i].guest_gp_mask;
+			c->guest_fixed_mask = t[i].guest_fixed_mask;
+			continue;
+		}
+		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
+		c->vm = v ? v->name : t[i].vm_id == gone_id && gone_name ? gone_name : "?";
+		c->vcpu = t[i].vcpu;
+		memcpy(c->gp, t[i].gp_route, sizeof(c->gp));
+		memcpy(c->fixed, t[i].fixed_route, sizeof(c->fixed));
+	}
+	struct broker_event ev = { .seq = ++b->event_seq, .generation = arb_generation(b->arb), .reason = reason,
+				   .n_changes = n, .changes = b->changes };
+	if (b->change_hook)
+		b->change_hook(&ev, b->change_hook_ud);
+	/* A subscriber may unsubscribe itself or others from inside its
+	 * callback: deliver by id to those still subscribed. */
+	size_t n_ids = b->n_subs;
+	_cleanup_free_ uint64_t *ids = n_ids ? malloc(n_ids * sizeof(*ids)) : NULL;
+	if (n_ids && !ids) {
+		log_err("%s: out of memory: watchers miss this change", reason);
+		return;
+	}
+	for (size_t i = 0; i < n_ids; i++)
+		ids[i] = b->subs[i].id;
+	for (size_t i = 0; i < n_ids; i++)
+		for (size_t j = 0; j < b->n_subs; j++)
+			if (b->subs[j].id == ids[i]) {
+				struct broker_sub s = b->subs[j];
+				s.fn(&ev, s.userdata);
+				break;
+			}
 }
 
 static void emit(struct broker *b, const char *reason)
 {
-	emit_event(b, reason, true);
+	emit_event(b, reason, true, 0, NULL);
 }
-
-/* Keeps every session's events on the placements the plan now gives. */
-static void sync_sessions(struct broker *b)
-{
-	for (size_t i = 0; i < b->n_sessions; i++) {
-		struct broker_session *s = b->sessions[i];
-		if (!s->ps || s->n_hw == 0)
-			continue;
-		for (uint32_t e = 0; e < s->spec.n_events; e++) {
-			if (s->arb_index[e] < 0)
-				continue;
-			struct arb_event_grant g;
-			if (arb_session_event(b->arb, s->id, (unsigned)s->arb_index[e], &g) < 0)
-				continue;
-			enum perf_session_placement want = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
-			int r = perf_session_set_placement(s->ps, e, want);
-			if (r < 0)
-				log_warn("session %s: moving %s to %s failed: %s session=%s",
-					 s->spec.name, s->spec.events[e], perf_session_placement_name(want),
-					 strerror(-r), s->spec.name);
-		}
-	}
-}
-
-/* After an accepted arbiter change: durable first, then KVM, then sessions,
- * then watchers. On failure the caller undoes the arbiter change;
- * *port_touched says whether the port may hold part of it. */
-static int commit_change(struct broker *b, const char *reason, struct proto_error *err,
-			 bool *port_touched)
-{
-	char why[BROKER_WHY];
-	*port_touched = false;
-	int r = persist(b);
-	if (r < 0)
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
-				       "could not save the state to %s: %s", b->state_dir, strerror(-r));
-	*port_touched = true;
-	r = apply_last(b, why, sizeof(why));
-	if (r < 0) {
-		log_err("%s: %s", reason, why);
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "%s", why);
-	}
-	sync_sessions(b);
-	emit(b, reason);
-	log_info("%s: generation %" PRIu64 ", %zu transitions", reason, arb_generation(b->arb),
-		 arb_transitions(b->arb, &(const struct transition *){0}));
-	return 0;
-}
-
-/* Undo after a failed commit: take the consumer out again; if the port saw
- * part of the change, let it follow back as far as it can. Nothing of a
- * change the port never saw is sent to it (no counter is scrubbed for a
- * refused request). */
-static void undo_vm(struct broker *b, uint64_t id, bool port_touched)
-{
-	char why[BROKER_WHY];
-	if (arb_vm_remove(b->arb, id) < 0 || !port_touched)
-		return;
-	if (apply_last(b, why, sizeof(why)) < 0)
-		log_err("undo of vm %" PRIu64 " left the kvm port behind: %s", id, why);
-	sync_sessions(b);
-}
-
-/* ---------------------------------------------------------------- VMs */
-
-static void vm_free(struct broker_vm *v)
-{
-	if (!v)
-		return;
-	owner_watch_free(v->watch);
-	free(v->spec.vcpus.cpus);
-	free(v);
-}
-
-static void remove_vm_at(struct broker *b, size_t i)
-{
-	struct broker_vm *v = b->vms[i];
-	if (v->bound)
-		kvm_port_unregister_vm(b->port, v->id);
-	memmove(&b->vms[i], &b->vms[i + 1], (b->n_vms - i - 1) * sizeof(*b->vms));
-	b->n_vms--;
-	vm_free(v);
-}
-
-static size_t vm_pos(const struct broker *b, const struct broker_vm *v)
-{
-	for (size_t i = 0; i < b->n_vms; i++)
-		if (b->vms[i] == v)
-			return i;
-	return b->n_vms;
-}
-
-static void on_vmm_gone(struct owner_watch *w, void *userdata)
-{
-	struct broker_vm *v = userdata;
-	char reason[160];
-	(void)w;
-	snprintf(reason, sizeof(reason), "VMM pid %d exited", (int)v->vmm_pid);
-	broker_vm_release(v->b, v->spec.name, reason);
-}
-
-/* The lease's CPUs are what the routes promise: the port checks pass-through
- * against them (and a kernel would carry them in the routes ioctl). */
-static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
-{
-	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
-		uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
-		const struct cpulist *l = &v->spec.vcpus.cpus[i];
-		for (int c = cpulist_next(l, -1); c >= 0 && c < KVM_VPMU_MAX_CPUS; c = cpulist_next(l, c))
-			set[c / 64] |= 1ull << (c % 64);
-		kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
-	}
-}
-
-/*
- * Ties the lease to its VMM: finds the VM, checks it can carry the lease,
- * registers it with the kvm port and watches the process. Applies no route:
- * at attach the arbiter's transitions do that, at vm.bind apply_routes.
- * On failure nothing is left registered.
- */
-static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
-			const char *field, struct proto_error *err)
-{
-	struct vmm_vm found;
-	char why[BROKER_WHY];
-	struct vmm_discover_opts dopts = { .vm_fd = has_vm_fd ? vm_fd : -1 };
-	int r = vmm_discover(pid, &dopts, &found, why, sizeof(why));
-	/* Gone, or no VM to be found: not_found. A VM fd named by the caller
-	 * that is not one: the parameter is wrong. */
-	if (r < 0)
-		return proto_error_set(err, r == -ESRCH || (r == -ENOENT && !has_vm_fd) ? PROTO_E_NOT_FOUND
-											 : PROTO_E_INVALID_PARAM,
-				       -r, field, "VMM pid %d: %s", (int)pid, why);
-	/* Routes are per vCPU: the VMM must hold every vCPU id the lease
-	 * declares (it may add vCPUs later: bind again then). */
-	uint32_t n = v->spec.vcpus.count;
-	pid_t *tids = calloc(n, sizeof(*tids));
-	bool *have = calloc(n, sizeof(*have));
-	if (!tids || !have) {
-		free(tids);
-		free(have);
-		vmm_discover_release(&found);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	for (unsigned i = 0; i < found.n_vcpus; i++)
-		if (found.vcpus[i].id < n) {
-			tids[found.vcpus[i].id] = found.vcpus[i].tid;
-			have[found.vcpus[i].id] = true;
-		}
-	for (uint32_t i = 0; i < n; i++)
-		if (!have[i]) {
-			unsigned nv = found.n_vcpus;
-			free(tids);
-			free(have);
-			vmm_discover_release(&found);
-			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
-					       "VMM pid %d has %u vCPU%s and no vCPU %u; vm %s declares %u",
-					       (int)pid, nv, nv == 1 ? "" : "s", i, v->spec.name, n);
-		}
-	free(have);
-	/* One KVM VM, one lease: two leases would program the same vCPUs. */
-	for (size_t i = 0; i < b->n_vms; i++) {
-		const struct broker_vm *o = b->vms[i];
-		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == found.vm_fd) {
-			free(tids);
-			vmm_discover_release(&found);
-			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, field,
-					       "VMM pid %d's VM (fd %d) is already bound to vm %s", (int)pid,
-					       o->vm_fd, o->spec.name);
-		}
-	}
-	uint64_t start = 0;
-	r = owner_start_time(pid, &start);
-	/* The watch gets its own copy of the pidfd discovery opened, so no pid
-	 * reuse can slip in between. */
-	int watch_fd = r < 0 ? -1 : fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
-	if (r < 0 || watch_fd < 0) {
-		free(tids);
-		vmm_discover_release(&found);
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
-	}
-	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found.pidfd,
-				  .vm_fd = found.vm_fd, .n_vcpus = n, .vcpu_tids = tids };
-	r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
-	free(tids);
-	int got_fd = found.vm_fd;
-	vmm_discover_release(&found);
-	if (r < 0) {
-		close(watch_fd);
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "VMM pid %d: %s", (int)pid, why);
-	}
-	struct owner_watch *w = NULL;
-	r = owner_watch_new(b->event, pid, watch_fd, on_vmm_gone, v, &w);
-	if (r < 0) {
-		kvm_port_unregister_vm(b->port, v->id);
-		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, field, "VMM pid %d: %s", (int)pid,
-				       strerror(-r));
-	}
-	declare_vcpu_cpus(b, v);
-	v->bound = true;
-	v->vmm_pid = pid;
-	v->vm_fd = got_fd;
-	v->vmm_start = start;
-	v->watch = w;
-	return 0;
-}
-
-/* A lease bound after its attach: partitions are in place already, only
- * route upgrades remain (phase 2). */
-static int apply_routes(struct broker *b, struct broker_vm *v, struct proto_error *err)
-{
-	struct transition *t = calloc(v->spec.vcpus.count, sizeof(*t));
-	if (!t)
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	for (uint32_t i = 0; i < v->spec.vcpus.count; i++) {
-		t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = 2, .vm_id = v->id, .vcpu = i, .cpu = -1 };
-		arb_vcpu_routes(b->arb, v->id, i, t[i].gp_route, t[i].fixed_route);
-	}
-	struct kvm_apply_result res = {0};
-	int r = kvm_port_apply(b->port, t, v->spec.vcpus.count, &res);
-	free(t);
-	if (r < 0)
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "applying the routes of vm %s: %s",
-				       v->spec.name, res.why);
-	return 0;
-}
-
-static void unbind_vm(struct broker *b, struct broker_vm *v)
-{
-	if (!v->bound)
-		return;
-	owner_watch_free(v->watch);
-	v->watch = NULL;
-	kvm_port_unregister_vm(b->port, v->id);
-	v->bound = false;
-}
-
-static struct json_object *vcpu_routes_json(const struct broker *b, const struct broker_vm *v,
-					    uint32_t i, unsigned *n_pass)
-{
-	uint8_t gp[PMU_MAX_GP], fx[PMU_MAX_FIXED];
-	struct json_object *o = json_object_new_object(), *ga = json_object_new_array(),
-			   *fa = json_object_new_array();
-	bool all_pass = true;
-	arb_vcpu_routes(b->arb, v->id, i, gp, fx);
-	json_object_object_add(o, "vcpu", json_object_new_int((int)i));
-	json_object_object_add(o, "cpus", cpus_string(&v->spec.vcpus.cpus[i]));
-	for (unsigned j = 0; j < b->pmu.num_gp; j++) {
-		json_object_array_add(ga, json_object_new_string(transition_route_name(gp[j])));
-		if (j < v->spec.gp && gp[j] != PMC_ROUTE_PASSTHROUGH)
-			all_pass = false;
-	}
-	for (unsigned j = 0; j < PMU_MAX_FIXED; j++) {
-		if (!(b->pmu.fixed_mask & (1u << j)))
-			continue;
-		json_object_array_add(fa, json_object_new_string(transition_route_name(fx[j])));
-		if ((v->spec.fixed_mask & (1u << j)) && fx[j] != PMC_ROUTE_PASSTHROUGH)
-			all_pass = false;
-	}
-	json_object_object_add(o, "gp", ga);
-	json_object_object_add(o, "fixed", fa);
-	if (n_pass && all_pass && (v->spec.gp || v->spec.fixed_mask))
-		(*n_pass)++;
-	return o;
-}
-
-static int vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
-		     uid_t uid, uint64_t owner_start, struct json_object **result, struct proto_error *err)
-{
-	if (!c->privileged)
-		return deny(err, c, "vm.attach");
-	if (find_vm(b, a->name))
-		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.name",
-				       "vm %s is already attached", a->name);
-	struct broker_vm *v = calloc(1, sizeof(*v));
-	if (!v)
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	v->b = b;
-	v->id = b->next_id++;
-	v->uid = uid;
-	set_origin(v->origin, sizeof(v->origin), c);
-	v->follows_connection = c->follows_connection && !a->has_owner;
-	v->spec = *a;
-	if (!a->has_priority)
-		v->spec.priority = (uint32_t)b->cfg->default_priority;
-	if (!a->has_class)
-		v->spec.cls = default_class(b);
-	v->spec.has_priority = v->spec.has_class = true;
-	v->vm_fd = -1;
-	if (copy_vcpus(&v->spec.vcpus, &a->vcpus) < 0) {
-		free(v);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	v->spec.has_owner = false;
-
-	struct vm_arb_spec spec;
-	int r = build_vm_spec(b, v->id, &v->spec, &spec, err);
-	if (r < 0) {
-		vm_free(v);
-		return r;
-	}
-	/* A VMM given at attach must already be a live KVM VMM that can carry
-	 * the lease (and a reloaded lease's VMM the same process as before):
-	 * checked before the arbiter, so that a bad owner changes nothing. */
-	if (a->has_owner) {
-		if (owner_start && !owner_alive(a->owner.pid, owner_start)) {
-			vm_arb_spec_free(&spec);
-			vm_free(v);
-			return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner",
-					       "VMM pid %d is gone", a->owner.pid);
-		}
-		r = register_vmm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
-		if (r < 0) {
-			vm_arb_spec_free(&spec);
-			vm_free(v);
-			return r;
-		}
-	}
-	char why[BROKER_WHY];
-	r = arb_vm_add(b->arb, &spec.vm, why, sizeof(why));
-	vm_arb_spec_free(&spec);
-	if (r < 0) {
-		unbind_vm(b, v);
-		vm_free(v);
-		if (r == -EBUSY)
-			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, NULL, "%s", why);
-	}
-	struct broker_vm **vms = realloc(b->vms, (b->n_vms + 1) * sizeof(*vms));
-	if (!vms) {
-		undo_vm(b, v->id, false);
-		unbind_vm(b, v);
-		vm_free(v);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	b->vms = vms;
-	b->vms[b->n_vms++] = v;
-
-	char reason[128];
-	bool touched;
-	snprintf(reason, sizeof(reason), "vm.attach %s", a->name);
-	r = commit_change(b, reason, err, &touched);
-	if (r < 0) {
-		undo_vm(b, v->id, touched);
-		unbind_vm(b, v);
-		remove_vm_at(b, vm_pos(b, v));
-		if (touched && persist(b) < 0)
-			log_err("vm %s: the refused attach may come back at restart: the state could not be saved", a->name);
-		return r;
-	}
-	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
-		   a->name, v->spec.priority, proto_class_name(v->spec.cls), a->vcpus.count, a->gp, a->fixed_mask,
-		   v->bound ? ", bound to its VMM" : ", not bound to a VMM yet", a->name, (unsigned)uid,
-		   c->transport ? c->transport : "?");
-	if (result) {
-		unsigned n_pass = 0;
-		for (uint32_t i = 0; i < v->spec.vcpus.count; i++)
-			json_object_put(vcpu_routes_json(b, v, i, &n_pass));
-		/* A VM that asked for no PMC has nothing to pass through or
-		 * multiplex. */
-		unsigned n_asked = v->spec.gp || v->spec.fixed_mask ? v->spec.vcpus.count : 0;
-		struct json_object *o = json_object_new_object(), *g = json_object_new_object();
-		json_object_object_add(o, "name", json_object_new_string(a->name));
-		json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
-		json_object_object_add(g, "passthrough_vcpus", json_object_new_int((int)n_pass));
-		json_object_object_add(g, "multiplexed_vcpus", json_object_new_int((int)(n_asked - n_pass)));
-		json_object_object_add(o, "granted", g);
-		json_object_object_add(o, "bound", json_object_new_boolean(v->bound));
-		*result = o;
-	}
-	return 0;
-}
-
-/*
- * Takes a VM lease away. A request (vm.detach) must be saved before it is
- * carried out, and is refused whole when it cannot be; a release nobody can
- * refuse (its VMM died, libvirt stopped the domain, the D-Bus peer left) is
- * carried out and its save retried until it succeeds.
- */
-static int vm_release(struct broker *b, struct broker_vm *v, const char *reason, bool refuse_unsaved)
-{
-	uint64_t id = v->id;
-	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
-	snprintf(name, sizeof(name), "%s", v->spec.name);
-	int r = persist_excluding(b, v, NULL);
-	if (r < 0 && refuse_unsaved)
-		return r;
-	/*
-	 * Two phases, as for any change: the VM's routes go to disabled while
-	 * its VMM is still registered, then partitions shrink, then the VM
-	 * leaves the port. A VMM that is already dead has no routes to change
-	 * (the kernel drops them with the VM), so it leaves the port first.
-	 */
-	if (v->bound && (!v->watch || vmm_discover_pidfd_alive(owner_watch_pidfd(v->watch)) <= 0))
-		unbind_vm(b, v);
-	arb_vm_remove(b->arb, id);
-	if (apply_last(b, why, sizeof(why)) < 0)
-		log_err("releasing vm %s: %s", name, why);
-	unbind_vm(b, v);
-	remove_vm_at(b, vm_pos(b, v));
-	if (r < 0)
-		persist_or_retry(b);
-	sync_sessions(b);
-	snprintf(ev, sizeof(ev), "vm released %s", name);
-	emit(b, ev);
-	log_notice("vm %s released: %s vm=%s", name, reason, name);
-	return 0;
-}
-
-int broker_vm_release(struct broker *b, const char *vm_name, const char *reason)
-{
-	struct broker_vm *v = find_vm(b, vm_name);
-	if (!v)
-		return -ENOENT;
-	return vm_release(b, v, reason, false);
-}
-
-static int vm_detach(struct broker *b, const struct broker_caller *c, const char *name,
-		     struct json_object **result, struct proto_error *err)
-{
-	if (!c->privileged)
-		return deny(err, c, "vm.detach");
-	if (!find_vm(b, name))
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name",
-				       "no vm named %s", name);
-	char reason[160];
-	snprintf(reason, sizeof(reason), "detached by uid %u via %s", (unsigned)c->uid,
-		 c->transport ? c->transport : "?");
-	int r = vm_release(b, find_vm(b, name), reason, true);
-	if (r < 0)
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
-				       "could not save the state to %s: %s; vm %s stays attached", b->state_dir,
-				       strerror(-r), name);
-	*result = json_object_new_object();
-	json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	return 0;
-}
-
-static int vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
-		     struct json_object **result, struct proto_error *err)
-{
-	if (!c->privileged)
-		return deny(err, c, "vm.update");
-	struct broker_vm *v = find_vm(b, u->name);
-	if (!v)
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s",
-				       u->name);
-	struct proto_vm_attach next = v->spec;
-	if (u->has_priority)
-		next.priority = u->priority;
-	if (u->has_class)
-		next.cls = u->cls;
-	if (u->has_gp)
-		next.gp = u->gp;
-	if (u->has_fixed_mask)
-		next.fixed_mask = u->fixed_mask;
-	if (u->has_vcpus) {
-		if (v->bound && u->vcpus.count != v->spec.vcpus.count)
-			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
-					       "params.vcpus: vm %s is bound to its VMM with %u vCPUs; the count cannot change",
-					       u->name, v->spec.vcpus.count);
-		next.vcpus = u->vcpus;
-	}
-	struct vm_arb_spec spec;
-	int r = build_vm_spec(b, v->id, &next, &spec, err);
-	if (r < 0)
-		return r;
-	char why[BROKER_WHY];
-	r = arb_vm_update(b->arb, &spec.vm, why, sizeof(why));
-	vm_arb_spec_free(&spec);
-	if (r < 0) {
-		if (r == -EBUSY)
-			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, NULL, "%s", why);
-	}
-	struct proto_vm_attach old = v->spec;
-	if (u->has_vcpus && copy_vcpus(&next.vcpus, &u->vcpus) < 0) {
-		/* Put the arbiter back to the old spec. */
-		build_vm_spec(b, v->id, &old, &spec, err);
-		arb_vm_update(b->arb, &spec.vm, NULL, 0);
-		vm_arb_spec_free(&spec);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	v->spec = next;
-	/* The port checks each route against the CPUs declared for its vCPU:
-	 * a re-pinned vCPU's new routes must meet its new CPUs, not the old. */
-	if (u->has_vcpus && v->bound)
-		declare_vcpu_cpus(b, v);
-	char reason[128];
-	snprintf(reason, sizeof(reason), "vm.update %s", u->name);
-	bool touched;
-	r = commit_change(b, reason, err, &touched);
-	if (r < 0) {
-		struct proto_error ignored;
-		if (u->has_vcpus)
-			free(v->spec.vcpus.cpus);
-		v->spec = old;
-		if (u->has_vcpus && v->bound)
-			declare_vcpu_cpus(b, v);
-		if (build_vm_spec(b, v->id, &old, &spec, &ignored) == 0) {
-			arb_vm_update(b->arb, &spec.vm, NULL, 0);
-			vm_arb_spec_free(&spec);
-			if (touched) {
-				apply_last(b, why, sizeof(why));
-				sync_sessions(b);
-			}
-		}
-		if (touched && persist(b) < 0)
-			log_err("vm %s: the refused update may come back at restart: the state could not be saved",
-				u->name);
-		return r;
-	}
-	if (u->has_vcpus)
-		free(old.vcpus.cpus);
-	log_notice("vm %s updated: priority %u, class %s, gp %u, fixed 0x%x vm=%s", u->name,
-		   v->spec.priority, proto_class_name(v->spec.cls), v->spec.gp, v->spec.fixed_mask, u->name);
-	*result = json_object_new_object();
-	json_object_object_add(*result, "name", json_object_new_string(u->name));
-	json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	return 0;
-}
-
-static int vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
-		   struct json_object **result, struct proto_error *err)
-{
-	if (!c->privileged)
-		return deny(err, c, "vm.bind");
-	struct broker_vm *v = find_vm(b, q->name);
-	if (!v)
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s",
-				       q->name);
-	if (v->bound) {
-		if (v->vmm_pid == q->pid)
-			goto done; /* the hook may run twice (reconnect): same answer */
-		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
-				       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
-	}
-	int r = register_vmm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
-	if (r < 0)
-		return r;
-	/* Durable first: the lease now names its VMM. */
-	if ((r = persist(b)) < 0) {
-		unbind_vm(b, v);
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "could not save the state to %s: %s",
-				       b->state_dir, strerror(-r));
-	}
-	r = apply_routes(b, v, err);
-	if (r < 0) {
-		/* Take back what reached the port before the VM leaves it, then
-		 * save the lease unbound again. */
-		struct transition *t = calloc(v->spec.vcpus.count, sizeof(*t));
-		struct kvm_apply_result res = {0};
-		for (uint32_t i = 0; t && i < v->spec.vcpus.count; i++)
-			t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = 1, .vm_id = v->id,
-						    .vcpu = i, .cpu = -1 };
-		if (t)
-			kvm_port_apply(b->port, t, v->spec.vcpus.count, &res);
-		free(t);
-		unbind_vm(b, v);
-		persist_or_retry(b);
-		return r;
-	}
-	log_notice("vm %s bound to VMM pid %d (VM fd %d) vm=%s", q->name, (int)q->pid, v->vm_fd, q->name);
-	{
-		/* Doors that mirror leases (D-Bus Owner) learn of it. */
-		char ev[160];
-		snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
-		emit_event(b, ev, false);
-	}
-done:
-	*result = json_object_new_object();
-	json_object_object_add(*result, "name", json_object_new_string(q->name));
-	json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	return 0;
-}
-
-static struct json_object *guest_view_json(const struct broker *b, const struct broker_vm *v)
-{
-	struct pmu_guest_shape shape;
-	struct pmu_cpuid_regs regs;
-	char err[256];
-	pmu_guest_default_shape(&b->pmu, &shape);
-	shape.num_gp = v->spec.gp;
-	shape.fixed_mask = v->spec.fixed_mask;
-	struct json_object *o = json_object_new_object();
-	if (pmu_guest_cpuid(&b->pmu, &shape, &regs, err, sizeof(err)) < 0) {
-		json_object_object_add(o, "error", json_object_new_string(err));
-		return o;
-	}
-	char buf[64];
-	json_object_object_add(o, "version", json_object_new_int((int)shape.version));
-	snprintf(buf, sizeof(buf), "0x%08x", regs.eax);
-	json_object_object_add(o, "eax", json_object_new_string(buf));
-	snprintf(buf, sizeof(buf), "0x%08x", regs.ebx);
-	json_object_object_add(o, "ebx", json_object_new_string(buf));
-	snprintf(buf, sizeof(buf), "0x%08x", regs.ecx);
-	json_object_object_add(o, "ecx", json_object_new_string(buf));
-	snprintf(buf, sizeof(buf), "0x%08x", regs.edx);
-	json_object_object_add(o, "edx", json_object_new_string(buf));
-	struct pmu_desc *gd = malloc(sizeof(*gd));
-	if (gd && pmu_guest_desc(&b->pmu, &regs, gd) == 0) {
-		char block[1024];
-		pmu_format_boot_block(gd, block, sizeof(block));
-		json_object_object_add(o, "boot_block", json_object_new_string(block));
-	}
-	free(gd);
-	return o;
-}
-
-static struct json_object *vm_json(const struct broker *b, const struct broker_vm *v, bool full)
-{
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "name", json_object_new_string(v->spec.name));
-	json_object_object_add(o, "priority", json_object_new_int((int)v->spec.priority));
-	json_object_object_add(o, "class", json_object_new_string(proto_class_name(v->spec.cls)));
-	json_object_object_add(o, "gp", json_object_new_int((int)v->spec.gp));
-	json_object_object_add(o, "fixed_mask", hex32(v->spec.fixed_mask));
-	json_object_object_add(o, "origin", json_object_new_string(v->origin));
-	if (v->follows_connection && !v->bound)
-		json_object_object_add(o, "follows_connection", json_object_new_boolean(true));
-	if (v->bound) {
-		struct json_object *ow = json_object_new_object();
-		json_object_object_add(ow, "pid", json_object_new_int(v->vmm_pid));
-		json_object_object_add(ow, "vm_fd", json_object_new_int(v->vm_fd));
-		json_object_object_add(o, "owner", ow);
-	} else {
-		json_object_object_add(o, "owner", NULL);
-	}
-	unsigned n_pass = 0;
-	struct json_object *vc = json_object_new_array();
-	for (uint32_t i = 0; i < v->spec.vcpus.count; i++)
-		json_object_array_add(vc, vcpu_routes_json(b, v, i, &n_pass));
-	json_object_object_add(o, "passthrough_vcpus", json_object_new_int((int)n_pass));
-	if (full) {
-		json_object_object_add(o, "vcpus", vc);
-		json_object_object_add(o, "guest_pmu", guest_view_json(b, v));
-	} else {
-		json_object_object_add(o, "vcpus", json_object_new_int((int)v->spec.vcpus.count));
-		json_object_put(vc);
-	}
-	return o;
-}
-
-/* ---------------------------------------------------------------- sessions */
-
-static void session_free(struct broker_session *s)
-{
-	if (!s)
-		return;
-	owner_watch_free(s->watch);
-	if (s->ps)
-		perf_session_destroy(s->ps);
-	for (uint32_t i = 0; s->spec.events && i < s->spec.n_events; i++)
-		free(s->spec.events[i]);
-	free(s->spec.events);
-	free(s->events);
-	free(s->arb_index);
-	free(s);
-}
-
-static void remove_session(struct broker *b, struct broker_session *s)
-{
-	for (size_t i = 0; i < b->n_sessions; i++)
-		if (b->sessions[i] == s) {
-			memmove(&b->sessions[i], &b->sessions[i + 1],
-				(b->n_sessions - i - 1) * sizeof(*b->sessions));
-			b->n_sessions--;
-			break;
-		}
-	session_free(s);
-}
-
-/* As vm_release: a request is refused whole when it cannot be saved. */
-static int session_stop_internal(struct broker *b, struct broker_session *s, const char *reason,
-				 bool refuse_unsaved)
-{
-	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
-	uint64_t id = s->id;
-	bool in_arb = s->n_hw > 0;
-	int saved = persist_excluding(b, NULL, s);
-	if (saved < 0 && refuse_unsaved)
-		return saved;
-	snprintf(name, sizeof(name), "%s", s->spec.name);
-	remove_session(b, s);
-	if (in_arb && arb_session_remove(b->arb, id) == 0 && apply_last(b, why, sizeof(why)) < 0)
-		log_err("stopping session %s: %s", name, why);
-	if (saved < 0)
-		persist_or_retry(b);
-	sync_sessions(b);
-	snprintf(ev, sizeof(ev), "session stopped %s", name);
-	emit(b, ev);
-	log_notice("session %s stopped: %s session=%s", name, reason, name);
-	return 0;
-}
-
-static void on_session_owner_gone(struct owner_watch *w, void *userdata)
-{
-	struct broker_session *s = userdata;
-	char reason[96];
-	(void)w;
-	snprintf(reason, sizeof(reason), "owner pid %d exited", (int)s->owner_pid);
-	session_stop_internal(s->b, s, reason, false);
-}
-
-static struct json_object *session_events_plan(const struct broker *b, const struct broker_session *s)
-{
-	struct json_object *evs = json_object_new_array();
-	for (uint32_t i = 0; i < s->spec.n_events; i++) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "event", json_object_new_string(s->spec.events[i]));
-		if (s->arb_index[i] < 0) {
-			json_object_object_add(e, "placement", json_object_new_string("software"));
-			json_object_object_add(e, "share", json_object_new_double(1.0));
-		} else {
-			struct arb_event_grant g;
-			arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
-			json_object_object_add(e, "placement", json_object_new_string(g.dedicated ? "dedicated" : "multiplexed"));
-			json_object_object_add(e, "share", json_object_new_double(g.share));
-			json_object_object_add(e, "dedicated_cpus", json_object_new_int((int)g.n_dedicated));
-		}
-		json_object_array_add(evs, e);
-	}
-	return evs;
-}
-
-static int session_start(struct broker *b, const struct broker_caller *c,
-			 const struct proto_session_start *q, uid_t uid, uint64_t owner_start,
-			 struct json_object **result, struct proto_error *err)
-{
-	if (!c->privileged)
-		return deny(err, c, "session.start");
-	if (find_session(b, q->name))
-		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.name",
-				       "session %s already exists", q->name);
-	struct broker_session *s = calloc(1, sizeof(*s));
-	if (!s)
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	s->b = b;
-	s->id = b->next_id++;
-	s->uid = uid;
-	set_origin(s->origin, sizeof(s->origin), c);
-	s->follows_connection = c->follows_connection && !q->owner_pid;
-	s->spec = *q;
-	s->spec.events = calloc(q->n_events, sizeof(char *));
-	s->events = calloc(q->n_events, sizeof(*s->events));
-	s->arb_index = calloc(q->n_events, sizeof(int));
-	s->owner_pid = q->owner_pid ? q->owner_pid : c->pid;
-	s->started_usec = now_usec(CLOCK_REALTIME);
-	int r = 0;
-	if (!s->spec.events || !s->events || !s->arb_index) {
-		s->spec.n_events = 0;
-		session_free(s);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	for (uint32_t i = 0; i < q->n_events; i++)
-		s->spec.events[i] = strdup(q->events[i]);
-
-	/* Events: parse, and give the hardware ones their counter constraints. */
-	struct arb_event_spec *aev = calloc(q->n_events, sizeof(*aev));
-	uint64_t *set = calloc(ARB_CPUSET_WORDS(b->pmu.n_cpus), sizeof(uint64_t));
-	if (!aev || !set) {
-		free(aev);
-		free(set);
-		session_free(s);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	struct perf_event_opts popts = { .sysfs_root = b->sysfs_root[0] ? b->sysfs_root : NULL };
-	for (uint32_t i = 0; i < q->n_events; i++) {
-		char msg[256], field[48];
-		snprintf(field, sizeof(field), "params.events[%u]", i);
-		r = perf_event_parse(q->events[i], &popts, &s->events[i], msg, sizeof(msg));
-		if (r < 0) {
-			r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "%s: %s", field, msg);
-			goto fail;
-		}
-		s->arb_index[i] = -1;
-		if (!s->events[i].hardware)
-			continue;
-		uint32_t gp = (uint32_t)pmu_gp_bits(b->pmu.num_gp), fx = 0;
-		if (s->events[i].has_evtsel)
-			pmu_event_counters(&b->pmu, s->events[i].evtsel_config, &gp, &fx);
-		aev[s->n_hw] = (struct arb_event_spec){ .name = s->spec.events[i], .gp_mask = gp,
-							.fixed_mask = fx };
-		s->arb_index[i] = (int)s->n_hw++;
-	}
-	if (s->spec.has_cpus) {
-		r = to_cpuset(b, &s->spec.cpus, set, "params.cpus", err);
-		if (r < 0)
-			goto fail;
-	} else {
-		/* A task may run on any CPU: its events need room everywhere. */
-		for (unsigned i = 0; i < b->pmu.n_cpus; i++)
-			arb_cpuset_add(set, i);
-	}
-	char why[BROKER_WHY];
-	if (s->n_hw) {
-		struct arb_session_spec as = { .id = s->id, .name = s->spec.name,
-					       .priority = (int)q->priority, .cls = arb_class_of(q->cls),
-					       .cpus = set, .n_events = s->n_hw, .events = aev };
-		r = arb_session_add(b->arb, &as, why, sizeof(why));
-		if (r < 0) {
-			r = proto_error_set(err, r == -EBUSY ? PROTO_E_REFUSED : PROTO_E_INVALID_PARAM, -r,
-					    NULL, "%s", why);
-			goto fail;
-		}
-	}
-
-	/* Counting: each event opened on the placement the plan gives it. */
-	char cpus_text[8192] = "";
-	if (s->spec.has_cpus)
-		cpulist_format(&s->spec.cpus, cpus_text, sizeof(cpus_text));
-	struct perf_session_opts so = { .cpus = s->spec.has_cpus ? &s->spec.cpus : NULL,
-				 .pid = s->spec.has_cpus ? 0 : s->spec.pid,
-				 .model_pmu = b->pmu.source == PMU_SOURCE_BUILTIN ||
-					      b->pmu.source == PMU_SOURCE_FILE,
-				 .sysfs_root = b->sysfs_root[0] ? b->sysfs_root : NULL };
-	char msg[512];
-	r = perf_session_create(&so, &s->ps, msg, sizeof(msg));
-	if (r < 0) {
-		r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, NULL, "%s", msg);
-		goto fail_arb;
-	}
-	for (uint32_t i = 0; i < q->n_events; i++) {
-		enum perf_session_placement p = PERF_SESSION_DEDICATED;
-		unsigned group = 0;
-		if (s->arb_index[i] >= 0) {
-			struct arb_event_grant g;
-			arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
-			p = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
-			/* Dedicated hardware events always fit together: one group,
-			 * one read. Multiplexed ones rotate on their own. */
-			group = g.dedicated ? 1 : 0;
-		}
-		r = perf_session_add_event(s->ps, &s->events[i], p, group);
-		if (r < 0) {
-			r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.events",
-					    "params.events[%u] %s: %s", i, q->events[i], perf_session_error(s->ps));
-			goto fail_arb;
-		}
-	}
-	r = perf_session_open(s->ps);
-	if (r < 0) {
-		r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.events", "%s",
-				    perf_session_error(s->ps));
-		goto fail_arb;
-	}
-	r = owner_watch_new(b->event, s->owner_pid, -1, on_session_owner_gone, s, &s->watch);
-	if (r < 0) {
-		r = proto_error_set(err, PROTO_E_NOT_FOUND, -r, "params.owner_pid",
-				    "session owner pid %d: %s", (int)s->owner_pid, strerror(-r));
-		goto fail_arb;
-	}
-	uint64_t st = 0;
-	owner_start_time(s->owner_pid, &st);
-	if (owner_start && st != owner_start) {
-		r = proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner_pid",
-				    "session owner pid %d is a different process now", (int)s->owner_pid);
-		goto fail_arb;
-	}
-	s->owner_start = st;
-	struct broker_session **ss = realloc(b->sessions, (b->n_sessions + 1) * sizeof(*ss));
-	if (!ss) {
-		r = proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		goto fail_arb;
-	}
-	b->sessions = ss;
-	b->sessions[b->n_sessions++] = s;
-	char reason[128];
-	snprintf(reason, sizeof(reason), "session.start %s", q->name);
-	bool touched = false;
-	if (s->n_hw)
-		r = commit_change(b, reason, err, &touched);
-	else
-		r = persist(b) < 0 ? proto_error_set(err, PROTO_E_INTERNAL, EIO, NULL,
-						     "could not save the state") : 0;
-	if (r < 0) {
-		b->n_sessions--;
-		if (touched) {
-			/* Saved, then the port failed: save again without it. */
-			if (s->n_hw && arb_session_remove(b->arb, s->id) == 0) {
-				apply_last(b, why, sizeof(why));
-				sync_sessions(b);
-			}
-			persist_or_retry(b);
-			s->n_hw = 0; /* already out of the arbiter */
-		}
-		goto fail_arb;
-	}
-	free(aev);
-	free(set);
-	log_notice("session %s started: %u events (%u on hardware counters), %s%s, owner pid %d session=%s uid=%u",
-		   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ",
-		   s->spec.has_cpus ? cpus_text : "", (int)s->owner_pid, q->name, (unsigned)uid);
-	if (result) {
-		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "name", json_object_new_string(q->name));
-		json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
-		json_object_object_add(o, "events", session_events_plan(b, s));
-		*result = o;
-	}
-	return 0;
-
-fail_arb:
-	/* The port never saw the add (a commit that reached it undid itself
-	 * above): take it out of the arbiter only, scrubbing nothing. */
-	if (s->n_hw)
-		arb_session_remove(b->arb, s->id);
-fail:
-	free(aev);
-	free(set);
-	session_free(s);
-	return r;
-}
-
-static int session_read(struct broker *b, const struct broker_caller *c, const char *name,
-			struct json_object **result, struct proto_error *err)
-{
-	struct broker_session *s = find_session(b, name);
-	if (!s || !may_see(c, s->uid))
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name",
-				       "no session named %s%s", name,
-				       s ? " that this caller may read" : "");
-	struct perf_session_reading *rd = calloc(s->spec.n_events, sizeof(*rd));
-	if (!rd)
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	int r = perf_session_read(s->ps, rd, s->spec.n_events);
-	if (r < 0) {
-		free(rd);
-		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "reading session %s: %s", name,
-				       perf_session_error(s->ps));
-	}
-	struct json_object *o = json_object_new_object(), *evs = json_object_new_array();
-	json_object_object_add(o, "name", json_object_new_string(name));
-	json_object_object_add(o, "since_usec", json_object_new_uint64(s->started_usec));
-	json_object_object_add(o, "read_usec", json_object_new_uint64(now_usec(CLOCK_REALTIME)));
-	if (b->pmu.source != PMU_SOURCE_HOST)
-		json_object_object_add(o, "note", json_object_new_string(
-			"the PMU is a model (simulated): hardware events are placed by the plan but nothing is counted for them"));
-	for (uint32_t i = 0; i < s->spec.n_events; i++) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "event", json_object_new_string(s->spec.events[i]));
-		json_object_object_add(e, "placement",
-				       json_object_new_string(s->arb_index[i] < 0 ? "software" : perf_session_placement_name(rd[i].placement)));
-		bool counted = rd[i].status == PERF_SESSION_COUNTED;
-		json_object_object_add(e, "counted", json_object_new_boolean(counted));
-		if (!counted) {
-			json_object_object_add(e, "reason", json_object_new_string(rd[i].reason ? rd[i].reason : "not counted"));
-		} else {
-			json_object_object_add(e, "value", json_object_new_uint64(rd[i].value));
-			json_object_object_add(e, "time_enabled", json_object_new_uint64(rd[i].time_enabled));
-			json_object_object_add(e, "time_running", json_object_new_uint64(rd[i].time_running));
-			json_object_object_add(e, "scaled", json_object_new_double(rd[i].scaled));
-			json_object_object_add(e, "multiplexed", json_object_new_boolean(rd[i].multiplexed));
-			json_object_object_add(e, "never_ran", json_object_new_boolean(rd[i].never_ran));
-		}
-		json_object_array_add(evs, e);
-	}
-	free(rd);
-	json_object_object_add(o, "events", evs);
-	*result = o;
-	return 0;
-}
-
-static struct json_object *session_json(const struct broker *b, const struct broker_session *s)
-{
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "name", json_object_new_string(s->spec.name));
-	json_object_object_add(o, "priority", json_object_new_int((int)s->spec.priority));
-	json_object_object_add(o, "class", json_object_new_string(proto_class_name(s->spec.cls)));
-	json_object_object_add(o, "events", json_object_new_int((int)s->spec.n_events));
-	if (s->spec.has_cpus)
-		json_object_object_add(o, "cpus", cpus_string(&s->spec.cpus));
-	else
-		json_object_object_add(o, "pid", json_object_new_int(s->spec.pid));
-	json_object_object_add(o, "owner_pid", json_object_new_int(s->owner_pid));
-	json_object_object_add(o, "uid", json_object_new_int((int)s->uid));
-	(void)b;
-	return o;
-}
-
-/* ------------------------------------------------------------ read views */
-
-static struct json_object *status_json(const struct broker *b)
-{
-	struct json_object *o = json_object_new_object(), *be = json_object_new_object();
-	json_object_object_add(o, "server", json_object_new_string("vpmud/" VPMU_VERSION));
-	json_object_object_add(o, "protocol", json_object_new_int(PROTO_VERSION));
-	json_object_object_add(be, "pmu", json_object_new_string(b->pmu.model));
-	json_object_object_add(be, "pmu_source", json_object_new_string(pmu_source_name(b->pmu.source)));
-	json_object_object_add(be, "pmu_simulated", json_object_new_boolean(b->pmu.source != PMU_SOURCE_HOST));
-	if (b->pmu_note[0])
-		json_object_object_add(be, "pmu_why", json_object_new_string(b->pmu_note));
-	json_object_object_add(be, "kvm", json_object_new_string(kvm_port_backend_name(kvm_port_backend(b->port))));
-	json_object_object_add(be, "kvm_enforced", json_object_new_boolean(routes_enforced(b)));
-	json_object_object_add(be, "kvm_why", json_object_new_string(b->kvm_note[0] ? b->kvm_note : kvm_port_why(b->port)));
-	if (b->kvm_host_summary[0])
-		json_object_object_add(be, "kvm_host", json_object_new_string(b->kvm_host_summary));
-	json_object_object_add(o, "backends", be);
-	json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	json_object_object_add(o, "cpus", json_object_new_int((int)b->pmu.n_cpus));
-	json_object_object_add(o, "vms", json_object_new_int((int)b->n_vms));
-	json_object_object_add(o, "sessions", json_object_new_int((int)b->n_sessions));
-	json_object_object_add(o, "watchers", json_object_new_int((int)b->n_subs));
-	json_object_object_add(o, "uptime_s",
-			       json_object_new_uint64((now_usec(CLOCK_MONOTONIC) - b->started_usec) / 1000000));
-	return o;
-}
-
-static struct json_object *pmu_json(const struct broker *b)
-{
-	const struct pmu_desc *p = &b->pmu;
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "source", json_object_new_string(pmu_source_name(p->source)));
-	json_object_object_add(o, "simulated", json_object_new_boolean(p->source != PMU_SOURCE_HOST));
-	json_object_object_add(o, "model", json_object_new_string(p->model));
-	json_object_object_add(o, "vendor", json_object_new_string(pmu_vendor_name(p->vendor)));
-	json_object_object_add(o, "version", json_object_new_int((int)p->version));
-	json_object_object_add(o, "gp", json_object_new_int((int)p->num_gp));
-	json_object_object_add(o, "gp_width", json_object_new_int((int)p->gp_width));
-	json_object_object_add(o, "fixed_mask", hex32(p->fixed_mask));
-	json_object_object_add(o, "fixed", json_object_new_int((int)pmu_num_fixed(p)));
-	json_object_object_add(o, "fixed_width", json_object_new_int((int)p->fixed_width));
-	json_object_object_add(o, "perf_metrics", json_object_new_boolean(p->perf_metrics));
-	json_object_object_add(o, "pebs_format", json_object_new_int(p->pebs_format));
-	char buf[32];
-	snprintf(buf, sizeof(buf), "0x%016" PRIx64, pmu_global_ctrl_mask(p));
-	json_object_object_add(o, "global_ctrl_mask", json_object_new_string(buf));
-	json_object_object_add(o, "cpus", json_object_new_int((int)p->n_cpus));
-	char block[1024];
-	pmu_format_boot_block(p, block, sizeof(block));
-	json_object_object_add(o, "boot_block", json_object_new_string(block));
-	if (p->nmi_watchdog) {
-		struct json_object *t = json_object_new_object();
-		json_object_object_add(t, "nmi_watchdog", json_object_new_string("one cycles-capable counter on every CPU"));
-		json_object_object_add(o, "taken", t);
-	}
-	return o;
-}
-
-static struct json_object *plan_json(const struct broker *b, const struct proto_plan_req *q)
-{
-	struct json_object *o = json_object_new_object(), *cpus = json_object_new_array();
-	json_object_object_add(o, "generation", json_object_new_uint64(arb_generation(b->arb)));
-	json_object_object_add(o, "simulated_pmu", json_object_new_boolean(b->pmu.source != PMU_SOURCE_HOST));
-	json_object_object_add(o, "kvm_enforced", json_object_new_boolean(routes_enforced(b)));
-	for (unsigned i = 0; i < b->pmu.n_cpus; i++) {
-		struct arb_cpu_view cv;
-		if (q && q->has_cpus && !cpulist_test(&q->cpus, (unsigned)b->cpu_ids[i]))
-			continue;
-		if (arb_cpu_plan(b->arb, i, &cv) < 0)
-			continue;
-		struct json_object *c = json_object_new_object(), *host = json_object_new_array();
-		json_object_object_add(c, "cpu", json_object_new_int(cv.cpu));
-		json_object_object_add(c, "guest_gp_mask", hex32(cv.guest_gp_mask));
-		json_object_object_add(c, "guest_fixed_mask", hex32(cv.guest_fixed_mask));
-		for (unsigned k = 0; k < cv.n_placements; k++) {
-			const struct arb_placement *p = &cv.placements[k];
-			struct json_object *h = json_object_new_object();
-			char cn[16];
-			if (p->holder == ARB_HOLDER_FOREIGN) {
-				json_object_object_add(h, "foreign", json_object_new_string(b->foreign[p->id].name));
-				/* The only foreign user we know of counts core cycles. */
-				json_object_object_add(h, "event", json_object_new_string("cycles"));
-			} else {
-				const char *sn = "?";
-				for (size_t s = 0; s < b->n_sessions; s++)
-					if (b->sessions[s]->id == p->id)
-						sn = b->sessions[s]->spec.name;
-				json_object_object_add(h, "session", json_object_new_string(sn));
-				json_object_object_add(h, "event", json_object_new_string(p->name ? p->name : "?"));
-			}
-			const char *cname = counter_name(p->counter, cn, sizeof(cn));
-			json_object_object_add(h, "counter", cname ? json_object_new_string(cname) : NULL);
-			json_object_object_add(h, "share", json_object_new_double(p->share));
-			json_object_array_add(host, h);
-		}
-		json_object_object_add(c, "host", host);
-		json_object_array_add(cpus, c);
-	}
-	json_object_object_add(o, "cpus", cpus);
-	struct json_object *vms = json_object_new_array();
-	for (size_t i = 0; i < b->n_vms; i++)
-		json_object_array_add(vms, vm_json(b, b->vms[i], true));
-	json_object_object_add(o, "vms", vms);
-	struct json_object *ss = json_object_new_array();
-	for (size_t i = 0; i < b->n_sessions; i++) {
-		struct json_object *so = session_json(b, b->sessions[i]);
-		json_object_object_add(so, "events", session_events_plan(b, b->sessions[i]));
-		json_object_array_add(ss, so);
-	}
-	json_object_object_add(o, "sessions", ss);
-	return o;
-}
-
-/* ---------------------------------------------------------------- dispatch */
-
-int broker_handle(struct broker *b, const struct broker_caller *c, const struct proto_request *req,
-		  struct json_object **result, struct proto_error *err)
-{
-	*result = NULL;
-	switch (req->method) {
-	case PROTO_M_STATUS:
-		*result = status_json(b);
-		return 0;
-	case PROTO_M_PMU:
-		*result = pmu_json(b);
-		return 0;
-	case PROTO_M_PLAN:
-		*result = plan_json(b, &req->u.plan);
-		return 0;
-	case PROTO_M_VM_ATTACH: {
-		struct proto_vm_attach a = req->u.vm_attach;
-		return vm_attach(b, c, &a, c->uid, 0, result, err);
-	}
-	case PROTO_M_VM_DETACH:
-		return vm_detach(b, c, req->u.vm_detach.name, result, err);
-	case PROTO_M_VM_UPDATE:
-		return vm_update(b, c, &req->u.vm_update, result, err);
-	case PROTO_M_VM_BIND:
-		return vm_bind(b, c, &req->u.vm_bind, result, err);
-	case PROTO_M_VM_LIST: {
-		struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
-		for (size_t i = 0; i < b->n_vms; i++)
-			json_object_array_add(arr, vm_json(b, b->vms[i], false));
-		json_object_object_add(o, "vms", arr);
-		*result = o;
-		return 0;
-	}
-	case PROTO_M_VM_SHOW: {
-		struct broker_vm *v = find_vm(b, req->u.vm_show.name);
-		if (!v)
-			return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name",
-					       "no vm named %s", req->u.vm_show.name);
-		*result = vm_json(b, v, true);
-		return 0;
-	}
-	case PROTO_M_SESSION_START:
-		return session_start(b, c, &req->u.session_start, c->uid, 0, result, err);
-	case PROTO_M_SESSION_STOP: {
-		struct broker_session *s = find_session(b, req->u.session_stop.name);
-		if (!s || !may_see(c, s->uid))
-			return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name",
-					       "no session named %s%s", req->u.session_stop.name,
-					       s ? " that this caller may stop" : "");
-		char reason[96];
-		snprintf(reason, sizeof(reason), "stopped by uid %u", (unsigned)c->uid);
-		int r = session_stop_internal(b, s, reason, true);
-		if (r < 0)
-			return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
-					       "could not save the state to %s: %s; session %s keeps running",
-					       b->state_dir, strerror(-r), req->u.session_stop.name);
-		*result = json_object_new_object();
-		json_object_object_add(*result, "generation", json_object_new_uint64(arb_generation(b->arb)));
-		return 0;
-	}
-	case PROTO_M_SESSION_READ:
-		return session_read(b, c, req->u.session_read.name, result, err);
-	case PROTO_M_SESSION_LIST: {
-		struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
-		for (size_t i = 0; i < b->n_sessions; i++)
-			if (may_see(c, b->sessions[i]->uid))
-				json_object_array_add(arr, session_json(b, b->sessions[i]));
-		json_object_object_add(o, "sessions", arr);
-		*result = o;
-		return 0;
-	}
-	default:
-		return proto_error_set(err, PROTO_E_UNKNOWN_METHOD, ENOSYS, "method",
-				       "method %s is handled by the transport, not the broker",
-				       proto_method_name(req->method));
-	}
-}
-
-/* ---------------------------------------------------------------- watchers */
 
 int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id)
 {
@@ -1683,6 +722,1814 @@ void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata
 	b->change_hook_ud = userdata;
 }
 
+/* --------------------------------------------------------- arbiter feeding */
+
+/* CPU sets over inventory indices, refusing CPUs the inventory lacks. */
+static int to_cpuset(const struct broker *b, const struct cpulist *l, uint64_t *set, const char *field,
+		     struct proto_error *err)
+{
+	unsigned n = b->pmu.n_cpus;
+	memset(set, 0, ARB_CPUSET_WORDS(n) * sizeof(uint64_t));
+	bool any = false;
+	for (int c = cpulist_next(l, -1); c >= 0; c = cpulist_next(l, c)) {
+		if (c >= PMU_MAX_CPUS || b->cpu_index[c] < 0)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+					       "%s: CPU %d is not in the PMU inventory (%u CPUs, %d..%d)", field, c,
+					       n, b->cpu_ids[0], b->cpu_ids[n - 1]);
+		arb_cpuset_add(set, (unsigned)b->cpu_index[c]);
+		any = true;
+	}
+	if (!any)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field, "%s: no CPU", field);
+	return 0;
+}
+
+/* What the arbiter needs of a VM lease, with the storage it points into. */
+struct vm_arb_spec {
+	struct arb_vm_spec vm;
+	struct arb_vcpu_spec *vcpus;
+	uint64_t *sets;
+};
+
+static void vm_arb_spec_fini(struct vm_arb_spec *s)
+{
+	free(s->vcpus);
+	free(s->sets);
+	s->vcpus = NULL;
+	s->sets = NULL;
+}
+
+/* The shape of a VM lease, as attach and update give it. */
+struct vm_shape {
+	const char *name;
+	uint32_t priority;
+	enum proto_class cls;
+	uint32_t gp, fixed_mask;
+	uint32_t n_vcpus;
+	const struct cpulist *const *vcpus;
+};
+
+static int build_vm_spec(const struct broker *b, uint64_t id, const struct vm_shape *a, struct vm_arb_spec *out,
+			 struct proto_error *err)
+{
+	size_t words = ARB_CPUSET_WORDS(b->pmu.n_cpus);
+	*out = (struct vm_arb_spec){0};
+	if (a->gp > b->pmu.num_gp)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.gp",
+				       "params.gp: %u general PMCs asked, the PMU has %u", a->gp, b->pmu.num_gp);
+	if (a->fixed_mask & ~b->pmu.fixed_mask)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
+				       "params.fixed_mask: 0x%x names fixed counters the PMU lacks (it has 0x%x)",
+				       a->fixed_mask, b->pmu.fixed_mask);
+	if (a->n_vcpus == 0 || a->n_vcpus > PROTO_MAX_VCPUS)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
+				       "params.vcpus: 1..%d vCPUs", PROTO_MAX_VCPUS);
+	out->vcpus = calloc(a->n_vcpus, sizeof(*out->vcpus));
+	out->sets = calloc(a->n_vcpus * words, sizeof(uint64_t));
+	if (!out->vcpus || !out->sets) {
+		vm_arb_spec_fini(out);
+		return oom(err);
+	}
+	for (uint32_t i = 0; i < a->n_vcpus; i++) {
+		char field[64];
+		snprintf(field, sizeof(field), "params.vcpus[%u].cpus", i);
+		int r = to_cpuset(b, a->vcpus[i], out->sets + i * words, field, err);
+		if (r < 0) {
+			vm_arb_spec_fini(out);
+			return r;
+		}
+		out->vcpus[i] = (struct arb_vcpu_spec){ .cpus = out->sets + i * words, .num_gp = a->gp,
+							.fixed_mask = a->fixed_mask };
+	}
+	out->vm = (struct arb_vm_spec){ .id = id, .name = a->name, .priority = (int)a->priority,
+					.cls = arb_class_of(a->cls), .n_vcpus = a->n_vcpus, .vcpus = out->vcpus };
+	return 0;
+}
+
+static struct vm_shape shape_of(const struct broker_vm *v)
+{
+	return (struct vm_shape){ .name = v->name, .priority = v->priority, .cls = v->cls, .gp = v->gp,
+				  .fixed_mask = v->fixed_mask, .n_vcpus = v->n_vcpus, .vcpus = v->vcpus };
+}
+
+/* ------------------------------------------------------------- lease texts */
+
+/*
+ * A lease's text in the store: the request that would make it again (the
+ * socket protocol's own form, so that the restore validates it exactly as
+ * a live request) and what the request does not carry:
+ *   {"seq":N,"request":{"method","params"},"uid":U,"origin":"…",
+ *    "follows_connection":true (only then),"owner_start":T (a process owns it)}
+ * seq is the lease id: arrival order, replayed in that order at restore.
+ */
+struct lease_rec {
+	enum state_kind kind;
+	char name[PROTO_NAME_MAX + 1];
+	uint64_t seq;
+	struct proto_request req;
+	uid_t uid;
+	char origin[BROKER_ORIGIN_LEN];
+	uint64_t owner_start;
+	bool follows;
+	bool resave;                  /* its seq had to change */
+};
+
+static int lease_text(uint64_t seq, struct proto_request *req, uid_t uid, const char *origin, bool follows,
+		      bool has_start, uint64_t start, char **text, size_t *len)
+{
+	struct json_object *rq = proto_request_encode(req);
+	if (!rq)
+		return -ENOMEM;
+	struct json_object *o = json_object_new_object();
+	if (!o) {
+		json_object_put(rq);
+		return -ENOMEM;
+	}
+	bool ok = json_object_object_add(o, "seq", json_object_new_uint64(seq)) == 0 &&
+		  json_object_object_add(o, "request", rq) == 0;
+	if (!ok)
+		json_object_put(rq);
+	ok = ok && json_object_object_add(o, "uid", json_object_new_int64(uid)) == 0 &&
+	     json_object_object_add(o, "origin", json_object_new_string(origin)) == 0 &&
+	     (!follows || json_object_object_add(o, "follows_connection", json_object_new_boolean(true)) == 0) &&
+	     (!has_start || json_object_object_add(o, "owner_start", json_object_new_uint64(start)) == 0);
+	const char *t = NULL;
+	size_t n = 0;
+	if (ok)
+		t = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+	char *copy = t ? malloc(n + 2) : NULL;
+	if (copy) {
+		memcpy(copy, t, n);
+		copy[n++] = '\n';
+		copy[n] = '\0';
+	}
+	json_object_put(o);
+	if (!copy)
+		return -ENOMEM;
+	*text = copy;
+	*len = n;
+	return 0;
+}
+
+static int vm_lease_text(const struct broker_vm *v, char **text, size_t *len)
+{
+	/* The request's form: one contiguous list per vCPU. */
+	_cleanup_free_ struct cpulist *cpus = malloc((v->n_vcpus ? v->n_vcpus : 1) * sizeof(*cpus));
+	if (!cpus)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < v->n_vcpus; i++)
+		cpus[i] = *v->vcpus[i];
+	struct proto_request req = { .method = PROTO_M_VM_ATTACH };
+	struct proto_vm_attach *a = &req.u.vm_attach;
+	snprintf(a->name, sizeof(a->name), "%s", v->name);
+	a->has_priority = a->has_class = true;
+	a->priority = v->priority;
+	a->cls = v->cls;
+	a->gp = v->gp;
+	a->fixed_mask = v->fixed_mask;
+	a->vcpus = (struct proto_vcpus){ .count = v->n_vcpus, .cpus = cpus };
+	a->has_owner = v->bound;
+	a->owner = (struct proto_owner){ .pid = v->vmm_pid, .vm_fd = v->vm_fd };
+	return lease_text(v->id, &req, v->uid, v->origin, v->conn && !v->bound, v->bound, v->vmm_start, text, len);
+}
+
+static int session_lease_text(const struct broker_session *s, char **text, size_t *len)
+{
+	struct proto_request req = { .method = PROTO_M_SESSION_START };
+	req.u.session_start = s->spec;
+	req.u.session_start.owner_pid = s->owner_pid;
+	return lease_text(s->id, &req, s->uid, s->origin, s->conn != NULL, true, s->owner_start, text, len);
+}
+
+static bool only_space(const char *s, size_t from, size_t len)
+{
+	for (size_t i = from; i < len; i++)
+		if (s[i] != ' ' && s[i] != '\n' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+/* Reads a lease's text as the restore does. 0, or -EINVAL with why. */
+static int lease_parse(enum state_kind kind, const char *name, const char *text, size_t len,
+		       struct lease_rec *out, char *why, size_t whylen, struct proto_error *perr)
+{
+	memset(out, 0, sizeof(*out));
+	out->kind = kind;
+	snprintf(out->name, sizeof(out->name), "%s", name);
+	if (len > INT32_MAX) {
+		snprintf(why, whylen, "too large to parse");
+		return -EINVAL;
+	}
+	struct json_tokener *tok = json_tokener_new();
+	if (!tok)
+		return -ENOMEM;
+	struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	if (o && jerr == json_tokener_success && !only_space(text, json_tokener_get_parse_end(tok), len))
+		jerr = json_tokener_error_parse_unexpected;
+	json_tokener_free(tok);
+	struct json_object *seq, *rq, *uid, *method, *params, *v;
+	int r = -EINVAL;
+	if (!o || jerr != json_tokener_success) {
+		snprintf(why, whylen, "does not parse as JSON (%s)",
+			 jerr == json_tokener_continue ? "truncated" : json_tokener_error_desc(jerr));
+		goto out;
+	}
+	if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "seq", &seq) ||
+	    !json_object_is_type(seq, json_type_int) || json_object_get_int64(seq) < 1 ||
+	    !json_object_object_get_ex(o, "uid", &uid) || !json_object_is_type(uid, json_type_int) ||
+	    json_object_get_int64(uid) < 0 || json_object_get_int64(uid) >= UINT32_MAX) {
+		snprintf(why, whylen, "not an object with a positive integer \"seq\" and an integer \"uid\"");
+		goto out;
+	}
+	out->seq = (uint64_t)json_object_get_int64(seq);
+	out->uid = (uid_t)json_object_get_int64(uid);
+	if (!json_object_object_get_ex(o, "request", &rq) || !json_object_is_type(rq, json_type_object) ||
+	    !json_object_object_get_ex(rq, "method", &method) || !json_object_object_get_ex(rq, "params", &params)) {
+		snprintf(why, whylen, "\"request\" is not an object with method and params");
+		goto out;
+	}
+	/* The saved request goes through the same validation as a live one,
+	 * in a fresh envelope. */
+	struct json_object *env = json_object_new_object();
+	if (!env) {
+		r = -ENOMEM;
+		goto out;
+	}
+	json_object_object_add(env, "id", json_object_new_int(0));
+	json_object_object_add(env, "method", json_object_get(method));
+	json_object_object_add(env, "params", json_object_get(params));
+	struct proto_error err = {0};
+	bool id_known;
+	uint64_t id;
+	int pr = proto_request_from_json(env, PMU_MAX_CPUS, &out->req, &id_known, &id, &err);
+	json_object_put(env);
+	enum proto_method want = kind == STATE_VM ? PROTO_M_VM_ATTACH : PROTO_M_SESSION_START;
+	if (pr < 0) {
+		snprintf(why, whylen, "invalid saved request: %s", err.message);
+		if (perr)
+			*perr = err;
+		goto out;
+	}
+	if (out->req.method != want) {
+		snprintf(why, whylen, "holds a %s request, not %s", proto_method_name(out->req.method),
+			 proto_method_name(want));
+		goto out;
+	}
+	const char *rname = kind == STATE_VM ? out->req.u.vm_attach.name : out->req.u.session_start.name;
+	if (strcmp(rname, name)) {
+		snprintf(why, whylen, "names lease %s, not %s", rname, name);
+		goto out;
+	}
+	if (json_object_object_get_ex(o, "origin", &v) && json_object_is_type(v, json_type_string))
+		snprintf(out->origin, sizeof(out->origin), "%s", json_object_get_string(v));
+	if (json_object_object_get_ex(o, "owner_start", &v) && json_object_is_type(v, json_type_int))
+		out->owner_start = json_object_get_uint64(v);
+	out->follows = json_object_object_get_ex(o, "follows_connection", &v) &&
+		       json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+	r = 0;
+out:
+	json_object_put(o);
+	if (r < 0)
+		proto_request_fini(&out->req);
+	return r;
+}
+
+/*
+ * Whatever is acknowledged must reload: a text the restore would refuse
+ * (too large for the store, or a request its validation rejects, as a
+ * door's typed request may be) is refused now, before anything changes.
+ */
+static int check_reloads(enum state_kind kind, const char *name, const char *text, size_t len,
+			 struct proto_error *err)
+{
+	if (len > STATE_LEASE_MAX)
+		return proto_error_set(err, PROTO_E_TOO_LARGE, EFBIG, NULL,
+				       "the lease's saved form would take %zu bytes, more than the %u a lease may have",
+				       len, STATE_LEASE_MAX);
+	struct lease_rec rec;
+	char why[LEASE_WHY];
+	struct proto_error perr = {0};
+	int r = lease_parse(kind, name, text, len, &rec, why, sizeof(why), &perr);
+	if (r == -ENOMEM)
+		return oom(err);
+	if (r < 0 && perr.message[0]) {
+		/* The request as the protocol's validation refuses it. */
+		*err = perr;
+		return -(perr.err ? perr.err : EINVAL);
+	}
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, NULL, "%s", why);
+	proto_request_fini(&rec.req);
+	return 0;
+}
+
+/* ------------------------------------------------------------- persistence */
+
+static void resync_forget(struct broker *b, enum state_kind kind, const char *name)
+{
+	for (size_t i = 0; i < b->n_resync; i++)
+		if (b->resync[i].kind == kind && !strcmp(b->resync[i].name, name)) {
+			b->resync[i] = b->resync[--b->n_resync];
+			return;
+		}
+}
+
+static int put_text(struct broker *b, enum state_kind kind, const char *name, const char *text, size_t len)
+{
+	int r = state_put(b->state, kind, name, text, len);
+	if (r < 0)
+		log_err("state: saving %s %s in %s failed: %s %s=%s", kind == STATE_VM ? "vm" : "session", name,
+			state_dir(b->state), strerror(-r), kind == STATE_VM ? "vm" : "session", name);
+	else
+		resync_forget(b, kind, name);
+	return r;
+}
+
+static int save_vm(struct broker *b, const struct broker_vm *v)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = vm_lease_text(v, &text, &len);
+	return r < 0 ? r : put_text(b, STATE_VM, v->name, text, len);
+}
+
+static int save_session(struct broker *b, const struct broker_session *s)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = session_lease_text(s, &text, &len);
+	return r < 0 ? r : put_text(b, STATE_SESSION, s->spec.name, text, len);
+}
+
+/* A lease that was never saved has no file: that is no failure here. */
+static int forget_file(struct broker *b, enum state_kind kind, const char *name)
+{
+	int r = state_delete(b->state, kind, name);
+	if (r == -ENOENT)
+		r = 0;
+	if (r < 0)
+		log_err("state: removing %s %s from %s failed: %s %s=%s", kind == STATE_VM ? "vm" : "session", name,
+			state_dir(b->state), strerror(-r), kind == STATE_VM ? "vm" : "session", name);
+	else
+		resync_forget(b, kind, name);
+	return r;
+}
+
+static int on_resync(sd_event_source *src, uint64_t usec, void *userdata)
+{
+	struct broker *b = userdata;
+	(void)usec;
+	for (size_t i = b->n_resync; i-- > 0;) {
+		struct resync rs = b->resync[i];
+		int r;
+		if (rs.kind == STATE_VM) {
+			const struct broker_vm *v = find_vm(b, rs.name);
+			r = v ? save_vm(b, v) : forget_file(b, STATE_VM, rs.name);
+		} else {
+			const struct broker_session *s = find_session(b, rs.name);
+			r = s ? save_session(b, s) : forget_file(b, STATE_SESSION, rs.name);
+		}
+		(void)r; /* success takes it off the list */
+	}
+	/* A oneshot source: armed again only while files still lag. */
+	if (b->n_resync) {
+		sd_event_source_set_time_relative(src, 1000000);
+		sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+	}
+	return 0;
+}
+
+/*
+ * For changes nobody can refuse (a VMM or an owner died, libvirt says a
+ * domain stopped, a connection left): the change stands; the lease's file
+ * is brought in line every second until the store takes it.
+ */
+static void resync_later(struct broker *b, enum state_kind kind, const char *name)
+{
+	bool known = false;
+	for (size_t i = 0; i < b->n_resync; i++)
+		known = known || (b->resync[i].kind == kind && !strcmp(b->resync[i].name, name));
+	if (!known) {
+		struct resync *n = realloc(b->resync, (b->n_resync + 1) * sizeof(*n));
+		if (!n) {
+			log_err("state: out of memory: %s %s may come back at restart", kind == STATE_VM ? "vm" : "session",
+				name);
+			return;
+		}
+		b->resync = n;
+		b->resync[b->n_resync].kind = kind;
+		snprintf(b->resync[b->n_resync].name, sizeof(b->resync[0].name), "%s", name);
+		b->n_resync++;
+	}
+	if (!b->resync_timer &&
+	    sd_event_add_time_relative(b->event, &b->resync_timer, CLOCK_MONOTONIC, 1000000, 0, on_resync, b) < 0)
+		return;
+	sd_event_source_set_time_relative(b->resync_timer, 1000000);
+	sd_event_source_set_enabled(b->resync_timer, SD_EVENT_ONESHOT);
+}
+
+static int save_error(struct broker *b, int r, struct proto_error *err)
+{
+	return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "could not save the state to %s: %s",
+			       state_dir(b->state), strerror(-r));
+}
+
+/* ---------------------------------------------------------------- applying */
+
+/*
+ * Hands the arbiter's last transitions to the port. Route steps of VMs not
+ * yet bound to a VMM have nowhere to go: their routes are applied when the
+ * VMM binds (apply_routes), so they are left out here.
+ */
+static int apply_last(struct broker *b, char *why, size_t whylen)
+{
+	const struct transition *t;
+	size_t n = transitions_of(b, &t);
+	if (n == 0)
+		return 0;
+	_cleanup_free_ struct transition *keep = calloc(n, sizeof(*keep));
+	size_t k = 0;
+	if (!keep) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct broker_vm *v = t[i].kind == TRANSITION_ROUTES ? vm_by_id(b, t[i].vm_id) : NULL;
+		if (t[i].kind != TRANSITION_ROUTES || (v && v->bound))
+			keep[k++] = t[i];
+	}
+	struct kvm_apply_result res = {0};
+	int r = k ? kvm_port_apply(b->port, keep, k, &res) : 0;
+	if (r < 0)
+		snprintf(why, whylen, "kvm port applied %zu of %zu steps, then: %s", res.applied, k, res.why);
+	return r;
+}
+
+/* Keeps every session's events on the placements the plan now gives. */
+static void sync_sessions(struct broker *b)
+{
+	for (size_t i = 0; i < b->n_sessions; i++) {
+		struct broker_session *s = b->sessions[i];
+		if (!s->ps || s->n_hw == 0)
+			continue;
+		for (uint32_t e = 0; e < s->spec.n_events; e++) {
+			if (s->arb_index[e] < 0)
+				continue;
+			struct arb_event_grant g;
+			if (arb_session_event(b->arb, s->id, (unsigned)s->arb_index[e], &g) < 0)
+				continue;
+			enum perf_session_placement want = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
+			int r = perf_session_set_placement(s->ps, e, want);
+			if (r < 0)
+				log_warn("session %s: moving %s to %s failed: %s session=%s", s->spec.name,
+					 s->spec.events[e], perf_session_placement_name(want), strerror(-r), s->spec.name);
+		}
+	}
+}
+
+/* After an accepted arbiter change that is durable already: KVM, then
+ * sessions, then watchers. On failure the caller undoes the change. */
+static int apply_change(struct broker *b, const char *reason, struct proto_error *err)
+{
+	char why[BROKER_WHY];
+	int r = apply_last(b, why, sizeof(why));
+	if (r < 0) {
+		log_err("%s: %s", reason, why);
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "%s", why);
+	}
+	sync_sessions(b);
+	emit(b, reason);
+	log_info("%s: generation %" PRIu64 ", %zu transitions", reason, arb_generation(b->arb),
+		 transitions_of(b, &(const struct transition *){0}));
+	return 0;
+}
+
+/* Puts the port and the sessions back in line after the arbiter undid a
+ * change the port had seen part of. */
+static void follow_undo(struct broker *b, const char *what)
+{
+	char why[BROKER_WHY];
+	if (apply_last(b, why, sizeof(why)) < 0)
+		log_err("undo of %s left the kvm port behind: %s", what, why);
+	sync_sessions(b);
+}
+
+/* ---------------------------------------------------------------- leases */
+
+/* Arrival-order lists: append, and remove wherever the lease sits. */
+static int vm_list_add(struct broker *b, struct broker_vm *v)
+{
+	if (b->n_vms == b->cap_vms) {
+		size_t cap = b->cap_vms ? b->cap_vms * 2 : 16;
+		struct broker_vm **n = realloc(b->vms, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		b->vms = n;
+		b->cap_vms = cap;
+	}
+	b->vms[b->n_vms++] = v;
+	return 0;
+}
+
+static void vm_list_remove(struct broker *b, const struct broker_vm *v)
+{
+	for (size_t i = b->n_vms; i-- > 0;)
+		if (b->vms[i] == v) {
+			memmove(&b->vms[i], &b->vms[i + 1], (b->n_vms - i - 1) * sizeof(*b->vms));
+			b->n_vms--;
+			return;
+		}
+}
+
+static int session_list_add(struct broker *b, struct broker_session *s)
+{
+	if (b->n_sessions == b->cap_sessions) {
+		size_t cap = b->cap_sessions ? b->cap_sessions * 2 : 16;
+		struct broker_session **n = realloc(b->sessions, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		b->sessions = n;
+		b->cap_sessions = cap;
+	}
+	b->sessions[b->n_sessions++] = s;
+	return 0;
+}
+
+static void session_list_remove(struct broker *b, const struct broker_session *s)
+{
+	for (size_t i = b->n_sessions; i-- > 0;)
+		if (b->sessions[i] == s) {
+			memmove(&b->sessions[i], &b->sessions[i + 1], (b->n_sessions - i - 1) * sizeof(*b->sessions));
+			b->n_sessions--;
+			return;
+		}
+}
+
+/* ---------------------------------------------------------------- VMs */
+
+static void vm_free(struct broker_vm *v)
+{
+	if (!v)
+		return;
+	owner_watch_free(v->watch);
+	broker_conn_unref(v->conn);
+	cpus_release_all(v->b, v->vcpus, v->n_vcpus);
+	free(v);
+}
+
+static int vm_insert(struct broker *b, struct broker_vm *v)
+{
+	if (vm_list_add(b, v) < 0)
+		return -ENOMEM;
+	if (index_put(&b->vm_names, v->name, 0, v) < 0) {
+		b->n_vms--;
+		return -ENOMEM;
+	}
+	if (index_put(&b->vm_ids, NULL, v->id, v) < 0) {
+		index_del(&b->vm_names, v->name, 0);
+		b->n_vms--;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Takes the VM out of the broker's lists (not the arbiter's, not the port's). */
+static void vm_unlist(struct broker *b, struct broker_vm *v)
+{
+	index_del(&b->vm_names, v->name, 0);
+	index_del(&b->vm_ids, NULL, v->id);
+	vm_list_remove(b, v);
+}
+
+static void on_vmm_gone(struct owner_watch *w, void *userdata)
+{
+	struct broker_vm *v = userdata;
+	char reason[160];
+	(void)w;
+	snprintf(reason, sizeof(reason), "VMM pid %d exited", (int)v->vmm_pid);
+	broker_vm_release(v->b, v->name, reason);
+}
+
+/* The lease's CPUs are what the routes promise: the port checks pass-through
+ * against them (and a kernel would carry them in the routes ioctl). */
+static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
+{
+	for (uint32_t i = 0; i < v->n_vcpus; i++) {
+		uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
+		const struct cpulist *l = v->vcpus[i];
+		for (int c = cpulist_next(l, -1); c >= 0 && c < KVM_VPMU_MAX_CPUS; c = cpulist_next(l, c))
+			set[c / 64] |= 1ull << (c % 64);
+		kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
+	}
+}
+
+/*
+ * Ties the lease to its VMM: finds the VM, checks it can carry the lease,
+ * registers it with the kvm port and watches the process. Applies no route:
+ * at attach the arbiter's transitions do that, at vm.bind apply_routes.
+ * On failure nothing is left registered.
+ */
+static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
+			const char *field, struct proto_error *err)
+{
+	struct vmm_vm found;
+	char why[BROKER_WHY];
+	struct vmm_discover_opts dopts = { .vm_fd = has_vm_fd ? vm_fd : -1 };
+	int r = vmm_discover(pid, &dopts, &found, why, sizeof(why));
+	/* Gone, or no VM to be found: not_found. A VM fd named by the caller
+	 * that is not one: the parameter is wrong. */
+	if (r < 0)
+		return proto_error_set(err, r == -ESRCH || (r == -ENOENT && !has_vm_fd) ? PROTO_E_NOT_FOUND
+											 : PROTO_E_INVALID_PARAM,
+				       -r, field, "VMM pid %d: %s", (int)pid, why);
+	/* Routes are per vCPU: the VMM must hold every vCPU id the lease
+	 * declares (it may add vCPUs later: bind again then). */
+	uint32_t n = v->n_vcpus;
+	_cleanup_free_ pid_t *tids = calloc(n, sizeof(*tids));
+	_cleanup_free_ bool *have = calloc(n, sizeof(*have));
+	if (!tids || !have) {
+		vmm_discover_release(&found);
+		return oom(err);
+	}
+	for (unsigned i = 0; i < found.n_vcpus; i++)
+		if (found.vcpus[i].id < n) {
+			tids[found.vcpus[i].id] = found.vcpus[i].tid;
+			have[found.vcpus[i].id] = true;
+		}
+	for (uint32_t i = 0; i < n; i++)
+		if (!have[i]) {
+			unsigned nv = found.n_vcpus;
+			vmm_discover_release(&found);
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+					       "VMM pid %d has %u vCPU%s and no vCPU %u; vm %s declares %u", (int)pid, nv,
+					       nv == 1 ? "" : "s", i, v->name, n);
+		}
+	/* One KVM VM, one lease: two leases would program the same vCPUs.
+	 * Bound leases are few next to unbound ones; a scan is fine here. */
+	for (size_t i = 0; i < b->n_vms; i++) {
+		const struct broker_vm *o = b->vms[i];
+		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == found.vm_fd) {
+			vmm_discover_release(&found);
+			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, field,
+					       "VMM pid %d's VM (fd %d) is already bound to vm %s", (int)pid, o->vm_fd,
+					       o->name);
+		}
+	}
+	uint64_t start = 0;
+	r = owner_start_time(pid, &start);
+	/* The watch gets its own copy of the pidfd discovery opened, so no pid
+	 * reuse can slip in between. */
+	_cleanup_close_ int watch_fd = r < 0 ? -1 : fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
+	if (r < 0 || watch_fd < 0) {
+		vmm_discover_release(&found);
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
+	}
+	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found.pidfd,
+				  .vm_fd = found.vm_fd, .n_vcpus = n, .vcpu_tids = tids };
+	r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
+	int got_fd = found.vm_fd;
+	vmm_discover_release(&found);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "VMM pid %d: %s", (int)pid, why);
+	struct owner_watch *w = NULL;
+	r = owner_watch_new(b->event, pid, TAKE_FD(watch_fd), on_vmm_gone, v, &w);
+	if (r < 0) {
+		kvm_port_unregister_vm(b->port, v->id);
+		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, field, "VMM pid %d: %s", (int)pid, strerror(-r));
+	}
+	declare_vcpu_cpus(b, v);
+	v->bound = true;
+	v->vmm_pid = pid;
+	v->vm_fd = got_fd;
+	v->vmm_start = start;
+	v->watch = w;
+	return 0;
+}
+
+static void unbind_vm(struct broker *b, struct broker_vm *v)
+{
+	if (!v->bound)
+		return;
+	owner_watch_free(v->watch);
+	v->watch = NULL;
+	kvm_port_unregister_vm(b->port, v->id);
+	v->bound = false;
+}
+
+/* The routes of every vCPU, one phase, for a lease bound (2) or taken back
+ * (1) after its attach. */
+static int apply_vm_routes(struct broker *b, struct broker_vm *v, unsigned phase, char *why, size_t whylen)
+{
+	_cleanup_free_ struct transition *t = calloc(v->n_vcpus, sizeof(*t));
+	if (!t) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < v->n_vcpus; i++) {
+		t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = phase, .vm_id = v->id, .vcpu = i,
+					    .cpu = -1 };
+		if (phase == 2)
+			arb_vcpu_routes(b->arb, v->id, i, t[i].gp_route, t[i].fixed_route);
+	}
+	struct kvm_apply_result res = {0};
+	int r = kvm_port_apply(b->port, t, v->n_vcpus, &res);
+	if (r < 0)
+		snprintf(why, whylen, "%s", res.why);
+	return r;
+}
+
+/* vCPUs whose every asked PMC passes through; a VM that asked for no PMC
+ * has none. */
+static unsigned passthrough_vcpus(const struct broker *b, const struct broker_vm *v)
+{
+	if (!v->gp && !v->fixed_mask)
+		return 0;
+	unsigned n = 0;
+	for (uint32_t i = 0; i < v->n_vcpus; i++) {
+		uint8_t gp[PMU_MAX_GP], fx[PMU_MAX_FIXED];
+		bool all = arb_vcpu_routes(b->arb, v->id, i, gp, fx) == 0;
+		for (unsigned j = 0; all && j < v->gp; j++)
+			all = gp[j] == PMC_ROUTE_PASSTHROUGH;
+		for (unsigned j = 0; all && j < PMU_MAX_FIXED; j++)
+			all = !(v->fixed_mask & (1u << j)) || fx[j] == PMC_ROUTE_PASSTHROUGH;
+		n += all;
+	}
+	return n;
+}
+
+static int vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
+		     uint64_t id, uint64_t owner_start, struct broker_attach_result *res, struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_VM_ATTACH, err);
+	if (r < 0)
+		return r;
+	if (find_vm(b, a->name))
+		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.name", "vm %s is already attached",
+				       a->name);
+	struct broker_vm *v = calloc(1, sizeof(*v));
+	if (!v)
+		return oom(err);
+	v->b = b;
+	v->id = id;
+	v->uid = c->uid;
+	set_origin(v->origin, sizeof(v->origin), c);
+	snprintf(v->name, sizeof(v->name), "%s", a->name);
+	v->priority = a->has_priority ? a->priority : (uint32_t)b->cfg->default_priority;
+	v->cls = a->has_class ? a->cls : default_class(b);
+	v->gp = a->gp;
+	v->fixed_mask = a->fixed_mask;
+	v->vm_fd = -1;
+	v->n_vcpus = a->vcpus.count;
+	if (v->n_vcpus > PROTO_MAX_VCPUS || !a->vcpus.cpus) {
+		vm_free(v);
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus", "params.vcpus: 1..%d vCPUs",
+				       PROTO_MAX_VCPUS);
+	}
+	if (!(v->vcpus = cpus_intern_all(b, a->vcpus.cpus, v->n_vcpus))) {
+		v->n_vcpus = 0;
+		vm_free(v);
+		return oom(err);
+	}
+
+	struct vm_arb_spec spec;
+	struct vm_shape shape = shape_of(v);
+	r = build_vm_spec(b, v->id, &shape, &spec, err);
+	if (r < 0) {
+		vm_free(v);
+		return r;
+	}
+	/* A VMM given at attach must already be a live KVM VMM that can carry
+	 * the lease (and a reloaded lease's VMM the same process as before):
+	 * checked before the arbiter, so that a bad owner changes nothing. */
+	if (a->has_owner) {
+		if (owner_start && !owner_alive(a->owner.pid, owner_start)) {
+			vm_arb_spec_fini(&spec);
+			vm_free(v);
+			return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner", "VMM pid %d is gone",
+					       a->owner.pid);
+		}
+		r = register_vmm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
+		if (r < 0) {
+			vm_arb_spec_fini(&spec);
+			vm_free(v);
+			return r;
+		}
+	}
+	v->conn = follow_conn(c, v->bound);
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	if (!b->restoring) {
+		r = vm_lease_text(v, &text, &len);
+		r = r < 0 ? oom(err) : check_reloads(STATE_VM, v->name, text, len, err);
+		if (r < 0) {
+			vm_arb_spec_fini(&spec);
+			unbind_vm(b, v);
+			vm_free(v);
+			return r;
+		}
+	}
+	char why[BROKER_WHY];
+	r = arb_vm_add(b->arb, &spec.vm, why, sizeof(why));
+	vm_arb_spec_fini(&spec);
+	if (r < 0) {
+		unbind_vm(b, v);
+		vm_free(v);
+		if (r == -EBUSY)
+			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
+		return proto_error_set(err, r == -ENOMEM ? PROTO_E_INTERNAL : PROTO_E_INVALID_PARAM, -r, NULL, "%s",
+				       r == -ENOMEM ? "out of memory" : why);
+	}
+	if (vm_insert(b, v) < 0) {
+		arb_vm_remove(b->arb, v->id);
+		unbind_vm(b, v);
+		vm_free(v);
+		return oom(err);
+	}
+	/* Durable first; a refused attach leaves nothing on disk. */
+	if (!b->restoring && (r = put_text(b, STATE_VM, v->name, text, len)) < 0) {
+		arb_vm_remove(b->arb, v->id);
+		vm_unlist(b, v);
+		unbind_vm(b, v);
+		vm_free(v);
+		return save_error(b, r, err);
+	}
+	char reason[128];
+	snprintf(reason, sizeof(reason), "vm.attach %s", a->name);
+	r = apply_change(b, reason, err);
+	if (r < 0) {
+		/* The port may hold part of it: follow the undo back, then take
+		 * the lease off the disk again. */
+		arb_vm_remove(b->arb, v->id);
+		follow_undo(b, reason);
+		vm_unlist(b, v);
+		unbind_vm(b, v);
+		if (!b->restoring && forget_file(b, STATE_VM, v->name) < 0) {
+			log_err("vm %s: the refused attach may come back at restart: the state could not be saved vm=%s",
+				v->name, v->name);
+			resync_later(b, STATE_VM, v->name);
+		}
+		vm_free(v);
+		return r;
+	}
+	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
+		   v->name, v->priority, proto_class_name(v->cls), v->n_vcpus, v->gp, v->fixed_mask,
+		   v->bound ? ", bound to its VMM" : ", not bound to a VMM yet", v->name, (unsigned)v->uid,
+		   broker_door_name(c->door));
+	if (res) {
+		unsigned n_pass = passthrough_vcpus(b, v);
+		unsigned n_asked = v->gp || v->fixed_mask ? v->n_vcpus : 0;
+		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb),
+						      .passthrough_vcpus = n_pass,
+						      .multiplexed_vcpus = n_asked - n_pass,
+						      .bound = v->bound };
+	}
+	return 0;
+}
+
+int broker_vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
+		     struct broker_attach_result *res, struct proto_error *err)
+{
+	int r = vm_attach(b, c, a, b->next_id, 0, res, err);
+	if (r == 0)
+		b->next_id++;
+	return r;
+}
+
+/*
+ * Takes a VM lease away. A request (vm.detach) is saved before it is
+ * carried out, and refused whole when it cannot be; a release nobody can
+ * refuse (its VMM died, libvirt stopped the domain, its connection left)
+ * is carried out and its save retried until it succeeds.
+ */
+static int vm_release(struct broker *b, struct broker_vm *v, const char *reason, bool refuse_unsaved)
+{
+	uint64_t id = v->id;
+	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
+	snprintf(name, sizeof(name), "%s", v->name);
+	int saved = forget_file(b, STATE_VM, name);
+	if (saved < 0 && refuse_unsaved)
+		return saved;
+	/*
+	 * Two phases, as for any change: the VM's routes go to disabled while
+	 * its VMM is still registered, then partitions shrink, then the VM
+	 * leaves the port. A VMM that is already dead has no routes to change
+	 * (the kernel drops them with the VM), so it leaves the port first.
+	 */
+	if (v->bound && (!v->watch || vmm_discover_pidfd_alive(owner_watch_pidfd(v->watch)) <= 0))
+		unbind_vm(b, v);
+	arb_vm_remove(b->arb, id);
+	if (apply_last(b, why, sizeof(why)) < 0)
+		log_err("releasing vm %s: %s", name, why);
+	unbind_vm(b, v);
+	vm_unlist(b, v);
+	vm_free(v);
+	if (saved < 0)
+		resync_later(b, STATE_VM, name);
+	sync_sessions(b);
+	snprintf(ev, sizeof(ev), "vm released %s", name);
+	emit_event(b, ev, true, id, name);
+	log_notice("vm %s released: %s vm=%s", name, reason, name);
+	return 0;
+}
+
+int broker_vm_release(struct broker *b, const char *name, const char *reason)
+{
+	struct broker_vm *v = find_vm(b, name);
+	if (!v)
+		return -ENOENT;
+	return vm_release(b, v, reason, false);
+}
+
+int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char *name, uint64_t *generation,
+		     struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_VM_DETACH, err);
+	if (r < 0)
+		return r;
+	struct broker_vm *v = find_vm(b, name);
+	if (!v)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s", name);
+	char reason[160];
+	snprintf(reason, sizeof(reason), "detached by uid %u via %s", (unsigned)c->uid, broker_door_name(c->door));
+	r = vm_release(b, v, reason, true);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
+				       "could not save the state to %s: %s; vm %s stays attached", state_dir(b->state),
+				       strerror(-r), name);
+	if (generation)
+		*generation = arb_generation(b->arb);
+	return 0;
+}
+
+int broker_vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
+		     uint64_t *generation, struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_VM_UPDATE, err);
+	if (r < 0)
+		return r;
+	struct broker_vm *v = find_vm(b, u->name);
+	if (!v)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s", u->name);
+	struct broker_vm next = *v;
+	if (u->has_priority)
+		next.priority = u->priority;
+	if (u->has_class)
+		next.cls = u->cls;
+	if (u->has_gp)
+		next.gp = u->gp;
+	if (u->has_fixed_mask)
+		next.fixed_mask = u->fixed_mask;
+	if (u->has_vcpus) {
+		if (v->bound && u->vcpus.count != v->n_vcpus)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
+					       "params.vcpus: vm %s is bound to its VMM with %u vCPUs; the count cannot change",
+					       u->name, v->n_vcpus);
+		if (!u->vcpus.cpus || u->vcpus.count == 0 || u->vcpus.count > PROTO_MAX_VCPUS)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
+					       "params.vcpus: 1..%d vCPUs", PROTO_MAX_VCPUS);
+		next.n_vcpus = u->vcpus.count;
+	}
+	/* The request's lists, borrowed for the checks; interned once they pass. */
+	_cleanup_free_ const struct cpulist **asked = NULL;
+	if (u->has_vcpus) {
+		if (!(asked = calloc(next.n_vcpus, sizeof(*asked))))
+			return oom(err);
+		for (uint32_t i = 0; i < next.n_vcpus; i++)
+			asked[i] = &u->vcpus.cpus[i];
+		next.vcpus = asked;
+	}
+	struct vm_arb_spec spec;
+	struct vm_shape shape = shape_of(&next);
+	r = build_vm_spec(b, v->id, &shape, &spec, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	r = vm_lease_text(&next, &text, &len);
+	r = r < 0 ? oom(err) : check_reloads(STATE_VM, v->name, text, len, err);
+	if (r < 0) {
+		vm_arb_spec_fini(&spec);
+		return r;
+	}
+	const struct cpulist **interned = NULL;
+	if (u->has_vcpus && !(interned = cpus_intern_all(b, u->vcpus.cpus, next.n_vcpus))) {
+		vm_arb_spec_fini(&spec);
+		return oom(err);
+	}
+	char why[BROKER_WHY];
+	r = arb_vm_update(b->arb, &spec.vm, why, sizeof(why));
+	vm_arb_spec_fini(&spec);
+	if (r < 0) {
+		cpus_release_all(b, interned, next.n_vcpus);
+		if (r == -EBUSY)
+			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
+		return proto_error_set(err, r == -ENOMEM ? PROTO_E_INTERNAL : PROTO_E_INVALID_PARAM, -r, NULL, "%s",
+				       r == -ENOMEM ? "out of memory" : why);
+	}
+	struct broker_vm old = *v;
+	struct vm_shape old_shape = shape_of(&old);
+	/* Durable first: a failed save puts the arbiter back and changes nothing. */
+	r = put_text(b, STATE_VM, v->name, text, len);
+	if (r < 0) {
+		if (build_vm_spec(b, v->id, &old_shape, &spec, &(struct proto_error){0}) == 0) {
+			arb_vm_update(b->arb, &spec.vm, NULL, 0);
+			vm_arb_spec_fini(&spec);
+		}
+		cpus_release_all(b, interned, next.n_vcpus);
+		return save_error(b, r, err);
+	}
+	v->priority = next.priority;
+	v->cls = next.cls;
+	v->gp = next.gp;
+	v->fixed_mask = next.fixed_mask;
+	if (u->has_vcpus) {
+		v->n_vcpus = next.n_vcpus;
+		v->vcpus = interned;
+	}
+	/* The port checks each route against the CPUs declared for its vCPU:
+	 * a re-pinned vCPU's new routes must meet its new CPUs, not the old. */
+	if (u->has_vcpus && v->bound)
+		declare_vcpu_cpus(b, v);
+	char reason[128];
+	snprintf(reason, sizeof(reason), "vm.update %s", u->name);
+	r = apply_change(b, reason, err);
+	if (r < 0) {
+		if (u->has_vcpus)
+			cpus_release_all(b, v->vcpus, v->n_vcpus);
+		v->priority = old.priority;
+		v->cls = old.cls;
+		v->gp = old.gp;
+		v->fixed_mask = old.fixed_mask;
+		v->n_vcpus = old.n_vcpus;
+		v->vcpus = old.vcpus;
+		if (u->has_vcpus && v->bound)
+			declare_vcpu_cpus(b, v);
+		if (build_vm_spec(b, v->id, &old_shape, &spec, &(struct proto_error){0}) == 0) {
+			arb_vm_update(b->arb, &spec.vm, NULL, 0);
+			vm_arb_spec_fini(&spec);
+			follow_undo(b, reason);
+		}
+		if (save_vm(b, v) < 0) {
+			log_err("vm %s: the refused update may come back at restart: the state could not be saved vm=%s",
+				u->name, u->name);
+			resync_later(b, STATE_VM, v->name);
+		}
+		return r;
+	}
+	if (u->has_vcpus)
+		cpus_release_all(b, old.vcpus, old.n_vcpus);
+	log_notice("vm %s updated: priority %u, class %s, gp %u, fixed 0x%x vm=%s", u->name, v->priority,
+		   proto_class_name(v->cls), v->gp, v->fixed_mask, u->name);
+	if (generation)
+		*generation = arb_generation(b->arb);
+	return 0;
+}
+
+int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
+		   uint64_t *generation, struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_VM_BIND, err);
+	if (r < 0)
+		return r;
+	struct broker_vm *v = find_vm(b, q->name);
+	if (!v)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s", q->name);
+	if (v->bound) {
+		if (v->vmm_pid != q->pid)
+			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
+					       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
+		/* The hook may run twice (reconnect): same answer. */
+		if (generation)
+			*generation = arb_generation(b->arb);
+		return 0;
+	}
+	r = register_vmm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
+	if (r < 0)
+		return r;
+	/* Durable first: the lease now names its VMM, and follows it rather
+	 * than the connection it was made on. */
+	if ((r = save_vm(b, v)) < 0) {
+		unbind_vm(b, v);
+		return save_error(b, r, err);
+	}
+	char why[BROKER_WHY];
+	r = apply_vm_routes(b, v, 2, why, sizeof(why));
+	if (r < 0) {
+		/* Take back what reached the port before the VM leaves it, then
+		 * save the lease unbound again. */
+		char ignored[BROKER_WHY];
+		apply_vm_routes(b, v, 1, ignored, sizeof(ignored));
+		unbind_vm(b, v);
+		if (save_vm(b, v) < 0)
+			resync_later(b, STATE_VM, v->name);
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "applying the routes of vm %s: %s", v->name,
+				       why);
+	}
+	v->conn = broker_conn_unref(v->conn);
+	log_notice("vm %s bound to VMM pid %d (VM fd %d) vm=%s", q->name, (int)q->pid, v->vm_fd, q->name);
+	/* Doors that mirror leases (D-Bus Owner) learn of it. */
+	char ev[160];
+	snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
+	emit_event(b, ev, false, 0, NULL);
+	if (generation)
+		*generation = arb_generation(b->arb);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- sessions */
+
+static void session_free(struct broker_session *s)
+{
+	if (!s)
+		return;
+	owner_watch_free(s->watch);
+	broker_conn_unref(s->conn);
+	if (s->ps)
+		perf_session_destroy(s->ps);
+	for (uint32_t i = 0; s->spec.events && i < s->spec.n_events; i++)
+		free(s->spec.events[i]);
+	free(s->spec.events);
+	free(s->events);
+	free(s->arb_index);
+	free(s);
+}
+
+static int session_insert(struct broker *b, struct broker_session *s)
+{
+	if (session_list_add(b, s) < 0)
+		return -ENOMEM;
+	if (index_put(&b->session_names, s->spec.name, 0, s) < 0) {
+		b->n_sessions--;
+		return -ENOMEM;
+	}
+	if (index_put(&b->session_ids, NULL, s->id, s) < 0) {
+		index_del(&b->session_names, s->spec.name, 0);
+		b->n_sessions--;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void session_unlist(struct broker *b, struct broker_session *s)
+{
+	index_del(&b->session_names, s->spec.name, 0);
+	index_del(&b->session_ids, NULL, s->id);
+	session_list_remove(b, s);
+}
+
+/* As vm_release: a request is refused whole when it cannot be saved. */
+static int session_stop_internal(struct broker *b, struct broker_session *s, const char *reason,
+				 bool refuse_unsaved)
+{
+	char why[BROKER_WHY], ev[160], name[PROTO_NAME_MAX + 1];
+	uint64_t id = s->id;
+	bool in_arb = s->n_hw > 0;
+	snprintf(name, sizeof(name), "%s", s->spec.name);
+	int saved = forget_file(b, STATE_SESSION, name);
+	if (saved < 0 && refuse_unsaved)
+		return saved;
+	session_unlist(b, s);
+	session_free(s);
+	if (in_arb && arb_session_remove(b->arb, id) == 0 && apply_last(b, why, sizeof(why)) < 0)
+		log_err("stopping session %s: %s", name, why);
+	if (saved < 0)
+		resync_later(b, STATE_SESSION, name);
+	sync_sessions(b);
+	snprintf(ev, sizeof(ev), "session stopped %s", name);
+	emit(b, ev);
+	log_notice("session %s stopped: %s session=%s", name, reason, name);
+	return 0;
+}
+
+static void on_session_owner_gone(struct owner_watch *w, void *userdata)
+{
+	struct broker_session *s = userdata;
+	char reason[96];
+	(void)w;
+	snprintf(reason, sizeof(reason), "owner pid %d exited", (int)s->owner_pid);
+	session_stop_internal(s->b, s, reason, false);
+}
+
+static int session_start(struct broker *b, const struct broker_caller *c, const struct proto_session_start *q,
+			 uint64_t id, uint64_t owner_start, struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_SESSION_START, err);
+	if (r < 0)
+		return r;
+	if (find_session(b, q->name))
+		return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.name", "session %s already exists",
+				       q->name);
+	if (q->n_events == 0 || q->n_events > PROTO_MAX_EVENTS || !q->events)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.events",
+				       "params.events: 1..%d events", PROTO_MAX_EVENTS);
+	_cleanup_(session_freep) struct broker_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return oom(err);
+	s->b = b;
+	s->id = id;
+	s->uid = c->uid;
+	set_origin(s->origin, sizeof(s->origin), c);
+	s->spec = *q;
+	s->spec.n_events = 0;
+	s->spec.events = calloc(q->n_events, sizeof(char *));
+	s->events = calloc(q->n_events, sizeof(*s->events));
+	s->arb_index = calloc(q->n_events, sizeof(int));
+	s->owner_pid = q->owner_pid ? q->owner_pid : c->pid;
+	s->started_usec = now_usec(CLOCK_REALTIME);
+	if (!s->spec.events || !s->events || !s->arb_index)
+		return oom(err);
+	for (uint32_t i = 0; i < q->n_events; i++) {
+		if (!(s->spec.events[i] = strdup(q->events[i] ? q->events[i] : "")))
+			return oom(err);
+		s->spec.n_events++;
+	}
+	s->conn = follow_conn(c, q->owner_pid != 0);
+
+	/* Events: parse, and give the hardware ones their counter constraints. */
+	_cleanup_free_ struct arb_event_spec *aev = calloc(q->n_events, sizeof(*aev));
+	_cleanup_free_ uint64_t *set = calloc(ARB_CPUSET_WORDS(b->pmu.n_cpus), sizeof(uint64_t));
+	if (!aev || !set)
+		return oom(err);
+	struct perf_event_opts popts = { .sysfs_root = b->sysfs_root };
+	for (uint32_t i = 0; i < q->n_events; i++) {
+		char msg[256], field[48];
+		snprintf(field, sizeof(field), "params.events[%u]", i);
+		r = perf_event_parse(s->spec.events[i], &popts, &s->events[i], msg, sizeof(msg));
+		if (r < 0)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "%s: %s", field, msg);
+		s->arb_index[i] = -1;
+		if (!s->events[i].hardware)
+			continue;
+		uint32_t gp = (uint32_t)pmu_gp_bits(b->pmu.num_gp), fx = 0;
+		if (s->events[i].has_evtsel)
+			pmu_event_counters(&b->pmu, s->events[i].evtsel_config, &gp, &fx);
+		aev[s->n_hw] = (struct arb_event_spec){ .name = s->spec.events[i], .gp_mask = gp, .fixed_mask = fx };
+		s->arb_index[i] = (int)s->n_hw++;
+	}
+	if (s->spec.has_cpus) {
+		r = to_cpuset(b, &s->spec.cpus, set, "params.cpus", err);
+		if (r < 0)
+			return r;
+	} else {
+		/* A task may run on any CPU: its events need room everywhere. */
+		for (unsigned i = 0; i < b->pmu.n_cpus; i++)
+			arb_cpuset_add(set, i);
+	}
+	/* The owner's start time goes with the lease, against pid reuse
+	 * across a restart (and a restored lease's owner must be the same
+	 * process as before). */
+	uint64_t st = 0;
+	if (s->owner_pid <= 0 || owner_start_time(s->owner_pid, &st) < 0)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner_pid", "session owner pid %d: %s",
+				       (int)s->owner_pid, strerror(s->owner_pid <= 0 ? EINVAL : ESRCH));
+	if (owner_start && st != owner_start)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner_pid",
+				       "session owner pid %d is a different process now", (int)s->owner_pid);
+	s->owner_start = st;
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	if (!b->restoring) {
+		r = session_lease_text(s, &text, &len);
+		r = r < 0 ? oom(err) : check_reloads(STATE_SESSION, s->spec.name, text, len, err);
+		if (r < 0)
+			return r;
+	}
+	char why[BROKER_WHY];
+	if (s->n_hw) {
+		struct arb_session_spec as = { .id = s->id, .name = s->spec.name, .priority = (int)q->priority,
+					       .cls = arb_class_of(q->cls), .cpus = set, .n_events = s->n_hw,
+					       .events = aev };
+		r = arb_session_add(b->arb, &as, why, sizeof(why));
+		if (r < 0) {
+			s->n_hw = 0; /* not in the arbiter */
+			return proto_error_set(err, r == -EBUSY ? PROTO_E_REFUSED : PROTO_E_INVALID_PARAM, -r, NULL,
+					       "%s", why);
+		}
+	}
+	/* From here on, a failure takes the session out of the arbiter: the
+	 * port never saw it, so nothing is scrubbed for a refused request. */
+
+	/* Counting: each event opened on the placement the plan gives it. */
+	char cpus_text[CPULIST_MAX_CPUS * 5 + 1];
+	cpus_text[0] = '\0';
+	if (s->spec.has_cpus)
+		cpulist_format(&s->spec.cpus, cpus_text, sizeof(cpus_text));
+	struct perf_session_opts so = { .cpus = s->spec.has_cpus ? &s->spec.cpus : NULL,
+					.pid = s->spec.has_cpus ? 0 : s->spec.pid,
+					.model_pmu = b->pmu.source == PMU_SOURCE_BUILTIN ||
+						     b->pmu.source == PMU_SOURCE_FILE,
+					.sysfs_root = b->sysfs_root };
+	char msg[512];
+	r = perf_session_create(&so, &s->ps, msg, sizeof(msg));
+	if (r < 0) {
+		r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, NULL, "%s", msg);
+		goto out_arb;
+	}
+	for (uint32_t i = 0; i < q->n_events; i++) {
+		enum perf_session_placement p = PERF_SESSION_DEDICATED;
+		unsigned group = 0;
+		if (s->arb_index[i] >= 0) {
+			struct arb_event_grant g;
+			arb_session_event(b->arb, s->id, (unsigned)s->arb_index[i], &g);
+			p = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
+			/* Dedicated hardware events always fit together: one group,
+			 * one read. Multiplexed ones rotate on their own. */
+			group = g.dedicated ? 1 : 0;
+		}
+		r = perf_session_add_event(s->ps, &s->events[i], p, group);
+		if (r < 0) {
+			r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.events", "params.events[%u] %s: %s", i,
+					    s->spec.events[i], perf_session_error(s->ps));
+			goto out_arb;
+		}
+	}
+	r = perf_session_open(s->ps);
+	if (r < 0) {
+		r = proto_error_set(err, PROTO_E_INVALID_PARAM, -r, "params.events", "%s", perf_session_error(s->ps));
+		goto out_arb;
+	}
+	r = owner_watch_new(b->event, s->owner_pid, -1, on_session_owner_gone, s, &s->watch);
+	if (r < 0) {
+		r = proto_error_set(err, PROTO_E_NOT_FOUND, -r, "params.owner_pid", "session owner pid %d: %s",
+				    (int)s->owner_pid, strerror(-r));
+		goto out_arb;
+	}
+	if (session_insert(b, s) < 0) {
+		r = oom(err);
+		goto out_arb;
+	}
+	if (!b->restoring && (r = put_text(b, STATE_SESSION, s->spec.name, text, len)) < 0) {
+		session_unlist(b, s);
+		r = save_error(b, r, err);
+		goto out_arb;
+	}
+	char reason[128];
+	snprintf(reason, sizeof(reason), "session.start %s", q->name);
+	if (s->n_hw && (r = apply_change(b, reason, err)) < 0) {
+		/* Saved, then the port failed: follow the undo back and take the
+		 * lease off the disk again. */
+		session_unlist(b, s);
+		arb_session_remove(b->arb, s->id);
+		s->n_hw = 0;
+		follow_undo(b, reason);
+		if (!b->restoring && forget_file(b, STATE_SESSION, s->spec.name) < 0)
+			resync_later(b, STATE_SESSION, s->spec.name);
+		return r;
+	}
+	log_notice("session %s started: %u events (%u on hardware counters), %s%s, owner pid %d session=%s uid=%u",
+		   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ", s->spec.has_cpus ? cpus_text : "",
+		   (int)s->owner_pid, q->name, (unsigned)s->uid);
+	TAKE_PTR(s);
+	return 0;
+
+out_arb:
+	if (s->n_hw)
+		arb_session_remove(b->arb, s->id);
+	s->n_hw = 0;
+	return r;
+}
+
+int broker_session_start(struct broker *b, const struct broker_caller *c, const struct proto_session_start *q,
+			 uint64_t *generation, struct proto_error *err)
+{
+	int r = session_start(b, c, q, b->next_id, 0, err);
+	if (r < 0)
+		return r;
+	b->next_id++;
+	if (generation)
+		*generation = arb_generation(b->arb);
+	return 0;
+}
+
+/* Another user's session is not confirmed to a caller who may not touch it. */
+static int session_for(struct broker *b, const struct broker_caller *c, const char *name, enum proto_method m,
+		       struct broker_session **out, struct proto_error *err)
+{
+	int r = check_caller(b, c, m, err);
+	if (r < 0)
+		return r;
+	struct broker_session *s = find_session(b, name);
+	if (!s || broker_authorize(b, c, m, s->uid, NULL) < 0)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no session named %s%s", name,
+				       !s ? "" : m == PROTO_M_SESSION_STOP ? " that this caller may stop"
+								       : " that this caller may read");
+	*out = s;
+	return 0;
+}
+
+int broker_session_stop(struct broker *b, const struct broker_caller *c, const char *name, uint64_t *generation,
+			struct proto_error *err)
+{
+	struct broker_session *s;
+	int r = session_for(b, c, name, PROTO_M_SESSION_STOP, &s, err);
+	if (r < 0)
+		return r;
+	char reason[96];
+	snprintf(reason, sizeof(reason), "stopped by uid %u", (unsigned)c->uid);
+	r = session_stop_internal(b, s, reason, true);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL,
+				       "could not save the state to %s: %s; session %s keeps running",
+				       state_dir(b->state), strerror(-r), name);
+	if (generation)
+		*generation = arb_generation(b->arb);
+	return 0;
+}
+
+#define BROKER_MODEL_NOTE \
+	"the PMU is a model (simulated): hardware events are placed by the plan but nothing is counted for them"
+
+int broker_session_read(struct broker *b, const struct broker_caller *c, const char *name,
+			struct broker_reading **out, struct proto_error *err)
+{
+	struct broker_session *s;
+	int r = session_for(b, c, name, PROTO_M_SESSION_READ, &s, err);
+	if (r < 0)
+		return r;
+	uint32_t n = s->spec.n_events;
+	_cleanup_free_ struct perf_session_reading *rd = calloc(n, sizeof(*rd));
+	if (!rd)
+		return oom(err);
+	r = perf_session_read(s->ps, rd, n);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "reading session %s: %s", name,
+				       perf_session_error(s->ps));
+	/* One block: the reading, its events, then the event names, so that
+	 * it outlives the session it was read from. */
+	size_t pool = 0;
+	for (uint32_t i = 0; i < n; i++)
+		pool += strlen(s->spec.events[i]) + 1;
+	struct broker_reading *rdg = calloc(1, sizeof(*rdg) + n * sizeof(struct broker_event_reading) + pool);
+	if (!rdg)
+		return oom(err);
+	rdg->events = (struct broker_event_reading *)(rdg + 1);
+	char *names = (char *)(rdg->events + n);
+	snprintf(rdg->name, sizeof(rdg->name), "%s", name);
+	rdg->since_usec = s->started_usec;
+	rdg->read_usec = now_usec(CLOCK_REALTIME);
+	rdg->note = b->pmu.source != PMU_SOURCE_HOST ? BROKER_MODEL_NOTE : NULL;
+	rdg->n_events = n;
+	for (uint32_t i = 0; i < n; i++) {
+		struct broker_event_reading *e = &rdg->events[i];
+		size_t l = strlen(s->spec.events[i]) + 1;
+		memcpy(names, s->spec.events[i], l);
+		e->event = names;
+		names += l;
+		e->placement = s->arb_index[i] < 0 ? BROKER_PLACEMENT_SOFTWARE
+			       : rd[i].placement == PERF_SESSION_DEDICATED ? BROKER_PLACEMENT_DEDICATED
+									   : BROKER_PLACEMENT_MULTIPLEXED;
+		e->counted = rd[i].status == PERF_SESSION_COUNTED;
+		/* perf_session's reasons are static strings */
+		e->reason = e->counted ? NULL : rd[i].reason ? rd[i].reason : "not counted";
+		e->value = rd[i].value;
+		e->time_enabled = rd[i].time_enabled;
+		e->time_running = rd[i].time_running;
+		e->scaled = rd[i].scaled;
+		e->multiplexed = rd[i].multiplexed;
+		e->never_ran = rd[i].never_ran;
+	}
+	*out = rdg;
+	return 0;
+}
+
+void broker_reading_free(struct broker_reading *r)
+{
+	free(r);
+}
+
+/* ------------------------------------------------------------- connections */
+
+void broker_conn_close(struct broker_conn *conn, const char *reason)
+{
+	if (!conn || conn->closed)
+		return;
+	conn->closed = true;
+	struct broker *b = conn->b;
+	if (!conn->leases_follow)
+		return;
+	const char *why = reason && reason[0] ? reason : "its connection closed";
+	/* Releasing changes the lists: collect first. */
+	size_t n = 0;
+	for (size_t i = 0; i < b->n_vms; i++)
+		n += b->vms[i]->conn == conn;
+	for (size_t i = 0; i < b->n_sessions; i++)
+		n += b->sessions[i]->conn == conn;
+	if (n == 0)
+		return;
+	_cleanup_free_ uint64_t *ids = calloc(n, sizeof(*ids));
+	_cleanup_free_ bool *is_vm = calloc(n, sizeof(*is_vm));
+	if (!ids || !is_vm) {
+		log_err("out of memory: the leases of a closed connection stay until detached (%s)", why);
+		return;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < b->n_sessions; i++)
+		if (b->sessions[i]->conn == conn)
+			ids[k++] = b->sessions[i]->id;
+	for (size_t i = 0; i < b->n_vms; i++)
+		if (b->vms[i]->conn == conn) {
+			is_vm[k] = true;
+			ids[k++] = b->vms[i]->id;
+		}
+	for (size_t i = 0; i < k; i++) {
+		if (is_vm[i]) {
+			struct broker_vm *v = vm_by_id(b, ids[i]);
+			if (v && v->conn == conn && !v->bound)
+				vm_release(b, v, why, false);
+		} else {
+			struct broker_session *s = session_by_id(b, ids[i]);
+			if (s && s->conn == conn)
+				session_stop_internal(b, s, why, false);
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ views */
+
+void broker_status(const struct broker *b, struct broker_status *out)
+{
+	*out = (struct broker_status){
+		.server = "vpmud/" VPMU_VERSION,
+		.protocol = PROTO_VERSION,
+		.pmu_model = b->pmu.model,
+		.pmu_source = pmu_source_name(b->pmu.source),
+		.pmu_simulated = b->pmu.source != PMU_SOURCE_HOST,
+		.pmu_why = b->pmu_note[0] ? b->pmu_note : NULL,
+		.kvm_backend = kvm_port_backend_name(kvm_port_backend(b->port)),
+		.kvm_enforced = routes_enforced(b),
+		.kvm_why = b->kvm_note[0] ? b->kvm_note : kvm_port_why(b->port),
+		.kvm_host = b->kvm_host_summary[0] ? b->kvm_host_summary : NULL,
+		.generation = arb_generation(b->arb),
+		.cpus = b->pmu.n_cpus,
+		.vms = b->n_vms,
+		.sessions = b->n_sessions,
+		.watchers = b->n_subs,
+		.uptime_s = (now_usec(CLOCK_MONOTONIC) - b->started_usec) / 1000000,
+	};
+}
+
+void broker_pmu(const struct broker *b, struct broker_pmu_view *out)
+{
+	const struct pmu_desc *p = &b->pmu;
+	*out = (struct broker_pmu_view){
+		.source = pmu_source_name(p->source),
+		.simulated = p->source != PMU_SOURCE_HOST,
+		.model = p->model,
+		.vendor = pmu_vendor_name(p->vendor),
+		.version = p->version,
+		.gp = p->num_gp,
+		.gp_width = p->gp_width,
+		.fixed_mask = p->fixed_mask,
+		.fixed = pmu_num_fixed(p),
+		.fixed_width = p->fixed_width,
+		.perf_metrics = p->perf_metrics,
+		.pebs_format = p->pebs_format,
+		.global_ctrl_mask = pmu_global_ctrl_mask(p),
+		.cpus = p->n_cpus,
+		.boot_block = b->pmu_boot_block,
+		.nmi_watchdog = p->nmi_watchdog,
+	};
+}
+
+static void vm_view(const struct broker *b, const struct broker_vm *v, struct broker_vm_view *out)
+{
+	*out = (struct broker_vm_view){
+		.id = v->id,
+		.name = v->name,
+		.priority = v->priority,
+		.cls = v->cls,
+		.gp = v->gp,
+		.fixed_mask = v->fixed_mask,
+		.origin = v->origin,
+		.uid = v->uid,
+		.follows_connection = v->conn && !v->bound,
+		.bound = v->bound,
+		.vmm_pid = v->bound ? v->vmm_pid : 0,
+		.vm_fd = v->bound ? v->vm_fd : -1,
+		.n_vcpus = v->n_vcpus,
+		.passthrough_vcpus = passthrough_vcpus(b, v),
+	};
+}
+
+size_t broker_vm_count(const struct broker *b)
+{
+	return b->n_vms;
+}
+
+void broker_vm_at(const struct broker *b, size_t i, struct broker_vm_view *out)
+{
+	vm_view(b, b->vms[i], out);
+}
+
+int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_view *out)
+{
+	const struct broker_vm *v = find_vm(b, name);
+	if (!v)
+		return -ENOENT;
+	if (out)
+		vm_view(b, v, out);
+	return 0;
+}
+
+int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct broker_vcpu_view *out)
+{
+	const struct broker_vm *v = vm_by_id(b, vm_id);
+	if (!v || vcpu >= v->n_vcpus)
+		return -ENOENT;
+	*out = (struct broker_vcpu_view){ .vcpu = vcpu, .cpus = v->vcpus[vcpu], .n_gp = b->pmu.num_gp,
+					  .pmu_fixed_mask = b->pmu.fixed_mask };
+	return arb_vcpu_routes(b->arb, vm_id, vcpu, out->gp, out->fixed);
+}
+
+static void guest_view(const struct broker *b, uint32_t gp, uint32_t fixed_mask, struct broker_guest_view *out)
+{
+	struct pmu_guest_shape shape;
+	struct pmu_cpuid_regs regs;
+	*out = (struct broker_guest_view){0};
+	pmu_guest_default_shape(&b->pmu, &shape);
+	shape.num_gp = gp;
+	shape.fixed_mask = fixed_mask;
+	if (pmu_guest_cpuid(&b->pmu, &shape, &regs, out->error, sizeof(out->error)) < 0)
+		return;
+	out->ok = true;
+	out->version = shape.version;
+	out->eax = regs.eax;
+	out->ebx = regs.ebx;
+	out->ecx = regs.ecx;
+	out->edx = regs.edx;
+	_cleanup_free_ struct pmu_desc *gd = malloc(sizeof(*gd));
+	if (gd && pmu_guest_desc(&b->pmu, &regs, gd) == 0)
+		pmu_format_boot_block(gd, out->boot_block, sizeof(out->boot_block));
+}
+
+int broker_vm_guest(const struct broker *b, uint64_t vm_id, struct broker_guest_view *out)
+{
+	const struct broker_vm *v = vm_by_id(b, vm_id);
+	if (!v)
+		return -ENOENT;
+	/* The guest's PMU depends on its shape alone: VMs of one shape share
+	 * the computation (it builds a whole PMU description). */
+	for (unsigned i = 0; i < GUEST_CACHE; i++) {
+		const struct guest_cache_entry *e = &b->guest_cache[i];
+		if (e->valid && e->gp == v->gp && e->fixed_mask == v->fixed_mask) {
+			*out = e->view;
+			return 0;
+		}
+	}
+	struct guest_cache_entry *e = &b->guest_cache[*b->guest_next % GUEST_CACHE];
+	(*b->guest_next)++;
+	guest_view(b, v->gp, v->fixed_mask, &e->view);
+	e->gp = v->gp;
+	e->fixed_mask = v->fixed_mask;
+	e->valid = true;
+	*out = e->view;
+	return 0;
+}
+
+static bool cpulist_meets(const struct cpulist *a, const struct cpulist *b)
+{
+	for (unsigned w = 0; w < CPULIST_WORDS; w++)
+		if (a->bits[w] & b->bits[w])
+			return true;
+	return false;
+}
+
+bool broker_vm_on_cpus(const struct broker *b, uint64_t vm_id, const struct cpulist *cpus)
+{
+	const struct broker_vm *v = vm_by_id(b, vm_id);
+	for (uint32_t i = 0; v && i < v->n_vcpus; i++)
+		if (cpulist_meets(v->vcpus[i], cpus))
+			return true;
+	return false;
+}
+
+int broker_vm_names(const struct broker *b, const char *origin, char ***names)
+{
+	_cleanup_strv_free_ char **out = calloc(b->n_vms + 1, sizeof(*out));
+	size_t k = 0;
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < b->n_vms; i++) {
+		if (origin && strcmp(origin, b->vms[i]->origin))
+			continue;
+		if (!(out[k] = strdup(b->vms[i]->name)))
+			return -ENOMEM;
+		k++;
+	}
+	*names = TAKE_PTR(out);
+	return (int)k;
+}
+
+static void session_view(const struct broker_session *s, struct broker_session_view *out)
+{
+	*out = (struct broker_session_view){
+		.id = s->id,
+		.name = s->spec.name,
+		.priority = s->spec.priority,
+		.cls = s->spec.cls,
+		.n_events = s->spec.n_events,
+		.has_cpus = s->spec.has_cpus,
+		.cpus = s->spec.has_cpus ? &s->spec.cpus : NULL,
+		.pid = s->spec.has_cpus ? 0 : s->spec.pid,
+		.owner_pid = s->owner_pid,
+		.uid = s->uid,
+		.origin = s->origin,
+		.follows_connection = s->conn != NULL,
+		.started_usec = s->started_usec,
+	};
+}
+
+size_t broker_session_count(const struct broker *b)
+{
+	return b->n_sessions;
+}
+
+void broker_session_at(const struct broker *b, size_t i, struct broker_session_view *out)
+{
+	session_view(b->sessions[i], out);
+}
+
+int broker_session_find(const struct broker *b, const char *name, struct broker_session_view *out)
+{
+	const struct broker_session *s = find_session(b, name);
+	if (!s)
+		return -ENOENT;
+	if (out)
+		session_view(s, out);
+	return 0;
+}
+
+int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e, struct broker_event_view *out)
+{
+	const struct broker_session *s = session_by_id(b, session_id);
+	if (!s || e >= s->spec.n_events)
+		return -ENOENT;
+	*out = (struct broker_event_view){ .event = s->spec.events[e], .placement = BROKER_PLACEMENT_SOFTWARE,
+					   .share = 1.0 };
+	if (s->arb_index[e] < 0)
+		return 0;
+	struct arb_event_grant g = {0};
+	arb_session_event(b->arb, s->id, (unsigned)s->arb_index[e], &g);
+	out->placement = g.dedicated ? BROKER_PLACEMENT_DEDICATED : BROKER_PLACEMENT_MULTIPLEXED;
+	out->share = g.share;
+	out->dedicated_cpus = g.n_dedicated;
+	return 0;
+}
+
+bool broker_session_on_cpus(const struct broker *b, uint64_t session_id, const struct cpulist *cpus)
+{
+	const struct broker_session *s = session_by_id(b, session_id);
+	if (!s)
+		return false;
+	/* A task's events may run anywhere: they need room on every CPU. */
+	return !s->spec.has_cpus || cpulist_meets(&s->spec.cpus, cpus);
+}
+
+unsigned broker_cpu_count(const struct broker *b)
+{
+	return b->pmu.n_cpus;
+}
+
+int broker_cpu_at(const struct broker *b, unsigned i, struct broker_cpu_view *out)
+{
+	struct arb_cpu_view cv;
+	int r = arb_cpu_plan(b->arb, i, &cv);
+	if (r < 0)
+		return r;
+	/* The scratch is the broker's, written behind a pointer: this is a
+	 * view, valid until the next call. */
+	struct broker *mb = (struct broker *)b;
+	if (cv.n_placements > mb->cap_host) {
+		size_t cap = cv.n_placements * 2;
+		struct broker_host_placement *h = realloc(mb->host, cap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		mb->host = h;
+		mb->cap_host = cap;
+	}
+	for (unsigned k = 0; k < cv.n_placements; k++) {
+		const struct arb_placement *p = &cv.placements[k];
+		struct broker_host_placement *h = &mb->host[k];
+		if (p->holder == ARB_HOLDER_FOREIGN) {
+			/* The only foreign user we know of counts core cycles. */
+			*h = (struct broker_host_placement){ .holder = BROKER_HOLDER_FOREIGN,
+							     .holder_name = b->foreign[p->id].name, .event = "cycles",
+							     .counter = p->counter, .share = p->share };
+		} else {
+			const struct broker_session *s = session_by_id(b, p->id);
+			*h = (struct broker_host_placement){ .holder = BROKER_HOLDER_SESSION,
+							     .holder_name = s ? s->spec.name : "?", .session_id = p->id,
+							     .event = p->name ? p->name : "?", .counter = p->counter,
+							     .share = p->share };
+		}
+	}
+	*out = (struct broker_cpu_view){ .cpu = cv.cpu, .guest_gp_mask = cv.guest_gp_mask,
+					 .guest_fixed_mask = cv.guest_fixed_mask, .n_host = cv.n_placements,
+					 .host = mb->host };
+	return 0;
+}
+
 uint64_t broker_generation(const struct broker *b)
 {
 	return arb_generation(b->arb);
@@ -1690,40 +2537,44 @@ uint64_t broker_generation(const struct broker *b)
 
 void broker_summary(const struct broker *b, char *buf, size_t len)
 {
-	snprintf(buf, len, "%zu VMs, %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s%s",
-		 b->n_vms, b->n_sessions, arb_generation(b->arb), b->pmu.model,
+	snprintf(buf, len, "%zu VMs, %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s%s", b->n_vms,
+		 b->n_sessions, arb_generation(b->arb), b->pmu.model,
 		 b->pmu.source == PMU_SOURCE_HOST ? "" : " (simulated)",
 		 kvm_port_backend_name(kvm_port_backend(b->port)),
-		 routes_enforced(b) ? "" : kvm_port_backend(b->port) == KVM_BACKEND_MODEL
-						   ? " (simulated: routes go to the model)"
-						   : " (routes not enforced)");
+		 routes_enforced(b) ? ""
+		 : kvm_port_backend(b->port) == KVM_BACKEND_MODEL ? " (simulated: routes go to the model)"
+								  : " (routes not enforced)");
 }
 
 /* ---------------------------------------------------------------- life */
 
-int broker_new(const struct broker_opts *o, struct broker **out, char *why, size_t whylen)
+int broker_new(const struct broker_opts *o, struct broker **out, struct proto_error *err)
 {
-	struct broker *b = calloc(1, sizeof(*b));
+	_cleanup_(broker_freep) struct broker *b = calloc(1, sizeof(*b));
 	if (!b)
-		return -ENOMEM;
+		return oom(err);
 	b->event = o->event;
 	b->cfg = o->cfg;
 	b->pmu = *o->pmu;
 	b->port = o->port;
 	b->next_id = 1;
 	b->started_usec = now_usec(CLOCK_MONOTONIC);
-	snprintf(b->pmu_note, sizeof(b->pmu_note), "%s", o->pmu_note ? o->pmu_note : "");
-	snprintf(b->kvm_host_summary, sizeof(b->kvm_host_summary), "%s",
-		 o->kvm_host_summary ? o->kvm_host_summary : "");
-	snprintf(b->kvm_note, sizeof(b->kvm_note), "%s", o->kvm_note ? o->kvm_note : "");
-	snprintf(b->state_dir, sizeof(b->state_dir), "%s", o->state_dir);
-	snprintf(b->sysfs_root, sizeof(b->sysfs_root), "%s", o->sysfs_root ? o->sysfs_root : "");
-
-	if (b->pmu.n_cpus == 0) {
-		snprintf(why, whylen, "the PMU description lists no CPUs");
-		free(b);
-		return -EINVAL;
-	}
+	b->vm_names.by_name = b->session_names.by_name = true;
+	b->pmu_note = strdup_or_empty(o->pmu_note);
+	b->kvm_host_summary = strdup_or_empty(o->kvm_host_summary);
+	b->kvm_note = strdup_or_empty(o->kvm_note);
+	b->sysfs_root = o->sysfs_root ? strdup(o->sysfs_root) : NULL;
+	b->guest_cache = calloc(GUEST_CACHE, sizeof(*b->guest_cache));
+	b->guest_next = calloc(1, sizeof(*b->guest_next));
+	if (!b->pmu_note || !b->kvm_host_summary || !b->kvm_note || (o->sysfs_root && !b->sysfs_root) ||
+	    !b->guest_cache || !b->guest_next)
+		return oom(err);
+	if (b->pmu.n_cpus == 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL, "the PMU description lists no CPUs");
+	char block[1024];
+	pmu_format_boot_block(&b->pmu, block, sizeof(block));
+	if (!(b->pmu_boot_block = strdup(block)))
+		return oom(err);
 	for (unsigned i = 0; i < PMU_MAX_CPUS; i++)
 		b->cpu_index[i] = -1;
 	for (unsigned i = 0; i < b->pmu.n_cpus; i++) {
@@ -1734,212 +2585,283 @@ int broker_new(const struct broker_opts *o, struct broker **out, char *why, size
 		uint32_t gp = (uint32_t)pmu_gp_bits(b->pmu.num_gp), fx = 0;
 		/* The watchdog counts core cycles: Intel 0x3c, AMD 0x76. */
 		pmu_event_counters(&b->pmu, b->pmu.vendor == PMU_VENDOR_AMD ? 0x76 : 0x3c, &gp, &fx);
-		b->foreign[0] = (struct arb_foreign){ .name = "nmi_watchdog", .cpu = -1, .gp_mask = gp,
-						      .fixed_mask = fx };
+		b->foreign[0] = (struct arb_foreign){ .name = "nmi_watchdog", .cpu = -1, .gp_mask = gp, .fixed_mask = fx };
 		b->n_foreign = 1;
 	}
-	struct arb_inventory inv = { .n_cpus = b->pmu.n_cpus, .cpu_ids = b->cpu_ids,
-				     .num_gp = b->pmu.num_gp, .fixed_mask = b->pmu.fixed_mask,
-				     .foreign = b->foreign, .n_foreign = b->n_foreign };
+	struct arb_inventory inv = { .n_cpus = b->pmu.n_cpus, .cpu_ids = b->cpu_ids, .num_gp = b->pmu.num_gp,
+				     .fixed_mask = b->pmu.fixed_mask, .foreign = b->foreign,
+				     .n_foreign = b->n_foreign };
 	int r = arb_create(&inv, &b->arb);
-	if (r < 0) {
-		snprintf(why, whylen, "the arbiter refused the inventory: %s", strerror(-r));
-		free(b);
-		return r;
-	}
-	*out = b;
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "the arbiter refused the inventory: %s",
+				       strerror(-r));
+	char why[1024];
+	r = state_open(o->state_dir, &b->state, why, sizeof(why));
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "state: %s", why);
+	if (why[0])
+		log_notice("state: %s", why);
+	*out = TAKE_PTR(b);
 	return 0;
 }
 
-void broker_free(struct broker *b)
+struct broker *broker_free(struct broker *b)
 {
 	if (!b)
-		return;
-	while (b->n_sessions)
-		remove_session(b, b->sessions[b->n_sessions - 1]);
+		return NULL;
+	/* Leases stay on disk: a stop is not a release. */
+	while (b->n_sessions) {
+		struct broker_session *s = b->sessions[b->n_sessions - 1];
+		session_unlist(b, s);
+		session_free(s);
+	}
 	while (b->n_vms) {
 		struct broker_vm *v = b->vms[b->n_vms - 1];
 		if (v->bound)
 			kvm_port_unregister_vm(b->port, v->id);
-		b->n_vms--;
+		vm_unlist(b, v);
 		vm_free(v);
 	}
-	sd_event_source_disable_unref(b->persist_retry);
+	sd_event_source_disable_unref(b->resync_timer);
+	free(b->resync);
 	free(b->vms);
 	free(b->sessions);
+	free(b->vm_names.slots);
+	free(b->vm_ids.slots);
+	free(b->session_names.slots);
+	free(b->session_ids.slots);
+	free(b->cpus.buckets); /* every entry went with its last lease */
 	free(b->subs);
+	free(b->changes);
+	free(b->host);
+	free(b->guest_cache);
+	free(b->guest_next);
 	arb_destroy(b->arb);
+	state_close(b->state);
+	free(b->pmu_note);
+	free(b->kvm_host_summary);
+	free(b->kvm_note);
+	free(b->pmu_boot_block);
+	free(b->sysfs_root);
 	free(b);
+	return NULL;
 }
 
 /* ---------------------------------------------------------------- restore */
 
-static int restore_one(struct broker *b, struct json_object *entry, enum proto_method want,
-		       const char *kind, size_t idx)
-{
-	struct json_object *rq, *uidj, *startj;
-	struct proto_request req;
-	struct proto_error err = {0};
-	bool id_known;
-	uint64_t id;
+struct restore {
+	struct broker *b;
+	struct lease_rec *recs;
+	size_t n, cap;
+	/* invalid texts, moved aside once the load is done */
+	struct { enum state_kind kind; char name[PROTO_NAME_MAX + 1]; char why[LEASE_WHY]; } *bad;
+	size_t n_bad, cap_bad;
+};
 
-	memset(&req, 0, sizeof(req));
-	if (!json_object_is_type(entry, json_type_object) ||
-	    !json_object_object_get_ex(entry, "request", &rq) ||
-	    !json_object_object_get_ex(entry, "uid", &uidj) || !json_object_is_type(uidj, json_type_int)) {
-		log_err("state: %s[%zu]: not an object with \"request\" and integer \"uid\": dropped", kind, idx);
-		return -EINVAL;
+static int on_load_lease(enum state_kind kind, const char *name, const char *text, size_t len, void *userdata)
+{
+	struct restore *rs = userdata;
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 64;
+		struct lease_rec *n = realloc(rs->recs, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		rs->recs = n;
+		rs->cap = cap;
 	}
-	/* The saved request goes through the same validation as a live one, in
-	 * a fresh envelope: the stored document is not ours to change. */
-	struct json_object *method, *params;
-	if (!json_object_is_type(rq, json_type_object) ||
-	    !json_object_object_get_ex(rq, "method", &method) ||
-	    !json_object_object_get_ex(rq, "params", &params)) {
-		log_err("state: %s[%zu]: \"request\" is not an object with method and params: dropped", kind, idx);
-		return -EINVAL;
+	char why[LEASE_WHY];
+	int r = lease_parse(kind, name, text, len, &rs->recs[rs->n], why, sizeof(why), NULL);
+	if (r == -ENOMEM)
+		return r;
+	if (r == 0) {
+		rs->n++;
+		return 0;
 	}
-	struct json_object *envelope = json_object_new_object();
-	json_object_object_add(envelope, "id", json_object_new_int(0));
-	json_object_object_add(envelope, "method", json_object_get(method));
-	json_object_object_add(envelope, "params", json_object_get(params));
-	int r = proto_request_from_json(envelope, PMU_MAX_CPUS, &req, &id_known, &id, &err);
-	json_object_put(envelope);
-	if (r < 0 || req.method != want) {
-		log_err("state: %s[%zu]: invalid saved request (%s): dropped", kind, idx,
-			r < 0 ? err.message : "wrong method");
-		proto_request_fini(&req);
-		return -EINVAL;
+	if (rs->n_bad == rs->cap_bad) {
+		size_t cap = rs->cap_bad ? rs->cap_bad * 2 : 16;
+		void *n = realloc(rs->bad, cap * sizeof(*rs->bad));
+		if (!n)
+			return -ENOMEM;
+		rs->bad = n;
+		rs->cap_bad = cap;
 	}
-	uint64_t start = 0;
-	if (json_object_object_get_ex(entry, "owner_start", &startj))
-		start = json_object_get_uint64(startj);
-	uid_t uid = (uid_t)json_object_get_int64(uidj);
-	char origin[32] = "";
-	struct json_object *oj;
-	if (json_object_object_get_ex(entry, "origin", &oj) && json_object_is_type(oj, json_type_string))
-		snprintf(origin, sizeof(origin), "%s", json_object_get_string(oj));
-	struct json_object *fj;
-	bool follows_connection = json_object_object_get_ex(entry, "follows_connection", &fj) &&
-				  json_object_get_boolean(fj);
-	struct broker_caller self = { .uid = uid, .privileged = true, .transport = "state",
-				      .origin = origin[0] ? origin : NULL };
-	struct json_object *res = NULL;
-	memset(&err, 0, sizeof(err));
-	if (want == PROTO_M_VM_ATTACH) {
-		const char *name = req.u.vm_attach.name;
-		if (follows_connection && !req.u.vm_attach.has_owner) {
+	rs->bad[rs->n_bad].kind = kind;
+	snprintf(rs->bad[rs->n_bad].name, sizeof(rs->bad[0].name), "%s", name);
+	snprintf(rs->bad[rs->n_bad].why, sizeof(rs->bad[0].why), "%s", why);
+	rs->n_bad++;
+	return 0;
+}
+
+static void on_load_rejected(const char *path, const char *moved_to, const char *why, void *userdata)
+{
+	(void)userdata;
+	if (moved_to[0])
+		log_err("state: %s: %s; moved aside to %s", path, why, moved_to);
+	else
+		log_err("state: %s: %s", path, why);
+}
+
+static int rec_cmp(const void *pa, const void *pb)
+{
+	const struct lease_rec *a = pa, *b = pb;
+	if (a->seq != b->seq)
+		return a->seq < b->seq ? -1 : 1;
+	if (a->kind != b->kind)
+		return a->kind < b->kind ? -1 : 1;
+	return strcmp(a->name, b->name);
+}
+
+static const char *kind_word(enum state_kind k)
+{
+	return k == STATE_VM ? "vm" : "session";
+}
+
+static void reject_lease(struct broker *b, enum state_kind kind, const char *name, const char *why)
+{
+	char moved[700];
+	int r = state_reject(b->state, kind, name, why, moved, sizeof(moved));
+	if (r < 0)
+		log_err("state: %s %s: %s; it could not be moved aside (%s) %s=%s", kind_word(kind), name, why,
+			strerror(-r), kind_word(kind), name);
+	else
+		log_err("state: %s %s: %s; moved aside to %s %s=%s", kind_word(kind), name, why, moved, kind_word(kind),
+			name);
+}
+
+static void drop_lease(struct broker *b, enum state_kind kind, const char *name)
+{
+	if (forget_file(b, kind, name) < 0)
+		resync_later(b, kind, name);
+}
+
+/* Replays one saved lease. 1: restored, 0: dropped or moved aside. */
+static int restore_one(struct broker *b, struct lease_rec *rec)
+{
+	struct broker_caller self = { .door = BROKER_DOOR_STATE, .uid = rec->uid,
+				      .origin = rec->origin[0] ? rec->origin : NULL };
+	struct proto_error err = {0};
+	const char *origin = rec->origin[0] ? rec->origin : "client";
+	int r;
+	if (rec->kind == STATE_VM) {
+		const struct proto_vm_attach *a = &rec->req.u.vm_attach;
+		const char *name = a->name;
+		if (rec->follows && !a->has_owner) {
 			log_notice("state: vm %s: it followed a %s connection, which the restart closed: lease released vm=%s",
-				   name, origin[0] ? origin : "client", name);
-			proto_request_fini(&req);
-			return -ESRCH;
+				   name, origin, name);
+			drop_lease(b, STATE_VM, name);
+			return 0;
 		}
-		if (req.u.vm_attach.has_owner && !owner_alive(req.u.vm_attach.owner.pid, start)) {
+		if (a->has_owner && !owner_alive(a->owner.pid, rec->owner_start)) {
 			log_notice("state: vm %s: its VMM (pid %d) exited while vpmud was down: lease released vm=%s",
-				   name, req.u.vm_attach.owner.pid, name);
-			proto_request_fini(&req);
-			return -ESRCH;
+				   name, a->owner.pid, name);
+			drop_lease(b, STATE_VM, name);
+			return 0;
 		}
-		r = vm_attach(b, &self, &req.u.vm_attach, uid, start, &res, &err);
-		if (r < 0)
-			log_err("state: vm %s could not be restored: %s vm=%s", name, err.message, name);
-		else
-			log_notice("state: vm %s restored%s vm=%s", name,
-				   req.u.vm_attach.has_owner ? " and re-bound to its VMM" : "", name);
+		r = vm_attach(b, &self, a, rec->seq, rec->owner_start, NULL, &err);
+		if (r < 0 && err.code == PROTO_E_NOT_FOUND && a->has_owner) {
+			log_notice("state: vm %s: its VMM (pid %d) is gone (%s): lease released vm=%s", name,
+				   a->owner.pid, err.message, name);
+			drop_lease(b, STATE_VM, name);
+			return 0;
+		}
+		if (r < 0) {
+			char why[LEASE_WHY];
+			snprintf(why, sizeof(why), "could not be restored: %s", err.message);
+			reject_lease(b, STATE_VM, name, why);
+			return 0;
+		}
+		log_notice("state: vm %s restored%s vm=%s", name, a->has_owner ? " and re-bound to its VMM" : "", name);
 	} else {
-		struct proto_session_start *q = &req.u.session_start;
-		if (follows_connection) {
+		const struct proto_session_start *q = &rec->req.u.session_start;
+		if (rec->follows) {
 			log_notice("state: session %s: it followed a %s connection, which the restart closed: stopped session=%s",
-				   q->name, origin[0] ? origin : "client", q->name);
-			proto_request_fini(&req);
-			return -ESRCH;
+				   q->name, origin, q->name);
+			drop_lease(b, STATE_SESSION, q->name);
+			return 0;
 		}
-		if (q->owner_pid && !owner_alive(q->owner_pid, start)) {
+		if (q->owner_pid && !owner_alive(q->owner_pid, rec->owner_start)) {
 			log_notice("state: session %s: its owner (pid %d) exited while vpmud was down: stopped session=%s",
 				   q->name, q->owner_pid, q->name);
-			proto_request_fini(&req);
-			return -ESRCH;
+			drop_lease(b, STATE_SESSION, q->name);
+			return 0;
 		}
 		self.pid = q->owner_pid;
-		r = session_start(b, &self, q, uid, start, &res, &err);
-		if (r < 0)
-			log_err("state: session %s could not be restored: %s session=%s", q->name, err.message, q->name);
-		else
-			log_notice("state: session %s restored (counts restart from zero) session=%s", q->name, q->name);
+		r = session_start(b, &self, q, rec->seq, rec->owner_start, &err);
+		if (r < 0 && err.code == PROTO_E_NOT_FOUND && !strcmp(err.field, "params.owner_pid")) {
+			log_notice("state: session %s: its owner (pid %d) is gone (%s): stopped session=%s", q->name,
+				   q->owner_pid, err.message, q->name);
+			drop_lease(b, STATE_SESSION, q->name);
+			return 0;
+		}
+		if (r < 0) {
+			char why[LEASE_WHY];
+			snprintf(why, sizeof(why), "could not be restored: %s", err.message);
+			reject_lease(b, STATE_SESSION, q->name, why);
+			return 0;
+		}
+		log_notice("state: session %s restored (counts restart from zero) session=%s", q->name, q->name);
 	}
-	json_object_put(res);
-	proto_request_fini(&req);
-	return r;
+	return 1;
 }
 
 int broker_restore(struct broker *b)
 {
-	struct json_object *doc = NULL, *arr;
-	char moved[1024], why[512];
-	int r = state_load(b->state_dir, &doc, moved, sizeof(moved), why, sizeof(why));
+	struct restore rs = { .b = b };
+	int r = state_load(b->state, on_load_lease, on_load_rejected, &rs);
 	if (r < 0) {
-		log_err("state: cannot read %s/%s: %s", b->state_dir, STATE_FILE, strerror(-r));
+		log_err("state: cannot read the leases in %s: %s", state_dir(b->state), strerror(-r));
+		for (size_t i = 0; i < rs.n; i++)
+			proto_request_fini(&rs.recs[i].req);
+		free(rs.recs);
+		free(rs.bad);
 		return r;
 	}
-	if (moved[0])
-		log_err("state: %s; moved it aside to %s and started empty", why, moved);
-	if (!doc) {
-		log_info("state: nothing to restore in %s", b->state_dir);
-		return 0;
-	}
-	b->restoring = true;
-	size_t kept = 0, dropped = 0;
-	if (json_object_object_get_ex(doc, "vms", &arr) && json_object_is_type(arr, json_type_array))
-		for (size_t i = 0; i < json_object_array_length(arr); i++)
-			restore_one(b, json_object_array_get_idx(arr, i), PROTO_M_VM_ATTACH, "vms", i) == 0
-				? kept++ : dropped++;
-	if (json_object_object_get_ex(doc, "sessions", &arr) && json_object_is_type(arr, json_type_array))
-		for (size_t i = 0; i < json_object_array_length(arr); i++)
-			restore_one(b, json_object_array_get_idx(arr, i), PROTO_M_SESSION_START, "sessions", i) == 0
-				? kept++ : dropped++;
-	b->restoring = false;
-	json_object_put(doc);
-	log_notice("state: restored %zu leases, released %zu", kept, dropped);
-	/* What was dropped must not come back at the next start. */
-	return persist(b);
-}
-
-const char *broker_vm_origin(const struct broker *b, const char *name)
-{
-	const struct broker_vm *v = find_vm(b, name);
-	return v ? v->origin : NULL;
-}
-
-int broker_vm_names(const struct broker *b, const char *origin, char ***names)
-{
-	char **out = calloc(b->n_vms + 1, sizeof(*out));
-	size_t k = 0;
-	if (!out)
-		return -ENOMEM;
-	for (size_t i = 0; i < b->n_vms; i++) {
-		if (origin && strcmp(origin, b->vms[i]->origin))
-			continue;
-		out[k] = strdup(b->vms[i]->spec.name);
-		if (!out[k]) {
-			while (k)
-				free(out[--k]);
-			free(out);
-			return -ENOMEM;
+	for (size_t i = 0; i < rs.n_bad; i++)
+		reject_lease(b, rs.bad[i].kind, rs.bad[i].name, rs.bad[i].why);
+	free(rs.bad);
+	if (rs.n == 0 && rs.n_bad == 0)
+		log_info("state: nothing to restore in %s", state_dir(b->state));
+	/* Arrival order: arbitration breaks ties by it. */
+	qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
+	uint64_t max = 0;
+	for (size_t i = 0; i < rs.n; i++)
+		if (rs.recs[i].seq > max)
+			max = rs.recs[i].seq;
+	bool moved = false;
+	for (size_t i = 1, prev = rs.n ? rs.recs[0].seq : 0; i < rs.n; i++) {
+		uint64_t seq = rs.recs[i].seq;
+		if (seq == prev) {
+			/* Two leases cannot share an id: the later one (by kind and
+			 * name) gets a new one, and is saved with it. */
+			rs.recs[i].seq = ++max;
+			rs.recs[i].resave = moved = true;
 		}
-		k++;
+		prev = seq;
 	}
-	*names = out;
-	return (int)k;
-}
-
-uint64_t broker_vm_id(const struct broker *b, const char *name)
-{
-	const struct broker_vm *v = find_vm(b, name);
-	return v ? v->id : 0;
-}
-
-bool broker_vm_bound(const struct broker *b, const char *name)
-{
-	const struct broker_vm *v = find_vm(b, name);
-	return v && v->bound;
+	if (moved)
+		qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
+	if (max >= b->next_id)
+		b->next_id = max + 1;
+	size_t kept = 0, dropped = 0;
+	b->restoring = true;
+	for (size_t i = 0; i < rs.n; i++) {
+		if (restore_one(b, &rs.recs[i]) == 1) {
+			kept++;
+			if (rs.recs[i].resave) {
+				const struct broker_vm *v = rs.recs[i].kind == STATE_VM ? find_vm(b, rs.recs[i].name) : NULL;
+				const struct broker_session *s =
+					rs.recs[i].kind == STATE_SESSION ? find_session(b, rs.recs[i].name) : NULL;
+				if ((v && save_vm(b, v) < 0) || (s && save_session(b, s) < 0))
+					resync_later(b, rs.recs[i].kind, rs.recs[i].name);
+			}
+		} else {
+			dropped++;
+		}
+		proto_request_fini(&rs.recs[i].req);
+	}
+	b->restoring = false;
+	free(rs.recs);
+	if (rs.n)
+		log_notice("state: restored %zu leases, released %zu", kept, dropped);
+	return 0;
 }

@@ -84,13 +84,19 @@ enum broker_right {
 };
 enum broker_right broker_method_right(enum proto_method m);
 
+/* The polkit action a D-Bus caller needs for ADMIN methods
+ * (systemd/org.vpmu.broker1.policy). */
+#define BROKER_POLKIT_ACTION "org.vpmu.broker1.manage"
+
 /*
  * The one decision of who may do what. Returns 0 when the caller may call
  * method m (on a lease owned by owner_uid, for OWNER_OR_ADMIN methods;
- * pass (uid_t)-1 when there is no such lease), or -EPERM with err set to a
- * message that names what this door accepts. Doors call it up front only
- * to learn whether asking polkit could help; every operation below checks
- * again itself.
+ * pass (uid_t)-1 when there is no such lease), or -EPERM with err (may be
+ * NULL) set to a message that names what this door accepts. The libvirt
+ * and state doors are vpmud itself and may do anything. Doors call it up
+ * front only to learn whether asking polkit could help (and the socket to
+ * leave other users' sessions out of session.list); every operation below
+ * checks again itself.
  */
 int broker_authorize(const struct broker *b, const struct broker_caller *c, enum proto_method m,
 		     uid_t owner_uid, struct proto_error *err);
@@ -105,13 +111,16 @@ bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *
  * bus peer's); false for clients whose leases outlive them (vpmuctl). */
 int broker_conn_open(struct broker *b, bool leases_follow, struct broker_conn **out);
 /*
- * The door reports the connection gone: the broker releases every lease
- * made on it that follows it, recomputes the plan once, and marks the
- * connection closed. The object itself lives on until the last reference
- * is dropped, so that a request still waiting (for polkit, say) is refused
- * when it finally arrives instead of creating a lease nobody holds.
+ * The door reports the connection gone: the broker marks it closed and
+ * releases (once) every lease made on it that still follows it, each as
+ * broker_vm_release or a session's stop does, logging reason ("its D-Bus
+ * peer :1.42 left the bus"; NULL: "its connection closed"). The object
+ * itself lives on until the last reference is dropped (a lease holds one
+ * while it follows the connection), so that a request still waiting (for
+ * polkit, say) is refused when it finally arrives instead of creating a
+ * lease nobody holds.
  */
-void broker_conn_close(struct broker_conn *conn);
+void broker_conn_close(struct broker_conn *conn, const char *reason);
 struct broker_conn *broker_conn_ref(struct broker_conn *conn);
 struct broker_conn *broker_conn_unref(struct broker_conn *conn); /* returns NULL */
 bool broker_conn_closed(const struct broker_conn *conn);
@@ -375,8 +384,8 @@ typedef void (*broker_event_fn)(const struct broker_event *ev, void *userdata);
 int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id);
 void broker_unsubscribe(struct broker *b, uint64_t sub_id);
 
-/* Called with every event, and not counted as a watcher: the daemon's own
- * bookkeeping (sd_notify STATUS). */
+/* Called with every event before the watchers, and not counted as one:
+ * the daemon's own bookkeeping (sd_notify STATUS). */
 void broker_set_change_hook(struct broker *b, broker_event_fn fn, void *userdata);
 
 #endif

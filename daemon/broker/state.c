@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "broker/state.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,8 +11,75 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A state file larger than this is not ours (a few thousand leases fit). */
-#define STATE_MAX_BYTES (16u << 20)
+#include <json-c/json.h>
+
+#include "proto/cleanup.h"
+
+#define STATE_LEASES "leases"
+#define STATE_REJECTED "rejected"
+#define STATE_OLD_FILE "state.json"
+/* The single document of format 1 held every lease: a vpmud that wrote
+ * one could only reload 16 MiB of it, but it acknowledged more, so the
+ * migration reads what it finds up to a bound no real state reaches. */
+#define STATE_OLD_MAX (1u << 30)
+
+struct state {
+	char *dir;
+	int dir_fd;
+	int leases_fd;
+	int rejected_fd;   /* -1 until something is moved aside */
+};
+
+static const char *const kind_prefix[] = { [STATE_VM] = "vm-", [STATE_SESSION] = "session-" };
+#define LEASE_SUFFIX ".json"
+
+/* ------------------------------------------------------------ helpers */
+
+static bool name_valid(const char *name)
+{
+	size_t n = name ? strlen(name) : 0;
+	if (n < 1 || n > 64 || !strcmp(name, ".") || !strcmp(name, ".."))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* "vm-web.json": file names are bounded by the name rule above. */
+static void lease_file(enum state_kind kind, const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s" LEASE_SUFFIX, kind_prefix[kind], name);
+}
+
+static void temp_file(const char *file, char *buf, size_t len)
+{
+	snprintf(buf, len, ".%s.tmp", file);
+}
+
+/* The reverse of lease_file: false for anything state_put does not write. */
+static bool parse_lease_file(const char *file, enum state_kind *kind, char *name, size_t len)
+{
+	size_t n = strlen(file), sl = strlen(LEASE_SUFFIX);
+	for (int k = STATE_VM; k <= STATE_SESSION; k++) {
+		size_t pl = strlen(kind_prefix[k]);
+		if (n <= pl + sl || strncmp(file, kind_prefix[k], pl) || strcmp(file + n - sl, LEASE_SUFFIX))
+			continue;
+		size_t nl = n - pl - sl;
+		if (nl >= len)
+			return false;
+		memcpy(name, file + pl, nl);
+		name[nl] = '\0';
+		if (!name_valid(name))
+			return false;
+		*kind = (enum state_kind)k;
+		return true;
+	}
+	return false;
+}
 
 static int write_all(int fd, const char *buf, size_t len)
 {
@@ -28,163 +96,477 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-static int fsync_dir(const char *dir)
+static int fsync_fd(int fd)
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int r = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return r;
+	return fsync(fd) < 0 ? -errno : 0;
 }
 
-int state_save(const char *dir, struct json_object *doc)
+/* Opens (creating it, mode 0700) a directory below at; a new directory's
+ * own entry is made durable before anything goes into it. */
+static int open_subdir(int at, const char *name)
 {
-	char tmp[4096], final[4096];
-	const char *text;
-	int fd, r;
-
-	if (snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, STATE_FILE) >= (int)sizeof(tmp) ||
-	    snprintf(final, sizeof(final), "%s/%s", dir, STATE_FILE) >= (int)sizeof(final))
-		return -ENAMETOOLONG;
-
-	json_object_object_add(doc, "format", json_object_new_int(STATE_FORMAT));
-	text = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
-
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	bool made = false;
+	if (mkdirat(at, name, 0700) == 0)
+		made = true;
+	else if (errno != EEXIST)
+		return -errno;
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return -errno;
-	r = write_all(fd, text, strlen(text));
-	if (r == 0)
-		r = write_all(fd, "\n", 1);
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && rename(tmp, final) < 0)
-		r = -errno;
-	if (r < 0) {
-		unlink(tmp);
+	if (made && fsync(at) < 0) {
+		int r = -errno;
+		close(fd);
 		return r;
 	}
-	/* Without this the rename itself may be lost on power failure. */
-	return fsync_dir(dir);
+	return fd;
 }
 
-int state_move_aside(const char *dir, const char *reason, char *moved_to, size_t moved_len)
+/* Reads a whole regular file of at most max bytes. -EFBIG above max,
+ * -EBADFD when it is not a regular file. */
+static int read_file(int at, const char *name, size_t max, char **text, size_t *len)
 {
-	char from[4096], to[4096];
-
-	snprintf(from, sizeof(from), "%s/%s", dir, STATE_FILE);
-	snprintf(to, sizeof(to), "%s/%s.%s-%lld", dir, STATE_FILE, reason, (long long)time(NULL));
-	if (rename(from, to) < 0)
-		return -errno;
-	if (moved_to)
-		snprintf(moved_to, moved_len, "%s", to);
-	return fsync_dir(dir);
-}
-
-int state_load(const char *dir, struct json_object **doc, char *moved_to, size_t moved_len,
-	       char *why, size_t whylen)
-{
-	char path[4096];
 	struct stat st;
-	char *buf = NULL;
-	const char *reason = NULL;
-	struct json_object *root = NULL;
-	int fd, r = 0;
-
-	*doc = NULL;
-	if (moved_to && moved_len)
-		moved_to[0] = '\0';
-	if (why && whylen)
-		why[0] = '\0';
-	snprintf(path, sizeof(path), "%s/%s", dir, STATE_FILE);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EBADFD;
+	_cleanup_close_ int fd = openat(at, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (fstat(fd, &st) < 0) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
-	if (st.st_size > STATE_MAX_BYTES) {
-		close(fd);
-		snprintf(why, whylen, "state file is %lld bytes, more than the %u allowed",
-			 (long long)st.st_size, STATE_MAX_BYTES);
-		reason = "corrupt";
-		goto aside;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		close(fd);
+		return errno == ELOOP ? -EBADFD : -errno;
+	/* The name may have been swapped since the stat: judge the file
+	 * opened. */
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EBADFD;
+	if ((uint64_t)st.st_size > max)
+		return -EFBIG;
+	size_t cap = (size_t)st.st_size + 1;
+	_cleanup_free_ char *buf = malloc(cap + 1);
+	if (!buf)
 		return -ENOMEM;
-	}
 	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+	for (;;) {
+		if (got == cap) {
+			/* It grew since the stat. */
+			if (cap > max)
+				return -EFBIG;
+			size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+			char *n = realloc(buf, ncap + 1);
+			if (!n)
+				return -ENOMEM;
+			buf = n;
+			cap = ncap;
+		}
+		ssize_t n = read(fd, buf + got, cap - got);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
+		if (n < 0)
+			return -errno;
+		if (n == 0)
 			break;
 		got += (size_t)n;
 	}
-	close(fd);
+	if (got > max)
+		return -EFBIG;
 	buf[got] = '\0';
+	*text = TAKE_PTR(buf);
+	*len = got;
+	return 0;
+}
 
-	enum json_tokener_error jerr;
-	struct json_tokener *tok = json_tokener_new();
-	if (!tok) {
-		free(buf);
-		return -ENOMEM;
+/* ------------------------------------------------------------ moving aside */
+
+static int rejected_dir(struct state *s)
+{
+	if (s->rejected_fd < 0) {
+		int fd = open_subdir(s->dir_fd, STATE_REJECTED);
+		if (fd < 0)
+			return fd;
+		s->rejected_fd = fd;
 	}
-	root = json_tokener_parse_ex(tok, buf, (int)got);
-	jerr = json_tokener_get_error(tok);
-	if (root && jerr == json_tokener_success && (size_t)json_tokener_get_parse_end(tok) < got) {
-		/* Trailing bytes other than whitespace mean a torn or mixed file. */
-		for (size_t i = json_tokener_get_parse_end(tok); i < got; i++)
-			if (buf[i] != '\n' && buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r') {
-				jerr = json_tokener_error_parse_unexpected;
+	return s->rejected_fd;
+}
+
+/*
+ * Moves at/file into rejected/ as FILE.<unix time>[-N], never replacing
+ * anything already there, and makes both directories durable.
+ */
+static int move_aside(struct state *s, int at, const char *file, char *moved_to, size_t moved_len)
+{
+	if (moved_to && moved_len)
+		moved_to[0] = '\0';
+	int rfd = rejected_dir(s);
+	if (rfd < 0)
+		return rfd;
+	char target[512];
+	long long now = (long long)time(NULL);
+	for (unsigned n = 0;; n++) {
+		if (n)
+			snprintf(target, sizeof(target), "%s.%lld-%u", file, now, n);
+		else
+			snprintf(target, sizeof(target), "%s.%lld", file, now);
+		if (renameat2(at, file, rfd, target, RENAME_NOREPLACE) == 0)
+			break;
+		if (errno == EEXIST && n < 1000)
+			continue;
+		if (errno != EINVAL)
+			return -errno;
+		/* A file system without RENAME_NOREPLACE: check, then rename. */
+		if (faccessat(rfd, target, F_OK, AT_SYMLINK_NOFOLLOW) == 0 && n < 1000)
+			continue;
+		if (renameat(at, file, rfd, target) < 0)
+			return -errno;
+		break;
+	}
+	if (moved_to)
+		snprintf(moved_to, moved_len, "%s/" STATE_REJECTED "/%s", s->dir, target);
+	int r = fsync_fd(at);
+	int r2 = fsync_fd(rfd);
+	return r < 0 ? r : r2;
+}
+
+/* ------------------------------------------------------------ migration */
+
+/*
+ * Format 1 kept every lease in one document:
+ *   {"format":1,"vms":[ENTRY...],"sessions":[ENTRY...]}
+ *   ENTRY = {"request":{"method","params"},"uid","origin","owner_start","follows_connection"}
+ * Each entry becomes one lease file whose text is the entry plus "seq",
+ * its rank in the old restore order (VMs first, then sessions).
+ */
+static int migrate_array(struct state *s, struct json_object *arr, enum state_kind kind, int64_t *seq,
+			 unsigned *moved, unsigned *skipped)
+{
+	if (!arr)
+		return 0;
+	if (!json_object_is_type(arr, json_type_array)) {
+		(*skipped)++;
+		return 0;
+	}
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *e = json_object_array_get_idx(arr, i), *rq, *params, *name;
+		if (!json_object_is_type(e, json_type_object) || !json_object_object_get_ex(e, "request", &rq) ||
+		    !json_object_object_get_ex(rq, "params", &params) ||
+		    !json_object_object_get_ex(params, "name", &name) ||
+		    !json_object_is_type(name, json_type_string) || !name_valid(json_object_get_string(name))) {
+			(*skipped)++;
+			continue;
+		}
+		if (json_object_object_add(e, "seq", json_object_new_int64(++*seq)) < 0)
+			return -ENOMEM;
+		size_t len;
+		const char *text = json_object_to_json_string_length(
+			e, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+		if (!text)
+			return -ENOMEM;
+		int r = state_put(s, kind, json_object_get_string(name), text, len);
+		if (r == -EFBIG) {
+			(*skipped)++;
+			continue;
+		}
+		if (r < 0)
+			return r;
+		(*moved)++;
+	}
+	return 0;
+}
+
+static int migrate(struct state *s, char *note, size_t notelen)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	int r = read_file(s->dir_fd, STATE_OLD_FILE, STATE_OLD_MAX, &text, &len);
+	if (r == -ENOENT)
+		return 0;
+	const char *bad = NULL;
+	if (r == -EBADFD || r == -EFBIG) {
+		bad = r == -EBADFD ? "not a regular file" : "larger than 1 GiB";
+	} else if (r < 0) {
+		return r;
+	}
+	struct json_object *doc = NULL;
+	if (!bad) {
+		struct json_tokener *tok = json_tokener_new();
+		if (!tok)
+			return -ENOMEM;
+		doc = json_tokener_parse_ex(tok, text, (int)len);
+		enum json_tokener_error jerr = json_tokener_get_error(tok);
+		if (doc && jerr == json_tokener_success)
+			for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
+				if (text[i] != '\n' && text[i] != ' ' && text[i] != '\t' && text[i] != '\r') {
+					jerr = json_tokener_error_parse_unexpected;
+					break;
+				}
+		json_tokener_free(tok);
+		struct json_object *fmt;
+		if (!doc || jerr != json_tokener_success)
+			bad = "it does not parse as JSON";
+		else if (!json_object_is_type(doc, json_type_object))
+			bad = "it is not a JSON object";
+		else if (!json_object_object_get_ex(doc, "format", &fmt) ||
+			 !json_object_is_type(fmt, json_type_int) || json_object_get_int64(fmt) != 1)
+			bad = "it has no \"format\": 1";
+	}
+	if (bad) {
+		char moved[600];
+		json_object_put(doc);
+		r = move_aside(s, s->dir_fd, STATE_OLD_FILE, moved, sizeof(moved));
+		if (r < 0)
+			return r;
+		snprintf(note, notelen, "%s/%s could not be migrated (%s): moved aside to %s", s->dir,
+			 STATE_OLD_FILE, bad, moved);
+		return 0;
+	}
+	int64_t seq = 0;
+	unsigned moved = 0, skipped = 0;
+	struct json_object *vms = NULL, *sessions = NULL;
+	json_object_object_get_ex(doc, "vms", &vms);
+	json_object_object_get_ex(doc, "sessions", &sessions);
+	r = migrate_array(s, vms, STATE_VM, &seq, &moved, &skipped);
+	if (r == 0)
+		r = migrate_array(s, sessions, STATE_SESSION, &seq, &moved, &skipped);
+	json_object_put(doc);
+	if (r < 0)
+		return r;
+	char kept[64];
+	snprintf(kept, sizeof(kept), STATE_OLD_FILE ".migrated-%lld", (long long)time(NULL));
+	if (renameat(s->dir_fd, STATE_OLD_FILE, s->dir_fd, kept) < 0)
+		return -errno;
+	if ((r = fsync_fd(s->dir_fd)) < 0)
+		return r;
+	char skipped_text[64] = "";
+	if (skipped)
+		snprintf(skipped_text, sizeof(skipped_text), " (%u unusable entr%s skipped)", skipped,
+			 skipped == 1 ? "y" : "ies");
+	snprintf(note, notelen, "migrated %u lease%s from %s/%s into one file per lease%s; the old file is kept as %s/%s",
+		 moved, moved == 1 ? "" : "s", s->dir, STATE_OLD_FILE, skipped_text, s->dir, kept);
+	return 0;
+}
+
+/* ------------------------------------------------------------ the store */
+
+int state_open(const char *dir, struct state **out, char *why, size_t whylen)
+{
+	if (why && whylen)
+		why[0] = '\0';
+	struct state *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->dir_fd = s->leases_fd = s->rejected_fd = -1;
+	int r;
+	if (!(s->dir = strdup(dir))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		snprintf(why, whylen, "cannot create %s: %s", dir, strerror(-r));
+		goto fail;
+	}
+	s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->dir_fd < 0) {
+		r = -errno;
+		snprintf(why, whylen, "cannot open %s: %s", dir, strerror(-r));
+		goto fail;
+	}
+	s->leases_fd = open_subdir(s->dir_fd, STATE_LEASES);
+	if (s->leases_fd < 0) {
+		r = s->leases_fd;
+		snprintf(why, whylen, "cannot open %s/" STATE_LEASES ": %s", dir, strerror(-r));
+		goto fail;
+	}
+	char note[1024] = "";
+	r = migrate(s, note, sizeof(note));
+	if (r < 0) {
+		snprintf(why, whylen, "cannot migrate %s/" STATE_OLD_FILE " into lease files: %s", dir,
+			 strerror(-r));
+		goto fail;
+	}
+	if (why && whylen)
+		snprintf(why, whylen, "%s", note);
+	*out = s;
+	return 0;
+fail:
+	state_close(s);
+	return r;
+}
+
+struct state *state_close(struct state *s)
+{
+	if (!s)
+		return NULL;
+	if (s->rejected_fd >= 0)
+		close(s->rejected_fd);
+	if (s->leases_fd >= 0)
+		close(s->leases_fd);
+	if (s->dir_fd >= 0)
+		close(s->dir_fd);
+	free(s->dir);
+	free(s);
+	return NULL;
+}
+
+const char *state_dir(const struct state *s)
+{
+	return s->dir;
+}
+
+int state_put(struct state *s, enum state_kind kind, const char *name, const char *text, size_t len)
+{
+	if (len > STATE_LEASE_MAX)
+		return -EFBIG;
+	if ((kind != STATE_VM && kind != STATE_SESSION) || !name_valid(name))
+		return -EINVAL;
+	char file[96], tmp[112];
+	lease_file(kind, name, file, sizeof(file));
+	temp_file(file, tmp, sizeof(tmp));
+	int fd = openat(s->leases_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -errno;
+	int r = write_all(fd, text, len);
+	if (r == 0)
+		r = fsync_fd(fd);
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && renameat(s->leases_fd, tmp, s->leases_fd, file) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlinkat(s->leases_fd, tmp, 0);
+		return r;
+	}
+	/* Without this the rename itself may be lost on power failure. */
+	return fsync_fd(s->leases_fd);
+}
+
+int state_delete(struct state *s, enum state_kind kind, const char *name)
+{
+	if ((kind != STATE_VM && kind != STATE_SESSION) || !name_valid(name))
+		return -EINVAL;
+	char file[96];
+	lease_file(kind, name, file, sizeof(file));
+	if (unlinkat(s->leases_fd, file, 0) < 0)
+		return -errno;
+	return fsync_fd(s->leases_fd);
+}
+
+int state_reject(struct state *s, enum state_kind kind, const char *name, const char *why,
+		 char *moved_to, size_t moved_len)
+{
+	(void)why; /* the caller logs it with where the file went */
+	if ((kind != STATE_VM && kind != STATE_SESSION) || !name_valid(name))
+		return -EINVAL;
+	char file[96];
+	lease_file(kind, name, file, sizeof(file));
+	return move_aside(s, s->leases_fd, file, moved_to, moved_len);
+}
+
+static void reject_entry(struct state *s, const char *file, const char *why, state_rejected_fn fn_rejected,
+			 void *userdata)
+{
+	char moved[600], path[600], full_why[400];
+	snprintf(path, sizeof(path), "%s/" STATE_LEASES "/%s", s->dir, file);
+	int r = move_aside(s, s->leases_fd, file, moved, sizeof(moved));
+	if (r < 0 && !moved[0])
+		snprintf(full_why, sizeof(full_why), "%s; it could not be moved aside (%s) and is ignored", why,
+			 strerror(-r));
+	else
+		snprintf(full_why, sizeof(full_why), "%s", why);
+	if (fn_rejected)
+		fn_rejected(path, moved, full_why, userdata);
+}
+
+/* The folder's entries, read before any is moved aside. */
+static int list_entries(int dir_fd, char ***names, size_t *n)
+{
+	int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	_cleanup_strv_free_ char **v = NULL;
+	size_t k = 0, cap = 0;
+	struct dirent *e;
+	int r = 0;
+	errno = 0;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (k + 1 >= cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			char **nv = realloc(v, ncap * sizeof(*nv));
+			if (!nv) {
+				r = -ENOMEM;
 				break;
 			}
+			v = nv;
+			cap = ncap;
+		}
+		if (!(v[k] = strdup(e->d_name))) {
+			r = -ENOMEM;
+			break;
+		}
+		v[++k] = NULL;
+		errno = 0;
 	}
-	json_tokener_free(tok);
-	free(buf);
-
-	if (!root || jerr != json_tokener_success) {
-		snprintf(why, whylen, "state file does not parse as JSON (%s)",
-			 jerr == json_tokener_continue ? "truncated" : json_tokener_error_desc(jerr));
-		reason = "corrupt";
-		goto aside;
-	}
-	if (!json_object_is_type(root, json_type_object)) {
-		snprintf(why, whylen, "state file is not a JSON object");
-		reason = "corrupt";
-		goto aside;
-	}
-	struct json_object *fmt;
-	if (!json_object_object_get_ex(root, "format", &fmt) || !json_object_is_type(fmt, json_type_int)) {
-		snprintf(why, whylen, "state file has no integer \"format\" field");
-		reason = "corrupt";
-		goto aside;
-	}
-	int64_t f = json_object_get_int64(fmt);
-	if (f > STATE_FORMAT) {
-		snprintf(why, whylen, "state file has format %lld, newer than the %d this vpmud reads",
-			 (long long)f, STATE_FORMAT);
-		reason = "newer";
-		goto aside;
-	}
-	if (f < 1) {
-		snprintf(why, whylen, "state file has invalid format %lld", (long long)f);
-		reason = "corrupt";
-		goto aside;
-	}
-	*doc = root;
+	if (r == 0 && errno)
+		r = -errno;
+	closedir(d);
+	if (r < 0)
+		return r;
+	*names = TAKE_PTR(v);
+	*n = k;
 	return 0;
+}
 
-aside:
-	json_object_put(root);
-	r = state_move_aside(dir, reason, moved_to, moved_len);
-	return r;
+int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected, void *userdata)
+{
+	_cleanup_strv_free_ char **files = NULL;
+	size_t n = 0;
+	int r = list_entries(s->leases_fd, &files, &n);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++) {
+		const char *file = files[i];
+		enum state_kind kind;
+		char name[80], why[256];
+		size_t fl = strlen(file);
+		if (file[0] == '.' && fl > 4 && !strcmp(file + fl - 4, ".tmp")) {
+			reject_entry(s, file, "an unfinished write (vpmud stopped before it was renamed into place; "
+					      "never acknowledged)", fn_rejected, userdata);
+			continue;
+		}
+		if (!parse_lease_file(file, &kind, name, sizeof(name))) {
+			reject_entry(s, file, "not a lease file name (vm-NAME.json or session-NAME.json)", fn_rejected,
+				     userdata);
+			continue;
+		}
+		_cleanup_free_ char *text = NULL;
+		size_t len = 0;
+		r = read_file(s->leases_fd, file, STATE_LEASE_MAX, &text, &len);
+		if (r == -ENOENT)
+			continue;
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0) {
+			if (r == -EBADFD)
+				snprintf(why, sizeof(why), "not a regular file");
+			else if (r == -EFBIG)
+				snprintf(why, sizeof(why), "larger than the %u bytes a lease may have", STATE_LEASE_MAX);
+			else
+				snprintf(why, sizeof(why), "cannot be read: %s", strerror(-r));
+			reject_entry(s, file, why, fn_rejected, userdata);
+			continue;
+		}
+		r = fn(kind, name, text, len, userdata);
+		if (r < 0) {
+			snprintf(why, sizeof(why), "%s", strerror(-r));
+			reject_entry(s, file, why, fn_rejected, userdata);
+		}
+	}
+	return 0;
 }

@@ -32,9 +32,15 @@ enum state_kind {
 
 struct state;
 
-/* Opens (and creates, mode 0700) dir and its lease folder. A state.json
- * left by an older vpmud (one document with every lease) is split into
- * lease files and renamed state.json.migrated-<unix time>. */
+/*
+ * Opens (and creates, mode 0700) dir and its lease folder. A state.json
+ * left by an older vpmud (format 1: one document with every lease) is
+ * split into lease files, each the old entry plus "seq", its rank in the
+ * old restore order (VMs first, then sessions), and renamed
+ * state.json.migrated-<unix time>; one that cannot be read as format 1 is
+ * moved into "rejected". On failure why says what failed; on success it
+ * holds what the migration did, for the log ("" when nothing).
+ */
 int state_open(const char *dir, struct state **out, char *why, size_t whylen);
 struct state *state_close(struct state *s); /* returns NULL */
 const char *state_dir(const struct state *s);
@@ -50,12 +56,14 @@ int state_delete(struct state *s, enum state_kind kind, const char *name);
 /*
  * Calls fn for every lease file, in no particular order (the broker sorts
  * by the sequence number it stores in each text). A file that cannot be
- * read, is larger than STATE_LEASE_MAX or not named as state_put names
- * files is moved aside into the state directory's "rejected" folder and
- * reported through fn_rejected (may be NULL) with where it went and why;
- * it is never deleted. When fn returns a negative errno the file is moved
- * aside the same way with the errno's message. Returns 0 or a negative
- * errno when the directory itself cannot be read.
+ * read, is not a regular file, is larger than STATE_LEASE_MAX or not
+ * named as state_put names files (a temporary file a crash left behind
+ * included) is moved aside into the state directory's "rejected" folder
+ * as NAME.<unix time> and reported through fn_rejected (may be NULL) with
+ * where it went and why; it is never deleted. When fn returns a negative
+ * errno the file is moved aside the same way with the errno's message.
+ * Returns 0 or a negative errno when the directory itself cannot be read
+ * (or memory runs out).
  */
 typedef int (*state_lease_fn)(enum state_kind kind, const char *name, const char *text, size_t len,
 			      void *userdata);

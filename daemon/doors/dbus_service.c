@@ -980,9 +980,12 @@ static void peer_forget(struct dbus_service *s, struct peer *p)
 static int on_peer_gone(sd_bus_track *t, void *userdata)
 {
 	struct peer *p = userdata;
+	_cleanup_free_ char *reason = NULL;
 	(void)t;
-	log_notice("dbus: peer %s left the bus: its connection to the broker is closed", p->name);
-	broker_conn_close(p->conn);
+	log_info("dbus: peer %s left the bus", p->name);
+	if (asprintf(&reason, "its D-Bus peer %s left the bus", p->name) < 0)
+		reason = NULL; /* the broker then says "its connection closed" */
+	broker_conn_close(p->conn, reason);
 	peer_forget(p->svc, p);
 	peer_free(p);
 	return 0;
@@ -1018,7 +1021,7 @@ static int peer_conn(struct dbus_service *s, const char *sender, struct broker_c
 	if (r < 0) {
 		log_notice("dbus: cannot follow peer %s (%s): nothing it asks for may outlive this call", sender,
 			   strerror(-r));
-		broker_conn_close(p->conn);
+		broker_conn_close(p->conn, "its D-Bus peer could not be followed");
 		*out = broker_conn_ref(p->conn);
 		return 0;
 	}

@@ -8,8 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <json-c/json.h>
-
+#include "proto/cleanup.h"
 #include "proto/cpulist.h"
 #include "proto/domain_policy.h"
 #include "base/log.h"
@@ -36,143 +35,41 @@ static bool origin_is_ours(const char *origin)
 
 /* ------------------------------------------------------------ broker calls */
 
-/*
- * Runs one request through the socket's own validation, so that nothing a
- * domain XML carries reaches the broker unchecked (names, CPU numbers).
- * params is consumed.
- */
-static int call(struct lvglue *g, const char *method, struct json_object *params, struct json_object **res,
-		struct proto_error *err)
-{
-	struct json_object *rq = json_object_new_object();
-	struct proto_request req;
-	bool id_known;
-	uint64_t id;
-	int r;
-
-	memset(&req, 0, sizeof(req));
-	memset(err, 0, sizeof(*err));
-	*res = NULL;
-	if (!rq || !params || json_object_object_add(rq, "id", json_object_new_int(0)) < 0 ||
-	    json_object_object_add(rq, "method", json_object_new_string(method)) < 0) {
-		json_object_put(rq);
-		json_object_put(params);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	if (json_object_object_add(rq, "params", params) < 0) {
-		json_object_put(rq);
-		json_object_put(params);
-		return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-	}
-	r = proto_request_from_json(rq, g->host_cpus, &req, &id_known, &id, err);
-	json_object_put(rq);
-	if (r == 0)
-		r = broker_handle(g->b, &g->caller, &req, res, err);
-	proto_request_fini(&req);
-	return r;
-}
-
-static struct json_object *name_params(const char *name)
-{
-	struct json_object *p = json_object_new_object();
-	if (p && json_object_object_add(p, "name", json_object_new_string(name)) < 0) {
-		json_object_put(p);
-		return NULL;
-	}
-	return p;
-}
-
-/* The lease as the broker holds it, or NULL when there is none. */
-static struct json_object *vm_show(struct lvglue *g, const char *name)
-{
-	struct json_object *res;
-	struct proto_error err;
-	if (call(g, "vm.show", name_params(name), &res, &err) < 0) {
-		if (err.code != PROTO_E_NOT_FOUND)
-			log_err("libvirt: vm.show %s: %s vm=%s", name, err.message, name);
-		json_object_put(res);
-		return NULL;
-	}
-	return res;
-}
-
 static void to_cpulist(const struct cpulist *s, struct cpulist *l)
 {
 	*l = *s;
 }
 
-/* name, gp, fixed_mask and one CPU set per vCPU; priority and class when
- * with_policy (attach leaves them out for a domain without our metadata, so
- * the broker applies its own defaults, as it does for the hook). */
-static struct json_object *request_params(const struct dompol *p, const char *name, bool with_policy)
+/* One CPU set per vCPU, as the broker takes them; the caller frees. */
+static struct cpulist *vcpu_cpus(const struct dompol *p)
 {
-	/* room for the worst case, every other CPU: "0,2,4,...,4094" */
-	const size_t buflen = CPULIST_MAX_CPUS * 3;
-	char *buf = malloc(buflen);
-	struct json_object *o = name_params(name), *arr = json_object_new_array();
-	bool ok = o && arr && buf;
-
-	for (unsigned v = 0; ok && v < p->n_vcpus; v++) {
-		struct cpulist l;
-		struct json_object *e = json_object_new_object();
-		to_cpulist(&p->vcpu_cpus[v], &l);
-		ok = e && cpulist_format(&l, buf, buflen) >= 0 &&
-		     json_object_object_add(e, "cpus", json_object_new_string(buf)) == 0 &&
-		     json_object_array_add(arr, e) == 0;
-		if (!ok)
-			json_object_put(e);
-	}
-	free(buf);
-	ok = ok && json_object_object_add(o, "vcpus", arr) == 0;
-	if (!ok)
-		json_object_put(arr);
-	ok = ok && json_object_object_add(o, "gp", json_object_new_int((int)p->gp)) == 0 &&
-	     json_object_object_add(o, "fixed_mask", json_object_new_int64(p->fixed_mask)) == 0;
-	if (ok && with_policy)
-		ok = json_object_object_add(o, "priority", json_object_new_int(p->priority)) == 0 &&
-		     json_object_object_add(o, "class", json_object_new_string(p->cls)) == 0;
-	if (!ok) {
-		json_object_put(o);
-		return NULL;
-	}
-	return o;
+	struct cpulist *l = calloc(p->n_vcpus ? p->n_vcpus : 1, sizeof(*l));
+	for (unsigned v = 0; l && v < p->n_vcpus; v++)
+		to_cpulist(&p->vcpu_cpus[v], &l[v]);
+	return l;
 }
 
-static const char *str_of(struct json_object *o, const char *key)
+/* A domain name the protocol cannot carry gets the refusal a request with
+ * that name would get, instead of a lease under a cut name. */
+static int check_name(const char *name, struct proto_error *err)
 {
-	struct json_object *v;
-	if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-		return "";
-	return json_object_get_string(v);
-}
-
-static int64_t int_of(struct json_object *o, const char *key)
-{
-	struct json_object *v;
-	if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
-		return -1;
-	return json_object_get_int64(v);
+	if (strlen(name) > PROTO_NAME_MAX)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.name",
+				       "params.name: 1..%d characters of [A-Za-z0-9._-]", PROTO_NAME_MAX);
+	return 0;
 }
 
 /* Whether the lease the broker holds differs from what the domain asks. */
-static bool policy_differs(const struct lvglue *g, struct json_object *show, const struct dompol *p)
+static bool policy_differs(const struct lvglue *g, const struct broker_vm_view *v, const struct dompol *p)
 {
-	struct json_object *vc;
-	char *end;
-	const char *fx = str_of(show, "fixed_mask");
-	unsigned long fixed = strtoul(fx, &end, 16);
-
-	if (int_of(show, "priority") != p->priority || strcmp(str_of(show, "class"), p->cls) ||
-	    int_of(show, "gp") != (int64_t)p->gp || end == fx || *end || fixed != p->fixed_mask)
+	if ((int64_t)v->priority != p->priority || strcmp(proto_class_name(v->cls), p->cls) || v->gp != p->gp ||
+	    v->fixed_mask != p->fixed_mask || v->n_vcpus != p->n_vcpus)
 		return true;
-	if (!json_object_object_get_ex(show, "vcpus", &vc) || !json_object_is_type(vc, json_type_array) ||
-	    json_object_array_length(vc) != p->n_vcpus)
-		return true;
-	for (unsigned v = 0; v < p->n_vcpus; v++) {
-		struct cpulist have, want;
-		to_cpulist(&p->vcpu_cpus[v], &want);
-		if (cpulist_parse(str_of(json_object_array_get_idx(vc, v), "cpus"), g->host_cpus, &have) < 0 ||
-		    !cpulist_equal(&have, &want))
+	for (unsigned i = 0; i < p->n_vcpus; i++) {
+		struct broker_vcpu_view vc;
+		struct cpulist want;
+		to_cpulist(&p->vcpu_cpus[i], &want);
+		if (broker_vm_vcpu(g->b, v->id, i, &vc) < 0 || !cpulist_equal(vc.cpus, &want))
 			return true;
 	}
 	return false;
@@ -215,8 +112,7 @@ static void bind_to_qemu(struct lvglue *g, const char *name)
 {
 	char path[PATH_MAX];
 	pid_t pid = 0;
-	struct json_object *res, *p;
-	struct proto_error err;
+	struct proto_error err = {0};
 	int r = read_qemu_pid(g->pid_dir, name, &pid, path, sizeof(path));
 
 	if (r < 0) {
@@ -226,23 +122,13 @@ static void bind_to_qemu(struct lvglue *g, const char *name)
 			 r == -EINVAL ? "not a pid" : strerror(-r), name);
 		return;
 	}
-	if (!(p = name_params(name)) || json_object_object_add(p, "pid", json_object_new_int(pid)) < 0) {
-		json_object_put(p);
-		log_err("libvirt: domain %s: out of memory vm=%s", name, name);
-		return;
-	}
-	if (call(g, "vm.bind", p, &res, &err) < 0)
+	struct proto_vm_bind q = { .pid = pid };
+	snprintf(q.name, sizeof(q.name), "%s", name);
+	if (broker_vm_bind(g->b, &g->caller, &q, NULL, &err) < 0)
 		log_warn("libvirt: domain %s: cannot bind its lease to QEMU pid %d: %s vm=%s", name, (int)pid,
 			 err.message, name);
 	else
 		log_info("libvirt: domain %s: lease bound to QEMU pid %d vm=%s", name, (int)pid, name);
-	json_object_put(res);
-}
-
-static bool is_bound(struct json_object *show)
-{
-	struct json_object *o;
-	return json_object_object_get_ex(show, "owner", &o) && json_object_is_type(o, json_type_object);
 }
 
 /* -------------------------------------------------------------- the rules */
@@ -261,18 +147,27 @@ static void say_refused(const char *name, const struct dompol *p, const char *me
 			 e->message, name);
 }
 
+/* priority and class only with_policy: a domain without our metadata
+ * gets the broker's own defaults, as the hook's requests do. */
 static void attach(struct lvglue *g, const char *name, const struct dompol *p)
 {
-	struct json_object *res;
-	struct proto_error err;
-	struct json_object *params = request_params(p, name, p->metadata_present);
-
-	if (call(g, "vm.attach", params, &res, &err) < 0) {
+	struct proto_error err = {0};
+	struct proto_vm_attach a = { .has_priority = p->metadata_present, .has_class = p->metadata_present,
+				     .priority = (uint32_t)p->priority, .gp = p->gp, .fixed_mask = p->fixed_mask };
+	int cls = proto_class_from_name(p->cls);
+	_cleanup_free_ struct cpulist *cpus = vcpu_cpus(p);
+	snprintf(a.name, sizeof(a.name), "%s", name);
+	a.cls = cls < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)cls;
+	a.vcpus = (struct proto_vcpus){ .count = p->n_vcpus, .cpus = cpus };
+	int r = check_name(name, &err);
+	if (r == 0 && !cpus)
+		r = proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	if (r == 0)
+		r = broker_vm_attach(g->b, &g->caller, &a, NULL, &err);
+	if (r < 0) {
 		say_refused(name, p, "vm.attach", &err);
-		json_object_put(res);
 		return;
 	}
-	json_object_put(res);
 	log_notice("libvirt: domain %s runs without a lease: attached (%s, priority %d, gp %u, fixed 0x%x, %u vCPUs) vm=%s",
 		   name, p->cls, p->priority, p->gp, p->fixed_mask, p->n_vcpus, name);
 	bind_to_qemu(g, name);
@@ -280,15 +175,22 @@ static void attach(struct lvglue *g, const char *name, const struct dompol *p)
 
 static void update(struct lvglue *g, const char *name, const struct dompol *p)
 {
-	struct json_object *res;
-	struct proto_error err;
-
-	if (call(g, "vm.update", request_params(p, name, true), &res, &err) < 0)
+	struct proto_error err = {0};
+	struct proto_vm_update u = { .has_priority = true, .has_class = true, .has_gp = true, .has_fixed_mask = true,
+				     .has_vcpus = true, .priority = (uint32_t)p->priority, .gp = p->gp,
+				     .fixed_mask = p->fixed_mask };
+	int cls = proto_class_from_name(p->cls);
+	_cleanup_free_ struct cpulist *cpus = vcpu_cpus(p);
+	snprintf(u.name, sizeof(u.name), "%s", name);
+	u.cls = cls < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)cls;
+	u.vcpus = (struct proto_vcpus){ .count = p->n_vcpus, .cpus = cpus };
+	int r = cpus ? broker_vm_update(g->b, &g->caller, &u, NULL, &err)
+		     : proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	if (r < 0)
 		say_refused(name, p, "vm.update", &err);
 	else
 		log_notice("libvirt: domain %s: lease updated to its XML (%s, priority %d, gp %u, fixed 0x%x) vm=%s",
 			   name, p->cls, p->priority, p->gp, p->fixed_mask, name);
-	json_object_put(res);
 }
 
 static int parse_policy(struct lvglue *g, const char *name, const char *xml, struct dompol *p)
@@ -308,39 +210,39 @@ static int parse_policy(struct lvglue *g, const char *name, const char *xml, str
 static void follow(struct lvglue *g, const char *name, const char *xml)
 {
 	struct dompol p;
-	struct json_object *show = NULL;
+	struct broker_vm_view v;
 
 	if (parse_policy(g, name, xml, &p) < 0)
 		goto out;
-	const char *origin = broker_vm_origin(g->b, name);
-	if (origin && !origin_is_ours(origin)) {
-		log_info("libvirt: domain %s runs; its lease was made by %s and is left to it vm=%s", name, origin,
+	bool leased = broker_vm_find(g->b, name, &v) == 0;
+	if (leased && !origin_is_ours(v.origin)) {
+		log_info("libvirt: domain %s runs; its lease was made by %s and is left to it vm=%s", name, v.origin,
 			 name);
 		goto out;
 	}
 	if (p.pmu_off) {
-		if (origin)
+		if (leased)
 			broker_vm_release(g->b, name, "libvirt: the domain has <pmu state='off'/>");
 		goto out;
 	}
-	if (!origin) {
+	if (!leased) {
 		attach(g, name, &p);
 		goto out;
 	}
-	if (!(show = vm_show(g, name)))
-		goto out;
-	if (policy_differs(g, show, &p))
+	/* The view's pointers do not outlive the update; bound is a value. */
+	bool bound = v.bound;
+	if (policy_differs(g, &v, &p))
 		update(g, name, &p);
-	if (!is_bound(show))
+	if (!bound)
 		bind_to_qemu(g, name);
 out:
-	json_object_put(show);
 	domain_policy_clear(&p);
 }
 
 static void release_ours(struct lvglue *g, const char *name, const char *reason)
 {
-	if (origin_is_ours(broker_vm_origin(g->b, name)))
+	struct broker_vm_view v;
+	if (broker_vm_find(g->b, name, &v) == 0 && origin_is_ours(v.origin))
 		broker_vm_release(g->b, name, reason);
 }
 
@@ -462,8 +364,9 @@ int libvirt_glue_new(const struct libvirt_glue_opts *o, struct lvglue **out)
 	g->b = o->broker;
 	g->cfg = o->cfg;
 	g->host_cpus = o->host_cpus;
-	g->caller = (struct broker_caller){ .uid = 0, .gid = 0, .pid = getpid(), .privileged = true,
-					    .transport = "libvirt", .origin = LIBVIRT_GLUE_ORIGIN };
+	/* vpmud's own door: the broker lets it do what the domains ask. */
+	g->caller = (struct broker_caller){ .door = BROKER_DOOR_LIBVIRT, .uid = 0, .gid = 0, .pid = getpid(),
+					    .origin = LIBVIRT_GLUE_ORIGIN };
 	if (!(g->pid_dir = strdup(o->pid_dir ? o->pid_dir : LIBVIRT_GLUE_DEFAULT_PID_DIR))) {
 		r = -ENOMEM;
 		goto fail;

@@ -3,9 +3,10 @@
  * libvirt_glue: the libvirt door of vpmud. It turns what the follower
  * (libvirt_events) reports about running domains into lease requests to the
  * broker, and nothing more: every decision (admission, refusal, placement)
- * stays in the broker. Requests go through proto_request_from_json, the
- * same validation the socket applies, with the caller
- * { transport "libvirt", origin "libvirt", privileged }.
+ * stays in the broker. It builds the typed requests (no JSON in between)
+ * and calls the broker as the caller { door libvirt, origin "libvirt" };
+ * the broker refuses anything it would not reload, as it does for every
+ * door.
  *
  * Rules (docs/libvirt.md, "The daemon-side follower"):
  *   running domain, no lease     vm.attach with the policy of its XML, then

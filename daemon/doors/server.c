@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,24 +13,33 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "proto/frame.h"
+#include <json-c/json.h>
+
 #include "base/log.h"
+#include "doors/json_door.h"
+#include "proto/cleanup.h"
+#include "proto/frame.h"
 #include "proto/response.h"
 
 /* A watcher that does not read its events is cut off when this much waits
  * for it; replies may add one more maximal response on top. */
 #define SERVER_MAX_EVENT_BACKLOG (8u << 20)
 #define SERVER_MAX_BACKLOG (SERVER_MAX_EVENT_BACKLOG + 2 * PROTO_MAX_RESPONSE)
+/* An output buffer this large is given back once drained: one big plan
+ * should not stay resident for the life of the connection. */
+#define SERVER_KEEP_BUFFER (64u << 10)
 
 struct conn {
 	struct server *srv;
 	int fd;
 	sd_event_source *src;
 	struct frame_reader reader;
-	char *out;
-	size_t out_len, out_cap;
+	struct json_door_text out;
+	size_t out_off;       /* bytes of out already sent */
 	struct ucred cred;
-	bool privileged;
+	gid_t *groups;        /* supplementary groups, from the kernel with the connection */
+	size_t n_groups;
+	struct broker_conn *bconn;
 	bool hello_done;
 	char client[PROTO_CLIENT_MAX + 1];  /* from hello: the lease origin */
 	bool watching;
@@ -51,18 +61,32 @@ struct server {
 	struct conn *conns;
 	unsigned n_conns;
 	unsigned max_cpus;
+	/* The last event as a frame: rendered once, queued to every watcher. */
+	struct json_door_text event_frame;
+	uint64_t event_seq;
+	bool event_ok;
 };
+
+static size_t pending(const struct conn *c)
+{
+	return c->out.len - c->out_off;
+}
 
 static void conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 	if (c->watching)
 		broker_unsubscribe(s->broker, c->sub_id);
+	/* What this client made stays (socket leases do not follow it); the
+	 * broker refuses whatever still arrives for it. */
+	broker_conn_close(c->bconn, NULL);
+	broker_conn_unref(c->bconn);
 	sd_event_source_disable_unref(c->reaper);
 	sd_event_source_disable_unref(c->src);
 	close(c->fd);
 	frame_reader_fini(&c->reader);
-	free(c->out);
+	json_door_text_fini(&c->out);
+	free(c->groups);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -78,7 +102,7 @@ static void update_events(struct conn *c)
 	if (c->dead)
 		return;
 	uint32_t ev = c->closing ? 0 : EPOLLIN;
-	if (c->out_len)
+	if (pending(c))
 		ev |= EPOLLOUT;
 	sd_event_source_set_io_events(c->src, ev);
 }
@@ -93,7 +117,7 @@ static int on_reap(sd_event_source *src, void *userdata)
 /*
  * Cuts a connection off now: no more events, nothing more sent or read.
  * The memory goes from a deferred source, because this may run inside a
- * broker callback (emit) or while one of its frames is being handled.
+ * broker callback (an event) or while one of its frames is being handled.
  */
 static void conn_kill(struct conn *c, const char *why)
 {
@@ -105,22 +129,35 @@ static void conn_kill(struct conn *c, const char *why)
 		broker_unsubscribe(c->srv->broker, c->sub_id);
 		c->watching = false;
 	}
-	c->out_len = 0;
+	json_door_text_truncate(&c->out, 0);
+	c->out_off = 0;
 	shutdown(c->fd, SHUT_RDWR);
 	sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
 	if (sd_event_add_defer(c->srv->event, &c->reaper, on_reap, c) < 0)
 		log_err("client pid %d: cannot schedule its cleanup", (int)c->cred.pid);
 }
 
-/* Queues one frame; takes ownership of obj. An event (is_event) is cut off
- * at a smaller backlog than a reply. */
-static int queue_obj(struct conn *c, struct json_object *obj, bool is_event)
+/* After queuing: cut off a peer that does not read (events have the
+ * smaller allowance). */
+static int check_backlog(struct conn *c, bool is_event)
+{
+	size_t cap = is_event ? SERVER_MAX_EVENT_BACKLOG : SERVER_MAX_BACKLOG;
+	if (pending(c) <= cap)
+		return 0;
+	char why[96];
+	snprintf(why, sizeof(why), "it does not read what it is sent (%zu bytes queued)", pending(c));
+	conn_kill(c, why);
+	return -ENOBUFS;
+}
+
+/* Queues one small frame built with json-c; takes ownership of obj. */
+static int send_obj(struct conn *c, struct json_object *obj)
 {
 	char *frame;
 	size_t len;
 	if (!obj)
 		return -ENOMEM;
-	if (c->dead || (c->closing && is_event)) {
+	if (c->dead) {
 		json_object_put(obj);
 		return -ECONNRESET;
 	}
@@ -128,34 +165,16 @@ static int queue_obj(struct conn *c, struct json_object *obj, bool is_event)
 	json_object_put(obj);
 	if (r < 0)
 		return r;
-	size_t cap = is_event ? SERVER_MAX_EVENT_BACKLOG : SERVER_MAX_BACKLOG;
-	if (c->out_len + len > cap) {
-		char why[96];
-		free(frame);
-		snprintf(why, sizeof(why), "it does not read what it is sent (%zu bytes queued)", c->out_len);
-		conn_kill(c, why);
-		return -ENOBUFS;
-	}
-	if (c->out_len + len > c->out_cap) {
-		size_t ncap = (c->out_len + len) * 2;
-		char *n = realloc(c->out, ncap);
-		if (!n) {
-			free(frame);
-			return -ENOMEM;
-		}
-		c->out = n;
-		c->out_cap = ncap;
-	}
-	memcpy(c->out + c->out_len, frame, len);
-	c->out_len += len;
+	r = json_door_text_append(&c->out, frame, len);
 	free(frame);
+	if (r < 0) {
+		json_door_text_truncate(&c->out, c->out.len);
+		return r;
+	}
+	if ((r = check_backlog(c, false)) < 0)
+		return r;
 	update_events(c);
 	return 0;
-}
-
-static int send_obj(struct conn *c, struct json_object *obj)
-{
-	return queue_obj(c, obj, false);
 }
 
 static void send_error(struct conn *c, bool id_known, uint64_t id, const struct proto_error *err)
@@ -163,50 +182,82 @@ static void send_error(struct conn *c, bool id_known, uint64_t id, const struct 
 	send_obj(c, response_error(id_known, id, err));
 }
 
-static void on_plan_event(struct json_object *event, void *userdata)
+/* The event as a frame, once per event whatever the number of watchers. */
+static const struct json_door_text *event_frame(struct server *s, const struct broker_event *ev)
+{
+	if (s->event_seq != ev->seq || !s->event_frame.data) {
+		json_door_text_truncate(&s->event_frame, 0);
+		s->event_frame.max = PROTO_MAX_RESPONSE;
+		s->event_ok = json_door_event(ev, &s->event_frame) == 0;
+		s->event_frame.max = 0;
+		s->event_ok = s->event_ok && json_door_text_append(&s->event_frame, "\n", 1) == 0;
+		s->event_seq = ev->seq;
+		if (!s->event_ok)
+			log_err("an event (%s) could not be rendered for watchers: %s", ev->reason ? ev->reason : "",
+				strerror(-(s->event_frame.error ? s->event_frame.error : ENOMEM)));
+	}
+	return s->event_ok ? &s->event_frame : NULL;
+}
+
+static void on_plan_event(const struct broker_event *ev, void *userdata)
 {
 	struct conn *c = userdata;
-	queue_obj(c, json_object_get(event), true);
-}
-
-/* A result too large to send still gets an answer. */
-static void send_result(struct conn *c, uint64_t id, struct json_object *result)
-{
-	int r = send_obj(c, response_result(id, result));
-	if (r == -EMSGSIZE) {
-		struct proto_error err = {0};
-		proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
-				"the result exceeds %u bytes; ask for less (plan: params.cpus)",
-				PROTO_MAX_RESPONSE);
-		send_error(c, true, id, &err);
+	const struct json_door_text *f = event_frame(c->srv, ev);
+	if (!f || c->dead || c->closing)
+		return;
+	if (json_door_text_append(&c->out, f->data, f->len) < 0) {
+		json_door_text_truncate(&c->out, c->out.len);
+		return;
 	}
+	if (check_backlog(c, true) == 0)
+		update_events(c);
 }
 
-#ifndef SO_PEERGROUPS
-#define SO_PEERGROUPS 59
-#endif
-
-/* Root, or a member of the admin group (primary or supplementary). The
- * groups come from the kernel with the connection (SO_PEERGROUPS), as the
- * credentials do: nothing a reused pid could change. */
-static bool peer_privileged(const struct server *s, int fd, const struct ucred *cr)
+/*
+ * Renders the result straight into the output, framed; a result too large
+ * to send still gets an answer. A change tells watchers (this client may be
+ * one) before it returns, and they hear it before the answer, as the
+ * protocol promises: its (small) result is rendered aside, then queued.
+ */
+static void run_request(struct conn *c, const struct broker_caller *caller, const struct proto_request *req)
 {
-	if (cr->uid == 0)
-		return true;
-	char buf[4096];
-	struct group grp, *gr = NULL;
-	if (getgrnam_r(s->cfg->admin_group, &grp, buf, sizeof(buf), &gr) != 0 || !gr)
-		return false;
-	if (cr->gid == gr->gr_gid)
-		return true;
-	gid_t groups[256];
-	socklen_t len = sizeof(groups);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
-		return false; /* ERANGE: more than 256 groups; not privileged by group */
-	for (size_t i = 0; i < len / sizeof(gid_t); i++)
-		if (groups[i] == gr->gr_gid)
-			return true;
-	return false;
+	struct proto_error err = {0};
+	char head[64];
+	size_t hn = (size_t)snprintf(head, sizeof(head), "{\"id\":%" PRIu64 ",\"result\":", req->id);
+	bool aside = broker_method_right(req->method) != BROKER_RIGHT_ANYONE;
+	_cleanup_(json_door_text_fini) struct json_door_text tmp = {0};
+	size_t start = c->out.len;
+	int r = 0;
+	if (aside) {
+		tmp.max = PROTO_MAX_RESPONSE - hn - 1;
+		r = json_door_result(c->srv->broker, caller, req, &tmp, &err);
+		if (c->dead)
+			return;
+		start = c->out.len; /* after the events the change queued */
+		if (r == 0 && (json_door_text_append(&c->out, head, hn) < 0 ||
+			       json_door_text_append(&c->out, tmp.data, tmp.len) < 0))
+			r = proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	} else if ((r = json_door_text_append(&c->out, head, hn)) == 0) {
+		/* The text, its closing brace excluded, is at most the limit. */
+		c->out.max = start + PROTO_MAX_RESPONSE - 1;
+		r = json_door_result(c->srv->broker, caller, req, &c->out, &err);
+		c->out.max = 0;
+	} else {
+		proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	}
+	if (r == 0 && (r = json_door_text_append(&c->out, "}\n", 2)) < 0)
+		proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	if (r < 0) {
+		json_door_text_truncate(&c->out, start);
+		if (err.code == PROTO_E_TOO_LARGE)
+			proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
+					"the result exceeds %u bytes; ask for less (plan: params.cpus)",
+					PROTO_MAX_RESPONSE);
+		send_error(c, true, req->id, &err);
+		return;
+	}
+	if (check_backlog(c, false) == 0)
+		update_events(c);
 }
 
 static void handle_frame(struct conn *c, const char *frame, size_t len)
@@ -238,8 +289,8 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 		return;
 	}
 	if (!c->hello_done) {
-		proto_error_set(&err, PROTO_E_BAD_REQUEST, EPROTO, "method",
-				"the first request must be hello, got %s", proto_method_name(req.method));
+		proto_error_set(&err, PROTO_E_BAD_REQUEST, EPROTO, "method", "the first request must be hello, got %s",
+				proto_method_name(req.method));
 		send_error(c, true, req.id, &err);
 		proto_request_fini(&req);
 		return;
@@ -255,20 +306,40 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 			c->watching = true;
 		}
 		struct json_object *r = json_object_new_object();
-		json_object_object_add(r, "generation", json_object_new_uint64(broker_generation(s->broker)));
-		send_obj(c, response_result(req.id, r));
+		if (r)
+			json_object_object_add(r, "generation", json_object_new_uint64(broker_generation(s->broker)));
+		send_obj(c, r ? response_result(req.id, r) : NULL);
 		proto_request_fini(&req);
 		return;
 	}
-	struct broker_caller caller = { .uid = c->cred.uid, .gid = c->cred.gid, .pid = c->cred.pid,
-					.privileged = c->privileged, .transport = "socket",
-					.origin = c->client[0] ? c->client : NULL };
-	struct json_object *result = NULL;
-	if (broker_handle(s->broker, &caller, &req, &result, &err) < 0)
-		send_error(c, true, req.id, &err);
-	else
-		send_result(c, req.id, result);
+	/* Who asks, as the kernel says; the broker decides what it may do. */
+	struct broker_caller caller = { .door = BROKER_DOOR_SOCKET, .uid = c->cred.uid, .gid = c->cred.gid,
+					.pid = c->cred.pid, .groups = c->groups, .n_groups = c->n_groups,
+					.origin = c->client[0] ? c->client : NULL, .conn = c->bconn };
+	run_request(c, &caller, &req);
 	proto_request_fini(&req);
+}
+
+/* Sends what it can; false when the connection is gone. */
+static bool flush_out(struct conn *c)
+{
+	ssize_t n = send(c->fd, c->out.data + c->out_off, pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n < 0 && errno != EAGAIN && errno != EINTR)
+		return false;
+	if (n > 0)
+		c->out_off += (size_t)n;
+	if (pending(c) == 0) {
+		c->out_off = 0;
+		if (c->out.cap > SERVER_KEEP_BUFFER)
+			json_door_text_fini(&c->out);
+		else
+			json_door_text_truncate(&c->out, 0);
+	} else if (c->out_off > c->out.len / 2) {
+		memmove(c->out.data, c->out.data + c->out_off, pending(c));
+		json_door_text_truncate(&c->out, pending(c));
+		c->out_off = 0;
+	}
+	return true;
 }
 
 static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdata)
@@ -278,25 +349,18 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 	if (c->dead)
 		return 0;
 
-	if (revents & EPOLLOUT && c->out_len) {
-		ssize_t n = send(fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0 && errno != EAGAIN && errno != EINTR) {
-			conn_free(c);
-			return 0;
-		}
-		if (n > 0) {
-			memmove(c->out, c->out + n, c->out_len - (size_t)n);
-			c->out_len -= (size_t)n;
-		}
+	if (revents & EPOLLOUT && pending(c) && !flush_out(c)) {
+		conn_free(c);
+		return 0;
 	}
-	if (c->closing && c->out_len == 0) {
+	if (c->closing && pending(c) == 0) {
 		conn_free(c);
 		return 0;
 	}
 	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing) {
 		char buf[16384];
 		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (n == 0 && c->out_len) {
+		if (n == 0 && pending(c)) {
 			/* The peer is done sending (half-close): answer what it
 			 * asked before closing. */
 			c->closing = true;
@@ -336,6 +400,32 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 	return 0;
 }
 
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+/* The peer's supplementary groups as the kernel took them at connect, as
+ * the credentials are: nothing a reused pid could change. */
+static int peer_groups(int fd, gid_t **out, size_t *n)
+{
+	socklen_t len = 64 * sizeof(gid_t);
+	for (;;) {
+		_cleanup_free_ gid_t *g = malloc(len ? len : sizeof(gid_t));
+		if (!g)
+			return -ENOMEM;
+		socklen_t got = len;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &got) == 0) {
+			*out = TAKE_PTR(g);
+			*n = got / sizeof(gid_t);
+			return 0;
+		}
+		/* ERANGE: got says how much room it needs. */
+		if (errno != ERANGE || got <= len)
+			return -errno;
+		len = got;
+	}
+}
+
 static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
 	struct server *s = userdata;
@@ -357,8 +447,7 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 			/* nothing more to tell a client we are turning away */
 		}
 		close(cfd);
-		log_warn("refused a connection from pid %d: %u clients already (max_clients)", (int)cr.pid,
-			 s->n_conns);
+		log_warn("refused a connection from pid %d: %u clients already (max_clients)", (int)cr.pid, s->n_conns);
 		return 0;
 	}
 	struct conn *c = calloc(1, sizeof(*c));
@@ -370,8 +459,13 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 	c->srv = s;
 	c->fd = cfd;
 	c->cred = cr;
-	c->privileged = peer_privileged(s, cfd, &cr);
-	if (sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0) {
+	/* Without its groups a peer is judged by uid and primary group only. */
+	if (peer_groups(cfd, &c->groups, &c->n_groups) < 0)
+		c->n_groups = 0;
+	if (broker_conn_open(s->broker, false, &c->bconn) < 0 ||
+	    sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0) {
+		broker_conn_unref(c->bconn);
+		free(c->groups);
 		frame_reader_fini(&c->reader);
 		free(c);
 		close(cfd);
@@ -443,8 +537,7 @@ int server_new(const struct server_opts *o, struct server **out, char *why, size
 		char buf[4096];
 		if (getgrnam_r(o->cfg->admin_group, &grp, buf, sizeof(buf), &gr) == 0 && gr &&
 		    chown(sa.sun_path, (uid_t)-1, gr->gr_gid) < 0)
-			log_warn("cannot give %s to group %s: %s", sa.sun_path, o->cfg->admin_group,
-				 strerror(errno));
+			log_warn("cannot give %s to group %s: %s", sa.sun_path, o->cfg->admin_group, strerror(errno));
 		s->owns_path = true;
 	}
 	int r = sd_event_add_io(s->event, &s->listen_src, s->listen_fd, EPOLLIN, on_accept, s);
@@ -468,6 +561,7 @@ void server_free(struct server *s)
 		close(s->listen_fd);
 	if (s->owns_path)
 		unlink(s->path);
+	json_door_text_fini(&s->event_frame);
 	free(s);
 }
 
