@@ -361,8 +361,8 @@ def run_ops(env, door, who, ops):
 RIGHTS = {
     "status": "anyone", "pmu": "anyone", "plan": "anyone",
     "vm.list": "anyone", "vm.show": "anyone", "session.list": "anyone",
-    "vm.attach": "admin", "vm.bind": "admin", "session.start": "admin",
-    "vm.update": "owner", "vm.detach": "owner", "session.read": "owner", "session.stop": "owner",
+    "vm.attach": "admin", "vm.update": "admin", "vm.bind": "admin", "vm.detach": "admin",
+    "session.start": "admin", "session.read": "owner", "session.stop": "owner",
 }
 
 
@@ -372,8 +372,17 @@ def may(method, who, own):
     return right == "anyone" or admin or (right == "owner" and own)
 
 
-def denied(door, outcome):
+def permission_denied(outcome):
     return not outcome["ok"] and outcome["error"] in ("permission_denied", ERR + "PermissionDenied")
+
+
+def denied(door, outcome):
+    """Refused for lack of rights. Another user's session is not even shown
+    to a caller who may not read or stop it: the broker answers not_found,
+    and says why."""
+    return permission_denied(outcome) or (
+        not outcome["ok"] and outcome["error"] in ("not_found", ERR + "NotFound")
+        and "that this caller may" in outcome["message"])
 
 
 def clean_leases(env, keep=()):
@@ -436,9 +445,9 @@ def test_rights(env, mock):
                                         "" if len(op) < 2 else " on own lease" if is_own else " on another's lease")
                 if not want:
                     ok = denied(door, o)
-                    # The refusal names what this door accepts: polkit only on the bus.
-                    if ok and "message" in o:
-                        ok = ("polkit" in o["message"]) == (door == "dbus")
+                    # A refusal names what this door accepts: polkit only on the bus.
+                    if ok and permission_denied(o):
+                        ok = (POLKIT_ACTION in o["message"]) == (door == "dbus")
                     check(ok, label + ": refused", o)
                 elif op[0] == "vm.bind":
                     # Allowed, but a sleeping process holds no KVM VM.

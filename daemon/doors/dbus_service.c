@@ -1104,33 +1104,76 @@ static int groups_of_uid(struct call *c, struct proto_error *pe)
 	}
 }
 
-/* Who sent m, as the bus (not the caller) says. */
-static int read_creds(sd_bus_message *m, struct call *c, struct proto_error *pe)
+_Static_assert(sizeof(gid_t) == sizeof(uint32_t), "UnixGroupIDs are gid_t");
+
+/* The answer of GetConnectionCredentials: a{sv} with UnixUserID u,
+ * ProcessID u, UnixGroupIDs au and keys this door does not need. */
+static int creds_from_reply(sd_bus_message *reply, struct call *c, bool *has_uid, bool *has_groups)
 {
-	_cleanup_(sd_bus_creds_unrefp) sd_bus_creds *cr = NULL;
-	const gid_t *groups = NULL;
-	int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_UID | SD_BUS_CREDS_EGID |
-					     SD_BUS_CREDS_GID | SD_BUS_CREDS_PID |
-					     SD_BUS_CREDS_SUPPLEMENTARY_GIDS, &cr);
-	if (r >= 0 && sd_bus_creds_get_euid(cr, &c->uid) < 0)
-		r = sd_bus_creds_get_uid(cr, &c->uid);
+	int r = sd_bus_message_enter_container(reply, 'a', "{sv}");
+	if (r < 0)
+		return r;
+	while ((r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
+		const char *key;
+		uint32_t u;
+		if ((r = sd_bus_message_read_basic(reply, 's', &key)) < 0)
+			return r;
+		if (!strcmp(key, "UnixUserID") || !strcmp(key, "ProcessID")) {
+			if ((r = sd_bus_message_read(reply, "v", "u", &u)) < 0)
+				return r;
+			if (key[0] == 'U') {
+				c->uid = (uid_t)u;
+				*has_uid = true;
+			} else {
+				c->pid = (pid_t)u;
+			}
+		} else if (!strcmp(key, "UnixGroupIDs")) {
+			const void *gids;
+			size_t size;
+			if ((r = sd_bus_message_enter_container(reply, 'v', "au")) < 0 ||
+			    (r = sd_bus_message_read_array(reply, 'u', &gids, &size)) < 0 ||
+			    (r = sd_bus_message_exit_container(reply)) < 0)
+				return r;
+			free(c->groups);
+			c->n_groups = size / sizeof(gid_t);
+			if (!(c->groups = malloc(size ? size : 1)))
+				return -ENOMEM;
+			memcpy(c->groups, gids, size);
+			*has_groups = true;
+		} else if ((r = sd_bus_message_skip(reply, "v")) < 0) {
+			return r;
+		}
+		if ((r = sd_bus_message_exit_container(reply)) < 0)
+			return r;
+	}
+	return r < 0 ? r : sd_bus_message_exit_container(reply);
+}
+
+/*
+ * Who sent the call, as the bus daemon says: uid, pid and groups. The
+ * groups are dbus-daemon's UnixGroupIDs, taken from the connection as the
+ * socket door takes SO_PEERGROUPS (sd-bus does not read them, hence the
+ * call of our own). A bus that gives none gets the user database's groups
+ * of the uid.
+ */
+static int read_creds(struct dbus_service *s, struct call *c, struct proto_error *pe)
+{
+	_cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+	_cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+	bool has_uid = false, has_groups = false;
+	int r = sd_bus_call_method(s->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+				   "GetConnectionCredentials", &e, &reply, "s", c->sender);
+	if (r >= 0)
+		r = creds_from_reply(reply, c, &has_uid, &has_groups);
 	if (r < 0)
 		return proto_error_set(pe, PROTO_E_INTERNAL, -r, NULL, "cannot read the caller's credentials: %s",
-				       strerror(-r));
-	if (sd_bus_creds_get_egid(cr, &c->gid) < 0 && sd_bus_creds_get_gid(cr, &c->gid) < 0)
-		c->gid = (gid_t)-1;
-	if (sd_bus_creds_get_pid(cr, &c->pid) < 0)
-		c->pid = 0;
-	r = sd_bus_creds_get_supplementary_gids(cr, &groups);
-	if (r > 0 && !(sd_bus_creds_get_augmented_mask(cr) & SD_BUS_CREDS_SUPPLEMENTARY_GIDS)) {
-		c->groups = malloc((size_t)r * sizeof(*c->groups));
-		if (!c->groups)
-			return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		memcpy(c->groups, groups, (size_t)r * sizeof(*c->groups));
-		c->n_groups = (size_t)r;
-		return 0;
-	}
-	return groups_of_uid(c, pe);
+				       e.message ? e.message : strerror(-r));
+	if (!has_uid)
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENODATA, NULL, "the bus did not say which user %s is",
+				       c->sender);
+	/* The bus names no primary group; its list holds it. */
+	c->gid = (gid_t)-1;
+	return has_groups ? 0 : groups_of_uid(c, pe);
 }
 
 static bool changes_state(enum proto_method m)
@@ -1369,7 +1412,7 @@ static int dispatch(struct dbus_service *s, sd_bus_message *m, struct proto_requ
 	c->msg = sd_bus_message_ref(m);
 	c->req = *req;
 	*req = (struct proto_request){ 0 };
-	if ((r = read_creds(m, c, &pe)) < 0 || (r = peer_conn(s, c->sender, &c->conn, &pe)) < 0)
+	if ((r = read_creds(s, c, &pe)) < 0 || (r = peer_conn(s, c->sender, &c->conn, &pe)) < 0)
 		return reply_error(m, &pe);
 
 	struct broker_caller caller = caller_of(c, false);
