@@ -673,11 +673,9 @@ static void test_corrupt_state_moved_aside(void **st)
 	assert_int_equal(broker_vm_count(f->b), 1);
 }
 
-static void test_vmm_death_releases_lease(void **st)
+/* A fake VMM holding one KVM VM with 2 vCPUs; pid 0 when it cannot run. */
+static pid_t spawn_fake_vmm(int *vm_fd)
 {
-	struct fx *f = *st;
-	if (access("/dev/kvm", R_OK | W_OK) != 0)
-		skip();
 	int pfd[2];
 	assert_int_equal(pipe(pfd), 0);
 	char tool[512];
@@ -693,11 +691,27 @@ static void test_vmm_death_releases_lease(void **st)
 	char line[128] = "";
 	ssize_t n = read(pfd[0], line, sizeof(line) - 1);
 	close(pfd[0]);
-	if (n <= 0)
-		skip();
+	if (n <= 0 || !strstr(line, "vm_fd=")) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return 0;
+	}
 	line[n] = 0;
-	int vm_fd = -1;
-	sscanf(strstr(line, "vm_fd="), "vm_fd=%d", &vm_fd);
+	sscanf(strstr(line, "vm_fd="), "vm_fd=%d", vm_fd);
+	return pid;
+}
+
+static void test_vmm_death_releases_lease(void **st)
+{
+	struct fx *f = *st;
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		skip();
+	int vm_fd = -1, vm_fd2 = -1;
+	pid_t pid = spawn_fake_vmm(&vm_fd);
+	if (!pid)
+		skip();
+	pid_t pid2 = spawn_fake_vmm(&vm_fd2);
+	assert_true(pid2 > 0);
 	char req[512];
 	snprintf(req, sizeof(req), "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"vmm\",\"gp\":2,"
 		 "\"vcpu_count\":2,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}}}", (int)pid, vm_fd);
@@ -711,14 +725,40 @@ static void test_vmm_death_releases_lease(void **st)
 	assert_true(call(f, &root, req, &r, &err) < 0);
 	assert_string_equal(err.field, "params.owner");
 
+	/* A lease made on a connection that it follows, then bound to its
+	 * VMM: it follows the VMM from then on, not the connection. */
+	struct broker_caller agent = root;
+	agent.door = BROKER_DOOR_DBUS;
+	assert_int_equal(broker_conn_open(f->b, true, &agent.conn), 0);
+	json_object_put(ok_as(f, &agent, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"agent\",\"gp\":2,"
+					 "\"vcpu_count\":2,\"cpus\":\"2-3\"}}"));
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "agent", &v), 0);
+	assert_true(v.follows_connection);
+	snprintf(req, sizeof(req), "{\"id\":4,\"method\":\"vm.bind\",\"params\":{\"name\":\"agent\",\"pid\":%d}}", (int)pid2);
+	json_object_put(ok_as(f, &agent, req));
+	assert_int_equal(broker_vm_find(f->b, "agent", &v), 0);
+	assert_false(v.follows_connection);
+	assert_true(v.bound);
+	assert_int_equal(v.vmm_pid, pid2);
+	char *text = state_text(f);
+	assert_null(strstr(text, "follows_connection"));
+	free(text);
+	broker_conn_close(agent.conn, "its D-Bus peer :1.3 left the bus");
+	broker_conn_unref(agent.conn);
+	assert_int_equal(broker_vm_find(f->b, "agent", NULL), 0);
+
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	/* The pidfd wakes the loop; the lease goes. */
-	for (int i = 0; i < 50; i++)
+	kill(pid2, SIGKILL);
+	waitpid(pid2, NULL, 0);
+	/* The pidfd wakes the loop; the leases go, and their files. */
+	for (int i = 0; i < 50 && broker_vm_count(f->b); i++)
 		sd_event_run(f->ev, 10000);
-	r = ok(f, "{\"id\":3,\"method\":\"vm.list\"}");
+	r = ok(f, "{\"id\":5,\"method\":\"vm.list\"}");
 	assert_int_equal(json_object_array_length(json_object_object_get(r, "vms")), 0);
 	json_object_put(r);
+	assert_int_equal(count_files(f, "leases"), 0);
 }
 
 static uint64_t last_seq;
@@ -752,6 +792,690 @@ static void test_watch_events(void **st)
 	assert_int_equal(seen, 2);
 }
 
+/* ------------------------------------------------------------ connections */
+
+static int n_vms_named(struct fx *f, const char *name)
+{
+	return broker_vm_find(f->b, name, NULL) == 0;
+}
+
+static int n_sessions_named(struct fx *f, const char *name)
+{
+	return broker_session_find(f->b, name, NULL) == 0;
+}
+
+static void attach_as(struct fx *f, const struct broker_caller *c, const char *name, const char *cpus)
+{
+	char q[256];
+	snprintf(q, sizeof(q), "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"%s\",\"gp\":1,"
+		 "\"vcpu_count\":1,\"cpus\":\"%s\"}}", name, cpus);
+	json_object_put(ok_as(f, c, q));
+}
+
+static void session_as(struct fx *f, const struct broker_caller *c, const char *name, pid_t owner)
+{
+	char q[256];
+	if (owner)
+		snprintf(q, sizeof(q), "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"%s\","
+			 "\"events\":[\"task-clock\"],\"cpus\":\"0\",\"owner_pid\":%d}}", name, (int)owner);
+	else
+		snprintf(q, sizeof(q), "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"%s\","
+			 "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}", name);
+	json_object_put(ok_as(f, c, q));
+}
+
+/* Closing a connection releases exactly what follows it, once. */
+static void test_conn_close_releases_following_leases(void **st)
+{
+	struct fx *f = *st;
+	struct broker_caller a = root, b = root, c = root;
+	a.door = b.door = BROKER_DOOR_DBUS;
+	a.origin = b.origin = "dbus";
+	assert_int_equal(broker_conn_open(f->b, true, &a.conn), 0);
+	assert_int_equal(broker_conn_open(f->b, true, &b.conn), 0);
+	assert_int_equal(broker_conn_open(f->b, false, &c.conn), 0);
+	attach_as(f, &a, "a1", "0");
+	session_as(f, &a, "s1", 0);
+	session_as(f, &a, "s2", getpid()); /* owned by a process: follows it instead */
+	attach_as(f, &b, "b1", "1");
+	attach_as(f, &c, "c1", "2");         /* a connection its leases outlive */
+	attach_as(f, &root, "d1", "3");      /* no connection at all */
+	struct broker_vm_view v;
+	struct broker_session_view sv;
+	assert_int_equal(broker_vm_find(f->b, "a1", &v), 0);
+	assert_true(v.follows_connection);
+	assert_int_equal(broker_vm_find(f->b, "c1", &v), 0);
+	assert_false(v.follows_connection);
+	assert_int_equal(broker_session_find(f->b, "s1", &sv), 0);
+	assert_true(sv.follows_connection);
+	assert_int_equal(broker_session_find(f->b, "s2", &sv), 0);
+	assert_false(sv.follows_connection);
+
+	int events = 0;
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, count_events, &events, &sub), 0);
+	assert_false(broker_conn_closed(a.conn));
+	broker_conn_close(a.conn, "its D-Bus peer :1.9 left the bus");
+	assert_true(broker_conn_closed(a.conn));
+	assert_int_equal(n_vms_named(f, "a1"), 0);
+	assert_int_equal(n_sessions_named(f, "s1"), 0);
+	assert_int_equal(n_sessions_named(f, "s2") + n_vms_named(f, "b1") + n_vms_named(f, "c1") + n_vms_named(f, "d1"), 4);
+	assert_int_equal(events, 2);
+	assert_false(lease_file_exists(f, "vm-a1.json"));
+	assert_false(lease_file_exists(f, "session-s1.json"));
+	assert_true(lease_file_exists(f, "session-s2.json"));
+	assert_int_equal(count_files(f, "leases"), 4);
+	/* Once: a second close finds nothing more to do. */
+	broker_conn_close(a.conn, "again");
+	assert_int_equal(events, 2);
+	/* A connection whose leases outlive it releases nothing. */
+	broker_conn_close(c.conn, NULL);
+	assert_int_equal(n_vms_named(f, "c1"), 1);
+	assert_int_equal(events, 2);
+	/* Dropping a reference is not closing. */
+	broker_conn_unref(b.conn);
+	assert_int_equal(n_vms_named(f, "b1"), 1);
+	broker_conn_unref(a.conn);
+	broker_conn_unref(c.conn);
+	broker_unsubscribe(f->b, sub);
+}
+
+/* A request that arrives after its caller left (polkit was slow) makes
+ * nothing: the door still holds the connection, closed. */
+static void test_request_on_closed_conn_creates_nothing(void **st)
+{
+	struct fx *f = *st;
+	for (int follow = 0; follow < 2; follow++) {
+		struct broker_caller late = root;
+		late.door = follow ? BROKER_DOOR_DBUS : BROKER_DOOR_SOCKET;
+		assert_int_equal(broker_conn_open(f->b, follow, &late.conn), 0);
+		struct broker_conn *held = broker_conn_ref(late.conn); /* the waiting request's */
+		broker_conn_close(late.conn, "its D-Bus peer :1.7 left the bus");
+		broker_conn_unref(late.conn); /* the door forgot its peer */
+		late.conn = held;
+		uint64_t gen = broker_generation(f->b);
+		struct json_object *r = NULL;
+		struct proto_error err;
+		assert_true(call(f, &late, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"late\",\"gp\":1,"
+					   "\"vcpu_count\":1,\"cpus\":\"0\"}}", &r, &err) < 0);
+		assert_int_equal(err.code, PROTO_E_REFUSED);
+		assert_non_null(strstr(err.message, "the caller's connection is gone"));
+		assert_true(call(f, &late, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"late\","
+					   "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}", &r, &err) < 0);
+		assert_int_equal(err.code, PROTO_E_REFUSED);
+		assert_int_equal(broker_generation(f->b), gen);
+		assert_int_equal(broker_vm_count(f->b), 0);
+		assert_int_equal(broker_session_count(f->b), 0);
+		assert_int_equal(count_files(f, "leases"), 0);
+		broker_conn_unref(late.conn);
+	}
+}
+
+/* ------------------------------------------------------------ rights */
+
+struct who {
+	const char *what;
+	struct broker_caller c;
+	bool admin;          /* may call ADMIN methods */
+};
+
+static void test_authorization_per_door(void **st)
+{
+	struct fx *f = *st;
+	struct group *g = getgrgid(getgid());
+	assert_non_null(g);
+	snprintf(f->cfg.admin_group, sizeof(f->cfg.admin_group), "%s", g->gr_name);
+	const gid_t admin = g->gr_gid, other = admin + 4242;
+	const uid_t user = 4242;
+	const gid_t supp[] = { other + 1, admin }, none[] = { other + 1 };
+	const struct who who[] = {
+		{ "root on the socket", { .door = BROKER_DOOR_SOCKET, .uid = 0, .gid = other }, true },
+		{ "admin group as primary", { .door = BROKER_DOOR_SOCKET, .uid = user, .gid = admin }, true },
+		{ "admin group as supplementary",
+		  { .door = BROKER_DOOR_SOCKET, .uid = user, .gid = other, .groups = supp, .n_groups = 2 }, true },
+		{ "another user", { .door = BROKER_DOOR_SOCKET, .uid = user, .gid = other, .groups = none, .n_groups = 1 },
+		  false },
+		/* polkit means something on the bus only */
+		{ "another user, polkit on the socket",
+		  { .door = BROKER_DOOR_SOCKET, .uid = user, .gid = other, .polkit_allowed = true }, false },
+		{ "root on the bus", { .door = BROKER_DOOR_DBUS, .uid = 0, .gid = other }, true },
+		{ "admin group on the bus",
+		  { .door = BROKER_DOOR_DBUS, .uid = user, .gid = other, .groups = supp, .n_groups = 2 }, true },
+		{ "another user on the bus", { .door = BROKER_DOOR_DBUS, .uid = user, .gid = other }, false },
+		{ "another user on the bus, polkit says yes",
+		  { .door = BROKER_DOOR_DBUS, .uid = user, .gid = other, .polkit_allowed = true }, true },
+		{ "vpmud's libvirt follower", { .door = BROKER_DOOR_LIBVIRT, .uid = user, .gid = other }, true },
+		{ "the restore", { .door = BROKER_DOOR_STATE, .uid = user, .gid = other }, true },
+	};
+	const enum proto_method reads[] = { PROTO_M_STATUS, PROTO_M_PMU, PROTO_M_PLAN, PROTO_M_VM_LIST,
+					    PROTO_M_VM_SHOW, PROTO_M_SESSION_LIST };
+	const enum proto_method changes[] = { PROTO_M_VM_ATTACH, PROTO_M_VM_DETACH, PROTO_M_VM_UPDATE,
+					      PROTO_M_VM_BIND, PROTO_M_SESSION_START };
+	const enum proto_method owned[] = { PROTO_M_SESSION_STOP, PROTO_M_SESSION_READ };
+	for (size_t i = 0; i < sizeof(who) / sizeof(who[0]); i++) {
+		const struct broker_caller *c = &who[i].c;
+		struct proto_error err;
+		for (size_t m = 0; m < sizeof(reads) / sizeof(reads[0]); m++)
+			assert_int_equal(broker_authorize(f->b, c, reads[m], (uid_t)-1, &err), 0);
+		for (size_t m = 0; m < sizeof(changes) / sizeof(changes[0]); m++) {
+			memset(&err, 0, sizeof(err));
+			int r = broker_authorize(f->b, c, changes[m], (uid_t)-1, &err);
+			if (who[i].admin != (r == 0))
+				fail_msg("%s: %s: got %d (%s)", who[i].what, proto_method_name(changes[m]), r, err.message);
+			if (r == 0)
+				continue;
+			assert_int_equal(r, -EPERM);
+			assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+			/* The refusal names what this door accepts. */
+			assert_non_null(strstr(err.message, proto_method_name(changes[m])));
+			assert_non_null(strstr(err.message, g->gr_name));
+			assert_non_null(strstr(err.message, "caller uid 4242"));
+			if (c->door == BROKER_DOOR_DBUS)
+				assert_non_null(strstr(err.message, BROKER_POLKIT_ACTION));
+			else
+				assert_null(strstr(err.message, "polkit"));
+		}
+		for (size_t m = 0; m < sizeof(owned) / sizeof(owned[0]); m++) {
+			/* its own session: always; another's: admins only */
+			assert_int_equal(broker_authorize(f->b, c, owned[m], c->uid, NULL), 0);
+			assert_int_equal(broker_authorize(f->b, c, owned[m], 31337, NULL) == 0, who[i].admin);
+		}
+		/* Credentials alone: polkit is no credential. */
+		assert_int_equal(broker_caller_is_admin(f->b, c), who[i].admin && !c->polkit_allowed);
+	}
+	assert_int_equal(broker_method_right(PROTO_M_PLAN), BROKER_RIGHT_ANYONE);
+	assert_int_equal(broker_method_right(PROTO_M_VM_BIND), BROKER_RIGHT_ADMIN);
+	assert_int_equal(broker_method_right(PROTO_M_SESSION_READ), BROKER_RIGHT_OWNER_OR_ADMIN);
+
+	/* The same through the operations. */
+	struct broker_caller member = who[2].c, stranger = who[3].c, owner = who[3].c;
+	member.pid = stranger.pid = owner.pid = getpid();
+	owner.uid = user;
+	stranger.uid = user + 1;
+	struct json_object *r = NULL;
+	struct proto_error err;
+	assert_true(call(f, &stranger, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"gp\":1,"
+				       "\"vcpu_count\":1,\"cpus\":\"1\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	attach_as(f, &member, "m", "1");
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "m", &v), 0);
+	assert_int_equal(v.uid, user);
+	assert_true(call(f, &stranger, "{\"id\":2,\"method\":\"vm.detach\",\"params\":{\"name\":\"m\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	assert_int_equal(n_vms_named(f, "m"), 1);
+	/* A session of uid 4242, made by an admin of that uid: its owner (no
+	 * admin) reads and lists it; someone else does not even learn of it. */
+	session_as(f, &member, "mine", 0);
+	json_object_put(ok_as(f, &owner, "{\"id\":3,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}"));
+	r = ok_as(f, &owner, "{\"id\":4,\"method\":\"session.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
+	json_object_put(r);
+	r = ok_as(f, &stranger, "{\"id\":5,\"method\":\"session.list\"}");
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 0);
+	json_object_put(r);
+	assert_true(call(f, &stranger, "{\"id\":6,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_non_null(strstr(err.message, "that this caller may read"));
+	assert_true(call(f, &stranger, "{\"id\":7,\"method\":\"session.stop\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_non_null(strstr(err.message, "that this caller may stop"));
+	assert_true(call(f, &stranger, "{\"id\":8,\"method\":\"session.stop\",\"params\":{\"name\":\"none\"}}", &r, &err) < 0);
+	assert_string_equal(err.message, "no session named none");
+	json_object_put(ok_as(f, &owner, "{\"id\":9,\"method\":\"session.stop\",\"params\":{\"name\":\"mine\"}}"));
+	/* On the bus, polkit's yes lets another user change things. */
+	struct broker_caller bus = who[7].c;
+	bus.pid = getpid();
+	assert_true(call(f, &bus, "{\"id\":10,\"method\":\"vm.attach\",\"params\":{\"name\":\"pk\",\"gp\":1,"
+				  "\"vcpu_count\":1,\"cpus\":\"2\"}}", &r, &err) < 0);
+	assert_non_null(strstr(err.message, BROKER_POLKIT_ACTION));
+	bus.polkit_allowed = true;
+	attach_as(f, &bus, "pk", "2");
+}
+
+/* ------------------------------------------------------------ persistence */
+
+static const char *route_of(struct fx *f, const char *vm, int gp)
+{
+	struct broker_vm_view v;
+	struct broker_vcpu_view vc;
+	assert_int_equal(broker_vm_find(f->b, vm, &v), 0);
+	assert_int_equal(broker_vm_vcpu(f->b, v.id, 0, &vc), 0);
+	return broker_route_name((enum broker_route)vc.gp[gp]);
+}
+
+static uint64_t id_of(struct fx *f, const char *vm)
+{
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, vm, &v), 0);
+	return v.id;
+}
+
+static const char *placement_in_plan(struct fx *f, const char *session, uint32_t e)
+{
+	struct broker_session_view sv;
+	struct broker_event_view ev;
+	assert_int_equal(broker_session_find(f->b, session, &sv), 0);
+	assert_int_equal(broker_session_event(f->b, sv.id, e, &ev), 0);
+	return broker_placement_name(ev.placement);
+}
+
+/* Restored leases come back in arrival order (arbitration breaks ties by
+ * it), with their ids; new ones get ids above them. */
+static void test_restore_order_and_next_id(void **st)
+{
+	struct fx *f = *st;
+	/* A VM and a session of equal priority want the same counters of
+	 * CPU 1: the first to arrive has them. The session's name sorts
+	 * first, so that no order by name can pass for arrival. */
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"zz\",\"gp\":8,"
+			      "\"vcpu_count\":1,\"cpus\":\"1\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"gone\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"9\"}}"));
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"aa\","
+			      "\"events\":[\"branches\"],\"cpus\":\"1\"}}"));
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.detach\",\"params\":{\"name\":\"gone\"}}"));
+	assert_string_equal(route_of(f, "zz", 7), "passthrough");
+	assert_string_equal(placement_in_plan(f, "aa", 0), "multiplexed");
+	struct broker_session_view sv;
+	assert_int_equal(broker_session_find(f->b, "aa", &sv), 0);
+	uint64_t zz = id_of(f, "zz"), aa = sv.id;
+	assert_true(zz < aa);
+	/* A session whose owner dies while vpmud is down does not come back. */
+	pid_t child = fork();
+	if (child == 0) {
+		pause();
+		_exit(0);
+	}
+	assert_true(child > 0);
+	session_as(f, &root, "orphan", child);
+	assert_true(lease_file_exists(f, "session-orphan.json"));
+	close_broker(f);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	open_broker(f);
+	assert_string_equal(route_of(f, "zz", 7), "passthrough");
+	assert_string_equal(placement_in_plan(f, "aa", 0), "multiplexed");
+	assert_int_equal(id_of(f, "zz"), zz);
+	assert_int_equal(broker_session_find(f->b, "aa", &sv), 0);
+	assert_int_equal(sv.id, aa);
+	assert_int_equal(n_sessions_named(f, "orphan"), 0);
+	assert_false(lease_file_exists(f, "session-orphan.json"));
+	assert_int_equal(count_files(f, "rejected"), 0);
+	json_object_put(ok(f, "{\"id\":5,\"method\":\"vm.attach\",\"params\":{\"name\":\"new\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"10\"}}"));
+	assert_true(id_of(f, "new") > aa);
+}
+
+/* A state.json of the old format becomes lease files, restored in its
+ * order (VMs, then sessions). */
+static void test_old_state_migrates(void **st)
+{
+	struct fx *f = *st;
+	close_broker(f);
+	char p[128];
+	snprintf(p, sizeof(p), "%s/state.json", f->dir);
+	FILE *fp = fopen(p, "w");
+	assert_non_null(fp);
+	fprintf(fp, "{\"format\":1,\"vms\":["
+		    "{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"first\",\"gp\":6,\"vcpus\":[{\"cpus\":\"8\"}]}},\"uid\":0,\"origin\":\"vpmuctl\"},"
+		    "{\"request\":{\"method\":\"vm.attach\",\"params\":{\"name\":\"second\",\"gp\":8,\"vcpus\":[{\"cpus\":\"1\"}]}},\"uid\":7,\"origin\":\"libvirt\"}],"
+		    "\"sessions\":[{\"request\":{\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"branches\"],\"cpus\":\"1\",\"owner_pid\":%d}},"
+		    "\"uid\":0,\"origin\":\"vpmuctl\"}]}\n", (int)getpid());
+	fclose(fp);
+	open_broker(f);
+	assert_int_equal(broker_vm_count(f->b), 2);
+	assert_int_equal(broker_session_count(f->b), 1);
+	/* VMs were replayed before sessions, as the old restore did: the
+	 * session gets what the VM on CPU 1 left, nothing dedicated. */
+	assert_string_equal(route_of(f, "first", 5), "passthrough");
+	assert_string_equal(route_of(f, "second", 7), "passthrough");
+	assert_string_equal(placement_in_plan(f, "s", 0), "multiplexed");
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "second", &v), 0);
+	assert_int_equal(v.uid, 7);
+	assert_string_equal(v.origin, "libvirt");
+	assert_true(lease_file_exists(f, "vm-first.json"));
+	assert_true(lease_file_exists(f, "session-s.json"));
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "test ! -e %s/state.json && ls %s | grep -q '^state.json.migrated-'", f->dir, f->dir);
+	assert_int_equal(system(cmd), 0);
+	/* Ids continue above the migrated ones. */
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"third\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"10\"}}"));
+	assert_true(id_of(f, "third") > id_of(f, "second"));
+	assert_true(id_of(f, "second") > id_of(f, "first"));
+}
+
+struct file_id {
+	ino_t ino;
+	struct timespec mtime;
+	off_t size;
+	bool present;
+};
+
+static struct file_id file_id(struct fx *f, const char *file)
+{
+	char p[256];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/leases/%s", f->dir, file);
+	if (stat(p, &st) < 0)
+		return (struct file_id){0};
+	return (struct file_id){ .ino = st.st_ino, .mtime = st.st_mtim, .size = st.st_size, .present = true };
+}
+
+static bool same_file(struct file_id a, struct file_id b)
+{
+	return a.present && b.present && a.ino == b.ino && a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec &&
+	       a.mtime.tv_nsec == b.mtime.tv_nsec;
+}
+
+/* A change writes its own lease's file and touches no other. */
+static void test_per_lease_files(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"0\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"b\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"1\"}}"));
+	session_as(f, &root, "s", 0);
+	struct file_id a = file_id(f, "vm-a.json"), b = file_id(f, "vm-b.json"), s = file_id(f, "session-s.json");
+	assert_true(a.present && b.present && s.present);
+	assert_int_equal(count_files(f, "leases"), 3);
+
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"c\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"2\"}}"));
+	assert_int_equal(count_files(f, "leases"), 4);
+	assert_true(same_file(a, file_id(f, "vm-a.json")));
+	assert_true(same_file(b, file_id(f, "vm-b.json")));
+	assert_true(same_file(s, file_id(f, "session-s.json")));
+	struct file_id c = file_id(f, "vm-c.json");
+	assert_true(c.present);
+
+	/* An update rewrites that lease only (a new file renamed in place). */
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.update\",\"params\":{\"name\":\"a\",\"priority\":300}}"));
+	struct file_id a2 = file_id(f, "vm-a.json");
+	assert_true(a2.present);
+	assert_false(same_file(a, a2));
+	assert_true(same_file(b, file_id(f, "vm-b.json")));
+	assert_true(same_file(c, file_id(f, "vm-c.json")));
+	assert_true(same_file(s, file_id(f, "session-s.json")));
+
+	/* A detach removes its file and nothing else. */
+	json_object_put(ok(f, "{\"id\":5,\"method\":\"vm.detach\",\"params\":{\"name\":\"b\"}}"));
+	assert_false(file_id(f, "vm-b.json").present);
+	assert_int_equal(count_files(f, "leases"), 3);
+	assert_true(same_file(a2, file_id(f, "vm-a.json")));
+	assert_true(same_file(c, file_id(f, "vm-c.json")));
+	assert_true(same_file(s, file_id(f, "session-s.json")));
+	/* No temporary file left over, no single state document. */
+	char p[128];
+	snprintf(p, sizeof(p), "%s/state.json", f->dir);
+	assert_int_not_equal(access(p, F_OK), 0);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "test -z \"$(ls -A %s/leases | grep '^\\.')\"", f->dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* The store's limit holds both ways: a lease text of exactly
+ * STATE_LEASE_MAX bytes reloads; one byte more is kept aside. */
+static void test_lease_at_size_limit_reloads(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"big\",\"gp\":3,"
+			      "\"vcpu_count\":2,\"cpus\":\"4-5\"}}"));
+	close_broker(f);
+	for (int extra = 0; extra < 2; extra++) {
+		char p[256];
+		snprintf(p, sizeof(p), "%s/leases/vm-big.json", f->dir);
+		FILE *fp = fopen(p, "r+");
+		assert_non_null(fp);
+		char head[4096];
+		size_t n = fread(head, 1, sizeof(head), fp);
+		assert_true(n > 0 && n < sizeof(head));
+		/* JSON may end in whitespace: pad the saved text to the size. */
+		size_t want = STATE_LEASE_MAX + (size_t)extra;
+		assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+		for (size_t i = n; i < want; i++)
+			fputc(' ', fp);
+		fclose(fp);
+		struct stat sb;
+		assert_int_equal(stat(p, &sb), 0);
+		assert_int_equal((size_t)sb.st_size, want);
+		open_broker(f);
+		if (extra == 0) {
+			assert_int_equal(n_vms_named(f, "big"), 1);
+			assert_string_equal(route_of(f, "big", 2), "passthrough");
+			assert_int_equal(count_files(f, "rejected"), 0);
+			close_broker(f);
+			/* back to its own size for the next round */
+			assert_int_equal(truncate(p, (off_t)n), 0);
+		} else {
+			assert_int_equal(n_vms_named(f, "big"), 0);
+			assert_int_equal(count_files(f, "rejected"), 1);
+		}
+	}
+}
+
+/* What a door hands over typed, without the protocol's decoder, is held
+ * to the same rules: nothing is acknowledged that would not reload. */
+static void test_typed_requests_checked_as_reload(void **st)
+{
+	struct fx *f = *st;
+	struct cpulist one;
+	cpulist_clear(&one);
+	cpulist_set(&one, 3);
+	struct proto_vm_attach a = { .gp = 1, .vcpus = { .count = 1, .cpus = &one } };
+	struct proto_error err = {0};
+	snprintf(a.name, sizeof(a.name), "bad name");
+	assert_true(broker_vm_attach(f->b, &root, &a, NULL, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.name");
+	snprintf(a.name, sizeof(a.name), "..");
+	assert_true(broker_vm_attach(f->b, &root, &a, NULL, &err) < 0);
+	assert_string_equal(err.field, "params.name");
+	snprintf(a.name, sizeof(a.name), "ok");
+	a.has_priority = true;
+	a.priority = PROTO_MAX_PRIORITY + 1;
+	memset(&err, 0, sizeof(err));
+	assert_true(broker_vm_attach(f->b, &root, &a, NULL, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.priority");
+	assert_int_equal(broker_vm_count(f->b), 0);
+	assert_int_equal(count_files(f, "leases"), 0);
+	a.priority = PROTO_MAX_PRIORITY;
+	struct broker_attach_result res;
+	assert_int_equal(broker_vm_attach(f->b, &root, &a, &res, &err), 0);
+	assert_int_equal(res.passthrough_vcpus, 1);
+	assert_int_equal(res.multiplexed_vcpus, 0);
+	assert_false(res.bound);
+	assert_int_equal(res.generation, broker_generation(f->b));
+	/* An update the restore would refuse changes nothing. */
+	struct proto_vm_update u = { .has_priority = true, .priority = 5000 };
+	snprintf(u.name, sizeof(u.name), "ok");
+	assert_true(broker_vm_update(f->b, &root, &u, NULL, &err) < 0);
+	assert_string_equal(err.field, "params.priority");
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "ok", &v), 0);
+	assert_int_equal(v.priority, PROTO_MAX_PRIORITY);
+}
+
+/* plan with cpus: only those CPUs, and only the VMs and sessions that may
+ * run on them (a task's session may run anywhere). */
+static void test_plan_filter(void **st)
+{
+	struct fx *f = *st;
+	/* Sessions count for real on the host's CPUs: 0 and 1 exist anywhere. */
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"on0\",\"gp\":1,"
+			      "\"vcpu_count\":2,\"cpus\":\"0\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"on8\",\"gp\":1,"
+			      "\"vcpu_count\":1,\"cpus\":\"8\"}}"));
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"two\",\"gp\":1,"
+			      "\"vcpus\":[{\"cpus\":\"2\"},{\"cpus\":\"8\"}]}}"));
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"session.start\",\"params\":{\"name\":\"s1\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"1\"}}"));
+	json_object_put(ok(f, "{\"id\":5,\"method\":\"session.start\",\"params\":{\"name\":\"s0\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}"));
+	char q[256];
+	snprintf(q, sizeof(q), "{\"id\":6,\"method\":\"session.start\",\"params\":{\"name\":\"task\","
+		 "\"events\":[\"task-clock\"],\"pid\":%d}}", (int)getpid());
+	json_object_put(ok(f, q));
+	const struct {
+		const char *cpus, *cpu_list, *vms, *sessions;
+	} cases[] = {
+		{ "8", "8", "on8,two", "task" },
+		{ "0", "0", "on0", "s0,task" },
+		{ "1,8", "1,8", "on8,two", "s1,task" },
+		{ "100", "100", "", "task" },
+		{ NULL, NULL, "on0,on8,two", "s1,s0,task" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (cases[i].cpus)
+			snprintf(q, sizeof(q), "{\"id\":7,\"method\":\"plan\",\"params\":{\"cpus\":\"%s\"}}", cases[i].cpus);
+		else
+			snprintf(q, sizeof(q), "{\"id\":7,\"method\":\"plan\"}");
+		struct json_object *r = ok(f, q);
+		char got[256] = "";
+		struct json_object *arr = json_object_object_get(r, "cpus");
+		if (cases[i].cpu_list) {
+			for (size_t k = 0; k < json_object_array_length(arr); k++)
+				snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%d", k ? "," : "",
+					 json_object_get_int(json_object_object_get(json_object_array_get_idx(arr, k), "cpu")));
+			assert_string_equal(got, cases[i].cpu_list);
+		} else {
+			assert_int_equal(json_object_array_length(arr), 144);
+		}
+		const char *lists[2] = { "vms", "sessions" }, *want[2] = { cases[i].vms, cases[i].sessions };
+		for (int l = 0; l < 2; l++) {
+			got[0] = '\0';
+			arr = json_object_object_get(r, lists[l]);
+			for (size_t k = 0; k < json_object_array_length(arr); k++)
+				snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%s", k ? "," : "",
+					 json_object_get_string(json_object_object_get(json_object_array_get_idx(arr, k), "name")));
+			if (strcmp(got, want[l]))
+				fail_msg("plan cpus %s: %s are %s, want %s", cases[i].cpus ? cases[i].cpus : "(all)", lists[l],
+					 got, want[l]);
+		}
+		json_object_put(r);
+	}
+}
+
+/* ------------------------------------------------------------ the wire */
+
+/* The same values as fresh json-c objects: a parsed double keeps the text
+ * it was parsed from, a new one is printed by json-c itself. */
+static struct json_object *fresh_copy(struct json_object *o)
+{
+	if (!o)
+		return NULL;
+	switch (json_object_get_type(o)) {
+	case json_type_object: {
+		struct json_object *n = json_object_new_object();
+		json_object_object_foreach(o, key, val)
+			json_object_object_add(n, key, fresh_copy(val));
+		return n;
+	}
+	case json_type_array: {
+		struct json_object *n = json_object_new_array();
+		for (size_t i = 0; i < json_object_array_length(o); i++)
+			json_object_array_add(n, fresh_copy(json_object_array_get_idx(o, i)));
+		return n;
+	}
+	case json_type_double:
+		return json_object_new_double(json_object_get_double(o));
+	case json_type_string:
+		return json_object_new_string(json_object_get_string(o));
+	case json_type_boolean:
+		return json_object_new_boolean(json_object_get_boolean(o));
+	default:
+		return json_object_get(o);
+	}
+}
+
+/* text is exactly what json-c prints for the values it holds, compact and
+ * without slash escaping, as the socket sent them before the typed core. */
+static void assert_prints_as_json_c(const char *text, size_t len)
+{
+	struct json_tokener *tok = json_tokener_new();
+	struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+	assert_int_equal(json_tokener_get_error(tok), json_tokener_success);
+	assert_int_equal((size_t)json_tokener_get_parse_end(tok), len);
+	json_tokener_free(tok);
+	struct json_object *n = fresh_copy(o);
+	const char *want = json_object_to_json_string_ext(n, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (strcmp(want, text))
+		fail_msg("rendered:\n%s\njson-c prints:\n%s", text, want);
+	json_object_put(n);
+	json_object_put(o);
+}
+
+static void test_results_print_as_json_c(void **st)
+{
+	struct fx *f = *st;
+	/* Shares below 1 (three events contending), routes of every kind, a
+	 * task session, an odd event spec and a follows_connection flag. */
+	struct broker_caller agent = root;
+	agent.door = BROKER_DOOR_DBUS;
+	assert_int_equal(broker_conn_open(f->b, true, &agent.conn), 0);
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"priority\":500,"
+			      "\"class\":\"guaranteed\",\"gp\":4,\"fixed_mask\":\"0x3\",\"vcpu_count\":2,\"cpus\":\"0-3,7,9-11\"}}"));
+	json_object_put(ok_as(f, &agent, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"db.1\",\"gp\":8,"
+					 "\"fixed_mask\":7,\"vcpus\":[{\"cpus\":\"0\"},{\"cpus\":[1,2,5]}]}}"));
+	json_object_put(ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"prof\",\"events\":[\"cycles\","
+			      "\"task-clock\",\"branches\",\"cache-misses\",\"event=0xa3,umask=0x04\",\"instructions\"],\"cpus\":\"0-1\"}}"));
+	char q[256];
+	snprintf(q, sizeof(q), "{\"id\":4,\"method\":\"session.start\",\"params\":{\"name\":\"task\","
+		 "\"events\":[\"task-clock\",\"cycles\"],\"pid\":%d,\"class\":\"shared\"}}", (int)getpid());
+	json_object_put(ok(f, q));
+	const char *reqs[] = {
+		"{\"id\":5,\"method\":\"status\"}",
+		"{\"id\":6,\"method\":\"pmu\"}",
+		"{\"id\":7,\"method\":\"plan\"}",
+		"{\"id\":8,\"method\":\"plan\",\"params\":{\"cpus\":\"0-1\"}}",
+		"{\"id\":9,\"method\":\"vm.list\"}",
+		"{\"id\":10,\"method\":\"vm.show\",\"params\":{\"name\":\"db.1\"}}",
+		"{\"id\":11,\"method\":\"session.list\"}",
+		"{\"id\":12,\"method\":\"session.read\",\"params\":{\"name\":\"task\"}}",
+		"{\"id\":13,\"method\":\"vm.update\",\"params\":{\"name\":\"web\",\"priority\":7}}",
+		"{\"id\":14,\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"gp\":1,\"vcpu_count\":1,\"cpus\":\"4\"}}",
+		"{\"id\":15,\"method\":\"session.start\",\"params\":{\"name\":\"y\",\"events\":[\"instructions\"],\"cpus\":\"1\"}}",
+		"{\"id\":16,\"method\":\"vm.detach\",\"params\":{\"name\":\"x\"}}",
+		"{\"id\":17,\"method\":\"session.stop\",\"params\":{\"name\":\"y\"}}",
+	};
+	bool saw_fraction = false;
+	for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+		struct proto_request req;
+		struct proto_error err = {0};
+		bool id_known;
+		uint64_t id;
+		memset(&req, 0, sizeof(req));
+		assert_int_equal(proto_request_decode(reqs[i], strlen(reqs[i]), PMU_MAX_CPUS, &req, &id_known, &id, &err), 0);
+		struct json_door_text t = {0};
+		if (json_door_result(f->b, &root, &req, &t, &err) < 0)
+			fail_msg("%s: %s", reqs[i], err.message);
+		assert_prints_as_json_c(t.data, t.len);
+		saw_fraction = saw_fraction || strstr(t.data, "\"share\":0.") != NULL;
+		json_door_text_fini(&t);
+		proto_request_fini(&req);
+	}
+	assert_true(saw_fraction);
+
+	/* Events, with what strings may hold. */
+	struct broker_change ch[2] = {
+		{ .phase = 1, .partition = true, .cpu = 3, .guest_gp_mask = 0xf, .guest_fixed_mask = 0x3,
+		  .scrub_gp_mask = 0x1 },
+		{ .phase = 2, .vm = "w\"e\\b/1", .vcpu = 2, .n_gp = 8, .pmu_fixed_mask = 0xf,
+		  .gp = { BROKER_ROUTE_PASSTHROUGH, BROKER_ROUTE_MULTIPLEXED }, .fixed = { BROKER_ROUTE_PASSTHROUGH } },
+	};
+	struct broker_event ev = { .seq = 1, .generation = 42, .reason = "vm.attach \x01\t\n\r\b\f\x1f caf\xc3\xa9 \x7f",
+				   .n_changes = 2, .changes = ch };
+	struct json_door_text t = {0};
+	assert_int_equal(json_door_event(&ev, &t), 0);
+	assert_prints_as_json_c(t.data, t.len);
+	json_door_text_fini(&t);
+	broker_conn_unref(agent.conn);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -769,6 +1493,16 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_conn_close_releases_following_leases, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_request_on_closed_conn_creates_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_authorization_per_door, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restore_order_and_next_id, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_old_state_migrates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_per_lease_files, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_at_size_limit_reloads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_typed_requests_checked_as_reload, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_plan_filter, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_results_print_as_json_c, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

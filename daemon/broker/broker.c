@@ -224,6 +224,28 @@ static char *strdup_or_empty(const char *s)
 	return strdup(s ? s : "");
 }
 
+/* An array with room for n + 1 elements of size elem: arr itself, or a
+ * grown copy (doubling, *cap updated); NULL when out of memory, arr then
+ * left as it was. */
+static void *grow(void *arr, size_t *cap, size_t n, size_t elem)
+{
+	if (n < *cap)
+		return arr;
+	size_t ncap = *cap ? *cap * 2 : 16;
+	void *a = realloc(arr, ncap * elem);
+	if (a)
+		*cap = ncap;
+	return a;
+}
+
+/* Removes element i of n, keeping the order. */
+static void remove_at(void *arr, size_t *n, size_t i, size_t elem)
+{
+	char *a = arr;
+	memmove(a + i * elem, a + (i + 1) * elem, (*n - i - 1) * elem);
+	(*n)--;
+}
+
 static int oom(struct proto_error *err)
 {
 	return proto_error_set(err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
@@ -1220,14 +1242,10 @@ static void follow_undo(struct broker *b, const char *what)
 /* Arrival-order lists: append, and remove wherever the lease sits. */
 static int vm_list_add(struct broker *b, struct broker_vm *v)
 {
-	if (b->n_vms == b->cap_vms) {
-		size_t cap = b->cap_vms ? b->cap_vms * 2 : 16;
-		struct broker_vm **n = realloc(b->vms, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		b->vms = n;
-		b->cap_vms = cap;
-	}
+	struct broker_vm **a = grow(b->vms, &b->cap_vms, b->n_vms, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	b->vms = a;
 	b->vms[b->n_vms++] = v;
 	return 0;
 }
@@ -1235,23 +1253,16 @@ static int vm_list_add(struct broker *b, struct broker_vm *v)
 static void vm_list_remove(struct broker *b, const struct broker_vm *v)
 {
 	for (size_t i = b->n_vms; i-- > 0;)
-		if (b->vms[i] == v) {
-			memmove(&b->vms[i], &b->vms[i + 1], (b->n_vms - i - 1) * sizeof(*b->vms));
-			b->n_vms--;
-			return;
-		}
+		if (b->vms[i] == v)
+			return remove_at(b->vms, &b->n_vms, i, sizeof(*b->vms));
 }
 
 static int session_list_add(struct broker *b, struct broker_session *s)
 {
-	if (b->n_sessions == b->cap_sessions) {
-		size_t cap = b->cap_sessions ? b->cap_sessions * 2 : 16;
-		struct broker_session **n = realloc(b->sessions, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		b->sessions = n;
-		b->cap_sessions = cap;
-	}
+	struct broker_session **a = grow(b->sessions, &b->cap_sessions, b->n_sessions, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	b->sessions = a;
 	b->sessions[b->n_sessions++] = s;
 	return 0;
 }
@@ -1259,11 +1270,8 @@ static int session_list_add(struct broker *b, struct broker_session *s)
 static void session_list_remove(struct broker *b, const struct broker_session *s)
 {
 	for (size_t i = b->n_sessions; i-- > 0;)
-		if (b->sessions[i] == s) {
-			memmove(&b->sessions[i], &b->sessions[i + 1], (b->n_sessions - i - 1) * sizeof(*b->sessions));
-			b->n_sessions--;
-			return;
-		}
+		if (b->sessions[i] == s)
+			return remove_at(b->sessions, &b->n_sessions, i, sizeof(*b->sessions));
 }
 
 /* ---------------------------------------------------------------- VMs */
@@ -2609,7 +2617,10 @@ struct broker *broker_free(struct broker *b)
 {
 	if (!b)
 		return NULL;
-	/* Leases stay on disk: a stop is not a release. */
+	/* A file that still lags gets one last try; leases stay on disk
+	 * otherwise: a stop is not a release. */
+	if (b->n_resync && b->resync_timer)
+		on_resync(b->resync_timer, 0, b);
 	while (b->n_sessions) {
 		struct broker_session *s = b->sessions[b->n_sessions - 1];
 		session_unlist(b, s);
@@ -2661,14 +2672,10 @@ struct restore {
 static int on_load_lease(enum state_kind kind, const char *name, const char *text, size_t len, void *userdata)
 {
 	struct restore *rs = userdata;
-	if (rs->n == rs->cap) {
-		size_t cap = rs->cap ? rs->cap * 2 : 64;
-		struct lease_rec *n = realloc(rs->recs, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		rs->recs = n;
-		rs->cap = cap;
-	}
+	struct lease_rec *recs = grow(rs->recs, &rs->cap, rs->n, sizeof(*recs));
+	if (!recs)
+		return -ENOMEM;
+	rs->recs = recs;
 	char why[LEASE_WHY];
 	int r = lease_parse(kind, name, text, len, &rs->recs[rs->n], why, sizeof(why), NULL);
 	if (r == -ENOMEM)
@@ -2677,14 +2684,10 @@ static int on_load_lease(enum state_kind kind, const char *name, const char *tex
 		rs->n++;
 		return 0;
 	}
-	if (rs->n_bad == rs->cap_bad) {
-		size_t cap = rs->cap_bad ? rs->cap_bad * 2 : 16;
-		void *n = realloc(rs->bad, cap * sizeof(*rs->bad));
-		if (!n)
-			return -ENOMEM;
-		rs->bad = n;
-		rs->cap_bad = cap;
-	}
+	void *bad = grow(rs->bad, &rs->cap_bad, rs->n_bad, sizeof(*rs->bad));
+	if (!bad)
+		return -ENOMEM;
+	rs->bad = bad;
 	rs->bad[rs->n_bad].kind = kind;
 	snprintf(rs->bad[rs->n_bad].name, sizeof(rs->bad[0].name), "%s", name);
 	snprintf(rs->bad[rs->n_bad].why, sizeof(rs->bad[0].why), "%s", why);
@@ -2822,7 +2825,8 @@ int broker_restore(struct broker *b)
 	if (rs.n == 0 && rs.n_bad == 0)
 		log_info("state: nothing to restore in %s", state_dir(b->state));
 	/* Arrival order: arbitration breaks ties by it. */
-	qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
+	if (rs.n > 1)
+		qsort(rs.recs, rs.n, sizeof(*rs.recs), rec_cmp);
 	uint64_t max = 0;
 	for (size_t i = 0; i < rs.n; i++)
 		if (rs.recs[i].seq > max)

@@ -231,7 +231,9 @@ struct broker_pmu_view {
 void broker_pmu(const struct broker *b, struct broker_pmu_view *out);
 
 struct broker_vm_view {
-	uint64_t id;                   /* unique for the daemon's life */
+	/* The lease's sequence number: kept across restarts, never reused,
+	 * so a name detached and attached again is another lease. */
+	uint64_t id;
 	const char *name;
 	uint32_t priority;
 	enum proto_class cls;
@@ -239,12 +241,12 @@ struct broker_vm_view {
 	uint32_t fixed_mask;
 	const char *origin;
 	uid_t uid;                     /* who attached it */
-	bool follows_connection;
+	bool follows_connection;       /* released when its connection closes */
 	bool bound;
-	pid_t vmm_pid;                 /* when bound */
-	int vm_fd;                     /* when bound */
+	pid_t vmm_pid;                 /* when bound; 0 otherwise */
+	int vm_fd;                     /* when bound; -1 otherwise */
 	uint32_t n_vcpus;
-	unsigned passthrough_vcpus;
+	unsigned passthrough_vcpus;    /* vCPUs whose every asked PMC passes through */
 };
 struct broker_vcpu_view {
 	uint32_t vcpu;
@@ -265,7 +267,8 @@ struct broker_guest_view {
 size_t broker_vm_count(const struct broker *b);
 /* i < broker_vm_count(); in arrival order. */
 void broker_vm_at(const struct broker *b, size_t i, struct broker_vm_view *out);
-int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_view *out); /* -ENOENT */
+/* -ENOENT; out may be NULL to ask whether the lease exists. */
+int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_view *out);
 int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct broker_vcpu_view *out);
 int broker_vm_guest(const struct broker *b, uint64_t vm_id, struct broker_guest_view *out);
 /* Whether any vCPU of the VM may run on one of cpus. */
@@ -306,6 +309,7 @@ struct broker_event_view {
 
 size_t broker_session_count(const struct broker *b);
 void broker_session_at(const struct broker *b, size_t i, struct broker_session_view *out);
+/* -ENOENT; out may be NULL. */
 int broker_session_find(const struct broker *b, const char *name, struct broker_session_view *out);
 int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e,
 			 struct broker_event_view *out);

@@ -105,6 +105,14 @@ static void put_bool(struct json_door_text *t, bool v)
 	put(t, v ? "true" : "false");
 }
 
+/* The comma between members of a list, none before the first. */
+static void sep(struct json_door_text *t, bool *first)
+{
+	if (!*first)
+		put(t, ",");
+	*first = false;
+}
+
 /* "0x3": masks are hex strings for readers. */
 static void put_hex32(struct json_door_text *t, uint32_t v)
 {
@@ -210,9 +218,7 @@ static void put_routes(struct json_door_text *t, const uint8_t *gp, unsigned n_g
 	for (unsigned j = 0; j < 16; j++) {
 		if (!(pmu_fixed_mask & (1u << j)))
 			continue;
-		if (!first)
-			put(t, ",");
-		first = false;
+		sep(t, &first);
 		put_str(t, broker_route_name((enum broker_route)fixed[j]));
 	}
 	put(t, "]");
@@ -382,9 +388,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 			continue;
 		if (only && (cv.cpu < 0 || !cpulist_test(only, (unsigned)cv.cpu)))
 			continue;
-		if (!first)
-			put(t, ",");
-		first = false;
+		sep(t, &first);
 		put_cpu(t, &cv);
 	}
 	put(t, "],\"vms\":[");
@@ -394,9 +398,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		broker_vm_at(b, i, &v);
 		if (only && !broker_vm_on_cpus(b, v.id, only))
 			continue;
-		if (!first)
-			put(t, ",");
-		first = false;
+		sep(t, &first);
 		put_vm(t, b, &v, true);
 	}
 	put(t, "],\"sessions\":[");
@@ -406,9 +408,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		broker_session_at(b, i, &s);
 		if (only && !broker_session_on_cpus(b, s.id, only))
 			continue;
-		if (!first)
-			put(t, ",");
-		first = false;
+		sep(t, &first);
 		put_session(t, b, &s, true);
 	}
 	put(t, "]}");
@@ -632,9 +632,7 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 			 * may not read them (session.read says not_found). */
 			if (broker_authorize(b, c, PROTO_M_SESSION_READ, s.uid, NULL) < 0)
 				continue;
-			if (!first)
-				put(out, ",");
-			first = false;
+			sep(out, &first);
 			put_session(out, b, &s, false);
 		}
 		put(out, "]}");

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * server: the Unix-socket door. Accepts connections, reads peer
- * credentials, decodes newline-delimited JSON frames (proto/), runs hello
- * and watch itself and everything else through the broker. No policy here:
- * the only decision it makes is who counts as privileged (root, or a member
- * of the configured admin group), from the kernel's peer credentials.
+ * server: the Unix-socket door. Accepts connections, reads the peer's
+ * credentials from the kernel (SO_PEERCRED, SO_PEERGROUPS), decodes
+ * newline-delimited JSON frames (proto/), runs hello and watch itself and
+ * everything else through the broker, whose answers json_door renders. No
+ * policy here: the broker decides what each peer may do from its
+ * credentials. Each client is a broker connection whose leases outlive it.
  */
 #ifndef VPMU_SERVER_H
 #define VPMU_SERVER_H
@@ -20,7 +21,7 @@ struct server;
 struct server_opts {
 	sd_event *event;
 	struct broker *broker;
-	const struct config *cfg;   /* admin_group and max_clients read live */
+	const struct config *cfg;   /* max_clients read live; admin_group names the socket's group */
 	int listen_fd;              /* >= 0: socket-activated fd; -1: bind cfg->socket */
 	unsigned max_cpus;          /* CPU numbers accepted in requests */
 };
