@@ -14,7 +14,9 @@
 
 #include <json-c/json.h>
 
+#include "proto/cleanup.h"
 #include "proto/frame.h"
+#include "proto/json_fields.h"
 #include "proto/proto.h"
 #include "proto/response.h"
 
@@ -34,7 +36,7 @@ struct vpmu_client {
 	bool broken;
 	uint64_t next_id;
 	struct frame_reader reader;
-	char server[128];
+	char server[128];  /* the hello's version string, cut: it is only shown */
 	struct queued_event *head, *tail;
 	unsigned int queued;
 };
@@ -68,6 +70,12 @@ static int fail(struct vpmu_client_error *err, int r, const char *fmt, ...)
 	vsnprintf(err->message, sizeof(err->message), fmt, ap);
 	va_end(ap);
 	return r;
+}
+
+/* The one way this library says it ran out of memory. */
+static int oom(struct vpmu_client_error *err)
+{
+	return fail(err, -ENOMEM, "out of memory");
 }
 
 /* The connection is unusable from now on (lost sync or gone). */
@@ -163,7 +171,7 @@ static int send_all(struct vpmu_client *c, const char *buf, size_t len, uint64_t
 static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_timeout,
 		      struct proto_response *resp, struct vpmu_client_error *err)
 {
-	char buf[65536];
+	char buf[65536]; /* one recv's worth: frames are assembled by the reader */
 
 	for (;;) {
 		const char *frame;
@@ -177,7 +185,7 @@ static int read_frame(struct vpmu_client *c, uint64_t deadline, bool keep_on_tim
 		if (r == 1) {
 			r = response_decode(frame, len, resp);
 			if (r == -ENOMEM)
-				return broken(c, err, r, "out of memory");
+				return broken(c, err, r, "out of memory"); /* the frame is lost: no sync */
 			if (r < 0)
 				return broken(c, err, -EPROTO, "vpmud sent something that is not a protocol message");
 			return 0;
@@ -236,8 +244,7 @@ static void queue_event(struct vpmu_client *c, struct proto_response *resp)
 		return; /* lost like an overflow; the generation gap shows it */
 	snprintf(q->ev.name, sizeof(q->ev.name), "%s", resp->event);
 	q->ev.generation = resp->generation;
-	q->ev.body = resp->body;
-	resp->body = NULL;
+	q->ev.body = TAKE_PTR(resp->body);
 	if (c->tail)
 		c->tail->next = q;
 	else
@@ -249,8 +256,8 @@ static void queue_event(struct vpmu_client *c, struct proto_response *resp)
 int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_object *params,
 		     uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
 {
-	struct json_object *req;
-	char *frame = NULL;
+	_cleanup_json_ struct json_object *req = NULL;
+	_cleanup_free_ char *frame = NULL;
 	size_t len = 0;
 	uint64_t id;
 	int r;
@@ -262,91 +269,61 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		return fail(err, -ENOTCONN, "the connection to vpmud failed earlier");
 	id = c->next_id++;
 	req = json_object_new_object();
-	if (!req || json_object_object_add(req, "id", json_object_new_uint64(id)) < 0 ||
-	    json_object_object_add(req, "method", json_object_new_string(method)) < 0 ||
-	    (params && json_object_object_add(req, "params", json_object_get(params)) < 0)) {
-		json_object_put(req);
-		return fail(err, -ENOMEM, "out of memory");
-	}
+	if (!req || !json_fields_put(req, "id", json_object_new_uint64(id)) ||
+	    !json_fields_put(req, "method", json_object_new_string(method)) ||
+	    (params && !json_fields_put(req, "params", json_object_get(params))))
+		return oom(err);
 	r = frame_encode(req, PROTO_MAX_REQUEST, &frame, &len);
-	json_object_put(req);
 	if (r == -EMSGSIZE)
 		return fail(err, r, "the request exceeds the protocol's %u-byte limit", PROTO_MAX_REQUEST);
 	if (r < 0)
 		return fail(err, r, "cannot encode the request");
 	r = send_all(c, frame, len, deadline, err);
-	free(frame);
 	if (r < 0)
 		return r;
 	for (;;) {
-		struct proto_response resp;
+		_cleanup_(response_fini) struct proto_response resp = { 0 };
 
 		r = read_frame(c, deadline, false, &resp, err);
 		if (r < 0)
 			return r;
 		if (resp.kind == PROTO_RESP_EVENT) {
 			queue_event(c, &resp);
-			response_fini(&resp);
 			if (deadline && vpmu_client_now_usec() >= deadline)
 				return broken(c, err, -ETIMEDOUT, "vpmud did not answer in time");
 			continue;
 		}
 		/* "id": null is the server failing to read our request (too
 		 * large, garbled): it is still the answer to it */
-		if (resp.id_known && resp.id != id) {
-			response_fini(&resp);
+		if (resp.id_known && resp.id != id)
 			return broken(c, err, -EPROTO, "vpmud answered another request");
-		}
-		if (resp.kind == PROTO_RESP_ERROR) {
-			r = remote(err, &resp.error);
-			response_fini(&resp);
-			return r;
-		}
-		*result = resp.body;
-		resp.body = NULL;
-		response_fini(&resp);
+		if (resp.kind == PROTO_RESP_ERROR)
+			return remote(err, &resp.error);
+		*result = TAKE_PTR(resp.body);
 		return 0;
 	}
 }
 
-int vpmu_client_connect(const char *path, const char *client_name, uint64_t deadline,
-			struct vpmu_client **out, struct vpmu_client_error *err)
+/* Connects c's socket to path; the deadline bounds a full backlog. */
+static int connect_socket(struct vpmu_client *c, const char *path, uint64_t deadline, struct vpmu_client_error *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct vpmu_client *c;
-	struct json_object *params, *res = NULL;
-	uint32_t proto = 0;
-	int r;
 
-	if (!out)
-		return fail(err, -EINVAL, "invalid call");
-	*out = NULL;
-	if (!path)
-		path = vpmu_client_default_socket();
-	if (!*path)
-		return fail(err, -EINVAL, "empty socket path");
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return fail(err, -ENAMETOOLONG, "socket path %s is longer than %zu bytes", path,
 			    sizeof(sa.sun_path) - 1);
 	memcpy(sa.sun_path, path, strlen(path) + 1);
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		return fail(err, -ENOMEM, "out of memory");
-	c->next_id = 0;
-	if (frame_reader_init(&c->reader, PROTO_MAX_RESPONSE) < 0) {
-		free(c);
-		return fail(err, -ENOMEM, "out of memory");
-	}
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (c->fd < 0) {
 		int e = errno;
 
-		r = fail(err, -e, "cannot create a socket: %s", strerror(e));
-		goto fail;
+		return fail(err, -e, "cannot create a socket: %s", strerror(e));
 	}
 	for (;;) {
+		int r;
+
 		if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-			break;
+			return 0;
 		r = -errno;
 		if (r == -EINTR)
 			continue;
@@ -357,42 +334,52 @@ int vpmu_client_connect(const char *path, const char *client_name, uint64_t dead
 			continue;
 		}
 		if (r == -EAGAIN)
-			r = fail(err, -ETIMEDOUT, "cannot connect to %s: vpmud's backlog stayed full", path);
-		else
-			fail(err, r, "cannot connect to %s: %s", path, strerror(-r));
-		goto fail;
+			return fail(err, -ETIMEDOUT, "cannot connect to %s: vpmud's backlog stayed full", path);
+		return fail(err, r, "cannot connect to %s: %s", path, strerror(-r));
 	}
-	params = json_object_new_object();
-	if (!params || json_object_object_add(params, "protocol", json_object_new_int(VPMU_CLIENT_PROTOCOL)) < 0 ||
-	    (client_name && json_object_object_add(params, "client", json_object_new_string(client_name)) < 0)) {
-		json_object_put(params);
-		r = fail(err, -ENOMEM, "out of memory");
-		goto fail;
-	}
-	r = vpmu_client_call(c, "hello", params, deadline, &res, err);
-	json_object_put(params);
-	if (r < 0)
-		goto fail;
-	if (response_hello_result_decode(res, &proto, c->server, sizeof(c->server)) < 0) {
-		r = fail(err, -EPROTO, "%s does not answer like vpmud (bad hello result)", path);
-		goto fail;
-	}
-	json_object_put(res);
-	res = NULL;
-	{
-		struct proto_error pe;
+}
 
-		if (proto_hello_check(VPMU_CLIENT_PROTOCOL, proto, &pe) < 0) {
-			r = fail(err, -EPROTONOSUPPORT, "%s", pe.message);
-			goto fail;
-		}
-	}
-	*out = c;
+int vpmu_client_connect(const char *path, const char *client_name, uint64_t deadline,
+			struct vpmu_client **out, struct vpmu_client_error *err)
+{
+	_cleanup_(vpmu_client_closep) struct vpmu_client *c = NULL;
+	_cleanup_json_ struct json_object *params = NULL, *res = NULL;
+	struct proto_request hello = { .method = PROTO_M_HELLO, .u.hello.protocol = VPMU_CLIENT_PROTOCOL };
+	struct proto_error pe;
+	uint32_t proto = 0;
+	int r;
+
+	if (!out)
+		return fail(err, -EINVAL, "invalid call");
+	*out = NULL;
+	if (!path)
+		path = vpmu_client_default_socket();
+	if (!*path)
+		return fail(err, -EINVAL, "empty socket path");
+	if (client_name && strlen(client_name) > PROTO_CLIENT_MAX)
+		return fail(err, -EINVAL, "client name longer than %d characters", PROTO_CLIENT_MAX);
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return oom(err);
+	c->fd = -1;
+	if (frame_reader_init(&c->reader, PROTO_MAX_RESPONSE) < 0)
+		return oom(err);
+	if ((r = connect_socket(c, path, deadline, err)) < 0)
+		return r;
+	if (client_name)
+		memcpy(hello.u.hello.client, client_name, strlen(client_name) + 1);
+	params = proto_request_encode_params(&hello, NULL);
+	if (!params)
+		return oom(err);
+	r = vpmu_client_call(c, "hello", params, deadline, &res, err);
+	if (r < 0)
+		return r;
+	if (response_hello_result_decode(res, &proto, c->server, sizeof(c->server)) < 0)
+		return fail(err, -EPROTO, "%s does not answer like vpmud (bad hello result)", path);
+	if (proto_hello_check(VPMU_CLIENT_PROTOCOL, proto, &pe) < 0)
+		return fail(err, -EPROTONOSUPPORT, "%s", pe.message);
+	*out = TAKE_PTR(c);
 	return 0;
-fail:
-	json_object_put(res);
-	vpmu_client_close(c);
-	return r;
 }
 
 const char *vpmu_client_server(const struct vpmu_client *c)
@@ -403,7 +390,8 @@ const char *vpmu_client_server(const struct vpmu_client *c)
 int vpmu_client_watch(struct vpmu_client *c, uint64_t deadline, uint64_t *generation,
 		      struct vpmu_client_error *err)
 {
-	struct json_object *res = NULL, *g;
+	_cleanup_json_ struct json_object *res = NULL;
+	struct json_object *g;
 	int r = vpmu_client_call(c, "watch", NULL, deadline, &res, err);
 
 	if (r < 0)
@@ -413,14 +401,13 @@ int vpmu_client_watch(struct vpmu_client *c, uint64_t deadline, uint64_t *genera
 		if (json_object_object_get_ex(res, "generation", &g) && json_object_is_type(g, json_type_int))
 			*generation = (uint64_t)json_object_get_int64(g);
 	}
-	json_object_put(res);
 	return 0;
 }
 
 int vpmu_client_next_event(struct vpmu_client *c, uint64_t deadline, struct vpmu_client_event *ev,
 			   struct vpmu_client_error *err)
 {
-	struct proto_response resp;
+	_cleanup_(response_fini) struct proto_response resp = { 0 };
 	int r;
 
 	if (!c || !ev)
@@ -442,15 +429,11 @@ int vpmu_client_next_event(struct vpmu_client *c, uint64_t deadline, struct vpmu
 	r = read_frame(c, deadline, true, &resp, err);
 	if (r < 0)
 		return r;
-	if (resp.kind != PROTO_RESP_EVENT) {
-		response_fini(&resp);
+	if (resp.kind != PROTO_RESP_EVENT)
 		return broken(c, err, -EPROTO, "vpmud sent an answer to no request");
-	}
 	snprintf(ev->name, sizeof(ev->name), "%s", resp.event);
 	ev->generation = resp.generation;
-	ev->body = resp.body;
-	resp.body = NULL;
-	response_fini(&resp);
+	ev->body = TAKE_PTR(resp.body);
 	return 0;
 }
 

@@ -3,10 +3,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "proto/cleanup.h"
 
 #define TAG "vpmu-hook"
 
@@ -19,15 +22,14 @@ uint64_t hook_now_usec(void)
 
 int hook_read_pid(const char *path, pid_t *pid)
 {
+	/* "PID\n": 7 digits at most (pid_max <= 2^22); more is not a pid file */
 	char buf[32];
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return -errno;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	int e = errno;
-	close(fd);
 	if (n < 0)
-		return -e;
+		return -errno;
 	buf[n] = 0;
 	char *end;
 	errno = 0;
@@ -79,7 +81,7 @@ static char *cpus_of(const struct dompol *p)
 static int parse(const char *name, const char *xml, size_t len, const struct hook_opts *o, struct dompol *p,
 		 FILE *err)
 {
-	char msg[512];
+	char msg[DOMAIN_POLICY_ERR_MAX];
 	int r = domain_policy_parse(xml, len, &o->defaults, o->host_cpus, p, msg, sizeof(msg));
 	if (r < 0)
 		fprintf(err, TAG ": %s: %s\n", name, msg);
@@ -92,84 +94,80 @@ static int parse(const char *name, const char *xml, size_t len, const struct hoo
 static int op_prepare(const char *name, const char *xml, size_t len, const struct hook_opts *o,
 		      const struct hook_transport *t, uint64_t deadline, FILE *err)
 {
-	struct dompol p;
+	_cleanup_(domain_policy_clear) struct dompol p = { 0 };
 	struct hook_admission adm = { 0 };
-	int rc = 0;
 
 	if (parse(name, xml, len, o, &p, err) < 0) {
 		if (p.guaranteed) {
 			fprintf(err, TAG ": refusing to start %s: it asks for a guaranteed PMU share, "
 				     "but its domain XML cannot be read for PMU arbitration (see above)\n", name);
-			rc = 1;
-		} else {
-			fprintf(err, TAG ": starting %s without PMU arbitration\n", name);
+			return 1;
 		}
-		goto out;
+		fprintf(err, TAG ": starting %s without PMU arbitration\n", name);
+		return 0;
 	}
 	/* <pmu state='off'/>: the guest has no vPMU, so there is nothing to
 	 * admit (the daemon's libvirt follower would release such a lease). */
 	if (p.pmu_off)
-		goto out;
+		return 0;
 	int r = t->admit(t->ctx, &p, deadline, &adm);
 	if (r < 0) {
 		fprintf(err, TAG ": %s: %s; starting it without PMU arbitration\n", name, errstr(r));
-		goto out;
+		return 0;
 	}
 	if (adm.admitted)
-		goto out;
+		return 0;
 	adm.reason[sizeof(adm.reason) - 1] = 0;
 	if (!p.guaranteed) {
 		/* only a guaranteed request may be refused; anything else is the
 		 * daemon's mistake, not a reason to keep the VM down */
 		fprintf(err, TAG ": %s: vpmud refused a %s request (%s); starting anyway\n", name, p.cls,
 			adm.reason);
-		goto out;
+		return 0;
 	}
-	char *cpus = cpus_of(&p);
+	_cleanup_free_ char *cpus = cpus_of(&p);
 	fprintf(err,
 		TAG ": refusing to start %s: its guaranteed PMU request (%u general counters, fixed counters 0x%x, "
 		    "on CPUs %s) cannot be met: %s\n",
 		name, p.gp, p.fixed_mask, cpus ? cpus : "?", adm.reason[0] ? adm.reason : "no reason given");
-	free(cpus);
-	rc = 1;
-out:
-	domain_policy_clear(&p);
-	return rc;
+	return 1;
 }
 
 static void op_bind(const char *name, const char *xml, size_t len, const struct hook_opts *o,
 		    const struct hook_transport *t, uint64_t deadline, FILE *err)
 {
-	struct dompol p;
-	char path[4096];
+	_cleanup_(domain_policy_clear) struct dompol p = { 0 };
+	_cleanup_free_ char *path = NULL;
 	pid_t pid;
 	int r;
 
 	if (parse(name, xml, len, o, &p, err) < 0 || p.pmu_off)
-		goto out;
-	snprintf(path, sizeof(path), "%s/%s.pid", o->pid_dir ? o->pid_dir : HOOK_DEFAULT_PID_DIR, name);
+		return;
+	path = alloc_printf("%s/%s.pid", o->pid_dir ? o->pid_dir : HOOK_DEFAULT_PID_DIR, name);
+	if (!path) {
+		fprintf(err, TAG ": %s: out of memory\n", name);
+		return;
+	}
 	if ((r = hook_read_pid(path, &pid)) < 0) {
 		fprintf(err, TAG ": %s: cannot read the QEMU pid from %s: %s\n", name, path,
 			r == -EINVAL ? "not a pid" : strerror(-r));
-		goto out;
+		return;
 	}
 	if ((r = t->bind(t->ctx, &p, pid, deadline)) < 0)
 		fprintf(err, TAG ": %s: cannot bind its PMU lease to pid %d: %s\n", name, (int)pid, errstr(r));
-out:
-	domain_policy_clear(&p);
 }
 
 static void op_release(const char *name, const char *xml, size_t len, const struct hook_opts *o,
 		       const struct hook_transport *t, uint64_t deadline, FILE *err)
 {
-	struct dompol p;
+	_cleanup_(domain_policy_clear) struct dompol p = { 0 };
+
 	/* Release even when the XML is unreadable: the uuid is then unknown,
 	 * the name is enough for the daemon to find the lease. */
 	parse(name, xml, len, o, &p, err);
 	int r = t->release(t->ctx, name, p.uuid, deadline);
 	if (r < 0)
 		fprintf(err, TAG ": %s: cannot release its PMU lease: %s\n", name, errstr(r));
-	domain_policy_clear(&p);
 }
 
 int hook_run(int argc, char *const argv[], const char *xml, size_t xml_len, const struct hook_opts *o,

@@ -39,7 +39,8 @@
 struct hook_admission {
 	bool admitted;
 	/* When refused: the daemon's explanation (which CPUs lack which
-	 * counters); shown to the user by libvirt. */
+	 * counters); shown to the user by libvirt. Protocol messages are
+	 * shorter (PROTO_MESSAGE_MAX). */
 	char reason[512];
 };
 

@@ -13,9 +13,10 @@
 
 #include <json-c/json.h>
 
+#include "hook.h"
+#include "proto/cleanup.h"
 #include "proto/config.h"
 #include "proto/cpulist.h"
-#include "hook.h"
 #include "proto/proto.h"
 #include "vpmu/client.h"
 
@@ -47,57 +48,59 @@ static bool is_code(int r, const struct vpmu_client_error *e, const char *code)
 static int call1(const struct sock_ctx *sc, const char *method, struct json_object *params, uint64_t deadline,
 		 struct vpmu_client_error *e)
 {
-	struct vpmu_client *c = NULL;
-	struct json_object *res = NULL;
+	_cleanup_(vpmu_client_closep) struct vpmu_client *c = NULL;
+	_cleanup_json_ struct json_object *res = NULL;
 	int r = vpmu_client_connect(sc->path, "vpmu-libvirt-hook/" VPMU_HOOK_VERSION, deadline, &c, e);
 
 	if (r == 0)
 		r = vpmu_client_call(c, method, params, deadline, &res, e);
-	json_object_put(res);
-	vpmu_client_close(c);
 	return r;
+}
+
+/* The params of a typed request, as the protocol's encoder writes them. */
+static int params_of(const struct proto_request *req, const char *const *omit, struct json_object **out)
+{
+	*out = proto_request_encode_params(req, omit);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* A domain name as a lease name; the daemon says what else it refuses. */
+static int set_name(char dst[PROTO_NAME_MAX + 1], const char *name)
+{
+	if (!name || strlen(name) > PROTO_NAME_MAX)
+		return -ENAMETOOLONG;
+	memcpy(dst, name, strlen(name) + 1);
+	return 0;
 }
 
 /* vm.attach params for the domain's request, without an owner: at prepare
  * QEMU does not exist yet, vm.bind names it at started. */
 static int attach_params(const struct dompol *p, struct json_object **out)
 {
-	struct proto_request req = { .method = PROTO_M_VM_ATTACH };
+	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_VM_ATTACH };
 	struct proto_vm_attach *a = &req.u.vm_attach;
+	/* a domain without our metadata has no opinion: the daemon's
+	 * configured defaults decide, not the hook's copy of them */
+	static const char *const daemon_decides[] = { "priority", "class", NULL };
 	int cls = proto_class_from_name(p->cls);
+	int r;
 
 	*out = NULL;
-	if (!p->name || strlen(p->name) > PROTO_NAME_MAX)
-		return -ENAMETOOLONG;
+	if ((r = set_name(a->name, p->name)) < 0)
+		return r;
 	if (p->n_vcpus < 1 || p->n_vcpus > PROTO_MAX_VCPUS)
 		return -E2BIG;
-	snprintf(a->name, sizeof(a->name), "%s", p->name);
 	a->priority = p->priority < 0 ? 0 : (uint32_t)p->priority;
 	a->cls = cls < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)cls;
 	a->gp = p->gp;
 	a->fixed_mask = p->fixed_mask;
-	a->vcpus.count = p->n_vcpus;
 	a->vcpus.cpus = calloc(p->n_vcpus, sizeof(*a->vcpus.cpus));
 	if (!a->vcpus.cpus)
 		return -ENOMEM;
+	a->vcpus.count = p->n_vcpus;
 	for (unsigned v = 0; v < p->n_vcpus; v++)
 		a->vcpus.cpus[v] = p->vcpu_cpus[v];
-	struct json_object *obj = proto_request_encode(&req), *params = NULL;
-
-	proto_request_fini(&req);
-	if (obj && json_object_object_get_ex(obj, "params", &params))
-		params = json_object_get(params);
-	json_object_put(obj);
-	if (!params)
-		return -ENOMEM;
-	/* a domain without our metadata has no opinion: the daemon's
-	 * configured defaults decide, not the hook's copy of them */
-	if (!p->metadata_present) {
-		json_object_object_del(params, "priority");
-		json_object_object_del(params, "class");
-	}
-	*out = params;
-	return 0;
+	return params_of(&req, p->metadata_present ? NULL : daemon_decides, out);
 }
 
 /* Admits (or re-admits) the domain: 0 admitted, 1 refused (out->reason
@@ -106,13 +109,12 @@ static int do_attach(const struct sock_ctx *sc, const struct dompol *req, uint64
 		     struct hook_admission *out)
 {
 	struct vpmu_client_error e;
-	struct json_object *params;
+	_cleanup_json_ struct json_object *params = NULL;
 	int r = attach_params(req, &params);
 
 	if (r < 0)
 		return r;
 	r = call1(sc, "vm.attach", params, deadline, &e);
-	json_object_put(params);
 	/* already attached: prepare ran twice, or the follower saw it first */
 	if (r == 0 || is_code(r, &e, "exists"))
 		return 0;
@@ -137,16 +139,14 @@ static int sock_admit(void *ctx, const struct dompol *req, uint64_t deadline, st
 
 static int sock_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t deadline)
 {
+	struct proto_request bind = { .method = PROTO_M_VM_BIND, .u.vm_bind.pid = pid };
+	_cleanup_json_ struct json_object *params = NULL;
 	struct vpmu_client_error e;
 	struct hook_admission adm = { 0 };
-	struct json_object *params = json_object_new_object();
 	int r;
 
-	if (!params || json_object_object_add(params, "name", json_object_new_string(req->name)) < 0 ||
-	    json_object_object_add(params, "pid", json_object_new_int64(pid)) < 0) {
-		json_object_put(params);
-		return -ENOMEM;
-	}
+	if ((r = set_name(bind.u.vm_bind.name, req->name)) < 0 || (r = params_of(&bind, NULL, &params)) < 0)
+		return r;
 	r = call1(ctx, "vm.bind", params, deadline, &e);
 	if (is_code(r, &e, "not_found")) {
 		/* vpmud did not see prepare (it restarted, or the hook was
@@ -160,7 +160,6 @@ static int sock_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t de
 		else if (a < 0 && a != -EREMOTEIO)
 			r = a;
 	}
-	json_object_put(params);
 	if (r == -EREMOTEIO)
 		say_remote(req->name, "vm.bind", &e);
 	return r;
@@ -168,17 +167,15 @@ static int sock_bind(void *ctx, const struct dompol *req, pid_t pid, uint64_t de
 
 static int sock_release(void *ctx, const char *name, const char *uuid, uint64_t deadline)
 {
+	struct proto_request detach = { .method = PROTO_M_VM_DETACH };
+	_cleanup_json_ struct json_object *params = NULL;
 	struct vpmu_client_error e;
-	struct json_object *params = json_object_new_object();
 	int r;
 
 	(void)uuid; /* leases are named after the domain */
-	if (!params || json_object_object_add(params, "name", json_object_new_string(name)) < 0) {
-		json_object_put(params);
-		return -ENOMEM;
-	}
+	if ((r = set_name(detach.u.vm_detach.name, name)) < 0 || (r = params_of(&detach, NULL, &params)) < 0)
+		return r;
 	r = call1(ctx, "vm.detach", params, deadline, &e);
-	json_object_put(params);
 	/* stopped and release both run at every stop: the second finds nothing */
 	if (is_code(r, &e, "not_found"))
 		return 0;
@@ -194,8 +191,10 @@ static int sock_release(void *ctx, const char *name, const char *uuid, uint64_t 
 static char *read_stdin(size_t *len)
 {
 	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap), tmp[4096];
+	_cleanup_free_ char *buf = malloc(cap);
+	char drain[4096];
 	bool over = false;
+
 	if (!buf)
 		return NULL;
 	for (;;) {
@@ -204,15 +203,13 @@ static char *read_stdin(size_t *len)
 				over = true;
 			} else {
 				char *nb = realloc(buf, cap * 2);
-				if (!nb) {
-					free(buf);
+				if (!nb)
 					return NULL;
-				}
 				buf = nb;
 				cap *= 2;
 			}
 		}
-		ssize_t r = over ? read(0, tmp, sizeof(tmp)) : read(0, buf + n, cap - n);
+		ssize_t r = over ? read(0, drain, sizeof(drain)) : read(0, buf + n, cap - n);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
@@ -221,14 +218,14 @@ static char *read_stdin(size_t *len)
 			n += (size_t)r;
 	}
 	*len = over ? 0 : n;
-	return buf;
+	return TAKE_PTR(buf);
 }
 
 int main(int argc, char **argv)
 {
 	struct config cfg;
 	struct hook_opts o = { 0 };
-	char err[512];
+	char err[CONFIG_ERR_MAX];
 	size_t len = 0;
 
 	config_defaults(&cfg);
@@ -243,11 +240,10 @@ int main(int argc, char **argv)
 	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
 	o.host_cpus = ncpu < 1 ? 1 : ncpu > CPULIST_MAX_CPUS ? CPULIST_MAX_CPUS : (unsigned)ncpu;
 
-	char *xml = read_stdin(&len);
+	_cleanup_free_ char *xml = read_stdin(&len);
 	struct sock_ctx sc = { .path = vpmu_client_default_socket() };
 	const struct hook_transport t = { .admit = sock_admit, .bind = sock_bind, .release = sock_release, .ctx = &sc };
 	int rc = hook_run(argc, argv, xml ? xml : "", xml ? len : 0, &o, &t, stdout, stderr);
-	free(xml);
 	if (fflush(stdout) != 0)
 		fprintf(stderr, "vpmu-hook: cannot write stdout\n");
 	return rc;

@@ -18,7 +18,9 @@
 
 #include <json-c/json.h>
 
+#include "proto/cleanup.h"
 #include "proto/cpulist.h"
+#include "proto/json_fields.h"
 #include "proto/proto.h"
 #include "vpmu/client.h"
 
@@ -98,12 +100,11 @@ static char *xasprintf(const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
+	s = alloc_vprintf(fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (!s)
 		oom();
 	return s;
 }
@@ -468,14 +469,10 @@ static int call(struct ctl *x, const char *method, struct json_object *params, s
  * give, so the daemon applies its own configured defaults. */
 static struct json_object *req_params(const struct proto_request *req, const char *const *omit)
 {
-	struct json_object *obj = proto_request_encode(req), *p = NULL;
+	struct json_object *p = proto_request_encode_params(req, omit);
 
-	if (!obj)
+	if (!p)
 		oom(); /* every request here was validated; only allocation can fail */
-	p = json_object_get(get(obj, "params"));
-	json_object_put(obj);
-	for (; omit && *omit; omit++)
-		json_object_object_del(p, *omit);
 	return p;
 }
 
@@ -483,7 +480,7 @@ static struct json_object *name_params(const char *name)
 {
 	struct json_object *p = json_object_new_object();
 
-	if (!p || json_object_object_add(p, "name", json_object_new_string(name)) < 0)
+	if (!p || !json_fields_put(p, "name", json_object_new_string(name)))
 		oom();
 	return p;
 }
@@ -789,7 +786,7 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 				break;
 			cpulist_set(&set, (unsigned)c2);
 		}
-		char buf[64];
+		char buf[64]; /* consecutive CPUs: one range, "4094-4095" at most */
 
 		if (cpulist_empty(&set) || cpulist_format(&set, buf, sizeof(buf)) < 0)
 			snprintf(buf, sizeof(buf), "?");
@@ -962,10 +959,10 @@ static int parse_owner(const struct ctl *x, struct opt *o, int32_t *pid, int32_t
 static int vm_attach(struct ctl *x, int argc, char **argv)
 {
 	struct opt o[VO__COUNT];
-	struct proto_request req = { .method = PROTO_M_VM_ATTACH };
+	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_VM_ATTACH };
 	struct proto_vm_attach *a = &req.u.vm_attach;
 	const char *pos[1], *omit[3] = { NULL, NULL, NULL };
-	struct json_object *params, *res = NULL, *bres = NULL;
+	_cleanup_json_ struct json_object *params = NULL, *res = NULL, *bres = NULL;
 	size_t npos, no = 0;
 	int32_t pid = 0, fd = 0;
 	bool given;
@@ -981,11 +978,9 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 	if ((r = check_name(x, "VM name", pos[0])) ||
 	    (r = parse_shape(x, o, &a->priority, &a->cls, &a->gp, &a->fixed_mask)) ||
 	    (r = parse_owner(x, o, &pid, &fd)) || (r = parse_vcpus(x, o, &a->vcpus, &given)))
-		goto out;
-	if (!given) {
-		r = usage_error(x, "needs the vCPUs: --vcpus N --cpus LIST, or --vcpu-cpus LIST;LIST;...");
-		goto out;
-	}
+		return r;
+	if (!given)
+		return usage_error(x, "needs the vCPUs: --vcpus N --cpus LIST, or --vcpu-cpus LIST;LIST;...");
 	snprintf(a->name, sizeof(a->name), "%s", pos[0]);
 	/* an owner needs its VM fd on the wire; without --vm-fd the lease is
 	 * attached first and bound in a second request, where the daemon
@@ -1001,15 +996,13 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 	if (!o[VO_CLASS].seen)
 		omit[no++] = "class";
 	params = req_params(&req, omit);
-	r = call(x, "vm.attach", params, &res);
-	json_object_put(params);
-	if (r)
-		goto out;
+	if ((r = call(x, "vm.attach", params, &res)))
+		return r;
 	if (o[VO_PID].seen && !o[VO_VM_FD].seen) {
 		r = do_bind(x, a->name, pid, false, 0, &bres);
 		if (r) {
 			/* do not leave a lease that nothing will ever release */
-			struct json_object *dp = name_params(a->name), *dres = NULL;
+			_cleanup_json_ struct json_object *dp = name_params(a->name), *dres = NULL;
 
 			fprintf(stderr, "vpmuctl: vm attach: could not bind %s to pid %d; detaching it again\n",
 				a->name, (int)pid);
@@ -1017,10 +1010,8 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 			 * reset): the detach gets a fresh one. */
 			vpmu_client_close(x->c);
 			x->c = NULL;
-			if (call(x, "vm.detach", dp, &dres) == 0)
-				json_object_put(dres);
-			json_object_put(dp);
-			goto out;
+			call(x, "vm.detach", dp, &dres);
+			return r;
 		}
 	}
 	if (x->json) {
@@ -1037,19 +1028,15 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 		if (o[VO_PID].seen)
 			printf("  bound to pid %d\n", (int)pid);
 	}
-out:
-	json_object_put(res);
-	json_object_put(bres);
-	proto_request_fini(&req);
-	return r;
+	return 0;
 }
 
 static int vm_update(struct ctl *x, int argc, char **argv)
 {
 	struct opt o[VO__COUNT];
-	struct proto_request req = { .method = PROTO_M_VM_UPDATE };
+	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_VM_UPDATE };
 	struct proto_vm_update *u = &req.u.vm_update;
-	struct json_object *params, *res = NULL;
+	_cleanup_json_ struct json_object *params = NULL, *res = NULL;
 	const char *pos[1];
 	size_t npos;
 	int r;
@@ -1064,29 +1051,22 @@ static int vm_update(struct ctl *x, int argc, char **argv)
 	if ((r = check_name(x, "VM name", pos[0])) ||
 	    (r = parse_shape(x, o, &u->priority, &u->cls, &u->gp, &u->fixed_mask)) ||
 	    (r = parse_vcpus(x, o, &u->vcpus, &u->has_vcpus)))
-		goto out;
+		return r;
 	u->has_priority = o[VO_PRIORITY].seen;
 	u->has_class = o[VO_CLASS].seen;
 	u->has_gp = o[VO_GP].seen;
 	u->has_fixed_mask = o[VO_FIXED].seen;
-	if (!u->has_priority && !u->has_class && !u->has_gp && !u->has_fixed_mask && !u->has_vcpus) {
-		r = usage_error(x, "nothing to update: give --priority, --class, --gp, --fixed, or the vCPUs");
-		goto out;
-	}
+	if (!u->has_priority && !u->has_class && !u->has_gp && !u->has_fixed_mask && !u->has_vcpus)
+		return usage_error(x, "nothing to update: give --priority, --class, --gp, --fixed, or the vCPUs");
 	snprintf(u->name, sizeof(u->name), "%s", pos[0]);
 	params = req_params(&req, NULL);
-	r = call(x, "vm.update", params, &res);
-	json_object_put(params);
-	if (r)
-		goto out;
+	if ((r = call(x, "vm.update", params, &res)))
+		return r;
 	if (x->json)
 		print_json(res, false);
 	else
 		print_generation_line("updated", u->name, res);
-out:
-	json_object_put(res);
-	proto_request_fini(&req);
-	return r;
+	return 0;
 }
 
 static int vm_bind(struct ctl *x, int argc, char **argv)
@@ -1276,10 +1256,10 @@ static int session_start(struct ctl *x, int argc, char **argv)
 		{ "events", true, false, NULL }, { "cpus", true, false, NULL },     { "pid", true, false, NULL },
 		{ "priority", true, false, NULL }, { "class", true, false, NULL }, { "owner-pid", true, false, NULL },
 	};
-	struct proto_request req = { .method = PROTO_M_SESSION_START };
+	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_SESSION_START };
 	struct proto_session_start *s = &req.u.session_start;
 	const char *pos[1], *omit[3] = { NULL, NULL, NULL };
-	struct json_object *params, *res = NULL;
+	_cleanup_json_ struct json_object *params = NULL, *res = NULL;
 	size_t npos, no = 0;
 	uint32_t v = 0;
 	int r;
@@ -1298,23 +1278,23 @@ static int session_start(struct ctl *x, int argc, char **argv)
 	if (o[CPUS].seen == o[PID].seen)
 		return usage_error(x, "give exactly one of --cpus LIST (system-wide on those CPUs) and --pid PID");
 	if ((r = split_events(x, o[EVENTS].val, s)))
-		goto out;
+		return r;
 	if (o[CPUS].seen) {
 		s->has_cpus = true;
 		if ((r = parse_cpus(x, "--cpus", o[CPUS].val, &s->cpus)))
-			goto out;
+			return r;
 	} else {
 		if ((r = parse_u32(x, "--pid", o[PID].val, 1, PROTO_MAX_PID, &v)))
-			goto out;
+			return r;
 		s->pid = (int32_t)v;
 	}
 	if (o[PRIORITY].seen && (r = parse_u32(x, "--priority", o[PRIORITY].val, 0, PROTO_MAX_PRIORITY, &s->priority)))
-		goto out;
+		return r;
 	if (o[CLASS].seen && (r = parse_class(x, o[CLASS].val, &s->cls)))
-		goto out;
+		return r;
 	if (o[OWNER].seen) {
 		if ((r = parse_u32(x, "--owner-pid", o[OWNER].val, 1, PROTO_MAX_PID, &v)))
-			goto out;
+			return r;
 		s->owner_pid = (int32_t)v;
 	} else {
 		/* vpmuctl exits at once; the session should live as long as the
@@ -1326,10 +1306,8 @@ static int session_start(struct ctl *x, int argc, char **argv)
 	if (!o[CLASS].seen)
 		omit[no++] = "class";
 	params = req_params(&req, omit);
-	r = call(x, "session.start", params, &res);
-	json_object_put(params);
-	if (r)
-		goto out;
+	if ((r = call(x, "session.start", params, &res)))
+		return r;
 	if (x->json) {
 		print_json(res, false);
 	} else {
@@ -1338,10 +1316,7 @@ static int session_start(struct ctl *x, int argc, char **argv)
 		       (int)s->owner_pid, s->name);
 		print_event_placements(get_arr(res, "events"), "  ");
 	}
-out:
-	json_object_put(res);
-	proto_request_fini(&req);
-	return r;
+	return 0;
 }
 
 static int session_stop(struct ctl *x, int argc, char **argv)
@@ -1538,7 +1513,7 @@ static void sleep_ms(uint64_t ms)
 static int session_read(struct ctl *x, int argc, char **argv)
 {
 	struct opt o[] = { { "interval", true, false, NULL }, { "count", true, false, NULL } };
-	struct json_object *params, *prev = NULL, *res = NULL;
+	_cleanup_json_ struct json_object *params = NULL, *prev = NULL, *res = NULL;
 	const char *pos[1];
 	size_t npos;
 	uint32_t interval = 0, count = 0;
@@ -1557,15 +1532,14 @@ static int session_read(struct ctl *x, int argc, char **argv)
 	if (o[1].seen && (r = parse_u32(x, "--count", o[1].val, 1, UINT32_MAX, &count)))
 		return r;
 	params = name_params(pos[0]);
-	r = call(x, "session.read", params, &res);
-	if (r)
-		goto out;
+	if ((r = call(x, "session.read", params, &res)))
+		return r;
 	if (!interval) {
 		if (x->json)
 			print_json(res, false);
 		else
 			print_reading(res);
-		goto out;
+		return 0;
 	}
 	if (x->json)
 		print_json(res, true);
@@ -1578,10 +1552,9 @@ static int session_read(struct ctl *x, int argc, char **argv)
 
 		if (due > now)
 			sleep_ms((due - now) / 1000);
-		prev = res;
-		res = NULL;
+		prev = TAKE_PTR(res);
 		if ((r = call(x, "session.read", params, &res)))
-			goto out;
+			return r;
 		now = vpmu_client_now_usec();
 		if (x->json)
 			print_json(res, true);
@@ -1589,14 +1562,9 @@ static int session_read(struct ctl *x, int argc, char **argv)
 			print_deltas(prev, res, (now - last + 500) / 1000);
 		fflush(stdout);
 		last = now;
-		json_object_put(prev);
-		prev = NULL;
+		json_object_put(TAKE_PTR(prev));
 	}
-out:
-	json_object_put(params);
-	json_object_put(prev);
-	json_object_put(res);
-	return r;
+	return 0;
 }
 
 /* ----------------------------------------------------------------- watch */
@@ -1611,7 +1579,7 @@ static void print_event(const struct vpmu_client_event *ev)
 		struct json_object *c = json_object_array_get_idx(changes, i);
 		const char *vm = get_str(c, "vm"), *from = get_str(c, "from"), *to = get_str(c, "to");
 		int64_t vcpu, gp, fixed;
-		char ctr[32] = "";
+		char ctr[32] = ""; /* " fixedN" */
 
 		if (get_i64(c, "gp", &gp))
 			snprintf(ctr, sizeof(ctr), " gp%" PRId64, gp);
@@ -1797,7 +1765,7 @@ int main(int argc, char **argv)
 
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
 		const struct command *c = &commands[i];
-		char cmd[32];
+		char cmd[32]; /* "group name" from the table above */
 
 		if (strcmp(c->group, group))
 			continue;

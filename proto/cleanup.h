@@ -12,6 +12,7 @@
 #define VPMU_CLEANUP_H
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -58,6 +59,27 @@ static inline void strv_free(char **v)
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(char **, strv_free)
 #define _cleanup_strv_free_ _cleanup_(strv_freep)
+
+/* printf into a malloc'd string of its own length, for text whose length
+ * nothing bounds (paths under a configured root, messages quoting other
+ * programs). NULL on failure: vasprintf leaves its pointer undefined then. */
+static inline __attribute__((format(printf, 1, 0))) char *alloc_vprintf(const char *fmt, va_list ap)
+{
+	char *s;
+
+	return vasprintf(&s, fmt, ap) < 0 ? NULL : s;
+}
+
+static inline __attribute__((format(printf, 1, 2))) char *alloc_printf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	s = alloc_vprintf(fmt, ap);
+	va_end(ap);
+	return s;
+}
 
 /* Returns the pointer and leaves the variable NULL: ownership moves on. */
 #define TAKE_PTR(ptr)                          \

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include "proto/config.h"
 
+#include "proto/cleanup.h"
+#include "proto/proto.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -26,7 +29,7 @@ void config_defaults(struct config *c)
 
 bool config_class_valid(const char *cls)
 {
-	return !strcmp(cls, "guaranteed") || !strcmp(cls, "preferred") || !strcmp(cls, "shared");
+	return proto_class_from_name(cls) >= 0;
 }
 
 static int set_string(char *dst, size_t cap, const char *key, const char *value, char *err, size_t errlen)
@@ -144,9 +147,9 @@ static char *trim(char *s)
 int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen)
 {
 	struct config next = *c;
-	char line[1024], sub[512];
+	char line[CONFIG_LINE_MAX];
 	unsigned lineno = 0;
-	FILE *f = fopen(path, "re");
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
 
 	if (!f) {
 		if (errno == ENOENT && !required)
@@ -160,7 +163,6 @@ int config_load_file(const char *path, bool required, struct config *c, char *er
 		if (!strchr(line, '\n') && !feof(f)) {
 			snprintf(err, errlen, "%s:%u: line longer than %zu characters", path, lineno,
 				 sizeof(line) - 2);
-			fclose(f);
 			return -EINVAL;
 		}
 		char *s = trim(line);
@@ -169,7 +171,6 @@ int config_load_file(const char *path, bool required, struct config *c, char *er
 		char *eq = strchr(s, '=');
 		if (!eq) {
 			snprintf(err, errlen, "%s:%u: expected \"key = value\", got \"%s\"", path, lineno, s);
-			fclose(f);
 			return -EINVAL;
 		}
 		*eq = '\0';
@@ -179,13 +180,14 @@ int config_load_file(const char *path, bool required, struct config *c, char *er
 			value[vl - 1] = '\0';
 			value++;
 		}
-		if (config_set(&next, key, value, sub, sizeof(sub)) < 0) {
-			snprintf(err, errlen, "%s:%u: %s", path, lineno, sub);
-			fclose(f);
+		/* "path:line: " first, then config_set's words after it */
+		int n = snprintf(err, errlen, "%s:%u: ", path, lineno);
+		size_t used = n < 0 ? 0 : (size_t)n < errlen ? (size_t)n : errlen ? errlen - 1 : 0;
+		if (config_set(&next, key, value, err + used, errlen - used) < 0)
 			return -EINVAL;
-		}
 	}
-	fclose(f);
+	if (errlen)
+		err[0] = '\0';
 	*c = next;
 	return 0;
 }

@@ -15,6 +15,15 @@
 #define CONFIG_DEFAULT_STATE_DIR "/var/lib/vpmu"
 #define CONFIG_DEFAULT_LIBVIRT_URI "qemu:///system"
 
+/* The longest line the file may have, newline included: far above any
+ * setting (every value is bounded by struct config), and a bound on what a
+ * read buffers. */
+#define CONFIG_LINE_MAX 1024
+/* Room for any message config_load_file or config_set writes: a line, plus
+ * its place and what is wrong with it. The file's path is not counted: a
+ * longer one cuts the end of the message. */
+#define CONFIG_ERR_MAX (CONFIG_LINE_MAX + 256)
+
 struct config {
 	char socket[108];           /* sockaddr_un.sun_path */
 	char state_dir[512];

@@ -46,6 +46,7 @@ int cpulist_parse(const char *text, unsigned int max_cpus, struct cpulist *out);
  * with why saying what is wrong (without naming the attribute: the caller
  * does); 'out' is untouched on error.
  */
+#define CPULIST_WHY_MAX 96 /* room for any 'why' cpulist_parse_libvirt gives */
 int cpulist_parse_libvirt(const char *text, unsigned int max_cpus, struct cpulist *out, char *why,
 			  size_t whylen);
 

@@ -13,7 +13,23 @@
 #include <libxml/xpath.h>
 #include <libxml/xpathInternals.h>
 
+#include "proto/cleanup.h"
+#include "proto/proto.h"
+
 #define ERR(...) snprintf(err, errlen, __VA_ARGS__)
+
+/* libxml2's releases; xmlFree is a function pointer, so it gets a wrapper */
+static inline void xml_free(xmlChar *x)
+{
+	xmlFree(x);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(xmlChar *, xml_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(xmlXPathObjectPtr, xmlXPathFreeObject)
+DEFINE_TRIVIAL_CLEANUP_FUNC(xmlXPathContextPtr, xmlXPathFreeContext)
+DEFINE_TRIVIAL_CLEANUP_FUNC(xmlDocPtr, xmlFreeDoc)
+DEFINE_TRIVIAL_CLEANUP_FUNC(xmlParserCtxtPtr, xmlFreeParserCtxt)
+#define _cleanup_xml_ _cleanup_(xml_freep)
+#define _cleanup_xpath_ _cleanup_(xmlXPathFreeObjectp)
 
 /* ------------------------------------------------------------- XML helpers */
 
@@ -38,10 +54,9 @@ static int node_count(xmlXPathObjectPtr o)
 /* The single element matching expr: 0 none, 1 found, <0 more than one. */
 static int single(struct ctx *c, const char *expr, const char *what, xmlNodePtr *out)
 {
-	xmlXPathObjectPtr o = eval(c, expr);
+	_cleanup_xpath_ xmlXPathObjectPtr o = eval(c, expr);
 	int n = node_count(o);
 	*out = n == 1 ? o->nodesetval->nodeTab[0] : NULL;
-	xmlXPathFreeObject(o);
 	if (n > 1) {
 		snprintf(c->err, c->errlen, "%s: appears %d times, at most once allowed", what, n);
 		return -EINVAL;
@@ -52,7 +67,7 @@ static int single(struct ctx *c, const char *expr, const char *what, xmlNodePtr 
 /* Copies the node's text, trimmed; NULL on ENOMEM. */
 static char *text_of(xmlNodePtr n)
 {
-	xmlChar *x = xmlNodeGetContent(n);
+	_cleanup_xml_ xmlChar *x = xmlNodeGetContent(n);
 	if (!x)
 		return strdup("");
 	const char *s = (const char *)x;
@@ -61,9 +76,7 @@ static char *text_of(xmlNodePtr n)
 	size_t len = strlen(s);
 	while (len && isspace((unsigned char)s[len - 1]))
 		len--;
-	char *r = strndup(s, len);
-	xmlFree(x);
-	return r;
+	return strndup(s, len);
 }
 
 /* Strict unsigned integer: decimal, or hex with 0x when hex_ok. */
@@ -112,11 +125,6 @@ static int parse_uuid(const char *s, char out[37])
 	return 0;
 }
 
-static bool class_valid(const char *s)
-{
-	return !strcmp(s, "guaranteed") || !strcmp(s, "preferred") || !strcmp(s, "shared");
-}
-
 /* ------------------------------------------------------------------ pieces */
 
 static int parse_identity(struct ctx *c, struct dompol *out)
@@ -142,13 +150,12 @@ static int parse_identity(struct ctx *c, struct dompol *out)
 		snprintf(c->err, c->errlen, "<uuid>: missing");
 		return -EINVAL;
 	}
-	char *u = text_of(n);
+	_cleanup_free_ char *u = text_of(n);
 	if (!u)
 		return -ENOMEM;
 	r = parse_uuid(u, out->uuid);
 	if (r < 0)
 		snprintf(c->err, c->errlen, "<uuid>: not a UUID: \"%.64s\"", u);
-	free(u);
 	return r;
 }
 
@@ -158,7 +165,7 @@ static int parse_pmu_feature(struct ctx *c, struct dompol *out)
 	int r = single(c, "/domain/features/pmu", "<features><pmu>", &n);
 	if (r <= 0)
 		return r;
-	xmlChar *st = xmlGetProp(n, (const xmlChar *)"state");
+	_cleanup_xml_ xmlChar *st = xmlGetProp(n, (const xmlChar *)"state");
 	if (!st) {
 		/* libvirt requires state; an element without it is not one libvirt wrote */
 		snprintf(c->err, c->errlen, "<features><pmu>: attribute \"state\" missing");
@@ -169,46 +176,64 @@ static int parse_pmu_feature(struct ctx *c, struct dompol *out)
 	else if (strcmp((char *)st, "on")) {
 		snprintf(c->err, c->errlen, "<features><pmu> attribute \"state\": must be on or off, got \"%.32s\"",
 			 (char *)st);
-		r = -EINVAL;
+		return -EINVAL;
 	}
-	xmlFree(st);
-	return r < 0 ? r : 0;
+	return 0;
 }
 
 /* Our attributes, in the order they are checked: class first, so that the
  * caller learns whether the VM is guaranteed even if a later one is bad. */
 static const char *const pmu_attrs[] = { "class", "priority", "gp", "fixed" };
 
+#define PMU_TAG "<vpmu:pmu>"
+
+/* An optional unsigned attribute of <vpmu:pmu>: 1 read, 0 absent, <0 bad. */
+static int attr_uint(struct ctx *c, xmlNodePtr el, const char *name, bool hex, unsigned long max,
+		     unsigned long *out)
+{
+	_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)name);
+
+	if (!v)
+		return 0;
+	if (parse_uint((char *)v, hex, max, out) == 0)
+		return 1;
+	if (hex)
+		snprintf(c->err, c->errlen,
+			 PMU_TAG " attribute \"%s\": must be a mask 0..0x%lx (decimal or 0x hex), got \"%.32s\"", name,
+			 max, (char *)v);
+	else
+		snprintf(c->err, c->errlen, PMU_TAG " attribute \"%s\": must be an integer 0..%lu, got \"%.32s\"",
+			 name, max, (char *)v);
+	return -EINVAL;
+}
+
 static int parse_pmu_element(struct ctx *c, xmlNodePtr el, struct dompol *out)
 {
-	const char *tag = "<vpmu:pmu>";
-
-	int r = 0;
-	xmlChar *v;
 	unsigned long x;
+	int r;
 
-	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"class"))) {
-		if (!class_valid((char *)v)) {
+	{
+		_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)"class");
+
+		if (v && proto_class_from_name((char *)v) < 0) {
 			snprintf(c->err, c->errlen,
-				 "%s attribute \"class\": must be guaranteed, preferred or shared, got \"%.32s\"", tag,
+				 PMU_TAG " attribute \"class\": must be guaranteed, preferred or shared, got \"%.32s\"",
 				 (char *)v);
 			out->cls[0] = 0;
 			out->guaranteed = false;
-			r = -EINVAL;
-		} else {
+			return -EINVAL;
+		}
+		if (v) {
 			snprintf(out->cls, sizeof(out->cls), "%s", (char *)v);
 			out->guaranteed = !strcmp(out->cls, "guaranteed");
 		}
-		xmlFree(v);
-		if (r < 0)
-			return r;
 	}
 	for (xmlAttrPtr a = el->properties; a; a = a->next) {
 		bool known = false;
 		for (size_t i = 0; i < sizeof(pmu_attrs) / sizeof(pmu_attrs[0]); i++)
 			known |= !strcmp((const char *)a->name, pmu_attrs[i]);
 		if (!known || a->ns) {
-			snprintf(c->err, c->errlen, "%s: unknown attribute \"%s%s%.64s\"", tag,
+			snprintf(c->err, c->errlen, PMU_TAG ": unknown attribute \"%s%s%.64s\"",
 				 a->ns && a->ns->prefix ? (const char *)a->ns->prefix : "",
 				 a->ns && a->ns->prefix ? ":" : "", (const char *)a->name);
 			return -EINVAL;
@@ -216,68 +241,43 @@ static int parse_pmu_element(struct ctx *c, xmlNodePtr el, struct dompol *out)
 	}
 	for (xmlNodePtr ch = el->children; ch; ch = ch->next) {
 		if (ch->type == XML_ELEMENT_NODE) {
-			snprintf(c->err, c->errlen, "%s: unexpected child element <%.64s>", tag,
-				 (const char *)ch->name);
+			snprintf(c->err, c->errlen, PMU_TAG ": unexpected child element <%.64s>", (const char *)ch->name);
 			return -EINVAL;
 		}
 		if (ch->type == XML_TEXT_NODE) {
-			xmlChar *t = xmlNodeGetContent(ch);
+			_cleanup_xml_ xmlChar *t = xmlNodeGetContent(ch);
 			bool blank = true;
 			for (const xmlChar *q = t; q && *q; q++)
 				blank &= isspace(*q) != 0;
-			xmlFree(t);
 			if (!blank) {
-				snprintf(c->err, c->errlen, "%s: unexpected text content", tag);
+				snprintf(c->err, c->errlen, PMU_TAG ": unexpected text content");
 				return -EINVAL;
 			}
 		}
 	}
 
-	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"priority"))) {
-		if (parse_uint((char *)v, false, DOMAIN_POLICY_MAX_PRIORITY, &x) < 0) {
-			snprintf(c->err, c->errlen, "%s attribute \"priority\": must be an integer 0..%d, got \"%.32s\"",
-				 tag, DOMAIN_POLICY_MAX_PRIORITY, (char *)v);
-			r = -EINVAL;
-		} else {
-			out->priority = (int)x;
-		}
-		xmlFree(v);
-		if (r < 0)
-			return r;
-	}
-	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"gp"))) {
-		if (parse_uint((char *)v, false, DOMAIN_POLICY_MAX_GP, &x) < 0) {
-			snprintf(c->err, c->errlen, "%s attribute \"gp\": must be an integer 0..%d, got \"%.32s\"", tag,
-				 DOMAIN_POLICY_MAX_GP, (char *)v);
-			r = -EINVAL;
-		} else {
-			out->gp = (unsigned)x;
-		}
-		xmlFree(v);
-		if (r < 0)
-			return r;
-	}
-	if ((v = xmlGetNoNsProp(el, (const xmlChar *)"fixed"))) {
-		if (parse_uint((char *)v, true, DOMAIN_POLICY_MAX_FIXED_MASK, &x) < 0) {
-			snprintf(c->err, c->errlen,
-				 "%s attribute \"fixed\": must be a mask 0..0x%x (decimal or 0x hex), got \"%.32s\"", tag,
-				 DOMAIN_POLICY_MAX_FIXED_MASK, (char *)v);
-			r = -EINVAL;
-		} else {
-			out->fixed_mask = (uint32_t)x;
-		}
-		xmlFree(v);
-	}
-	return r;
+	if ((r = attr_uint(c, el, "priority", false, DOMAIN_POLICY_MAX_PRIORITY, &x)) < 0)
+		return r;
+	if (r)
+		out->priority = (int)x;
+	if ((r = attr_uint(c, el, "gp", false, DOMAIN_POLICY_MAX_GP, &x)) < 0)
+		return r;
+	if (r)
+		out->gp = (unsigned)x;
+	if ((r = attr_uint(c, el, "fixed", true, DOMAIN_POLICY_MAX_FIXED_MASK, &x)) < 0)
+		return r;
+	if (r)
+		out->fixed_mask = (uint32_t)x;
+	return 0;
 }
 
 static int parse_metadata(struct ctx *c, struct dompol *out)
 {
-	xmlXPathObjectPtr o = eval(c, "/domain/metadata/*");
-	int n = node_count(o), r = 0;
+	_cleanup_xpath_ xmlXPathObjectPtr o = eval(c, "/domain/metadata/*");
+	int n = node_count(o);
 	xmlNodePtr ours = NULL;
 
-	for (int i = 0; i < n && r == 0; i++) {
+	for (int i = 0; i < n; i++) {
 		xmlNodePtr el = o->nodesetval->nodeTab[i];
 		const char *uri = el->ns ? (const char *)el->ns->href : NULL;
 		if (!uri || strncmp(uri, DOMAIN_POLICY_NS_URI_BASE, strlen(DOMAIN_POLICY_NS_URI_BASE)))
@@ -286,123 +286,141 @@ static int parse_metadata(struct ctx *c, struct dompol *out)
 			snprintf(c->err, c->errlen,
 				 "<metadata>: element <%.64s> is in namespace \"%.128s\", this vpmu reads only \"%s\"",
 				 (const char *)el->name, uri, DOMAIN_POLICY_NS_URI);
-			r = -EPROTONOSUPPORT;
-		} else if (strcmp((const char *)el->name, DOMAIN_POLICY_ELEMENT)) {
+			return -EPROTONOSUPPORT;
+		}
+		if (strcmp((const char *)el->name, DOMAIN_POLICY_ELEMENT)) {
 			snprintf(c->err, c->errlen, "<metadata>: unknown element <vpmu:%.64s> (expected <vpmu:%s>)",
 				 (const char *)el->name, DOMAIN_POLICY_ELEMENT);
-			r = -EINVAL;
-		} else if (ours) {
-			snprintf(c->err, c->errlen, "<metadata>: <vpmu:%s> appears more than once", DOMAIN_POLICY_ELEMENT);
-			r = -EINVAL;
-		} else {
-			ours = el;
+			return -EINVAL;
 		}
+		if (ours) {
+			snprintf(c->err, c->errlen, "<metadata>: <vpmu:%s> appears more than once", DOMAIN_POLICY_ELEMENT);
+			return -EINVAL;
+		}
+		ours = el;
 	}
-	xmlXPathFreeObject(o);
-	if (r < 0 || !ours)
-		return r;
+	if (!ours)
+		return 0;
 	out->metadata_present = true;
 	return parse_pmu_element(c, ours, out);
 }
 
-static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
+/* <vcpu>: how many vCPUs, how many online, and the CPUs of every vCPU that
+ * no <vcpupin> names (all of the host's when it says nothing). */
+static int parse_vcpu_element(struct ctx *c, unsigned host_cpus, struct dompol *out, struct cpulist *dflt)
 {
-	struct cpulist dflt;
-	char perr[160];
+	char why[CPULIST_WHY_MAX];
 	xmlNodePtr n;
 	unsigned long v;
 	int r;
 
-	cpulist_clear(&dflt);
+	cpulist_clear(dflt);
 	for (unsigned i = 0; i < host_cpus; i++)
-		cpulist_set(&dflt, i);
-
+		cpulist_set(dflt, i);
 	out->n_vcpus = 1; /* libvirt's default when <vcpu> is absent */
-	if ((r = single(c, "/domain/vcpu", "<vcpu>", &n)) < 0)
+	if ((r = single(c, "/domain/vcpu", "<vcpu>", &n)) <= 0)
 		return r;
-	if (n) {
-		char *t = text_of(n);
+	{
+		_cleanup_free_ char *t = text_of(n);
+
 		if (!t)
 			return -ENOMEM;
-		r = parse_uint(t, false, DOMAIN_POLICY_MAX_VCPUS, &v);
-		if (r < 0 || v == 0)
-			snprintf(c->err, c->errlen, "<vcpu>: must be an integer 1..%d, got \"%.32s\"", DOMAIN_POLICY_MAX_VCPUS,
-				 t);
-		free(t);
-		if (r < 0 || v == 0)
+		if (parse_uint(t, false, DOMAIN_POLICY_MAX_VCPUS, &v) < 0 || v == 0) {
+			snprintf(c->err, c->errlen, "<vcpu>: must be an integer 1..%d, got \"%.32s\"",
+				 DOMAIN_POLICY_MAX_VCPUS, t);
 			return -EINVAL;
+		}
 		out->n_vcpus = (unsigned)v;
+	}
+	{
+		_cleanup_xml_ xmlChar *a = xmlGetProp(n, (const xmlChar *)"current");
 
-		xmlChar *a = xmlGetProp(n, (const xmlChar *)"current");
-		if (a) {
-			r = parse_uint((char *)a, false, out->n_vcpus, &v);
-			if (r < 0 || v == 0)
-				snprintf(c->err, c->errlen, "<vcpu> attribute \"current\": must be an integer 1..%u, got \"%.32s\"",
-					 out->n_vcpus, (char *)a);
-			xmlFree(a);
-			if (r < 0 || v == 0)
-				return -EINVAL;
+		if (a && (parse_uint((char *)a, false, out->n_vcpus, &v) < 0 || v == 0)) {
+			snprintf(c->err, c->errlen, "<vcpu> attribute \"current\": must be an integer 1..%u, got \"%.32s\"",
+				 out->n_vcpus, (char *)a);
+			return -EINVAL;
+		}
+		if (a)
 			out->n_vcpus_current = (unsigned)v;
-		}
-		if ((a = xmlGetProp(n, (const xmlChar *)"placement"))) {
-			out->placement_auto = !strcmp((char *)a, "auto");
-			xmlFree(a);
-		}
-		/* With placement="auto" libvirt asks numad and ignores cpuset. */
-		if (!out->placement_auto && (a = xmlGetProp(n, (const xmlChar *)"cpuset"))) {
-			r = cpulist_parse_libvirt((char *)a, host_cpus, &dflt, perr, sizeof(perr));
-			if (r < 0)
-				snprintf(c->err, c->errlen, "<vcpu> attribute \"cpuset\": %s (\"%.64s\")", perr, (char *)a);
-			xmlFree(a);
-			if (r < 0)
-				return r;
+	}
+	{
+		_cleanup_xml_ xmlChar *a = xmlGetProp(n, (const xmlChar *)"placement");
+
+		out->placement_auto = a && !strcmp((char *)a, "auto");
+	}
+	/* With placement="auto" libvirt asks numad and ignores cpuset. */
+	if (!out->placement_auto) {
+		_cleanup_xml_ xmlChar *a = xmlGetProp(n, (const xmlChar *)"cpuset");
+
+		if (a && (r = cpulist_parse_libvirt((char *)a, host_cpus, dflt, why, sizeof(why))) < 0) {
+			snprintf(c->err, c->errlen, "<vcpu> attribute \"cpuset\": %s (\"%.64s\")", why, (char *)a);
+			return r;
 		}
 	}
+	return 0;
+}
+
+/* One <cputune><vcpupin>: the CPUs of the vCPU it names, once. */
+static int parse_vcpupin(struct ctx *c, xmlNodePtr p, unsigned host_cpus, struct dompol *out, bool *pinned)
+{
+	_cleanup_xml_ xmlChar *vc = xmlGetProp(p, (const xmlChar *)"vcpu");
+	_cleanup_xml_ xmlChar *cs = xmlGetProp(p, (const xmlChar *)"cpuset");
+	char why[CPULIST_WHY_MAX];
+	unsigned long v;
+	int r;
+
+	if (!vc) {
+		snprintf(c->err, c->errlen, "<cputune><vcpupin>: attribute \"vcpu\" missing");
+		return -EINVAL;
+	}
+	if (parse_uint((char *)vc, false, out->n_vcpus - 1, &v) < 0) {
+		snprintf(c->err, c->errlen,
+			 "<cputune><vcpupin> attribute \"vcpu\": must be an integer 0..%u (the domain has %u vCPUs), got \"%.32s\"",
+			 out->n_vcpus - 1, out->n_vcpus, (char *)vc);
+		return -EINVAL;
+	}
+	if (pinned[v]) {
+		snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: vCPU pinned twice", v);
+		return -EINVAL;
+	}
+	if (!cs) {
+		snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: attribute \"cpuset\" missing", v);
+		return -EINVAL;
+	}
+	if ((r = cpulist_parse_libvirt((char *)cs, host_cpus, &out->vcpu_cpus[v], why, sizeof(why))) < 0) {
+		snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'> attribute \"cpuset\": %s (\"%.64s\")", v, why,
+			 (char *)cs);
+		return r;
+	}
+	pinned[v] = true;
+	return 0;
+}
+
+static int parse_vcpus(struct ctx *c, unsigned host_cpus, struct dompol *out)
+{
+	_cleanup_xpath_ xmlXPathObjectPtr o = NULL;
+	_cleanup_free_ bool *pinned = NULL;
+	struct cpulist dflt;
+	int r, cnt;
+
+	if ((r = parse_vcpu_element(c, host_cpus, out, &dflt)) < 0)
+		return r;
 	if (!out->n_vcpus_current)
 		out->n_vcpus_current = out->n_vcpus;
 
 	out->vcpu_cpus = calloc(out->n_vcpus, sizeof(*out->vcpu_cpus));
-	if (!out->vcpu_cpus)
-		return -ENOMEM;
-	bool *pinned = calloc(out->n_vcpus, sizeof(bool));
-	if (!pinned)
+	pinned = calloc(out->n_vcpus, sizeof(bool));
+	if (!out->vcpu_cpus || !pinned)
 		return -ENOMEM;
 	for (unsigned i = 0; i < out->n_vcpus; i++)
 		out->vcpu_cpus[i] = dflt;
 
-	xmlXPathObjectPtr o = eval(c, "/domain/cputune/vcpupin");
-	int cnt = node_count(o);
-	r = 0;
-	for (int i = 0; i < cnt && r == 0; i++) {
-		xmlNodePtr p = o->nodesetval->nodeTab[i];
-		xmlChar *vc = xmlGetProp(p, (const xmlChar *)"vcpu");
-		xmlChar *cs = xmlGetProp(p, (const xmlChar *)"cpuset");
-		if (!vc) {
-			snprintf(c->err, c->errlen, "<cputune><vcpupin>: attribute \"vcpu\" missing");
-			r = -EINVAL;
-		} else if (parse_uint((char *)vc, false, out->n_vcpus - 1, &v) < 0) {
-			snprintf(c->err, c->errlen,
-				 "<cputune><vcpupin> attribute \"vcpu\": must be an integer 0..%u (the domain has %u vCPUs), got \"%.32s\"",
-				 out->n_vcpus - 1, out->n_vcpus, (char *)vc);
-			r = -EINVAL;
-		} else if (pinned[v]) {
-			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: vCPU pinned twice", v);
-			r = -EINVAL;
-		} else if (!cs) {
-			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'>: attribute \"cpuset\" missing", v);
-			r = -EINVAL;
-		} else if ((r = cpulist_parse_libvirt((char *)cs, host_cpus, &out->vcpu_cpus[v], perr, sizeof(perr))) < 0) {
-			snprintf(c->err, c->errlen, "<cputune><vcpupin vcpu='%lu'> attribute \"cpuset\": %s (\"%.64s\")", v,
-				 perr, (char *)cs);
-		} else {
-			pinned[v] = true;
-		}
-		xmlFree(vc);
-		xmlFree(cs);
-	}
-	xmlXPathFreeObject(o);
-	free(pinned);
-	return r;
+	o = eval(c, "/domain/cputune/vcpupin");
+	cnt = node_count(o);
+	for (int i = 0; i < cnt; i++)
+		if ((r = parse_vcpupin(c, o->nodesetval->nodeTab[i], host_cpus, out, pinned)) < 0)
+			return r;
+	return 0;
 }
 
 /* -------------------------------------------------------------------- main */
@@ -424,17 +442,50 @@ static void keep_identity_only(struct dompol *p)
 	*p = k;
 }
 
+/* Everything after the document is read: its parts in order. */
+static int parse_domain(struct ctx *c, unsigned host_cpus, struct dompol *out)
+{
+	int r;
+
+	/* The class is read even when the identity is broken, so that the
+	 * caller can still tell a guaranteed VM from the others. */
+	if ((r = parse_identity(c, out)) < 0) {
+		struct ctx quiet = { .doc = c->doc, .xp = c->xp };
+
+		if (parse_metadata(&quiet, out) == -EPROTONOSUPPORT)
+			out->guaranteed = false;
+		return r;
+	}
+	if ((r = parse_metadata(c, out)) < 0) {
+		if (r == -EPROTONOSUPPORT) {
+			/* we cannot know what class that version asked for */
+			out->cls[0] = 0;
+			out->guaranteed = false;
+		}
+		return r;
+	}
+	if ((r = parse_pmu_feature(c, out)) < 0)
+		return r;
+	if (out->pmu_off) {
+		out->gp = 0;
+		out->fixed_mask = 0;
+	}
+	return parse_vcpus(c, host_cpus, out);
+}
+
 int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
 		 struct dompol *out, char *err, size_t errlen)
 {
+	_cleanup_(xmlFreeParserCtxtp) xmlParserCtxtPtr pc = NULL;
+	_cleanup_(xmlFreeDocp) xmlDocPtr doc = NULL;
+	_cleanup_(xmlXPathFreeContextp) xmlXPathContextPtr xp = NULL;
 	struct ctx c = { .err = err, .errlen = errlen };
-	xmlParserCtxtPtr pc = NULL;
 	int r;
 
 	memset(out, 0, sizeof(*out));
 	if (errlen)
 		err[0] = 0;
-	if (!def || !def->cls || !class_valid(def->cls) || def->gp > DOMAIN_POLICY_MAX_GP ||
+	if (!def || !def->cls || proto_class_from_name(def->cls) < 0 || def->gp > DOMAIN_POLICY_MAX_GP ||
 	    def->fixed_mask > DOMAIN_POLICY_MAX_FIXED_MASK || def->priority < 0 || def->priority > DOMAIN_POLICY_MAX_PRIORITY) {
 		ERR("default policy invalid");
 		return -EINVAL;
@@ -459,63 +510,39 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 		return -ENOMEM;
 	/* NONET: a domain XML never needs the network; no NOENT: entities are
 	 * not expanded, and a DTD is refused below anyway. */
-	c.doc = xmlCtxtReadMemory(pc, xml, (int)len, "domain.xml", NULL,
-				  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-	if (!c.doc) {
+	doc = xmlCtxtReadMemory(pc, xml, (int)len, "domain.xml", NULL,
+				XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	if (!doc) {
 		const xmlError *e = &pc->lastError;
-		char msg[128];
-		snprintf(msg, sizeof(msg), "%s", e->message ? e->message : "parse error");
-		msg[strcspn(msg, "\n")] = 0;
-		ERR("domain XML: line %d: %s", e->line, msg);
-		r = -EINVAL;
-		goto out;
+		const char *msg = e->message ? e->message : "parse error";
+
+		/* libxml2's message, up to its first line break */
+		size_t n = strcspn(msg, "\n");
+		ERR("domain XML: line %d: %.*s", e->line,
+		    (int)(n < DOMAIN_POLICY_XML_ERR_MAX ? n : DOMAIN_POLICY_XML_ERR_MAX), msg);
+		keep_identity_only(out);
+		return -EINVAL;
 	}
-	if (c.doc->intSubset) {
+	if (doc->intSubset) {
 		/* libvirt never writes a DOCTYPE; one here could only carry entity tricks */
 		ERR("domain XML: a DOCTYPE is not accepted");
-		r = -EINVAL;
-		goto out;
+		keep_identity_only(out);
+		return -EINVAL;
 	}
-	xmlNodePtr root = xmlDocGetRootElement(c.doc);
+	xmlNodePtr root = xmlDocGetRootElement(doc);
 	if (!root || strcmp((const char *)root->name, "domain") || root->ns) {
 		ERR("domain XML: root element must be <domain>, got <%.64s>", root ? (const char *)root->name : "");
-		r = -EINVAL;
-		goto out;
+		keep_identity_only(out);
+		return -EINVAL;
 	}
-	if (!(c.xp = xmlXPathNewContext(c.doc))) {
-		r = -ENOMEM;
-		goto out;
+	if (!(xp = xmlXPathNewContext(doc))) {
+		keep_identity_only(out);
+		return -ENOMEM;
 	}
-	/* The class is read even when the identity is broken, so that the
-	 * caller can still tell a guaranteed VM from the others. */
-	if ((r = parse_identity(&c, out)) < 0) {
-		char scratch[8];
-		c.err = scratch;
-		c.errlen = sizeof(scratch);
-		if (parse_metadata(&c, out) == -EPROTONOSUPPORT)
-			out->guaranteed = false;
-		goto out;
-	}
-	if ((r = parse_metadata(&c, out)) < 0) {
-		if (r == -EPROTONOSUPPORT) {
-			/* we cannot know what class that version asked for */
-			out->cls[0] = 0;
-			out->guaranteed = false;
-		}
-		goto out;
-	}
-	if ((r = parse_pmu_feature(&c, out)) < 0)
-		goto out;
-	if (out->pmu_off) {
-		out->gp = 0;
-		out->fixed_mask = 0;
-	}
-	r = parse_vcpus(&c, host_cpus, out);
-out:
+	c.doc = doc;
+	c.xp = xp;
+	r = parse_domain(&c, host_cpus, out);
 	if (r < 0)
 		keep_identity_only(out);
-	xmlXPathFreeContext(c.xp);
-	xmlFreeDoc(c.doc);
-	xmlFreeParserCtxt(pc);
 	return r;
 }

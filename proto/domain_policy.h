@@ -43,6 +43,11 @@
 /* PERF_GLOBAL_CTRL has 16 bits (32..47) for fixed counters. */
 #define DOMAIN_POLICY_MAX_FIXED_MASK 0xffffu
 #define DOMAIN_POLICY_MAX_PRIORITY 1000
+/* Room for any message domain_policy_parse writes: what it quotes from the
+ * XML is cut to a few dozen characters, libxml2's own message to
+ * DOMAIN_POLICY_XML_ERR_MAX. */
+#define DOMAIN_POLICY_ERR_MAX 512
+#define DOMAIN_POLICY_XML_ERR_MAX 200
 /* Far above any real domain XML; bounds what one hook run may allocate. */
 #define DOMAIN_POLICY_MAX_XML (8u << 20)
 

@@ -15,8 +15,8 @@
 
 struct json_object;
 
-/* json-c's release, as a cleanup attribute. Declared here (as json-c
- * declares it) rather than by including json-c, so that code that only
+/* json-c's releases, as cleanup attributes. Declared here (as json-c
+ * declares them) rather than by including json-c, so that code that only
  * sees the protocol's structs does not see json-c's types. */
 int json_object_put(struct json_object *obj);
 static inline void json_object_putp(struct json_object **obj)
@@ -25,6 +25,11 @@ static inline void json_object_putp(struct json_object **obj)
 		json_object_put(*obj);
 }
 #define _cleanup_json_ _cleanup_(json_object_putp)
+
+struct json_tokener;
+void json_tokener_free(struct json_tokener *tok);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
+#define _cleanup_json_tokener_ _cleanup_(json_tokener_freep)
 
 /* Largest request a server accepts, excluding the newline. */
 #define PROTO_MAX_REQUEST (64u * 1024u)

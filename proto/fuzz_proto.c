@@ -26,6 +26,9 @@ static void one_frame(const char *f, size_t n)
 	struct json_object *o;
 
 	if (proto_request_decode(f, n, 64, &req, &idk, &id, &err) == 0) {
+		/* what the decoder accepts, the typed rules accept */
+		if (proto_request_validate(&req, 64, &err) != 0)
+			abort();
 		/* whatever we accept must re-encode into something we accept */
 		o = proto_request_encode(&req);
 		if (!o)

@@ -69,6 +69,17 @@ void json_fields_path_index(char out[JSON_FIELDS_PATH_MAX], const char *path, si
 	snprintf(out, JSON_FIELDS_PATH_MAX, "%s[%zu]", path, i);
 }
 
+bool json_fields_put(struct json_object *obj, const char *key, struct json_object *v)
+{
+	if (!v)
+		return false;
+	if (json_object_object_add(obj, key, v) < 0) {
+		json_object_put(v);
+		return false;
+	}
+	return true;
+}
+
 int64_t json_fields_load_int(const void *slot, size_t size, bool is_signed)
 {
 	switch (size) {

@@ -185,6 +185,10 @@ const char *json_fields_expected(const struct json_fields_field *f);
 void json_fields_path_key(char out[JSON_FIELDS_PATH_MAX], const char *path, const char *key);
 void json_fields_path_index(char out[JSON_FIELDS_PATH_MAX], const char *path, size_t i);
 
+/* Adds member key to obj, taking v: false (and v released) when v is NULL
+ * or the add fails, so that builders can chain with && and give up once. */
+bool json_fields_put(struct json_object *obj, const char *key, struct json_object *v);
+
 /* Reads a stored integer as the row stores it (size and sign). */
 int64_t json_fields_load_int(const void *slot, size_t size, bool is_signed);
 

@@ -51,6 +51,21 @@ static const int errcode_errno[PROTO_E__COUNT] = {
 	[PROTO_E_UNKNOWN] = EIO,
 };
 
+/* Where name stands in names[0..n); -ENOENT when nowhere (or NULL). */
+static int index_of(const char *const *names, int n, const char *name)
+{
+	for (int i = 0; name && i < n; i++)
+		if (strcmp(names[i], name) == 0)
+			return i;
+	return -ENOENT;
+}
+
+/* names[i], or NULL outside [0, n). */
+static const char *name_at(const char *const *names, int n, int i)
+{
+	return i >= 0 && i < n ? names[i] : NULL;
+}
+
 const char *proto_errcode_name(enum proto_errcode code)
 {
 	if ((unsigned int)code >= PROTO_E__COUNT)
@@ -60,13 +75,10 @@ const char *proto_errcode_name(enum proto_errcode code)
 
 enum proto_errcode proto_errcode_from_name(const char *name)
 {
-	if (!name)
-		return PROTO_E_UNKNOWN;
 	/* "unknown" is a client-side placeholder, never a wire code */
-	for (int i = 0; i < PROTO_E_UNKNOWN; i++)
-		if (strcmp(errcode_names[i], name) == 0)
-			return (enum proto_errcode)i;
-	return PROTO_E_UNKNOWN;
+	int i = index_of(errcode_names, PROTO_E_UNKNOWN, name);
+
+	return i < 0 ? PROTO_E_UNKNOWN : (enum proto_errcode)i;
 }
 
 int proto_errcode_errno(enum proto_errcode code)
@@ -136,19 +148,12 @@ static const char *const method_names[PROTO_M__COUNT] = {
 
 const char *proto_method_name(enum proto_method m)
 {
-	if ((unsigned int)m >= PROTO_M__COUNT)
-		return NULL;
-	return method_names[m];
+	return name_at(method_names, PROTO_M__COUNT, (int)m);
 }
 
 int proto_method_from_name(const char *name)
 {
-	if (!name)
-		return -ENOENT;
-	for (int i = 0; i < PROTO_M__COUNT; i++)
-		if (strcmp(method_names[i], name) == 0)
-			return i;
-	return -ENOENT;
+	return index_of(method_names, PROTO_M__COUNT, name);
 }
 
 static const char *const class_names[PROTO_CLASS__COUNT] = {
@@ -159,19 +164,12 @@ static const char *const class_names[PROTO_CLASS__COUNT] = {
 
 const char *proto_class_name(enum proto_class c)
 {
-	if ((unsigned int)c >= PROTO_CLASS__COUNT)
-		return NULL;
-	return class_names[c];
+	return name_at(class_names, PROTO_CLASS__COUNT, (int)c);
 }
 
 int proto_class_from_name(const char *name)
 {
-	if (!name)
-		return -ENOENT;
-	for (int i = 0; i < PROTO_CLASS__COUNT; i++)
-		if (strcmp(class_names[i], name) == 0)
-			return i;
-	return -ENOENT;
+	return index_of(class_names, PROTO_CLASS__COUNT, name);
 }
 
 void proto_request_fini(struct proto_request *req)
@@ -769,20 +767,20 @@ int proto_request_from_json(struct json_object *obj, unsigned int max_cpus,
 	d.envelope = false;
 	req->method = env.method;
 	r = decode_params(&d, env.params, req);
+	/* the rows were checked as they were read; what no single member
+	 * says (and everything, again, cheaply) is checked on the result */
 	if (r == 0)
-		r = check_request(&d, req);
+		r = proto_request_validate(req, max_cpus, err);
 	if (r < 0)
 		proto_request_fini(req);
 	return r;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
-
 int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 			 struct proto_request *req, bool *id_known, uint64_t *id,
 			 struct proto_error *err)
 {
-	_cleanup_(json_tokener_freep) struct json_tokener *tok = NULL;
+	_cleanup_json_tokener_ struct json_tokener *tok = NULL;
 	_cleanup_json_ struct json_object *obj = NULL;
 	enum json_tokener_error jerr;
 
@@ -829,19 +827,6 @@ int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol, struct
 
 /* ---------------------------------------------------------------- encoding */
 
-/* Adds to obj, taking 'v'; false (and v freed) on failure so callers can
- * chain with && and bail once. */
-static bool put(struct json_object *obj, const char *key, struct json_object *v)
-{
-	if (!v)
-		return false;
-	if (json_object_object_add(obj, key, v) < 0) {
-		json_object_put(v);
-		return false;
-	}
-	return true;
-}
-
 static struct json_object *cpus_json(const struct cpulist *set)
 {
 	_cleanup_free_ char *text = cpulist_to_text(set);
@@ -860,10 +845,10 @@ static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)
 		uniform = cpulist_equal(&v->cpus[0], &v->cpus[i]);
 	/* the compact form keeps a 1024-vCPU VM far below the frame limit */
 	if (uniform)
-		return put(params, "vcpu_count", json_object_new_int64(v->count)) &&
-		       put(params, "cpus", cpus_json(&v->cpus[0]));
+		return json_fields_put(params, "vcpu_count", json_object_new_int64(v->count)) &&
+		       json_fields_put(params, "cpus", cpus_json(&v->cpus[0]));
 	arr = json_object_new_array_ext((int)v->count);
-	if (!put(params, "vcpus", arr))
+	if (!json_fields_put(params, "vcpus", arr))
 		return false;
 	for (uint32_t i = 0; i < v->count; i++) {
 		struct json_object *e = json_object_new_object();
@@ -872,7 +857,7 @@ static bool put_vcpus(struct json_object *params, const struct proto_vcpus *v)
 			json_object_put(e);
 			return false;
 		}
-		if (!put(e, "cpus", cpus_json(&v->cpus[i])))
+		if (!json_fields_put(e, "cpus", cpus_json(&v->cpus[i])))
 			return false;
 	}
 	return true;
@@ -887,37 +872,37 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 {
 	switch (req->method) {
 	case PROTO_M_HELLO:
-		return put(p, "protocol", json_object_new_int64(req->u.hello.protocol)) &&
+		return json_fields_put(p, "protocol", json_object_new_int64(req->u.hello.protocol)) &&
 		       (!req->u.hello.client[0] ||
-			put(p, "client", json_object_new_string(req->u.hello.client)));
+			json_fields_put(p, "client", json_object_new_string(req->u.hello.client)));
 	case PROTO_M_PLAN:
-		return !req->u.plan.has_cpus || put(p, "cpus", cpus_json(&req->u.plan.cpus));
+		return !req->u.plan.has_cpus || json_fields_put(p, "cpus", cpus_json(&req->u.plan.cpus));
 	case PROTO_M_VM_ATTACH: {
 		const struct proto_vm_attach *a = &req->u.vm_attach;
 		struct json_object *o;
 
-		if (!(put(p, "name", json_object_new_string(a->name)) &&
-		      put(p, "priority", json_object_new_int64(a->priority)) &&
-		      put(p, "class", str_or_null(proto_class_name(a->cls))) &&
-		      put(p, "gp", json_object_new_int64(a->gp)) &&
-		      put(p, "fixed_mask", json_object_new_int64(a->fixed_mask)) &&
+		if (!(json_fields_put(p, "name", json_object_new_string(a->name)) &&
+		      json_fields_put(p, "priority", json_object_new_int64(a->priority)) &&
+		      json_fields_put(p, "class", str_or_null(proto_class_name(a->cls))) &&
+		      json_fields_put(p, "gp", json_object_new_int64(a->gp)) &&
+		      json_fields_put(p, "fixed_mask", json_object_new_int64(a->fixed_mask)) &&
 		      put_vcpus(p, &a->vcpus)))
 			return false;
 		if (!a->has_owner)
 			return true;
 		o = json_object_new_object();
-		return put(p, "owner", o) &&
-		       put(o, "pid", json_object_new_int64(a->owner.pid)) &&
-		       put(o, "vm_fd", json_object_new_int64(a->owner.vm_fd));
+		return json_fields_put(p, "owner", o) &&
+		       json_fields_put(o, "pid", json_object_new_int64(a->owner.pid)) &&
+		       json_fields_put(o, "vm_fd", json_object_new_int64(a->owner.vm_fd));
 	}
 	case PROTO_M_VM_UPDATE: {
 		const struct proto_vm_update *u = &req->u.vm_update;
 
-		return put(p, "name", json_object_new_string(u->name)) &&
-		       (!u->has_priority || put(p, "priority", json_object_new_int64(u->priority))) &&
-		       (!u->has_class || put(p, "class", str_or_null(proto_class_name(u->cls)))) &&
-		       (!u->has_gp || put(p, "gp", json_object_new_int64(u->gp))) &&
-		       (!u->has_fixed_mask || put(p, "fixed_mask", json_object_new_int64(u->fixed_mask))) &&
+		return json_fields_put(p, "name", json_object_new_string(u->name)) &&
+		       (!u->has_priority || json_fields_put(p, "priority", json_object_new_int64(u->priority))) &&
+		       (!u->has_class || json_fields_put(p, "class", str_or_null(proto_class_name(u->cls)))) &&
+		       (!u->has_gp || json_fields_put(p, "gp", json_object_new_int64(u->gp))) &&
+		       (!u->has_fixed_mask || json_fields_put(p, "fixed_mask", json_object_new_int64(u->fixed_mask))) &&
 		       (!u->has_vcpus || put_vcpus(p, &u->vcpus));
 	}
 	case PROTO_M_SESSION_START: {
@@ -927,7 +912,7 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 		if (s->n_events < 1 || s->n_events > PROTO_MAX_EVENTS || !s->events)
 			return false;
 		ev = json_object_new_array_ext((int)s->n_events);
-		if (!put(p, "name", json_object_new_string(s->name)) || !put(p, "events", ev))
+		if (!json_fields_put(p, "name", json_object_new_string(s->name)) || !json_fields_put(p, "events", ev))
 			return false;
 		for (uint32_t i = 0; i < s->n_events; i++) {
 			struct json_object *e = str_or_null(s->events[i]);
@@ -937,27 +922,27 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 				return false;
 			}
 		}
-		return (s->has_cpus ? put(p, "cpus", cpus_json(&s->cpus))
-				    : put(p, "pid", json_object_new_int64(s->pid))) &&
-		       (!s->owner_pid || put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
-		       put(p, "priority", json_object_new_int64(s->priority)) &&
-		       put(p, "class", str_or_null(proto_class_name(s->cls)));
+		return (s->has_cpus ? json_fields_put(p, "cpus", cpus_json(&s->cpus))
+				    : json_fields_put(p, "pid", json_object_new_int64(s->pid))) &&
+		       (!s->owner_pid || json_fields_put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
+		       json_fields_put(p, "priority", json_object_new_int64(s->priority)) &&
+		       json_fields_put(p, "class", str_or_null(proto_class_name(s->cls)));
 	}
 	case PROTO_M_VM_BIND: {
 		const struct proto_vm_bind *b = &req->u.vm_bind;
 
 		if (b->pid < 1 || b->pid > PROTO_MAX_PID || (b->has_vm_fd && b->vm_fd < 0))
 			return false;
-		return put(p, "name", json_object_new_string(b->name)) &&
-		       put(p, "pid", json_object_new_int64(b->pid)) &&
-		       (!b->has_vm_fd || put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
+		return json_fields_put(p, "name", json_object_new_string(b->name)) &&
+		       json_fields_put(p, "pid", json_object_new_int64(b->pid)) &&
+		       (!b->has_vm_fd || json_fields_put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
 	}
 	case PROTO_M_VM_DETACH:
 	case PROTO_M_VM_SHOW:
 	case PROTO_M_SESSION_STOP:
 	case PROTO_M_SESSION_READ:
 		/* all name-only requests share the layout of vm_detach */
-		return put(p, "name", json_object_new_string(req->u.vm_detach.name));
+		return json_fields_put(p, "name", json_object_new_string(req->u.vm_detach.name));
 	case PROTO_M_STATUS:
 	case PROTO_M_PMU:
 	case PROTO_M_VM_LIST:
@@ -971,7 +956,8 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 
 struct json_object *proto_request_encode(const struct proto_request *req)
 {
-	struct json_object *obj, *params;
+	_cleanup_json_ struct json_object *obj = NULL;
+	struct json_object *params;
 	const char *name;
 
 	if (!req || req->id > PROTO_MAX_ID)
@@ -983,11 +969,21 @@ struct json_object *proto_request_encode(const struct proto_request *req)
 	if (!obj)
 		return NULL;
 	params = json_object_new_object();
-	if (!put(obj, "id", json_object_new_uint64(req->id)) ||
-	    !put(obj, "method", json_object_new_string(name)) ||
-	    !put(obj, "params", params) || !encode_params(req, params)) {
-		json_object_put(obj);
+	if (!json_fields_put(obj, "id", json_object_new_uint64(req->id)) ||
+	    !json_fields_put(obj, "method", json_object_new_string(name)) ||
+	    !json_fields_put(obj, "params", params) || !encode_params(req, params))
 		return NULL;
-	}
-	return obj;
+	return TAKE_PTR(obj);
+}
+
+struct json_object *proto_request_encode_params(const struct proto_request *req, const char *const *omit)
+{
+	_cleanup_json_ struct json_object *obj = proto_request_encode(req);
+	struct json_object *params;
+
+	if (!obj || !json_object_object_get_ex(obj, "params", &params))
+		return NULL;
+	for (; omit && *omit; omit++)
+		json_object_object_del(params, *omit);
+	return json_object_get(params);
 }

@@ -241,6 +241,15 @@ int proto_request_validate(const struct proto_request *req, unsigned int max_cpu
  */
 struct json_object *proto_request_encode(const struct proto_request *req);
 
+/*
+ * The same request's params object alone (a new reference), as a client
+ * library call takes it, without the members named in omit (NULL-ended; may
+ * be NULL): a client leaves out what its user did not give, so that the
+ * daemon applies its own configured defaults. NULL as for
+ * proto_request_encode.
+ */
+struct json_object *proto_request_encode_params(const struct proto_request *req, const char *const *omit);
+
 /* Check a server's hello answer against what this client speaks. */
 int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol,
 		      struct proto_error *err);

@@ -7,47 +7,30 @@
 
 #include <json-c/json.h>
 
+#include "proto/json_fields.h"
+
 /* Plans nest per CPU and per vCPU; generous, but bounded against stack
  * exhaustion by a hostile or broken server. */
 #define RESPONSE_MAX_DEPTH 32
 
-static bool put(struct json_object *obj, const char *key, struct json_object *v)
-{
-	if (!v)
-		return false;
-	if (json_object_object_add(obj, key, v) < 0) {
-		json_object_put(v);
-		return false;
-	}
-	return true;
-}
-
 struct json_object *response_result(uint64_t id, struct json_object *result)
 {
-	struct json_object *obj;
+	_cleanup_json_ struct json_object *res = result ? result : json_object_new_object();
+	_cleanup_json_ struct json_object *obj = NULL;
 
-	if (!result)
-		result = json_object_new_object();
-	if (!result || !json_object_is_type(result, json_type_object) || id > PROTO_MAX_ID) {
-		json_object_put(result);
+	if (!res || !json_object_is_type(res, json_type_object) || id > PROTO_MAX_ID)
 		return NULL;
-	}
 	obj = json_object_new_object();
-	if (!obj || !put(obj, "id", json_object_new_uint64(id))) {
-		json_object_put(obj);
-		json_object_put(result);
+	if (!obj || !json_fields_put(obj, "id", json_object_new_uint64(id)) ||
+	    !json_fields_put(obj, "result", TAKE_PTR(res)))
 		return NULL;
-	}
-	if (!put(obj, "result", result)) {
-		json_object_put(obj);
-		return NULL;
-	}
-	return obj;
+	return TAKE_PTR(obj);
 }
 
 struct json_object *response_error(bool id_known, uint64_t id, const struct proto_error *err)
 {
-	struct json_object *obj, *e;
+	_cleanup_json_ struct json_object *obj = NULL, *e = NULL;
+	struct json_object *body;
 	enum proto_errcode code;
 
 	if (!err)
@@ -55,63 +38,48 @@ struct json_object *response_error(bool id_known, uint64_t id, const struct prot
 	/* PROTO_E_UNKNOWN exists only on the client side; never invent it on the wire */
 	code = err->code == PROTO_E_UNKNOWN ? PROTO_E_INTERNAL : err->code;
 	obj = json_object_new_object();
-	if (!obj)
-		return NULL;
 	e = json_object_new_object();
+	if (!obj || !e)
+		return NULL;
 	/* json-c has no null object; adding NULL stores JSON null */
 	if (id_known && id <= PROTO_MAX_ID) {
-		if (!put(obj, "id", json_object_new_uint64(id)))
-			goto fail;
+		if (!json_fields_put(obj, "id", json_object_new_uint64(id)))
+			return NULL;
 	} else if (json_object_object_add(obj, "id", NULL) < 0) {
-		goto fail;
+		return NULL;
 	}
-	if (!put(obj, "error", e)) {
-		e = NULL;
-		goto fail;
-	}
-	if (!put(e, "code", json_object_new_string(proto_errcode_name(code))) ||
-	    !put(e, "errno", json_object_new_int(err->err > 0 ? err->err : proto_errcode_errno(code))) ||
-	    !put(e, "message", json_object_new_string(err->message)))
-		goto out_fail;
-	if (err->field[0] && !put(e, "field", json_object_new_string(err->field)))
-		goto out_fail;
-	return obj;
-fail:
-	json_object_put(e);
-out_fail:
-	json_object_put(obj);
-	return NULL;
+	body = e;
+	if (!json_fields_put(obj, "error", TAKE_PTR(e)) ||
+	    !json_fields_put(body, "code", json_object_new_string(proto_errcode_name(code))) ||
+	    !json_fields_put(body, "errno", json_object_new_int(err->err > 0 ? err->err : proto_errcode_errno(code))) ||
+	    !json_fields_put(body, "message", json_object_new_string(err->message)) ||
+	    (err->field[0] && !json_fields_put(body, "field", json_object_new_string(err->field))))
+		return NULL;
+	return TAKE_PTR(obj);
 }
 
 struct json_object *response_event(const char *name, uint64_t generation, struct json_object *body)
 {
-	struct json_object *obj;
+	_cleanup_json_ struct json_object *b = body, *obj = NULL;
 
-	if (!name || (body && !json_object_is_type(body, json_type_object))) {
-		json_object_put(body);
+	if (!name || (b && !json_object_is_type(b, json_type_object)))
 		return NULL;
-	}
 	obj = json_object_new_object();
-	if (!obj || !put(obj, "event", json_object_new_string(name)) ||
-	    !put(obj, "generation", json_object_new_uint64(generation)))
-		goto fail;
-	if (body) {
+	if (!obj || !json_fields_put(obj, "event", json_object_new_string(name)) ||
+	    !json_fields_put(obj, "generation", json_object_new_uint64(generation)))
+		return NULL;
+	if (b) {
 		/* "event" and "generation" are the envelope; a body must not shadow them */
-		json_object_object_foreach(body, key, val) {
+		json_object_object_foreach(b, key, val) {
 			if (strcmp(key, "event") == 0 || strcmp(key, "generation") == 0)
-				goto fail;
+				return NULL;
 			if (json_object_object_add(obj, key, json_object_get(val)) < 0) {
 				json_object_put(val);
-				goto fail;
+				return NULL;
 			}
 		}
-		json_object_put(body);
 	}
-	return obj;
-fail:
-	json_object_put(obj);
-	json_object_put(body);
-	return NULL;
+	return TAKE_PTR(obj);
 }
 
 struct json_object *response_hello_result(const char *server_version)
@@ -119,8 +87,8 @@ struct json_object *response_hello_result(const char *server_version)
 	struct json_object *obj = json_object_new_object();
 
 	if (!obj || !server_version ||
-	    !put(obj, "protocol", json_object_new_int(PROTO_VERSION)) ||
-	    !put(obj, "server", json_object_new_string(server_version))) {
+	    !json_fields_put(obj, "protocol", json_object_new_int(PROTO_VERSION)) ||
+	    !json_fields_put(obj, "server", json_object_new_string(server_version))) {
 		json_object_put(obj);
 		return NULL;
 	}
@@ -213,8 +181,8 @@ static int classify(struct json_object *obj, struct proto_response *out)
 
 int response_decode(const char *frame, size_t len, struct proto_response *out)
 {
-	struct json_tokener *tok;
-	struct json_object *obj;
+	_cleanup_json_tokener_ struct json_tokener *tok = NULL;
+	_cleanup_json_ struct json_object *obj = NULL;
 	int r;
 
 	if (!frame || !out)
@@ -228,14 +196,9 @@ int response_decode(const char *frame, size_t len, struct proto_response *out)
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	obj = json_tokener_parse_ex(tok, frame, (int)len);
 	if (!obj || json_tokener_get_error(tok) != json_tokener_success ||
-	    json_tokener_get_parse_end(tok) != len) {
-		json_object_put(obj);
-		json_tokener_free(tok);
+	    json_tokener_get_parse_end(tok) != len)
 		return -EBADMSG;
-	}
-	json_tokener_free(tok);
 	r = classify(obj, out);
-	json_object_put(obj);
 	if (r < 0)
 		response_fini(out);
 	return r;

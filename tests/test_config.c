@@ -80,6 +80,31 @@ static void test_bad_files(void **st)
 	expect_bad("max_clients = 12abc\n", "max_clients");
 }
 
+/* The message quotes the whole offending value, however long the line may
+ * be: CONFIG_ERR_MAX holds it; a short buffer cuts, never overruns. */
+static void test_long_value_error(void **st)
+{
+	(void)st;
+	struct config c;
+	char line[CONFIG_LINE_MAX], err[CONFIG_ERR_MAX], small[16];
+	size_t n = (size_t)snprintf(line, sizeof(line), "kvm = ");
+	char *p;
+
+	memset(line + n, 'k', sizeof(line) - n - 2);
+	line[sizeof(line) - 2] = '\n';
+	line[sizeof(line) - 1] = '\0';
+	p = write_tmp(line);
+	config_defaults(&c);
+	assert_int_equal(config_load_file(p, true, &c, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, ":1: field \"kvm\""));
+	line[sizeof(line) - 2] = '\0';
+	assert_non_null(strstr(err, line + n)); /* the value, whole */
+	assert_int_equal(config_load_file(p, true, &c, small, sizeof(small)), -EINVAL);
+	assert_int_equal(strlen(small), sizeof(small) - 1);
+	unlink(p);
+	free(p);
+}
+
 static void test_missing_file(void **st)
 {
 	(void)st;
@@ -131,6 +156,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),   cmocka_unit_test(test_good_file),
 		cmocka_unit_test(test_bad_files),  cmocka_unit_test(test_missing_file),
+		cmocka_unit_test(test_long_value_error),
 		cmocka_unit_test(test_reload),     cmocka_unit_test(test_dbus_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -623,6 +623,30 @@ static void test_encode_rejects_invalid(void **state)
 	assert_null(proto_request_encode(&req));
 }
 
+static void test_encode_params(void **state)
+{
+	static const char *const omit[] = { "priority", "class", NULL };
+	struct proto_request req;
+	struct json_object *p, *v;
+
+	(void)state;
+	expect_ok("{\"id\":4,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"vcpu_count\":2,\"cpus\":\"1\"}}", &req);
+	p = proto_request_encode_params(&req, omit);
+	assert_non_null(p);
+	assert_false(json_object_object_get_ex(p, "priority", NULL));
+	assert_false(json_object_object_get_ex(p, "class", NULL));
+	assert_true(json_object_object_get_ex(p, "name", &v));
+	assert_string_equal(json_object_get_string(v), "a");
+	assert_false(json_object_object_get_ex(p, "id", NULL)); /* params alone */
+	json_object_put(p);
+	p = proto_request_encode_params(&req, NULL);
+	assert_true(json_object_object_get_ex(p, "priority", NULL));
+	json_object_put(p);
+	proto_request_fini(&req);
+	req.method = PROTO_M__COUNT;
+	assert_null(proto_request_encode_params(&req, NULL));
+}
+
 static void test_names_tables(void **state)
 {
 	(void)state;
@@ -1172,6 +1196,7 @@ int main(void)
 		cmocka_unit_test(test_session_event_limits),
 		cmocka_unit_test(test_round_trips),
 		cmocka_unit_test(test_encode_rejects_invalid),
+		cmocka_unit_test(test_encode_params),
 		cmocka_unit_test(test_validate_accepts),
 		cmocka_unit_test(test_validate_refuses),
 		cmocka_unit_test(test_validate_after_decode),

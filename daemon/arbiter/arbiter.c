@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/cleanup.h"
+
 enum cons_kind { CONS_VM = 1, CONS_SESSION = 2 };
 
 struct cons;
@@ -312,21 +314,21 @@ static void cons_unlink(struct arb *a, struct cons *c)
 	}
 }
 
+/* Adds c to the item list of every CPU it names; all or nothing. */
 static int cons_link(struct arb *a, struct cons *c)
 {
+	bool ok = true;
+
 	if (c->kind == CONS_VM) {
-		for (unsigned v = 0; v < c->n_vcpus; v++)
-			for (unsigned i = 0; i < c->vcpus[v].n_cpus; i++)
-				if (items_insert(&a->items[c->vcpus[v].cpus[i]],
-						 (struct item){ c, v, 0 }))
-					goto fail;
+		for (unsigned v = 0; ok && v < c->n_vcpus; v++)
+			for (unsigned i = 0; ok && i < c->vcpus[v].n_cpus; i++)
+				ok = !items_insert(&a->items[c->vcpus[v].cpus[i]], (struct item){ c, v, 0 });
 	} else {
-		for (unsigned i = 0; i < c->n_cpus; i++)
-			if (items_insert(&a->items[c->cpus[i]], (struct item){ c, 0, 0 }))
-				goto fail;
+		for (unsigned i = 0; ok && i < c->n_cpus; i++)
+			ok = !items_insert(&a->items[c->cpus[i]], (struct item){ c, 0, 0 });
 	}
-	return 0;
-fail:
+	if (ok)
+		return 0;
 	cons_unlink(a, c);
 	return -ENOMEM;
 }
@@ -351,6 +353,8 @@ static void cons_free(struct cons *c)
 	free(c->ev);
 	free(c);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct cons *, cons_free)
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct arb *, arb_destroy)
 
 static int reason(char *why, size_t len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -455,7 +459,7 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 				      s->name, v, vs->num_gp, vs->fixed_mask);
 	}
 
-	struct cons *c = calloc(1, sizeof(*c));
+	_cleanup_(cons_freep) struct cons *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_VM;
@@ -467,7 +471,7 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 	c->n_vcpus = s->n_vcpus;
 	c->vcpus = calloc(s->n_vcpus, sizeof(*c->vcpus));
 	if (!c->vcpus)
-		goto nomem;
+		return -ENOMEM;
 	for (unsigned v = 0; v < s->n_vcpus; v++) {
 		struct vcpu *vc = &c->vcpus[v];
 		vc->vm = c;
@@ -476,19 +480,16 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 		vc->want = matching_counters((uint32_t)((1ULL << s->vcpus[v].num_gp) - 1),
 					  s->vcpus[v].fixed_mask);
 		if (set_to_list(a, s->vcpus[v].cpus, &vc->set, &vc->cpus, &vc->n_cpus))
-			goto nomem;
+			return -ENOMEM;
 		vc->known = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
 		vc->nknown = calloc(2 * (size_t)vc->n_cpus, sizeof(uint64_t));
 		vc->snap = calloc(snap_words(a) * vc->n_cpus, sizeof(uint64_t));
 		vc->nsnap = calloc(snap_words(a) * vc->n_cpus, sizeof(uint64_t));
 		if (!vc->known || !vc->nknown || !vc->snap || !vc->nsnap)
-			goto nomem;
+			return -ENOMEM;
 	}
-	*out = c;
+	*out = TAKE_PTR(c);
 	return 0;
-nomem:
-	cons_free(c);
-	return -ENOMEM;
 }
 
 static int session_build(const struct arb *a, const struct arb_session_spec *s,
@@ -520,7 +521,7 @@ static int session_build(const struct arb *a, const struct arb_session_spec *s,
 				      s->name, ev->name);
 	}
 
-	struct cons *c = calloc(1, sizeof(*c));
+	_cleanup_(cons_freep) struct cons *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_SESSION;
@@ -531,16 +532,14 @@ static int session_build(const struct arb *a, const struct arb_session_spec *s,
 	c->cls = s->cls;
 	c->n_ev = s->n_events;
 	c->ev = calloc(s->n_events, sizeof(*c->ev));
-	if (!c->ev || set_to_list(a, s->cpus, &c->set, &c->cpus, &c->n_cpus)) {
-		cons_free(c);
+	if (!c->ev || set_to_list(a, s->cpus, &c->set, &c->cpus, &c->n_cpus))
 		return -ENOMEM;
-	}
 	for (unsigned e = 0; e < s->n_events; e++) {
 		snprintf(c->ev[e].name, sizeof(c->ev[e].name), "%s", s->events[e].name);
 		c->ev[e].mask = matching_counters(s->events[e].gp_mask, s->events[e].fixed_mask) &
 				a->inv_mask;
 	}
-	*out = c;
+	*out = TAKE_PTR(c);
 	return 0;
 }
 
@@ -1260,7 +1259,8 @@ static void say_refusal(const struct arb *a, char *why, size_t whylen, const str
 			const struct cons *holder, unsigned holder_sub, bool holder_is_event,
 			const char *foreign)
 {
-	char n[160], h[160], k[24];
+	/* "vm 'NAME' vcpu N (priority P)": names are below ARB_NAME_LEN */
+	char n[ARB_NAME_LEN + 96], h[ARB_NAME_LEN + 96], k[24];
 
 	if (!why || !whylen)
 		return;
@@ -1574,6 +1574,24 @@ static void footprint_of(const struct arb *a, const struct cons *c, uint64_t *fp
 			fp[w] |= c->vcpus[v].set[w];
 }
 
+/* Puts a refused change back: nw out (when it was linked), old in again at
+ * index at, and a new epoch so nothing cached from the attempt survives. */
+static int undo_change(struct arb *a, struct cons *old, unsigned at, struct cons *nw, int r)
+{
+	if (nw) {
+		cons_unlink(a, nw);
+		a->n_cons--;
+	}
+	if (old) {
+		/* Re-linking needs no memory: the lists had room for it. */
+		cons_link(a, old);
+		a->cons[a->n_cons++] = a->cons[at];
+		a->cons[at] = old;
+	}
+	next_epoch(a);
+	return r;
+}
+
 /*
  * The one path for every change: unlink old (if any, at index `at` in
  * a->cons), link new (if any), recompute what they touch, check admission,
@@ -1597,7 +1615,7 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 	}
 	if (nw) {
 		if ((r = cons_link(a, nw)))
-			goto undo;
+			return undo_change(a, old, at, NULL, r);
 		a->cons[a->n_cons++] = nw;
 	}
 	a->adm = nw;
@@ -1613,25 +1631,10 @@ static int change(struct arb *a, struct cons *old, unsigned at, struct cons *nw,
 	a->adm = NULL;
 	a->gone = NULL;
 	if (r)
-		goto undo_new;
+		return undo_change(a, old, at, nw, r);
 	commit(a);
 	cons_free(old);
 	return 0;
-
-undo_new:
-	if (nw) {
-		cons_unlink(a, nw);
-		a->n_cons--;
-	}
-undo:
-	if (old) {
-		/* Re-linking needs no memory: the lists had room for it. */
-		cons_link(a, old);
-		a->cons[a->n_cons++] = a->cons[at];
-		a->cons[at] = old;
-	}
-	next_epoch(a);
-	return r;
 }
 
 /* ---- public ---- */
@@ -1642,7 +1645,7 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	    inv->num_gp > TRANSITION_MAX_GP || (inv->fixed_mask >> TRANSITION_MAX_FIXED) ||
 	    (inv->n_foreign && !inv->foreign))
 		return -EINVAL;
-	struct arb *a = calloc(1, sizeof(*a));
+	_cleanup_(arb_destroyp) struct arb *a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
 	a->n_cpus = inv->n_cpus;
@@ -1656,20 +1659,16 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	a->fp = malloc(ARB_CPUSET_WORDS(inv->n_cpus) * sizeof(uint64_t));
 	a->foreign = calloc(inv->n_foreign ? inv->n_foreign : 1, sizeof(*a->foreign));
 	if (!a->cpu_ids || !a->plan || !a->items || !a->work || !a->dirty || !a->didx || !a->fp ||
-	    !a->foreign) {
-		arb_destroy(a);
+	    !a->foreign)
 		return -ENOMEM;
-	}
 	memcpy(a->cpu_ids, inv->cpu_ids, inv->n_cpus * sizeof(int));
 	a->n_foreign = inv->n_foreign;
 	for (unsigned f = 0; f < inv->n_foreign; f++) {
 		const struct arb_foreign *s = &inv->foreign[f];
 		uint64_t mask = matching_counters(s->gp_mask, s->fixed_mask) & a->inv_mask;
 		if (!s->name || strlen(s->name) >= ARB_NAME_LEN || s->cpu < -1 ||
-		    s->cpu >= (int)inv->n_cpus || !mask) {
-			arb_destroy(a);
+		    s->cpu >= (int)inv->n_cpus || !mask)
 			return -EINVAL;
-		}
 		snprintf(a->foreign[f].name, ARB_NAME_LEN, "%s", s->name);
 		a->foreign[f].cpu = s->cpu;
 		a->foreign[f].mask = mask;
@@ -1685,14 +1684,12 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 		if (!r)
 			r = finalize_cpu(a, c);
 	}
-	if (r) {
-		arb_destroy(a);
+	if (r)
 		return r;
-	}
 	a->n_ntr = 0;
 	commit(a);
 	a->generation = 0;
-	*out = a;
+	*out = TAKE_PTR(a);
 	return 0;
 }
 

@@ -3,18 +3,21 @@
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <string.h>
+#include <stdlib.h>
+
+#include "proto/cleanup.h"
 
 void log_write(int priority, const char *fmt, ...)
 {
-	char line[2048];
+	/* allocated: a line may carry names, paths and messages of any length */
+	_cleanup_free_ char *line = NULL;
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	line = alloc_vprintf(fmt, ap);
 	va_end(ap);
 	/* One write per line keeps lines whole when several processes share
 	 * stderr (tests run daemons side by side). */
-	fprintf(stderr, "<%d>%s\n", priority & LOG_PRIMASK, line);
+	fprintf(stderr, "<%d>%s\n", priority & LOG_PRIMASK, line ? line : "out of memory formatting a log line");
 	fflush(stderr);
 }

@@ -7,8 +7,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 
-#include "proto/domain_policy.h"
 #include "base/log.h"
+#include "proto/cleanup.h"
+#include "proto/domain_policy.h"
 
 /* ================================================================= bridge */
 
@@ -304,6 +305,8 @@ sd_event *libvirt_events_bridge_loop(void)
 
 /* =============================================================== follower */
 
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct libvirt_events_follower *, libvirt_events_follower_free)
+
 #define BACKOFF_MIN_DEFAULT (500 * 1000ull)
 #define BACKOFF_MAX_DEFAULT (30 * 1000 * 1000ull)
 
@@ -455,7 +458,7 @@ static void on_close(virConnectPtr conn, int reason, void *ud)
 	(void)conn;
 	struct libvirt_events_follower *f = ud;
 	static const char *const reasons[] = { "error", "end of file", "keepalive timeout", "client closed" };
-	char why[64];
+	char why[64]; /* one of the reasons above */
 	snprintf(why, sizeof(why), "connection closed (%s)",
 		 reason >= 0 && reason < 4 ? reasons[reason] : "unknown reason");
 	/* Not dropped here: libvirt is inside its own close path. The retry
@@ -470,14 +473,15 @@ static const char *last_error(void)
 }
 
 /* Opens, registers, reconciles. On failure the caller retries. */
-static int connect_and_reconcile(struct libvirt_events_follower *f, char *why, size_t whylen)
+/* *why: malloc'd (libvirt's messages have no bound); NULL on ENOMEM. */
+static int connect_and_reconcile(struct libvirt_events_follower *f, char **why)
 {
 	virDomainPtr *doms = NULL;
 	int n;
 
 	drop_connection(f);
 	if (!(f->conn = virConnectOpen(f->uri))) {
-		snprintf(why, whylen, "cannot connect: %s", last_error());
+		*why = alloc_printf("cannot connect: %s", last_error());
 		return -ECONNREFUSED;
 	}
 	f->cb_ids[CB_LIFECYCLE] = virConnectDomainEventRegisterAny(
@@ -488,7 +492,7 @@ static int connect_and_reconcile(struct libvirt_events_follower *f, char *why, s
 		f->conn, NULL, VIR_DOMAIN_EVENT_ID_TUNABLE, VIR_DOMAIN_EVENT_CALLBACK(on_tunable), f, NULL);
 	for (int i = 0; i < CB_N; i++)
 		if (f->cb_ids[i] < 0) {
-			snprintf(why, whylen, "cannot register for domain events: %s", last_error());
+			*why = alloc_printf("cannot register for domain events: %s", last_error());
 			drop_connection(f);
 			return -EIO;
 		}
@@ -498,7 +502,7 @@ static int connect_and_reconcile(struct libvirt_events_follower *f, char *why, s
 	f->close_cb = virConnectRegisterCloseCallback(f->conn, on_close, f, NULL) == 0;
 
 	if ((n = virConnectListAllDomains(f->conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) < 0) {
-		snprintf(why, whylen, "cannot list domains: %s", last_error());
+		*why = alloc_printf("cannot list domains: %s", last_error());
 		drop_connection(f);
 		return -EIO;
 	}
@@ -519,9 +523,9 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
 	(void)s;
 	(void)usec;
 	struct libvirt_events_follower *f = ud;
-	char why[512];
-	if (connect_and_reconcile(f, why, sizeof(why)) < 0) {
-		retry_later(f, why);
+	_cleanup_free_ char *why = NULL;
+	if (connect_and_reconcile(f, &why) < 0) {
+		retry_later(f, why ? why : "out of memory");
 		return 0;
 	}
 	f->backoff = f->backoff_min;
@@ -541,7 +545,7 @@ int libvirt_events_follower_new(sd_event *e, const char *uri, const struct libvi
 		return -EINVAL;
 	if (libvirt_events_bridge_loop() != e)
 		return -ENXIO;
-	struct libvirt_events_follower *f = calloc(1, sizeof(*f));
+	_cleanup_(libvirt_events_follower_freep) struct libvirt_events_follower *f = calloc(1, sizeof(*f));
 	if (!f)
 		return -ENOMEM;
 	f->loop = sd_event_ref(e);
@@ -554,19 +558,14 @@ int libvirt_events_follower_new(sd_event *e, const char *uri, const struct libvi
 	f->backoff = f->backoff_min;
 	for (int i = 0; i < CB_N; i++)
 		f->cb_ids[i] = -1;
-	if (!(f->uri = strdup(uri))) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	if (!(f->uri = strdup(uri)))
+		return -ENOMEM;
 	if ((r = sd_event_add_time(e, &f->retry, CLOCK_MONOTONIC, 0, 1000, on_retry, f)) < 0)
-		goto fail;
+		return r;
 	/* time 0 is in the past: the first attempt runs on the next iteration */
 	sd_event_source_set_enabled(f->retry, SD_EVENT_ONESHOT);
-	*out = f;
+	*out = TAKE_PTR(f);
 	return 0;
-fail:
-	libvirt_events_follower_free(f);
-	return r;
 }
 
 void libvirt_events_follower_free(struct libvirt_events_follower *f)

@@ -13,6 +13,8 @@
 
 #include <linux/vpmu_kvm.h>
 
+#include "proto/cleanup.h"
+
 int kvm_detect_parse_bool(const char *s, bool *out)
 {
 	if (!s || !out)
@@ -29,13 +31,14 @@ int kvm_detect_parse_bool(const char *s, bool *out)
 
 static enum kvm_tristate read_param(const char *root, const char *mod, const char *name)
 {
-	char path[PATH_MAX], buf[16];
-	snprintf(path, sizeof(path), "%s/module/%s/parameters/%s", root, mod, name);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char buf[16]; /* "Y\n", "N\n", "1\n": a boolean parameter */
+	_cleanup_free_ char *path = alloc_printf("%s/module/%s/parameters/%s", root, mod, name);
+	if (!path)
+		return KVM_ABSENT;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return KVM_ABSENT;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
 	if (n <= 0)
 		return KVM_ABSENT;
 	buf[n] = '\0';
@@ -56,7 +59,7 @@ static void read_leaf0a(int fd, struct kvm_detect *d)
 	/* KVM says E2BIG until the buffer holds every entry, so grow until it
 	 * fits; the bound keeps a misbehaving kernel from growing us forever. */
 	for (unsigned nent = 128; nent <= 4096; nent *= 2) {
-		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + nent * sizeof(c->entries[0]));
+		_cleanup_free_ struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + nent * sizeof(c->entries[0]));
 		if (!c) {
 			d->cpuid_err = -ENOMEM;
 			return;
@@ -64,7 +67,6 @@ static void read_leaf0a(int fd, struct kvm_detect *d)
 		c->nent = nent;
 		if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
 			d->cpuid_err = -errno;
-			free(c);
 			if (d->cpuid_err == -E2BIG)
 				continue;
 			return;
@@ -80,7 +82,6 @@ static void read_leaf0a(int fd, struct kvm_detect *d)
 			d->leaf0a[2] = e->ecx;
 			d->leaf0a[3] = e->edx;
 		}
-		free(c);
 		if (d->leaf0a_present) {
 			uint32_t a = d->leaf0a[0], dx = d->leaf0a[3];
 			d->guest_version = a & 0xff;
@@ -125,7 +126,7 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 	d->mediated_intel = read_param(sys, "kvm_intel", "enable_mediated_pmu");
 	d->mediated_amd = read_param(sys, "kvm_amd", "enable_mediated_pmu");
 
-	int fd = open(dev, O_RDWR | O_CLOEXEC);
+	_cleanup_close_ int fd = open(dev, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		d->dev_errno = errno;
 		d->flavour = kvm_detect_flavour(d);
@@ -140,7 +141,6 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 	d->cap_pmu_capability = check_ext(fd, KVM_DETECT_CAP_PMU_CAPABILITY);
 	d->cap_vpmu = check_ext(fd, KVM_CAP_VPMU_PARTITION);
 	read_leaf0a(fd, d);
-	close(fd);
 	d->flavour = kvm_detect_flavour(d);
 	return 0;
 }
@@ -189,13 +189,14 @@ static void fmt_cap(char *b, size_t n, int v)
 
 int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
 {
+	/* a number, or "error (strerror)" */
 	char api[48], filt[48], mask[48], pcap[48], ours[48];
 	fmt_cap(api, sizeof(api), d->api_version);
 	fmt_cap(filt, sizeof(filt), d->cap_pmu_event_filter);
 	fmt_cap(mask, sizeof(mask), d->cap_masked_events);
 	fmt_cap(pcap, sizeof(pcap), d->cap_pmu_capability);
 	fmt_cap(ours, sizeof(ours), d->cap_vpmu);
-	char leaf[160];
+	char leaf[160]; /* four registers and five small numbers */
 	if (d->cpuid_err < 0)
 		snprintf(leaf, sizeof(leaf), "error (%s)", strerror(-d->cpuid_err));
 	else if (!d->leaf0a_present)

@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include "kvm/vmm_discover.h"
+#include "proto/cleanup.h"
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_model *, kvm_model_free)
 
 struct model_vcpu {
 	unsigned id;
@@ -44,7 +47,7 @@ struct model_cpu {
 struct kvm_model {
 	unsigned n_cpus, num_gp;
 	uint32_t fixed_mask;
-	char procfs[256];
+	char *procfs;
 	struct model_cpu *cpus;
 	struct model_vm *vms;
 	size_t n_vms, cap_vms;
@@ -56,23 +59,21 @@ int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
 	    o->num_gp > KVM_VPMU_MAX_GP ||
 	    (KVM_VPMU_MAX_FIXED < 32 && (o->fixed_mask >> KVM_VPMU_MAX_FIXED)))
 		return -EINVAL;
-	struct kvm_model *m = calloc(1, sizeof(*m));
+	_cleanup_(kvm_model_freep) struct kvm_model *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->cpus = calloc(o->n_cpus, sizeof(*m->cpus));
-	if (!m->cpus) {
-		free(m);
+	m->procfs = strdup(o->procfs_root ? o->procfs_root : "/proc");
+	if (!m->cpus || !m->procfs)
 		return -ENOMEM;
-	}
 	m->n_cpus = o->n_cpus;
 	m->num_gp = o->num_gp;
 	m->fixed_mask = o->fixed_mask;
-	snprintf(m->procfs, sizeof(m->procfs), "%s", o->procfs_root ? o->procfs_root : "/proc");
 	/* Generations start at 1 so that 0 can never match: a writer that has
 	 * not read the current state is stale by construction. */
 	for (unsigned c = 0; c < m->n_cpus; c++)
 		m->cpus[c].generation = 1;
-	*out = m;
+	*out = TAKE_PTR(m);
 	return 0;
 }
 
@@ -91,6 +92,7 @@ void kvm_model_free(struct kvm_model *m)
 		vm_free(&m->vms[i]);
 	free(m->vms);
 	free(m->cpus);
+	free(m->procfs);
 	free(m);
 }
 
@@ -180,8 +182,7 @@ static int resolve_vcpu(struct kvm_model *m, struct model_vm *vm, unsigned id,
 	struct vmm_discover_opts o = { .procfs_root = m->procfs, .debugfs_root = "/nonexistent",
 				       .vm_fd = vm->vm_fd };
 	struct vmm_vm found;
-	char why[128];
-	int r = vmm_discover(vm->pid, &o, &found, why, sizeof(why));
+	int r = vmm_discover(vm->pid, &o, &found, NULL, 0);
 	if (r < 0)
 		return r == -ESRCH ? -ESRCH : -ENOENT;
 	bool exists = false;
@@ -197,6 +198,22 @@ static int resolve_vcpu(struct kvm_model *m, struct model_vm *vm, unsigned id,
 	vcpu_init(m, &nv[vm->n_vcpus], id);
 	*out = &nv[vm->n_vcpus++];
 	return 0;
+}
+
+/* The vCPU a request names (and its VM when vm is not NULL), once VMs
+ * whose VMM died are forgotten. */
+static int resolve(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, struct model_vm **vm,
+		   struct model_vcpu **v)
+{
+	struct model_vm *found = NULL;
+	int e;
+
+	prune_dead(m);
+	if ((e = resolve_vm(m, pidfd, vm_fd, &found)) < 0)
+		return e;
+	if (vm)
+		*vm = found;
+	return resolve_vcpu(m, found, vcpu, v);
 }
 
 static bool cpu_allowed(const __u64 *allowed, unsigned cpu)
@@ -299,10 +316,7 @@ static long do_get_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
 	struct model_vcpu *v;
 	if (e < 0)
 		return e;
-	prune_dead(m);
-	if ((e = resolve_vm(m, r->pidfd, r->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, r->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
 		return e;
 	r->generation = vm->generation;
 	memcpy(r->gp, v->gp, sizeof(r->gp));
@@ -343,10 +357,7 @@ static long do_set_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
 
 	struct model_vm *vm;
 	struct model_vcpu *v;
-	prune_dead(m);
-	if ((e = resolve_vm(m, r->pidfd, r->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, r->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
 		return e;
 	if (r->generation != vm->generation)
 		return -ESTALE;
@@ -392,10 +403,7 @@ static long do_get_stats(struct kvm_model *m, struct kvm_vpmu_vcpu_stats *s)
 	struct model_vm *vm;
 	struct model_vcpu *v;
 	int e;
-	prune_dead(m);
-	if ((e = resolve_vm(m, s->pidfd, s->vm_fd, &vm)) < 0)
-		return e;
-	if ((e = resolve_vcpu(m, vm, s->vcpu_id, &v)) < 0)
+	if ((e = resolve(m, s->pidfd, s->vm_fd, s->vcpu_id, &vm, &v)) < 0)
 		return e;
 	s->generation = vm->generation;
 	s->route_fallbacks = v->route_fallbacks;
@@ -460,21 +468,13 @@ int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, bool fixed, un
 	return 0;
 }
 
-static int lookup(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, struct model_vcpu **v)
-{
-	struct model_vm *vm;
-	prune_dead(m);
-	int e = resolve_vm(m, pidfd, vm_fd, &vm);
-	return e < 0 ? e : resolve_vcpu(m, vm, vcpu, v);
-}
-
 int kvm_model_guest_count(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
 			  bool fixed, unsigned idx, uint64_t delta)
 {
 	struct model_vcpu *v;
 	if (!m || !counter_ok(m, fixed, idx))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	(fixed ? v->fixed_val : v->gp_val)[idx] += delta;
@@ -487,7 +487,7 @@ int kvm_model_guest_value(struct kvm_model *m, int pidfd, int vm_fd, unsigned vc
 	struct model_vcpu *v;
 	if (!m || !out || !counter_ok(m, fixed, idx))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	*out = (fixed ? v->fixed_val : v->gp_val)[idx];
@@ -499,7 +499,7 @@ int kvm_model_guest_enter(struct kvm_model *m, int pidfd, int vm_fd, unsigned vc
 	struct model_vcpu *v;
 	if (!m || cpu >= m->n_cpus)
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	uint32_t gp, fixed;
@@ -522,7 +522,7 @@ int kvm_model_guest_msr_access(struct kvm_model *m, int pidfd, int vm_fd, unsign
 	struct model_vcpu *v;
 	if (!m || idx >= (fixed ? KVM_VPMU_MAX_FIXED : KVM_VPMU_MAX_GP))
 		return -EINVAL;
-	int e = lookup(m, pidfd, vm_fd, vcpu, &v);
+	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
 	if (e < 0)
 		return e;
 	uint8_t route = fixed ? v->fixed[idx] : v->gp[idx];

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "kvm/vmm_discover.h"
+#include "proto/cleanup.h"
 
 struct port_vcpu {
 	pid_t tid;
@@ -50,8 +52,26 @@ struct kvm_port {
 	struct port_cpu *cpus;
 	struct port_vm *vms;
 	size_t n_vms;
-	char why[256];
+	char *why; /* malloc'd: it names the device path */
 };
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_port *, kvm_port_close)
+
+/* Why this backend: -ENOMEM when even that cannot be said. */
+static int __attribute__((format(printf, 2, 3))) set_why(struct kvm_port *p, const char *fmt, ...)
+{
+	char *why;
+	va_list ap;
+
+	va_start(ap, fmt);
+	why = alloc_vprintf(fmt, ap);
+	va_end(ap);
+	if (!why)
+		return -ENOMEM;
+	free(p->why);
+	p->why = why;
+	return 0;
+}
 
 int kvm_port_backend_parse(const char *s, enum kvm_backend *out)
 {
@@ -172,15 +192,13 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 		snprintf(why, whylen, "invalid host description for the kvm port");
 		return -EINVAL;
 	}
-	struct kvm_port *p = calloc(1, sizeof(*p));
+	_cleanup_(kvm_port_closep) struct kvm_port *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->cpus = calloc(o->n_cpus, sizeof(*p->cpus));
-	if (!p->cpus) {
-		free(p);
-		return -ENOMEM;
-	}
 	p->devfd = -1;
+	p->cpus = calloc(o->n_cpus, sizeof(*p->cpus));
+	if (!p->cpus)
+		return -ENOMEM;
 	p->n_cpus = o->n_cpus;
 	p->num_gp = o->num_gp;
 	p->fixed_mask = o->fixed_mask;
@@ -201,12 +219,13 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 			r = kvm_model_new(&mo, &p->model);
 			p->own_model = r == 0;
 		}
-		snprintf(p->why, sizeof(p->why), "model requested: in-process model of the kernel "
-			 "side; guest routes are simulated, not enforced on real guests");
+		if (r == 0)
+			r = set_why(p, "model requested: in-process model of the kernel "
+				    "side; guest routes are simulated, not enforced on real guests");
 		break;
 	case KVM_BACKEND_ADVISORY:
 		p->backend = KVM_BACKEND_ADVISORY;
-		snprintf(p->why, sizeof(p->why), "advisory requested");
+		r = set_why(p, "advisory requested");
 		break;
 	case KVM_BACKEND_AUTO:
 	case KVM_BACKEND_IOCTL: {
@@ -221,11 +240,9 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 			p->devfd = -1;
 			p->backend = KVM_BACKEND_ADVISORY;
 			if (cap < 0)
-				snprintf(p->why, sizeof(p->why), "auto: %s: %s; advisory", dev,
-					 strerror(-cap));
+				r = set_why(p, "auto: %s: %s; advisory", dev, strerror(-cap));
 			else
-				snprintf(p->why, sizeof(p->why), "auto: %s lacks KVM_CAP_VPMU_PARTITION "
-					 "(stock kernel); advisory", dev);
+				r = set_why(p, "auto: %s lacks KVM_CAP_VPMU_PARTITION (stock kernel); advisory", dev);
 			break;
 		}
 		p->backend = KVM_BACKEND_IOCTL;
@@ -234,8 +251,8 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 			snprintf(why, whylen, "ioctl backend: %s: %s", dev, strerror(-r));
 			break;
 		}
-		snprintf(p->why, sizeof(p->why), "%s: %s reports KVM_CAP_VPMU_PARTITION=%d",
-			 o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, cap);
+		r = set_why(p, "%s: %s reports KVM_CAP_VPMU_PARTITION=%d",
+			    o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, cap);
 		break;
 	}
 	default:
@@ -253,13 +270,11 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 				 p->backend == KVM_BACKEND_IOCTL && (r == -ENOTTY || r == -EINVAL)
 					 ? " (kernel lacks the vpmu extension)" : "");
 	}
-	if (r < 0) {
-		kvm_port_close(p);
+	if (r < 0)
 		return r;
-	}
 	if (why && whylen)
 		snprintf(why, whylen, "%s", p->why);
-	*out = p;
+	*out = TAKE_PTR(p);
 	return 0;
 }
 
@@ -282,6 +297,7 @@ void kvm_port_close(struct kvm_port *p)
 	if (p->devfd >= 0)
 		close(p->devfd);
 	free(p->cpus);
+	free(p->why);
 	free(p);
 }
 
@@ -290,7 +306,7 @@ bool kvm_port_enforced(const struct kvm_port *p)
 {
 	return p->backend == KVM_BACKEND_IOCTL || p->backend == KVM_BACKEND_MODEL;
 }
-const char *kvm_port_why(const struct kvm_port *p) { return p->why; }
+const char *kvm_port_why(const struct kvm_port *p) { return p->why ? p->why : ""; }
 
 static struct port_vm *find_vm(const struct kvm_port *p, uint64_t vm_id)
 {

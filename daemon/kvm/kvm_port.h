@@ -94,7 +94,7 @@ struct kvm_apply_result {
 	size_t applied;            /* steps applied, a prefix of the list */
 	int error;                 /* 0, or -errno of the first failure */
 	size_t failed;             /* index of the failing step when error != 0 */
-	char why[192];
+	char why[192];             /* the failing step: numbers and an errno in words */
 };
 
 /*

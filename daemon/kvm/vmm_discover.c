@@ -13,6 +13,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "proto/cleanup.h"
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir)
+#define _cleanup_closedir_ _cleanup_(closedirp)
+
 static const char *proc_root(const char *r) { return r ? r : "/proc"; }
 
 /* Parses a non-negative decimal that must fill the whole string: /proc
@@ -32,10 +37,13 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 
 int vmm_discover_fd_kind(const char *procfs_root, pid_t pid, int fd, unsigned *vcpu_id)
 {
-	char path[PATH_MAX], target[128];
+	/* "anon_inode:kvm-vcpu:N": a longer target is something else anyway */
+	char target[128];
 	if (pid <= 0 || fd < 0)
 		return -EBADF;
-	snprintf(path, sizeof(path), "%s/%d/fd/%d", proc_root(procfs_root), (int)pid, fd);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/fd/%d", proc_root(procfs_root), (int)pid, fd);
+	if (!path)
+		return -ENOMEM;
 	ssize_t n = readlink(path, target, sizeof(target) - 1);
 	if (n < 0)
 		return errno == ENOENT ? -ENOENT : -errno;
@@ -77,11 +85,12 @@ int vmm_discover_pidfd_alive(int pidfd)
 
 int vmm_discover_pidfd_pid(int pidfd)
 {
+	/* fdinfo lines are "key:\tvalue" of a few dozen bytes */
 	char path[64], line[256];
 	if (pidfd < 0)
 		return -EBADF;
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
-	FILE *f = fopen(path, "re");
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
 	if (!f)
 		return -EBADF;
 	long pid = 0;
@@ -95,7 +104,6 @@ int vmm_discover_pidfd_pid(int pidfd)
 			break;
 		}
 	}
-	fclose(f);
 	/* Only pidfds carry a Pid: line in their fdinfo. */
 	if (!found)
 		return -EBADF;
@@ -117,13 +125,14 @@ static int cmp_vcpu(const void *a, const void *b)
  * thread that last ran KVM_RUN (0 before the first run). */
 static pid_t tid_from_debugfs(const char *root, pid_t pid, int vm_fd, unsigned id)
 {
-	char path[PATH_MAX], buf[32];
-	snprintf(path, sizeof(path), "%s/kvm/%d-%d/vcpu%u/pid", root, (int)pid, vm_fd, id);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char buf[32]; /* a decimal pid */
+	_cleanup_free_ char *path = alloc_printf("%s/kvm/%d-%d/vcpu%u/pid", root, (int)pid, vm_fd, id);
+	if (!path)
+		return 0;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
 	if (n <= 0)
 		return 0;
 	buf[n] = '\0';
@@ -138,9 +147,10 @@ static pid_t tid_from_debugfs(const char *root, pid_t pid, int vm_fd, unsigned i
  * case the thread stays unknown rather than guessed. */
 static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 {
-	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/%d/task", procfs, (int)pid);
-	DIR *d = opendir(path);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/task", procfs, (int)pid);
+	if (!path)
+		return;
+	_cleanup_closedir_ DIR *d = opendir(path);
 	if (!d)
 		return;
 	struct dirent *e;
@@ -148,13 +158,14 @@ static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 		unsigned long tid;
 		if (parse_uint(e->d_name, INT_MAX, &tid) < 0)
 			continue;
-		char cpath[PATH_MAX + 32], comm[64];
-		snprintf(cpath, sizeof(cpath), "%s/%lu/comm", path, tid);
-		int fd = open(cpath, O_RDONLY | O_CLOEXEC);
+		char comm[64]; /* TASK_COMM_LEN is 16 */
+		_cleanup_free_ char *cpath = alloc_printf("%s/%lu/comm", path, tid);
+		if (!cpath)
+			continue;
+		_cleanup_close_ int fd = open(cpath, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			continue;
 		ssize_t n = read(fd, comm, sizeof(comm) - 1);
-		close(fd);
 		if (n <= 0)
 			continue;
 		comm[n] = '\0';
@@ -170,7 +181,6 @@ static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 			}
 		}
 	}
-	closedir(d);
 }
 
 int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm *out,
@@ -189,28 +199,29 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 
 	/* The pidfd comes first: whatever we read from /proc afterwards is only
 	 * trusted if the process is still the one the pidfd names at the end. */
-	int pidfd = vmm_discover_pidfd_open(pid);
+	_cleanup_close_ int pidfd = vmm_discover_pidfd_open(pid);
 	if (pidfd < 0) {
 		snprintf(why, whylen, "pid %d: pidfd_open: %s", (int)pid, strerror(-pidfd));
 		return pidfd == -EINVAL ? -ESRCH : pidfd;
 	}
 
-	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/%d/fd", procfs, (int)pid);
-	DIR *d = opendir(path);
+	_cleanup_free_ char *path = alloc_printf("%s/%d/fd", procfs, (int)pid);
+	if (!path)
+		return -ENOMEM;
+	_cleanup_closedir_ DIR *d = opendir(path);
 	if (!d) {
 		r = -errno;
-		snprintf(why, whylen, "%s: %s", path, strerror(errno));
-		close(pidfd);
+		snprintf(why, whylen, "%s: %s", path, strerror(-r));
 		return r == -ENOENT ? -ESRCH : r;
 	}
 	size_t cap = 8;
-	struct vmm_vcpu *vcpus = calloc(cap, sizeof(*vcpus));
+	_cleanup_free_ struct vmm_vcpu *vcpus = calloc(cap, sizeof(*vcpus));
 	unsigned n_vcpus = 0, n_vms = 0;
 	int vm_fd = -1;
-	r = vcpus ? 0 : -ENOMEM;
+	if (!vcpus)
+		return -ENOMEM;
 	struct dirent *e;
-	while (r == 0 && (e = readdir(d))) {
+	while ((e = readdir(d))) {
 		unsigned long fdnum;
 		if (parse_uint(e->d_name, INT_MAX, &fdnum) < 0)
 			continue;
@@ -222,40 +233,32 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 				vm_fd = (int)fdnum;
 		} else if (kind == VMM_FD_KVM_VCPU) {
 			if (n_vcpus >= VMM_MAX_VCPUS) {
-				r = -E2BIG;
-				break;
+				snprintf(why, whylen, "pid %d holds more than %d vCPU fds", (int)pid, VMM_MAX_VCPUS);
+				return -E2BIG;
 			}
 			if (n_vcpus == cap) {
 				struct vmm_vcpu *nv = reallocarray(vcpus, cap * 2, sizeof(*vcpus));
-				if (!nv) {
-					r = -ENOMEM;
-					break;
-				}
+				if (!nv)
+					return -ENOMEM;
 				vcpus = nv;
 				cap *= 2;
 			}
 			vcpus[n_vcpus++] = (struct vmm_vcpu){ .id = id, .fd = (int)fdnum };
 		}
 	}
-	closedir(d);
-	if (r == 0 && n_vms == 0) {
+	if (n_vms == 0) {
 		snprintf(why, whylen, "pid %d holds no anon_inode:kvm-vm fd", (int)pid);
-		r = -ENOENT;
-	} else if (r == 0 && want_fd < 0 && n_vms > 1) {
+		return -ENOENT;
+	}
+	if (want_fd < 0 && n_vms > 1) {
 		/* vCPU fds do not say which VM they belong to, so a VMM with
 		 * several VMs needs the caller to choose. */
 		snprintf(why, whylen, "pid %d holds %u KVM VMs; choose one by fd", (int)pid, n_vms);
-		r = -ENOTUNIQ;
-	} else if (r == 0 && vm_fd < 0) {
-		snprintf(why, whylen, "pid %d: fd %d is not a KVM VM", (int)pid, want_fd);
-		r = -ENOENT;
-	} else if (r == -E2BIG) {
-		snprintf(why, whylen, "pid %d holds more than %d vCPU fds", (int)pid, VMM_MAX_VCPUS);
+		return -ENOTUNIQ;
 	}
-	if (r < 0) {
-		free(vcpus);
-		close(pidfd);
-		return r;
+	if (vm_fd < 0) {
+		snprintf(why, whylen, "pid %d: fd %d is not a KVM VM", (int)pid, want_fd);
+		return -ENOENT;
 	}
 	qsort(vcpus, n_vcpus, sizeof(*vcpus), cmp_vcpu);
 	out->pid = pid;
@@ -274,13 +277,12 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 	int alive = vmm_discover_pidfd_alive(pidfd);
 	if (alive <= 0) {
 		snprintf(why, whylen, "pid %d exited during discovery", (int)pid);
-		free(vcpus);
-		close(pidfd);
 		memset(out, 0, sizeof(*out));
 		out->pidfd = out->vm_fd = -1;
 		return -ESRCH;
 	}
-	out->pidfd = pidfd;
+	out->vcpus = TAKE_PTR(vcpus);
+	out->pidfd = TAKE_FD(pidfd);
 	return 0;
 }
 

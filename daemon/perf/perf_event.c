@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/cleanup.h"
+
 #define SYSFS_CPU_PMU "bus/event_source/devices/cpu"
 
 struct named_event {
@@ -73,22 +75,27 @@ static void set_evtsel(struct perf_event_desc *out, uint16_t event, uint8_t umas
 			     (uint64_t)(event >> 8) << 32;
 }
 
-static const char *sysfs_root_of(const struct perf_event_opts *opts)
+/* The cpu PMU's sysfs file rel (".../cpu/" + rel) under the options'
+ * root, in a malloc'd string; NULL on ENOMEM. */
+static char *cpu_pmu_path(const struct perf_event_opts *opts, const char *rel)
 {
-	return opts && opts->sysfs_root ? opts->sysfs_root : "/";
+	const char *root = opts && opts->sysfs_root ? opts->sysfs_root : "/";
+
+	return alloc_printf("%s/" SYSFS_CPU_PMU "/%s", root, rel);
 }
 
-/* Reads a small sysfs file into buf, without its trailing newline. */
+/* Reads a small sysfs file into buf, without its trailing newline;
+ * -EFBIG when it does not fit (a cut event encoding would mean another). */
 static int read_small_file(const char *path, char *buf, size_t len)
 {
-	FILE *f = fopen(path, "re");
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
 	if (!f)
 		return -errno;
 	size_t n = fread(buf, 1, len - 1, f);
-	int rerr = ferror(f);
-	fclose(f);
-	if (rerr)
+	if (ferror(f))
 		return -EIO;
+	if (n == len - 1 && fgetc(f) != EOF)
+		return -EFBIG;
 	buf[n] = '\0';
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
 		buf[--n] = '\0';
@@ -100,9 +107,9 @@ static int read_small_file(const char *path, char *buf, size_t len)
  * (the open then fails and says so). */
 static uint32_t cpu_pmu_type(const struct perf_event_opts *opts)
 {
-	char path[4096], buf[32];
-	snprintf(path, sizeof(path), "%s/" SYSFS_CPU_PMU "/type", sysfs_root_of(opts));
-	if (read_small_file(path, buf, sizeof(buf)) < 0)
+	_cleanup_free_ char *path = cpu_pmu_path(opts, "type");
+	char buf[32]; /* a decimal 32-bit number */
+	if (!path || read_small_file(path, buf, sizeof(buf)) < 0)
 		return PERF_TYPE_RAW;
 	char *end;
 	errno = 0;
@@ -236,9 +243,18 @@ static int parse_sysfs_name(const char *name, const struct perf_event_opts *opts
 		snprintf(err, errlen, "'%s': not a valid event name", name);
 		return -EINVAL;
 	}
-	char path[4096], content[PERF_EVENT_NAME_LEN * 2];
-	snprintf(path, sizeof(path), "%s/" SYSFS_CPU_PMU "/events/%s", sysfs_root_of(opts), name);
+	/* "event=0x..,umask=0x..": as long as a spec's terms may be */
+	char content[PERF_EVENT_NAME_LEN * 2];
+	_cleanup_free_ char *rel = NULL, *path = NULL;
+	if (!(rel = alloc_printf("events/%s", name)) || !(path = cpu_pmu_path(opts, rel))) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	int rc = read_small_file(path, content, sizeof(content));
+	if (rc == -EFBIG) {
+		snprintf(err, errlen, "%s: longer than an event encoding can be", path);
+		return -EINVAL;
+	}
 	if (rc < 0) {
 		snprintf(err, errlen,
 			 "unknown event '%s' (not a software or generic name, not rNNNN, not in %s)",

@@ -28,6 +28,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "proto/cleanup.h"
+
 #define READ_FORMAT_SINGLE \
 	(PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING)
 #define READ_FORMAT_GROUP \
@@ -58,7 +60,7 @@ struct ev {
 
 struct psess {
 	struct perf_session_opts opts;
-	char sysfs_root[256];
+	char *sysfs_root;    /* malloc'd */
 	int *cpus;           /* n_cpus CPU numbers, ascending; {-1} for a task */
 	int n_cpus;
 	struct perf_thread_map *threads;
@@ -69,19 +71,48 @@ struct psess {
 	size_t n_units, cap_units;
 	bool opened;
 	unsigned long read_syscalls;
-	char err[512];
+	/* The last error, malloc'd (it may name sysfs paths); NULL with
+	 * err_oom when even the message could not be allocated. */
+	char *err;
+	bool err_oom;
 };
-
 
 static int set_err(struct psess *s, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static int set_err(struct psess *s, int rc, const char *fmt, ...)
 {
+	char *msg;
 	va_list ap;
+
 	va_start(ap, fmt);
-	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	msg = alloc_vprintf(fmt, ap);
 	va_end(ap);
+	free(s->err);
+	s->err = msg;
+	s->err_oom = !msg;
 	return rc;
+}
+
+/* Makes room for element n of *arr (cap elements of size each), doubling. */
+static int room_for_one(void **arr, size_t *cap, size_t n, size_t size)
+{
+	size_t want = *cap ? 2 * *cap : 8;
+	void *grown;
+
+	if (n < *cap)
+		return 0;
+	grown = reallocarray(*arr, want, size);
+	if (!grown)
+		return -ENOMEM;
+	*arr = grown;
+	*cap = want;
+	return 0;
+}
+
+/* The one way this module runs out of memory. */
+static int oom(struct psess *s)
+{
+	return set_err(s, -ENOMEM, "out of memory");
 }
 
 const char *perf_session_placement_name(enum perf_session_placement p)
@@ -109,7 +140,7 @@ int perf_session_create(const struct perf_session_opts *opts, struct psess **out
 	if (!s)
 		return -ENOMEM;
 	s->opts = *opts;
-	snprintf(s->sysfs_root, sizeof(s->sysfs_root), "%s", opts->sysfs_root ? opts->sysfs_root : "/");
+	s->sysfs_root = strdup(opts->sysfs_root ? opts->sysfs_root : "/");
 	s->opts.sysfs_root = s->sysfs_root;
 	s->opts.cpus = NULL; /* not kept: cpus[] is what is used */
 	/* a task is counted on any CPU: the one entry -1 */
@@ -128,9 +159,9 @@ int perf_session_create(const struct perf_session_opts *opts, struct psess **out
 		pid_t pid = opts->pid;
 		s->threads = perf_thread_map__new_array(1, &pid);
 	}
-	if (!s->cpus || !s->threads) {
+	if (!s->sysfs_root || !s->cpus || !s->threads) {
 		perf_session_destroy(s);
-		snprintf(err, errlen, "out of memory building CPU/thread maps");
+		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	s->nslots = s->n_cpus * perf_thread_map__nr(s->threads);
@@ -145,7 +176,7 @@ size_t perf_session_nr_events(const struct psess *s)
 
 const char *perf_session_error(const struct psess *s)
 {
-	return s->err;
+	return s->err ? s->err : s->err_oom ? "out of memory" : "";
 }
 
 unsigned long perf_session_last_read_syscalls(const struct psess *s)
@@ -175,14 +206,8 @@ int perf_session_add_event(struct psess *s, const struct perf_event_desc *pev, e
 				       "%s: counted by the %s PMU, cannot join group %u of %s PMU events (the kernel would not schedule it with the group)",
 				       pev->name, perf_event_pmu(pev), group, perf_event_pmu(&s->evs[i].pev));
 	}
-	if (s->n_evs == s->cap_evs) {
-		size_t cap = s->cap_evs ? 2 * s->cap_evs : 8;
-		struct ev *n = realloc(s->evs, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		s->evs = n;
-		s->cap_evs = cap;
-	}
+	if (room_for_one((void **)&s->evs, &s->cap_evs, s->n_evs, sizeof(*s->evs)) < 0)
+		return oom(s);
 	struct ev *e = &s->evs[s->n_evs];
 	memset(e, 0, sizeof(*e));
 	e->pev = *pev;
@@ -191,7 +216,7 @@ int perf_session_add_event(struct psess *s, const struct perf_event_desc *pev, e
 	e->unit = -1;
 	e->ids = calloc((size_t)s->nslots, sizeof(*e->ids));
 	if (!e->ids)
-		return -ENOMEM;
+		return oom(s);
 	return (int)s->n_evs++;
 }
 
@@ -207,10 +232,11 @@ static pid_t slot_pid(const struct psess *s, int slot)
 
 static bool host_has_cpu_pmu(const struct psess *s)
 {
-	char path[512];
+	_cleanup_free_ char *path = alloc_printf("%s/bus/event_source/devices/cpu", s->sysfs_root);
 	struct stat st;
-	snprintf(path, sizeof(path), "%s/bus/event_source/devices/cpu", s->sysfs_root);
-	return stat(path, &st) == 0;
+
+	/* unknown (no memory): word it as the event's fault */
+	return !path || stat(path, &st) == 0;
 }
 
 /* Words a failed perf_event_open so the operator learns the cause, not
@@ -269,7 +295,7 @@ static int unit_open(struct psess *s, struct unit *u)
 	if (!u->fds) {
 		u->fds = malloc(u->n * (size_t)s->nslots * sizeof(int));
 		if (!u->fds)
-			return set_err(s, -ENOMEM, "out of memory");
+			return oom(s);
 	}
 	for (size_t i = 0; i < u->n * (size_t)s->nslots; i++)
 		u->fds[i] = -1;
@@ -312,14 +338,8 @@ static int unit_open(struct psess *s, struct unit *u)
 
 static int new_unit(struct psess *s, enum perf_session_placement placement, unsigned group)
 {
-	if (s->n_units == s->cap_units) {
-		size_t cap = s->cap_units ? 2 * s->cap_units : 8;
-		struct unit *n = realloc(s->units, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		s->units = n;
-		s->cap_units = cap;
-	}
+	if (room_for_one((void **)&s->units, &s->cap_units, s->n_units, sizeof(*s->units)) < 0)
+		return oom(s);
 	struct unit *u = &s->units[s->n_units];
 	memset(u, 0, sizeof(*u));
 	u->placement = placement;
@@ -332,7 +352,7 @@ static int unit_add(struct psess *s, int ui, size_t evi)
 	struct unit *u = &s->units[ui];
 	size_t *m = realloc(u->members, (u->n + 1) * sizeof(*m));
 	if (!m)
-		return -ENOMEM;
+		return oom(s);
 	u->members = m;
 	u->members[u->n++] = evi;
 	s->evs[evi].unit = ui;
@@ -352,7 +372,9 @@ int perf_session_open(struct psess *s)
 {
 	if (s->opened)
 		return set_err(s, -EBUSY, "session already open");
-	s->err[0] = '\0';
+	free(s->err);
+	s->err = NULL;
+	s->err_oom = false;
 	for (size_t i = 0; i < s->n_evs; i++) {
 		struct ev *e = &s->evs[i];
 		e->not_counted = NULL;
@@ -370,9 +392,10 @@ int perf_session_open(struct psess *s)
 				ui = (int)k;
 		if (ui < 0)
 			ui = new_unit(s, e->placement, e->group);
-		if (ui < 0 || unit_add(s, ui, i) < 0) {
+		int rc = ui < 0 ? ui : unit_add(s, ui, i);
+		if (rc < 0) {
 			close_all(s);
-			return set_err(s, -ENOMEM, "out of memory");
+			return rc;
 		}
 	}
 	for (size_t k = 0; k < s->n_units; k++) {
@@ -401,6 +424,19 @@ struct counts {
 	bool pin_failed;
 };
 
+/* Units of up to this many events are read into the caller's stack. */
+#define STACK_MEMBERS 16
+
+/* Room for u's counts: 'stack' (STACK_MEMBERS entries) when it fits,
+ * else a malloc'd array left in *heap for the caller's cleanup. */
+static struct counts *counts_for(const struct unit *u, struct counts *stack, struct counts **heap)
+{
+	if (u->n <= STACK_MEMBERS)
+		return stack;
+	*heap = malloc(u->n * sizeof(**heap));
+	return *heap;
+}
+
 /* Reads one unit into cnt[member] (current open period only). */
 static int unit_read(struct psess *s, const struct unit *u, struct counts *cnt)
 {
@@ -426,11 +462,11 @@ static int unit_read(struct psess *s, const struct unit *u, struct counts *cnt)
 	}
 
 	size_t words = 3 + 2 * u->n;
-	uint64_t stackbuf[3 + 2 * 16];
-	uint64_t *buf = words <= sizeof(stackbuf) / sizeof(stackbuf[0]) ? stackbuf
-		       : malloc(words * sizeof(*buf));
-	if (!buf)
-		return set_err(s, -ENOMEM, "out of memory");
+	uint64_t stackbuf[3 + 2 * STACK_MEMBERS];
+	_cleanup_free_ uint64_t *heapbuf = NULL;
+	uint64_t *buf = stackbuf;
+	if (u->n > STACK_MEMBERS && !(buf = heapbuf = malloc(words * sizeof(*buf))))
+		return oom(s);
 	int rc = 0;
 	for (int slot = 0; slot < s->nslots && rc == 0; slot++) {
 		ssize_t r = read(u->fds[slot], buf, words * sizeof(*buf));
@@ -464,8 +500,6 @@ static int unit_read(struct psess *s, const struct unit *u, struct counts *cnt)
 			cnt[m].run += buf[2];
 		}
 	}
-	if (buf != stackbuf)
-		free(buf);
 	return rc;
 }
 
@@ -481,14 +515,15 @@ int perf_session_read(struct psess *s, struct perf_session_reading *out, size_t 
 		out[i].placement = s->evs[i].placement;
 		out[i].group = s->evs[i].group;
 	}
-	struct counts stackcnt[16];
+	struct counts stackcnt[STACK_MEMBERS];
 	for (size_t k = 0; k < s->n_units; k++) {
 		const struct unit *u = &s->units[k];
 		if (!u->open)
 			continue;
-		struct counts *cnt = u->n <= 16 ? stackcnt : malloc(u->n * sizeof(*cnt));
+		_cleanup_free_ struct counts *heapcnt = NULL;
+		struct counts *cnt = counts_for(u, stackcnt, &heapcnt);
 		if (!cnt)
-			return set_err(s, -ENOMEM, "out of memory");
+			return oom(s);
 		int rc = unit_read(s, u, cnt);
 		for (size_t m = 0; rc == 0 && m < u->n; m++) {
 			size_t i = u->members[m];
@@ -506,8 +541,6 @@ int perf_session_read(struct psess *s, struct perf_session_reading *out, size_t 
 			out[i].time_running = e->base_run + cnt[m].run;
 			perf_session_derive(&out[i]);
 		}
-		if (cnt != stackcnt)
-			free(cnt);
 		if (rc < 0)
 			return rc;
 	}
@@ -544,16 +577,14 @@ int perf_session_set_placement(struct psess *s, size_t idx, enum perf_session_pl
 	/* A unit closed by a failed reopen has its counts in the bases
 	 * already: nothing to read. */
 	if (u->open) {
-		struct counts stackcnt[16];
-		struct counts *cnt = u->n <= 16 ? stackcnt : malloc(u->n * sizeof(*cnt));
+		struct counts stackcnt[STACK_MEMBERS];
+		_cleanup_free_ struct counts *heapcnt = NULL;
+		struct counts *cnt = counts_for(u, stackcnt, &heapcnt);
 		if (!cnt)
-			return set_err(s, -ENOMEM, "out of memory");
+			return oom(s);
 		int rr = unit_read(s, u, cnt);
-		if (rr < 0) {
-			if (cnt != stackcnt)
-				free(cnt);
+		if (rr < 0)
 			return rr;
-		}
 		/* Closing right after the read keeps the uncounted gap to the
 		 * close and reopen syscalls below. */
 		unit_close(s, u);
@@ -563,8 +594,6 @@ int perf_session_set_placement(struct psess *s, size_t idx, enum perf_session_pl
 			me->base_ena += cnt[m].ena;
 			me->base_run += cnt[m].run;
 		}
-		if (cnt != stackcnt)
-			free(cnt);
 	}
 	int rc;
 
@@ -595,10 +624,10 @@ int perf_session_set_placement(struct psess *s, size_t idx, enum perf_session_pl
 	}
 	int ui = new_unit(s, placement, 0);
 	if (ui < 0)
-		return set_err(s, -ENOMEM, "out of memory");
+		return ui;
 	/* new_unit may have moved the array: u is stale from here. */
-	if (unit_add(s, ui, idx) < 0)
-		return set_err(s, -ENOMEM, "out of memory");
+	if ((rc = unit_add(s, ui, idx)) < 0)
+		return rc;
 	int rc2 = unit_open(s, &s->units[ui]);
 	if (rc2 < 0) {
 		e->not_counted = PERF_SESSION_REASON_REOPEN_FAILED;
@@ -631,5 +660,7 @@ void perf_session_destroy(struct psess *s)
 	free(s->units);
 	free(s->cpus);
 	perf_thread_map__put(s->threads);
+	free(s->sysfs_root);
+	free(s->err);
 	free(s);
 }

@@ -14,17 +14,20 @@
  * files: Documentation/ABI/stable/sysfs-devices-system-cpu.
  */
 #include "pmu/pmu_discover.h"
-#include "proto/cpulist.h"
 
 #include <cpuid.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "proto/cleanup.h"
+#include "proto/cpulist.h"
 
 #define MSR_IA32_PERF_CAPABILITIES 0x345
 
@@ -58,44 +61,61 @@ int pmu_discover_read_host_cpuid(struct pmu_host_cpuid *out)
 	return 0;
 }
 
-static int path_join(char *dst, size_t len, const char *root, const char *rel)
+/* root + "/" + rel in a malloc'd string; NULL on ENOMEM. */
+static char *path_of(const char *root, const char *rel)
 {
 	size_t rl = strlen(root);
-	int n;
 
 	while (rl > 0 && root[rl - 1] == '/')
 		rl--;
-	n = snprintf(dst, len, "%.*s/%s", (int)rl, root, rel);
-	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+	return alloc_printf("%.*s/%s", (int)rl, root, rel);
 }
 
-/* Reads a small sysfs/procfs file with the trailing newline removed. */
-static int read_small(const char *root, const char *rel, char *buf, size_t len)
-{
-	char path[PATH_MAX];
-	ssize_t n;
-	int fd, rc;
+/* Longest sysfs/procfs text read here: a CPU list of every other CPU of
+ * PMU_MAX_CPUS fits many times over. */
+#define SMALL_FILE_MAX (64 * 1024)
 
-	if ((rc = path_join(path, sizeof(path), root, rel)))
-		return rc;
+/* Reads a small sysfs/procfs file into a malloc'd string, trailing
+ * newlines and blanks removed. -EFBIG beyond SMALL_FILE_MAX. */
+static int read_text(const char *root, const char *rel, char **out)
+{
+	_cleanup_free_ char *path = path_of(root, rel), *buf = NULL;
+	_cleanup_close_ int fd = -1;
+	size_t got = 0;
+
+	if (!path)
+		return -ENOMEM;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	n = read(fd, buf, len - 1);
-	rc = n < 0 ? -errno : 0;
-	close(fd);
-	if (rc)
-		return rc;
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		buf[--n] = '\0';
+	buf = malloc(SMALL_FILE_MAX + 1);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = read(fd, buf + got, SMALL_FILE_MAX + 1 - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+		if (got > SMALL_FILE_MAX)
+			return -EFBIG;
+	}
+	while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == ' '))
+		got--;
+	buf[got] = '\0';
+	*out = TAKE_PTR(buf);
 	return 0;
 }
 
 static int read_int(const char *root, const char *rel, long *out)
 {
-	char buf[64], *end;
-	int rc = read_small(root, rel, buf, sizeof(buf));
+	_cleanup_free_ char *buf = NULL;
+	char *end;
+	int rc = read_text(root, rel, &buf);
 
 	if (rc)
 		return rc;
@@ -108,39 +128,42 @@ static int read_int(const char *root, const char *rel, long *out)
 
 static bool exists(const char *root, const char *rel)
 {
-	char path[PATH_MAX];
+	_cleanup_free_ char *path = path_of(root, rel);
 	struct stat st;
 
-	return path_join(path, sizeof(path), root, rel) == 0 && stat(path, &st) == 0;
+	return path && stat(path, &st) == 0;
 }
 
 #define EVENT_SOURCE "sys/bus/event_source/devices"
 
-/* The PMU names present, for the "why" of a host without a core PMU. */
-static void list_event_sources(const char *root, char *buf, size_t len)
+/* The PMU names present, for the "why" of a host without a core PMU, in a
+ * malloc'd string; NULL on ENOMEM. */
+static char *event_sources(const char *root)
 {
-	char path[PATH_MAX];
+	_cleanup_free_ char *path = path_of(root, EVENT_SOURCE), *list = strdup("");
 	struct dirent **ents = NULL;
 	int n;
 
-	buf[0] = '\0';
-	if (path_join(path, sizeof(path), root, EVENT_SOURCE))
-		return;
+	if (!path || !list)
+		return NULL;
 	n = scandir(path, &ents, NULL, alphasort);
-	if (n < 0) {
-		snprintf(buf, len, "directory missing");
-		return;
-	}
+	if (n < 0)
+		return strdup("directory missing");
 	for (int i = 0; i < n; i++) {
-		size_t used = strlen(buf);
+		if (list && ents[i]->d_name[0] != '.') {
+			char *longer = alloc_printf("%s%s%s", list, list[0] ? ", " : "", ents[i]->d_name);
 
-		if (ents[i]->d_name[0] != '.')
-			snprintf(buf + used, len - used, "%s%s", used ? ", " : "", ents[i]->d_name);
+			free(list);
+			list = longer;
+		}
 		free(ents[i]);
 	}
 	free(ents);
-	if (!buf[0])
-		snprintf(buf, len, "empty");
+	if (list && !list[0]) {
+		free(list);
+		return strdup("empty");
+	}
+	return TAKE_PTR(list);
 }
 
 /* Gives SMT siblings one core id, dense from 0 in CPU order: the lowest
@@ -148,31 +171,32 @@ static void list_event_sources(const char *root, char *buf, size_t len)
  * repeats across packages (and dies). */
 static int read_topology(const char *root, struct pmu_desc *out, char *why, size_t whylen)
 {
-	char buf[4096];
-	unsigned n;
+	_cleanup_free_ char *buf = NULL;
+	_cleanup_free_ long *core_keys = NULL;
+	struct cpulist online, siblings;
+	unsigned n, n_cores = 0;
 	int rc;
 
-	rc = read_small(root, "sys/devices/system/cpu/online", buf, sizeof(buf));
+	rc = read_text(root, "sys/devices/system/cpu/online", &buf);
 	if (rc) {
 		snprintf(why, whylen, "cannot read %s/sys/devices/system/cpu/online: %s", root,
 			 strerror(-rc));
 		return rc;
 	}
-	struct cpulist online, siblings;
-	long *core_keys = calloc(PMU_MAX_CPUS, sizeof(long));
-	unsigned n_cores = 0;
-
+	core_keys = calloc(PMU_MAX_CPUS, sizeof(long));
 	if (!core_keys)
 		return -ENOMEM;
 	rc = cpulist_parse(buf, PMU_MAX_CPUS, &online);
 	if (rc) {
-		snprintf(why, whylen, "cannot parse the online CPU list \"%s\"%s", buf,
+		snprintf(why, whylen, "cannot parse the online CPU list \"%.64s\"%s", buf,
 			 rc == -ERANGE ? ": more CPUs than supported" : "");
-		goto out;
+		return rc;
 	}
 	n = 0;
 	for (int cpu = cpulist_next(&online, -1); cpu >= 0; cpu = cpulist_next(&online, cpu), n++) {
-		char rel[128], sib[4096];
+		/* "sys/devices/system/cpu/cpuNNNN/topology/physical_package_id" */
+		char rel[128];
+		_cleanup_free_ char *sib = NULL;
 		long pkg = 0, core_id = 0, key;
 
 		snprintf(rel, sizeof(rel), "sys/devices/system/cpu/cpu%d/topology/physical_package_id",
@@ -185,7 +209,7 @@ static int read_topology(const char *root, struct pmu_desc *out, char *why, size
 		snprintf(rel, sizeof(rel), "sys/devices/system/cpu/cpu%d/topology/thread_siblings_list",
 			 cpu);
 		/* The first (lowest) sibling names the core. */
-		if (read_small(root, rel, sib, sizeof(sib)) == 0 &&
+		if (read_text(root, rel, &sib) == 0 &&
 		    cpulist_parse(sib, PMU_MAX_CPUS, &siblings) == 0 && !cpulist_empty(&siblings))
 			key = cpulist_next(&siblings, -1);
 		else
@@ -205,18 +229,17 @@ static int read_topology(const char *root, struct pmu_desc *out, char *why, size
 		out->cpus[n].package = (int)pkg;
 	}
 	out->n_cpus = n;
-out:
-	free(core_keys);
-	return rc;
+	return 0;
 }
 
 static void read_caps(const char *root, struct pmu_desc *out)
 {
-	char buf[PMU_NAME_LEN];
+	_cleanup_free_ char *name = NULL;
 	long v;
 
-	if (read_small(root, EVENT_SOURCE "/cpu/caps/pmu_name", buf, sizeof(buf)) == 0)
-		snprintf(out->pmu_name, sizeof(out->pmu_name), "%s", buf);
+	/* a longer name is cut to what the description holds */
+	if (read_text(root, EVENT_SOURCE "/cpu/caps/pmu_name", &name) == 0)
+		snprintf(out->pmu_name, sizeof(out->pmu_name), "%s", name);
 	if (read_int(root, EVENT_SOURCE "/cpu/caps/max_precise", &v) == 0 && v >= 0 && v <= 3)
 		out->max_precise = (int)v;
 	if (read_int(root, EVENT_SOURCE "/cpu/caps/branches", &v) == 0 && v > 0 && v <= 1024)
@@ -225,13 +248,12 @@ static void read_caps(const char *root, struct pmu_desc *out)
 
 static int read_msr(const char *path, uint32_t msr, uint64_t *val)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t n;
 
 	if (fd < 0)
 		return -errno;
 	n = pread(fd, val, sizeof(*val), msr);
-	close(fd);
 	if (n != (ssize_t)sizeof(*val))
 		return n < 0 ? -errno : -EIO;
 	return 0;
@@ -316,8 +338,8 @@ int pmu_discover_host(const struct pmu_discover_opts *opts, struct pmu_desc *out
 	struct pmu_discover_opts o = *opts;
 	struct pmu_host_cpuid cpuid;
 	const struct pmu_host_cpuid *c = NULL;
+	/* vendor (12 characters) and a few numbers */
 	char cpuid_text[192] = "CPUID not read";
-	char note[256];
 	long wd;
 	int rc;
 
@@ -349,16 +371,16 @@ int pmu_discover_host(const struct pmu_discover_opts *opts, struct pmu_desc *out
 	}
 
 	if (!exists(sroot, EVENT_SOURCE "/cpu")) {
-		char found[512];
+		_cleanup_free_ char *found = NULL;
 
 		if (exists(sroot, EVENT_SOURCE "/cpu_core") || exists(sroot, EVENT_SOURCE "/cpu_atom")) {
 			snprintf(why, whylen, "hybrid PMU (cpu_core/cpu_atom): core types with different counters are not supported, and KVM disables its vPMU on hybrid hosts; %s",
 				 cpuid_text);
 			return 0;
 		}
-		list_event_sources(sroot, found, sizeof(found));
+		found = event_sources(sroot);
 		snprintf(why, whylen, "the kernel registered no core PMU (no \"cpu\" in %s/%s; found: %s), so hardware perf events cannot be opened; %s",
-			 strcmp(sroot, "/") ? sroot : "", EVENT_SOURCE, found, cpuid_text);
+			 strcmp(sroot, "/") ? sroot : "", EVENT_SOURCE, found ? found : "?", cpuid_text);
 		return 0;
 	}
 	if (!c) {
@@ -376,9 +398,8 @@ int pmu_discover_host(const struct pmu_discover_opts *opts, struct pmu_desc *out
 	}
 	out->source = PMU_SOURCE_HOST;
 	read_caps(sroot, out);
-	apply_capabilities(&o, c, out, note, sizeof(note));
 	/* On success why carries notes, not a reason: what could not be
 	 * learnt and was therefore left unclaimed. */
-	snprintf(why, whylen, "%s", note);
+	apply_capabilities(&o, c, out, why, whylen);
 	return 0;
 }

@@ -284,7 +284,7 @@ static void expected(const struct json_fields_problem *p, char *buf, size_t len)
 
 static int report(struct json_fields *jf, const struct json_fields_problem *p)
 {
-	char want[160];
+	char want[160]; /* expected(): fixed words and two numbers */
 
 	switch (p->kind) {
 	case JSON_FIELDS_UNKNOWN:
@@ -575,13 +575,11 @@ static const struct json_fields_field model_rows[] = {
 	{ 0 },
 };
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free)
-
 int pmu_model_parse_json(const char *text, size_t len, const char *label,
 			 struct pmu_desc *out, char *err, size_t errlen)
 {
 	struct model_ctx c = { .jf = { .report = report }, .label = label, .err = err, .errlen = errlen, .d = out };
-	_cleanup_(json_tokener_freep) struct json_tokener *tok = NULL;
+	_cleanup_json_tokener_ struct json_tokener *tok = NULL;
 	_cleanup_json_ json_object *root = NULL;
 	enum json_tokener_error jerr;
 	size_t end;

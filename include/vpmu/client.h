@@ -110,4 +110,10 @@ int vpmu_client_fd(const struct vpmu_client *c);
 /* Closes the connection and frees c (NULL is fine). */
 void vpmu_client_close(struct vpmu_client *c);
 
+/* For __attribute__((cleanup)): closes *c. */
+static inline void vpmu_client_closep(struct vpmu_client **c)
+{
+	vpmu_client_close(*c);
+}
+
 #endif
