@@ -980,11 +980,10 @@ static void peer_forget(struct dbus_service *s, struct peer *p)
 static int on_peer_gone(sd_bus_track *t, void *userdata)
 {
 	struct peer *p = userdata;
-	_cleanup_free_ char *reason = NULL;
+	/* Out of memory, the broker says "its connection closed" instead. */
+	_cleanup_free_ char *reason = alloc_printf("its D-Bus peer %s left the bus", p->name);
 	(void)t;
 	log_info("dbus: peer %s left the bus", p->name);
-	if (asprintf(&reason, "its D-Bus peer %s left the bus", p->name) < 0)
-		reason = NULL; /* the broker then says "its connection closed" */
 	broker_conn_close(p->conn, reason);
 	peer_forget(p->svc, p);
 	peer_free(p);
