@@ -171,35 +171,18 @@ static void put_s(struct out *o, const char *key, const char *v)
 		o->r = sd_bus_message_append(o->m, "{sv}", key, "s", v ? v : "");
 }
 
-static void put_x(struct out *o, const char *key, int64_t v)
-{
-	if (o->r >= 0)
-		o->r = sd_bus_message_append(o->m, "{sv}", key, "x", v);
-}
-
-static void put_t(struct out *o, const char *key, uint64_t v)
-{
-	if (o->r >= 0)
-		o->r = sd_bus_message_append(o->m, "{sv}", key, "t", v);
-}
-
-static void put_u(struct out *o, const char *key, uint32_t v)
-{
-	if (o->r >= 0)
-		o->r = sd_bus_message_append(o->m, "{sv}", key, "u", v);
-}
-
-static void put_b(struct out *o, const char *key, bool v)
-{
-	if (o->r >= 0)
-		o->r = sd_bus_message_append(o->m, "{sv}", key, "b", (int)v);
-}
-
-static void put_d(struct out *o, const char *key, double v)
-{
-	if (o->r >= 0)
-		o->r = sd_bus_message_append(o->m, "{sv}", key, "d", v);
-}
+/* put_x(o, key, v) and its kin: key -> one value of a basic type. */
+#define DEFINE_PUT(name, ctype, sig)                                            \
+	static void name(struct out *o, const char *key, ctype v)               \
+	{                                                                       \
+		if (o->r >= 0)                                                  \
+			o->r = sd_bus_message_append(o->m, "{sv}", key, sig, v); \
+	}
+DEFINE_PUT(put_x, int64_t, "x")
+DEFINE_PUT(put_t, uint64_t, "t")
+DEFINE_PUT(put_u, uint32_t, "u")
+DEFINE_PUT(put_b, int, "b")
+DEFINE_PUT(put_d, double, "d")
 
 static void put_cpus(struct out *o, const char *key, const struct cpulist *l)
 {
@@ -224,27 +207,15 @@ static void entry_end(struct out *o)
 	close_c(o);
 }
 
-/* key -> a{sv} */
-static void dict_begin(struct out *o, const char *key)
+/* key -> a{sv} (sig "a{sv}", then one put per key) or aa{sv} (sig
+ * "aa{sv}", then item_begin/item_end per element). */
+static void nested_begin(struct out *o, const char *key, const char *sig)
 {
-	entry_begin(o, key, "a{sv}");
-	open_c(o, 'a', "{sv}");
+	entry_begin(o, key, sig);
+	open_c(o, 'a', sig + 1);
 }
 
-static void dict_end(struct out *o)
-{
-	close_c(o);
-	entry_end(o);
-}
-
-/* key -> aa{sv}, one item_begin/item_end per element */
-static void list_begin(struct out *o, const char *key)
-{
-	entry_begin(o, key, "aa{sv}");
-	open_c(o, 'a', "a{sv}");
-}
-
-static void list_end(struct out *o)
+static void nested_end(struct out *o)
 {
 	close_c(o);
 	entry_end(o);
@@ -306,9 +277,9 @@ static void put_status(struct out *o, const struct broker_status *st)
 {
 	put_s(o, "server", st->server);
 	put_x(o, "protocol", st->protocol);
-	dict_begin(o, "backends");
+	nested_begin(o, "backends", "a{sv}");
 	put_backends(o, st);
-	dict_end(o);
+	nested_end(o);
 	put_t(o, "generation", st->generation);
 	put_x(o, "cpus", st->cpus);
 	put_x(o, "vms", (int64_t)st->vms);
@@ -335,16 +306,16 @@ static void put_pmu(struct out *o, const struct broker_pmu_view *p)
 	put_x(o, "cpus", p->cpus);
 	put_s(o, "boot_block", p->boot_block);
 	if (p->nmi_watchdog) {
-		dict_begin(o, "taken");
+		nested_begin(o, "taken", "a{sv}");
 		put_s(o, "nmi_watchdog", "one cycles-capable counter on every CPU");
-		dict_end(o);
+		nested_end(o);
 	}
 }
 
 static void put_guest(struct out *o, const struct broker_guest_view *g)
 {
 	char reg[16];
-	dict_begin(o, "guest_pmu");
+	nested_begin(o, "guest_pmu", "a{sv}");
 	if (!g->ok) {
 		put_s(o, "error", g->error);
 	} else {
@@ -361,7 +332,7 @@ static void put_guest(struct out *o, const struct broker_guest_view *g)
 		if (g->boot_block[0])
 			put_s(o, "boot_block", g->boot_block);
 	}
-	dict_end(o);
+	nested_end(o);
 }
 
 /* A VM as vm.show shows it: its lease, each vCPU's routes and the PMU its
@@ -377,13 +348,13 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 	if (v->follows_connection && !v->bound)
 		put_b(o, "follows_connection", true);
 	if (v->bound) {
-		dict_begin(o, "owner");
+		nested_begin(o, "owner", "a{sv}");
 		put_x(o, "pid", v->vmm_pid);
 		put_x(o, "vm_fd", v->vm_fd);
-		dict_end(o);
+		nested_end(o);
 	}
 	put_x(o, "passthrough_vcpus", v->passthrough_vcpus);
-	list_begin(o, "vcpus");
+	nested_begin(o, "vcpus", "aa{sv}");
 	for (uint32_t i = 0; i < v->n_vcpus && o->r >= 0; i++) {
 		struct broker_vcpu_view vc;
 		int r = broker_vm_vcpu(b, v->id, i, &vc);
@@ -397,7 +368,7 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 		put_routes(o, vc.n_gp, vc.gp, vc.pmu_fixed_mask, vc.fixed);
 		item_end(o);
 	}
-	list_end(o);
+	nested_end(o);
 	struct broker_guest_view g;
 	int r = broker_vm_guest(b, v->id, &g);
 	if (r < 0 && o->r >= 0)
@@ -407,7 +378,7 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 
 static void put_session_events(struct out *o, const struct broker *b, const struct broker_session_view *sv)
 {
-	list_begin(o, "events");
+	nested_begin(o, "events", "aa{sv}");
 	for (uint32_t e = 0; e < sv->n_events && o->r >= 0; e++) {
 		struct broker_event_view ev;
 		int r = broker_session_event(b, sv->id, e, &ev);
@@ -423,7 +394,7 @@ static void put_session_events(struct out *o, const struct broker *b, const stru
 			put_x(o, "dedicated_cpus", ev.dedicated_cpus);
 		item_end(o);
 	}
-	list_end(o);
+	nested_end(o);
 }
 
 static void put_session(struct out *o, const struct broker *b, const struct broker_session_view *sv)
@@ -465,7 +436,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 	put_t(o, "generation", st.generation);
 	put_b(o, "simulated_pmu", st.pmu_simulated);
 	put_b(o, "kvm_enforced", st.kvm_enforced);
-	list_begin(o, "cpus");
+	nested_begin(o, "cpus", "aa{sv}");
 	for (unsigned i = 0; i < broker_cpu_count(b) && o->r >= 0; i++) {
 		struct broker_cpu_view cv;
 		if (broker_cpu_at(b, i, &cv) < 0 || (q->has_cpus && !cpulist_test(&q->cpus, (unsigned)cv.cpu)))
@@ -474,14 +445,14 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		put_x(o, "cpu", cv.cpu);
 		put_t(o, "guest_gp_mask", cv.guest_gp_mask);
 		put_t(o, "guest_fixed_mask", cv.guest_fixed_mask);
-		list_begin(o, "host");
+		nested_begin(o, "host", "aa{sv}");
 		for (unsigned k = 0; k < cv.n_host; k++)
 			put_host_placement(o, &cv.host[k]);
-		list_end(o);
+		nested_end(o);
 		item_end(o);
 	}
-	list_end(o);
-	list_begin(o, "vms");
+	nested_end(o);
+	nested_begin(o, "vms", "aa{sv}");
 	for (size_t i = 0; i < broker_vm_count(b) && o->r >= 0; i++) {
 		struct broker_vm_view v;
 		broker_vm_at(b, i, &v);
@@ -491,8 +462,8 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		put_vm(o, b, &v);
 		item_end(o);
 	}
-	list_end(o);
-	list_begin(o, "sessions");
+	nested_end(o);
+	nested_begin(o, "sessions", "aa{sv}");
 	for (size_t i = 0; i < broker_session_count(b) && o->r >= 0; i++) {
 		struct broker_session_view sv;
 		broker_session_at(b, i, &sv);
@@ -502,7 +473,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		put_session(o, b, &sv);
 		item_end(o);
 	}
-	list_end(o);
+	nested_end(o);
 }
 
 static void put_reading(struct out *o, const struct broker_reading *rd)
@@ -512,7 +483,7 @@ static void put_reading(struct out *o, const struct broker_reading *rd)
 	put_x(o, "read_usec", (int64_t)rd->read_usec);
 	if (rd->note)
 		put_s(o, "note", rd->note);
-	list_begin(o, "events");
+	nested_begin(o, "events", "aa{sv}");
 	for (uint32_t i = 0; i < rd->n_events; i++) {
 		const struct broker_event_reading *e = &rd->events[i];
 		item_begin(o);
@@ -531,7 +502,7 @@ static void put_reading(struct out *o, const struct broker_reading *rd)
 		}
 		item_end(o);
 	}
-	list_end(o);
+	nested_end(o);
 }
 
 static void put_change(struct out *o, const struct broker_change *c)
@@ -1250,10 +1221,10 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		open_c(o, 'a', "{sv}");
 		put_s(o, "name", req->u.vm_attach.name);
 		put_t(o, "generation", res.generation);
-		dict_begin(o, "granted");
+		nested_begin(o, "granted", "a{sv}");
 		put_x(o, "passthrough_vcpus", res.passthrough_vcpus);
 		put_x(o, "multiplexed_vcpus", res.multiplexed_vcpus);
-		dict_end(o);
+		nested_end(o);
 		put_b(o, "bound", res.bound);
 		close_c(o);
 		return 0;
@@ -1620,86 +1591,101 @@ static int m_get_status(sd_bus_message *m, void *userdata, sd_bus_error *e)
 		  sd_bus_message *reply, void *userdata, sd_bus_error *e
 #define PROP_UNUSED (void)bus, (void)iface
 
+/* VM and session objects share their plumbing; the kind says which. */
+enum kind { KIND_VM, KIND_SESSION };
+static const char *const kind_prefix[] = { [KIND_VM] = PATH_VM, [KIND_SESSION] = PATH_SESSION };
+
+/* The lease name in an object path; -ENOENT when it names none. */
+static int name_of_path(const char *path, enum kind k, char **name)
+{
+	int r = sd_bus_path_decode(path, kind_prefix[k], name);
+	if (r <= 0)
+		return r < 0 ? r : -ENOENT;
+	if (strlen(*name) <= PROTO_NAME_MAX)
+		return 0;
+	free(*name);
+	*name = NULL;
+	return -ENOENT;
+}
+
 /* The VM or session an object path names, read from the broker now. */
 static int vm_of_path(const struct dbus_service *s, const char *path, struct broker_vm_view *v)
 {
 	_cleanup_free_ char *name = NULL;
-	int r = sd_bus_path_decode(path, PATH_VM, &name);
-	if (r <= 0)
-		return r < 0 ? r : -ENOENT;
-	return strlen(name) > PROTO_NAME_MAX ? -ENOENT : broker_vm_find(s->broker, name, v);
+	int r = name_of_path(path, KIND_VM, &name);
+	return r < 0 ? r : broker_vm_find(s->broker, name, v);
 }
 
 static int session_of_path(const struct dbus_service *s, const char *path, struct broker_session_view *v)
 {
 	_cleanup_free_ char *name = NULL;
-	int r = sd_bus_path_decode(path, PATH_SESSION, &name);
-	if (r <= 0)
-		return r < 0 ? r : -ENOENT;
-	return strlen(name) > PROTO_NAME_MAX ? -ENOENT : broker_session_find(s->broker, name, v);
+	int r = name_of_path(path, KIND_SESSION, &name);
+	return r < 0 ? r : broker_session_find(s->broker, name, v);
+}
+
+/* sd-bus's object lookup: 1 when the path names a lease now. */
+static int object_find(const struct dbus_service *s, enum kind k, const char *path)
+{
+	_cleanup_free_ char *name = NULL;
+	int r = name_of_path(path, k, &name);
+	if (r >= 0)
+		r = k == KIND_VM ? broker_vm_find(s->broker, name, NULL) : broker_session_find(s->broker, name, NULL);
+	return r == -ENOENT ? 0 : r < 0 ? r : 1;
 }
 
 static int vm_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
 		   sd_bus_error *e)
 {
-	struct broker_vm_view v;
 	(void)bus, (void)iface, (void)e;
-	int r = vm_of_path(userdata, path, &v);
-	if (r < 0)
-		return r == -ENOENT ? 0 : r;
-	*found = userdata;
-	return 1;
+	int r = object_find(userdata, KIND_VM, path);
+	if (r > 0)
+		*found = userdata;
+	return r;
 }
 
 static int session_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
 			sd_bus_error *e)
 {
-	struct broker_session_view v;
 	(void)bus, (void)iface, (void)e;
-	int r = session_of_path(userdata, path, &v);
-	if (r < 0)
-		return r == -ENOENT ? 0 : r;
-	*found = userdata;
+	int r = object_find(userdata, KIND_SESSION, path);
+	if (r > 0)
+		*found = userdata;
+	return r;
+}
+
+/* Every VM's or session's object path, in arrival order. */
+static int enumerate(const struct dbus_service *s, enum kind k, char ***nodes)
+{
+	size_t n = k == KIND_VM ? broker_vm_count(s->broker) : broker_session_count(s->broker);
+	_cleanup_strv_free_ char **v = calloc(n + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct broker_vm_view vv;
+		struct broker_session_view sv;
+		if (k == KIND_VM)
+			broker_vm_at(s->broker, i, &vv);
+		else
+			broker_session_at(s->broker, i, &sv);
+		int r = sd_bus_path_encode(kind_prefix[k], k == KIND_VM ? vv.name : sv.name, &v[i]);
+		if (r < 0)
+			return r;
+	}
+	*nodes = TAKE_PTR(v);
 	return 1;
 }
 
 static int vm_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *e)
 {
-	struct dbus_service *s = userdata;
-	size_t n = broker_vm_count(s->broker);
-	_cleanup_strv_free_ char **v = calloc(n + 1, sizeof(*v));
 	(void)bus, (void)prefix, (void)e;
-	if (!v)
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view vv;
-		broker_vm_at(s->broker, i, &vv);
-		int r = sd_bus_path_encode(PATH_VM, vv.name, &v[i]);
-		if (r < 0)
-			return r;
-	}
-	*nodes = TAKE_PTR(v);
-	return 1;
+	return enumerate(userdata, KIND_VM, nodes);
 }
 
 static int session_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes,
 			     sd_bus_error *e)
 {
-	struct dbus_service *s = userdata;
-	size_t n = broker_session_count(s->broker);
-	_cleanup_strv_free_ char **v = calloc(n + 1, sizeof(*v));
 	(void)bus, (void)prefix, (void)e;
-	if (!v)
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		struct broker_session_view sv;
-		broker_session_at(s->broker, i, &sv);
-		int r = sd_bus_path_encode(PATH_SESSION, sv.name, &v[i]);
-		if (r < 0)
-			return r;
-	}
-	*nodes = TAKE_PTR(v);
-	return 1;
+	return enumerate(userdata, KIND_SESSION, nodes);
 }
 
 static int vm_prop(PROP_ARGS)
