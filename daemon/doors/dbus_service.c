@@ -89,7 +89,6 @@ struct dbus_service {
 	sd_bus *bus;
 	sd_event *event;
 	struct broker *broker;
-	const struct config *cfg;
 	unsigned max_cpus;
 	uint64_t sub_id;
 	bool subscribed;
@@ -1048,11 +1047,12 @@ static int groups_of_uid(struct call *c, struct proto_error *pe)
 	_cleanup_free_ char *buf = NULL;
 	long hint = sysconf(_SC_GETPW_R_SIZE_MAX);
 	int r;
+	/* A passwd entry larger than 16 MiB is no user's: treated as none. */
 	for (size_t len = hint > 0 ? (size_t)hint : 1024;; len *= 2) {
 		free(buf);
 		if (!(buf = malloc(len)))
 			return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
-		if ((r = getpwuid_r(c->uid, &pw, buf, len, &found)) != ERANGE)
+		if ((r = getpwuid_r(c->uid, &pw, buf, len, &found)) != ERANGE || len >= (1u << 24))
 			break;
 	}
 	/* A uid without a user has no supplementary groups to speak of. */
@@ -2181,7 +2181,8 @@ int dbus_service_new(sd_event *event, struct broker *broker, const struct config
 		return -ENOMEM;
 	s->event = event;
 	s->broker = broker;
-	s->cfg = cfg;
+	/* Who is an admin is the broker's to know from its own configuration. */
+	(void)cfg;
 	s->max_cpus = max_cpus;
 	if (bus_address) {
 		step = "connecting to the bus";
