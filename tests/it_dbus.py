@@ -622,6 +622,25 @@ def run(env):
     check(name == ERR + "InvalidParam", "class 9: Error.InvalidParam", name)
     name, _ = err_name(lambda: mgr.DetachVM("nope"))
     check(name == ERR + "NotFound", "DetachVM of an unknown VM: Error.NotFound", name)
+    rc, out, err = mgr_call(env, "AttachVM", "sa{sv}", "twice", 3, "priority", "u", 1, "priority", "u", 2,
+                            "vcpus", "as", 1, "0")
+    check(rc != 0 and "params.priority: given twice" in err, "an option given twice is refused", err)
+    name, msg = err_name(lambda: mgr.AttachVM("x" * 65, {"vcpus": dbus.Array(["0"], signature="s")}))
+    check(name == ERR + "InvalidParam" and "params.name" in msg, "a name over 64 bytes: Error.InvalidParam",
+          (name, msg))
+    name, msg = err_name(lambda: mgr.AttachVM("web-x", {"vcpus": dbus.Array(["0-999999"], signature="s")}))
+    check(name == ERR + "InvalidParam" and "params.vcpus[0]" in msg, "a CPU out of range names its vCPU",
+          (name, msg))
+    name, msg = err_name(lambda: mgr.AttachVM("web-x", {"gp": "eight", "vcpus": dbus.Array(["0"], signature="s")}))
+    check(name == ERR + "InvalidParam" and "params.gp" in msg, "a string for gp: Error.InvalidParam", (name, msg))
+    # An agent's binding picks its own integer types (Python: i); the count
+    # form of vCPUs works as on the socket.
+    p, r = mgr.AttachVM("plain-ints", {"priority": 300, "class": "guaranteed", "gp": 1, "vcpu_count": 2,
+                                       "cpus": "2-3"})
+    pv = props(env, p, VM_IF)
+    check(pv["Priority"] == 300 and pv["Class"] == CLASS_GUARANTEED and len(pv["Routes"]) == 2
+          and pv["Routes"][1][1] == "2-3", "int options, class by name, vcpu_count + cpus", dict(pv))
+    mgr.DetachVM("plain-ints")
 
     # ---- update: property change signals
     r = mgr.UpdateVM("web-1", {"priority": dbus.UInt32(300)})
