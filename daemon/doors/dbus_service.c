@@ -2,15 +2,17 @@
 #include "doors/dbus_service.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-bus.h>
-
-#include <json-c/json.h>
+#include <unistd.h>
 
 #include "base/log.h"
-#include "doors/json_door.h"
+#include "proto/cleanup.h"
 
 #define IFACE_MANAGER DBUS_SERVICE_NAME ".Manager"
 #define IFACE_VM DBUS_SERVICE_NAME ".VM"
@@ -19,778 +21,1129 @@
 #define PATH_SESSION DBUS_SERVICE_PATH "/session"
 #define ERROR_PREFIX DBUS_SERVICE_NAME ".Error."
 
-/* Options come from outside: nesting beyond this is refused, not parsed. */
-#define MAX_VARIANT_DEPTH 8
-
 /*
  * Unsigned enums on the bus, 0 = unknown, as the D-Bus API guidelines ask:
  * clients map values they do not know to "unknown" instead of failing. The
- * index is the wire value; the strings are the broker's names.
+ * index is the wire value; the strings are the broker's names, so the
+ * mapping never depends on the broker's own numbering.
  */
 static const char *const class_names[] = { NULL, "guaranteed", "preferred", "shared", NULL };
 static const char *const route_names[] = { NULL, "disabled", "multiplexed", "passthrough", NULL };
 static const char *const placement_names[] = { NULL, "software", "multiplexed", "dedicated", NULL };
 static const char *const backend_names[] = { NULL, "ioctl", "advisory", "model", NULL };
 
+/* A bus peer is one broker connection: what it makes without a process
+ * owner ends when it leaves the bus, which sd_bus_track reports. */
 struct peer {
 	struct dbus_service *svc;
 	char *name;                 /* unique bus name */
 	sd_bus_track *track;
-	struct broker_conn *conn;   /* the broker releases what follows it when the peer leaves */
-	struct peer *next, *prev;
+	struct broker_conn *conn;
 };
 
-typedef int (*reply_fn)(struct dbus_service *s, sd_bus_message *call, const struct proto_request *req,
-			struct json_object *result);
-
-/* A request waiting for polkit; answered from the polkit callback. */
-struct pending {
+/* One method call from its arguments to its answer; lives on while polkit
+ * is asked. */
+struct call {
 	struct dbus_service *svc;
-	sd_bus_message *call;
-	sd_bus_slot *slot;
+	sd_bus_message *msg;
 	struct proto_request req;
+	char *sender;
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
-	char *sender;
-	struct broker_conn *conn;   /* the caller's connection (a reference), for changes */
-	reply_fn reply;
-	struct pending *next, *prev;
+	gid_t *groups;
+	size_t n_groups;
+	struct broker_conn *conn;   /* a reference: the broker refuses once it is closed */
+	sd_bus_slot *slot;          /* the polkit question, while it is open */
+};
+
+/* What an exported object showed when its signals were last sent: only to
+ * tell which properties changed, never read by a getter. */
+struct vm_snap {
+	uint64_t id;
+	char name[PROTO_NAME_MAX + 1];
+	uint32_t priority, gp, fixed_mask;
+	enum proto_class cls;
+	bool bound;
+	pid_t vmm_pid;
+	int vm_fd;
+	unsigned passthrough_vcpus;
+	size_t routes_len;
+	uint8_t *routes;            /* the Routes property's content, flattened */
+};
+
+struct event_snap {
+	enum broker_placement placement;
+	unsigned dedicated_cpus;
+	double share;
+};
+
+struct session_snap {
+	uint64_t id;
+	char name[PROTO_NAME_MAX + 1];
+	uint32_t n_events;
+	struct event_snap *events;
 };
 
 struct dbus_service {
 	sd_bus *bus;
 	sd_event *event;
 	struct broker *broker;
-	const struct config *cfg;
 	unsigned max_cpus;
 	uint64_t sub_id;
 	bool subscribed;
 	sd_event_source *flush_src;
-	struct json_object *queue;   /* plan events not yet sent as PlanChanged */
-	struct json_object *plan;    /* what the VM and session objects show */
-	struct peer *peers;
-	struct pending *pending;
+	sd_bus_message **signals;   /* PlanChanged, built from each broker event, not sent yet */
+	size_t n_signals;
+	struct peer **peers;
+	size_t n_peers;
+	struct call **pending;      /* waiting for polkit */
+	size_t n_pending;
+	bool synced;                /* the snapshots below exist */
+	struct vm_snap *vms;        /* sorted by id */
+	size_t n_vms;
+	struct session_snap *sessions; /* sorted by id */
+	size_t n_sessions;
+	uint64_t generation;
 };
 
-/* The daemon itself, for reads and for releasing what a departed peer held. */
-static const struct broker_caller self_caller = { .door = BROKER_DOOR_DBUS, .uid = 0, .gid = 0, .pid = 0,
-						   .origin = "dbus" };
+static void flush(struct dbus_service *s);
 
 /* ------------------------------------------------------------ helpers */
 
-static unsigned enum_value(const char *const *names, const char *s)
+static uint32_t wire_enum(const char *const *names, const char *s)
 {
-	for (unsigned i = 1; s && names[i]; i++)
+	for (uint32_t i = 1; s && names[i]; i++)
 		if (!strcmp(names[i], s))
 			return i;
 	return 0;
 }
 
-static const char *const *enum_for_key(const char *key)
+static uint32_t wire_class(enum proto_class c)
 {
-	if (!key)
-		return NULL;
-	if (!strcmp(key, "class"))
-		return class_names;
-	if (!strcmp(key, "placement"))
-		return placement_names;
-	if (!strcmp(key, "gp") || !strcmp(key, "fixed"))
-		return route_names;
-	if (!strcmp(key, "kvm"))
-		return backend_names;
-	return NULL;
+	return wire_enum(class_names, proto_class_name(c));
 }
 
-static struct json_object *jget(struct json_object *o, const char *key)
+static uint32_t wire_route(uint8_t r)
 {
-	struct json_object *v = NULL;
-	if (!o || !json_object_object_get_ex(o, key, &v))
-		return NULL;
-	return v;
+	return wire_enum(route_names, broker_route_name((enum broker_route)r));
 }
 
-static int64_t jint(struct json_object *o, const char *key, int64_t def)
+static uint32_t wire_placement(enum broker_placement p)
 {
-	struct json_object *v = jget(o, key);
-	return v && json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : def;
+	return wire_enum(placement_names, broker_placement_name(p));
 }
 
-static const char *jstr(struct json_object *o, const char *key)
+static void request_finip(struct proto_request *r)
 {
-	struct json_object *v = jget(o, key);
-	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+	proto_request_fini(r);
 }
 
-/* "not_found" -> "NotFound": the D-Bus error names the same stable code. */
+/* --------------------------------------------- typed views -> D-Bus values */
+
+/*
+ * Marshalling with a sticky error: the first failure is kept and every
+ * later step does nothing, so that a rendering reads as its list of keys.
+ * Keys and types are those of the socket protocol's results, as
+ * docs/dbus-api.md says: integers x, generation t, masks t, enums u.
+ */
+struct out {
+	sd_bus_message *m;
+	int r;
+};
+
+static void open_c(struct out *o, char type, const char *contents)
+{
+	if (o->r >= 0)
+		o->r = sd_bus_message_open_container(o->m, type, contents);
+}
+
+static void close_c(struct out *o)
+{
+	if (o->r >= 0)
+		o->r = sd_bus_message_close_container(o->m);
+}
+
+static void put_s(struct out *o, const char *key, const char *v)
+{
+	if (o->r >= 0)
+		o->r = sd_bus_message_append(o->m, "{sv}", key, "s", v ? v : "");
+}
+
+/* put_x(o, key, v) and its kin: key -> one value of a basic type. */
+#define DEFINE_PUT(name, ctype, sig)                                            \
+	static void name(struct out *o, const char *key, ctype v)               \
+	{                                                                       \
+		if (o->r >= 0)                                                  \
+			o->r = sd_bus_message_append(o->m, "{sv}", key, sig, v); \
+	}
+DEFINE_PUT(put_x, int64_t, "x")
+DEFINE_PUT(put_t, uint64_t, "t")
+DEFINE_PUT(put_u, uint32_t, "u")
+DEFINE_PUT(put_b, int, "b")
+DEFINE_PUT(put_d, double, "d")
+
+static void put_cpus(struct out *o, const char *key, const struct cpulist *l)
+{
+	_cleanup_free_ char *text = cpulist_to_text(l);
+	if (!text && o->r >= 0)
+		o->r = -ENOMEM;
+	put_s(o, key, text);
+}
+
+/* key -> value of signature sig, opened for its content. */
+static void entry_begin(struct out *o, const char *key, const char *sig)
+{
+	open_c(o, 'e', "sv");
+	if (o->r >= 0)
+		o->r = sd_bus_message_append(o->m, "s", key);
+	open_c(o, 'v', sig);
+}
+
+static void entry_end(struct out *o)
+{
+	close_c(o);
+	close_c(o);
+}
+
+/* key -> a{sv} (sig "a{sv}", then one put per key) or aa{sv} (sig
+ * "aa{sv}", then item_begin/item_end per element). */
+static void nested_begin(struct out *o, const char *key, const char *sig)
+{
+	entry_begin(o, key, sig);
+	open_c(o, 'a', sig + 1);
+}
+
+static void nested_end(struct out *o)
+{
+	close_c(o);
+	entry_end(o);
+}
+
+static void item_begin(struct out *o)
+{
+	open_c(o, 'a', "{sv}");
+}
+
+static void item_end(struct out *o)
+{
+	close_c(o);
+}
+
+/* The route enums of a vCPU's general counters, then of the fixed counters
+ * the PMU has, by index (as the socket's "gp" and "fixed" arrays). */
+static void append_routes(struct out *o, unsigned n_gp, const uint8_t *gp, uint32_t pmu_fixed_mask,
+			  const uint8_t *fixed, bool want_gp)
+{
+	open_c(o, 'a', "u");
+	if (want_gp) {
+		for (unsigned j = 0; j < n_gp && j < 32 && o->r >= 0; j++)
+			o->r = sd_bus_message_append(o->m, "u", wire_route(gp[j]));
+	} else {
+		for (unsigned j = 0; j < 16 && o->r >= 0; j++)
+			if (pmu_fixed_mask & (1u << j))
+				o->r = sd_bus_message_append(o->m, "u", wire_route(fixed[j]));
+	}
+	close_c(o);
+}
+
+static void put_routes(struct out *o, unsigned n_gp, const uint8_t *gp, uint32_t pmu_fixed_mask,
+		       const uint8_t *fixed)
+{
+	entry_begin(o, "gp", "au");
+	append_routes(o, n_gp, gp, pmu_fixed_mask, fixed, true);
+	entry_end(o);
+	entry_begin(o, "fixed", "au");
+	append_routes(o, n_gp, gp, pmu_fixed_mask, fixed, false);
+	entry_end(o);
+}
+
+static void put_backends(struct out *o, const struct broker_status *st)
+{
+	put_s(o, "pmu", st->pmu_model);
+	put_s(o, "pmu_source", st->pmu_source);
+	put_b(o, "pmu_simulated", st->pmu_simulated);
+	if (st->pmu_why && st->pmu_why[0])
+		put_s(o, "pmu_why", st->pmu_why);
+	put_u(o, "kvm", wire_enum(backend_names, st->kvm_backend));
+	put_b(o, "kvm_enforced", st->kvm_enforced);
+	put_s(o, "kvm_why", st->kvm_why);
+	if (st->kvm_host && st->kvm_host[0])
+		put_s(o, "kvm_host", st->kvm_host);
+}
+
+static void put_status(struct out *o, const struct broker_status *st)
+{
+	put_s(o, "server", st->server);
+	put_x(o, "protocol", st->protocol);
+	nested_begin(o, "backends", "a{sv}");
+	put_backends(o, st);
+	nested_end(o);
+	put_t(o, "generation", st->generation);
+	put_x(o, "cpus", st->cpus);
+	put_x(o, "vms", (int64_t)st->vms);
+	put_x(o, "sessions", (int64_t)st->sessions);
+	put_x(o, "watchers", (int64_t)st->watchers);
+	put_x(o, "uptime_s", (int64_t)st->uptime_s);
+}
+
+static void put_pmu(struct out *o, const struct broker_pmu_view *p)
+{
+	put_s(o, "source", p->source);
+	put_b(o, "simulated", p->simulated);
+	put_s(o, "model", p->model);
+	put_s(o, "vendor", p->vendor);
+	put_x(o, "version", p->version);
+	put_x(o, "gp", p->gp);
+	put_x(o, "gp_width", p->gp_width);
+	put_t(o, "fixed_mask", p->fixed_mask);
+	put_x(o, "fixed", p->fixed);
+	put_x(o, "fixed_width", p->fixed_width);
+	put_b(o, "perf_metrics", p->perf_metrics);
+	put_x(o, "pebs_format", p->pebs_format);
+	put_t(o, "global_ctrl_mask", p->global_ctrl_mask);
+	put_x(o, "cpus", p->cpus);
+	put_s(o, "boot_block", p->boot_block);
+	if (p->nmi_watchdog) {
+		nested_begin(o, "taken", "a{sv}");
+		put_s(o, "nmi_watchdog", "one cycles-capable counter on every CPU");
+		nested_end(o);
+	}
+}
+
+static void put_guest(struct out *o, const struct broker_guest_view *g)
+{
+	char reg[16];
+	nested_begin(o, "guest_pmu", "a{sv}");
+	if (!g->ok) {
+		put_s(o, "error", g->error);
+	} else {
+		put_x(o, "version", g->version);
+		/* CPUID registers read as the kernel and cpuid(1) print them. */
+		snprintf(reg, sizeof(reg), "0x%08" PRIx32, g->eax);
+		put_s(o, "eax", reg);
+		snprintf(reg, sizeof(reg), "0x%08" PRIx32, g->ebx);
+		put_s(o, "ebx", reg);
+		snprintf(reg, sizeof(reg), "0x%08" PRIx32, g->ecx);
+		put_s(o, "ecx", reg);
+		snprintf(reg, sizeof(reg), "0x%08" PRIx32, g->edx);
+		put_s(o, "edx", reg);
+		if (g->boot_block[0])
+			put_s(o, "boot_block", g->boot_block);
+	}
+	nested_end(o);
+}
+
+/* A VM as vm.show shows it: its lease, each vCPU's routes and the PMU its
+ * guest sees. */
+static void put_vm(struct out *o, const struct broker *b, const struct broker_vm_view *v)
+{
+	put_s(o, "name", v->name);
+	put_x(o, "priority", v->priority);
+	put_u(o, "class", wire_class(v->cls));
+	put_x(o, "gp", v->gp);
+	put_t(o, "fixed_mask", v->fixed_mask);
+	put_s(o, "origin", v->origin);
+	if (v->follows_connection && !v->bound)
+		put_b(o, "follows_connection", true);
+	if (v->bound) {
+		nested_begin(o, "owner", "a{sv}");
+		put_x(o, "pid", v->vmm_pid);
+		put_x(o, "vm_fd", v->vm_fd);
+		nested_end(o);
+	}
+	put_x(o, "passthrough_vcpus", v->passthrough_vcpus);
+	nested_begin(o, "vcpus", "aa{sv}");
+	for (uint32_t i = 0; i < v->n_vcpus && o->r >= 0; i++) {
+		struct broker_vcpu_view vc;
+		int r = broker_vm_vcpu(b, v->id, i, &vc);
+		if (r < 0) {
+			o->r = r;
+			break;
+		}
+		item_begin(o);
+		put_x(o, "vcpu", vc.vcpu);
+		put_cpus(o, "cpus", vc.cpus);
+		put_routes(o, vc.n_gp, vc.gp, vc.pmu_fixed_mask, vc.fixed);
+		item_end(o);
+	}
+	nested_end(o);
+	struct broker_guest_view g;
+	int r = broker_vm_guest(b, v->id, &g);
+	if (r < 0 && o->r >= 0)
+		o->r = r;
+	put_guest(o, &g);
+}
+
+static void put_session_events(struct out *o, const struct broker *b, const struct broker_session_view *sv)
+{
+	nested_begin(o, "events", "aa{sv}");
+	for (uint32_t e = 0; e < sv->n_events && o->r >= 0; e++) {
+		struct broker_event_view ev;
+		int r = broker_session_event(b, sv->id, e, &ev);
+		if (r < 0) {
+			o->r = r;
+			break;
+		}
+		item_begin(o);
+		put_s(o, "event", ev.event);
+		put_u(o, "placement", wire_placement(ev.placement));
+		put_d(o, "share", ev.share);
+		if (ev.placement != BROKER_PLACEMENT_SOFTWARE)
+			put_x(o, "dedicated_cpus", ev.dedicated_cpus);
+		item_end(o);
+	}
+	nested_end(o);
+}
+
+static void put_session(struct out *o, const struct broker *b, const struct broker_session_view *sv)
+{
+	put_s(o, "name", sv->name);
+	put_x(o, "priority", sv->priority);
+	put_u(o, "class", wire_class(sv->cls));
+	put_session_events(o, b, sv);
+	if (sv->has_cpus)
+		put_cpus(o, "cpus", sv->cpus);
+	else
+		put_x(o, "pid", sv->pid);
+	put_x(o, "owner_pid", sv->owner_pid);
+	put_x(o, "uid", sv->uid);
+}
+
+static void put_host_placement(struct out *o, const struct broker_host_placement *h)
+{
+	char counter[16];
+	item_begin(o);
+	put_s(o, h->holder == BROKER_HOLDER_FOREIGN ? "foreign" : "session", h->holder_name);
+	put_s(o, "event", h->event);
+	if (h->counter >= 32)
+		snprintf(counter, sizeof(counter), "fixed%d", h->counter - 32);
+	else
+		snprintf(counter, sizeof(counter), "gp%d", h->counter);
+	if (h->counter >= 0)
+		put_s(o, "counter", counter);
+	put_d(o, "share", h->share);
+	item_end(o);
+}
+
+/* The plan: per CPU, then the VMs and sessions; a CPU filter keeps only
+ * the CPUs, VMs and sessions on those CPUs. */
+static void put_plan(struct out *o, const struct broker *b, const struct proto_plan_req *q)
+{
+	struct broker_status st;
+	broker_status(b, &st);
+	put_t(o, "generation", st.generation);
+	put_b(o, "simulated_pmu", st.pmu_simulated);
+	put_b(o, "kvm_enforced", st.kvm_enforced);
+	nested_begin(o, "cpus", "aa{sv}");
+	for (unsigned i = 0; i < broker_cpu_count(b) && o->r >= 0; i++) {
+		struct broker_cpu_view cv;
+		if (broker_cpu_at(b, i, &cv) < 0 || (q->has_cpus && !cpulist_test(&q->cpus, (unsigned)cv.cpu)))
+			continue;
+		item_begin(o);
+		put_x(o, "cpu", cv.cpu);
+		put_t(o, "guest_gp_mask", cv.guest_gp_mask);
+		put_t(o, "guest_fixed_mask", cv.guest_fixed_mask);
+		nested_begin(o, "host", "aa{sv}");
+		for (unsigned k = 0; k < cv.n_host; k++)
+			put_host_placement(o, &cv.host[k]);
+		nested_end(o);
+		item_end(o);
+	}
+	nested_end(o);
+	nested_begin(o, "vms", "aa{sv}");
+	for (size_t i = 0; i < broker_vm_count(b) && o->r >= 0; i++) {
+		struct broker_vm_view v;
+		broker_vm_at(b, i, &v);
+		if (q->has_cpus && !broker_vm_on_cpus(b, v.id, &q->cpus))
+			continue;
+		item_begin(o);
+		put_vm(o, b, &v);
+		item_end(o);
+	}
+	nested_end(o);
+	nested_begin(o, "sessions", "aa{sv}");
+	for (size_t i = 0; i < broker_session_count(b) && o->r >= 0; i++) {
+		struct broker_session_view sv;
+		broker_session_at(b, i, &sv);
+		if (q->has_cpus && !broker_session_on_cpus(b, sv.id, &q->cpus))
+			continue;
+		item_begin(o);
+		put_session(o, b, &sv);
+		item_end(o);
+	}
+	nested_end(o);
+}
+
+static void put_reading(struct out *o, const struct broker_reading *rd)
+{
+	put_s(o, "name", rd->name);
+	put_x(o, "since_usec", (int64_t)rd->since_usec);
+	put_x(o, "read_usec", (int64_t)rd->read_usec);
+	if (rd->note)
+		put_s(o, "note", rd->note);
+	nested_begin(o, "events", "aa{sv}");
+	for (uint32_t i = 0; i < rd->n_events; i++) {
+		const struct broker_event_reading *e = &rd->events[i];
+		item_begin(o);
+		put_s(o, "event", e->event);
+		put_u(o, "placement", wire_placement(e->placement));
+		put_b(o, "counted", e->counted);
+		if (!e->counted) {
+			put_s(o, "reason", e->reason ? e->reason : "not counted");
+		} else {
+			put_x(o, "value", (int64_t)e->value);
+			put_x(o, "time_enabled", (int64_t)e->time_enabled);
+			put_x(o, "time_running", (int64_t)e->time_running);
+			put_d(o, "scaled", e->scaled);
+			put_b(o, "multiplexed", e->multiplexed);
+			put_b(o, "never_ran", e->never_ran);
+		}
+		item_end(o);
+	}
+	nested_end(o);
+}
+
+static void put_change(struct out *o, const struct broker_change *c)
+{
+	item_begin(o);
+	put_x(o, "phase", c->phase);
+	if (c->partition) {
+		put_x(o, "cpu", c->cpu);
+		put_t(o, "guest_gp_mask", c->guest_gp_mask);
+		put_t(o, "guest_fixed_mask", c->guest_fixed_mask);
+	} else {
+		put_s(o, "vm", c->vm);
+		put_x(o, "vcpu", c->vcpu);
+		put_routes(o, c->n_gp, c->gp, c->pmu_fixed_mask, c->fixed);
+	}
+	if (c->scrub_gp_mask || c->scrub_fixed_mask) {
+		put_t(o, "scrub_gp_mask", c->scrub_gp_mask);
+		put_t(o, "scrub_fixed_mask", c->scrub_fixed_mask);
+	}
+	item_end(o);
+}
+
+/* ------------------------------------------------------------- errors */
+
+/* "not_found" -> "org.vpmu.Broker1.Error.NotFound": the D-Bus error names
+ * the same stable code. Codes are short protocol constants. */
 static void error_name(enum proto_errcode code, char *buf, size_t len)
 {
 	const char *src = proto_errcode_name(code);
-	size_t n = snprintf(buf, len, "%s", ERROR_PREFIX);
+	size_t n = (size_t)snprintf(buf, len, "%s", ERROR_PREFIX);
 	bool up = true;
 	for (; *src && n + 1 < len; src++) {
 		if (*src == '_') {
 			up = true;
 			continue;
 		}
-		buf[n++] = up ? (char)(*src - ('a' <= *src && *src <= 'z' ? 'a' - 'A' : 0)) : *src;
+		buf[n++] = up && *src >= 'a' && *src <= 'z' ? (char)(*src - 'a' + 'A') : *src;
 		up = false;
 	}
-	buf[n] = '\0';
+	buf[n < len ? n : len - 1] = '\0';
 }
 
-static int reply_proto_error(sd_bus_message *call, const struct proto_error *pe)
+/* Answers with the broker's (or proto's) refusal; returns what an sd-bus
+ * method handler returns. */
+static int reply_error(sd_bus_message *call, const struct proto_error *pe)
 {
-	char name[128];
-	sd_bus_error e = SD_BUS_ERROR_NULL;
+	char name[sizeof(ERROR_PREFIX) + 32];
 	error_name(pe->code, name, sizeof(name));
-	/* The broker's field paths say "params.x"; on the bus x is an option
-	 * or argument name, which the message then names. */
+	int r;
 	if (pe->field[0] && !strstr(pe->message, pe->field))
-		sd_bus_error_setf(&e, name, "%s: %s", pe->field, pe->message);
+		r = sd_bus_reply_method_errorf(call, name, "%s: %s", pe->field, pe->message);
 	else
-		sd_bus_error_setf(&e, name, "%s", pe->message);
-	int r = sd_bus_reply_method_error(call, &e);
-	sd_bus_error_free(&e);
-	return r;
+		r = sd_bus_reply_method_errorf(call, name, "%s", pe->message);
+	return r < 0 ? r : 1;
 }
 
-static int invalid_param(sd_bus_error *e, const char *fmt, const char *what)
+/* ------------------------------------------ D-Bus arguments -> typed requests */
+
+/* Option keys are the socket protocol's parameter names. */
+enum opt {
+	OPT_PRIORITY,
+	OPT_CLASS,
+	OPT_GP,
+	OPT_FIXED_MASK,
+	OPT_VCPUS,
+	OPT_VCPU_COUNT,
+	OPT_CPUS,
+	OPT_OWNER,
+	OPT_PID,
+	OPT_OWNER_PID,
+	OPT_VM_FD,
+	OPT__COUNT
+};
+static const char *const opt_names[OPT__COUNT] = {
+	[OPT_PRIORITY] = "priority", [OPT_CLASS] = "class",   [OPT_GP] = "gp",
+	[OPT_FIXED_MASK] = "fixed_mask", [OPT_VCPUS] = "vcpus", [OPT_VCPU_COUNT] = "vcpu_count",
+	[OPT_CPUS] = "cpus",         [OPT_OWNER] = "owner",   [OPT_PID] = "pid",
+	[OPT_OWNER_PID] = "owner_pid", [OPT_VM_FD] = "vm_fd",
+};
+#define OPT(x) (1u << (x))
+#define OPTS_SHAPE (OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_GP) | OPT(OPT_FIXED_MASK) | \
+		    OPT(OPT_VCPUS) | OPT(OPT_VCPU_COUNT) | OPT(OPT_CPUS))
+#define OPTS_ATTACH (OPTS_SHAPE | OPT(OPT_OWNER))
+#define OPTS_UPDATE OPTS_SHAPE
+#define OPTS_BIND OPT(OPT_VM_FD)
+#define OPTS_SESSION (OPT(OPT_CPUS) | OPT(OPT_PID) | OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_OWNER_PID))
+#define OPTS_PLAN OPT(OPT_CPUS)
+
+/* The options as read, before they become one method's request. */
+struct options {
+	unsigned seen;
+	uint32_t priority, gp, fixed_mask, vcpu_count;
+	enum proto_class cls;
+	struct cpulist cpus;
+	struct proto_vcpus vcpus;
+	struct proto_owner owner;
+	int32_t pid, owner_pid, vm_fd;
+};
+
+static void options_fini(struct options *o)
 {
-	return sd_bus_error_setf(e, ERROR_PREFIX "InvalidParam", fmt, what);
+	free(o->vcpus.cpus);
+	o->vcpus.cpus = NULL;
 }
 
-/* ------------------------------------------- JSON results -> D-Bus values */
-
-static int append_dict(sd_bus_message *m, struct json_object *obj);
-
-static bool array_all(struct json_object *arr, json_type t)
+/* "params.<key>" for a key from outside: printable ASCII only, cut to fit,
+ * like proto's own field paths. */
+static void field_of(char *buf, size_t len, const char *base, const char *key)
 {
-	size_t n = json_object_array_length(arr);
-	for (size_t i = 0; i < n; i++)
-		if (!json_object_is_type(json_object_array_get_idx(arr, i), t))
-			return false;
-	return true;
+	size_t n = (size_t)snprintf(buf, len, "%s.", base);
+	for (; *key && n + 1 < len; key++)
+		buf[n++] = *key >= 0x20 && *key <= 0x7e ? *key : '?';
+	buf[n < len ? n : len - 1] = '\0';
+}
+
+static int unreadable(struct proto_error *pe, const char *field, int r)
+{
+	return proto_error_set(pe, PROTO_E_BAD_REQUEST, -r, field, "%s: cannot be read: %s", field, strerror(-r));
+}
+
+static int wrong_type(struct proto_error *pe, const char *field, const char *want, const char *got)
+{
+	return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field, "%s: expected %s, got D-Bus type %s",
+			       field, want, got);
+}
+
+static int missing(struct proto_error *pe, const char *field)
+{
+	return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field, "missing required field %s", field);
+}
+
+static int enter_variant(sd_bus_message *m, const char *field, const char **contents, struct proto_error *pe)
+{
+	char type;
+	int r = sd_bus_message_peek_type(m, &type, contents);
+	if (r <= 0 || type != 'v')
+		return unreadable(pe, field, r < 0 ? r : -EBADMSG);
+	r = sd_bus_message_enter_container(m, 'v', *contents);
+	return r < 0 ? unreadable(pe, field, r) : 0;
+}
+
+static int exit_container(sd_bus_message *m, const char *field, struct proto_error *pe)
+{
+	int r = sd_bus_message_exit_container(m);
+	return r < 0 ? unreadable(pe, field, r) : 0;
 }
 
 /*
- * One JSON value as a variant. Strings the broker uses as enums become the
- * unsigned enums above; nulls never get here (append_dict skips them).
+ * An integer of any D-Bus integer type (agents in dynamic languages send
+ * what their binding picks), within what the request field can hold; the
+ * protocol's own ranges are proto_request_validate's to check.
  */
-static int append_variant(sd_bus_message *m, const char *key, struct json_object *v)
+static int read_int(sd_bus_message *m, const char *sig, const char *field, int64_t min, int64_t max,
+		    int64_t *out, struct proto_error *pe)
 {
-	const char *const *en = enum_for_key(key);
-	int r;
-	switch (json_object_get_type(v)) {
-	case json_type_boolean:
-		return sd_bus_message_append(m, "v", "b", (int)json_object_get_boolean(v));
-	case json_type_int:
-		if (key && !strcmp(key, "generation"))
-			return sd_bus_message_append(m, "v", "t", json_object_get_uint64(v));
-		return sd_bus_message_append(m, "v", "x", json_object_get_int64(v));
-	case json_type_double:
-		return sd_bus_message_append(m, "v", "d", json_object_get_double(v));
-	case json_type_string:
-		if (en)
-			return sd_bus_message_append(m, "v", "u", enum_value(en, json_object_get_string(v)));
-		/* Masks are hex strings in JSON for readers; numbers on the bus. */
-		if (key && strlen(key) > 5 && !strcmp(key + strlen(key) - 5, "_mask") &&
-		    !strncmp(json_object_get_string(v), "0x", 2))
-			return sd_bus_message_append(m, "v", "t", (uint64_t)strtoull(json_object_get_string(v), NULL, 16));
-		return sd_bus_message_append(m, "v", "s", json_object_get_string(v));
-	case json_type_object:
-		if ((r = sd_bus_message_open_container(m, 'v', "a{sv}")) < 0 || (r = append_dict(m, v)) < 0)
-			return r;
-		return sd_bus_message_close_container(m);
-	case json_type_array: {
-		size_t n = json_object_array_length(v);
-		const char *sig;
-		if (n && array_all(v, json_type_string))
-			sig = en ? "au" : "as";
-		else if (en && n == 0)
-			sig = "au";
-		else if (array_all(v, json_type_object))
-			sig = "aa{sv}";
-		else if (array_all(v, json_type_int))
-			sig = "ax";
-		else
-			sig = "av";
-		if ((r = sd_bus_message_open_container(m, 'v', sig)) < 0 ||
-		    (r = sd_bus_message_open_container(m, 'a', sig + 1)) < 0)
-			return r;
-		for (size_t i = 0; i < n && r >= 0; i++) {
-			struct json_object *e = json_object_array_get_idx(v, i);
-			if (!strcmp(sig, "au"))
-				r = sd_bus_message_append(m, "u", enum_value(en, json_object_get_string(e)));
-			else if (!strcmp(sig, "as"))
-				r = sd_bus_message_append(m, "s", json_object_get_string(e));
-			else if (!strcmp(sig, "aa{sv}"))
-				r = append_dict(m, e);
-			else if (!strcmp(sig, "ax"))
-				r = sd_bus_message_append(m, "x", json_object_get_int64(e));
-			else if (json_object_is_type(e, json_type_null))
-				r = sd_bus_message_append(m, "v", "s", "");
-			else
-				r = append_variant(m, NULL, e);
-		}
-		if (r < 0 || (r = sd_bus_message_close_container(m)) < 0)
-			return r;
-		return sd_bus_message_close_container(m);
-	}
-	default:
-		return sd_bus_message_append(m, "v", "s", "");
-	}
-}
-
-static int append_dict(sd_bus_message *m, struct json_object *obj)
-{
-	int r = sd_bus_message_open_container(m, 'a', "{sv}");
+	union {
+		uint8_t y;
+		int16_t n;
+		uint16_t q;
+		int32_t i;
+		uint32_t u;
+		int64_t x;
+		uint64_t t;
+	} v;
+	int64_t x;
+	if (!sig[0] || sig[1] || !strchr("ynqiuxt", sig[0]))
+		return wrong_type(pe, field, "an integer", sig);
+	int r = sd_bus_message_read_basic(m, sig[0], &v);
 	if (r < 0)
-		return r;
-	if (json_object_is_type(obj, json_type_object)) {
-		json_object_object_foreach(obj, key, val) {
-			if (!val)
-				continue;
-			if ((r = sd_bus_message_open_container(m, 'e', "sv")) < 0 ||
-			    (r = sd_bus_message_append(m, "s", key)) < 0 || (r = append_variant(m, key, val)) < 0 ||
-			    (r = sd_bus_message_close_container(m)) < 0)
-				return r;
-		}
+		return unreadable(pe, field, r);
+	switch (sig[0]) {
+	case 'y': x = v.y; break;
+	case 'n': x = v.n; break;
+	case 'q': x = v.q; break;
+	case 'i': x = v.i; break;
+	case 'u': x = v.u; break;
+	case 'x': x = v.x; break;
+	default: x = v.t > INT64_MAX ? INT64_MAX : (int64_t)v.t; break;
 	}
-	return sd_bus_message_close_container(m);
-}
-
-/* -------------------------------------------- D-Bus arguments -> JSON */
-
-static int read_value(sd_bus_message *m, struct json_object **out, int depth, sd_bus_error *e);
-
-static int read_dict(sd_bus_message *m, struct json_object **out, int depth, sd_bus_error *e)
-{
-	struct json_object *obj = json_object_new_object();
-	int r = sd_bus_message_enter_container(m, 'a', "{sv}");
-	if (r < 0 || !obj)
-		goto fail;
-	while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-		const char *key;
-		struct json_object *v = NULL;
-		if ((r = sd_bus_message_read(m, "s", &key)) < 0)
-			goto fail;
-		char *k = strdup(key);
-		if (!k) {
-			r = -ENOMEM;
-			goto fail;
-		}
-		r = read_value(m, &v, depth + 1, e);
-		if (r < 0) {
-			free(k);
-			goto fail;
-		}
-		json_object_object_add(obj, k, v);
-		free(k);
-		if ((r = sd_bus_message_exit_container(m)) < 0)
-			goto fail;
-	}
-	if (r < 0 || (r = sd_bus_message_exit_container(m)) < 0)
-		goto fail;
-	*out = obj;
-	return 0;
-fail:
-	json_object_put(obj);
-	return r < 0 ? r : -ENOMEM;
-}
-
-/* Any value the options may hold: basic types, variants, arrays and
- * string-keyed dictionaries. Structs and fds mean nothing here. */
-static int read_value(sd_bus_message *m, struct json_object **out, int depth, sd_bus_error *e)
-{
-	char type;
-	const char *contents;
-	int r;
-	if (depth > MAX_VARIANT_DEPTH)
-		return invalid_param(e, "%s: options nest too deeply", "options");
-	if ((r = sd_bus_message_peek_type(m, &type, &contents)) <= 0)
-		return r < 0 ? r : -EBADMSG;
-	union { uint8_t y; int b; int16_t n; uint16_t q; int32_t i; uint32_t u; int64_t x; uint64_t t;
-		double d; const char *s; } v;
-	switch (type) {
-	case 'y': r = sd_bus_message_read_basic(m, type, &v.y); *out = json_object_new_int64(v.y); break;
-	case 'b': r = sd_bus_message_read_basic(m, type, &v.b); *out = json_object_new_boolean(v.b); break;
-	case 'n': r = sd_bus_message_read_basic(m, type, &v.n); *out = json_object_new_int64(v.n); break;
-	case 'q': r = sd_bus_message_read_basic(m, type, &v.q); *out = json_object_new_int64(v.q); break;
-	case 'i': r = sd_bus_message_read_basic(m, type, &v.i); *out = json_object_new_int64(v.i); break;
-	case 'u': r = sd_bus_message_read_basic(m, type, &v.u); *out = json_object_new_int64(v.u); break;
-	case 'x': r = sd_bus_message_read_basic(m, type, &v.x); *out = json_object_new_int64(v.x); break;
-	case 't': r = sd_bus_message_read_basic(m, type, &v.t); *out = json_object_new_uint64(v.t); break;
-	case 'd': r = sd_bus_message_read_basic(m, type, &v.d); *out = json_object_new_double(v.d); break;
-	case 's': case 'o': case 'g':
-		r = sd_bus_message_read_basic(m, type, &v.s);
-		*out = r < 0 ? NULL : json_object_new_string(v.s);
-		break;
-	case 'v':
-		if ((r = sd_bus_message_enter_container(m, 'v', contents)) < 0 ||
-		    (r = read_value(m, out, depth + 1, e)) < 0)
-			return r;
-		return sd_bus_message_exit_container(m);
-	case 'a':
-		if (!strcmp(contents, "{sv}"))
-			return read_dict(m, out, depth, e);
-		if (contents[0] == '{')
-			return invalid_param(e, "%s: dictionaries in options must be a{sv}", "options");
-		{
-			struct json_object *arr = json_object_new_array();
-			if (!arr)
-				return -ENOMEM;
-			if ((r = sd_bus_message_enter_container(m, 'a', contents)) < 0) {
-				json_object_put(arr);
-				return r;
-			}
-			for (;;) {
-				struct json_object *el = NULL;
-				r = sd_bus_message_at_end(m, false);
-				if (r != 0)
-					break;
-				if ((r = read_value(m, &el, depth + 1, e)) < 0)
-					break;
-				json_object_array_add(arr, el);
-			}
-			if (r < 0 || (r = sd_bus_message_exit_container(m)) < 0) {
-				json_object_put(arr);
-				return r;
-			}
-			*out = arr;
-			return 0;
-		}
-	default:
-		return invalid_param(e, "%s: options may hold numbers, booleans, strings, arrays and a{sv}",
-				     "options");
-	}
-	if (r < 0)
-		return r;
-	return *out ? 0 : -ENOMEM;
-}
-
-/* The options dictionary of a method, with the bus forms of two values
- * turned into the socket protocol's: class as an unsigned enum, and
- * vcpus as one CPU list per vCPU. */
-static int read_options(sd_bus_message *m, struct json_object **out, sd_bus_error *e)
-{
-	struct json_object *o = NULL, *v;
-	int r = read_dict(m, &o, 0, e);
-	if (r < 0)
-		return r;
-	if ((v = jget(o, "class")) && json_object_is_type(v, json_type_int)) {
-		int64_t c = json_object_get_int64(v);
-		if (c < 1 || c > 3) {
-			json_object_put(o);
-			return sd_bus_error_setf(e, ERROR_PREFIX "InvalidParam",
-						 "class: 1 (guaranteed), 2 (preferred) or 3 (shared), got %lld",
-						 (long long)c);
-		}
-		json_object_object_add(o, "class", json_object_new_string(class_names[c]));
-	}
-	if ((v = jget(o, "vcpus")) && json_object_is_type(v, json_type_array) &&
-	    json_object_array_length(v) && array_all(v, json_type_string)) {
-		struct json_object *arr = json_object_new_array();
-		for (size_t i = 0; arr && i < json_object_array_length(v); i++) {
-			struct json_object *one = json_object_new_object();
-			json_object_object_add(one, "cpus", json_object_get(json_object_array_get_idx(v, i)));
-			json_object_array_add(arr, one);
-		}
-		json_object_object_add(o, "vcpus", arr);
-	}
-	*out = o;
+	if (x < min || x > max)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, ERANGE, field, "%s: must be %" PRId64 "..%" PRId64,
+				       field, min, max);
+	*out = x;
 	return 0;
 }
 
-/* ------------------------------------------------------------- objects */
-
-static struct json_object *find_named(struct json_object *plan, const char *list, const char *name)
+static int read_u32(sd_bus_message *m, const char *sig, const char *field, uint32_t *out, struct proto_error *pe)
 {
-	struct json_object *arr = jget(plan, list);
-	for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
-		struct json_object *o = json_object_array_get_idx(arr, i);
-		if (!strcmp(jstr(o, "name"), name))
-			return o;
-	}
-	return NULL;
+	int64_t x;
+	int r = read_int(m, sig, field, 0, UINT32_MAX, &x, pe);
+	if (r == 0)
+		*out = (uint32_t)x;
+	return r;
 }
 
-static int object_find(const char *prefix, const char *list, struct dbus_service *s, const char *path,
-		       void **found)
+static int read_i32(sd_bus_message *m, const char *sig, const char *field, int32_t *out, struct proto_error *pe)
 {
-	char *name = NULL;
-	int r = sd_bus_path_decode(path, prefix, &name);
-	if (r <= 0)
-		return r;
-	struct json_object *o = find_named(s->plan, list, name);
-	free(name);
-	if (!o)
+	int64_t x;
+	int r = read_int(m, sig, field, INT32_MIN, INT32_MAX, &x, pe);
+	if (r == 0)
+		*out = (int32_t)x;
+	return r;
+}
+
+/* class: the bus enum (u) or the protocol's name (s). */
+static int read_class(sd_bus_message *m, const char *sig, const char *field, enum proto_class *out,
+		      struct proto_error *pe)
+{
+	if (!strcmp(sig, "s")) {
+		const char *name;
+		int r = sd_bus_message_read_basic(m, 's', &name);
+		if (r < 0)
+			return unreadable(pe, field, r);
+		int c = proto_class_from_name(name);
+		if (c < 0)
+			return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field,
+					       "%s: must be \"guaranteed\", \"preferred\" or \"shared\"", field);
+		*out = (enum proto_class)c;
 		return 0;
-	*found = o;
-	return 1;
-}
-
-static int vm_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
-		   sd_bus_error *e)
-{
-	(void)bus, (void)iface, (void)e;
-	return object_find(PATH_VM, "vms", userdata, path, found);
-}
-
-static int session_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
-			sd_bus_error *e)
-{
-	(void)bus, (void)iface, (void)e;
-	return object_find(PATH_SESSION, "sessions", userdata, path, found);
-}
-
-static int enumerate(struct dbus_service *s, const char *prefix, const char *list, char ***nodes)
-{
-	struct json_object *arr = jget(s->plan, list);
-	size_t n = arr ? json_object_array_length(arr) : 0;
-	char **v = calloc(n + 1, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		int r = sd_bus_path_encode(prefix, jstr(json_object_array_get_idx(arr, i), "name"), &v[i]);
-		if (r < 0) {
-			for (size_t j = 0; j < i; j++)
-				free(v[j]);
-			free(v);
-			return r;
-		}
 	}
-	*nodes = v;
-	return 1;
-}
-
-static int vm_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *e)
-{
-	(void)bus, (void)prefix, (void)e;
-	return enumerate(userdata, PATH_VM, "vms", nodes);
-}
-
-static int session_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes,
-			     sd_bus_error *e)
-{
-	(void)bus, (void)prefix, (void)e;
-	return enumerate(userdata, PATH_SESSION, "sessions", nodes);
-}
-
-#define PROP_ARGS sd_bus *bus, const char *path, const char *iface, const char *prop, \
-		  sd_bus_message *reply, void *userdata, sd_bus_error *e
-#define PROP_UNUSED (void)bus, (void)path, (void)iface, (void)e
-
-/* Name, Origin, Cpus: strings straight from the snapshot. */
-static int prop_str(PROP_ARGS)
-{
-	PROP_UNUSED;
-	const char *key = !strcmp(prop, "Name") ? "name" : !strcmp(prop, "Origin") ? "origin" : "cpus";
-	return sd_bus_message_append(reply, "s", jstr(userdata, key));
-}
-
-static int prop_u32(PROP_ARGS)
-{
-	PROP_UNUSED;
-	const char *key = !strcmp(prop, "Priority") ? "priority"
-			  : !strcmp(prop, "GeneralCounters") ? "gp"
-			  : !strcmp(prop, "PassthroughVcpus") ? "passthrough_vcpus" : "?";
-	if (!strcmp(prop, "Class"))
-		return sd_bus_message_append(reply, "u", enum_value(class_names, jstr(userdata, "class")));
-	if (!strcmp(prop, "FixedCounterMask"))
-		return sd_bus_message_append(reply, "u", (uint32_t)strtoul(jstr(userdata, "fixed_mask"), NULL, 0));
-	return sd_bus_message_append(reply, "u", (uint32_t)jint(userdata, key, 0));
-}
-
-static int prop_pid(PROP_ARGS)
-{
-	PROP_UNUSED;
-	return sd_bus_message_append(reply, "i", (int32_t)jint(userdata, !strcmp(prop, "Pid") ? "pid" : "owner_pid", 0));
-}
-
-static int vm_prop_owner(PROP_ARGS)
-{
-	PROP_UNUSED, (void)prop;
-	struct json_object *ow = jget(userdata, "owner");
-	return sd_bus_message_append(reply, "(ii)", (int32_t)jint(ow, "pid", 0), (int32_t)jint(ow, "vm_fd", -1));
-}
-
-static int append_routes(sd_bus_message *m, struct json_object *arr)
-{
-	int r = sd_bus_message_open_container(m, 'a', "u");
-	for (size_t i = 0; r >= 0 && arr && i < json_object_array_length(arr); i++)
-		r = sd_bus_message_append(m, "u",
-					  enum_value(route_names, json_object_get_string(json_object_array_get_idx(arr, i))));
-	return r < 0 ? r : sd_bus_message_close_container(m);
-}
-
-static int vm_prop_routes(PROP_ARGS)
-{
-	PROP_UNUSED, (void)prop;
-	struct json_object *vc = jget(userdata, "vcpus");
-	int r = sd_bus_message_open_container(reply, 'a', "(usauau)");
-	for (size_t i = 0; r >= 0 && vc && json_object_is_type(vc, json_type_array) &&
-			   i < json_object_array_length(vc); i++) {
-		struct json_object *o = json_object_array_get_idx(vc, i);
-		if ((r = sd_bus_message_open_container(reply, 'r', "usauau")) < 0 ||
-		    (r = sd_bus_message_append(reply, "us", (uint32_t)jint(o, "vcpu", 0), jstr(o, "cpus"))) < 0 ||
-		    (r = append_routes(reply, jget(o, "gp"))) < 0 || (r = append_routes(reply, jget(o, "fixed"))) < 0)
-			return r;
-		r = sd_bus_message_close_container(reply);
-	}
-	return r < 0 ? r : sd_bus_message_close_container(reply);
-}
-
-static int session_prop_events(PROP_ARGS)
-{
-	PROP_UNUSED, (void)prop;
-	struct json_object *evs = jget(userdata, "events");
-	int r = sd_bus_message_open_container(reply, 'a', "(suud)");
-	for (size_t i = 0; r >= 0 && evs && json_object_is_type(evs, json_type_array) &&
-			   i < json_object_array_length(evs); i++) {
-		struct json_object *o = json_object_array_get_idx(evs, i), *sh = jget(o, "share");
-		r = sd_bus_message_append(reply, "(suud)", jstr(o, "event"),
-					  enum_value(placement_names, jstr(o, "placement")),
-					  (uint32_t)jint(o, "dedicated_cpus", 0), sh ? json_object_get_double(sh) : 0.0);
-	}
-	return r < 0 ? r : sd_bus_message_close_container(reply);
-}
-
-static const sd_bus_vtable vm_vtable[] = {
-	SD_BUS_VTABLE_START(0),
-	SD_BUS_PROPERTY("Name", "s", prop_str, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Origin", "s", prop_str, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Priority", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("Class", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("GeneralCounters", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("FixedCounterMask", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("Owner", "(ii)", vm_prop_owner, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("PassthroughVcpus", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("Routes", "a(usauau)", vm_prop_routes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_VTABLE_END
-};
-
-static const sd_bus_vtable session_vtable[] = {
-	SD_BUS_VTABLE_START(0),
-	SD_BUS_PROPERTY("Name", "s", prop_str, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Priority", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Class", "u", prop_u32, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Cpus", "s", prop_str, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Pid", "i", prop_pid, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("OwnerPid", "i", prop_pid, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Events", "a(suud)", session_prop_events, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_VTABLE_END
-};
-
-/* Which snapshot keys each changeable property shows. */
-static const struct { const char *prop, *key; } vm_changeable[] = {
-	{ "Priority", "priority" },   { "Class", "class" },
-	{ "GeneralCounters", "gp" },  { "FixedCounterMask", "fixed_mask" },
-	{ "Owner", "owner" },         { "PassthroughVcpus", "passthrough_vcpus" },
-	{ "Routes", "vcpus" },
-};
-static const struct { const char *prop, *key; } session_changeable[] = { { "Events", "events" } };
-
-static bool differs(struct json_object *a, struct json_object *b, const char *key)
-{
-	return !json_object_equal(jget(a, key), jget(b, key));
-}
-
-/* Emits InterfacesAdded/Removed and PropertiesChanged for one list of the
- * snapshot; s->plan already holds the new one, which the getters read. */
-static void diff_objects(struct dbus_service *s, struct json_object *old, const char *list,
-			 const char *prefix, const char *iface, bool is_vm)
-{
-	struct json_object *oarr = jget(old, list), *narr = jget(s->plan, list);
-	size_t on = oarr ? json_object_array_length(oarr) : 0, nn = narr ? json_object_array_length(narr) : 0;
-	char *path;
-	for (size_t i = 0; i < on; i++) {
-		const char *name = jstr(json_object_array_get_idx(oarr, i), "name");
-		if (find_named(s->plan, list, name) || sd_bus_path_encode(prefix, name, &path) < 0)
-			continue;
-		sd_bus_emit_interfaces_removed(s->bus, path, iface, NULL);
-		free(path);
-	}
-	for (size_t i = 0; i < nn; i++) {
-		struct json_object *n = json_object_array_get_idx(narr, i);
-		struct json_object *o = find_named(old, list, jstr(n, "name"));
-		if (sd_bus_path_encode(prefix, jstr(n, "name"), &path) < 0)
-			continue;
-		if (!o) {
-			sd_bus_emit_interfaces_added(s->bus, path, iface, NULL);
-		} else {
-			char *changed[8];
-			size_t k = 0;
-			if (is_vm) {
-				for (size_t j = 0; j < sizeof(vm_changeable) / sizeof(vm_changeable[0]); j++)
-					if (differs(o, n, vm_changeable[j].key))
-						changed[k++] = (char *)vm_changeable[j].prop;
-			} else {
-				for (size_t j = 0; j < sizeof(session_changeable) / sizeof(session_changeable[0]); j++)
-					if (differs(o, n, session_changeable[j].key))
-						changed[k++] = (char *)session_changeable[j].prop;
-			}
-			changed[k] = NULL;
-			if (k)
-				sd_bus_emit_properties_changed_strv(s->bus, path, iface, changed);
-		}
-		free(path);
-	}
-}
-
-/* Brings the exported objects in line with the broker and tells the bus
- * what changed. Idempotent: a second call with no change emits nothing. */
-static void sync_objects(struct dbus_service *s)
-{
-	struct proto_request req = { .method = PROTO_M_PLAN };
-	struct proto_error err = {0};
-	struct json_object *plan = NULL;
-	if (json_door_call(s->broker, &self_caller, &req, &plan, &err) < 0) {
-		log_err("dbus: reading the plan: %s", err.message);
-		return;
-	}
-	struct json_object *old = s->plan;
-	s->plan = plan;
-	if (old) {
-		diff_objects(s, old, "vms", PATH_VM, IFACE_VM, true);
-		diff_objects(s, old, "sessions", PATH_SESSION, IFACE_SESSION, false);
-		char *changed[4];
-		size_t k = 0;
-		if (jint(old, "generation", 0) != jint(plan, "generation", 0))
-			changed[k++] = "Generation";
-		if (json_object_array_length(jget(old, "vms")) != json_object_array_length(jget(plan, "vms")))
-			changed[k++] = "VmCount";
-		if (json_object_array_length(jget(old, "sessions")) != json_object_array_length(jget(plan, "sessions")))
-			changed[k++] = "SessionCount";
-		changed[k] = NULL;
-		if (k)
-			sd_bus_emit_properties_changed_strv(s->bus, DBUS_SERVICE_PATH, IFACE_MANAGER, changed);
-	}
-	json_object_put(old);
-}
-
-static void emit_plan_changed(struct dbus_service *s, struct json_object *ev)
-{
-	sd_bus_message *sig = NULL;
-	struct json_object *ch = jget(ev, "changes");
-	int r = sd_bus_message_new_signal(s->bus, &sig, DBUS_SERVICE_PATH, IFACE_MANAGER, "PlanChanged");
-	if (r >= 0)
-		r = sd_bus_message_append(sig, "ts", (uint64_t)jint(ev, "generation", 0), jstr(ev, "reason"));
-	if (r >= 0)
-		r = sd_bus_message_open_container(sig, 'a', "a{sv}");
-	for (size_t i = 0; r >= 0 && ch && i < json_object_array_length(ch); i++)
-		r = append_dict(sig, json_object_array_get_idx(ch, i));
-	if (r >= 0)
-		r = sd_bus_message_close_container(sig);
-	if (r >= 0)
-		r = sd_bus_send(s->bus, sig, NULL);
+	int64_t x;
+	int r = read_int(m, sig, field, 0, UINT32_MAX, &x, pe);
 	if (r < 0)
-		log_warn("dbus: cannot emit PlanChanged: %s", strerror(-r));
-	sd_bus_message_unref(sig);
-}
-
-/* Objects first, so that an agent reacting to PlanChanged reads the new
- * properties. */
-static void flush(struct dbus_service *s)
-{
-	sync_objects(s);
-	struct json_object *q = s->queue;
-	s->queue = json_object_new_array();
-	for (size_t i = 0; q && i < json_object_array_length(q); i++)
-		emit_plan_changed(s, json_object_array_get_idx(q, i));
-	json_object_put(q);
-}
-
-static int on_flush(sd_event_source *src, void *userdata)
-{
-	(void)src;
-	flush(userdata);
+		return r;
+	int c = x >= 1 && x <= 3 ? proto_class_from_name(class_names[x]) : -ENOENT;
+	if (c < 0)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field,
+				       "%s: 1 (guaranteed), 2 (preferred) or 3 (shared), got %" PRId64, field, x);
+	*out = (enum proto_class)c;
 	return 0;
 }
 
-/* Broker events arrive from inside broker calls; the bus work waits for the
- * event loop so that it never re-enters the broker. */
-static void on_broker_event(const struct broker_event *ev, void *userdata)
+/* CPU-list text to a set, with the socket decoder's errors. */
+static int parse_cpus(const char *text, const char *field, unsigned max_cpus, struct cpulist *out,
+		      struct proto_error *pe)
 {
-	struct dbus_service *s = userdata;
-	struct json_object *event = json_door_event_object(ev);
-	if (s->queue && event)
-		json_object_array_add(s->queue, event);
-	else
-		json_object_put(event);
-	sd_event_source_set_enabled(s->flush_src, SD_EVENT_ONESHOT);
+	int r = cpulist_parse(text, max_cpus, out);
+	if (r == -ERANGE)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, ERANGE, field, "%s: CPU numbers must be below %u",
+				       field, max_cpus);
+	if (r < 0)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field, "%s: not a CPU list (like \"0-3,8\")",
+				       field);
+	return 0;
 }
 
-/* -------------------------------------------------------------- peers */
+static int read_cpus(sd_bus_message *m, const char *sig, const char *field, unsigned max_cpus,
+		     struct cpulist *out, struct proto_error *pe)
+{
+	const char *text;
+	if (strcmp(sig, "s"))
+		return wrong_type(pe, field, "a CPU list (s)", sig);
+	int r = sd_bus_message_read_basic(m, 's', &text);
+	return r < 0 ? unreadable(pe, field, r) : parse_cpus(text, field, max_cpus, out, pe);
+}
+
+/* vcpus: one CPU list per vCPU. Past PROTO_MAX_VCPUS nothing more is kept
+ * (the bus allows far larger arrays): the count then says "too many" to
+ * proto_request_validate. */
+static int read_vcpu_lists(sd_bus_message *m, const char *sig, const char *field, unsigned max_cpus,
+			   struct proto_vcpus *out, struct proto_error *pe)
+{
+	const char *text;
+	size_t n = 0;
+	int r;
+	if (strcmp(sig, "as"))
+		return wrong_type(pe, field, "one CPU list per vCPU (as)", sig);
+	free(out->cpus);
+	out->cpus = calloc(PROTO_MAX_VCPUS + 1, sizeof(*out->cpus));
+	out->count = 0;
+	if (!out->cpus)
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	if ((r = sd_bus_message_enter_container(m, 'a', "s")) < 0)
+		return unreadable(pe, field, r);
+	while ((r = sd_bus_message_read_basic(m, 's', &text)) > 0) {
+		char item[PROTO_FIELD_MAX];
+		if (n > PROTO_MAX_VCPUS)
+			continue;
+		/* A path that does not fit is cut: it only labels an error. */
+		if (snprintf(item, sizeof(item), "%s[%zu]", field, n) >= (int)sizeof(item))
+			item[sizeof(item) - 1] = '\0';
+		if ((r = parse_cpus(text, item, max_cpus, &out->cpus[n], pe)) < 0)
+			return r;
+		n++;
+	}
+	if (r < 0)
+		return unreadable(pe, field, r);
+	out->count = (uint32_t)n;
+	return exit_container(m, field, pe);
+}
+
+/* owner: {pid, vm_fd}, both required, as on the socket. */
+static int read_owner(sd_bus_message *m, const char *sig, const char *field, struct proto_owner *out,
+		      struct proto_error *pe)
+{
+	bool has_pid = false, has_fd = false;
+	int r;
+	if (strcmp(sig, "a{sv}"))
+		return wrong_type(pe, field, "a{sv} with pid and vm_fd", sig);
+	if ((r = sd_bus_message_enter_container(m, 'a', "{sv}")) < 0)
+		return unreadable(pe, field, r);
+	while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+		const char *key, *contents;
+		char sub[PROTO_FIELD_MAX];
+		if ((r = sd_bus_message_read_basic(m, 's', &key)) < 0)
+			return unreadable(pe, field, r);
+		field_of(sub, sizeof(sub), field, key);
+		bool pid = !strcmp(key, "pid");
+		if (!pid && strcmp(key, "vm_fd"))
+			return proto_error_set(pe, PROTO_E_UNKNOWN_FIELD, EINVAL, sub, "unknown field %s", sub);
+		if (pid ? has_pid : has_fd)
+			return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, sub, "%s: given twice", sub);
+		if ((r = enter_variant(m, sub, &contents, pe)) < 0 ||
+		    (r = read_i32(m, contents, sub, pid ? &out->pid : &out->vm_fd, pe)) < 0 ||
+		    (r = exit_container(m, sub, pe)) < 0 || (r = exit_container(m, sub, pe)) < 0)
+			return r;
+		*(pid ? &has_pid : &has_fd) = true;
+	}
+	if (r < 0)
+		return unreadable(pe, field, r);
+	if ((r = exit_container(m, field, pe)) < 0)
+		return r;
+	char sub[PROTO_FIELD_MAX];
+	if (!has_pid || !has_fd) {
+		field_of(sub, sizeof(sub), field, has_pid ? "vm_fd" : "pid");
+		return missing(pe, sub);
+	}
+	return 0;
+}
+
+static int read_option(struct dbus_service *s, sd_bus_message *m, enum opt k, const char *sig,
+		       const char *field, struct options *o, struct proto_error *pe)
+{
+	switch (k) {
+	case OPT_PRIORITY: return read_u32(m, sig, field, &o->priority, pe);
+	case OPT_CLASS: return read_class(m, sig, field, &o->cls, pe);
+	case OPT_GP: return read_u32(m, sig, field, &o->gp, pe);
+	case OPT_FIXED_MASK: return read_u32(m, sig, field, &o->fixed_mask, pe);
+	case OPT_VCPUS: return read_vcpu_lists(m, sig, field, s->max_cpus, &o->vcpus, pe);
+	case OPT_VCPU_COUNT: return read_u32(m, sig, field, &o->vcpu_count, pe);
+	case OPT_CPUS: return read_cpus(m, sig, field, s->max_cpus, &o->cpus, pe);
+	case OPT_OWNER: return read_owner(m, sig, field, &o->owner, pe);
+	case OPT_PID: return read_i32(m, sig, field, &o->pid, pe);
+	case OPT_OWNER_PID: return read_i32(m, sig, field, &o->owner_pid, pe);
+	case OPT_VM_FD: return read_i32(m, sig, field, &o->vm_fd, pe);
+	default: return proto_error_set(pe, PROTO_E_INTERNAL, EINVAL, NULL, "option %d", (int)k);
+	}
+}
+
+/* The a{sv} options of a method: keys in allowed only, each once. */
+static int read_options(struct dbus_service *s, sd_bus_message *m, unsigned allowed, struct options *o,
+			struct proto_error *pe)
+{
+	int r = sd_bus_message_enter_container(m, 'a', "{sv}");
+	if (r < 0)
+		return unreadable(pe, "params", r);
+	while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+		const char *key, *sig;
+		char field[PROTO_FIELD_MAX];
+		if ((r = sd_bus_message_read_basic(m, 's', &key)) < 0)
+			return unreadable(pe, "params", r);
+		field_of(field, sizeof(field), "params", key);
+		int k = 0;
+		while (k < OPT__COUNT && strcmp(opt_names[k], key))
+			k++;
+		if (k == OPT__COUNT || !(allowed & OPT(k)))
+			return proto_error_set(pe, PROTO_E_UNKNOWN_FIELD, EINVAL, field, "unknown field %s", field);
+		if (o->seen & OPT(k))
+			return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, field, "%s: given twice", field);
+		o->seen |= OPT(k);
+		if ((r = enter_variant(m, field, &sig, pe)) < 0 ||
+		    (r = read_option(s, m, (enum opt)k, sig, field, o, pe)) < 0 ||
+		    (r = exit_container(m, field, pe)) < 0 || (r = exit_container(m, field, pe)) < 0)
+			return r;
+	}
+	if (r < 0)
+		return unreadable(pe, "params", r);
+	return exit_container(m, "params", pe);
+}
+
+/* Both vCPU forms of the socket protocol: vcpus (as), or vcpu_count + cpus.
+ * Returns 1 when given, 0 when neither form is. */
+static int take_vcpus(struct options *o, struct proto_vcpus *out, struct proto_error *pe)
+{
+	bool list = o->seen & OPT(OPT_VCPUS), count = o->seen & OPT(OPT_VCPU_COUNT), cpus = o->seen & OPT(OPT_CPUS);
+	if (list && (count || cpus))
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
+				       "params.vcpus: give either vcpus or vcpu_count + cpus, not both");
+	if (list) {
+		*out = o->vcpus;
+		o->vcpus = (struct proto_vcpus){ 0 };
+		return 1;
+	}
+	if (!count && !cpus)
+		return 0;
+	if (!count)
+		return missing(pe, "params.vcpu_count");
+	if (!cpus)
+		return missing(pe, "params.cpus");
+	if (o->vcpu_count < 1 || o->vcpu_count > PROTO_MAX_VCPUS)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, ERANGE, "params.vcpu_count",
+				       "params.vcpu_count: must be 1..%d", PROTO_MAX_VCPUS);
+	out->cpus = calloc(o->vcpu_count, sizeof(*out->cpus));
+	if (!out->cpus)
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	out->count = o->vcpu_count;
+	for (uint32_t i = 0; i < o->vcpu_count; i++)
+		out->cpus[i] = o->cpus;
+	return 1;
+}
+
+/* Names are bounded by the protocol; a longer one cannot even be held. */
+static int take_name(char *dst, const char *name, struct proto_error *pe)
+{
+	size_t n = strlen(name);
+	if (n > PROTO_NAME_MAX)
+		return proto_error_set(pe, PROTO_E_INVALID_PARAM, EINVAL, "params.name",
+				       "params.name: must be 1..%d characters", PROTO_NAME_MAX);
+	memcpy(dst, name, n + 1);
+	return 0;
+}
+
+/* ------------------------------------------------------------- peers */
 
 static void peer_free(struct peer *p)
 {
-	struct dbus_service *s = p->svc;
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		s->peers = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
+	if (!p)
+		return;
 	sd_bus_track_unref(p->track);
 	broker_conn_unref(p->conn);
 	free(p->name);
 	free(p);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct peer *, peer_free)
 
-/* The agent left the bus: the broker releases what followed it. */
+static void peer_forget(struct dbus_service *s, struct peer *p)
+{
+	for (size_t i = 0; i < s->n_peers; i++)
+		if (s->peers[i] == p) {
+			s->peers[i] = s->peers[--s->n_peers];
+			return;
+		}
+}
+
+/* The peer left the bus: the broker ends what follows its connection. */
 static int on_peer_gone(sd_bus_track *t, void *userdata)
 {
 	struct peer *p = userdata;
-	char reason[160];
+	/* Out of memory, the broker says "its connection closed" instead. */
+	_cleanup_free_ char *reason = alloc_printf("its D-Bus peer %s left the bus", p->name);
 	(void)t;
-	snprintf(reason, sizeof(reason), "its D-Bus peer %s left the bus", p->name);
+	log_info("dbus: peer %s left the bus", p->name);
 	broker_conn_close(p->conn, reason);
+	peer_forget(p->svc, p);
 	peer_free(p);
 	return 0;
 }
 
-static struct peer *peer_get(struct dbus_service *s, const char *sender)
+/*
+ * The broker connection of the peer that sent a call (a new reference),
+ * opened and tracked at its first call. A peer that is gone already gets a
+ * closed connection: the broker then refuses whatever would outlive it.
+ */
+static int peer_conn(struct dbus_service *s, const char *sender, struct broker_conn **out, struct proto_error *pe)
 {
-	for (struct peer *p = s->peers; p; p = p->next)
-		if (!strcmp(p->name, sender))
-			return p;
-	struct peer *p = calloc(1, sizeof(*p));
-	if (!p || !(p->name = strdup(sender)) || broker_conn_open(s->broker, true, &p->conn) < 0 ||
-	    sd_bus_track_new(s->bus, &p->track, on_peer_gone, p) < 0 || sd_bus_track_add_name(p->track, sender) < 0) {
-		if (p) {
-			sd_bus_track_unref(p->track);
-			broker_conn_unref(p->conn);
-			free(p->name);
+	for (size_t i = 0; i < s->n_peers; i++)
+		if (!strcmp(s->peers[i]->name, sender)) {
+			*out = broker_conn_ref(s->peers[i]->conn);
+			return 0;
 		}
-		free(p);
-		return NULL;
-	}
+	_cleanup_(peer_freep) struct peer *p = calloc(1, sizeof(*p));
+	if (!p || !(p->name = strdup(sender)))
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 	p->svc = s;
-	p->next = s->peers;
-	if (s->peers)
-		s->peers->prev = p;
-	s->peers = p;
-	return p;
+	int r = broker_conn_open(s->broker, true, &p->conn);
+	if (r < 0)
+		return proto_error_set(pe, PROTO_E_INTERNAL, -r, NULL, "cannot open a broker connection: %s",
+				       strerror(-r));
+	struct peer **grown = realloc(s->peers, (s->n_peers + 1) * sizeof(*grown));
+	if (!grown)
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+	s->peers = grown;
+	r = sd_bus_track_new(s->bus, &p->track, on_peer_gone, p);
+	if (r >= 0)
+		r = sd_bus_track_add_name(p->track, sender);
+	if (r < 0) {
+		log_notice("dbus: cannot follow peer %s (%s): nothing it asks for may outlive this call", sender,
+			   strerror(-r));
+		broker_conn_close(p->conn, "its D-Bus peer could not be followed");
+		*out = broker_conn_ref(p->conn);
+		return 0;
+	}
+	*out = broker_conn_ref(p->conn);
+	s->peers[s->n_peers++] = TAKE_PTR(p);
+	return 0;
 }
 
-/* ------------------------------------------------------------ requests */
+/* ------------------------------------------------------------- calls */
 
-static void pending_free(struct pending *p)
+static void call_free(struct call *c)
 {
-	struct dbus_service *s = p->svc;
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		s->pending = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
-	sd_bus_slot_unref(p->slot);
-	sd_bus_message_unref(p->call);
-	proto_request_fini(&p->req);
-	broker_conn_unref(p->conn);
-	free(p->sender);
-	free(p);
+	if (!c)
+		return;
+	sd_bus_slot_unref(c->slot);
+	broker_conn_unref(c->conn);
+	free(c->groups);
+	free(c->sender);
+	proto_request_fini(&c->req);
+	sd_bus_message_unref(c->msg);
+	free(c);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct call *, call_free)
+
+static void pending_forget(struct dbus_service *s, struct call *c)
+{
+	for (size_t i = 0; i < s->n_pending; i++)
+		if (s->pending[i] == c) {
+			s->pending[i] = s->pending[--s->n_pending];
+			return;
+		}
+}
+
+static struct broker_caller caller_of(const struct call *c, bool polkit_allowed)
+{
+	return (struct broker_caller){
+		.door = BROKER_DOOR_DBUS,
+		.uid = c->uid,
+		.gid = c->gid,
+		.pid = c->pid,
+		.groups = c->groups,
+		.n_groups = c->n_groups,
+		.polkit_allowed = polkit_allowed,
+		.origin = "dbus",
+		.conn = c->conn,
+	};
+}
+
+/* The groups of a uid from the user database, for a bus that does not say
+ * them; also its primary group when the bus did not give one. */
+static int groups_of_uid(struct call *c, struct proto_error *pe)
+{
+	struct passwd pw, *found = NULL;
+	_cleanup_free_ char *buf = NULL;
+	long hint = sysconf(_SC_GETPW_R_SIZE_MAX);
+	int r;
+	/* A passwd entry larger than 16 MiB is no user's: treated as none. */
+	for (size_t len = hint > 0 ? (size_t)hint : 1024;; len *= 2) {
+		free(buf);
+		if (!(buf = malloc(len)))
+			return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+		if ((r = getpwuid_r(c->uid, &pw, buf, len, &found)) != ERANGE || len >= (1u << 24))
+			break;
+	}
+	/* A uid without a user has no supplementary groups to speak of. */
+	if (r != 0 || !found)
+		return 0;
+	if (c->gid == (gid_t)-1)
+		c->gid = pw.pw_gid;
+	for (int n = 32;;) {
+		int got = n;
+		_cleanup_free_ gid_t *g = malloc((size_t)n * sizeof(*g));
+		if (!g)
+			return proto_error_set(pe, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+		if (getgrouplist(pw.pw_name, pw.pw_gid, g, &got) >= 0) {
+			c->groups = TAKE_PTR(g);
+			c->n_groups = (size_t)got;
+			return 0;
+		}
+		n = got > n ? got : n * 2;
+	}
+}
+
+_Static_assert(sizeof(gid_t) == sizeof(uint32_t), "UnixGroupIDs are gid_t");
+
+/* The answer of GetConnectionCredentials: a{sv} with UnixUserID u,
+ * ProcessID u, UnixGroupIDs au and keys this door does not need. */
+static int creds_from_reply(sd_bus_message *reply, struct call *c, bool *has_uid, bool *has_groups)
+{
+	int r = sd_bus_message_enter_container(reply, 'a', "{sv}");
+	if (r < 0)
+		return r;
+	while ((r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
+		const char *key;
+		uint32_t u;
+		if ((r = sd_bus_message_read_basic(reply, 's', &key)) < 0)
+			return r;
+		if (!strcmp(key, "UnixUserID") || !strcmp(key, "ProcessID")) {
+			if ((r = sd_bus_message_read(reply, "v", "u", &u)) < 0)
+				return r;
+			if (key[0] == 'U') {
+				c->uid = (uid_t)u;
+				*has_uid = true;
+			} else {
+				c->pid = (pid_t)u;
+			}
+		} else if (!strcmp(key, "UnixGroupIDs")) {
+			const void *gids;
+			size_t size;
+			if ((r = sd_bus_message_enter_container(reply, 'v', "au")) < 0 ||
+			    (r = sd_bus_message_read_array(reply, 'u', &gids, &size)) < 0 ||
+			    (r = sd_bus_message_exit_container(reply)) < 0)
+				return r;
+			free(c->groups);
+			c->n_groups = size / sizeof(gid_t);
+			if (!(c->groups = malloc(size ? size : 1)))
+				return -ENOMEM;
+			memcpy(c->groups, gids, size);
+			*has_groups = true;
+		} else if ((r = sd_bus_message_skip(reply, "v")) < 0) {
+			return r;
+		}
+		if ((r = sd_bus_message_exit_container(reply)) < 0)
+			return r;
+	}
+	return r < 0 ? r : sd_bus_message_exit_container(reply);
+}
+
+/*
+ * Who sent the call, as the bus daemon says: uid, pid and groups. The
+ * groups are dbus-daemon's UnixGroupIDs, taken from the connection as the
+ * socket door takes SO_PEERGROUPS (sd-bus does not read them, hence the
+ * call of our own). A bus that gives none gets the user database's groups
+ * of the uid.
+ */
+static int read_creds(struct dbus_service *s, struct call *c, struct proto_error *pe)
+{
+	_cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+	_cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+	bool has_uid = false, has_groups = false;
+	int r = sd_bus_call_method(s->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+				   "GetConnectionCredentials", &e, &reply, "s", c->sender);
+	if (r >= 0)
+		r = creds_from_reply(reply, c, &has_uid, &has_groups);
+	if (r < 0)
+		return proto_error_set(pe, PROTO_E_INTERNAL, -r, NULL, "cannot read the caller's credentials: %s",
+				       e.message ? e.message : strerror(-r));
+	if (!has_uid)
+		return proto_error_set(pe, PROTO_E_INTERNAL, ENODATA, NULL, "the bus did not say which user %s is",
+				       c->sender);
+	/* The bus names no primary group; its list holds it. */
+	c->gid = (gid_t)-1;
+	return has_groups ? 0 : groups_of_uid(c, pe);
 }
 
 static bool changes_state(enum proto_method m)
@@ -799,355 +1152,678 @@ static bool changes_state(enum proto_method m)
 	       m == PROTO_M_VM_BIND || m == PROTO_M_SESSION_START || m == PROTO_M_SESSION_STOP;
 }
 
-/* Runs the request through the broker and answers; frees p. The broker
- * decides: polkit's answer is one of the credentials it weighs. */
-static void finish(struct pending *p, bool polkit_allowed)
+/* The uid that holds the lease a request names, (uid_t)-1 when there is
+ * none (or the method names none). */
+static uid_t lease_owner(const struct broker *b, const struct proto_request *req)
 {
-	struct dbus_service *s = p->svc;
-	const struct proto_request *req = &p->req;
-	struct broker_caller caller = { .door = BROKER_DOOR_DBUS, .uid = p->uid, .gid = p->gid, .pid = p->pid,
-					.polkit_allowed = polkit_allowed, .origin = "dbus", .conn = p->conn };
-	struct json_object *result = NULL;
-	struct proto_error err = {0};
-	int r;
-	if (json_door_call(s->broker, &caller, req, &result, &err) < 0) {
-		r = reply_proto_error(p->call, &err);
-	} else {
-		if (changes_state(req->method))
-			flush(s);
-		r = p->reply(s, p->call, req, result);
-		/* The change is done; the caller must still hear an answer
-		 * (a reply that cannot be built, e.g. too large for the bus). */
+	struct broker_vm_view v;
+	struct broker_session_view sv;
+	switch (req->method) {
+	case PROTO_M_VM_DETACH: return broker_vm_find(b, req->u.vm_detach.name, &v) < 0 ? (uid_t)-1 : v.uid;
+	case PROTO_M_VM_UPDATE: return broker_vm_find(b, req->u.vm_update.name, &v) < 0 ? (uid_t)-1 : v.uid;
+	case PROTO_M_VM_BIND: return broker_vm_find(b, req->u.vm_bind.name, &v) < 0 ? (uid_t)-1 : v.uid;
+	case PROTO_M_VM_SHOW: return broker_vm_find(b, req->u.vm_show.name, &v) < 0 ? (uid_t)-1 : v.uid;
+	case PROTO_M_SESSION_STOP:
+		return broker_session_find(b, req->u.session_stop.name, &sv) < 0 ? (uid_t)-1 : sv.uid;
+	case PROTO_M_SESSION_READ:
+		return broker_session_find(b, req->u.session_read.name, &sv) < 0 ? (uid_t)-1 : sv.uid;
+	default: return (uid_t)-1;
+	}
+}
+
+static void put_object_path(struct out *o, const char *prefix, const char *name)
+{
+	_cleanup_free_ char *path = NULL;
+	if (o->r >= 0)
+		o->r = sd_bus_path_encode(prefix, name, &path);
+	if (o->r >= 0)
+		o->r = sd_bus_message_append(o->m, "o", path);
+}
+
+/*
+ * Calls the broker for req and renders the result into o, at once: views
+ * are borrowed until the broker's next change. Returns the broker's answer
+ * (pe filled on refusal); o->r says whether the rendering worked.
+ */
+static int perform(struct dbus_service *s, const struct broker_caller *c, const struct proto_request *req,
+		   struct out *o, struct proto_error *pe)
+{
+	struct broker *b = s->broker;
+	uint64_t gen = 0;
+	int r = 0;
+	switch (req->method) {
+	case PROTO_M_STATUS: {
+		struct broker_status st;
+		broker_status(b, &st);
+		open_c(o, 'a', "{sv}");
+		put_status(o, &st);
+		close_c(o);
+		return 0;
+	}
+	case PROTO_M_PMU: {
+		struct broker_pmu_view p;
+		broker_pmu(b, &p);
+		open_c(o, 'a', "{sv}");
+		put_pmu(o, &p);
+		close_c(o);
+		return 0;
+	}
+	case PROTO_M_PLAN:
+		open_c(o, 'a', "{sv}");
+		put_plan(o, b, &req->u.plan);
+		close_c(o);
+		return 0;
+	case PROTO_M_VM_ATTACH: {
+		struct broker_attach_result res = { 0 };
+		if ((r = broker_vm_attach(b, c, &req->u.vm_attach, &res, pe)) < 0)
+			return r;
+		put_object_path(o, PATH_VM, req->u.vm_attach.name);
+		open_c(o, 'a', "{sv}");
+		put_s(o, "name", req->u.vm_attach.name);
+		put_t(o, "generation", res.generation);
+		nested_begin(o, "granted", "a{sv}");
+		put_x(o, "passthrough_vcpus", res.passthrough_vcpus);
+		put_x(o, "multiplexed_vcpus", res.multiplexed_vcpus);
+		nested_end(o);
+		put_b(o, "bound", res.bound);
+		close_c(o);
+		return 0;
+	}
+	case PROTO_M_VM_UPDATE:
+	case PROTO_M_VM_BIND: {
+		bool update = req->method == PROTO_M_VM_UPDATE;
+		const char *name = update ? req->u.vm_update.name : req->u.vm_bind.name;
+		r = update ? broker_vm_update(b, c, &req->u.vm_update, &gen, pe)
+			   : broker_vm_bind(b, c, &req->u.vm_bind, &gen, pe);
 		if (r < 0)
-			r = sd_bus_reply_method_errorf(p->call, "org.vpmu.Broker1.Error.Internal",
-						       "the result could not be sent: %s", strerror(-r));
+			return r;
+		open_c(o, 'a', "{sv}");
+		put_s(o, "name", name);
+		put_t(o, "generation", gen);
+		close_c(o);
+		return 0;
+	}
+	case PROTO_M_VM_DETACH:
+	case PROTO_M_SESSION_STOP:
+		r = req->method == PROTO_M_VM_DETACH ? broker_vm_detach(b, c, req->u.vm_detach.name, &gen, pe)
+						     : broker_session_stop(b, c, req->u.session_stop.name, &gen, pe);
+		if (r < 0)
+			return r;
+		if (o->r >= 0)
+			o->r = sd_bus_message_append(o->m, "t", gen);
+		return 0;
+	case PROTO_M_SESSION_START: {
+		struct broker_session_view sv;
+		if ((r = broker_session_start(b, c, &req->u.session_start, &gen, pe)) < 0)
+			return r;
+		put_object_path(o, PATH_SESSION, req->u.session_start.name);
+		open_c(o, 'a', "{sv}");
+		put_s(o, "name", req->u.session_start.name);
+		put_t(o, "generation", gen);
+		if ((r = broker_session_find(b, req->u.session_start.name, &sv)) < 0 && o->r >= 0)
+			o->r = r;
+		if (r == 0)
+			put_session_events(o, b, &sv);
+		close_c(o);
+		return 0;
+	}
+	case PROTO_M_SESSION_READ: {
+		struct broker_reading *rd = NULL;
+		if ((r = broker_session_read(b, c, req->u.session_read.name, &rd, pe)) < 0)
+			return r;
+		open_c(o, 'a', "{sv}");
+		put_reading(o, rd);
+		close_c(o);
+		broker_reading_free(rd);
+		return 0;
+	}
+	default:
+		return proto_error_set(pe, PROTO_E_UNKNOWN_METHOD, EOPNOTSUPP, NULL,
+				       "%s is not served on the bus", proto_method_name(req->method));
+	}
+}
+
+/* Runs the call through the broker and answers it. */
+static void run(struct call *c, bool polkit_allowed)
+{
+	struct dbus_service *s = c->svc;
+	struct broker_caller caller = caller_of(c, polkit_allowed);
+	_cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+	struct proto_error pe = { 0 };
+	int r = sd_bus_message_new_method_return(c->msg, &reply);
+	if (r < 0) {
+		/* Nothing done: without a reply the caller would not learn the outcome. */
+		r = sd_bus_reply_method_errorf(c->msg, ERROR_PREFIX "Internal", "cannot build a reply: %s",
+					       strerror(-r));
+	} else {
+		struct out o = { .m = reply };
+		r = perform(s, &caller, &c->req, &o, &pe);
+		if (r >= 0 && changes_state(c->req.method))
+			flush(s); /* signals before the answer: a caller reads what it caused */
+		if (r < 0)
+			r = reply_error(c->msg, &pe);
+		else if (o.r < 0)
+			/* The change is done; the caller must still hear of it. */
+			r = sd_bus_reply_method_errorf(c->msg, ERROR_PREFIX "Internal",
+						       "done, but the result could not be sent: %s", strerror(-o.r));
+		else
+			r = sd_bus_send(NULL, reply, NULL);
 	}
 	if (r < 0)
-		log_warn("dbus: cannot answer %s: %s", p->sender, strerror(-r));
-	json_object_put(result);
-	pending_free(p);
+		log_warn("dbus: cannot answer %s: %s", c->sender, strerror(-r));
 }
 
 static int on_polkit(sd_bus_message *reply, void *userdata, sd_bus_error *e)
 {
-	struct pending *p = userdata;
+	_cleanup_(call_freep) struct call *c = userdata;
 	const sd_bus_error *pe = sd_bus_message_get_error(reply);
 	int authorized = 0, challenge = 0;
 	(void)e;
+	pending_forget(c->svc, c);
+	c->slot = sd_bus_slot_unref(c->slot);
 	if (pe) {
-		/* No polkit, or polkit failing, grants nothing. */
-		log_notice("dbus: polkit could not check %s (uid %u): %s: treated as not authorized",
-			   p->sender, (unsigned)p->uid, pe->message ? pe->message : pe->name);
+		/* No polkit, polkit failing or not answering in time grants nothing. */
+		log_notice("dbus: polkit could not check %s (uid %u): %s: treated as not authorized", c->sender,
+			   (unsigned)c->uid, pe->message ? pe->message : pe->name);
 	} else if (sd_bus_message_enter_container(reply, 'r', "bba{ss}") < 0 ||
 		   sd_bus_message_read(reply, "bb", &authorized, &challenge) < 0) {
-		log_warn("dbus: unreadable polkit answer for %s: treated as not authorized", p->sender);
+		log_warn("dbus: unreadable polkit answer for %s: treated as not authorized", c->sender);
 		authorized = 0;
 	}
-	log_info("dbus: polkit: %s (uid %u) %s for " DBUS_SERVICE_POLKIT_ACTION, p->sender, (unsigned)p->uid,
-		 authorized ? "authorized" : "not authorized");
-	p->slot = sd_bus_slot_unref(p->slot);
-	finish(p, authorized);
+	log_info("dbus: polkit: %s (uid %u) %s for " DBUS_SERVICE_POLKIT_ACTION " (%s)", c->sender,
+		 (unsigned)c->uid, authorized ? "authorized" : "not authorized", proto_method_name(c->req.method));
+	run(c, authorized);
+	return 1;
+}
+
+/* Asks polkit about the caller, without interaction; the call is answered
+ * when polkit answers. Takes c. */
+static int ask_polkit(struct call *c)
+{
+	struct dbus_service *s = c->svc;
+	_cleanup_(call_freep) struct call *owned = c;
+	struct call **grown = realloc(s->pending, (s->n_pending + 1) * sizeof(*grown));
+	int r = grown ? 0 : -ENOMEM;
+	if (grown)
+		s->pending = grown;
+	if (r >= 0)
+		r = sd_bus_call_method_async(s->bus, &c->slot, "org.freedesktop.PolicyKit1",
+					     "/org/freedesktop/PolicyKit1/Authority",
+					     "org.freedesktop.PolicyKit1.Authority", "CheckAuthorization", on_polkit, c,
+					     "(sa{sv})sa{ss}us", "system-bus-name", 1, "name", "s", c->sender,
+					     DBUS_SERVICE_POLKIT_ACTION, 0, 0, "");
+	if (r < 0) {
+		log_notice("dbus: cannot ask polkit about %s: %s: treated as not authorized", c->sender,
+			   strerror(-r));
+		run(c, false);
+		return 1;
+	}
+	s->pending[s->n_pending++] = TAKE_PTR(owned);
 	return 1;
 }
 
 /*
  * The common path of every method: validate as the socket does, learn who
- * asks, ask polkit (asynchronously) for a change the caller's credentials
- * alone do not allow, and let the broker decide and do the rest. Takes
- * params.
+ * asks, let the broker say whether the caller may; only when it may not,
+ * and the caller is no admin by credentials, ask polkit. The broker checks
+ * again in the operation itself, with polkit's answer. Takes req.
  */
-static int dispatch(sd_bus_message *m, struct dbus_service *s, enum proto_method method,
-		    struct json_object *params, reply_fn reply, sd_bus_error *e)
+static int dispatch(struct dbus_service *s, sd_bus_message *m, struct proto_request *req)
 {
-	struct json_object *obj = json_object_new_object();
-	struct proto_error perr = {0};
-	bool id_known;
-	uint64_t id;
-	struct pending *p = calloc(1, sizeof(*p));
-	if (!obj || !p) {
-		json_object_put(obj);
-		json_object_put(params);
-		free(p);
-		return -ENOMEM;
-	}
-	json_object_object_add(obj, "id", json_object_new_int(0));
-	json_object_object_add(obj, "method", json_object_new_string(proto_method_name(method)));
-	if (params)
-		json_object_object_add(obj, "params", params);
-	int r = proto_request_from_json(obj, s->max_cpus, &p->req, &id_known, &id, &perr);
-	json_object_put(obj);
-	if (r < 0) {
-		proto_request_fini(&p->req);
-		free(p);
-		r = reply_proto_error(m, &perr);
-		return r < 0 ? r : 1;
-	}
-	p->svc = s;
-	p->reply = reply;
-	p->call = sd_bus_message_ref(m);
-	p->next = s->pending;
-	if (s->pending)
-		s->pending->prev = p;
-	s->pending = p;
-
-	sd_bus_creds *c = NULL;
-	uid_t uid = (uid_t)-1;
-	gid_t gid = (gid_t)-1;
-	pid_t pid = 0;
-	r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_UID | SD_BUS_CREDS_EGID |
-					 SD_BUS_CREDS_GID | SD_BUS_CREDS_PID, &c);
-	if (r >= 0 && sd_bus_creds_get_euid(c, &uid) < 0)
-		r = sd_bus_creds_get_uid(c, &uid);
-	if (r >= 0 && sd_bus_creds_get_egid(c, &gid) < 0)
-		sd_bus_creds_get_gid(c, &gid);
-	if (r >= 0)
-		sd_bus_creds_get_pid(c, &pid);
-	sd_bus_creds_unref(c);
+	struct proto_error pe = { 0 };
+	int r = proto_request_validate(req, s->max_cpus, &pe);
+	if (r < 0)
+		return reply_error(m, &pe);
+	_cleanup_(call_freep) struct call *c = calloc(1, sizeof(*c));
 	const char *sender = sd_bus_message_get_sender(m);
-	p->sender = strdup(sender ? sender : "?");
-	if (r < 0 || !p->sender) {
-		pending_free(p);
-		return sd_bus_error_setf(e, ERROR_PREFIX "Internal", "cannot read the caller's credentials: %s",
-					 strerror(r < 0 ? -r : ENOMEM));
-	}
-	p->uid = uid;
-	p->gid = gid;
-	p->pid = pid;
-	if (changes_state(method)) {
-		/* The caller's connection, from now on: if it leaves while polkit
-		 * thinks, the broker refuses the request when it arrives. */
-		struct peer *peer = peer_get(s, p->sender);
-		if (!peer) {
-			pending_free(p);
-			return sd_bus_error_setf(e, ERROR_PREFIX "Internal", "cannot follow the caller's connection");
-		}
-		p->conn = broker_conn_ref(peer->conn);
-	}
-	/* Polkit only when the credentials alone do not allow it. */
-	struct broker_caller who = { .door = BROKER_DOOR_DBUS, .uid = uid, .gid = gid, .pid = pid };
-	uid_t owner = (uid_t)-1;
-	struct broker_session_view sv;
-	if ((method == PROTO_M_SESSION_STOP || method == PROTO_M_SESSION_READ) &&
-	    broker_session_find(s->broker, p->req.u.session_stop.name, &sv) == 0)
-		owner = sv.uid;
-	if (broker_method_right(method) == BROKER_RIGHT_ANYONE ||
-	    broker_authorize(s->broker, &who, method, owner, NULL) == 0) {
-		finish(p, false);
+	if (!c || !(c->sender = strdup(sender ? sender : "?")))
+		return -ENOMEM;
+	c->svc = s;
+	c->msg = sd_bus_message_ref(m);
+	c->req = *req;
+	*req = (struct proto_request){ 0 };
+	if ((r = read_creds(s, c, &pe)) < 0 || (r = peer_conn(s, c->sender, &c->conn, &pe)) < 0)
+		return reply_error(m, &pe);
+
+	struct broker_caller caller = caller_of(c, false);
+	enum broker_right right = broker_method_right(c->req.method);
+	uid_t owner = lease_owner(s->broker, &c->req);
+	/* No such lease: the operation itself says so, polkit could not help. */
+	bool nothing_to_own = right == BROKER_RIGHT_OWNER_OR_ADMIN && owner == (uid_t)-1;
+	if (right == BROKER_RIGHT_ANYONE || nothing_to_own ||
+	    broker_authorize(s->broker, &caller, c->req.method, owner, &pe) == 0) {
+		run(c, false);
 		return 1;
 	}
-	r = sd_bus_call_method_async(s->bus, &p->slot, "org.freedesktop.PolicyKit1",
-				     "/org/freedesktop/PolicyKit1/Authority", "org.freedesktop.PolicyKit1.Authority",
-				     "CheckAuthorization", on_polkit, p, "(sa{sv})sa{ss}us", "system-bus-name", 1,
-				     "name", "s", p->sender, DBUS_SERVICE_POLKIT_ACTION, 0, 0, "");
-	if (r < 0) {
-		log_notice("dbus: cannot ask polkit about %s: %s: treated as not authorized", p->sender,
-			   strerror(-r));
-		finish(p, false);
-	}
-	return 1;
-}
-
-/* ------------------------------------------------------------- replies */
-
-static int reply_dict(struct dbus_service *s, sd_bus_message *call, const struct proto_request *req,
-		      struct json_object *result)
-{
-	sd_bus_message *rep = NULL;
-	(void)s, (void)req;
-	int r = sd_bus_message_new_method_return(call, &rep);
-	if (r >= 0)
-		r = append_dict(rep, result);
-	if (r >= 0)
-		r = sd_bus_send(NULL, rep, NULL);
-	sd_bus_message_unref(rep);
-	return r;
-}
-
-static int reply_generation(struct dbus_service *s, sd_bus_message *call, const struct proto_request *req,
-			    struct json_object *result)
-{
-	(void)s, (void)req;
-	return sd_bus_reply_method_return(call, "t", (uint64_t)jint(result, "generation", 0));
-}
-
-/* AttachVM / StartSession: the new object's path, then the broker's result. */
-static int reply_object(struct dbus_service *s, sd_bus_message *call, const struct proto_request *req,
-			struct json_object *result)
-{
-	bool vm = req->method == PROTO_M_VM_ATTACH;
-	char *path = NULL;
-	sd_bus_message *rep = NULL;
-	(void)s;
-	int r = sd_bus_path_encode(vm ? PATH_VM : PATH_SESSION,
-				   vm ? req->u.vm_attach.name : req->u.session_start.name, &path);
-	if (r >= 0)
-		r = sd_bus_message_new_method_return(call, &rep);
-	if (r >= 0)
-		r = sd_bus_message_append(rep, "o", path);
-	if (r >= 0)
-		r = append_dict(rep, result);
-	if (r >= 0)
-		r = sd_bus_send(NULL, rep, NULL);
-	sd_bus_message_unref(rep);
-	free(path);
-	return r;
+	if (broker_caller_is_admin(s->broker, &caller))
+		return reply_error(m, &pe);
+	return ask_polkit(TAKE_PTR(c));
 }
 
 /* ------------------------------------------------------------- methods */
 
-static struct json_object *name_params(const char *name)
-{
-	struct json_object *o = json_object_new_object();
-	if (o)
-		json_object_object_add(o, "name", json_object_new_string(name));
-	return o;
-}
-
-/* (s name, a{sv} options): the name joins the options. */
-static int named_with_options(sd_bus_message *m, void *userdata, sd_bus_error *e, enum proto_method method,
-			      reply_fn reply)
-{
-	const char *name;
-	struct json_object *o = NULL;
-	int r = sd_bus_message_read(m, "s", &name);
-	if (r < 0 || (r = read_options(m, &o, e)) < 0)
-		return r;
-	if (jget(o, "name")) {
-		json_object_put(o);
-		return invalid_param(e, "%s: the name is the first argument, not an option", "name");
-	}
-	json_object_object_add(o, "name", json_object_new_string(name));
-	return dispatch(m, userdata, method, o, reply, e);
-}
-
 static int m_attach_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	return named_with_options(m, userdata, e, PROTO_M_VM_ATTACH, reply_object);
+	_cleanup_(request_finip) struct proto_request req = { .method = PROTO_M_VM_ATTACH };
+	_cleanup_(options_fini) struct options o = { 0 };
+	struct proto_vm_attach *a = &req.u.vm_attach;
+	struct proto_error pe = { 0 };
+	const char *name;
+	(void)e;
+	int r = sd_bus_message_read(m, "s", &name);
+	if (r < 0)
+		return r;
+	if (take_name(a->name, name, &pe) < 0 || read_options(userdata, m, OPTS_ATTACH, &o, &pe) < 0)
+		return reply_error(m, &pe);
+	/* Absent priority and class: the daemon's configured defaults apply. */
+	a->priority = PROTO_DEFAULT_PRIORITY;
+	a->cls = PROTO_CLASS_PREFERRED;
+	if ((a->has_priority = o.seen & OPT(OPT_PRIORITY)))
+		a->priority = o.priority;
+	if ((a->has_class = o.seen & OPT(OPT_CLASS)))
+		a->cls = o.cls;
+	a->gp = o.gp;
+	a->fixed_mask = o.fixed_mask;
+	if ((a->has_owner = o.seen & OPT(OPT_OWNER)))
+		a->owner = o.owner;
+	if ((r = take_vcpus(&o, &a->vcpus, &pe)) == 0)
+		r = missing(&pe, "params.vcpus");
+	if (r < 0)
+		return reply_error(m, &pe);
+	return dispatch(userdata, m, &req);
 }
 
 static int m_update_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	return named_with_options(m, userdata, e, PROTO_M_VM_UPDATE, reply_dict);
+	_cleanup_(request_finip) struct proto_request req = { .method = PROTO_M_VM_UPDATE };
+	_cleanup_(options_fini) struct options o = { 0 };
+	struct proto_vm_update *u = &req.u.vm_update;
+	struct proto_error pe = { 0 };
+	const char *name;
+	(void)e;
+	int r = sd_bus_message_read(m, "s", &name);
+	if (r < 0)
+		return r;
+	if (take_name(u->name, name, &pe) < 0 || read_options(userdata, m, OPTS_UPDATE, &o, &pe) < 0)
+		return reply_error(m, &pe);
+	u->has_priority = o.seen & OPT(OPT_PRIORITY);
+	u->priority = o.priority;
+	u->has_class = o.seen & OPT(OPT_CLASS);
+	u->cls = o.cls;
+	u->has_gp = o.seen & OPT(OPT_GP);
+	u->gp = o.gp;
+	u->has_fixed_mask = o.seen & OPT(OPT_FIXED_MASK);
+	u->fixed_mask = o.fixed_mask;
+	if ((r = take_vcpus(&o, &u->vcpus, &pe)) < 0)
+		return reply_error(m, &pe);
+	u->has_vcpus = r > 0;
+	return dispatch(userdata, m, &req);
 }
 
 static int m_bind_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
+	_cleanup_(request_finip) struct proto_request req = { .method = PROTO_M_VM_BIND };
+	_cleanup_(options_fini) struct options o = { 0 };
+	struct proto_vm_bind *q = &req.u.vm_bind;
+	struct proto_error pe = { 0 };
 	const char *name;
 	uint32_t pid;
-	struct json_object *o = NULL;
+	(void)e;
 	int r = sd_bus_message_read(m, "su", &name, &pid);
-	if (r < 0 || (r = read_options(m, &o, e)) < 0)
-		return r;
-	json_object_object_add(o, "name", json_object_new_string(name));
-	json_object_object_add(o, "pid", json_object_new_int64(pid));
-	return dispatch(m, userdata, PROTO_M_VM_BIND, o, reply_dict, e);
-}
-
-static int name_only(sd_bus_message *m, void *userdata, sd_bus_error *e, enum proto_method method,
-		     reply_fn reply)
-{
-	const char *name;
-	int r = sd_bus_message_read(m, "s", &name);
 	if (r < 0)
 		return r;
-	return dispatch(m, userdata, method, name_params(name), reply, e);
-}
-
-static int m_detach_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
-{
-	return name_only(m, userdata, e, PROTO_M_VM_DETACH, reply_generation);
-}
-
-static int m_read_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
-{
-	return name_only(m, userdata, e, PROTO_M_SESSION_READ, reply_dict);
-}
-
-static int m_stop_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
-{
-	return name_only(m, userdata, e, PROTO_M_SESSION_STOP, reply_generation);
+	if (take_name(q->name, name, &pe) < 0 || read_options(userdata, m, OPTS_BIND, &o, &pe) < 0)
+		return reply_error(m, &pe);
+	if (pid > INT32_MAX) {
+		proto_error_set(&pe, PROTO_E_INVALID_PARAM, ERANGE, "params.pid", "params.pid: must be 1..%d",
+				PROTO_MAX_PID);
+		return reply_error(m, &pe);
+	}
+	q->pid = (int32_t)pid;
+	if ((q->has_vm_fd = o.seen & OPT(OPT_VM_FD)))
+		q->vm_fd = o.vm_fd;
+	return dispatch(userdata, m, &req);
 }
 
 static int m_start_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	const char *name;
-	struct json_object *o = NULL, *evs = NULL;
+	_cleanup_(request_finip) struct proto_request req = { .method = PROTO_M_SESSION_START };
+	_cleanup_(options_fini) struct options o = { 0 };
+	struct proto_session_start *q = &req.u.session_start;
+	struct proto_error pe = { 0 };
+	const char *name, *event;
+	(void)e;
 	int r = sd_bus_message_read(m, "s", &name);
-	if (r < 0 || (r = read_value(m, &evs, 1, e)) < 0)
+	if (r < 0)
 		return r;
-	if ((r = read_options(m, &o, e)) < 0) {
-		json_object_put(evs);
+	if (take_name(q->name, name, &pe) < 0)
+		return reply_error(m, &pe);
+	/* Past PROTO_MAX_EVENTS nothing more is kept: the count then says
+	 * "too many" to proto_request_validate. */
+	q->events = calloc(PROTO_MAX_EVENTS + 1, sizeof(*q->events));
+	if (!q->events)
+		return -ENOMEM;
+	if ((r = sd_bus_message_enter_container(m, 'a', "s")) < 0)
 		return r;
+	while ((r = sd_bus_message_read_basic(m, 's', &event)) > 0) {
+		if (q->n_events > PROTO_MAX_EVENTS)
+			continue;
+		if (!(q->events[q->n_events] = strdup(event)))
+			return -ENOMEM;
+		q->n_events++;
 	}
-	if (jget(o, "name") || jget(o, "events")) {
-		json_object_put(o);
-		json_object_put(evs);
-		return invalid_param(e, "%s: name and events are arguments, not options", "options");
-	}
-	json_object_object_add(o, "name", json_object_new_string(name));
-	json_object_object_add(o, "events", evs);
-	return dispatch(m, userdata, PROTO_M_SESSION_START, o, reply_object, e);
+	if (r < 0 || (r = sd_bus_message_exit_container(m)) < 0)
+		return r;
+	if (read_options(userdata, m, OPTS_SESSION, &o, &pe) < 0)
+		return reply_error(m, &pe);
+	q->priority = o.seen & OPT(OPT_PRIORITY) ? o.priority : PROTO_DEFAULT_PRIORITY;
+	q->cls = o.seen & OPT(OPT_CLASS) ? o.cls : PROTO_CLASS_PREFERRED;
+	if ((q->has_cpus = o.seen & OPT(OPT_CPUS)))
+		q->cpus = o.cpus;
+	q->pid = o.pid;
+	q->owner_pid = o.owner_pid;
+	return dispatch(userdata, m, &req);
+}
+
+static int name_only(sd_bus_message *m, void *userdata, enum proto_method method)
+{
+	_cleanup_(request_finip) struct proto_request req = { .method = method };
+	struct proto_error pe = { 0 };
+	const char *name;
+	char *dst = method == PROTO_M_VM_DETACH ? req.u.vm_detach.name
+		    : method == PROTO_M_SESSION_STOP ? req.u.session_stop.name : req.u.session_read.name;
+	int r = sd_bus_message_read(m, "s", &name);
+	if (r < 0)
+		return r;
+	if (take_name(dst, name, &pe) < 0)
+		return reply_error(m, &pe);
+	return dispatch(userdata, m, &req);
+}
+
+static int m_detach_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
+{
+	(void)e;
+	return name_only(m, userdata, PROTO_M_VM_DETACH);
+}
+
+static int m_read_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
+{
+	(void)e;
+	return name_only(m, userdata, PROTO_M_SESSION_READ);
+}
+
+static int m_stop_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
+{
+	(void)e;
+	return name_only(m, userdata, PROTO_M_SESSION_STOP);
 }
 
 static int m_get_plan(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	struct json_object *o = NULL;
-	int r = read_options(m, &o, e);
-	if (r < 0)
-		return r;
-	return dispatch(m, userdata, PROTO_M_PLAN, o, reply_dict, e);
+	_cleanup_(request_finip) struct proto_request req = { .method = PROTO_M_PLAN };
+	_cleanup_(options_fini) struct options o = { 0 };
+	struct proto_error pe = { 0 };
+	(void)e;
+	if (read_options(userdata, m, OPTS_PLAN, &o, &pe) < 0)
+		return reply_error(m, &pe);
+	if ((req.u.plan.has_cpus = o.seen & OPT(OPT_CPUS)))
+		req.u.plan.cpus = o.cpus;
+	return dispatch(userdata, m, &req);
 }
 
 static int m_get_pmu(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	return dispatch(m, userdata, PROTO_M_PMU, NULL, reply_dict, e);
+	struct proto_request req = { .method = PROTO_M_PMU };
+	(void)e;
+	return dispatch(userdata, m, &req);
 }
 
 static int m_get_status(sd_bus_message *m, void *userdata, sd_bus_error *e)
 {
-	return dispatch(m, userdata, PROTO_M_STATUS, NULL, reply_dict, e);
+	struct proto_request req = { .method = PROTO_M_STATUS };
+	(void)e;
+	return dispatch(userdata, m, &req);
 }
 
-/* ---------------------------------------------------- manager properties */
+/* ------------------------------------------------------------ objects */
 
-static struct json_object *read_view(struct dbus_service *s, enum proto_method method)
+#define PROP_ARGS sd_bus *bus, const char *path, const char *iface, const char *prop, \
+		  sd_bus_message *reply, void *userdata, sd_bus_error *e
+#define PROP_UNUSED (void)bus, (void)iface
+
+/* VM and session objects share their plumbing; the kind says which. */
+enum kind { KIND_VM, KIND_SESSION };
+static const char *const kind_prefix[] = { [KIND_VM] = PATH_VM, [KIND_SESSION] = PATH_SESSION };
+
+/* The lease name in an object path; -ENOENT when it names none. */
+static int name_of_path(const char *path, enum kind k, char **name)
 {
-	struct proto_request req = { .method = method };
-	struct proto_error err = {0};
-	struct json_object *res = NULL;
-	if (json_door_call(s->broker, &self_caller, &req, &res, &err) < 0)
-		log_warn("dbus: %s: %s", proto_method_name(method), err.message);
-	return res;
+	int r = sd_bus_path_decode(path, kind_prefix[k], name);
+	if (r <= 0)
+		return r < 0 ? r : -ENOENT;
+	if (strlen(*name) <= PROTO_NAME_MAX)
+		return 0;
+	free(*name);
+	*name = NULL;
+	return -ENOENT;
 }
+
+/* The VM or session an object path names, read from the broker now. */
+static int vm_of_path(const struct dbus_service *s, const char *path, struct broker_vm_view *v)
+{
+	_cleanup_free_ char *name = NULL;
+	int r = name_of_path(path, KIND_VM, &name);
+	return r < 0 ? r : broker_vm_find(s->broker, name, v);
+}
+
+static int session_of_path(const struct dbus_service *s, const char *path, struct broker_session_view *v)
+{
+	_cleanup_free_ char *name = NULL;
+	int r = name_of_path(path, KIND_SESSION, &name);
+	return r < 0 ? r : broker_session_find(s->broker, name, v);
+}
+
+/* sd-bus's object lookup: 1 when the path names a lease now. */
+static int object_find(const struct dbus_service *s, enum kind k, const char *path)
+{
+	_cleanup_free_ char *name = NULL;
+	int r = name_of_path(path, k, &name);
+	if (r >= 0)
+		r = k == KIND_VM ? broker_vm_find(s->broker, name, NULL) : broker_session_find(s->broker, name, NULL);
+	return r == -ENOENT ? 0 : r < 0 ? r : 1;
+}
+
+static int vm_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
+		   sd_bus_error *e)
+{
+	(void)bus, (void)iface, (void)e;
+	int r = object_find(userdata, KIND_VM, path);
+	if (r > 0)
+		*found = userdata;
+	return r;
+}
+
+static int session_find(sd_bus *bus, const char *path, const char *iface, void *userdata, void **found,
+			sd_bus_error *e)
+{
+	(void)bus, (void)iface, (void)e;
+	int r = object_find(userdata, KIND_SESSION, path);
+	if (r > 0)
+		*found = userdata;
+	return r;
+}
+
+/* Every VM's or session's object path, in arrival order. */
+static int enumerate(const struct dbus_service *s, enum kind k, char ***nodes)
+{
+	size_t n = k == KIND_VM ? broker_vm_count(s->broker) : broker_session_count(s->broker);
+	_cleanup_strv_free_ char **v = calloc(n + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct broker_vm_view vv;
+		struct broker_session_view sv;
+		if (k == KIND_VM)
+			broker_vm_at(s->broker, i, &vv);
+		else
+			broker_session_at(s->broker, i, &sv);
+		int r = sd_bus_path_encode(kind_prefix[k], k == KIND_VM ? vv.name : sv.name, &v[i]);
+		if (r < 0)
+			return r;
+	}
+	*nodes = TAKE_PTR(v);
+	return 1;
+}
+
+static int vm_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *e)
+{
+	(void)bus, (void)prefix, (void)e;
+	return enumerate(userdata, KIND_VM, nodes);
+}
+
+static int session_enumerate(sd_bus *bus, const char *prefix, void *userdata, char ***nodes,
+			     sd_bus_error *e)
+{
+	(void)bus, (void)prefix, (void)e;
+	return enumerate(userdata, KIND_SESSION, nodes);
+}
+
+static int vm_prop(PROP_ARGS)
+{
+	const struct dbus_service *s = userdata;
+	struct broker_vm_view v;
+	PROP_UNUSED;
+	if (vm_of_path(s, path, &v) < 0)
+		return sd_bus_error_setf(e, SD_BUS_ERROR_UNKNOWN_OBJECT, "no VM at %s", path);
+	if (!strcmp(prop, "Name"))
+		return sd_bus_message_append(reply, "s", v.name);
+	if (!strcmp(prop, "Origin"))
+		return sd_bus_message_append(reply, "s", v.origin);
+	if (!strcmp(prop, "Priority"))
+		return sd_bus_message_append(reply, "u", v.priority);
+	if (!strcmp(prop, "Class"))
+		return sd_bus_message_append(reply, "u", wire_class(v.cls));
+	if (!strcmp(prop, "GeneralCounters"))
+		return sd_bus_message_append(reply, "u", v.gp);
+	if (!strcmp(prop, "FixedCounterMask"))
+		return sd_bus_message_append(reply, "u", v.fixed_mask);
+	if (!strcmp(prop, "PassthroughVcpus"))
+		return sd_bus_message_append(reply, "u", (uint32_t)v.passthrough_vcpus);
+	if (!strcmp(prop, "Owner"))
+		return sd_bus_message_append(reply, "(ii)", (int32_t)(v.bound ? v.vmm_pid : 0),
+					     (int32_t)(v.bound ? v.vm_fd : -1));
+	/* Routes: per vCPU, its index, CPU list, gp routes, fixed routes. */
+	struct out o = { .m = reply };
+	open_c(&o, 'a', "(usauau)");
+	for (uint32_t i = 0; i < v.n_vcpus && o.r >= 0; i++) {
+		struct broker_vcpu_view vc;
+		int r = broker_vm_vcpu(s->broker, v.id, i, &vc);
+		if (r < 0)
+			return r;
+		_cleanup_free_ char *cpus = cpulist_to_text(vc.cpus);
+		if (!cpus)
+			return -ENOMEM;
+		open_c(&o, 'r', "usauau");
+		if (o.r >= 0)
+			o.r = sd_bus_message_append(reply, "us", vc.vcpu, cpus);
+		append_routes(&o, vc.n_gp, vc.gp, vc.pmu_fixed_mask, vc.fixed, true);
+		append_routes(&o, vc.n_gp, vc.gp, vc.pmu_fixed_mask, vc.fixed, false);
+		close_c(&o);
+	}
+	close_c(&o);
+	return o.r;
+}
+
+static int session_prop(PROP_ARGS)
+{
+	const struct dbus_service *s = userdata;
+	struct broker_session_view v;
+	PROP_UNUSED;
+	if (session_of_path(s, path, &v) < 0)
+		return sd_bus_error_setf(e, SD_BUS_ERROR_UNKNOWN_OBJECT, "no session at %s", path);
+	if (!strcmp(prop, "Name"))
+		return sd_bus_message_append(reply, "s", v.name);
+	if (!strcmp(prop, "Priority"))
+		return sd_bus_message_append(reply, "u", v.priority);
+	if (!strcmp(prop, "Class"))
+		return sd_bus_message_append(reply, "u", wire_class(v.cls));
+	if (!strcmp(prop, "Cpus")) {
+		_cleanup_free_ char *cpus = v.has_cpus ? cpulist_to_text(v.cpus) : strdup("");
+		return cpus ? sd_bus_message_append(reply, "s", cpus) : -ENOMEM;
+	}
+	if (!strcmp(prop, "Pid"))
+		return sd_bus_message_append(reply, "i", (int32_t)(v.has_cpus ? 0 : v.pid));
+	if (!strcmp(prop, "OwnerPid"))
+		return sd_bus_message_append(reply, "i", (int32_t)v.owner_pid);
+	/* Events: event, placement, CPUs with a dedicated counter, time share. */
+	int r = sd_bus_message_open_container(reply, 'a', "(suud)");
+	for (uint32_t i = 0; r >= 0 && i < v.n_events; i++) {
+		struct broker_event_view ev;
+		if ((r = broker_session_event(s->broker, v.id, i, &ev)) < 0)
+			return r;
+		r = sd_bus_message_append(reply, "(suud)", ev.event, wire_placement(ev.placement),
+					  (uint32_t)ev.dedicated_cpus, ev.share);
+	}
+	return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static const sd_bus_vtable vm_vtable[] = {
+	SD_BUS_VTABLE_START(0),
+	SD_BUS_PROPERTY("Name", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Origin", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Priority", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Class", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("GeneralCounters", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("FixedCounterMask", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Owner", "(ii)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("PassthroughVcpus", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Routes", "a(usauau)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_VTABLE_END
+};
+
+static const sd_bus_vtable session_vtable[] = {
+	SD_BUS_VTABLE_START(0),
+	SD_BUS_PROPERTY("Name", "s", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Priority", "u", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Class", "u", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Cpus", "s", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Pid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("OwnerPid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Events", "a(suud)", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_VTABLE_END
+};
 
 static int mgr_prop(PROP_ARGS)
 {
-	struct dbus_service *s = userdata;
-	PROP_UNUSED;
-	if (!strcmp(prop, "Version"))
-		return sd_bus_message_append(reply, "s", "vpmud/" VPMU_VERSION);
+	const struct dbus_service *s = userdata;
+	PROP_UNUSED, (void)path, (void)e;
 	if (!strcmp(prop, "Generation"))
 		return sd_bus_message_append(reply, "t", broker_generation(s->broker));
 	if (!strcmp(prop, "VmCount"))
-		return sd_bus_message_append(reply, "u", (uint32_t)json_object_array_length(jget(s->plan, "vms")));
+		return sd_bus_message_append(reply, "u", (uint32_t)broker_vm_count(s->broker));
 	if (!strcmp(prop, "SessionCount"))
-		return sd_bus_message_append(reply, "u",
-					     (uint32_t)json_object_array_length(jget(s->plan, "sessions")));
-	struct json_object *v = read_view(s, !strcmp(prop, "Pmu") ? PROTO_M_PMU : PROTO_M_STATUS);
-	if (!v)
-		return -EIO;
-	int r;
-	struct json_object *be = jget(v, "backends");
-	if (!strcmp(prop, "Pmu"))
-		r = append_dict(reply, v);
-	else if (!strcmp(prop, "Backend"))
-		r = sd_bus_message_append(reply, "u", enum_value(backend_names, jstr(be, "kvm")));
-	else if (!strcmp(prop, "BackendEnforced"))
-		r = sd_bus_message_append(reply, "b", (int)json_object_get_boolean(jget(be, "kvm_enforced")));
-	else
-		r = append_dict(reply, be);
-	json_object_put(v);
-	return r;
+		return sd_bus_message_append(reply, "u", (uint32_t)broker_session_count(s->broker));
+	struct out o = { .m = reply };
+	if (!strcmp(prop, "Pmu")) {
+		struct broker_pmu_view p;
+		broker_pmu(s->broker, &p);
+		open_c(&o, 'a', "{sv}");
+		put_pmu(&o, &p);
+		close_c(&o);
+		return o.r;
+	}
+	struct broker_status st;
+	broker_status(s->broker, &st);
+	if (!strcmp(prop, "Version"))
+		return sd_bus_message_append(reply, "s", st.server);
+	if (!strcmp(prop, "Backend"))
+		return sd_bus_message_append(reply, "u", wire_enum(backend_names, st.kvm_backend));
+	if (!strcmp(prop, "BackendEnforced"))
+		return sd_bus_message_append(reply, "b", (int)st.kvm_enforced);
+	open_c(&o, 'a', "{sv}");
+	put_backends(&o, &st);
+	close_c(&o);
+	return o.r;
 }
 
 static const sd_bus_vtable manager_vtable[] = {
@@ -1160,8 +1836,9 @@ static const sd_bus_vtable manager_vtable[] = {
 	SD_BUS_PROPERTY("Generation", "t", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("VmCount", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("SessionCount", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	/* Authorization happens inside (root, else polkit): sd-bus's own
-	 * CAP_SYS_ADMIN check would refuse polkit-authorized users. */
+	/* Authorization happens inside (the broker, with polkit's answer when
+	 * credentials are not enough): sd-bus's own CAP_SYS_ADMIN check would
+	 * refuse admin-group members and polkit-authorized users. */
 	SD_BUS_METHOD_WITH_ARGS("AttachVM", SD_BUS_ARGS("s", name, "a{sv}", options),
 				SD_BUS_RESULT("o", vm, "a{sv}", result), m_attach_vm, SD_BUS_VTABLE_UNPRIVILEGED),
 	SD_BUS_METHOD_WITH_ARGS("UpdateVM", SD_BUS_ARGS("s", name, "a{sv}", changes),
@@ -1187,6 +1864,310 @@ static const sd_bus_vtable manager_vtable[] = {
 	SD_BUS_VTABLE_END
 };
 
+/* ------------------------------------------------- snapshots and signals */
+
+static int cmp_id(uint64_t a, uint64_t b)
+{
+	return a < b ? -1 : a > b;
+}
+
+static int vm_snap_cmp(const void *a, const void *b)
+{
+	return cmp_id(((const struct vm_snap *)a)->id, ((const struct vm_snap *)b)->id);
+}
+
+static int session_snap_cmp(const void *a, const void *b)
+{
+	return cmp_id(((const struct session_snap *)a)->id, ((const struct session_snap *)b)->id);
+}
+
+static void vm_snaps_free(struct vm_snap *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i].routes);
+	free(v);
+}
+
+static void session_snaps_free(struct session_snap *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i].events);
+	free(v);
+}
+
+/* The Routes property's content as bytes, per vCPU: its CPUs (as far as
+ * CPU numbers go on this host), then its routes. Equal bytes, equal value. */
+static int routes_bytes(const struct dbus_service *s, const struct broker_vm_view *v, struct vm_snap *out)
+{
+	size_t words = ((size_t)s->max_cpus + 63) / 64;
+	if (words > CPULIST_WORDS)
+		words = CPULIST_WORDS;
+	const size_t per = words * sizeof(uint64_t) + 32 + 16 + 2 * sizeof(uint32_t);
+	_cleanup_free_ uint8_t *buf = calloc(v->n_vcpus ? v->n_vcpus : 1, per);
+	if (!buf)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < v->n_vcpus; i++) {
+		struct broker_vcpu_view vc;
+		uint8_t *p = buf + (size_t)i * per;
+		int r = broker_vm_vcpu(s->broker, v->id, i, &vc);
+		if (r < 0)
+			return r;
+		memcpy(p, vc.cpus->bits, words * sizeof(uint64_t));
+		p += words * sizeof(uint64_t);
+		for (unsigned j = 0; j < vc.n_gp && j < 32; j++)
+			p[j] = vc.gp[j];
+		for (unsigned j = 0; j < 16; j++)
+			if (vc.pmu_fixed_mask & (1u << j))
+				p[32 + j] = vc.fixed[j];
+		uint32_t shape[2] = { vc.n_gp, vc.pmu_fixed_mask };
+		memcpy(p + 48, shape, sizeof(shape));
+	}
+	out->routes = TAKE_PTR(buf);
+	out->routes_len = (size_t)v->n_vcpus * per;
+	return 0;
+}
+
+static int snap_vms(const struct dbus_service *s, struct vm_snap **out, size_t *n_out)
+{
+	size_t n = broker_vm_count(s->broker);
+	struct vm_snap *v = calloc(n ? n : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct broker_vm_view vv;
+		broker_vm_at(s->broker, i, &vv);
+		v[i] = (struct vm_snap){ .id = vv.id, .priority = vv.priority, .gp = vv.gp,
+					 .fixed_mask = vv.fixed_mask, .cls = vv.cls, .bound = vv.bound,
+					 .vmm_pid = vv.bound ? vv.vmm_pid : 0, .vm_fd = vv.bound ? vv.vm_fd : -1,
+					 .passthrough_vcpus = vv.passthrough_vcpus };
+		snprintf(v[i].name, sizeof(v[i].name), "%s", vv.name);
+		int r = routes_bytes(s, &vv, &v[i]);
+		if (r < 0) {
+			vm_snaps_free(v, i);
+			return r;
+		}
+	}
+	qsort(v, n, sizeof(*v), vm_snap_cmp);
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+static int snap_sessions(const struct dbus_service *s, struct session_snap **out, size_t *n_out)
+{
+	size_t n = broker_session_count(s->broker);
+	struct session_snap *v = calloc(n ? n : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct broker_session_view sv;
+		broker_session_at(s->broker, i, &sv);
+		v[i].id = sv.id;
+		snprintf(v[i].name, sizeof(v[i].name), "%s", sv.name);
+		v[i].events = calloc(sv.n_events ? sv.n_events : 1, sizeof(*v[i].events));
+		if (!v[i].events) {
+			session_snaps_free(v, i);
+			return -ENOMEM;
+		}
+		v[i].n_events = sv.n_events;
+		for (uint32_t e = 0; e < sv.n_events; e++) {
+			struct broker_event_view ev;
+			if (broker_session_event(s->broker, sv.id, e, &ev) == 0)
+				v[i].events[e] = (struct event_snap){ .placement = ev.placement,
+								      .dedicated_cpus = ev.dedicated_cpus,
+								      .share = ev.share };
+		}
+	}
+	qsort(v, n, sizeof(*v), session_snap_cmp);
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+static const struct vm_snap *vm_snap_find(const struct vm_snap *v, size_t n, uint64_t id)
+{
+	struct vm_snap key = { .id = id };
+	return n ? bsearch(&key, v, n, sizeof(*v), vm_snap_cmp) : NULL;
+}
+
+static const struct session_snap *session_snap_find(const struct session_snap *v, size_t n, uint64_t id)
+{
+	struct session_snap key = { .id = id };
+	return n ? bsearch(&key, v, n, sizeof(*v), session_snap_cmp) : NULL;
+}
+
+static void emit_objects(struct dbus_service *s, const char *prefix, const char *name, const char *iface,
+			 bool added)
+{
+	_cleanup_free_ char *path = NULL;
+	int r = sd_bus_path_encode(prefix, name, &path);
+	if (r >= 0)
+		r = added ? sd_bus_emit_interfaces_added(s->bus, path, iface, NULL)
+			  : sd_bus_emit_interfaces_removed(s->bus, path, iface, NULL);
+	if (r < 0)
+		log_warn("dbus: cannot announce %s %s: %s", name, added ? "added" : "removed", strerror(-r));
+}
+
+static void emit_changed(struct dbus_service *s, const char *prefix, const char *name, const char *iface,
+			 char **props)
+{
+	_cleanup_free_ char *path = NULL;
+	if (!props[0])
+		return;
+	int r = sd_bus_path_encode(prefix, name, &path);
+	if (r >= 0)
+		r = sd_bus_emit_properties_changed_strv(s->bus, path, iface, props);
+	if (r < 0)
+		log_warn("dbus: cannot announce changes of %s: %s", name, strerror(-r));
+}
+
+static void diff_vms(struct dbus_service *s, const struct vm_snap *now, size_t n)
+{
+	for (size_t i = 0; i < s->n_vms; i++)
+		if (!vm_snap_find(now, n, s->vms[i].id))
+			emit_objects(s, PATH_VM, s->vms[i].name, IFACE_VM, false);
+	for (size_t i = 0; i < n; i++) {
+		const struct vm_snap *a = vm_snap_find(s->vms, s->n_vms, now[i].id), *b = &now[i];
+		char *props[8];
+		size_t k = 0;
+		if (!a) {
+			emit_objects(s, PATH_VM, b->name, IFACE_VM, true);
+			continue;
+		}
+		if (a->priority != b->priority)
+			props[k++] = "Priority";
+		if (a->cls != b->cls)
+			props[k++] = "Class";
+		if (a->gp != b->gp)
+			props[k++] = "GeneralCounters";
+		if (a->fixed_mask != b->fixed_mask)
+			props[k++] = "FixedCounterMask";
+		if (a->bound != b->bound || a->vmm_pid != b->vmm_pid || a->vm_fd != b->vm_fd)
+			props[k++] = "Owner";
+		if (a->passthrough_vcpus != b->passthrough_vcpus)
+			props[k++] = "PassthroughVcpus";
+		if (a->routes_len != b->routes_len || memcmp(a->routes, b->routes, a->routes_len))
+			props[k++] = "Routes";
+		props[k] = NULL;
+		emit_changed(s, PATH_VM, b->name, IFACE_VM, props);
+	}
+}
+
+static void diff_sessions(struct dbus_service *s, const struct session_snap *now, size_t n)
+{
+	for (size_t i = 0; i < s->n_sessions; i++)
+		if (!session_snap_find(now, n, s->sessions[i].id))
+			emit_objects(s, PATH_SESSION, s->sessions[i].name, IFACE_SESSION, false);
+	for (size_t i = 0; i < n; i++) {
+		const struct session_snap *a = session_snap_find(s->sessions, s->n_sessions, now[i].id), *b = &now[i];
+		char *props[2] = { "Events", NULL };
+		if (!a) {
+			emit_objects(s, PATH_SESSION, b->name, IFACE_SESSION, true);
+			continue;
+		}
+		bool same = a->n_events == b->n_events;
+		for (uint32_t e = 0; same && e < b->n_events; e++)
+			same = a->events[e].placement == b->events[e].placement &&
+			       a->events[e].dedicated_cpus == b->events[e].dedicated_cpus &&
+			       a->events[e].share == b->events[e].share;
+		if (!same)
+			emit_changed(s, PATH_SESSION, b->name, IFACE_SESSION, props);
+	}
+}
+
+/*
+ * Brings the bus in line with the broker: objects added and removed, and
+ * PropertiesChanged for what differs from the last snapshot. Idempotent:
+ * a second call with no change in between emits nothing.
+ */
+static void sync_objects(struct dbus_service *s)
+{
+	struct vm_snap *vms = NULL;
+	struct session_snap *sessions = NULL;
+	size_t n_vms = 0, n_sessions = 0;
+	int r = snap_vms(s, &vms, &n_vms);
+	if (r >= 0 && (r = snap_sessions(s, &sessions, &n_sessions)) < 0)
+		vm_snaps_free(vms, n_vms);
+	if (r < 0) {
+		log_warn("dbus: cannot follow the broker's objects (%s): their signals wait for the next change",
+			 strerror(-r));
+		return;
+	}
+	uint64_t generation = broker_generation(s->broker);
+	if (s->synced) {
+		diff_vms(s, vms, n_vms);
+		diff_sessions(s, sessions, n_sessions);
+		char *props[4];
+		size_t k = 0;
+		if (generation != s->generation)
+			props[k++] = "Generation";
+		if (n_vms != s->n_vms)
+			props[k++] = "VmCount";
+		if (n_sessions != s->n_sessions)
+			props[k++] = "SessionCount";
+		props[k] = NULL;
+		if (k && (r = sd_bus_emit_properties_changed_strv(s->bus, DBUS_SERVICE_PATH, IFACE_MANAGER, props)) < 0)
+			log_warn("dbus: cannot announce the manager's changes: %s", strerror(-r));
+	}
+	vm_snaps_free(s->vms, s->n_vms);
+	session_snaps_free(s->sessions, s->n_sessions);
+	s->vms = vms;
+	s->n_vms = n_vms;
+	s->sessions = sessions;
+	s->n_sessions = n_sessions;
+	s->generation = generation;
+	s->synced = true;
+}
+
+/* Objects first, so that an agent reacting to PlanChanged reads the new
+ * properties. */
+static void flush(struct dbus_service *s)
+{
+	sd_event_source_set_enabled(s->flush_src, SD_EVENT_OFF);
+	sync_objects(s);
+	for (size_t i = 0; i < s->n_signals; i++) {
+		int r = sd_bus_send(s->bus, s->signals[i], NULL);
+		if (r < 0)
+			log_warn("dbus: cannot emit PlanChanged: %s", strerror(-r));
+		sd_bus_message_unref(s->signals[i]);
+	}
+	s->n_signals = 0;
+}
+
+static int on_flush(sd_event_source *src, void *userdata)
+{
+	(void)src;
+	flush(userdata);
+	return 0;
+}
+
+/* Broker events arrive from inside broker calls, with borrowed data: the
+ * signal is built now, and sent from the event loop (or right after the
+ * D-Bus call that caused it), after the objects' own signals. */
+static void on_broker_event(const struct broker_event *ev, void *userdata)
+{
+	struct dbus_service *s = userdata;
+	_cleanup_(sd_bus_message_unrefp) sd_bus_message *sig = NULL;
+	struct out o = { 0 };
+	o.r = sd_bus_message_new_signal(s->bus, &sig, DBUS_SERVICE_PATH, IFACE_MANAGER, "PlanChanged");
+	o.m = sig;
+	if (o.r >= 0)
+		o.r = sd_bus_message_append(sig, "ts", ev->generation, ev->reason ? ev->reason : "");
+	open_c(&o, 'a', "a{sv}");
+	for (size_t i = 0; i < ev->n_changes; i++)
+		put_change(&o, &ev->changes[i]);
+	close_c(&o);
+	sd_bus_message **grown = o.r < 0 ? NULL : realloc(s->signals, (s->n_signals + 1) * sizeof(*grown));
+	if (!grown) {
+		log_warn("dbus: cannot build PlanChanged for generation %" PRIu64 ": %s", ev->generation,
+			 strerror(o.r < 0 ? -o.r : ENOMEM));
+	} else {
+		s->signals = grown;
+		s->signals[s->n_signals++] = TAKE_PTR(sig);
+	}
+	sd_event_source_set_enabled(s->flush_src, SD_EVENT_ONESHOT);
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 int dbus_service_new(sd_event *event, struct broker *broker, const struct config *cfg,
@@ -1200,13 +2181,9 @@ int dbus_service_new(sd_event *event, struct broker *broker, const struct config
 		return -ENOMEM;
 	s->event = event;
 	s->broker = broker;
-	s->cfg = cfg;
+	/* Who is an admin is the broker's to know from its own configuration. */
+	(void)cfg;
 	s->max_cpus = max_cpus;
-	s->queue = json_object_new_array();
-	if (!s->queue) {
-		free(s);
-		return -ENOMEM;
-	}
 	if (bus_address) {
 		step = "connecting to the bus";
 		if ((r = sd_bus_new(&s->bus)) < 0 || (r = sd_bus_set_address(s->bus, bus_address)) < 0 ||
@@ -1255,24 +2232,27 @@ void dbus_service_free(struct dbus_service *s)
 {
 	if (!s)
 		return;
-	while (s->pending)
-		pending_free(s->pending);
-	/* Leases stay: a restart releases D-Bus leases without an owner, and
-	 * a plain stop must not rewrite the state as if agents had left (the
-	 * connections are dropped, not closed). */
-	while (s->peers) {
-		s->peers->track = sd_bus_track_unref(s->peers->track);
-		peer_free(s->peers);
-	}
 	if (s->subscribed)
 		broker_unsubscribe(s->broker, s->sub_id);
+	/* Unanswered calls and tracked peers hold the bus: release them
+	 * first. A peer's connection is not closed: the daemon stops, its
+	 * agents did not leave. */
+	for (size_t i = 0; i < s->n_pending; i++)
+		call_free(s->pending[i]);
+	free(s->pending);
+	for (size_t i = 0; i < s->n_peers; i++)
+		peer_free(s->peers[i]);
+	free(s->peers);
+	for (size_t i = 0; i < s->n_signals; i++)
+		sd_bus_message_unref(s->signals[i]);
+	free(s->signals);
 	sd_event_source_disable_unref(s->flush_src);
 	if (s->bus) {
 		sd_bus_flush(s->bus);
 		sd_bus_detach_event(s->bus);
 		sd_bus_flush_close_unref(s->bus);
 	}
-	json_object_put(s->queue);
-	json_object_put(s->plan);
+	vm_snaps_free(s->vms, s->n_vms);
+	session_snaps_free(s->sessions, s->n_sessions);
 	free(s);
 }

@@ -2,11 +2,12 @@
 /*
  * dbus_service: the D-Bus door, org.vpmu.Broker1 at /org/vpmu/Broker1, for
  * orchestration agents. A thin adapter over the broker like server.c: it
- * turns D-Bus arguments into proto requests, computes who is privileged
- * (root, or polkit says so, asked asynchronously), ties leases made without
- * a VMM owner to the caller's bus connection, and mirrors the plan as one
- * object per VM and per session. Every decision stays in the broker.
- * docs/dbus-api.md is the contract.
+ * reads D-Bus arguments into the typed requests proto validates, supplies
+ * the caller's credentials (and, when they are not enough, polkit's
+ * answer, asked asynchronously), reports each bus peer as one broker
+ * connection that its leases follow, and shows the broker's typed views as
+ * one object per VM and per session. Who may do what, and every lease's
+ * lifetime, stay in the broker. docs/dbus-api.md is the contract.
  */
 #ifndef VPMU_DBUS_SERVICE_H
 #define VPMU_DBUS_SERVICE_H
@@ -32,6 +33,8 @@ struct dbus_service;
 int dbus_service_new(sd_event *event, struct broker *broker, const struct config *cfg,
 		     const char *bus_address, unsigned max_cpus, struct dbus_service **out,
 		     char *why, size_t whylen);
+/* Leaves the leases that follow bus peers to the broker as they are: a
+ * daemon that stops has not seen its agents leave. */
 void dbus_service_free(struct dbus_service *s);
 
 #endif
