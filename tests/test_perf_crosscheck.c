@@ -199,31 +199,37 @@ static void test_crosscheck(void **state)
 		skip();
 		return;
 	}
-	double ps[N_EV] = { 0 }, ss[N_EV] = { 0 };
-	int rc = perf_stat_counts(ps);
-	if (rc != 0)
-		fail_msg("perf stat run failed: %d", rc);
-	char err[256] = "";
-	rc = session_counts(ss, err, sizeof(err));
-	if (rc != 0)
-		fail_msg("session run failed: %d %s", rc, err);
-
+	/* Preemptions by whatever else runs on the machine (a loaded CI host)
+	 * land in one run and not the other; an engine that miscounts
+	 * disagrees every time. So up to three attempts, each printed, and
+	 * one agreement within the tolerances passes. */
 	static const double rel[N_EV] = { 0.25, 0.20, 0.05 };
 	static const double slack[N_EV] = { 0, 5, 20 };
-	bool ok = true;
-	print_message("%-18s %16s %16s %10s %s\n", "event", "perf stat", "vpmu session", "diff",
-		      "tolerance");
-	for (int i = 0; i < N_EV; i++) {
-		bool this_ok = within(ps[i], ss[i], rel[i], slack[i]);
-		print_message("%-18s %16.0f %16.0f %+9.1f%% %.0f%% + %.0f %s\n", events[i], ps[i],
-			      ss[i], ps[i] ? 100.0 * (ss[i] - ps[i]) / ps[i] : 0.0, rel[i] * 100,
-			      slack[i], this_ok ? "ok" : "OUT OF TOLERANCE");
-		ok = ok && this_ok;
+	bool ok = false;
+	for (int attempt = 1; attempt <= 3 && !ok; attempt++) {
+		double ps[N_EV] = { 0 }, ss[N_EV] = { 0 };
+		int rc = perf_stat_counts(ps);
+		if (rc != 0)
+			fail_msg("perf stat run failed: %d", rc);
+		char err[256] = "";
+		rc = session_counts(ss, err, sizeof(err));
+		if (rc != 0)
+			fail_msg("session run failed: %d %s", rc, err);
+		ok = true;
+		print_message("attempt %d\n%-18s %16s %16s %10s %s\n", attempt, "event", "perf stat",
+			      "vpmu session", "diff", "tolerance");
+		for (int i = 0; i < N_EV; i++) {
+			bool this_ok = within(ps[i], ss[i], rel[i], slack[i]);
+			print_message("%-18s %16.0f %16.0f %+9.1f%% %.0f%% + %.0f %s\n", events[i], ps[i],
+				      ss[i], ps[i] ? 100.0 * (ss[i] - ps[i]) / ps[i] : 0.0, rel[i] * 100,
+				      slack[i], this_ok ? "ok" : "OUT OF TOLERANCE");
+			ok = ok && this_ok;
+		}
+		/* Both must also have seen the workload itself, not just agreed. */
+		assert_true(ps[0] >= WL_SPIN_MS * 0.9e6 && ss[0] >= WL_SPIN_MS * 0.9e6);
+		assert_true(ps[1] >= WL_SLEEPS && ss[1] >= WL_SLEEPS);
+		assert_true(ps[2] >= WL_PAGES && ss[2] >= WL_PAGES);
 	}
-	/* Both must also have seen the workload itself, not just agreed. */
-	assert_true(ps[0] >= WL_SPIN_MS * 0.9e6 && ss[0] >= WL_SPIN_MS * 0.9e6);
-	assert_true(ps[1] >= WL_SLEEPS && ss[1] >= WL_SLEEPS);
-	assert_true(ps[2] >= WL_PAGES && ss[2] >= WL_PAGES);
 	assert_true(ok);
 }
 
