@@ -159,7 +159,7 @@ ctl vm update web --vcpu-cpus '0;1'
 check "vm update --vcpu-cpus '0;1'" rc_is 0
 
 ctl vm list
-check "vm list: both VMs" eval 'rc_is 0 && out_has "^db +800 +guaranteed +2$" && out_has "^web +350 +preferred +2$"'
+check "vm list: both VMs, what they were granted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^vPMU extension, routes simulated$" && out_has "^db +800 +guaranteed +2 +passthrough 2$" && out_has "^web +350 +preferred +2 +passthrough [0-9]+$"'
 ctl --json vm list
 check "vm list --json parses" eval 'json_ok && jpy "sorted(v[\"name\"] for v in d[\"vms\"]) == [\"db\", \"web\"]"'
 
