@@ -17,17 +17,25 @@
 #define P PMC_ROUTE_PASSTHROUGH
 #define M PMC_ROUTE_MULTIPLEXED
 #define D PMC_ROUTE_DISABLED
+#define R PMC_ROUTE_RESERVED
+#define A PMC_ROUTE_AT_RISK
+#define U PMC_ROUTE_UNMANAGED
 
 static const int cpu_ids[NCPU] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 static const struct arb_foreign watchdog = { "nmi_watchdog", -1, 0xff, 1u << 1 };
 
-static struct arb *mk(bool with_watchdog)
+static struct arb *mk_mode(enum arb_guest_mode mode, bool with_watchdog)
 {
 	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     with_watchdog ? &watchdog : NULL, with_watchdog };
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
+}
+
+static struct arb *mk(bool with_watchdog)
+{
+	return mk_mode(ARB_GUEST_IDENTITY, with_watchdog);
 }
 
 static uint64_t one(unsigned cpu)
@@ -458,10 +466,288 @@ static void bad_input_changes_nothing(void **state)
 
 	/* An inventory whose foreign events cannot all be placed. */
 	struct arb_foreign two[2] = { { "a", 0, 0, 0x4 }, { "b", 0, 0, 0x4 } };
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2 };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_null(b);
+	arb_destroy(a);
+}
+
+/* ---- perf-based guests (ARB_GUEST_PERF_PINNED) ---- */
+
+static void expect_placement(struct arb *a, unsigned cpu, unsigned i, uint64_t id, int counter,
+			     bool kept)
+{
+	struct arb_cpu_view v;
+	assert_int_equal(arb_cpu_plan(a, cpu, &v), 0);
+	assert_true(i < v.n_placements);
+	assert_int_equal(v.placements[i].id, id);
+	assert_int_equal(v.placements[i].counter, counter);
+	assert_int_equal(v.placements[i].kept_for_guests, kept);
+}
+
+/* Worked example 3 in docs/arbiter.md. */
+static void perf_pinned_session_yields_to_vm_room(void **state)
+{
+	(void)state;
+	struct arb *a = mk_mode(ARB_GUEST_PERF_PINNED, true);
+	char why[ARB_REASON_LEN] = "";
+	assert_int_equal(arb_guest_mode(a), ARB_GUEST_PERF_PINNED);
+
+	/* Room for 4 GP PMCs and fixed0 on cpu 2; perf places the events. */
+	assert_int_equal(vm(a, 1, "web", 10, ARB_CLASS_PREFERRED, one(2), 4, 0x1, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ R, R, R, R, D, D, D, D }, (uint8_t[]){ R, D, D, D });
+	expect_partition(a, 2, 0x0f, 0x1);
+	const struct transition *t;
+	size_t n = arb_transitions(a, &t);
+	assert_int_equal(n, 2);
+	assert_int_equal(t[0].kind, TRANSITION_PARTITION);
+	assert_int_equal(t[0].phase, 2);
+	assert_int_equal(t[0].guest_gp_mask, 0x0f);
+	assert_int_equal(t[0].scrub_gp_mask, 0); /* perf loads its counters */
+	assert_int_equal(t[0].scrub_fixed_mask, 0);
+	assert_int_equal(t[1].kind, TRANSITION_ROUTES);
+	assert_int_equal(t[1].gp_route[3], R);
+	assert_int_equal(t[1].scrub_gp_mask, 0);
+
+	/* A preferred session of higher priority comes after the VM: its GP
+	 * 0-3 event would take a counter of the room, so it is multiplexed,
+	 * and says why; the others fit beside the room. */
+	unsigned codes[3] = { 0x0148, 0x00c4, ICL_INSTRUCTIONS };
+	assert_int_equal(sess(a, 7, "prof", 90, ARB_CLASS_PREFERRED, one(2), 3, codes, why), 0);
+	expect_placement(a, 2, 1, 7, -1, true);
+	expect_placement(a, 2, 2, 7, 4, false);
+	expect_placement(a, 2, 3, 7, 5, false);
+	expect_routes(a, 1, (uint8_t[]){ R, R, R, R, D, D, D, D }, (uint8_t[]){ R, D, D, D });
+	struct arb_event_grant g;
+	assert_int_equal(arb_session_event(a, 7, 0, &g), 0);
+	assert_false(g.dedicated);
+	assert_int_equal(g.n_kept_for_guests, 1);
+	assert_int_equal(g.kept_cpu, 2);
+	assert_int_equal(g.kept_vm_id, 1);
+	assert_string_equal(g.kept_vm, "web");
+	assert_true(g.share == 0.0); /* GP 0-3 are all room */
+	assert_int_equal(arb_session_event_why(a, 7, 0, why, sizeof(why)), 1);
+	assert_string_equal(why, "multiplexed: cpu 2's counters are kept for the perf-based "
+				 "PMCs of vm 'web'");
+	assert_int_equal(arb_session_event(a, 7, 1, &g), 0);
+	assert_true(g.dedicated);
+	assert_int_equal(g.n_kept_for_guests, 0);
+	assert_int_equal(g.kept_cpu, -1);
+	assert_null(g.kept_vm);
+	assert_int_equal(arb_session_event_why(a, 7, 1, why, sizeof(why)), 0);
+	assert_string_equal(why, "");
+	assert_int_equal(arb_session_event_why(a, 7, 3, why, sizeof(why)), -ENOENT);
+
+	/* A guaranteed session comes before every preferred VM, so its GP 0-3
+	 * event would displace web's room: refused, whatever its priority. */
+	uint64_t gen = arb_generation(a);
+	unsigned low4 = 0x0148, any = 0x00c4;
+	assert_int_equal(sess(a, 8, "sre", 99, ARB_CLASS_GUARANTEED, one(2), 1, &low4, why), -EBUSY);
+	assert_string_equal(why, "guaranteed session 'sre' needs PMC 3 on cpu 2, kept for the "
+				 "perf-based PMCs of preferred vm 'web' vcpu 0 (priority 10)");
+	assert_int_equal(arb_generation(a), gen);
+	/* One that fits beside the room is admitted; the room stays. */
+	assert_int_equal(sess(a, 8, "sre", 99, ARB_CLASS_GUARANTEED, one(2), 1, &any, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ R, R, R, R, D, D, D, D }, (uint8_t[]){ R, D, D, D });
+	expect_placement(a, 2, 1, 8, 4, false);
+	assert_int_equal(arb_transitions(a, &t), 0);
+
+	/* A guaranteed VM needs room for all eight GP: sre's event cannot go
+	 * anywhere else, so it is refused, naming the PMC it lacks room for. */
+	assert_int_equal(vm(a, 2, "db", 50, ARB_CLASS_GUARANTEED, one(2), 8, 0, why), -EBUSY);
+	assert_string_equal(why, "guaranteed vm 'db' vcpu 0 needs room for its PMC 7 on cpu 2, "
+				 "held by guaranteed session 'sre' event 'e0' (priority 99)");
+	expect_full_equal(a);
+
+	/* The same inputs with the extension: the session comes first by
+	 * priority and takes a counter the guest would pass through. */
+	struct arb *b = mk(true);
+	assert_int_equal(vm(b, 1, "web", 10, ARB_CLASS_PREFERRED, one(2), 4, 0x1, why), 0);
+	assert_int_equal(sess(b, 7, "prof", 90, ARB_CLASS_PREFERRED, one(2), 3, codes, why), 0);
+	expect_routes(b, 1, (uint8_t[]){ P, P, P, M, D, D, D, D }, (uint8_t[]){ P, D, D, D });
+	assert_int_equal(arb_session_event_why(b, 7, 0, why, sizeof(why)), 0);
+	arb_destroy(b);
+	arb_destroy(a);
+}
+
+/* Worked example 4 in docs/arbiter.md. */
+static void perf_pinned_guaranteed_vm_takes_room_from_lower_preferred_vm(void **state)
+{
+	(void)state;
+	struct arb *a = mk_mode(ARB_GUEST_PERF_PINNED, false);
+	char why[ARB_REASON_LEN] = "";
+	unsigned ins = ICL_INSTRUCTIONS;
+	assert_int_equal(sess(a, 9, "sre", 50, ARB_CLASS_GUARANTEED, one(3), 1, &ins, why), 0);
+	assert_int_equal(vm(a, 1, "web", 60, ARB_CLASS_PREFERRED, one(3), 8, 0, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ R, R, R, R, R, R, R, R }, (uint8_t[]){ D, D, D, D });
+	expect_placement(a, 3, 0, 9, ARB_COUNTER_FIXED(0), false);
+
+	/* db wants room for fixed0: instructions would move to a GP counter,
+	 * and web would lose the room for its PMC 7. web's priority is higher
+	 * than db's, so db is refused. */
+	uint64_t c3 = one(3);
+	struct arb_vcpu_spec dv = { &c3, 0, 0x1 };
+	struct arb_vm_spec db = { 2, "db", 50, ARB_CLASS_GUARANTEED, 1, &dv };
+	assert_int_equal(arb_vm_add(a, &db, why, sizeof(why)), -EBUSY);
+	assert_string_equal(why, "guaranteed vm 'db' needs PMC 7 on cpu 3, kept for the "
+				 "perf-based PMCs of preferred vm 'web' vcpu 0 (priority 60)");
+
+	/* With web below db's priority, db is admitted and web's PMC 7 is at
+	 * risk: the session's pinned event there may stop the guest's count. */
+	uint64_t set = one(3);
+	struct arb_vcpu_spec wv = { &set, 8, 0 };
+	struct arb_vm_spec web = { 1, "web", 10, ARB_CLASS_PREFERRED, 1, &wv };
+	assert_int_equal(arb_vm_update(a, &web, why, sizeof(why)), 0);
+	assert_int_equal(arb_vm_add(a, &db, why, sizeof(why)), 0);
+	expect_routes(a, 1, (uint8_t[]){ R, R, R, R, R, R, R, A }, (uint8_t[]){ D, D, D, D });
+	expect_partition(a, 3, 0x7f, 0x1);
+	expect_placement(a, 3, 0, 9, 7, false);
+	const struct transition *t;
+	size_t n = arb_transitions(a, &t);
+	assert_int_equal(n, 4);
+	assert_int_equal(t[0].kind, TRANSITION_ROUTES); /* web: PMC 7 at risk */
+	assert_int_equal(t[0].phase, 1);
+	assert_int_equal(t[0].vm_id, 1);
+	assert_int_equal(t[0].gp_route[7], A);
+	assert_int_equal(t[0].gp_route[6], R);
+	assert_int_equal(t[0].scrub_gp_mask, 0);
+	assert_int_equal(t[1].kind, TRANSITION_PARTITION); /* room shrinks */
+	assert_int_equal(t[1].phase, 1);
+	assert_int_equal(t[1].guest_gp_mask, 0x7f);
+	assert_int_equal(t[1].guest_fixed_mask, 0);
+	assert_int_equal(t[2].kind, TRANSITION_PARTITION); /* then grows */
+	assert_int_equal(t[2].phase, 2);
+	assert_int_equal(t[2].guest_fixed_mask, 0x1);
+	assert_int_equal(t[3].kind, TRANSITION_ROUTES); /* db: fixed0 reserved */
+	assert_int_equal(t[3].vm_id, 2);
+	assert_int_equal(t[3].fixed_route[0], R);
+	expect_full_equal(a);
+	arb_destroy(a);
+}
+
+/* At-risk guest PMCs are task-pinned: they take free counters before the
+ * flexible events instead of rotating with them. */
+static void perf_pinned_at_risk_pmcs_come_before_flexible_events(void **state)
+{
+	(void)state;
+	char why[ARB_REASON_LEN] = "";
+	unsigned two[2] = { 0x00c4, 0x00c5 }, three[3] = { 0x00c4, 0x00c5, 0x010e };
+	double share[2];
+	for (int mode = 0; mode < 2; mode++) {
+		struct arb *a = mk_mode(mode ? ARB_GUEST_PERF_PINNED : ARB_GUEST_IDENTITY, false);
+		assert_int_equal(sess(a, 9, "sre", 50, ARB_CLASS_GUARANTEED, one(3), 2, two, why), 0);
+		/* A vCPU floating over cpus 2 and 3 gets 6 of its 8 PMCs: the
+		 * session keeps two GP counters on cpu 3. */
+		assert_int_equal(vm(a, 1, "float", 10, ARB_CLASS_PREFERRED, one(2) | one(3), 8, 0,
+				    why), 0);
+		if (mode)
+			expect_routes(a, 1, (uint8_t[]){ R, R, R, R, R, R, A, A },
+				      (uint8_t[]){ D, D, D, D });
+		else
+			expect_routes(a, 1, (uint8_t[]){ P, P, P, P, P, P, M, M },
+				      (uint8_t[]){ D, D, D, D });
+		/* Three flexible events on cpu 2, where GP 6 and 7 are free. */
+		assert_int_equal(sess(a, 5, "bg", 1, ARB_CLASS_SHARED, one(2), 3, three, why), 0);
+		struct arb_event_grant g;
+		assert_int_equal(arb_session_event(a, 5, 2, &g), 0);
+		assert_false(g.dedicated);
+		share[mode] = g.share;
+		expect_full_equal(a);
+		arb_destroy(a);
+	}
+	/* Identity: 2 free counters over 3 events + 2 PMCs spending half
+	 * their time here. Perf-based: the at-risk PMCs take 2 x 1/2
+	 * counter first, 1 counter is left for 3 events. */
+	assert_true(share[0] == 2.0 / 4);
+	assert_true(share[1] == 1.0 / 3);
+}
+
+/* A preferred VM of any priority comes before preferred sessions: its
+ * room is kept from a session of higher priority, the session's event
+ * moves to multiplexed and says why, and it gets the counter back when
+ * the VM leaves. */
+static void perf_pinned_vm_downgrades_preferred_session(void **state)
+{
+	(void)state;
+	struct arb *a = mk_mode(ARB_GUEST_PERF_PINNED, false);
+	char why[ARB_REASON_LEN] = "";
+	unsigned codes[8] = { 0x00c4, 0x00c5, 0x010e, 0x0114, 0x02c7, 0x01c2, 0x04a3, 0x10a3 };
+	/* Spans cpus 0 and 1, all eight GP counters. */
+	assert_int_equal(sess(a, 7, "all", 90, ARB_CLASS_PREFERRED, one(0) | one(1), 8, codes, why),
+			 0);
+	struct arb_event_grant g;
+	assert_int_equal(arb_session_event(a, 7, 7, &g), 0);
+	assert_true(g.dedicated);
+	assert_int_equal(vm(a, 1, "low", 1, ARB_CLASS_PREFERRED, one(0), 2, 0, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ R, R, D, D, D, D, D, D }, (uint8_t[]){ D, D, D, D });
+	unsigned kept = 0;
+	for (unsigned e = 0; e < 8; e++) {
+		assert_int_equal(arb_session_event(a, 7, e, &g), 0);
+		assert_int_equal(g.n_dedicated, g.n_kept_for_guests ? 1 : 2);
+		kept += g.n_kept_for_guests;
+	}
+	assert_int_equal(kept, 2); /* two events lost cpu 0 to the room */
+	assert_int_equal(arb_session_event(a, 7, 6, &g), 0);
+	assert_int_equal(g.kept_cpu, 0);
+	assert_string_equal(g.kept_vm, "low");
+	expect_full_equal(a);
+	assert_int_equal(arb_vm_remove(a, 1), 0);
+	for (unsigned e = 0; e < 8; e++) {
+		assert_int_equal(arb_session_event(a, 7, e, &g), 0);
+		assert_true(g.dedicated);
+		assert_int_equal(g.n_kept_for_guests, 0);
+	}
+	expect_full_equal(a);
+	arb_destroy(a);
+}
+
+/* ---- mediated vPMU or none (ARB_GUEST_NONE) ---- */
+
+static void none_mode_vms_take_nothing(void **state)
+{
+	(void)state;
+	struct arb *a = mk_mode(ARB_GUEST_NONE, true);
+	char why[ARB_REASON_LEN] = "";
+	assert_int_equal(vm(a, 1, "web", 50, ARB_CLASS_GUARANTEED, one(2), 8, 0x7, why), 0);
+	assert_int_equal(arb_generation(a), 1);
+	expect_routes(a, 1, (uint8_t[]){ U, U, U, U, U, U, U, U }, (uint8_t[]){ U, U, U, D });
+	expect_partition(a, 2, 0, 0);
+	const struct transition *t;
+	assert_int_equal(arb_transitions(a, &t), 0);
+	/* Eight events on eight GP counters, as if web were not there; with
+	 * the extension web would have them. */
+	unsigned codes[8] = { 0x00c4, 0x00c5, 0x010e, 0x0114, 0x02c7, 0x01c2, 0x04a3, 0x10a3 };
+	assert_int_equal(sess(a, 7, "all", 10, ARB_CLASS_GUARANTEED, one(2), 8, codes, why), 0);
+	struct arb_event_grant g;
+	for (unsigned e = 0; e < 8; e++) {
+		assert_int_equal(arb_session_event(a, 7, e, &g), 0);
+		assert_true(g.dedicated);
+	}
+	/* Updates and removals: no step either. */
+	uint64_t set = one(2) | one(3);
+	struct arb_vcpu_spec vs = { &set, 2, 0 };
+	struct arb_vm_spec s = { 1, "web", 50, ARB_CLASS_PREFERRED, 1, &vs };
+	assert_int_equal(arb_vm_update(a, &s, why, sizeof(why)), 0);
+	expect_routes(a, 1, (uint8_t[]){ U, U, D, D, D, D, D, D }, (uint8_t[]){ D, D, D, D });
+	assert_int_equal(arb_transitions(a, &t), 0);
+	assert_int_equal(arb_vm_remove(a, 1), 0);
+	assert_int_equal(arb_transitions(a, &t), 0);
+	assert_int_equal(arb_generation(a), 4);
+	uint8_t gr[TRANSITION_MAX_GP], fr[TRANSITION_MAX_FIXED];
+	assert_int_equal(arb_vcpu_routes(a, 1, 0, gr, fr), -ENOENT);
+	/* Bad shapes are still refused. */
+	assert_int_equal(vm(a, 2, "big", 1, ARB_CLASS_PREFERRED, one(0), 9, 0, why), -EINVAL);
+	expect_full_equal(a);
+
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, (enum arb_guest_mode)3 };
+	struct arb *b = NULL;
+	assert_int_equal(arb_create(&inv, &b), -EINVAL);
+	assert_string_equal(arb_guest_mode_name(ARB_GUEST_NONE), "none");
+	assert_string_equal(arb_guest_mode_name(ARB_GUEST_PERF_PINNED), "perf-pinned");
+	assert_string_equal(transition_route_name(PMC_ROUTE_RESERVED), "reserved");
+	assert_string_equal(transition_route_name(PMC_ROUTE_AT_RISK), "at-risk");
+	assert_string_equal(transition_route_name(PMC_ROUTE_UNMANAGED), "unmanaged");
 	arb_destroy(a);
 }
 
@@ -481,6 +767,11 @@ int main(void)
 		cmocka_unit_test(shared_class_never_holds_a_counter),
 		cmocka_unit_test(lower_priority_changes_leave_higher_grants_alone),
 		cmocka_unit_test(bad_input_changes_nothing),
+		cmocka_unit_test(perf_pinned_session_yields_to_vm_room),
+		cmocka_unit_test(perf_pinned_guaranteed_vm_takes_room_from_lower_preferred_vm),
+		cmocka_unit_test(perf_pinned_at_risk_pmcs_come_before_flexible_events),
+		cmocka_unit_test(perf_pinned_vm_downgrades_preferred_session),
+		cmocka_unit_test(none_mode_vms_take_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

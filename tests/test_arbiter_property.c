@@ -2,8 +2,9 @@
 /*
  * Property test: seeded random scenarios (attach, detach, priority change,
  * constrained host sessions, floating and pinned vCPUs) on Ice Lake CPUs,
- * checking after every step:
- *  - no counter is both in a guest partition and under a host placement;
+ * in each guest mode, checking after every step:
+ *  - no counter is both in a guest partition (room, with perf-based
+ *    guests) and under a host placement;
  *  - every admitted guaranteed consumer is fully satisfied;
  *  - priority: a preferred consumer gets exactly what it gets when every
  *    consumer ordered after it is absent (so nothing lower holds what it
@@ -11,8 +12,14 @@
  *  - the incremental plan equals a full recomputation;
  *  - the transitions, replayed on the previous plan, give the new one and
  *    never pass through a counter that is both guest and host;
- *  - a refused request changes nothing.
- * VPMU_PROPERTY_SEEDS=n runs n seeds; VPMU_PROPERTY_SEED=s replays seed s.
+ *  - a refused request changes nothing;
+ *  - perf-based guests: no session add or update takes room a vCPU had,
+ *    and an event marked as starved by guest room is multiplexed where
+ *    there is room;
+ *  - no managed guests: no partition, no step, and the sessions' plan is
+ *    the one they get with no VM at all.
+ * VPMU_PROPERTY_SEEDS=n runs n seeds per mode; VPMU_PROPERTY_SEED=s replays
+ * seed s; VPMU_PROPERTY_MODE=identity|perf-pinned|none runs one mode.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -49,6 +56,7 @@ struct spec {
 };
 
 struct world {
+	enum arb_guest_mode mode;
 	uint64_t rng;
 	unsigned n_cpus;
 	bool watchdog;
@@ -85,7 +93,7 @@ static unsigned below(struct world *w, unsigned n)
 static struct arb *make(const struct world *w)
 {
 	struct arb_inventory inv = { w->n_cpus, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     w->watchdog ? &watchdog : NULL, w->watchdog };
+				     w->watchdog ? &watchdog : NULL, w->watchdog, w->mode };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
@@ -175,34 +183,59 @@ static bool snap_take(const struct world *w, struct arb *a, struct snap *s)
 
 #define FAIL(...) do { snprintf(w->msg, sizeof(w->msg), __VA_ARGS__); return false; } while (0)
 
+/* The route of a granted PMC, and of one that is wanted but not granted. */
+static uint8_t granted_route(const struct world *w)
+{
+	return w->mode == ARB_GUEST_IDENTITY ? PMC_ROUTE_PASSTHROUGH
+	       : w->mode == ARB_GUEST_PERF_PINNED ? PMC_ROUTE_RESERVED : PMC_ROUTE_UNMANAGED;
+}
+
+static uint8_t other_route(const struct world *w)
+{
+	return w->mode == ARB_GUEST_IDENTITY ? PMC_ROUTE_MULTIPLEXED
+	       : w->mode == ARB_GUEST_PERF_PINNED ? PMC_ROUTE_AT_RISK : PMC_ROUTE_UNMANAGED;
+}
+
+static bool before(const struct world *w, const struct spec *x, const struct spec *y);
+static bool arrival_before(const struct spec *x, const struct spec *y);
+
+/* Sessions only, in arrival order (guaranteed first), on a fresh arbiter. */
+static struct arb *without_vms(struct world *w);
+
 static bool check_plan(struct world *w, struct arb *a, const struct snap *s)
 {
 	char why[256];
 	int r = arb_check_full(a, why, sizeof(why));
 	if (r)
 		FAIL("incremental != full: %s", r > 0 ? why : "error");
-	for (unsigned c = 0; c < w->n_cpus; c++)
+	for (unsigned c = 0; c < w->n_cpus; c++) {
 		if (s->guest[c] & s->host[c])
 			FAIL("cpu %u: counters 0x%llx both guest and host", c,
 			     (unsigned long long)(s->guest[c] & s->host[c]));
+		if (w->mode == ARB_GUEST_NONE && s->guest[c])
+			FAIL("cpu %u: partition 0x%llx with no managed guests", c,
+			     (unsigned long long)s->guest[c]);
+	}
+	uint8_t granted = granted_route(w), other = other_route(w);
 	for (unsigned k = 0; k < w->n_live; k++) {
 		const struct spec *sp = &w->live[k];
 		for (unsigned i = 0; sp->vm && i < sp->n; i++)
 			for (unsigned p = 0; p < 64; p++) {
 				bool want = p < 32 ? p < sp->gp[i] : (sp->fixed[i] >> (p - 32)) & 1;
 				uint8_t rt = s->route[k][i][p];
-				if (want != (rt != PMC_ROUTE_DISABLED))
+				if (want ? rt != granted && rt != other : rt != PMC_ROUTE_DISABLED)
 					FAIL("%s vcpu %u: PMC bit %u route %u against shape", sp->name,
 					     i, p, rt);
-				if (rt == PMC_ROUTE_PASSTHROUGH)
+				if (rt == granted)
 					for (unsigned c = 0; c < w->n_cpus; c++)
-						if (((sp->set[i] >> c) & 1) && !((s->guest[c] >> p) & 1))
+						if (((sp->set[i] >> c) & 1) && !((s->guest[c] >> p) & 1) &&
+						    w->mode != ARB_GUEST_NONE)
 							FAIL("%s vcpu %u passes bit %u through, cpu %u "
 							     "partition lacks it", sp->name, i, p, c);
-				if (sp->cls == ARB_CLASS_GUARANTEED && want &&
-				    rt != PMC_ROUTE_PASSTHROUGH)
+				if (sp->cls == ARB_CLASS_GUARANTEED && want && rt != granted)
 					FAIL("guaranteed %s vcpu %u lacks bit %u", sp->name, i, p);
-				if (sp->cls == ARB_CLASS_SHARED && rt == PMC_ROUTE_PASSTHROUGH)
+				if (sp->cls == ARB_CLASS_SHARED && rt == granted &&
+				    w->mode != ARB_GUEST_NONE)
 					FAIL("shared %s holds bit %u", sp->name, p);
 			}
 		for (unsigned e = 0; !sp->vm && e < sp->n; e++) {
@@ -213,15 +246,84 @@ static bool check_plan(struct world *w, struct arb *a, const struct snap *s)
 				FAIL("guaranteed %s event %u not dedicated", sp->name, e);
 			if (sp->cls == ARB_CLASS_SHARED && g.n_dedicated)
 				FAIL("shared %s event %u holds a counter", sp->name, e);
+			char reason[ARB_REASON_LEN];
+			int r = arb_session_event_why(a, sp->id, e, reason, sizeof(reason));
+			if (r != (g.n_kept_for_guests > 0) || (r && !strstr(reason, g.kept_vm)))
+				FAIL("%s event %u: kept on %u CPUs, reason %d '%s'", sp->name, e,
+				     g.n_kept_for_guests, r, reason);
+			if (g.n_kept_for_guests && (w->mode != ARB_GUEST_PERF_PINNED ||
+						    g.n_kept_for_guests > g.n_cpus - g.n_dedicated))
+				FAIL("%s event %u: kept for guests on %u CPUs", sp->name, e,
+				     g.n_kept_for_guests);
 		}
+	}
+	/* A placement starved by room is multiplexed, on a CPU with room. */
+	for (unsigned c = 0; c < w->n_cpus; c++) {
+		struct arb_cpu_view v;
+		arb_cpu_plan(a, c, &v);
+		for (unsigned i = 0; i < v.n_placements; i++)
+			if (v.placements[i].kept_for_guests &&
+			    (v.placements[i].counter >= 0 || !s->guest[c]))
+				FAIL("cpu %u placement %u: kept for guests, counter %d, room 0x%llx", c,
+				     i, v.placements[i].counter, (unsigned long long)s->guest[c]);
+	}
+	if (w->mode == ARB_GUEST_NONE) {
+		/* The sessions' plan is the one they get without any VM. */
+		struct arb *b = without_vms(w);
+		if (!b)
+			return false;
+		for (unsigned c = 0; c < w->n_cpus; c++) {
+			struct arb_cpu_view x, y;
+			arb_cpu_plan(a, c, &x);
+			arb_cpu_plan(b, c, &y);
+			bool same = x.n_placements == y.n_placements;
+			for (unsigned i = 0; same && i < x.n_placements; i++)
+				same = x.placements[i].id == y.placements[i].id &&
+				       x.placements[i].event == y.placements[i].event &&
+				       x.placements[i].counter == y.placements[i].counter &&
+				       x.placements[i].share == y.placements[i].share;
+			if (!same) {
+				arb_destroy(b);
+				FAIL("cpu %u: placements differ from the plan without VMs", c);
+			}
+		}
+		arb_destroy(b);
 	}
 	return true;
 }
 
-static bool before(const struct spec *x, const struct spec *y)
+static struct arb *without_vms(struct world *w)
+{
+	struct arb *b = make(w);
+	unsigned idx[MAXC], n = 0;
+	char why[ARB_REASON_LEN];
+	for (unsigned k = 0; k < w->n_live; k++)
+		if (!w->live[k].vm)
+			idx[n++] = k;
+	for (unsigned i = 1; i < n; i++)
+		for (unsigned j = i; j > 0 && arrival_before(&w->live[idx[j]], &w->live[idx[j - 1]]);
+		     j--) {
+			unsigned t = idx[j];
+			idx[j] = idx[j - 1];
+			idx[j - 1] = t;
+		}
+	for (unsigned i = 0; i < n; i++)
+		if (apply_spec(b, &w->live[idx[i]], false, why)) {
+			snprintf(w->msg, sizeof(w->msg), "plan without VMs refused %s: %s",
+				 w->live[idx[i]].name, why);
+			arb_destroy(b);
+			return NULL;
+		}
+	return b;
+}
+
+static bool before(const struct world *w, const struct spec *x, const struct spec *y)
 {
 	if (x->cls != y->cls)
 		return x->cls < y->cls;
+	/* perf-based guests: VMs before the sessions of their class */
+	if (w->mode == ARB_GUEST_PERF_PINNED && x->cls != ARB_CLASS_GUARANTEED && x->vm != y->vm)
+		return x->vm;
 	if (x->cls != ARB_CLASS_GUARANTEED && x->prio != y->prio)
 		return x->prio > y->prio;
 	return x->seq < y->seq;
@@ -247,7 +349,7 @@ static bool check_priority(struct world *w, struct arb *a, unsigned x)
 	 * arrival order is the arbiter's arrival order. */
 	unsigned idx[MAXC], n = 0;
 	for (unsigned k = 0; k < w->n_live; k++)
-		if (k == x || before(&w->live[k], sx))
+		if (k == x || before(w, &w->live[k], sx))
 			idx[n++] = k;
 	for (unsigned i = 1; i < n; i++)
 		for (unsigned j = i; j > 0 && arrival_before(&w->live[idx[j]], &w->live[idx[j - 1]]);
@@ -371,6 +473,9 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 			if (t[i].kind == TRANSITION_ROUTES && t[i].phase == 1 && ids[s] == t[i].vm_id &&
 			    t[i].vcpu < MAXV)
 				has_step[s][t[i].vcpu] = true;
+	if (w->mode == ARB_GUEST_NONE && nt)
+		FAIL("%zu transitions with no managed guests", nt);
+	uint8_t granted = granted_route(w);
 	int last = 0; /* 0 p1 routes, 1 p1 partition, 2 p2 partition, 3 p2 routes */
 	for (size_t i = 0; i < nt; i++) {
 		int kind = t[i].phase == 1 ? (t[i].kind == TRANSITION_ROUTES ? 0 : 1)
@@ -386,9 +491,11 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 				FAIL("transition %zu names unknown cpu %d", i, t[i].cpu);
 			uint64_t np = t[i].guest_gp_mask | ((uint64_t)t[i].guest_fixed_mask << 32);
 			uint64_t scrub = t[i].scrub_gp_mask | ((uint64_t)t[i].scrub_fixed_mask << 32);
-			if (scrub != (np ^ part[c]))
+			/* perf loads counters itself: room changes scrub nothing */
+			uint64_t owner = w->mode == ARB_GUEST_IDENTITY ? np ^ part[c] : 0;
+			if (scrub != owner)
 				FAIL("transition %zu: scrub 0x%llx, owner changes 0x%llx", i,
-				     (unsigned long long)scrub, (unsigned long long)(np ^ part[c]));
+				     (unsigned long long)scrub, (unsigned long long)owner);
 			if (t[i].phase == 1 ? (np & ~part[c]) : (part[c] & ~np))
 				FAIL("transition %zu: phase %u partition moves the wrong way", i,
 				     t[i].phase);
@@ -399,6 +506,8 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 				s++;
 			if (s == slots || t[i].vcpu >= nv[s])
 				FAIL("transition %zu names unknown vcpu", i);
+			if (w->mode != ARB_GUEST_IDENTITY && (t[i].scrub_gp_mask || t[i].scrub_fixed_mask))
+				FAIL("transition %zu scrubs guest PMCs of a perf-based guest", i);
 			stepped[s][t[i].vcpu] |= t[i].phase == 1;
 			memcpy(rt[s][t[i].vcpu], t[i].gp_route, 32);
 			memcpy(&rt[s][t[i].vcpu][32], t[i].fixed_route, 16);
@@ -416,7 +525,7 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 					uint64_t where = t[i].phase == 2 && nset[s][v] ? nset[s][v]
 							 : has_step[s][v] && !stepped[s][v] && oset[s][v]
 							 ? oset[s][v] : set[s][v];
-					for (unsigned c = 0; rt[s][v][p] == PMC_ROUTE_PASSTHROUGH &&
+					for (unsigned c = 0; rt[s][v][p] == granted &&
 							     c < w->n_cpus; c++)
 						if (((where >> c) & 1) && !((part[c] >> p) & 1))
 							FAIL("after transition %zu: vm %llu vcpu %u "
@@ -428,7 +537,8 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 		if (part[c] != n->guest[c])
 			FAIL("replay: cpu %u partition 0x%llx, plan 0x%llx", c,
 			     (unsigned long long)part[c], (unsigned long long)n->guest[c]);
-	for (unsigned s = 0; s < slots; s++) {
+	/* With no managed guests routes follow the shape and no step says so. */
+	for (unsigned s = 0; s < slots && w->mode != ARB_GUEST_NONE; s++) {
 		int k = live_of_vm(w, ids[s]);
 		for (unsigned v = 0; v < nv[s]; v++) {
 			uint8_t want[64];
@@ -444,7 +554,22 @@ static bool check_replay(struct world *w, struct arb *a, const struct snap *o,
 	return true;
 }
 
-static bool run_seed(uint64_t seed, char *msg, size_t len)
+/* perf-based guests: a session add or update takes no room from a vCPU
+ * (live indices are those of the old snapshot: sessions add at the end). */
+static bool check_room_kept(struct world *w, const struct snap *o, const struct snap *n,
+			    unsigned old_n)
+{
+	for (unsigned k = 0; k < old_n && k < w->n_live; k++)
+		for (unsigned i = 0; w->live[k].vm && i < w->live[k].n; i++)
+			for (unsigned p = 0; p < 64; p++)
+				if (o->route[k][i][p] == PMC_ROUTE_RESERVED &&
+				    n->route[k][i][p] != PMC_ROUTE_RESERVED)
+					FAIL("a session took room of %s vcpu %u PMC bit %u",
+					     w->live[k].name, i, p);
+	return true;
+}
+
+static bool run_seed(enum arb_guest_mode mode, uint64_t seed, char *msg, size_t len)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct snap *o = malloc(sizeof(*o)), *n = malloc(sizeof(*n));
@@ -453,6 +578,7 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 	assert_non_null(o);
 	assert_non_null(n);
 	assert_non_null(old_live);
+	w->mode = mode;
 	w->rng = seed;
 	w->n_cpus = 2 + below(w, MAXCPU - 1);
 	w->watchdog = below(w, 2);
@@ -466,6 +592,7 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 		unsigned op = below(w, 10);
 		unsigned old_n = w->n_live;
 		uint64_t gen = arb_generation(a);
+		bool session_came = false;
 		int r;
 
 		memcpy(old_live, w->live, sizeof(w->live));
@@ -503,6 +630,7 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 				ok = false;
 				break;
 			}
+			session_came = !up.vm;
 			if (!r)
 				w->live[k] = up;
 		} else {
@@ -510,6 +638,7 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 			random_spec(w, &sp);
 			sp.seq = w->next_seq++;
 			r = apply_spec(a, &sp, false, why);
+			session_came = !sp.vm;
 			if (r && r != -EBUSY) {
 				snprintf(w->msg, sizeof(w->msg), "add %s: %d %s", sp.name, r, why);
 				ok = false;
@@ -536,6 +665,8 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 				snprintf(w->msg, sizeof(w->msg), "refusal changed the plan");
 		} else {
 			ok = check_plan(w, a, n) && check_replay(w, a, o, old_live, old_n, n);
+			if (ok && session_came && mode == ARB_GUEST_PERF_PINNED)
+				ok = check_room_kept(w, o, n, old_n);
 			if (ok && w->n_live)
 				ok = check_priority(w, a, below(w, w->n_live));
 		}
@@ -555,14 +686,21 @@ static bool run_seed(uint64_t seed, char *msg, size_t len)
 	return ok;
 }
 
-static void random_scenarios(void **state)
+/* Seeds per mode by default: the identity mode's count as before, fewer
+ * in the other modes, where most of the machinery is the same. */
+static void scenarios(enum arb_guest_mode mode, uint64_t default_count)
 {
-	(void)state;
 	const char *one = getenv("VPMU_PROPERTY_SEED");
 	const char *many = getenv("VPMU_PROPERTY_SEEDS");
-	uint64_t first = 1, count = 8000;
+	const char *only = getenv("VPMU_PROPERTY_MODE");
+	uint64_t first = 1, count = default_count;
 	char msg[768];
 
+	if (only && strcmp(only, arb_guest_mode_name(mode))) {
+		print_message("%s: skipped (VPMU_PROPERTY_MODE=%s)\n", arb_guest_mode_name(mode),
+			      only);
+		return;
+	}
 	if (one) {
 		first = strtoull(one, NULL, 0);
 		count = 1;
@@ -570,18 +708,40 @@ static void random_scenarios(void **state)
 		count = strtoull(many, NULL, 0);
 	}
 	for (uint64_t s = first; s < first + count; s++)
-		if (!run_seed(s, msg, sizeof(msg))) {
-			print_error("%s\nreplay: VPMU_PROPERTY_SEED=%llu %s\n", msg,
+		if (!run_seed(mode, s, msg, sizeof(msg))) {
+			print_error("%s: %s\nreplay: VPMU_PROPERTY_MODE=%s VPMU_PROPERTY_SEED=%llu %s\n",
+				    arb_guest_mode_name(mode), msg, arb_guest_mode_name(mode),
 				    (unsigned long long)s, "test_arbiter_property");
 			fail();
 		}
-	print_message("%llu seeds x %d steps passed\n", (unsigned long long)count, STEPS);
+	print_message("%s: %llu seeds x %d steps passed\n", arb_guest_mode_name(mode),
+		      (unsigned long long)count, STEPS);
+}
+
+static void random_scenarios_identity(void **state)
+{
+	(void)state;
+	scenarios(ARB_GUEST_IDENTITY, 8000);
+}
+
+static void random_scenarios_perf_pinned(void **state)
+{
+	(void)state;
+	scenarios(ARB_GUEST_PERF_PINNED, 4000);
+}
+
+static void random_scenarios_none(void **state)
+{
+	(void)state;
+	scenarios(ARB_GUEST_NONE, 2000);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(random_scenarios),
+		cmocka_unit_test(random_scenarios_identity),
+		cmocka_unit_test(random_scenarios_perf_pinned),
+		cmocka_unit_test(random_scenarios_none),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

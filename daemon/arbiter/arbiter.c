@@ -98,6 +98,7 @@ struct item {
 struct cpu_items {
 	struct item *v;
 	unsigned n, cap;
+	unsigned n_ev;          /* session events linked here */
 };
 
 struct cpu_plan {
@@ -125,6 +126,12 @@ struct work {
 	 * only withdrawn, so a vCPU after another need not search again. */
 	uint64_t stuck;
 	struct match m;
+	/* ARB_GUEST_PERF_PINNED: placements multiplexed only because of the
+	 * room kept for guests (kept_for_guests). Room for one per session
+	 * event linked here is made at link time, so that deciding needs no
+	 * memory. */
+	unsigned *kept;
+	unsigned n_kept, cap_kept;
 	int16_t slot_pl[MATCHING_MAX_SLOTS];        /* slot -> placement index */
 	struct cons *slot_cons[MATCHING_MAX_SLOTS]; /* NULL: foreign */
 	uint16_t slot_ev[MATCHING_MAX_SLOTS];       /* event or foreign index */
@@ -159,6 +166,7 @@ struct fail {
 };
 
 struct arb {
+	enum arb_guest_mode mode;
 	unsigned n_cpus;
 	int *cpu_ids;
 	uint64_t inv_mask;
@@ -194,6 +202,16 @@ struct arb {
 	struct cons *gone;      /* the consumer being replaced or removed */
 	struct fail fail;
 };
+
+const char *arb_guest_mode_name(enum arb_guest_mode m)
+{
+	switch (m) {
+	case ARB_GUEST_IDENTITY: return "identity";
+	case ARB_GUEST_PERF_PINNED: return "perf-pinned";
+	case ARB_GUEST_NONE: return "none";
+	}
+	return "unknown";
+}
 
 const char *arb_class_name(enum arb_class c)
 {
@@ -238,11 +256,18 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 /* ---- order ---- */
 
 /* Guaranteed grants are reservations: by arrival only, so that a newcomer
- * can never displace an admitted one. The rest: higher priority first. */
-static uint64_t order_key(enum arb_class cls, int prio)
+ * can never displace an admitted one. The rest: higher priority first.
+ * With perf-based guests, a CPU-pinned host event would displace KVM's
+ * task-pinned ones, so within a class that is not guaranteed every VM
+ * comes before every session: a session there gets what the guests leave
+ * (flexible events), whatever its priority. */
+static uint64_t order_key(enum arb_guest_mode mode, enum cons_kind kind, enum arb_class cls,
+			  int prio)
 {
 	uint32_t rank = cls == ARB_CLASS_GUARANTEED ? 0 : (uint32_t)(INT_MAX - (int64_t)prio);
-	return ((uint64_t)cls << 32) | rank;
+	uint64_t after_vms = mode == ARB_GUEST_PERF_PINNED && cls != ARB_CLASS_GUARANTEED &&
+			     kind == CONS_SESSION;
+	return ((uint64_t)cls << 33) | (after_vms << 32) | rank;
 }
 
 static int cons_cmp(const struct cons *x, const struct cons *y)
@@ -300,8 +325,26 @@ static bool seen_cpu(const struct cons *c, unsigned v, unsigned cpu)
 	return false;
 }
 
+/* Whether c has items: a VM that claims nothing (ARB_GUEST_NONE) has none,
+ * so no computation ever sees it. */
+static bool cons_placed(const struct arb *a, const struct cons *c)
+{
+	return c->kind == CONS_SESSION || a->mode != ARB_GUEST_NONE;
+}
+
+static void session_unlink_cpu(struct arb *a, struct cons *c, unsigned cpu)
+{
+	struct cpu_items *l = &a->items[cpu];
+	unsigned n = l->n;
+	items_remove(l, c);
+	if (l->n != n)
+		l->n_ev -= c->n_ev;
+}
+
 static void cons_unlink(struct arb *a, struct cons *c)
 {
+	if (!cons_placed(a, c))
+		return;
 	if (c->kind == CONS_VM) {
 		/* items_remove drops all of c's items on a CPU at once */
 		for (unsigned v = 0; v < c->n_vcpus; v++)
@@ -310,8 +353,28 @@ static void cons_unlink(struct arb *a, struct cons *c)
 					items_remove(&a->items[c->vcpus[v].cpus[i]], c);
 	} else {
 		for (unsigned i = 0; i < c->n_cpus; i++)
-			items_remove(&a->items[c->cpus[i]], c);
+			session_unlink_cpu(a, c, c->cpus[i]);
 	}
+}
+
+/* A session's item on cpu, and room for its kept_for_guests marks. The
+ * count of events linked only grows back to a value seen before when a
+ * refused change puts the old consumer back, so that needs no memory. */
+static int session_link_cpu(struct arb *a, struct cons *c, unsigned cpu)
+{
+	struct cpu_items *l = &a->items[cpu];
+	struct work *w = &a->work[cpu];
+
+	if (a->mode == ARB_GUEST_PERF_PINNED) {
+		size_t cap = w->cap_kept;
+		if (grow((void **)&w->kept, &cap, (size_t)l->n_ev + c->n_ev, sizeof(*w->kept)))
+			return -ENOMEM;
+		w->cap_kept = (unsigned)cap;
+	}
+	if (items_insert(l, (struct item){ c, 0, 0 }))
+		return -ENOMEM;
+	l->n_ev += c->n_ev;
+	return 0;
 }
 
 /* Adds c to the item list of every CPU it names; all or nothing. */
@@ -319,13 +382,15 @@ static int cons_link(struct arb *a, struct cons *c)
 {
 	bool ok = true;
 
+	if (!cons_placed(a, c))
+		return 0;
 	if (c->kind == CONS_VM) {
 		for (unsigned v = 0; ok && v < c->n_vcpus; v++)
 			for (unsigned i = 0; ok && i < c->vcpus[v].n_cpus; i++)
 				ok = !items_insert(&a->items[c->vcpus[v].cpus[i]], (struct item){ c, v, 0 });
 	} else {
 		for (unsigned i = 0; ok && i < c->n_cpus; i++)
-			ok = !items_insert(&a->items[c->cpus[i]], (struct item){ c, 0, 0 });
+			ok = !session_link_cpu(a, c, c->cpus[i]);
 	}
 	if (ok)
 		return 0;
@@ -463,7 +528,7 @@ static int vm_build(const struct arb *a, const struct arb_vm_spec *s, struct con
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_VM;
-	c->key = order_key(s->cls, s->priority);
+	c->key = order_key(a->mode, CONS_VM, s->cls, s->priority);
 	c->id = s->id;
 	snprintf(c->name, sizeof(c->name), "%s", s->name);
 	c->prio = s->priority;
@@ -525,7 +590,7 @@ static int session_build(const struct arb *a, const struct arb_session_spec *s,
 	if (!c)
 		return -ENOMEM;
 	c->kind = CONS_SESSION;
-	c->key = order_key(s->cls, s->priority);
+	c->key = order_key(a->mode, CONS_SESSION, s->cls, s->priority);
 	c->id = s->id;
 	snprintf(c->name, sizeof(c->name), "%s", s->name);
 	c->prio = s->priority;
@@ -574,6 +639,7 @@ static int work_init(struct arb *a, unsigned cpu)
 	w->pcount = 0;
 	w->guest = 0;
 	w->stuck = 0;
+	w->n_kept = 0;
 	matching_init(&w->m, a->inv_mask);
 	for (unsigned f = 0; f < a->n_foreign; f++) {
 		if (a->foreign[f].cpu >= 0 && (unsigned)a->foreign[f].cpu != cpu)
@@ -633,8 +699,12 @@ static void replay_item(struct arb *a, unsigned cpu, const struct item *it)
 	} else {
 		const struct arb_placement *pl = a->plan[cpu].pl;
 		for (unsigned e = 0; e < it->c->n_ev; e++) {
-			if (pl[(int)w->pcount + w->pshift + (int)e].counter < 0)
+			const struct arb_placement *was = &pl[(int)w->pcount + w->pshift + (int)e];
+			if (was->counter < 0) {
+				if (was->kept_for_guests)
+					w->kept[w->n_kept++] = w->pcount + e;
 				continue;
+			}
 			int slot = matching_add(&w->m, it->c->ev[e].mask);
 			assert(slot >= 0);
 			place_event(w, slot, it->c, e);
@@ -699,7 +769,16 @@ static void decide_session(struct arb *a, unsigned cpu, const struct item *it)
 		int slot = matching_add(&w->m, c->ev[e].mask);
 		if (slot >= 0) {
 			place_event(w, slot, c, e);
-		} else if (c == a->adm && !a->fail.set) {
+			continue;
+		}
+		/* Room kept for perf-based guests is what the event misses when
+		 * it would fit with those counters: say so. */
+		if (a->mode == ARB_GUEST_PERF_PINNED && w->guest &&
+		    matching_fits_with(&w->m, w->guest, c->ev[e].mask)) {
+			assert(w->n_kept < w->cap_kept);
+			w->kept[w->n_kept++] = w->pcount + e;
+		}
+		if (c == a->adm && !a->fail.set) {
 			a->fail.set = true;
 			a->fail.need = c;
 			a->fail.need_sub = e;
@@ -1050,6 +1129,20 @@ static int decide_vcpu(struct arb *a, struct vcpu *v)
 	return 0;
 }
 
+/* Counters of free_c a flexible event may expect, after the at-risk guest
+ * PMCs took theirs: general ones take general counters, fixed j fixed j. */
+static double counters_left(uint64_t free_c, double risk_gp,
+			    const double risk_fixed[TRANSITION_MAX_FIXED])
+{
+	double gp = pop64(free_c & 0xffffffffULL) - risk_gp;
+	double left = gp > 0 ? gp : 0;
+	for (uint64_t f = free_c >> MATCHING_FIXED_SHIFT; f; f &= f - 1) {
+		double x = 1 - risk_fixed[__builtin_ctzll(f)];
+		left += x > 0 ? x : 0;
+	}
+	return left;
+}
+
 /* The CPU's next plan from its final state. */
 static int finalize_cpu(struct arb *a, unsigned cpu)
 {
@@ -1066,23 +1159,39 @@ static int finalize_cpu(struct arb *a, unsigned cpu)
 	for (unsigned f = 0; f < a->n_foreign; f++)
 		if (a->foreign[f].cpu < 0 || (unsigned)a->foreign[f].cpu == cpu)
 			p->npl[n++] = (struct arb_placement){ ARB_HOLDER_FOREIGN, f, 0,
-							      a->foreign[f].name, -1, 1.0 };
+							      a->foreign[f].name, -1, 1.0, false };
 	/* Demand competing for the host counters left after dedicated events:
 	 * multiplexed session events, and multiplexed guest PMCs of the vCPUs
 	 * that may run here, weighted by the share of time a floating vCPU is
-	 * expected to spend on this CPU. */
-	double demand = 0;
+	 * expected to spend on this CPU. At-risk perf-based guest PMCs are
+	 * task-pinned events instead: they do not rotate with the flexible
+	 * ones but take free counters before them, so they are taken off the
+	 * counters left (risk_gp: general counters, risk_fixed: each fixed
+	 * one), with the same weight. */
+	double demand = 0, risk_gp = 0, risk_fixed[TRANSITION_MAX_FIXED];
+	bool risk = false;
 	for (unsigned i = 0; i < l->n; i++) {
 		const struct item *it = &l->v[i];
 		if (it->c->kind == CONS_VM) {
 			const struct vcpu *v = &it->c->vcpus[it->sub];
-			demand += (double)pop64(v->want & ~cur_grant(a, v)) /
-				  v->n_cpus;
+			uint64_t mux = v->want & ~cur_grant(a, v);
+			if (a->mode == ARB_GUEST_IDENTITY) {
+				demand += (double)pop64(mux) / v->n_cpus;
+				continue;
+			}
+			if (!mux)
+				continue;
+			if (!risk)
+				memset(risk_fixed, 0, sizeof(risk_fixed));
+			risk = true;
+			risk_gp += (double)pop64(mux & 0xffffffffULL) / v->n_cpus;
+			for (uint64_t f = mux >> MATCHING_FIXED_SHIFT; f; f &= f - 1)
+				risk_fixed[__builtin_ctzll(f)] += 1.0 / v->n_cpus;
 			continue;
 		}
 		for (unsigned e = 0; e < it->c->n_ev; e++)
 			p->npl[n++] = (struct arb_placement){ ARB_HOLDER_SESSION, it->c->id, e,
-							      it->c->ev[e].name, -1, 0 };
+							      it->c->ev[e].name, -1, 0, false };
 	}
 	assert(n == w->pcount);
 	for (unsigned s = 0; s < w->m.n; s++) {
@@ -1104,10 +1213,14 @@ static int finalize_cpu(struct arb *a, unsigned cpu)
 		for (unsigned e = 0; e < c->n_ev; e++, k++) {
 			if (p->npl[k].counter >= 0)
 				continue;
-			double s = pop64(spare & c->ev[e].mask) / demand;
+			uint64_t free_c = spare & c->ev[e].mask;
+			double s = (risk ? counters_left(free_c, risk_gp, risk_fixed)
+				    : pop64(free_c)) / demand;
 			p->npl[k].share = s > 1 ? 1 : s;
 		}
 	}
+	for (unsigned i = 0; i < w->n_kept; i++)
+		p->npl[w->kept[i]].kept_for_guests = true;
 	p->n_npl = n;
 	p->nguest = w->guest;
 	return 0;
@@ -1214,6 +1327,8 @@ static int compute_full(struct arb *a)
 	}
 	for (unsigned i = 0; i < a->n_cons; i++) {
 		struct cons *c = order[i];
+		if (!cons_placed(a, c))
+			continue;
 		if (c->kind == CONS_VM) {
 			for (unsigned v = 0; v < c->n_vcpus; v++)
 				if ((r = decide_vcpu(a, &c->vcpus[v]))) {
@@ -1254,6 +1369,10 @@ static void item_name(char *buf, size_t len, const struct cons *c, unsigned sub,
 		snprintf(buf + n, len - (size_t)n, " (priority %d)", c->prio);
 }
 
+/* With perf-based guests a VM holds room, not a counter: perf places its
+ * events, so a vCPU "needs room for its PMC p" and room is "kept for" one.
+ * need_sub UINT32_MAX: the newcomer as a whole, naming the counter another
+ * consumer would lose. */
 static void say_refusal(const struct arb *a, char *why, size_t whylen, const struct cons *need,
 			unsigned need_sub, bool need_is_event, unsigned cpu, int counter,
 			const struct cons *holder, unsigned holder_sub, bool holder_is_event,
@@ -1261,6 +1380,9 @@ static void say_refusal(const struct arb *a, char *why, size_t whylen, const str
 {
 	/* "vm 'NAME' vcpu N (priority P)": names are below ARB_NAME_LEN */
 	char n[ARB_NAME_LEN + 96], h[ARB_NAME_LEN + 96], k[24];
+	bool room = a->mode == ARB_GUEST_PERF_PINNED;
+	const char *held = room && holder && holder->kind == CONS_VM
+				   ? "kept for the perf-based PMCs of" : "held by";
 
 	if (!why || !whylen)
 		return;
@@ -1272,12 +1394,14 @@ static void say_refusal(const struct arb *a, char *why, size_t whylen, const str
 	else
 		snprintf(h, sizeof(h), "the host events placed there");
 	if (counter < 0) {
-		snprintf(why, whylen, "%s needs a counter on cpu %d, held by %s", n,
-			 a->cpu_ids[cpu], h);
+		snprintf(why, whylen, "%s needs a counter on cpu %d, %s %s", n,
+			 a->cpu_ids[cpu], held, h);
 		return;
 	}
 	counter_name(k, sizeof(k), counter);
-	snprintf(why, whylen, "%s needs %s on cpu %d, held by %s", n, k, a->cpu_ids[cpu], h);
+	snprintf(why, whylen, "%s needs %s%s on cpu %d, %s %s", n,
+		 room && need->kind == CONS_VM && need_sub != UINT32_MAX ? "room for its " : "", k,
+		 a->cpu_ids[cpu], held, h);
 }
 
 static const struct arb_placement *find_pl(const struct arb_placement *pl, unsigned n,
@@ -1289,13 +1413,20 @@ static const struct arb_placement *find_pl(const struct arb_placement *pl, unsig
 	return NULL;
 }
 
-/* Whether consumer x may not lose anything to the admission of c. */
-static bool protected_from(const struct cons *x, const struct cons *c)
+/* Whether consumer x may not lose anything to the admission of c. With
+ * perf-based guests no session takes room a VM has (a CPU-pinned event
+ * would displace KVM's task-pinned ones), and a VM of any class takes
+ * counters from sessions that are not guaranteed, as preferred VMs do by
+ * their place in the order. Between VMs, and between sessions, the rules
+ * are the same in every mode. */
+static bool protected_from(const struct arb *a, const struct cons *x, const struct cons *c)
 {
 	if (x == c)
 		return false;
 	if (x->cls == ARB_CLASS_GUARANTEED)
 		return true;
+	if (a->mode == ARB_GUEST_PERF_PINNED && x->kind != c->kind)
+		return x->kind == CONS_VM;
 	return c->cls == ARB_CLASS_GUARANTEED && x->cls == ARB_CLASS_PREFERRED &&
 	       x->prio >= c->prio;
 }
@@ -1303,7 +1434,7 @@ static bool protected_from(const struct cons *x, const struct cons *c)
 /* After computing with c in place: 0, or -EBUSY with the reason. */
 static int admission(struct arb *a, struct cons *c, char *why, size_t whylen)
 {
-	if (c->cls == ARB_CLASS_GUARANTEED) {
+	if (c->cls == ARB_CLASS_GUARANTEED && cons_placed(a, c)) {
 		bool short_of = false;
 		for (unsigned v = 0; v < c->n_vcpus; v++)
 			short_of |= c->vcpus[v].ngrant != c->vcpus[v].want;
@@ -1330,7 +1461,7 @@ static int admission(struct arb *a, struct cons *c, char *why, size_t whylen)
 	for (size_t i = 0; i < a->n_recomp; i++) {
 		const struct vcpu *v = a->recomp[i];
 		uint64_t lost = v->fresh ? 0 : v->grant & ~v->ngrant;
-		if (!lost || !protected_from(v->vm, c))
+		if (!lost || !protected_from(a, v->vm, c))
 			continue;
 		unsigned p = (unsigned)__builtin_ctzll(lost), cpu = v->cpus[0];
 		for (unsigned k = 0; k < v->n_cpus; k++)
@@ -1349,7 +1480,7 @@ static int admission(struct arb *a, struct cons *c, char *why, size_t whylen)
 		const struct cpu_items *l = &a->items[cpu];
 		for (unsigned i = 0; i < l->n; i++) {
 			const struct cons *x = l->v[i].c;
-			if (x->kind != CONS_SESSION || !protected_from(x, c))
+			if (x->kind != CONS_SESSION || !protected_from(a, x, c))
 				continue;
 			for (unsigned e = 0; e < x->n_ev; e++) {
 				const struct arb_placement *np = find_pl(p->npl, p->n_npl, x->id, e);
@@ -1367,12 +1498,22 @@ static int admission(struct arb *a, struct cons *c, char *why, size_t whylen)
 
 /* ---- transitions and commit ---- */
 
-static enum pmc_route route_of(uint64_t want, uint64_t grant, unsigned p)
+static enum pmc_route route_of(enum arb_guest_mode mode, uint64_t want, uint64_t grant, unsigned p)
 {
+	static const enum pmc_route granted[] = {
+		[ARB_GUEST_IDENTITY] = PMC_ROUTE_PASSTHROUGH,
+		[ARB_GUEST_PERF_PINNED] = PMC_ROUTE_RESERVED,
+		[ARB_GUEST_NONE] = PMC_ROUTE_UNMANAGED,
+	};
+	static const enum pmc_route not_granted[] = {
+		[ARB_GUEST_IDENTITY] = PMC_ROUTE_MULTIPLEXED,
+		[ARB_GUEST_PERF_PINNED] = PMC_ROUTE_AT_RISK,
+		[ARB_GUEST_NONE] = PMC_ROUTE_UNMANAGED,
+	};
 	if (grant & (1ULL << p))
-		return PMC_ROUTE_PASSTHROUGH;
+		return granted[mode];
 	if (want & (1ULL << p))
-		return PMC_ROUTE_MULTIPLEXED;
+		return not_granted[mode];
 	return PMC_ROUTE_DISABLED;
 }
 
@@ -1391,12 +1532,13 @@ static int push_tr(struct arb *a, const struct transition *t)
 }
 
 /* Routes from two disjoint masks, as route_of reads want and grant. */
-static void fill_routes(struct transition *t, uint64_t want, uint64_t grant)
+static void fill_routes(enum arb_guest_mode mode, uint8_t gp[TRANSITION_MAX_GP],
+			uint8_t fixed[TRANSITION_MAX_FIXED], uint64_t want, uint64_t grant)
 {
 	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++)
-		t->gp_route[i] = (uint8_t)route_of(want, grant, i);
+		gp[i] = (uint8_t)route_of(mode, want, grant, i);
 	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
-		t->fixed_route[i] = (uint8_t)route_of(want, grant, MATCHING_FIXED_SHIFT + i);
+		fixed[i] = (uint8_t)route_of(mode, want, grant, MATCHING_FIXED_SHIFT + i);
 }
 
 static void split_mask(uint64_t m, uint32_t *gp, uint32_t *fixed)
@@ -1428,16 +1570,18 @@ static int vcpu_steps(struct arb *a, uint64_t vm_id, unsigned idx, uint64_t ow, 
 	bool down = kept != og || m_mux != o_mux;
 	bool up = kept != ng || m_mux != n_mux;
 	struct transition t = { .kind = TRANSITION_ROUTES, .vm_id = vm_id, .vcpu = idx, .cpu = -1 };
+	/* perf loads a counter whenever it places an event: nothing to scrub */
+	uint64_t scrub = a->mode == ARB_GUEST_IDENTITY ? ~0ULL : 0;
 	if (phase == 1 && down) {
 		t.phase = 1;
-		fill_routes(&t, kept | m_mux, kept);
-		split_mask(og & ~kept, &t.scrub_gp_mask, &t.scrub_fixed_mask);
+		fill_routes(a->mode, t.gp_route, t.fixed_route, kept | m_mux, kept);
+		split_mask(og & ~kept & scrub, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
 	if (phase == 2 && up) {
 		t.phase = 2;
-		fill_routes(&t, nw, ng);
-		split_mask(ng & ~kept, &t.scrub_gp_mask, &t.scrub_fixed_mask);
+		fill_routes(a->mode, t.gp_route, t.fixed_route, nw, ng);
+		split_mask(ng & ~kept & scrub, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
 	return 0;
@@ -1470,7 +1614,8 @@ static int route_steps(struct arb *a, int phase, const struct cons *gone,
 				    v, phase)))
 			return r;
 	}
-	for (unsigned k = 0; gone && gone->kind == CONS_VM && k < gone->n_vcpus; k++) {
+	for (unsigned k = 0; gone && gone->kind == CONS_VM && cons_placed(a, gone) &&
+			     k < gone->n_vcpus; k++) {
 		const struct vcpu *ov = &gone->vcpus[k];
 		if (replaced_by && k < replaced_by->n_vcpus)
 			continue;
@@ -1517,7 +1662,8 @@ static int build_transitions(struct arb *a, const struct cons *gone,
 			struct transition t = { .kind = TRANSITION_PARTITION, .phase = (unsigned)phase,
 						.cpu = a->cpu_ids[cpu] };
 			split_mask(phase == 1 ? o & n : n, &t.guest_gp_mask, &t.guest_fixed_mask);
-			split_mask(moved, &t.scrub_gp_mask, &t.scrub_fixed_mask);
+			if (a->mode == ARB_GUEST_IDENTITY)
+				split_mask(moved, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 			if ((r = push_tr(a, &t)))
 				return r;
 		}
@@ -1562,7 +1708,7 @@ static void commit(struct arb *a)
 
 static void footprint_of(const struct arb *a, const struct cons *c, uint64_t *fp)
 {
-	if (!c)
+	if (!c || !cons_placed(a, c))
 		return;
 	if (c->kind == CONS_SESSION) {
 		for (size_t w = 0; w < ARB_CPUSET_WORDS(a->n_cpus); w++)
@@ -1643,11 +1789,14 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 {
 	if (!inv || !out || inv->n_cpus == 0 || inv->n_cpus > TRANSITION_MAX_CPUS || !inv->cpu_ids ||
 	    inv->num_gp > TRANSITION_MAX_GP || (inv->fixed_mask >> TRANSITION_MAX_FIXED) ||
-	    (inv->n_foreign && !inv->foreign))
+	    (inv->n_foreign && !inv->foreign) ||
+	    (inv->guest_mode != ARB_GUEST_IDENTITY && inv->guest_mode != ARB_GUEST_PERF_PINNED &&
+	     inv->guest_mode != ARB_GUEST_NONE))
 		return -EINVAL;
 	_cleanup_(arb_destroyp) struct arb *a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
+	a->mode = inv->guest_mode;
 	a->n_cpus = inv->n_cpus;
 	a->inv_mask = matching_counters((uint32_t)((1ULL << inv->num_gp) - 1), inv->fixed_mask);
 	a->cpu_ids = malloc(inv->n_cpus * sizeof(int));
@@ -1705,6 +1854,8 @@ void arb_destroy(struct arb *a)
 	}
 	for (unsigned c = 0; a->items && c < a->n_cpus; c++)
 		free(a->items[c].v);
+	for (unsigned c = 0; a->work && c < a->n_cpus; c++)
+		free(a->work[c].kept);
 	free(a->cons);
 	free(a->cpu_ids);
 	free(a->plan);
@@ -1801,6 +1952,11 @@ int arb_session_remove(struct arb *a, uint64_t id)
 	return remove_cons(a, CONS_SESSION, id);
 }
 
+enum arb_guest_mode arb_guest_mode(const struct arb *a)
+{
+	return a->mode;
+}
+
 uint64_t arb_generation(const struct arb *a)
 {
 	return a->generation;
@@ -1830,11 +1986,30 @@ int arb_vcpu_routes(const struct arb *a, uint64_t vm_id, unsigned vcpu,
 	if (!c || vcpu >= c->n_vcpus)
 		return -ENOENT;
 	const struct vcpu *v = &c->vcpus[vcpu];
-	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++)
-		gp_route[i] = (uint8_t)route_of(v->want, v->grant, i);
-	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
-		fixed_route[i] = (uint8_t)route_of(v->want, v->grant, MATCHING_FIXED_SHIFT + i);
+	fill_routes(a->mode, gp_route, fixed_route, v->want, v->grant);
 	return 0;
+}
+
+/* The VM a session's room-starved event on cpu names: among the vCPUs
+ * ordered before the session there, whose grants make up the room the
+ * event met, the first whose room the event could use, else the first
+ * with any room. */
+static const struct cons *room_holder(const struct arb *a, unsigned cpu, const struct cons *s,
+				      uint64_t mask)
+{
+	const struct cpu_items *l = &a->items[cpu];
+	const struct cons *any = NULL;
+	for (unsigned i = 0; i < l->n && l->v[i].c != s; i++) {
+		const struct item *it = &l->v[i];
+		if (it->c->kind != CONS_VM)
+			continue;
+		uint64_t g = it->c->vcpus[it->sub].grant;
+		if (g & mask)
+			return it->c;
+		if (g && !any)
+			any = it->c;
+	}
+	return any;
 }
 
 int arb_session_event(const struct arb *a, uint64_t session_id, unsigned event,
@@ -1843,7 +2018,8 @@ int arb_session_event(const struct arb *a, uint64_t session_id, unsigned event,
 	const struct cons *c = cons_find(a, CONS_SESSION, session_id, NULL);
 	if (!c || event >= c->n_ev)
 		return -ENOENT;
-	*out = (struct arb_event_grant){ .n_cpus = c->n_cpus, .share = 1.0 };
+	*out = (struct arb_event_grant){ .n_cpus = c->n_cpus, .share = 1.0, .kept_cpu = -1 };
+	unsigned kept_at = 0;
 	for (unsigned i = 0; i < c->n_cpus; i++) {
 		const struct cpu_plan *p = &a->plan[c->cpus[i]];
 		const struct arb_placement *pl = find_pl(p->pl, p->n_pl, session_id, event);
@@ -1853,9 +2029,39 @@ int arb_session_event(const struct arb *a, uint64_t session_id, unsigned event,
 			out->n_dedicated++;
 		if (pl->share < out->share)
 			out->share = pl->share;
+		if (pl->kept_for_guests && !out->n_kept_for_guests++)
+			kept_at = c->cpus[i];
 	}
 	out->dedicated = out->n_dedicated == out->n_cpus;
+	if (out->n_kept_for_guests) {
+		const struct cons *vm = room_holder(a, kept_at, c, c->ev[event].mask);
+		out->kept_cpu = a->cpu_ids[kept_at];
+		out->kept_vm_id = vm ? vm->id : 0;
+		out->kept_vm = vm ? vm->name : NULL;
+	}
 	return 0;
+}
+
+int arb_session_event_why(const struct arb *a, uint64_t session_id, unsigned event, char *why,
+			  size_t whylen)
+{
+	struct arb_event_grant g;
+	int r = arb_session_event(a, session_id, event, &g);
+	if (why && whylen)
+		why[0] = '\0';
+	if (r < 0)
+		return r;
+	if (!g.n_kept_for_guests || !g.kept_vm)
+		return 0;
+	if (!why || !whylen)
+		return 1;
+	int n = snprintf(why, whylen,
+			 "multiplexed: cpu %d's counters are kept for the perf-based PMCs of vm '%s'",
+			 g.kept_cpu, g.kept_vm);
+	if (g.n_kept_for_guests > 1 && n >= 0 && (size_t)n < whylen)
+		snprintf(why + n, whylen - (size_t)n, " (and on %u more CPUs)",
+			 g.n_kept_for_guests - 1);
+	return 1;
 }
 
 size_t arb_transitions(const struct arb *a, const struct transition **out)
@@ -1899,13 +2105,15 @@ int arb_check_full(struct arb *a, char *why, size_t whylen)
 		for (unsigned i = 0; i < p->n_pl && !diff; i++) {
 			const struct arb_placement *x = &p->pl[i], *y = &p->npl[i];
 			if (x->holder != y->holder || x->id != y->id || x->event != y->event ||
-			    x->counter != y->counter || x->share != y->share) {
+			    x->counter != y->counter || x->share != y->share ||
+			    x->kept_for_guests != y->kept_for_guests) {
 				snprintf(why, whylen,
-					 "cpu %d placement %u: id %llu ev %u counter %d share %g,"
-					 " full id %llu ev %u counter %d share %g",
+					 "cpu %d placement %u: id %llu ev %u counter %d share %g kept %d,"
+					 " full id %llu ev %u counter %d share %g kept %d",
 					 a->cpu_ids[c], i, (unsigned long long)x->id, x->event,
-					 x->counter, x->share, (unsigned long long)y->id, y->event,
-					 y->counter, y->share);
+					 x->counter, x->share, x->kept_for_guests,
+					 (unsigned long long)y->id, y->event, y->counter, y->share,
+					 y->kept_for_guests);
 				diff = 1;
 			}
 		}

@@ -44,6 +44,34 @@ enum arb_class {
 };
 const char *arb_class_name(enum arb_class c);
 
+/*
+ * What a VM claims, by the vPMU flavour of the host kernel
+ * (docs/arbiter.md, "Guest modes"). Sessions follow the same rules in every
+ * mode; only what a VM takes, and how its PMCs are routed, differs.
+ */
+enum arb_guest_mode {
+	/* The vpmu extension and its model: guest PMC i passes through as
+	 * physical PMC i on every CPU of its vCPU (the guest partition).
+	 * Routes: passthrough, multiplexed, disabled. */
+	ARB_GUEST_IDENTITY = 0,
+	/* The perf-based vPMU: every guest PMC the guest enables is a
+	 * task-pinned perf event on the vCPU thread, which perf places on any
+	 * free counter, after CPU-pinned events (dedicated session events,
+	 * foreign ones) and before flexible ones. The guest partition is room:
+	 * counters kept free of CPU-pinned events; an identity partition of n
+	 * counters is the witness that any n guest events the guest may
+	 * program fit. VMs come before non-guaranteed sessions of their class;
+	 * a guaranteed session that would take room a VM has is refused.
+	 * Routes: reserved (room kept), at-risk (none), disabled. */
+	ARB_GUEST_PERF_PINNED = 1,
+	/* The mediated vPMU (the guest owns the whole PMU while its vCPU runs;
+	 * host events exclude guest time) or no vPMU: VMs are listed but
+	 * claim nothing, have no partition and no route steps; sessions are
+	 * arbitrated as if no VM existed. Routes: unmanaged, disabled. */
+	ARB_GUEST_NONE = 2,
+};
+const char *arb_guest_mode_name(enum arb_guest_mode m);
+
 /* A counter user the arbiter does not manage (NMI watchdog, foreign perf
  * users): always placed first, and nothing may displace it. */
 struct arb_foreign {
@@ -60,6 +88,7 @@ struct arb_inventory {
 	uint32_t fixed_mask;    /* fixed counters per CPU (bits < 16) */
 	const struct arb_foreign *foreign;
 	unsigned n_foreign;
+	enum arb_guest_mode guest_mode; /* 0: ARB_GUEST_IDENTITY */
 };
 
 struct arb_vcpu_spec {
@@ -96,9 +125,10 @@ struct arb_session_spec {
 struct arb;
 
 /* -EINVAL on a bad inventory, including foreign events that cannot all be
- * placed; -ENOMEM. */
+ * placed, or an unknown guest mode; -ENOMEM. */
 int arb_create(const struct arb_inventory *inv, struct arb **out);
 void arb_destroy(struct arb *a);
+enum arb_guest_mode arb_guest_mode(const struct arb *a);
 
 /*
  * Consumer changes. Return 0, or: -EINVAL bad spec, -EEXIST id taken (add),
@@ -131,10 +161,17 @@ struct arb_placement {
 	const char *name;       /* event name; valid while the plan is */
 	int counter;            /* -1: multiplexed */
 	double share;           /* expected time share: 1 when dedicated */
+	/* ARB_GUEST_PERF_PINNED: multiplexed only because counters on this
+	 * CPU are kept for guest PMCs (it would have been dedicated, in its
+	 * place in the order, without that room). */
+	bool kept_for_guests;
 };
 
 struct arb_cpu_view {
 	int cpu;                /* logical CPU number */
+	/* The guest partition; in ARB_GUEST_PERF_PINNED the room kept free of
+	 * CPU-pinned host events (perf, not these bits, places the guest's
+	 * events); always 0 in ARB_GUEST_NONE. */
 	uint32_t guest_gp_mask;
 	uint32_t guest_fixed_mask;
 	unsigned n_placements;  /* foreign first, then sessions in arbitration order */
@@ -142,7 +179,10 @@ struct arb_cpu_view {
 };
 int arb_cpu_plan(const struct arb *a, unsigned idx, struct arb_cpu_view *out);
 
-/* Routes of one vCPU, as enum pmc_route values. -ENOENT if unknown. */
+/* Routes of one vCPU, as enum pmc_route values: by guest mode, granted
+ * PMCs are passthrough (identity) or reserved (perf-pinned), others it has
+ * multiplexed or at-risk; with ARB_GUEST_NONE every PMC it has is
+ * unmanaged. PMCs it lacks are disabled. -ENOENT if unknown. */
 int arb_vcpu_routes(const struct arb *a, uint64_t vm_id, unsigned vcpu,
 		    uint8_t gp_route[TRANSITION_MAX_GP], uint8_t fixed_route[TRANSITION_MAX_FIXED]);
 
@@ -151,13 +191,36 @@ struct arb_event_grant {
 	unsigned n_cpus;
 	unsigned n_dedicated;   /* CPUs where it holds a counter */
 	double share;           /* lowest expected time share over its CPUs */
+	/* ARB_GUEST_PERF_PINNED: CPUs where it is multiplexed only because
+	 * counters there are kept for guest PMCs (placement kept_for_guests),
+	 * the first of them and a VM they are kept for: the first VM in the
+	 * order, before the session, whose room there the event could use
+	 * (else any room there). 0, -1, 0 and NULL when there is none. */
+	unsigned n_kept_for_guests;
+	int kept_cpu;           /* logical CPU number */
+	uint64_t kept_vm_id;
+	const char *kept_vm;    /* VM name; valid until the next change */
 };
 int arb_session_event(const struct arb *a, uint64_t session_id, unsigned event,
 		      struct arb_event_grant *out);
 
+/* Why a session event is multiplexed, when the arbiter knows a reason the
+ * session cannot see: today, counters kept for perf-based guest PMCs, e.g.
+ * "multiplexed: cpu 3's counters are kept for the perf-based PMCs of vm
+ * 'web'" (with " (and on N more CPUs)" when it applies to several).
+ * Returns 1 with the reason in why, 0 with "" when there is none, -ENOENT
+ * for an unknown session or event. */
+int arb_session_event_why(const struct arb *a, uint64_t session_id, unsigned event, char *why,
+			  size_t whylen);
+
 /* The transitions of the last accepted change, in application order (phase
  * 1 route downgrades, phase 1 partition shrinks, phase 2 partition grows,
- * phase 2 route upgrades). Valid until the next change. */
+ * phase 2 route upgrades). Valid until the next change. Only those of
+ * ARB_GUEST_IDENTITY are for the kvm port's extension. In
+ * ARB_GUEST_PERF_PINNED they carry reserved and at-risk routes and room
+ * partitions, and scrub nothing (perf loads a counter when it places an
+ * event there); they tell watchers, nothing applies them. In
+ * ARB_GUEST_NONE there are none. */
 size_t arb_transitions(const struct arb *a, const struct transition **out);
 
 /* Recomputes every CPU from scratch and commits the result (it equals the

@@ -96,9 +96,9 @@ int matching_withdraw(struct match *m, unsigned counter)
  * avail already lacks that counter, so no path ends on or passes it. It
  * visits counters in augment()'s order and finds a path exactly when
  * augment() would, but writes nothing, so the caller needs no copy. */
-static bool reachable(const struct match *m, unsigned slot, uint64_t avail, uint64_t *visited)
+static bool reachable(const struct match *m, uint64_t mask, uint64_t avail, uint64_t *visited)
 {
-	uint64_t cand = m->mask[slot] & avail & ~*visited;
+	uint64_t cand = mask & avail & ~*visited;
 
 	if (cand & ~m->used)
 		return true;
@@ -108,7 +108,7 @@ static bool reachable(const struct match *m, unsigned slot, uint64_t avail, uint
 		if (*visited & (1ULL << c))
 			continue;
 		*visited |= 1ULL << c;
-		if (reachable(m, (unsigned)m->owner[c], avail, visited))
+		if (reachable(m, m->mask[(unsigned)m->owner[c]], avail, visited))
 			return true;
 	}
 	return false;
@@ -121,5 +121,17 @@ bool matching_can_withdraw(const struct match *m, unsigned counter)
 	if (!(m->avail & bit) || !(m->used & bit))
 		return true;
 	uint64_t visited = 0;
-	return reachable(m, (unsigned)m->owner[counter], m->avail & ~bit, &visited);
+	return reachable(m, m->mask[(unsigned)m->owner[counter]], m->avail & ~bit, &visited);
+}
+
+/* An augmenting path for a new event exists exactly when all placed events
+ * and it have an assignment (Berge); `more` holds no event, so its counters
+ * are free ends of such a path. The failure cache is not consulted: it was
+ * learnt without `more`. */
+bool matching_fits_with(const struct match *m, uint64_t more, uint64_t mask)
+{
+	if (m->n >= MATCHING_MAX_SLOTS)
+		return false;
+	uint64_t visited = 0;
+	return reachable(m, mask, m->avail | (more & ~m->used), &visited);
 }

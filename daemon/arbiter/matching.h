@@ -54,4 +54,10 @@ int matching_withdraw(struct match *m, unsigned counter);
 /* Whether matching_withdraw() would succeed, without changing m. */
 bool matching_can_withdraw(const struct match *m, unsigned counter);
 
+/* Whether matching_add(mask) would succeed if the counters in `more`, which
+ * hold no event (withdrawn ones), were available again; m is not changed.
+ * The arbiter asks it to tell an event that counters kept for guests keep
+ * from a counter from one that would not fit anyway. */
+bool matching_fits_with(const struct match *m, uint64_t more, uint64_t mask);
+
 #endif

@@ -7,6 +7,9 @@
  * multiplexed or disabled) followed by partition shrinks; phase 2 holds
  * partition grows followed by route upgrades (to pass-through). Applied in
  * order, no counter is ever both in a host placement and passed through.
+ * In the arbiter's perf-based mode the same steps carry reserved and
+ * at-risk routes and the partition is room (arbiter.h); in its mode for
+ * mediated or absent vPMUs there are no steps.
  */
 #ifndef VPMU_TRANSITION_H
 #define VPMU_TRANSITION_H
@@ -22,11 +25,30 @@
 #define TRANSITION_MAX_FIXED 16
 #define TRANSITION_MAX_CPUS 4096
 
-/* Values match the KVM extension uapi (include/linux/vpmu_kvm.h). */
+/*
+ * Values 0..2 match the KVM extension uapi (include/linux/vpmu_kvm.h); only
+ * these reach the kvm port's extension (arbiter mode ARB_GUEST_IDENTITY).
+ * The others describe guests the extension does not drive: the arbiter
+ * reports them in the other guest modes (arbiter.h, enum arb_guest_mode),
+ * for plans and watchers, and the kvm port refuses them.
+ */
 enum pmc_route {
 	PMC_ROUTE_DISABLED = 0,     /* the guest does not have this PMC */
 	PMC_ROUTE_MULTIPLEXED = 1,  /* emulated by KVM with a host perf event */
 	PMC_ROUTE_PASSTHROUGH = 2,  /* guest PMC i is physical PMC i */
+	/* perf-based vPMU (ARB_GUEST_PERF_PINNED): KVM's task-pinned perf
+	 * event for this PMC has room: on every CPU the vCPU may run on, a
+	 * counter is kept free of CPU-pinned host events for it. perf picks
+	 * the counter; no identity. */
+	PMC_ROUTE_RESERVED = 3,
+	/* perf-based vPMU: no room is kept; a CPU-pinned host event may take
+	 * the counter, and the guest's counts may then stop (the event goes
+	 * to ERROR until the guest reprograms the PMC). */
+	PMC_ROUTE_AT_RISK = 4,
+	/* mediated vPMU or no vPMU (ARB_GUEST_NONE): the arbiter claims no
+	 * counter for this PMC; what the guest gets is the kernel's doing
+	 * (the whole PMU while the vCPU runs, or nothing). */
+	PMC_ROUTE_UNMANAGED = 5,
 };
 
 enum transition_kind {
