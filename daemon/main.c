@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * vpmud entry point. Without an action it runs the daemon (vpmud.c); the
- * actions answer "which PMU would the daemon manage, and what would a guest
- * see?", and say where the answer came from.
+ * actions answer "which PMU would the daemon manage, what would a guest
+ * see, and which vPMU does KVM give guests here?", and say where the answer
+ * came from.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -10,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvm/kvm_detect.h"
 #include "pmu/pmu.h"
 #include "pmu/pmu_discover.h"
 #include "pmu/pmu_model.h"
+#include "proto/cleanup.h"
 #include "vpmud.h"
 
 enum action {
@@ -20,6 +23,7 @@ enum action {
 	ACT_PRINT_PMU,
 	ACT_PRINT_GUEST,
 	ACT_LIST_MODELS,
+	ACT_PRINT_KVM,
 	ACT_HELP,
 };
 
@@ -57,6 +61,9 @@ static void usage(FILE *f)
 		"  --print-pmu            print the PMU as Linux prints it at boot\n"
 		"  --print-guest-pmu      print CPUID.0AH and the PMU a KVM guest would see\n"
 		"  --list-models          list the built-in PMU models\n"
+		"  --print-kvm            print the vPMU flavour KVM gives guests on this host,\n"
+		"                         with the evidence read (/dev/kvm, sysfs, procfs), and\n"
+		"                         what it means for guests and for host sessions\n"
 		"  --help                 this text\n"
 		"\n"
 		"options:\n"
@@ -90,7 +97,7 @@ static int parse_number(const char *s, unsigned long max, unsigned long *out)
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-	enum { OPT_PMU = 256, OPT_PRINT_PMU, OPT_PRINT_GUEST, OPT_LIST, OPT_GP, OPT_FIXED,
+	enum { OPT_PMU = 256, OPT_PRINT_PMU, OPT_PRINT_GUEST, OPT_LIST, OPT_PRINT_KVM, OPT_GP, OPT_FIXED,
 	       OPT_GVER, OPT_SYSFS, OPT_PROCFS, OPT_CONFIG, OPT_SOCKET, OPT_STATE, OPT_KVM,
 	       OPT_LIBVIRT, OPT_DBUS };
 	static const struct option opts[] = {
@@ -98,6 +105,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "print-pmu", no_argument, NULL, OPT_PRINT_PMU },
 		{ "print-guest-pmu", no_argument, NULL, OPT_PRINT_GUEST },
 		{ "list-models", no_argument, NULL, OPT_LIST },
+		{ "print-kvm", no_argument, NULL, OPT_PRINT_KVM },
 		{ "gp", required_argument, NULL, OPT_GP },
 		{ "fixed", required_argument, NULL, OPT_FIXED },
 		{ "guest-version", required_argument, NULL, OPT_GVER },
@@ -133,6 +141,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case OPT_LIST:
 			act = ACT_LIST_MODELS;
+			break;
+		case OPT_PRINT_KVM:
+			act = ACT_PRINT_KVM;
 			break;
 		case 'h':
 			act = ACT_HELP;
@@ -328,6 +339,29 @@ static int print_guest(const struct args *a, const struct pmu_desc *host)
 	return rc;
 }
 
+/* Detection as the daemon does it at start: this host's /dev/kvm, always
+ * (fixture answers are for the unit tests only). A host without KVM is an
+ * answer too ("unknown"), not a failure. */
+static int print_kvm(const struct args *a)
+{
+	struct kvm_detect d;
+	struct kvm_detect_opts o = { .sysfs_root = a->sysfs_root, .procfs_root = a->procfs_root };
+
+	kvm_detect_run(&o, &d);
+	int n = kvm_detect_format(&d, NULL, 0);
+	if (n < 0)
+		return EXIT_FAILURE;
+	_cleanup_free_ char *report = malloc((size_t)n + 1);
+	if (!report)
+		return EXIT_FAILURE;
+	kvm_detect_format(&d, report, (size_t)n + 1);
+	if (a->sysfs_root || a->procfs_root)
+		printf("# kvm: sysfs read below %s, procfs below %s (testing); ioctl answers from this host's /dev/kvm\n",
+		       a->sysfs_root ? a->sysfs_root : "/", a->procfs_root ? a->procfs_root : "/");
+	fputs(report, stdout);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a;
@@ -345,6 +379,8 @@ int main(int argc, char **argv)
 			printf("%s%s\n", *n,
 			       strcmp(*n, PMU_FALLBACK_MODEL) == 0 ? " (fallback when the host has no PMU)" : "");
 		return 0;
+	case ACT_PRINT_KVM:
+		return print_kvm(&a);
 	case ACT_NONE:
 		a.daemon.pmu = a.pmu;
 		a.daemon.sysfs_root = a.sysfs_root;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# vpmud --print-pmu / --print-guest-pmu: exact boot blocks, where the PMU came
-# from, and refusals of bad requests (exit code 2).
+# vpmud --print-pmu / --print-guest-pmu / --print-kvm: exact boot blocks,
+# where the PMU came from, this host's vPMU flavour with its evidence, and
+# refusals of bad requests (exit code 2).
 set -u
 vpmud=${VPMU_BUILD_DIR:?}/vpmud
 src=${VPMU_SOURCE_DIR:?}
@@ -87,10 +88,48 @@ run file 0 --pmu "$fx/models/skylake-4c.json" --print-pmu
 expect_line file out "^# pmu: skylake-4c \(model file .*skylake-4c.json, simulated\)$"
 expect_line file out '^\.\.\. event mask:             000000070000000f$'
 
+# --print-kvm: this host's vPMU flavour with its evidence, exit 0 whatever
+# the flavour; the evidence must agree with the files it names.
+run kvm 0 --print-kvm
+expect_line kvm out '^kvm: vPMU flavour: (unknown|none|perf-based|mediated) \(.+\)$'
+expect_line kvm out '^kvm: evidence:$'
+expect_line kvm out '^kvm: for guests: .+'
+expect_line kvm out '^kvm: for host sessions: .+'
+grep -q 'fixture' "$tmp/kvm.out" && fail "kvm: the real host's report mentions a fixture: $(cat "$tmp/kvm.out")"
+p=/sys/module/kvm/parameters/enable_pmu
+if [ -r "$p" ]; then
+  expect_line kvm out "^kvm:   $p: $(cat "$p")\$"
+else
+  expect_line kvm out "^kvm:   $p: absent\$"
+fi
+if [ -r /proc/sys/kernel/nmi_watchdog ]; then
+  expect_line kvm out "^kvm:   /proc/sys/kernel/nmi_watchdog: $(cat /proc/sys/kernel/nmi_watchdog)\$"
+fi
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  expect_line kvm out '^kvm:   open /dev/kvm: ok$'
+  expect_line kvm out '^kvm:   KVM_GET_API_VERSION: 12$'
+  expect_line kvm out '^kvm: vpmu extension: absent \(stock kernel: guest routes are advisory\)$'
+  # kvm.enable_pmu=N (this machine): none, whatever else the host has.
+  if [ "$(cat "$p" 2>/dev/null)" = N ]; then
+    expect_line kvm out '^kvm: vPMU flavour: none \((kvm\.enable_pmu=N|hybrid CPU .*)\)$'
+    expect_line kvm out '^kvm: for host sessions: every counter is the host.s, guest time included$'
+  fi
+  # Hybrid PMUs in sysfs (a fixture tree) make it none whatever KVM says.
+  hy=$fx/kvm/v6.12-alderlake-hybrid
+  run kvm-hybrid 0 --print-kvm --sysfs-root "$hy" --procfs-root "$hy"
+  expect_line kvm-hybrid out "^# kvm: sysfs read below $hy, procfs below $hy \(testing\); ioctl answers from this host's /dev/kvm\$"
+  expect_line kvm-hybrid out '^kvm: vPMU flavour: none \(hybrid CPU \(perf PMUs cpu_core/cpu_atom instead of cpu\): KVM disables its vPMU\)$'
+  expect_line kvm-hybrid out '^kvm:   /sys/bus/event_source/devices/cpu_core: present \(hybrid\)$'
+else
+  expect_line kvm out '^kvm:   open /dev/kvm: failed \(.+\)$'
+  expect_line kvm out '^kvm: vPMU flavour: (unknown|none) '
+fi
+
 run list 0 --list-models
 for m in icelake-8360y sapphirerapids zen4; do expect_line list out "^$m"; done
 run help 0 --help
 expect_line help out '^usage: vpmud'
+expect_line help out '^  --print-kvm  '
 
 # Refusals: exit code 2 and a message that says what is wrong.
 run r-gp 2 --pmu icelake-8360y --print-guest-pmu --gp 9
@@ -116,6 +155,11 @@ expect_line r-badfile err 'bad-num-gp.json: field "num_gp": must be an integer 1
 run r-guestonly 2 --pmu icelake-8360y --print-pmu --gp 2
 expect_line r-guestonly err 'go with --print-guest-pmu'
 run r-two 2 --print-pmu --list-models
+expect_line r-two err 'give one action only'
+run r-kvm-gp 2 --print-kvm --gp 2
+expect_line r-kvm-gp err 'go with --print-guest-pmu'
+run r-kvm-two 2 --print-kvm --print-guest-pmu
+expect_line r-kvm-two err 'give one action only'
 # Without an action vpmud runs the daemon; a bad daemon option stops it at once.
 run r-daemon-kvm 2 --kvm magic --socket /nonexistent/x.sock
 expect_line r-daemon-kvm err 'refusing to start: --kvm: field "kvm": must be auto, ioctl, advisory or model'
