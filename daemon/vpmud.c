@@ -34,7 +34,7 @@ struct vpmud {
 	char pmu_note[1600];
 	struct kvm_detect detect;
 	char kvm_summary[512];
-	char kvm_note[384];
+	char kvm_note[KVM_DETECT_WHY_MAX + 320];
 	enum broker_flavour flavour;
 	struct kvm_port *port;
 	struct broker *broker;
@@ -178,24 +178,23 @@ static enum broker_flavour stock_flavour(const struct kvm_detect *det, char *why
 	case KVM_VPMU_FLAVOUR_NONE: return BROKER_FLAVOUR_NONE;
 	default: break;
 	}
-	if (det->mediated_intel == KVM_YES || det->mediated_amd == KVM_YES)
+	if (det->mediated_param)
 		return BROKER_FLAVOUR_MEDIATED;
-	if (det->dev_errno == ENOENT) {
+	if (!det->dev_ok && det->dev_errno == ENOENT) {
 		snprintf(why, whylen, "no /dev/kvm: no KVM guests on this host");
 		return BROKER_FLAVOUR_NONE;
 	}
-	snprintf(why, whylen, "/dev/kvm: %s: flavour unknown, assuming perf-based (KVM's default)",
-		 strerror(det->dev_errno));
+	snprintf(why, whylen, "flavour unknown (%s): assuming perf-based, KVM's default", det->why);
 	return BROKER_FLAVOUR_PERF;
 }
 
 static int choose_kvm(struct vpmud *d)
 {
-	char why[512], assumed[192] = "";
+	char why[512], assumed[KVM_DETECT_WHY_MAX + 64] = "";
 	struct kvm_detect_opts dopts = {0};
 	kvm_detect_run(&dopts, &d->detect);
 	snprintf(d->kvm_summary, sizeof(d->kvm_summary), "vPMU flavour %s: %s",
-		 kvm_detect_flavour_name(d->detect.flavour), kvm_detect_flavour_host_impact(d->detect.flavour));
+		 kvm_detect_flavour_name(d->detect.flavour), d->detect.why);
 	log_info("kvm: %s", d->kvm_summary);
 
 	struct kvm_port_opts po = { .n_cpus = pmu_cpu_span(d->pmu), .num_gp = d->pmu->num_gp,
@@ -312,7 +311,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 				  .kvm_host_summary = d.kvm_summary, .kvm_note = d.kvm_note,
 				  .state_dir = d.cfg.state_dir,
 				  .sysfs_root = opts->sysfs_root, .flavour = d.flavour,
-				  .nmi_watchdog_perf = d.pmu->nmi_watchdog };
+				  .nmi_watchdog_perf = d.detect.nmi_watchdog_perf };
 	struct proto_error perr = {0};
 	if ((r = broker_new(&bo, &d.broker, &perr)) < 0) {
 		log_err("broker: %s", perr.message);

@@ -38,7 +38,9 @@ _Static_assert(PMU_MAX_GP == TRANSITION_MAX_GP && PMU_MAX_FIXED == TRANSITION_MA
 /* Views carry routes as the arbiter writes them. */
 _Static_assert((int)BROKER_ROUTE_DISABLED == PMC_ROUTE_DISABLED &&
 		       (int)BROKER_ROUTE_MULTIPLEXED == PMC_ROUTE_MULTIPLEXED &&
-		       (int)BROKER_ROUTE_PASSTHROUGH == PMC_ROUTE_PASSTHROUGH, "route values differ");
+		       (int)BROKER_ROUTE_PASSTHROUGH == PMC_ROUTE_PASSTHROUGH &&
+		       (int)BROKER_ROUTE_RESERVED == PMC_ROUTE_RESERVED && (int)BROKER_ROUTE_AT_RISK == PMC_ROUTE_AT_RISK,
+	       "route values differ");
 _Static_assert(sizeof(((struct broker_vcpu_view *)0)->gp) == PMU_MAX_GP &&
 		       sizeof(((struct broker_vcpu_view *)0)->fixed) == PMU_MAX_FIXED, "view route arrays");
 _Static_assert(PMU_MAX_CPUS <= CPULIST_MAX_CPUS, "a cpulist holds every CPU number");
@@ -362,35 +364,25 @@ static const char *flavour_effect(enum broker_flavour f)
 #define WARN_NO_IRQCHIP \
 	"a VM without an in-kernel irqchip (local APIC) silently gets no PMU under the mediated vPMU"
 
-/* What the arbiter's route for one guest PMC means in this flavour.
- * asked: the lease asked for the PMC. */
-static uint8_t present_route(const struct broker *b, uint8_t arb_route, bool asked)
+/* What the arbiter's route for one guest PMC means in this flavour: the
+ * extension's and the perf-based ones are the arbiter's own; a PMC the
+ * arbiter leaves unmanaged is the mediated vPMU's, or one the host does
+ * not give at all. */
+static uint8_t present_route(const struct broker *b, uint8_t arb_route)
 {
-	switch (b->flavour) {
-	case BROKER_FLAVOUR_EXTENSION:
+	if (arb_route != PMC_ROUTE_UNMANAGED)
 		return arb_route;
-	case BROKER_FLAVOUR_PERF:
-		if (!asked)
-			return BROKER_ROUTE_DISABLED;
-		/* Identity arbitration keeps a granted PMC's counter free of
-		 * host placements on every CPU the vCPU may run on: room; a PMC
-		 * the plan multiplexes has a host event on its counter. */
-		return arb_route == PMC_ROUTE_PASSTHROUGH ? BROKER_ROUTE_RESERVED : BROKER_ROUTE_AT_RISK;
-	case BROKER_FLAVOUR_MEDIATED:
-		return asked ? BROKER_ROUTE_MEDIATED : BROKER_ROUTE_DISABLED;
-	default:
-		return asked ? BROKER_ROUTE_NONE : BROKER_ROUTE_DISABLED;
-	}
+	return b->flavour == BROKER_FLAVOUR_MEDIATED ? BROKER_ROUTE_MEDIATED : BROKER_ROUTE_NONE;
 }
 
 /* A vCPU's routes as the arbiter holds them, in this flavour's terms. */
-static void present_routes(const struct broker *b, uint32_t asked_gp, uint32_t asked_fixed,
-			   const uint8_t *arb_gp, const uint8_t *arb_fixed, uint8_t *gp, uint8_t *fixed)
+static void present_routes(const struct broker *b, const uint8_t *arb_gp, const uint8_t *arb_fixed, uint8_t *gp,
+			   uint8_t *fixed)
 {
 	for (unsigned j = 0; j < PMU_MAX_GP; j++)
-		gp[j] = present_route(b, arb_gp[j], j < asked_gp);
+		gp[j] = present_route(b, arb_gp[j]);
 	for (unsigned j = 0; j < PMU_MAX_FIXED; j++)
-		fixed[j] = present_route(b, arb_fixed[j], asked_fixed & (1u << j));
+		fixed[j] = present_route(b, arb_fixed[j]);
 }
 
 /* Routes from weakest to strongest: a vCPU is as well off as its worst
@@ -825,9 +817,7 @@ static void emit_event(struct broker *b, const char *reason, bool with_plan, uin
 		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
 		c->vm = v ? v->name : t[i].vm_id == gone_id && gone_name ? gone_name : "?";
 		c->vcpu = t[i].vcpu;
-		/* A VM that is gone asked for nothing any more. */
-		present_routes(b, v ? v->gp : 0, v ? v->fixed_mask : 0, t[i].gp_route, t[i].fixed_route, c->gp,
-			       c->fixed);
+		present_routes(b, t[i].gp_route, t[i].fixed_route, c->gp, c->fixed);
 	}
 	struct broker_event ev = { .seq = ++b->event_seq, .generation = arb_generation(b->arb),
 				   .flavour = broker_flavour_name(b->flavour), .routes = broker_routes_kind(b),
@@ -962,12 +952,8 @@ static int build_vm_spec(const struct broker *b, uint64_t id, const struct vm_sh
 			vm_arb_spec_fini(out);
 			return r;
 		}
-		/* Where guests get no PMC of the host's (mediated: the whole PMU
-		 * is switched at VM entry; none: no PMU), every counter is the
-		 * host's: the VM holds none of them in the plan. */
-		bool holds = b->flavour == BROKER_FLAVOUR_EXTENSION || b->flavour == BROKER_FLAVOUR_PERF;
-		out->vcpus[i] = (struct arb_vcpu_spec){ .cpus = out->sets + i * words, .num_gp = holds ? a->gp : 0,
-							.fixed_mask = holds ? a->fixed_mask : 0 };
+		out->vcpus[i] = (struct arb_vcpu_spec){ .cpus = out->sets + i * words, .num_gp = a->gp,
+							.fixed_mask = a->fixed_mask };
 	}
 	out->vm = (struct arb_vm_spec){ .id = id, .name = a->name, .priority = (int)a->priority,
 					.cls = arb_class_of(a->cls), .n_vcpus = a->n_vcpus, .vcpus = out->vcpus };
@@ -1603,7 +1589,7 @@ static int vcpu_routes(const struct broker *b, const struct broker_vm *v, uint32
 	int r = arb_vcpu_routes(b->arb, v->id, vcpu, agp, afx);
 	if (r < 0)
 		return r;
-	present_routes(b, v->gp, v->fixed_mask, agp, afx, gp, fixed);
+	present_routes(b, agp, afx, gp, fixed);
 	return 0;
 }
 
@@ -2684,6 +2670,8 @@ int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e
 	out->placement = g.dedicated ? BROKER_PLACEMENT_DEDICATED : BROKER_PLACEMENT_MULTIPLEXED;
 	out->share = g.share;
 	out->dedicated_cpus = g.n_dedicated;
+	if (arb_session_event_why(b->arb, s->id, (unsigned)s->arb_index[e], out->reason, sizeof(out->reason)) <= 0)
+		out->reason[0] = '\0';
 	return 0;
 }
 
@@ -2811,9 +2799,18 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 		b->foreign[0] = (struct arb_foreign){ .name = "nmi_watchdog", .cpu = -1, .gp_mask = gp, .fixed_mask = fx };
 		b->n_foreign = 1;
 	}
+	/* What a VM claims: the extension's identity partition, room for
+	 * perf's task-pinned guest events, or nothing where the kernel gives
+	 * guests the whole PMU at VM entry (mediated) or no PMU at all. */
+	static const enum arb_guest_mode modes[BROKER_FLAVOUR__COUNT] = {
+		[BROKER_FLAVOUR_EXTENSION] = ARB_GUEST_IDENTITY,
+		[BROKER_FLAVOUR_PERF] = ARB_GUEST_PERF_PINNED,
+		[BROKER_FLAVOUR_MEDIATED] = ARB_GUEST_NONE,
+		[BROKER_FLAVOUR_NONE] = ARB_GUEST_NONE,
+	};
 	struct arb_inventory inv = { .n_cpus = b->pmu.n_cpus, .cpu_ids = b->cpu_ids, .num_gp = b->pmu.num_gp,
 				     .fixed_mask = b->pmu.fixed_mask, .foreign = b->foreign,
-				     .n_foreign = b->n_foreign };
+				     .n_foreign = b->n_foreign, .guest_mode = modes[b->flavour] };
 	int r = arb_create(&inv, &b->arb);
 	if (r < 0)
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "the arbiter refused the inventory: %s",

@@ -376,9 +376,9 @@ struct broker_event_view {
 	enum broker_placement placement;
 	double share;                  /* expected fraction of time counted */
 	unsigned dedicated_cpus;       /* CPUs where it holds a counter */
-	/* Why it is not dedicated where it asked to be (perf-based: kept off
-	 * the room guests hold), or NULL. */
-	const char *reason;
+	/* Why it is multiplexed where the session cannot see why (perf-based:
+	 * counters there are kept for guest PMCs), or "". */
+	char reason[256];
 };
 
 size_t broker_session_count(const struct broker *b);

@@ -339,7 +339,7 @@ static void put_event_plan(struct json_door_text *t, const struct broker *b, con
 			put(t, ",\"dedicated_cpus\":");
 			put_u64(t, ev.dedicated_cpus);
 		}
-		if (ev.reason) {
+		if (ev.reason[0]) {
 			put(t, ",\"reason\":");
 			put_str(t, ev.reason);
 		}
