@@ -297,10 +297,14 @@ static void put_vm(struct json_door_text *t, const struct broker *b, const struc
 		putf(t, ",\"owner\":{\"pid\":%d,\"vm_fd\":%d}", (int)v->vmm_pid, v->vm_fd);
 	else
 		put(t, ",\"owner\":null");
-	put(t, ",\"passthrough_vcpus\":");
-	put_u64(t, v->passthrough_vcpus);
-	if (broker_flavour(b) != BROKER_FLAVOUR_EXTENSION)
+	/* The extension's views have always counted only the vCPUs passed
+	 * through whole; the other flavours count by their own routes. */
+	if (broker_flavour(b) == BROKER_FLAVOUR_EXTENSION) {
+		put(t, ",\"passthrough_vcpus\":");
+		put_u64(t, v->passthrough_vcpus);
+	} else {
 		put_vcpu_grants(t, b, v->vcpus_by_route, false);
+	}
 	if (!full) {
 		put(t, ",\"vcpus\":");
 		put_u64(t, v->n_vcpus);
