@@ -1466,9 +1466,10 @@ static void test_results_print_as_json_c(void **st)
 		{ .phase = 1, .partition = true, .cpu = 3, .guest_gp_mask = 0xf, .guest_fixed_mask = 0x3,
 		  .scrub_gp_mask = 0x1 },
 		{ .phase = 2, .vm = "w\"e\\b/1", .vcpu = 2, .n_gp = 8, .pmu_fixed_mask = 0xf,
-		  .gp = { BROKER_ROUTE_PASSTHROUGH, BROKER_ROUTE_MULTIPLEXED }, .fixed = { BROKER_ROUTE_PASSTHROUGH } },
+		  .gp = { BROKER_ROUTE_RESERVED, BROKER_ROUTE_AT_RISK, BROKER_ROUTE_MEDIATED, BROKER_ROUTE_NONE },
+		  .fixed = { BROKER_ROUTE_PASSTHROUGH, BROKER_ROUTE_MULTIPLEXED } },
 	};
-	struct broker_event ev = { .seq = 1, .generation = 42, .reason = "vm.attach \x01\t\n\r\b\f\x1f caf\xc3\xa9 \x7f",
+	struct broker_event ev = { .seq = 1, .generation = 42, .flavour = "perf-based", .routes = "advisory", .reason = "vm.attach \x01\t\n\r\b\f\x1f caf\xc3\xa9 \x7f",
 				   .n_changes = 2, .changes = ch };
 	struct json_door_text t = {0};
 	assert_int_equal(json_door_event(&ev, &t), 0);
@@ -1834,6 +1835,25 @@ static void test_flavour_none(void **st)
 	json_object_put(r);
 }
 
+/* count_guest goes with the lease: restored where it is granted, moved
+ * aside with the reason on a host that became mediated. */
+static void test_count_guest_restored_per_flavour(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"cg\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"0\",\"count_guest\":true}}"));
+	char *saved = state_text(f);
+	assert_non_null(strstr(saved, "\"count_guest\":true"));
+	free(saved);
+	reopen_as(f, BROKER_FLAVOUR_PERF, false, false);
+	assert_int_equal(broker_session_find(f->b, "cg", NULL), 0);
+	assert_int_equal(count_files(f, "rejected"), 0);
+	reopen_as(f, BROKER_FLAVOUR_MEDIATED, false, false);
+	assert_int_equal(broker_session_find(f->b, "cg", NULL), -ENOENT);
+	assert_int_equal(count_files(f, "rejected"), 1);
+	assert_false(lease_file_exists(f, "session-cg.json"));
+}
+
 /* A flavour goes with its backend: the extension's routes need its port,
  * a stock kernel's flavour an advisory one. */
 static void test_flavour_needs_its_backend(void **st)
@@ -1881,6 +1901,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flavour_mediated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_none, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_needs_its_backend, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_count_guest_restored_per_flavour, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

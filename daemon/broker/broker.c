@@ -2245,6 +2245,11 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 			   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ",
 			   cpus_text ? cpus_text : "", (int)s->owner_pid, q->name, (unsigned)s->uid);
 	}
+	for (uint32_t i = 0; i < q->n_events; i++) {
+		struct broker_event_view ev;
+		if (broker_session_event(b, s->id, i, &ev) == 0 && ev.reason[0])
+			log_info("session %s: %s %s session=%s", q->name, s->spec.events[i], ev.reason, q->name);
+	}
 	TAKE_PTR(s);
 	return 0;
 

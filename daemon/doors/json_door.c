@@ -378,6 +378,12 @@ static void put_session(struct json_door_text *t, const struct broker *b, const 
 	put_i64(t, s->owner_pid);
 	put(t, ",\"uid\":");
 	put_i64(t, (int)s->uid);
+	/* The plan says what its counts will not hold (host time only on a
+	 * mediated vPMU). */
+	if (with_events && s->note) {
+		put(t, ",\"note\":");
+		put_str(t, s->note);
+	}
 	put(t, "}");
 }
 
