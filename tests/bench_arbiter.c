@@ -8,7 +8,10 @@
  *     and by a perf-style greedy pass;
  *  3. one seeded trace of VM and session arrivals/departures: priority-
  *     weighted pass-through coverage and grant changes, for the arbiter and
- *     three baselines (static split, all-or-nothing, all-multiplexed).
+ *     three baselines (static split, all-or-nothing, all-multiplexed);
+ *  4. the replan of 1. with the same seed in the other guest modes
+ *     (perf-based guests, unmanaged guests), run last so that 1.-3. keep
+ *     their inputs.
  * --json prints one object; --smoke runs small sizes (CI).
  */
 #include <errno.h>

@@ -20,6 +20,12 @@
  * dirty CPU found back in its committed state past the change is clean
  * again (back_to_committed). This gives exactly what a full pass gives
  * (arb_check_full).
+ *
+ * The guest mode changes only what a VM is: with perf-based guests its
+ * partition is room kept free of CPU-pinned events, VMs come before the
+ * sessions of their class, and a failing session event notes whether the
+ * room is what it misses; with unmanaged guests a VM has no items at all
+ * (cons_placed).
  */
 #include "arbiter/arbiter.h"
 #include "arbiter/matching.h"

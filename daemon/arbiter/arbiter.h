@@ -136,7 +136,9 @@ enum arb_guest_mode arb_guest_mode(const struct arb *a);
  * consumer cannot be fully satisfied, or would take from an equal or higher
  * priority one. On -EBUSY and -EINVAL, why (if not NULL) says why, e.g.
  * "guaranteed vm 'db1' vcpu 2 needs PMC 5 on cpu 7, held by guaranteed vm
- * 'web' vcpu 0 (priority 50)". An update keeps the consumer's arrival rank.
+ * 'web' vcpu 0 (priority 50)". With ARB_GUEST_PERF_PINNED a vCPU "needs
+ * room for its PMC 5", and room a VM has is "kept for the perf-based PMCs
+ * of" it. An update keeps the consumer's arrival rank.
  */
 int arb_vm_add(struct arb *a, const struct arb_vm_spec *vm, char *why, size_t whylen);
 int arb_vm_update(struct arb *a, const struct arb_vm_spec *vm, char *why, size_t whylen);
