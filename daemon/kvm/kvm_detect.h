@@ -140,8 +140,10 @@ struct kvm_detect_opts {
 int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *out);
 
 /* Reads a fact file (the format of opts.ioctl_facts_path) into the ioctl
- * fields of *out. 0, -errno, or -EINVAL for a malformed line (its number
- * in *bad_line when not NULL). For tests. */
+ * fields of *out, which the caller zeroed (leaves it does not list stay as
+ * they were). 0, -errno, or -EINVAL for a malformed line (its number in
+ * *bad_line when not NULL; one past the end when no line says whether
+ * /dev/kvm opened). For tests. */
 int kvm_detect_read_ioctl_facts(const char *path, struct kvm_detect *out, unsigned *bad_line);
 
 /* The decision (pure): the flavour, and in why (when not NULL) the facts
