@@ -500,16 +500,19 @@ static char *fmt_duration(int64_t s)
 
 /* One letter per counter: the plan's route strings fit a terminal even for
  * 32 general-purpose counters. */
+static const struct {
+	const char *route;
+	char letter;
+} route_letters[] = {
+	{ "passthrough", 'P' }, { "multiplexed", 'M' }, { "reserved", 'R' }, { "at-risk", 'A' },
+	{ "mediated", 'W' },    { "none", 'N' },        { "disabled", '-' },
+};
+
 static char route_letter(const char *route)
 {
-	if (!route)
-		return '?';
-	if (!strcmp(route, "passthrough"))
-		return 'P';
-	if (!strcmp(route, "multiplexed"))
-		return 'M';
-	if (!strcmp(route, "disabled"))
-		return '-';
+	for (size_t i = 0; route && i < sizeof(route_letters) / sizeof(route_letters[0]); i++)
+		if (!strcmp(route, route_letters[i].route))
+			return route_letters[i].letter;
 	return '?';
 }
 
@@ -530,7 +533,30 @@ static char *fmt_routes(struct json_object *arr)
 	return s;
 }
 
-static const char ROUTE_LEGEND[] = "routes: P passthrough, M multiplexed, - disabled, ? unknown";
+/* The letters of the routes a flavour has (an older daemon names none:
+ * the extension's). */
+static char *route_legend(struct json_object *res)
+{
+	const char *flavour = get_str(res, "flavour"), *routes = get_str(res, "routes");
+	const char *letters = !flavour || !strcmp(flavour, "extension") ? "P passthrough, M multiplexed"
+			      : !strcmp(flavour, "perf-based")
+				      ? "R reserved (room kept, perf places the event), A at-risk (counts may stop)"
+			      : !strcmp(flavour, "mediated") ? "W mediated (whole PMU while the vCPU runs)"
+			      : !strcmp(flavour, "none")     ? "N none (no PMU)"
+							     : "";
+	return xasprintf("routes%s%s%s%s%s: %s%s- disabled, ? unknown", flavour ? " (vPMU " : "", flavour ? flavour : "",
+			 routes ? ", " : "", routes ? routes : "", flavour ? ")" : "", letters, letters[0] ? ", " : "");
+}
+
+/* "vPMU perf-based, routes advisory", or NULL from an older daemon. */
+static char *flavour_line(struct json_object *res)
+{
+	const char *flavour = get_str(res, "flavour"), *routes = get_str(res, "routes");
+
+	if (!flavour)
+		return NULL;
+	return xasprintf("vPMU %s, routes %s", flavour, routes ? routes : "?");
+}
 
 static void print_vcpu_routes(struct json_object *vcpus, const char *indent)
 {
@@ -557,13 +583,18 @@ static char *fmt_share(struct json_object *o)
 static void print_event_placements(struct json_object *events, const char *indent)
 {
 	struct table t;
+	bool reasons = false;
 
-	table_init(&t, 3);
-	table_row(&t, xstrdup("EVENT"), xstrdup("PLACEMENT"), xstrdup("SHARE"));
+	for (size_t i = 0; i < arr_len(events); i++)
+		reasons = reasons || get_str(json_object_array_get_idx(events, i), "reason");
+	table_init(&t, reasons ? 4 : 3);
+	table_row(&t, xstrdup("EVENT"), xstrdup("PLACEMENT"), xstrdup("SHARE"), reasons ? xstrdup("WHY") : NULL);
 	for (size_t i = 0; i < arr_len(events); i++) {
 		struct json_object *e = json_object_array_get_idx(events, i);
+		const char *why = get_str(e, "reason");
 
-		table_row(&t, fmt_any(e, "event"), fmt_any(e, "placement"), fmt_share(e));
+		table_row(&t, fmt_any(e, "event"), fmt_any(e, "placement"), fmt_share(e),
+			  reasons ? xstrdup(why ? why : "") : NULL);
 	}
 	table_print(&t, indent);
 }
@@ -659,6 +690,17 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 		table_row(&t, xstrdup("kvm"),
 			  xasprintf("%s%s%s%s", kvm ? kvm : "?", label,
 				    advisory && !model && why ? ": " : "", advisory && !model && why ? why : ""));
+		const char *flavour = get_str(b, "kvm_flavour"), *effect = get_str(b, "kvm_flavour_effect");
+		const char *routes = get_str(b, "kvm_routes");
+		if (flavour)
+			table_row(&t, xstrdup("vpmu"), xasprintf("%s (routes %s)%s%s", flavour, routes ? routes : "?",
+								 effect ? ": " : "", effect ? effect : ""));
+		struct json_object *warnings = get_arr(b, "kvm_warnings");
+		for (size_t i = 0; i < arr_len(warnings); i++) {
+			struct json_object *w = json_object_array_get_idx(warnings, i);
+			table_row(&t, xstrdup("WARNING"), xstrdup(json_object_is_type(w, json_type_string)
+									   ? json_object_get_string(w) : "?"));
+		}
 		const char *host = get_str(b, "kvm_host");
 		if (host)
 			table_row(&t, xstrdup("host kvm"), xstrdup(host));
@@ -749,8 +791,12 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 		return 0;
 	int64_t gen;
 
-	if (get_i64(res, "generation", &gen))
-		printf("generation %" PRId64 "\n", gen);
+	if (get_i64(res, "generation", &gen)) {
+		char *fl = flavour_line(res);
+
+		printf("generation %" PRId64 "%s%s%s\n", gen, fl ? " (" : "", fl ? fl : "", fl ? ")" : "");
+		free(fl);
+	}
 
 	/* CPUs with identical rows are merged into ranges: a 256-CPU host
 	 * with one session is four lines, not 256 */
@@ -796,8 +842,10 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 	table_print(&t, "");
 
 	struct json_object *vms = get_arr(res, "vms");
+	char *legend = route_legend(res);
 
-	printf("\nVMs (%s)\n", ROUTE_LEGEND);
+	printf("\nVMs (%s)\n", legend);
+	free(legend);
 	if (!arr_len(vms))
 		printf("  none\n");
 	for (size_t i = 0; i < arr_len(vms); i++) {
@@ -1020,11 +1068,34 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 			print_json(bres, false);
 	} else {
 		struct json_object *g = get(res, "granted");
-		int64_t pv = 0, mv = 0;
+		char *fl = flavour_line(res);
 
 		print_generation_line("attached", a->name, res);
-		if (g && (get_i64(g, "passthrough_vcpus", &pv) | get_i64(g, "multiplexed_vcpus", &mv)))
+		if (fl)
+			printf("  %s\n", fl);
+		free(fl);
+		/* "<route>_vcpus": the vCPUs that asked for PMCs, by the weakest
+		 * route they got; the flavour decides which routes there are */
+		int64_t pv = 0, mv = 0;
+
+		if (g && (get_i64(g, "passthrough_vcpus", &pv) | get_i64(g, "multiplexed_vcpus", &mv))) {
 			printf("  %" PRId64 " vCPU(s) with counters passed through, %" PRId64 " multiplexed\n", pv, mv);
+		} else if (g && json_object_is_type(g, json_type_object)) {
+			json_object_object_foreach(g, key, val) {
+				size_t kl = strlen(key);
+				int64_t n;
+
+				(void)val;
+				if (kl <= 6 || strcmp(key + kl - 6, "_vcpus") || !get_i64(g, key, &n))
+					continue;
+				char *route = xasprintf("%.*s", (int)(kl - 6), key);
+
+				for (char *c = route; *c; c++)
+					*c = *c == '_' ? '-' : *c;
+				printf("  %" PRId64 " vCPU(s) %s\n", n, route);
+				free(route);
+			}
+		}
 		if (o[VO_PID].seen)
 			printf("  bound to pid %d\n", (int)pid);
 	}
@@ -1166,10 +1237,41 @@ static int vm_show(struct ctl *x, int argc, char **argv)
 	else
 		table_row(&t, xstrdup("owner"), xstrdup("none (not bound to a process)"));
 	table_print(&t, "");
-	printf("vCPUs (%s)\n", ROUTE_LEGEND);
+	char *legend = route_legend(res);
+
+	printf("vCPUs (%s)\n", legend);
+	free(legend);
 	print_vcpu_routes(get_arr(res, "vcpus"), "  ");
 	json_object_put(res);
 	return 0;
+}
+
+/* "reserved 1, at-risk 1": the vCPUs that asked for PMCs, by the weakest
+ * route they got ("<route>_vcpus"); the extension's views count only
+ * those passed through whole. */
+static char *fmt_grants(struct json_object *vm, bool extension)
+{
+	char *out = NULL;
+
+	json_object_object_foreach(vm, key, val) {
+		size_t kl = strlen(key);
+		int64_t n;
+
+		(void)val;
+		if (kl <= 6 || strcmp(key + kl - 6, "_vcpus") || !get_i64(vm, key, &n) ||
+		    (!extension && !strcmp(key, "passthrough_vcpus")))
+			continue;
+		char *route = xasprintf("%.*s", (int)(kl - 6), key);
+
+		for (char *c = route; *c; c++)
+			*c = *c == '_' ? '-' : *c;
+		char *next = xasprintf("%s%s%s %" PRId64, out ? out : "", out ? ", " : "", route, n);
+
+		free(route);
+		free(out);
+		out = next;
+	}
+	return out ? out : xstrdup("-");
 }
 
 static int vm_list(struct ctl *x, int argc, char **argv)
@@ -1190,13 +1292,19 @@ static int vm_list(struct ctl *x, int argc, char **argv)
 		return 0;
 	}
 	struct table t;
+	char *fl = flavour_line(res);
+	bool extension = !get_str(res, "flavour") || !strcmp(get_str(res, "flavour"), "extension");
 
-	table_init(&t, 4);
-	table_row(&t, xstrdup("NAME"), xstrdup("PRIORITY"), xstrdup("CLASS"), xstrdup("VCPUS"));
+	if (fl)
+		printf("%s\n", fl);
+	free(fl);
+	table_init(&t, 5);
+	table_row(&t, xstrdup("NAME"), xstrdup("PRIORITY"), xstrdup("CLASS"), xstrdup("VCPUS"), xstrdup("GRANTED"));
 	for (size_t i = 0; i < arr_len(vms); i++) {
 		struct json_object *v = json_object_array_get_idx(vms, i);
 
-		table_row(&t, fmt_any(v, "name"), fmt_any(v, "priority"), fmt_any(v, "class"), fmt_any(v, "vcpus"));
+		table_row(&t, fmt_any(v, "name"), fmt_any(v, "priority"), fmt_any(v, "class"), fmt_any(v, "vcpus"),
+			  fmt_grants(v, extension));
 	}
 	table_print(&t, "");
 	json_object_put(res);
@@ -1251,10 +1359,11 @@ static int split_events(const struct ctl *x, const char *s, struct proto_session
 
 static int session_start(struct ctl *x, int argc, char **argv)
 {
-	enum { EVENTS, CPUS, PID, PRIORITY, CLASS, OWNER, N };
+	enum { EVENTS, CPUS, PID, PRIORITY, CLASS, OWNER, COUNT_GUEST, N };
 	struct opt o[N] = {
-		{ "events", true, false, NULL }, { "cpus", true, false, NULL },     { "pid", true, false, NULL },
+		{ "events", true, false, NULL },   { "cpus", true, false, NULL },   { "pid", true, false, NULL },
 		{ "priority", true, false, NULL }, { "class", true, false, NULL }, { "owner-pid", true, false, NULL },
+		{ "count-guest", false, false, NULL },
 	};
 	_cleanup_(proto_request_fini) struct proto_request req = { .method = PROTO_M_SESSION_START };
 	struct proto_session_start *s = &req.u.session_start;
@@ -1301,6 +1410,7 @@ static int session_start(struct ctl *x, int argc, char **argv)
 		 * shell (or script) that started it */
 		s->owner_pid = (int32_t)getppid();
 	}
+	s->count_guest = o[COUNT_GUEST].seen;
 	if (!o[PRIORITY].seen)
 		omit[no++] = "priority";
 	if (!o[CLASS].seen)
@@ -1311,9 +1421,17 @@ static int session_start(struct ctl *x, int argc, char **argv)
 	if (x->json) {
 		print_json(res, false);
 	} else {
+		char *fl = flavour_line(res);
+		const char *note = get_str(res, "note");
+
 		print_generation_line("started session", s->name, res);
 		printf("  stops when pid %d exits (--owner-pid), or with 'vpmuctl session stop %s'\n",
 		       (int)s->owner_pid, s->name);
+		if (fl)
+			printf("  %s\n", fl);
+		free(fl);
+		if (note)
+			printf("  note: %s\n", note);
 		print_event_placements(get_arr(res, "events"), "  ");
 	}
 	return 0;
@@ -1440,6 +1558,8 @@ static void print_reading(struct json_object *res)
 			  xstrdup(r.has_mux ? (r.mux ? "yes" : "no") : "-"), xstrdup(r.placement ? r.placement : "-"));
 	}
 	table_print(&t, "");
+	if (get_str(res, "note"))
+		printf("note: %s\n", get_str(res, "note"));
 }
 
 static struct json_object *find_event(struct json_object *res, const char *name)
@@ -1574,7 +1694,11 @@ static void print_event(const struct vpmu_client_event *ev)
 	const char *reason = get_str(ev->body, "reason");
 	struct json_object *changes = get_arr(ev->body, "changes");
 
-	printf("generation %" PRIu64 ": %s%s%s\n", ev->generation, ev->name, reason ? ": " : "", reason ? reason : "");
+	char *fl = flavour_line(ev->body);
+
+	printf("generation %" PRIu64 ": %s%s%s%s%s%s\n", ev->generation, ev->name, reason ? ": " : "", reason ? reason : "",
+	       fl ? " (" : "", fl ? fl : "", fl ? ")" : "");
+	free(fl);
 	for (size_t i = 0; i < arr_len(changes); i++) {
 		struct json_object *c = json_object_array_get_idx(changes, i);
 		const char *vm = get_str(c, "vm"), *from = get_str(c, "from"), *to = get_str(c, "to");
@@ -1655,6 +1779,7 @@ static void usage(FILE *f)
 	      "  vm show NAME\n"
 	      "  session start NAME --events LIST (--cpus LIST | --pid PID) [--priority P] [--class C]\n"
 	      "                [--owner-pid PID]    (default owner: the shell that ran vpmuctl)\n"
+	      "                [--count-guest]      (insist on counting guest time; refused on a mediated vPMU)\n"
 	      "  session read NAME [--interval MS [--count N]]\n"
 	      "  session stop NAME\n"
 	      "  session list\n"

@@ -34,7 +34,8 @@ struct vpmud {
 	char pmu_note[1600];
 	struct kvm_detect detect;
 	char kvm_summary[512];
-	char kvm_note[256];
+	char kvm_note[KVM_DETECT_WHY_MAX + 320];
+	enum broker_flavour flavour;
 	struct kvm_port *port;
 	struct broker *broker;
 	struct server *server;
@@ -162,13 +163,38 @@ static int choose_pmu(struct vpmud *d)
 	return r;
 }
 
+/*
+ * The flavour a stock kernel gives guests, from the detection. When
+ * /dev/kvm could not be read, a module parameter may still say; without
+ * KVM at all there are no guests. Otherwise the kernel's default,
+ * perf-based, is assumed and said: it keeps room for guests, where
+ * assuming none would let host events starve them unseen.
+ */
+static enum broker_flavour stock_flavour(const struct kvm_detect *det, char *why, size_t whylen)
+{
+	switch (det->flavour) {
+	case KVM_VPMU_FLAVOUR_PERF: return BROKER_FLAVOUR_PERF;
+	case KVM_VPMU_FLAVOUR_MEDIATED: return BROKER_FLAVOUR_MEDIATED;
+	case KVM_VPMU_FLAVOUR_NONE: return BROKER_FLAVOUR_NONE;
+	default: break;
+	}
+	if (det->mediated_param)
+		return BROKER_FLAVOUR_MEDIATED;
+	if (!det->dev_ok && det->dev_errno == ENOENT) {
+		snprintf(why, whylen, "no /dev/kvm: no KVM guests on this host");
+		return BROKER_FLAVOUR_NONE;
+	}
+	snprintf(why, whylen, "flavour unknown (%s): assuming perf-based, KVM's default", det->why);
+	return BROKER_FLAVOUR_PERF;
+}
+
 static int choose_kvm(struct vpmud *d)
 {
-	char why[512];
+	char why[512], assumed[KVM_DETECT_WHY_MAX + 64] = "";
 	struct kvm_detect_opts dopts = {0};
 	kvm_detect_run(&dopts, &d->detect);
 	snprintf(d->kvm_summary, sizeof(d->kvm_summary), "vPMU flavour %s: %s",
-		 kvm_detect_flavour_name(d->detect.flavour), kvm_detect_flavour_host_impact(d->detect.flavour));
+		 kvm_detect_flavour_name(d->detect.flavour), d->detect.why);
 	log_info("kvm: %s", d->kvm_summary);
 
 	struct kvm_port_opts po = { .n_cpus = pmu_cpu_span(d->pmu), .num_gp = d->pmu->num_gp,
@@ -180,30 +206,43 @@ static int choose_kvm(struct vpmud *d)
 		return -EINVAL;
 	}
 	/*
-	 * auto: the extension when the kernel has it; otherwise the model, as
-	 * the README promises, so that routes are checked and applied
-	 * somewhere, and labelled simulated. --kvm advisory publishes the plan
-	 * against a stock kernel without the model.
+	 * auto: the extension when the kernel has it; otherwise advisory,
+	 * reasoning about the flavour this kernel gives guests (the port
+	 * decides from KVM_CAP_VPMU_PARTITION). model keeps the model of the
+	 * extension, for demos and tests, labelled simulated.
 	 */
-	po.backend = want == KVM_BACKEND_AUTO
-			     ? (d->detect.cap_vpmu > 0 ? KVM_BACKEND_IOCTL : KVM_BACKEND_MODEL)
-			     : want;
+	po.backend = want;
 	int r = kvm_port_open(&po, &d->port, why, sizeof(why));
 	if (r < 0) {
 		log_err("kvm: backend %s: %s", kvm_port_backend_name(po.backend), why);
 		return r;
 	}
-	if (want == KVM_BACKEND_AUTO && kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
-		snprintf(d->kvm_note, sizeof(d->kvm_note),
-			 "auto chose the in-process model: the kernel has no vpmu extension (KVM_CAP_VPMU_PARTITION absent); routes are simulated, not enforced on real guests");
-	if (kvm_port_backend(d->port) == KVM_BACKEND_MODEL)
-		log_warn("kvm: %s backend: the kernel has no vpmu extension; routes go to an in-process model (simulated), not to KVM",
-			 want == KVM_BACKEND_AUTO ? "auto chose the model" : "model");
-	else if (kvm_port_backend(d->port) == KVM_BACKEND_ADVISORY)
-		log_warn("kvm: advisory backend: the plan is published but guest routes are not enforced");
+	enum kvm_backend got = kvm_port_backend(d->port);
+	d->flavour = got == KVM_BACKEND_ADVISORY ? stock_flavour(&d->detect, assumed, sizeof(assumed))
+						 : BROKER_FLAVOUR_EXTENSION;
+	if (got == KVM_BACKEND_ADVISORY)
+		snprintf(d->kvm_note, sizeof(d->kvm_note), "%s: advisory, for this kernel's vPMU flavour %s%s%s%s",
+			 want == KVM_BACKEND_AUTO ? "auto: no vpmu extension in this kernel (KVM_CAP_VPMU_PARTITION absent)"
+						  : "advisory requested",
+			 broker_flavour_name(d->flavour), assumed[0] ? " (" : "", assumed, assumed[0] ? ")" : "");
+	if (got == KVM_BACKEND_MODEL)
+		log_warn("kvm: model backend: routes go to an in-process model of the vpmu extension (simulated), not to KVM");
+	else if (got == KVM_BACKEND_ADVISORY)
+		log_warn("kvm: %s; guest routes are not enforced", d->kvm_note);
 	else
 		log_notice("kvm: ioctl backend: routes are enforced by the kernel");
 	return 0;
+}
+
+/* What this host's flavour means, and what stops guests here, once at
+ * start (status says the same). */
+static void log_flavour(const struct broker *b)
+{
+	struct broker_status st;
+	broker_status(b, &st);
+	log_notice("kvm: vPMU flavour %s, routes %s: %s", st.flavour, st.routes, st.flavour_effect);
+	for (size_t i = 0; st.warnings[i]; i++)
+		log_warn("kvm: %s", st.warnings[i]);
 }
 
 static int ensure_dir(const char *dir)
@@ -271,7 +310,8 @@ int vpmud_run(const struct vpmud_opts *opts)
 				  .pmu_note = d.pmu_note, .port = d.port,
 				  .kvm_host_summary = d.kvm_summary, .kvm_note = d.kvm_note,
 				  .state_dir = d.cfg.state_dir,
-				  .sysfs_root = opts->sysfs_root };
+				  .sysfs_root = opts->sysfs_root, .flavour = d.flavour,
+				  .nmi_watchdog_perf = d.detect.nmi_watchdog_perf };
 	struct proto_error perr = {0};
 	if ((r = broker_new(&bo, &d.broker, &perr)) < 0) {
 		log_err("broker: %s", perr.message);
@@ -285,6 +325,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 		goto out;
 	}
 	broker_set_change_hook(d.broker, on_plan, &d);
+	log_flavour(d.broker);
 
 	int n = sd_listen_fds(1);
 	int listen_fd = -1;

@@ -562,6 +562,8 @@ static const struct json_fields_field session_start_rows[] = {
 	PID_ROW(struct proto_session_start, pid, JSON_FIELDS_ZERO_UNSET),
 	PRIORITY_ROW(struct proto_session_start, JSON_FIELDS_DEFAULT, 0),
 	CLASS_ROW(struct proto_session_start, JSON_FIELDS_DEFAULT, 0),
+	{ .name = "count_guest", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT, .def = 0,
+	  .offset = offsetof(struct proto_session_start, count_guest) },
 	{ 0 },
 };
 
@@ -926,7 +928,9 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 				    : json_fields_put(p, "pid", json_object_new_int64(s->pid))) &&
 		       (!s->owner_pid || json_fields_put(p, "owner_pid", json_object_new_int64(s->owner_pid))) &&
 		       json_fields_put(p, "priority", json_object_new_int64(s->priority)) &&
-		       json_fields_put(p, "class", str_or_null(proto_class_name(s->cls)));
+		       json_fields_put(p, "class", str_or_null(proto_class_name(s->cls))) &&
+		       /* only when asked: what a daemon before it knew reads as before */
+		       (!s->count_guest || json_fields_put(p, "count_guest", json_object_new_boolean(true)));
 	}
 	case PROTO_M_VM_BIND: {
 		const struct proto_vm_bind *b = &req->u.vm_bind;

@@ -173,6 +173,11 @@ struct proto_session_start {
 	uint32_t priority;
 	enum proto_class cls;
 	int32_t owner_pid;      /* 0: the requesting process owns the session */
+	/* The session needs guest time counted (its hardware events without
+	 * exclude_guest): refused where the host cannot (the mediated vPMU).
+	 * false: no demand; whether guest time is counted is the host's
+	 * vPMU flavour's (status says). */
+	bool count_guest;
 };
 
 /* Binds an existing lease to its VMM once that process exists (the

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# vpmud's main job on its embedded defaults: discovery, then the daemon in a
-# private runtime directory driven through a short scenario with vpmuctl.
-# On a host without a PMU or without the vpmu KVM extension, the daemon runs
-# on the built-in model PMU and the model KVM, and every output says so.
+# vpmud's main job: discovery, what this host's vPMU flavour means (the
+# daemon on its defaults, --kvm auto), then the daemon on the model of the
+# vpmu KVM extension (--kvm model) in a private runtime directory, driven
+# through a short scenario with vpmuctl. On a host without a PMU the daemon
+# runs on the built-in model PMU; every output says what is simulated, and
+# which flavour and routes it reasons about.
 set -euo pipefail
 b=$(cd "${1:-build}" && pwd)
 vpmud=$b/vpmud
@@ -14,6 +16,8 @@ run() { printf '$ %s\n' "$*" | sed "s|$b/client/||; s|$b/||"; "$@"; }
 
 step "PMU discovery: this host"
 "$vpmud" --print-pmu
+step "KVM on this host: the vPMU flavour it gives guests, with the evidence"
+"$vpmud" --print-kvm
 step "The guest view KVM's perf-based vPMU gives on the reference Ice Lake"
 "$vpmud" --pmu icelake-8360y --print-guest-pmu
 
@@ -27,12 +31,37 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "Starting vpmud on its defaults (private socket and state in $rt)"
+start_daemon() { # log file, extra vpmud options...
+  local log=$1
+  shift
+  rm -f "$VPMU_SOCKET"
+  "$vpmud" --config "$rt/vpmud.conf" --socket "$VPMU_SOCKET" --state-dir "$rt/state" "$@" 2>"$log" &
+  daemon=$!
+  for _ in $(seq 100); do [ -S "$VPMU_SOCKET" ] && break; sleep 0.05; done
+  sed 's/^<[0-9]>/  log: /' "$log"
+}
+stop_daemon() {
+  kill -TERM "$daemon"
+  wait "$daemon" || true
+  daemon=
+}
 : >"$rt/vpmud.conf"
-"$vpmud" --config "$rt/vpmud.conf" --socket "$VPMU_SOCKET" --state-dir "$rt/state" 2>"$rt/vpmud.log" &
-daemon=$!
-for _ in $(seq 100); do [ -S "$VPMU_SOCKET" ] && break; sleep 0.05; done
-sed 's/^<[0-9]>/  log: /' "$rt/vpmud.log"
+
+step "vpmud on its defaults (--kvm auto), private socket and state in $rt: what this host's flavour means"
+start_daemon "$rt/vpmud-auto.log"
+run "$vpmuctl" status
+flavour=$("$vpmuctl" --json status | sed -n 's/.*"kvm_flavour": *"\([^"]*\)".*/\1/p')
+if [ "$flavour" != extension ]; then
+  step "A VM lease on this host's $flavour vPMU: its routes are the flavour's, advisory (not enforced)"
+  run "$vpmuctl" vm attach probe --gp 4 --fixed 0x3 --vcpus 1 --cpus 2-3
+  run "$vpmuctl" vm show probe
+  run "$vpmuctl" vm detach probe
+fi
+stop_daemon
+rm -rf "$rt/state"
+
+step "vpmud on the model of the vpmu KVM extension (--kvm model): the scenario, simulated"
+start_daemon "$rt/vpmud.log" --kvm model
 run "$vpmuctl" status
 
 # Real VMMs when /dev/kvm works: each holds a KVM VM and vCPU threads, so
@@ -87,9 +116,8 @@ run "$vpmuctl" vm detach db
 run "$vpmuctl" vm list
 
 step "Stopping vpmud"
-kill -TERM "$daemon"
-wait "$daemon"
-daemon=
+stop_daemon
 sed 's/^<[0-9]>/  log: /' "$rt/vpmud.log" | tail -n 12
 echo
-echo "Done. On this host the PMU and KVM are models (simulated) where the status says so."
+echo "Done. This host's own vPMU flavour is ${flavour:-unknown}; the scenario ran on the model of the"
+echo "vpmu extension (simulated), and on a model PMU where the status says so."

@@ -176,6 +176,8 @@ def test_verbs(d):
     r = c.call("vm.attach", attach_params("web", priority=500, **{"class": "guaranteed"}, gp=4,
                                           fixed_mask="0x3", vcpus=2, cpus="0-3"))
     check(r.get("result", {}).get("granted", {}).get("passthrough_vcpus") == 2, "vm.attach guaranteed", r)
+    check(r.get("result", {}).get("flavour") == "extension" and r["result"].get("routes") == "simulated",
+          "vm.attach names the flavour it reasons about (the model of the extension: simulated)", r)
     ev = w.read()
     check(ev.get("event") == "plan" and ev.get("reason") == "vm.attach web", "watcher sees the attach", ev)
     r = c.call("vm.update", {"name": "web", "priority": 600})
@@ -203,6 +205,81 @@ def test_verbs(d):
     check(r.get("error", {}).get("code") == "not_found", "detaching twice: not_found", r)
     c.close()
     w.close()
+
+
+STOCK_ROUTES = {"perf-based": {"reserved", "at-risk"}, "mediated": {"mediated"}, "none": {"none"}}
+
+
+def test_host_flavour(tmp):
+    """--kvm auto on this host: the extension when the kernel has it, else
+    advisory for the flavour detected here. Every answer names the flavour
+    and says routes are advisory; routes are the flavour's own; count_guest
+    is refused only on the mediated vPMU, and survives a restart where it
+    is granted."""
+    os.makedirs(tmp)
+    d = Daemon(tmp, extra=["--kvm", "auto"])
+    d.start()
+    try:
+        c = Client(d.sock)
+        b = c.call("status")["result"]["backends"]
+        flavour = b.get("kvm_flavour")
+        if flavour == "extension":
+            print("     (this kernel has the vpmu extension: no stock flavour to check)")
+            return
+        check(flavour in STOCK_ROUTES and b.get("kvm_routes") == "advisory" and b["kvm_enforced"] is False
+              and b["kvm"] == "advisory", f"auto: advisory for a stock flavour ({flavour})", b)
+        effect = b.get("kvm_flavour_effect", "")
+        check(effect.startswith("guests: ") and "; host sessions: " in effect,
+              "status: one line for guests and host sessions", effect)
+        check(f"kvm: vPMU flavour {flavour}, routes advisory: guests: " in d.logtext(),
+              "the start log names the flavour and what it means", d.logtext()[-2000:])
+        if flavour == "mediated":
+            check(any("irqchip" in w for w in b.get("kvm_warnings", [])),
+                  "mediated: status warns of VMs without an in-kernel irqchip", b)
+        w = Client(d.sock)
+        r = w.call("watch")["result"]
+        check(r.get("flavour") == flavour and r.get("routes") == "advisory", "watch names the flavour", r)
+        r = c.call("vm.attach", attach_params("flav", gp=2, fixed_mask="0x1", vcpus=2, cpus="0-1"))["result"]
+        check(r.get("flavour") == flavour and r.get("routes") == "advisory", "vm.attach names the flavour", r)
+        keys = {k[:-len("_vcpus")].replace("_", "-") for k in r["granted"]}
+        check(keys == STOCK_ROUTES[flavour] and sum(r["granted"].values()) == 2,
+              "vm.attach: both vCPUs counted under the flavour's routes", r["granted"])
+        ev = w.read()
+        check(ev.get("event") == "plan" and ev.get("flavour") == flavour and ev.get("routes") == "advisory",
+              "the watcher's event names the flavour", ev)
+        for ch in ev.get("changes", []):
+            for rt in ch.get("gp", []) + ch.get("fixed", []):
+                check(rt in STOCK_ROUTES[flavour] | {"disabled"}, "event routes are the flavour's", ch)
+        v = c.call("vm.show", {"name": "flav"})["result"]
+        routes = [rt for vc in v["vcpus"] for rt in vc["gp"][:2] + vc["fixed"][:1]]
+        check(v["flavour"] == flavour and set(routes) <= STOCK_ROUTES[flavour]
+              and all(rt == "disabled" for vc in v["vcpus"] for rt in vc["gp"][2:] + vc["fixed"][1:]),
+              "vm.show: the flavour's routes for what was asked, disabled for the rest", v["vcpus"])
+        plan = c.call("plan")["result"]
+        text = json.dumps(plan)
+        check(plan["flavour"] == flavour and "passthrough" not in text and '"multiplexed"]' not in text,
+              "plan: never the extension's routes", plan["vms"])
+        r = c.call("session.start", {"name": "guest", "events": ["task-clock"], "cpus": "0",
+                                     "owner_pid": os.getpid(), "count_guest": True})
+        if flavour == "mediated":
+            e = r.get("error", {})
+            check(e.get("code") == "refused" and e.get("field") == "params.count_guest" and "EBUSY" in e.get("message", ""),
+                  "mediated: count_guest refused with the reason", r)
+        else:
+            check(r.get("result", {}).get("flavour") == flavour, f"{flavour}: count_guest granted", r)
+            leases = os.path.join(d.state, "leases")
+            saved = "".join(open(os.path.join(leases, n)).read() for n in os.listdir(leases))
+            check('"count_guest":true' in saved, "count_guest is kept with the lease", saved[:400])
+            d.stop()
+            d.start()
+            c = Client(d.sock)
+            r = c.call("session.read", {"name": "guest"})
+            check(r.get("result", {}).get("flavour") == flavour, "a count_guest session comes back after a restart", r)
+            c.call("session.stop", {"name": "guest"})
+        c.call("vm.detach", {"name": "flav"})
+        c.close()
+    finally:
+        d.stop()
 
 
 def wait_until(pred, timeout=2.0):
@@ -1034,6 +1111,7 @@ def main():
         timed("kill -9 mix", test_kill9_mix, os.path.join(tmp, "kill9"))
         timed("restore order", test_restore_keeps_grant_order, os.path.join(tmp, "order"))
         timed("plan cpus filter", test_plan_cpus_filter, os.path.join(tmp, "filter"))
+        timed("host flavour", test_host_flavour, os.path.join(tmp, "flavour"))
     if failures:
         print(f"{failures} check(s) failed; daemon logs under {tmp}")
         sys.exit(1)

@@ -110,8 +110,11 @@ check "status: exit 0" rc_is 0
 check "status: the model PMU is SIMULATED" eval 'grep -E "^pmu " "$T/out" | grep -q SIMULATED'
 check "status: the model KVM is SIMULATED" eval 'grep -E "^kvm " "$T/out" | grep -q SIMULATED'
 check "status: 144 CPUs of the model" out_has '^cpus +144$'
+check "status: the vPMU flavour reasoned about, whether routes hold, and in one line what it means for guests and for host sessions" \
+	out_has '^vpmu +extension \(routes simulated\): guests: .*; host sessions: '
 ctl --json status
 check "status --json parses, says simulated" eval 'rc_is 0 && json_ok && jpy "d[\"backends\"][\"pmu_simulated\"] is True and d[\"backends\"][\"kvm\"] == \"model\""'
+check "status --json: flavour extension, routes simulated" jpy 'd["backends"]["kvm_flavour"] == "extension" and d["backends"]["kvm_routes"] == "simulated"'
 
 ctl pmu
 check "pmu: model, 8 gp and 4 fixed counters" eval 'rc_is 0 && out_has "^model +icelake-8360y" && out_has "^gp +8$" && out_has "^fixed +4$"'
@@ -121,6 +124,7 @@ check "pmu --json parses" eval 'rc_is 0 && json_ok && jpy "d[\"model\"] == \"ice
 
 ctl plan --cpus 0-3
 check "plan --cpus 0-3: one merged row for CPUs 0-3, no VMs" eval 'rc_is 0 && out_has "^0-3 " && out_has "^  none"'
+check "plan: names the flavour and the extension's route letters" eval 'out_has "^generation [0-9]+ \(vPMU extension, routes simulated\)$" && out_has "P passthrough, M multiplexed, - disabled"'
 ctl --json plan --cpus 2
 check "plan --json --cpus 2: exactly CPU 2" eval 'rc_is 0 && json_ok && jpy "[c[\"cpu\"] for c in d[\"cpus\"]] == [2]"'
 
@@ -145,6 +149,7 @@ ctl vm show web
 check "vm show: per-vCPU CPU lists of --vcpu-cpus" eval 'rc_is 0 && out_has "^  0 +0-1 " && out_has "^  1 +2-3 " && out_has "^  2 +100-143 "'
 check "vm show: unbound owner" out_has '^owner +none'
 ctl --json vm show db
+check "vm show --json: the flavour reasoned about" eval 'json_ok && jpy "d[\"flavour\"] == \"extension\" and d[\"routes\"] == \"simulated\""'
 check "vm show --json: routes of a guaranteed VM (4 gp passthrough)" eval 'rc_is 0 && json_ok && jpy "all(v[\"gp\"][:4] == [\"passthrough\"]*4 for v in d[\"vcpus\"]) and len(d[\"vcpus\"]) == 2"'
 
 ctl vm update web --priority 350 --gp 2
@@ -159,7 +164,7 @@ ctl vm update web --vcpu-cpus '0;1'
 check "vm update --vcpu-cpus '0;1'" rc_is 0
 
 ctl vm list
-check "vm list: both VMs" eval 'rc_is 0 && out_has "^db +800 +guaranteed +2$" && out_has "^web +350 +preferred +2$"'
+check "vm list: both VMs, what they were granted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^vPMU extension, routes simulated$" && out_has "^db +800 +guaranteed +2 +passthrough 2$" && out_has "^web +350 +preferred +2 +passthrough [0-9]+$"'
 ctl --json vm list
 check "vm list --json parses" eval 'json_ok && jpy "sorted(v[\"name\"] for v in d[\"vms\"]) == [\"db\", \"web\"]"'
 
@@ -220,6 +225,9 @@ sys.exit(0 if t == sorted(t) and len(set(t)) == 4 else 1)" <"$T/out"'
 
 ctl session start other --events task-clock --cpus 0 --owner-pid $$ --priority 200 --class shared
 check "session start --owner-pid --priority --class" rc_is 0
+ctl --json session start guesttime --events task-clock --cpus 1 --count-guest
+check "session start --count-guest: granted on the extension (its sessions count guest time)" eval 'rc_is 0 && json_ok && jpy "d[\"flavour\"] == \"extension\""'
+ctl session stop guesttime
 ctl session stop other
 check "session stop" eval 'rc_is 0 && out_has "^stopped session other"'
 ctl session stop other
@@ -402,6 +410,54 @@ daemon=
 check "vpmud exits 0 on SIGTERM" [ "$drc" -eq 0 ]
 ctl status
 check "after the daemon stopped: exit 3" eval 'rc_is 3 && err_has "$VPMU_SOCKET"'
+
+# ------------------------------------------------------------ this host's own vPMU flavour
+# --kvm auto: the extension when the kernel has it, else advisory for the
+# flavour detected here (perf-based, mediated or none). Routes are the
+# flavour's, never the extension's, and nothing claims to be enforced.
+"$VPMUD" --pmu icelake-8360y --kvm auto --dbus none --libvirt-uri none --socket "$VPMU_SOCKET" --state-dir "$T/state-auto" \
+	--config "$T/vpmud.conf" 2>"$T/vpmud-auto.log" &
+daemon=$!
+if ! wait_for 200 up; then
+	echo "FAIL vpmud --kvm auto did not come up:"
+	cat "$T/vpmud-auto.log"
+	failures=$((failures + 1))
+	exit 1
+fi
+ctl --json status
+flavour=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["backends"]["kvm_flavour"])' "$T/out" 2>/dev/null)
+if [ "$flavour" = extension ]; then
+	ok "auto: this kernel has the vpmu extension; nothing advisory to check"
+else
+	check "auto: advisory, for one of the stock flavours ($flavour)" jpy 'd["backends"]["kvm"] == "advisory" and d["backends"]["kvm_routes"] == "advisory" and d["backends"]["kvm_enforced"] is False and d["backends"]["kvm_flavour"] in ("perf-based", "mediated", "none")'
+	ctl status
+	check "auto: the status line names the flavour, advisory routes, and what it means for guests and host sessions" \
+		out_has "^vpmu +$flavour \(routes advisory\): guests: .*; host sessions: "
+	check "auto: the kvm row is advisory, not simulated" eval 'grep -E "^kvm " "$T/out" | grep -q ADVISORY && ! grep -E "^kvm " "$T/out" | grep -q SIMULATED'
+	ctl vm attach flav --gp 2 --fixed 0x1 --vcpus 1 --cpus 0
+	check "auto: vm attach accepted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^  vPMU $flavour, routes advisory$"'
+	ctl --json vm show flav
+	case $flavour in
+	perf-based) want='("reserved", "at-risk")' ;;
+	mediated) want='("mediated",)' ;;
+	*) want='("none",)' ;;
+	esac
+	check "auto: vm show routes are the $flavour flavour's, never passthrough or multiplexed" jpy \
+		"d['flavour'] == '$flavour' and all(r in $want for r in d['vcpus'][0]['gp'][:2] + d['vcpus'][0]['fixed'][:1]) and all(r == 'disabled' for r in d['vcpus'][0]['gp'][2:] + d['vcpus'][0]['fixed'][1:])"
+	ctl vm show flav
+	check "auto: the route legend is the flavour's" out_has "^vCPUs \(routes \(vPMU $flavour, advisory\): "
+	ctl session start flavsess --events task-clock --cpus 0 --count-guest
+	if [ "$flavour" = mediated ]; then
+		check "auto (mediated): --count-guest refused with the reason" eval 'rc_is 1 && err_has "count_guest" && err_has "EBUSY"'
+	else
+		check "auto ($flavour): --count-guest granted" rc_is 0
+		ctl session stop flavsess
+	fi
+	ctl vm detach flav
+fi
+kill -TERM "$daemon"
+wait "$daemon"
+daemon=
 
 if [ "$failures" -ne 0 ]; then
 	echo "$failures check(s) failed"

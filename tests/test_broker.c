@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <json-c/json.h>
+#include <linux/perf_event.h>
 
 #include "broker/broker.h"
 #include "broker/state.h"
@@ -1490,15 +1491,407 @@ static void test_results_print_as_json_c(void **st)
 		{ .phase = 1, .partition = true, .cpu = 3, .guest_gp_mask = 0xf, .guest_fixed_mask = 0x3,
 		  .scrub_gp_mask = 0x1 },
 		{ .phase = 2, .vm = "w\"e\\b/1", .vcpu = 2, .n_gp = 8, .pmu_fixed_mask = 0xf,
-		  .gp = { BROKER_ROUTE_PASSTHROUGH, BROKER_ROUTE_MULTIPLEXED }, .fixed = { BROKER_ROUTE_PASSTHROUGH } },
+		  .gp = { BROKER_ROUTE_RESERVED, BROKER_ROUTE_AT_RISK, BROKER_ROUTE_MEDIATED, BROKER_ROUTE_NONE },
+		  .fixed = { BROKER_ROUTE_PASSTHROUGH, BROKER_ROUTE_MULTIPLEXED } },
 	};
-	struct broker_event ev = { .seq = 1, .generation = 42, .reason = "vm.attach \x01\t\n\r\b\f\x1f caf\xc3\xa9 \x7f",
+	struct broker_event ev = { .seq = 1, .generation = 42, .flavour = "perf-based", .routes = "advisory", .reason = "vm.attach \x01\t\n\r\b\f\x1f caf\xc3\xa9 \x7f",
 				   .n_changes = 2, .changes = ch };
 	struct json_door_text t = {0};
 	assert_int_equal(json_door_event(&ev, &t), 0);
 	assert_prints_as_json_c(t.data, t.len);
 	json_door_text_fini(&t);
 	broker_conn_unref(agent.conn);
+}
+
+/* ------------------------------------------------------------ flavours */
+
+/* Every perf_event_open a session makes, with the attributes passed. */
+struct opened {
+	unsigned n;
+	struct {
+		struct perf_event_attr attr;
+		int cpu;
+	} calls[64];
+};
+static struct opened opened;
+
+/* Records, then opens for real: software events as asked, hardware ones
+ * as a cpu-clock stand-in keeping every flag the session set, so that a
+ * "host" PMU works on any machine and the kernel still judges the flags. */
+static int record_open(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+		       unsigned long flags)
+{
+	struct opened *o = ctx;
+	assert_true(o->n < 64);
+	o->calls[o->n].attr = *attr;
+	o->calls[o->n++].cpu = cpu;
+	struct perf_event_attr real = *attr;
+	if (real.type != PERF_TYPE_SOFTWARE) {
+		real.type = PERF_TYPE_SOFTWARE;
+		real.config = PERF_COUNT_SW_CPU_CLOCK;
+	}
+	return (int)syscall(SYS_perf_event_open, &real, pid, cpu, group_fd, flags);
+}
+
+/*
+ * Reopens the fixture's broker on another flavour, with an advisory port
+ * (a stock kernel's flavour has no other) or the model (the extension).
+ * host_pmu: the Ice Lake description stands for this host's own PMU, so
+ * hardware events are opened (through record_open) instead of skipped.
+ */
+static void reopen_as(struct fx *f, enum broker_flavour flavour, bool nmi_watchdog_perf, bool host_pmu)
+{
+	char why[512];
+	struct proto_error err = {0};
+	close_broker(f);
+	memset(&opened, 0, sizeof(opened));
+	f->pmu->source = host_pmu ? PMU_SOURCE_HOST : PMU_SOURCE_BUILTIN;
+	struct kvm_port_opts po = { .backend = flavour == BROKER_FLAVOUR_EXTENSION ? KVM_BACKEND_MODEL
+										  : KVM_BACKEND_ADVISORY,
+				    .n_cpus = f->pmu->n_cpus, .num_gp = f->pmu->num_gp,
+				    .fixed_mask = f->pmu->fixed_mask, .caller = { .cap_sys_admin = true } };
+	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
+	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
+				  .state_dir = f->dir, .flavour = flavour, .nmi_watchdog_perf = nmi_watchdog_perf,
+				  .perf_open = record_open, .perf_open_ctx = &opened };
+	if (broker_new(&bo, &f->b, &err) < 0)
+		fail_msg("broker_new: %s", err.message);
+	assert_int_equal(broker_restore(f->b), 0);
+}
+
+/* The answer as text, for what must (not) appear anywhere in it. */
+static char *answer_text(struct fx *f, const char *json)
+{
+	struct json_object *r = ok(f, json);
+	char *t = strdup(json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	json_object_put(r);
+	return t;
+}
+
+static const char *jstr(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+static int64_t jint(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+	if (!json_object_object_get_ex(o, key, &v))
+		fail_msg("no member %s in %s", key, json_object_to_json_string(o));
+	return json_object_get_int64(v);
+}
+
+/* Every answer names the flavour it reasons about and whether routes
+ * hold. */
+static void assert_names_flavour(struct json_object *r, const char *flavour, const char *routes)
+{
+	if (!jstr(r, "flavour") || strcmp(jstr(r, "flavour"), flavour) || !jstr(r, "routes") ||
+	    strcmp(jstr(r, "routes"), routes))
+		fail_msg("want flavour %s, routes %s in %s", flavour, routes, json_object_to_json_string(r));
+}
+
+static struct json_object *event_named(struct json_object *res, const char *name)
+{
+	struct json_object *evs = json_object_object_get(res, "events");
+	for (size_t i = 0; i < json_object_array_length(evs); i++) {
+		struct json_object *e = json_object_array_get_idx(evs, i);
+		if (!strcmp(jstr(e, "event"), name))
+			return e;
+	}
+	fail_msg("no event %s in %s", name, json_object_to_json_string(res));
+	return NULL;
+}
+
+static void last_event_cb(const struct broker_event *ev, void *userdata)
+{
+	struct json_door_text *t = userdata;
+	json_door_text_truncate(t, 0);
+	assert_int_equal(json_door_event(ev, t), 0);
+}
+
+/* The extension, as before: identity routes, simulated on the model. */
+static void test_flavour_extension(void **st)
+{
+	struct fx *f = *st;
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"gp\":4,"
+				      "\"vcpu_count\":2,\"cpus\":\"0-3\"}}");
+	assert_names_flavour(r, "extension", "simulated");
+	struct json_object *g = json_object_object_get(r, "granted");
+	assert_int_equal(jint(g, "passthrough_vcpus"), 2);
+	assert_int_equal(jint(g, "multiplexed_vcpus"), 0);
+	json_object_put(r);
+	r = ok(f, "{\"id\":2,\"method\":\"status\"}");
+	struct json_object *b = json_object_object_get(r, "backends");
+	assert_string_equal(jstr(b, "kvm_flavour"), "extension");
+	assert_string_equal(jstr(b, "kvm_routes"), "simulated");
+	assert_false(json_object_object_get_ex(b, "kvm_warnings", NULL));
+	json_object_put(r);
+	/* Host sessions count guest time here; count_guest is granted. */
+	r = ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"task-clock\"],"
+		  "\"cpus\":\"0\",\"count_guest\":true}}");
+	assert_names_flavour(r, "extension", "simulated");
+	json_object_put(r);
+}
+
+/* perf-based: guest PMCs are room kept or at risk, never passed through;
+ * a session kept off the room is multiplexed and says why. */
+static void test_flavour_perf(void **st)
+{
+	struct fx *f = *st;
+	reopen_as(f, BROKER_FLAVOUR_PERF, false, false);
+	struct json_door_text ev = {0};
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, last_event_cb, &ev, &sub), 0);
+
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"priority\":300,"
+				      "\"gp\":4,\"fixed_mask\":\"0x3\",\"vcpu_count\":2,\"cpus\":\"0-3\"}}");
+	assert_names_flavour(r, "perf-based", "advisory");
+	struct json_object *g = json_object_object_get(r, "granted");
+	assert_int_equal(jint(g, "reserved_vcpus"), 2);
+	assert_int_equal(jint(g, "at_risk_vcpus"), 0);
+	assert_false(json_object_object_get_ex(g, "passthrough_vcpus", NULL));
+	json_object_put(r);
+	/* The watchers hear it in the same words. */
+	assert_non_null(strstr(ev.data, "\"flavour\":\"perf-based\",\"routes\":\"advisory\""));
+	assert_non_null(strstr(ev.data, "\"gp\":[\"reserved\",\"reserved\",\"reserved\",\"reserved\",\"disabled\""));
+
+	r = ok(f, "{\"id\":2,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}");
+	assert_names_flavour(r, "perf-based", "advisory");
+	for (int i = 0; i < 4; i++)
+		assert_string_equal(route(r, 1, "gp", i), "reserved");
+	assert_string_equal(route(r, 0, "gp", 4), "disabled");
+	assert_string_equal(route(r, 0, "fixed", 1), "reserved");
+	assert_string_equal(route(r, 0, "fixed", 2), "disabled");
+	json_object_put(r);
+
+	/* A session of higher priority that wants more general counters than
+	 * the room leaves on CPUs 0-1: the guest keeps its room (perf would
+	 * let a pinned host event displace KVM's), the session gets flexible
+	 * events there, and says why. */
+	r = ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"prof\",\"priority\":500,\"events\":"
+		  "[\"branches\",\"branch-misses\",\"cache-misses\",\"cache-references\",\"r01c2\",\"r02c2\"],"
+		  "\"cpus\":\"0-1\",\"count_guest\":true}}");
+	assert_names_flavour(r, "perf-based", "advisory");
+	unsigned mux = 0;
+	struct json_object *evs = json_object_object_get(r, "events");
+	for (size_t i = 0; i < json_object_array_length(evs); i++) {
+		struct json_object *e = json_object_array_get_idx(evs, i);
+		if (strcmp(jstr(e, "placement"), "multiplexed"))
+			continue;
+		mux++;
+		if (!jstr(e, "reason") || !strstr(jstr(e, "reason"), "kept for") || !strstr(jstr(e, "reason"), "'web'"))
+			fail_msg("a multiplexed event without the reason: %s", json_object_to_json_string(e));
+	}
+	if (mux < 2)
+		fail_msg("%u multiplexed: %s", mux, json_object_to_json_string(r));
+	json_object_put(r);
+	r = ok(f, "{\"id\":4,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}");
+	for (int i = 0; i < 4; i++)
+		assert_string_equal(route(r, 0, "gp", i), "reserved");
+	json_object_put(r);
+	/* The plan says the same, with the reason per event. */
+	r = ok(f, "{\"id\":5,\"method\":\"plan\",\"params\":{\"cpus\":\"0-1\"}}");
+	assert_names_flavour(r, "perf-based", "advisory");
+	struct json_object *sess = json_object_array_get_idx(json_object_object_get(r, "sessions"), 0);
+	unsigned with_reason = 0;
+	evs = json_object_object_get(sess, "events");
+	for (size_t i = 0; i < json_object_array_length(evs); i++)
+		with_reason += jstr(json_object_array_get_idx(evs, i), "reason") != NULL;
+	assert_int_equal(with_reason, mux);
+	json_object_put(r);
+
+	/* A guaranteed session that needs the room is refused: it would have
+	 * to displace the guest's events. */
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":6,\"method\":\"session.start\",\"params\":{\"name\":\"g\",\"priority\":900,"
+				   "\"class\":\"guaranteed\",\"events\":[\"branches\",\"branch-misses\",\"cache-misses\","
+				   "\"cache-references\",\"r01c2\",\"r02c2\",\"r04c2\",\"r08c2\"],\"cpus\":\"2\"}}",
+			 &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_REFUSED);
+
+	/* Where no room is left, a guest PMC is at risk, never multiplexed or
+	 * passed through. */
+	json_object_put(ok(f, "{\"id\":7,\"method\":\"session.start\",\"params\":{\"name\":\"hog\",\"priority\":900,"
+			      "\"class\":\"guaranteed\",\"events\":[\"branches\",\"branch-misses\",\"cache-misses\","
+			      "\"cache-references\"],\"cpus\":\"8\"}}"));
+	r = ok(f, "{\"id\":8,\"method\":\"vm.attach\",\"params\":{\"name\":\"late\",\"priority\":10,\"gp\":8,"
+		  "\"vcpu_count\":1,\"cpus\":\"8\"}}");
+	g = json_object_object_get(r, "granted");
+	assert_int_equal(jint(g, "at_risk_vcpus"), 1);
+	json_object_put(r);
+	r = ok(f, "{\"id\":9,\"method\":\"vm.show\",\"params\":{\"name\":\"late\"}}");
+	unsigned at_risk = 0;
+	for (int i = 0; i < 8; i++)
+		at_risk += !strcmp(route(r, 0, "gp", i), "at-risk");
+	assert_true(at_risk >= 1);
+	json_object_put(r);
+	assert_non_null(strstr(ev.data, "at-risk"));
+
+	const char *reqs[] = { "{\"id\":10,\"method\":\"plan\"}", "{\"id\":11,\"method\":\"vm.list\"}",
+			       "{\"id\":12,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}" };
+	for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+		char *t = answer_text(f, reqs[i]);
+		if (strstr(t, "passthrough") || strstr(t, "\"multiplexed\"]") || !strstr(t, "\"flavour\":\"perf-based\""))
+			fail_msg("%s: %s", reqs[i], t);
+		free(t);
+	}
+	r = ok(f, "{\"id\":13,\"method\":\"status\"}");
+	struct json_object *b = json_object_object_get(r, "backends");
+	assert_string_equal(jstr(b, "kvm_flavour"), "perf-based");
+	assert_string_equal(jstr(b, "kvm_routes"), "advisory");
+	assert_non_null(strstr(jstr(b, "kvm_flavour_effect"), "guests: "));
+	assert_non_null(strstr(jstr(b, "kvm_flavour_effect"), "host sessions: "));
+	json_object_put(r);
+	broker_unsubscribe(f->b, sub);
+	json_door_text_fini(&ev);
+}
+
+/* mediated: guests own the whole PMU while they run; every hardware event
+ * vpmud opens counts host time only, and a session that insists on guest
+ * time is refused with the reason. */
+static void test_flavour_mediated(void **st)
+{
+	struct fx *f = *st;
+	reopen_as(f, BROKER_FLAVOUR_MEDIATED, true, true);
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"status\"}");
+	struct json_object *b = json_object_object_get(r, "backends");
+	assert_string_equal(jstr(b, "kvm_flavour"), "mediated");
+	assert_string_equal(jstr(b, "kvm_routes"), "advisory");
+	assert_non_null(strstr(jstr(b, "kvm_flavour_effect"), "exclude_guest"));
+	const char *w = json_object_to_json_string(json_object_object_get(b, "kvm_warnings"));
+	if (!strstr(w, "EBUSY") || !strstr(w, "kernel.nmi_watchdog=0") || !strstr(w, "irqchip"))
+		fail_msg("warnings: %s", w);
+	json_object_put(r);
+
+	r = ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"priority\":900,\"class\":\"guaranteed\","
+		  "\"gp\":8,\"fixed_mask\":\"0x7\",\"vcpu_count\":2,\"cpus\":\"0-1\"}}");
+	assert_names_flavour(r, "mediated", "advisory");
+	assert_int_equal(jint(json_object_object_get(r, "granted"), "mediated_vcpus"), 2);
+	json_object_put(r);
+	r = ok(f, "{\"id\":3,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}");
+	assert_string_equal(route(r, 0, "gp", 7), "mediated");
+	assert_string_equal(route(r, 1, "fixed", 2), "mediated");
+	assert_string_equal(route(r, 1, "fixed", 3), "disabled");
+	json_object_put(r);
+
+	/* Refused with the reason; nothing made, nothing opened. */
+	struct proto_error err;
+	uint64_t gen = broker_generation(f->b);
+	assert_true(call(f, &root, "{\"id\":4,\"method\":\"session.start\",\"params\":{\"name\":\"g\",\"events\":[\"cycles\"],"
+				   "\"cpus\":\"0\",\"count_guest\":true}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_REFUSED);
+	assert_string_equal(err.field, "params.count_guest");
+	assert_non_null(strstr(err.message, "mediated"));
+	assert_non_null(strstr(err.message, "EBUSY"));
+	assert_int_equal(broker_session_count(f->b), 0);
+	assert_int_equal(broker_generation(f->b), gen);
+	assert_int_equal(opened.n, 0);
+	assert_false(lease_file_exists(f, "session-g.json"));
+
+	/* The guest holds no counter of the plan: a session has them all,
+	 * every hardware event opened with exclude_guest on every CPU. */
+	r = ok(f, "{\"id\":5,\"method\":\"session.start\",\"params\":{\"name\":\"prof\",\"priority\":10,\"events\":"
+		  "[\"cycles\",\"instructions\",\"branches\",\"r01c2\",\"task-clock\"],\"cpus\":\"0-1\"}}");
+	assert_names_flavour(r, "mediated", "advisory");
+	assert_non_null(strstr(jstr(r, "note"), "guest time is not counted"));
+	assert_string_equal(jstr(event_named(r, "branches"), "placement"), "dedicated");
+	assert_string_equal(jstr(event_named(r, "r01c2"), "placement"), "dedicated");
+	json_object_put(r);
+	unsigned hw = 0, sw = 0, cpus = 0;
+	for (unsigned i = 0; i < opened.n; i++) {
+		const struct perf_event_attr *a = &opened.calls[i].attr;
+		if (a->type == PERF_TYPE_SOFTWARE) {
+			assert_int_equal(a->exclude_guest, 0);
+			sw++;
+			continue;
+		}
+		if (!a->exclude_guest)
+			fail_msg("hardware event type %u config 0x%llx opened on CPU %d without exclude_guest", a->type,
+				 (unsigned long long)a->config, opened.calls[i].cpu);
+		hw++;
+		cpus |= 1u << opened.calls[i].cpu;
+	}
+	assert_int_equal(hw, 4 * 2);
+	assert_int_equal(sw, 2);
+	assert_int_equal(cpus, 0x3);
+	r = ok(f, "{\"id\":6,\"method\":\"plan\",\"params\":{\"cpus\":\"0\"}}");
+	struct json_object *cpu = json_object_array_get_idx(json_object_object_get(r, "cpus"), 0);
+	assert_string_equal(jstr(cpu, "guest_gp_mask"), "0x0");
+	json_object_put(r);
+	r = ok(f, "{\"id\":7,\"method\":\"session.read\",\"params\":{\"name\":\"prof\"}}");
+	assert_names_flavour(r, "mediated", "advisory");
+	assert_non_null(strstr(jstr(r, "note"), "guest time is not counted"));
+	assert_true(json_object_get_boolean(json_object_object_get(event_named(r, "cycles"), "counted")));
+	json_object_put(r);
+}
+
+/* no vPMU: leases are accepted and shown with no PMU; every counter is
+ * the host's. */
+static void test_flavour_none(void **st)
+{
+	struct fx *f = *st;
+	reopen_as(f, BROKER_FLAVOUR_NONE, false, true);
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"web\",\"priority\":900,"
+				      "\"class\":\"guaranteed\",\"gp\":8,\"fixed_mask\":\"0x1\",\"vcpu_count\":1,\"cpus\":\"0\"}}");
+	assert_names_flavour(r, "none", "advisory");
+	assert_int_equal(jint(json_object_object_get(r, "granted"), "none_vcpus"), 1);
+	json_object_put(r);
+	r = ok(f, "{\"id\":2,\"method\":\"vm.show\",\"params\":{\"name\":\"web\"}}");
+	assert_string_equal(route(r, 0, "gp", 0), "none");
+	assert_string_equal(route(r, 0, "fixed", 0), "none");
+	assert_string_equal(route(r, 0, "fixed", 1), "disabled");
+	assert_non_null(strstr(jstr(json_object_object_get(r, "guest_pmu"), "error"), "no PMU"));
+	json_object_put(r);
+	r = ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"prof\",\"events\":[\"branches\","
+		  "\"branch-misses\",\"cache-misses\",\"cache-references\",\"r01c2\",\"r02c2\",\"r04c2\",\"r08c2\"],"
+		  "\"cpus\":\"0\",\"count_guest\":true}}");
+	assert_names_flavour(r, "none", "advisory");
+	assert_null(jstr(r, "note"));
+	struct json_object *evs = json_object_object_get(r, "events");
+	for (size_t i = 0; i < json_object_array_length(evs); i++)
+		assert_string_equal(jstr(json_object_array_get_idx(evs, i), "placement"), "dedicated");
+	json_object_put(r);
+	for (unsigned i = 0; i < opened.n; i++)
+		assert_int_equal(opened.calls[i].attr.exclude_guest, 0);
+	assert_int_equal(opened.n, 8);
+	r = ok(f, "{\"id\":4,\"method\":\"status\"}");
+	assert_string_equal(jstr(json_object_object_get(r, "backends"), "kvm_flavour"), "none");
+	json_object_put(r);
+}
+
+/* count_guest goes with the lease: restored where it is granted, moved
+ * aside with the reason on a host that became mediated. */
+static void test_count_guest_restored_per_flavour(void **st)
+{
+	struct fx *f = *st;
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"cg\","
+			      "\"events\":[\"task-clock\"],\"cpus\":\"0\",\"count_guest\":true}}"));
+	char *saved = state_text(f);
+	assert_non_null(strstr(saved, "\"count_guest\":true"));
+	free(saved);
+	reopen_as(f, BROKER_FLAVOUR_PERF, false, false);
+	assert_int_equal(broker_session_find(f->b, "cg", NULL), 0);
+	assert_int_equal(count_files(f, "rejected"), 0);
+	reopen_as(f, BROKER_FLAVOUR_MEDIATED, false, false);
+	assert_int_equal(broker_session_find(f->b, "cg", NULL), -ENOENT);
+	assert_int_equal(count_files(f, "rejected"), 1);
+	assert_false(lease_file_exists(f, "session-cg.json"));
+}
+
+/* A flavour goes with its backend: the extension's routes need its port,
+ * a stock kernel's flavour an advisory one. */
+static void test_flavour_needs_its_backend(void **st)
+{
+	struct fx *f = *st;
+	struct proto_error err = {0};
+	struct broker *b = NULL;
+	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
+				  .state_dir = f->dir, .flavour = BROKER_FLAVOUR_PERF };
+	assert_int_equal(broker_new(&bo, &b, &err), -EINVAL);
+	assert_non_null(strstr(err.message, "perf-based"));
+	assert_non_null(strstr(err.message, "model"));
+	assert_null(b);
 }
 
 int main(void)
@@ -1529,6 +1922,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_typed_requests_checked_as_reload, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_plan_filter, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_results_print_as_json_c, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flavour_extension, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flavour_perf, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flavour_mediated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flavour_none, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flavour_needs_its_backend, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_count_guest_restored_per_flavour, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

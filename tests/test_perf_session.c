@@ -477,6 +477,95 @@ static void test_no_hw_pmu(void **state)
 	perf_session_destroy(s);
 }
 
+/* What the session handed to perf_event_open, call by call. */
+struct open_log {
+	unsigned n;
+	struct {
+		struct perf_event_attr attr; /* as passed */
+		int cpu;
+		int fd;
+	} calls[32];
+};
+
+/*
+ * Records each attr, then opens it for real: software events as they are,
+ * and, where this host has no hardware PMU, a hardware event as a
+ * cpu-clock stand-in that keeps every flag the session set (the kernel
+ * then accepts or refuses those flags, and the session reads a real fd).
+ */
+static int logging_open(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+			unsigned long flags)
+{
+	struct open_log *log = ctx;
+	assert_true(log->n < 32);
+	log->calls[log->n].attr = *attr;
+	log->calls[log->n].cpu = cpu;
+	struct perf_event_attr real = *attr;
+	if ((attr->type == PERF_TYPE_HARDWARE || attr->type == PERF_TYPE_RAW) && !host_has_hw_pmu()) {
+		real.type = PERF_TYPE_SOFTWARE;
+		real.config = PERF_COUNT_SW_CPU_CLOCK;
+	}
+	int fd = perf_session_sys_open(NULL, &real, pid, cpu, group_fd, flags);
+	log->calls[log->n++].fd = fd;
+	return fd;
+}
+
+/* The session's hardware events count host time only when asked
+ * (mediated vPMU): exclude_guest on every CPU, at open and after a
+ * placement change; software events never get it. */
+static void test_exclude_guest(void **state)
+{
+	(void)state;
+	for (int want = 0; want <= 1; want++) {
+		struct open_log log = { 0 };
+		struct psess *s;
+		char err[256];
+		struct cpulist cpus = cpus_from(sysconf(_SC_NPROCESSORS_ONLN) > 1 ? "0-1" : "0");
+		unsigned n_cpus = cpulist_count(&cpus);
+		struct perf_session_opts o = { .cpus = &cpus, .exclude_guest = want, .open = logging_open,
+					       .open_ctx = &log };
+		assert_int_equal(perf_session_create(&o, &s, err, sizeof(err)), 0);
+		int tc = add(s, "task-clock", PERF_SESSION_DEDICATED, 0);
+		int cyc = add(s, "cycles", PERF_SESSION_DEDICATED, 0);
+		int raw = add(s, "event=0xc0,umask=0x00", PERF_SESSION_MULTIPLEXED, 0);
+		if (perf_session_open(s) != 0)
+			fail_msg("open: %s", perf_session_error(s));
+		assert_int_equal(log.n, 3 * n_cpus);
+		/* one more open per CPU for the moved event */
+		assert_int_equal(perf_session_set_placement(s, (size_t)cyc, PERF_SESSION_MULTIPLEXED), 0);
+		assert_int_equal(log.n, 4 * n_cpus);
+		unsigned hw_seen = 0, sw_seen = 0, cpu_mask = 0;
+		for (unsigned i = 0; i < log.n; i++) {
+			const struct perf_event_attr *a = &log.calls[i].attr;
+			if (log.calls[i].fd < 0)
+				fail_msg("call %u (type %u config 0x%llx) did not open: %s", i, a->type,
+					 (unsigned long long)a->config, strerror(errno));
+			if (a->type == PERF_TYPE_SOFTWARE) {
+				assert_int_equal(a->exclude_guest, 0);
+				sw_seen++;
+				continue;
+			}
+			if ((unsigned)a->exclude_guest != (unsigned)want)
+				fail_msg("hardware event type %u config 0x%llx on CPU %d: exclude_guest %u, want %d",
+					 a->type, (unsigned long long)a->config, log.calls[i].cpu, a->exclude_guest, want);
+			hw_seen++;
+			cpu_mask |= 1u << log.calls[i].cpu;
+		}
+		assert_int_equal(sw_seen, n_cpus);
+		assert_int_equal(hw_seen, 3 * n_cpus);
+		assert_int_equal(cpu_mask, (1u << n_cpus) - 1);
+		/* What was opened reads: the flags were the kernel's to accept. */
+		workload(5);
+		struct perf_session_reading r[3];
+		read_ok(s, r, 3);
+		assert_int_equal(r[tc].status, PERF_SESSION_COUNTED);
+		assert_true(r[tc].value > 0);
+		assert_int_equal(r[cyc].status, PERF_SESSION_COUNTED);
+		assert_int_equal(r[raw].status, PERF_SESSION_COUNTED);
+		perf_session_destroy(s);
+	}
+}
+
 static void test_derive(void **state)
 {
 	(void)state;
@@ -565,6 +654,7 @@ int main(void)
 		cmocka_unit_test(test_reopen_failure_is_retried),
 		cmocka_unit_test(test_model_pmu),
 		cmocka_unit_test(test_no_hw_pmu),
+		cmocka_unit_test(test_exclude_guest),
 		cmocka_unit_test(test_derive),
 		cmocka_unit_test(test_bad_args),
 	};

@@ -453,8 +453,40 @@ static void test_session_start(void **state)
 	assert_int_equal(s->pid, 4194304);
 	assert_int_equal(s->priority, PROTO_DEFAULT_PRIORITY);
 	assert_int_equal(s->cls, PROTO_CLASS_PREFERRED);
+	assert_false(s->count_guest);
+	proto_request_fini(&req);
+	expect_ok(SESS(EV ",\"pid\":7,\"count_guest\":true"), &req);
+	assert_true(s->count_guest);
+	proto_request_fini(&req);
+	expect_ok(SESS(EV ",\"pid\":7,\"count_guest\":false"), &req);
+	assert_false(s->count_guest);
 	proto_request_fini(&req);
 
+	/* Encoded only when asked for: a request without it reads the same
+	 * to a daemon that predates it. */
+	{
+		struct proto_request e = { .method = PROTO_M_SESSION_START };
+		char *one[] = { "cycles" };
+		struct json_object *o, *p;
+		snprintf(e.u.session_start.name, sizeof(e.u.session_start.name), "s");
+		e.u.session_start.n_events = 1;
+		e.u.session_start.events = one;
+		e.u.session_start.pid = 7;
+		o = proto_request_encode(&e);
+		assert_non_null(o);
+		assert_true(json_object_object_get_ex(o, "params", &p));
+		assert_false(json_object_object_get_ex(p, "count_guest", NULL));
+		json_object_put(o);
+		e.u.session_start.count_guest = true;
+		o = proto_request_encode(&e);
+		assert_true(json_object_object_get_ex(o, "params", &p));
+		assert_string_equal(json_object_to_json_string(json_object_object_get(p, "count_guest")), "true");
+		json_object_put(o);
+	}
+	expect_err(SESS(EV ",\"pid\":7,\"count_guest\":1"), PROTO_E_INVALID_PARAM, "params.count_guest");
+	expect_err(SESS(EV ",\"pid\":7,\"count_guest\":\"yes\""), PROTO_E_INVALID_PARAM, "params.count_guest");
+	expect_err(SESS(EV ",\"pid\":7,\"count_guest\":null"), PROTO_E_INVALID_PARAM, "params.count_guest");
+	expect_err(SESS(EV ",\"pid\":7,\"count_guests\":true"), PROTO_E_UNKNOWN_FIELD, "params.count_guests");
 	expect_err(SESS("\"cpus\":\"0\""), PROTO_E_INVALID_PARAM, "params.events");
 	expect_err(SESS("\"events\":[],\"cpus\":\"0\""), PROTO_E_INVALID_PARAM, "params.events");
 	expect_err(SESS("\"events\":\"cycles\",\"cpus\":\"0\""), PROTO_E_INVALID_PARAM, "params.events");
@@ -553,6 +585,7 @@ static void round_trip(const char *in)
 		assert_int_equal(a.u.session_start.pid, b.u.session_start.pid);
 		assert_int_equal(a.u.session_start.priority, b.u.session_start.priority);
 		assert_int_equal(a.u.session_start.cls, b.u.session_start.cls);
+		assert_int_equal(a.u.session_start.count_guest, b.u.session_start.count_guest);
 		break;
 	case PROTO_M_VM_BIND:
 		assert_string_equal(a.u.vm_bind.name, b.u.vm_bind.name);
@@ -591,6 +624,7 @@ static void test_round_trips(void **state)
 	round_trip("{\"id\":7,\"method\":\"vm.detach\",\"params\":{\"name\":\"b\"}}");
 	round_trip("{\"id\":8,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\",\"b\"],\"pid\":77}}");
 	round_trip("{\"id\":9,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\"],\"cpus\":\"1,3\",\"class\":\"guaranteed\"}}");
+	round_trip("{\"id\":9,\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"a\"],\"pid\":3,\"count_guest\":true}}");
 	round_trip("{\"id\":10,\"method\":\"session.read\",\"params\":{\"name\":\"s\"}}");
 	round_trip("{\"id\":11,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42}}");
 	round_trip("{\"id\":12,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42,\"vm_fd\":0}}");

@@ -38,7 +38,9 @@ _Static_assert(PMU_MAX_GP == TRANSITION_MAX_GP && PMU_MAX_FIXED == TRANSITION_MA
 /* Views carry routes as the arbiter writes them. */
 _Static_assert((int)BROKER_ROUTE_DISABLED == PMC_ROUTE_DISABLED &&
 		       (int)BROKER_ROUTE_MULTIPLEXED == PMC_ROUTE_MULTIPLEXED &&
-		       (int)BROKER_ROUTE_PASSTHROUGH == PMC_ROUTE_PASSTHROUGH, "route values differ");
+		       (int)BROKER_ROUTE_PASSTHROUGH == PMC_ROUTE_PASSTHROUGH &&
+		       (int)BROKER_ROUTE_RESERVED == PMC_ROUTE_RESERVED && (int)BROKER_ROUTE_AT_RISK == PMC_ROUTE_AT_RISK,
+	       "route values differ");
 _Static_assert(sizeof(((struct broker_vcpu_view *)0)->gp) == PMU_MAX_GP &&
 		       sizeof(((struct broker_vcpu_view *)0)->fixed) == PMU_MAX_FIXED, "view route arrays");
 _Static_assert(PMU_MAX_CPUS <= CPULIST_MAX_CPUS, "a cpulist holds every CPU number");
@@ -138,6 +140,10 @@ struct guest_cache_entry {
 #define GUEST_CACHE 8
 
 struct broker {
+	enum broker_flavour flavour;
+	bool nmi_watchdog_perf;
+	broker_perf_open_fn perf_open;
+	void *perf_open_ctx;
 	broker_event_fn change_hook;
 	void *change_hook_ud;
 	sd_event *event;
@@ -213,6 +219,14 @@ static enum proto_class default_class(const struct broker *b)
 	return c < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)c;
 }
 
+/* Partitions and routes are the extension's: a stock kernel has nothing
+ * to take them (perf places KVM's events; the mediated vPMU switches the
+ * whole PMU). */
+static bool port_takes_plan(const struct broker *b)
+{
+	return b->flavour == BROKER_FLAVOUR_EXTENSION;
+}
+
 /* Only the kernel enforces routes on real guests; the model simulates. */
 static bool routes_enforced(const struct broker *b)
 {
@@ -264,7 +278,125 @@ const char *broker_door_name(enum broker_door d)
 
 const char *broker_route_name(enum broker_route r)
 {
-	return transition_route_name((enum pmc_route)r);
+	switch (r) {
+	case BROKER_ROUTE_DISABLED: return "disabled";
+	case BROKER_ROUTE_MULTIPLEXED: return "multiplexed";
+	case BROKER_ROUTE_PASSTHROUGH: return "passthrough";
+	case BROKER_ROUTE_RESERVED: return "reserved";
+	case BROKER_ROUTE_AT_RISK: return "at-risk";
+	case BROKER_ROUTE_MEDIATED: return "mediated";
+	case BROKER_ROUTE_NONE: return "none";
+	default: return "?";
+	}
+}
+
+const char *broker_flavour_name(enum broker_flavour f)
+{
+	switch (f) {
+	case BROKER_FLAVOUR_EXTENSION: return "extension";
+	case BROKER_FLAVOUR_PERF: return "perf-based";
+	case BROKER_FLAVOUR_MEDIATED: return "mediated";
+	case BROKER_FLAVOUR_NONE: return "none";
+	default: return "?";
+	}
+}
+
+size_t broker_flavour_routes(enum broker_flavour f, enum broker_route out[2])
+{
+	switch (f) {
+	case BROKER_FLAVOUR_EXTENSION:
+		out[0] = BROKER_ROUTE_PASSTHROUGH;
+		out[1] = BROKER_ROUTE_MULTIPLEXED;
+		return 2;
+	case BROKER_FLAVOUR_PERF:
+		out[0] = BROKER_ROUTE_RESERVED;
+		out[1] = BROKER_ROUTE_AT_RISK;
+		return 2;
+	case BROKER_FLAVOUR_MEDIATED:
+		out[0] = BROKER_ROUTE_MEDIATED;
+		return 1;
+	case BROKER_FLAVOUR_NONE:
+		out[0] = BROKER_ROUTE_NONE;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+enum broker_flavour broker_flavour(const struct broker *b)
+{
+	return b->flavour;
+}
+
+const char *broker_routes_kind(const struct broker *b)
+{
+	if (b->flavour != BROKER_FLAVOUR_EXTENSION)
+		return "advisory";
+	return routes_enforced(b) ? "enforced" : "simulated";
+}
+
+/* One line per flavour, for status: what a guest PMC is, and what host
+ * sessions get. */
+static const char *flavour_effect(enum broker_flavour f)
+{
+	switch (f) {
+	case BROKER_FLAVOUR_EXTENSION:
+		return "guests: a PMC passes through to the physical counter of its index or is multiplexed, as "
+		       "the plan says; host sessions: the counters the plan gives them, guest time included";
+	case BROKER_FLAVOUR_PERF:
+		return "guests: each PMC a guest enables is a task-pinned perf event KVM puts on the vCPU thread "
+		       "and perf places, reserved where vpmud keeps room free of CPU-pinned host events, at-risk "
+		       "(counts may stop) where not; host sessions: flexible events where guests hold room, guest "
+		       "time included";
+	case BROKER_FLAVOUR_MEDIATED:
+		return "guests: a guest owns the whole PMU while its vCPU runs (switched at VM entry and exit); "
+		       "host sessions: hardware events count host time only (exclude_guest), count_guest is refused";
+	case BROKER_FLAVOUR_NONE:
+		return "guests: no PMU (KVM gives them none); host sessions: every counter, guest time included";
+	default:
+		return "?";
+	}
+}
+
+#define WARN_NMI_WATCHDOG \
+	"the perf NMI watchdog holds a core-PMU event that counts guest time on every CPU: under the mediated " \
+	"vPMU the first KVM_CREATE_VCPU of every VM fails with EBUSY; fix: sysctl kernel.nmi_watchdog=0"
+#define WARN_NO_IRQCHIP \
+	"a VM without an in-kernel irqchip (local APIC) silently gets no PMU under the mediated vPMU"
+
+/* What the arbiter's route for one guest PMC means in this flavour: the
+ * extension's and the perf-based ones are the arbiter's own; a PMC the
+ * arbiter leaves unmanaged is the mediated vPMU's, or one the host does
+ * not give at all. */
+static uint8_t present_route(const struct broker *b, uint8_t arb_route)
+{
+	if (arb_route != PMC_ROUTE_UNMANAGED)
+		return arb_route;
+	return b->flavour == BROKER_FLAVOUR_MEDIATED ? BROKER_ROUTE_MEDIATED : BROKER_ROUTE_NONE;
+}
+
+/* A vCPU's routes as the arbiter holds them, in this flavour's terms. */
+static void present_routes(const struct broker *b, const uint8_t *arb_gp, const uint8_t *arb_fixed, uint8_t *gp,
+			   uint8_t *fixed)
+{
+	for (unsigned j = 0; j < PMU_MAX_GP; j++)
+		gp[j] = present_route(b, arb_gp[j]);
+	for (unsigned j = 0; j < PMU_MAX_FIXED; j++)
+		fixed[j] = present_route(b, arb_fixed[j]);
+}
+
+/* Routes from weakest to strongest: a vCPU is as well off as its worst
+ * asked PMC. */
+static unsigned route_rank(uint8_t r)
+{
+	switch (r) {
+	case BROKER_ROUTE_PASSTHROUGH: return 3;
+	case BROKER_ROUTE_RESERVED:
+	case BROKER_ROUTE_MEDIATED: return 2;
+	case BROKER_ROUTE_MULTIPLEXED:
+	case BROKER_ROUTE_AT_RISK: return 1;
+	default: return 0;
+	}
 }
 
 const char *broker_placement_name(enum broker_placement p)
@@ -685,11 +817,11 @@ static void emit_event(struct broker *b, const char *reason, bool with_plan, uin
 		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
 		c->vm = v ? v->name : t[i].vm_id == gone_id && gone_name ? gone_name : "?";
 		c->vcpu = t[i].vcpu;
-		memcpy(c->gp, t[i].gp_route, sizeof(c->gp));
-		memcpy(c->fixed, t[i].fixed_route, sizeof(c->fixed));
+		present_routes(b, t[i].gp_route, t[i].fixed_route, c->gp, c->fixed);
 	}
-	struct broker_event ev = { .seq = ++b->event_seq, .generation = arb_generation(b->arb), .reason = reason,
-				   .n_changes = n, .changes = b->changes };
+	struct broker_event ev = { .seq = ++b->event_seq, .generation = arb_generation(b->arb),
+				   .flavour = broker_flavour_name(b->flavour), .routes = broker_routes_kind(b),
+				   .reason = reason, .n_changes = n, .changes = b->changes };
 	if (b->change_hook)
 		b->change_hook(&ev, b->change_hook_ud);
 	/* A subscriber may unsubscribe itself or others from inside its
@@ -1168,7 +1300,7 @@ static int apply_last(struct broker *b, char *why, size_t whylen)
 {
 	const struct transition *t;
 	size_t n = transitions_of(b, &t);
-	if (n == 0)
+	if (n == 0 || !port_takes_plan(b))
 		return 0;
 	_cleanup_free_ struct transition *keep = calloc(n, sizeof(*keep));
 	size_t k = 0;
@@ -1429,6 +1561,8 @@ static void unbind_vm(struct broker *b, struct broker_vm *v)
  * (1) after its attach. */
 static int apply_vm_routes(struct broker *b, struct broker_vm *v, unsigned phase, char *why, size_t whylen)
 {
+	if (!port_takes_plan(b))
+		return 0;
 	_cleanup_free_ struct transition *t = calloc(v->n_vcpus, sizeof(*t));
 	if (!t) {
 		snprintf(why, whylen, "out of memory");
@@ -1447,23 +1581,39 @@ static int apply_vm_routes(struct broker *b, struct broker_vm *v, unsigned phase
 	return r;
 }
 
-/* vCPUs whose every asked PMC passes through; a VM that asked for no PMC
- * has none. */
-static unsigned passthrough_vcpus(const struct broker *b, const struct broker_vm *v)
+/* One vCPU's routes in this flavour's terms. */
+static int vcpu_routes(const struct broker *b, const struct broker_vm *v, uint32_t vcpu, uint8_t *gp,
+		       uint8_t *fixed)
 {
+	uint8_t agp[PMU_MAX_GP], afx[PMU_MAX_FIXED];
+	int r = arb_vcpu_routes(b->arb, v->id, vcpu, agp, afx);
+	if (r < 0)
+		return r;
+	present_routes(b, agp, afx, gp, fixed);
+	return 0;
+}
+
+/* The vCPUs that asked for PMCs, each counted under the weakest route of
+ * the PMCs it asked for; a VM that asked for none counts nowhere. */
+static void vcpu_grants(const struct broker *b, const struct broker_vm *v, unsigned by_route[BROKER_ROUTE__COUNT])
+{
+	memset(by_route, 0, BROKER_ROUTE__COUNT * sizeof(*by_route));
 	if (!v->gp && !v->fixed_mask)
-		return 0;
-	unsigned n = 0;
+		return;
 	for (uint32_t i = 0; i < v->n_vcpus; i++) {
 		uint8_t gp[PMU_MAX_GP], fx[PMU_MAX_FIXED];
-		bool all = arb_vcpu_routes(b->arb, v->id, i, gp, fx) == 0;
-		for (unsigned j = 0; all && j < v->gp; j++)
-			all = gp[j] == PMC_ROUTE_PASSTHROUGH;
-		for (unsigned j = 0; all && j < PMU_MAX_FIXED; j++)
-			all = !(v->fixed_mask & (1u << j)) || fx[j] == PMC_ROUTE_PASSTHROUGH;
-		n += all;
+		if (vcpu_routes(b, v, i, gp, fx) < 0)
+			continue;
+		uint8_t worst = BROKER_ROUTE_PASSTHROUGH;
+		for (unsigned j = 0; j < PMU_MAX_GP + PMU_MAX_FIXED; j++) {
+			bool asked = j < PMU_MAX_GP ? j < v->gp : (v->fixed_mask >> (j - PMU_MAX_GP)) & 1;
+			uint8_t r = j < PMU_MAX_GP ? gp[j] : fx[j - PMU_MAX_GP];
+			if (asked && route_rank(r) < route_rank(worst))
+				worst = r;
+		}
+		if (worst < BROKER_ROUTE__COUNT)
+			by_route[worst]++;
 	}
-	return n;
 }
 
 static int vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
@@ -1585,12 +1735,12 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		   v->bound ? ", bound to its VMM" : ", not bound to a VMM yet", v->name, (unsigned)v->uid,
 		   broker_door_name(c->door));
 	if (res) {
-		unsigned n_pass = passthrough_vcpus(b, v);
+		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb), .bound = v->bound };
+		vcpu_grants(b, v, res->vcpus_by_route);
 		unsigned n_asked = v->gp || v->fixed_mask ? v->n_vcpus : 0;
-		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb),
-						      .passthrough_vcpus = n_pass,
-						      .multiplexed_vcpus = n_asked - n_pass,
-						      .bound = v->bound };
+		res->passthrough_vcpus = res->vcpus_by_route[BROKER_ROUTE_PASSTHROUGH];
+		res->multiplexed_vcpus =
+			b->flavour == BROKER_FLAVOUR_EXTENSION ? n_asked - res->passthrough_vcpus : 0;
 	}
 	return 0;
 }
@@ -1931,6 +2081,11 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 	if (q->n_events == 0 || q->n_events > PROTO_MAX_EVENTS || !q->events)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.events",
 				       "params.events: 1..%d events", PROTO_MAX_EVENTS);
+	if (q->count_guest && b->flavour == BROKER_FLAVOUR_MEDIATED)
+		return proto_error_set(err, PROTO_E_REFUSED, EOPNOTSUPP, "params.count_guest",
+				       "params.count_guest: not on the mediated vPMU: the kernel refuses a host hardware "
+				       "event that counts guest time while a VM exists (EOPNOTSUPP), and one that exists "
+				       "first makes every VM's first vCPU fail (EBUSY)");
 	_cleanup_(session_freep) struct broker_session *s = calloc(1, sizeof(*s));
 	if (!s)
 		return oom(err);
@@ -2023,7 +2178,10 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 					.pid = s->spec.has_cpus ? 0 : s->spec.pid,
 					.model_pmu = b->pmu.source == PMU_SOURCE_BUILTIN ||
 						     b->pmu.source == PMU_SOURCE_FILE,
-					.sysfs_root = b->sysfs_root };
+					.sysfs_root = b->sysfs_root,
+					.exclude_guest = b->flavour == BROKER_FLAVOUR_MEDIATED,
+					.open = b->perf_open,
+					.open_ctx = b->perf_open_ctx };
 	char msg[512];
 	r = perf_session_create(&so, &s->ps, msg, sizeof(msg));
 	if (r < 0) {
@@ -2087,6 +2245,11 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 			   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ",
 			   cpus_text ? cpus_text : "", (int)s->owner_pid, q->name, (unsigned)s->uid);
 	}
+	for (uint32_t i = 0; i < q->n_events; i++) {
+		struct broker_event_view ev;
+		if (broker_session_event(b, s->id, i, &ev) == 0 && ev.reason[0])
+			log_info("session %s: %s %s session=%s", q->name, s->spec.events[i], ev.reason, q->name);
+	}
 	TAKE_PTR(s);
 	return 0;
 
@@ -2146,6 +2309,20 @@ int broker_session_stop(struct broker *b, const struct broker_caller *c, const c
 
 #define BROKER_MODEL_NOTE \
 	"the PMU is a model (simulated): hardware events are placed by the plan but nothing is counted for them"
+#define BROKER_HOST_TIME_NOTE \
+	"mediated vPMU: hardware events count host time only (exclude_guest): guest time is not counted"
+#define BROKER_MODEL_HOST_TIME_NOTE \
+	BROKER_MODEL_NOTE "; on this mediated vPMU they would count host time only (exclude_guest)"
+
+/* What a session's numbers do not hold, the same for every session. */
+static const char *session_note(const struct broker *b)
+{
+	bool model = b->pmu.source != PMU_SOURCE_HOST, mediated = b->flavour == BROKER_FLAVOUR_MEDIATED;
+	return model && mediated ? BROKER_MODEL_HOST_TIME_NOTE
+	       : model		 ? BROKER_MODEL_NOTE
+	       : mediated	 ? BROKER_HOST_TIME_NOTE
+				 : NULL;
+}
 
 int broker_session_read(struct broker *b, const struct broker_caller *c, const char *name,
 			struct broker_reading **out, struct proto_error *err)
@@ -2175,7 +2352,7 @@ int broker_session_read(struct broker *b, const struct broker_caller *c, const c
 	snprintf(rdg->name, sizeof(rdg->name), "%s", name);
 	rdg->since_usec = s->started_usec;
 	rdg->read_usec = now_usec(CLOCK_REALTIME);
-	rdg->note = b->pmu.source != PMU_SOURCE_HOST ? BROKER_MODEL_NOTE : NULL;
+	rdg->note = session_note(b);
 	rdg->n_events = n;
 	for (uint32_t i = 0; i < n; i++) {
 		struct broker_event_reading *e = &rdg->events[i];
@@ -2267,6 +2444,9 @@ void broker_status(const struct broker *b, struct broker_status *out)
 		.kvm_enforced = routes_enforced(b),
 		.kvm_why = b->kvm_note[0] ? b->kvm_note : kvm_port_why(b->port),
 		.kvm_host = b->kvm_host_summary[0] ? b->kvm_host_summary : NULL,
+		.flavour = broker_flavour_name(b->flavour),
+		.routes = broker_routes_kind(b),
+		.flavour_effect = flavour_effect(b->flavour),
 		.generation = arb_generation(b->arb),
 		.cpus = b->pmu.n_cpus,
 		.vms = b->n_vms,
@@ -2274,6 +2454,13 @@ void broker_status(const struct broker *b, struct broker_status *out)
 		.watchers = b->n_subs,
 		.uptime_s = (now_usec(CLOCK_MONOTONIC) - b->started_usec) / 1000000,
 	};
+	size_t w = 0;
+	if (b->flavour == BROKER_FLAVOUR_MEDIATED) {
+		if (b->nmi_watchdog_perf)
+			out->warnings[w++] = WARN_NMI_WATCHDOG;
+		out->warnings[w++] = WARN_NO_IRQCHIP;
+	}
+	out->warnings[w] = NULL;
 }
 
 void broker_pmu(const struct broker *b, struct broker_pmu_view *out)
@@ -2315,8 +2502,9 @@ static void vm_view(const struct broker *b, const struct broker_vm *v, struct br
 		.vmm_pid = v->bound ? v->vmm_pid : 0,
 		.vm_fd = v->bound ? v->vm_fd : -1,
 		.n_vcpus = v->n_vcpus,
-		.passthrough_vcpus = passthrough_vcpus(b, v),
 	};
+	vcpu_grants(b, v, out->vcpus_by_route);
+	out->passthrough_vcpus = out->vcpus_by_route[BROKER_ROUTE_PASSTHROUGH];
 }
 
 size_t broker_vm_count(const struct broker *b)
@@ -2346,7 +2534,7 @@ int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct
 		return -ENOENT;
 	*out = (struct broker_vcpu_view){ .vcpu = vcpu, .cpus = v->vcpus[vcpu], .n_gp = b->pmu.num_gp,
 					  .pmu_fixed_mask = b->pmu.fixed_mask };
-	return arb_vcpu_routes(b->arb, vm_id, vcpu, out->gp, out->fixed);
+	return vcpu_routes(b, v, vcpu, out->gp, out->fixed);
 }
 
 static void guest_view(const struct broker *b, uint32_t gp, uint32_t fixed_mask, struct broker_guest_view *out)
@@ -2354,6 +2542,11 @@ static void guest_view(const struct broker *b, uint32_t gp, uint32_t fixed_mask,
 	struct pmu_guest_shape shape;
 	struct pmu_cpuid_regs regs;
 	*out = (struct broker_guest_view){0};
+	if (b->flavour == BROKER_FLAVOUR_NONE) {
+		snprintf(out->error, sizeof(out->error),
+			 "no PMU: this host's KVM gives guests none (vPMU flavour none), whatever the lease asks");
+		return;
+	}
 	pmu_guest_default_shape(&b->pmu, &shape);
 	shape.num_gp = gp;
 	shape.fixed_mask = fixed_mask;
@@ -2444,6 +2637,7 @@ static void session_view(const struct broker_session *s, struct broker_session_v
 		.origin = s->origin,
 		.follows_connection = s->conn != NULL,
 		.started_usec = s->started_usec,
+		.note = session_note(s->b),
 	};
 }
 
@@ -2481,6 +2675,8 @@ int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e
 	out->placement = g.dedicated ? BROKER_PLACEMENT_DEDICATED : BROKER_PLACEMENT_MULTIPLEXED;
 	out->share = g.share;
 	out->dedicated_cpus = g.n_dedicated;
+	if (arb_session_event_why(b->arb, s->id, (unsigned)s->arb_index[e], out->reason, sizeof(out->reason)) <= 0)
+		out->reason[0] = '\0';
 	return 0;
 }
 
@@ -2544,13 +2740,13 @@ uint64_t broker_generation(const struct broker *b)
 
 void broker_summary(const struct broker *b, char *buf, size_t len)
 {
-	snprintf(buf, len, "%zu VMs, %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s%s", b->n_vms,
-		 b->n_sessions, arb_generation(b->arb), b->pmu.model,
+	snprintf(buf, len, "%zu VMs, %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s, vPMU %s%s",
+		 b->n_vms, b->n_sessions, arb_generation(b->arb), b->pmu.model,
 		 b->pmu.source == PMU_SOURCE_HOST ? "" : " (simulated)",
-		 kvm_port_backend_name(kvm_port_backend(b->port)),
+		 kvm_port_backend_name(kvm_port_backend(b->port)), broker_flavour_name(b->flavour),
 		 routes_enforced(b) ? ""
 		 : kvm_port_backend(b->port) == KVM_BACKEND_MODEL ? " (simulated: routes go to the model)"
-								  : " (routes not enforced)");
+								  : " (routes advisory, not enforced)");
 }
 
 /* ---------------------------------------------------------------- life */
@@ -2564,6 +2760,19 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 	b->cfg = o->cfg;
 	b->pmu = *o->pmu;
 	b->port = o->port;
+	b->flavour = o->flavour;
+	b->nmi_watchdog_perf = o->nmi_watchdog_perf;
+	b->perf_open = o->perf_open;
+	b->perf_open_ctx = o->perf_open_ctx;
+	/* The extension's routes need its port; a stock kernel's flavour has
+	 * no port to take them, and an advisory one only records. */
+	enum kvm_backend kb = kvm_port_backend(o->port);
+	bool ext_port = kb == KVM_BACKEND_IOCTL || kb == KVM_BACKEND_MODEL;
+	if ((unsigned)o->flavour >= BROKER_FLAVOUR__COUNT || (o->flavour == BROKER_FLAVOUR_EXTENSION) != ext_port)
+		return proto_error_set(err, PROTO_E_INTERNAL, EINVAL, NULL,
+				       "vPMU flavour %s cannot go with the %s kvm backend (the extension needs ioctl or "
+				       "model, a stock kernel's flavour advisory)",
+				       broker_flavour_name(o->flavour), kvm_port_backend_name(kb));
 	b->next_id = 1;
 	b->started_usec = now_usec(CLOCK_MONOTONIC);
 	b->vm_names.by_name = b->session_names.by_name = true;
@@ -2595,9 +2804,18 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 		b->foreign[0] = (struct arb_foreign){ .name = "nmi_watchdog", .cpu = -1, .gp_mask = gp, .fixed_mask = fx };
 		b->n_foreign = 1;
 	}
+	/* What a VM claims: the extension's identity partition, room for
+	 * perf's task-pinned guest events, or nothing where the kernel gives
+	 * guests the whole PMU at VM entry (mediated) or no PMU at all. */
+	static const enum arb_guest_mode modes[BROKER_FLAVOUR__COUNT] = {
+		[BROKER_FLAVOUR_EXTENSION] = ARB_GUEST_IDENTITY,
+		[BROKER_FLAVOUR_PERF] = ARB_GUEST_PERF_PINNED,
+		[BROKER_FLAVOUR_MEDIATED] = ARB_GUEST_NONE,
+		[BROKER_FLAVOUR_NONE] = ARB_GUEST_NONE,
+	};
 	struct arb_inventory inv = { .n_cpus = b->pmu.n_cpus, .cpu_ids = b->cpu_ids, .num_gp = b->pmu.num_gp,
 				     .fixed_mask = b->pmu.fixed_mask, .foreign = b->foreign,
-				     .n_foreign = b->n_foreign };
+				     .n_foreign = b->n_foreign, .guest_mode = modes[b->flavour] };
 	int r = arb_create(&inv, &b->arb);
 	if (r < 0)
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "the arbiter refused the inventory: %s",

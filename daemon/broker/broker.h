@@ -125,7 +125,64 @@ struct broker_conn *broker_conn_ref(struct broker_conn *conn);
 struct broker_conn *broker_conn_unref(struct broker_conn *conn); /* returns NULL */
 bool broker_conn_closed(const struct broker_conn *conn);
 
+/* ------------------------------------------------------------ flavour */
+
+/*
+ * The host's vPMU flavour the broker reasons about (DESIGN.md, "On the
+ * kernels that exist today"): what a guest PMC is, hence what a route
+ * promises and how host sessions are opened. vpmud takes it from its
+ * detection, or EXTENSION when the kvm port drives the vpmu extension
+ * (ioctl) or its model.
+ */
+enum broker_flavour {
+	BROKER_FLAVOUR_EXTENSION = 0, /* the vpmu extension: routes are the kvm port's (ioctl or model) */
+	BROKER_FLAVOUR_PERF,          /* stock perf-based vPMU: guest PMCs are KVM's task-pinned perf events */
+	BROKER_FLAVOUR_MEDIATED,      /* Linux 7.0+ mediated vPMU: a guest owns the whole PMU while it runs */
+	BROKER_FLAVOUR_NONE,          /* KVM gives guests no PMU (enable_pmu=0, hybrid CPUs) */
+	BROKER_FLAVOUR__COUNT
+};
+/* "extension", "perf-based", "mediated", "none" */
+const char *broker_flavour_name(enum broker_flavour f);
+
+/* Whether guest routes hold: "enforced" (the extension's ioctls),
+ * "simulated" (the model of the extension), "advisory" (a stock kernel:
+ * reserved, at-risk, mediated and none routes say what vpmud reasons, not
+ * what it can make KVM do). */
+const char *broker_routes_kind(const struct broker *b);
+enum broker_flavour broker_flavour(const struct broker *b);
+
+/* What a guest PMC is. Each flavour has its own routes and never shows
+ * another's (docs/protocol.md, "Routes"). */
+enum broker_route {
+	BROKER_ROUTE_DISABLED = 0,     /* the guest does not have this PMC */
+	/* extension */
+	BROKER_ROUTE_MULTIPLEXED,      /* backed by a host perf event */
+	BROKER_ROUTE_PASSTHROUGH,      /* guest PMC i is physical PMC i */
+	/* perf-based: KVM's task-pinned perf event; perf picks the counter */
+	BROKER_ROUTE_RESERVED,         /* room kept free of CPU-pinned host events on every CPU it may run on */
+	BROKER_ROUTE_AT_RISK,          /* no room kept: the guest's counts may stop until it reprograms the PMC */
+	/* mediated: the guest owns the whole PMU while its vCPU runs,
+	 * switched at VM entry and exit */
+	BROKER_ROUTE_MEDIATED,
+	/* no vPMU: asked for, and the host gives guests no PMU */
+	BROKER_ROUTE_NONE,
+	BROKER_ROUTE__COUNT
+};
+/* "disabled", "multiplexed", "passthrough", "reserved", "at-risk",
+ * "mediated", "none" */
+const char *broker_route_name(enum broker_route r);
+/* The routes a PMC a lease asked for may have in flavour f, strongest
+ * first (extension: passthrough, multiplexed; perf-based: reserved,
+ * at-risk; mediated: mediated; none: none). Returns how many. */
+size_t broker_flavour_routes(enum broker_flavour f, enum broker_route out[2]);
+
 /* ------------------------------------------------------------ life */
+
+struct perf_event_attr;
+/* perf_session's open seam (perf/perf_session.h), for tests: an fd, or -1
+ * with errno set. */
+typedef int (*broker_perf_open_fn)(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+				   unsigned long flags);
 
 struct broker_opts {
 	sd_event *event;
@@ -137,6 +194,16 @@ struct broker_opts {
 	const char *kvm_note;         /* why this KVM backend, may be NULL (then the port's); copied */
 	const char *state_dir;
 	const char *sysfs_root;       /* NULL: "/" (tests pass fixture trees) */
+	/* What the broker reasons about. EXTENSION needs an ioctl or model
+	 * port, every other flavour an advisory one. */
+	enum broker_flavour flavour;
+	/* The perf NMI watchdog holds a core-PMU event without exclude_guest
+	 * on every CPU: under the mediated vPMU it stops every VM's first
+	 * vCPU (status and the log say so, with the fix). */
+	bool nmi_watchdog_perf;
+	/* Tests: how session events are opened (NULL: perf_event_open). */
+	broker_perf_open_fn perf_open;
+	void *perf_open_ctx;
 };
 
 int broker_new(const struct broker_opts *opts, struct broker **out, struct proto_error *err);
@@ -161,7 +228,10 @@ void broker_summary(const struct broker *b, char *buf, size_t len);
 struct broker_attach_result {
 	uint64_t generation;
 	unsigned passthrough_vcpus;   /* vCPUs whose every PMC passes through */
-	unsigned multiplexed_vcpus;   /* vCPUs that asked for PMCs and got less */
+	unsigned multiplexed_vcpus;   /* extension: vCPUs that asked for PMCs and got less */
+	/* vCPUs that asked for PMCs, each by the weakest route among the
+	 * PMCs it asked for; only the flavour's routes occur. */
+	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];
 	bool bound;                   /* tied to its VMM already */
 };
 int broker_vm_attach(struct broker *b, const struct broker_caller *c, const struct proto_vm_attach *a,
@@ -186,13 +256,6 @@ int broker_vm_release(struct broker *b, const char *name, const char *reason);
 
 /* ------------------------------------------------------------ views */
 
-enum broker_route {
-	BROKER_ROUTE_DISABLED = 0,     /* the guest does not have this PMC */
-	BROKER_ROUTE_MULTIPLEXED,      /* backed by a host perf event */
-	BROKER_ROUTE_PASSTHROUGH,      /* guest PMC i is physical PMC i */
-	BROKER_ROUTE__COUNT
-};
-const char *broker_route_name(enum broker_route r);
 
 struct broker_status {
 	const char *server;            /* "vpmud/VERSION" */
@@ -205,6 +268,12 @@ struct broker_status {
 	bool kvm_enforced;
 	const char *kvm_why;
 	const char *kvm_host;          /* NULL when not detected */
+	const char *flavour;           /* broker_flavour_name */
+	const char *routes;            /* broker_routes_kind */
+	const char *flavour_effect;    /* one line: what it means for guests and for host sessions */
+	/* What stops guests or sessions on this host and how to fix it
+	 * (the NMI watchdog under the mediated vPMU); NULL-terminated. */
+	const char *warnings[4];
 	uint64_t generation;
 	unsigned cpus;
 	size_t vms, sessions, watchers;
@@ -247,6 +316,7 @@ struct broker_vm_view {
 	int vm_fd;                     /* when bound; -1 otherwise */
 	uint32_t n_vcpus;
 	unsigned passthrough_vcpus;    /* vCPUs whose every asked PMC passes through */
+	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];    /* as in broker_attach_result */
 };
 struct broker_vcpu_view {
 	uint32_t vcpu;
@@ -299,12 +369,16 @@ struct broker_session_view {
 	const char *origin;
 	bool follows_connection;
 	uint64_t started_usec;         /* CLOCK_REALTIME */
+	const char *note;              /* as broker_reading's */
 };
 struct broker_event_view {
 	const char *event;             /* the spec as given */
 	enum broker_placement placement;
 	double share;                  /* expected fraction of time counted */
 	unsigned dedicated_cpus;       /* CPUs where it holds a counter */
+	/* Why it is multiplexed where the session cannot see why (perf-based:
+	 * counters there are kept for guest PMCs), or "". */
+	char reason[256];
 };
 
 size_t broker_session_count(const struct broker *b);
@@ -328,7 +402,9 @@ struct broker_event_reading {
 struct broker_reading {
 	char name[PROTO_NAME_MAX + 1];
 	uint64_t since_usec, read_usec;
-	const char *note;              /* NULL, or why nothing is counted (model PMU) */
+	/* NULL, or what the numbers do not hold: nothing for hardware
+	 * events (model PMU), guest time (mediated vPMU). */
+	const char *note;
 	uint32_t n_events;
 	struct broker_event_reading *events;
 };
@@ -378,6 +454,8 @@ struct broker_change {
 struct broker_event {
 	uint64_t seq;                  /* increases by one per event: doors cache renderings by it */
 	uint64_t generation;
+	const char *flavour;           /* as in broker_status: what the routes below mean */
+	const char *routes;
 	const char *reason;
 	size_t n_changes;              /* 0: a lease changed (bound) and the plan did not */
 	const struct broker_change *changes;

@@ -224,6 +224,39 @@ static void put_routes(struct json_door_text *t, const uint8_t *gp, unsigned n_g
 	put(t, "]");
 }
 
+/* ,"flavour":"perf-based","routes":"advisory": what every route in the
+ * answer means, and whether it holds. */
+static void put_flavour(struct json_door_text *t, const char *flavour, const char *routes)
+{
+	put(t, ",\"flavour\":");
+	put_str(t, flavour);
+	put(t, ",\"routes\":");
+	put_str(t, routes);
+}
+
+static void put_broker_flavour(struct json_door_text *t, const struct broker *b)
+{
+	put_flavour(t, broker_flavour_name(broker_flavour(b)), broker_routes_kind(b));
+}
+
+/* ,"reserved_vcpus":2,"at_risk_vcpus":0: the vCPUs that asked for PMCs,
+ * by the weakest route they got, for each route of the flavour. */
+static void put_vcpu_grants(struct json_door_text *t, const struct broker *b, const unsigned *by_route, bool first)
+{
+	enum broker_route routes[2];
+	size_t n = broker_flavour_routes(broker_flavour(b), routes);
+	for (size_t i = 0; i < n; i++) {
+		char key[32]; /* a route name ("at-risk") and "_vcpus" */
+		snprintf(key, sizeof(key), "%s_vcpus", broker_route_name(routes[i]));
+		for (char *c = key; *c; c++)
+			*c = *c == '-' ? '_' : *c;
+		sep(t, &first);
+		put_str(t, key);
+		put(t, ":");
+		put_u64(t, by_route[routes[i]]);
+	}
+}
+
 static void put_guest(struct json_door_text *t, const struct broker *b, uint64_t vm_id)
 {
 	struct broker_guest_view g;
@@ -242,10 +275,14 @@ static void put_guest(struct json_door_text *t, const struct broker *b, uint64_t
 	put(t, "}");
 }
 
-static void put_vm(struct json_door_text *t, const struct broker *b, const struct broker_vm_view *v, bool full)
+/* top: the whole answer (vm.show), which names its flavour. */
+static void put_vm(struct json_door_text *t, const struct broker *b, const struct broker_vm_view *v, bool full,
+		   bool top)
 {
 	put(t, "{\"name\":");
 	put_str(t, v->name);
+	if (top)
+		put_broker_flavour(t, b);
 	put(t, ",\"priority\":");
 	put_u64(t, v->priority);
 	put(t, ",\"class\":");
@@ -262,8 +299,14 @@ static void put_vm(struct json_door_text *t, const struct broker *b, const struc
 		putf(t, ",\"owner\":{\"pid\":%d,\"vm_fd\":%d}", (int)v->vmm_pid, v->vm_fd);
 	else
 		put(t, ",\"owner\":null");
-	put(t, ",\"passthrough_vcpus\":");
-	put_u64(t, v->passthrough_vcpus);
+	/* The extension's views have always counted only the vCPUs passed
+	 * through whole; the other flavours count by their own routes. */
+	if (broker_flavour(b) == BROKER_FLAVOUR_EXTENSION) {
+		put(t, ",\"passthrough_vcpus\":");
+		put_u64(t, v->passthrough_vcpus);
+	} else {
+		put_vcpu_grants(t, b, v->vcpus_by_route, false);
+	}
 	if (!full) {
 		put(t, ",\"vcpus\":");
 		put_u64(t, v->n_vcpus);
@@ -302,6 +345,10 @@ static void put_event_plan(struct json_door_text *t, const struct broker *b, con
 			put(t, ",\"dedicated_cpus\":");
 			put_u64(t, ev.dedicated_cpus);
 		}
+		if (ev.reason[0]) {
+			put(t, ",\"reason\":");
+			put_str(t, ev.reason);
+		}
 		put(t, "}");
 	}
 	put(t, "]");
@@ -333,6 +380,12 @@ static void put_session(struct json_door_text *t, const struct broker *b, const 
 	put_i64(t, s->owner_pid);
 	put(t, ",\"uid\":");
 	put_i64(t, (int)s->uid);
+	/* The plan says what its counts will not hold (host time only on a
+	 * mediated vPMU). */
+	if (with_events && s->note) {
+		put(t, ",\"note\":");
+		put_str(t, s->note);
+	}
 	put(t, "}");
 }
 
@@ -380,6 +433,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 	put_bool(t, st.pmu_simulated);
 	put(t, ",\"kvm_enforced\":");
 	put_bool(t, st.kvm_enforced);
+	put_flavour(t, st.flavour, st.routes);
 	put(t, ",\"cpus\":[");
 	bool first = true;
 	for (unsigned i = 0, n = broker_cpu_count(b); i < n && !t->error; i++) {
@@ -399,7 +453,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		if (only && !broker_vm_on_cpus(b, v.id, only))
 			continue;
 		sep(t, &first);
-		put_vm(t, b, &v, true);
+		put_vm(t, b, &v, true, false);
 	}
 	put(t, "],\"sessions\":[");
 	first = true;
@@ -440,6 +494,21 @@ static void put_status(struct json_door_text *t, struct broker *b)
 		put(t, ",\"kvm_host\":");
 		put_str(t, st.kvm_host);
 	}
+	put(t, ",\"kvm_flavour\":");
+	put_str(t, st.flavour);
+	put(t, ",\"kvm_routes\":");
+	put_str(t, st.routes);
+	put(t, ",\"kvm_flavour_effect\":");
+	put_str(t, st.flavour_effect);
+	if (st.warnings[0]) {
+		put(t, ",\"kvm_warnings\":[");
+		for (size_t i = 0; st.warnings[i]; i++) {
+			if (i)
+				put(t, ",");
+			put_str(t, st.warnings[i]);
+		}
+		put(t, "]");
+	}
 	put(t, "},\"generation\":");
 	put_u64(t, st.generation);
 	putf(t, ",\"cpus\":%u,\"vms\":%zu,\"sessions\":%zu,\"watchers\":%zu,\"uptime_s\":", st.cpus, st.vms,
@@ -472,10 +541,11 @@ static void put_pmu(struct json_door_text *t, struct broker *b)
 	put(t, "}");
 }
 
-static void put_reading(struct json_door_text *t, const struct broker_reading *r)
+static void put_reading(struct json_door_text *t, const struct broker *b, const struct broker_reading *r)
 {
 	put(t, "{\"name\":");
 	put_str(t, r->name);
+	put_broker_flavour(t, b);
 	put(t, ",\"since_usec\":");
 	put_u64(t, r->since_usec);
 	put(t, ",\"read_usec\":");
@@ -551,9 +621,11 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 			return r;
 		put(out, "{\"name\":");
 		put_str(out, req->u.vm_attach.name);
-		putf(out, ",\"generation\":%" PRIu64 ",\"granted\":{\"passthrough_vcpus\":%u,\"multiplexed_vcpus\":%u}",
-		     res.generation, res.passthrough_vcpus, res.multiplexed_vcpus);
-		put(out, ",\"bound\":");
+		putf(out, ",\"generation\":%" PRIu64, res.generation);
+		put_broker_flavour(out, b);
+		put(out, ",\"granted\":{");
+		put_vcpu_grants(out, b, res.vcpus_by_route, true);
+		put(out, "},\"bound\":");
 		put_bool(out, res.bound);
 		put(out, "}");
 		break;
@@ -580,16 +652,18 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 			broker_vm_at(b, i, &v);
 			if (i)
 				put(out, ",");
-			put_vm(out, b, &v, false);
+			put_vm(out, b, &v, false, false);
 		}
-		put(out, "]}");
+		put(out, "]");
+		put_broker_flavour(out, b);
+		put(out, "}");
 		break;
 	case PROTO_M_VM_SHOW: {
 		struct broker_vm_view v;
 		if (broker_vm_find(b, req->u.vm_show.name, &v) < 0)
 			return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s",
 					       req->u.vm_show.name);
-		put_vm(out, b, &v, true);
+		put_vm(out, b, &v, true, true);
 		break;
 	}
 	case PROTO_M_SESSION_START: {
@@ -601,11 +675,17 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 		put_str(out, q->name);
 		put(out, ",\"generation\":");
 		put_u64(out, gen);
+		put_broker_flavour(out, b);
 		put(out, ",\"events\":");
-		if (broker_session_find(b, q->name, &s) == 0)
+		bool found = broker_session_find(b, q->name, &s) == 0;
+		if (found)
 			put_event_plan(out, b, &s);
 		else
 			put(out, "[]");
+		if (found && s.note) {
+			put(out, ",\"note\":");
+			put_str(out, s.note);
+		}
 		put(out, "}");
 		break;
 	}
@@ -618,7 +698,7 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 		struct broker_reading *rd = NULL;
 		if ((r = broker_session_read(b, c, req->u.session_read.name, &rd, err)) < 0)
 			return r;
-		put_reading(out, rd);
+		put_reading(out, b, rd);
 		broker_reading_free(rd);
 		break;
 	}
@@ -650,6 +730,8 @@ int json_door_event(const struct broker_event *ev, struct json_door_text *t)
 {
 	put(t, "{\"event\":\"plan\",\"generation\":");
 	put_u64(t, ev->generation);
+	if (ev->flavour)
+		put_flavour(t, ev->flavour, ev->routes ? ev->routes : "?");
 	put(t, ",\"reason\":");
 	put_str(t, ev->reason ? ev->reason : "");
 	put(t, ",\"changes\":[");

@@ -306,8 +306,13 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 			c->watching = true;
 		}
 		struct json_object *r = json_object_new_object();
-		if (r)
+		/* What the routes of the events to come mean, and whether they hold. */
+		if (r) {
 			json_object_object_add(r, "generation", json_object_new_uint64(broker_generation(s->broker)));
+			json_object_object_add(r, "flavour",
+					       json_object_new_string(broker_flavour_name(broker_flavour(s->broker))));
+			json_object_object_add(r, "routes", json_object_new_string(broker_routes_kind(s->broker)));
+		}
 		send_obj(c, r ? response_result(req.id, r) : NULL);
 		proto_request_fini(&req);
 		return;

@@ -264,6 +264,13 @@ static int open_error(struct psess *s, const struct ev *e, int cpu, int errnum)
 	return set_err(s, -errnum, "%s: perf_event_open: %s", e->pev.name, strerror(errnum));
 }
 
+int perf_session_sys_open(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+			  unsigned long flags)
+{
+	(void)ctx;
+	return (int)syscall(SYS_perf_event_open, attr, pid, cpu, group_fd, flags);
+}
+
 static void unit_close(struct psess *s, struct unit *u)
 {
 	if (!u->fds)
@@ -314,8 +321,10 @@ static int unit_open(struct psess *s, struct unit *u)
 			 * scheduled with it anyway. */
 			attr.pinned = m == 0 && u->placement == PERF_SESSION_DEDICATED;
 			attr.inherit = s->opts.pid > 0 && s->opts.inherit;
-			int fd = (int)syscall(SYS_perf_event_open, &attr, pid, cpu,
-					      m == 0 ? -1 : leader_fd, PERF_FLAG_FD_CLOEXEC);
+			attr.exclude_guest = e->pev.hardware && s->opts.exclude_guest;
+			perf_session_open_fn open_fn = s->opts.open ? s->opts.open : perf_session_sys_open;
+			int fd = open_fn(s->opts.open_ctx, &attr, pid, cpu, m == 0 ? -1 : leader_fd,
+					 PERF_FLAG_FD_CLOEXEC);
 			if (fd < 0) {
 				int errnum = errno;
 				unit_close(s, u);

@@ -25,6 +25,15 @@
 #include "proto/cpulist.h"
 
 struct psess;
+struct perf_event_attr;
+
+/* Opens one event as perf_event_open(2) does: an fd, or -1 with errno
+ * set. The default is perf_session_sys_open; tests put their own in the
+ * options to see the attributes a session passes. */
+typedef int (*perf_session_open_fn)(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+				    unsigned long flags);
+int perf_session_sys_open(void *ctx, struct perf_event_attr *attr, pid_t pid, int cpu, int group_fd,
+			  unsigned long flags);
 
 enum perf_session_placement {
 	PERF_SESSION_DEDICATED = 1,   /* pinned */
@@ -44,6 +53,16 @@ struct perf_session_opts {
 	 * a hardware event that fails to open: no cpu PMU at all, or one that
 	 * lacks the event. */
 	const char *sysfs_root;
+	/* Hardware (core-PMU) events count host time only: each is opened
+	 * with attr.exclude_guest set, on every CPU. Under the mediated vPMU
+	 * the kernel refuses any other core-PMU event while a mediated VM
+	 * exists, and an existing one stops every new VM's first vCPU.
+	 * Software events are left alone: no such rule covers them, and perf
+	 * keeps counting guest time for them whatever the bit says. */
+	bool exclude_guest;
+	/* NULL: perf_session_sys_open. */
+	perf_session_open_fn open;
+	void *open_ctx;
 };
 
 enum perf_session_status {
