@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -43,6 +44,15 @@ ADMIN_GROUP = "vpmu"
 POLKIT_ACTION = "org.vpmu.broker1.manage"
 CLASS_GUARANTEED, CLASS_PREFERRED = 1, 2
 ROUTE_MULTIPLEXED, ROUTE_PASSTHROUGH = 2, 3
+# The bus enums of docs/dbus-api.md, by wire value (0 = unknown).
+ROUTES = [None, "disabled", "multiplexed", "passthrough", "reserved", "at-risk", "mediated", "none"]
+FLAVOURS = [None, "extension", "perf-based", "mediated", "none"]
+ROUTES_KINDS = [None, "enforced", "simulated", "advisory"]
+PLACEMENTS = [None, "software", "multiplexed", "dedicated"]
+BACKENDS = [None, "ioctl", "advisory", "model"]
+# The routes each flavour gives a PMC a lease asked for (docs/protocol.md).
+FLAVOUR_ROUTES = {"extension": {"passthrough", "multiplexed"}, "perf-based": {"reserved", "at-risk"},
+                  "mediated": {"mediated"}, "none": {"none"}}
 failures = 0
 
 
@@ -116,7 +126,7 @@ def bus_conf(tmp, sock):
 
 
 class Env:
-    def __init__(self):
+    def __init__(self, kvm="model"):
         self.tmp = tempfile.mkdtemp(prefix="vpmu-it-dbus-")
         os.chmod(self.tmp, 0o755)  # the test user reaches the bus socket
         self.sock = os.path.join(self.tmp, "bus.sock")
@@ -139,7 +149,7 @@ class Env:
         open(conf, "w").close()
         self.vpmud_log = os.path.join(self.tmp, "vpmud.log")
         self.sock_path = os.path.join(self.tmp, "vpmud.sock")
-        self.vpmud = self.spawn([VPMUD, "--pmu", "icelake-8360y", "--kvm", "model",
+        self.vpmud = self.spawn([VPMUD, "--pmu", "icelake-8360y", "--kvm", kvm,
                                  "--socket", self.sock_path, "--state-dir", state,
                                  "--config", conf, "--dbus", self.addr],
                                 stderr=open(self.vpmud_log, "w"))
@@ -199,6 +209,70 @@ def busctl(env, *args, user=None):
 
 def mgr_call(env, method, sig, *args, user=None):
     return busctl(env, "call", NAME, PATH, MGR, method, sig, *[str(a) for a in args], user=user)
+
+
+def wire(names, s):
+    """A broker string as its bus enum value; 0 for one the bus does not know."""
+    return names.index(s) if s in names[1:] else 0
+
+
+def sock_call(env, method, params=None):
+    """One call on the socket door of env's daemon, as root: the answer
+    the bus is compared with."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(env.sock_path)
+        f = s.makefile("rw")
+        for i, (m, p) in enumerate((("hello", {"protocol": 1, "client": "it_dbus"}), (method, params))):
+            req = {"id": i + 1, "method": m}
+            if p is not None:
+                req["params"] = p
+            f.write(json.dumps(req) + "\n")
+            f.flush()
+            r = json.loads(f.readline())
+    return r
+
+
+def vpmuctl_status(env):
+    """What `vpmuctl status` says for env's daemon (its JSON)."""
+    p = subprocess.run([os.path.join(BUILD, "client", "vpmuctl"), "--socket", env.sock_path, "--json", "status"],
+                       capture_output=True, text=True, timeout=20)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        check(False, "vpmuctl --json status", p.stderr)
+        return {"backends": {}}
+
+
+def check_flavour_props(env, where):
+    """The manager's flavour properties and GetStatus say what the socket's
+    status says for the same daemon."""
+    sb = vpmuctl_status(env)["backends"]
+    p = props(env, PATH, MGR)
+    check(sb.get("kvm_flavour") in FLAVOURS[1:] and p["Flavour"] == wire(FLAVOURS, sb.get("kvm_flavour"))
+          and p["RoutesKind"] == wire(ROUTES_KINDS, sb.get("kvm_routes")) and p["RoutesKind"] != 0,
+          "%s: Flavour and RoutesKind are the socket's %s, %s" % (where, sb.get("kvm_flavour"), sb.get("kvm_routes")),
+          (p["Flavour"], p["RoutesKind"], sb))
+    check(p["FlavourEffect"] == sb.get("kvm_flavour_effect") and p["FlavourEffect"].startswith("guests: ")
+          and "; host sessions: " in p["FlavourEffect"], "%s: FlavourEffect is the socket's one line" % where,
+          (p["FlavourEffect"], sb.get("kvm_flavour_effect")))
+    check(list(p["Warnings"]) == sb.get("kvm_warnings", []), "%s: Warnings are the socket's" % where,
+          (list(p["Warnings"]), sb.get("kvm_warnings")))
+    check(p["Backend"] == wire(BACKENDS, sb.get("kvm")) and bool(p["BackendEnforced"]) == sb.get("kvm_enforced"),
+          "%s: Backend and BackendEnforced are the socket's" % where, (p["Backend"], sb))
+    for label, b in (("GetStatus", dbus.Interface(env.bus.get_object(NAME, PATH), MGR).GetStatus()["backends"]),
+                     ("the Backends property", p["Backends"])):
+        check(b["kvm_flavour"] == p["Flavour"] and b["kvm_routes"] == p["RoutesKind"]
+              and b["kvm_flavour_effect"] == p["FlavourEffect"]
+              and list(b.get("kvm_warnings", [])) == sb.get("kvm_warnings", []),
+              "%s: %s carries kvm_flavour, kvm_routes, kvm_flavour_effect, kvm_warnings" % (where, label), b)
+    return sb
+
+
+def bus_routes(vp):
+    """A VM's Routes property with the route enums as the socket's names."""
+    name = lambda x: ROUTES[x] if x < len(ROUTES) else "?"
+    return [{"vcpu": int(r[0]), "cpus": str(r[1]), "gp": [name(x) for x in r[2]],
+             "fixed": [name(x) for x in r[3]]} for r in vp["Routes"]]
 
 
 def interface_xml(xml_text, iface):
@@ -570,7 +644,78 @@ def main():
         log = env.close()
     check("Sanitizer" not in log and "vpmud stopped" in log, "vpmud stops cleanly (no sanitizer report)",
           log[-3000:])
+    # The same door on this host's own flavour (--kvm auto).
+    env = Env(kvm="auto")
+    try:
+        test_host_flavour(env)
+    finally:
+        log = env.close()
+    check("Sanitizer" not in log and "vpmud stopped" in log, "--kvm auto: vpmud stops cleanly (no sanitizer report)",
+          log[-3000:])
     return 1 if failures else 0
+
+
+def test_host_flavour(env):
+    """--kvm auto: the flavour this host gives guests (here: none, with
+    kvm.enable_pmu=N). What the bus shows is what the socket says for the
+    same daemon: the flavour, advisory routes, each vCPU's routes, the
+    counts by route, the session's reasons and note."""
+    mgr = dbus.Interface(env.bus.get_object(NAME, PATH), MGR)
+    sb = check_flavour_props(env, "--kvm auto")
+    flavour = sb.get("kvm_flavour")
+    print("     (this host's vPMU flavour: %s, routes %s)" % (flavour, sb.get("kvm_routes")))
+    if flavour != "extension":
+        check(sb.get("kvm_routes") == "advisory" and props(env, PATH, MGR)["RoutesKind"] == 3,
+              "--kvm auto on a stock kernel: routes advisory (RoutesKind 3)", sb)
+    path, res = mgr.AttachVM("flav", {"gp": dbus.UInt32(2), "fixed_mask": dbus.UInt32(1),
+                                      "vcpus": dbus.Array(["0-1", "2-3"], signature="s")})
+    check(res["flavour"] == wire(FLAVOURS, flavour) and res["routes"] == wire(ROUTES_KINDS, sb.get("kvm_routes")),
+          "AttachVM result names the flavour and whether routes hold", res)
+    shown = sock_call(env, "vm.show", {"name": "flav"}).get("result", {})
+    vp = props(env, path, VM_IF)
+    want = [{k: vc[k] for k in ("vcpu", "cpus", "gp", "fixed")} for vc in shown.get("vcpus", [])]
+    check(bus_routes(vp) == want and want, "VM Routes are the socket's vm.show routes", (bus_routes(vp), want))
+    asked = [rt for vc in want for rt in vc["gp"][:2] + vc["fixed"][:1]]
+    check(set(asked) <= FLAVOUR_ROUTES.get(flavour, set()) and asked and
+          all(rt == "disabled" for vc in want for rt in vc["gp"][2:] + vc["fixed"][1:]),
+          "the PMCs asked for have the flavour's routes (%s), the rest disabled" % "/".join(
+              sorted(FLAVOUR_ROUTES.get(flavour, ()))), want)
+    counts = {k: v for k, v in shown.items() if k.endswith("_vcpus")}
+    if flavour != "extension":
+        check({k: int(v) for k, v in vp["Granted"].items()} == counts
+              and {k: int(v) for k, v in res["granted"].items()} == counts
+              and sum(counts.values()) == 2,
+              "Granted property and AttachVM granted are the socket's counts by route", (dict(vp["Granted"]), counts))
+        check(vp["PassthroughVcpus"] == 0, "PassthroughVcpus is 0 outside the extension", vp["PassthroughVcpus"])
+    plan = mgr.GetPlan({})
+    pv = [v for v in plan["vms"] if v["name"] == "flav"]
+    check(plan["flavour"] == wire(FLAVOURS, flavour) and plan["routes"] == wire(ROUTES_KINDS, sb.get("kvm_routes"))
+          and pv and all(int(pv[0].get(k, -1)) == v for k, v in counts.items()),
+          "GetPlan names the flavour; its VM carries the counts by route", (plan["flavour"], pv))
+
+    # count_guest: refused only on the mediated vPMU, with the broker's reason.
+    opts = {"cpus": "0", "count_guest": True}
+    name, msg = err_name(lambda: mgr.StartSession("guest", ["cycles", "task-clock"], opts))
+    if flavour == "mediated":
+        check(name == ERR + "Refused" and "params.count_guest" in msg and "EBUSY" in msg,
+              "mediated: count_guest refused with the broker's reason", (name, msg))
+    else:
+        check(name is None, "%s: StartSession with count_guest accepted" % flavour, (name, msg))
+        sp = props(env, PATH + "/session/guest", SESS_IF)
+        sess = [s for s in sock_call(env, "plan").get("result", {}).get("sessions", []) if s["name"] == "guest"]
+        reasons = [e.get("reason", "") for e in sess[0]["events"]] if sess else None
+        check(sess and list(sp["EventReasons"]) == reasons and sp["Note"] == sess[0].get("note", ""),
+              "the session's EventReasons and Note are the socket's", (list(sp["EventReasons"]), sp["Note"], sess))
+        rd = mgr.ReadSession("guest")
+        check(rd["flavour"] == wire(FLAVOURS, flavour), "ReadSession names the flavour", rd.get("flavour"))
+        mgr.StopSession("guest")
+    time.sleep(0.3)
+    changed = [s for s in env.signals() if s.get("member") == "PlanChanged"
+               and "vm.attach flav" in json.dumps(s.get("payload"))]
+    bad = [rt for s in changed for ch in s["payload"]["data"][2] for key in ("gp", "fixed")
+           for rt in ch.get(key, {}).get("data", []) if (rt >= len(ROUTES) or ROUTES[rt] not in FLAVOUR_ROUTES.get(flavour, set()) | {"disabled"})]
+    check(changed and not bad, "PlanChanged for the attach carries only the flavour's routes", (changed, bad))
+    mgr.DetachVM("flav")
 
 
 def run(env):
@@ -594,6 +739,9 @@ def run(env):
     check(int(st["generation"]) == gen0 and st["backends"]["kvm"] == 3, "GetStatus", st)
     pm = mgr.GetPmu()
     check(int(pm["gp"]) == 8 and int(pm["fixed_mask"]) == 0xF, "GetPmu (masks as numbers)", pm)
+    check_flavour_props(env, "--kvm model")
+    check(p["Flavour"] == 1 and p["RoutesKind"] == 2 and list(p["Warnings"]) == [],
+          "--kvm model: Flavour 1 (extension), RoutesKind 2 (simulated), no warnings", dict(p))
 
     # ---- attach a VM from a long-lived agent connection
     path, res = mgr.AttachVM("web-1", {"priority": dbus.UInt32(200), "class": dbus.UInt32(CLASS_PREFERRED),
@@ -609,6 +757,12 @@ def run(env):
     check(len(vp["Routes"]) == 2 and all(r == ROUTE_PASSTHROUGH for r in vp["Routes"][0][2])
           and vp["Routes"][0][1] == "0-1", "VM Routes: vCPU 0 on 0-1, all gp passthrough", vp["Routes"])
     check(tuple(vp["Owner"]) == (0, -1), "VM Owner (0,-1) when no VMM is bound", vp["Owner"])
+    check(res["flavour"] == 1 and res["routes"] == 2 and set(res["granted"]) == {"passthrough_vcpus", "multiplexed_vcpus"}
+          and {k: int(v) for k, v in vp["Granted"].items()} == {k: int(v) for k, v in res["granted"].items()},
+          "AttachVM names the flavour; the Granted property is its grant", (res, dict(vp["Granted"])))
+    shown = sock_call(env, "vm.show", {"name": "web-1"})["result"]
+    check(bus_routes(vp) == [{k: vc[k] for k in ("vcpu", "cpus", "gp", "fixed")} for vc in shown["vcpus"]],
+          "VM Routes are the socket's vm.show routes", (bus_routes(vp), shown["vcpus"]))
     objs = env.bus.get_object(NAME, PATH).GetManagedObjects(dbus_interface="org.freedesktop.DBus.ObjectManager")
     check(path in objs and VM_IF in objs[path], "ObjectManager lists the VM", list(objs))
     rc, out, _ = busctl(env, "introspect", "--xml-interface", NAME, path)
@@ -661,8 +815,25 @@ def run(env):
           vp2["Routes"][0])
     rd = mgr.ReadSession("prof")
     check(len(rd["events"]) == 2 and rd["events"][0]["event"] == "cycles", "ReadSession", rd)
+    check(rd["flavour"] == 1 and rd["routes"] == 2 and "model" in rd.get("note", ""),
+          "ReadSession names the flavour and says what the numbers do not hold", rd)
+    # count_guest, as on the socket: a boolean, granted outside the mediated vPMU.
+    gpath, gres = mgr.StartSession("guest-time", ["cycles"], {"cpus": "5", "count_guest": True})
+    gp = props(env, gpath, SESS_IF)
+    sess = [x for x in sock_call(env, "plan")["result"]["sessions"] if x["name"] == "guest-time"]
+    check(sess and gres["flavour"] == 1 and gres.get("note") == gp["Note"] == sess[0].get("note")
+          and gp["Note"] != "" and list(gp["EventReasons"]) == [e.get("reason", "") for e in sess[0]["events"]]
+          and len(gp["EventReasons"]) == 1,
+          "StartSession with count_guest under the model: accepted; note and reasons are the socket's",
+          (dict(gres), dict(gp), sess))
+    mgr.StopSession("guest-time")
+    name, msg = err_name(lambda: mgr.StartSession("guest-int", ["cycles"], {"cpus": "5", "count_guest": dbus.UInt32(1)}))
+    check(name == ERR + "InvalidParam" and "params.count_guest" in msg, "count_guest must be a boolean", (name, msg))
     plan = mgr.GetPlan({"cpus": "0-1"})
     check(len(plan["cpus"]) == 2 and plan["vms"][0]["name"] == "web-1", "GetPlan with a CPU filter", plan.keys())
+    check(plan["flavour"] == 1 and plan["routes"] == 2 and plan["sessions"][0].get("note", "") == sp["Note"] != ""
+          and int(plan["vms"][0]["passthrough_vcpus"]) == props(env, path, VM_IF)["PassthroughVcpus"],
+          "GetPlan names the flavour; its sessions carry their note", (plan["flavour"], plan["sessions"]))
     g = mgr.StopSession("prof")
     check(int(g) > int(r["generation"]), "StopSession returns the generation", g)
     check(wait_until(lambda: PATH + "/session/prof" not in env.bus.get_object(NAME, PATH).GetManagedObjects(

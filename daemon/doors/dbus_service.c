@@ -28,9 +28,15 @@
  * mapping never depends on the broker's own numbering.
  */
 static const char *const class_names[] = { NULL, "guaranteed", "preferred", "shared", NULL };
-static const char *const route_names[] = { NULL, "disabled", "multiplexed", "passthrough", NULL };
+/* Routes: the extension's first, then each stock flavour's, appended as the
+ * flavours came (docs/dbus-api.md: values are only ever added). */
+static const char *const route_names[] = { NULL, "disabled", "multiplexed", "passthrough", "reserved",
+					   "at-risk", "mediated", "none", NULL };
 static const char *const placement_names[] = { NULL, "software", "multiplexed", "dedicated", NULL };
 static const char *const backend_names[] = { NULL, "ioctl", "advisory", "model", NULL };
+/* The vPMU flavour the broker reasons about, and whether its routes hold. */
+static const char *const flavour_names[] = { NULL, "extension", "perf-based", "mediated", "none", NULL };
+static const char *const routes_kind_names[] = { NULL, "enforced", "simulated", "advisory", NULL };
 
 /* A bus peer is one broker connection: what it makes without a process
  * owner ends when it leaves the bus, which sd_bus_track reports. */
@@ -68,6 +74,7 @@ struct vm_snap {
 	pid_t vmm_pid;
 	int vm_fd;
 	unsigned passthrough_vcpus;
+	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];
 	size_t routes_len;
 	uint8_t *routes;            /* the Routes property's content, flattened */
 };
@@ -76,6 +83,7 @@ struct event_snap {
 	enum broker_placement placement;
 	unsigned dedicated_cpus;
 	double share;
+	char reason[sizeof(((struct broker_event_view *)0)->reason)];
 };
 
 struct session_snap {
@@ -132,6 +140,16 @@ static uint32_t wire_route(uint8_t r)
 static uint32_t wire_placement(enum broker_placement p)
 {
 	return wire_enum(placement_names, broker_placement_name(p));
+}
+
+static uint32_t wire_flavour(const struct broker *b)
+{
+	return wire_enum(flavour_names, broker_flavour_name(broker_flavour(b)));
+}
+
+static uint32_t wire_routes_kind(const struct broker *b)
+{
+	return wire_enum(routes_kind_names, broker_routes_kind(b));
 }
 
 static void request_finip(struct proto_request *r)
@@ -258,6 +276,41 @@ static void put_routes(struct out *o, unsigned n_gp, const uint8_t *gp, uint32_t
 	entry_end(o);
 }
 
+/* flavour and routes: what every route in the answer means, and whether
+ * it holds (the socket's "flavour" and "routes"). */
+static void put_flavour(struct out *o, const struct broker *b)
+{
+	put_u(o, "flavour", wire_flavour(b));
+	put_u(o, "routes", wire_routes_kind(b));
+}
+
+/* reserved_vcpus, at_risk_vcpus, …: the vCPUs that asked for PMCs, by the
+ * weakest route they got, for each route of the flavour, named as the
+ * socket names them. */
+static void put_grants(struct out *o, const struct broker *b, const unsigned *by_route)
+{
+	enum broker_route routes[2];
+	size_t n = broker_flavour_routes(broker_flavour(b), routes);
+	for (size_t i = 0; i < n; i++) {
+		char key[32]; /* a route name ("at-risk") and "_vcpus" */
+		snprintf(key, sizeof(key), "%s_vcpus", broker_route_name(routes[i]));
+		for (char *c = key; *c; c++)
+			*c = *c == '-' ? '_' : *c;
+		put_x(o, key, by_route[routes[i]]);
+	}
+}
+
+/* A NULL-terminated list of strings as key -> as. */
+static void put_strv(struct out *o, const char *key, const char *const *v)
+{
+	entry_begin(o, key, "as");
+	open_c(o, 'a', "s");
+	for (size_t i = 0; v[i] && o->r >= 0; i++)
+		o->r = sd_bus_message_append_basic(o->m, 's', v[i]);
+	close_c(o);
+	entry_end(o);
+}
+
 static void put_backends(struct out *o, const struct broker_status *st)
 {
 	put_s(o, "pmu", st->pmu_model);
@@ -270,6 +323,11 @@ static void put_backends(struct out *o, const struct broker_status *st)
 	put_s(o, "kvm_why", st->kvm_why);
 	if (st->kvm_host && st->kvm_host[0])
 		put_s(o, "kvm_host", st->kvm_host);
+	put_u(o, "kvm_flavour", wire_enum(flavour_names, st->flavour));
+	put_u(o, "kvm_routes", wire_enum(routes_kind_names, st->routes));
+	put_s(o, "kvm_flavour_effect", st->flavour_effect);
+	if (st->warnings[0])
+		put_strv(o, "kvm_warnings", st->warnings);
 }
 
 static void put_status(struct out *o, const struct broker_status *st)
@@ -352,7 +410,11 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 		put_x(o, "vm_fd", v->vm_fd);
 		nested_end(o);
 	}
+	/* Kept on every flavour (0 outside the extension, which alone passes
+	 * PMCs through): the other flavours add their own counts. */
 	put_x(o, "passthrough_vcpus", v->passthrough_vcpus);
+	if (broker_flavour(b) != BROKER_FLAVOUR_EXTENSION)
+		put_grants(o, b, v->vcpus_by_route);
 	nested_begin(o, "vcpus", "aa{sv}");
 	for (uint32_t i = 0; i < v->n_vcpus && o->r >= 0; i++) {
 		struct broker_vcpu_view vc;
@@ -391,9 +453,19 @@ static void put_session_events(struct out *o, const struct broker *b, const stru
 		put_d(o, "share", ev.share);
 		if (ev.placement != BROKER_PLACEMENT_SOFTWARE)
 			put_x(o, "dedicated_cpus", ev.dedicated_cpus);
+		if (ev.reason[0])
+			put_s(o, "reason", ev.reason);
 		item_end(o);
 	}
 	nested_end(o);
+}
+
+/* What the session's numbers will not hold (guest time on a mediated vPMU,
+ * anything for hardware events on a model PMU), when the broker says. */
+static void put_note(struct out *o, const struct broker_session_view *sv)
+{
+	if (sv->note)
+		put_s(o, "note", sv->note);
 }
 
 static void put_session(struct out *o, const struct broker *b, const struct broker_session_view *sv)
@@ -408,6 +480,7 @@ static void put_session(struct out *o, const struct broker *b, const struct brok
 		put_x(o, "pid", sv->pid);
 	put_x(o, "owner_pid", sv->owner_pid);
 	put_x(o, "uid", sv->uid);
+	put_note(o, sv);
 }
 
 static void put_host_placement(struct out *o, const struct broker_host_placement *h)
@@ -435,6 +508,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 	put_t(o, "generation", st.generation);
 	put_b(o, "simulated_pmu", st.pmu_simulated);
 	put_b(o, "kvm_enforced", st.kvm_enforced);
+	put_flavour(o, b);
 	nested_begin(o, "cpus", "aa{sv}");
 	for (unsigned i = 0; i < broker_cpu_count(b) && o->r >= 0; i++) {
 		struct broker_cpu_view cv;
@@ -475,9 +549,10 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 	nested_end(o);
 }
 
-static void put_reading(struct out *o, const struct broker_reading *rd)
+static void put_reading(struct out *o, const struct broker *b, const struct broker_reading *rd)
 {
 	put_s(o, "name", rd->name);
+	put_flavour(o, b);
 	put_x(o, "since_usec", (int64_t)rd->since_usec);
 	put_x(o, "read_usec", (int64_t)rd->read_usec);
 	if (rd->note)
@@ -573,13 +648,14 @@ enum opt {
 	OPT_PID,
 	OPT_OWNER_PID,
 	OPT_VM_FD,
+	OPT_COUNT_GUEST,
 	OPT__COUNT
 };
 static const char *const opt_names[OPT__COUNT] = {
 	[OPT_PRIORITY] = "priority", [OPT_CLASS] = "class",   [OPT_GP] = "gp",
 	[OPT_FIXED_MASK] = "fixed_mask", [OPT_VCPUS] = "vcpus", [OPT_VCPU_COUNT] = "vcpu_count",
 	[OPT_CPUS] = "cpus",         [OPT_OWNER] = "owner",   [OPT_PID] = "pid",
-	[OPT_OWNER_PID] = "owner_pid", [OPT_VM_FD] = "vm_fd",
+	[OPT_OWNER_PID] = "owner_pid", [OPT_VM_FD] = "vm_fd", [OPT_COUNT_GUEST] = "count_guest",
 };
 #define OPT(x) (1u << (x))
 #define OPTS_SHAPE (OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_GP) | OPT(OPT_FIXED_MASK) | \
@@ -587,7 +663,8 @@ static const char *const opt_names[OPT__COUNT] = {
 #define OPTS_ATTACH (OPTS_SHAPE | OPT(OPT_OWNER))
 #define OPTS_UPDATE OPTS_SHAPE
 #define OPTS_BIND OPT(OPT_VM_FD)
-#define OPTS_SESSION (OPT(OPT_CPUS) | OPT(OPT_PID) | OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_OWNER_PID))
+#define OPTS_SESSION (OPT(OPT_CPUS) | OPT(OPT_PID) | OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_OWNER_PID) | \
+		      OPT(OPT_COUNT_GUEST))
 #define OPTS_PLAN OPT(OPT_CPUS)
 
 /* The options as read, before they become one method's request. */
@@ -599,6 +676,7 @@ struct options {
 	struct proto_vcpus vcpus;
 	struct proto_owner owner;
 	int32_t pid, owner_pid, vm_fd;
+	bool count_guest;
 };
 
 static void options_fini(struct options *o)
@@ -704,6 +782,20 @@ static int read_i32(sd_bus_message *m, const char *sig, const char *field, int32
 	if (r == 0)
 		*out = (int32_t)x;
 	return r;
+}
+
+/* A boolean is a D-Bus boolean, as it is a JSON boolean on the socket: an
+ * integer would leave "is 2 true?" to guessing. */
+static int read_bool(sd_bus_message *m, const char *sig, const char *field, bool *out, struct proto_error *pe)
+{
+	int v;
+	if (strcmp(sig, "b"))
+		return wrong_type(pe, field, "a boolean (b)", sig);
+	int r = sd_bus_message_read_basic(m, 'b', &v);
+	if (r < 0)
+		return unreadable(pe, field, r);
+	*out = v;
+	return 0;
 }
 
 /* class: the bus enum (u) or the protocol's name (s). */
@@ -847,6 +939,7 @@ static int read_option(struct dbus_service *s, sd_bus_message *m, enum opt k, co
 	case OPT_PID: return read_i32(m, sig, field, &o->pid, pe);
 	case OPT_OWNER_PID: return read_i32(m, sig, field, &o->owner_pid, pe);
 	case OPT_VM_FD: return read_i32(m, sig, field, &o->vm_fd, pe);
+	case OPT_COUNT_GUEST: return read_bool(m, sig, field, &o->count_guest, pe);
 	default: return proto_error_set(pe, PROTO_E_INTERNAL, EINVAL, NULL, "option %d", (int)k);
 	}
 }
@@ -1221,9 +1314,11 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		open_c(o, 'a', "{sv}");
 		put_s(o, "name", req->u.vm_attach.name);
 		put_t(o, "generation", res.generation);
+		put_flavour(o, b);
+		/* The extension's passthrough_vcpus and multiplexed_vcpus, or the
+		 * flavour's own counts, as on the socket. */
 		nested_begin(o, "granted", "a{sv}");
-		put_x(o, "passthrough_vcpus", res.passthrough_vcpus);
-		put_x(o, "multiplexed_vcpus", res.multiplexed_vcpus);
+		put_grants(o, b, res.vcpus_by_route);
 		nested_end(o);
 		put_b(o, "bound", res.bound);
 		close_c(o);
@@ -1260,10 +1355,13 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		open_c(o, 'a', "{sv}");
 		put_s(o, "name", req->u.session_start.name);
 		put_t(o, "generation", gen);
+		put_flavour(o, b);
 		if ((r = broker_session_find(b, req->u.session_start.name, &sv)) < 0 && o->r >= 0)
 			o->r = r;
-		if (r == 0)
+		if (r == 0) {
 			put_session_events(o, b, &sv);
+			put_note(o, &sv);
+		}
 		close_c(o);
 		return 0;
 	}
@@ -1272,7 +1370,7 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		if ((r = broker_session_read(b, c, req->u.session_read.name, &rd, pe)) < 0)
 			return r;
 		open_c(o, 'a', "{sv}");
-		put_reading(o, rd);
+		put_reading(o, b, rd);
 		close_c(o);
 		broker_reading_free(rd);
 		return 0;
@@ -1522,6 +1620,8 @@ static int m_start_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
 		q->cpus = o.cpus;
 	q->pid = o.pid;
 	q->owner_pid = o.owner_pid;
+	/* Refused by the broker on a mediated vPMU, with its reason. */
+	q->count_guest = o.count_guest;
 	return dispatch(userdata, m, &req);
 }
 
@@ -1709,11 +1809,17 @@ static int vm_prop(PROP_ARGS)
 		return sd_bus_message_append(reply, "u", v.fixed_mask);
 	if (!strcmp(prop, "PassthroughVcpus"))
 		return sd_bus_message_append(reply, "u", (uint32_t)v.passthrough_vcpus);
+	struct out o = { .m = reply };
+	if (!strcmp(prop, "Granted")) {
+		open_c(&o, 'a', "{sv}");
+		put_grants(&o, s->broker, v.vcpus_by_route);
+		close_c(&o);
+		return o.r;
+	}
 	if (!strcmp(prop, "Owner"))
 		return sd_bus_message_append(reply, "(ii)", (int32_t)(v.bound ? v.vmm_pid : 0),
 					     (int32_t)(v.bound ? v.vm_fd : -1));
 	/* Routes: per vCPU, its index, CPU list, gp routes, fixed routes. */
-	struct out o = { .m = reply };
 	open_c(&o, 'a', "(usauau)");
 	for (uint32_t i = 0; i < v.n_vcpus && o.r >= 0; i++) {
 		struct broker_vcpu_view vc;
@@ -1755,6 +1861,20 @@ static int session_prop(PROP_ARGS)
 		return sd_bus_message_append(reply, "i", (int32_t)(v.has_cpus ? 0 : v.pid));
 	if (!strcmp(prop, "OwnerPid"))
 		return sd_bus_message_append(reply, "i", (int32_t)v.owner_pid);
+	if (!strcmp(prop, "Note"))
+		return sd_bus_message_append(reply, "s", v.note ? v.note : "");
+	if (!strcmp(prop, "EventReasons")) {
+		/* One per event, as Events, "" where there is nothing to explain:
+		 * Events' struct cannot grow without changing its type. */
+		int r = sd_bus_message_open_container(reply, 'a', "s");
+		for (uint32_t i = 0; r >= 0 && i < v.n_events; i++) {
+			struct broker_event_view ev;
+			if ((r = broker_session_event(s->broker, v.id, i, &ev)) < 0)
+				return r;
+			r = sd_bus_message_append_basic(reply, 's', ev.reason);
+		}
+		return r < 0 ? r : sd_bus_message_close_container(reply);
+	}
 	/* Events: event, placement, CPUs with a dedicated counter, time share. */
 	int r = sd_bus_message_open_container(reply, 'a', "(suud)");
 	for (uint32_t i = 0; r >= 0 && i < v.n_events; i++) {
@@ -1778,6 +1898,7 @@ static const sd_bus_vtable vm_vtable[] = {
 	SD_BUS_PROPERTY("Owner", "(ii)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("PassthroughVcpus", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Routes", "a(usauau)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Granted", "a{sv}", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_VTABLE_END
 };
 
@@ -1790,6 +1911,8 @@ static const sd_bus_vtable session_vtable[] = {
 	SD_BUS_PROPERTY("Pid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("OwnerPid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Events", "a(suud)", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("EventReasons", "as", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Note", "s", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_VTABLE_END
 };
 
@@ -1820,6 +1943,14 @@ static int mgr_prop(PROP_ARGS)
 		return sd_bus_message_append(reply, "u", wire_enum(backend_names, st.kvm_backend));
 	if (!strcmp(prop, "BackendEnforced"))
 		return sd_bus_message_append(reply, "b", (int)st.kvm_enforced);
+	if (!strcmp(prop, "Flavour"))
+		return sd_bus_message_append(reply, "u", wire_enum(flavour_names, st.flavour));
+	if (!strcmp(prop, "RoutesKind"))
+		return sd_bus_message_append(reply, "u", wire_enum(routes_kind_names, st.routes));
+	if (!strcmp(prop, "FlavourEffect"))
+		return sd_bus_message_append(reply, "s", st.flavour_effect);
+	if (!strcmp(prop, "Warnings"))
+		return sd_bus_message_append_strv(reply, (char **)st.warnings);
 	open_c(&o, 'a', "{sv}");
 	put_backends(&o, &st);
 	close_c(&o);
@@ -1832,6 +1963,11 @@ static const sd_bus_vtable manager_vtable[] = {
 	SD_BUS_PROPERTY("Backend", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("BackendEnforced", "b", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Backends", "a{sv}", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	/* The broker's flavour and its warnings are fixed at start. */
+	SD_BUS_PROPERTY("Flavour", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("RoutesKind", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("FlavourEffect", "s", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Warnings", "as", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Pmu", "a{sv}", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Generation", "t", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("VmCount", "u", mgr_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
@@ -1940,6 +2076,7 @@ static int snap_vms(const struct dbus_service *s, struct vm_snap **out, size_t *
 					 .fixed_mask = vv.fixed_mask, .cls = vv.cls, .bound = vv.bound,
 					 .vmm_pid = vv.bound ? vv.vmm_pid : 0, .vm_fd = vv.bound ? vv.vm_fd : -1,
 					 .passthrough_vcpus = vv.passthrough_vcpus };
+		memcpy(v[i].vcpus_by_route, vv.vcpus_by_route, sizeof(v[i].vcpus_by_route));
 		snprintf(v[i].name, sizeof(v[i].name), "%s", vv.name);
 		int r = routes_bytes(s, &vv, &v[i]);
 		if (r < 0) {
@@ -1972,10 +2109,11 @@ static int snap_sessions(const struct dbus_service *s, struct session_snap **out
 		v[i].n_events = sv.n_events;
 		for (uint32_t e = 0; e < sv.n_events; e++) {
 			struct broker_event_view ev;
-			if (broker_session_event(s->broker, sv.id, e, &ev) == 0)
-				v[i].events[e] = (struct event_snap){ .placement = ev.placement,
-								      .dedicated_cpus = ev.dedicated_cpus,
-								      .share = ev.share };
+			if (broker_session_event(s->broker, sv.id, e, &ev) < 0)
+				continue;
+			v[i].events[e] = (struct event_snap){ .placement = ev.placement,
+							      .dedicated_cpus = ev.dedicated_cpus, .share = ev.share };
+			snprintf(v[i].events[e].reason, sizeof(v[i].events[e].reason), "%s", ev.reason);
 		}
 	}
 	qsort(v, n, sizeof(*v), session_snap_cmp);
@@ -2028,7 +2166,7 @@ static void diff_vms(struct dbus_service *s, const struct vm_snap *now, size_t n
 			emit_objects(s, PATH_VM, s->vms[i].name, IFACE_VM, false);
 	for (size_t i = 0; i < n; i++) {
 		const struct vm_snap *a = vm_snap_find(s->vms, s->n_vms, now[i].id), *b = &now[i];
-		char *props[8];
+		char *props[9];
 		size_t k = 0;
 		if (!a) {
 			emit_objects(s, PATH_VM, b->name, IFACE_VM, true);
@@ -2046,6 +2184,8 @@ static void diff_vms(struct dbus_service *s, const struct vm_snap *now, size_t n
 			props[k++] = "Owner";
 		if (a->passthrough_vcpus != b->passthrough_vcpus)
 			props[k++] = "PassthroughVcpus";
+		if (memcmp(a->vcpus_by_route, b->vcpus_by_route, sizeof(a->vcpus_by_route)))
+			props[k++] = "Granted";
 		if (a->routes_len != b->routes_len || memcmp(a->routes, b->routes, a->routes_len))
 			props[k++] = "Routes";
 		props[k] = NULL;
@@ -2060,18 +2200,25 @@ static void diff_sessions(struct dbus_service *s, const struct session_snap *now
 			emit_objects(s, PATH_SESSION, s->sessions[i].name, IFACE_SESSION, false);
 	for (size_t i = 0; i < n; i++) {
 		const struct session_snap *a = session_snap_find(s->sessions, s->n_sessions, now[i].id), *b = &now[i];
-		char *props[2] = { "Events", NULL };
+		char *props[3];
+		size_t k = 0;
 		if (!a) {
 			emit_objects(s, PATH_SESSION, b->name, IFACE_SESSION, true);
 			continue;
 		}
-		bool same = a->n_events == b->n_events;
-		for (uint32_t e = 0; same && e < b->n_events; e++)
-			same = a->events[e].placement == b->events[e].placement &&
+		bool same = a->n_events == b->n_events, same_reasons = same;
+		for (uint32_t e = 0; a->n_events == b->n_events && e < b->n_events; e++) {
+			same = same && a->events[e].placement == b->events[e].placement &&
 			       a->events[e].dedicated_cpus == b->events[e].dedicated_cpus &&
 			       a->events[e].share == b->events[e].share;
+			same_reasons = same_reasons && !strcmp(a->events[e].reason, b->events[e].reason);
+		}
 		if (!same)
-			emit_changed(s, PATH_SESSION, b->name, IFACE_SESSION, props);
+			props[k++] = "Events";
+		if (!same_reasons)
+			props[k++] = "EventReasons";
+		props[k] = NULL;
+		emit_changed(s, PATH_SESSION, b->name, IFACE_SESSION, props);
 	}
 }
 
