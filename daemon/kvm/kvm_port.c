@@ -251,6 +251,17 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 			snprintf(why, whylen, "ioctl backend: %s: %s", dev, strerror(-r));
 			break;
 		}
+		/* Asked for by name, the backend still needs the kernel to say
+		 * yes: a kernel that does not know the capability would take
+		 * our numbers for something else, so nothing is sent. */
+		if (cap <= 0) {
+			r = cap < 0 ? cap : -EOPNOTSUPP;
+			snprintf(why, whylen,
+				 "ioctl backend: %s: KVM_CHECK_EXTENSION(KVM_CAP_VPMU_PARTITION) = %s: the kernel "
+				 "lacks the vpmu extension; no vpmu ioctl was sent (use --kvm auto or advisory)",
+				 dev, cap < 0 ? strerror(-cap) : "0");
+			break;
+		}
 		r = set_why(p, "%s: %s reports KVM_CAP_VPMU_PARTITION=%d",
 			    o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, cap);
 		break;
