@@ -125,7 +125,8 @@ static struct latency bench_replan(enum arb_guest_mode mode, unsigned n_vms, uns
 	for (unsigned c = 0; c < BIG_CPUS; c++)
 		ids[c] = (int)c;
 	struct arb_foreign wd = { "nmi_watchdog", -1, 0xff, 1u << 1 };
-	struct arb_inventory inv = { BIG_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, &wd, 1, mode };
+	struct arb_inventory inv = { BIG_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, &wd, 1, mode,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *a;
 	int r;
 
@@ -485,7 +486,7 @@ static struct trace_result bench_trace(unsigned steps)
 	for (unsigned c = 0; c < TR_CPUS; c++)
 		ids[c] = (int)c;
 	struct arb_inventory inv = { TR_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, NULL, 0,
-				     ARB_GUEST_IDENTITY };
+				     ARB_GUEST_IDENTITY, ARB_PARTITION_PER_CPU };
 	struct arb *a;
 	int r;
 	if ((r = arb_create(&inv, &a)))

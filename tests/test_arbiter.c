@@ -24,10 +24,20 @@
 static const int cpu_ids[NCPU] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 static const struct arb_foreign watchdog = { "nmi_watchdog", -1, 0xff, 1u << 1 };
 
+static struct arb *mk_inv(enum arb_guest_mode mode, enum arb_partition part, bool with_watchdog)
+{
+	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode, part };
+	struct arb *a = NULL;
+	assert_int_equal(arb_create(&inv, &a), 0);
+	return a;
+}
+
 static struct arb *mk_mode(enum arb_guest_mode mode, bool with_watchdog)
 {
 	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     with_watchdog ? &watchdog : NULL, with_watchdog, mode };
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
@@ -466,7 +476,8 @@ static void bad_input_changes_nothing(void **state)
 
 	/* An inventory whose foreign events cannot all be placed. */
 	struct arb_foreign two[2] = { { "a", 0, 0, 0x4 }, { "b", 0, 0, 0x4 } };
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_null(b);
@@ -740,7 +751,8 @@ static void none_mode_vms_take_nothing(void **state)
 	assert_int_equal(vm(a, 2, "big", 1, ARB_CLASS_PREFERRED, one(0), 9, 0, why), -EINVAL);
 	expect_full_equal(a);
 
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, (enum arb_guest_mode)3 };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, (enum arb_guest_mode)3,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_string_equal(arb_guest_mode_name(ARB_GUEST_NONE), "none");
