@@ -26,6 +26,10 @@
  * sessions of their class, and a failing session event notes whether the
  * room is what it misses; with unmanaged guests a VM has no items at all
  * (cons_placed).
+ *
+ * With a uniform partition (ARB_PARTITION_UNIFORM) a vCPU's claims are made
+ * on every CPU at its place in the order, not by its items: see
+ * compute_uniform.
  */
 #include "arbiter/arbiter.h"
 #include "arbiter/matching.h"

@@ -207,7 +207,8 @@ struct arb_cpu_view {
 	int cpu;                /* logical CPU number */
 	/* The guest partition; in ARB_GUEST_PERF_PINNED the room kept free of
 	 * CPU-pinned host events (perf, not these bits, places the guest's
-	 * events); always 0 in ARB_GUEST_NONE. */
+	 * events); always 0 in ARB_GUEST_NONE; with ARB_PARTITION_UNIFORM
+	 * the same on every CPU. */
 	uint32_t guest_gp_mask;
 	uint32_t guest_fixed_mask;
 	unsigned n_placements;  /* foreign first, then sessions in arbitration order */
@@ -256,7 +257,8 @@ int arb_session_event_why(const struct arb *a, uint64_t session_id, unsigned eve
  * ARB_GUEST_PERF_PINNED they carry reserved and at-risk routes and room
  * partitions, and scrub nothing (perf loads a counter when it places an
  * event there); they tell watchers, nothing applies them. In
- * ARB_GUEST_NONE there are none. */
+ * ARB_GUEST_NONE there are none. With ARB_PARTITION_UNIFORM a change of
+ * the partition has a partition step for every CPU. */
 size_t arb_transitions(const struct arb *a, const struct transition **out);
 
 /* Recomputes every CPU from scratch and commits the result (it equals the
