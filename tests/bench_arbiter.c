@@ -118,14 +118,14 @@ struct latency {
 	unsigned ops;
 };
 
-static struct latency bench_replan(enum arb_guest_mode mode, unsigned n_vms, unsigned n_sessions,
-				   unsigned ops)
+static struct latency bench_replan(enum arb_guest_mode mode, enum arb_partition part,
+				   unsigned n_vms, unsigned n_sessions, unsigned ops)
 {
 	int ids[BIG_CPUS];
 	for (unsigned c = 0; c < BIG_CPUS; c++)
 		ids[c] = (int)c;
 	struct arb_foreign wd = { "nmi_watchdog", -1, 0xff, 1u << 1 };
-	struct arb_inventory inv = { BIG_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, &wd, 1, mode };
+	struct arb_inventory inv = { BIG_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, &wd, 1, mode, part };
 	struct arb *a;
 	int r;
 
@@ -479,13 +479,13 @@ static int arb_apply(struct arb *a, const struct tc *t, bool add)
 	return arb_session_add(a, &s, why, sizeof(why));
 }
 
-static struct trace_result bench_trace(unsigned steps)
+static struct trace_result bench_trace(enum arb_partition part, unsigned steps)
 {
 	int ids[TR_CPUS];
 	for (unsigned c = 0; c < TR_CPUS; c++)
 		ids[c] = (int)c;
 	struct arb_inventory inv = { TR_CPUS, ids, ICL_NUM_GP, ICL_FIXED_MASK, NULL, 0,
-				     ARB_GUEST_IDENTITY };
+				     ARB_GUEST_IDENTITY, part };
 	struct arb *a;
 	int r;
 	if ((r = arb_create(&inv, &a)))
@@ -566,16 +566,28 @@ int main(int argc, char **argv)
 	}
 	rng_state = 0x8360;
 	unsigned n_vms = smoke ? 120 : 500, n_sessions = smoke ? 20 : 200, ops = smoke ? 30 : 2000;
-	struct latency L = bench_replan(ARB_GUEST_IDENTITY, n_vms, n_sessions, ops);
+	struct latency L = bench_replan(ARB_GUEST_IDENTITY, ARB_PARTITION_PER_CPU, n_vms, n_sessions,
+					ops);
 	struct placed P = bench_matching(smoke ? 2000 : 50000);
-	struct trace_result T = bench_trace(smoke ? 60 : 600);
-	/* The same replan scenario (same seed) in the other guest modes, run
-	 * last so that the figures above keep their inputs. */
-	static const enum arb_guest_mode other_modes[] = { ARB_GUEST_PERF_PINNED, ARB_GUEST_NONE };
-	struct latency M[2];
-	for (unsigned i = 0; i < 2; i++) {
+	uint64_t trace_seed = rng_state;
+	struct trace_result T = bench_trace(ARB_PARTITION_PER_CPU, smoke ? 60 : 600);
+	/* The same trace with one partition for every CPU; the baselines do
+	 * not depend on it, only the arbiter's row does. */
+	rng_state = trace_seed;
+	struct trace_result TU = bench_trace(ARB_PARTITION_UNIFORM, smoke ? 60 : 600);
+	/* The same replan scenario (same seed) in the other guest modes and
+	 * with a uniform partition, run last so that the figures above keep
+	 * their inputs. */
+	static const enum arb_guest_mode other_modes[] = { ARB_GUEST_PERF_PINNED, ARB_GUEST_NONE,
+							   ARB_GUEST_IDENTITY };
+	static const enum arb_partition other_parts[] = { ARB_PARTITION_PER_CPU,
+							  ARB_PARTITION_PER_CPU,
+							  ARB_PARTITION_UNIFORM };
+	static const char *other_names[] = { "perf-pinned", "none", "identity-uniform" };
+	struct latency M[3];
+	for (unsigned i = 0; i < 3; i++) {
 		rng_state = 0x8360;
-		M[i] = bench_replan(other_modes[i], n_vms, n_sessions, ops);
+		M[i] = bench_replan(other_modes[i], other_parts[i], n_vms, n_sessions, ops);
 	}
 
 	if (json) {
@@ -593,10 +605,14 @@ int main(int argc, char **argv)
 		printf("}, \"grant_changes\": {");
 		for (int p = 0; p < N_POL; p++)
 			printf("%s\"%s\": %u", p ? ", " : "", pol_name[p], T.grant_changes[p]);
-		printf("}, \"replan_by_guest_mode\": {");
-		for (unsigned i = 0; i < 2; i++)
+		printf("}, \"coverage_by_partition\": {\"per-cpu\": %.2f, \"uniform\": %.2f}, "
+		       "\"grant_changes_by_partition\": {\"per-cpu\": %u, \"uniform\": %u}",
+		       T.coverage[POL_VPMU], TU.coverage[POL_VPMU], T.grant_changes[POL_VPMU],
+		       TU.grant_changes[POL_VPMU]);
+		printf(", \"replan_by_guest_mode\": {");
+		for (unsigned i = 0; i < 3; i++)
 			printf("%s\"%s\": {\"one_p50_us\": %.2f, \"one_p99_us\": %.2f, "
-			       "\"full_ms\": %.3f}", i ? ", " : "", arb_guest_mode_name(other_modes[i]),
+			       "\"full_ms\": %.3f}", i ? ", " : "", other_names[i],
 			       M[i].p50_us, M[i].p99_us, M[i].full_ms);
 		printf("}, \"smoke\": %s}\n", smoke ? "true" : "false");
 		return 0;
@@ -615,9 +631,11 @@ int main(int argc, char **argv)
 	       "coverage%", "grant changes");
 	for (int p = 0; p < N_POL; p++)
 		printf("  %-16s %10.2f %14u\n", pol_name[p], T.coverage[p], T.grant_changes[p]);
-	printf("replan, same scenario, other guest modes:\n");
-	for (unsigned i = 0; i < 2; i++)
-		printf("  %-12s p50 %8.2f us   p99 %8.2f us   full %7.3f ms\n",
-		       arb_guest_mode_name(other_modes[i]), M[i].p50_us, M[i].p99_us, M[i].full_ms);
+	printf("  %-16s %10.2f %14u\n", "vpmu (uniform)", TU.coverage[POL_VPMU],
+	       TU.grant_changes[POL_VPMU]);
+	printf("replan, same scenario, other guest and partition modes:\n");
+	for (unsigned i = 0; i < 3; i++)
+		printf("  %-16s p50 %8.2f us   p99 %8.2f us   full %7.3f ms\n", other_names[i],
+		       M[i].p50_us, M[i].p99_us, M[i].full_ms);
 	return 0;
 }

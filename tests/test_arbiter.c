@@ -24,10 +24,20 @@
 static const int cpu_ids[NCPU] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 static const struct arb_foreign watchdog = { "nmi_watchdog", -1, 0xff, 1u << 1 };
 
+static struct arb *mk_inv(enum arb_guest_mode mode, enum arb_partition part, bool with_watchdog)
+{
+	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode, part };
+	struct arb *a = NULL;
+	assert_int_equal(arb_create(&inv, &a), 0);
+	return a;
+}
+
 static struct arb *mk_mode(enum arb_guest_mode mode, bool with_watchdog)
 {
 	struct arb_inventory inv = { NCPU, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     with_watchdog ? &watchdog : NULL, with_watchdog, mode };
+				     with_watchdog ? &watchdog : NULL, with_watchdog, mode,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
@@ -466,7 +476,8 @@ static void bad_input_changes_nothing(void **state)
 
 	/* An inventory whose foreign events cannot all be placed. */
 	struct arb_foreign two[2] = { { "a", 0, 0, 0x4 }, { "b", 0, 0, 0x4 } };
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, two, 2, ARB_GUEST_IDENTITY,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_null(b);
@@ -740,7 +751,8 @@ static void none_mode_vms_take_nothing(void **state)
 	assert_int_equal(vm(a, 2, "big", 1, ARB_CLASS_PREFERRED, one(0), 9, 0, why), -EINVAL);
 	expect_full_equal(a);
 
-	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, (enum arb_guest_mode)3 };
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, (enum arb_guest_mode)3,
+				     ARB_PARTITION_PER_CPU };
 	struct arb *b = NULL;
 	assert_int_equal(arb_create(&inv, &b), -EINVAL);
 	assert_string_equal(arb_guest_mode_name(ARB_GUEST_NONE), "none");
@@ -749,6 +761,120 @@ static void none_mode_vms_take_nothing(void **state)
 	assert_string_equal(transition_route_name(PMC_ROUTE_AT_RISK), "at-risk");
 	assert_string_equal(transition_route_name(PMC_ROUTE_UNMANAGED), "unmanaged");
 	arb_destroy(a);
+}
+
+/* Worked example 7 in docs/arbiter.md: one partition for every CPU. */
+static void uniform_partition_is_one_mask_for_every_cpu(void **state)
+{
+	(void)state;
+	struct arb *a = mk_inv(ARB_GUEST_IDENTITY, ARB_PARTITION_UNIFORM, true);
+	char why[ARB_REASON_LEN] = "";
+	const struct transition *t;
+	assert_int_equal(arb_partition(a), ARB_PARTITION_UNIFORM);
+
+	/* As in example 1, but the partition is the same on every CPU. */
+	assert_int_equal(vm(a, 1, "web", 50, ARB_CLASS_PREFERRED, one(2), 8, 0x7, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ P, P, P, P, P, P, P, P }, (uint8_t[]){ P, M, P, D });
+	for (unsigned c = 0; c < NCPU; c++)
+		expect_partition(a, c, 0xff, 0x5);
+	size_t n = arb_transitions(a, &t);
+	assert_int_equal(n, 2 + NCPU); /* routes, a partition step per CPU, routes */
+	assert_int_equal(t[0].phase, 1);
+	for (unsigned c = 0; c < NCPU; c++) {
+		assert_int_equal(t[1 + c].kind, TRANSITION_PARTITION);
+		assert_int_equal(t[1 + c].cpu, (int)c);
+		assert_int_equal(t[1 + c].scrub_gp_mask, 0xff);
+	}
+	assert_int_equal(t[n - 1].kind, TRANSITION_ROUTES);
+	expect_full_equal(a);
+
+	/* A higher-priority session on cpu 5 keeps a GP 0-3 event there: the
+	 * prefix ends at GP 3 on every CPU, and the watchdog, free to take a
+	 * GP counter again, gives fixed1 up. */
+	unsigned codes[2] = { 0x0148, 0x00c4 };
+	assert_int_equal(sess(a, 7, "prof", 90, ARB_CLASS_PREFERRED, one(5), 2, codes, why), 0);
+	expect_routes(a, 1, (uint8_t[]){ P, P, P, M, M, M, M, M }, (uint8_t[]){ P, P, P, D });
+	for (unsigned c = 0; c < NCPU; c++)
+		expect_partition(a, c, 0x7, 0x7);
+	n = arb_transitions(a, &t);
+	assert_int_equal(n, 2 + 2 * NCPU);
+	assert_int_equal(t[0].kind, TRANSITION_ROUTES);
+	assert_int_equal(t[0].phase, 1);
+	assert_int_equal(t[0].gp_route[3], M);
+	assert_int_equal(t[0].fixed_route[1], M);
+	assert_int_equal(t[0].scrub_gp_mask, 0xf8);
+	for (unsigned c = 0; c < NCPU; c++) {
+		assert_int_equal(t[1 + c].phase, 1);
+		assert_int_equal(t[1 + c].guest_gp_mask, 0x7);
+		assert_int_equal(t[1 + c].guest_fixed_mask, 0x5);
+		assert_int_equal(t[1 + c].scrub_gp_mask, 0xf8);
+		assert_int_equal(t[1 + NCPU + c].phase, 2);
+		assert_int_equal(t[1 + NCPU + c].guest_fixed_mask, 0x7);
+		assert_int_equal(t[1 + NCPU + c].scrub_fixed_mask, 0x2);
+	}
+	assert_int_equal(t[n - 1].fixed_route[1], P);
+	assert_int_equal(t[n - 1].scrub_fixed_mask, 0x2);
+	expect_full_equal(a);
+
+	/* A guaranteed VM on cpu 7 comes first and takes GP 0-3 everywhere:
+	 * web would grow the prefix to GP 7 and lose fixed1 to the watchdog,
+	 * and prof would lose GP 3 on cpu 5. Refused, naming the first. */
+	assert_int_equal(vm(a, 2, "db", 10, ARB_CLASS_GUARANTEED, one(7), 4, 0, why), -EBUSY);
+	assert_string_equal(why, "guaranteed vm 'db' needs fixed 1 on cpu 2, held by preferred "
+				 "vm 'web' vcpu 0 (priority 50)");
+	/* One that wants nothing the partition lacks is admitted, no partition
+	 * step. */
+	assert_int_equal(vm(a, 2, "db", 10, ARB_CLASS_GUARANTEED, one(7), 3, 0x1, why), 0);
+	n = arb_transitions(a, &t);
+	assert_int_equal(n, 1);
+	assert_int_equal(t[0].kind, TRANSITION_ROUTES);
+	assert_int_equal(t[0].phase, 2);
+	expect_full_equal(a);
+
+	/* The session leaving gives GP 3-7 back; the watchdog then needs
+	 * fixed1 again, so fixed1 leaves the partition first. */
+	assert_int_equal(arb_session_remove(a, 7), 0);
+	expect_routes(a, 1, (uint8_t[]){ P, P, P, P, P, P, P, P }, (uint8_t[]){ P, M, P, D });
+	for (unsigned c = 0; c < NCPU; c++)
+		expect_partition(a, c, 0xff, 0x5);
+	n = arb_transitions(a, &t);
+	assert_int_equal(n, 2 + 2 * NCPU); /* db keeps its routes: no step */
+	assert_int_equal(t[0].fixed_route[1], M);
+	assert_int_equal(t[1].guest_gp_mask, 0x7);
+	assert_int_equal(t[1].guest_fixed_mask, 0x5);
+	assert_int_equal(t[1 + NCPU].guest_gp_mask, 0xff);
+	expect_full_equal(a);
+
+	/* A guaranteed VM refused for a counter another CPU's events keep. */
+	assert_int_equal(arb_vm_remove(a, 2), 0);
+	assert_int_equal(arb_vm_remove(a, 1), 0);
+	for (unsigned c = 0; c < NCPU; c++)
+		expect_partition(a, c, 0, 0);
+	unsigned sre_codes[6] = { 0x00c4, 0x00c4, 0x00c4, 0x00c4, 0x00c4, 0x00c4 };
+	assert_int_equal(sess(a, 8, "sre", 1, ARB_CLASS_GUARANTEED, one(0), 6, sre_codes, why), 0);
+	assert_int_equal(vm(a, 3, "db", 10, ARB_CLASS_GUARANTEED, one(7), 4, 0, why), -EBUSY);
+	assert_string_equal(why, "guaranteed vm 'db' vcpu 0 needs PMC 2 in the guest partition of "
+				 "every CPU (uniform), and on cpu 0 it is held by guaranteed "
+				 "session 'sre' event 'e2' (priority 1)");
+	assert_int_equal(vm(a, 3, "db", 10, ARB_CLASS_GUARANTEED, one(7), 2, 0, why), 0);
+	for (unsigned c = 0; c < NCPU; c++)
+		expect_partition(a, c, 0x3, 0);
+	expect_full_equal(a);
+	arb_destroy(a);
+
+	/* Only the extension has a reservation to make uniform. */
+	struct arb_inventory inv = { NCPU, cpu_ids, 8, 0xf, NULL, 0, ARB_GUEST_PERF_PINNED,
+				     ARB_PARTITION_UNIFORM };
+	struct arb *b = NULL;
+	assert_int_equal(arb_create(&inv, &b), -EINVAL);
+	inv.guest_mode = ARB_GUEST_NONE;
+	assert_int_equal(arb_create(&inv, &b), -EINVAL);
+	inv.partition = (enum arb_partition)2;
+	inv.guest_mode = ARB_GUEST_IDENTITY;
+	assert_int_equal(arb_create(&inv, &b), -EINVAL);
+	assert_null(b);
+	assert_string_equal(arb_partition_name(ARB_PARTITION_UNIFORM), "uniform");
+	assert_string_equal(arb_partition_name(ARB_PARTITION_PER_CPU), "per-cpu");
 }
 
 int main(void)
@@ -772,6 +898,7 @@ int main(void)
 		cmocka_unit_test(perf_pinned_at_risk_pmcs_come_before_flexible_events),
 		cmocka_unit_test(perf_pinned_vm_downgrades_preferred_session),
 		cmocka_unit_test(none_mode_vms_take_nothing),
+		cmocka_unit_test(uniform_partition_is_one_mask_for_every_cpu),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,8 +18,12 @@
  *    there is room;
  *  - no managed guests: no partition, no step, and the sessions' plan is
  *    the one they get with no VM at all.
+ *  - uniform partition (identity guests): every CPU has the same guest
+ *    partition, GP 0..k-1 plus fixed counters, and a vCPU that is not
+ *    shared passes through exactly what it wants of it.
  * VPMU_PROPERTY_SEEDS=n runs n seeds per mode; VPMU_PROPERTY_SEED=s replays
- * seed s; VPMU_PROPERTY_MODE=identity|perf-pinned|none runs one mode.
+ * seed s; VPMU_PROPERTY_MODE=identity|identity-uniform|perf-pinned|none
+ * runs one mode.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -57,6 +61,7 @@ struct spec {
 
 struct world {
 	enum arb_guest_mode mode;
+	enum arb_partition part;
 	uint64_t rng;
 	unsigned n_cpus;
 	bool watchdog;
@@ -93,7 +98,7 @@ static unsigned below(struct world *w, unsigned n)
 static struct arb *make(const struct world *w)
 {
 	struct arb_inventory inv = { w->n_cpus, cpu_ids, ICL_NUM_GP, ICL_FIXED_MASK,
-				     w->watchdog ? &watchdog : NULL, w->watchdog, w->mode };
+				     w->watchdog ? &watchdog : NULL, w->watchdog, w->mode, w->part };
 	struct arb *a = NULL;
 	assert_int_equal(arb_create(&inv, &a), 0);
 	return a;
@@ -215,6 +220,12 @@ static bool check_plan(struct world *w, struct arb *a, const struct snap *s)
 		if (w->mode == ARB_GUEST_NONE && s->guest[c])
 			FAIL("cpu %u: partition 0x%llx with no managed guests", c,
 			     (unsigned long long)s->guest[c]);
+		/* uniform: one mask, GP 0..k-1 plus fixed counters */
+		uint32_t gp = (uint32_t)s->guest[c];
+		if (w->part == ARB_PARTITION_UNIFORM &&
+		    (s->guest[c] != s->guest[0] || (gp & (gp + 1))))
+			FAIL("uniform: cpu %u partition 0x%llx, cpu 0 0x%llx", c,
+			     (unsigned long long)s->guest[c], (unsigned long long)s->guest[0]);
 	}
 	uint8_t granted = granted_route(w), other = other_route(w);
 	for (unsigned k = 0; k < w->n_live; k++) {
@@ -237,6 +248,12 @@ static bool check_plan(struct world *w, struct arb *a, const struct snap *s)
 				if (sp->cls == ARB_CLASS_SHARED && rt == granted &&
 				    w->mode != ARB_GUEST_NONE)
 					FAIL("shared %s holds bit %u", sp->name, p);
+				/* uniform: what it wants of the one partition */
+				if (w->part == ARB_PARTITION_UNIFORM && want &&
+				    sp->cls != ARB_CLASS_SHARED &&
+				    (rt == granted) != ((s->guest[0] >> p) & 1))
+					FAIL("uniform: %s vcpu %u bit %u route %u, partition 0x%llx",
+					     sp->name, i, p, rt, (unsigned long long)s->guest[0]);
 			}
 		for (unsigned e = 0; !sp->vm && e < sp->n; e++) {
 			struct arb_event_grant g;
@@ -569,7 +586,8 @@ static bool check_room_kept(struct world *w, const struct snap *o, const struct 
 	return true;
 }
 
-static bool run_seed(enum arb_guest_mode mode, uint64_t seed, char *msg, size_t len)
+static bool run_seed(enum arb_guest_mode mode, enum arb_partition part, uint64_t seed, char *msg,
+		     size_t len)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct snap *o = malloc(sizeof(*o)), *n = malloc(sizeof(*n));
@@ -579,6 +597,7 @@ static bool run_seed(enum arb_guest_mode mode, uint64_t seed, char *msg, size_t 
 	assert_non_null(n);
 	assert_non_null(old_live);
 	w->mode = mode;
+	w->part = part;
 	w->rng = seed;
 	w->n_cpus = 2 + below(w, MAXCPU - 1);
 	w->watchdog = below(w, 2);
@@ -688,17 +707,19 @@ static bool run_seed(enum arb_guest_mode mode, uint64_t seed, char *msg, size_t 
 
 /* Seeds per mode by default: the identity mode's count as before, fewer
  * in the other modes, where most of the machinery is the same. */
-static void scenarios(enum arb_guest_mode mode, uint64_t default_count)
+static void scenarios(enum arb_guest_mode mode, enum arb_partition part, uint64_t default_count)
 {
+	char name[48];
+	snprintf(name, sizeof(name), "%s%s", arb_guest_mode_name(mode),
+		 part == ARB_PARTITION_UNIFORM ? "-uniform" : "");
 	const char *one = getenv("VPMU_PROPERTY_SEED");
 	const char *many = getenv("VPMU_PROPERTY_SEEDS");
 	const char *only = getenv("VPMU_PROPERTY_MODE");
 	uint64_t first = 1, count = default_count;
 	char msg[768];
 
-	if (only && strcmp(only, arb_guest_mode_name(mode))) {
-		print_message("%s: skipped (VPMU_PROPERTY_MODE=%s)\n", arb_guest_mode_name(mode),
-			      only);
+	if (only && strcmp(only, name)) {
+		print_message("%s: skipped (VPMU_PROPERTY_MODE=%s)\n", name, only);
 		return;
 	}
 	if (one) {
@@ -708,38 +729,45 @@ static void scenarios(enum arb_guest_mode mode, uint64_t default_count)
 		count = strtoull(many, NULL, 0);
 	}
 	for (uint64_t s = first; s < first + count; s++)
-		if (!run_seed(mode, s, msg, sizeof(msg))) {
+		if (!run_seed(mode, part, s, msg, sizeof(msg))) {
 			print_error("%s: %s\nreplay: VPMU_PROPERTY_MODE=%s VPMU_PROPERTY_SEED=%llu %s\n",
-				    arb_guest_mode_name(mode), msg, arb_guest_mode_name(mode),
+				    name, msg, name,
 				    (unsigned long long)s, "test_arbiter_property");
 			fail();
 		}
-	print_message("%s: %llu seeds x %d steps passed\n", arb_guest_mode_name(mode),
+	print_message("%s: %llu seeds x %d steps passed\n", name,
 		      (unsigned long long)count, STEPS);
 }
 
 static void random_scenarios_identity(void **state)
 {
 	(void)state;
-	scenarios(ARB_GUEST_IDENTITY, 8000);
+	scenarios(ARB_GUEST_IDENTITY, ARB_PARTITION_PER_CPU, 8000);
+}
+
+static void random_scenarios_identity_uniform(void **state)
+{
+	(void)state;
+	scenarios(ARB_GUEST_IDENTITY, ARB_PARTITION_UNIFORM, 4000);
 }
 
 static void random_scenarios_perf_pinned(void **state)
 {
 	(void)state;
-	scenarios(ARB_GUEST_PERF_PINNED, 4000);
+	scenarios(ARB_GUEST_PERF_PINNED, ARB_PARTITION_PER_CPU, 4000);
 }
 
 static void random_scenarios_none(void **state)
 {
 	(void)state;
-	scenarios(ARB_GUEST_NONE, 2000);
+	scenarios(ARB_GUEST_NONE, ARB_PARTITION_PER_CPU, 2000);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(random_scenarios_identity),
+		cmocka_unit_test(random_scenarios_identity_uniform),
 		cmocka_unit_test(random_scenarios_perf_pinned),
 		cmocka_unit_test(random_scenarios_none),
 	};

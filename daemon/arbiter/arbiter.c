@@ -26,6 +26,10 @@
  * sessions of their class, and a failing session event notes whether the
  * room is what it misses; with unmanaged guests a VM has no items at all
  * (cons_placed).
+ *
+ * With a uniform partition (ARB_PARTITION_UNIFORM) a vCPU's claims are made
+ * on every CPU at its place in the order, not by its items: see
+ * compute_uniform.
  */
 #include "arbiter/arbiter.h"
 #include "arbiter/matching.h"
@@ -138,6 +142,8 @@ struct work {
 	 * memory. */
 	unsigned *kept;
 	unsigned n_kept, cap_kept;
+	/* ARB_PARTITION_UNIFORM: committed claims (a->at) applied so far. */
+	unsigned ci;
 	int16_t slot_pl[MATCHING_MAX_SLOTS];        /* slot -> placement index */
 	struct cons *slot_cons[MATCHING_MAX_SLOTS]; /* NULL: foreign */
 	uint16_t slot_ev[MATCHING_MAX_SLOTS];       /* event or foreign index */
@@ -157,6 +163,28 @@ struct heap_ent {
 	unsigned cpu, pos;
 };
 
+/* A place in the global order: a consumer's (key, seq) and a vCPU index
+ * (0 for a session). Copied, so that it outlives a removed consumer. */
+struct upos {
+	uint64_t key, seq;
+	unsigned sub;
+};
+
+/*
+ * ARB_PARTITION_UNIFORM: a vCPU trying to add a counter to the one guest
+ * partition. Each counter is tried at most once per computation (it joins,
+ * or it can never join later: events are only added and counters only
+ * withdrawn), so there are at most 64. fail_at words of the CPU bitmap pool
+ * name every CPU where the host events could not be kept without it.
+ */
+#define UNI_MAX_ATTEMPTS 64
+struct attempt {
+	struct upos pos;
+	unsigned counter;
+	uint64_t g_before;      /* the partition when it was tried */
+	bool ok;
+};
+
 /* First reason an admission failed, found while computing. */
 struct fail {
 	bool set;
@@ -173,6 +201,7 @@ struct fail {
 
 struct arb {
 	enum arb_guest_mode mode;
+	bool uniform;           /* ARB_PARTITION_UNIFORM */
 	unsigned n_cpus;
 	int *cpu_ids;
 	uint64_t inv_mask;
@@ -208,6 +237,15 @@ struct arb {
 	struct cons *gone;      /* the consumer being replaced or removed */
 	bool no_admission;      /* arb_set_admission(false): replaying an admitted set */
 	struct fail fail;
+
+	/* ARB_PARTITION_UNIFORM: VMs in global order, the committed attempts
+	 * (at, afail) and those of the computation in progress (nat, nafail). */
+	struct cons **vms;
+	size_t n_vms, cap_vms;
+	struct attempt *at, *nat;
+	unsigned n_at, n_nat;
+	uint64_t *afail, *nafail;
+	bool diverged;          /* the partition's history departs from the committed one */
 };
 
 const char *arb_guest_mode_name(enum arb_guest_mode m)
@@ -216,6 +254,15 @@ const char *arb_guest_mode_name(enum arb_guest_mode m)
 	case ARB_GUEST_IDENTITY: return "identity";
 	case ARB_GUEST_PERF_PINNED: return "perf-pinned";
 	case ARB_GUEST_NONE: return "none";
+	}
+	return "unknown";
+}
+
+const char *arb_partition_name(enum arb_partition p)
+{
+	switch (p) {
+	case ARB_PARTITION_PER_CPU: return "per-cpu";
+	case ARB_PARTITION_UNIFORM: return "uniform";
 	}
 	return "unknown";
 }
@@ -348,10 +395,41 @@ static void session_unlink_cpu(struct arb *a, struct cons *c, unsigned cpu)
 		l->n_ev -= c->n_ev;
 }
 
+/* ARB_PARTITION_UNIFORM keeps the VMs in global order: a computation walks
+ * them to grow the one partition. */
+static int vms_insert(struct arb *a, struct cons *c)
+{
+	if (grow((void **)&a->vms, &a->cap_vms, a->n_vms + 1, sizeof(*a->vms)))
+		return -ENOMEM;
+	size_t lo = 0, hi = a->n_vms;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (cons_cmp(a->vms[mid], c) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	memmove(&a->vms[lo + 1], &a->vms[lo], (a->n_vms - lo) * sizeof(*a->vms));
+	a->vms[lo] = c;
+	a->n_vms++;
+	return 0;
+}
+
+static void vms_remove(struct arb *a, const struct cons *c)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < a->n_vms; i++)
+		if (a->vms[i] != c)
+			a->vms[j++] = a->vms[i];
+	a->n_vms = j;
+}
+
 static void cons_unlink(struct arb *a, struct cons *c)
 {
 	if (!cons_placed(a, c))
 		return;
+	if (c->kind == CONS_VM && a->uniform)
+		vms_remove(a, c);
 	if (c->kind == CONS_VM) {
 		/* items_remove drops all of c's items on a CPU at once */
 		for (unsigned v = 0; v < c->n_vcpus; v++)
@@ -392,6 +470,7 @@ static int cons_link(struct arb *a, struct cons *c)
 	if (!cons_placed(a, c))
 		return 0;
 	if (c->kind == CONS_VM) {
+		ok = !a->uniform || !vms_insert(a, c);
 		for (unsigned v = 0; ok && v < c->n_vcpus; v++)
 			for (unsigned i = 0; ok && i < c->vcpus[v].n_cpus; i++)
 				ok = !items_insert(&a->items[c->vcpus[v].cpus[i]], (struct item){ c, v, 0 });
@@ -647,6 +726,7 @@ static int work_init(struct arb *a, unsigned cpu)
 	w->guest = 0;
 	w->stuck = 0;
 	w->n_kept = 0;
+	w->ci = 0;
 	matching_init(&w->m, a->inv_mask);
 	for (unsigned f = 0; f < a->n_foreign; f++) {
 		if (a->foreign[f].cpu >= 0 && (unsigned)a->foreign[f].cpu != cpu)
@@ -696,7 +776,9 @@ static void replay_item(struct arb *a, unsigned cpu, const struct item *it)
 {
 	struct work *w = &a->work[cpu];
 
-	if (it->c->kind == CONS_VM) {
+	if (it->c->kind == CONS_VM && a->uniform) {
+		/* the one partition grows at committed attempts (ubring) */
+	} else if (it->c->kind == CONS_VM) {
 		/* counters already guest need no withdrawal */
 		uint64_t g = it->c->vcpus[it->sub].grant & ~w->guest;
 		while (g) {
@@ -898,16 +980,18 @@ static int heap_push(struct arb *a, unsigned cpu)
 	const struct cpu_items *l = &a->items[cpu];
 	struct work *w = &a->work[cpu];
 
-	if (a->full)
+	if (a->full && !a->uniform)
 		return 0;
-	if (!a->adm || a->adm->kind != CONS_SESSION)
+	/* With one partition, a session item after a vCPU of another CPU may
+	 * see that vCPU's claims: every item goes through the heap. */
+	if ((!a->adm || a->adm->kind != CONS_SESSION) && !a->uniform)
 		while (w->pos < l->n && l->v[w->pos].c->kind == CONS_SESSION)
 			decide_session(a, cpu, &l->v[w->pos]);
 	unsigned pos = w->pos;
 	if (pos >= l->n)
 		return 0;
 	const struct item *it = &a->items[cpu].v[pos];
-	if (it->c->kind == CONS_VM && back_to_committed(a, cpu, it))
+	if (it->c->kind == CONS_VM && !a->uniform && back_to_committed(a, cpu, it))
 		return 0;
 	struct heap_ent e = { it->c->key, it->c->seq, it->sub, cpu, pos };
 	if (grow((void **)&a->heap, &a->cap_heap, a->n_heap + 1, sizeof(*a->heap)))
@@ -1278,11 +1362,15 @@ static int finalize_dirty(struct arb *a)
  * it is replayed from the committed plan, whose placements still line up
  * with the items before `from`.
  */
+static int compute_uniform(struct arb *a, const uint64_t *footprint, const struct cons *from);
+
 static int compute_incremental(struct arb *a, const uint64_t *footprint,
 			       const struct item *from)
 {
 	int r;
 
+	if (a->uniform)
+		return compute_uniform(a, footprint, from->c);
 	begin(a, false);
 	for (size_t wd = 0; wd < ARB_CPUSET_WORDS(a->n_cpus); wd++)
 		for (uint64_t b = footprint[wd]; b; b &= b - 1) {
@@ -1319,6 +1407,8 @@ static int compute_full(struct arb *a)
 {
 	int r;
 
+	if (a->uniform)
+		return compute_uniform(a, NULL, NULL);
 	begin(a, true);
 	struct cons **order = malloc((a->n_cons ? a->n_cons : 1) * sizeof(*order));
 	if (!order)
@@ -1348,6 +1438,352 @@ static int compute_full(struct arb *a)
 		}
 	}
 	free(order);
+	return finalize_dirty(a);
+}
+
+/* ---- one partition for every CPU (ARB_PARTITION_UNIFORM) ----
+ *
+ * The partition is GP 0..k-1 plus some fixed counters, the same on every
+ * CPU. It grows at vCPUs, in the global order: a vCPU tries the counters it
+ * wants that are not in it yet (the next GP counters of the prefix, its
+ * fixed ones), lowest first, and a counter joins when the host events
+ * placed so far can be kept without it on every CPU. A counter that fails
+ * can never join later (events are only added, counters only withdrawn),
+ * and a GP counter that fails ends the prefix, so the whole computation
+ * makes at most one attempt per counter. A vCPU passes through what it
+ * wants of the partition as it stands after its own attempts, which is
+ * what it wants of the final partition.
+ *
+ * Incrementally, sessions are still decided per CPU, on the CPUs the
+ * change touches. Each attempt is tried on those CPUs; the other CPUs
+ * answer as they did in the committed computation (every attempt records
+ * the CPUs where it failed), which holds as long as the partition's
+ * history is the committed one. Where it departs (an attempt turns out
+ * differently, or one is made or lost), every CPU is recomputed from that
+ * place on (uni_diverge): the partition changed for all of them.
+ */
+
+static struct upos upos_of(const struct cons *c, unsigned sub)
+{
+	return (struct upos){ c->key, c->seq, sub };
+}
+
+static int upos_cmp(const struct upos *x, const struct upos *y)
+{
+	if (x->key != y->key)
+		return x->key < y->key ? -1 : 1;
+	if (x->seq != y->seq)
+		return x->seq < y->seq ? -1 : 1;
+	return x->sub < y->sub ? -1 : x->sub > y->sub;
+}
+
+static size_t uni_words(const struct arb *a)
+{
+	return ARB_CPUSET_WORDS(a->n_cpus);
+}
+
+/* Applies the committed claims ordered before p (and at p too, when
+ * at_too) to a CPU that follows the committed computation. */
+static void uni_committed_claims(struct arb *a, struct work *w, const struct upos *p, bool at_too)
+{
+	while (w->ci < a->n_at) {
+		const struct attempt *t = &a->at[w->ci];
+		int c = upos_cmp(&t->pos, p);
+		if (c > 0 || (c == 0 && !at_too))
+			break;
+		if (t->ok)
+			guest_claim(w, t->counter);
+		w->ci++;
+	}
+}
+
+/* Brings a clean CPU to just before p: the committed items and claims
+ * ordered before it, interleaved as computed (a claim at a vCPU's place
+ * precedes its items), so that the matching is the committed one. */
+static void ubring(struct arb *a, unsigned cpu, const struct upos *p)
+{
+	struct work *w = work_get(a, cpu);
+	const struct cpu_items *l = &a->items[cpu];
+
+	if (w->dirty)
+		return;
+	while (w->pos < l->n) {
+		struct upos ip = upos_of(l->v[w->pos].c, l->v[w->pos].sub);
+		if (upos_cmp(&ip, p) >= 0)
+			break;
+		uni_committed_claims(a, w, &ip, true);
+		replay_item(a, cpu, &l->v[w->pos]);
+	}
+	uni_committed_claims(a, w, p, false);
+}
+
+/* ubring, then the claims made at p so far by this computation. */
+static struct work *usync(struct arb *a, unsigned cpu, const struct upos *p, uint64_t g)
+{
+	ubring(a, cpu, p);
+	struct work *w = &a->work[cpu];
+	for (uint64_t b = g & ~w->guest; b; b &= b - 1)
+		guest_claim(w, (unsigned)__builtin_ctzll(b));
+	return w;
+}
+
+static bool uni_withdrawable(struct work *w, unsigned counter)
+{
+	uint64_t bit = 1ULL << counter;
+	if ((w->guest & bit) || (!(w->stuck & bit) && matching_can_withdraw(&w->m, counter)))
+		return true;
+	w->stuck |= bit;
+	return false;
+}
+
+/* Every CPU follows the new partition from p on. */
+static int uni_diverge(struct arb *a, const struct upos *p, uint64_t g)
+{
+	int r;
+	a->diverged = true;
+	for (unsigned cpu = 0; cpu < a->n_cpus; cpu++) {
+		if (is_dirty(a, cpu))
+			continue;
+		usync(a, cpu, p, g);
+		if ((r = mark_dirty(a, cpu)))
+			return r;
+	}
+	return 0;
+}
+
+/* Decides the dirty CPUs' items ordered before p (all of them: NULL). */
+static int uni_drain(struct arb *a, const struct upos *p)
+{
+	int r;
+	while (a->n_heap) {
+		struct upos top = { a->heap[0].key, a->heap[0].seq, a->heap[0].sub };
+		if (p && upos_cmp(&top, p) >= 0)
+			break;
+		struct heap_ent e = heap_pop(a);
+		struct work *w = &a->work[e.cpu];
+		if (w->pos != e.pos || !w->dirty)
+			continue;
+		const struct item *it = &a->items[e.cpu].v[e.pos];
+		if (it->c->kind == CONS_SESSION)
+			decide_session(a, e.cpu, it);
+		else
+			w->pos++; /* its claims were made at its place, on every CPU */
+		if ((r = heap_push(a, e.cpu)))
+			return r;
+	}
+	return 0;
+}
+
+/* The counters v tries with partition g: the GP counters from the end of
+ * the prefix up to its own, and its fixed ones; none that failed before. */
+static uint64_t uni_wanted(const struct vcpu *v, uint64_t g, uint64_t dead)
+{
+	if (v->vm->cls == ARB_CLASS_SHARED)
+		return 0;
+	uint64_t t = v->want & ~g & ~dead & ~0xffffffffULL;
+	unsigned k = (uint32_t)g == UINT32_MAX ? 32 : (unsigned)__builtin_ctz(~(uint32_t)g);
+	if (k < 32 && (v->want & (1ULL << k)) && !(dead & (1ULL << k)))
+		t |= v->want & 0xffffffffULL & ~((1ULL << k) - 1);
+	return t;
+}
+
+/* Whether v belongs to a guaranteed consumer under admission that lacks a
+ * counter, with no reason noted yet. */
+static bool uni_short_adm(const struct arb *a, const struct vcpu *v, uint64_t g)
+{
+	return v->vm == a->adm && !a->fail.set && a->adm->cls == ARB_CLASS_GUARANTEED &&
+	       (v->want & ~g);
+}
+
+/*
+ * Tries counter for the vCPU at p, given partition *g. Committed attempts
+ * at p are a->at[clo..chi): one for the same counter and partition answers
+ * for the clean CPUs. Records the attempt in a->nat.
+ */
+static bool uni_attempt(struct arb *a, const struct upos *p, unsigned counter, uint64_t *g,
+			uint64_t *dead, unsigned clo, unsigned chi)
+{
+	size_t words = uni_words(a);
+	uint64_t bit = 1ULL << counter;
+	int was = -1;
+
+	assert(a->n_nat < UNI_MAX_ATTEMPTS);
+	struct attempt *t = &a->nat[a->n_nat];
+	uint64_t *fs = a->nafail + a->n_nat * words;
+	*t = (struct attempt){ *p, counter, *g, false };
+	memset(fs, 0, words * sizeof(*fs));
+	for (unsigned i = clo; !a->diverged && i < chi && was < 0; i++)
+		if (a->at[i].counter == counter && a->at[i].g_before == *g)
+			was = (int)i;
+	if (was >= 0) {
+		if (!a->at[was].ok)
+			memcpy(fs, a->afail + (size_t)was * words, words * sizeof(*fs));
+		for (unsigned d = 0; d < a->n_dirty; d++) {
+			unsigned cpu = a->dirty[d];
+			fs[cpu / 64] &= ~(1ULL << (cpu % 64));
+			if (!uni_withdrawable(&a->work[cpu], counter))
+				arb_cpuset_add(fs, cpu);
+		}
+	} else {
+		for (unsigned cpu = 0; cpu < a->n_cpus; cpu++) {
+			struct work *w = is_dirty(a, cpu) ? &a->work[cpu] : usync(a, cpu, p, *g);
+			if (!uni_withdrawable(w, counter))
+				arb_cpuset_add(fs, cpu);
+		}
+	}
+	bool ok = true;
+	for (size_t i = 0; i < words; i++)
+		ok &= !fs[i];
+	t->ok = ok;
+	a->n_nat++;
+	if (!ok) {
+		*dead |= bit;
+		return false;
+	}
+	*g |= bit;
+	for (unsigned d = 0; d < a->n_dirty; d++)
+		guest_claim(&a->work[a->dirty[d]], counter);
+	return true;
+}
+
+/* The reason of a guaranteed vCPU under admission that lacks counters: its
+ * lowest missing counter failed at some attempt, and by the same argument
+ * still fails on the first CPU where it failed. */
+static void uni_note_short(struct arb *a, const struct vcpu *v, const struct upos *p, uint64_t g)
+{
+	if (!uni_short_adm(a, v, g))
+		return;
+	size_t words = uni_words(a);
+	unsigned q = (unsigned)__builtin_ctzll(v->want & ~g);
+	for (unsigned i = 0; i < a->n_nat; i++) {
+		if (a->nat[i].counter != q || a->nat[i].ok)
+			continue;
+		const uint64_t *fs = a->nafail + (size_t)i * words;
+		unsigned cpu = 0;
+		while (!arb_cpuset_has(fs, cpu))
+			cpu++;
+		struct work *w = is_dirty(a, cpu) ? &a->work[cpu] : usync(a, cpu, p, g);
+		a->fail.set = true;
+		a->fail.need = v->vm;
+		a->fail.need_sub = v->idx;
+		a->fail.need_is_event = false;
+		note_holder(a, w, cpu, q);
+		return;
+	}
+}
+
+static int uni_grant(struct arb *a, struct vcpu *v, uint64_t g)
+{
+	v->ngrant = v->vm->cls == ARB_CLASS_SHARED ? 0 : v->want & g;
+	v->stamp = a->epoch;
+	if (!a->full && !v->fresh && v->ngrant == v->grant)
+		return 0;
+	if (grow((void **)&a->recomp, &a->cap_recomp, a->n_recomp + 1, sizeof(*a->recomp)))
+		return -ENOMEM;
+	a->recomp[a->n_recomp++] = v;
+	return 0;
+}
+
+/* The whole plan (footprint NULL), or from consumer `from` on for a change
+ * touching footprint. */
+static int compute_uniform(struct arb *a, const uint64_t *footprint, const struct cons *from)
+{
+	size_t words = uni_words(a), vi = 0;
+	uint64_t g = 0, gc = 0, dead = 0;
+	unsigned cj = 0, vv = 0;
+	int r;
+
+	begin(a, !footprint);
+	a->n_nat = 0;
+	a->diverged = !footprint;
+	if (!footprint) {
+		for (unsigned c = 0; c < a->n_cpus; c++)
+			if ((r = mark_dirty(a, c)))
+				return r;
+	} else {
+		/* Before the change everything is as committed. */
+		struct upos start = upos_of(from, 0);
+		for (; cj < a->n_at && upos_cmp(&a->at[cj].pos, &start) < 0; cj++) {
+			a->nat[a->n_nat] = a->at[cj];
+			memcpy(a->nafail + (size_t)a->n_nat * words, a->afail + (size_t)cj * words,
+			       words * sizeof(uint64_t));
+			a->n_nat++;
+			if (a->at[cj].ok)
+				g |= 1ULL << a->at[cj].counter;
+			else
+				dead |= 1ULL << a->at[cj].counter;
+		}
+		gc = g;
+		for (size_t wd = 0; wd < words; wd++)
+			for (uint64_t b = footprint[wd]; b; b &= b - 1) {
+				unsigned c = (unsigned)(wd * 64 + (unsigned)__builtin_ctzll(b));
+				ubring(a, c, &start);
+				if ((r = mark_dirty(a, c)))
+					return r;
+			}
+		size_t hi = a->n_vms;
+		while (vi < hi) {
+			size_t mid = (vi + hi) / 2;
+			if (cons_cmp(a->vms[mid], from) < 0)
+				vi = mid + 1;
+			else
+				hi = mid;
+		}
+	}
+	for (;;) {
+		struct vcpu *v = NULL;
+		while (vi < a->n_vms) {
+			struct cons *c = a->vms[vi];
+			if (vv == c->n_vcpus) {
+				vi++;
+				vv = 0;
+				continue;
+			}
+			struct vcpu *x = &c->vcpus[vv];
+			if (uni_wanted(x, g, dead) || uni_short_adm(a, x, g)) {
+				v = x;
+				break;
+			}
+			if ((r = uni_grant(a, x, g)))
+				return r;
+			vv++;
+		}
+		bool more_c = !a->diverged && cj < a->n_at;
+		if (!v && !more_c)
+			break;
+		struct upos p = v ? upos_of(v->vm, v->idx) : a->at[cj].pos;
+		if (more_c && upos_cmp(&a->at[cj].pos, &p) < 0)
+			p = a->at[cj].pos;
+		if ((r = uni_drain(a, &p)))
+			return r;
+		unsigned clo = cj, chi = cj;
+		while (!a->diverged && chi < a->n_at && upos_cmp(&a->at[chi].pos, &p) == 0)
+			chi++;
+		struct upos vp = v ? upos_of(v->vm, v->idx) : p;
+		if (v && upos_cmp(&vp, &p) == 0) {
+			uint64_t todo = uni_wanted(v, g, dead);
+			while (todo) {
+				unsigned q = (unsigned)__builtin_ctzll(todo);
+				todo &= todo - 1;
+				if (!uni_attempt(a, &p, q, &g, &dead, clo, chi) && q < 32)
+					todo &= ~0xffffffffULL; /* the prefix ends here */
+			}
+			uni_note_short(a, v, &p, g);
+			if ((r = uni_grant(a, v, g)))
+				return r;
+			vv++;
+		}
+		if (!a->diverged) {
+			for (unsigned i = clo; i < chi; i++)
+				if (a->at[i].ok)
+					gc |= 1ULL << a->at[i].counter;
+			cj = chi;
+			if (gc != g && (r = uni_diverge(a, &p, g)))
+				return r;
+		}
+	}
+	if ((r = uni_drain(a, NULL)))
+		return r;
 	return finalize_dirty(a);
 }
 
@@ -1406,6 +1842,13 @@ static void say_refusal(const struct arb *a, char *why, size_t whylen, const str
 		return;
 	}
 	counter_name(k, sizeof(k), counter);
+	/* One partition: the CPU that refuses may be none of the vCPU's. */
+	if (a->uniform && need->kind == CONS_VM && need_sub != UINT32_MAX) {
+		snprintf(why, whylen,
+			 "%s needs %s in the guest partition of every CPU (uniform), "
+			 "and on cpu %d it is %s %s", n, k, a->cpu_ids[cpu], held, h);
+		return;
+	}
 	snprintf(why, whylen, "%s needs %s%s on cpu %d, %s %s", n,
 		 room && need->kind == CONS_VM && need_sub != UINT32_MAX ? "room for its " : "", k,
 		 a->cpu_ids[cpu], held, h);
@@ -1703,6 +2146,15 @@ static void commit(struct arb *a)
 		v->snap = v->nsnap;
 		v->nsnap = t;
 	}
+	if (a->uniform) {
+		struct attempt *x = a->at;
+		uint64_t *f = a->afail;
+		a->at = a->nat;
+		a->nat = x;
+		a->afail = a->nafail;
+		a->nafail = f;
+		a->n_at = a->n_nat;
+	}
 	struct transition *t = a->tr;
 	size_t cap = a->cap_tr;
 	a->tr = a->ntr;
@@ -1803,13 +2255,29 @@ int arb_create(const struct arb_inventory *inv, struct arb **out)
 	    inv->num_gp > TRANSITION_MAX_GP || (inv->fixed_mask >> TRANSITION_MAX_FIXED) ||
 	    (inv->n_foreign && !inv->foreign) ||
 	    (inv->guest_mode != ARB_GUEST_IDENTITY && inv->guest_mode != ARB_GUEST_PERF_PINNED &&
-	     inv->guest_mode != ARB_GUEST_NONE))
+	     inv->guest_mode != ARB_GUEST_NONE) ||
+	    (inv->partition != ARB_PARTITION_PER_CPU && inv->partition != ARB_PARTITION_UNIFORM))
+		return -EINVAL;
+	/* Only the extension has a reservation for perf to keep: room for
+	 * perf-based guests is vpmud's own restraint, and unmanaged guests
+	 * have no partition at all. */
+	if (inv->partition == ARB_PARTITION_UNIFORM && inv->guest_mode != ARB_GUEST_IDENTITY)
 		return -EINVAL;
 	_cleanup_(arb_destroyp) struct arb *a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
 	a->mode = inv->guest_mode;
+	a->uniform = inv->partition == ARB_PARTITION_UNIFORM;
 	a->n_cpus = inv->n_cpus;
+	if (a->uniform) {
+		size_t words = ARB_CPUSET_WORDS(inv->n_cpus) * UNI_MAX_ATTEMPTS;
+		a->at = calloc(UNI_MAX_ATTEMPTS, sizeof(*a->at));
+		a->nat = calloc(UNI_MAX_ATTEMPTS, sizeof(*a->nat));
+		a->afail = calloc(words, sizeof(uint64_t));
+		a->nafail = calloc(words, sizeof(uint64_t));
+		if (!a->at || !a->nat || !a->afail || !a->nafail)
+			return -ENOMEM;
+	}
 	a->inv_mask = matching_counters((uint32_t)((1ULL << inv->num_gp) - 1), inv->fixed_mask);
 	a->cpu_ids = malloc(inv->n_cpus * sizeof(int));
 	a->plan = calloc(inv->n_cpus, sizeof(*a->plan));
@@ -1881,6 +2349,11 @@ void arb_destroy(struct arb *a)
 	free(a->recomp);
 	free(a->tr);
 	free(a->ntr);
+	free(a->vms);
+	free(a->at);
+	free(a->nat);
+	free(a->afail);
+	free(a->nafail);
 	free(a);
 }
 
@@ -1967,6 +2440,11 @@ int arb_session_remove(struct arb *a, uint64_t id)
 enum arb_guest_mode arb_guest_mode(const struct arb *a)
 {
 	return a->mode;
+}
+
+enum arb_partition arb_partition(const struct arb *a)
+{
+	return a->uniform ? ARB_PARTITION_UNIFORM : ARB_PARTITION_PER_CPU;
 }
 
 uint64_t arb_generation(const struct arb *a)

@@ -72,6 +72,27 @@ enum arb_guest_mode {
 };
 const char *arb_guest_mode_name(enum arb_guest_mode m);
 
+/*
+ * Whether the guest partition may differ between CPUs (docs/arbiter.md,
+ * "Uniform partition"). The reservation is perf's: a kernel says whether
+ * it accepts per-CPU masks, and a first implementation may take only one
+ * mask for every CPU. Only ARB_GUEST_IDENTITY has a reservation to make;
+ * ARB_PARTITION_UNIFORM with another guest mode is -EINVAL.
+ */
+enum arb_partition {
+	/* Each CPU's guest partition is what the vCPUs that may run there
+	 * claimed (the rules of docs/arbiter.md). */
+	ARB_PARTITION_PER_CPU = 0,
+	/* One guest partition for every CPU: GP 0..k-1 plus the fixed
+	 * counters granted, grown in the global order by the vCPUs that want
+	 * them, each counter only while the host events placed so far still
+	 * fit without it on every CPU. A vCPU passes through exactly the PMCs
+	 * of its shape inside that mask, wherever it runs, so no vCPU can
+	 * run on a CPU whose reservation lacks one of its pass-through PMCs. */
+	ARB_PARTITION_UNIFORM = 1,
+};
+const char *arb_partition_name(enum arb_partition p);
+
 /* A counter user the arbiter does not manage (NMI watchdog, foreign perf
  * users): always placed first, and nothing may displace it. */
 struct arb_foreign {
@@ -89,6 +110,7 @@ struct arb_inventory {
 	const struct arb_foreign *foreign;
 	unsigned n_foreign;
 	enum arb_guest_mode guest_mode; /* 0: ARB_GUEST_IDENTITY */
+	enum arb_partition partition;   /* 0: ARB_PARTITION_PER_CPU */
 };
 
 struct arb_vcpu_spec {
@@ -125,10 +147,12 @@ struct arb_session_spec {
 struct arb;
 
 /* -EINVAL on a bad inventory, including foreign events that cannot all be
- * placed, or an unknown guest mode; -ENOMEM. */
+ * placed, an unknown guest mode or partition mode, or a uniform partition
+ * with a guest mode other than ARB_GUEST_IDENTITY; -ENOMEM. */
 int arb_create(const struct arb_inventory *inv, struct arb **out);
 void arb_destroy(struct arb *a);
 enum arb_guest_mode arb_guest_mode(const struct arb *a);
+enum arb_partition arb_partition(const struct arb *a);
 
 /*
  * Consumer changes. Return 0, or: -EINVAL bad spec, -EEXIST id taken (add),
@@ -183,7 +207,8 @@ struct arb_cpu_view {
 	int cpu;                /* logical CPU number */
 	/* The guest partition; in ARB_GUEST_PERF_PINNED the room kept free of
 	 * CPU-pinned host events (perf, not these bits, places the guest's
-	 * events); always 0 in ARB_GUEST_NONE. */
+	 * events); always 0 in ARB_GUEST_NONE; with ARB_PARTITION_UNIFORM
+	 * the same on every CPU. */
 	uint32_t guest_gp_mask;
 	uint32_t guest_fixed_mask;
 	unsigned n_placements;  /* foreign first, then sessions in arbitration order */
@@ -232,7 +257,8 @@ int arb_session_event_why(const struct arb *a, uint64_t session_id, unsigned eve
  * ARB_GUEST_PERF_PINNED they carry reserved and at-risk routes and room
  * partitions, and scrub nothing (perf loads a counter when it places an
  * event there); they tell watchers, nothing applies them. In
- * ARB_GUEST_NONE there are none. */
+ * ARB_GUEST_NONE there are none. With ARB_PARTITION_UNIFORM a change of
+ * the partition has a partition step for every CPU. */
 size_t arb_transitions(const struct arb *a, const struct transition **out);
 
 /* Recomputes every CPU from scratch and commits the result (it equals the
