@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "proto/fileio.h"
 #include "proto/config.h"
 
 #include "proto/cleanup.h"
@@ -6,6 +7,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,16 +148,40 @@ static char *trim(char *s)
 	return s;
 }
 
+static bool is_dev_null(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 && minor(st.st_rdev) == 3;
+}
+
 int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen)
 {
 	struct config next = *c;
 	char line[CONFIG_LINE_MAX];
 	unsigned lineno = 0;
-	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	char why[128];
+	/* Read whole and without blocking: a FIFO or a directory in the
+	 * config's place is refused by name, never waited on. */
+	int r = fileio_read_all(AT_FDCWD, path, CONFIG_FILE_MAX, FILEIO_REGULAR, &text, &len);
 
+	if (r == -ENOENT && !required)
+		return 0;
+	if (r == -EBADFD && is_dev_null(path))
+		r = 0; /* the usual way to say "no config file": nothing to read */
+	if (r < 0) {
+		snprintf(err, errlen, "%s: %s", path, fileio_strerror(r, AT_FDCWD, path, CONFIG_FILE_MAX, why, sizeof(why)));
+		return r;
+	}
+	if (len == 0) {
+		if (errlen)
+			err[0] = '\0';
+		*c = next;
+		return 0;
+	}
+	_cleanup_fclose_ FILE *f = fmemopen(text, len, "r");
 	if (!f) {
-		if (errno == ENOENT && !required)
-			return 0;
 		int e = errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(e));
 		return -e;

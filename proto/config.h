@@ -19,6 +19,8 @@
  * setting (every value is bounded by struct config), and a bound on what a
  * read buffers. */
 #define CONFIG_LINE_MAX 1024
+/* A config file is a few dozen lines; anything this large is not one. */
+#define CONFIG_FILE_MAX (1024 * 1024)
 /* Room for any message config_load_file or config_set writes: a line, plus
  * its place and what is wrong with it. The file's path is not counted: a
  * longer one cuts the end of the message. */

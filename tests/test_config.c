@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "proto/config.h"
@@ -116,6 +117,33 @@ static void test_missing_file(void **st)
 	assert_non_null(strstr(err, "/nonexistent/vpmud.conf"));
 }
 
+/* A config path that is not a regular file is refused at once, its type
+ * named, and nothing changes; /dev/null means "no config file". */
+static void test_not_regular_files(void **st)
+{
+	(void)st;
+	struct config c, before;
+	char err[CONFIG_ERR_MAX], dir[] = "/tmp/vpmu-test-config.XXXXXX", fifo[64];
+	assert_non_null(mkdtemp(dir));
+	snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	config_defaults(&c);
+	c.default_priority = 7;
+	before = c;
+	/* A FIFO nobody writes to would block a plain open and read. */
+	assert_int_equal(config_load_file(fifo, true, &c, err, sizeof(err)), -EBADFD);
+	assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+	assert_non_null(strstr(err, fifo));
+	assert_memory_equal(&c, &before, sizeof(c));
+	assert_int_equal(config_load_file(dir, true, &c, err, sizeof(err)), -EBADFD);
+	assert_non_null(strstr(err, "(a directory)"));
+	assert_memory_equal(&c, &before, sizeof(c));
+	assert_int_equal(config_load_file("/dev/null", true, &c, err, sizeof(err)), 0);
+	assert_memory_equal(&c, &before, sizeof(c));
+	unlink(fifo);
+	rmdir(dir);
+}
+
 static void test_dbus_key(void **st)
 {
 	(void)st;
@@ -156,7 +184,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),   cmocka_unit_test(test_good_file),
 		cmocka_unit_test(test_bad_files),  cmocka_unit_test(test_missing_file),
-		cmocka_unit_test(test_long_value_error),
+		cmocka_unit_test(test_long_value_error), cmocka_unit_test(test_not_regular_files),
 		cmocka_unit_test(test_reload),     cmocka_unit_test(test_dbus_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,6 +14,7 @@
 #include <json-c/json.h>
 
 #include "proto/cleanup.h"
+#include "proto/fileio.h"
 
 #define STATE_LEASES "leases"
 #define STATE_REJECTED "rejected"
@@ -121,58 +122,11 @@ static int open_subdir(int at, const char *name)
 	return fd;
 }
 
-/* Reads a whole regular file of at most max bytes. -EFBIG above max,
- * -EBADFD when it is not a regular file. */
+/* A lease file: regular, not followed through a link, at most max bytes;
+ * -EFBIG above, -EBADFD for anything else. */
 static int read_file(int at, const char *name, size_t max, char **text, size_t *len)
 {
-	struct stat st;
-	if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EBADFD;
-	_cleanup_close_ int fd = openat(at, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ELOOP ? -EBADFD : -errno;
-	/* The name may have been swapped since the stat: judge the file
-	 * opened. */
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EBADFD;
-	if ((uint64_t)st.st_size > max)
-		return -EFBIG;
-	size_t cap = (size_t)st.st_size + 1;
-	_cleanup_free_ char *buf = malloc(cap + 1);
-	if (!buf)
-		return -ENOMEM;
-	size_t got = 0;
-	for (;;) {
-		if (got == cap) {
-			/* It grew since the stat. */
-			if (cap > max)
-				return -EFBIG;
-			size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
-			char *n = realloc(buf, ncap + 1);
-			if (!n)
-				return -ENOMEM;
-			buf = n;
-			cap = ncap;
-		}
-		ssize_t n = read(fd, buf + got, cap - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	if (got > max)
-		return -EFBIG;
-	buf[got] = '\0';
-	*text = TAKE_PTR(buf);
-	*len = got;
-	return 0;
+	return fileio_read_all(at, name, max, FILEIO_REGULAR | FILEIO_NOFOLLOW, text, len);
 }
 
 /* ------------------------------------------------------------ moving aside */

@@ -28,6 +28,7 @@
 
 #include "proto/cleanup.h"
 #include "proto/cpulist.h"
+#include "proto/fileio.h"
 
 #define MSR_IA32_PERF_CAPABILITIES 0x345
 
@@ -80,30 +81,13 @@ static char *path_of(const char *root, const char *rel)
 static int read_text(const char *root, const char *rel, char **out)
 {
 	_cleanup_free_ char *path = path_of(root, rel), *buf = NULL;
-	_cleanup_close_ int fd = -1;
 	size_t got = 0;
 
 	if (!path)
 		return -ENOMEM;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	buf = malloc(SMALL_FILE_MAX + 1);
-	if (!buf)
-		return -ENOMEM;
-	for (;;) {
-		ssize_t n = read(fd, buf + got, SMALL_FILE_MAX + 1 - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break;
-		got += (size_t)n;
-		if (got > SMALL_FILE_MAX)
-			return -EFBIG;
-	}
+	int r = fileio_read_all(AT_FDCWD, path, SMALL_FILE_MAX, 0, &buf, &got);
+	if (r < 0)
+		return r;
 	while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == ' '))
 		got--;
 	buf[got] = '\0';

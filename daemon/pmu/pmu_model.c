@@ -33,6 +33,7 @@
 
 #include <json-c/json.h>
 
+#include "proto/fileio.h"
 #include "proto/cleanup.h"
 #include "proto/frame.h" /* _cleanup_json_ */
 #include "proto/json_fields.h"
@@ -629,46 +630,16 @@ int pmu_model_parse_json(const char *text, size_t len, const char *label,
 
 static int read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	_cleanup_free_ char *data = NULL;
-	struct stat st;
-	size_t got = 0;
-	ssize_t n;
+	char why[128];
+	int r = fileio_read_all(AT_FDCWD, path, PMU_MODEL_MAX_BYTES, FILEIO_REGULAR, buf, len);
 
-	if (fd < 0) {
-		int e = errno;
-
-		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
-		return -e;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "%s: not a regular file", path);
-		return -EINVAL;
-	}
-	if (st.st_size > PMU_MODEL_MAX_BYTES) {
-		snprintf(err, errlen, "%s: larger than %d bytes", path, PMU_MODEL_MAX_BYTES);
-		return -EFBIG;
-	}
-	data = malloc((size_t)st.st_size + 1);
-	if (!data) {
-		snprintf(err, errlen, "%s: out of memory", path);
-		return -ENOMEM;
-	}
-	while (got < (size_t)st.st_size && (n = read(fd, data + got, (size_t)st.st_size - got)) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-
-			snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
-			return -e;
-		}
-		got += (size_t)n;
-	}
-	data[got] = '\0';
-	*len = got;
-	*buf = TAKE_PTR(data);
-	return 0;
+	if (r == -ENOENT || r == -EACCES || r == -ENOTDIR || r == -ELOOP)
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(-r));
+	else if (r < 0)
+		snprintf(err, errlen, "%s: %s", path,
+			 fileio_strerror(r, AT_FDCWD, path, PMU_MODEL_MAX_BYTES, why, sizeof(why)));
+	/* A directory or a FIFO named as a model is a bad argument. */
+	return r == -EBADFD || r == -EISDIR ? -EINVAL : r;
 }
 
 static bool looks_like_path(const char *s)
