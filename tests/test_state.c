@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "broker/state.h"
@@ -216,6 +217,34 @@ static void test_empty_dir(void **st)
 	assert_int_equal(seen.n, 0);
 	assert_int_equal(seen.n_rejected, 0);
 	state_close(s);
+}
+
+/* One daemon per state directory: a second open is refused before it
+ * reads or moves anything, and the first one's leases stay as they are. */
+static void test_second_open_refused(void **st)
+{
+	struct state *s = open_store(*st, NULL, 0);
+	assert_int_equal(state_put(s, STATE_VM, "web", "{}", 2), 0);
+	write_at(*st, "leases/vm-junk.json", "not json: the loader of a second daemon would reject it");
+	struct state *t = NULL;
+	char why[1024];
+	/* A second process, as a second vpmud would be: flock is per open
+	 * file, so the same process would be refused too. */
+	pid_t child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		int r = state_open(*st, &t, why, sizeof(why));
+		_exit(r == -EBUSY && t == NULL && strstr(why, "in use by another vpmud") ? 0 : 1);
+	}
+	int status;
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_true(exists_at(*st, "leases/vm-web.json"));
+	assert_true(exists_at(*st, "leases/vm-junk.json"));
+	state_close(s);
+	/* Released with the first store: the next daemon gets it. */
+	t = open_store(*st, NULL, 0);
+	state_close(t);
 }
 
 static void test_put_load_delete(void **st)
@@ -484,6 +513,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_empty_dir, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_put_load_delete, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_second_open_refused, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_durability_order, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_bad_names, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_size_limits, setup_dir, teardown_dir),

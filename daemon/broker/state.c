@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +30,7 @@ struct state {
 	int dir_fd;
 	int leases_fd;
 	int rejected_fd;   /* -1 until something is moved aside */
+	int lock_fd;       /* holds STATE_LOCK: one daemon per state directory */
 };
 
 static const char *const kind_prefix[] = { [STATE_VM] = "vm-", [STATE_SESSION] = "session-" };
@@ -307,7 +309,7 @@ int state_open(const char *dir, struct state **out, char *why, size_t whylen)
 	struct state *s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->dir_fd = s->leases_fd = s->rejected_fd = -1;
+	s->dir_fd = s->leases_fd = s->rejected_fd = s->lock_fd = -1;
 	int r;
 	if (!(s->dir = strdup(dir))) {
 		r = -ENOMEM;
@@ -322,6 +324,21 @@ int state_open(const char *dir, struct state **out, char *why, size_t whylen)
 	if (s->dir_fd < 0) {
 		r = -errno;
 		snprintf(why, whylen, "cannot open %s: %s", dir, strerror(-r));
+		goto fail;
+	}
+	/* Before anything is read or moved: a second vpmud pointed at the same
+	 * directory (another config, a mistaken restart) must not restore,
+	 * reject or migrate the leases the first one serves. */
+	s->lock_fd = openat(s->dir_fd, STATE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (s->lock_fd < 0) {
+		r = -errno;
+		snprintf(why, whylen, "cannot open %s/" STATE_LOCK ": %s", dir, strerror(-r));
+		goto fail;
+	}
+	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		snprintf(why, whylen, "%s is in use by another vpmud (it holds %s/" STATE_LOCK "): %s", dir, dir,
+			 strerror(-r));
 		goto fail;
 	}
 	s->leases_fd = open_subdir(s->dir_fd, STATE_LEASES);
@@ -356,6 +373,8 @@ struct state *state_close(struct state *s)
 		close(s->leases_fd);
 	if (s->dir_fd >= 0)
 		close(s->dir_fd);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd); /* releases the lock */
 	free(s->dir);
 	free(s);
 	return NULL;

@@ -32,8 +32,14 @@ enum state_kind {
 
 struct state;
 
+/* The lock file a running vpmud holds in its state directory. */
+#define STATE_LOCK "lock"
+
 /*
- * Opens (and creates, mode 0700) dir and its lease folder. A state.json
+ * Opens (and creates, mode 0700) dir and its lease folder, and takes an
+ * exclusive lock on dir/STATE_LOCK for as long as it stays open (-EBUSY
+ * when another process holds it: a second vpmud on the same state must
+ * not restore, reject or migrate what the first one serves). A state.json
  * left by an older vpmud (format 1: one document with every lease) is
  * split into lease files, each the old entry plus "seq", its rank in the
  * old restore order (VMs first, then sessions), and renamed
