@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
@@ -269,6 +270,25 @@ static void vpmud_free(struct vpmud *d)
 	sd_event_unref(d->event);
 }
 
+/* Each bound VM holds pidfds and each client a socket: the soft limit
+ * (1024 by default) runs out long before the hard one, and running out
+ * turns into refusals that name the wrong cause. The soft limit goes up to
+ * the hard one; select() is not used anywhere, so large fds are fine. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rlim_t was = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("open files: soft limit %llu, cannot raise it to %llu: %s", (unsigned long long)was,
+			 (unsigned long long)rl.rlim_max, strerror(errno));
+	else
+		log_info("open files: soft limit raised from %llu to %llu", (unsigned long long)was,
+			 (unsigned long long)rl.rlim_max);
+}
+
 int vpmud_run(const struct vpmud_opts *opts)
 {
 	struct vpmud d = { .opts = opts };
@@ -280,6 +300,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 	 * stops glibc from raising it after the first such buffer, which would
 	 * keep every later one in the heap for good. */
 	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+	raise_fd_limit();
 	snprintf(d.config_path, sizeof(d.config_path), "%s", opts->config_path ? opts->config_path : CONFIG_DEFAULT_PATH);
 	d.config_required = opts->config_path != NULL;
 	if (load_config(&d, &d.cfg, err, sizeof(err)) < 0) {
