@@ -236,7 +236,10 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 		start = c->out.len; /* after the events the change queued */
 		if (r == 0 && (json_door_text_append(&c->out, head, hn) < 0 ||
 			       json_door_text_append(&c->out, tmp.data, tmp.len) < 0))
-			r = proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
+			/* The change stands (it is durable): say so, or a client
+			 * retrying would meet "already attached". */
+			r = proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL,
+					    "done, but the result could not be sent: out of memory");
 	} else if ((r = json_door_text_append(&c->out, head, hn)) == 0) {
 		/* The text, its closing brace excluded, is at most the limit. */
 		c->out.max = start + PROTO_MAX_RESPONSE - 1;
