@@ -300,8 +300,11 @@ struct broker_pmu_view {
 void broker_pmu(const struct broker *b, struct broker_pmu_view *out);
 
 struct broker_vm_view {
-	/* The lease's sequence number: kept across restarts, never reused,
-	 * so a name detached and attached again is another lease. */
+	/* The lease's sequence number (its arrival rank), kept across
+	 * restarts. Never reused while vpmud runs, so a name detached and
+	 * attached again is another lease; after a restart, the numbers of
+	 * leases removed before it may be given again (no high-water mark is
+	 * stored: that would cost a second durable write per change). */
 	uint64_t id;
 	const char *name;
 	uint32_t priority;
