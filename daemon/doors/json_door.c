@@ -15,10 +15,6 @@
 #include "proto/cleanup.h"
 #include "proto/cpulist.h"
 
-/* The longest canonical CPU list: every other CPU, up to 4 digits and a
- * comma each. */
-#define CPUS_TEXT_MAX (CPULIST_MAX_CPUS * 5 + 1)
-
 /* ------------------------------------------------------------------ text */
 
 void json_door_text_fini(struct json_door_text *t)
@@ -149,9 +145,14 @@ static void put_double(struct json_door_text *t, double d)
 /* A JSON string, escaped as json-c escapes (no slash escaping). */
 static void put_str(struct json_door_text *t, const char *s)
 {
-	size_t n = strlen(s);
-	/* Worst case: every byte \u00XX. */
-	if (reserve(t, n * 6 + 2) < 0)
+	/* Exactly what the escaped text takes: a size-capped answer must not
+	 * be refused for room it never uses. */
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		n += *p == '"' || *p == '\\' || *p == '\b' || *p == '\n' || *p == '\r' || *p == '\t' || *p == '\f'
+			     ? 2
+			     : *p < ' ' ? 6 : 1;
+	if (reserve(t, n + 2) < 0)
 		return;
 	char *o = t->data + t->len;
 	*o++ = '"';
@@ -182,14 +183,28 @@ static void put_str(struct json_door_text *t, const char *s)
 	t->data[t->len] = '\0';
 }
 
-/* "0-3,8", formatted in place. */
+/* "0-3,8". Reserves only what the text takes (a size-capped answer must
+ * not be refused for room it never uses): most lists fit the stack buffer,
+ * the rare long one is formatted on the heap. */
 static void put_cpus(struct json_door_text *t, const struct cpulist *l)
 {
-	if (reserve(t, CPUS_TEXT_MAX + 2) < 0)
+	char small[256];
+	_cleanup_free_ char *big = NULL;
+	const char *text = small;
+	int n = cpulist_format(l, small, sizeof(small));
+	if (n < 0) {
+		if (!(big = cpulist_to_text(l))) {
+			t->error = -ENOMEM;
+			return;
+		}
+		text = big;
+		n = (int)strlen(big);
+	}
+	if (reserve(t, (size_t)n + 2) < 0)
 		return;
 	t->data[t->len++] = '"';
-	int n = cpulist_format(l, t->data + t->len, CPUS_TEXT_MAX);
-	t->len += n > 0 ? (size_t)n : 0;
+	memcpy(t->data + t->len, text, (size_t)n);
+	t->len += (size_t)n;
 	t->data[t->len++] = '"';
 	t->data[t->len] = '\0';
 }
