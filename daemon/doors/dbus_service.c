@@ -68,6 +68,12 @@ struct id_set {
 	size_t n, cap;
 };
 
+/* Snapshots by lease id: pointers sorted by id (snap_pos). */
+struct snap_map {
+	void **v;
+	size_t n, cap;
+};
+
 /* What an exported object showed when its signals were last sent: only to
  * tell which properties changed, never read by a getter. */
 struct vm_snap {
@@ -116,10 +122,8 @@ struct dbus_service {
 	/* Maps from lease id to what its object showed, sorted by id: an
 	 * event names the leases it touched, and only those are read again
 	 * from the broker and compared, whatever the number of leases. */
-	struct vm_snap **vms;
-	size_t n_vms, cap_vms;
-	struct session_snap **sessions;
-	size_t n_sessions, cap_sessions;
+	struct snap_map vms;        /* of struct vm_snap */
+	struct snap_map sessions;   /* of struct session_snap */
 	uint64_t generation;
 	/* The leases broker events named since the last flush. */
 	struct id_set dirty_vms, dirty_sessions;
@@ -2064,22 +2068,21 @@ static void session_snap_free(struct session_snap *v)
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct session_snap *, session_snap_free)
 
 /*
- * A map from lease id to snapshot: pointers sorted by id. Leases arrive
- * with increasing ids, so adding one appends; removing moves pointers
- * only. *pos: where id is, or where it would go.
+ * Leases arrive with increasing ids, so adding one appends; removing one
+ * moves pointers only. *pos: where id is, or where it would go.
  */
-static bool snap_pos(void *const *arr, size_t n, uint64_t id, uint64_t (*id_of)(const void *), size_t *pos)
+static bool snap_pos(const struct snap_map *m, uint64_t id, uint64_t (*id_of)(const void *), size_t *pos)
 {
-	size_t lo = 0, hi = n;
+	size_t lo = 0, hi = m->n;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (id_of(arr[mid]) < id)
+		if (id_of(m->v[mid]) < id)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	*pos = lo;
-	return lo < n && id_of(arr[lo]) == id;
+	return lo < m->n && id_of(m->v[lo]) == id;
 }
 
 static uint64_t vm_snap_id(const void *p)
@@ -2092,26 +2095,26 @@ static uint64_t session_snap_id(const void *p)
 	return ((const struct session_snap *)p)->id;
 }
 
-static int snap_insert(void ***arr, size_t *n, size_t *cap, size_t pos, void *item)
+static int snap_insert(struct snap_map *m, size_t pos, void *item)
 {
-	if (*n == *cap) {
-		size_t ncap = *cap ? *cap * 2 : 64;
-		void **a = realloc(*arr, ncap * sizeof(*a));
+	if (m->n == m->cap) {
+		size_t ncap = m->cap ? m->cap * 2 : 64;
+		void **a = realloc(m->v, ncap * sizeof(*a));
 		if (!a)
 			return -ENOMEM;
-		*arr = a;
-		*cap = ncap;
+		m->v = a;
+		m->cap = ncap;
 	}
-	memmove(*arr + pos + 1, *arr + pos, (*n - pos) * sizeof(**arr));
-	(*arr)[pos] = item;
-	(*n)++;
+	memmove(m->v + pos + 1, m->v + pos, (m->n - pos) * sizeof(*m->v));
+	m->v[pos] = item;
+	m->n++;
 	return 0;
 }
 
-static void snap_remove(void **arr, size_t *n, size_t pos)
+static void snap_remove(struct snap_map *m, size_t pos)
 {
-	memmove(arr + pos, arr + pos + 1, (*n - pos - 1) * sizeof(*arr));
-	(*n)--;
+	memmove(m->v + pos, m->v + pos + 1, (m->n - pos - 1) * sizeof(*m->v));
+	m->n--;
 }
 
 /* The Routes property's content as bytes, per vCPU: its CPUs (as far as
@@ -2262,15 +2265,16 @@ static void diff_session(struct dbus_service *s, const struct session_snap *a, c
 static int sync_vm(struct dbus_service *s, uint64_t id, bool announce)
 {
 	size_t pos;
-	bool known = snap_pos((void **)s->vms, s->n_vms, id, vm_snap_id, &pos);
+	bool known = snap_pos(&s->vms, id, vm_snap_id, &pos);
+	struct vm_snap *was = known ? s->vms.v[pos] : NULL;
 	struct broker_vm_view vv;
 	if (broker_vm_find_id(s->broker, id, &vv) < 0) {
 		if (!known)
 			return 0;
 		if (announce)
-			emit_objects(s, PATH_VM, s->vms[pos]->name, IFACE_VM, false);
-		vm_snap_free(s->vms[pos]);
-		snap_remove((void **)s->vms, &s->n_vms, pos);
+			emit_objects(s, PATH_VM, was->name, IFACE_VM, false);
+		vm_snap_free(was);
+		snap_remove(&s->vms, pos);
 		return 0;
 	}
 	_cleanup_(vm_snap_freep) struct vm_snap *now = NULL;
@@ -2279,12 +2283,12 @@ static int sync_vm(struct dbus_service *s, uint64_t id, bool announce)
 		return r;
 	if (known) {
 		if (announce)
-			diff_vm(s, s->vms[pos], now);
-		vm_snap_free(s->vms[pos]);
-		s->vms[pos] = TAKE_PTR(now);
+			diff_vm(s, was, now);
+		vm_snap_free(was);
+		s->vms.v[pos] = TAKE_PTR(now);
 		return 0;
 	}
-	if ((r = snap_insert((void ***)&s->vms, &s->n_vms, &s->cap_vms, pos, now)) < 0)
+	if ((r = snap_insert(&s->vms, pos, now)) < 0)
 		return r;
 	if (announce)
 		emit_objects(s, PATH_VM, now->name, IFACE_VM, true);
@@ -2295,15 +2299,16 @@ static int sync_vm(struct dbus_service *s, uint64_t id, bool announce)
 static int sync_session(struct dbus_service *s, uint64_t id, bool announce)
 {
 	size_t pos;
-	bool known = snap_pos((void **)s->sessions, s->n_sessions, id, session_snap_id, &pos);
+	bool known = snap_pos(&s->sessions, id, session_snap_id, &pos);
+	struct session_snap *was = known ? s->sessions.v[pos] : NULL;
 	struct broker_session_view sv;
 	if (broker_session_find_id(s->broker, id, &sv) < 0) {
 		if (!known)
 			return 0;
 		if (announce)
-			emit_objects(s, PATH_SESSION, s->sessions[pos]->name, IFACE_SESSION, false);
-		session_snap_free(s->sessions[pos]);
-		snap_remove((void **)s->sessions, &s->n_sessions, pos);
+			emit_objects(s, PATH_SESSION, was->name, IFACE_SESSION, false);
+		session_snap_free(was);
+		snap_remove(&s->sessions, pos);
 		return 0;
 	}
 	_cleanup_(session_snap_freep) struct session_snap *now = NULL;
@@ -2312,12 +2317,12 @@ static int sync_session(struct dbus_service *s, uint64_t id, bool announce)
 		return r;
 	if (known) {
 		if (announce)
-			diff_session(s, s->sessions[pos], now);
-		session_snap_free(s->sessions[pos]);
-		s->sessions[pos] = TAKE_PTR(now);
+			diff_session(s, was, now);
+		session_snap_free(was);
+		s->sessions.v[pos] = TAKE_PTR(now);
 		return 0;
 	}
-	if ((r = snap_insert((void ***)&s->sessions, &s->n_sessions, &s->cap_sessions, pos, now)) < 0)
+	if ((r = snap_insert(&s->sessions, pos, now)) < 0)
 		return r;
 	if (announce)
 		emit_objects(s, PATH_SESSION, now->name, IFACE_SESSION, true);
@@ -2334,15 +2339,15 @@ static int every_lease(struct dbus_service *s)
 		broker_vm_at(s->broker, i, &vv);
 		r = id_set_add(&s->dirty_vms, &vv.id, 1);
 	}
-	for (size_t i = 0; r >= 0 && i < s->n_vms; i++)
-		r = id_set_add(&s->dirty_vms, &s->vms[i]->id, 1);
+	for (size_t i = 0; r >= 0 && i < s->vms.n; i++)
+		r = id_set_add(&s->dirty_vms, &((const struct vm_snap *)s->vms.v[i])->id, 1);
 	for (size_t i = 0; r >= 0 && i < broker_session_count(s->broker); i++) {
 		struct broker_session_view sv;
 		broker_session_at(s->broker, i, &sv);
 		r = id_set_add(&s->dirty_sessions, &sv.id, 1);
 	}
-	for (size_t i = 0; r >= 0 && i < s->n_sessions; i++)
-		r = id_set_add(&s->dirty_sessions, &s->sessions[i]->id, 1);
+	for (size_t i = 0; r >= 0 && i < s->sessions.n; i++)
+		r = id_set_add(&s->dirty_sessions, &((const struct session_snap *)s->sessions.v[i])->id, 1);
 	return r;
 }
 
@@ -2356,7 +2361,7 @@ static int every_lease(struct dbus_service *s)
 static void sync_objects(struct dbus_service *s)
 {
 	bool announce = s->synced;
-	size_t n_vms = s->n_vms, n_sessions = s->n_sessions;
+	size_t n_vms = s->vms.n, n_sessions = s->sessions.n;
 	int r = 0;
 	if (!s->synced || s->dirty_all) {
 		r = every_lease(s);
@@ -2388,9 +2393,9 @@ static void sync_objects(struct dbus_service *s)
 		size_t k = 0;
 		if (generation != s->generation)
 			props[k++] = "Generation";
-		if (n_vms != s->n_vms)
+		if (n_vms != s->vms.n)
 			props[k++] = "VmCount";
-		if (n_sessions != s->n_sessions)
+		if (n_sessions != s->sessions.n)
 			props[k++] = "SessionCount";
 		props[k] = NULL;
 		if (k && (r = sd_bus_emit_properties_changed_strv(s->bus, DBUS_SERVICE_PATH, IFACE_MANAGER, props)) < 0)
@@ -2542,12 +2547,12 @@ void dbus_service_free(struct dbus_service *s)
 		sd_bus_detach_event(s->bus);
 		sd_bus_flush_close_unref(s->bus);
 	}
-	for (size_t i = 0; i < s->n_vms; i++)
-		vm_snap_free(s->vms[i]);
-	free(s->vms);
-	for (size_t i = 0; i < s->n_sessions; i++)
-		session_snap_free(s->sessions[i]);
-	free(s->sessions);
+	for (size_t i = 0; i < s->vms.n; i++)
+		vm_snap_free(s->vms.v[i]);
+	free(s->vms.v);
+	for (size_t i = 0; i < s->sessions.n; i++)
+		session_snap_free(s->sessions.v[i]);
+	free(s->sessions.v);
 	free(s->dirty_vms.v);
 	free(s->dirty_sessions.v);
 	free(s);
