@@ -832,6 +832,8 @@ static int cmp_u64(const void *pa, const void *pb)
 /* Sorts, drops repeats and the ids a and b (0: none). */
 static void ids_settle(struct ids *x, uint64_t a, uint64_t b)
 {
+	if (x->n == 0)
+		return;
 	qsort(x->v, x->n, sizeof(*x->v), cmp_u64);
 	size_t k = 0;
 	for (size_t i = 0; i < x->n; i++)

@@ -2019,6 +2019,8 @@ static const sd_bus_vtable manager_vtable[] = {
 
 static int id_set_add(struct id_set *x, const uint64_t *ids, size_t n)
 {
+	if (n == 0)
+		return 0;
 	if (x->n + n > x->cap) {
 		size_t cap = x->cap ? x->cap : 16;
 		while (cap < x->n + n)
@@ -2043,12 +2045,22 @@ static int cmp_u64(const void *pa, const void *pb)
 /* Sorted, without repeats. */
 static void id_set_settle(struct id_set *x)
 {
+	if (x->n == 0)
+		return;
 	qsort(x->v, x->n, sizeof(*x->v), cmp_u64);
 	size_t k = 0;
 	for (size_t i = 0; i < x->n; i++)
 		if (k == 0 || x->v[k - 1] != x->v[i])
 			x->v[k++] = x->v[i];
 	x->n = k;
+}
+
+static void id_set_drop_front(struct id_set *x, size_t k)
+{
+	if (k == 0)
+		return;
+	memmove(x->v, x->v + k, (x->n - k) * sizeof(*x->v));
+	x->n -= k;
 }
 
 static void vm_snap_free(struct vm_snap *v)
@@ -2365,23 +2377,22 @@ static void sync_objects(struct dbus_service *s)
 	int r = 0;
 	if (!s->synced || s->dirty_all) {
 		r = every_lease(s);
-		if (r >= 0)
-			s->dirty_all = false;
+		s->dirty_all = r < 0; /* the next flush tries the walk again */
 	}
 	id_set_settle(&s->dirty_vms);
 	id_set_settle(&s->dirty_sessions);
+	/* done_*: how many are in line; on failure the rest, the failed
+	 * one first, wait for the next change. */
 	size_t done_vms = 0, done_sessions = 0;
-	for (; r >= 0 && done_vms < s->dirty_vms.n; done_vms++)
-		r = sync_vm(s, s->dirty_vms.v[done_vms], announce);
-	for (; r >= 0 && done_sessions < s->dirty_sessions.n; done_sessions++)
-		r = sync_session(s, s->dirty_sessions.v[done_sessions], announce);
+	while (r >= 0 && done_vms < s->dirty_vms.n)
+		if ((r = sync_vm(s, s->dirty_vms.v[done_vms], announce)) >= 0)
+			done_vms++;
+	while (r >= 0 && done_sessions < s->dirty_sessions.n)
+		if ((r = sync_session(s, s->dirty_sessions.v[done_sessions], announce)) >= 0)
+			done_sessions++;
 	if (r < 0) {
-		/* Those not done yet wait for the next change. */
-		memmove(s->dirty_vms.v, s->dirty_vms.v + done_vms, (s->dirty_vms.n - done_vms) * sizeof(uint64_t));
-		s->dirty_vms.n -= done_vms;
-		memmove(s->dirty_sessions.v, s->dirty_sessions.v + done_sessions,
-			(s->dirty_sessions.n - done_sessions) * sizeof(uint64_t));
-		s->dirty_sessions.n -= done_sessions;
+		id_set_drop_front(&s->dirty_vms, done_vms);
+		id_set_drop_front(&s->dirty_sessions, done_sessions);
 		log_warn("dbus: cannot follow the broker's objects (%s): their signals wait for the next change",
 			 strerror(-r));
 	} else {
