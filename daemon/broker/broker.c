@@ -1412,6 +1412,14 @@ static int apply_last(struct broker *b, char *why, size_t whylen)
 	return r;
 }
 
+/* Field by field: the struct has padding. */
+static bool grant_sig_equal(const struct grant_sig *a, const struct grant_sig *b)
+{
+	return a->dedicated == b->dedicated && a->n_dedicated == b->n_dedicated &&
+	       a->n_kept_for_guests == b->n_kept_for_guests && a->kept_cpu == b->kept_cpu &&
+	       a->kept_vm_id == b->kept_vm_id && a->share == b->share;
+}
+
 /* Keeps every session's events on the placements the plan now gives, and
  * notes the sessions whose grants changed for the next event. */
 static void sync_sessions(struct broker *b)
@@ -1431,7 +1439,7 @@ static void sync_sessions(struct broker *b)
 						 .n_kept_for_guests = g.n_kept_for_guests, .kept_cpu = g.kept_cpu,
 						 .kept_vm_id = g.kept_vm_id, .share = g.share };
 			struct grant_sig *seen = &s->seen[s->arb_index[e]];
-			if (s->seen_valid && memcmp(seen, &sig, sizeof(sig)))
+			if (s->seen_valid && !grant_sig_equal(seen, &sig))
 				regranted = true;
 			*seen = sig;
 			if (!s->ps)
