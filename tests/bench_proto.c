@@ -26,6 +26,11 @@
  *  - a restart on the same state directory: SIGTERM, start, time until
  *    status answers with all N VMs (floor: the start on an empty state).
  * Each figure is printed as key=value beside its floor and issue 11's target.
+ * vpmud runs with --dbus none, unless --dbus-bus: then the bench starts a
+ * private dbus-daemon with the shipped policy (systemd/org.vpmu.Broker1.conf
+ * under $VPMU_SOURCE_DIR, else under the parent of this executable's
+ * folder) and vpmud serves its D-Bus door there, so that what the door adds
+ * to each change is measured beside the same floor.
  *
  * By default it starts its own vpmud (--vpmud PATH, else $VPMU_BUILD_DIR/vpmud,
  * else the vpmud next to this executable) on the model PMU and model KVM,
@@ -40,7 +45,7 @@
  *
  * usage: vpmu-bench-proto [--smoke] [--json] [--socket PATH | --vpmud PATH]
  *        [--tmpdir DIR] [--ops N] [--requests N] [--connections C]
- *        [--method status|plan] [--leases N [--samples K]]
+ *        [--method status|plan] [--leases N [--samples K] [--dbus-bus]]
  */
 #include <dirent.h>
 #include <errno.h>
@@ -92,11 +97,14 @@ struct opts {
 	unsigned ops, requests, connections;
 	unsigned leases;      /* 0: default mode */
 	unsigned samples;     /* attach+detach pairs in --leases mode */
+	bool dbus_bus;        /* --leases: vpmud serves D-Bus on a private bus */
 };
 
 struct daemon {
 	pid_t pid;
 	char *bin, *dir, *socket, *state, *conf, *log;
+	pid_t bus_pid;        /* the private dbus-daemon, or 0 */
+	char *bus_addr;       /* its address, or NULL: --dbus none */
 	char fs[32];
 };
 
@@ -242,6 +250,11 @@ static uint64_t daemon_stop(struct daemon *d)
 static void daemon_fini(struct daemon *d, bool keep)
 {
 	daemon_stop(d);
+	if (d->bus_pid > 0) {
+		kill(d->bus_pid, SIGTERM);
+		waitpid(d->bus_pid, NULL, 0);
+	}
+	free(d->bus_addr);
 	if (d->dir && !keep)
 		nftw(d->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	else if (d->dir)
@@ -260,6 +273,94 @@ static void daemon_fini(struct daemon *d, bool keep)
 static void daemon_fini_keep(struct daemon *d)
 {
 	daemon_fini(d, true);
+}
+
+static int write_all(int fd, const char *buf, size_t len);
+
+/* The shipped bus policy for the broker's name, from the source tree. */
+static int bus_policy(char **out)
+{
+	const char *src = getenv("VPMU_SOURCE_DIR");
+	_cleanup_free_ char *self = realpath("/proc/self/exe", NULL);
+	char *slash = self ? strrchr(self, '/') : NULL;
+	if (slash)
+		*slash = '\0';
+	if (src && *src) {
+		if (asprintf(out, "%s/systemd/org.vpmu.Broker1.conf", src) < 0)
+			return -ENOMEM;
+	} else if (!self || asprintf(out, "%s/../systemd/org.vpmu.Broker1.conf", self) < 0)
+		return -ENOMEM;
+	if (access(*out, R_OK) == 0)
+		return 0;
+	fprintf(stderr, "bench-proto: --dbus-bus: no bus policy at %s (set VPMU_SOURCE_DIR to the source tree)\n",
+		*out);
+	free(*out);
+	*out = NULL;
+	return -ENOENT;
+}
+
+/*
+ * A private system-type bus as tests/it_dbus.py starts it: the defaults of
+ * a system bus (nobody owns names or calls methods unless a policy file
+ * says so) and the shipped policy. Returns once its socket exists.
+ */
+static int bus_start(struct daemon *d)
+{
+	_cleanup_free_ char *policy = NULL, *conf = NULL, *sock = NULL, *text = NULL;
+	int r = bus_policy(&policy);
+	if (r < 0)
+		return r;
+	if (asprintf(&conf, "%s/bus.conf", d->dir) < 0 || asprintf(&sock, "%s/bus.sock", d->dir) < 0 ||
+	    asprintf(&d->bus_addr, "unix:path=%s", sock) < 0)
+		return -ENOMEM;
+	if (asprintf(&text,
+		     "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+		     " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+		     "<busconfig>\n  <type>system</type>\n  <listen>unix:path=%s</listen>\n  <auth>EXTERNAL</auth>\n"
+		     "  <policy context=\"default\">\n    <allow user=\"*\"/>\n    <deny own=\"*\"/>\n"
+		     "    <deny send_type=\"method_call\"/>\n    <allow send_type=\"signal\"/>\n"
+		     "    <allow send_requested_reply=\"true\" send_type=\"method_return\"/>\n"
+		     "    <allow send_requested_reply=\"true\" send_type=\"error\"/>\n"
+		     "    <allow receive_type=\"method_call\"/>\n    <allow receive_type=\"method_return\"/>\n"
+		     "    <allow receive_type=\"error\"/>\n    <allow receive_type=\"signal\"/>\n"
+		     "    <allow send_destination=\"org.freedesktop.DBus\"/>\n  </policy>\n"
+		     "  <include>%s</include>\n</busconfig>\n",
+		     sock, policy) < 0)
+		return -ENOMEM;
+	{
+		_cleanup_close_ int fd = open(conf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return -errno;
+		if ((r = write_all(fd, text, strlen(text))) < 0)
+			return r;
+	}
+	_cleanup_free_ char *conf_arg = NULL, *log = NULL;
+	if (asprintf(&conf_arg, "--config-file=%s", conf) < 0 || asprintf(&log, "%s/dbus-daemon.log", d->dir) < 0)
+		return -ENOMEM;
+	d->bus_pid = fork();
+	if (d->bus_pid < 0)
+		return -errno;
+	if (d->bus_pid == 0) {
+		int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (lfd >= 0) {
+			dup2(lfd, 1);
+			dup2(lfd, 2);
+			close(lfd);
+		}
+		execlp("dbus-daemon", "dbus-daemon", conf_arg, "--nofork", "--nopidfile", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 5000; i++) {
+		if (access(sock, F_OK) == 0)
+			return 0;
+		if (waitpid(d->bus_pid, NULL, WNOHANG) == d->bus_pid) {
+			d->bus_pid = 0;
+			break;
+		}
+		usleep(1000);
+	}
+	fprintf(stderr, "bench-proto: --dbus-bus: dbus-daemon did not start; see %s\n", log);
+	return -ECHILD;
 }
 
 /* The private directory, its empty config and the paths; nothing runs yet. */
@@ -289,7 +390,9 @@ static int daemon_prepare(const struct opts *o, struct daemon *d)
 		return -ENAMETOOLONG;
 	}
 	_cleanup_close_ int fd = open(d->conf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	return fd < 0 ? -errno : 0;
+	if (fd < 0)
+		return -errno;
+	return o->dbus_bus ? bus_start(d) : 0;
 }
 
 static int daemon_spawn(struct daemon *d)
@@ -303,7 +406,8 @@ static int daemon_spawn(struct daemon *d)
 			dup2(lfd, 2);
 			close(lfd);
 		}
-		execl(d->bin, d->bin, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus", "none",
+		execl(d->bin, d->bin, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus",
+		      d->bus_addr ? d->bus_addr : "none",
 		      "--libvirt-uri", "none", "--socket", d->socket, "--state-dir", d->state, "--config", d->conf,
 		      (char *)NULL);
 		_exit(127);
@@ -883,7 +987,7 @@ static int bench_leases(const struct opts *o, unsigned n, unsigned samples, stru
 	return smaps_kib(d->pid, &L->anon_restart, &rss);
 }
 
-static struct json_object *leases_json(const struct leases *L, const char *server, const char *fs)
+static struct json_object *leases_json(const struct leases *L, const char *server, const char *fs, bool dbus)
 {
 	struct json_object *j = json_object_new_object();
 
@@ -891,6 +995,7 @@ static struct json_object *leases_json(const struct leases *L, const char *serve
 #define ADD_DBL(k, v, dec) json_object_object_add(j, k, jdouble(v, dec))
 	json_object_object_add(j, "server", json_object_new_string(server));
 	json_object_object_add(j, "state_fs", json_object_new_string(fs));
+	json_object_object_add(j, "dbus_door", json_object_new_boolean(dbus));
 	ADD_INT("leases", L->n);
 	ADD_INT("vcpus_per_vm", VCPUS_PER_VM);
 	ADD_INT("model_cpus", L->ncpus);
@@ -924,11 +1029,13 @@ static struct json_object *leases_json(const struct leases *L, const char *serve
 	return j;
 }
 
-static void leases_print(const struct leases *L, const char *server, const char *fs, bool smoke)
+static void leases_print(const struct leases *L, const char *server, const char *fs, bool smoke, bool dbus)
 {
 	printf("vpmu-bench-proto --leases %u%s: %s, model PMU icelake-8360y, model KVM, %u CPUs; state directory on %s%s\n",
 	       L->n, smoke ? " (smoke)" : "", server, L->ncpus, fs,
 	       !strcmp(fs, "tmpfs") ? " (fsync is free there: durable latency understated)" : "");
+	printf("  D-Bus door: %s\n", dbus ? "on, serving a private dbus-daemon with the shipped policy (--dbus-bus)"
+					   : "off (--dbus none)");
 	printf("  each line: the figure, its floor, issue 11's target and the lease count the target is for\n");
 	printf("leases=%u vcpus_per_vm=%u setup_s=%.2f lease_bytes=%llu\n", L->n, VCPUS_PER_VM, L->setup_s,
 	       (unsigned long long)L->lease_bytes);
@@ -973,7 +1080,8 @@ static void usage(FILE *f)
 {
 	fputs("usage: vpmu-bench-proto [--smoke] [--json] [--socket PATH | --vpmud PATH] [--tmpdir DIR]\n"
 	      "                        [--ops N] [--requests N] [--connections C] [--method status|plan]\n"
-	      "       vpmu-bench-proto --leases N [--samples K] [--smoke] [--json] [--vpmud PATH] [--tmpdir DIR]\n",
+	      "       vpmu-bench-proto --leases N [--samples K] [--dbus-bus] [--smoke] [--json] [--vpmud PATH]\n"
+	      "                        [--tmpdir DIR]\n",
 	      f);
 }
 
@@ -987,13 +1095,13 @@ static int run_leases(const struct opts *o, unsigned n, struct json_object *json
 	if (bench_leases(o, n, samples, &d, &L, server, sizeof(server)) < 0)
 		return 1;
 	if (json_into)
-		json_object_object_add(json_into, "leases", leases_json(&L, server, d.fs));
+		json_object_object_add(json_into, "leases", leases_json(&L, server, d.fs, o->dbus_bus));
 	else if (o->json) {
-		_cleanup_json_ struct json_object *j = leases_json(&L, server, d.fs);
+		_cleanup_json_ struct json_object *j = leases_json(&L, server, d.fs, o->dbus_bus);
 		json_object_object_add(j, "smoke", json_object_new_boolean(o->smoke));
 		puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN));
 	} else
-		leases_print(&L, server, d.fs, o->smoke);
+		leases_print(&L, server, d.fs, o->smoke, o->dbus_bus);
 	daemon_fini(&d, false);
 	return 0;
 }
@@ -1105,6 +1213,8 @@ int main(int argc, char **argv)
 			o.smoke = true;
 		else if (!strcmp(a, "--json"))
 			o.json = true;
+		else if (!strcmp(a, "--dbus-bus"))
+			o.dbus_bus = true;
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			usage(stdout);
 			return 0;
@@ -1151,6 +1261,10 @@ int main(int argc, char **argv)
 	if (o.socket && o.leases) {
 		fprintf(stderr, "vpmu-bench-proto: --leases starts its own vpmud (it restarts it and reads its memory): "
 				"not with --socket\n");
+		return 2;
+	}
+	if (o.dbus_bus && !o.leases) {
+		fprintf(stderr, "vpmu-bench-proto: --dbus-bus goes with --leases\n");
 		return 2;
 	}
 	if (o.samples && !o.leases && !o.smoke) {

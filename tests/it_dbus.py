@@ -989,6 +989,22 @@ except dbus.DBusException as e:
                and "Priority" in json.dumps(s.get("payload"))), "PropertiesChanged Priority on the VM object")
     check(seen(lambda s: s.get("member") == "PropertiesChanged" and s.get("path") == PATH
                and "Generation" in json.dumps(s.get("payload"))), "PropertiesChanged Generation on the manager")
+    # Another lease's change moves web-1's routes: its object signals with
+    # that change (before the change's PlanChanged, after the one before).
+    def with_change(reason, pred):
+        plan = [i for i, x in enumerate(sigs) if x.get("member") == "PlanChanged"]
+        at = [i for i in plan if reason in json.dumps(sigs[i].get("payload"))]
+        if not at:
+            return False
+        before = max([i for i in plan if i < at[0]], default=-1)
+        return any(pred(x) for x in sigs[before + 1:at[0]])
+    def routes_of(p):
+        return lambda x: (x.get("member") == "PropertiesChanged" and x.get("path") == p
+                          and "Routes" in json.dumps(x.get("payload")))
+    check(with_change("session.start prof", routes_of(path)),
+          "the session preempting web-1: PropertiesChanged Routes on web-1 with that change")
+    check(with_change("session stopped prof", routes_of(path)),
+          "the session stopping gives web-1 its counters back: PropertiesChanged Routes on web-1")
     check(seen(lambda s: s.get("member") == "InterfacesAdded" and "/session/prof" in json.dumps(s.get("payload"))),
           "InterfacesAdded for the session")
     check(seen(lambda s: s.get("member") == "InterfacesRemoved" and "/vm/agent_2dvm" in json.dumps(s.get("payload"))),

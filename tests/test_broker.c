@@ -793,6 +793,143 @@ static void test_watch_events(void **st)
 	assert_int_equal(seen, 2);
 }
 
+/* ------------------------------------------------------------ named leases */
+
+/* What the last event named, as text: "vm+ 3 | vm- | vm~ 1 2 | s+ | s- | s~ 4". */
+struct named {
+	int events;
+	char text[512];
+	size_t n_changes;
+};
+
+static void put_ids(char *buf, size_t len, const char *tag, const uint64_t *ids, size_t n)
+{
+	size_t at = strlen(buf);
+	at += (size_t)snprintf(buf + at, len - at, "%s%s", at ? " | " : "", tag);
+	for (size_t i = 0; i < n && at < len; i++)
+		at += (size_t)snprintf(buf + at, len - at, " %" PRIu64, ids[i]);
+}
+
+static void named_cb(const struct broker_event *ev, void *ud)
+{
+	struct named *n = ud;
+	n->events++;
+	n->n_changes = ev->n_changes;
+	n->text[0] = '\0';
+	put_ids(n->text, sizeof(n->text), "vm+", ev->vms_added, ev->n_vms_added);
+	put_ids(n->text, sizeof(n->text), "vm-", ev->vms_removed, ev->n_vms_removed);
+	put_ids(n->text, sizeof(n->text), "vm~", ev->vms_changed, ev->n_vms_changed);
+	put_ids(n->text, sizeof(n->text), "s+", ev->sessions_added, ev->n_sessions_added);
+	put_ids(n->text, sizeof(n->text), "s-", ev->sessions_removed, ev->n_sessions_removed);
+	put_ids(n->text, sizeof(n->text), "s~", ev->sessions_changed, ev->n_sessions_changed);
+}
+
+static uint64_t vm_id(struct fx *f, const char *name)
+{
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, name, &v), 0);
+	return v.id;
+}
+
+/* Runs one request and checks that its one event names exactly want
+ * (ids given by the lease names in the request order of the fixture). */
+static void expect_named(struct fx *f, struct named *n, const char *json, const char *want)
+{
+	int before = n->events;
+	json_object_put(ok(f, json));
+	assert_int_equal(n->events, before + 1);
+	if (strcmp(n->text, want))
+		fail_msg("%s\n named: %s\n wanted: %s", json, n->text, want);
+}
+
+/*
+ * Each event names exactly the leases it touched: the lease asked about,
+ * and the VMs whose routes and the sessions whose placements another
+ * lease's change moved; nothing else, whatever else is attached.
+ */
+static void test_event_names_touched_leases(void **st)
+{
+	struct fx *f = *st;
+	struct named n = {0};
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, named_cb, &n, &sub), 0);
+	expect_named(f, &n, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"low\",\"priority\":10,"
+			    "\"gp\":6,\"vcpu_count\":1,\"cpus\":\"8\"}}", "vm+ 1 | vm- | vm~ | s+ | s- | s~");
+	expect_named(f, &n, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"other\",\"priority\":10,"
+			    "\"gp\":2,\"vcpu_count\":2,\"cpus\":\"9\"}}", "vm+ 2 | vm- | vm~ | s+ | s- | s~");
+	/* VMs on one CPU share its guest partition: nobody else moves. */
+	expect_named(f, &n, "{\"id\":3,\"method\":\"vm.attach\",\"params\":{\"name\":\"high\",\"priority\":900,"
+			    "\"gp\":7,\"vcpu_count\":1,\"cpus\":\"8\"}}", "vm+ 3 | vm- | vm~ | s+ | s- | s~");
+	expect_named(f, &n, "{\"id\":4,\"method\":\"vm.update\",\"params\":{\"name\":\"high\",\"gp\":1}}",
+		     "vm+ | vm- | vm~ 3 | s+ | s- | s~");
+	expect_named(f, &n, "{\"id\":5,\"method\":\"vm.update\",\"params\":{\"name\":\"other\",\"priority\":20}}",
+		     "vm+ | vm- | vm~ 2 | s+ | s- | s~");
+	/* A VM taking every counter of a session's CPU names the session;
+	 * an update that gives them back names it again. */
+	expect_named(f, &n, "{\"id\":6,\"method\":\"session.start\",\"params\":{\"name\":\"p\",\"priority\":100,"
+			    "\"events\":[\"branches\",\"task-clock\"],\"cpus\":\"0\"}}",
+		     "vm+ | vm- | vm~ | s+ 4 | s- | s~");
+	expect_named(f, &n, "{\"id\":7,\"method\":\"vm.attach\",\"params\":{\"name\":\"big\",\"priority\":900,"
+			    "\"gp\":8,\"vcpu_count\":1,\"cpus\":\"0\"}}", "vm+ 5 | vm- | vm~ | s+ | s- | s~ 4");
+	expect_named(f, &n, "{\"id\":8,\"method\":\"vm.update\",\"params\":{\"name\":\"big\",\"gp\":2}}",
+		     "vm+ | vm- | vm~ 5 | s+ | s- | s~ 4");
+	/* A session preempting a VM: the guaranteed session on CPU 8 takes
+	 * a counter 'low' passed through; 'low' is named, 'high' (one PMC,
+	 * still passed through), 'other' and 'p' are not. */
+	expect_named(f, &n, "{\"id\":9,\"method\":\"session.start\",\"params\":{\"name\":\"g\",\"priority\":950,"
+			    "\"class\":\"guaranteed\",\"events\":[\"branches\",\"cache-misses\",\"branch-misses\"],"
+			    "\"cpus\":\"8\"}}",
+		     "vm+ | vm- | vm~ 1 | s+ 6 | s- | s~");
+	/* Software events only: no plan change, and still a new session. */
+	expect_named(f, &n, "{\"id\":10,\"method\":\"session.start\",\"params\":{\"name\":\"soft\","
+			    "\"events\":[\"task-clock\"],\"cpus\":\"1\"}}", "vm+ | vm- | vm~ | s+ 7 | s- | s~");
+	assert_int_equal(n.n_changes, 0);
+	expect_named(f, &n, "{\"id\":11,\"method\":\"session.stop\",\"params\":{\"name\":\"soft\"}}",
+		     "vm+ | vm- | vm~ | s+ | s- 7 | s~");
+	assert_int_equal(n.n_changes, 0);
+	/* Stopping 'g' gives 'low' its counter back. */
+	expect_named(f, &n, "{\"id\":12,\"method\":\"session.stop\",\"params\":{\"name\":\"g\"}}",
+		     "vm+ | vm- | vm~ 1 | s+ | s- 6 | s~");
+	expect_named(f, &n, "{\"id\":13,\"method\":\"vm.update\",\"params\":{\"name\":\"big\",\"gp\":8}}",
+		     "vm+ | vm- | vm~ 5 | s+ | s- | s~ 4");
+	expect_named(f, &n, "{\"id\":14,\"method\":\"vm.detach\",\"params\":{\"name\":\"big\"}}",
+		     "vm+ | vm- 5 | vm~ | s+ | s- | s~ 4");
+	expect_named(f, &n, "{\"id\":15,\"method\":\"vm.detach\",\"params\":{\"name\":\"other\"}}",
+		     "vm+ | vm- 2 | vm~ | s+ | s- | s~");
+	expect_named(f, &n, "{\"id\":16,\"method\":\"session.stop\",\"params\":{\"name\":\"p\"}}",
+		     "vm+ | vm- | vm~ | s+ | s- 4 | s~");
+	assert_int_equal(vm_id(f, "low"), 1);
+	assert_int_equal(vm_id(f, "high"), 3);
+	broker_unsubscribe(f->b, sub);
+}
+
+/* Binding changes the lease's Owner and no plan: the event names it alone. */
+static void test_event_names_bound_vm(void **st)
+{
+	struct fx *f = *st;
+	if (access("/dev/kvm", R_OK | W_OK) != 0)
+		skip();
+	int vm_fd = -1;
+	pid_t pid = spawn_fake_vmm(&vm_fd);
+	if (!pid)
+		skip();
+	struct named n = {0};
+	uint64_t sub;
+	char req[256], want[128];
+	json_object_put(ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"a\",\"gp\":2,"
+			      "\"vcpu_count\":1,\"cpus\":\"2\"}}"));
+	json_object_put(ok(f, "{\"id\":2,\"method\":\"vm.attach\",\"params\":{\"name\":\"b\",\"gp\":2,"
+			      "\"vcpu_count\":1,\"cpus\":\"2\"}}"));
+	assert_int_equal(broker_subscribe(f->b, named_cb, &n, &sub), 0);
+	snprintf(req, sizeof(req), "{\"id\":3,\"method\":\"vm.bind\",\"params\":{\"name\":\"b\",\"pid\":%d}}", (int)pid);
+	snprintf(want, sizeof(want), "vm+ | vm- | vm~ %" PRIu64 " | s+ | s- | s~", vm_id(f, "b"));
+	expect_named(f, &n, req, want);
+	assert_int_equal(n.n_changes, 0);
+	broker_unsubscribe(f->b, sub);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+}
+
 /* ------------------------------------------------------------ connections */
 
 static int n_vms_named(struct fx *f, const char *name)
@@ -1911,6 +2048,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_state_moved_aside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_releases_lease, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_event_names_touched_leases, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_event_names_bound_vm, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_conn_close_releases_following_leases, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_on_closed_conn_creates_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authorization_per_door, setup, teardown),

@@ -83,6 +83,11 @@ struct broker_session {
 	struct perf_event_desc *events;  /* spec.n_events */
 	int *arb_index;                  /* per event: index among hardware events, -1 software */
 	unsigned n_hw;
+	/* Per hardware event, what the plan gave it when watchers last heard:
+	 * a session whose grants differ after a change is named in the event
+	 * (struct broker_event), one whose grants are the same is not. */
+	struct grant_sig *seen;
+	bool seen_valid;
 	struct psess *ps;
 	uint64_t started_usec;           /* CLOCK_REALTIME */
 	struct broker *b;
@@ -117,6 +122,30 @@ struct cpus_entry {
 struct cpus_table {
 	struct cpus_entry **buckets;
 	size_t cap, n;                 /* cap: 0 or a power of two */
+};
+
+/* What a session event's view is made of (broker_session_event): equal
+ * signatures, equal views. */
+struct grant_sig {
+	bool dedicated;
+	unsigned n_dedicated, n_kept_for_guests;
+	int kept_cpu;
+	uint64_t kept_vm_id;
+	double share;
+};
+
+/* The leases a change touched, as its caller knows them; 0: none. Route
+ * changes of other VMs and grant changes of sessions are found by
+ * emit_event itself. */
+struct touched {
+	uint64_t vm_added, vm_removed, vm_changed;
+	uint64_t session_added, session_removed;
+};
+
+/* A growable array of ids. */
+struct ids {
+	uint64_t *v;
+	size_t n, cap;
 };
 
 struct broker_sub {
@@ -176,6 +205,10 @@ struct broker {
 	uint64_t event_seq;
 	struct broker_change *changes;   /* the event being delivered */
 	size_t cap_changes;
+	/* Sessions whose grants changed since the last event (sync_sessions),
+	 * and the id arrays of the event being delivered. */
+	struct ids sessions_regranted;
+	struct ids ev_vms_changed, ev_sessions_changed;
 
 	uint64_t started_usec;
 	bool restoring;                  /* replaying the store: nothing saved, nobody told */
@@ -780,17 +813,54 @@ static size_t transitions_of(const struct broker *b, const struct transition **t
 	return arb_transitions(b->arb, t);
 }
 
+static int ids_add(struct ids *x, uint64_t id)
+{
+	uint64_t *v = grow(x->v, &x->cap, x->n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	x->v = v;
+	x->v[x->n++] = id;
+	return 0;
+}
+
+static int cmp_u64(const void *pa, const void *pb)
+{
+	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+	return a < b ? -1 : a > b;
+}
+
+/* Sorts, drops repeats and the ids a and b (0: none). */
+static void ids_settle(struct ids *x, uint64_t a, uint64_t b)
+{
+	if (x->n == 0)
+		return;
+	qsort(x->v, x->n, sizeof(*x->v), cmp_u64);
+	size_t k = 0;
+	for (size_t i = 0; i < x->n; i++)
+		if (x->v[i] != a && x->v[i] != b && (k == 0 || x->v[k - 1] != x->v[i]))
+			x->v[k++] = x->v[i];
+	x->n = k;
+}
+
 /*
  * with_plan: the event carries the arbiter's last transitions; without,
- * it says a lease changed (bound to its VMM) while the plan did not.
- * gone_id / gone_name: a VM released just before, so that its route steps
- * still carry its name.
+ * it says a lease changed (bound to its VMM, or a session without
+ * hardware events came or went) while the plan did not. what names the
+ * leases the caller added, removed or changed; gone_name is the name of
+ * the VM removed just before, so that its route steps still carry it.
  */
-static void emit_event(struct broker *b, const char *reason, bool with_plan, uint64_t gone_id,
+static void emit_event(struct broker *b, const char *reason, bool with_plan, const struct touched *what,
 		       const char *gone_name)
 {
-	if (b->restoring || (b->n_subs == 0 && !b->change_hook))
+	static const struct touched nothing;
+	struct ids *regranted = &b->sessions_regranted;
+	struct ids *vms_changed = &b->ev_vms_changed, *sessions_changed = &b->ev_sessions_changed;
+	if (!what)
+		what = &nothing;
+	if (b->restoring || (b->n_subs == 0 && !b->change_hook)) {
+		regranted->n = 0;
 		return;
+	}
 	const struct transition *t;
 	size_t n = with_plan ? transitions_of(b, &t) : 0;
 	if (n > b->cap_changes) {
@@ -802,6 +872,8 @@ static void emit_event(struct broker *b, const char *reason, bool with_plan, uin
 		b->changes = c;
 		b->cap_changes = n;
 	}
+	vms_changed->n = 0;
+	int r = what->vm_changed ? ids_add(vms_changed, what->vm_changed) : 0;
 	for (size_t i = 0; i < n; i++) {
 		struct broker_change *c = &b->changes[i];
 		*c = (struct broker_change){ .phase = t[i].phase, .partition = t[i].kind == TRANSITION_PARTITION,
@@ -815,13 +887,33 @@ static void emit_event(struct broker *b, const char *reason, bool with_plan, uin
 			continue;
 		}
 		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
-		c->vm = v ? v->name : t[i].vm_id == gone_id && gone_name ? gone_name : "?";
+		c->vm = v ? v->name : t[i].vm_id == what->vm_removed && gone_name ? gone_name : "?";
 		c->vcpu = t[i].vcpu;
 		present_routes(b, t[i].gp_route, t[i].fixed_route, c->gp, c->fixed);
+		if (r >= 0 && (i == 0 || t[i - 1].kind != TRANSITION_ROUTES || t[i - 1].vm_id != t[i].vm_id))
+			r = ids_add(vms_changed, t[i].vm_id);
 	}
+	/* Takes the regranted sessions over: the next event starts afresh. */
+	struct ids tmp = *sessions_changed;
+	*sessions_changed = *regranted;
+	*regranted = tmp;
+	regranted->n = 0;
+	if (r < 0) {
+		log_err("%s: out of memory: watchers miss this change", reason);
+		return;
+	}
+	ids_settle(vms_changed, what->vm_added, what->vm_removed);
+	ids_settle(sessions_changed, what->session_added, what->session_removed);
 	struct broker_event ev = { .seq = ++b->event_seq, .generation = arb_generation(b->arb),
 				   .flavour = broker_flavour_name(b->flavour), .routes = broker_routes_kind(b),
-				   .reason = reason, .n_changes = n, .changes = b->changes };
+				   .reason = reason, .n_changes = n, .changes = b->changes,
+				   .vms_added = &what->vm_added, .n_vms_added = what->vm_added != 0,
+				   .vms_removed = &what->vm_removed, .n_vms_removed = what->vm_removed != 0,
+				   .vms_changed = vms_changed->v, .n_vms_changed = vms_changed->n,
+				   .sessions_added = &what->session_added, .n_sessions_added = what->session_added != 0,
+				   .sessions_removed = &what->session_removed,
+				   .n_sessions_removed = what->session_removed != 0,
+				   .sessions_changed = sessions_changed->v, .n_sessions_changed = sessions_changed->n };
 	if (b->change_hook)
 		b->change_hook(&ev, b->change_hook_ud);
 	/* A subscriber may unsubscribe itself or others from inside its
@@ -843,9 +935,9 @@ static void emit_event(struct broker *b, const char *reason, bool with_plan, uin
 			}
 }
 
-static void emit(struct broker *b, const char *reason)
+static void emit(struct broker *b, const char *reason, const struct touched *what)
 {
-	emit_event(b, reason, true, 0, NULL);
+	emit_event(b, reason, true, what, NULL);
 }
 
 int broker_subscribe(struct broker *b, broker_event_fn fn, void *userdata, uint64_t *sub_id)
@@ -1320,18 +1412,37 @@ static int apply_last(struct broker *b, char *why, size_t whylen)
 	return r;
 }
 
-/* Keeps every session's events on the placements the plan now gives. */
+/* Field by field: the struct has padding. */
+static bool grant_sig_equal(const struct grant_sig *a, const struct grant_sig *b)
+{
+	return a->dedicated == b->dedicated && a->n_dedicated == b->n_dedicated &&
+	       a->n_kept_for_guests == b->n_kept_for_guests && a->kept_cpu == b->kept_cpu &&
+	       a->kept_vm_id == b->kept_vm_id && a->share == b->share;
+}
+
+/* Keeps every session's events on the placements the plan now gives, and
+ * notes the sessions whose grants changed for the next event. */
 static void sync_sessions(struct broker *b)
 {
 	for (size_t i = 0; i < b->n_sessions; i++) {
 		struct broker_session *s = b->sessions[i];
-		if (!s->ps || s->n_hw == 0)
+		if (s->n_hw == 0)
 			continue;
+		bool regranted = false;
 		for (uint32_t e = 0; e < s->spec.n_events; e++) {
 			if (s->arb_index[e] < 0)
 				continue;
 			struct arb_event_grant g;
 			if (arb_session_event(b->arb, s->id, (unsigned)s->arb_index[e], &g) < 0)
+				continue;
+			struct grant_sig sig = { .dedicated = g.dedicated, .n_dedicated = g.n_dedicated,
+						 .n_kept_for_guests = g.n_kept_for_guests, .kept_cpu = g.kept_cpu,
+						 .kept_vm_id = g.kept_vm_id, .share = g.share };
+			struct grant_sig *seen = &s->seen[s->arb_index[e]];
+			if (s->seen_valid && !grant_sig_equal(seen, &sig))
+				regranted = true;
+			*seen = sig;
+			if (!s->ps)
 				continue;
 			enum perf_session_placement want = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
 			int r = perf_session_set_placement(s->ps, e, want);
@@ -1339,12 +1450,19 @@ static void sync_sessions(struct broker *b)
 				log_warn("session %s: moving %s to %s failed: %s session=%s", s->spec.name,
 					 s->spec.events[e], perf_session_placement_name(want), strerror(-r), s->spec.name);
 		}
+		s->seen_valid = true;
+		/* Out of memory: the session is not named, as if unchanged;
+		 * the log says so. */
+		if (regranted && ids_add(&b->sessions_regranted, s->id) < 0)
+			log_err("session %s: out of memory: watchers may miss its new placements session=%s",
+				s->spec.name, s->spec.name);
 	}
 }
 
 /* After an accepted arbiter change that is durable already: KVM, then
  * sessions, then watchers. On failure the caller undoes the change. */
-static int apply_change(struct broker *b, const char *reason, struct proto_error *err)
+static int apply_change(struct broker *b, const char *reason, const struct touched *what,
+			struct proto_error *err)
 {
 	char why[BROKER_WHY];
 	int r = apply_last(b, why, sizeof(why));
@@ -1353,7 +1471,7 @@ static int apply_change(struct broker *b, const char *reason, struct proto_error
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "%s", why);
 	}
 	sync_sessions(b);
-	emit(b, reason);
+	emit(b, reason, what);
 	log_info("%s: generation %" PRIu64 ", %zu transitions", reason, arb_generation(b->arb),
 		 transitions_of(b, &(const struct transition *){0}));
 	return 0;
@@ -1714,7 +1832,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	}
 	char reason[128];
 	snprintf(reason, sizeof(reason), "vm.attach %s", a->name);
-	r = apply_change(b, reason, err);
+	r = apply_change(b, reason, &(struct touched){ .vm_added = v->id }, err);
 	if (r < 0) {
 		/* The port may hold part of it: follow the undo back, then take
 		 * the lease off the disk again. */
@@ -1786,7 +1904,7 @@ static int vm_release(struct broker *b, struct broker_vm *v, const char *reason,
 		resync_later(b, STATE_VM, name);
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "vm released %s", name);
-	emit_event(b, ev, true, id, name);
+	emit_event(b, ev, true, &(struct touched){ .vm_removed = id }, name);
 	log_notice("vm %s released: %s vm=%s", name, reason, name);
 	return 0;
 }
@@ -1911,7 +2029,7 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 		declare_vcpu_cpus(b, v);
 	char reason[128];
 	snprintf(reason, sizeof(reason), "vm.update %s", u->name);
-	r = apply_change(b, reason, err);
+	r = apply_change(b, reason, &(struct touched){ .vm_changed = v->id }, err);
 	if (r < 0) {
 		if (u->has_vcpus)
 			cpus_release_all(b, v->vcpus, v->n_vcpus);
@@ -1989,7 +2107,7 @@ int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct
 	/* Doors that mirror leases (D-Bus Owner) learn of it. */
 	char ev[160];
 	snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
-	emit_event(b, ev, false, 0, NULL);
+	emit_event(b, ev, false, &(struct touched){ .vm_changed = v->id }, NULL);
 	if (generation)
 		*generation = arb_generation(b->arb);
 	return 0;
@@ -2010,6 +2128,7 @@ static void session_free(struct broker_session *s)
 	free(s->spec.events);
 	free(s->events);
 	free(s->arb_index);
+	free(s->seen);
 	free(s);
 }
 
@@ -2055,7 +2174,9 @@ static int session_stop_internal(struct broker *b, struct broker_session *s, con
 		resync_later(b, STATE_SESSION, name);
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "session stopped %s", name);
-	emit(b, ev);
+	/* Without hardware events the plan did not change: the arbiter's
+	 * last transitions are another change's. */
+	emit_event(b, ev, in_arb, &(struct touched){ .session_removed = id }, NULL);
 	log_notice("session %s stopped: %s session=%s", name, reason, name);
 	return 0;
 }
@@ -2098,9 +2219,10 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 	s->spec.events = calloc(q->n_events, sizeof(char *));
 	s->events = calloc(q->n_events, sizeof(*s->events));
 	s->arb_index = calloc(q->n_events, sizeof(int));
+	s->seen = calloc(q->n_events, sizeof(*s->seen));
 	s->owner_pid = q->owner_pid ? q->owner_pid : c->pid;
 	s->started_usec = now_usec(CLOCK_REALTIME);
-	if (!s->spec.events || !s->events || !s->arb_index)
+	if (!s->spec.events || !s->events || !s->arb_index || !s->seen)
 		return oom(err);
 	for (uint32_t i = 0; i < q->n_events; i++) {
 		if (!(s->spec.events[i] = strdup(q->events[i] ? q->events[i] : "")))
@@ -2228,7 +2350,7 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 	}
 	char reason[128];
 	snprintf(reason, sizeof(reason), "session.start %s", q->name);
-	if (s->n_hw && (r = apply_change(b, reason, err)) < 0) {
+	if (s->n_hw && (r = apply_change(b, reason, &(struct touched){ .session_added = s->id }, err)) < 0) {
 		/* Saved, then the port failed: follow the undo back and take the
 		 * lease off the disk again. */
 		session_unlist(b, s);
@@ -2239,6 +2361,9 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 			resync_later(b, STATE_SESSION, s->spec.name);
 		return r;
 	}
+	/* Software events only: the plan is as it was, the session is new. */
+	if (!s->n_hw)
+		emit_event(b, reason, false, &(struct touched){ .session_added = s->id }, NULL);
 	{
 		_cleanup_free_ char *cpus_text = s->spec.has_cpus ? cpulist_to_text(&s->spec.cpus) : NULL;
 		log_notice("session %s started: %u events (%u on hardware counters), %s%s, owner pid %d session=%s uid=%u",
@@ -2527,6 +2652,16 @@ int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_vi
 	return 0;
 }
 
+int broker_vm_find_id(const struct broker *b, uint64_t id, struct broker_vm_view *out)
+{
+	const struct broker_vm *v = vm_by_id(b, id);
+	if (!v)
+		return -ENOENT;
+	if (out)
+		vm_view(b, v, out);
+	return 0;
+}
+
 int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct broker_vcpu_view *out)
 {
 	const struct broker_vm *v = vm_by_id(b, vm_id);
@@ -2654,6 +2789,16 @@ void broker_session_at(const struct broker *b, size_t i, struct broker_session_v
 int broker_session_find(const struct broker *b, const char *name, struct broker_session_view *out)
 {
 	const struct broker_session *s = find_session(b, name);
+	if (!s)
+		return -ENOENT;
+	if (out)
+		session_view(s, out);
+	return 0;
+}
+
+int broker_session_find_id(const struct broker *b, uint64_t id, struct broker_session_view *out)
+{
+	const struct broker_session *s = session_by_id(b, id);
 	if (!s)
 		return -ENOENT;
 	if (out)
@@ -2861,6 +3006,9 @@ struct broker *broker_free(struct broker *b)
 	free(b->cpus.buckets); /* every entry went with its last lease */
 	free(b->subs);
 	free(b->changes);
+	free(b->sessions_regranted.v);
+	free(b->ev_vms_changed.v);
+	free(b->ev_sessions_changed.v);
 	free(b->host);
 	free(b->guest_cache);
 	free(b->guest_next);

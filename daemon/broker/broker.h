@@ -342,6 +342,8 @@ size_t broker_vm_count(const struct broker *b);
 void broker_vm_at(const struct broker *b, size_t i, struct broker_vm_view *out);
 /* -ENOENT; out may be NULL to ask whether the lease exists. */
 int broker_vm_find(const struct broker *b, const char *name, struct broker_vm_view *out);
+/* The same by lease id (as events name leases). */
+int broker_vm_find_id(const struct broker *b, uint64_t id, struct broker_vm_view *out);
 int broker_vm_vcpu(const struct broker *b, uint64_t vm_id, uint32_t vcpu, struct broker_vcpu_view *out);
 int broker_vm_guest(const struct broker *b, uint64_t vm_id, struct broker_guest_view *out);
 /* Whether any vCPU of the VM may run on one of cpus. */
@@ -388,6 +390,7 @@ size_t broker_session_count(const struct broker *b);
 void broker_session_at(const struct broker *b, size_t i, struct broker_session_view *out);
 /* -ENOENT; out may be NULL. */
 int broker_session_find(const struct broker *b, const char *name, struct broker_session_view *out);
+int broker_session_find_id(const struct broker *b, uint64_t id, struct broker_session_view *out);
 int broker_session_event(const struct broker *b, uint64_t session_id, uint32_t e,
 			 struct broker_event_view *out);
 bool broker_session_on_cpus(const struct broker *b, uint64_t session_id, const struct cpulist *cpus);
@@ -460,8 +463,30 @@ struct broker_event {
 	const char *flavour;           /* as in broker_status: what the routes below mean */
 	const char *routes;
 	const char *reason;
-	size_t n_changes;              /* 0: a lease changed (bound) and the plan did not */
+	size_t n_changes;              /* 0: a lease changed (bound, or a session without hardware
+					* events came or went) and the plan did not */
 	const struct broker_change *changes;
+	/*
+	 * The leases this event touched, by id (broker_vm_view.id,
+	 * broker_session_view.id), so that a watcher that mirrors leases
+	 * (the D-Bus door) looks at these alone: a lease named in none of
+	 * the arrays looks as it did at the previous event. Each array is
+	 * sorted and without repeats, and an id is in at most one of a
+	 * kind's three arrays. Borrowed for the duration of the callback.
+	 *  - added: attached or started by this change; removed: detached,
+	 *    released or stopped (no longer found by id).
+	 *  - vms_changed: its view (update, bind) or the routes of one of
+	 *    its vCPUs changed; a plan change names every VM its route steps
+	 *    name, whichever lease's change caused them (a session
+	 *    preempting a VM's counters names that VM).
+	 *  - sessions_changed: the placement, dedicated CPUs, share or
+	 *    reason of one of its events changed (broker_session_event),
+	 *    whichever lease's change caused it.
+	 */
+	const uint64_t *vms_added, *vms_removed, *vms_changed;
+	size_t n_vms_added, n_vms_removed, n_vms_changed;
+	const uint64_t *sessions_added, *sessions_removed, *sessions_changed;
+	size_t n_sessions_added, n_sessions_removed, n_sessions_changed;
 };
 /* fn gets each event, borrowed for the duration of the call. A subscriber
  * may unsubscribe from inside its callback. */

@@ -63,6 +63,17 @@ struct call {
 	sd_bus_slot *slot;          /* the polkit question, while it is open */
 };
 
+struct id_set {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+/* Snapshots by lease id: pointers sorted by id (snap_pos). */
+struct snap_map {
+	void **v;
+	size_t n, cap;
+};
+
 /* What an exported object showed when its signals were last sent: only to
  * tell which properties changed, never read by a getter. */
 struct vm_snap {
@@ -108,11 +119,15 @@ struct dbus_service {
 	struct call **pending;      /* waiting for polkit */
 	size_t n_pending;
 	bool synced;                /* the snapshots below exist */
-	struct vm_snap *vms;        /* sorted by id */
-	size_t n_vms;
-	struct session_snap *sessions; /* sorted by id */
-	size_t n_sessions;
+	/* Maps from lease id to what its object showed, sorted by id: an
+	 * event names the leases it touched, and only those are read again
+	 * from the broker and compared, whatever the number of leases. */
+	struct snap_map vms;        /* of struct vm_snap */
+	struct snap_map sessions;   /* of struct session_snap */
 	uint64_t generation;
+	/* The leases broker events named since the last flush. */
+	struct id_set dirty_vms, dirty_sessions;
+	bool dirty_all;             /* a name was lost (out of memory): walk every lease */
 };
 
 static void flush(struct dbus_service *s);
@@ -2002,33 +2017,116 @@ static const sd_bus_vtable manager_vtable[] = {
 
 /* ------------------------------------------------- snapshots and signals */
 
-static int cmp_id(uint64_t a, uint64_t b)
+static int id_set_add(struct id_set *x, const uint64_t *ids, size_t n)
 {
+	if (n == 0)
+		return 0;
+	if (x->n + n > x->cap) {
+		size_t cap = x->cap ? x->cap : 16;
+		while (cap < x->n + n)
+			cap *= 2;
+		uint64_t *v = realloc(x->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		x->v = v;
+		x->cap = cap;
+	}
+	memcpy(x->v + x->n, ids, n * sizeof(*ids));
+	x->n += n;
+	return 0;
+}
+
+static int cmp_u64(const void *pa, const void *pb)
+{
+	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
 	return a < b ? -1 : a > b;
 }
 
-static int vm_snap_cmp(const void *a, const void *b)
+/* Sorted, without repeats. */
+static void id_set_settle(struct id_set *x)
 {
-	return cmp_id(((const struct vm_snap *)a)->id, ((const struct vm_snap *)b)->id);
+	if (x->n == 0)
+		return;
+	qsort(x->v, x->n, sizeof(*x->v), cmp_u64);
+	size_t k = 0;
+	for (size_t i = 0; i < x->n; i++)
+		if (k == 0 || x->v[k - 1] != x->v[i])
+			x->v[k++] = x->v[i];
+	x->n = k;
 }
 
-static int session_snap_cmp(const void *a, const void *b)
+static void id_set_drop_front(struct id_set *x, size_t k)
 {
-	return cmp_id(((const struct session_snap *)a)->id, ((const struct session_snap *)b)->id);
+	if (k == 0)
+		return;
+	memmove(x->v, x->v + k, (x->n - k) * sizeof(*x->v));
+	x->n -= k;
 }
 
-static void vm_snaps_free(struct vm_snap *v, size_t n)
+static void vm_snap_free(struct vm_snap *v)
 {
-	for (size_t i = 0; v && i < n; i++)
-		free(v[i].routes);
+	if (v)
+		free(v->routes);
 	free(v);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct vm_snap *, vm_snap_free)
 
-static void session_snaps_free(struct session_snap *v, size_t n)
+static void session_snap_free(struct session_snap *v)
 {
-	for (size_t i = 0; v && i < n; i++)
-		free(v[i].events);
+	if (v)
+		free(v->events);
 	free(v);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct session_snap *, session_snap_free)
+
+/*
+ * Leases arrive with increasing ids, so adding one appends; removing one
+ * moves pointers only. *pos: where id is, or where it would go.
+ */
+static bool snap_pos(const struct snap_map *m, uint64_t id, uint64_t (*id_of)(const void *), size_t *pos)
+{
+	size_t lo = 0, hi = m->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (id_of(m->v[mid]) < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*pos = lo;
+	return lo < m->n && id_of(m->v[lo]) == id;
+}
+
+static uint64_t vm_snap_id(const void *p)
+{
+	return ((const struct vm_snap *)p)->id;
+}
+
+static uint64_t session_snap_id(const void *p)
+{
+	return ((const struct session_snap *)p)->id;
+}
+
+static int snap_insert(struct snap_map *m, size_t pos, void *item)
+{
+	if (m->n == m->cap) {
+		size_t ncap = m->cap ? m->cap * 2 : 64;
+		void **a = realloc(m->v, ncap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		m->v = a;
+		m->cap = ncap;
+	}
+	memmove(m->v + pos + 1, m->v + pos, (m->n - pos) * sizeof(*m->v));
+	m->v[pos] = item;
+	m->n++;
+	return 0;
+}
+
+static void snap_remove(struct snap_map *m, size_t pos)
+{
+	memmove(m->v + pos, m->v + pos + 1, (m->n - pos - 1) * sizeof(*m->v));
+	m->n--;
 }
 
 /* The Routes property's content as bytes, per vCPU: its CPUs (as far as
@@ -2063,75 +2161,44 @@ static int routes_bytes(const struct dbus_service *s, const struct broker_vm_vie
 	return 0;
 }
 
-static int snap_vms(const struct dbus_service *s, struct vm_snap **out, size_t *n_out)
+static int snap_vm(const struct dbus_service *s, const struct broker_vm_view *vv, struct vm_snap **out)
 {
-	size_t n = broker_vm_count(s->broker);
-	struct vm_snap *v = calloc(n ? n : 1, sizeof(*v));
+	_cleanup_(vm_snap_freep) struct vm_snap *v = calloc(1, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view vv;
-		broker_vm_at(s->broker, i, &vv);
-		v[i] = (struct vm_snap){ .id = vv.id, .priority = vv.priority, .gp = vv.gp,
-					 .fixed_mask = vv.fixed_mask, .cls = vv.cls, .bound = vv.bound,
-					 .vmm_pid = vv.bound ? vv.vmm_pid : 0, .vm_fd = vv.bound ? vv.vm_fd : -1,
-					 .passthrough_vcpus = vv.passthrough_vcpus };
-		memcpy(v[i].vcpus_by_route, vv.vcpus_by_route, sizeof(v[i].vcpus_by_route));
-		snprintf(v[i].name, sizeof(v[i].name), "%s", vv.name);
-		int r = routes_bytes(s, &vv, &v[i]);
-		if (r < 0) {
-			vm_snaps_free(v, i);
-			return r;
-		}
-	}
-	qsort(v, n, sizeof(*v), vm_snap_cmp);
-	*out = v;
-	*n_out = n;
+	*v = (struct vm_snap){ .id = vv->id, .priority = vv->priority, .gp = vv->gp, .fixed_mask = vv->fixed_mask,
+			       .cls = vv->cls, .bound = vv->bound, .vmm_pid = vv->bound ? vv->vmm_pid : 0,
+			       .vm_fd = vv->bound ? vv->vm_fd : -1, .passthrough_vcpus = vv->passthrough_vcpus };
+	memcpy(v->vcpus_by_route, vv->vcpus_by_route, sizeof(v->vcpus_by_route));
+	snprintf(v->name, sizeof(v->name), "%s", vv->name);
+	int r = routes_bytes(s, vv, v);
+	if (r < 0)
+		return r;
+	*out = TAKE_PTR(v);
 	return 0;
 }
 
-static int snap_sessions(const struct dbus_service *s, struct session_snap **out, size_t *n_out)
+static int snap_session(const struct dbus_service *s, const struct broker_session_view *sv,
+			struct session_snap **out)
 {
-	size_t n = broker_session_count(s->broker);
-	struct session_snap *v = calloc(n ? n : 1, sizeof(*v));
+	_cleanup_(session_snap_freep) struct session_snap *v = calloc(1, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		struct broker_session_view sv;
-		broker_session_at(s->broker, i, &sv);
-		v[i].id = sv.id;
-		snprintf(v[i].name, sizeof(v[i].name), "%s", sv.name);
-		v[i].events = calloc(sv.n_events ? sv.n_events : 1, sizeof(*v[i].events));
-		if (!v[i].events) {
-			session_snaps_free(v, i);
-			return -ENOMEM;
-		}
-		v[i].n_events = sv.n_events;
-		for (uint32_t e = 0; e < sv.n_events; e++) {
-			struct broker_event_view ev;
-			if (broker_session_event(s->broker, sv.id, e, &ev) < 0)
-				continue;
-			v[i].events[e] = (struct event_snap){ .placement = ev.placement,
-							      .dedicated_cpus = ev.dedicated_cpus, .share = ev.share };
-			snprintf(v[i].events[e].reason, sizeof(v[i].events[e].reason), "%s", ev.reason);
-		}
+	v->id = sv->id;
+	snprintf(v->name, sizeof(v->name), "%s", sv->name);
+	if (!(v->events = calloc(sv->n_events ? sv->n_events : 1, sizeof(*v->events))))
+		return -ENOMEM;
+	v->n_events = sv->n_events;
+	for (uint32_t e = 0; e < sv->n_events; e++) {
+		struct broker_event_view ev;
+		if (broker_session_event(s->broker, sv->id, e, &ev) < 0)
+			continue;
+		v->events[e] = (struct event_snap){ .placement = ev.placement, .dedicated_cpus = ev.dedicated_cpus,
+						    .share = ev.share };
+		snprintf(v->events[e].reason, sizeof(v->events[e].reason), "%s", ev.reason);
 	}
-	qsort(v, n, sizeof(*v), session_snap_cmp);
-	*out = v;
-	*n_out = n;
+	*out = TAKE_PTR(v);
 	return 0;
-}
-
-static const struct vm_snap *vm_snap_find(const struct vm_snap *v, size_t n, uint64_t id)
-{
-	struct vm_snap key = { .id = id };
-	return n ? bsearch(&key, v, n, sizeof(*v), vm_snap_cmp) : NULL;
-}
-
-static const struct session_snap *session_snap_find(const struct session_snap *v, size_t n, uint64_t id)
-{
-	struct session_snap key = { .id = id };
-	return n ? bsearch(&key, v, n, sizeof(*v), session_snap_cmp) : NULL;
 }
 
 static void emit_objects(struct dbus_service *s, const char *prefix, const char *name, const char *iface,
@@ -2159,109 +2226,192 @@ static void emit_changed(struct dbus_service *s, const char *prefix, const char 
 		log_warn("dbus: cannot announce changes of %s: %s", name, strerror(-r));
 }
 
-static void diff_vms(struct dbus_service *s, const struct vm_snap *now, size_t n)
+static void diff_vm(struct dbus_service *s, const struct vm_snap *a, const struct vm_snap *b)
 {
-	for (size_t i = 0; i < s->n_vms; i++)
-		if (!vm_snap_find(now, n, s->vms[i].id))
-			emit_objects(s, PATH_VM, s->vms[i].name, IFACE_VM, false);
-	for (size_t i = 0; i < n; i++) {
-		const struct vm_snap *a = vm_snap_find(s->vms, s->n_vms, now[i].id), *b = &now[i];
-		char *props[9];
-		size_t k = 0;
-		if (!a) {
-			emit_objects(s, PATH_VM, b->name, IFACE_VM, true);
-			continue;
-		}
-		if (a->priority != b->priority)
-			props[k++] = "Priority";
-		if (a->cls != b->cls)
-			props[k++] = "Class";
-		if (a->gp != b->gp)
-			props[k++] = "GeneralCounters";
-		if (a->fixed_mask != b->fixed_mask)
-			props[k++] = "FixedCounterMask";
-		if (a->bound != b->bound || a->vmm_pid != b->vmm_pid || a->vm_fd != b->vm_fd)
-			props[k++] = "Owner";
-		if (a->passthrough_vcpus != b->passthrough_vcpus)
-			props[k++] = "PassthroughVcpus";
-		if (memcmp(a->vcpus_by_route, b->vcpus_by_route, sizeof(a->vcpus_by_route)))
-			props[k++] = "Granted";
-		if (a->routes_len != b->routes_len || memcmp(a->routes, b->routes, a->routes_len))
-			props[k++] = "Routes";
-		props[k] = NULL;
-		emit_changed(s, PATH_VM, b->name, IFACE_VM, props);
-	}
+	char *props[9];
+	size_t k = 0;
+	if (a->priority != b->priority)
+		props[k++] = "Priority";
+	if (a->cls != b->cls)
+		props[k++] = "Class";
+	if (a->gp != b->gp)
+		props[k++] = "GeneralCounters";
+	if (a->fixed_mask != b->fixed_mask)
+		props[k++] = "FixedCounterMask";
+	if (a->bound != b->bound || a->vmm_pid != b->vmm_pid || a->vm_fd != b->vm_fd)
+		props[k++] = "Owner";
+	if (a->passthrough_vcpus != b->passthrough_vcpus)
+		props[k++] = "PassthroughVcpus";
+	if (memcmp(a->vcpus_by_route, b->vcpus_by_route, sizeof(a->vcpus_by_route)))
+		props[k++] = "Granted";
+	if (a->routes_len != b->routes_len || memcmp(a->routes, b->routes, a->routes_len))
+		props[k++] = "Routes";
+	props[k] = NULL;
+	emit_changed(s, PATH_VM, b->name, IFACE_VM, props);
 }
 
-static void diff_sessions(struct dbus_service *s, const struct session_snap *now, size_t n)
+static void diff_session(struct dbus_service *s, const struct session_snap *a, const struct session_snap *b)
 {
-	for (size_t i = 0; i < s->n_sessions; i++)
-		if (!session_snap_find(now, n, s->sessions[i].id))
-			emit_objects(s, PATH_SESSION, s->sessions[i].name, IFACE_SESSION, false);
-	for (size_t i = 0; i < n; i++) {
-		const struct session_snap *a = session_snap_find(s->sessions, s->n_sessions, now[i].id), *b = &now[i];
-		char *props[3];
-		size_t k = 0;
-		if (!a) {
-			emit_objects(s, PATH_SESSION, b->name, IFACE_SESSION, true);
-			continue;
-		}
-		bool same = a->n_events == b->n_events, same_reasons = same;
-		for (uint32_t e = 0; a->n_events == b->n_events && e < b->n_events; e++) {
-			same = same && a->events[e].placement == b->events[e].placement &&
-			       a->events[e].dedicated_cpus == b->events[e].dedicated_cpus &&
-			       a->events[e].share == b->events[e].share;
-			same_reasons = same_reasons && !strcmp(a->events[e].reason, b->events[e].reason);
-		}
-		if (!same)
-			props[k++] = "Events";
-		if (!same_reasons)
-			props[k++] = "EventReasons";
-		props[k] = NULL;
-		emit_changed(s, PATH_SESSION, b->name, IFACE_SESSION, props);
+	char *props[3];
+	size_t k = 0;
+	bool same = a->n_events == b->n_events, same_reasons = same;
+	for (uint32_t e = 0; a->n_events == b->n_events && e < b->n_events; e++) {
+		same = same && a->events[e].placement == b->events[e].placement &&
+		       a->events[e].dedicated_cpus == b->events[e].dedicated_cpus &&
+		       a->events[e].share == b->events[e].share;
+		same_reasons = same_reasons && !strcmp(a->events[e].reason, b->events[e].reason);
 	}
+	if (!same)
+		props[k++] = "Events";
+	if (!same_reasons)
+		props[k++] = "EventReasons";
+	props[k] = NULL;
+	emit_changed(s, PATH_SESSION, b->name, IFACE_SESSION, props);
 }
 
 /*
- * Brings the bus in line with the broker: objects added and removed, and
- * PropertiesChanged for what differs from the last snapshot. Idempotent:
- * a second call with no change in between emits nothing.
+ * Brings one VM's object in line with the broker: added, removed, or
+ * PropertiesChanged for what differs from its snapshot; announce false
+ * (the first sync) only takes the snapshot. Idempotent.
+ */
+static int sync_vm(struct dbus_service *s, uint64_t id, bool announce)
+{
+	size_t pos;
+	bool known = snap_pos(&s->vms, id, vm_snap_id, &pos);
+	struct vm_snap *was = known ? s->vms.v[pos] : NULL;
+	struct broker_vm_view vv;
+	if (broker_vm_find_id(s->broker, id, &vv) < 0) {
+		if (!known)
+			return 0;
+		if (announce)
+			emit_objects(s, PATH_VM, was->name, IFACE_VM, false);
+		vm_snap_free(was);
+		snap_remove(&s->vms, pos);
+		return 0;
+	}
+	_cleanup_(vm_snap_freep) struct vm_snap *now = NULL;
+	int r = snap_vm(s, &vv, &now);
+	if (r < 0)
+		return r;
+	if (known) {
+		if (announce)
+			diff_vm(s, was, now);
+		vm_snap_free(was);
+		s->vms.v[pos] = TAKE_PTR(now);
+		return 0;
+	}
+	if ((r = snap_insert(&s->vms, pos, now)) < 0)
+		return r;
+	if (announce)
+		emit_objects(s, PATH_VM, now->name, IFACE_VM, true);
+	TAKE_PTR(now);
+	return 0;
+}
+
+static int sync_session(struct dbus_service *s, uint64_t id, bool announce)
+{
+	size_t pos;
+	bool known = snap_pos(&s->sessions, id, session_snap_id, &pos);
+	struct session_snap *was = known ? s->sessions.v[pos] : NULL;
+	struct broker_session_view sv;
+	if (broker_session_find_id(s->broker, id, &sv) < 0) {
+		if (!known)
+			return 0;
+		if (announce)
+			emit_objects(s, PATH_SESSION, was->name, IFACE_SESSION, false);
+		session_snap_free(was);
+		snap_remove(&s->sessions, pos);
+		return 0;
+	}
+	_cleanup_(session_snap_freep) struct session_snap *now = NULL;
+	int r = snap_session(s, &sv, &now);
+	if (r < 0)
+		return r;
+	if (known) {
+		if (announce)
+			diff_session(s, was, now);
+		session_snap_free(was);
+		s->sessions.v[pos] = TAKE_PTR(now);
+		return 0;
+	}
+	if ((r = snap_insert(&s->sessions, pos, now)) < 0)
+		return r;
+	if (announce)
+		emit_objects(s, PATH_SESSION, now->name, IFACE_SESSION, true);
+	TAKE_PTR(now);
+	return 0;
+}
+
+/* Every lease the broker holds or the snapshots remember, as ids. */
+static int every_lease(struct dbus_service *s)
+{
+	int r = 0;
+	for (size_t i = 0; r >= 0 && i < broker_vm_count(s->broker); i++) {
+		struct broker_vm_view vv;
+		broker_vm_at(s->broker, i, &vv);
+		r = id_set_add(&s->dirty_vms, &vv.id, 1);
+	}
+	for (size_t i = 0; r >= 0 && i < s->vms.n; i++)
+		r = id_set_add(&s->dirty_vms, &((const struct vm_snap *)s->vms.v[i])->id, 1);
+	for (size_t i = 0; r >= 0 && i < broker_session_count(s->broker); i++) {
+		struct broker_session_view sv;
+		broker_session_at(s->broker, i, &sv);
+		r = id_set_add(&s->dirty_sessions, &sv.id, 1);
+	}
+	for (size_t i = 0; r >= 0 && i < s->sessions.n; i++)
+		r = id_set_add(&s->dirty_sessions, &((const struct session_snap *)s->sessions.v[i])->id, 1);
+	return r;
+}
+
+/*
+ * Brings the bus in line with the broker for the leases events named
+ * since the last call (every lease at the first call, or after a name
+ * was lost): objects added and removed, PropertiesChanged for what
+ * differs from their snapshots, and the manager's counts. Idempotent: a
+ * second call with no change in between emits nothing.
  */
 static void sync_objects(struct dbus_service *s)
 {
-	struct vm_snap *vms = NULL;
-	struct session_snap *sessions = NULL;
-	size_t n_vms = 0, n_sessions = 0;
-	int r = snap_vms(s, &vms, &n_vms);
-	if (r >= 0 && (r = snap_sessions(s, &sessions, &n_sessions)) < 0)
-		vm_snaps_free(vms, n_vms);
+	bool announce = s->synced;
+	size_t n_vms = s->vms.n, n_sessions = s->sessions.n;
+	int r = 0;
+	if (!s->synced || s->dirty_all) {
+		r = every_lease(s);
+		s->dirty_all = r < 0; /* the next flush tries the walk again */
+	}
+	id_set_settle(&s->dirty_vms);
+	id_set_settle(&s->dirty_sessions);
+	/* done_*: how many are in line; on failure the rest, the failed
+	 * one first, wait for the next change. */
+	size_t done_vms = 0, done_sessions = 0;
+	while (r >= 0 && done_vms < s->dirty_vms.n)
+		if ((r = sync_vm(s, s->dirty_vms.v[done_vms], announce)) >= 0)
+			done_vms++;
+	while (r >= 0 && done_sessions < s->dirty_sessions.n)
+		if ((r = sync_session(s, s->dirty_sessions.v[done_sessions], announce)) >= 0)
+			done_sessions++;
 	if (r < 0) {
+		id_set_drop_front(&s->dirty_vms, done_vms);
+		id_set_drop_front(&s->dirty_sessions, done_sessions);
 		log_warn("dbus: cannot follow the broker's objects (%s): their signals wait for the next change",
 			 strerror(-r));
-		return;
+	} else {
+		s->dirty_vms.n = s->dirty_sessions.n = 0;
 	}
 	uint64_t generation = broker_generation(s->broker);
-	if (s->synced) {
-		diff_vms(s, vms, n_vms);
-		diff_sessions(s, sessions, n_sessions);
+	if (announce) {
 		char *props[4];
 		size_t k = 0;
 		if (generation != s->generation)
 			props[k++] = "Generation";
-		if (n_vms != s->n_vms)
+		if (n_vms != s->vms.n)
 			props[k++] = "VmCount";
-		if (n_sessions != s->n_sessions)
+		if (n_sessions != s->sessions.n)
 			props[k++] = "SessionCount";
 		props[k] = NULL;
 		if (k && (r = sd_bus_emit_properties_changed_strv(s->bus, DBUS_SERVICE_PATH, IFACE_MANAGER, props)) < 0)
 			log_warn("dbus: cannot announce the manager's changes: %s", strerror(-r));
 	}
-	vm_snaps_free(s->vms, s->n_vms);
-	session_snaps_free(s->sessions, s->n_sessions);
-	s->vms = vms;
-	s->n_vms = n_vms;
-	s->sessions = sessions;
-	s->n_sessions = n_sessions;
 	s->generation = generation;
 	s->synced = true;
 }
@@ -2312,6 +2462,15 @@ static void on_broker_event(const struct broker_event *ev, void *userdata)
 		s->signals = grown;
 		s->signals[s->n_signals++] = TAKE_PTR(sig);
 	}
+	/* What to look at when flushing: the leases the event names. */
+	const uint64_t *vms[] = { ev->vms_added, ev->vms_removed, ev->vms_changed };
+	const size_t n_vms[] = { ev->n_vms_added, ev->n_vms_removed, ev->n_vms_changed };
+	const uint64_t *sessions[] = { ev->sessions_added, ev->sessions_removed, ev->sessions_changed };
+	const size_t n_sessions[] = { ev->n_sessions_added, ev->n_sessions_removed, ev->n_sessions_changed };
+	for (size_t i = 0; i < 3 && !s->dirty_all; i++)
+		if (id_set_add(&s->dirty_vms, vms[i], n_vms[i]) < 0 ||
+		    id_set_add(&s->dirty_sessions, sessions[i], n_sessions[i]) < 0)
+			s->dirty_all = true;
 	sd_event_source_set_enabled(s->flush_src, SD_EVENT_ONESHOT);
 }
 
@@ -2399,7 +2558,13 @@ void dbus_service_free(struct dbus_service *s)
 		sd_bus_detach_event(s->bus);
 		sd_bus_flush_close_unref(s->bus);
 	}
-	vm_snaps_free(s->vms, s->n_vms);
-	session_snaps_free(s->sessions, s->n_sessions);
+	for (size_t i = 0; i < s->vms.n; i++)
+		vm_snap_free(s->vms.v[i]);
+	free(s->vms.v);
+	for (size_t i = 0; i < s->sessions.n; i++)
+		session_snap_free(s->sessions.v[i]);
+	free(s->sessions.v);
+	free(s->dirty_vms.v);
+	free(s->dirty_sessions.v);
 	free(s);
 }
