@@ -309,6 +309,20 @@ const char *broker_door_name(enum broker_door d)
 	return "?";
 }
 
+const char *broker_route_count_key(enum broker_route r)
+{
+	switch (r) {
+	case BROKER_ROUTE_DISABLED: return "disabled_vcpus";
+	case BROKER_ROUTE_MULTIPLEXED: return "multiplexed_vcpus";
+	case BROKER_ROUTE_PASSTHROUGH: return "passthrough_vcpus";
+	case BROKER_ROUTE_RESERVED: return "reserved_vcpus";
+	case BROKER_ROUTE_AT_RISK: return "at_risk_vcpus";
+	case BROKER_ROUTE_MEDIATED: return "mediated_vcpus";
+	case BROKER_ROUTE_NONE: return "none_vcpus";
+	default: return "unknown_vcpus";
+	}
+}
+
 const char *broker_route_name(enum broker_route r)
 {
 	switch (r) {

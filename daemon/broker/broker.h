@@ -171,6 +171,9 @@ enum broker_route {
 /* "disabled", "multiplexed", "passthrough", "reserved", "at-risk",
  * "mediated", "none" */
 const char *broker_route_name(enum broker_route r);
+/* The result key counting the vCPUs whose weakest route is r
+ * ("reserved_vcpus", "at_risk_vcpus", ...): one name for every door. */
+const char *broker_route_count_key(enum broker_route r);
 /* The routes a PMC a lease asked for may have in flavour f, strongest
  * first (extension: passthrough, multiplexed; perf-based: reserved,
  * at-risk; mediated: mediated; none: none). Returns how many. */

@@ -306,13 +306,8 @@ static void put_grants(struct out *o, const struct broker *b, const unsigned *by
 {
 	enum broker_route routes[2];
 	size_t n = broker_flavour_routes(broker_flavour(b), routes);
-	for (size_t i = 0; i < n; i++) {
-		char key[32]; /* a route name ("at-risk") and "_vcpus" */
-		snprintf(key, sizeof(key), "%s_vcpus", broker_route_name(routes[i]));
-		for (char *c = key; *c; c++)
-			*c = *c == '-' ? '_' : *c;
-		put_x(o, key, by_route[routes[i]]);
-	}
+	for (size_t i = 0; i < n; i++)
+		put_x(o, broker_route_count_key(routes[i]), by_route[routes[i]]);
 }
 
 /* A NULL-terminated list of strings as key -> as. */

@@ -261,12 +261,8 @@ static void put_vcpu_grants(struct json_door_text *t, const struct broker *b, co
 	enum broker_route routes[2];
 	size_t n = broker_flavour_routes(broker_flavour(b), routes);
 	for (size_t i = 0; i < n; i++) {
-		char key[32]; /* a route name ("at-risk") and "_vcpus" */
-		snprintf(key, sizeof(key), "%s_vcpus", broker_route_name(routes[i]));
-		for (char *c = key; *c; c++)
-			*c = *c == '-' ? '_' : *c;
 		sep(t, &first);
-		put_str(t, key);
+		put_str(t, broker_route_count_key(routes[i]));
 		put(t, ":");
 		put_u64(t, by_route[routes[i]]);
 	}
