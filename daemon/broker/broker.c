@@ -1652,10 +1652,18 @@ static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm
 	r = owner_start_time(pid, &start);
 	/* The watch gets its own copy of the pidfd discovery opened, so no pid
 	 * reuse can slip in between. */
-	_cleanup_close_ int watch_fd = r < 0 ? -1 : fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
-	if (r < 0 || watch_fd < 0) {
+	if (r < 0) {
 		vmm_discover_release(&found);
 		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
+	}
+	_cleanup_close_ int watch_fd = fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
+	if (watch_fd < 0) {
+		/* Out of descriptors is vpmud's trouble, not the VMM's: never
+		 * "not found", which a restore takes for a VMM that is gone. */
+		int e = errno;
+		vmm_discover_release(&found);
+		return proto_error_set(err, PROTO_E_INTERNAL, e, field, "VMM pid %d: watching it: %s", (int)pid,
+				       strerror(e));
 	}
 	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found.pidfd,
 				  .vm_fd = found.vm_fd, .n_vcpus = n, .vcpu_tids = tids };
@@ -1668,7 +1676,8 @@ static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm
 	r = owner_watch_new(b->event, pid, TAKE_FD(watch_fd), on_vmm_gone, v, &w);
 	if (r < 0) {
 		kvm_port_unregister_vm(b->port, v->id);
-		return proto_error_set(err, PROTO_E_NOT_FOUND, -r, field, "VMM pid %d: %s", (int)pid, strerror(-r));
+		return proto_error_set(err, r == -ESRCH ? PROTO_E_NOT_FOUND : PROTO_E_INTERNAL, -r, field,
+				       "VMM pid %d: %s", (int)pid, strerror(-r));
 	}
 	declare_vcpu_cpus(b, v);
 	v->bound = true;
@@ -2349,8 +2358,8 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 	}
 	r = owner_watch_new(b->event, s->owner_pid, -1, on_session_owner_gone, s, &s->watch);
 	if (r < 0) {
-		r = proto_error_set(err, PROTO_E_NOT_FOUND, -r, "params.owner_pid", "session owner pid %d: %s",
-				    (int)s->owner_pid, strerror(-r));
+		r = proto_error_set(err, r == -ESRCH ? PROTO_E_NOT_FOUND : PROTO_E_INTERNAL, -r, "params.owner_pid",
+				    "session owner pid %d: %s", (int)s->owner_pid, strerror(-r));
 		goto out_arb;
 	}
 	if (session_insert(b, s) < 0) {
