@@ -332,7 +332,8 @@ int vpmud_run(const struct vpmud_opts *opts)
 				  .kvm_host_summary = d.kvm_summary, .kvm_note = d.kvm_note,
 				  .state_dir = d.cfg.state_dir,
 				  .sysfs_root = opts->sysfs_root, .flavour = d.flavour,
-				  .nmi_watchdog_perf = d.detect.nmi_watchdog_perf };
+				  .nmi_watchdog_perf = d.detect.nmi_watchdog_perf,
+				  .host_mediated = d.detect.flavour == KVM_VPMU_FLAVOUR_MEDIATED };
 	struct proto_error perr = {0};
 	if ((r = broker_new(&bo, &d.broker, &perr)) < 0) {
 		log_err("broker: %s", perr.message);

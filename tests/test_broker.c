@@ -1676,7 +1676,16 @@ static int record_open(void *ctx, struct perf_event_attr *attr, pid_t pid, int c
  * host_pmu: the Ice Lake description stands for this host's own PMU, so
  * hardware events are opened (through record_open) instead of skipped.
  */
+static void reopen_as_host(struct fx *f, enum broker_flavour flavour, bool nmi_watchdog_perf, bool host_pmu,
+			   bool host_mediated);
+
 static void reopen_as(struct fx *f, enum broker_flavour flavour, bool nmi_watchdog_perf, bool host_pmu)
+{
+	reopen_as_host(f, flavour, nmi_watchdog_perf, host_pmu, false);
+}
+
+static void reopen_as_host(struct fx *f, enum broker_flavour flavour, bool nmi_watchdog_perf, bool host_pmu,
+			   bool host_mediated)
 {
 	char why[512];
 	struct proto_error err = {0};
@@ -1690,7 +1699,7 @@ static void reopen_as(struct fx *f, enum broker_flavour flavour, bool nmi_watchd
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
 				  .state_dir = f->dir, .flavour = flavour, .nmi_watchdog_perf = nmi_watchdog_perf,
-				  .perf_open = record_open, .perf_open_ctx = &opened };
+				  .host_mediated = host_mediated, .perf_open = record_open, .perf_open_ctx = &opened };
 	if (broker_new(&bo, &f->b, &err) < 0)
 		fail_msg("broker_new: %s", err.message);
 	assert_int_equal(broker_restore(f->b), 0);
@@ -1887,6 +1896,37 @@ static void test_flavour_perf(void **st)
 /* mediated: guests own the whole PMU while they run; every hardware event
  * vpmud opens counts host time only, and a session that insists on guest
  * time is refused with the reason. */
+/* The model of the extension on a host whose kernel runs the mediated
+ * vPMU: routes follow the extension, but perf would refuse host events
+ * that count guest time, so they exclude it and the warnings are given. */
+static void test_extension_on_mediated_host(void **st)
+{
+	struct fx *f = *st;
+	reopen_as_host(f, BROKER_FLAVOUR_EXTENSION, true, true, true);
+	struct json_object *r = ok(f, "{\"id\":1,\"method\":\"status\"}");
+	struct json_object *b = json_object_object_get(r, "backends");
+	assert_string_equal(jstr(b, "kvm_flavour"), "extension");
+	const char *w = json_object_to_json_string(json_object_object_get(b, "kvm_warnings"));
+	if (!strstr(w, "EBUSY") || !strstr(w, "kernel.nmi_watchdog=0"))
+		fail_msg("warnings: %s", w);
+	json_object_put(r);
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"g\",\"events\":[\"cycles\"],"
+				   "\"cpus\":\"0\",\"count_guest\":true}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_REFUSED);
+	r = ok(f, "{\"id\":3,\"method\":\"session.start\",\"params\":{\"name\":\"prof\",\"events\":"
+		  "[\"cycles\",\"instructions\"],\"cpus\":\"0\"}}");
+	json_object_put(r);
+	unsigned hw = 0;
+	for (unsigned i = 0; i < opened.n; i++) {
+		if (opened.calls[i].attr.type == PERF_TYPE_SOFTWARE)
+			continue;
+		assert_int_equal(opened.calls[i].attr.exclude_guest, 1);
+		hw++;
+	}
+	assert_int_equal(hw, 2);
+}
+
 static void test_flavour_mediated(void **st)
 {
 	struct fx *f = *st;
@@ -2064,6 +2104,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flavour_extension, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_perf, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_mediated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extension_on_mediated_host, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_none, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_needs_its_backend, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_count_guest_restored_per_flavour, setup, teardown),

@@ -170,6 +170,7 @@ struct guest_cache_entry {
 
 struct broker {
 	enum broker_flavour flavour;
+	bool host_mediated;             /* see broker_opts */
 	bool nmi_watchdog_perf;
 	broker_perf_open_fn perf_open;
 	void *perf_open_ctx;
@@ -2225,7 +2226,7 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 	if (q->n_events == 0 || q->n_events > PROTO_MAX_EVENTS || !q->events)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.events",
 				       "params.events: 1..%d events", PROTO_MAX_EVENTS);
-	if (q->count_guest && b->flavour == BROKER_FLAVOUR_MEDIATED)
+	if (q->count_guest && b->host_mediated)
 		return proto_error_set(err, PROTO_E_REFUSED, EOPNOTSUPP, "params.count_guest",
 				       "params.count_guest: not on the mediated vPMU: the kernel refuses a host hardware "
 				       "event that counts guest time while a VM exists (EOPNOTSUPP), and one that exists "
@@ -2324,7 +2325,7 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 					.model_pmu = b->pmu.source == PMU_SOURCE_BUILTIN ||
 						     b->pmu.source == PMU_SOURCE_FILE,
 					.sysfs_root = b->sysfs_root,
-					.exclude_guest = b->flavour == BROKER_FLAVOUR_MEDIATED,
+					.exclude_guest = b->host_mediated,
 					.open = b->perf_open,
 					.open_ctx = b->perf_open_ctx };
 	char msg[512];
@@ -2465,7 +2466,7 @@ int broker_session_stop(struct broker *b, const struct broker_caller *c, const c
 /* What a session's numbers do not hold, the same for every session. */
 static const char *session_note(const struct broker *b)
 {
-	bool model = b->pmu.source != PMU_SOURCE_HOST, mediated = b->flavour == BROKER_FLAVOUR_MEDIATED;
+	bool model = b->pmu.source != PMU_SOURCE_HOST, mediated = b->host_mediated;
 	return model && mediated ? BROKER_MODEL_HOST_TIME_NOTE
 	       : model		 ? BROKER_MODEL_NOTE
 	       : mediated	 ? BROKER_HOST_TIME_NOTE
@@ -2603,7 +2604,7 @@ void broker_status(const struct broker *b, struct broker_status *out)
 		.uptime_s = (now_usec(CLOCK_MONOTONIC) - b->started_usec) / 1000000,
 	};
 	size_t w = 0;
-	if (b->flavour == BROKER_FLAVOUR_MEDIATED) {
+	if (b->host_mediated) {
 		if (b->nmi_watchdog_perf)
 			out->warnings[w++] = WARN_NMI_WATCHDOG;
 		out->warnings[w++] = WARN_NO_IRQCHIP;
@@ -2930,6 +2931,7 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 	b->port = o->port;
 	b->flavour = o->flavour;
 	b->nmi_watchdog_perf = o->nmi_watchdog_perf;
+	b->host_mediated = o->host_mediated || o->flavour == BROKER_FLAVOUR_MEDIATED;
 	b->perf_open = o->perf_open;
 	b->perf_open_ctx = o->perf_open_ctx;
 	/* The extension's routes need its port; a stock kernel's flavour has

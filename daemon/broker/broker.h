@@ -204,6 +204,11 @@ struct broker_opts {
 	 * on every CPU: under the mediated vPMU it stops every VM's first
 	 * vCPU (status and the log say so, with the fix). */
 	bool nmi_watchdog_perf;
+	/* The host kernel runs the mediated vPMU, whatever flavour the routes
+	 * follow (the model of the extension on a mediated host): perf then
+	 * refuses host events that count guest time, so every hardware event
+	 * excludes it, count_guest is refused and the warnings are given. */
+	bool host_mediated;
 	/* Tests: how session events are opened (NULL: perf_event_open). */
 	broker_perf_open_fn perf_open;
 	void *perf_open_ctx;
