@@ -209,12 +209,16 @@ static void test_crosscheck(void **state)
 	for (int attempt = 1; attempt <= 3 && !ok; attempt++) {
 		double ps[N_EV] = { 0 }, ss[N_EV] = { 0 };
 		int rc = perf_stat_counts(ps);
-		if (rc != 0)
-			fail_msg("perf stat run failed: %d", rc);
+		if (rc != 0) {
+			print_message("attempt %d: perf stat run failed: %d\n", attempt, rc);
+			continue;
+		}
 		char err[256] = "";
 		rc = session_counts(ss, err, sizeof(err));
-		if (rc != 0)
-			fail_msg("session run failed: %d %s", rc, err);
+		if (rc != 0) {
+			print_message("attempt %d: session run failed: %d %s\n", attempt, rc, err);
+			continue;
+		}
 		ok = true;
 		print_message("attempt %d\n%-18s %16s %16s %10s %s\n", attempt, "event", "perf stat",
 			      "vpmu session", "diff", "tolerance");
@@ -226,9 +230,11 @@ static void test_crosscheck(void **state)
 			ok = ok && this_ok;
 		}
 		/* Both must also have seen the workload itself, not just agreed. */
-		assert_true(ps[0] >= WL_SPIN_MS * 0.9e6 && ss[0] >= WL_SPIN_MS * 0.9e6);
-		assert_true(ps[1] >= WL_SLEEPS && ss[1] >= WL_SLEEPS);
-		assert_true(ps[2] >= WL_PAGES && ss[2] >= WL_PAGES);
+		bool seen = ps[0] >= WL_SPIN_MS * 0.9e6 && ss[0] >= WL_SPIN_MS * 0.9e6 && ps[1] >= WL_SLEEPS &&
+			    ss[1] >= WL_SLEEPS && ps[2] >= WL_PAGES && ss[2] >= WL_PAGES;
+		if (!seen)
+			print_message("attempt %d: a count is below what the workload does\n", attempt);
+		ok = ok && seen;
 	}
 	assert_true(ok);
 }
