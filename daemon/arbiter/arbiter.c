@@ -2020,18 +2020,18 @@ static int vcpu_steps(struct arb *a, uint64_t vm_id, unsigned idx, uint64_t ow, 
 	bool down = kept != og || m_mux != o_mux;
 	bool up = kept != ng || m_mux != n_mux;
 	struct transition t = { .kind = TRANSITION_ROUTES, .vm_id = vm_id, .vcpu = idx, .cpu = -1 };
-	/* perf loads a counter whenever it places an event: nothing to scrub */
-	uint64_t scrub = a->mode == ARB_GUEST_IDENTITY ? ~0ULL : 0;
+	/* No scrub on a route step: the guest keeps its PMC values when a
+	 * route changes (the kernel moves them between the counter and the
+	 * perf event); only physical counters changing owner are cleared,
+	 * by the partition steps. */
 	if (phase == 1 && down) {
 		t.phase = 1;
 		fill_routes(a->mode, t.gp_route, t.fixed_route, kept | m_mux, kept);
-		split_mask(og & ~kept & scrub, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
 	if (phase == 2 && up) {
 		t.phase = 2;
 		fill_routes(a->mode, t.gp_route, t.fixed_route, nw, ng);
-		split_mask(ng & ~kept & scrub, &t.scrub_gp_mask, &t.scrub_fixed_mask);
 		return push_tr(a, &t);
 	}
 	return 0;

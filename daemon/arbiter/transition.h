@@ -26,8 +26,10 @@
 #define TRANSITION_MAX_CPUS 4096
 
 /*
- * Values 0..2 match the KVM extension uapi (include/linux/vpmu_kvm.h); only
- * these reach the kvm port's extension (arbiter mode ARB_GUEST_IDENTITY).
+ * Only 0..2 reach the kvm port's extension (arbiter mode
+ * ARB_GUEST_IDENTITY), which sends the pass-through set of each vCPU
+ * (include/linux/vpmu_kvm.h): multiplexed and disabled both mean "not
+ * passed through" there, and disabled PMCs are outside the guest's shape.
  * The others describe guests the extension does not drive: the arbiter
  * reports them in the other guest modes (arbiter.h, enum arb_guest_mode),
  * for plans and watchers, and the kvm port refuses them.
@@ -71,9 +73,10 @@ struct transition {
 	uint8_t gp_route[TRANSITION_MAX_GP];       /* enum pmc_route */
 	uint8_t fixed_route[TRANSITION_MAX_FIXED]; /* enum pmc_route */
 
-	/* Counters whose values must be cleared because they change owner
-	 * (guest <-> host) in this step. For a partition step: physical
-	 * counters on cpu; for a route step: the vCPU's guest PMCs. */
+	/* TRANSITION_PARTITION only: physical counters of cpu that change
+	 * owner (guest <-> host) in this step, whose values must be cleared.
+	 * A route step has none: guest PMC values survive a route change
+	 * (docs/kvm-api.md, rule K12). */
 	uint32_t scrub_gp_mask;
 	uint32_t scrub_fixed_mask;
 };

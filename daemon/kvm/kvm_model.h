@@ -1,15 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvm_model: an in-process model of the kernel side of the vpmu KVM
- * extension (include/linux/vpmu_kvm.h, docs/kvm-api.md). Its entry point
- * takes (cmd, arg) exactly as the kernel's /dev/kvm ioctl handler would, so
- * the buffers the ioctl backend builds can be fed to it unchanged.
+ * kvm_model: an in-process model of the kernel side of vpmu version 2
+ * (include/linux/vpmu_kvm.h, docs/kvm-api.md), both halves: perf's guest
+ * reservation (the sysfs attribute, fed the same text a write(2) would
+ * carry) and KVM's route fds (fed the same ioctl numbers and structs).
+ * Every rule of docs/kvm-api.md's rule table is checked here, each at one
+ * place that names the rule (P1.., K1..).
  *
- * VMs are real: a VM is named by (pidfd, fd number) and the model checks,
- * through /proc, that the process is alive and the fd is a KVM VM. What the
- * model simulates is the PMU: per-CPU physical counter values, per-vCPU
- * saved guest values, and the guest activity that feeds the statistics.
- * Nothing it reports is a measurement.
+ * What is real: the VM. A model route fd is made from a real KVM VM file
+ * (anon_inode:kvm-vm, which only the VM's creator can hand out) and stays
+ * an fd of this process; the model tells VMs apart by their open file
+ * (kcmp), never by fd numbers. What is simulated, and said so: the PMU
+ * (physical and guest counter values), what KVM would know from
+ * KVM_ENABLE_CAP and KVM_SET_CPUID2 (the caller describes it), the VM's
+ * death (the VMM's exit stands for the release of its last VM file), and
+ * guest activity. Nothing the model reports is a measurement.
  */
 #ifndef VPMU_KVM_MODEL_H
 #define VPMU_KVM_MODEL_H
@@ -20,61 +25,130 @@
 
 #include <linux/vpmu_kvm.h>
 
-/* The caller's credentials, as the kernel would see them. */
+/* The model's own bound on CPUs (the uapi has none). */
+#define KVM_MODEL_MAX_CPUS 8192
+
+/* The caller's credentials, as the kernel would see them: the perf half's
+ * attribute is root's (0600). */
 struct kvm_model_caller {
 	bool cap_sys_admin;
 };
 
 struct kvm_model_opts {
-	unsigned n_cpus;       /* physical CPUs 0..n_cpus-1, <= KVM_VPMU_MAX_CPUS */
-	unsigned num_gp;       /* host general counters, <= KVM_VPMU_MAX_GP */
-	uint32_t fixed_mask;   /* host fixed counters */
-	const char *procfs_root; /* NULL: "/proc" */
+	unsigned n_cpus;          /* physical CPUs 0..n_cpus-1, all online at start */
+	unsigned num_gp;          /* host general counters, <= VPMU_MAX_GP */
+	uint32_t fixed_mask;      /* host fixed counters (bit i = fixed counter i) */
+	/* VPMU_RESERVE_CAP_*: UNIFORM alone models a first kernel that takes
+	 * one mask for all CPUs; 0 means UNIFORM | PER_CPU. */
+	unsigned reserve_caps;
+	const char *procfs_root;  /* NULL: "/proc" (reading fd links) */
 };
 
 struct kvm_model;
 
 int kvm_model_new(const struct kvm_model_opts *opts, struct kvm_model **out);
+/* Closes every route fd the model still holds. */
 void kvm_model_free(struct kvm_model *m);
 
+/* ------------------------------------------------------------ perf half */
+
+/* caps/guest_reserve (P1). */
+unsigned kvm_model_reserve_caps(const struct kvm_model *m);
+/* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9). */
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
+			    size_t len);
+/* A read of guest_reserve (P10), snprintf semantics. */
+int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len);
+/* One CPU's reservation (PERF_GLOBAL_CTRL layout); -EINVAL if cpu is out
+ * of range. An offline CPU reads 0. */
+int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask);
+
+/* Simulated host activity: the pinned core events host perf has on cpu,
+ * as the number of general counters they need plus the fixed counters
+ * (PERF_GLOBAL_CTRL layout bits) they name (P6). */
+int kvm_model_host_pinned(struct kvm_model *m, unsigned cpu, unsigned n_gp, uint64_t fixed_bits);
+/* CPU hotplug (P11). */
+int kvm_model_cpu_online(struct kvm_model *m, unsigned cpu, bool online);
+
+/* ------------------------------------------------------------- KVM half */
+
+/* What KVM would know about a VM from the VMM's own calls, simulated. */
+struct kvm_model_vm_desc {
+	bool protected_state;     /* SEV-ES, SEV-SNP or TDX VM type (K3) */
+	bool lapic_in_kernel;     /* KVM_CREATE_IRQCHIP or split irqchip (K3) */
+	bool pmu_disabled;        /* KVM_PMU_CAP_DISABLE asked for as well (K2) */
+	bool vcpus_before_opt_in; /* a vCPU existed when the VMM opted in (K2) */
+	bool opted_in;            /* KVM_PMU_CAP_PARTITION asked for (K4) */
+	uint64_t shape;           /* CPUID leaf 0xA, PERF_GLOBAL_CTRL layout, every vCPU */
+	uint32_t nr_vcpus;
+	const uint32_t *vcpu_ids; /* KVM_CREATE_VCPU ids in creation order */
+	int vmm_pidfd;            /* the VMM (dup'ed); its exit kills the VM (K6); -1: none */
+};
+
 /*
- * The ioctl entry point. Handles KVM_CHECK_EXTENSION (arg is the capability
- * number cast to a pointer, as the kernel receives it; returns 1 for
- * KVM_CAP_VPMU_PARTITION, 0 otherwise) and the KVM_VPMU_* ioctls (0 or
- * -errno). Unknown commands: -ENOTTY.
+ * KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION) and
+ * KVM_CREATE_VPMU_ROUTE_FD as the VMM would issue them, simulated: vm_file
+ * must be a real KVM VM file (-EBADF if not open, -ENOTTY if not a VM);
+ * desc says what KVM would know, args is the ioctl's struct. Checks K2..K4,
+ * then returns in *route_fd
+ * a new fd of this process (O_CLOEXEC) that the model recognises as a
+ * route fd of that VM. A second call on the same VM file (any fd number)
+ * gives a second route fd of the same VM, desc ignored. vm_file is not
+ * consumed.
  */
-long kvm_model_ioctl(struct kvm_model *m, const struct kvm_model_caller *who,
-		     unsigned long cmd, void *arg);
-
-/* --- Simulated guest and PMU activity (tests and demos) --- */
-
-/* Adds delta to physical counter idx on cpu (fixed: a fixed counter). */
-int kvm_model_count(struct kvm_model *m, unsigned cpu, bool fixed, unsigned idx, uint64_t delta);
-int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, bool fixed, unsigned idx,
-			 uint64_t *out);
-/* Adds delta to the saved value of a vCPU's guest PMC. */
-int kvm_model_guest_count(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			  bool fixed, unsigned idx, uint64_t delta);
-int kvm_model_guest_value(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			  bool fixed, unsigned idx, uint64_t *out);
-/* A VM entry of vcpu on cpu: every pass-through PMC that cannot pass
- * through there falls back to multiplexing; counts one route fallback per
- * such entry. Returns the number of PMCs that fell back, or -errno. */
-int kvm_model_guest_enter(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, unsigned cpu);
-/* A guest access to a PMC's MSRs: intercepted unless the PMC passes
- * through. Returns 1 if it was emulated, 0 if not, or -errno. */
-int kvm_model_guest_msr_access(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			       bool fixed, unsigned idx);
+int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
+			      const struct kvm_vpmu_route_fd *args, int *route_fd);
 
 /*
- * The invariant the kernel side guarantees: every pass-through PMC of every
- * live vCPU is in the guest partition of every CPU the vCPU may run on, so
- * no counter is both a host counter and a passed-through one. 0 when it
- * holds, -EUCLEAN with the first violation in why otherwise.
+ * The ioctl entry point. fd -1 is /dev/kvm and takes KVM_CHECK_EXTENSION
+ * (arg is the capability number cast to a pointer, as the kernel receives
+ * it): 1 for KVM_CAP_VPMU_ROUTES, KVM_PMU_CAP_DISABLE | KVM_PMU_CAP_PARTITION
+ * for KVM_CAP_PMU_CAPABILITY, 0 otherwise (K1). Any other fd must be a
+ * route fd of this model: -EBADF if it is not open, -ENOTTY if it is not
+ * one (K5). Returns 0 or -errno.
+ */
+long kvm_model_ioctl(struct kvm_model *m, const struct kvm_model_caller *who, int fd, unsigned long cmd,
+		     void *arg);
+
+/* close(2) of a route fd: the model drops its reference and closes fd.
+ * -EBADF if fd is not a route fd of this model. */
+int kvm_model_route_close(struct kvm_model *m, int fd);
+
+/* Live VMs (some route fd open and the VM not dead). */
+size_t kvm_model_vm_count(struct kvm_model *m);
+
+/* ------------------------------------------------ simulated guest activity */
+
+/* vCPU vcpu_id of route_fd's VM enters the guest on cpu (vcpu load): its
+ * pass-through PMCs reserved on cpu are loaded into the physical
+ * counters; the others are frozen there (K14). Returns the number of
+ * frozen PMCs, or -errno (-EBUSY: already loaded). */
+int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu);
+/* vCPU put: guest values saved, physical counters scrubbed (K13). */
+int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id);
+/* The guest's PMC (one PERF_GLOBAL_CTRL-layout bit) counts delta: in the
+ * physical counter when passed through and loaded, else in the vCPU's
+ * saved or perf-event value; a frozen PMC does not move. */
+int kvm_model_guest_count(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			  uint64_t delta);
+/* The guest-visible value of one PMC (K12). */
+int kvm_model_guest_value(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			  uint64_t *out);
+/* A guest access to a PMC's MSRs: 1 if KVM intercepts and emulates it
+ * (multiplexed, frozen), 0 if it goes to hardware (K15). */
+int kvm_model_guest_msr_access(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			       bool read);
+/* Host activity on a physical counter of cpu (pmc_bit as above). */
+int kvm_model_count(struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t delta);
+int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t *out);
+
+/*
+ * The invariants the kernel side guarantees: no loaded vCPU has a
+ * pass-through PMC live on a counter outside its CPU's reservation; every
+ * live pass-through counter is reserved on some online CPU; no physical
+ * counter holds a value across an owner change. 0 when they hold,
+ * -EUCLEAN with the first violation in why otherwise.
  */
 int kvm_model_check(struct kvm_model *m, char *why, size_t whylen);
-
-/* Number of VMs the model tracks (dead VMMs are dropped lazily). */
-size_t kvm_model_vm_count(struct kvm_model *m);
 
 #endif

@@ -1,17 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvm_port: tells KVM the plan. Backend-neutral: VMs are registered once,
- * then the arbiter's transition lists are applied in order through one of
- * - ioctl:    the vpmu extension's system ioctls on /dev/kvm;
- * - model:    the same buffers handed to the in-process kernel model;
+ * kvm_port: tells the kernel the plan, vpmu version 2 (docs/kvm-api.md).
+ * Backend-neutral: the arbiter's transition lists are applied in order,
+ * partition steps to perf's guest reservation and route steps to the route
+ * fd of each VM whose VMM handed one over, through one of
+ * - ioctl:    the sysfs attribute and the route fds' ioctls;
+ * - model:    the same text and buffers handed to the in-process model;
  * - advisory: a stock kernel; the plan is checked and recorded, and the
- *             port says plainly that guest routes are not enforced.
- * auto picks ioctl when /dev/kvm reports KVM_CAP_VPMU_PARTITION, else advisory.
+ *             port says plainly that nothing is enforced.
+ * auto picks ioctl when /dev/kvm reports KVM_CAP_VPMU_ROUTES and perf has
+ * caps/guest_reserve, else advisory.
+ *
+ * Enforcement is per VM: a VM registered without a route fd is advisory
+ * whatever the backend (its route steps are recorded, never sent), and
+ * kvm_port_vm_enforced says why.
  *
  * Whatever the backend, the port refuses a step that would pass a counter
  * through while some CPU the vCPU may run on keeps it for the host, or
- * shrink a partition under a live pass-through route, so a bad plan fails
- * the same way on every host.
+ * shrink a reservation under a live pass-through route, so a bad plan
+ * fails the same way on every host.
  */
 #ifndef VPMU_KVM_PORT_H
 #define VPMU_KVM_PORT_H
@@ -37,20 +44,24 @@ enum kvm_backend {
 int kvm_port_backend_parse(const char *s, enum kvm_backend *out);
 const char *kvm_port_backend_name(enum kvm_backend b);
 
-/* Called with every buffer just before it is issued, in every backend that
- * issues any (tests record them; the daemon may log them). */
+/* Called with every request just before it is issued, in every backend
+ * that issues any (tests record them; the daemon may log them). cmd is the
+ * ioctl number, or 0 for a write of len bytes of text to guest_reserve. */
 typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, const void *arg, size_t len);
 
 struct kvm_port_opts {
 	enum kvm_backend backend;
 	const char *dev_path;      /* NULL: "/dev/kvm" */
+	const char *sysfs_pmu_dir; /* NULL: VPMU_RESERVE_SYSFS_DIR */
 	/* Host counters and CPUs (from the daemon's pmu_desc). */
 	unsigned n_cpus;
 	unsigned num_gp;
 	uint32_t fixed_mask;
 	/* Model backend: the model to drive (caller keeps ownership), or NULL
-	 * for a private one; and the credentials it sees. */
+	 * for a private one made with model_reserve_caps; and the credentials
+	 * it sees. */
 	struct kvm_model *model;
+	unsigned model_reserve_caps;
 	struct kvm_model_caller caller;
 	kvm_port_trace_fn trace;
 	void *trace_ctx;
@@ -59,36 +70,60 @@ struct kvm_port_opts {
 struct kvm_port;
 
 /* 0, or -errno with a reason in why. A forced ioctl backend on a kernel
- * without the extension fails here with the kernel's answer (-ENOTTY or
- * -EINVAL on stock kernels). */
+ * without the extension fails here (-EOPNOTSUPP) and sends nothing. */
 int kvm_port_open(const struct kvm_port_opts *opts, struct kvm_port **out, char *why, size_t whylen);
+/* Closes every route fd the port holds. */
 void kvm_port_close(struct kvm_port *p);
 
 enum kvm_backend kvm_port_backend(const struct kvm_port *p);   /* never AUTO */
-bool kvm_port_enforced(const struct kvm_port *p);             /* false: advisory */
+bool kvm_port_enforced(const struct kvm_port *p);             /* false: advisory backend */
 const char *kvm_port_why(const struct kvm_port *p);           /* why this backend */
+/* VPMU_RESERVE_CAP_* of the kernel (model: the model's; advisory: 0). The
+ * broker plans a uniform reservation when PER_CPU is missing. */
+unsigned kvm_port_reserve_caps(const struct kvm_port *p);
 
-/* A VM as the daemon knows it: consumer id (transition.vm_id), the VMM,
- * the VM fd number in the VMM, and its vCPUs. */
+/* A VM as the daemon knows it. */
 struct kvm_port_vm {
-	uint64_t vm_id;
+	uint64_t vm_id;            /* consumer id (transition.vm_id) */
 	pid_t vmm_pid;
 	int vmm_pidfd;             /* >= 0: duplicated by the port; -1: port opens one */
-	int vm_fd;
-	unsigned n_vcpus;          /* vCPU ids 0..n_vcpus-1 */
+	/* The route fd the VMM handed over (taken over by the port on
+	 * success, left to the caller on failure), or -1: advisory VM. With
+	 * the model backend it is the VMM's VM file, from which the port
+	 * makes the model's route fd (simulating KVM_CREATE_VPMU_ROUTE_FD). */
+	int route_fd;
+	unsigned n_vcpus;          /* the lease's vCPUs 0..n_vcpus-1 */
 	const pid_t *vcpu_tids;    /* n_vcpus entries, 0 = unknown; or NULL */
+	/* Model only, what KVM would know from the VMM (simulated): the vCPU
+	 * ids in creation order (n_vcpus entries; NULL: 0..n-1) and the
+	 * guest's CPUID shape, PERF_GLOBAL_CTRL layout. */
+	const uint32_t *vcpu_ids;
+	uint64_t shape;
 };
 
-/* Validates the VM (alive, fd is a KVM VM) and holds a pidfd for it; with
- * ioctl/model, reads the VM's routes and generation. -EEXIST if vm_id is
- * registered, -ESRCH, -EBADF, -EINVAL. */
+/*
+ * Registers the VM. With a route fd: checks it is one (-ENOTTY: "not a
+ * route fd"; -EBADF), reads the vCPU ids (lease vCPU i is the i-th vCPU
+ * created; -EINVAL when the VM has fewer), their shapes and routes. Without
+ * one: the VM is advisory. -EEXIST if vm_id is registered or the route fd
+ * names a VM already registered, -ESRCH VMM gone, -EIO VM dead.
+ */
 int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *vm, char *why, size_t whylen);
+/* Closes the VM's route fd. */
 int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id);
 
-/* The CPUs vCPU vcpu of vm_id may run on, as its lease declares them
- * (KVM_VPMU_CPU_WORDS words; NULL: fall back to the thread's affinity).
+/* true when the VM's routes reach a kernel (or the model); otherwise why
+ * (if not NULL) says why not, for operators. false for an unknown VM. */
+bool kvm_port_vm_enforced(const struct kvm_port *p, uint64_t vm_id, const char **why);
+/* The shape of a registered VM's vCPU (PERF_GLOBAL_CTRL layout): the
+ * kernel's for an enforced VM, else the one given at registration. */
+int kvm_port_vcpu_shape(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *shape);
+
+/* The CPUs vCPU vcpu of vm_id may run on, as its lease declares them (a
+ * list of CPU numbers; NULL: fall back to the thread's affinity).
  * -ENOENT unknown VM, -EINVAL vCPU out of range. */
-int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const uint64_t *cpus);
+int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const unsigned *cpus,
+			   size_t n_cpus);
 
 struct kvm_apply_result {
 	size_t applied;            /* steps applied, a prefix of the list */
@@ -100,29 +135,37 @@ struct kvm_apply_result {
 /*
  * Applies t[0..n) in order and stops at the first failure. A malformed list
  * (bad kind, phase, route value, unknown VM/vCPU/CPU, phase 2 before phase
- * 1) is refused before anything is applied. Returns res->error.
- * -ESTALE: someone else wrote since we read; the port re-reads the
- * generation so that a recomputed plan can be applied.
+ * 1) is refused before anything is applied. Route steps of advisory VMs
+ * are recorded. Consecutive partition steps with equal masks go in one
+ * write. Returns res->error.
  */
 int kvm_port_apply(struct kvm_port *p, const struct transition *t, size_t n,
 		   struct kvm_apply_result *res);
 
 /* What the port believes is applied (or, advisory, planned). */
-int kvm_port_partition(const struct kvm_port *p, unsigned cpu, uint32_t *gp, uint32_t *fixed);
-int kvm_port_routes(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu,
-		    uint8_t gp[KVM_VPMU_MAX_GP], uint8_t fixed[KVM_VPMU_MAX_FIXED]);
-/* The kernel's per-vCPU statistics; -EOPNOTSUPP in advisory mode. */
-int kvm_port_vcpu_stats(struct kvm_port *p, uint64_t vm_id, unsigned vcpu,
-			struct kvm_vpmu_vcpu_stats *out);
+int kvm_port_reservation(const struct kvm_port *p, unsigned cpu, uint64_t *mask);
+int kvm_port_passthrough(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *mask);
+
+/* The kernel's vpmu statistics of one vCPU, read from its binary stats fd
+ * (KVM_VPMU_GET_VCPU_STATS_FD); -EOPNOTSUPP for an advisory VM. */
+struct kvm_port_vcpu_stats {
+	uint64_t frozen_entries;
+	uint64_t msr_exits;
+	uint64_t estimated_reads;
+	uint64_t route_changes;
+};
+int kvm_port_vcpu_stats(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, struct kvm_port_vcpu_stats *out);
 
 /* Status for operators, snprintf semantics. */
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len);
 
-/* Encoding: exactly the buffers the kernel receives. allowed is
- * KVM_VPMU_CPU_WORDS words. -EINVAL for a transition of the wrong kind. */
-int kvm_port_encode_partition(const struct transition *t, uint64_t generation,
-			      struct kvm_vpmu_partition *out);
-int kvm_port_encode_routes(const struct transition *t, int pidfd, int vm_fd, uint64_t generation,
-			   const uint64_t *allowed, struct kvm_vpmu_routes *out);
+/* Encoding: exactly what the kernel receives. The reservation line for the
+ * listed CPUs (snprintf semantics), and a route step's struct. -EINVAL for
+ * a transition of the wrong kind or a route the extension has no word for. */
+int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len);
+int kvm_port_encode_routes(const struct transition *t, uint32_t vcpu_id, struct kvm_vpmu_routes *out);
+/* A transition's masks in PERF_GLOBAL_CTRL layout. */
+uint64_t kvm_port_partition_mask(const struct transition *t);
+uint64_t kvm_port_passthrough_mask(const struct transition *t);
 
 #endif

@@ -1,15 +1,23 @@
 /* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR MIT) */
 /*
- * vpmu KVM extension: per-counter partition of the core PMU between host perf
- * and KVM guests, and per-vCPU guest PMC routes.
+ * vpmu, version 2: a per-counter partition of the x86 core PMU between host
+ * perf and KVM guests. Specified in docs/kvm-api.md; this header is its C
+ * mirror. Two halves, each where the kernel keeps the state:
  *
- * Userspace API in kernel style: only linux/types.h and linux/ioctl.h, every
- * struct starts with size and flags, has explicit padding and reserved
- * fields that must be zero. Specified in docs/kvm-api.md.
+ *  - the perf half: which physical counters of a CPU host perf may not use
+ *    (the "guest reservation"), a sysfs attribute of the core PMU;
+ *  - the KVM half: a VM opts in through KVM_CAP_PMU_CAPABILITY, the VMM
+ *    creates a route fd from its VM fd and hands it to a broker, and the
+ *    route fd's ioctls say, per vCPU, which guest PMCs pass through.
  *
- * These are *system* ioctls on /dev/kvm, not VM ioctls: KVM refuses VM and
- * vCPU ioctls from any process but the VM's creator (-EIO), so a broker
- * names a VM by (pidfd of the VMM, number of the VM fd in the VMM).
+ * Every counter set is a __u64 in the PERF_GLOBAL_CTRL layout: general
+ * counters at bits 0..31, fixed counters at bits 32..47. Bit 48 is
+ * PERF_METRICS and never part of a set.
+ *
+ * PROVISIONAL: no number in this file (capability, ioctl, flag, sysfs name)
+ * is allocated upstream. They are chosen so that a stock kernel answers
+ * KVM_CHECK_EXTENSION with 0, KVM_ENABLE_CAP with -EINVAL and the ioctls
+ * with -ENOTTY.
  */
 #ifndef _UAPI_LINUX_VPMU_KVM_H
 #define _UAPI_LINUX_VPMU_KVM_H
@@ -17,82 +25,134 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
+/* ------------------------------------------------------------------ layout */
+
+#define VPMU_GP_SHIFT			0
+#define VPMU_FIXED_SHIFT		32
+#define VPMU_MAX_GP			32
+#define VPMU_MAX_FIXED			16
+#define VPMU_GP_BIT(i)			(1ULL << (VPMU_GP_SHIFT + (i)))
+#define VPMU_FIXED_BIT(i)		(1ULL << (VPMU_FIXED_SHIFT + (i)))
+#define VPMU_GP_MASK			0x00000000ffffffffULL
+#define VPMU_FIXED_MASK			0x0000ffff00000000ULL
+/* KVM gives a guest at most three fixed counters (Ice Lake's fixed counter
+ * 3, topdown slots, is not virtualised): only these may be reserved or
+ * routed. */
+#define VPMU_GUEST_FIXED_MASK		0x0000000700000000ULL
+#define VPMU_PERF_METRICS_BIT		(1ULL << 48)
+
+/* ------------------------------------------------------ perf half (sysfs) */
 /*
- * PROVISIONAL: neither the capability number nor the ioctl numbers are
- * allocated upstream. They were picked far from the ranges KVM uses so that a
- * stock kernel answers the probe with 0 and the ioctls with -EINVAL/-ENOTTY.
+ * Not a KVM interface: perf owns counter allocation. Two attributes of the
+ * core PMU device (/sys/bus/event_source/devices/cpu/, "cpu_core" on hybrid
+ * parts, which KVM does not virtualise anyway):
+ *
+ * caps/guest_reserve (0444): a decimal bitmask of VPMU_RESERVE_CAP_*. Absent
+ * on kernels without the perf half.
+ *
+ * guest_reserve (0600): reads one line per group of online CPUs with the
+ * same reservation, "<cpulist> 0x<16 hex digits>\n", by first CPU. A write
+ * is one such line and sets the reservation of every listed CPU, all or
+ * none. Errors in check order: EINVAL (syntax; empty list; a CPU offline or
+ * beyond nr_cpu_ids; a bit that is not a counter of this PMU, a fixed
+ * counter above 2, PERF_METRICS or above; a list other than every online
+ * CPU when VPMU_RESERVE_CAP_PER_CPU is absent), EBUSY (a listed CPU's
+ * pinned host events would no longer fit in the counters left to host
+ * perf; or the write would leave a counter that some partitioned vCPU
+ * passes through reserved on no online CPU).
  */
-#define KVM_CAP_VPMU_PARTITION		0x7670	/* PROVISIONAL */
+#define VPMU_RESERVE_SYSFS_DIR		"/sys/bus/event_source/devices/cpu"
+#define VPMU_RESERVE_ATTR		"guest_reserve"
+#define VPMU_RESERVE_CAPS_ATTR		"caps/guest_reserve"
+
+#define VPMU_RESERVE_CAP_UNIFORM	(1U << 0)	/* one mask for every CPU */
+#define VPMU_RESERVE_CAP_PER_CPU	(1U << 1)	/* masks may differ by CPU */
+
+/* ------------------------------------------------------------- KVM half */
+
+/*
+ * KVM_CHECK_EXTENSION (system and VM fd): 1 when route fds are supported,
+ * which needs the perf half and a PMU KVM can virtualise.
+ */
+#define KVM_CAP_VPMU_ROUTES		0x7670	/* PROVISIONAL */
+
+/*
+ * Opt-in: KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY) on the VM fd with this flag
+ * in args[0], before the first KVM_CREATE_VCPU. Beside KVM_PMU_CAP_DISABLE
+ * (bit 0, linux/kvm.h). Refused (EINVAL) together with DISABLE, after a vCPU
+ * exists, for VM types with protected state (SEV-ES, SEV-SNP, TDX) and
+ * without an in-kernel local APIC.
+ */
+#define KVM_PMU_CAP_PARTITION		(1U << 1)	/* PROVISIONAL */
+
+/*
+ * KVM_CREATE_VPMU_ROUTE_FD (VM ioctl, the VMM only): returns a new fd
+ * (O_CLOEXEC) holding a reference on the VM. Its ioctls work from any
+ * process that holds it; once the VM is dead they return EIO. Several may
+ * exist; all are equivalent.
+ */
+struct kvm_vpmu_route_fd {
+	__u32 flags;			/* in: 0 */
+	__u32 pad;			/* must be 0 */
+	__u64 reserved[3];		/* must be 0 */
+};
+
+/*
+ * KVM_VPMU_GET_VCPUS (route fd): the vCPU ids (as given to KVM_CREATE_VCPU)
+ * in creation order. in: nr = room in ids[]; out: nr = number of vCPUs.
+ * E2BIG (with nr set) when the room is too small.
+ */
+struct kvm_vpmu_vcpus {
+	__u32 nr;
+	__u32 flags;			/* in: 0 */
+	__u64 reserved[2];		/* must be 0 */
+	__u32 ids[];
+};
+
+/*
+ * KVM_VPMU_GET_ROUTES / KVM_VPMU_SET_ROUTES (route fd): the routes of one
+ * vCPU. shape is the guest's PMU as CPUID leaf 0xA gave it (fixed by
+ * KVM_SET_CPUID2); every PMC of the shape outside passthrough is
+ * multiplexed (a flexible host perf event, its count scaled by
+ * enabled/running time and flagged an estimate). Routes never change the
+ * shape. GET: passthrough and shape are outputs and must be 0 on input.
+ * SET: shape must be 0; passthrough must be within shape (EINVAL), and
+ * each of its counters must be in the reservation of at least one online
+ * CPU (EBUSY). Guest PMC values are kept across a route change.
+ */
+struct kvm_vpmu_routes {
+	__u32 vcpu_id;			/* in */
+	__u32 flags;			/* in: 0 */
+	__u64 passthrough;		/* SET in / GET out */
+	__u64 shape;			/* GET out */
+	__u64 reserved[5];		/* must be 0 */
+};
+
+/*
+ * KVM_VPMU_GET_VCPU_STATS_FD (route fd): a binary stats fd (as
+ * KVM_GET_STATS_FD on the vCPU fd would give) for one vCPU. The vpmu
+ * statistics it carries are named in docs/kvm-api.md ("Statistics").
+ */
+struct kvm_vpmu_stats_fd {
+	__u32 vcpu_id;			/* in */
+	__u32 flags;			/* in: 0 */
+	__u64 reserved[3];		/* must be 0 */
+};
+
+/* The vpmu statistics of the binary stats fd, all cumulative counters. */
+#define VPMU_STAT_FROZEN_ENTRIES	"pmu_passthrough_frozen_entries"
+#define VPMU_STAT_MSR_EXITS		"pmu_msr_exits"
+#define VPMU_STAT_ESTIMATED_READS	"pmu_multiplexed_estimated_reads"
+#define VPMU_STAT_ROUTE_CHANGES		"pmu_route_changes"
 
 #define KVM_VPMU_IOC_MAGIC		0xAE	/* KVMIO */
 
-#define KVM_VPMU_MAX_GP			32	/* PERF_GLOBAL_CTRL bits 0..31 */
-#define KVM_VPMU_MAX_FIXED		16	/* PERF_GLOBAL_CTRL bits 32..47 */
-#define KVM_VPMU_MAX_CPUS		4096
-#define KVM_VPMU_CPU_WORDS		(KVM_VPMU_MAX_CPUS / 64)
-
-/* Route of one guest PMC (values shared with daemon/transition.h). */
-#define KVM_VPMU_ROUTE_DISABLED		0	/* the guest does not have this PMC */
-#define KVM_VPMU_ROUTE_MULTIPLEXED	1	/* emulated with a host perf event */
-#define KVM_VPMU_ROUTE_PASSTHROUGH	2	/* guest PMC i is physical PMC i */
-
-/*
- * KVM_VPMU_GET_PARTITION / KVM_VPMU_SET_PARTITION: the guest partition of one
- * physical CPU. Counters outside the masks belong to host perf.
- */
-struct kvm_vpmu_partition {
-	__u32 size;		/* in: sizeof(struct kvm_vpmu_partition) */
-	__u32 flags;		/* in: 0 */
-	__u32 cpu;		/* in: physical CPU */
-	__u32 gp_mask;		/* GET out / SET in: guest general counters */
-	__u32 fixed_mask;	/* GET out / SET in: guest fixed counters */
-	__u32 pad;		/* must be 0 */
-	__u64 generation;	/* SET in: last generation read; out: current */
-	__u64 scrubs;		/* out: physical counters cleared on this CPU */
-	__u64 reserved[4];	/* must be 0 */
-};
-
-/*
- * KVM_VPMU_GET_ROUTES / KVM_VPMU_SET_ROUTES: the PMC routes of one vCPU.
- * allowed_cpus is the set of CPUs the caller declares the vCPU may run on;
- * pass-through is checked against the partition of each of them. Affinity
- * is not frozen: an entry on a CPU outside the set (or whose partition lacks
- * the counter) multiplexes the PMC for that entry and counts a route
- * fallback. The generation is per VM.
- */
-struct kvm_vpmu_routes {
-	__u32 size;		/* in: sizeof(struct kvm_vpmu_routes) */
-	__u32 flags;		/* in: 0 */
-	__s32 pidfd;		/* in: pidfd of the VMM process */
-	__s32 vm_fd;		/* in: the VM's fd number in the VMM process */
-	__u32 vcpu_id;		/* in: vCPU id as passed to KVM_CREATE_VCPU */
-	__u32 pad;		/* must be 0 */
-	__u64 generation;	/* SET in: last VM generation read; out: current */
-	__u8 gp[KVM_VPMU_MAX_GP];	/* KVM_VPMU_ROUTE_* per general PMC */
-	__u8 fixed[KVM_VPMU_MAX_FIXED];	/* KVM_VPMU_ROUTE_* per fixed PMC */
-	__u64 allowed_cpus[KVM_VPMU_CPU_WORDS]; /* SET in, GET out: bit n = CPU n */
-	__u64 reserved[4];	/* must be 0 */
-};
-
-/* KVM_VPMU_GET_VCPU_STATS: counters since the vCPU was created. */
-struct kvm_vpmu_vcpu_stats {
-	__u32 size;		/* in: sizeof(struct kvm_vpmu_vcpu_stats) */
-	__u32 flags;		/* in: 0 */
-	__s32 pidfd;		/* in */
-	__s32 vm_fd;		/* in */
-	__u32 vcpu_id;		/* in */
-	__u32 pad;		/* must be 0 */
-	__u64 generation;	/* out: current VM generation */
-	__u64 route_fallbacks;	/* out: entries that multiplexed a pass-through PMC */
-	__u64 scrubs;		/* out: guest PMC values cleared on a route change */
-	__u64 emulated_msr_accesses; /* out: intercepted PMU MSR accesses */
-	__u64 reserved[4];	/* must be 0 */
-};
-
-#define KVM_VPMU_GET_PARTITION	_IOWR(KVM_VPMU_IOC_MAGIC, 0xf0, struct kvm_vpmu_partition)
-#define KVM_VPMU_SET_PARTITION	_IOWR(KVM_VPMU_IOC_MAGIC, 0xf1, struct kvm_vpmu_partition)
-#define KVM_VPMU_GET_ROUTES	_IOWR(KVM_VPMU_IOC_MAGIC, 0xf2, struct kvm_vpmu_routes)
-#define KVM_VPMU_SET_ROUTES	_IOWR(KVM_VPMU_IOC_MAGIC, 0xf3, struct kvm_vpmu_routes)
-#define KVM_VPMU_GET_VCPU_STATS	_IOWR(KVM_VPMU_IOC_MAGIC, 0xf4, struct kvm_vpmu_vcpu_stats)
+/* VM fd */
+#define KVM_CREATE_VPMU_ROUTE_FD	_IOW(KVM_VPMU_IOC_MAGIC, 0xf0, struct kvm_vpmu_route_fd)
+/* route fd */
+#define KVM_VPMU_GET_VCPUS		_IOWR(KVM_VPMU_IOC_MAGIC, 0xf1, struct kvm_vpmu_vcpus)
+#define KVM_VPMU_GET_ROUTES		_IOWR(KVM_VPMU_IOC_MAGIC, 0xf2, struct kvm_vpmu_routes)
+#define KVM_VPMU_SET_ROUTES		_IOW(KVM_VPMU_IOC_MAGIC, 0xf3, struct kvm_vpmu_routes)
+#define KVM_VPMU_GET_VCPU_STATS_FD	_IOW(KVM_VPMU_IOC_MAGIC, 0xf4, struct kvm_vpmu_stats_fd)
 
 #endif /* _UAPI_LINUX_VPMU_KVM_H */
