@@ -188,6 +188,9 @@ struct proto_vm_bind {
 	int32_t pid;
 	bool has_vm_fd;
 	int32_t vm_fd;
+	/* The VMM's route fd rides with the request (SCM_RIGHTS on the
+	 * socket, an "h" option on D-Bus); docs/kvm-api.md. */
+	bool route_fd;
 };
 
 /* Methods whose only parameter is a name. */

@@ -248,8 +248,11 @@ int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char
 		     uint64_t *generation, struct proto_error *err);
 int broker_vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
 		     uint64_t *generation, struct proto_error *err);
+/* route_fd: the route fd the VMM handed over with the request (q->route_fd
+ * true), or -1. The broker owns it from the call on, whatever the outcome:
+ * kept by the kvm port for the VM's lifetime, or closed. */
 int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
-		   uint64_t *generation, struct proto_error *err);
+		   int route_fd, uint64_t *generation, struct proto_error *err);
 /* After success the session's view (broker_session_find) has its events'
  * placements. */
 int broker_session_start(struct broker *b, const struct broker_caller *c,
@@ -325,6 +328,12 @@ struct broker_vm_view {
 	bool bound;
 	pid_t vmm_pid;                 /* when bound; 0 otherwise */
 	int vm_fd;                     /* when bound; -1 otherwise */
+	/* Whether this VM's routes reach the kernel: "enforced" (its VMM
+	 * handed a route fd, ioctl backend), "simulated" (route fd, model
+	 * backend), "advisory" (no route fd, or a backend or flavour that
+	 * enforces nothing); routes_why says why in words, for operators. */
+	const char *routes;
+	const char *routes_why;
 	uint32_t n_vcpus;
 	unsigned passthrough_vcpus;    /* vCPUs whose every asked PMC passes through */
 	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];    /* as in broker_attach_result */
