@@ -418,9 +418,10 @@ static int reserve_parse(const struct kvm_model *m, const char *buf, size_t len,
 		len--;
 	const char *end = buf + len, *space = memchr(buf, ' ', len);
 	/* P2: exactly "<cpulist> 0x<hex mask>", one line, one space, the
-	 * newline optional; anything else is EINVAL. */
-	if (!space || memchr(buf, '\n', len) || memchr(buf, '\0', len) ||
-	    !parse_cpulist(buf, space, m->n_cpus, listed, beyond) || !parse_hex_mask(space + 1, end, mask))
+	 * newline optional; anything else (another newline or a NUL
+	 * included: neither parser takes one) is EINVAL. */
+	if (!space || !parse_cpulist(buf, space, m->n_cpus, listed, beyond) ||
+	    !parse_hex_mask(space + 1, end, mask))
 		return -EINVAL;
 	return 0;
 }
