@@ -771,6 +771,16 @@ static void rule_k5_identity_by_open_file_not_number(void **state)
 	assert_int_equal(kvm_model_route_close(f->m, other_first), 0);
 	assert_int_equal(kvm_model_vm_count(f->m), 1);
 	close(num);
+	/* Closed behind the model's back, its number then given to a new
+	 * route fd of the same VM: the VM stays, under the new record. */
+	int lone_vm = vm_create(f);
+	int lone = route_new(f, lone_vm, &d);
+	assert_int_equal(set_pt(f->m, lone, 0, GP(1)), 0);
+	close(lone);
+	assert_int_equal(route_new(f, lone_vm, &d), lone);
+	assert_int_equal(pt_of(f->m, lone, 0), GP(1));
+	assert_int_equal(kvm_model_vm_count(f->m), 2);
+	close(lone_vm);
 	close(p[0]);
 	close(p[1]);
 	check(f->m);

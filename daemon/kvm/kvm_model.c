@@ -155,12 +155,17 @@ static void vm_free(struct model_vm *vm)
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct model_vm *, vm_free)
 
+/* Whether the fd numbered as route record i still is that VM's file. */
+static bool route_still_open(const struct kvm_model *m, size_t i);
+
 void kvm_model_free(struct kvm_model *m)
 {
 	if (!m)
 		return;
+	/* A number closed behind the model's back may be someone else's now. */
 	for (size_t i = 0; i < m->n_routes; i++)
-		close(m->routes[i].fd);
+		if (route_still_open(m, i))
+			close(m->routes[i].fd);
 	for (size_t i = 0; i < m->n_vms; i++)
 		vm_free(m->vms[i]);
 	free(m->routes);
@@ -490,13 +495,13 @@ static uint64_t reserved_somewhere(const struct kvm_model *m, const uint64_t *ma
 	return any;
 }
 
-/* The pass-through counters of every live vCPU. */
-static uint64_t live_passthrough(struct kvm_model *m)
+/* The pass-through counters of every live vCPU (deaths already reaped). */
+static uint64_t live_passthrough(const struct kvm_model *m)
 {
 	uint64_t pt = 0;
 	for (size_t i = 0; i < m->n_vms; i++) {
-		struct model_vm *vm = m->vms[i];
-		if (vm_dead(m, vm))
+		const struct model_vm *vm = m->vms[i];
+		if (vm->dead)
 			continue;
 		for (size_t j = 0; j < vm->n_vcpus; j++)
 			pt |= vm->vcpus[j].passthrough;
@@ -505,7 +510,7 @@ static uint64_t live_passthrough(struct kvm_model *m)
 }
 
 /* Used by a reservation write and by a CPU going offline. */
-static int reserve_check_live_routes(struct kvm_model *m, const uint64_t *masks, const bool *online)
+static int reserve_check_live_routes(const struct kvm_model *m, const uint64_t *masks, const bool *online)
 {
 	/* P7: no live pass-through counter may end up reserved on no online
 	 * CPU; shrinking under a running guest takes its routes away first. */
@@ -550,6 +555,8 @@ int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *
 	_cleanup_free_ uint64_t *next = calloc(m->n_cpus, sizeof(*next));
 	if (!listed || !online || !next)
 		return -ENOMEM;
+	/* Noticing a VMM's exit is not part of the write: done before it. */
+	reap_dead_vms(m);
 	bool beyond = false;
 	uint64_t mask = 0;
 	int r;
@@ -670,6 +677,7 @@ int kvm_model_cpu_online(struct kvm_model *m, unsigned cpu, bool online)
 	struct model_cpu *c = &m->cpus[cpu];
 	if (c->online == online)
 		return 0;
+	reap_dead_vms(m);
 	if (!online) {
 		unsigned n_online = 0;
 		for (unsigned d = 0; d < m->n_cpus; d++)
@@ -860,7 +868,6 @@ static ssize_t route_index(const struct kvm_model *m, int fd)
 	return -1;
 }
 
-/* Whether the fd numbered as route record i still is that VM's file. */
 static bool route_still_open(const struct kvm_model *m, size_t i)
 {
 	int same = same_open_file(m->routes[i].fd, m->routes[i].vm->ref_fd);
@@ -910,15 +917,16 @@ int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm
 	if (fd < 0)
 		return -errno;
 	/* The number was free, so a record under it is of a route fd closed
-	 * behind the model's back: forget it (the file is not ours to close). */
+	 * behind the model's back: forget it (the file is not ours to close),
+	 * after the new record holds its VM, which may be the same one. */
 	ssize_t stale = route_index(m, fd);
-	if (stale >= 0)
-		route_forget(m, (size_t)stale, false);
 	struct model_vm *vm = known ? known : fresh;
 	if (!known)
 		m->vms[m->n_vms++] = TAKE_PTR(fresh);
 	vm->route_fds++;
 	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
+	if (stale >= 0)
+		route_forget(m, (size_t)stale, false);
 	*route_fd = TAKE_FD(fd);
 	return 0;
 }
