@@ -14,12 +14,12 @@
 #include "kvm/kvm_model.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,14 +311,15 @@ static uint64_t phys_owner(const struct model_cpu *c, unsigned bit)
 
 /* ---------------------------------------------------- guest activity */
 
-/* K14: a vCPU entering on cpu gets the pass-through PMCs cpu reserves in
- * hardware; the others are frozen there (value held, accesses
- * intercepted), and such an entry counts once. Returns the frozen count. */
+/* vCPU load (VM entry); returns the number of frozen PMCs. */
 static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 {
 	struct model_cpu *c = &m->cpus[cpu];
 	v->loaded_cpu = (int)cpu;
 	c->loaded = v;
+	/* K14: the pass-through PMCs cpu reserves go to hardware; the others
+	 * are frozen there (value held, accesses intercepted), since KVM
+	 * cannot switch perf events at VM entry; such an entry counts once. */
 	v->live = v->passthrough & c->reserved;
 	v->frozen = v->passthrough & ~c->reserved;
 	for_each_bit(b, v->live) {
@@ -331,13 +332,13 @@ static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 	return __builtin_popcountll(v->frozen);
 }
 
-/* K13: at put the guest's pass-through values are saved and their
- * physical counters scrubbed on that CPU, so the next owner of the CPU's
- * guest partition (another vCPU, or host perf after a reservation change)
- * finds nothing of this guest. */
 static void vcpu_put(struct kvm_model *m, struct model_vcpu *v)
 {
 	struct model_cpu *c = &m->cpus[v->loaded_cpu];
+	/* K13: the guest's pass-through values are saved and their physical
+	 * counters scrubbed on this CPU, so the next owner of its guest
+	 * partition (another vCPU, or host perf after a reservation change)
+	 * finds nothing of this guest. */
 	for_each_bit(b, v->live) {
 		v->value[b] = c->value[b];
 		phys_clear(c, (unsigned)b);
