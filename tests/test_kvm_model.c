@@ -1451,7 +1451,7 @@ static void random_sequence(struct fx *f, uint64_t seed, int steps)
 	struct kvm_model_vm_desc d = desc_ok();
 	d.vmm_pidfd = pidfd;
 	d.shape = GP(0) | GP(1) | FX(1);
-	struct rnd r = { .f = f, .seed = seed, .fds = { f->route, route_new(f, vm, &d) },
+	struct rnd r = { .f = f, .seed = seed ? seed : 1, /* xorshift stays at 0 */ .fds = { f->route, route_new(f, vm, &d) },
 			 .shape = { SHAPE, d.shape } };
 	for (int step = 0; step < steps; step++) {
 		if (step == steps / 2) {
