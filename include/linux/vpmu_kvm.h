@@ -88,8 +88,15 @@
 /*
  * KVM_CREATE_VPMU_ROUTE_FD (VM ioctl, the VMM only): returns a new fd
  * (O_CLOEXEC) holding a reference on the VM. Its ioctls work from any
- * process that holds it; once the VM is dead they return EIO. Several may
- * exist; all are equivalent.
+ * process that holds it. The VM is dead once the VMM has released every VM
+ * file and vCPU fd (route fds hold struct kvm, not a user of the VM): from
+ * then on the route fd's ioctls return EIO and closing it frees the VM.
+ * Several may exist; all are equivalent.
+ *
+ * Errors of every route fd ioctl, in check order: EBADF/ENOTTY (not a
+ * route fd), EIO (VM dead), ENOTTY (unknown ioctl), EFAULT, EINVAL (flags,
+ * pad, reserved, outputs not zero on input), ENOENT (no such vCPU id), then
+ * the ioctl's own.
  */
 struct kvm_vpmu_route_fd {
 	__u32 flags;			/* in: 0 */
@@ -100,7 +107,7 @@ struct kvm_vpmu_route_fd {
 /*
  * KVM_VPMU_GET_VCPUS (route fd): the vCPU ids (as given to KVM_CREATE_VCPU)
  * in creation order. in: nr = room in ids[]; out: nr = number of vCPUs.
- * E2BIG (with nr set) when the room is too small.
+ * E2BIG (nr set, ids[] untouched) when the room is too small.
  */
 struct kvm_vpmu_vcpus {
 	__u32 nr;
@@ -129,9 +136,9 @@ struct kvm_vpmu_routes {
 };
 
 /*
- * KVM_VPMU_GET_VCPU_STATS_FD (route fd): a binary stats fd (as
- * KVM_GET_STATS_FD on the vCPU fd would give) for one vCPU. The vpmu
- * statistics it carries are named in docs/kvm-api.md ("Statistics").
+ * KVM_VPMU_GET_VCPU_STATS_FD (route fd): the binary stats fd of one vCPU,
+ * as KVM_GET_STATS_FD on its vCPU fd gives it: the vCPU's statistics, the
+ * VPMU_STAT_* ones among them (docs/kvm-api.md, "Statistics").
  */
 struct kvm_vpmu_stats_fd {
 	__u32 vcpu_id;			/* in */
