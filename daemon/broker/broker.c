@@ -306,9 +306,17 @@ static const char *flavour_advisory_why(enum broker_flavour f)
 	}
 }
 
+/*
+ * Without why (counting every VM, at each change for the summary), the
+ * registration is trusted: the port's per-VM answer is a lookup, and the
+ * one thing it knows more (a VM the kernel reported dead) ends with the
+ * lease when its VMM's exit is seen. With why (one VM's view), the port
+ * is asked.
+ */
 static enum vm_routes vm_routes(const struct broker *b, const struct broker_vm *v, const char **why)
 {
 	const char *w;
+	bool ask_port = why != NULL;
 	if (!why)
 		why = &w;
 	if (!port_takes_plan(b)) {
@@ -320,7 +328,7 @@ static enum vm_routes vm_routes(const struct broker *b, const struct broker_vm *
 		return VM_ROUTES_ADVISORY;
 	}
 	const char *port_why = NULL;
-	if (!v->routed || !kvm_port_vm_enforced(b->port, v->id, &port_why)) {
+	if (!v->routed || (ask_port && !kvm_port_vm_enforced(b->port, v->id, &port_why))) {
 		*why = v->rebound_at_restore
 			       ? "bound again after a restart of vpmud, which closed its route fd: the VMM must hand it "
 				 "again (vm.bind with route_fd)"
@@ -336,11 +344,12 @@ static enum vm_routes vm_routes(const struct broker *b, const struct broker_vm *
 	return VM_ROUTES_ENFORCED;
 }
 
-/* The lease's PMCs as a guest PMU shape, PERF_GLOBAL_CTRL layout. */
+/* The lease's PMCs as a guest PMU shape, PERF_GLOBAL_CTRL layout (the
+ * extension refuses leases with fixed counters a guest cannot have). */
 static uint64_t lease_shape(uint32_t gp, uint32_t fixed_mask)
 {
 	uint64_t g = gp >= 32 ? VPMU_GP_MASK : (1ULL << gp) - 1;
-	return g | ((uint64_t)fixed_mask << VPMU_FIXED_SHIFT);
+	return g | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
 }
 
 static char *strdup_or_empty(const char *s)
@@ -1118,6 +1127,12 @@ static int build_vm_spec(const struct broker *b, uint64_t id, const struct vm_sh
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
 				       "params.fixed_mask: 0x%x names fixed counters the PMU lacks (it has 0x%x)",
 				       a->fixed_mask, b->pmu.fixed_mask);
+	/* The extension reserves and routes only what KVM can give a guest. */
+	uint32_t guest_fixed = (uint32_t)(VPMU_GUEST_FIXED_MASK >> VPMU_FIXED_SHIFT);
+	if (port_takes_plan(b) && (a->fixed_mask & ~guest_fixed))
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
+				       "params.fixed_mask: 0x%x: KVM gives a guest no fixed counter above 2 (at most 0x%x)",
+				       a->fixed_mask, guest_fixed);
 	if (a->n_vcpus == 0 || a->n_vcpus > PROTO_MAX_VCPUS)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
 				       "params.vcpus: 1..%d vCPUs", PROTO_MAX_VCPUS);
@@ -1807,9 +1822,13 @@ static int port_register(struct broker *b, struct broker_vm *v, pid_t pid, const
 			 int *route_fd, const char *field, struct proto_error *err)
 {
 	char why[BROKER_WHY] = "";
+	/* The shape is what KVM would know from the VMM's KVM_SET_CPUID2 (the
+	 * model takes it; a kernel's own is read back): the lease's. An
+	 * advisory VM has no CPUID anyone checks (0: any the host has), so
+	 * that its lease may grow. */
 	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found->vm.pidfd, .route_fd = *route_fd,
 				  .n_vcpus = v->n_vcpus, .vcpu_tids = found->tids, .vcpu_ids = found->ids,
-				  .shape = lease_shape(v->gp, v->fixed_mask) };
+				  .shape = *route_fd >= 0 ? lease_shape(v->gp, v->fixed_mask) : 0 };
 	int r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
 	if (r < 0)
 		return port_error(r, pid, *route_fd >= 0, field, why, err);
