@@ -2367,11 +2367,17 @@ static int take_route_fd(struct broker *b, struct broker_vm *v, int *route_fd, s
 int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q, int route_fd,
 		   uint64_t *generation, struct proto_error *err)
 {
-	/* Ours whatever happens: closed on every way out but into the port. */
-	_cleanup_close_ int fd = route_fd;
+	/* Ours whatever happens: closed on every way out but into the port.
+	 * A number that is not open is no descriptor of ours to close later
+	 * (by then it may be one vpmud opened). */
+	bool closed = route_fd >= 0 && fcntl(route_fd, F_GETFD) < 0;
+	_cleanup_close_ int fd = closed ? -1 : route_fd;
 	int r = check_caller(b, c, PROTO_M_VM_BIND, err);
 	if (r < 0)
 		return r;
+	if (q->route_fd && closed)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EBADF, "params.route_fd",
+				       "params.route_fd: fd %d is not an open descriptor", route_fd);
 	if (q->route_fd && fd < 0)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
 				       "params.route_fd: true, and no descriptor came with the request");
@@ -3259,6 +3265,8 @@ void broker_summary(const struct broker *b, char *buf, size_t len)
 	 * kept for saying how many more. */
 	const size_t more_room = sizeof(" and 18446744073709551615 more");
 	size_t listed = 0;
+	if (at + sizeof("; advisory:") + more_room > len)
+		return;
 	put_at(buf, len, &at, "; advisory:");
 	for (size_t i = 0; i < b->n_vms && at < len; i++) {
 		const struct broker_vm *v = b->vms[i];
