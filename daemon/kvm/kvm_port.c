@@ -660,7 +660,11 @@ static void vm_guard_release(struct vm_guard *g)
 	vm_free(g->p, g->vm);
 }
 
-/* Does fd name the same open file as one a registered VM holds? */
+/* Does fd name the same open file as one a registered VM holds? ioctl: the
+ * same route fd handed twice (two route fds made by two
+ * KVM_CREATE_VPMU_ROUTE_FD calls are different files, and the uapi gives
+ * no VM identity to compare). model: its route fds are the VM's own file,
+ * so the VMM's VM file matches the route fd of a registered VM exactly. */
 static bool same_file_registered(const struct kvm_port *p, int fd)
 {
 	pid_t self = getpid();
@@ -735,23 +739,14 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 		.vmm_pidfd = pidfd,
 	};
 	struct kvm_vpmu_route_fd args = { 0 };
-	size_t live = kvm_model_vm_count(p->model);
 	int r = kvm_model_create_route_fd(p->model, spec->route_fd, &desc, &args, route_fd);
 	if (r < 0) {
 		snprintf(why, whylen, "vm %llu: fd %d: %s", (unsigned long long)spec->vm_id, spec->route_fd,
 			 r == -ENOTTY ? "not a KVM VM file (the model makes its route fd from the VMM's VM file)"
 			 : r == -EBADF ? "not an open fd"
+			 : r == -EIO   ? "the VM is dead (its VMM exited)"
 				       : strerror(-r));
 		return r;
-	}
-	/* A second route fd of a VM the model already knows adds no VM: that
-	 * VM is registered here already. */
-	if (kvm_model_vm_count(p->model) == live) {
-		kvm_model_route_close(p->model, *route_fd);
-		*route_fd = -1;
-		snprintf(why, whylen, "vm %llu: fd %d names a VM that is already registered",
-			 (unsigned long long)spec->vm_id, spec->route_fd);
-		return -EEXIST;
 	}
 	return 0;
 }
