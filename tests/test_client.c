@@ -876,6 +876,56 @@ static void test_vpmuctl_vm_requests(void **st)
 	fake_stop(&f);
 }
 
+/* Whether a VM's routes reach the kernel is the VM's own: every view of
+ * it says so, and status names the advisory ones. */
+static void test_vpmuctl_routes_per_vm(void **st)
+{
+	(void)st;
+	struct canned cn[] = {
+		{ .method = "status",
+		  .result = "{\"server\":\"vpmud/0.1.0\",\"protocol\":1,\"backends\":{\"kvm\":\"model\"},\"vms\":3,"
+			    "\"vms_by_routes\":{\"enforced\":0,\"simulated\":1,\"advisory\":2},\"advisory_vms\":[\"db\",\"web\"]}" },
+		{ .method = "vm.show",
+		  .result = "{\"name\":\"db\",\"flavour\":\"extension\",\"routes\":\"advisory\","
+			    "\"routes_why\":\"the VMM handed no route fd\",\"priority\":100,\"owner\":{\"pid\":7,\"vm_fd\":9},\"vcpus\":[]}" },
+		{ .method = "vm.list",
+		  .result = "{\"vms\":[{\"name\":\"db\",\"priority\":100,\"class\":\"preferred\",\"routes\":\"advisory\","
+			    "\"routes_why\":\"the VMM handed no route fd\",\"passthrough_vcpus\":0,\"vcpus\":1},"
+			    "{\"name\":\"vm2\",\"priority\":100,\"class\":\"preferred\",\"routes\":\"simulated\",\"passthrough_vcpus\":1,\"vcpus\":1}],"
+			    "\"flavour\":\"extension\",\"routes\":\"simulated\"}" },
+		{ .method = "plan",
+		  .result = "{\"generation\":5,\"flavour\":\"extension\",\"routes\":\"simulated\",\"cpus\":[],\"vms\":["
+			    "{\"name\":\"db\",\"routes\":\"advisory\",\"routes_why\":\"the VMM handed no route fd\",\"vcpus\":[]},"
+			    "{\"name\":\"vm2\",\"routes\":\"simulated\",\"vcpus\":[]}],\"sessions\":[]}" },
+		{ .method = "vm.bind", .result = "{\"name\":\"db\",\"generation\":6,\"routes\":\"advisory\","
+						   "\"routes_why\":\"the VMM handed no route fd\"}" },
+	};
+	struct fake f;
+	struct proc p;
+
+	fake_start(&f, cn, 5);
+	CTL("status");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "vms           3 (1 simulated, 2 advisory)");
+	expect_in(p.out, "advisory vms  db, web: routes not enforced");
+	CTL("vm", "show", "db");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "routes      advisory (the VMM handed no route fd)");
+	CTL("vm", "list");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "ROUTES");
+	expect_in(p.out, "db    100       preferred  1      advisory");
+	expect_in(p.out, "vm2   100       preferred  1      simulated");
+	CTL("plan");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "  db (routes advisory (the VMM handed no route fd))");
+	expect_in(p.out, "  vm2 (routes simulated)");
+	CTL("vm", "bind", "db", "--pid", "7");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "  routes: advisory (the VMM handed no route fd)");
+	fake_stop(&f);
+}
+
 static void test_vpmuctl_plan_and_sessions(void **st)
 {
 	(void)st;
@@ -1092,6 +1142,7 @@ int main(void)
 		cmocka_unit_test(test_vpmuctl_status_and_errors),
 		cmocka_unit_test(test_vpmuctl_vm_requests),
 		cmocka_unit_test(test_vpmuctl_plan_and_sessions),
+		cmocka_unit_test(test_vpmuctl_routes_per_vm),
 		cmocka_unit_test(test_vpmuctl_watch_and_timeout),
 		cmocka_unit_test(test_hook_fails_open_without_daemon),
 		cmocka_unit_test(test_hook_against_fake),
