@@ -96,14 +96,20 @@ static int make_route_fd(int vm)
 	return fd;
 }
 
-/* vm.bind NAME with our pid and the route fd; prints the answer. */
-static int hand_route_fd(const char *socket, const char *name, int route_fd)
+/* vm.bind NAME with our pid and the route fd; prints the answer. closed:
+ * close it first, once connected (so that the socket cannot take its
+ * number). */
+static int hand_route_fd(const char *socket, const char *name, int route_fd, bool closed)
 {
 	struct vpmu_client *c = NULL;
 	struct vpmu_client_error e;
 	struct json_object *res = NULL, *v;
 	uint64_t deadline = vpmu_client_now_usec() + 5000000;
 	int r = vpmu_client_connect(socket, "vpmu-fake-vmm", deadline, &c, &e);
+	if (r == 0 && closed) {
+		close(route_fd);
+		printf("closed route fd %d before handing it over\n", route_fd);
+	}
 	if (r == 0)
 		r = vpmu_client_vm_bind_route_fd(c, name, getpid(), route_fd, deadline, &res, &e);
 	vpmu_client_close(c);
@@ -182,12 +188,8 @@ int main(int argc, char **argv)
 		int route_fd = make_route_fd(vm);
 		if (route_fd < 0)
 			return 1;
-		if (closed) {
-			close(route_fd);
-			printf("closed route fd %d before handing it over\n", route_fd);
-		}
 		fflush(stdout);
-		if (hand_route_fd(socket, name, route_fd) < 0) {
+		if (hand_route_fd(socket, name, route_fd, closed) < 0) {
 			fflush(stdout);
 			return 1;
 		}
