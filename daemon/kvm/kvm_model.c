@@ -1,225 +1,130 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The in-process model of vpmu version 2's kernel side. Every rule of
+ * docs/kvm-api.md (P1..P11, K1..K17) is checked at exactly one place below,
+ * preceded by a comment naming it; kvm_model_check verifies the invariants.
+ *
+ * The model keeps the state the kernel would keep: per CPU the guest
+ * reservation, host perf's pinned demand and the physical counter values
+ * (each tagged with the owner that counted it, so that a value crossing an
+ * owner change is caught); per VM the vCPUs with their pass-through masks,
+ * guest PMC values and statistics. One mutex serialises every entry point,
+ * as KVM's vCPU mutex and perf's context lock serialise the real thing.
+ */
 #include "kvm/kvm_model.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <linux/kvm.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
-#include "kvm/vmm_discover.h"
 #include "proto/cleanup.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_model *, kvm_model_free)
+/* Counter bits of the PERF_GLOBAL_CTRL layout: GP 0..31, fixed 32..47. */
+#define PMC_BITS 48
 
-struct model_vcpu {
-	unsigned id;
-	uint8_t gp[KVM_VPMU_MAX_GP];
-	uint8_t fixed[KVM_VPMU_MAX_FIXED];
-	__u64 allowed[KVM_VPMU_CPU_WORDS];
-	uint64_t gp_val[KVM_VPMU_MAX_GP];     /* saved guest PMC values */
-	uint64_t fixed_val[KVM_VPMU_MAX_FIXED];
-	uint64_t route_fallbacks, scrubs, emulated_msr_accesses;
+/* Owners of a physical counter's value; vCPUs get tokens from
+ * OWNER_FIRST_VCPU on, never reused within a model. */
+#define OWNER_NONE 0
+#define OWNER_HOST 1
+#define OWNER_FIRST_VCPU 2
+
+/* KVM's own name size for binary stats (KVM_STATS_NAME_SIZE in the kernel). */
+#define STATS_NAME_SIZE 48
+#define VM_FILE_LINK "anon_inode:kvm-vm"
+#define PIDFD_LINK "anon_inode:[pidfd]"
+
+#define for_each_bit(i, mask)                                                               \
+	for (uint64_t _rest_ = (mask), i; _rest_ && ((i = __builtin_ctzll(_rest_)), 1);     \
+	     _rest_ &= _rest_ - 1)
+
+struct model_stats {
+	uint64_t frozen_entries, msr_exits, estimated_reads, route_changes;
 };
 
-/* The kernel would key on struct kvm; the model can only key on (pid, fd
- * number), so a VMM that closes its VM and opens another under the same
- * number is seen as the same VM. Tests do not do that. */
+struct model_vcpu {
+	uint32_t id;
+	uint64_t owner;        /* this vCPU's owner token */
+	uint64_t passthrough;
+	int loaded_cpu;        /* -1: not loaded */
+	uint64_t live;         /* pass-through PMCs in the hardware of loaded_cpu */
+	uint64_t frozen;       /* pass-through PMCs frozen on loaded_cpu (K14) */
+	/* Guest values that are not in hardware: saved at put, held while
+	 * frozen, or the perf event's count while multiplexed. A PMC in live
+	 * has its value in the physical counter and 0 here, so that a value
+	 * lives in exactly one place. */
+	uint64_t value[PMC_BITS];
+	struct model_stats stats;
+};
+
 struct model_vm {
-	pid_t pid;
-	int vm_fd;
-	int pidfd;             /* our own dup, to notice the VMM's exit */
-	uint64_t generation;
-	struct model_vcpu *vcpus;
+	/* A dup of the VM file: the VM's identity (kcmp) and the model's
+	 * reference on it, so that the file (and its kcmp identity) cannot
+	 * be recycled while the model knows the VM. */
+	int ref_fd;
+	int pidfd;             /* the VMM (K6), -1: none */
+	bool dead;
+	uint64_t shape;
+	size_t route_fds;      /* open route fds; the VM is forgotten at 0 */
 	size_t n_vcpus;
+	struct model_vcpu *vcpus;
+};
+
+struct model_route {
+	int fd;
+	struct model_vm *vm;
 };
 
 struct model_cpu {
-	uint32_t gp_mask, fixed_mask;
-	uint64_t generation;
-	uint64_t scrubs;
-	uint64_t gp_val[KVM_VPMU_MAX_GP];     /* physical counter values */
-	uint64_t fixed_val[KVM_VPMU_MAX_FIXED];
+	bool online;
+	uint64_t reserved;
+	unsigned pinned_gp;
+	uint64_t pinned_fixed;
+	struct model_vcpu *loaded;
+	uint64_t value[PMC_BITS];
+	uint64_t value_owner[PMC_BITS];
 };
 
 struct kvm_model {
+	/* A pointer so that the const readers can lock it too. */
+	pthread_mutex_t *lock;
 	unsigned n_cpus, num_gp;
-	uint32_t fixed_mask;
+	uint64_t host_counters;  /* every counter this PMU has */
+	uint64_t reservable;     /* the ones perf may reserve for guests */
+	unsigned caps;
+	uint64_t uniform_mask;   /* without PER_CPU: every online CPU's mask */
 	char *procfs;
 	struct model_cpu *cpus;
-	struct model_vm *vms;
-	size_t n_vms, cap_vms;
+	struct model_vm **vms;
+	size_t n_vms;
+	struct model_route *routes;
+	size_t n_routes;
+	uint64_t next_owner;
 };
 
-int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
+static pthread_mutex_t *model_lock(const struct kvm_model *m)
 {
-	if (!o || !out || o->n_cpus == 0 || o->n_cpus > KVM_VPMU_MAX_CPUS ||
-	    o->num_gp > KVM_VPMU_MAX_GP ||
-	    (KVM_VPMU_MAX_FIXED < 32 && (o->fixed_mask >> KVM_VPMU_MAX_FIXED)))
-		return -EINVAL;
-	_cleanup_(kvm_model_freep) struct kvm_model *m = calloc(1, sizeof(*m));
-	if (!m)
-		return -ENOMEM;
-	m->cpus = calloc(o->n_cpus, sizeof(*m->cpus));
-	m->procfs = strdup(o->procfs_root ? o->procfs_root : "/proc");
-	if (!m->cpus || !m->procfs)
-		return -ENOMEM;
-	m->n_cpus = o->n_cpus;
-	m->num_gp = o->num_gp;
-	m->fixed_mask = o->fixed_mask;
-	/* Generations start at 1 so that 0 can never match: a writer that has
-	 * not read the current state is stale by construction. */
-	for (unsigned c = 0; c < m->n_cpus; c++)
-		m->cpus[c].generation = 1;
-	*out = TAKE_PTR(m);
-	return 0;
+	pthread_mutex_lock(m->lock);
+	return m->lock;
 }
 
-static void vm_free(struct model_vm *vm)
+static void model_unlockp(pthread_mutex_t **l)
 {
-	if (vm->pidfd >= 0)
-		close(vm->pidfd);
-	free(vm->vcpus);
+	if (*l)
+		pthread_mutex_unlock(*l);
 }
 
-void kvm_model_free(struct kvm_model *m)
-{
-	if (!m)
-		return;
-	for (size_t i = 0; i < m->n_vms; i++)
-		vm_free(&m->vms[i]);
-	free(m->vms);
-	free(m->cpus);
-	free(m->procfs);
-	free(m);
-}
-
-/* A VM dies with its VMM; the kernel would tear its routes down then. */
-static void prune_dead(struct kvm_model *m)
-{
-	for (size_t i = 0; i < m->n_vms;) {
-		if (vmm_discover_pidfd_alive(m->vms[i].pidfd) == 1) {
-			i++;
-			continue;
-		}
-		vm_free(&m->vms[i]);
-		m->vms[i] = m->vms[--m->n_vms];
-	}
-}
-
-size_t kvm_model_vm_count(struct kvm_model *m)
-{
-	prune_dead(m);
-	return m->n_vms;
-}
-
-static bool gp_exists(const struct kvm_model *m, unsigned i) { return i < m->num_gp; }
-static bool fixed_exists(const struct kvm_model *m, unsigned i)
-{
-	return i < KVM_VPMU_MAX_FIXED && (m->fixed_mask >> i) & 1;
-}
-
-static void vcpu_init(const struct kvm_model *m, struct model_vcpu *v, unsigned id)
-{
-	memset(v, 0, sizeof(*v));
-	v->id = id;
-	/* Without the extension every PMC the host has is KVM's perf-based
-	 * emulation, so that is where a vCPU starts. */
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++)
-		v->gp[i] = gp_exists(m, i) ? KVM_VPMU_ROUTE_MULTIPLEXED : KVM_VPMU_ROUTE_DISABLED;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++)
-		v->fixed[i] = fixed_exists(m, i) ? KVM_VPMU_ROUTE_MULTIPLEXED : KVM_VPMU_ROUTE_DISABLED;
-}
-
-/* Resolves (pidfd, vm_fd) as the kernel would: pidfd to a live task, the fd
- * in that task's table to a KVM VM. */
-static int resolve_vm(struct kvm_model *m, int pidfd, int vm_fd, struct model_vm **out)
-{
-	int pid = vmm_discover_pidfd_pid(pidfd);
-	if (pid < 0)
-		return pid;
-	int kind = vmm_discover_fd_kind(m->procfs, pid, vm_fd, NULL);
-	if (kind == -ENOENT && vmm_discover_pidfd_alive(pidfd) == 0)
-		return -ESRCH;
-	if (kind != VMM_FD_KVM_VM)
-		return -EBADF;
-	for (size_t i = 0; i < m->n_vms; i++) {
-		if (m->vms[i].pid == pid && m->vms[i].vm_fd == vm_fd) {
-			*out = &m->vms[i];
-			return 0;
-		}
-	}
-	if (m->n_vms == m->cap_vms) {
-		size_t nc = m->cap_vms ? m->cap_vms * 2 : 4;
-		struct model_vm *nv = reallocarray(m->vms, nc, sizeof(*nv));
-		if (!nv)
-			return -ENOMEM;
-		m->vms = nv;
-		m->cap_vms = nc;
-	}
-	int dup = fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
-	if (dup < 0)
-		return -errno;
-	struct model_vm *vm = &m->vms[m->n_vms++];
-	*vm = (struct model_vm){ .pid = pid, .vm_fd = vm_fd, .pidfd = dup, .generation = 1 };
-	*out = vm;
-	return 0;
-}
-
-/* A vCPU exists when the VMM holds its fd: KVM_CREATE_VCPU returns one and
- * a VMM never closes it while the VM lives. */
-static int resolve_vcpu(struct kvm_model *m, struct model_vm *vm, unsigned id,
-			struct model_vcpu **out)
-{
-	for (size_t i = 0; i < vm->n_vcpus; i++) {
-		if (vm->vcpus[i].id == id) {
-			*out = &vm->vcpus[i];
-			return 0;
-		}
-	}
-	struct vmm_discover_opts o = { .procfs_root = m->procfs, .debugfs_root = "/nonexistent",
-				       .vm_fd = vm->vm_fd };
-	struct vmm_vm found;
-	int r = vmm_discover(vm->pid, &o, &found, NULL, 0);
-	if (r < 0)
-		return r == -ESRCH ? -ESRCH : -ENOENT;
-	bool exists = false;
-	for (unsigned i = 0; i < found.n_vcpus; i++)
-		exists |= found.vcpus[i].id == id;
-	vmm_discover_release(&found);
-	if (!exists)
-		return -ENOENT;
-	struct model_vcpu *nv = reallocarray(vm->vcpus, vm->n_vcpus + 1, sizeof(*nv));
-	if (!nv)
-		return -ENOMEM;
-	vm->vcpus = nv;
-	vcpu_init(m, &nv[vm->n_vcpus], id);
-	*out = &nv[vm->n_vcpus++];
-	return 0;
-}
-
-/* The vCPU a request names (and its VM when vm is not NULL), once VMs
- * whose VMM died are forgotten. */
-static int resolve(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, struct model_vm **vm,
-		   struct model_vcpu **v)
-{
-	struct model_vm *found = NULL;
-	int e;
-
-	prune_dead(m);
-	if ((e = resolve_vm(m, pidfd, vm_fd, &found)) < 0)
-		return e;
-	if (vm)
-		*vm = found;
-	return resolve_vcpu(m, found, vcpu, v);
-}
-
-static bool cpu_allowed(const __u64 *allowed, unsigned cpu)
-{
-	return (allowed[cpu / 64] >> (cpu % 64)) & 1;
-}
+#define LOCK_MODEL_FOR_SCOPE(m) \
+	_cleanup_(model_unlockp) pthread_mutex_t *_held_ __attribute__((unused)) = model_lock(m)
 
 static bool all_zero(const void *p, size_t n)
 {
@@ -230,331 +135,1199 @@ static bool all_zero(const void *p, size_t n)
 	return true;
 }
 
-/* Pass-through PMCs of a vCPU as masks. */
-static void pt_masks(const struct model_vcpu *v, uint32_t *gp, uint32_t *fixed)
+static bool one_bit(uint64_t x)
 {
-	*gp = *fixed = 0;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++)
-		if (v->gp[i] == KVM_VPMU_ROUTE_PASSTHROUGH)
-			*gp |= 1u << i;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++)
-		if (v->fixed[i] == KVM_VPMU_ROUTE_PASSTHROUGH)
-			*fixed |= 1u << i;
+	return x && !(x & (x - 1));
 }
 
-static long do_get_partition(struct kvm_model *m, struct kvm_vpmu_partition *p)
+/* ------------------------------------------------------------ lifetime */
+
+static void vm_free(struct model_vm *vm)
 {
-	if (p->size != sizeof(*p) || p->flags || p->pad || !all_zero(p->reserved, sizeof(p->reserved)))
+	if (!vm)
+		return;
+	if (vm->ref_fd >= 0)
+		close(vm->ref_fd);
+	if (vm->pidfd >= 0)
+		close(vm->pidfd);
+	free(vm->vcpus);
+	free(vm);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct model_vm *, vm_free)
+
+void kvm_model_free(struct kvm_model *m)
+{
+	if (!m)
+		return;
+	for (size_t i = 0; i < m->n_routes; i++)
+		close(m->routes[i].fd);
+	for (size_t i = 0; i < m->n_vms; i++)
+		vm_free(m->vms[i]);
+	free(m->routes);
+	free(m->vms);
+	free(m->cpus);
+	free(m->procfs);
+	if (m->lock) {
+		pthread_mutex_destroy(m->lock);
+		free(m->lock);
+	}
+	free(m);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_model *, kvm_model_free)
+
+int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
+{
+	if (!o || !out || o->n_cpus == 0 || o->n_cpus > KVM_MODEL_MAX_CPUS ||
+	    o->num_gp > VPMU_MAX_GP || (o->fixed_mask >> VPMU_MAX_FIXED))
 		return -EINVAL;
-	if (p->cpu >= m->n_cpus)
+	/* P1: the capability is one of the two kernels the spec allows: one
+	 * taking only a uniform reservation, or one taking per-CPU masks
+	 * (which can express a uniform one too). */
+	unsigned caps = o->reserve_caps ? o->reserve_caps : VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU;
+	if (caps != VPMU_RESERVE_CAP_UNIFORM && caps != (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU))
 		return -EINVAL;
-	const struct model_cpu *c = &m->cpus[p->cpu];
-	p->gp_mask = c->gp_mask;
-	p->fixed_mask = c->fixed_mask;
-	p->generation = c->generation;
-	p->scrubs = c->scrubs;
+
+	_cleanup_(kvm_model_freep) struct kvm_model *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->lock = malloc(sizeof(*m->lock));
+	if (!m->lock)
+		return -ENOMEM;
+	pthread_mutex_init(m->lock, NULL);
+	m->cpus = calloc(o->n_cpus, sizeof(*m->cpus));
+	m->procfs = strdup(o->procfs_root ? o->procfs_root : "/proc");
+	if (!m->cpus || !m->procfs)
+		return -ENOMEM;
+	m->n_cpus = o->n_cpus;
+	m->num_gp = o->num_gp;
+	uint64_t gp = o->num_gp == 0 ? 0 : (VPMU_GP_MASK >> (VPMU_MAX_GP - o->num_gp));
+	m->host_counters = gp | ((uint64_t)o->fixed_mask << VPMU_FIXED_SHIFT);
+	m->reservable = m->host_counters & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK);
+	m->caps = caps;
+	m->next_owner = OWNER_FIRST_VCPU;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		m->cpus[c].online = true;
+	*out = TAKE_PTR(m);
 	return 0;
 }
 
-static long do_set_partition(struct kvm_model *m, struct kvm_vpmu_partition *p)
+/* -------------------------------------------------------- file identity */
+
+/* 1 when fds a and b are the same open file, 0 when not, -errno when the
+ * kernel cannot tell (kcmp needs CONFIG_KCMP and may be filtered). */
+static int same_open_file(int a, int b)
 {
-	if (p->size != sizeof(*p) || p->flags || p->pad || p->scrubs ||
-	    !all_zero(p->reserved, sizeof(p->reserved)))
-		return -EINVAL;
-	if (p->cpu >= m->n_cpus || (p->gp_mask & ~(uint32_t)((1ull << m->num_gp) - 1)) ||
-	    (p->fixed_mask & ~m->fixed_mask))
-		return -EINVAL;
-	struct model_cpu *c = &m->cpus[p->cpu];
-	if (p->generation != c->generation)
-		return -ESTALE;
-	uint32_t gp_gone = c->gp_mask & ~p->gp_mask;
-	uint32_t fixed_gone = c->fixed_mask & ~p->fixed_mask;
-	prune_dead(m);
-	for (size_t i = 0; i < m->n_vms; i++) {
-		for (size_t j = 0; j < m->vms[i].n_vcpus; j++) {
-			const struct model_vcpu *v = &m->vms[i].vcpus[j];
-			uint32_t gp, fixed;
-			pt_masks(v, &gp, &fixed);
-			if (cpu_allowed(v->allowed, p->cpu) && ((gp & gp_gone) || (fixed & fixed_gone)))
-				return -EBUSY;
+	pid_t self = getpid();
+	long r = syscall(SYS_kcmp, self, self, KCMP_FILE, (unsigned long)a, (unsigned long)b);
+	if (r < 0)
+		return -errno;
+	return r == 0;
+}
+
+/* Whether fd's /proc link reads exactly want. Only equality matters, so a
+ * buffer one byte longer than want tells a longer link apart. */
+static bool fd_link_is(const struct kvm_model *m, int fd, const char *want)
+{
+	_cleanup_free_ char *path = alloc_printf("%s/self/fd/%d", m->procfs, fd);
+	size_t wl = strlen(want);
+	_cleanup_free_ char *got = malloc(wl + 2);
+	if (!path || !got)
+		return false;
+	ssize_t n = readlink(path, got, wl + 1);
+	return n == (ssize_t)wl && memcmp(got, want, wl) == 0;
+}
+
+static bool fd_open(int fd)
+{
+	return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
+}
+
+/* ------------------------------------------------------------ VM death */
+
+/* Puts a loaded vCPU (K13's save and scrub); defined with the guest
+ * activity below. */
+static void vcpu_put(struct kvm_model *m, struct model_vcpu *v);
+
+static void vm_unload(struct kvm_model *m, struct model_vm *vm)
+{
+	for (size_t i = 0; i < vm->n_vcpus; i++)
+		if (vm->vcpus[i].loaded_cpu >= 0)
+			vcpu_put(m, &vm->vcpus[i]);
+}
+
+/* Notices the VMM's exit: its pidfd is readable once the process has
+ * exited. A dead VM's vCPUs no longer run, so they leave the CPUs. */
+static bool vm_dead(struct kvm_model *m, struct model_vm *vm)
+{
+	if (vm->dead || vm->pidfd < 0)
+		return vm->dead;
+	struct pollfd p = { .fd = vm->pidfd, .events = POLLIN };
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+		vm->dead = true;
+		vm_unload(m, vm);
+	}
+	return vm->dead;
+}
+
+static void reap_dead_vms(struct kvm_model *m)
+{
+	for (size_t i = 0; i < m->n_vms; i++)
+		(void)vm_dead(m, m->vms[i]);
+}
+
+size_t kvm_model_vm_count(struct kvm_model *m)
+{
+	if (!m)
+		return 0;
+	LOCK_MODEL_FOR_SCOPE(m);
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_vms; i++)
+		n += !vm_dead(m, m->vms[i]);
+	return n;
+}
+
+/* ------------------------------------------------- physical counters */
+
+static void phys_clear(struct model_cpu *c, unsigned bit)
+{
+	c->value[bit] = 0;
+	c->value_owner[bit] = OWNER_NONE;
+}
+
+/* Who may hold a value in counter bit of cpu c right now. */
+static uint64_t phys_owner(const struct model_cpu *c, unsigned bit)
+{
+	if (!((c->reserved >> bit) & 1))
+		return OWNER_HOST;
+	if (c->loaded && ((c->loaded->live >> bit) & 1))
+		return c->loaded->owner;
+	return OWNER_NONE;
+}
+
+/* ---------------------------------------------------- guest activity */
+
+/* K14: a vCPU entering on cpu gets the pass-through PMCs cpu reserves in
+ * hardware; the others are frozen there (value held, accesses
+ * intercepted), and such an entry counts once. Returns the frozen count. */
+static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
+{
+	struct model_cpu *c = &m->cpus[cpu];
+	v->loaded_cpu = (int)cpu;
+	c->loaded = v;
+	v->live = v->passthrough & c->reserved;
+	v->frozen = v->passthrough & ~c->reserved;
+	for_each_bit(b, v->live) {
+		c->value[b] = v->value[b];
+		c->value_owner[b] = v->owner;
+		v->value[b] = 0;
+	}
+	if (v->frozen)
+		v->stats.frozen_entries++;
+	return __builtin_popcountll(v->frozen);
+}
+
+/* K13: at put the guest's pass-through values are saved and their
+ * physical counters scrubbed on that CPU, so the next owner of the CPU's
+ * guest partition (another vCPU, or host perf after a reservation change)
+ * finds nothing of this guest. */
+static void vcpu_put(struct kvm_model *m, struct model_vcpu *v)
+{
+	struct model_cpu *c = &m->cpus[v->loaded_cpu];
+	for_each_bit(b, v->live) {
+		v->value[b] = c->value[b];
+		phys_clear(c, (unsigned)b);
+	}
+	c->loaded = NULL;
+	v->loaded_cpu = -1;
+	v->live = v->frozen = 0;
+}
+
+/* ------------------------------------------------------------ perf half */
+
+unsigned kvm_model_reserve_caps(const struct kvm_model *m)
+{
+	return m ? m->caps : 0;
+}
+
+/* Decimal CPU number of a cpulist, at most UINT32_MAX. */
+static bool parse_cpu_number(const char **p, const char *end, unsigned long *out)
+{
+	unsigned long n = 0;
+	const char *s = *p;
+	if (s == end || *s < '0' || *s > '9')
+		return false;
+	for (; s < end && *s >= '0' && *s <= '9'; s++) {
+		n = n * 10 + (unsigned long)(*s - '0');
+		if (n > UINT32_MAX)
+			return false;
+	}
+	*p = s;
+	*out = n;
+	return true;
+}
+
+/* A sysfs cpulist ("0-3,8"; empty is an empty list) into listed[0..n_cpus);
+ * *beyond when it names a CPU >= n_cpus. false on a syntax error. */
+static bool parse_cpulist(const char *s, const char *end, unsigned n_cpus, bool *listed, bool *beyond)
+{
+	if (s == end)
+		return true;
+	for (;;) {
+		unsigned long lo, hi;
+		if (!parse_cpu_number(&s, end, &lo))
+			return false;
+		hi = lo;
+		if (s < end && *s == '-') {
+			s++;
+			if (!parse_cpu_number(&s, end, &hi) || hi < lo)
+				return false;
 		}
+		if (hi >= n_cpus)
+			*beyond = true;
+		for (unsigned long c = lo; c <= hi && c < n_cpus; c++)
+			listed[c] = true;
+		if (s == end)
+			return true;
+		if (*s++ != ',')
+			return false;
 	}
-	/* Every counter that changes owner starts from zero for its new
-	 * owner: neither side may read what the other counted. */
-	uint32_t gp_flip = c->gp_mask ^ p->gp_mask, fixed_flip = c->fixed_mask ^ p->fixed_mask;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++) {
-		if ((gp_flip >> i) & 1) {
-			c->gp_val[i] = 0;
-			c->scrubs++;
-		}
-	}
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++) {
-		if ((fixed_flip >> i) & 1) {
-			c->fixed_val[i] = 0;
-			c->scrubs++;
-		}
-	}
-	c->gp_mask = p->gp_mask;
-	c->fixed_mask = p->fixed_mask;
-	c->generation++;
-	p->generation = c->generation;
-	p->scrubs = c->scrubs;
-	return 0;
 }
 
-static int routes_header_ok(const struct kvm_vpmu_routes *r)
+/* "0x" and 1..16 hex digits. */
+static bool parse_hex_mask(const char *s, const char *end, uint64_t *out)
 {
-	if (r->size != sizeof(*r) || r->flags || r->pad || !all_zero(r->reserved, sizeof(r->reserved)))
+	if (end - s < 3 || end - s > 18 || s[0] != '0' || s[1] != 'x')
+		return false;
+	uint64_t v = 0;
+	for (s += 2; s < end; s++) {
+		int d = *s >= '0' && *s <= '9' ? *s - '0'
+		      : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
+		      : *s >= 'A' && *s <= 'F' ? *s - 'A' + 10 : -1;
+		if (d < 0)
+			return false;
+		v = v << 4 | (uint64_t)d;
+	}
+	*out = v;
+	return true;
+}
+
+static int reserve_parse(const struct kvm_model *m, const char *buf, size_t len, bool *listed,
+			 bool *beyond, uint64_t *mask)
+{
+	if (len && buf[len - 1] == '\n')
+		len--;
+	const char *end = buf + len, *space = memchr(buf, ' ', len);
+	/* P2: exactly "<cpulist> 0x<hex mask>", one line, one space, the
+	 * newline optional; anything else is EINVAL. */
+	if (!space || memchr(buf, '\n', len) || memchr(buf, '\0', len) ||
+	    !parse_cpulist(buf, space, m->n_cpus, listed, beyond) || !parse_hex_mask(space + 1, end, mask))
 		return -EINVAL;
 	return 0;
 }
 
-static long do_get_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
+static int reserve_check_cpus(const struct kvm_model *m, const bool *listed, bool beyond)
 {
-	int e = routes_header_ok(r);
-	struct model_vm *vm;
-	struct model_vcpu *v;
-	if (e < 0)
-		return e;
-	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
-		return e;
-	r->generation = vm->generation;
-	memcpy(r->gp, v->gp, sizeof(r->gp));
-	memcpy(r->fixed, v->fixed, sizeof(r->fixed));
-	memcpy(r->allowed_cpus, v->allowed, sizeof(r->allowed_cpus));
-	return 0;
-}
-
-static long do_set_routes(struct kvm_model *m, struct kvm_vpmu_routes *r)
-{
-	int e = routes_header_ok(r);
-	if (e < 0)
-		return e;
-	bool any_pt = false;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++) {
-		if (r->gp[i] > KVM_VPMU_ROUTE_PASSTHROUGH ||
-		    (r->gp[i] != KVM_VPMU_ROUTE_DISABLED && !gp_exists(m, i)))
-			return -EINVAL;
-		any_pt |= r->gp[i] == KVM_VPMU_ROUTE_PASSTHROUGH;
-	}
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++) {
-		if (r->fixed[i] > KVM_VPMU_ROUTE_PASSTHROUGH ||
-		    (r->fixed[i] != KVM_VPMU_ROUTE_DISABLED && !fixed_exists(m, i)))
-			return -EINVAL;
-		any_pt |= r->fixed[i] == KVM_VPMU_ROUTE_PASSTHROUGH;
-	}
-	bool any_cpu = false;
-	for (unsigned c = 0; c < KVM_VPMU_MAX_CPUS; c++) {
-		if (!cpu_allowed(r->allowed_cpus, c))
-			continue;
-		if (c >= m->n_cpus)
-			return -EINVAL;
-		any_cpu = true;
-	}
-	/* Pass-through with no CPU would pass the partition check vacuously. */
-	if (any_pt && !any_cpu)
-		return -EINVAL;
-
-	struct model_vm *vm;
-	struct model_vcpu *v;
-	if ((e = resolve(m, r->pidfd, r->vm_fd, r->vcpu_id, &vm, &v)) < 0)
-		return e;
-	if (r->generation != vm->generation)
-		return -ESTALE;
+	bool any = false, offline = false;
 	for (unsigned c = 0; c < m->n_cpus; c++) {
-		if (!cpu_allowed(r->allowed_cpus, c))
-			continue;
-		for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++)
-			if (r->gp[i] == KVM_VPMU_ROUTE_PASSTHROUGH && !((m->cpus[c].gp_mask >> i) & 1))
-				return -EBUSY;
-		for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++)
-			if (r->fixed[i] == KVM_VPMU_ROUTE_PASSTHROUGH &&
-			    !((m->cpus[c].fixed_mask >> i) & 1))
-				return -EBUSY;
+		any |= listed[c];
+		offline |= listed[c] && !m->cpus[c].online;
 	}
-	/* A PMC that moves between KVM's emulation and the hardware changes
-	 * owner (a host perf event vs. the guest partition): clear it. */
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++) {
-		if ((v->gp[i] == KVM_VPMU_ROUTE_PASSTHROUGH) != (r->gp[i] == KVM_VPMU_ROUTE_PASSTHROUGH)) {
-			v->gp_val[i] = 0;
-			v->scrubs++;
-		}
-	}
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++) {
-		if ((v->fixed[i] == KVM_VPMU_ROUTE_PASSTHROUGH) !=
-		    (r->fixed[i] == KVM_VPMU_ROUTE_PASSTHROUGH)) {
-			v->fixed_val[i] = 0;
-			v->scrubs++;
-		}
-	}
-	memcpy(v->gp, r->gp, sizeof(v->gp));
-	memcpy(v->fixed, r->fixed, sizeof(v->fixed));
-	memcpy(v->allowed, r->allowed_cpus, sizeof(v->allowed));
-	vm->generation++;
-	r->generation = vm->generation;
-	return 0;
-}
-
-static long do_get_stats(struct kvm_model *m, struct kvm_vpmu_vcpu_stats *s)
-{
-	if (s->size != sizeof(*s) || s->flags || s->pad || s->generation || s->route_fallbacks ||
-	    s->scrubs || s->emulated_msr_accesses || !all_zero(s->reserved, sizeof(s->reserved)))
+	/* P3: a non-empty list of online CPUs below nr CPUs. */
+	if (!any || beyond || offline)
 		return -EINVAL;
-	struct model_vm *vm;
-	struct model_vcpu *v;
-	int e;
-	if ((e = resolve(m, s->pidfd, s->vm_fd, s->vcpu_id, &vm, &v)) < 0)
-		return e;
-	s->generation = vm->generation;
-	s->route_fallbacks = v->route_fallbacks;
-	s->scrubs = v->scrubs;
-	s->emulated_msr_accesses = v->emulated_msr_accesses;
 	return 0;
 }
 
-long kvm_model_ioctl(struct kvm_model *m, const struct kvm_model_caller *who,
-		     unsigned long cmd, void *arg)
+static int reserve_check_counters(const struct kvm_model *m, uint64_t mask)
+{
+	/* P4: only counters this PMU has, fixed ones at most up to fixed
+	 * counter 2 (what KVM can give a guest), never PERF_METRICS or above. */
+	if (mask & ~m->reservable)
+		return -EINVAL;
+	return 0;
+}
+
+static int reserve_check_uniform(const struct kvm_model *m, const bool *listed)
+{
+	bool every_online = true;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		every_online &= listed[c] == m->cpus[c].online;
+	/* P5: a kernel without PER_CPU takes only the whole online set. */
+	if (!(m->caps & VPMU_RESERVE_CAP_PER_CPU) && !every_online)
+		return -EINVAL;
+	return 0;
+}
+
+/* Whether cpu's pinned host events fit the counters mask leaves to perf. */
+static bool pinned_fit(const struct kvm_model *m, unsigned cpu, uint64_t mask)
+{
+	const struct model_cpu *c = &m->cpus[cpu];
+	uint64_t left = m->host_counters & ~mask;
+	return c->pinned_gp <= (unsigned)__builtin_popcountll(left & VPMU_GP_MASK) &&
+	       !(c->pinned_fixed & ~left);
+}
+
+static int reserve_check_pinned(const struct kvm_model *m, const bool *listed, uint64_t mask)
+{
+	bool fits = true;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		fits &= !listed[c] || pinned_fit(m, c, mask);
+	/* P6: perf moves events between counters, so the test is whether the
+	 * pinned demand fits what is left, not which counter an event holds. */
+	if (!fits)
+		return -EBUSY;
+	return 0;
+}
+
+/* The counters reserved on some online CPU, under the proposed masks. */
+static uint64_t reserved_somewhere(const struct kvm_model *m, const uint64_t *masks, const bool *online)
+{
+	uint64_t any = 0;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		if (online[c])
+			any |= masks[c];
+	return any;
+}
+
+/* The pass-through counters of every live vCPU. */
+static uint64_t live_passthrough(struct kvm_model *m)
+{
+	uint64_t pt = 0;
+	for (size_t i = 0; i < m->n_vms; i++) {
+		struct model_vm *vm = m->vms[i];
+		if (vm_dead(m, vm))
+			continue;
+		for (size_t j = 0; j < vm->n_vcpus; j++)
+			pt |= vm->vcpus[j].passthrough;
+	}
+	return pt;
+}
+
+/* Used by a reservation write and by a CPU going offline. */
+static int reserve_check_live_routes(struct kvm_model *m, const uint64_t *masks, const bool *online)
+{
+	/* P7: no live pass-through counter may end up reserved on no online
+	 * CPU; shrinking under a running guest takes its routes away first. */
+	if (live_passthrough(m) & ~reserved_somewhere(m, masks, online))
+		return -EBUSY;
+	return 0;
+}
+
+/* Sets cpu's reservation, kicking a loaded vCPU whose pass-through PMCs it
+ * touches (put, then load again: KVM re-decides frozen PMCs only at entry). */
+static void reserve_apply_cpu(struct kvm_model *m, unsigned cpu, uint64_t mask)
+{
+	struct model_cpu *c = &m->cpus[cpu];
+	uint64_t flipped = c->reserved ^ mask;
+	if (!flipped)
+		return;
+	struct model_vcpu *kicked = c->loaded && (c->loaded->passthrough & flipped) ? c->loaded : NULL;
+	if (kicked)
+		vcpu_put(m, kicked);
+	/* P9: a counter entering or leaving the reservation changes owner
+	 * (host perf <-> guests): it is cleared on this CPU. */
+	for_each_bit(b, flipped)
+		phys_clear(c, (unsigned)b);
+	c->reserved = mask;
+	if (kicked)
+		vcpu_load(m, kicked, cpu);
+}
+
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
+			    size_t len)
 {
 	if (!m)
 		return -EINVAL;
-	/* KVM_CHECK_EXTENSION is unprivileged, as on /dev/kvm. */
-	if (cmd == KVM_CHECK_EXTENSION)
-		return (uintptr_t)arg == KVM_CAP_VPMU_PARTITION ? 1 : 0;
+	LOCK_MODEL_FOR_SCOPE(m);
+	/* The attribute is 0600 root's: opening it for writing fails first. */
+	if (!who || !who->cap_sys_admin)
+		return -EACCES;
+	if (!buf)
+		return -EFAULT;
+	_cleanup_free_ bool *listed = calloc(m->n_cpus, sizeof(*listed));
+	_cleanup_free_ bool *online = calloc(m->n_cpus, sizeof(*online));
+	_cleanup_free_ uint64_t *next = calloc(m->n_cpus, sizeof(*next));
+	if (!listed || !online || !next)
+		return -ENOMEM;
+	bool beyond = false;
+	uint64_t mask = 0;
+	int r;
+	if ((r = reserve_parse(m, buf, len, listed, &beyond, &mask)) < 0 ||
+	    (r = reserve_check_cpus(m, listed, beyond)) < 0 || (r = reserve_check_counters(m, mask)) < 0 ||
+	    (r = reserve_check_uniform(m, listed)) < 0 || (r = reserve_check_pinned(m, listed, mask)) < 0)
+		return r;
+	for (unsigned c = 0; c < m->n_cpus; c++) {
+		online[c] = m->cpus[c].online;
+		next[c] = listed[c] ? mask : m->cpus[c].reserved;
+	}
+	if ((r = reserve_check_live_routes(m, next, online)) < 0)
+		return r;
+	/* P8: every check above only read; from here on the write cannot
+	 * fail, so a refused write has changed no CPU. */
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		if (listed[c])
+			reserve_apply_cpu(m, c, mask);
+	if (!(m->caps & VPMU_RESERVE_CAP_PER_CPU))
+		m->uniform_mask = mask;
+	return 0;
+}
+
+static void cpulist_print(FILE *f, const bool *in, unsigned n)
+{
+	const char *sep = "";
+	for (unsigned c = 0; c < n; c++) {
+		if (!in[c])
+			continue;
+		unsigned last = c;
+		while (last + 1 < n && in[last + 1])
+			last++;
+		if (last == c)
+			fprintf(f, "%s%u", sep, c);
+		else
+			fprintf(f, "%s%u-%u", sep, c, last);
+		sep = ",";
+		c = last;
+	}
+}
+
+int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len)
+{
+	if (!m || (!buf && len))
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	_cleanup_free_ bool *done = calloc(m->n_cpus, sizeof(*done));
+	_cleanup_free_ bool *group = calloc(m->n_cpus, sizeof(*group));
+	_cleanup_free_ char *text = NULL;
+	size_t text_len = 0;
+	if (!done || !group)
+		return -ENOMEM;
+	{
+		_cleanup_fclose_ FILE *f = open_memstream(&text, &text_len);
+		if (!f)
+			return -ENOMEM;
+		/* P10: one line per group of online CPUs with the same mask,
+		 * groups by first CPU. */
+		for (unsigned c = 0; c < m->n_cpus; c++) {
+			if (done[c] || !m->cpus[c].online)
+				continue;
+			uint64_t mask = m->cpus[c].reserved;
+			memset(group, 0, m->n_cpus * sizeof(*group));
+			for (unsigned d = c; d < m->n_cpus; d++)
+				if (m->cpus[d].online && m->cpus[d].reserved == mask)
+					group[d] = done[d] = true;
+			cpulist_print(f, group, m->n_cpus);
+			fprintf(f, " 0x%016llx\n", (unsigned long long)mask);
+		}
+		if (fflush(f) != 0)
+			return -ENOMEM;
+	}
+	if (len) {
+		size_t n = text_len < len - 1 ? text_len : len - 1;
+		memcpy(buf, text, n);
+		buf[n] = '\0';
+	}
+	return text_len > INT32_MAX ? -EOVERFLOW : (int)text_len;
+}
+
+int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask)
+{
+	if (!m || !mask || cpu >= m->n_cpus)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	*mask = m->cpus[cpu].online ? m->cpus[cpu].reserved : 0;
+	return 0;
+}
+
+int kvm_model_host_pinned(struct kvm_model *m, unsigned cpu, unsigned n_gp, uint64_t fixed_bits)
+{
+	if (!m || cpu >= m->n_cpus || n_gp > m->num_gp ||
+	    (fixed_bits & ~(m->host_counters & VPMU_FIXED_MASK)))
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_cpu *c = &m->cpus[cpu];
+	if (!c->online)
+		return -EINVAL;
+	unsigned old_gp = c->pinned_gp;
+	uint64_t old_fixed = c->pinned_fixed;
+	c->pinned_gp = n_gp;
+	c->pinned_fixed = fixed_bits;
+	/* perf would leave pinned events that do not fit in error state; the
+	 * model refuses them so that P6 always starts from a demand that fits. */
+	if (!pinned_fit(m, cpu, c->reserved)) {
+		c->pinned_gp = old_gp;
+		c->pinned_fixed = old_fixed;
+		return -EBUSY;
+	}
+	return 0;
+}
+
+int kvm_model_cpu_online(struct kvm_model *m, unsigned cpu, bool online)
+{
+	if (!m || cpu >= m->n_cpus)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_cpu *c = &m->cpus[cpu];
+	if (c->online == online)
+		return 0;
+	if (!online) {
+		unsigned n_online = 0;
+		for (unsigned d = 0; d < m->n_cpus; d++)
+			n_online += m->cpus[d].online;
+		if (n_online == 1)
+			return -EBUSY;
+		_cleanup_free_ bool *still = calloc(m->n_cpus, sizeof(*still));
+		_cleanup_free_ uint64_t *masks = calloc(m->n_cpus, sizeof(*masks));
+		if (!still || !masks)
+			return -ENOMEM;
+		for (unsigned d = 0; d < m->n_cpus; d++) {
+			still[d] = d != cpu && m->cpus[d].online;
+			masks[d] = m->cpus[d].reserved;
+		}
+		/* The kernel's hotplug callback refuses, as P7 refuses a write,
+		 * to strand a live pass-through counter. */
+		int r = reserve_check_live_routes(m, masks, still);
+		if (r < 0)
+			return r;
+		if (c->loaded)
+			vcpu_put(m, c->loaded); /* its thread migrates away */
+		for (unsigned b = 0; b < PMC_BITS; b++)
+			phys_clear(c, b);
+		c->reserved = 0;
+		c->pinned_gp = 0; /* the model's host events die with the CPU */
+		c->pinned_fixed = 0;
+		c->online = false;
+		return 0;
+	}
+	for (unsigned b = 0; b < PMC_BITS; b++)
+		phys_clear(c, b);
+	c->online = true;
+	/* P11: a CPU coming online joins the uniform reservation, or (per-CPU
+	 * kernel) starts with none until someone writes its mask. */
+	c->reserved = (m->caps & VPMU_RESERVE_CAP_PER_CPU) ? 0 : m->uniform_mask;
+	return 0;
+}
+
+int kvm_model_count(struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t delta)
+{
+	if (!m || cpu >= m->n_cpus || !one_bit(pmc_bit) || !(pmc_bit & m->host_counters))
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_cpu *c = &m->cpus[cpu];
+	if (!c->online)
+		return -EINVAL;
+	if (c->reserved & pmc_bit)
+		return -EBUSY; /* host perf may not use a reserved counter */
+	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
+	c->value[b] += delta;
+	c->value_owner[b] = OWNER_HOST;
+	return 0;
+}
+
+int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t *out)
+{
+	if (!m || !out || cpu >= m->n_cpus || !one_bit(pmc_bit) || !(pmc_bit & m->host_counters))
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	*out = m->cpus[cpu].value[__builtin_ctzll(pmc_bit)];
+	return 0;
+}
+
+/* ------------------------------------------------------------- KVM half */
+
+static long dev_ioctl(unsigned long cmd, void *arg)
+{
+	if (cmd != KVM_CHECK_EXTENSION)
+		return -ENOTTY;
+	uintptr_t cap = (uintptr_t)arg;
+	/* K1: the route fd capability, the partition flag beside DISABLE, and
+	 * nothing else: the model knows no other capability. */
+	return cap == KVM_CAP_VPMU_ROUTES      ? 1
+	     : cap == KVM_CAP_PMU_CAPABILITY ? (long)(KVM_PMU_CAP_DISABLE | KVM_PMU_CAP_PARTITION)
+					      : 0;
+}
+
+/* The VM whose file vm_file is, or NULL for a VM the model does not know. */
+static struct model_vm *vm_find(struct kvm_model *m, int vm_file)
+{
+	for (size_t i = 0; i < m->n_vms; i++) {
+		int same = same_open_file(vm_file, m->vms[i]->ref_fd);
+		/* Without kcmp nothing tells two VM files apart (every KVM VM
+		 * is the same anon inode), so every VM file is a new VM: a
+		 * second route fd of one VM is then counted as another VM. */
+		if (same < 0)
+			return NULL;
+		if (same)
+			return m->vms[i];
+	}
+	return NULL;
+}
+
+/* What the VMM told KVM, as far as the model can check it: a shape
+ * CPUID leaf 0xA can express on this host (a count of general counters,
+ * fixed counters the host has, at most three), distinct vCPU ids, a pidfd. */
+static int vm_desc_valid(const struct kvm_model *m, const struct kvm_model_vm_desc *d)
+{
+	uint64_t gp = d->shape & VPMU_GP_MASK;
+	if ((d->shape & ~m->reservable) || (gp & (gp + 1)) || (d->nr_vcpus && !d->vcpu_ids))
+		return -EINVAL;
+	for (uint32_t i = 0; i < d->nr_vcpus; i++)
+		for (uint32_t j = 0; j < i; j++)
+			if (d->vcpu_ids[i] == d->vcpu_ids[j])
+				return -EINVAL; /* KVM_CREATE_VCPU refuses a duplicate */
+	if (d->vmm_pidfd >= 0 && !fd_link_is(m, d->vmm_pidfd, PIDFD_LINK))
+		return -EINVAL;
+	return 0;
+}
+
+static int vm_check_opt_in(const struct kvm_model_vm_desc *d)
+{
+	/* K2: PARTITION is asked before the first vCPU and not with DISABLE. */
+	if (d->opted_in && (d->pmu_disabled || d->vcpus_before_opt_in))
+		return -EINVAL;
+	return 0;
+}
+
+static int vm_check_type(const struct kvm_model_vm_desc *d)
+{
+	/* K3: KVM cannot switch the PMU of a VM whose state it cannot read
+	 * (SEV-ES, SEV-SNP, TDX), and a VM without an in-kernel local APIC
+	 * has no PMI delivery (no PMU at all under the mediated vPMU). */
+	if (d->opted_in && (d->protected_state || !d->lapic_in_kernel))
+		return -EINVAL;
+	return 0;
+}
+
+static int route_fd_check(bool opted_in, const struct kvm_vpmu_route_fd *a)
+{
+	/* K4: only a VM that opted in, and flags, pad and reserved zero. */
+	if (!opted_in || a->flags || a->pad || !all_zero(a->reserved, sizeof(a->reserved)))
+		return -EINVAL;
+	return 0;
+}
+
+static int vm_new(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *d,
+		  struct model_vm **out)
+{
+	_cleanup_(vm_freep) struct model_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return -ENOMEM;
+	vm->ref_fd = vm->pidfd = -1;
+	vm->shape = d->shape;
+	vm->n_vcpus = d->nr_vcpus;
+	vm->vcpus = calloc(d->nr_vcpus ? d->nr_vcpus : 1, sizeof(*vm->vcpus));
+	if (!vm->vcpus)
+		return -ENOMEM;
+	for (size_t i = 0; i < vm->n_vcpus; i++) {
+		vm->vcpus[i].id = d->vcpu_ids[i];
+		vm->vcpus[i].owner = m->next_owner++;
+		vm->vcpus[i].loaded_cpu = -1;
+	}
+	vm->ref_fd = fcntl(vm_file, F_DUPFD_CLOEXEC, 3);
+	if (vm->ref_fd < 0)
+		return -errno;
+	if (d->vmm_pidfd >= 0 && (vm->pidfd = fcntl(d->vmm_pidfd, F_DUPFD_CLOEXEC, 3)) < 0)
+		return -errno;
+	*out = TAKE_PTR(vm);
+	return 0;
+}
+
+/* Forgets the record of route fd number fd, closing it only when it still
+ * is the recorded VM's file; frees the VM with its last route fd. */
+static void route_forget(struct kvm_model *m, size_t i, bool close_fd)
+{
+	struct model_vm *vm = m->routes[i].vm;
+	if (close_fd)
+		close(m->routes[i].fd);
+	m->routes[i] = m->routes[--m->n_routes];
+	if (--vm->route_fds)
+		return;
+	vm_unload(m, vm);
+	for (size_t j = 0; j < m->n_vms; j++) {
+		if (m->vms[j] == vm) {
+			m->vms[j] = m->vms[--m->n_vms];
+			break;
+		}
+	}
+	vm_free(vm);
+}
+
+static ssize_t route_index(const struct kvm_model *m, int fd)
+{
+	for (size_t i = 0; i < m->n_routes; i++)
+		if (m->routes[i].fd == fd)
+			return (ssize_t)i;
+	return -1;
+}
+
+/* Whether the fd numbered as route record i still is that VM's file. */
+static bool route_still_open(const struct kvm_model *m, size_t i)
+{
+	int same = same_open_file(m->routes[i].fd, m->routes[i].vm->ref_fd);
+	return same < 0 ? fd_link_is(m, m->routes[i].fd, VM_FILE_LINK) : same == 1;
+}
+
+int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
+			      const struct kvm_vpmu_route_fd *args, int *route_fd)
+{
+	if (!m || !desc || !route_fd)
+		return -EINVAL;
+	if (!args)
+		return -EFAULT;
+	LOCK_MODEL_FOR_SCOPE(m);
+	if (!fd_open(vm_file))
+		return -EBADF;
+	if (!fd_link_is(m, vm_file, VM_FILE_LINK))
+		return -ENOTTY;
+	struct model_vm *known = vm_find(m, vm_file);
+	_cleanup_(vm_freep) struct model_vm *fresh = NULL;
+	int r;
+	if (known) {
+		/* The VMM is gone: nobody could issue the ioctl any more. */
+		if (vm_dead(m, known))
+			return -EIO;
+	} else if ((r = vm_desc_valid(m, desc)) < 0 || (r = vm_check_opt_in(desc)) < 0 ||
+		   (r = vm_check_type(desc)) < 0) {
+		return r;
+	}
+	if ((r = route_fd_check(known || desc->opted_in, args)) < 0)
+		return r;
+	if (!known) {
+		if ((r = vm_new(m, vm_file, desc, &fresh)) < 0)
+			return r;
+		if (vm_dead(m, fresh))
+			return -EIO;
+	}
+	struct model_route *nr = reallocarray(m->routes, m->n_routes + 1, sizeof(*nr));
+	if (!nr)
+		return -ENOMEM;
+	m->routes = nr;
+	struct model_vm **nv = reallocarray(m->vms, m->n_vms + 1, sizeof(*nv));
+	if (!nv)
+		return -ENOMEM;
+	m->vms = nv;
+	_cleanup_close_ int fd = fcntl(vm_file, F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return -errno;
+	/* The number was free, so a record under it is of a route fd closed
+	 * behind the model's back: forget it (the file is not ours to close). */
+	ssize_t stale = route_index(m, fd);
+	if (stale >= 0)
+		route_forget(m, (size_t)stale, false);
+	struct model_vm *vm = known ? known : fresh;
+	if (!known)
+		m->vms[m->n_vms++] = TAKE_PTR(fresh);
+	vm->route_fds++;
+	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
+	*route_fd = TAKE_FD(fd);
+	return 0;
+}
+
+int kvm_model_route_close(struct kvm_model *m, int fd)
+{
+	if (!m)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	ssize_t i = route_index(m, fd);
+	if (i < 0)
+		return -EBADF;
+	bool ours = route_still_open(m, (size_t)i);
+	route_forget(m, (size_t)i, ours);
+	return ours ? 0 : -EBADF;
+}
+
+/* The VM route fd fd names. */
+static int route_lookup(struct kvm_model *m, int fd, struct model_vm **out)
+{
+	if (!fd_open(fd))
+		return -EBADF;
+	ssize_t i = route_index(m, fd);
+	/* K5: a route fd is one the model handed out and that is still open
+	 * as that VM's file; its VM is the one it was made from, whatever
+	 * number it has now been given. Anything else is not a route fd. */
+	if (i < 0 || !route_still_open(m, (size_t)i))
+		return -ENOTTY;
+	*out = m->routes[i].vm;
+	return 0;
+}
+
+static int route_vm(struct kvm_model *m, int fd, struct model_vm **out)
+{
+	int r = route_lookup(m, fd, out);
+	if (r < 0)
+		return r;
+	/* K6: once the VM is dead (model: its VMM exited) every route-fd
+	 * ioctl fails, before anything else is looked at, as kvm_vm_ioctl
+	 * checks vm_dead first. The fd keeps its reference until closed. */
+	if (vm_dead(m, *out))
+		return -EIO;
+	return 0;
+}
+
+static int vcpu_find(struct model_vm *vm, uint32_t id, struct model_vcpu **out)
+{
+	struct model_vcpu *v = NULL;
+	for (size_t i = 0; i < vm->n_vcpus && !v; i++)
+		if (vm->vcpus[i].id == id)
+			v = &vm->vcpus[i];
+	/* K8: a vCPU is named by its KVM_CREATE_VCPU id, not an index. */
+	if (!v)
+		return -ENOENT;
+	*out = v;
+	return 0;
+}
+
+static long get_vcpus(struct model_vm *vm, struct kvm_vpmu_vcpus *a)
+{
+	/* K7: flags and reserved zero; ids in creation order, E2BIG with the
+	 * count when they do not fit. */
+	if (a->flags || !all_zero(a->reserved, sizeof(a->reserved)))
+		return -EINVAL;
+	uint32_t room = a->nr;
+	a->nr = (uint32_t)vm->n_vcpus;
+	if (room < vm->n_vcpus)
+		return -E2BIG;
+	for (size_t i = 0; i < vm->n_vcpus; i++)
+		a->ids[i] = vm->vcpus[i].id;
+	return 0;
+}
+
+static int routes_check_struct(const struct kvm_vpmu_routes *r, bool set)
+{
+	/* K9: flags and reserved zero; GET's outputs zero on input, SET's
+	 * shape zero (routes cannot set it). */
+	if (r->flags || !all_zero(r->reserved, sizeof(r->reserved)) || r->shape || (!set && r->passthrough))
+		return -EINVAL;
+	return 0;
+}
+
+static long get_routes(struct model_vm *vm, struct kvm_vpmu_routes *r)
+{
+	struct model_vcpu *v;
+	int e;
+	if ((e = routes_check_struct(r, false)) < 0 || (e = vcpu_find(vm, r->vcpu_id, &v)) < 0)
+		return e;
+	r->passthrough = v->passthrough;
+	r->shape = vm->shape;
+	return 0;
+}
+
+static int routes_check_shape(const struct model_vm *vm, uint64_t pt)
+{
+	/* K10: pass-through only within the guest's shape (which routes never
+	 * change), never a fixed counter above 2 or bit 48 and above. */
+	if (pt & ~(vm->shape & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK)))
+		return -EINVAL;
+	return 0;
+}
+
+static int routes_check_reserved(struct kvm_model *m, uint64_t pt)
+{
+	uint64_t somewhere = 0;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		if (m->cpus[c].online)
+			somewhere |= m->cpus[c].reserved;
+	/* K11: each pass-through counter is reserved on some online CPU;
+	 * CPUs that lack one freeze it there (K14). */
+	if (pt & ~somewhere)
+		return -EBUSY;
+	return 0;
+}
+
+static long set_routes(struct kvm_model *m, struct model_vm *vm, struct kvm_vpmu_routes *r)
+{
+	struct model_vcpu *v;
+	int e;
+	if ((e = routes_check_struct(r, true)) < 0 || (e = vcpu_find(vm, r->vcpu_id, &v)) < 0 ||
+	    (e = routes_check_shape(vm, r->passthrough)) < 0 || (e = routes_check_reserved(m, r->passthrough)) < 0)
+		return e;
+	if (r->passthrough == v->passthrough)
+		return 0;
+	/* K17: one count per change; the model lock serialises writers, so
+	 * of two route fds of one VM the last write is the one that holds. */
+	v->stats.route_changes++;
+	/* K12: the write kicks a loaded vCPU: put saves the hardware values,
+	 * the new routes take them as they are (a PMC leaving pass-through
+	 * hands its value to its perf event, one entering gets the event's
+	 * count), and load puts the pass-through ones back into hardware. No
+	 * guest-visible value changes. */
+	int cpu = v->loaded_cpu;
+	if (cpu >= 0)
+		vcpu_put(m, v);
+	v->passthrough = r->passthrough;
+	if (cpu >= 0)
+		vcpu_load(m, v, (unsigned)cpu);
+	return 0;
+}
+
+/* The binary stats of one vCPU in KVM_GET_STATS_FD's layout, sealed. */
+static int stats_fd_build(const struct model_vcpu *v)
+{
+	static const char *const names[] = { VPMU_STAT_FROZEN_ENTRIES, VPMU_STAT_MSR_EXITS,
+					     VPMU_STAT_ESTIMATED_READS, VPMU_STAT_ROUTE_CHANGES };
+	const uint64_t data[] = { v->stats.frozen_entries, v->stats.msr_exits, v->stats.estimated_reads,
+				  v->stats.route_changes };
+	enum { N = sizeof(names) / sizeof(names[0]) };
+	size_t desc_size = sizeof(struct kvm_stats_desc) + STATS_NAME_SIZE;
+	struct kvm_stats_header h = {
+		.name_size = STATS_NAME_SIZE,
+		.num_desc = N,
+		.id_offset = sizeof(h),
+		.desc_offset = sizeof(h) + STATS_NAME_SIZE,
+		.data_offset = (uint32_t)(sizeof(h) + STATS_NAME_SIZE + N * desc_size),
+	};
+	size_t total = h.data_offset + sizeof(data);
+	_cleanup_free_ unsigned char *img = calloc(1, total);
+	if (!img)
+		return -ENOMEM;
+	memcpy(img, &h, sizeof(h));
+	snprintf((char *)img + h.id_offset, STATS_NAME_SIZE, "kvm-model/vcpu-%u", v->id);
+	for (size_t i = 0; i < N; i++) {
+		struct kvm_stats_desc *d = (struct kvm_stats_desc *)(img + h.desc_offset + i * desc_size);
+		d->flags = KVM_STATS_TYPE_CUMULATIVE | KVM_STATS_UNIT_NONE | KVM_STATS_BASE_POW10;
+		d->size = 1;
+		d->offset = (uint32_t)(i * sizeof(uint64_t));
+		snprintf(d->name, STATS_NAME_SIZE, "%s", names[i]);
+	}
+	memcpy(img + h.data_offset, data, sizeof(data));
+
+	_cleanup_close_ int fd = memfd_create("kvm-vpmu-vcpu-stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (pwrite(fd, img, total, 0) != (ssize_t)total)
+		return -EIO;
+	/* A stats fd is read-only for its readers. */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+		return -errno;
+	return TAKE_FD(fd);
+}
+
+static long get_stats_fd(struct model_vm *vm, const struct kvm_vpmu_stats_fd *s)
+{
+	struct model_vcpu *v;
+	int e;
+	/* K16: flags and reserved zero, then the vCPU (K8), then a snapshot
+	 * of its statistics in the binary stats format. */
+	if (s->flags || !all_zero(s->reserved, sizeof(s->reserved)))
+		return -EINVAL;
+	if ((e = vcpu_find(vm, s->vcpu_id, &v)) < 0)
+		return e;
+	return stats_fd_build(v);
+}
+
+long kvm_model_ioctl(struct kvm_model *m, const struct kvm_model_caller *who, int fd, unsigned long cmd,
+		     void *arg)
+{
+	/* Route fds work from any process holding one, and KVM_CHECK_EXTENSION
+	 * needs no privilege: the caller's credentials decide nothing here. */
+	(void)who;
+	if (!m)
+		return -EINVAL;
+	if (fd == -1)
+		return dev_ioctl(cmd, arg);
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	int r = route_vm(m, fd, &vm);
+	if (r < 0)
+		return r;
 	switch (cmd) {
-	case KVM_VPMU_GET_PARTITION:
-	case KVM_VPMU_SET_PARTITION:
+	case KVM_VPMU_GET_VCPUS:
 	case KVM_VPMU_GET_ROUTES:
 	case KVM_VPMU_SET_ROUTES:
-	case KVM_VPMU_GET_VCPU_STATS:
+	case KVM_VPMU_GET_VCPU_STATS_FD:
 		break;
 	default:
 		return -ENOTTY;
 	}
-	/* Every vpmu ioctl, reads included, reveals or changes other
-	 * processes' VMs: privilege is checked before anything else. */
-	if (!who || !who->cap_sys_admin)
-		return -EPERM;
 	if (!arg)
 		return -EFAULT;
 	switch (cmd) {
-	case KVM_VPMU_GET_PARTITION: return do_get_partition(m, arg);
-	case KVM_VPMU_SET_PARTITION: return do_set_partition(m, arg);
-	case KVM_VPMU_GET_ROUTES: return do_get_routes(m, arg);
-	case KVM_VPMU_SET_ROUTES: return do_set_routes(m, arg);
-	default: return do_get_stats(m, arg);
+	case KVM_VPMU_GET_VCPUS: return get_vcpus(vm, arg);
+	case KVM_VPMU_GET_ROUTES: return get_routes(vm, arg);
+	case KVM_VPMU_SET_ROUTES: return set_routes(m, vm, arg);
+	default: return get_stats_fd(vm, arg);
 	}
 }
 
-static int counter_ok(const struct kvm_model *m, bool fixed, unsigned idx)
+/* ------------------------------------------- simulated guest activity */
+
+/* The vCPU a simulated guest event names, checked as the ioctls are. */
+static int guest_vcpu(struct kvm_model *m, int route_fd, uint32_t vcpu_id, struct model_vm **vm,
+		      struct model_vcpu **v)
 {
-	return fixed ? fixed_exists(m, idx) : gp_exists(m, idx);
+	int r = route_vm(m, route_fd, vm);
+	return r < 0 ? r : vcpu_find(*vm, vcpu_id, v);
 }
 
-int kvm_model_count(struct kvm_model *m, unsigned cpu, bool fixed, unsigned idx, uint64_t delta)
+/* A guest PMC: one bit of the vCPU's shape. */
+static bool guest_pmc(const struct model_vm *vm, uint64_t pmc_bit)
 {
-	if (!m || cpu >= m->n_cpus || !counter_ok(m, fixed, idx))
-		return -EINVAL;
-	uint64_t *v = fixed ? &m->cpus[cpu].fixed_val[idx] : &m->cpus[cpu].gp_val[idx];
-	*v += delta;
-	return 0;
+	return one_bit(pmc_bit) && (pmc_bit & vm->shape);
 }
 
-int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, bool fixed, unsigned idx,
-			 uint64_t *out)
+int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu)
 {
-	if (!m || !out || cpu >= m->n_cpus || !counter_ok(m, fixed, idx))
-		return -EINVAL;
-	*out = fixed ? m->cpus[cpu].fixed_val[idx] : m->cpus[cpu].gp_val[idx];
-	return 0;
-}
-
-int kvm_model_guest_count(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			  bool fixed, unsigned idx, uint64_t delta)
-{
-	struct model_vcpu *v;
-	if (!m || !counter_ok(m, fixed, idx))
-		return -EINVAL;
-	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
-	if (e < 0)
-		return e;
-	(fixed ? v->fixed_val : v->gp_val)[idx] += delta;
-	return 0;
-}
-
-int kvm_model_guest_value(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			  bool fixed, unsigned idx, uint64_t *out)
-{
-	struct model_vcpu *v;
-	if (!m || !out || !counter_ok(m, fixed, idx))
-		return -EINVAL;
-	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
-	if (e < 0)
-		return e;
-	*out = (fixed ? v->fixed_val : v->gp_val)[idx];
-	return 0;
-}
-
-int kvm_model_guest_enter(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu, unsigned cpu)
-{
-	struct model_vcpu *v;
 	if (!m || cpu >= m->n_cpus)
 		return -EINVAL;
-	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
-	if (e < 0)
-		return e;
-	uint32_t gp, fixed;
-	pt_masks(v, &gp, &fixed);
-	const struct model_cpu *c = &m->cpus[cpu];
-	int fell = 0;
-	if (!cpu_allowed(v->allowed, cpu)) {
-		fell = __builtin_popcount(gp) + __builtin_popcount(fixed);
-	} else {
-		fell = __builtin_popcount(gp & ~c->gp_mask) + __builtin_popcount(fixed & ~c->fixed_mask);
-	}
-	if (fell)
-		v->route_fallbacks++;
-	return fell;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if (!m->cpus[cpu].online)
+		return -EINVAL;
+	if (v->loaded_cpu >= 0 || m->cpus[cpu].loaded)
+		return -EBUSY;
+	return vcpu_load(m, v, cpu);
 }
 
-int kvm_model_guest_msr_access(struct kvm_model *m, int pidfd, int vm_fd, unsigned vcpu,
-			       bool fixed, unsigned idx)
+int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id)
 {
-	struct model_vcpu *v;
-	if (!m || idx >= (fixed ? KVM_VPMU_MAX_FIXED : KVM_VPMU_MAX_GP))
+	if (!m)
 		return -EINVAL;
-	int e = resolve(m, pidfd, vm_fd, vcpu, NULL, &v);
-	if (e < 0)
-		return e;
-	uint8_t route = fixed ? v->fixed[idx] : v->gp[idx];
-	if (route == KVM_VPMU_ROUTE_PASSTHROUGH)
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if (v->loaded_cpu < 0)
+		return -EINVAL;
+	vcpu_put(m, v);
+	return 0;
+}
+
+int kvm_model_guest_count(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			  uint64_t delta)
+{
+	if (!m)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if (!guest_pmc(vm, pmc_bit))
+		return -EINVAL;
+	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
+	if (v->frozen & pmc_bit)
 		return 0;
-	v->emulated_msr_accesses++;
+	if (v->live & pmc_bit) {
+		struct model_cpu *c = &m->cpus[v->loaded_cpu];
+		c->value[b] += delta;
+		c->value_owner[b] = v->owner;
+	} else {
+		v->value[b] += delta;
+	}
+	return 0;
+}
+
+int kvm_model_guest_value(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			  uint64_t *out)
+{
+	if (!m || !out)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if (!guest_pmc(vm, pmc_bit))
+		return -EINVAL;
+	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
+	*out = (v->live & pmc_bit) ? m->cpus[v->loaded_cpu].value[b] : v->value[b];
+	return 0;
+}
+
+int kvm_model_guest_msr_access(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			       bool read)
+{
+	if (!m)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if (!guest_pmc(vm, pmc_bit) || v->loaded_cpu < 0)
+		return -EINVAL;
+	/* K15: only a pass-through PMC live in this CPU's hardware is the
+	 * guest's to touch; a frozen or multiplexed one is emulated, and a
+	 * multiplexed read returns a scaled estimate. */
+	bool to_hardware = v->live & pmc_bit;
+	if (to_hardware)
+		return 0;
+	v->stats.msr_exits++;
+	if (read && !(v->frozen & pmc_bit))
+		v->stats.estimated_reads++;
 	return 1;
+}
+
+/* ------------------------------------------------------------ invariants */
+
+__attribute__((format(printf, 3, 4))) static int violation(char *why, size_t len, const char *fmt, ...)
+{
+	if (why && len) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(why, len, fmt, ap);
+		va_end(ap);
+	}
+	return -EUCLEAN;
 }
 
 int kvm_model_check(struct kvm_model *m, char *why, size_t whylen)
 {
 	if (!m)
 		return -EINVAL;
-	prune_dead(m);
+	LOCK_MODEL_FOR_SCOPE(m);
+	reap_dead_vms(m);
+	uint64_t somewhere = 0;
+	for (unsigned c = 0; c < m->n_cpus; c++) {
+		const struct model_cpu *cpu = &m->cpus[c];
+		if (!cpu->online) {
+			if (cpu->reserved || cpu->loaded)
+				return violation(why, whylen, "offline cpu %u keeps a reservation or a vCPU", c);
+			continue;
+		}
+		somewhere |= cpu->reserved;
+		if (!(m->caps & VPMU_RESERVE_CAP_PER_CPU) && cpu->reserved != m->uniform_mask)
+			return violation(why, whylen, "cpu %u reserves 0x%016llx, not the uniform 0x%016llx", c,
+					 (unsigned long long)cpu->reserved,
+					 (unsigned long long)m->uniform_mask);
+		const struct model_vcpu *v = cpu->loaded;
+		/* No loaded vCPU has a live pass-through PMC on a counter
+		 * outside its CPU's reservation. */
+		if (v && (v->loaded_cpu != (int)c || (v->live & ~(cpu->reserved & v->passthrough))))
+			return violation(why, whylen,
+					 "vcpu %u loaded on cpu %u has 0x%016llx live outside its reservation", v->id, c,
+					 (unsigned long long)(v->live & ~cpu->reserved));
+		/* A physical counter holds only its current owner's value. */
+		for (unsigned b = 0; b < PMC_BITS; b++) {
+			if (cpu->value[b] && cpu->value_owner[b] != phys_owner(cpu, b))
+				return violation(why, whylen,
+						 "cpu %u counter bit %u holds %llu from owner %llu, now owned by %llu", c,
+						 b, (unsigned long long)cpu->value[b],
+						 (unsigned long long)cpu->value_owner[b],
+						 (unsigned long long)phys_owner(cpu, b));
+		}
+	}
 	for (size_t i = 0; i < m->n_vms; i++) {
-		for (size_t j = 0; j < m->vms[i].n_vcpus; j++) {
-			const struct model_vcpu *v = &m->vms[i].vcpus[j];
-			uint32_t gp, fixed;
-			pt_masks(v, &gp, &fixed);
-			for (unsigned c = 0; c < m->n_cpus; c++) {
-				if (!cpu_allowed(v->allowed, c))
-					continue;
-				uint32_t bad_gp = gp & ~m->cpus[c].gp_mask;
-				uint32_t bad_fx = fixed & ~m->cpus[c].fixed_mask;
-				if (bad_gp || bad_fx) {
-					snprintf(why, whylen,
-						 "pid %d vm fd %d vcpu %u passes through gp 0x%x fixed 0x%x "
-						 "that cpu %u keeps for the host",
-						 (int)m->vms[i].pid, m->vms[i].vm_fd, v->id, bad_gp, bad_fx, c);
-					return -EUCLEAN;
-				}
-			}
+		const struct model_vm *vm = m->vms[i];
+		for (size_t j = 0; j < vm->n_vcpus; j++) {
+			const struct model_vcpu *v = &vm->vcpus[j];
+			if (v->loaded_cpu >= 0 && m->cpus[v->loaded_cpu].loaded != v)
+				return violation(why, whylen, "vcpu %u thinks it is loaded on cpu %d", v->id,
+						 v->loaded_cpu);
+			/* Every pass-through counter of a live vCPU is reserved
+			 * on some online CPU. */
+			if (!vm->dead && (v->passthrough & ~somewhere))
+				return violation(why, whylen,
+						 "vcpu %u passes 0x%016llx through, reserved on no online cpu", v->id,
+						 (unsigned long long)(v->passthrough & ~somewhere));
 		}
 	}
 	return 0;

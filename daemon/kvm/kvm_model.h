@@ -15,6 +15,9 @@
  * KVM_ENABLE_CAP and KVM_SET_CPUID2 (the caller describes it), the VM's
  * death (the VMM's exit stands for the release of its last VM file), and
  * guest activity. Nothing the model reports is a measurement.
+ *
+ * Every entry point takes the model's lock, so route-fd ioctls from
+ * several threads are serialised as KVM serialises them (K17).
  */
 #ifndef VPMU_KVM_MODEL_H
 #define VPMU_KVM_MODEL_H
@@ -54,7 +57,8 @@ void kvm_model_free(struct kvm_model *m);
 
 /* caps/guest_reserve (P1). */
 unsigned kvm_model_reserve_caps(const struct kvm_model *m);
-/* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9). */
+/* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9);
+ * -EACCES without cap_sys_admin (the attribute is 0600 root's). */
 int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
 			    size_t len);
 /* A read of guest_reserve (P10), snprintf semantics. */
@@ -65,9 +69,14 @@ int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mas
 
 /* Simulated host activity: the pinned core events host perf has on cpu,
  * as the number of general counters they need plus the fixed counters
- * (PERF_GLOBAL_CTRL layout bits) they name (P6). */
+ * (PERF_GLOBAL_CTRL layout bits) they name (P6). -EINVAL for an offline
+ * CPU or counters the host lacks, -EBUSY (nothing changed) when they do
+ * not fit beside cpu's current reservation. */
 int kvm_model_host_pinned(struct kvm_model *m, unsigned cpu, unsigned n_gp, uint64_t fixed_bits);
-/* CPU hotplug (P11). */
+/* CPU hotplug (P11). Offline: the CPU's vCPU is put, its counters,
+ * reservation and pinned events are dropped; -EBUSY for the last online
+ * CPU or when a live pass-through counter would be reserved on no online
+ * CPU (the model's answer to what P11 leaves open: it keeps P7 true). */
 int kvm_model_cpu_online(struct kvm_model *m, unsigned cpu, bool online);
 
 /* ------------------------------------------------------------- KVM half */
@@ -95,6 +104,16 @@ struct kvm_model_vm_desc {
  * route fd of that VM. A second call on the same VM file (any fd number)
  * gives a second route fd of the same VM, desc ignored. vm_file is not
  * consumed.
+ *
+ * Also -EINVAL when desc cannot be what KVM knows (a shape CPUID leaf 0xA
+ * cannot give on this host: general counters not a count from 0, fixed
+ * counters the host lacks or above 2, bits 48+; duplicate vCPU ids;
+ * vcpu_ids NULL with nr_vcpus; vmm_pidfd not a pidfd), -EFAULT for a NULL
+ * args, -EIO when the VMM has already exited (nobody could issue it).
+ * The route fd is a dup of vm_file, recognised by its number while it is
+ * open as that file: a dup the caller makes of it is not a route fd to
+ * the model (the kernel's would be), so close it only with
+ * kvm_model_route_close.
  */
 int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
 			      const struct kvm_vpmu_route_fd *args, int *route_fd);
@@ -105,16 +124,24 @@ int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm
  * it): 1 for KVM_CAP_VPMU_ROUTES, KVM_PMU_CAP_DISABLE | KVM_PMU_CAP_PARTITION
  * for KVM_CAP_PMU_CAPABILITY, 0 otherwise (K1). Any other fd must be a
  * route fd of this model: -EBADF if it is not open, -ENOTTY if it is not
- * one (K5). Returns 0 or -errno.
+ * one (K5). Returns 0 or -errno; KVM_VPMU_GET_VCPU_STATS_FD returns the
+ * new stats fd (> 0, O_CLOEXEC, a sealed memfd the caller closes).
+ * Check order on a route fd: EBADF/ENOTTY (K5), EIO (K6), ENOTTY (an
+ * unknown ioctl), EFAULT (arg NULL), then the ioctl's own: EINVAL (struct
+ * hygiene, K7/K9/K16), ENOENT (K8), EINVAL (K10), EBUSY (K11), E2BIG (K7).
+ * who is not consulted: route fds work for whoever holds them.
  */
 long kvm_model_ioctl(struct kvm_model *m, const struct kvm_model_caller *who, int fd, unsigned long cmd,
 		     void *arg);
 
-/* close(2) of a route fd: the model drops its reference and closes fd.
- * -EBADF if fd is not a route fd of this model. */
+/* close(2) of a route fd: the model drops its reference and closes fd;
+ * the VM is forgotten with its last route fd. -EBADF if fd is not a route
+ * fd of this model (if the number was closed behind the model's back, the
+ * record is dropped and the fd now under that number left alone). */
 int kvm_model_route_close(struct kvm_model *m, int fd);
 
-/* Live VMs (some route fd open and the VM not dead). */
+/* Live VMs (some route fd open and the VM not dead); a dead VM stays
+ * recorded, uncounted, until its last route fd is closed. */
 size_t kvm_model_vm_count(struct kvm_model *m);
 
 /* ------------------------------------------------ simulated guest activity */
@@ -122,9 +149,11 @@ size_t kvm_model_vm_count(struct kvm_model *m);
 /* vCPU vcpu_id of route_fd's VM enters the guest on cpu (vcpu load): its
  * pass-through PMCs reserved on cpu are loaded into the physical
  * counters; the others are frozen there (K14). Returns the number of
- * frozen PMCs, or -errno (-EBUSY: already loaded). */
+ * frozen PMCs, or -errno (-EBUSY: the vCPU or another one is already
+ * loaded there; -EINVAL: cpu offline or out of range). */
 int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu);
-/* vCPU put: guest values saved, physical counters scrubbed (K13). */
+/* vCPU put: guest values saved, physical counters scrubbed (K13);
+ * -EINVAL if it is not loaded. */
 int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id);
 /* The guest's PMC (one PERF_GLOBAL_CTRL-layout bit) counts delta: in the
  * physical counter when passed through and loaded, else in the vCPU's
@@ -135,10 +164,12 @@ int kvm_model_guest_count(struct kvm_model *m, int route_fd, uint32_t vcpu_id, u
 int kvm_model_guest_value(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
 			  uint64_t *out);
 /* A guest access to a PMC's MSRs: 1 if KVM intercepts and emulates it
- * (multiplexed, frozen), 0 if it goes to hardware (K15). */
+ * (multiplexed, frozen), 0 if it goes to hardware (K15). The vCPU must be
+ * loaded (-EINVAL otherwise: only a running guest touches its MSRs). */
 int kvm_model_guest_msr_access(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
 			       bool read);
-/* Host activity on a physical counter of cpu (pmc_bit as above). */
+/* Host activity on a physical counter of cpu (pmc_bit as above); -EBUSY
+ * on a reserved counter (host perf may not use it), -EINVAL offline. */
 int kvm_model_count(struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t delta);
 int kvm_model_phys_value(const struct kvm_model *m, unsigned cpu, uint64_t pmc_bit, uint64_t *out);
 
