@@ -732,6 +732,12 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 		if (flavour)
 			table_row(&t, xstrdup("vpmu"), xasprintf("%s (routes %s)%s%s", flavour, routes ? routes : "?",
 								 effect ? ": " : "", effect ? effect : ""));
+		const char *reservation = get_str(b, "kvm_reservation");
+		if (reservation)
+			table_row(&t, xstrdup("reservation"),
+				  xasprintf("%s%s", reservation,
+					    !strcmp(reservation, "uniform") ? " (one mask for every CPU: the kernel takes no other)"
+									    : ""));
 		struct json_object *warnings = get_arr(b, "kvm_warnings");
 		for (size_t i = 0; i < arr_len(warnings); i++) {
 			struct json_object *w = json_object_array_get_idx(warnings, i);

@@ -76,9 +76,15 @@ static const char *errno_text(int e)
 	return buf;
 }
 
-/* The route fd: the kernel's when it has the extension, else what the
- * model takes for one. -1 when not even that can be made. */
-static int make_route_fd(int vm)
+/*
+ * The route fd to hand over: the kernel's when it has the extension, else
+ * what the model takes for one, the VM file itself. That is sent as the
+ * VM fd: vpmud receives its own descriptor of the file, a dup, and this
+ * process keeps holding one VM fd, as a VMM does (vpmud finds the VMM's
+ * VM among its descriptors). closed: a dup of our own, closed by the
+ * caller. -1 when not even that can be made.
+ */
+static int make_route_fd(int vm, bool closed)
 {
 	struct kvm_vpmu_route_fd args = { 0 };
 	int fd = ioctl(vm, KVM_CREATE_VPMU_ROUTE_FD, &args);
@@ -87,12 +93,13 @@ static int make_route_fd(int vm)
 		return fd;
 	}
 	printf("KVM_CREATE_VPMU_ROUTE_FD: %s\n", errno_text(errno));
-	fd = fcntl(vm, F_DUPFD_CLOEXEC, 0);
+	fd = closed ? fcntl(vm, F_DUPFD_CLOEXEC, 0) : vm;
 	if (fd < 0) {
 		fprintf(stderr, "vpmu-fake-vmm: dup of the VM fd: %s\n", strerror(errno));
 		return -1;
 	}
-	printf("model route fd %d: a dup of the VM fd (the kernel lacks KVM_CAP_VPMU_ROUTES)\n", fd);
+	printf("model route fd %d: a dup of the VM fd (the kernel lacks KVM_CAP_VPMU_ROUTES)%s\n", fd,
+	       closed ? "" : "; sent as SCM_RIGHTS, vpmud receives its own dup");
 	return fd;
 }
 
@@ -185,7 +192,7 @@ int main(int argc, char **argv)
 		printf("KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES): %d\n", ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_VPMU_ROUTES));
 		printf("KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION): %s\n",
 		       opt_in ? errno_text(opt_in) : "opted in");
-		int route_fd = make_route_fd(vm);
+		int route_fd = make_route_fd(vm, closed);
 		if (route_fd < 0)
 			return 1;
 		fflush(stdout);

@@ -348,26 +348,21 @@ static void put_backends(struct out *o, const struct broker_status *st)
 	put_u(o, "kvm_flavour", wire_enum(flavour_names, st->flavour));
 	put_u(o, "kvm_routes", wire_enum(routes_kind_names, st->routes));
 	put_s(o, "kvm_flavour_effect", st->flavour_effect);
+	if (st->reservation)
+		put_s(o, "kvm_reservation", st->reservation);
 	if (st->warnings[0])
 		put_strv(o, "kvm_warnings", st->warnings);
 }
 
 /* vms_by_routes {enforced, simulated, advisory: x} and advisory_vms (as):
  * the socket's status fields of the same names. */
-static void put_vms_by_routes(struct out *o, const struct broker *b)
+static void put_vms_by_routes(struct out *o, const struct broker *b, const struct broker_status *st)
 {
-	int64_t count[4] = { 0 };
 	size_t n = broker_vm_count(b);
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
-		uint32_t k = wire_enum(routes_kind_names, vm_routes(b, &v));
-		if (k >= 1 && k <= 3)
-			count[k]++;
-	}
 	nested_begin(o, "vms_by_routes", "a{sv}");
-	for (uint32_t k = 1; k <= 3; k++)
-		put_x(o, routes_kind_names[k], count[k]);
+	put_x(o, "enforced", (int64_t)st->vms_enforced);
+	put_x(o, "simulated", (int64_t)st->vms_simulated);
+	put_x(o, "advisory", (int64_t)st->vms_advisory);
 	nested_end(o);
 	entry_begin(o, "advisory_vms", "as");
 	open_c(o, 'a', "s");
@@ -391,7 +386,7 @@ static void put_status(struct out *o, const struct broker *b, const struct broke
 	put_t(o, "generation", st->generation);
 	put_x(o, "cpus", st->cpus);
 	put_x(o, "vms", (int64_t)st->vms);
-	put_vms_by_routes(o, b);
+	put_vms_by_routes(o, b, st);
 	put_x(o, "sessions", (int64_t)st->sessions);
 	put_x(o, "watchers", (int64_t)st->watchers);
 	put_x(o, "uptime_s", (int64_t)st->uptime_s);

@@ -502,24 +502,13 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 /* "vms_by_routes":{"enforced":0,"simulated":1,"advisory":1},
  * "advisory_vms":["db"]: how many VMs' routes reach the kernel, and by name
  * those whose do not, so that no output leaves an advisory VM unsaid. */
-static void put_vms_by_routes(struct json_door_text *t, const struct broker *b)
+static void put_vms_by_routes(struct json_door_text *t, const struct broker *b, const struct broker_status *st)
 {
-	static const char *const kinds[] = { "enforced", "simulated", "advisory" };
-	size_t count[3] = { 0 };
-	size_t n = broker_vm_count(b);
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
-		const char *kind = v.routes ? v.routes : broker_routes_kind(b);
-		for (size_t k = 0; k < 3; k++)
-			count[k] += !strcmp(kind, kinds[k]);
-	}
-	put(t, "\"vms_by_routes\":{");
-	for (size_t k = 0; k < 3; k++)
-		putf(t, "%s\"%s\":%zu", k ? "," : "", kinds[k], count[k]);
-	put(t, "},\"advisory_vms\":[");
+	putf(t, "\"vms_by_routes\":{\"enforced\":%zu,\"simulated\":%zu,\"advisory\":%zu}", st->vms_enforced,
+	     st->vms_simulated, st->vms_advisory);
+	put(t, ",\"advisory_vms\":[");
 	bool first = true;
-	for (size_t i = 0; i < n && !t->error; i++) {
+	for (size_t i = 0, n = broker_vm_count(b); i < n && !t->error; i++) {
 		struct broker_vm_view v;
 		broker_vm_at(b, i, &v);
 		if (strcmp(v.routes ? v.routes : broker_routes_kind(b), "advisory"))
@@ -562,6 +551,10 @@ static void put_status(struct json_door_text *t, struct broker *b)
 	put_str(t, st.routes);
 	put(t, ",\"kvm_flavour_effect\":");
 	put_str(t, st.flavour_effect);
+	if (st.reservation) {
+		put(t, ",\"kvm_reservation\":");
+		put_str(t, st.reservation);
+	}
 	if (st.warnings[0]) {
 		put(t, ",\"kvm_warnings\":[");
 		for (size_t i = 0; st.warnings[i]; i++) {
@@ -574,7 +567,7 @@ static void put_status(struct json_door_text *t, struct broker *b)
 	put(t, "},\"generation\":");
 	put_u64(t, st.generation);
 	putf(t, ",\"cpus\":%u,\"vms\":%zu,", st.cpus, st.vms);
-	put_vms_by_routes(t, b);
+	put_vms_by_routes(t, b, &st);
 	putf(t, ",\"sessions\":%zu,\"watchers\":%zu,\"uptime_s\":", st.sessions, st.watchers);
 	put_u64(t, st.uptime_s);
 	put(t, "}");
