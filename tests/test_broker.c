@@ -2295,6 +2295,13 @@ static void test_route_fd_number_reuse(void **st)
 	assert_string_equal(routes_of(f, "c", NULL), "simulated");
 	assert_string_equal(routes_of(f, "b", NULL), "simulated");
 	assert_int_equal(kvm_model_vm_count(f->model), 2);
+	/* A detach while the VMM runs takes the routes back, then the port
+	 * closes the route fd. */
+	json_object_put(ok(f, "{\"id\":9,\"method\":\"vm.detach\",\"params\":{\"name\":\"b\"}}"));
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	uint64_t mask = 1;
+	assert_int_equal(kvm_port_reservation(f->port, 1, &mask), 0);
+	assert_true(mask == 0);
 	kvm_child_stop(c2);
 	kvm_child_stop(c3);
 	wait_vm_count(f, 0);
