@@ -2429,6 +2429,20 @@ static void test_no_route_fd_is_advisory(void **st)
 	/* A bind without a route fd again: same answer, still advisory. */
 	bind_ok(f, "adv", c, -1);
 	assert_string_equal(routes_of(f, "adv", NULL), "advisory");
+	/* Something else handed as its route fd: refused, and the VM stays
+	 * bound and advisory, its routes recorded as before. */
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	close(p[1]);
+	struct proto_error err;
+	assert_true(bind_fd(f, "adv", c, p[0], &err) < 0);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_string_equal(routes_of(f, "adv", NULL), "advisory");
+	assert_int_equal(broker_vm_find(f->b, "adv", &v), 0);
+	assert_true(v.bound);
+	mask = 0;
+	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
 	/* The VMM hands its route fd now: simulated, routes sent. */
 	bind_ok(f, "adv", c, vm_file_of(c));
 	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
