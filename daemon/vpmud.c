@@ -252,7 +252,7 @@ static void log_flavour(const struct broker *b)
 	log_notice("kvm: vPMU flavour %s, routes %s: %s", st.flavour, st.routes, st.flavour_effect);
 	if (!strcmp(st.flavour, "extension"))
 		log_notice("kvm: the guest reservation is planned %s%s", st.reservation,
-			   !strcmp(st.reservation, "uniform") ? " (the kernel takes one mask for every CPU)" : "");
+			   !strcmp(st.reservation, "uniform") ? " (one mask for every CPU)" : "");
 	for (size_t i = 0; st.warnings[i]; i++)
 		log_warn("kvm: %s", st.warnings[i]);
 }
@@ -320,8 +320,8 @@ int vpmud_run(const struct vpmud_opts *opts)
 	}
 	/* A kernel says what its reservation takes; only the model is told. */
 	if (opts->kvm_reserve && strcmp(d.cfg.kvm, "model")) {
-		log_err("refusing to start: --kvm-reserve %s: only with the model backend (kvm = model); the %s backend "
-			"takes what the kernel's caps/guest_reserve says",
+		log_err("refusing to start: --kvm-reserve %s: only with the model backend (kvm = model, not %s), whose "
+			"model it describes; a kernel says what it takes in perf's caps/guest_reserve",
 			opts->kvm_reserve, d.cfg.kvm);
 		return 2;
 	}
