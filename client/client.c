@@ -2,6 +2,7 @@
 #include "vpmu/client.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -133,11 +134,36 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 	}
 }
 
-static int send_all(struct vpmu_client *c, const char *buf, size_t len, uint64_t deadline,
+/* One sendmsg, with fd (>= 0) as SCM_RIGHTS: the kernel attaches it to
+ * the first bytes, which vpmud pairs with the request they belong to. */
+static ssize_t send_with_fd(int sock, const char *buf, size_t len, int fd)
+{
+	union {
+		struct cmsghdr align;
+		char space[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (fd >= 0) {
+		memset(&control, 0, sizeof(control));
+		mh.msg_control = control.space;
+		mh.msg_controllen = sizeof(control.space);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	return sendmsg(sock, &mh, MSG_NOSIGNAL);
+}
+
+/* Sends the frame; fd (>= 0) rides with its first bytes. */
+static int send_all(struct vpmu_client *c, const char *buf, size_t len, int fd, uint64_t deadline,
 		    struct vpmu_client_error *err)
 {
 	while (len) {
-		ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+		ssize_t n = send_with_fd(c->fd, buf, len, fd);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -159,6 +185,7 @@ static int send_all(struct vpmu_client *c, const char *buf, size_t len, uint64_t
 		}
 		buf += n;
 		len -= (size_t)n;
+		fd = -1; /* it went with these bytes */
 	}
 	return 0;
 }
@@ -253,8 +280,9 @@ static void queue_event(struct vpmu_client *c, struct proto_response *resp)
 	c->queued++;
 }
 
-int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_object *params,
-		     uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
+/* vpmu_client_call, with fd (>= 0) sent along with the request. */
+static int call_fd(struct vpmu_client *c, const char *method, struct json_object *params, int fd,
+		   uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
 {
 	_cleanup_json_ struct json_object *req = NULL;
 	_cleanup_free_ char *frame = NULL;
@@ -278,7 +306,7 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		return fail(err, r, "the request exceeds the protocol's %u-byte limit", PROTO_MAX_REQUEST);
 	if (r < 0)
 		return fail(err, r, "cannot encode the request");
-	r = send_all(c, frame, len, deadline, err);
+	r = send_all(c, frame, len, fd, deadline, err);
 	if (r < 0)
 		return r;
 	for (;;) {
@@ -302,6 +330,39 @@ int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_obje
 		*result = TAKE_PTR(resp.body);
 		return 0;
 	}
+}
+
+int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_object *params,
+		     uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
+{
+	return call_fd(c, method, params, -1, deadline, result, err);
+}
+
+int vpmu_client_vm_bind_route_fd(struct vpmu_client *c, const char *name, pid_t pid, int route_fd,
+				 uint64_t deadline, struct json_object **result, struct vpmu_client_error *err)
+{
+	struct proto_request req = { .method = PROTO_M_VM_BIND };
+	struct proto_error pe;
+	_cleanup_json_ struct json_object *params = NULL;
+
+	if (!c || !name || !result)
+		return fail(err, -EINVAL, "invalid call");
+	*result = NULL;
+	/* a closed descriptor would send the request without one: vpmud
+	 * would refuse it, but the caller's mistake is local */
+	if (route_fd < 0 || fcntl(route_fd, F_GETFD) < 0)
+		return fail(err, -EBADF, "route fd %d is not an open descriptor", route_fd);
+	if (strlen(name) > PROTO_NAME_MAX)
+		return fail(err, -EINVAL, "VM name longer than %d characters", PROTO_NAME_MAX);
+	memcpy(req.u.vm_bind.name, name, strlen(name) + 1);
+	req.u.vm_bind.pid = pid;
+	req.u.vm_bind.route_fd = true;
+	/* CPU numbers play no part in vm.bind: any bound will do */
+	if (proto_request_validate(&req, CPULIST_MAX_CPUS, &pe) < 0)
+		return fail(err, -EINVAL, "%s", pe.message);
+	if (!(params = proto_request_encode_params(&req, NULL)))
+		return oom(err);
+	return call_fd(c, "vm.bind", params, route_fd, deadline, result, err);
 }
 
 /* Connects c's socket to path; the deadline bounds a full backlog. */

@@ -558,6 +558,17 @@ static char *flavour_line(struct json_object *res)
 	return xasprintf("vPMU %s, routes %s", flavour, routes ? routes : "?");
 }
 
+/* "advisory (the VMM handed no route fd)": whether one VM's routes reach
+ * the kernel, and why not; NULL from a daemon that does not say per VM. */
+static char *vm_routes_text(struct json_object *vm)
+{
+	const char *routes = get_str(vm, "routes"), *why = get_str(vm, "routes_why");
+
+	if (!routes)
+		return NULL;
+	return why && *why ? xasprintf("%s (%s)", routes, why) : xstrdup(routes);
+}
+
 static void print_vcpu_routes(struct json_object *vcpus, const char *indent)
 {
 	struct table t;
@@ -643,6 +654,32 @@ static char *fmt_host(struct json_object *cpu)
 
 /* ---------------------------------------------------------------- status */
 
+/* "3 (1 simulated, 2 advisory)": the VMs, by whether their routes reach
+ * the kernel; the count alone from a daemon that does not say. */
+static char *fmt_vms(struct json_object *res)
+{
+	static const char *const kinds[] = { "enforced", "simulated", "advisory" };
+	struct json_object *by = get(res, "vms_by_routes");
+	char *counts = NULL, *count = fmt_any(res, "vms"), *out;
+
+	for (size_t i = 0; by && i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		int64_t n;
+
+		if (!get_i64(by, kinds[i], &n) || n == 0)
+			continue;
+		char *next = xasprintf("%s%s%" PRId64 " %s", counts ? counts : "", counts ? ", " : "", n, kinds[i]);
+
+		free(counts);
+		counts = next;
+	}
+	if (!counts)
+		return count;
+	out = xasprintf("%s (%s)", count, counts);
+	free(count);
+	free(counts);
+	return out;
+}
+
 static int cmd_status(struct ctl *x, int argc, char **argv)
 {
 	struct json_object *res, *b;
@@ -695,6 +732,12 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 		if (flavour)
 			table_row(&t, xstrdup("vpmu"), xasprintf("%s (routes %s)%s%s", flavour, routes ? routes : "?",
 								 effect ? ": " : "", effect ? effect : ""));
+		const char *reservation = get_str(b, "kvm_reservation");
+		if (reservation)
+			table_row(&t, xstrdup("reservation"),
+				  xasprintf("%s%s", reservation,
+					    !strcmp(reservation, "uniform") ? " (one mask for every CPU: the kernel takes no other)"
+									    : ""));
 		struct json_object *warnings = get_arr(b, "kvm_warnings");
 		for (size_t i = 0; i < arr_len(warnings); i++) {
 			struct json_object *w = json_object_array_get_idx(warnings, i);
@@ -707,7 +750,30 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 	}
 	table_row(&t, xstrdup("generation"), fmt_any(res, "generation"));
 	table_row(&t, xstrdup("cpus"), fmt_any(res, "cpus"));
-	table_row(&t, xstrdup("vms"), fmt_any(res, "vms"));
+	table_row(&t, xstrdup("vms"), fmt_vms(res));
+	{
+		/* every advisory VM by name: no output leaves one unsaid */
+		struct json_object *adv = get_arr(res, "advisory_vms");
+		size_t n = arr_len(adv), shown = n > 20 ? 20 : n;
+		char *names = NULL;
+
+		for (size_t i = 0; i < shown; i++) {
+			struct json_object *v = json_object_array_get_idx(adv, i);
+			char *next = xasprintf("%s%s%s", names ? names : "", names ? ", " : "",
+					       json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "?");
+
+			free(names);
+			names = next;
+		}
+		char more[48] = "";
+
+		if (n > shown)
+			snprintf(more, sizeof(more), " and %zu more", n - shown);
+		if (n)
+			table_row(&t, xstrdup("advisory vms"),
+				  xasprintf("%s%s: routes not enforced (vm show NAME says why)", names, more));
+		free(names);
+	}
 	table_row(&t, xstrdup("sessions"), fmt_any(res, "sessions"));
 	table_row(&t, xstrdup("watchers"), fmt_any(res, "watchers"));
 	if (get_i64(res, "uptime_s", &v))
@@ -850,8 +916,11 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 		printf("  none\n");
 	for (size_t i = 0; i < arr_len(vms); i++) {
 		struct json_object *vm = json_object_array_get_idx(vms, i);
+		char *routes = vm_routes_text(vm);
 
-		printf("  %s\n", get_str(vm, "name") ?: "?");
+		printf("  %s%s%s%s\n", get_str(vm, "name") ?: "?", routes ? " (routes " : "", routes ? routes : "",
+		       routes ? ")" : "");
+		free(routes);
 		print_vcpu_routes(get_arr(vm, "vcpus"), "    ");
 	}
 
@@ -1168,6 +1237,11 @@ static int vm_bind(struct ctl *x, int argc, char **argv)
 
 		snprintf(what, sizeof(what), "bound to pid %d:", (int)pid);
 		print_generation_line(what, pos[0], res);
+		char *routes = vm_routes_text(res);
+
+		if (routes)
+			printf("  routes: %s\n", routes);
+		free(routes);
 	}
 	json_object_put(res);
 	return 0;
@@ -1236,6 +1310,10 @@ static int vm_show(struct ctl *x, int argc, char **argv)
 				    get(owner, "vm_fd") ? json_object_get_string(get(owner, "vm_fd")) : "?"));
 	else
 		table_row(&t, xstrdup("owner"), xstrdup("none (not bound to a process)"));
+	char *routes = vm_routes_text(res);
+
+	if (routes)
+		table_row(&t, xstrdup("routes"), routes);
 	table_print(&t, "");
 	char *legend = route_legend(res);
 
@@ -1298,13 +1376,15 @@ static int vm_list(struct ctl *x, int argc, char **argv)
 	if (fl)
 		printf("%s\n", fl);
 	free(fl);
-	table_init(&t, 5);
-	table_row(&t, xstrdup("NAME"), xstrdup("PRIORITY"), xstrdup("CLASS"), xstrdup("VCPUS"), xstrdup("GRANTED"));
+	table_init(&t, 6);
+	table_row(&t, xstrdup("NAME"), xstrdup("PRIORITY"), xstrdup("CLASS"), xstrdup("VCPUS"), xstrdup("ROUTES"),
+		  xstrdup("GRANTED"));
 	for (size_t i = 0; i < arr_len(vms); i++) {
 		struct json_object *v = json_object_array_get_idx(vms, i);
 
+		/* why is vm show's: a column of sentences does not read */
 		table_row(&t, fmt_any(v, "name"), fmt_any(v, "priority"), fmt_any(v, "class"), fmt_any(v, "vcpus"),
-			  fmt_grants(v, extension));
+			  fmt_any(v, "routes"), fmt_grants(v, extension));
 	}
 	table_print(&t, "");
 	json_object_put(res);

@@ -54,6 +54,11 @@ static void usage(FILE *f)
 		"                         vpmu extension, else advisory for this host's vPMU\n"
 		"                         flavour; model: the in-process model of the extension,\n"
 		"                         simulated, for demos and tests)\n"
+		"  --kvm-reserve uniform|per-cpu\n"
+		"                         --kvm model only: the model's perf half takes one guest\n"
+		"                         reservation for every CPU (uniform, as a first kernel\n"
+		"                         may) or one per CPU (per-cpu, default); vpmud plans\n"
+		"                         what it takes (status: reservation)\n"
 		"  --libvirt-uri URI      follow libvirt domains on URI (none: off)\n"
 		"  --dbus ADDRESS|system|none\n"
 		"                         serve org.vpmu.Broker1 on this bus (default system;\n"
@@ -101,7 +106,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 {
 	enum { OPT_PMU = 256, OPT_PRINT_PMU, OPT_PRINT_GUEST, OPT_LIST, OPT_PRINT_KVM, OPT_GP, OPT_FIXED,
 	       OPT_GVER, OPT_SYSFS, OPT_PROCFS, OPT_CONFIG, OPT_SOCKET, OPT_STATE, OPT_KVM,
-	       OPT_LIBVIRT, OPT_DBUS };
+	       OPT_LIBVIRT, OPT_DBUS, OPT_KVM_RESERVE };
 	static const struct option opts[] = {
 		{ "pmu", required_argument, NULL, OPT_PMU },
 		{ "print-pmu", no_argument, NULL, OPT_PRINT_PMU },
@@ -117,6 +122,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "socket", required_argument, NULL, OPT_SOCKET },
 		{ "state-dir", required_argument, NULL, OPT_STATE },
 		{ "kvm", required_argument, NULL, OPT_KVM },
+		{ "kvm-reserve", required_argument, NULL, OPT_KVM_RESERVE },
 		{ "libvirt-uri", required_argument, NULL, OPT_LIBVIRT },
 		{ "dbus", required_argument, NULL, OPT_DBUS },
 		{ "help", no_argument, NULL, 'h' },
@@ -192,6 +198,13 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case OPT_KVM:
 			a->daemon.kvm = optarg;
+			break;
+		case OPT_KVM_RESERVE:
+			if (strcmp(optarg, "uniform") && strcmp(optarg, "per-cpu")) {
+				fprintf(stderr, "vpmud: --kvm-reserve %s: must be uniform or per-cpu\n", optarg);
+				return -EINVAL;
+			}
+			a->daemon.kvm_reserve = optarg;
 			break;
 		case OPT_LIBVIRT:
 			a->daemon.libvirt_uri = optarg;

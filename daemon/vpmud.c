@@ -209,10 +209,15 @@ static int choose_kvm(struct vpmud *d)
 	/*
 	 * auto: the extension when the kernel has it; otherwise advisory,
 	 * reasoning about the flavour this kernel gives guests (the port
-	 * decides from KVM_CAP_VPMU_PARTITION). model keeps the model of the
-	 * extension, for demos and tests, labelled simulated.
+	 * decides from KVM_CAP_VPMU_ROUTES and perf's caps/guest_reserve).
+	 * model keeps the model of the extension, for demos and tests,
+	 * labelled simulated; its perf half takes what --kvm-reserve says.
 	 */
 	po.backend = want;
+	if (want == KVM_BACKEND_MODEL)
+		po.model_reserve_caps = d->opts->kvm_reserve && !strcmp(d->opts->kvm_reserve, "uniform")
+						? VPMU_RESERVE_CAP_UNIFORM
+						: VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU;
 	int r = kvm_port_open(&po, &d->port, why, sizeof(why));
 	if (r < 0) {
 		log_err("kvm: backend %s: %s", kvm_port_backend_name(po.backend), why);
@@ -223,11 +228,14 @@ static int choose_kvm(struct vpmud *d)
 						 : BROKER_FLAVOUR_EXTENSION;
 	if (got == KVM_BACKEND_ADVISORY)
 		snprintf(d->kvm_note, sizeof(d->kvm_note), "%s: advisory, for this kernel's vPMU flavour %s%s%s%s",
-			 want == KVM_BACKEND_AUTO ? "auto: no vpmu extension in this kernel (KVM_CAP_VPMU_PARTITION absent)"
+			 want == KVM_BACKEND_AUTO ? "auto: no vpmu extension in this kernel (KVM_CAP_VPMU_ROUTES or "
+						    "perf's caps/guest_reserve absent)"
 						  : "advisory requested",
 			 broker_flavour_name(d->flavour), assumed[0] ? " (" : "", assumed, assumed[0] ? ")" : "");
 	if (got == KVM_BACKEND_MODEL)
-		log_warn("kvm: model backend: routes go to an in-process model of the vpmu extension (simulated), not to KVM");
+		log_warn("kvm: model backend: routes go to an in-process model of the vpmu extension (simulated), not to "
+			 "KVM; its reservation is %s",
+			 kvm_port_reserve_caps(d->port) & VPMU_RESERVE_CAP_PER_CPU ? "per CPU" : "uniform (one mask for every CPU)");
 	else if (got == KVM_BACKEND_ADVISORY)
 		log_warn("kvm: %s; guest routes are not enforced", d->kvm_note);
 	else
@@ -242,6 +250,9 @@ static void log_flavour(const struct broker *b)
 	struct broker_status st;
 	broker_status(b, &st);
 	log_notice("kvm: vPMU flavour %s, routes %s: %s", st.flavour, st.routes, st.flavour_effect);
+	if (!strcmp(st.flavour, "extension"))
+		log_notice("kvm: the guest reservation is planned %s%s", st.reservation,
+			   !strcmp(st.reservation, "uniform") ? " (one mask for every CPU)" : "");
 	for (size_t i = 0; st.warnings[i]; i++)
 		log_warn("kvm: %s", st.warnings[i]);
 }
@@ -305,6 +316,13 @@ int vpmud_run(const struct vpmud_opts *opts)
 	d.config_required = opts->config_path != NULL;
 	if (load_config(&d, &d.cfg, err, sizeof(err)) < 0) {
 		log_err("refusing to start: %s", err);
+		return 2;
+	}
+	/* A kernel says what its reservation takes; only the model is told. */
+	if (opts->kvm_reserve && strcmp(d.cfg.kvm, "model")) {
+		log_err("refusing to start: --kvm-reserve %s: only with the model backend (kvm = model, not %s), whose "
+			"model it describes; a kernel says what it takes in perf's caps/guest_reserve",
+			opts->kvm_reserve, d.cfg.kvm);
 		return 2;
 	}
 	r = ensure_dir(d.cfg.state_dir);

@@ -16,6 +16,10 @@ struct vpmud_opts {
 	const char *state_dir;
 	const char *pmu;
 	const char *kvm;
+	/* "uniform" or "per-cpu": the reservation capabilities of the model
+	 * backend's private model (NULL: per-cpu); refused with any other
+	 * backend, whose kernel says what it takes. */
+	const char *kvm_reserve;
 	const char *libvirt_uri;
 	const char *dbus;           /* system, none or a bus address */
 	const char *sysfs_root;     /* testing */

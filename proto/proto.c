@@ -572,6 +572,10 @@ static const struct json_fields_field vm_bind_rows[] = {
 	PID_ROW(struct proto_vm_bind, pid, JSON_FIELDS_REQUIRED),
 	{ .name = "vm_fd", .type = JSON_FIELDS_INT, .max = INT32_MAX, .offset = offsetof(struct proto_vm_bind, vm_fd),
 	  .size = sizeof(int32_t), .present = JSON_FIELDS_FLAG(struct proto_vm_bind, has_vm_fd) },
+	/* the descriptor itself is not JSON: it rides as SCM_RIGHTS with the
+	 * frame, and the door pairs the two (docs/protocol.md) */
+	{ .name = "route_fd", .type = JSON_FIELDS_BOOL, .flags = JSON_FIELDS_DEFAULT, .def = 0,
+	  .offset = offsetof(struct proto_vm_bind, route_fd) },
 	{ 0 },
 };
 
@@ -939,7 +943,9 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 			return false;
 		return json_fields_put(p, "name", json_object_new_string(b->name)) &&
 		       json_fields_put(p, "pid", json_object_new_int64(b->pid)) &&
-		       (!b->has_vm_fd || json_fields_put(p, "vm_fd", json_object_new_int64(b->vm_fd)));
+		       (!b->has_vm_fd || json_fields_put(p, "vm_fd", json_object_new_int64(b->vm_fd))) &&
+		       /* only when set: a daemon before route fds reads the rest as before */
+		       (!b->route_fd || json_fields_put(p, "route_fd", json_object_new_boolean(true)));
 	}
 	case PROTO_M_VM_DETACH:
 	case PROTO_M_VM_SHOW:

@@ -13,6 +13,8 @@ what clients may ask (the largest leases one request can make, thousands of
 leases, 1024-vCPU leases past the old 16 MiB state limit: VPMU_IT_MANY_LEASES,
 VPMU_IT_BIG_LEASES, VPMU_IT_LIMIT_SECONDS).
 """
+import array
+import ctypes
 import json
 import os
 import pwd
@@ -1077,6 +1079,366 @@ def test_plan_cpus_filter(tmp):
         d.stop()
 
 
+# ------------------------------------------------------------- route fds
+#
+# The delegation path (docs/protocol.md "Descriptors", "vm.bind"): a VMM
+# hands its route fd to vpmud with vm.bind. Under --kvm model a route fd
+# is a duplicate of the VMM's VM fd (what vpmu-fake-vmm --route-fd hands).
+
+def kvm_usable():
+    return os.access("/dev/kvm", os.R_OK | os.W_OK) and os.path.exists(FAKE_VMM)
+
+
+def send_with_fds(c, method, params, fds, split=None):
+    """One request whose bytes carry fds as SCM_RIGHTS. split: send the
+    first `split` bytes (with the fds) and the rest in a second sendmsg."""
+    req = {"id": c.next_id, "method": method}
+    if params is not None:
+        req["params"] = params
+    c.next_id += 1
+    data = (json.dumps(req, separators=(",", ":")) + "\n").encode()
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    head, tail = (data, b"") if split is None else (data[:split], data[split:])
+    c.s.sendmsg([head], anc)
+    if tail:
+        time.sleep(0.05)  # a separate message, not merged by the kernel
+        c.s.sendall(tail)
+    return req["id"]
+
+
+def read_answer(c, rid):
+    while True:
+        r = c.read()
+        if "event" not in r:
+            check(r.get("id") == rid, f"answer to request {rid} comes in order", r)
+            return r
+
+
+def vpmud_fds(d):
+    """What vpmud's descriptors point at: "anon_inode:kvm-vm", "pipe:[...]"."""
+    out = []
+    for n in os.listdir(f"/proc/{d.p.pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{d.p.pid}/fd/{n}"))
+        except OSError:
+            pass
+    return out
+
+
+def kvm_fds(d):
+    return sum(1 for t in vpmud_fds(d) if t == "anon_inode:kvm-vm")
+
+
+class Vmm:
+    """vpmu-fake-vmm, killed at the end whatever happens. route: hand the
+    route fd to vpmud as `name` (vm.bind through the client library)."""
+
+    def __init__(self, d, name=None, vcpus=1, route=True, closed=False):
+        args = [FAKE_VMM]
+        if name:
+            args += [f"--route-fd={d.sock}", "--name", name] + (["--closed-route-fd"] if closed else [])
+        self.p = subprocess.Popen(args + [str(vcpus)], stdout=subprocess.PIPE, text=True)
+        self.lines = [self.p.stdout.readline().strip()]
+        self.vm_fd = int(self.lines[0].split("vm_fd=")[1].split()[0])
+        self.pid = self.p.pid
+        if name:
+            # every step up to vpmud's answer, one line each
+            while not self.lines[-1].startswith("vm.bind"):
+                line = self.p.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.strip())
+
+    def said(self, prefix):
+        return next((l for l in self.lines if l.startswith(prefix)), "")
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        self.p.stdout.close()
+
+
+def vm_entry(plan, name):
+    return next((v for v in plan["vms"] if v["name"] == name), None)
+
+
+def ctl(d, *args):
+    return subprocess.run([VPMUCTL, "--socket", d.sock] + list(args), capture_output=True, text=True)
+
+
+def test_route_fd_door(d):
+    """The socket's descriptor rules, with pipes: what is refused is closed
+    and changes nothing."""
+    c = Client(d.sock)
+    gen = c.call("status")["result"]["generation"]
+    c.call("vm.attach", attach_params("door", gp=1, cpus="5"))
+    gen = c.call("status")["result"]["generation"]
+    rd, wr = os.pipe()
+    pipe_ino = os.fstat(wr).st_ino
+
+    def pipe_held():
+        return any(t == f"pipe:[{pipe_ino}]" for t in vpmud_fds(d))
+
+    r = c.call("vm.bind", {"name": "door", "pid": os.getpid(), "route_fd": True})
+    e = r.get("error", {})
+    check(e.get("code") == "invalid_param" and e.get("field") == "params.route_fd"
+          and "no descriptor came with the request" in e.get("message", ""),
+          "route_fd true without a descriptor: invalid_param params.route_fd", r)
+    r = read_answer(c, send_with_fds(c, "status", None, [wr]))
+    e = r.get("error", {})
+    check(e.get("code") == "invalid_param" and "a descriptor came with a request that takes none" in e.get("message", ""),
+          "a descriptor with status: refused", r)
+    check(not pipe_held(), "... and vpmud closed it")
+    r = read_answer(c, send_with_fds(c, "vm.bind", {"name": "door", "pid": os.getpid()}, [wr]))
+    e = r.get("error", {})
+    check(e.get("code") == "invalid_param" and e.get("field") == "params.route_fd"
+          and "takes none" in e.get("message", ""),
+          "a descriptor with vm.bind without route_fd: refused, naming params.route_fd", r)
+    r = read_answer(c, send_with_fds(c, "vm.bind", {"name": "door", "pid": os.getpid(), "route_fd": True}, [wr, rd]))
+    e = r.get("error", {})
+    check(e.get("code") == "invalid_param" and e.get("field") == "params.route_fd"
+          and "more than one descriptor" in e.get("message", ""),
+          "two descriptors with one request: invalid_param", r)
+    check(not pipe_held(), "... and vpmud closed both")
+    # A descriptor sent with the first half of a request belongs to it,
+    # and one for a later request does not leak onto an earlier one.
+    r = read_answer(c, send_with_fds(c, "vm.bind", {"name": "door", "pid": os.getpid(), "route_fd": True}, [wr],
+                                     split=20))
+    check("no descriptor came" not in json.dumps(r) and "takes none" not in json.dumps(r),
+          "a descriptor sent with the first half of its request is paired with it", r)
+    first = {"id": c.next_id, "method": "status"}
+    c.next_id += 1
+    c.s.sendall((json.dumps(first) + "\n").encode())
+    rid = send_with_fds(c, "vm.bind", {"name": "door", "pid": os.getpid(), "route_fd": True}, [wr])
+    r1 = read_answer(c, first["id"])
+    r2 = read_answer(c, rid)
+    check("result" in r1, "pipelined: the request before the descriptor's is answered as if none came", r1)
+    check("takes none" not in json.dumps(r2) and "no descriptor" not in json.dumps(r2),
+          "pipelined: the descriptor goes to its own request", r2)
+    check(not pipe_held(), "a refused route fd is closed")
+    r = c.call("vm.show", {"name": "door"})["result"]
+    check(r["owner"] is None and r["routes"] == "advisory" and c.call("status")["result"]["generation"] == gen,
+          "nothing changed by the refusals (unbound, advisory, same generation)", r)
+    # More than 4 descriptor messages without the end of their request:
+    # cut off, everything closed.
+    k = Client(d.sock)
+    try:
+        for _ in range(5):
+            k.s.sendmsg([b"{"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [wr]))])
+            time.sleep(0.02)
+        r = k.read()
+        check(r.get("error", {}).get("code") == "bad_request" and r.get("id") is None,
+              "descriptors piling up ahead of their request: bad_request", r)
+        closed = False
+        try:
+            closed = k.s.recv(1) == b""
+        except OSError:
+            closed = True
+        check(closed, "... and the connection is closed")
+    except OSError as ex:
+        check(False, "descriptors piling up: an answer before the close", ex)
+    k.close()
+    check(wait_until(lambda: not pipe_held()) is not None, "... with every descriptor it held")
+    os.close(rd)
+    os.close(wr)
+    c.call("vm.detach", {"name": "door"})
+    c.close()
+
+
+def test_route_fd_vmm(d):
+    c = Client(d.sock)
+    # A VMM that hands its route fd: simulated (the model), and says so
+    # everywhere.
+    c.call("vm.attach", attach_params("r1", gp=2, vcpus=1, cpus="7"))
+    base = kvm_fds(d)
+    v1 = Vmm(d, "r1")
+    try:
+        check(v1.said("KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION): EINVAL"),
+              "fake VMM: the opt-in fails on this kernel (EINVAL), and it says so", v1.lines)
+        check(v1.said("model route fd") and "a dup of the VM fd" in v1.said("model route fd"),
+              "fake VMM: hands a dup of its VM fd as the model's route fd", v1.lines)
+        check(v1.said("vm.bind r1: bound, routes simulated"), "fake VMM: vm.bind answered routes simulated",
+              v1.lines)
+        r = c.call("vm.show", {"name": "r1"})["result"]
+        check(r["routes"] == "simulated" and r["owner"]["pid"] == v1.pid and "route fd" in r.get("routes_why", ""),
+              "vm.show: the VM handed a route fd is simulated", r)
+        # (the port may keep more than the route fd of the VM: its count is
+        # the port's; that it goes back to none is checked at exit)
+        check(kvm_fds(d) > base, "vpmud holds the route fd", vpmud_fds(d))
+        st = c.call("status")["result"]
+        check(st["vms_by_routes"]["simulated"] >= 1 and "r1" not in st["advisory_vms"],
+              "status counts it simulated", st)
+        plan = c.call("plan")["result"]
+        check(vm_entry(plan, "r1")["routes"] == "simulated", "plan: simulated for that VM", vm_entry(plan, "r1"))
+        cpu7 = next(x for x in plan["cpus"] if x["cpu"] == 7)
+        check(cpu7["guest_gp_mask"] == "0x3", "plan: its reservation on CPU 7", cpu7)
+        out = ctl(d, "vm", "show", "r1").stdout
+        check(any(l.startswith("routes") and "simulated" in l for l in out.splitlines()),
+              "vpmuctl vm show: a routes line, simulated", out)
+        # The VMM exits: vpmud closes the route fd, the lease goes, the
+        # plan frees routes and reservation.
+        v1.kill()
+        dt = wait_until(lambda: "r1" not in [v["name"] for v in c.call("vm.list")["result"]["vms"]])
+        check(dt is not None, "VMM exit: the lease is released")
+        check(wait_until(lambda: kvm_fds(d) == base) is not None, "VMM exit: vpmud closed the route fd",
+              vpmud_fds(d))
+        plan = c.call("plan")["result"]
+        cpu7 = next(x for x in plan["cpus"] if x["cpu"] == 7)
+        check(vm_entry(plan, "r1") is None and cpu7["guest_gp_mask"] == "0x0",
+              "VMM exit: the plan frees its reservation", cpu7)
+    finally:
+        v1.kill()
+
+    # fd-number reuse: VMMs with the same VM fd number, at once and one
+    # after the other, each bound to its own lease.
+    c.call("vm.attach", attach_params("a", gp=1, cpus="8"))
+    c.call("vm.attach", attach_params("b", gp=1, cpus="9"))
+    va, vb = Vmm(d, "a"), Vmm(d, "b")
+    try:
+        check(va.vm_fd == vb.vm_fd, "two VMMs with the same VM fd number", (va.vm_fd, vb.vm_fd))
+        ra = c.call("vm.show", {"name": "a"})["result"]
+        rb = c.call("vm.show", {"name": "b"})["result"]
+        check(ra["routes"] == "simulated" and rb["routes"] == "simulated" and ra["owner"]["pid"] == va.pid
+              and rb["owner"]["pid"] == vb.pid, "each VM bound to its own VMM, both simulated", (ra, rb))
+        # b's VMM hands a's route fd (another VM's, same number): refused.
+        c.call("vm.attach", attach_params("x", gp=1, cpus="10"))
+        vx = Vmm(d)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pidfd = os.pidfd_open(va.pid)
+            foreign = libc.syscall(438, pidfd, va.vm_fd, 0)  # pidfd_getfd: a's VM file
+            os.close(pidfd)
+            if foreign >= 0:
+                gen = c.call("status")["result"]["generation"]
+                r = read_answer(c, send_with_fds(c, "vm.bind", {"name": "x", "pid": vx.pid, "route_fd": True},
+                                                 [foreign]))
+                os.close(foreign)
+                e = r.get("error", {})
+                check(e.get("code") == "invalid_param" and e.get("field") == "params.route_fd",
+                      "another VM's route fd (its number reused by this VMM): invalid_param params.route_fd", r)
+                rx = c.call("vm.show", {"name": "x"})["result"]
+                check(rx["owner"] is None and c.call("status")["result"]["generation"] == gen,
+                      "... and nothing changed", rx)
+            else:
+                print(f"skip another VM's route fd: pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+        finally:
+            vx.kill()
+        c.call("vm.detach", {"name": "x"})
+        va.kill()
+        check(wait_until(lambda: "a" not in [v["name"] for v in c.call("vm.list")["result"]["vms"]]) is not None,
+              "a's VMM exits: a is released")
+        rb = c.call("vm.show", {"name": "b"})
+        check(rb.get("result", {}).get("routes") == "simulated" and rb["result"]["owner"]["pid"] == vb.pid,
+              "... b, same VM fd number, untouched", rb)
+        c.call("vm.attach", attach_params("a2", gp=1, cpus="8"))
+        va2 = Vmm(d, "a2")
+        try:
+            check(va2.vm_fd == vb.vm_fd and va2.said("vm.bind a2: bound, routes simulated"),
+                  "a new VMM after it, same VM fd number: bound, simulated", va2.lines)
+            r = c.call("vm.show", {"name": "a2"})["result"]
+            check(r["owner"]["pid"] == va2.pid, "... to its own VMM", r)
+        finally:
+            va2.kill()
+        vb.kill()
+        check(wait_until(lambda: not c.call("vm.list")["result"]["vms"]) is not None,
+              "every lease of an exited VMM released")
+        check(wait_until(lambda: kvm_fds(d) == base) is not None, "... and every route fd closed", vpmud_fds(d))
+    finally:
+        va.kill()
+        vb.kill()
+
+    # A foreign descriptor (a pipe) passed as a route fd: clear error,
+    # nothing changed.
+    c.call("vm.attach", attach_params("f", gp=1, cpus="11"))
+    vf = Vmm(d)
+    try:
+        rd, wr = os.pipe()
+        gen = c.call("status")["result"]["generation"]
+        r = read_answer(c, send_with_fds(c, "vm.bind", {"name": "f", "pid": vf.pid, "route_fd": True}, [wr]))
+        e = r.get("error", {})
+        check(e.get("code") == "invalid_param" and e.get("field") == "params.route_fd" and e.get("message"),
+              "a pipe as a route fd: invalid_param naming params.route_fd", r)
+        print("     (" + e.get("message", "") + ")")
+        r = c.call("vm.show", {"name": "f"})["result"]
+        check(r["owner"] is None and c.call("status")["result"]["generation"] == gen,
+              "... nothing changed (unbound, same generation)", r)
+        check(not any(t == f"pipe:[{os.fstat(wr).st_ino}]" for t in vpmud_fds(d)), "... and the pipe closed")
+        os.close(rd)
+        os.close(wr)
+    finally:
+        vf.kill()
+    c.call("vm.detach", {"name": "f"})
+
+    # A closed descriptor: the client library refuses it (EBADF) before
+    # sending anything.
+    c.call("vm.attach", attach_params("cl", gp=1, cpus="12"))
+    vc = Vmm(d, "cl", closed=True)
+    try:
+        vc.p.wait(5)
+        check(vc.p.returncode == 1 and "EBADF" in vc.said("vm.bind cl:"),
+              "a closed route fd: the client library's EBADF", vc.lines)
+        r = c.call("vm.show", {"name": "cl"})["result"]
+        check(r["owner"] is None, "... nothing sent, the lease unbound", r)
+    finally:
+        vc.kill()
+    c.call("vm.detach", {"name": "cl"})
+
+    # A VMM that never hands a route fd (bound by pid): advisory, and every
+    # view says so for that VM.
+    c.call("vm.attach", attach_params("adv", gp=2, cpus="13"))
+    c.call("vm.attach", attach_params("sim", gp=1, cpus="14"))
+    vadv, vsim = Vmm(d), Vmm(d, "sim")
+    try:
+        r = c.call("vm.bind", {"name": "adv", "pid": vadv.pid})
+        res = r.get("result", {})
+        check(res.get("routes") == "advisory" and "no route fd" in res.get("routes_why", ""),
+              "vm.bind by pid: the answer says advisory, the VMM handed no route fd", r)
+        r = c.call("vm.show", {"name": "adv"})["result"]
+        check(r["routes"] == "advisory" and r["routes_why"] == "the VMM handed no route fd",
+              "vm.show: advisory, the VMM handed no route fd", r)
+        lst = {v["name"]: v for v in c.call("vm.list")["result"]["vms"]}
+        check(lst["adv"]["routes"] == "advisory" and lst["sim"]["routes"] == "simulated",
+              "vm.list: per VM", lst)
+        plan = c.call("plan")["result"]
+        check(vm_entry(plan, "adv")["routes"] == "advisory" and vm_entry(plan, "sim")["routes"] == "simulated",
+              "plan: per VM", [(v["name"], v["routes"]) for v in plan["vms"]])
+        st = c.call("status")["result"]
+        check(st["advisory_vms"] == ["adv"] and st["vms_by_routes"] == {"enforced": 0, "simulated": 1, "advisory": 1},
+              "status: the advisory VM by name, the VMs by routes", st)
+        out = ctl(d, "vm", "show", "adv").stdout
+        check("advisory (the VMM handed no route fd)" in out, "vpmuctl vm show: routes advisory and why", out)
+        out = ctl(d, "vm", "list").stdout
+        check(any(l.split()[:1] == ["adv"] and "advisory" in l.split() for l in out.splitlines())
+              and any(l.split()[:1] == ["sim"] and "simulated" in l.split() for l in out.splitlines()),
+              "vpmuctl vm list: the ROUTES column", out)
+        out = ctl(d, "status").stdout
+        check(any(l.startswith("advisory vms") and "adv" in l for l in out.splitlines())
+              and "(1 simulated, 1 advisory)" in out, "vpmuctl status: names the advisory VM", out)
+        out = ctl(d, "plan").stdout
+        check("  adv (routes advisory (the VMM handed no route fd))" in out and "  sim (routes simulated" in out,
+              "vpmuctl plan: per VM", out)
+    finally:
+        vadv.kill()
+        vsim.kill()
+    wait_until(lambda: not c.call("vm.list")["result"]["vms"])
+    c.close()
+
+
+def test_route_fd(tmp):
+    os.makedirs(tmp)
+    d = Daemon(tmp)
+    d.start()
+    try:
+        test_route_fd_door(d)
+        if kvm_usable():
+            test_route_fd_vmm(d)
+        else:
+            print("skip route fds from VMMs: no /dev/kvm or vpmu-fake-vmm")
+    finally:
+        d.stop()
+
+
 def timed(what, fn, *args):
     t0 = time.time()
     fn(*args)
@@ -1086,7 +1448,9 @@ def timed(what, fn, *args):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="vpmu-it-")
-    if sys.argv[1:] == ["limits"]:
+    if sys.argv[1:] == ["route_fd"]:
+        test_route_fd(os.path.join(tmp, "route_fd"))
+    elif sys.argv[1:] == ["limits"]:
         # Slow on a core that rewrites all its state per change: its own ctest
         # entry (it_daemon_limits.sh), so it runs beside the others.
         timed("largest leases", test_limits_largest_leases, os.path.join(tmp, "largest"))
@@ -1112,6 +1476,7 @@ def main():
         timed("restore order", test_restore_keeps_grant_order, os.path.join(tmp, "order"))
         timed("plan cpus filter", test_plan_cpus_filter, os.path.join(tmp, "filter"))
         timed("host flavour", test_host_flavour, os.path.join(tmp, "flavour"))
+        timed("route fds", test_route_fd, os.path.join(tmp, "route_fd"))
     if failures:
         print(f"{failures} check(s) failed; daemon logs under {tmp}")
         sys.exit(1)

@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,7 +29,9 @@
 #include "broker/broker.h"
 #include "broker/state.h"
 #include "doors/json_door.h"
+#include "kvm/kvm_model.h"
 #include "kvm/kvm_port.h"
+#include "kvm_child.h"
 #include "pmu/pmu.h"
 #include "pmu/pmu_model.h"
 #include "proto/config.h"
@@ -69,8 +72,14 @@ struct fx {
 	struct config cfg;
 	struct pmu_desc *pmu;
 	sd_event *ev;
+	/* The model the port drives, the fixture's so that tests see what
+	 * reached it; it outlives every broker and port of the test. */
+	struct kvm_model *model;
 	struct kvm_port *port;
 	struct broker *b;
+	/* Child VMMs a test started: stopped at teardown, whatever failed. */
+	struct kvm_child vmms[4];
+	size_t n_vmms;
 };
 
 /* pid: the test process, so sessions it starts live as long as it does. */
@@ -82,7 +91,7 @@ static void open_broker(struct fx *f)
 	char why[512];
 	struct proto_error err = {0};
 	struct kvm_port_opts po = { .backend = KVM_BACKEND_MODEL, .n_cpus = f->pmu->n_cpus,
-				    .num_gp = f->pmu->num_gp, .fixed_mask = f->pmu->fixed_mask,
+				    .num_gp = f->pmu->num_gp, .fixed_mask = f->pmu->fixed_mask, .model = f->model,
 				    .caller = { .cap_sys_admin = true } };
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
@@ -114,6 +123,10 @@ static int setup(void **st)
 		return -1;
 	if (sd_event_new(&f->ev) < 0)
 		return -1;
+	struct kvm_model_opts mo = { .n_cpus = f->pmu->n_cpus, .num_gp = f->pmu->num_gp,
+				     .fixed_mask = f->pmu->fixed_mask };
+	if (kvm_model_new(&mo, &f->model) < 0)
+		return -1;
 	open_broker(f);
 	*st = f;
 	return 0;
@@ -124,7 +137,10 @@ static int teardown(void **st)
 	struct fx *f = *st;
 	char cmd[128];
 	fail_rename = fail_unlink = 0;
+	for (size_t i = 0; i < f->n_vmms; i++)
+		kvm_child_stop(&f->vmms[i]);
 	close_broker(f);
+	kvm_model_free(f->model);
 	sd_event_unref(f->ev);
 	free(f->pmu);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
@@ -1695,7 +1711,9 @@ static void reopen_as_host(struct fx *f, enum broker_flavour flavour, bool nmi_w
 	struct kvm_port_opts po = { .backend = flavour == BROKER_FLAVOUR_EXTENSION ? KVM_BACKEND_MODEL
 										  : KVM_BACKEND_ADVISORY,
 				    .n_cpus = f->pmu->n_cpus, .num_gp = f->pmu->num_gp,
-				    .fixed_mask = f->pmu->fixed_mask, .caller = { .cap_sys_admin = true } };
+				    .fixed_mask = f->pmu->fixed_mask,
+				    .model = flavour == BROKER_FLAVOUR_EXTENSION ? f->model : NULL,
+				    .caller = { .cap_sys_admin = true } };
 	assert_int_equal(kvm_port_open(&po, &f->port, why, sizeof(why)), 0);
 	struct broker_opts bo = { .event = f->ev, .cfg = &f->cfg, .pmu = f->pmu, .port = f->port,
 				  .state_dir = f->dir, .flavour = flavour, .nmi_watchdog_perf = nmi_watchdog_perf,
@@ -2071,6 +2089,498 @@ static void test_flavour_needs_its_backend(void **st)
 	assert_null(b);
 }
 
+/* ------------------------------------------------------------ route fds */
+
+/* A child VMM holding one VM with n vCPUs (the fixture's, stopped at
+ * teardown), or skip. */
+static struct kvm_child *start_vmm(struct fx *f, unsigned n_vcpus)
+{
+	if (!kvm_child_available())
+		skip();
+	assert_true(f->n_vmms < sizeof(f->vmms) / sizeof(f->vmms[0]));
+	struct kvm_child *c = &f->vmms[f->n_vmms++];
+	int r = kvm_child_start(c, 1, n_vcpus, true);
+	if (r < 0) {
+		kvm_child_stop(c);
+		if (r == -ENODEV)
+			skip();
+		fail_msg("kvm_child_start: %s", strerror(-r));
+	}
+	return c;
+}
+
+/* Our copy of the child's VM file (what the VMM hands over as its route
+ * fd in the model: a dup of its VM fd). */
+static int vm_file_of(const struct kvm_child *c)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+	assert_true(pidfd >= 0);
+	int fd = (int)syscall(SYS_pidfd_getfd, pidfd, c->vm_fd[0], 0);
+	close(pidfd);
+	assert_true(fd >= 0);
+	return fd;
+}
+
+/* KVM VM files open in this process (ours, the port's, the model's). */
+static int vm_files_open(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	assert_non_null(d);
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));) {
+		char p[300], link[64];
+		snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
+		ssize_t l = readlink(p, link, sizeof(link) - 1);
+		if (l > 0) {
+			link[l] = '\0';
+			n += !strcmp(link, "anon_inode:kvm-vm");
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+/* vm.bind of lease name to the VM of child VMM vmm (named by its fd: a
+ * child started while the broker runs inherits the VM files the model
+ * holds), with route fd fd or -1. */
+static int bind_fd(struct fx *f, const char *name, const struct kvm_child *vmm, int fd, struct proto_error *err)
+{
+	struct proto_vm_bind q = { .pid = vmm->pid, .has_vm_fd = true, .vm_fd = vmm->vm_fd[0], .route_fd = fd >= 0 };
+	snprintf(q.name, sizeof(q.name), "%s", name);
+	memset(err, 0, sizeof(*err));
+	return broker_vm_bind(f->b, &root, &q, fd, NULL, err);
+}
+
+static void bind_ok(struct fx *f, const char *name, const struct kvm_child *vmm, int fd)
+{
+	struct proto_error err;
+	if (bind_fd(f, name, vmm, fd, &err) < 0)
+		fail_msg("vm.bind %s pid %d fd %d: %s: %s", name, (int)vmm->pid, fd, proto_errcode_name(err.code),
+			 err.message);
+}
+
+static const char *routes_of(struct fx *f, const char *name, const char **why)
+{
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, name, &v), 0);
+	assert_non_null(v.routes);
+	assert_non_null(v.routes_why);
+	if (why)
+		*why = v.routes_why;
+	return v.routes;
+}
+
+static void attach_vm(struct fx *f, const char *name, const char *params)
+{
+	char req[512];
+	snprintf(req, sizeof(req), "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"%s\",%s}}", name, params);
+	json_object_put(ok(f, req));
+}
+
+/* Runs the loop until the broker holds n VMs (a VMM's exit is seen on its
+ * pidfd). */
+static void wait_vm_count(struct fx *f, size_t n)
+{
+	for (int i = 0; i < 200 && broker_vm_count(f->b) != n; i++)
+		sd_event_run(f->ev, 10000);
+	assert_int_equal(broker_vm_count(f->b), n);
+}
+
+/* A VMM hands a dup of its VM file as its route fd: the VM is simulated
+ * (the model holds it); the VMM's exit releases the lease, the port
+ * closes the route fd, and the next plan frees routes and reservation. */
+static void test_route_fd_bind_and_vmm_exit(void **st)
+{
+	struct fx *f = *st;
+	struct kvm_child *c = start_vmm(f, 2);
+	int files_before = vm_files_open();
+	attach_vm(f, "g", "\"gp\":2,\"fixed_mask\":\"0x1\",\"vcpu_count\":2,\"cpus\":\"0-1\"");
+	const char *why;
+	assert_string_equal(routes_of(f, "g", &why), "advisory");
+	assert_non_null(strstr(why, "not bound"));
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+
+	int fd = vm_file_of(c);
+	assert_int_equal(vm_files_open(), files_before + 1);
+	bind_ok(f, "g", c, fd);
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "g", &v), 0);
+	assert_true(v.bound);
+	assert_int_equal(v.vmm_pid, c->pid);
+	assert_int_equal(v.vm_fd, c->vm_fd[0]);
+	assert_string_equal(v.routes, "simulated");
+	assert_non_null(strstr(v.routes_why, "route fd"));
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	/* The routes reached the port, and the reservation is the guest's. */
+	uint64_t mask = 0;
+	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1) | VPMU_FIXED_BIT(0)));
+	assert_int_equal(kvm_port_reservation(f->port, 0, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1) | VPMU_FIXED_BIT(0)));
+	struct broker_status s;
+	broker_status(f->b, &s);
+	assert_int_equal(s.vms_simulated, 1);
+	assert_int_equal(s.vms_advisory + s.vms_enforced, 0);
+	assert_string_equal(s.reservation, "per-cpu");
+	char line[512];
+	broker_summary(f->b, line, sizeof(line));
+	assert_non_null(strstr(line, "1 VMs (0 enforced, 1 simulated, 0 advisory)"));
+	assert_null(strstr(line, "advisory:"));
+
+	kvm_child_stop(c);
+	wait_vm_count(f, 0);
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+	/* Neither our copy nor anything the port or the model made of it is
+	 * left open. */
+	assert_int_equal(vm_files_open(), files_before);
+	for (unsigned cpu = 0; cpu < 2; cpu++) {
+		assert_int_equal(kvm_port_reservation(f->port, cpu, &mask), 0);
+		assert_true(mask == 0);
+	}
+	assert_int_equal(count_files(f, "leases"), 0);
+}
+
+/* VMs are told apart by their files, never by fd numbers: two VMMs whose
+ * VM fd has the same number bind two VMs; a route fd of one handed for the
+ * other is refused; a VM bound to one lease cannot be bound to another. */
+static void test_route_fd_number_reuse(void **st)
+{
+	struct fx *f = *st;
+	struct kvm_child *c1 = start_vmm(f, 1);
+	struct kvm_child *c2 = start_vmm(f, 1);
+	assert_int_equal(c1->vm_fd[0], c2->vm_fd[0]);
+	attach_vm(f, "a", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
+	attach_vm(f, "b", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"1\"");
+	attach_vm(f, "c", "\"gp\":1,\"vcpu_count\":1,\"cpus\":\"2\"");
+
+	/* c2's VM for VMM c1, whose VM fd has that very number: refused. */
+	struct proto_error err;
+	uint64_t gen = broker_generation(f->b);
+	char *before = state_text(f);
+	int fd = vm_file_of(c2);
+	assert_true(bind_fd(f, "a", c1, fd, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.route_fd");
+	char want[128];
+	snprintf(want, sizeof(want), "is not VMM pid %d's VM", (int)c1->pid);
+	assert_non_null(strstr(err.message, want));
+	assert_int_equal(fcntl(fd, F_GETFD), -1); /* closed: the broker owned it */
+	assert_int_equal(errno, EBADF);
+	char *after = state_text(f);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+	assert_int_equal(broker_generation(f->b), gen);
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+
+	bind_ok(f, "a", c1, vm_file_of(c1));
+	bind_ok(f, "b", c2, vm_file_of(c2));
+	assert_string_equal(routes_of(f, "a", NULL), "simulated");
+	assert_string_equal(routes_of(f, "b", NULL), "simulated");
+	assert_int_equal(kvm_model_vm_count(f->model), 2);
+	/* One VM, one lease. */
+	assert_true(bind_fd(f, "c", c1, vm_file_of(c1), &err) < 0);
+	assert_int_equal(err.code, PROTO_E_EXISTS);
+	assert_non_null(strstr(err.message, "vm a"));
+	assert_int_equal(kvm_model_vm_count(f->model), 2);
+
+	/* c1 exits; its lease goes, and a VMM started after it binds a new
+	 * VM. */
+	kvm_child_stop(c1);
+	wait_vm_count(f, 2);
+	assert_int_equal(broker_vm_find(f->b, "a", NULL), -ENOENT);
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	struct kvm_child *c3 = start_vmm(f, 1);
+	bind_ok(f, "c", c3, vm_file_of(c3));
+	assert_string_equal(routes_of(f, "c", NULL), "simulated");
+	assert_string_equal(routes_of(f, "b", NULL), "simulated");
+	assert_int_equal(kvm_model_vm_count(f->model), 2);
+	/* A detach while the VMM runs takes the routes back, then the port
+	 * closes the route fd. */
+	json_object_put(ok(f, "{\"id\":9,\"method\":\"vm.detach\",\"params\":{\"name\":\"b\"}}"));
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	uint64_t mask = 1;
+	assert_int_equal(kvm_port_reservation(f->port, 1, &mask), 0);
+	assert_true(mask == 0);
+	kvm_child_stop(c2);
+	kvm_child_stop(c3);
+	wait_vm_count(f, 0);
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+}
+
+/* A route fd that is not one, or a request whose fd and claim disagree:
+ * a clear error naming params.route_fd, the fd closed, nothing changed. */
+static void test_route_fd_foreign(void **st)
+{
+	struct fx *f = *st;
+	struct kvm_child *c = start_vmm(f, 1);
+	attach_vm(f, "v", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
+	int events = 0;
+	uint64_t sub;
+	assert_int_equal(broker_subscribe(f->b, count_events, &events, &sub), 0);
+	uint64_t gen = broker_generation(f->b);
+	char *before = state_text(f);
+	struct proto_error err;
+
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	close(p[1]);
+	assert_true(bind_fd(f, "v", c, p[0], &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_non_null(strstr(err.message, "not VMM pid"));
+	assert_int_equal(fcntl(p[0], F_GETFD), -1);
+
+	/* Not open at all. */
+	assert_true(bind_fd(f, "v", c, 1000, &err) < 0);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_non_null(strstr(err.message, "not an open descriptor"));
+
+	/* Claimed and missing; come and unclaimed. */
+	struct proto_vm_bind q = { .pid = c->pid, .route_fd = true };
+	snprintf(q.name, sizeof(q.name), "v");
+	assert_true(broker_vm_bind(f->b, &root, &q, -1, NULL, &err) < 0);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_non_null(strstr(err.message, "no descriptor came"));
+	q.route_fd = false;
+	int fd = vm_file_of(c);
+	assert_true(broker_vm_bind(f->b, &root, &q, fd, NULL, &err) < 0);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_non_null(strstr(err.message, "does not claim it"));
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	/* Refused before the lease is looked for, too: the fd is the
+	 * broker's whatever the outcome. */
+	q.route_fd = true;
+	snprintf(q.name, sizeof(q.name), "nosuch");
+	fd = vm_file_of(c);
+	assert_true(broker_vm_bind(f->b, &root, &q, fd, NULL, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	fd = vm_file_of(c);
+	snprintf(q.name, sizeof(q.name), "v");
+	assert_true(broker_vm_bind(f->b, &nobody, &q, fd, NULL, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "v", &v), 0);
+	assert_false(v.bound);
+	assert_string_equal(v.routes, "advisory");
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+	assert_int_equal(broker_generation(f->b), gen);
+	assert_int_equal(events, 0);
+	char *after = state_text(f);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+	broker_unsubscribe(f->b, sub);
+	kvm_child_stop(c);
+}
+
+/* A VMM that hands no route fd: its VM is advisory, and every view says
+ * so by name; its routes are planned and recorded, never sent. Handing
+ * the route fd later makes it simulated. */
+static void test_no_route_fd_is_advisory(void **st)
+{
+	struct fx *f = *st;
+	/* Started with no broker open: a child would hold the state lock
+	 * across the restart below. */
+	close_broker(f);
+	struct kvm_child *c = start_vmm(f, 2);
+	open_broker(f);
+	char params[256];
+	snprintf(params, sizeof(params), "\"gp\":2,\"vcpu_count\":2,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}",
+		 (int)c->pid, c->vm_fd[0]);
+	attach_vm(f, "adv", params);
+	attach_vm(f, "loose", "\"gp\":1,\"vcpu_count\":1,\"cpus\":\"4\"");
+	const char *why;
+	assert_string_equal(routes_of(f, "adv", &why), "advisory");
+	assert_non_null(strstr(why, "no route fd"));
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+	/* Planned and recorded by the port all the same. */
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "adv", &v), 0);
+	assert_true(v.bound);
+	assert_int_equal(v.passthrough_vcpus, 2);
+	uint64_t mask = 0;
+	assert_int_equal(kvm_port_passthrough(f->port, v.id, 0, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
+	assert_false(kvm_port_vm_enforced(f->port, v.id, NULL));
+	struct broker_status s;
+	broker_status(f->b, &s);
+	assert_int_equal(s.vms_advisory, 2);
+	assert_int_equal(s.vms_simulated + s.vms_enforced, 0);
+	char line[512];
+	broker_summary(f->b, line, sizeof(line));
+	assert_non_null(strstr(line, "(0 enforced, 0 simulated, 2 advisory)"));
+	assert_non_null(strstr(line, "advisory: adv, loose"));
+	/* A shorter line names fewer and says how many more. */
+	size_t full = strlen(line), names_at = (size_t)(strstr(line, "; advisory:") - line);
+	char shorter[512];
+	broker_summary(f->b, shorter, names_at + 48);
+	assert_non_null(strstr(shorter, "; advisory: adv and 1 more"));
+	for (size_t len = names_at; len <= full; len++) {
+		broker_summary(f->b, shorter, len);
+		assert_true(strlen(shorter) < len);
+		assert_true(!strstr(shorter, "; advisory:") || strstr(shorter, "more") ||
+			    strstr(shorter, "advisory: adv, loose"));
+	}
+
+	/* A bind without a route fd again: same answer, still advisory. */
+	bind_ok(f, "adv", c, -1);
+	assert_string_equal(routes_of(f, "adv", NULL), "advisory");
+	/* Something else handed as its route fd: refused, and the VM stays
+	 * bound and advisory, its routes recorded as before. */
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	close(p[1]);
+	struct proto_error err;
+	assert_true(bind_fd(f, "adv", c, p[0], &err) < 0);
+	assert_string_equal(err.field, "params.route_fd");
+	assert_string_equal(routes_of(f, "adv", NULL), "advisory");
+	assert_int_equal(broker_vm_find(f->b, "adv", &v), 0);
+	assert_true(v.bound);
+	mask = 0;
+	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
+	/* The VMM hands its route fd now: simulated, routes sent. */
+	bind_ok(f, "adv", c, vm_file_of(c));
+	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	assert_true(kvm_port_vm_enforced(f->port, v.id, NULL));
+	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
+	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
+	/* Once more (the hook may run twice): same answer, the new fd closed. */
+	int fd = vm_file_of(c);
+	bind_ok(f, "adv", c, fd);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	assert_int_equal(kvm_model_vm_count(f->model), 1);
+	broker_status(f->b, &s);
+	assert_int_equal(s.vms_simulated, 1);
+	assert_int_equal(s.vms_advisory, 1);
+
+	/* A restart closes the route fd: the lease comes back bound and
+	 * advisory, and says the VMM must hand it again. */
+	close_broker(f);
+	assert_int_equal(kvm_model_vm_count(f->model), 0);
+	open_broker(f);
+	assert_string_equal(routes_of(f, "adv", &why), "advisory");
+	assert_non_null(strstr(why, "restart"));
+	bind_ok(f, "adv", c, vm_file_of(c));
+	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
+	kvm_child_stop(c);
+	wait_vm_count(f, 1);
+}
+
+/* CPUID fixed a routed guest's PMU: an update may shrink the lease, not
+ * grow it past that shape; an advisory VM's lease may grow. */
+static void test_routed_shape_is_fixed(void **st)
+{
+	struct fx *f = *st;
+	struct kvm_child *c1 = start_vmm(f, 1);
+	struct kvm_child *c2 = start_vmm(f, 1);
+	attach_vm(f, "r", "\"gp\":2,\"fixed_mask\":\"0x1\",\"vcpu_count\":1,\"cpus\":\"0\"");
+	bind_ok(f, "r", c1, vm_file_of(c1));
+	char params[256];
+	snprintf(params, sizeof(params), "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}",
+		 (int)c2->pid, c2->vm_fd[0]);
+	attach_vm(f, "adv", params);
+	uint64_t gen = broker_generation(f->b);
+	struct json_object *r;
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":2,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":4}}", &r, &err) <
+		    0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.gp");
+	assert_non_null(strstr(err.message, "fixed by CPUID (gp 2 fixed 0x1)"));
+	assert_true(call(f, &root, "{\"id\":3,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"fixed_mask\":\"0x3\"}}",
+			 &r, &err) < 0);
+	assert_string_equal(err.field, "params.fixed_mask");
+	assert_int_equal(broker_generation(f->b), gen);
+	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":1}}"));
+	json_object_put(ok(f, "{\"id\":5,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":2}}"));
+	json_object_put(ok(f, "{\"id\":6,\"method\":\"vm.update\",\"params\":{\"name\":\"adv\",\"gp\":6}}"));
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "adv", &v), 0);
+	assert_int_equal(v.gp, 6);
+	assert_int_equal(v.passthrough_vcpus, 1);
+	kvm_child_stop(c1);
+	kvm_child_stop(c2);
+	wait_vm_count(f, 0);
+}
+
+/* The extension reserves only what KVM can give a guest: no fixed
+ * counter above 2. */
+static void test_extension_refuses_fixed_above_2(void **st)
+{
+	struct fx *f = *st;
+	struct json_object *r;
+	struct proto_error err;
+	assert_true(call(f, &root, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"x\",\"fixed_mask\":\"0x8\","
+				   "\"vcpu_count\":1,\"cpus\":\"0\"}}", &r, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.fixed_mask");
+	assert_non_null(strstr(err.message, "above 2"));
+	assert_int_equal(broker_vm_count(f->b), 0);
+}
+
+/* A kernel without per-CPU reservations gets one mask for every CPU; the
+ * status says which the plan follows. */
+static void test_uniform_reservation(void **st)
+{
+	struct fx *f = *st;
+	attach_vm(f, "p", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
+	uint64_t m0 = 0, m5 = 0;
+	assert_int_equal(kvm_port_reservation(f->port, 0, &m0), 0);
+	assert_int_equal(kvm_port_reservation(f->port, 5, &m5), 0);
+	assert_true(m0 == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
+	assert_true(m5 == 0);
+
+	close_broker(f);
+	kvm_model_free(f->model);
+	struct kvm_model_opts mo = { .n_cpus = f->pmu->n_cpus, .num_gp = f->pmu->num_gp,
+				     .fixed_mask = f->pmu->fixed_mask, .reserve_caps = VPMU_RESERVE_CAP_UNIFORM };
+	assert_int_equal(kvm_model_new(&mo, &f->model), 0);
+	open_broker(f);
+	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM);
+	struct broker_status s;
+	broker_status(f->b, &s);
+	assert_string_equal(s.reservation, "uniform");
+	char line[512];
+	broker_summary(f->b, line, sizeof(line));
+	assert_non_null(strstr(line, "reservation uniform"));
+	/* The restored lease's counters are reserved on every CPU. */
+	for (unsigned cpu = 0; cpu < f->pmu->n_cpus; cpu++) {
+		assert_int_equal(kvm_port_reservation(f->port, cpu, &m5), 0);
+		assert_true(m5 == m0);
+	}
+	attach_vm(f, "q", "\"gp\":3,\"vcpu_count\":1,\"cpus\":\"7\"");
+	assert_int_equal(kvm_port_reservation(f->port, 0, &m0), 0);
+	assert_int_equal(kvm_port_reservation(f->port, f->pmu->n_cpus - 1, &m5), 0);
+	assert_true(m0 == m5);
+	assert_true((m0 & VPMU_GP_MASK) == 0x7);
+}
+
+/* Stock kernels' flavours: every VM advisory, the flavour named. */
+static void test_stock_flavour_vms_advisory(void **st)
+{
+	struct fx *f = *st;
+	reopen_as(f, BROKER_FLAVOUR_PERF, false, false);
+	attach_vm(f, "w", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
+	const char *why;
+	assert_string_equal(routes_of(f, "w", &why), "advisory");
+	assert_non_null(strstr(why, "perf-based"));
+	struct broker_status s;
+	broker_status(f->b, &s);
+	assert_int_equal(s.vms_advisory, 1);
+	assert_string_equal(s.reservation, "per-cpu");
+	reopen_as(f, BROKER_FLAVOUR_MEDIATED, false, false);
+	assert_string_equal(routes_of(f, "w", &why), "advisory");
+	assert_non_null(strstr(why, "mediated"));
+	broker_status(f->b, &s);
+	assert_string_equal(s.reservation, "none");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2108,6 +2618,14 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flavour_none, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flavour_needs_its_backend, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_count_guest_restored_per_flavour, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_route_fd_bind_and_vmm_exit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_route_fd_number_reuse, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_route_fd_foreign, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_route_fd_is_advisory, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_routed_shape_is_fixed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extension_refuses_fixed_above_2, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uniform_reservation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stock_flavour_vms_advisory, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,6 +64,7 @@ struct fake {
 	size_t ncanned;
 	pthread_mutex_t lock;
 	char *requests[MAX_RECORDED]; /* raw request lines, hello excluded */
+	int fds[MAX_RECORDED];        /* the descriptor that came with each, or -1 */
 	int nreq;
 	int connections;
 	int invalid; /* requests vpmud's decoder refused */
@@ -106,8 +107,9 @@ static struct canned *lookup(struct fake *f, const char *method)
 	return NULL;
 }
 
-/* Returns false when the connection must close. */
-static bool answer(struct fake *f, int fd, const char *line, size_t len)
+/* Returns false when the connection must close. *passed: a descriptor
+ * that came with the bytes read, recorded with this request (taken). */
+static bool answer(struct fake *f, int fd, const char *line, size_t len, int *passed)
 {
 	struct proto_request req;
 	struct proto_error err;
@@ -133,8 +135,11 @@ static bool answer(struct fake *f, int fd, const char *line, size_t len)
 	proto_request_fini(&req);
 	pthread_mutex_lock(&f->lock);
 	struct canned *c = lookup(f, method);
-	if (req.method != PROTO_M_HELLO && f->nreq < MAX_RECORDED)
+	if (req.method != PROTO_M_HELLO && f->nreq < MAX_RECORDED) {
+		f->fds[f->nreq] = *passed;
+		*passed = -1;
 		f->requests[f->nreq++] = strndup(line, len);
+	}
 	pthread_mutex_unlock(&f->lock);
 	if (!c && req.method == PROTO_M_HELLO) {
 		snprintf(buf, sizeof(buf), "{\"id\":%" PRIu64 ",\"result\":{\"protocol\":1,\"server\":\"fake/1\"}}\n", id);
@@ -201,27 +206,45 @@ static void serve(struct fake *f, int fd)
 	struct frame_reader rd;
 	char buf[4096];
 
+	int passed = -1;
+
 	frame_reader_init(&rd, PROTO_MAX_REQUEST);
 	while (!stopping(f)) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
+		union {
+			struct cmsghdr align;
+			char space[CMSG_SPACE(4 * sizeof(int))];
+		} control;
+		struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+				     .msg_controllen = sizeof(control.space) };
 		const char *line;
 		size_t len;
 
 		if (poll(&p, 1, 20) <= 0)
 			continue;
-		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
 
 		if (n <= 0)
 			break;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			/* the library sends exactly one, once */
+			assert_int_equal(cm->cmsg_type, SCM_RIGHTS);
+			assert_int_equal(cm->cmsg_len, CMSG_LEN(sizeof(int)));
+			assert_int_equal(passed, -1);
+			memcpy(&passed, CMSG_DATA(cm), sizeof(int));
+		}
 		if (frame_reader_feed(&rd, buf, (size_t)n) < 0)
 			break;
 		bool open = true;
 
 		while (open && frame_reader_next(&rd, &line, &len) == 1)
-			open = answer(f, fd, line, len);
+			open = answer(f, fd, line, len, &passed);
 		if (!open)
 			break;
 	}
+	if (passed >= 0)
+		close(passed);
 	frame_reader_fini(&rd);
 	close(fd);
 }
@@ -273,8 +296,11 @@ static void fake_stop(struct fake *f)
 	close(f->lfd);
 	unlink(f->path);
 	rmdir(f->dir);
-	for (int i = 0; i < f->nreq; i++)
+	for (int i = 0; i < f->nreq; i++) {
 		free(f->requests[i]);
+		if (f->fds[i] >= 0)
+			close(f->fds[i]);
+	}
 	pthread_mutex_destroy(&f->lock);
 	/* every request a client sent must be one vpmud accepts */
 	assert_int_equal(f->invalid, 0);
@@ -350,6 +376,73 @@ static void test_handshake_and_result(void **st)
 	vpmu_client_close(c);
 	assert_int_equal(f.connections, 1);
 	fake_stop(&f);
+}
+
+/* True when a and b are the same open file (a pipe has one inode). */
+static bool same_file(int a, int b)
+{
+	struct stat sa, sb;
+
+	return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static void test_bind_route_fd(void **st)
+{
+	(void)st;
+	struct canned cn[] = {
+		{ .method = "vm.bind", .result = "{\"name\":\"web\",\"generation\":7,\"routes\":\"simulated\"}" },
+		{ .method = "status", .result = "{}" },
+	};
+	struct fake f;
+	struct vpmu_client *c;
+	struct vpmu_client_error e;
+	struct json_object *res = NULL, *p, *v;
+	int pipefd[2], other[2];
+
+	assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(other, O_CLOEXEC), 0);
+	fake_start(&f, cn, 2);
+	connect_ok(&f, &c);
+	assert_int_equal(vpmu_client_vm_bind_route_fd(c, "web", 1234, pipefd[1], 0, &res, &e), 0);
+	assert_true(json_object_object_get_ex(res, "routes", &v));
+	assert_string_equal(json_object_get_string(v), "simulated");
+	json_object_put(res);
+	/* the request says it carries one, and the same file came with it */
+	p = params_of(&f, 0);
+	assert_string_equal(pstr(p, "name"), "web");
+	assert_string_equal(pstr(p, "pid"), "1234");
+	assert_string_equal(pstr(p, "route_fd"), "true");
+	json_object_put(p);
+	assert_true(f.fds[0] >= 0);
+	assert_true(same_file(f.fds[0], pipefd[1]));
+	assert_false(same_file(f.fds[0], other[1]));
+	/* a copy: the caller's descriptor stays open */
+	assert_true(fcntl(pipefd[1], F_GETFD) >= 0);
+
+	/* a closed descriptor: refused here, nothing sent, the connection
+	 * still good */
+	close(other[1]);
+	res = NULL;
+	assert_int_equal(vpmu_client_vm_bind_route_fd(c, "web", 1234, other[1], 0, &res, &e), -EBADF);
+	assert_null(res);
+	assert_false(e.remote);
+	assert_non_null(strstr(e.message, "not an open descriptor"));
+	assert_int_equal(vpmu_client_vm_bind_route_fd(c, "web", 1234, -1, 0, &res, &e), -EBADF);
+	/* what the protocol refuses is refused before sending too */
+	assert_int_equal(vpmu_client_vm_bind_route_fd(c, "a b", 1234, pipefd[1], 0, &res, &e), -EINVAL);
+	assert_non_null(strstr(e.message, "params.name"));
+	assert_int_equal(vpmu_client_vm_bind_route_fd(c, "web", 0, pipefd[1], 0, &res, &e), -EINVAL);
+	assert_int_equal(f.nreq, 1);
+	/* an ordinary call after it carries no descriptor */
+	assert_int_equal(vpmu_client_call(c, "status", NULL, 0, &res, &e), 0);
+	json_object_put(res);
+	assert_int_equal(f.nreq, 2);
+	assert_int_equal(f.fds[1], -1);
+	vpmu_client_close(c);
+	fake_stop(&f);
+	close(pipefd[0]);
+	close(pipefd[1]);
+	close(other[0]);
 }
 
 static void test_error_decoding(void **st)
@@ -783,6 +876,56 @@ static void test_vpmuctl_vm_requests(void **st)
 	fake_stop(&f);
 }
 
+/* Whether a VM's routes reach the kernel is the VM's own: every view of
+ * it says so, and status names the advisory ones. */
+static void test_vpmuctl_routes_per_vm(void **st)
+{
+	(void)st;
+	struct canned cn[] = {
+		{ .method = "status",
+		  .result = "{\"server\":\"vpmud/0.1.0\",\"protocol\":1,\"backends\":{\"kvm\":\"model\"},\"vms\":3,"
+			    "\"vms_by_routes\":{\"enforced\":0,\"simulated\":1,\"advisory\":2},\"advisory_vms\":[\"db\",\"web\"]}" },
+		{ .method = "vm.show",
+		  .result = "{\"name\":\"db\",\"flavour\":\"extension\",\"routes\":\"advisory\","
+			    "\"routes_why\":\"the VMM handed no route fd\",\"priority\":100,\"owner\":{\"pid\":7,\"vm_fd\":9},\"vcpus\":[]}" },
+		{ .method = "vm.list",
+		  .result = "{\"vms\":[{\"name\":\"db\",\"priority\":100,\"class\":\"preferred\",\"routes\":\"advisory\","
+			    "\"routes_why\":\"the VMM handed no route fd\",\"passthrough_vcpus\":0,\"vcpus\":1},"
+			    "{\"name\":\"vm2\",\"priority\":100,\"class\":\"preferred\",\"routes\":\"simulated\",\"passthrough_vcpus\":1,\"vcpus\":1}],"
+			    "\"flavour\":\"extension\",\"routes\":\"simulated\"}" },
+		{ .method = "plan",
+		  .result = "{\"generation\":5,\"flavour\":\"extension\",\"routes\":\"simulated\",\"cpus\":[],\"vms\":["
+			    "{\"name\":\"db\",\"routes\":\"advisory\",\"routes_why\":\"the VMM handed no route fd\",\"vcpus\":[]},"
+			    "{\"name\":\"vm2\",\"routes\":\"simulated\",\"vcpus\":[]}],\"sessions\":[]}" },
+		{ .method = "vm.bind", .result = "{\"name\":\"db\",\"generation\":6,\"routes\":\"advisory\","
+						   "\"routes_why\":\"the VMM handed no route fd\"}" },
+	};
+	struct fake f;
+	struct proc p;
+
+	fake_start(&f, cn, 5);
+	CTL("status");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "vms           3 (1 simulated, 2 advisory)");
+	expect_in(p.out, "advisory vms  db, web: routes not enforced");
+	CTL("vm", "show", "db");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "routes      advisory (the VMM handed no route fd)");
+	CTL("vm", "list");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "ROUTES");
+	expect_in(p.out, "db    100       preferred  1      advisory");
+	expect_in(p.out, "vm2   100       preferred  1      simulated");
+	CTL("plan");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "  db (routes advisory (the VMM handed no route fd))");
+	expect_in(p.out, "  vm2 (routes simulated)");
+	CTL("vm", "bind", "db", "--pid", "7");
+	assert_int_equal(p.rc, 0);
+	expect_in(p.out, "  routes: advisory (the VMM handed no route fd)");
+	fake_stop(&f);
+}
+
 static void test_vpmuctl_plan_and_sessions(void **st)
 {
 	(void)st;
@@ -989,6 +1132,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_handshake_and_result),
+		cmocka_unit_test(test_bind_route_fd),
 		cmocka_unit_test(test_error_decoding),
 		cmocka_unit_test(test_hello_refused_and_bad),
 		cmocka_unit_test(test_connect_failures),
@@ -998,6 +1142,7 @@ int main(void)
 		cmocka_unit_test(test_vpmuctl_status_and_errors),
 		cmocka_unit_test(test_vpmuctl_vm_requests),
 		cmocka_unit_test(test_vpmuctl_plan_and_sessions),
+		cmocka_unit_test(test_vpmuctl_routes_per_vm),
 		cmocka_unit_test(test_vpmuctl_watch_and_timeout),
 		cmocka_unit_test(test_hook_fails_open_without_daemon),
 		cmocka_unit_test(test_hook_against_fake),

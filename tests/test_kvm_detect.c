@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "fixture.h"
+#include <linux/vpmu_kvm.h>
+
 #include "kvm/kvm_detect.h"
 
 static void test_parse_bool(void **state)
@@ -281,7 +283,7 @@ static void test_host_5_15(void **state)
 		"the kernel predates 5.18; not by itself a sign of no vPMU)\n"
 		"kvm:   KVM_CHECK_EXTENSION(KVM_CAP_PMU_EVENT_FILTER=173): 1\n"
 		"kvm:   KVM_CHECK_EXTENSION(KVM_CAP_PMU_EVENT_MASKED_EVENTS=226): 0\n"
-		"kvm:   KVM_CHECK_EXTENSION(KVM_CAP_VPMU_PARTITION=0x7670): 0 (no vpmu extension)\n"
+		"kvm:   KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES=0x7670): 0 (no KVM half of the vpmu extension)\n"
 		"kvm:   /sys/module/kvm/parameters/enable_pmu: absent\n"
 		"kvm:   /sys/module/kvm/parameters/enable_mediated_pmu: absent\n"
 		"kvm:   /sys/module/kvm_intel/parameters/enable_mediated_pmu: absent\n"
@@ -289,6 +291,8 @@ static void test_host_5_15(void **state)
 		"kvm:   /sys/bus/event_source/devices/cpu: present (a core PMU)\n"
 		"kvm:   /sys/bus/event_source/devices/cpu_core: absent\n"
 		"kvm:   /sys/bus/event_source/devices/cpu_atom: absent\n"
+		"kvm:   /sys/bus/event_source/devices/cpu/caps/guest_reserve: absent (perf cannot reserve counters "
+		"for guests)\n"
 		"kvm:   /proc/sys/kernel/nmi_watchdog: 1\n"
 		"kvm:   /proc/sys/kernel/watchdog: 1\n"
 		"kvm:   NMI watchdog: the perf one (inferred: nmi_watchdog on, a core PMU): a CPU-pinned cycles event "
@@ -437,6 +441,53 @@ static void test_host_no_kvm(void **state)
 	free(h);
 }
 
+/* A kernel with both halves of the extension (hypothetical): the flavour is
+ * still the vPMU's, and the report says routes can be enforced. Each half
+ * alone is "incomplete", and neither is enough for kvm_detect_has_extension. */
+static void test_host_vpmu_extension(void **state)
+{
+	(void)state;
+	struct host *h = calloc(1, sizeof(*h));
+	assert_non_null(h);
+	run_host("vpmu-v2-icelake-uniform", h);
+	assert_int_equal(h->rc, 0);
+	assert_int_equal(h->d.flavour, KVM_VPMU_FLAVOUR_MEDIATED);
+	assert_int_equal(h->d.cap_vpmu_routes, 1);
+	assert_int_equal(h->d.reserve_caps.err, 0);
+	assert_int_equal(h->d.reserve_caps.value, VPMU_RESERVE_CAP_UNIFORM);
+	assert_true(kvm_detect_has_extension(&h->d));
+	expect_line(h, "kvm:   KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES=0x7670): 1 (the vpmu extension's KVM half: "
+		       "route fds)");
+	expect_line(h, "kvm:   /sys/bus/event_source/devices/cpu/caps/guest_reserve: 1 (perf can reserve counters "
+		       "for guests, one mask for every CPU)");
+	expect_line(h, "kvm: vpmu extension: present (guest routes can be enforced)");
+
+	struct kvm_detect d = h->d;
+	char buf[8192];
+	d.reserve_caps.err = -ENOENT;
+	assert_false(kvm_detect_has_extension(&d));
+	assert_true(kvm_detect_format(&d, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "\nkvm: vpmu extension: incomplete (KVM_CAP_VPMU_ROUTES without perf's "
+				    "guest_reserve: guest routes are advisory)\n"));
+	assert_non_null(strstr(buf, "caps/guest_reserve: absent (perf cannot reserve counters for guests)\n"));
+	d = h->d;
+	d.cap_vpmu_routes = 0;
+	d.reserve_caps.value = VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU;
+	assert_false(kvm_detect_has_extension(&d));
+	assert_true(kvm_detect_format(&d, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "\nkvm: vpmu extension: incomplete (perf's guest_reserve without "
+				    "KVM_CAP_VPMU_ROUTES: guest routes are advisory)\n"));
+	assert_non_null(strstr(buf, "guest_reserve: 3 (perf can reserve counters for guests, per CPU)\n"));
+	/* A caps value naming no mode is no perf half. */
+	d = h->d;
+	d.reserve_caps.value = 0;
+	assert_false(kvm_detect_has_extension(&d));
+	assert_true(kvm_detect_format(&d, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "guest_reserve: 0 (names no reservation mode)\n"));
+	assert_non_null(strstr(buf, "vpmu extension: incomplete (KVM_CAP_VPMU_ROUTES without"));
+	free(h);
+}
+
 /* --- the fact file and sysfs content refused ------------------------------ */
 
 static char *write_temp(const char *content)
@@ -537,6 +588,7 @@ static void test_sysfs_content_refused(void **state)
 	put(root, "sys/module/kvm_intel/parameters/enable_mediated_pmu", "YYYYYYYYYYYYYYYYYYYYYYYY\n");
 	put(root, "proc/sys/kernel/nmi_watchdog", "1x\n");
 	put(root, "sys/bus/event_source/devices/cpu/type", "4\n");
+	put(root, "sys/bus/event_source/devices/cpu/caps/guest_reserve", "uniform\n");
 	char facts[600];
 	snprintf(facts, sizeof(facts), "%s/kvm-ioctls", root);
 	put(root, "kvm-ioctls", "open ok\ncap 212 1\ncpuid 0xa 0x08300802 0 0 0x8603\n");
@@ -557,6 +609,13 @@ static void test_sysfs_content_refused(void **state)
 	assert_non_null(strstr(buf, "\nkvm:   /proc/sys/kernel/nmi_watchdog: not understood (not a number)\n"));
 	assert_non_null(strstr(buf, "\nkvm:   /proc/sys/kernel/watchdog: absent\n"));
 	assert_non_null(strstr(buf, "\nkvm:   NMI watchdog: holds no counter (no nmi_watchdog sysctl)\n"));
+	assert_int_equal(d.reserve_caps.err, -EINVAL);
+	assert_non_null(strstr(buf, "\nkvm:   /sys/bus/event_source/devices/cpu/caps/guest_reserve: not understood "
+				    "(not a decimal mask)\n"));
+	put(root, "sys/bus/event_source/devices/cpu/caps/guest_reserve", "-1\n");
+	assert_int_equal(kvm_detect_run(&o, &d), 0);
+	assert_int_equal(d.reserve_caps.err, -EINVAL);
+	assert_false(kvm_detect_has_extension(&d));
 
 	/* Both sysctls on without a core PMU: no counter to hold. */
 	put(root, "proc/sys/kernel/nmi_watchdog", "1\n");
@@ -611,7 +670,8 @@ static void test_real_dev_kvm(void **state)
 	assert_false(d.ioctls_from_fixture);
 	assert_null(strstr(buf, "test fixture"));
 	assert_int_equal(d.api_version, 12);   /* KVM_API_VERSION since 2.6.22 */
-	assert_int_equal(d.cap_vpmu, 0);
+	assert_int_equal(d.cap_vpmu_routes, 0);
+	assert_false(kvm_detect_has_extension(&d));
 	assert_true(d.cap_pmu_event_filter >= 0);
 	assert_true(d.cap_masked_events >= 0);
 	assert_true(d.cap_pmu_capability >= 0);
@@ -656,6 +716,7 @@ int main(void)
 		cmocka_unit_test(test_host_enable_pmu_off),
 		cmocka_unit_test(test_host_hybrid),
 		cmocka_unit_test(test_host_no_kvm),
+		cmocka_unit_test(test_host_vpmu_extension),
 		cmocka_unit_test(test_fact_file_refusals),
 		cmocka_unit_test(test_sysfs_content_refused),
 		cmocka_unit_test(test_format_lengths),

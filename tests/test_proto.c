@@ -418,6 +418,26 @@ static void test_vm_bind(void **state)
 	assert_int_equal(b->vm_fd, 0);
 	expect_ok(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":2147483647"), &req);
 	assert_int_equal(b->vm_fd, INT32_MAX);
+	assert_false(b->route_fd);
+	expect_ok(BIND("\"name\":\"w\",\"pid\":1,\"route_fd\":true"), &req);
+	assert_true(b->route_fd);
+	assert_false(b->has_vm_fd);
+	expect_ok(BIND("\"name\":\"w\",\"pid\":1,\"route_fd\":false,\"vm_fd\":4"), &req);
+	assert_false(b->route_fd);
+	assert_true(b->has_vm_fd);
+	/* encoded only when set, so a request without one reads as before */
+	{
+		struct json_object *p = proto_request_encode_params(&req, NULL);
+
+		assert_non_null(p);
+		assert_false(json_object_object_get_ex(p, "route_fd", NULL));
+		json_object_put(p);
+		req.u.vm_bind.route_fd = true;
+		p = proto_request_encode_params(&req, NULL);
+		assert_non_null(p);
+		assert_string_equal(json_object_to_json_string(json_object_object_get(p, "route_fd")), "true");
+		json_object_put(p);
+	}
 
 	expect_err(BIND("\"pid\":1"), PROTO_E_INVALID_PARAM, "params.name");
 	expect_err(BIND("\"name\":\"w\""), PROTO_E_INVALID_PARAM, "params.pid");
@@ -429,6 +449,11 @@ static void test_vm_bind(void **state)
 	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"vm_fd\":null"), PROTO_E_INVALID_PARAM, "params.vm_fd");
 	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"owner\":{}"), PROTO_E_UNKNOWN_FIELD, "params.owner");
 	expect_err(BIND("\"name\":\"..\",\"pid\":1"), PROTO_E_INVALID_PARAM, "params.name");
+	/* a boolean, not the descriptor's number: the number means nothing
+	 * in the daemon's fd table */
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"route_fd\":5"), PROTO_E_INVALID_PARAM, "params.route_fd");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"route_fd\":\"true\""), PROTO_E_INVALID_PARAM, "params.route_fd");
+	expect_err(BIND("\"name\":\"w\",\"pid\":1,\"route_fd\":null"), PROTO_E_INVALID_PARAM, "params.route_fd");
 }
 
 #define SESS(extra) "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"s\"," extra "}}"
@@ -592,6 +617,7 @@ static void round_trip(const char *in)
 		assert_int_equal(a.u.vm_bind.pid, b.u.vm_bind.pid);
 		assert_int_equal(a.u.vm_bind.has_vm_fd, b.u.vm_bind.has_vm_fd);
 		assert_int_equal(a.u.vm_bind.vm_fd, b.u.vm_bind.vm_fd);
+		assert_int_equal(a.u.vm_bind.route_fd, b.u.vm_bind.route_fd);
 		break;
 	case PROTO_M_HELLO:
 		assert_string_equal(a.u.hello.client, b.u.hello.client);
@@ -628,6 +654,8 @@ static void test_round_trips(void **state)
 	round_trip("{\"id\":10,\"method\":\"session.read\",\"params\":{\"name\":\"s\"}}");
 	round_trip("{\"id\":11,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42}}");
 	round_trip("{\"id\":12,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42,\"vm_fd\":0}}");
+	round_trip("{\"id\":13,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42,\"route_fd\":true}}");
+	round_trip("{\"id\":14,\"method\":\"vm.bind\",\"params\":{\"name\":\"v\",\"pid\":42,\"route_fd\":false}}");
 }
 
 static void test_encode_rejects_invalid(void **state)

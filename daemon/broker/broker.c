@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
+#include <linux/kcmp.h>
 
 #include "arbiter/arbiter.h"
 #include "base/log.h"
@@ -64,6 +66,10 @@ struct broker_vm {
 	char origin[BROKER_ORIGIN_LEN];
 	struct broker_conn *conn;      /* the connection it follows (a reference), or NULL */
 	bool bound;                    /* registered with the kvm port */
+	bool routed;                   /* ... with a route fd its VMM handed over */
+	/* Bound again at a restore: a route fd does not survive vpmud, so the
+	 * VMM must hand it again. */
+	bool rebound_at_restore;
 	pid_t vmm_pid;
 	int vm_fd;
 	uint64_t vmm_start;            /* process start time, against pid reuse */
@@ -265,6 +271,85 @@ static bool port_takes_plan(const struct broker *b)
 static bool routes_enforced(const struct broker *b)
 {
 	return kvm_port_backend(b->port) == KVM_BACKEND_IOCTL && kvm_port_enforced(b->port);
+}
+
+/* Whether one VM's routes reach the kernel (broker_vm_view.routes). */
+enum vm_routes {
+	VM_ROUTES_ADVISORY = 0,
+	VM_ROUTES_SIMULATED,
+	VM_ROUTES_ENFORCED,
+};
+
+static const char *vm_routes_name(enum vm_routes r)
+{
+	switch (r) {
+	case VM_ROUTES_ENFORCED: return "enforced";
+	case VM_ROUTES_SIMULATED: return "simulated";
+	default: return "advisory";
+	}
+}
+
+/* Why a stock kernel's flavour enforces no route, for every VM. */
+static const char *flavour_advisory_why(enum broker_flavour f)
+{
+	switch (f) {
+	case BROKER_FLAVOUR_PERF:
+		return "vPMU flavour perf-based (a stock kernel): KVM's perf events back guest PMCs; the routes say "
+		       "what vpmud reasons, no kernel takes them";
+	case BROKER_FLAVOUR_MEDIATED:
+		return "vPMU flavour mediated (a stock kernel): the guest owns the whole PMU while it runs; the "
+		       "routes say what vpmud reasons, no kernel takes them";
+	case BROKER_FLAVOUR_NONE:
+		return "vPMU flavour none: KVM gives guests no PMU; nothing to route";
+	default:
+		return "no kernel takes routes on this host";
+	}
+}
+
+/*
+ * Without why (counting every VM, at each change for the summary), the
+ * registration is trusted: the port's per-VM answer is a lookup, and the
+ * one thing it knows more (a VM the kernel reported dead) ends with the
+ * lease when its VMM's exit is seen. With why (one VM's view), the port
+ * is asked.
+ */
+static enum vm_routes vm_routes(const struct broker *b, const struct broker_vm *v, const char **why)
+{
+	const char *w;
+	bool ask_port = why != NULL;
+	if (!why)
+		why = &w;
+	if (!port_takes_plan(b)) {
+		*why = flavour_advisory_why(b->flavour);
+		return VM_ROUTES_ADVISORY;
+	}
+	if (!v->bound) {
+		*why = "not bound to its VMM yet: its routes are planned, nothing reaches the kernel";
+		return VM_ROUTES_ADVISORY;
+	}
+	const char *port_why = NULL;
+	if (!v->routed || (ask_port && !kvm_port_vm_enforced(b->port, v->id, &port_why))) {
+		*why = v->rebound_at_restore
+			       ? "bound again after a restart of vpmud, which closed its route fd: the VMM must hand it "
+				 "again (vm.bind with route_fd)"
+		       : port_why ? port_why
+				  : "the VMM handed no route fd";
+		return VM_ROUTES_ADVISORY;
+	}
+	if (kvm_port_backend(b->port) == KVM_BACKEND_MODEL) {
+		*why = "the VMM handed a route fd; its routes go to the model of the extension (simulated), not to KVM";
+		return VM_ROUTES_SIMULATED;
+	}
+	*why = "the VMM handed a route fd; KVM enforces its routes";
+	return VM_ROUTES_ENFORCED;
+}
+
+/* The lease's PMCs as a guest PMU shape, PERF_GLOBAL_CTRL layout (the
+ * extension refuses leases with fixed counters a guest cannot have). */
+static uint64_t lease_shape(uint32_t gp, uint32_t fixed_mask)
+{
+	uint64_t g = gp >= 32 ? VPMU_GP_MASK : (1ULL << gp) - 1;
+	return g | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
 }
 
 static char *strdup_or_empty(const char *s)
@@ -1042,6 +1127,12 @@ static int build_vm_spec(const struct broker *b, uint64_t id, const struct vm_sh
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
 				       "params.fixed_mask: 0x%x names fixed counters the PMU lacks (it has 0x%x)",
 				       a->fixed_mask, b->pmu.fixed_mask);
+	/* The extension reserves and routes only what KVM can give a guest. */
+	uint32_t guest_fixed = (uint32_t)(VPMU_GUEST_FIXED_MASK >> VPMU_FIXED_SHIFT);
+	if (port_takes_plan(b) && (a->fixed_mask & ~guest_fixed))
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
+				       "params.fixed_mask: 0x%x: KVM gives a guest no fixed counter above 2 (at most 0x%x)",
+				       a->fixed_mask, guest_fixed);
 	if (a->n_vcpus == 0 || a->n_vcpus > PROTO_MAX_VCPUS)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
 				       "params.vcpus: 1..%d vCPUs", PROTO_MAX_VCPUS);
@@ -1401,7 +1492,8 @@ static int save_error(struct broker *b, int r, struct proto_error *err)
 /*
  * Hands the arbiter's last transitions to the port. Route steps of VMs not
  * yet bound to a VMM have nowhere to go: their routes are applied when the
- * VMM binds (apply_routes), so they are left out here.
+ * VMM binds (apply_vm_routes), so they are left out here. Those of VMs
+ * bound without a route fd go: the port records them (advisory).
  */
 static int apply_last(struct broker *b, char *why, size_t whylen)
 {
@@ -1585,105 +1677,208 @@ static void on_vmm_gone(struct owner_watch *w, void *userdata)
 }
 
 /* The lease's CPUs are what the routes promise: the port checks pass-through
- * against them (and a kernel would carry them in the routes ioctl). */
+ * against them (and keeps vCPU threads within them). */
 static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
 {
+	_cleanup_free_ unsigned *cpus = malloc(PMU_MAX_CPUS * sizeof(*cpus));
 	for (uint32_t i = 0; i < v->n_vcpus; i++) {
-		uint64_t set[KVM_VPMU_CPU_WORDS] = {0};
+		size_t n = 0;
 		const struct cpulist *l = v->vcpus[i];
-		for (int c = cpulist_next(l, -1); c >= 0 && c < KVM_VPMU_MAX_CPUS; c = cpulist_next(l, c))
-			set[c / 64] |= 1ull << (c % 64);
-		kvm_port_set_vcpu_cpus(b->port, v->id, i, set);
+		for (int c = cpulist_next(l, -1); cpus && c >= 0 && n < PMU_MAX_CPUS; c = cpulist_next(l, c))
+			cpus[n++] = (unsigned)c;
+		/* Out of memory: the port falls back to the thread's affinity. */
+		int r = kvm_port_set_vcpu_cpus(b->port, v->id, i, cpus, n);
+		if (r < 0)
+			log_err("vm %s: declaring the CPUs of vCPU %u to the kvm port: %s vm=%s", v->name, i,
+				strerror(-r), v->name);
 	}
+	if (!cpus)
+		log_err("vm %s: out of memory: the kvm port checks routes against the vCPU threads' affinity vm=%s",
+			v->name, v->name);
+}
+
+/* Whether our fd is the open file fd vmm_fd of process pid is: 1 yes, 0
+ * no, -errno when kcmp cannot tell. */
+static int same_open_file(pid_t pid, int vmm_fd, int fd)
+{
+	long r = syscall(SYS_kcmp, pid, getpid(), KCMP_FILE, (unsigned long)vmm_fd, (unsigned long)fd);
+	if (r < 0)
+		return -errno;
+	return r == 0;
+}
+
+/* A VMM's VM as discovery found it, with what the port needs of the
+ * lease's vCPUs: lease vCPU i is the VMM's vCPU of the i-th smallest id
+ * (QEMU creates vCPUs in id order, so this is creation order there). */
+struct vmm_found {
+	struct vmm_vm vm;
+	pid_t *tids;
+	uint32_t *ids;
+};
+
+static void vmm_found_release(struct vmm_found *f)
+{
+	vmm_discover_release(&f->vm);
+	free(f->tids);
+	free(f->ids);
+	f->tids = NULL;
+	f->ids = NULL;
 }
 
 /*
- * Ties the lease to its VMM: finds the VM, checks it can carry the lease,
- * registers it with the kvm port and watches the process. Applies no route:
- * at attach the arbiter's transitions do that, at vm.bind apply_routes.
- * On failure nothing is left registered.
+ * Finds pid's VM and checks that it can carry the lease v: enough vCPUs,
+ * bound to no other lease, and (model backend) that route_fd, if any, is
+ * that VM's file. Changes nothing.
  */
-static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
-			const char *field, struct proto_error *err)
+static int vmm_check(struct broker *b, const struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
+		     int route_fd, const char *field, struct vmm_found *out, struct proto_error *err)
 {
-	struct vmm_vm found;
 	char why[BROKER_WHY];
 	struct vmm_discover_opts dopts = { .vm_fd = has_vm_fd ? vm_fd : -1 };
-	int r = vmm_discover(pid, &dopts, &found, why, sizeof(why));
+	int r = vmm_discover(pid, &dopts, &out->vm, why, sizeof(why));
 	/* Gone, or no VM to be found: not_found. A VM fd named by the caller
 	 * that is not one: the parameter is wrong. */
 	if (r < 0)
 		return proto_error_set(err, r == -ESRCH || (r == -ENOENT && !has_vm_fd) ? PROTO_E_NOT_FOUND
 											 : PROTO_E_INVALID_PARAM,
 				       -r, field, "VMM pid %d: %s", (int)pid, why);
-	/* Routes are per vCPU: the VMM must hold every vCPU id the lease
+	/* Routes are per vCPU: the VMM must hold as many vCPUs as the lease
 	 * declares (it may add vCPUs later: bind again then). */
 	uint32_t n = v->n_vcpus;
-	_cleanup_free_ pid_t *tids = calloc(n, sizeof(*tids));
-	_cleanup_free_ bool *have = calloc(n, sizeof(*have));
-	if (!tids || !have) {
-		vmm_discover_release(&found);
-		return oom(err);
+	if (out->vm.n_vcpus < n) {
+		unsigned nv = out->vm.n_vcpus;
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+				       "VMM pid %d has %u vCPU%s; vm %s declares %u", (int)pid, nv, nv == 1 ? "" : "s",
+				       v->name, n);
 	}
-	for (unsigned i = 0; i < found.n_vcpus; i++)
-		if (found.vcpus[i].id < n) {
-			tids[found.vcpus[i].id] = found.vcpus[i].tid;
-			have[found.vcpus[i].id] = true;
-		}
-	for (uint32_t i = 0; i < n; i++)
-		if (!have[i]) {
-			unsigned nv = found.n_vcpus;
-			vmm_discover_release(&found);
-			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
-					       "VMM pid %d has %u vCPU%s and no vCPU %u; vm %s declares %u", (int)pid, nv,
-					       nv == 1 ? "" : "s", i, v->name, n);
-		}
 	/* One KVM VM, one lease: two leases would program the same vCPUs.
 	 * Bound leases are few next to unbound ones; a scan is fine here. */
 	for (size_t i = 0; i < b->n_vms; i++) {
 		const struct broker_vm *o = b->vms[i];
-		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == found.vm_fd) {
-			vmm_discover_release(&found);
+		if (o != v && o->bound && o->vmm_pid == pid && o->vm_fd == out->vm.vm_fd)
 			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, field,
 					       "VMM pid %d's VM (fd %d) is already bound to vm %s", (int)pid, o->vm_fd,
 					       o->name);
-		}
 	}
+	/* The model makes its route fd from the VM file the VMM handed over
+	 * (what KVM_CREATE_VPMU_ROUTE_FD would do in the VMM): that must be
+	 * the VM this VMM holds, not any VM file, nor another VMM's. A
+	 * kernel's route fd names its VM itself. */
+	if (route_fd >= 0 && kvm_port_backend(b->port) == KVM_BACKEND_MODEL) {
+		r = same_open_file(pid, out->vm.vm_fd, route_fd);
+		if (r == 0)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+					       "params.route_fd: the route fd is not VMM pid %d's VM (its VM fd %d)",
+					       (int)pid, out->vm.vm_fd);
+		if (r < 0)
+			return proto_error_set(err, r == -ESRCH ? PROTO_E_NOT_FOUND : PROTO_E_INTERNAL, -r,
+					       "params.route_fd",
+					       "params.route_fd: cannot tell whether it is VMM pid %d's VM (kcmp: %s)",
+					       (int)pid, strerror(-r));
+		/* kcmp named the process by pid: it must still be the one the
+		 * pidfd holds. */
+		if (vmm_discover_pidfd_alive(out->vm.pidfd) <= 0)
+			return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
+	}
+	out->tids = calloc(n, sizeof(*out->tids));
+	out->ids = calloc(n, sizeof(*out->ids));
+	if (!out->tids || !out->ids)
+		return oom(err);
+	/* Discovery sorts the vCPUs by id. */
+	for (uint32_t i = 0; i < n; i++) {
+		out->tids[i] = out->vm.vcpus[i].tid;
+		out->ids[i] = out->vm.vcpus[i].id;
+	}
+	return 0;
+}
+
+/* The port's refusal of a VM, as the request's error: with a route fd the
+ * fd is what was wrong. */
+static int port_error(int r, pid_t pid, bool routed, const char *field, const char *why, struct proto_error *err)
+{
+	if (!routed)
+		return proto_error_set(err, r == -ENOMEM ? PROTO_E_INTERNAL : PROTO_E_INVALID_PARAM, -r, field,
+				       "VMM pid %d: %s", (int)pid, why[0] ? why : strerror(-r));
+	enum proto_errcode code;
+	switch (r) {
+	case -EEXIST: code = PROTO_E_EXISTS; break;
+	case -ESRCH:
+	case -EIO: code = PROTO_E_NOT_FOUND; break;
+	case -ENOMEM: code = PROTO_E_INTERNAL; break;
+	default: code = PROTO_E_INVALID_PARAM; break;
+	}
+	const char *what = r == -ENOTTY ? "not a route fd"
+			   : r == -EBADF ? "not an open descriptor"
+			   : r == -EIO	 ? "the VM is dead"
+			   : r == -EEXIST ? "its VM is bound already"
+					  : strerror(-r);
+	return proto_error_set(err, code, -r, "params.route_fd", "params.route_fd: VMM pid %d: %s%s%s", (int)pid, what,
+			       why[0] ? ": " : "", why);
+}
+
+/* Registers v's VM with the port, taking *route_fd over on success (-1:
+ * advisory VM). */
+static int port_register(struct broker *b, struct broker_vm *v, pid_t pid, const struct vmm_found *found,
+			 int *route_fd, const char *field, struct proto_error *err)
+{
+	char why[BROKER_WHY] = "";
+	/* The shape is what KVM would know from the VMM's KVM_SET_CPUID2 (the
+	 * model takes it; a kernel's own is read back): the lease's. An
+	 * advisory VM has no CPUID anyone checks (0: any the host has), so
+	 * that its lease may grow. */
+	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found->vm.pidfd, .route_fd = *route_fd,
+				  .n_vcpus = v->n_vcpus, .vcpu_tids = found->tids, .vcpu_ids = found->ids,
+				  .shape = *route_fd >= 0 ? lease_shape(v->gp, v->fixed_mask) : 0 };
+	int r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
+	if (r < 0)
+		return port_error(r, pid, *route_fd >= 0, field, why, err);
+	v->routed = *route_fd >= 0;
+	*route_fd = -1;
+	return 0;
+}
+
+/*
+ * Ties the lease to its VMM: finds the VM, checks it can carry the lease,
+ * registers it with the kvm port (with the route fd the VMM handed over,
+ * taken over on success; or -1) and watches the process. Applies no
+ * route: at attach the arbiter's transitions do that, at vm.bind
+ * apply_routes. On failure nothing is left registered.
+ */
+static int register_vmm(struct broker *b, struct broker_vm *v, pid_t pid, int vm_fd, bool has_vm_fd,
+			int *route_fd, const char *field, struct proto_error *err)
+{
+	_cleanup_(vmm_found_release) struct vmm_found found = { .vm = { .pidfd = -1 } };
+	int r = vmm_check(b, v, pid, vm_fd, has_vm_fd, *route_fd, field, &found, err);
+	if (r < 0)
+		return r;
 	uint64_t start = 0;
-	r = owner_start_time(pid, &start);
 	/* The watch gets its own copy of the pidfd discovery opened, so no pid
 	 * reuse can slip in between. */
-	if (r < 0) {
-		vmm_discover_release(&found);
+	if (owner_start_time(pid, &start) < 0)
 		return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, field, "VMM pid %d is gone", (int)pid);
-	}
-	_cleanup_close_ int watch_fd = fcntl(found.pidfd, F_DUPFD_CLOEXEC, 3);
-	if (watch_fd < 0) {
-		/* Out of descriptors is vpmud's trouble, not the VMM's: never
-		 * "not found", which a restore takes for a VMM that is gone. */
-		int e = errno;
-		vmm_discover_release(&found);
-		return proto_error_set(err, PROTO_E_INTERNAL, e, field, "VMM pid %d: watching it: %s", (int)pid,
-				       strerror(e));
-	}
-	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found.pidfd,
-				  .vm_fd = found.vm_fd, .n_vcpus = n, .vcpu_tids = tids };
-	r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
-	int got_fd = found.vm_fd;
-	vmm_discover_release(&found);
-	if (r < 0)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, -r, field, "VMM pid %d: %s", (int)pid, why);
+	_cleanup_close_ int watch_fd = fcntl(found.vm.pidfd, F_DUPFD_CLOEXEC, 3);
+	/* Out of descriptors is vpmud's trouble, not the VMM's: never "not
+	 * found", which a restore takes for a VMM that is gone. */
+	if (watch_fd < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, errno, field, "VMM pid %d: watching it: %s", (int)pid,
+				       strerror(errno));
+	if ((r = port_register(b, v, pid, &found, route_fd, field, err)) < 0)
+		return r;
 	struct owner_watch *w = NULL;
 	r = owner_watch_new(b->event, pid, TAKE_FD(watch_fd), on_vmm_gone, v, &w);
 	if (r < 0) {
 		kvm_port_unregister_vm(b->port, v->id);
+		v->routed = false;
 		return proto_error_set(err, r == -ESRCH ? PROTO_E_NOT_FOUND : PROTO_E_INTERNAL, -r, field,
 				       "VMM pid %d: %s", (int)pid, strerror(-r));
 	}
 	declare_vcpu_cpus(b, v);
+	/* A lease the port refused back (take_route_fd) still has its watch. */
+	owner_watch_free(v->watch);
 	v->bound = true;
+	v->rebound_at_restore = b->restoring && !v->routed;
 	v->vmm_pid = pid;
-	v->vm_fd = got_fd;
+	v->vm_fd = found.vm.vm_fd;
 	v->vmm_start = start;
 	v->watch = w;
 	return 0;
@@ -1695,8 +1890,11 @@ static void unbind_vm(struct broker *b, struct broker_vm *v)
 		return;
 	owner_watch_free(v->watch);
 	v->watch = NULL;
+	/* The port closes the route fd: the VM reference goes with it. */
 	kvm_port_unregister_vm(b->port, v->id);
 	v->bound = false;
+	v->routed = false;
+	v->rebound_at_restore = false;
 }
 
 /* The routes of every vCPU, one phase, for a lease bound (2) or taken back
@@ -1809,7 +2007,10 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 			return proto_error_set(err, PROTO_E_NOT_FOUND, ESRCH, "params.owner", "VMM pid %d is gone",
 					       a->owner.pid);
 		}
-		r = register_vmm(b, v, a->owner.pid, a->owner.vm_fd, true, "params.owner", err);
+		/* An owner named at attach hands no route fd: advisory until
+		 * the VMM binds with one. */
+		int no_route_fd = -1;
+		r = register_vmm(b, v, a->owner.pid, a->owner.vm_fd, true, &no_route_fd, "params.owner", err);
 		if (r < 0) {
 			vm_arb_spec_fini(&spec);
 			vm_free(v);
@@ -1874,8 +2075,8 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	}
 	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
 		   v->name, v->priority, proto_class_name(v->cls), v->n_vcpus, v->gp, v->fixed_mask,
-		   v->bound ? ", bound to its VMM" : ", not bound to a VMM yet", v->name, (unsigned)v->uid,
-		   broker_door_name(c->door));
+		   v->bound ? ", bound to its VMM (routes advisory until it hands a route fd)" : ", not bound to a VMM yet",
+		   v->name, (unsigned)v->uid, broker_door_name(c->door));
 	if (res) {
 		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb), .bound = v->bound };
 		vcpu_grants(b, v, res->vcpus_by_route);
@@ -1962,6 +2163,33 @@ int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char
 	return 0;
 }
 
+/*
+ * CPUID leaf 0xA fixed the guest's PMU before its vCPUs ran, and routes
+ * only switch PMCs of that shape between pass-through and multiplexed: a
+ * VM whose routes reach the kernel cannot be given more.
+ */
+static int check_guest_shape(const struct broker *b, const struct broker_vm *v, uint32_t gp, uint32_t fixed_mask,
+			     struct proto_error *err)
+{
+	uint64_t want = lease_shape(gp, fixed_mask);
+	for (uint32_t i = 0; i < v->n_vcpus; i++) {
+		uint64_t shape;
+		int r = kvm_port_vcpu_shape(b->port, v->id, i, &shape);
+		if (r < 0)
+			return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "vm %s: the shape of vCPU %u: %s", v->name,
+					       i, strerror(-r));
+		if (!(want & ~shape))
+			continue;
+		const char *field = want & ~shape & VPMU_GP_MASK ? "params.gp" : "params.fixed_mask";
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
+				       "%s: the guest's PMU shape is fixed by CPUID (gp %d fixed 0x%x): vm %s cannot "
+				       "have gp %u fixed 0x%x",
+				       field, __builtin_popcountll(shape & VPMU_GP_MASK),
+				       (unsigned)((shape & VPMU_FIXED_MASK) >> VPMU_FIXED_SHIFT), v->name, gp, fixed_mask);
+	}
+	return 0;
+}
+
 int broker_vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
 		     uint64_t *generation, struct proto_error *err)
 {
@@ -1999,6 +2227,8 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 			asked[i] = &u->vcpus.cpus[i];
 		next.vcpus = asked;
 	}
+	if (v->routed && (r = check_guest_shape(b, v, next.gp, next.fixed_mask, err)) < 0)
+		return r;
 	struct vm_arb_spec spec;
 	struct vm_shape shape = shape_of(&next);
 	r = build_vm_spec(b, v->id, &shape, &spec, err);
@@ -2086,25 +2316,98 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 	return 0;
 }
 
-int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
+/*
+ * A VM bound without a route fd takes the one its VMM hands over now (a
+ * libvirt follower bound it first, or vpmud restarted): checked as at
+ * bind, then the port's registration is swapped and the VM's routes are
+ * sent. On failure the VM stays bound, advisory, as it was.
+ */
+static int take_route_fd(struct broker *b, struct broker_vm *v, int *route_fd, struct proto_error *err)
+{
+	_cleanup_(vmm_found_release) struct vmm_found found = { .vm = { .pidfd = -1 } };
+	int r = vmm_check(b, v, v->vmm_pid, v->vm_fd, true, *route_fd, "params.pid", &found, err);
+	if (r < 0)
+		return r;
+	kvm_port_unregister_vm(b->port, v->id);
+	v->routed = false;
+	r = port_register(b, v, v->vmm_pid, &found, route_fd, "params.pid", err);
+	char why[BROKER_WHY];
+	if (r == 0) {
+		declare_vcpu_cpus(b, v);
+		int a = apply_vm_routes(b, v, 2, why, sizeof(why));
+		if (a == 0) {
+			v->rebound_at_restore = false;
+			return 0;
+		}
+		/* Take back what reached the port; the route fd goes with the
+		 * registration. */
+		char ignored[BROKER_WHY];
+		apply_vm_routes(b, v, 1, ignored, sizeof(ignored));
+		kvm_port_unregister_vm(b->port, v->id);
+		v->routed = false;
+		r = proto_error_set(err, PROTO_E_INTERNAL, -a, NULL, "applying the routes of vm %s: %s", v->name, why);
+	}
+	/* Back to advisory, its routes recorded again. */
+	int none = -1;
+	struct proto_error again = {0};
+	if (port_register(b, v, v->vmm_pid, &found, &none, "params.pid", &again) < 0) {
+		/* Only a VMM that just left makes the port refuse it: the lease
+		 * keeps its watch, whose wakeup releases it. */
+		log_err("vm %s: the kvm port refused it back without a route fd: %s vm=%s", v->name, again.message,
+			v->name);
+		v->bound = false;
+		return r;
+	}
+	declare_vcpu_cpus(b, v);
+	if (apply_vm_routes(b, v, 2, why, sizeof(why)) < 0)
+		log_err("vm %s: recording its routes again: %s vm=%s", v->name, why, v->name);
+	return r;
+}
+
+int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q, int route_fd,
 		   uint64_t *generation, struct proto_error *err)
 {
+	/* Ours whatever happens: closed on every way out but into the port.
+	 * A number that is not open is no descriptor of ours to close later
+	 * (by then it may be one vpmud opened). */
+	bool closed = route_fd >= 0 && fcntl(route_fd, F_GETFD) < 0;
+	_cleanup_close_ int fd = closed ? -1 : route_fd;
 	int r = check_caller(b, c, PROTO_M_VM_BIND, err);
 	if (r < 0)
 		return r;
+	if (q->route_fd && closed)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EBADF, "params.route_fd",
+				       "params.route_fd: fd %d is not an open descriptor", route_fd);
+	if (q->route_fd && fd < 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+				       "params.route_fd: true, and no descriptor came with the request");
+	if (!q->route_fd && fd >= 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+				       "params.route_fd: a descriptor came with a request that does not claim it");
 	struct broker_vm *v = find_vm(b, q->name);
 	if (!v)
 		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s", q->name);
+	char ev[160];
+	snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
 	if (v->bound) {
 		if (v->vmm_pid != q->pid)
 			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
 					       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
-		/* The hook may run twice (reconnect): same answer. */
+		/* The hook may run twice (reconnect): same answer. A VM that
+		 * has its route fd keeps it (the new one is closed); one that
+		 * has none takes it. */
+		if (fd >= 0 && !v->routed) {
+			if ((r = take_route_fd(b, v, &fd, err)) < 0)
+				return r;
+			log_notice("vm %s: VMM pid %d handed its route fd: routes %s vm=%s", q->name, (int)q->pid,
+				   vm_routes_name(vm_routes(b, v, NULL)), q->name);
+			emit_event(b, ev, false, &(struct touched){ .vm_changed = v->id }, NULL);
+		}
 		if (generation)
 			*generation = arb_generation(b->arb);
 		return 0;
 	}
-	r = register_vmm(b, v, q->pid, q->vm_fd, q->has_vm_fd, "params.pid", err);
+	r = register_vmm(b, v, q->pid, q->vm_fd, q->has_vm_fd, &fd, "params.pid", err);
 	if (r < 0)
 		return r;
 	/* Durable first: the lease now names its VMM, and follows it rather
@@ -2127,10 +2430,11 @@ int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct
 				       why);
 	}
 	v->conn = broker_conn_unref(v->conn);
-	log_notice("vm %s bound to VMM pid %d (VM fd %d) vm=%s", q->name, (int)q->pid, v->vm_fd, q->name);
+	const char *routes_why;
+	enum vm_routes routes = vm_routes(b, v, &routes_why);
+	log_notice("vm %s bound to VMM pid %d (VM fd %d), routes %s (%s) vm=%s", q->name, (int)q->pid, v->vm_fd,
+		   vm_routes_name(routes), routes_why, q->name);
 	/* Doors that mirror leases (D-Bus Owner) learn of it. */
-	char ev[160];
-	snprintf(ev, sizeof(ev), "vm.bind %s", q->name);
 	emit_event(b, ev, false, &(struct touched){ .vm_changed = v->id }, NULL);
 	if (generation)
 		*generation = arb_generation(b->arb);
@@ -2580,6 +2884,14 @@ void broker_conn_close(struct broker_conn *conn, const char *reason)
 
 /* ------------------------------------------------------------------ views */
 
+/* What the guest reservation is planned as (broker_status.reservation). */
+static const char *reservation_name(const struct broker *b)
+{
+	if (b->flavour == BROKER_FLAVOUR_MEDIATED || b->flavour == BROKER_FLAVOUR_NONE)
+		return "none";
+	return arb_partition_name(arb_partition(b->arb));
+}
+
 void broker_status(const struct broker *b, struct broker_status *out)
 {
 	*out = (struct broker_status){
@@ -2596,6 +2908,7 @@ void broker_status(const struct broker *b, struct broker_status *out)
 		.flavour = broker_flavour_name(b->flavour),
 		.routes = broker_routes_kind(b),
 		.flavour_effect = flavour_effect(b->flavour),
+		.reservation = reservation_name(b),
 		.generation = arb_generation(b->arb),
 		.cpus = b->pmu.n_cpus,
 		.vms = b->n_vms,
@@ -2603,6 +2916,12 @@ void broker_status(const struct broker *b, struct broker_status *out)
 		.watchers = b->n_subs,
 		.uptime_s = (now_usec(CLOCK_MONOTONIC) - b->started_usec) / 1000000,
 	};
+	size_t by_kind[3] = {0};
+	for (size_t i = 0; i < b->n_vms; i++)
+		by_kind[vm_routes(b, b->vms[i], NULL)]++;
+	out->vms_enforced = by_kind[VM_ROUTES_ENFORCED];
+	out->vms_simulated = by_kind[VM_ROUTES_SIMULATED];
+	out->vms_advisory = by_kind[VM_ROUTES_ADVISORY];
 	size_t w = 0;
 	if (b->host_mediated) {
 		if (b->nmi_watchdog_perf)
@@ -2652,6 +2971,7 @@ static void vm_view(const struct broker *b, const struct broker_vm *v, struct br
 		.vm_fd = v->bound ? v->vm_fd : -1,
 		.n_vcpus = v->n_vcpus,
 	};
+	out->routes = vm_routes_name(vm_routes(b, v, &out->routes_why));
 	vcpu_grants(b, v, out->vcpus_by_route);
 	out->passthrough_vcpus = out->vcpus_by_route[BROKER_ROUTE_PASSTHROUGH];
 }
@@ -2907,15 +3227,58 @@ uint64_t broker_generation(const struct broker *b)
 	return arb_generation(b->arb);
 }
 
+/* snprintf at *at of buf[len], *at kept within the buffer. */
+static __attribute__((format(printf, 4, 5))) void put_at(char *buf, size_t len, size_t *at, const char *fmt, ...)
+{
+	if (*at >= len)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf + *at, len - *at, fmt, ap);
+	va_end(ap);
+	*at = n < 0 ? len : *at + (size_t)n;
+}
+
 void broker_summary(const struct broker *b, char *buf, size_t len)
 {
-	snprintf(buf, len, "%zu VMs, %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s, vPMU %s%s",
-		 b->n_vms, b->n_sessions, arb_generation(b->arb), b->pmu.model,
-		 b->pmu.source == PMU_SOURCE_HOST ? "" : " (simulated)",
-		 kvm_port_backend_name(kvm_port_backend(b->port)), broker_flavour_name(b->flavour),
-		 routes_enforced(b) ? ""
-		 : kvm_port_backend(b->port) == KVM_BACKEND_MODEL ? " (simulated: routes go to the model)"
-								  : " (routes advisory, not enforced)");
+	size_t by_kind[3] = {0}, at = 0;
+	if (!len)
+		return;
+	buf[0] = '\0';
+	for (size_t i = 0; i < b->n_vms; i++)
+		by_kind[vm_routes(b, b->vms[i], NULL)]++;
+	put_at(buf, len, &at, "%zu VMs", b->n_vms);
+	if (b->n_vms)
+		put_at(buf, len, &at, " (%zu enforced, %zu simulated, %zu advisory)", by_kind[VM_ROUTES_ENFORCED],
+		       by_kind[VM_ROUTES_SIMULATED], by_kind[VM_ROUTES_ADVISORY]);
+	put_at(buf, len, &at, ", %zu sessions, plan generation %" PRIu64 "; PMU %s%s, KVM %s, vPMU %s%s",
+	       b->n_sessions, arb_generation(b->arb), b->pmu.model, b->pmu.source == PMU_SOURCE_HOST ? "" : " (simulated)",
+	       kvm_port_backend_name(kvm_port_backend(b->port)), broker_flavour_name(b->flavour),
+	       routes_enforced(b) ? ""
+	       : kvm_port_backend(b->port) == KVM_BACKEND_MODEL ? " (simulated: routes go to the model)"
+								: " (routes advisory, not enforced)");
+	if (port_takes_plan(b))
+		put_at(buf, len, &at, ", reservation %s", reservation_name(b));
+	if (!by_kind[VM_ROUTES_ADVISORY] || !port_takes_plan(b))
+		return;
+	/* Which VMs nothing enforces, as many as the line holds; room is
+	 * kept for saying how many more. */
+	const size_t more_room = sizeof(" and 18446744073709551615 more");
+	size_t listed = 0;
+	if (at + sizeof("; advisory:") + more_room > len)
+		return;
+	put_at(buf, len, &at, "; advisory:");
+	for (size_t i = 0; i < b->n_vms && at < len; i++) {
+		const struct broker_vm *v = b->vms[i];
+		if (vm_routes(b, v, NULL) != VM_ROUTES_ADVISORY)
+			continue;
+		if (at + strlen(v->name) + 2 + more_room > len)
+			break;
+		put_at(buf, len, &at, "%s %s", listed ? "," : "", v->name);
+		listed++;
+	}
+	if (listed < by_kind[VM_ROUTES_ADVISORY])
+		put_at(buf, len, &at, " and %zu more", by_kind[VM_ROUTES_ADVISORY] - listed);
 }
 
 /* ---------------------------------------------------------------- life */
@@ -2986,6 +3349,10 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 	struct arb_inventory inv = { .n_cpus = b->pmu.n_cpus, .cpu_ids = b->cpu_ids, .num_gp = b->pmu.num_gp,
 				     .fixed_mask = b->pmu.fixed_mask, .foreign = b->foreign,
 				     .n_foreign = b->n_foreign, .guest_mode = modes[b->flavour] };
+	/* The reservation is perf's: a kernel that takes one mask for every
+	 * CPU gets a plan with one (docs/arbiter.md, "Uniform partition"). */
+	if (b->flavour == BROKER_FLAVOUR_EXTENSION && !(kvm_port_reserve_caps(b->port) & VPMU_RESERVE_CAP_PER_CPU))
+		inv.partition = ARB_PARTITION_UNIFORM;
 	int r = arb_create(&inv, &b->arb);
 	if (r < 0)
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "the arbiter refused the inventory: %s",

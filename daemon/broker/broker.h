@@ -222,7 +222,8 @@ struct broker *broker_free(struct broker *b); /* returns NULL */
 int broker_restore(struct broker *b);
 
 uint64_t broker_generation(const struct broker *b);
-/* One line for sd_notify STATUS= and the log. */
+/* One line for sd_notify STATUS= and the log: counts, backends, VMs by
+ * routes kind and the names of advisory VMs (as many as fit). */
 void broker_summary(const struct broker *b, char *buf, size_t len);
 
 /* ------------------------------------------------------------ changes */
@@ -246,11 +247,19 @@ int broker_vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		     struct broker_attach_result *res, struct proto_error *err);
 int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char *name,
 		     uint64_t *generation, struct proto_error *err);
+/* A VM bound with a route fd cannot grow gp or fixed_mask beyond its
+ * guest's PMU shape, which CPUID fixed (invalid_param). */
 int broker_vm_update(struct broker *b, const struct broker_caller *c, const struct proto_vm_update *u,
 		     uint64_t *generation, struct proto_error *err);
 /* route_fd: the route fd the VMM handed over with the request (q->route_fd
  * true), or -1. The broker owns it from the call on, whatever the outcome:
- * kept by the kvm port for the VM's lifetime, or closed. */
+ * kept by the kvm port for the VM's lifetime, or closed. q->route_fd and
+ * route_fd must agree (invalid_param, field params.route_fd). With a route
+ * fd the VM's routes are enforced (ioctl) or simulated (model); without,
+ * advisory. A VM already bound to the same VMM without a route fd takes
+ * one (advisory -> enforced or simulated); one bound with a route fd
+ * keeps it and the new one is closed (same answer: the hook may run
+ * twice). Model backend: the route fd must be the VMM's VM file (kcmp). */
 int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct proto_vm_bind *q,
 		   int route_fd, uint64_t *generation, struct proto_error *err);
 /* After success the session's view (broker_session_find) has its events'
@@ -282,6 +291,12 @@ struct broker_status {
 	const char *flavour;           /* broker_flavour_name */
 	const char *routes;            /* broker_routes_kind */
 	const char *flavour_effect;    /* one line: what it means for guests and for host sessions */
+	/* How the guest reservation is planned: "uniform" (one mask for every
+	 * CPU, because the kernel lacks VPMU_RESERVE_CAP_PER_CPU), "per-cpu",
+	 * or "none" (flavours that reserve nothing: mediated, none). */
+	const char *reservation;
+	/* The VMs by broker_vm_view.routes; they add up to vms. */
+	size_t vms_enforced, vms_simulated, vms_advisory;
 	/* What stops guests or sessions on this host and how to fix it
 	 * (the NMI watchdog under the mediated vPMU); NULL-terminated. */
 	const char *warnings[4];

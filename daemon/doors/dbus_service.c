@@ -2,6 +2,7 @@
 #include "doors/dbus_service.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
@@ -61,6 +62,7 @@ struct call {
 	size_t n_groups;
 	struct broker_conn *conn;   /* a reference: the broker refuses once it is closed */
 	sd_bus_slot *slot;          /* the polkit question, while it is open */
+	int route_fd;               /* BindVM's route_fd (our dup), until the broker takes it; -1 */
 };
 
 struct id_set {
@@ -86,6 +88,8 @@ struct vm_snap {
 	int vm_fd;
 	unsigned passthrough_vcpus;
 	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];
+	uint32_t routes_kind;       /* RoutesKind: the VM's own */
+	char *routes_why;           /* RoutesWhy */
 	size_t routes_len;
 	uint8_t *routes;            /* the Routes property's content, flattened */
 };
@@ -165,6 +169,14 @@ static uint32_t wire_flavour(const struct broker *b)
 static uint32_t wire_routes_kind(const struct broker *b)
 {
 	return wire_enum(routes_kind_names, broker_routes_kind(b));
+}
+
+/* Whether this VM's routes reach the kernel: its own kind (a VMM that
+ * handed no route fd leaves it advisory), the daemon's when the broker
+ * does not say per VM. */
+static const char *vm_routes(const struct broker *b, const struct broker_vm_view *v)
+{
+	return v->routes ? v->routes : broker_routes_kind(b);
 }
 
 static void request_finip(struct proto_request *r)
@@ -336,11 +348,35 @@ static void put_backends(struct out *o, const struct broker_status *st)
 	put_u(o, "kvm_flavour", wire_enum(flavour_names, st->flavour));
 	put_u(o, "kvm_routes", wire_enum(routes_kind_names, st->routes));
 	put_s(o, "kvm_flavour_effect", st->flavour_effect);
+	if (st->reservation)
+		put_s(o, "kvm_reservation", st->reservation);
 	if (st->warnings[0])
 		put_strv(o, "kvm_warnings", st->warnings);
 }
 
-static void put_status(struct out *o, const struct broker_status *st)
+/* vms_by_routes {enforced, simulated, advisory: x} and advisory_vms (as):
+ * the socket's status fields of the same names. */
+static void put_vms_by_routes(struct out *o, const struct broker *b, const struct broker_status *st)
+{
+	size_t n = broker_vm_count(b);
+	nested_begin(o, "vms_by_routes", "a{sv}");
+	put_x(o, "enforced", (int64_t)st->vms_enforced);
+	put_x(o, "simulated", (int64_t)st->vms_simulated);
+	put_x(o, "advisory", (int64_t)st->vms_advisory);
+	nested_end(o);
+	entry_begin(o, "advisory_vms", "as");
+	open_c(o, 'a', "s");
+	for (size_t i = 0; i < n && o->r >= 0; i++) {
+		struct broker_vm_view v;
+		broker_vm_at(b, i, &v);
+		if (!strcmp(vm_routes(b, &v), "advisory"))
+			o->r = sd_bus_message_append_basic(o->m, 's', v.name);
+	}
+	close_c(o);
+	entry_end(o);
+}
+
+static void put_status(struct out *o, const struct broker *b, const struct broker_status *st)
 {
 	put_s(o, "server", st->server);
 	put_x(o, "protocol", st->protocol);
@@ -350,6 +386,7 @@ static void put_status(struct out *o, const struct broker_status *st)
 	put_t(o, "generation", st->generation);
 	put_x(o, "cpus", st->cpus);
 	put_x(o, "vms", (int64_t)st->vms);
+	put_vms_by_routes(o, b, st);
 	put_x(o, "sessions", (int64_t)st->sessions);
 	put_x(o, "watchers", (int64_t)st->watchers);
 	put_x(o, "uptime_s", (int64_t)st->uptime_s);
@@ -402,6 +439,15 @@ static void put_guest(struct out *o, const struct broker_guest_view *g)
 	nested_end(o);
 }
 
+/* routes (the routes kind enum) and routes_why: the socket's per-VM
+ * "routes" and "routes_why". */
+static void put_vm_routes(struct out *o, const struct broker *b, const struct broker_vm_view *v)
+{
+	put_u(o, "routes", wire_enum(routes_kind_names, vm_routes(b, v)));
+	if (v->routes_why)
+		put_s(o, "routes_why", v->routes_why);
+}
+
 /* A VM as vm.show shows it: its lease, each vCPU's routes and the PMU its
  * guest sees. */
 static void put_vm(struct out *o, const struct broker *b, const struct broker_vm_view *v)
@@ -412,6 +458,7 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 	put_x(o, "gp", v->gp);
 	put_t(o, "fixed_mask", v->fixed_mask);
 	put_s(o, "origin", v->origin);
+	put_vm_routes(o, b, v);
 	if (v->follows_connection && !v->bound)
 		put_b(o, "follows_connection", true);
 	if (v->bound) {
@@ -659,6 +706,7 @@ enum opt {
 	OPT_OWNER_PID,
 	OPT_VM_FD,
 	OPT_COUNT_GUEST,
+	OPT_ROUTE_FD,
 	OPT__COUNT
 };
 static const char *const opt_names[OPT__COUNT] = {
@@ -666,13 +714,14 @@ static const char *const opt_names[OPT__COUNT] = {
 	[OPT_FIXED_MASK] = "fixed_mask", [OPT_VCPUS] = "vcpus", [OPT_VCPU_COUNT] = "vcpu_count",
 	[OPT_CPUS] = "cpus",         [OPT_OWNER] = "owner",   [OPT_PID] = "pid",
 	[OPT_OWNER_PID] = "owner_pid", [OPT_VM_FD] = "vm_fd", [OPT_COUNT_GUEST] = "count_guest",
+	[OPT_ROUTE_FD] = "route_fd",
 };
 #define OPT(x) (1u << (x))
 #define OPTS_SHAPE (OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_GP) | OPT(OPT_FIXED_MASK) | \
 		    OPT(OPT_VCPUS) | OPT(OPT_VCPU_COUNT) | OPT(OPT_CPUS))
 #define OPTS_ATTACH (OPTS_SHAPE | OPT(OPT_OWNER))
 #define OPTS_UPDATE OPTS_SHAPE
-#define OPTS_BIND OPT(OPT_VM_FD)
+#define OPTS_BIND (OPT(OPT_VM_FD) | OPT(OPT_ROUTE_FD))
 #define OPTS_SESSION (OPT(OPT_CPUS) | OPT(OPT_PID) | OPT(OPT_PRIORITY) | OPT(OPT_CLASS) | OPT(OPT_OWNER_PID) | \
 		      OPT(OPT_COUNT_GUEST))
 #define OPTS_PLAN OPT(OPT_CPUS)
@@ -687,12 +736,17 @@ struct options {
 	struct proto_owner owner;
 	int32_t pid, owner_pid, vm_fd;
 	bool count_guest;
+	bool has_route_fd;          /* route_fd holds our own dup */
+	int route_fd;
 };
 
 static void options_fini(struct options *o)
 {
 	free(o->vcpus.cpus);
 	o->vcpus.cpus = NULL;
+	if (o->has_route_fd)
+		close(o->route_fd);
+	o->has_route_fd = false;
 }
 
 /* "params.<key>" for a key from outside: printable ASCII only, cut to fit,
@@ -934,6 +988,27 @@ static int read_owner(sd_bus_message *m, const char *sig, const char *field, str
 	return 0;
 }
 
+/* route_fd: a unix fd (h). sd-bus owns the message's descriptor and closes
+ * it with the message; the broker keeps the route fd for the VM's life, so
+ * it gets a duplicate of its own (close-on-exec: vpmud runs helpers). */
+static int read_route_fd(sd_bus_message *m, const char *sig, const char *field, struct options *o,
+			 struct proto_error *pe)
+{
+	int fd;
+	if (strcmp(sig, "h"))
+		return wrong_type(pe, field, "a unix fd (h)", sig);
+	int r = sd_bus_message_read_basic(m, 'h', &fd);
+	if (r < 0)
+		return unreadable(pe, field, r);
+	int dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (dup < 0)
+		return proto_error_set(pe, PROTO_E_INTERNAL, errno, field, "%s: cannot keep the descriptor: %s", field,
+				       strerror(errno));
+	o->route_fd = dup;
+	o->has_route_fd = true;
+	return 0;
+}
+
 static int read_option(struct dbus_service *s, sd_bus_message *m, enum opt k, const char *sig,
 		       const char *field, struct options *o, struct proto_error *pe)
 {
@@ -950,6 +1025,7 @@ static int read_option(struct dbus_service *s, sd_bus_message *m, enum opt k, co
 	case OPT_OWNER_PID: return read_i32(m, sig, field, &o->owner_pid, pe);
 	case OPT_VM_FD: return read_i32(m, sig, field, &o->vm_fd, pe);
 	case OPT_COUNT_GUEST: return read_bool(m, sig, field, &o->count_guest, pe);
+	case OPT_ROUTE_FD: return read_route_fd(m, sig, field, o, pe);
 	default: return proto_error_set(pe, PROTO_E_INTERNAL, EINVAL, NULL, "option %d", (int)k);
 	}
 }
@@ -1114,6 +1190,8 @@ static void call_free(struct call *c)
 	free(c->sender);
 	proto_request_fini(&c->req);
 	sd_bus_message_unref(c->msg);
+	if (c->route_fd >= 0)
+		close(c->route_fd);
 	free(c);
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct call *, call_free)
@@ -1289,8 +1367,10 @@ static void put_object_path(struct out *o, const char *prefix, const char *name)
  * (pe filled on refusal); o->r says whether the rendering worked.
  */
 static int perform(struct dbus_service *s, const struct broker_caller *c, const struct proto_request *req,
-		   struct out *o, struct proto_error *pe)
+		   int route_fd, struct out *o, struct proto_error *pe)
 {
+	/* only BindVM reads one; the broker owns it from broker_vm_bind on */
+	_cleanup_close_ int owned = route_fd;
 	struct broker *b = s->broker;
 	uint64_t gen = 0;
 	int r = 0;
@@ -1299,7 +1379,7 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		struct broker_status st;
 		broker_status(b, &st);
 		open_c(o, 'a', "{sv}");
-		put_status(o, &st);
+		put_status(o, b, &st);
 		close_c(o);
 		return 0;
 	}
@@ -1338,13 +1418,17 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 	case PROTO_M_VM_BIND: {
 		bool update = req->method == PROTO_M_VM_UPDATE;
 		const char *name = update ? req->u.vm_update.name : req->u.vm_bind.name;
+		struct broker_vm_view v;
 		r = update ? broker_vm_update(b, c, &req->u.vm_update, &gen, pe)
-			   : broker_vm_bind(b, c, &req->u.vm_bind, &gen, pe);
+			   : broker_vm_bind(b, c, &req->u.vm_bind, TAKE_FD(owned), &gen, pe);
 		if (r < 0)
 			return r;
 		open_c(o, 'a', "{sv}");
 		put_s(o, "name", name);
 		put_t(o, "generation", gen);
+		/* what the VMM handed (or did not) made of the VM's routes */
+		if (!update && broker_vm_find(b, name, &v) == 0)
+			put_vm_routes(o, b, &v);
 		close_c(o);
 		return 0;
 	}
@@ -1405,7 +1489,7 @@ static void run(struct call *c, bool polkit_allowed)
 					       strerror(-r));
 	} else {
 		struct out o = { .m = reply };
-		r = perform(s, &caller, &c->req, &o, &pe);
+		r = perform(s, &caller, &c->req, TAKE_FD(c->route_fd), &o, &pe);
 		if (r >= 0 && changes_state(c->req.method))
 			flush(s); /* signals before the answer: a caller reads what it caused */
 		if (r < 0)
@@ -1474,17 +1558,22 @@ static int ask_polkit(struct call *c)
  * The common path of every method: validate as the socket does, learn who
  * asks, let the broker say whether the caller may; only when it may not,
  * and the caller is no admin by credentials, ask polkit. The broker checks
- * again in the operation itself, with polkit's answer. Takes req.
+ * again in the operation itself, with polkit's answer. Takes req and
+ * route_fd (BindVM's, or -1), which waits with the call.
  */
-static int dispatch(struct dbus_service *s, sd_bus_message *m, struct proto_request *req)
+static int dispatch_fd(struct dbus_service *s, sd_bus_message *m, struct proto_request *req, int route_fd)
 {
+	_cleanup_close_ int owned = route_fd;
 	struct proto_error pe = { 0 };
 	int r = proto_request_validate(req, s->max_cpus, &pe);
 	if (r < 0)
 		return reply_error(m, &pe);
 	_cleanup_(call_freep) struct call *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->route_fd = TAKE_FD(owned);
 	const char *sender = sd_bus_message_get_sender(m);
-	if (!c || !(c->sender = strdup(sender ? sender : "?")))
+	if (!(c->sender = strdup(sender ? sender : "?")))
 		return -ENOMEM;
 	c->svc = s;
 	c->msg = sd_bus_message_ref(m);
@@ -1506,6 +1595,11 @@ static int dispatch(struct dbus_service *s, sd_bus_message *m, struct proto_requ
 	if (broker_caller_is_admin(s->broker, &caller))
 		return reply_error(m, &pe);
 	return ask_polkit(TAKE_PTR(c));
+}
+
+static int dispatch(struct dbus_service *s, sd_bus_message *m, struct proto_request *req)
+{
+	return dispatch_fd(s, m, req, -1);
 }
 
 /* ------------------------------------------------------------- methods */
@@ -1590,7 +1684,9 @@ static int m_bind_vm(sd_bus_message *m, void *userdata, sd_bus_error *e)
 	q->pid = (int32_t)pid;
 	if ((q->has_vm_fd = o.seen & OPT(OPT_VM_FD)))
 		q->vm_fd = o.vm_fd;
-	return dispatch(userdata, m, &req);
+	q->route_fd = o.has_route_fd;
+	o.has_route_fd = false;
+	return dispatch_fd(userdata, m, &req, q->route_fd ? o.route_fd : -1);
 }
 
 static int m_start_session(sd_bus_message *m, void *userdata, sd_bus_error *e)
@@ -1819,6 +1915,10 @@ static int vm_prop(PROP_ARGS)
 		return sd_bus_message_append(reply, "u", v.fixed_mask);
 	if (!strcmp(prop, "PassthroughVcpus"))
 		return sd_bus_message_append(reply, "u", (uint32_t)v.passthrough_vcpus);
+	if (!strcmp(prop, "RoutesKind"))
+		return sd_bus_message_append(reply, "u", wire_enum(routes_kind_names, vm_routes(s->broker, &v)));
+	if (!strcmp(prop, "RoutesWhy"))
+		return sd_bus_message_append(reply, "s", v.routes_why ? v.routes_why : "");
 	struct out o = { .m = reply };
 	if (!strcmp(prop, "Granted")) {
 		open_c(&o, 'a', "{sv}");
@@ -1909,6 +2009,8 @@ static const sd_bus_vtable vm_vtable[] = {
 	SD_BUS_PROPERTY("PassthroughVcpus", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Routes", "a(usauau)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Granted", "a{sv}", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("RoutesKind", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("RoutesWhy", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_VTABLE_END
 };
 
@@ -2060,8 +2162,10 @@ static void id_set_drop_front(struct id_set *x, size_t k)
 
 static void vm_snap_free(struct vm_snap *v)
 {
-	if (v)
+	if (v) {
 		free(v->routes);
+		free(v->routes_why);
+	}
 	free(v);
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct vm_snap *, vm_snap_free)
@@ -2166,6 +2270,9 @@ static int snap_vm(const struct dbus_service *s, const struct broker_vm_view *vv
 			       .vm_fd = vv->bound ? vv->vm_fd : -1, .passthrough_vcpus = vv->passthrough_vcpus };
 	memcpy(v->vcpus_by_route, vv->vcpus_by_route, sizeof(v->vcpus_by_route));
 	snprintf(v->name, sizeof(v->name), "%s", vv->name);
+	v->routes_kind = wire_enum(routes_kind_names, vm_routes(s->broker, vv));
+	if (!(v->routes_why = strdup(vv->routes_why ? vv->routes_why : "")))
+		return -ENOMEM;
 	int r = routes_bytes(s, vv, v);
 	if (r < 0)
 		return r;
@@ -2223,7 +2330,7 @@ static void emit_changed(struct dbus_service *s, const char *prefix, const char 
 
 static void diff_vm(struct dbus_service *s, const struct vm_snap *a, const struct vm_snap *b)
 {
-	char *props[9];
+	char *props[11];
 	size_t k = 0;
 	if (a->priority != b->priority)
 		props[k++] = "Priority";
@@ -2241,6 +2348,10 @@ static void diff_vm(struct dbus_service *s, const struct vm_snap *a, const struc
 		props[k++] = "Granted";
 	if (a->routes_len != b->routes_len || memcmp(a->routes, b->routes, a->routes_len))
 		props[k++] = "Routes";
+	if (a->routes_kind != b->routes_kind)
+		props[k++] = "RoutesKind";
+	if (strcmp(a->routes_why, b->routes_why))
+		props[k++] = "RoutesWhy";
 	props[k] = NULL;
 	emit_changed(s, PATH_VM, b->name, IFACE_VM, props);
 }

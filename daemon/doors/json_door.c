@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -286,14 +287,33 @@ static void put_guest(struct json_door_text *t, const struct broker *b, uint64_t
 	put(t, "}");
 }
 
+/* ,"routes":"advisory","routes_why":"the VMM handed no route fd": whether
+ * this VM's routes reach the kernel, which depends on the VM (a VMM that
+ * handed no route fd is advisory whatever the backend), not only on the
+ * daemon. A broker that does not say per VM leaves the daemon's kind. */
+static void put_vm_routes(struct json_door_text *t, const struct broker *b, const struct broker_vm_view *v)
+{
+	put(t, ",\"routes\":");
+	put_str(t, v->routes ? v->routes : broker_routes_kind(b));
+	if (v->routes_why) {
+		put(t, ",\"routes_why\":");
+		put_str(t, v->routes_why);
+	}
+}
+
 /* top: the whole answer (vm.show), which names its flavour. */
 static void put_vm(struct json_door_text *t, const struct broker *b, const struct broker_vm_view *v, bool full,
 		   bool top)
 {
 	put(t, "{\"name\":");
 	put_str(t, v->name);
-	if (top)
-		put_broker_flavour(t, b);
+	/* vm.show names its flavour; whether routes hold is the VM's own
+	 * (its VMM handed a route fd or not), in every view of it */
+	if (top) {
+		put(t, ",\"flavour\":");
+		put_str(t, broker_flavour_name(broker_flavour(b)));
+	}
+	put_vm_routes(t, b, v);
 	put(t, ",\"priority\":");
 	put_u64(t, v->priority);
 	put(t, ",\"class\":");
@@ -479,6 +499,26 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 	put(t, "]}");
 }
 
+/* "vms_by_routes":{"enforced":0,"simulated":1,"advisory":1},
+ * "advisory_vms":["db"]: how many VMs' routes reach the kernel, and by name
+ * those whose do not, so that no output leaves an advisory VM unsaid. */
+static void put_vms_by_routes(struct json_door_text *t, const struct broker *b, const struct broker_status *st)
+{
+	putf(t, "\"vms_by_routes\":{\"enforced\":%zu,\"simulated\":%zu,\"advisory\":%zu}", st->vms_enforced,
+	     st->vms_simulated, st->vms_advisory);
+	put(t, ",\"advisory_vms\":[");
+	bool first = true;
+	for (size_t i = 0, n = broker_vm_count(b); i < n && !t->error; i++) {
+		struct broker_vm_view v;
+		broker_vm_at(b, i, &v);
+		if (strcmp(v.routes ? v.routes : broker_routes_kind(b), "advisory"))
+			continue;
+		sep(t, &first);
+		put_str(t, v.name);
+	}
+	put(t, "]");
+}
+
 static void put_status(struct json_door_text *t, struct broker *b)
 {
 	struct broker_status st;
@@ -511,6 +551,10 @@ static void put_status(struct json_door_text *t, struct broker *b)
 	put_str(t, st.routes);
 	put(t, ",\"kvm_flavour_effect\":");
 	put_str(t, st.flavour_effect);
+	if (st.reservation) {
+		put(t, ",\"kvm_reservation\":");
+		put_str(t, st.reservation);
+	}
 	if (st.warnings[0]) {
 		put(t, ",\"kvm_warnings\":[");
 		for (size_t i = 0; st.warnings[i]; i++) {
@@ -522,8 +566,9 @@ static void put_status(struct json_door_text *t, struct broker *b)
 	}
 	put(t, "},\"generation\":");
 	put_u64(t, st.generation);
-	putf(t, ",\"cpus\":%u,\"vms\":%zu,\"sessions\":%zu,\"watchers\":%zu,\"uptime_s\":", st.cpus, st.vms,
-	     st.sessions, st.watchers);
+	putf(t, ",\"cpus\":%u,\"vms\":%zu,", st.cpus, st.vms);
+	put_vms_by_routes(t, b, &st);
+	putf(t, ",\"sessions\":%zu,\"watchers\":%zu,\"uptime_s\":", st.sessions, st.watchers);
 	put_u64(t, st.uptime_s);
 	put(t, "}");
 }
@@ -611,11 +656,37 @@ static void put_generation(struct json_door_text *t, const char *name, uint64_t 
 
 /* ------------------------------------------------------------------ requests */
 
+int json_door_check_fd(const struct proto_request *req, int fd, struct proto_error *err)
+{
+	bool takes = req->method == PROTO_M_VM_BIND && req->u.vm_bind.route_fd;
+	if (takes && fd < 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+				       "params.route_fd: no descriptor came with the request");
+	if (!takes && fd >= 0)
+		/* vm.bind could have taken it: say which member would */
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL,
+				       req->method == PROTO_M_VM_BIND ? "params.route_fd" : NULL,
+				       "a descriptor came with a request that takes none%s",
+				       req->method == PROTO_M_VM_BIND ? " (vm.bind takes one with route_fd true)"
+								       : "");
+	return 0;
+}
+
 int json_door_result(struct broker *b, const struct broker_caller *c, const struct proto_request *req,
 		     struct json_door_text *out, struct proto_error *err)
 {
+	return json_door_result_fd(b, c, req, -1, out, err);
+}
+
+int json_door_result_fd(struct broker *b, const struct broker_caller *c, const struct proto_request *req, int fd,
+			struct json_door_text *out, struct proto_error *err)
+{
+	_cleanup_close_ int owned = fd;
 	uint64_t gen = 0;
-	int r;
+	int r = json_door_check_fd(req, fd, err);
+	if (r < 0)
+		return r;
+	/* only vm.bind gets this far with a descriptor, and takes it */
 	switch (req->method) {
 	case PROTO_M_STATUS:
 		put_status(out, b);
@@ -651,11 +722,21 @@ int json_door_result(struct broker *b, const struct broker_caller *c, const stru
 			return r;
 		put_generation(out, req->u.vm_update.name, gen);
 		break;
-	case PROTO_M_VM_BIND:
-		if ((r = broker_vm_bind(b, c, &req->u.vm_bind, &gen, err)) < 0)
+	case PROTO_M_VM_BIND: {
+		/* the broker owns the route fd from here on, whatever it answers */
+		if ((r = broker_vm_bind(b, c, &req->u.vm_bind, TAKE_FD(owned), &gen, err)) < 0)
 			return r;
-		put_generation(out, req->u.vm_bind.name, gen);
+		struct broker_vm_view v;
+		put(out, "{\"name\":");
+		put_str(out, req->u.vm_bind.name);
+		put(out, ",\"generation\":");
+		put_u64(out, gen);
+		/* what the VMM handed (or did not) made of this VM's routes */
+		if (broker_vm_find(b, req->u.vm_bind.name, &v) == 0)
+			put_vm_routes(out, b, &v);
+		put(out, "}");
 		break;
+	}
 	case PROTO_M_VM_LIST:
 		put(out, "{\"vms\":[");
 		for (size_t i = 0, n = broker_vm_count(b); i < n && !out->error; i++) {

@@ -45,6 +45,24 @@ int json_door_text_append(struct json_door_text *t, const char *s, size_t n);
 int json_door_result(struct broker *b, const struct broker_caller *c, const struct proto_request *req,
 		     struct json_door_text *out, struct proto_error *err);
 
+/*
+ * The same for a request that came with a descriptor (fd >= 0; -1: none),
+ * which json_door owns from the call on, whatever the outcome: vm.bind
+ * with route_fd true hands it to the broker; anything else closes it and
+ * is refused (json_door_check_fd).
+ */
+int json_door_result_fd(struct broker *b, const struct broker_caller *c, const struct proto_request *req, int fd,
+			struct json_door_text *out, struct proto_error *err);
+
+/*
+ * Whether a request and the descriptor that came with it (-1: none) go
+ * together: only vm.bind with route_fd true takes one, and it needs one.
+ * On a mismatch fills err (invalid_param) and returns -EINVAL. Never
+ * closes fd: for doors that check before they run anything (the socket's
+ * hello and watch are its own).
+ */
+int json_door_check_fd(const struct proto_request *req, int fd, struct proto_error *err);
+
 /* Appends the watchers' form of an event: {"event":"plan",...}. */
 int json_door_event(const struct broker_event *ev, struct json_door_text *out);
 

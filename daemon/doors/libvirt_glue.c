@@ -124,7 +124,8 @@ static void bind_to_qemu(struct lvglue *g, const char *name)
 	}
 	struct proto_vm_bind q = { .pid = pid };
 	snprintf(q.name, sizeof(q.name), "%s", name);
-	if (broker_vm_bind(g->b, &g->caller, &q, NULL, &err) < 0)
+	/* libvirt holds no route fd: QEMU hands it with its own vm.bind. */
+	if (broker_vm_bind(g->b, &g->caller, &q, -1, NULL, &err) < 0)
 		log_warn("libvirt: domain %s: cannot bind its lease to QEMU pid %d: %s vm=%s", name, (int)pid,
 			 err.message, name);
 	else

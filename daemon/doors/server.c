@@ -28,6 +28,33 @@
 /* An output buffer this large is given back once drained: one big plan
  * should not stay resident for the life of the connection. */
 #define SERVER_KEEP_BUFFER (64u << 10)
+/* Descriptor messages a client may have sent ahead of the end of their
+ * request. A request takes at most one: a client with more waiting is not
+ * pairing them with requests, and is cut off before they fill our table. */
+#define SERVER_MAX_PENDING_FDS 4
+/* Room for the descriptors of one message: more than one is refused, but
+ * only room for several tells "two" from "vpmud could not take one". */
+#define SERVER_CMSG_FDS 4
+
+/* What came with one message's control data. */
+enum fd_problem {
+	FD_ONE,        /* one descriptor: a request may take it */
+	FD_MANY,       /* several (or more than there was room for): all closed */
+	FD_LOST,       /* the kernel could not hand them to vpmud (its fd table full) */
+};
+
+/*
+ * A message's descriptor, waiting for the end of the request it came with.
+ * A recvmsg never returns bytes past the message that carried descriptors,
+ * so they belong to the request line that holds the last byte read with
+ * them (docs/protocol.md: on any of the frame's sendmsg calls before its
+ * newline).
+ */
+struct pending_fd {
+	int fd;                /* -1 once closed for a problem */
+	enum fd_problem problem;
+	uint64_t line;         /* request line (count of newlines before it) */
+};
 
 struct conn {
 	struct server *srv;
@@ -44,6 +71,9 @@ struct conn {
 	char client[PROTO_CLIENT_MAX + 1];  /* from hello: the lease origin */
 	bool watching;
 	uint64_t sub_id;
+	struct pending_fd fds[SERVER_MAX_PENDING_FDS]; /* oldest first */
+	unsigned n_fds;
+	uint64_t lines;       /* newlines read: the number of the line being read */
 	bool closing;         /* flush what is queued, then close */
 	bool dead;            /* cut off: freed from a deferred source */
 	sd_event_source *reaper;
@@ -72,6 +102,14 @@ static size_t pending(const struct conn *c)
 	return c->out.len - c->out_off;
 }
 
+static void close_pending_fds(struct conn *c)
+{
+	for (unsigned i = 0; i < c->n_fds; i++)
+		if (c->fds[i].fd >= 0)
+			close(c->fds[i].fd);
+	c->n_fds = 0;
+}
+
 static void conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
@@ -84,6 +122,7 @@ static void conn_free(struct conn *c)
 	sd_event_source_disable_unref(c->reaper);
 	sd_event_source_disable_unref(c->src);
 	close(c->fd);
+	close_pending_fds(c);
 	frame_reader_fini(&c->reader);
 	json_door_text_fini(&c->out);
 	free(c->groups);
@@ -219,8 +258,10 @@ static void on_plan_event(const struct broker_event *ev, void *userdata)
  * one) before it returns, and they hear it before the answer, as the
  * protocol promises: its (small) result is rendered aside, then queued.
  */
-static void run_request(struct conn *c, const struct broker_caller *caller, const struct proto_request *req)
+static void run_request(struct conn *c, const struct broker_caller *caller, const struct proto_request *req,
+			int fd)
 {
+	_cleanup_close_ int route_fd = fd;
 	struct proto_error err = {0};
 	char head[64];
 	size_t hn = (size_t)snprintf(head, sizeof(head), "{\"id\":%" PRIu64 ",\"result\":", req->id);
@@ -230,7 +271,7 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 	int r = 0;
 	if (aside) {
 		tmp.max = PROTO_MAX_RESPONSE - hn - 1;
-		r = json_door_result(c->srv->broker, caller, req, &tmp, &err);
+		r = json_door_result_fd(c->srv->broker, caller, req, TAKE_FD(route_fd), &tmp, &err);
 		if (c->dead)
 			return;
 		start = c->out.len; /* after the events the change queued */
@@ -243,7 +284,7 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 	} else if ((r = json_door_text_append(&c->out, head, hn)) == 0) {
 		/* The text, its closing brace excluded, is at most the limit. */
 		c->out.max = start + PROTO_MAX_RESPONSE - 1;
-		r = json_door_result(c->srv->broker, caller, req, &c->out, &err);
+		r = json_door_result_fd(c->srv->broker, caller, req, TAKE_FD(route_fd), &c->out, &err);
 		c->out.max = 0;
 	} else {
 		proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
@@ -263,17 +304,62 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 		update_events(c);
 }
 
-static void handle_frame(struct conn *c, const char *frame, size_t len)
+/*
+ * Takes the descriptors that came with request line 'line' (and with the
+ * empty lines before it, which carry no request of their own): *fd is the
+ * one, or -1 when none came. More than one, or what the kernel truncated,
+ * is closed and refused with err.
+ */
+static int claim_fds(struct conn *c, uint64_t line, int *fd, struct proto_error *err)
+{
+	_cleanup_close_ int got = -1;
+	bool many = false, lost = false;
+
+	*fd = -1;
+	while (c->n_fds && c->fds[0].line <= line) {
+		struct pending_fd p = c->fds[0];
+
+		memmove(c->fds, c->fds + 1, --c->n_fds * sizeof(c->fds[0]));
+		lost = lost || p.problem == FD_LOST;
+		/* several in one message, or one message after another */
+		many = many || p.problem == FD_MANY || got >= 0;
+		if (p.fd >= 0 && got >= 0)
+			close(p.fd);
+		else if (p.fd >= 0)
+			got = p.fd;
+	}
+	if (lost)
+		return proto_error_set(err, PROTO_E_INTERNAL, EMFILE, "params.route_fd",
+				       "vpmud could not receive the descriptor that came with the request "
+				       "(its descriptor table is full); nothing was done");
+	if (many)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+				       "more than one descriptor came with the request; all were closed "
+				       "(a request takes at most one, the route fd)");
+	*fd = TAKE_FD(got);
+	return 0;
+}
+
+static void handle_frame(struct conn *c, const char *frame, size_t len, uint64_t line)
 {
 	struct server *s = c->srv;
 	struct proto_request req;
-	struct proto_error err = {0};
+	struct proto_error err = {0}, fd_err = {0};
 	bool id_known = false;
 	uint64_t id = 0;
+	_cleanup_close_ int fd = -1;
+	/* taken before anything can fail: a refused request's descriptor is
+	 * closed with it, never left for the next one */
+	int fr = claim_fds(c, line, &fd, &fd_err);
 
 	memset(&req, 0, sizeof(req));
 	if (proto_request_decode(frame, len, s->max_cpus, &req, &id_known, &id, &err) < 0) {
 		send_error(c, id_known, id, &err);
+		proto_request_fini(&req);
+		return;
+	}
+	if (fr < 0 || json_door_check_fd(&req, fd, &fd_err) < 0) {
+		send_error(c, true, req.id, &fd_err);
 		proto_request_fini(&req);
 		return;
 	}
@@ -324,7 +410,7 @@ static void handle_frame(struct conn *c, const char *frame, size_t len)
 	struct broker_caller caller = { .door = BROKER_DOOR_SOCKET, .uid = c->cred.uid, .gid = c->cred.gid,
 					.pid = c->cred.pid, .groups = c->groups, .n_groups = c->n_groups,
 					.origin = c->client[0] ? c->client : NULL, .conn = c->bconn };
-	run_request(c, &caller, &req);
+	run_request(c, &caller, &req, TAKE_FD(fd));
 	proto_request_fini(&req);
 }
 
@@ -350,6 +436,81 @@ static bool flush_out(struct conn *c)
 	return true;
 }
 
+/*
+ * Keeps what one recvmsg brought besides n bytes of buf: its descriptors,
+ * as one pending entry of the request line that holds its last byte.
+ * -EMFILE (everything closed) when too many wait already.
+ */
+static int keep_fds(struct conn *c, const struct msghdr *mh, const char *buf, size_t n)
+{
+	int fds[SERVER_CMSG_FDS];
+	unsigned got = 0;
+	bool truncated = mh->msg_flags & MSG_CTRUNC;
+
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR((struct msghdr *)mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k && got < SERVER_CMSG_FDS; i++)
+			memcpy(&fds[got++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+	}
+	if (!got && !truncated)
+		return 0;
+	/* Room left and still truncated: the kernel could not install them
+	 * (our table is full); a full room: the client sent too many. */
+	enum fd_problem problem = truncated && got < SERVER_CMSG_FDS ? FD_LOST
+				  : truncated || got > 1		 ? FD_MANY
+									 : FD_ONE;
+	if (problem != FD_ONE || c->n_fds == SERVER_MAX_PENDING_FDS) {
+		for (unsigned i = 0; i < got; i++)
+			close(fds[i]);
+		fds[0] = -1;
+	}
+	if (c->n_fds == SERVER_MAX_PENDING_FDS) {
+		close_pending_fds(c);
+		return -EMFILE;
+	}
+	uint64_t line = c->lines;
+	for (size_t i = 0; n && i < n - 1; i++)
+		line += buf[i] == '\n';
+	c->fds[c->n_fds++] = (struct pending_fd){ .fd = fds[0], .problem = problem, .line = line };
+	return 0;
+}
+
+/*
+ * Feeds n bytes line by line, so that each request is handled knowing its
+ * line number (the descriptors it came with). Returns 0, or the reader's
+ * -EMSGSIZE / -ENOMEM.
+ */
+static int read_frames(struct conn *c, const char *buf, size_t n)
+{
+	size_t off = 0;
+
+	while (off < n && !c->closing) {
+		const char *nl = memchr(buf + off, '\n', n - off);
+		size_t seg = nl ? (size_t)(nl - (buf + off)) + 1 : n - off;
+		int fr = frame_reader_feed(&c->reader, buf + off, seg);
+		const char *frame;
+		size_t len;
+		int r;
+
+		off += seg;
+		/* a segment ends at the first newline: one frame at most */
+		while ((r = frame_reader_next(&c->reader, &frame, &len)) == 1) {
+			handle_frame(c, frame, len, c->lines);
+			if (c->closing)
+				break;
+		}
+		if (nl)
+			c->lines++;
+		if (fr < 0)
+			return fr;
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
 	struct conn *c = userdata;
@@ -367,7 +528,25 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 	}
 	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing) {
 		char buf[16384];
-		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		union {
+			struct cmsghdr align;
+			char space[CMSG_SPACE(SERVER_CMSG_FDS * sizeof(int))];
+		} control;
+		struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+				     .msg_controllen = sizeof(control.space) };
+		/* close-on-exec from the start: vpmud runs helpers */
+		ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n >= 0 && keep_fds(c, &mh, buf, (size_t)n) < 0) {
+			struct proto_error err = {0};
+			proto_error_set(&err, PROTO_E_BAD_REQUEST, EPROTO, NULL,
+					"more than %d descriptor messages sent ahead of the end of their request; "
+					"closing the connection", SERVER_MAX_PENDING_FDS);
+			send_error(c, false, 0, &err);
+			c->closing = true;
+			update_events(c);
+			return 0;
+		}
 		if (n == 0 && pending(c)) {
 			/* The peer is done sending (half-close): answer what it
 			 * asked before closing. */
@@ -380,25 +559,17 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 			return 0;
 		}
 		if (n > 0) {
-			int fr = frame_reader_feed(&c->reader, buf, (size_t)n);
-			const char *frame;
-			size_t len;
-			int r;
-			while ((r = frame_reader_next(&c->reader, &frame, &len)) == 1) {
-				handle_frame(c, frame, len);
-				if (c->closing)
-					break;
-			}
+			int r = read_frames(c, buf, (size_t)n);
 			if (c->dead)
 				return 0;
-			if (fr == -EMSGSIZE || r == -EMSGSIZE) {
+			if (r == -EMSGSIZE) {
 				struct proto_error err = {0};
 				proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
 						"a request frame exceeds %u bytes; closing the connection",
 						PROTO_MAX_REQUEST);
 				send_error(c, false, 0, &err);
 				c->closing = true;
-			} else if (fr < 0) {
+			} else if (r < 0) {
 				conn_free(c);
 				return 0;
 			}

@@ -197,7 +197,7 @@ static void ask_device(const char *dev, struct kvm_detect *d)
 	d->cap_pmu_event_filter = check_ext(fd, KVM_DETECT_CAP_PMU_EVENT_FILTER);
 	d->cap_masked_events = check_ext(fd, KVM_DETECT_CAP_PMU_EVENT_MASKED_EVENTS);
 	d->cap_pmu_capability = check_ext(fd, KVM_DETECT_CAP_PMU_CAPABILITY);
-	d->cap_vpmu = check_ext(fd, KVM_CAP_VPMU_PARTITION);
+	d->cap_vpmu_routes = check_ext(fd, KVM_CAP_VPMU_ROUTES);
 	read_supported_cpuid(fd, d);
 }
 
@@ -260,7 +260,7 @@ static int set_cap(struct kvm_detect *d, uint32_t cap, int answer)
 	case KVM_DETECT_CAP_PMU_EVENT_FILTER: d->cap_pmu_event_filter = answer; return 0;
 	case KVM_DETECT_CAP_PMU_EVENT_MASKED_EVENTS: d->cap_masked_events = answer; return 0;
 	case KVM_DETECT_CAP_PMU_CAPABILITY: d->cap_pmu_capability = answer; return 0;
-	case KVM_CAP_VPMU_PARTITION: d->cap_vpmu = answer; return 0;
+	case KVM_CAP_VPMU_ROUTES: d->cap_vpmu_routes = answer; return 0;
 	}
 	/* A capability nobody asks about would only hide a typo. */
 	return -EINVAL;
@@ -344,7 +344,7 @@ int kvm_detect_read_ioctl_facts(const char *path, struct kvm_detect *d, unsigned
 	d->ioctls_from_fixture = true;
 	/* What a kernel answers when asked nothing more: unknown capabilities
 	 * are 0, and a fixture lists what its kernel says. */
-	d->cap_pmu_event_filter = d->cap_masked_events = d->cap_pmu_capability = d->cap_vpmu = 0;
+	d->cap_pmu_event_filter = d->cap_masked_events = d->cap_pmu_capability = d->cap_vpmu_routes = 0;
 	d->api_version = -ENODEV;
 	d->cpuid_err = 0;
 	while (getline(&line, &cap, f) >= 0) {
@@ -500,7 +500,7 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 
 	memset(d, 0, sizeof(*d));
 	d->api_version = d->cap_pmu_event_filter = d->cap_masked_events = -ENODEV;
-	d->cap_pmu_capability = d->cap_vpmu = d->cpuid_err = -ENODEV;
+	d->cap_pmu_capability = d->cap_vpmu_routes = d->cpuid_err = -ENODEV;
 
 	d->enable_pmu = read_param(sys, "kvm", "enable_pmu");
 	d->mediated_kvm = read_param(sys, "kvm", "enable_mediated_pmu");
@@ -511,6 +511,9 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 	d->pmu_cpu_core = exists(sys, EVENT_SOURCE "/cpu_core");
 	d->pmu_cpu_atom = exists(sys, EVENT_SOURCE "/cpu_atom");
 	d->hybrid = !d->pmu_cpu && (d->pmu_cpu_core || d->pmu_cpu_atom);
+	d->reserve_caps = read_number(sys, EVENT_SOURCE "/cpu/" VPMU_RESERVE_CAPS_ATTR);
+	if (d->reserve_caps.err == 0 && d->reserve_caps.value < 0)
+		d->reserve_caps.err = -EINVAL;
 	d->nmi_watchdog = read_number(proc, "proc/sys/kernel/nmi_watchdog");
 	d->watchdog = read_number(proc, "proc/sys/kernel/watchdog");
 	d->nmi_watchdog_perf = perf_nmi_watchdog(d);
@@ -533,6 +536,17 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 	}
 	d->flavour = kvm_detect_decide(d, d->why, sizeof(d->why));
 	return d->dev_ok ? 0 : -d->dev_errno;
+}
+
+static bool reserve_caps_usable(const struct kvm_detect *d)
+{
+	return d->reserve_caps.err == 0 &&
+	       (d->reserve_caps.value & (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU));
+}
+
+bool kvm_detect_has_extension(const struct kvm_detect *d)
+{
+	return d && d->dev_ok && d->cap_vpmu_routes > 0 && reserve_caps_usable(d);
 }
 
 /* --- words ------------------------------------------------------------- */
@@ -640,6 +654,23 @@ static void say_number(struct report *r, const char *path, const struct kvm_dete
 		say(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
 }
 
+static void say_reserve_caps(struct report *r, const struct kvm_detect_number *n)
+{
+	const char *path = "/" EVENT_SOURCE "/cpu/" VPMU_RESERVE_CAPS_ATTR;
+
+	if (n->err == 0)
+		say(r, "kvm:   %s: %ld (%s)\n", path, n->value,
+		    n->value & VPMU_RESERVE_CAP_PER_CPU ? "perf can reserve counters for guests, per CPU"
+		    : n->value & VPMU_RESERVE_CAP_UNIFORM ? "perf can reserve counters for guests, one mask for every CPU"
+							  : "names no reservation mode");
+	else if (n->err == -ENOENT)
+		say(r, "kvm:   %s: absent (perf cannot reserve counters for guests)\n", path);
+	else if (n->err == -EINVAL)
+		say(r, "kvm:   %s: not understood (not a decimal mask)\n", path);
+	else
+		say(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
+}
+
 static void say_leaf(struct report *r, uint32_t function, const struct kvm_detect_leaf *l, const char *meaning)
 {
 	if (!l->present) {
@@ -684,8 +715,9 @@ static void say_ioctls(struct report *r, const struct kvm_detect *d)
 	say_answer(r, "KVM_CHECK_EXTENSION(KVM_CAP_PMU_EVENT_FILTER=173)", d->cap_pmu_event_filter, NULL);
 	say_answer(r, "KVM_CHECK_EXTENSION(KVM_CAP_PMU_EVENT_MASKED_EVENTS=226)", d->cap_masked_events, NULL);
 	char what[64]; /* the ioctl and one number */
-	snprintf(what, sizeof(what), "KVM_CHECK_EXTENSION(KVM_CAP_VPMU_PARTITION=0x%x)", (unsigned)KVM_CAP_VPMU_PARTITION);
-	say_answer(r, what, d->cap_vpmu, d->cap_vpmu > 0 ? "the vpmu extension" : "no vpmu extension");
+	snprintf(what, sizeof(what), "KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES=0x%x)", (unsigned)KVM_CAP_VPMU_ROUTES);
+	say_answer(r, what, d->cap_vpmu_routes,
+		   d->cap_vpmu_routes > 0 ? "the vpmu extension's KVM half: route fds" : "no KVM half of the vpmu extension");
 }
 
 int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
@@ -710,6 +742,7 @@ int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
 	say(&r, "kvm:   /" EVENT_SOURCE "/cpu: %s\n", d->pmu_cpu ? "present (a core PMU)" : "absent");
 	say(&r, "kvm:   /" EVENT_SOURCE "/cpu_core: %s\n", d->pmu_cpu_core ? "present (hybrid)" : "absent");
 	say(&r, "kvm:   /" EVENT_SOURCE "/cpu_atom: %s\n", d->pmu_cpu_atom ? "present (hybrid)" : "absent");
+	say_reserve_caps(&r, &d->reserve_caps);
 	say_number(&r, "/proc/sys/kernel/nmi_watchdog", &d->nmi_watchdog);
 	say_number(&r, "/proc/sys/kernel/watchdog", &d->watchdog);
 	if (d->nmi_watchdog_perf)
@@ -729,10 +762,17 @@ int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
 	if (d->flavour == KVM_VPMU_FLAVOUR_PERF && d->nmi_watchdog_perf)
 		say(&r, "kvm: note: the perf NMI watchdog is CPU-pinned: it outranks guest PMCs for one counter on "
 			"every CPU\n");
-	if (d->dev_ok)
-		say(&r, "kvm: vpmu extension: %s\n",
-		    d->cap_vpmu > 0 ? "present (guest routes can be enforced)"
-				    : "absent (stock kernel: guest routes are advisory)");
+	if (d->dev_ok) {
+		bool kvm_half = d->cap_vpmu_routes > 0, perf_half = reserve_caps_usable(d);
+		if (kvm_half && perf_half)
+			say(&r, "kvm: vpmu extension: present (guest routes can be enforced)\n");
+		else if (kvm_half || perf_half)
+			say(&r, "kvm: vpmu extension: incomplete (%s without %s: guest routes are advisory)\n",
+			    kvm_half ? "KVM_CAP_VPMU_ROUTES" : "perf's guest_reserve",
+			    kvm_half ? "perf's guest_reserve" : "KVM_CAP_VPMU_ROUTES");
+		else
+			say(&r, "kvm: vpmu extension: absent (stock kernel: guest routes are advisory)\n");
+	}
 	if (r.failed || r.pos > INT_MAX)
 		return -EINVAL;
 	return (int)r.pos;

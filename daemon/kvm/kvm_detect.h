@@ -70,7 +70,7 @@ struct kvm_detect {
 	 * out of the vPMU; 0 means enable_pmu is off *or* the kernel predates
 	 * the capability (5.18), so it never alone says "no vPMU". */
 	int cap_pmu_capability;
-	int cap_vpmu;                /* KVM_CAP_VPMU_PARTITION: the extension */
+	int cap_vpmu_routes;         /* KVM_CAP_VPMU_ROUTES: the vpmu extension's KVM half */
 	/* KVM_GET_SUPPORTED_CPUID: what KVM would give a guest. */
 	int cpuid_err;               /* 0, or -errno */
 	char vendor[13];             /* leaf 0's vendor string, "" when absent */
@@ -97,6 +97,9 @@ struct kvm_detect {
 	/* Hybrid CPU (cpu_core/cpu_atom instead of cpu): KVM disables its
 	 * vPMU there, so the flavour is none. */
 	bool hybrid;
+	/* The vpmu extension's perf half: cpu/caps/guest_reserve, a decimal
+	 * mask of VPMU_RESERVE_CAP_* (-ENOENT: a kernel without it). */
+	struct kvm_detect_number reserve_caps;
 
 	/* --- procfs: the hard-lockup (NMI) watchdog ---------------------- */
 	struct kvm_detect_number nmi_watchdog;   /* /proc/sys/kernel/nmi_watchdog */
@@ -162,6 +165,10 @@ const char *kvm_detect_flavour_host_impact(enum kvm_vpmu_flavour f);
  * what it says), then the flavour's meaning for guests and for host
  * sessions. snprintf semantics: returns the length it needs. */
 int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len);
+
+/* Both halves of the vpmu extension are there (KVM_CAP_VPMU_ROUTES > 0 and
+ * perf's caps/guest_reserve names a mode): guest routes can be enforced. */
+bool kvm_detect_has_extension(const struct kvm_detect *d);
 
 /* Parses a sysfs bool ("Y", "N", "1", "0", with optional newline). */
 int kvm_detect_parse_bool(const char *s, bool *out);

@@ -3,6 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/kcmp.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -10,38 +13,38 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "kvm/vmm_discover.h"
 #include "proto/cleanup.h"
 
+_Static_assert(TRANSITION_MAX_GP == VPMU_MAX_GP && TRANSITION_MAX_FIXED == VPMU_MAX_FIXED,
+	       "transition.h counter bounds must match the uapi layout");
+
 struct port_vcpu {
-	pid_t tid;
-	uint8_t gp[KVM_VPMU_MAX_GP];
-	uint8_t fixed[KVM_VPMU_MAX_FIXED];
-	uint64_t allowed[KVM_VPMU_CPU_WORDS];
-	bool declared;                         /* the lease names its CPUs */
-	uint64_t declared_cpus[KVM_VPMU_CPU_WORDS];
+	uint32_t kvm_id;       /* the id given to KVM_CREATE_VCPU */
+	pid_t tid;             /* 0: unknown */
+	uint64_t shape;
+	uint64_t passthrough;
+	unsigned *cpus;        /* the lease's CPUs, or NULL: the thread's affinity */
+	size_t n_cpus;
 };
 
 struct port_vm {
 	uint64_t vm_id;
 	pid_t pid;
 	int pidfd;
-	int vm_fd;
-	uint64_t generation;
+	/* The route fd (ioctl: the VMM's; model: the model's, made from the
+	 * VMM's VM file; advisory backend: held, unused), or -1. */
+	int route_fd;
+	bool dead;             /* a route ioctl said EIO */
 	unsigned n_vcpus;
 	struct port_vcpu *vcpus;
 };
 
-struct port_cpu {
-	uint32_t gp, fixed;
-	uint64_t generation;
-};
-
 struct kvm_port {
 	enum kvm_backend backend;
-	int devfd;
 	struct kvm_model *model;
 	bool own_model;
 	struct kvm_model_caller caller;
@@ -49,27 +52,170 @@ struct kvm_port {
 	void *trace_ctx;
 	unsigned n_cpus, num_gp;
 	uint32_t fixed_mask;
-	struct port_cpu *cpus;
-	struct port_vm *vms;
+	unsigned reserve_caps;
+	int reserve_fd;        /* ioctl: <sysfs_pmu_dir>/guest_reserve */
+	char *reserve_path;
+	uint64_t *reserve;     /* n_cpus masks, PERF_GLOBAL_CTRL layout */
+	struct port_vm **vms;
 	size_t n_vms;
-	char *why; /* malloc'd: it names the device path */
+	char *why;
+	char *advisory_vm_why; /* "advisory backend: ..." */
 };
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct kvm_port *, kvm_port_close)
 
-/* Why this backend: -ENOMEM when even that cannot be said. */
-static int __attribute__((format(printf, 2, 3))) set_why(struct kvm_port *p, const char *fmt, ...)
+static const char NO_ROUTE_FD_WHY[] = "the VMM handed no route fd";
+static const char DEAD_VM_WHY[] =
+	"the VM is dead (route fd ioctls return EIO: its VMM exited); its routes are no longer applied";
+static const char ENFORCED_WHY[] = "enforced: the kernel applies the routes through the VM's route fd";
+static const char SIMULATED_WHY[] =
+	"simulated: the routes go to the in-process model, not to the real guest";
+
+/* ---------------------------------------------------------------- text */
+
+/* snprintf-style appending: pos keeps counting past the end, so callers
+ * learn the length they need. */
+struct text {
+	char *buf;
+	size_t len, pos;
+	bool failed;
+};
+
+static __attribute__((format(printf, 2, 3))) void text_add(struct text *t, const char *fmt, ...)
 {
-	char *why;
+	va_list ap;
+	char *at = t->pos < t->len ? t->buf + t->pos : NULL;
+	size_t room = t->pos < t->len ? t->len - t->pos : 0;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(at, room, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		t->failed = true;
+	else
+		t->pos += (size_t)n;
+}
+
+static int text_result(const struct text *t)
+{
+	if (t->failed || t->pos > INT_MAX)
+		return -EOVERFLOW;
+	return (int)t->pos;
+}
+
+/* The kernel's cpu-list syntax ("0-3,8") for a sorted list without
+ * duplicates. */
+static void text_cpulist(struct text *t, const unsigned *cpus, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j + 1 < n && cpus[j + 1] == cpus[j] + 1)
+			j++;
+		if (j == i)
+			text_add(t, "%s%u", i ? "," : "", cpus[i]);
+		else
+			text_add(t, "%s%u-%u", i ? "," : "", cpus[i], cpus[j]);
+		i = j + 1;
+	}
+}
+
+static int cmp_unsigned(const void *a, const void *b)
+{
+	unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Sorted, without duplicates, in a new array; *n is updated. */
+static unsigned *sorted_cpus(const unsigned *cpus, size_t *n)
+{
+	unsigned *s = malloc(*n * sizeof(*s));
+	if (!s)
+		return NULL;
+	memcpy(s, cpus, *n * sizeof(*s));
+	qsort(s, *n, sizeof(*s), cmp_unsigned);
+	size_t k = 0;
+	for (size_t i = 0; i < *n; i++)
+		if (k == 0 || s[i] != s[k - 1])
+			s[k++] = s[i];
+	*n = k;
+	return s;
+}
+
+/* ------------------------------------------------------------ encoding */
+
+uint64_t kvm_port_partition_mask(const struct transition *t)
+{
+	if (!t || t->kind != TRANSITION_PARTITION)
+		return 0;
+	return ((uint64_t)t->guest_gp_mask << VPMU_GP_SHIFT) | ((uint64_t)t->guest_fixed_mask << VPMU_FIXED_SHIFT);
+}
+
+uint64_t kvm_port_passthrough_mask(const struct transition *t)
+{
+	uint64_t m = 0;
+
+	if (!t || t->kind != TRANSITION_ROUTES)
+		return 0;
+	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++)
+		if (t->gp_route[i] == PMC_ROUTE_PASSTHROUGH)
+			m |= VPMU_GP_BIT(i);
+	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
+		if (t->fixed_route[i] == PMC_ROUTE_PASSTHROUGH)
+			m |= VPMU_FIXED_BIT(i);
+	return m;
+}
+
+int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len)
+{
+	if (!cpus || n_cpus == 0 || (!buf && len))
+		return -EINVAL;
+	_cleanup_free_ unsigned *s = sorted_cpus(cpus, &n_cpus);
+	if (!s)
+		return -ENOMEM;
+	struct text t = { .buf = buf, .len = len };
+	if (buf && len)
+		buf[0] = '\0';
+	text_cpulist(&t, s, n_cpus);
+	text_add(&t, " 0x%016" PRIx64 "\n", mask);
+	return text_result(&t);
+}
+
+/* Only these three have a word in the extension: the pass-through mask
+ * says which PMCs pass through; the rest of the shape is multiplexed. */
+static bool route_speakable(uint8_t r)
+{
+	return r == PMC_ROUTE_DISABLED || r == PMC_ROUTE_MULTIPLEXED || r == PMC_ROUTE_PASSTHROUGH;
+}
+
+int kvm_port_encode_routes(const struct transition *t, uint32_t vcpu_id, struct kvm_vpmu_routes *out)
+{
+	if (!t || !out || t->kind != TRANSITION_ROUTES)
+		return -EINVAL;
+	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++)
+		if (!route_speakable(t->gp_route[i]))
+			return -EINVAL;
+	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
+		if (!route_speakable(t->fixed_route[i]))
+			return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	out->vcpu_id = vcpu_id;
+	out->passthrough = kvm_port_passthrough_mask(t);
+	return 0;
+}
+
+/* ------------------------------------------------------------ backends */
+
+static int __attribute__((format(printf, 2, 3))) set_why(char **dst, const char *fmt, ...)
+{
 	va_list ap;
 
 	va_start(ap, fmt);
-	why = alloc_vprintf(fmt, ap);
+	char *s = alloc_vprintf(fmt, ap);
 	va_end(ap);
-	if (!why)
+	if (!s)
 		return -ENOMEM;
-	free(p->why);
-	p->why = why;
+	free(*dst);
+	*dst = s;
 	return 0;
 }
 
@@ -101,186 +247,329 @@ const char *kvm_port_backend_name(enum kvm_backend b)
 	return "invalid";
 }
 
-static size_t ioc_len(unsigned long cmd) { return _IOC_SIZE(cmd); }
-
-/* One path for both enforcing backends, so that the model sees exactly
- * the bytes the kernel would. */
-static int issue(struct kvm_port *p, unsigned long cmd, void *arg)
+/* One path for both enforcing backends, so that the model receives exactly
+ * what the kernel would. Returns what the ioctl returns (a new fd for
+ * KVM_VPMU_GET_VCPU_STATS_FD), or -errno. */
+static long issue_ioctl(struct kvm_port *p, int fd, unsigned long cmd, void *arg, size_t len)
 {
 	if (p->trace)
-		p->trace(p->trace_ctx, cmd, arg, ioc_len(cmd));
-	if (p->backend == KVM_BACKEND_IOCTL)
-		return ioctl(p->devfd, cmd, arg) < 0 ? -errno : 0;
+		p->trace(p->trace_ctx, cmd, arg, len);
+	if (p->backend == KVM_BACKEND_IOCTL) {
+		long r = ioctl(fd, cmd, arg);
+		return r < 0 ? -errno : r;
+	}
 	if (p->backend == KVM_BACKEND_MODEL)
-		return (int)kvm_model_ioctl(p->model, &p->caller, cmd, arg);
+		return kvm_model_ioctl(p->model, &p->caller, fd, cmd, arg);
 	return -EOPNOTSUPP;
 }
 
-static bool gp_exists(const struct kvm_port *p, unsigned i) { return i < p->num_gp; }
-static bool fixed_exists(const struct kvm_port *p, unsigned i)
+/* One reservation line, one write(2): the kernel takes each line whole or
+ * not at all (P8). */
+static int issue_reserve(struct kvm_port *p, const char *line, size_t len)
 {
-	return i < KVM_VPMU_MAX_FIXED && (p->fixed_mask >> i) & 1;
-}
-static uint32_t host_gp_mask(const struct kvm_port *p)
-{
-	return (uint32_t)((1ull << p->num_gp) - 1);
+	if (p->trace)
+		p->trace(p->trace_ctx, 0, line, len);
+	if (p->backend == KVM_BACKEND_MODEL)
+		return kvm_model_reserve_write(p->model, &p->caller, line, len);
+	if (p->backend != KVM_BACKEND_IOCTL)
+		return -EOPNOTSUPP;
+	/* A sysfs attribute ignores the file position; pwrite at 0 says so. */
+	ssize_t n = pwrite(p->reserve_fd, line, len, 0);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == len ? 0 : -EIO;
 }
 
-int kvm_port_encode_partition(const struct transition *t, uint64_t generation,
-			      struct kvm_vpmu_partition *out)
+/* Reads a whole small file (a sysfs attribute) into a malloc'd string. */
+static int read_text_file(const char *path, char **out)
 {
-	if (!t || !out || t->kind != TRANSITION_PARTITION || t->cpu < 0)
-		return -EINVAL;
-	memset(out, 0, sizeof(*out));
-	out->size = sizeof(*out);
-	out->cpu = (uint32_t)t->cpu;
-	out->gp_mask = t->guest_gp_mask;
-	out->fixed_mask = t->guest_fixed_mask;
-	out->generation = generation;
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t cap = 256, len = 0;
+	_cleanup_free_ char *buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		if (len + 1 >= cap) {
+			if (cap >= (1u << 24))
+				return -EFBIG;
+			char *nb = realloc(buf, cap * 2);
+			if (!nb)
+				return -ENOMEM;
+			buf = nb;
+			cap *= 2;
+		}
+		ssize_t n = read(fd, buf + len, cap - len - 1);
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	*out = TAKE_PTR(buf);
 	return 0;
 }
 
-int kvm_port_encode_routes(const struct transition *t, int pidfd, int vm_fd, uint64_t generation,
-			   const uint64_t *allowed, struct kvm_vpmu_routes *out)
+/* caps/guest_reserve: a decimal bitmask (P1). */
+static int read_reserve_caps(const char *dir, unsigned *caps)
 {
-	if (!t || !out || !allowed || t->kind != TRANSITION_ROUTES)
-		return -EINVAL;
-	memset(out, 0, sizeof(*out));
-	out->size = sizeof(*out);
-	out->pidfd = pidfd;
-	out->vm_fd = vm_fd;
-	out->vcpu_id = t->vcpu;
-	out->generation = generation;
-	_Static_assert(sizeof(out->gp) == sizeof(t->gp_route), "gp routes differ in size");
-	_Static_assert(sizeof(out->fixed) == sizeof(t->fixed_route), "fixed routes differ in size");
-	memcpy(out->gp, t->gp_route, sizeof(out->gp));
-	memcpy(out->fixed, t->fixed_route, sizeof(out->fixed));
-	memcpy(out->allowed_cpus, allowed, sizeof(out->allowed_cpus));
-	return 0;
-}
-
-_Static_assert(PMC_ROUTE_DISABLED == KVM_VPMU_ROUTE_DISABLED &&
-	       PMC_ROUTE_MULTIPLEXED == KVM_VPMU_ROUTE_MULTIPLEXED &&
-	       PMC_ROUTE_PASSTHROUGH == KVM_VPMU_ROUTE_PASSTHROUGH,
-	       "transition.h routes must match the uapi");
-
-static void default_routes(const struct kvm_port *p, struct port_vcpu *v)
-{
-	for (unsigned i = 0; i < KVM_VPMU_MAX_GP; i++)
-		v->gp[i] = gp_exists(p, i) ? KVM_VPMU_ROUTE_MULTIPLEXED : KVM_VPMU_ROUTE_DISABLED;
-	for (unsigned i = 0; i < KVM_VPMU_MAX_FIXED; i++)
-		v->fixed[i] = fixed_exists(p, i) ? KVM_VPMU_ROUTE_MULTIPLEXED : KVM_VPMU_ROUTE_DISABLED;
-}
-
-static int sync_cpu(struct kvm_port *p, unsigned cpu)
-{
-	struct kvm_vpmu_partition q = { .size = sizeof(q), .cpu = cpu };
-	int r = issue(p, KVM_VPMU_GET_PARTITION, &q);
+	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, VPMU_RESERVE_CAPS_ATTR);
+	_cleanup_free_ char *text = NULL;
+	if (!path)
+		return -ENOMEM;
+	int r = read_text_file(path, &text);
 	if (r < 0)
 		return r;
-	p->cpus[cpu] = (struct port_cpu){ .gp = q.gp_mask, .fixed = q.fixed_mask,
-					  .generation = q.generation };
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(text, &end, 10);
+	if (errno || end == text || (*end && strcmp(end, "\n") != 0) || v > UINT_MAX || text[0] == '-')
+		return -EINVAL;
+	*caps = (unsigned)v;
 	return 0;
+}
+
+static unsigned parse_number(const char **s, bool *ok)
+{
+	unsigned long v = 0;
+	if (**s < '0' || **s > '9') {
+		*ok = false;
+		return 0;
+	}
+	while (**s >= '0' && **s <= '9') {
+		v = v * 10 + (unsigned long)(**s - '0');
+		if (v > UINT_MAX)
+			*ok = false;
+		(*s)++;
+	}
+	return (unsigned)v;
+}
+
+/* One line of a guest_reserve read (P10): "<cpulist> 0x<hex>". Sets the
+ * listed CPUs' masks; -EINVAL for anything else or a CPU >= n_cpus. */
+static int parse_reserve_line(const char *line, uint64_t *masks, unsigned n_cpus)
+{
+	const char *sp = strchr(line, ' ');
+	if (!sp || strncmp(sp + 1, "0x", 2) != 0)
+		return -EINVAL;
+	char *end;
+	errno = 0;
+	uint64_t mask = strtoull(sp + 3, &end, 16);
+	if (errno || end == sp + 3 || *end)
+		return -EINVAL;
+	for (const char *s = line; s < sp;) {
+		bool ok = true;
+		unsigned a = parse_number(&s, &ok), b = a;
+		if (*s == '-') {
+			s++;
+			b = parse_number(&s, &ok);
+		}
+		if (!ok || a > b || b >= n_cpus || (s < sp && *s != ','))
+			return -EINVAL;
+		for (unsigned c = a; c <= b; c++)
+			masks[c] = mask;
+		if (*s == ',' && ++s == sp)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+/* Start from what the kernel holds: a CPU the read does not list (offline)
+ * has no reservation. */
+static int load_reservation(struct kvm_port *p, const char *text)
+{
+	memset(p->reserve, 0, p->n_cpus * sizeof(*p->reserve));
+	_cleanup_free_ char *copy = strdup(text);
+	if (!copy)
+		return -ENOMEM;
+	char *save = NULL;
+	for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		int r = parse_reserve_line(line, p->reserve, p->n_cpus);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int read_model_reservation(struct kvm_port *p)
+{
+	int need = kvm_model_reserve_read(p->model, NULL, 0);
+	if (need < 0)
+		return need;
+	_cleanup_free_ char *text = malloc((size_t)need + 1);
+	if (!text)
+		return -ENOMEM;
+	int r = kvm_model_reserve_read(p->model, text, (size_t)need + 1);
+	if (r < 0)
+		return r;
+	return load_reservation(p, text);
+}
+
+static int open_model(struct kvm_port *p, const struct kvm_port_opts *o)
+{
+	if (o->model) {
+		p->model = o->model;
+	} else {
+		struct kvm_model_opts mo = { .n_cpus = o->n_cpus, .num_gp = o->num_gp,
+					     .fixed_mask = o->fixed_mask, .reserve_caps = o->model_reserve_caps };
+		int r = kvm_model_new(&mo, &p->model);
+		if (r < 0)
+			return r;
+		p->own_model = true;
+	}
+	p->reserve_caps = kvm_model_reserve_caps(p->model);
+	return set_why(&p->why, "model requested: in-process model of the kernel side; guest routes are "
+				"simulated, not enforced on real guests");
+}
+
+/* What the kernel offers: the KVM half (KVM_CAP_VPMU_ROUTES on dev) and the
+ * perf half (caps/guest_reserve in dir). Fills the reasons it lacks them.
+ * Returns -errno only when dev cannot be opened. */
+struct kernel_offer {
+	int dev_err;        /* 0, or -errno of opening dev */
+	int cap;            /* KVM_CHECK_EXTENSION answer, or -errno */
+	int caps_err;       /* 0, or -errno reading caps/guest_reserve */
+	unsigned caps;
+};
+
+static void probe_kernel(const char *dev, const char *dir, struct kernel_offer *k)
+{
+	*k = (struct kernel_offer){ 0 };
+	_cleanup_close_ int fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		k->dev_err = -errno;
+		k->cap = k->dev_err;
+	} else {
+		k->cap = ioctl(fd, KVM_CHECK_EXTENSION, (long)KVM_CAP_VPMU_ROUTES);
+		if (k->cap < 0)
+			k->cap = -errno;
+	}
+	k->caps_err = read_reserve_caps(dir, &k->caps);
+	if (k->caps_err == 0 && !(k->caps & (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU)))
+		k->caps_err = -EINVAL;
+}
+
+/* "…lacks X and Y" in words an operator can act on. */
+static char *offer_missing(const char *dev, const char *dir, const struct kernel_offer *k)
+{
+	_cleanup_free_ char *kvm = NULL, *perf = NULL;
+	if (k->dev_err)
+		kvm = alloc_printf("%s cannot be opened (%s)", dev, strerror(-k->dev_err));
+	else if (k->cap < 0)
+		kvm = alloc_printf("KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES) on %s failed (%s)", dev,
+				   strerror(-k->cap));
+	else if (k->cap == 0)
+		kvm = alloc_printf("%s lacks KVM_CAP_VPMU_ROUTES (no KVM half: stock kernel)", dev);
+	if (k->caps_err == -ENOENT)
+		perf = alloc_printf("%s/%s is absent (no perf half)", dir, VPMU_RESERVE_CAPS_ATTR);
+	else if (k->caps_err)
+		perf = alloc_printf("%s/%s is not understood (%s)", dir, VPMU_RESERVE_CAPS_ATTR,
+				    strerror(-k->caps_err));
+	if (kvm && perf)
+		return alloc_printf("%s, and %s", kvm, perf);
+	if (kvm || perf)
+		return strdup(kvm ? kvm : perf);
+	return strdup("");
+}
+
+static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *why, size_t whylen)
+{
+	const char *dev = o->dev_path ? o->dev_path : "/dev/kvm";
+	const char *dir = o->sysfs_pmu_dir ? o->sysfs_pmu_dir : VPMU_RESERVE_SYSFS_DIR;
+	struct kernel_offer k;
+
+	probe_kernel(dev, dir, &k);
+	bool both = k.cap > 0 && k.caps_err == 0;
+	if (!both) {
+		_cleanup_free_ char *missing = offer_missing(dev, dir, &k);
+		if (!missing)
+			return -ENOMEM;
+		if (o->backend == KVM_BACKEND_AUTO) {
+			p->backend = KVM_BACKEND_ADVISORY;
+			return set_why(&p->why, "auto: %s; advisory", missing);
+		}
+		/* Asked for by name, the backend still needs the kernel to say
+		 * yes to both halves: a kernel that does not know our numbers
+		 * would take them for something else, so nothing is sent. */
+		snprintf(why, whylen,
+			 "ioctl backend: %s: the kernel lacks the vpmu extension; nothing was sent (use --kvm "
+			 "auto or advisory)", missing);
+		return k.dev_err ? k.dev_err : -EOPNOTSUPP;
+	}
+	p->backend = KVM_BACKEND_IOCTL;
+	p->reserve_caps = k.caps;
+	p->reserve_path = alloc_printf("%s/%s", dir, VPMU_RESERVE_ATTR);
+	if (!p->reserve_path)
+		return -ENOMEM;
+	_cleanup_free_ char *text = NULL;
+	int r = read_text_file(p->reserve_path, &text);
+	if (r == 0)
+		r = load_reservation(p, text);
+	if (r == 0) {
+		p->reserve_fd = open(p->reserve_path, O_WRONLY | O_CLOEXEC);
+		if (p->reserve_fd < 0)
+			r = -errno;
+	}
+	if (r < 0) {
+		snprintf(why, whylen, "ioctl backend: %s: %s", p->reserve_path,
+			 r == -EINVAL ? "not understood" : strerror(-r));
+		return r;
+	}
+	return set_why(&p->why, "%s: %s reports KVM_CAP_VPMU_ROUTES=%d and %s/%s=%u",
+		       o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, k.cap, dir,
+		       VPMU_RESERVE_CAPS_ATTR, k.caps);
 }
 
 int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *why, size_t whylen)
 {
 	if (why && whylen)
 		why[0] = '\0';
-	if (!o || !out || o->n_cpus == 0 || o->n_cpus > KVM_VPMU_MAX_CPUS ||
-	    o->num_gp > KVM_VPMU_MAX_GP || (o->fixed_mask >> KVM_VPMU_MAX_FIXED)) {
+	if (!o || !out || o->n_cpus == 0 || o->n_cpus > KVM_MODEL_MAX_CPUS || o->num_gp > VPMU_MAX_GP ||
+	    (o->fixed_mask >> VPMU_MAX_FIXED)) {
 		snprintf(why, whylen, "invalid host description for the kvm port");
 		return -EINVAL;
 	}
 	_cleanup_(kvm_port_closep) struct kvm_port *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->devfd = -1;
-	p->cpus = calloc(o->n_cpus, sizeof(*p->cpus));
-	if (!p->cpus)
-		return -ENOMEM;
+	p->reserve_fd = -1;
 	p->n_cpus = o->n_cpus;
 	p->num_gp = o->num_gp;
 	p->fixed_mask = o->fixed_mask;
 	p->caller = o->caller;
 	p->trace = o->trace;
 	p->trace_ctx = o->trace_ctx;
-	const char *dev = o->dev_path ? o->dev_path : "/dev/kvm";
-	int r = 0;
+	p->reserve = calloc(o->n_cpus, sizeof(*p->reserve));
+	if (!p->reserve)
+		return -ENOMEM;
 
+	int r;
 	switch (o->backend) {
 	case KVM_BACKEND_MODEL:
 		p->backend = KVM_BACKEND_MODEL;
-		if (o->model) {
-			p->model = o->model;
-		} else {
-			struct kvm_model_opts mo = { .n_cpus = o->n_cpus, .num_gp = o->num_gp,
-						     .fixed_mask = o->fixed_mask };
-			r = kvm_model_new(&mo, &p->model);
-			p->own_model = r == 0;
+		r = open_model(p, o);
+		if (r == 0) {
+			r = read_model_reservation(p);
+			if (r < 0)
+				snprintf(why, whylen, "model backend: reading guest_reserve: %s", strerror(-r));
 		}
-		if (r == 0)
-			r = set_why(p, "model requested: in-process model of the kernel "
-				    "side; guest routes are simulated, not enforced on real guests");
 		break;
 	case KVM_BACKEND_ADVISORY:
 		p->backend = KVM_BACKEND_ADVISORY;
-		r = set_why(p, "advisory requested");
+		r = set_why(&p->why, "advisory requested");
 		break;
 	case KVM_BACKEND_AUTO:
-	case KVM_BACKEND_IOCTL: {
-		p->devfd = open(dev, O_RDWR | O_CLOEXEC);
-		int cap = p->devfd < 0 ? -errno : ioctl(p->devfd, KVM_CHECK_EXTENSION,
-							 (long)KVM_CAP_VPMU_PARTITION);
-		if (cap < 0 && p->devfd >= 0)
-			cap = -errno;
-		if (o->backend == KVM_BACKEND_AUTO && cap <= 0) {
-			if (p->devfd >= 0)
-				close(p->devfd);
-			p->devfd = -1;
-			p->backend = KVM_BACKEND_ADVISORY;
-			if (cap < 0)
-				r = set_why(p, "auto: %s: %s; advisory", dev, strerror(-cap));
-			else
-				r = set_why(p, "auto: %s lacks KVM_CAP_VPMU_PARTITION (stock kernel); advisory", dev);
-			break;
-		}
-		p->backend = KVM_BACKEND_IOCTL;
-		if (p->devfd < 0) {
-			r = cap;
-			snprintf(why, whylen, "ioctl backend: %s: %s", dev, strerror(-r));
-			break;
-		}
-		/* Asked for by name, the backend still needs the kernel to say
-		 * yes: a kernel that does not know the capability would take
-		 * our numbers for something else, so nothing is sent. */
-		if (cap <= 0) {
-			r = cap < 0 ? cap : -EOPNOTSUPP;
-			snprintf(why, whylen,
-				 "ioctl backend: %s: KVM_CHECK_EXTENSION(KVM_CAP_VPMU_PARTITION) = %s: the kernel "
-				 "lacks the vpmu extension; no vpmu ioctl was sent (use --kvm auto or advisory)",
-				 dev, cap < 0 ? strerror(-cap) : "0");
-			break;
-		}
-		r = set_why(p, "%s: %s reports KVM_CAP_VPMU_PARTITION=%d",
-			    o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, cap);
+	case KVM_BACKEND_IOCTL:
+		r = open_ioctl(p, o, why, whylen);
 		break;
-	}
 	default:
+		snprintf(why, whylen, "unknown kvm backend %d", (int)o->backend);
 		r = -EINVAL;
 	}
-
-	/* Enforcing backends start from what the kernel holds, which also
-	 * proves the ioctls work: a stock kernel refuses the first one. */
-	if (r == 0 && (p->backend == KVM_BACKEND_IOCTL || p->backend == KVM_BACKEND_MODEL)) {
-		for (unsigned c = 0; c < p->n_cpus && r == 0; c++)
-			r = sync_cpu(p, c);
-		if (r < 0)
-			snprintf(why, whylen, "%s backend: KVM_VPMU_GET_PARTITION: %s%s",
-				 kvm_port_backend_name(p->backend), strerror(-r),
-				 p->backend == KVM_BACKEND_IOCTL && (r == -ENOTTY || r == -EINVAL)
-					 ? " (kernel lacks the vpmu extension)" : "");
-	}
+	if (r == 0)
+		r = set_why(&p->advisory_vm_why, "advisory backend: %s", p->why);
 	if (r < 0)
 		return r;
 	if (why && whylen)
@@ -289,11 +578,22 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 	return 0;
 }
 
-static void vm_release(struct port_vm *vm)
+static void vm_free(struct kvm_port *p, struct port_vm *vm)
 {
+	if (!vm)
+		return;
+	if (vm->route_fd >= 0) {
+		if (p->backend == KVM_BACKEND_MODEL)
+			kvm_model_route_close(p->model, vm->route_fd);
+		else
+			close(vm->route_fd);
+	}
 	if (vm->pidfd >= 0)
 		close(vm->pidfd);
+	for (unsigned i = 0; vm->vcpus && i < vm->n_vcpus; i++)
+		free(vm->vcpus[i].cpus);
 	free(vm->vcpus);
+	free(vm);
 }
 
 void kvm_port_close(struct kvm_port *p)
@@ -301,14 +601,16 @@ void kvm_port_close(struct kvm_port *p)
 	if (!p)
 		return;
 	for (size_t i = 0; i < p->n_vms; i++)
-		vm_release(&p->vms[i]);
+		vm_free(p, p->vms[i]);
 	free(p->vms);
 	if (p->own_model)
 		kvm_model_free(p->model);
-	if (p->devfd >= 0)
-		close(p->devfd);
-	free(p->cpus);
+	if (p->reserve_fd >= 0)
+		close(p->reserve_fd);
+	free(p->reserve_path);
+	free(p->reserve);
 	free(p->why);
+	free(p->advisory_vm_why);
 	free(p);
 }
 
@@ -318,27 +620,170 @@ bool kvm_port_enforced(const struct kvm_port *p)
 	return p->backend == KVM_BACKEND_IOCTL || p->backend == KVM_BACKEND_MODEL;
 }
 const char *kvm_port_why(const struct kvm_port *p) { return p->why ? p->why : ""; }
+unsigned kvm_port_reserve_caps(const struct kvm_port *p)
+{
+	return kvm_port_enforced(p) ? p->reserve_caps : 0;
+}
+
+/* ------------------------------------------------------------------ VMs */
 
 static struct port_vm *find_vm(const struct kvm_port *p, uint64_t vm_id)
 {
 	for (size_t i = 0; i < p->n_vms; i++)
-		if (p->vms[i].vm_id == vm_id)
-			return &p->vms[i];
+		if (p->vms[i]->vm_id == vm_id)
+			return p->vms[i];
 	return NULL;
 }
 
-static int read_vcpu_routes(struct kvm_port *p, struct port_vm *vm, unsigned id)
+/* Routes reach something only through a route fd of an enforcing backend,
+ * while the VM lives. */
+static bool vm_routes_sent(const struct kvm_port *p, const struct port_vm *vm)
 {
-	struct kvm_vpmu_routes q = { .size = sizeof(q), .pidfd = vm->pidfd, .vm_fd = vm->vm_fd,
-				     .vcpu_id = id };
-	int r = issue(p, KVM_VPMU_GET_ROUTES, &q);
-	if (r < 0)
+	return vm->route_fd >= 0 && kvm_port_enforced(p) && !vm->dead;
+}
+
+/* Host counters a guest can be given (fixed counters above 2 never). */
+static uint64_t host_guest_counters(const struct kvm_port *p)
+{
+	uint64_t gp = p->num_gp >= 32 ? VPMU_GP_MASK : ((1ULL << p->num_gp) - 1);
+	return gp | (((uint64_t)p->fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
+}
+
+/* Frees a VM under construction when registration fails. */
+struct vm_guard {
+	struct kvm_port *p;
+	struct port_vm *vm;
+};
+
+static void vm_guard_release(struct vm_guard *g)
+{
+	vm_free(g->p, g->vm);
+}
+
+/* Does fd name the same open file as one a registered VM holds? ioctl: the
+ * same route fd handed twice (two route fds made by two
+ * KVM_CREATE_VPMU_ROUTE_FD calls are different files, and the uapi gives
+ * no VM identity to compare). model: its route fds are the VM's own file,
+ * so the VMM's VM file matches the route fd of a registered VM exactly. */
+static bool same_file_registered(const struct kvm_port *p, int fd)
+{
+	pid_t self = getpid();
+	for (size_t i = 0; i < p->n_vms; i++) {
+		int rf = p->vms[i]->route_fd;
+		if (rf >= 0 && syscall(SYS_kcmp, self, self, KCMP_FILE, fd, rf) == 0)
+			return true;
+	}
+	return false;
+}
+
+static const char *route_errno_words(int e)
+{
+	switch (e) {
+	case -EIO: return "the VM is dead (its VMM exited)";
+	case -ENOTTY: return "not a route fd";
+	case -EBADF: return "not an open fd";
+	case -ENOENT: return "no such vCPU in the VM";
+	case -EINVAL: return "refused by the kernel";
+	case -EBUSY: return "a pass-through counter is reserved on no online CPU";
+	}
+	return NULL;
+}
+
+/* KVM_VPMU_GET_VCPUS: the ids in creation order (K7), growing the room
+ * when the kernel says E2BIG. */
+static int read_vcpu_ids(struct kvm_port *p, int fd, uint32_t **ids, uint32_t *nr)
+{
+	uint32_t room = 8;
+	for (int tries = 0; tries < 8; tries++) {
+		size_t len = sizeof(struct kvm_vpmu_vcpus) + (size_t)room * sizeof(uint32_t);
+		_cleanup_free_ struct kvm_vpmu_vcpus *v = calloc(1, len);
+		if (!v)
+			return -ENOMEM;
+		v->nr = room;
+		long r = issue_ioctl(p, fd, KVM_VPMU_GET_VCPUS, v, len);
+		if (r == -E2BIG && v->nr > room && v->nr <= VMM_MAX_VCPUS) {
+			room = v->nr;
+			continue;
+		}
+		if (r < 0)
+			return (int)r;
+		if (v->nr > room)
+			return -EPROTO;
+		*ids = malloc(((size_t)v->nr + 1) * sizeof(**ids));
+		if (!*ids)
+			return -ENOMEM;
+		memcpy(*ids, v->ids, (size_t)v->nr * sizeof(**ids));
+		*nr = v->nr;
+		return 0;
+	}
+	return -EPROTO;
+}
+
+/* The model stands in for KVM_CREATE_VPMU_ROUTE_FD, which the VMM would
+ * issue: it makes its route fd from the VMM's VM file. */
+static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, int pidfd, int *route_fd,
+			  char *why, size_t whylen)
+{
+	_cleanup_free_ uint32_t *ids = NULL;
+	if (!spec->vcpu_ids) {
+		ids = malloc(spec->n_vcpus * sizeof(*ids));
+		if (!ids)
+			return -ENOMEM;
+		for (unsigned i = 0; i < spec->n_vcpus; i++)
+			ids[i] = i;
+	}
+	struct kvm_model_vm_desc desc = {
+		.opted_in = true, .lapic_in_kernel = true,
+		.shape = spec->shape ? spec->shape : host_guest_counters(p),
+		.nr_vcpus = spec->n_vcpus, .vcpu_ids = spec->vcpu_ids ? spec->vcpu_ids : ids,
+		.vmm_pidfd = pidfd,
+	};
+	struct kvm_vpmu_route_fd args = { 0 };
+	int r = kvm_model_create_route_fd(p->model, spec->route_fd, &desc, &args, route_fd);
+	if (r < 0) {
+		snprintf(why, whylen, "vm %llu: fd %d: %s", (unsigned long long)spec->vm_id, spec->route_fd,
+			 r == -ENOTTY ? "not a KVM VM file (the model makes its route fd from the VMM's VM file)"
+			 : r == -EBADF ? "not an open fd"
+			 : r == -EIO   ? "the VM is dead (its VMM exited)"
+				       : strerror(-r));
 		return r;
-	struct port_vcpu *v = &vm->vcpus[id];
-	memcpy(v->gp, q.gp, sizeof(v->gp));
-	memcpy(v->fixed, q.fixed, sizeof(v->fixed));
-	memcpy(v->allowed, q.allowed_cpus, sizeof(v->allowed));
-	vm->generation = q.generation;
+	}
+	return 0;
+}
+
+/* Reads what the kernel holds for an enforced VM: the vCPU ids (lease vCPU
+ * i is the i-th created), each one's shape and routes. */
+static int read_vm(struct kvm_port *p, struct port_vm *vm, int route_fd, char *why, size_t whylen)
+{
+	_cleanup_free_ uint32_t *ids = NULL;
+	uint32_t nr = 0;
+	int r = read_vcpu_ids(p, route_fd, &ids, &nr);
+	if (r < 0) {
+		const char *words = route_errno_words(r);
+		snprintf(why, whylen, "vm %llu: KVM_VPMU_GET_VCPUS: %s%s%s", (unsigned long long)vm->vm_id,
+			 strerror(-r), words ? ": " : "", words ? words : "");
+		return r;
+	}
+	if (nr < vm->n_vcpus) {
+		snprintf(why, whylen, "vm %llu: the lease has %u vCPUs but the VM has %u",
+			 (unsigned long long)vm->vm_id, vm->n_vcpus, nr);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < vm->n_vcpus; i++) {
+		struct port_vcpu *v = &vm->vcpus[i];
+		v->kvm_id = ids[i];
+		struct kvm_vpmu_routes q = { .vcpu_id = v->kvm_id };
+		long g = issue_ioctl(p, route_fd, KVM_VPMU_GET_ROUTES, &q, sizeof(q));
+		if (g < 0) {
+			const char *words = route_errno_words((int)g);
+			snprintf(why, whylen, "vm %llu vcpu %u (id %u): KVM_VPMU_GET_ROUTES: %s%s%s",
+				 (unsigned long long)vm->vm_id, i, v->kvm_id, strerror((int)-g), words ? ": " : "",
+				 words ? words : "");
+			return (int)g;
+		}
+		v->shape = q.shape;
+		v->passthrough = q.passthrough;
+	}
 	return 0;
 }
 
@@ -346,8 +791,8 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 {
 	if (why && whylen)
 		why[0] = '\0';
-	if (!p || !spec || spec->n_vcpus == 0 || spec->n_vcpus > VMM_MAX_VCPUS || spec->vm_fd < 0 ||
-	    spec->vmm_pid <= 0) {
+	if (!p || !spec || spec->n_vcpus == 0 || spec->n_vcpus > VMM_MAX_VCPUS || spec->vmm_pid <= 0 ||
+	    (spec->shape & ~(VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK))) {
 		snprintf(why, whylen, "invalid VM description");
 		return -EINVAL;
 	}
@@ -355,130 +800,235 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 		snprintf(why, whylen, "vm %llu already registered", (unsigned long long)spec->vm_id);
 		return -EEXIST;
 	}
-	int pidfd = spec->vmm_pidfd >= 0 ? fcntl(spec->vmm_pidfd, F_DUPFD_CLOEXEC, 3)
-					 : vmm_discover_pidfd_open(spec->vmm_pid);
+	if (spec->route_fd >= 0 && fcntl(spec->route_fd, F_GETFD) < 0) {
+		snprintf(why, whylen, "vm %llu: route fd %d: not an open fd", (unsigned long long)spec->vm_id,
+			 spec->route_fd);
+		return -EBADF;
+	}
+	if (spec->route_fd >= 0 && same_file_registered(p, spec->route_fd)) {
+		snprintf(why, whylen, "vm %llu: route fd %d names a VM that is already registered",
+			 (unsigned long long)spec->vm_id, spec->route_fd);
+		return -EEXIST;
+	}
+	_cleanup_close_ int pidfd = spec->vmm_pidfd >= 0 ? fcntl(spec->vmm_pidfd, F_DUPFD_CLOEXEC, 3)
+							 : vmm_discover_pidfd_open(spec->vmm_pid);
 	if (pidfd < 0) {
 		int e = spec->vmm_pidfd >= 0 ? -errno : pidfd;
-		snprintf(why, whylen, "pid %d: %s", (int)spec->vmm_pid, strerror(-e));
+		snprintf(why, whylen, "vmm pid %d: %s", (int)spec->vmm_pid, strerror(-e));
 		return e == -EINVAL ? -ESRCH : e;
 	}
 	/* The pidfd must name the pid we were given, or a caller's mistake
-	 * would lease some other process. */
+	 * would tie the VM to some other process. */
 	int pid = vmm_discover_pidfd_pid(pidfd);
-	int r = 0;
-	if (pid < 0) {
-		r = pid;
-	} else if (pid != spec->vmm_pid) {
-		r = -EINVAL;
-	} else {
-		int kind = vmm_discover_fd_kind(NULL, pid, spec->vm_fd, NULL);
-		if (kind != VMM_FD_KVM_VM)
-			r = vmm_discover_pidfd_alive(pidfd) == 0 ? -ESRCH : -EBADF;
+	if (pid < 0 || pid != spec->vmm_pid) {
+		int e = pid < 0 ? pid : -EINVAL;
+		snprintf(why, whylen, "vmm pid %d: %s", (int)spec->vmm_pid,
+			 pid < 0 ? strerror(-pid) : "the pidfd names another process");
+		return e;
 	}
-	if (r < 0) {
-		snprintf(why, whylen, "pid %d fd %d: %s", (int)spec->vmm_pid, spec->vm_fd,
-			 r == -EBADF ? "not a KVM VM" : strerror(-r));
-		close(pidfd);
-		return r;
-	}
-	struct port_vm *nv = reallocarray(p->vms, p->n_vms + 1, sizeof(*nv));
-	if (!nv) {
-		close(pidfd);
+
+	struct port_vm *vm = calloc(1, sizeof(*vm));
+	_cleanup_(vm_guard_release) struct vm_guard guard = { .p = p, .vm = vm };
+	if (!vm)
 		return -ENOMEM;
-	}
-	p->vms = nv;
-	struct port_vm *vm = &nv[p->n_vms];
-	*vm = (struct port_vm){ .vm_id = spec->vm_id, .pid = pid, .pidfd = pidfd,
-				.vm_fd = spec->vm_fd, .n_vcpus = spec->n_vcpus };
+	vm->vm_id = spec->vm_id;
+	vm->pid = pid;
+	vm->pidfd = -1;
+	vm->route_fd = -1;
+	vm->n_vcpus = spec->n_vcpus;
 	vm->vcpus = calloc(spec->n_vcpus, sizeof(*vm->vcpus));
-	if (!vm->vcpus) {
-		close(pidfd);
+	if (!vm->vcpus)
 		return -ENOMEM;
-	}
+	uint64_t shape = spec->shape ? spec->shape : host_guest_counters(p);
 	for (unsigned i = 0; i < spec->n_vcpus; i++) {
 		vm->vcpus[i].tid = spec->vcpu_tids ? spec->vcpu_tids[i] : 0;
-		default_routes(p, &vm->vcpus[i]);
+		vm->vcpus[i].kvm_id = spec->vcpu_ids ? spec->vcpu_ids[i] : i;
+		vm->vcpus[i].shape = shape;
 	}
-	if (kvm_port_enforced(p)) {
-		for (unsigned i = 0; i < spec->n_vcpus && r == 0; i++)
-			r = read_vcpu_routes(p, vm, i);
-		if (r < 0) {
-			snprintf(why, whylen, "vm %llu: KVM_VPMU_GET_ROUTES: %s",
-				 (unsigned long long)spec->vm_id, strerror(-r));
-			vm_release(vm);
+
+	/* The fd the port will hold: the model's own (closed with the guard
+	 * on failure), or the caller's, which stays the caller's until
+	 * registration succeeds. */
+	int route_fd = spec->route_fd;
+	if (route_fd >= 0 && p->backend == KVM_BACKEND_MODEL) {
+		int r = model_route_fd(p, spec, pidfd, &vm->route_fd, why, whylen);
+		if (r < 0)
 			return r;
-		}
+		route_fd = vm->route_fd;
 	}
-	p->n_vms++;
+	if (route_fd >= 0 && kvm_port_enforced(p)) {
+		int r = read_vm(p, vm, route_fd, why, whylen);
+		if (r < 0)
+			return r;
+	}
+	struct port_vm **nv = reallocarray(p->vms, p->n_vms + 1, sizeof(*nv));
+	if (!nv)
+		return -ENOMEM;
+	p->vms = nv;
+	/* Success: the port owns the route fd. With the model, its route fd
+	 * stands for the one the VMM would have handed, so the VM file the
+	 * caller gave goes. */
+	if (spec->route_fd >= 0 && p->backend == KVM_BACKEND_MODEL)
+		close(spec->route_fd);
+	vm->route_fd = route_fd;
+	vm->pidfd = TAKE_FD(pidfd);
+	p->vms[p->n_vms++] = TAKE_PTR(guard.vm);
 	return 0;
 }
 
 int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id)
 {
-	struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
+	if (!p)
+		return -ENOENT;
+	for (size_t i = 0; i < p->n_vms; i++) {
+		if (p->vms[i]->vm_id != vm_id)
+			continue;
+		vm_free(p, p->vms[i]);
+		p->vms[i] = p->vms[--p->n_vms];
+		return 0;
+	}
+	return -ENOENT;
+}
+
+bool kvm_port_vm_enforced(const struct kvm_port *p, uint64_t vm_id, const char **why)
+{
+	const struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
+	const char *w;
+	bool sent = false;
+
+	if (!vm)
+		w = "no such VM is registered";
+	else if (vm->route_fd < 0)
+		w = NO_ROUTE_FD_WHY;
+	else if (!kvm_port_enforced(p))
+		w = p->advisory_vm_why;
+	else if (vm->dead)
+		w = DEAD_VM_WHY;
+	else {
+		sent = true;
+		w = p->backend == KVM_BACKEND_MODEL ? SIMULATED_WHY : ENFORCED_WHY;
+	}
+	if (why)
+		*why = w;
+	return sent;
+}
+
+int kvm_port_vcpu_shape(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *shape)
+{
+	const struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
 	if (!vm)
 		return -ENOENT;
-	vm_release(vm);
-	*vm = p->vms[--p->n_vms];
+	if (vcpu >= vm->n_vcpus || !shape)
+		return -EINVAL;
+	*shape = vm->vcpus[vcpu].shape;
 	return 0;
 }
 
-static bool allowed_has(const uint64_t *a, unsigned cpu) { return (a[cpu / 64] >> (cpu % 64)) & 1; }
-
-/* The CPUs a vCPU may run on now, as far as we can tell: what its lease
- * declares (libvirt pins, the operator's cpus), else its thread's affinity,
- * else every CPU (the conservative answer: pass-through then needs the
- * counter everywhere). The routes ioctl carries this set, so a kernel
- * multiplexes the PMC on any entry outside it (docs/kvm-api.md). */
-static int vcpu_allowed(const struct kvm_port *p, const struct port_vcpu *v, uint64_t *out)
+int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const unsigned *cpus,
+			   size_t n_cpus)
 {
-	memset(out, 0, KVM_VPMU_CPU_WORDS * sizeof(*out));
-	bool any = false;
-	if (v->declared) {
-		for (unsigned c = 0; c < p->n_cpus; c++)
-			if (allowed_has(v->declared_cpus, c)) {
-				out[c / 64] |= 1ull << (c % 64);
-				any = true;
-			}
-		if (any)
-			return 0;
+	struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
+	if (!vm)
+		return -ENOENT;
+	if (vcpu >= vm->n_vcpus)
+		return -EINVAL;
+	for (size_t i = 0; cpus && i < n_cpus; i++)
+		if (cpus[i] >= p->n_cpus)
+			return -EINVAL;
+	struct port_vcpu *v = &vm->vcpus[vcpu];
+	unsigned *copy = NULL;
+	size_t n = n_cpus;
+	if (cpus && n_cpus) {
+		copy = sorted_cpus(cpus, &n);
+		if (!copy)
+			return -ENOMEM;
 	}
-	if (v->tid > 0) {
-		cpu_set_t *set = CPU_ALLOC(KVM_VPMU_MAX_CPUS);
-		size_t sz = CPU_ALLOC_SIZE(KVM_VPMU_MAX_CPUS);
+	free(v->cpus);
+	v->cpus = copy;
+	v->n_cpus = copy ? n : 0;
+	return 0;
+}
+
+/* --------------------------------------------------------------- apply */
+
+/* A set of CPUs sized by the host. */
+struct cpuset {
+	uint64_t *words;
+	size_t n_words;
+};
+
+static void cpuset_free(struct cpuset *s)
+{
+	free(s->words);
+	s->words = NULL;
+}
+
+static bool cpuset_has(const struct cpuset *s, unsigned cpu)
+{
+	return cpu / 64 < s->n_words && (s->words[cpu / 64] >> (cpu % 64)) & 1;
+}
+
+static void cpuset_add(struct cpuset *s, unsigned cpu)
+{
+	s->words[cpu / 64] |= 1ULL << (cpu % 64);
+}
+
+/* The thread's affinity, asked with a mask as large as the kernel needs
+ * (EINVAL: too small for nr_cpu_ids). */
+static int thread_affinity(const struct kvm_port *p, pid_t tid, struct cpuset *out, bool *any)
+{
+	for (size_t ncpu = p->n_cpus < 1024 ? 1024 : p->n_cpus; ncpu <= (1u << 20); ncpu *= 2) {
+		cpu_set_t *set = CPU_ALLOC(ncpu);
+		size_t sz = CPU_ALLOC_SIZE(ncpu);
 		if (!set)
 			return -ENOMEM;
 		CPU_ZERO_S(sz, set);
-		if (sched_getaffinity(v->tid, sz, set) < 0) {
+		if (sched_getaffinity(tid, sz, set) < 0) {
 			int e = -errno;
 			CPU_FREE(set);
+			if (e == -EINVAL)
+				continue;
 			return e;
 		}
 		for (unsigned c = 0; c < p->n_cpus; c++) {
 			if (CPU_ISSET_S(c, sz, set)) {
-				out[c / 64] |= 1ull << (c % 64);
-				any = true;
+				cpuset_add(out, c);
+				*any = true;
 			}
 		}
 		CPU_FREE(set);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* The CPUs a vCPU may run on, as far as we can tell: what its lease
+ * declares, else its thread's affinity, else every CPU (the conservative
+ * answer: pass-through then needs the counter everywhere). */
+static int vcpu_allowed(const struct kvm_port *p, const struct port_vcpu *v, struct cpuset *out)
+{
+	out->n_words = ((size_t)p->n_cpus + 63) / 64;
+	out->words = calloc(out->n_words, sizeof(*out->words));
+	if (!out->words)
+		return -ENOMEM;
+	bool any = false;
+	for (size_t i = 0; i < v->n_cpus; i++) {
+		cpuset_add(out, v->cpus[i]);
+		any = true;
+	}
+	if (!any && v->tid > 0) {
+		int r = thread_affinity(p, v->tid, out, &any);
+		if (r < 0)
+			return r;
 	}
 	if (!any)
 		for (unsigned c = 0; c < p->n_cpus; c++)
-			out[c / 64] |= 1ull << (c % 64);
+			cpuset_add(out, c);
 	return 0;
 }
 
-static uint32_t pt_mask(const uint8_t *routes, unsigned n)
-{
-	uint32_t m = 0;
-	for (unsigned i = 0; i < n; i++)
-		if (routes[i] == KVM_VPMU_ROUTE_PASSTHROUGH)
-			m |= 1u << i;
-	return m;
-}
-
-static int validate(const struct kvm_port *p, const struct transition *t, unsigned prev_phase,
-		    char *why, size_t whylen)
+static int validate(const struct kvm_port *p, const struct transition *t, unsigned prev_phase, char *why,
+		    size_t whylen)
 {
 	if (t->phase != 1 && t->phase != 2) {
 		snprintf(why, whylen, "phase %u is neither 1 nor 2", t->phase);
@@ -493,8 +1043,11 @@ static int validate(const struct kvm_port *p, const struct transition *t, unsign
 			snprintf(why, whylen, "cpu %d outside 0..%u", t->cpu, p->n_cpus - 1);
 			return -EINVAL;
 		}
-		if ((t->guest_gp_mask & ~host_gp_mask(p)) || (t->guest_fixed_mask & ~p->fixed_mask)) {
-			snprintf(why, whylen, "cpu %d: partition names counters the host lacks", t->cpu);
+		uint64_t m = kvm_port_partition_mask(t);
+		if (m & ~host_guest_counters(p)) {
+			snprintf(why, whylen, "cpu %d: reservation 0x%016" PRIx64 " names counters the host "
+				 "lacks or a guest cannot have (0x%016" PRIx64 ")", t->cpu, m,
+				 m & ~host_guest_counters(p));
 			return -EINVAL;
 		}
 		return 0;
@@ -513,42 +1066,62 @@ static int validate(const struct kvm_port *p, const struct transition *t, unsign
 		return -ENOENT;
 	}
 	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++) {
-		if (t->gp_route[i] > PMC_ROUTE_PASSTHROUGH ||
-		    (t->gp_route[i] != PMC_ROUTE_DISABLED && !gp_exists(p, i))) {
-			snprintf(why, whylen, "vm %llu vcpu %u: bad route %u for gp %u",
-				 (unsigned long long)t->vm_id, t->vcpu, t->gp_route[i], i);
+		uint8_t r = t->gp_route[i];
+		if (!route_speakable(r) || (r != PMC_ROUTE_DISABLED && i >= p->num_gp)) {
+			snprintf(why, whylen, "vm %llu vcpu %u: route %s for gp %u: %s",
+				 (unsigned long long)t->vm_id, t->vcpu, transition_route_name(r), i,
+				 route_speakable(r) ? "the host has no such counter"
+						    : "the extension has no such route");
 			return -EINVAL;
 		}
 	}
 	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++) {
-		if (t->fixed_route[i] > PMC_ROUTE_PASSTHROUGH ||
-		    (t->fixed_route[i] != PMC_ROUTE_DISABLED && !fixed_exists(p, i))) {
-			snprintf(why, whylen, "vm %llu vcpu %u: bad route %u for fixed %u",
-				 (unsigned long long)t->vm_id, t->vcpu, t->fixed_route[i], i);
+		uint8_t r = t->fixed_route[i];
+		if (!route_speakable(r) || (r != PMC_ROUTE_DISABLED && !((p->fixed_mask >> i) & 1))) {
+			snprintf(why, whylen, "vm %llu vcpu %u: route %s for fixed %u: %s",
+				 (unsigned long long)t->vm_id, t->vcpu, transition_route_name(r), i,
+				 route_speakable(r) ? "the host has no such counter"
+						    : "the extension has no such route");
 			return -EINVAL;
 		}
+	}
+	uint64_t pt = kvm_port_passthrough_mask(t), shape = vm->vcpus[t->vcpu].shape;
+	if (pt & ~shape) {
+		snprintf(why, whylen, "vm %llu vcpu %u: pass-through 0x%016" PRIx64 " outside the guest's "
+			 "shape 0x%016" PRIx64, (unsigned long long)t->vm_id, t->vcpu, pt, shape);
+		return -EINVAL;
 	}
 	return 0;
 }
 
-/* The same ordering rules the kernel enforces, checked on our own view
- * first: in advisory mode nobody else checks them. */
-static int guard_partition(const struct kvm_port *p, const struct transition *t, char *why,
-			   size_t whylen)
+/* The ordering rules the kernel enforces, checked on our own view first:
+ * for advisory VMs nobody else checks them, and a bad plan should fail the
+ * same way on every host. A CPU loses counters only when no vCPU that may
+ * run there passes them through. */
+static int guard_partition(const struct kvm_port *p, unsigned cpu, uint64_t mask, char *why, size_t whylen)
 {
-	const struct port_cpu *c = &p->cpus[t->cpu];
-	uint32_t gp_gone = c->gp & ~t->guest_gp_mask, fixed_gone = c->fixed & ~t->guest_fixed_mask;
+	uint64_t gone = p->reserve[cpu] & ~mask;
+	if (!gone)
+		return 0;
 	for (size_t i = 0; i < p->n_vms; i++) {
-		for (unsigned j = 0; j < p->vms[i].n_vcpus; j++) {
-			const struct port_vcpu *v = &p->vms[i].vcpus[j];
-			if (!allowed_has(v->allowed, (unsigned)t->cpu))
+		const struct port_vm *vm = p->vms[i];
+		for (unsigned j = 0; j < vm->n_vcpus; j++) {
+			const struct port_vcpu *v = &vm->vcpus[j];
+			uint64_t hit = v->passthrough & gone;
+			if (!hit)
 				continue;
-			uint32_t g = pt_mask(v->gp, KVM_VPMU_MAX_GP) & gp_gone;
-			uint32_t f = pt_mask(v->fixed, KVM_VPMU_MAX_FIXED) & fixed_gone;
-			if (g || f) {
-				snprintf(why, whylen, "cpu %d: shrinking under vm %llu vcpu %u's "
-					 "pass-through (gp 0x%x fixed 0x%x)", t->cpu,
-					 (unsigned long long)p->vms[i].vm_id, j, g, f);
+			struct cpuset allowed = { 0 };
+			int r = vcpu_allowed(p, v, &allowed);
+			bool on = r == 0 && cpuset_has(&allowed, cpu);
+			cpuset_free(&allowed);
+			if (r < 0) {
+				snprintf(why, whylen, "vm %llu vcpu %u: its CPUs: %s", (unsigned long long)vm->vm_id,
+					 j, strerror(-r));
+				return r;
+			}
+			if (on) {
+				snprintf(why, whylen, "cpu %u: shrinking the reservation under vm %llu vcpu %u's "
+					 "pass-through (0x%016" PRIx64 ")", cpu, (unsigned long long)vm->vm_id, j, hit);
 				return -EBUSY;
 			}
 		}
@@ -556,44 +1129,74 @@ static int guard_partition(const struct kvm_port *p, const struct transition *t,
 	return 0;
 }
 
-static int guard_routes(const struct kvm_port *p, const struct transition *t,
-			const uint64_t *allowed, char *why, size_t whylen)
+static int guard_routes(const struct kvm_port *p, const struct transition *t, const struct cpuset *allowed,
+			char *why, size_t whylen)
 {
-	uint32_t g = pt_mask(t->gp_route, TRANSITION_MAX_GP), f = pt_mask(t->fixed_route, TRANSITION_MAX_FIXED);
+	uint64_t pt = kvm_port_passthrough_mask(t);
+	if (!pt)
+		return 0;
 	for (unsigned c = 0; c < p->n_cpus; c++) {
-		if (!allowed_has(allowed, c))
+		if (!cpuset_has(allowed, c))
 			continue;
-		uint32_t bg = g & ~p->cpus[c].gp, bf = f & ~p->cpus[c].fixed;
-		if (bg || bf) {
-			snprintf(why, whylen, "vm %llu vcpu %u: pass-through of gp 0x%x fixed 0x%x, "
-				 "which cpu %u keeps for the host", (unsigned long long)t->vm_id,
-				 t->vcpu, bg, bf, c);
+		uint64_t missing = pt & ~p->reserve[c];
+		if (missing) {
+			snprintf(why, whylen, "vm %llu vcpu %u: pass-through of 0x%016" PRIx64 ", which cpu %u "
+				 "keeps for the host", (unsigned long long)t->vm_id, t->vcpu, missing, c);
 			return -EBUSY;
 		}
 	}
 	return 0;
 }
 
-static int apply_partition(struct kvm_port *p, const struct transition *t, char *why, size_t whylen)
+static const char *reserve_errno_words(int e)
 {
-	int r = guard_partition(p, t, why, whylen);
-	if (r < 0)
-		return r;
-	struct port_cpu *c = &p->cpus[t->cpu];
+	switch (e) {
+	case -EINVAL:
+		return "the kernel refused the line (an offline CPU, a counter it lacks, or not every online "
+		       "CPU on a kernel without per-CPU reservations)";
+	case -EBUSY:
+		return "a listed CPU's pinned host events would not fit, or a live pass-through needs the counters";
+	case -EACCES:
+	case -EPERM:
+		return "guest_reserve is root's";
+	}
+	return NULL;
+}
+
+/* Steps first..last-1 are partition steps of one phase with one mask: one
+ * line, one write (a uniform kernel needs every online CPU at once). */
+static int apply_partition_group(struct kvm_port *p, const struct transition *t, size_t n, char *why,
+				 size_t whylen)
+{
+	uint64_t mask = kvm_port_partition_mask(&t[0]);
+	_cleanup_free_ unsigned *cpus = malloc(n * sizeof(*cpus));
+	if (!cpus)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		cpus[i] = (unsigned)t[i].cpu;
+		int r = guard_partition(p, cpus[i], mask, why, whylen);
+		if (r < 0)
+			return r;
+	}
 	if (kvm_port_enforced(p)) {
-		struct kvm_vpmu_partition q;
-		kvm_port_encode_partition(t, c->generation, &q);
-		r = issue(p, KVM_VPMU_SET_PARTITION, &q);
+		int len = kvm_port_encode_reserve(cpus, n, mask, NULL, 0);
+		if (len < 0)
+			return len;
+		_cleanup_free_ char *line = malloc((size_t)len + 1);
+		if (!line)
+			return -ENOMEM;
+		kvm_port_encode_reserve(cpus, n, mask, line, (size_t)len + 1);
+		int r = issue_reserve(p, line, (size_t)len);
 		if (r < 0) {
-			snprintf(why, whylen, "cpu %d: KVM_VPMU_SET_PARTITION: %s", t->cpu, strerror(-r));
-			if (r == -ESTALE)
-				sync_cpu(p, (unsigned)t->cpu);
+			const char *words = reserve_errno_words(r);
+			line[len - 1] = '\0';
+			snprintf(why, whylen, "guest_reserve \"%s\": %s%s%s", line, strerror(-r), words ? ": " : "",
+				 words ? words : "");
 			return r;
 		}
-		c->generation = q.generation;
 	}
-	c->gp = t->guest_gp_mask;
-	c->fixed = t->guest_fixed_mask;
+	for (size_t i = 0; i < n; i++)
+		p->reserve[cpus[i]] = mask;
 	return 0;
 }
 
@@ -601,36 +1204,36 @@ static int apply_routes(struct kvm_port *p, const struct transition *t, char *wh
 {
 	struct port_vm *vm = find_vm(p, t->vm_id);
 	struct port_vcpu *v = &vm->vcpus[t->vcpu];
-	uint64_t allowed[KVM_VPMU_CPU_WORDS];
-	int r = vcpu_allowed(p, v, allowed);
-	if (r < 0) {
+	struct cpuset allowed = { 0 };
+	int r = vcpu_allowed(p, v, &allowed);
+	if (r == 0)
+		r = guard_routes(p, t, &allowed, why, whylen);
+	else
 		snprintf(why, whylen, "vm %llu vcpu %u thread %d: sched_getaffinity: %s",
 			 (unsigned long long)t->vm_id, t->vcpu, (int)v->tid, strerror(-r));
+	cpuset_free(&allowed);
+	if (r < 0)
 		return r;
-	}
-	if ((r = guard_routes(p, t, allowed, why, whylen)) < 0)
+	struct kvm_vpmu_routes q;
+	if ((r = kvm_port_encode_routes(t, v->kvm_id, &q)) < 0)
 		return r;
-	if (kvm_port_enforced(p)) {
-		struct kvm_vpmu_routes q;
-		kvm_port_encode_routes(t, vm->pidfd, vm->vm_fd, vm->generation, allowed, &q);
-		r = issue(p, KVM_VPMU_SET_ROUTES, &q);
-		if (r < 0) {
-			snprintf(why, whylen, "vm %llu vcpu %u: KVM_VPMU_SET_ROUTES: %s",
-				 (unsigned long long)t->vm_id, t->vcpu, strerror(-r));
-			if (r == -ESTALE)
-				read_vcpu_routes(p, vm, t->vcpu);
-			return r;
+	if (vm_routes_sent(p, vm)) {
+		long s = issue_ioctl(p, vm->route_fd, KVM_VPMU_SET_ROUTES, &q, sizeof(q));
+		if (s < 0) {
+			if (s == -EIO)
+				vm->dead = true;
+			const char *words = route_errno_words((int)s);
+			snprintf(why, whylen, "vm %llu vcpu %u (id %u): KVM_VPMU_SET_ROUTES 0x%016" PRIx64 ": %s%s%s",
+				 (unsigned long long)t->vm_id, t->vcpu, v->kvm_id, (uint64_t)q.passthrough, strerror((int)-s),
+				 words ? ": " : "", words ? words : "");
+			return (int)s;
 		}
-		vm->generation = q.generation;
 	}
-	memcpy(v->gp, t->gp_route, sizeof(v->gp));
-	memcpy(v->fixed, t->fixed_route, sizeof(v->fixed));
-	memcpy(v->allowed, allowed, sizeof(v->allowed));
+	v->passthrough = q.passthrough;
 	return 0;
 }
 
-int kvm_port_apply(struct kvm_port *p, const struct transition *t, size_t n,
-		   struct kvm_apply_result *res)
+int kvm_port_apply(struct kvm_port *p, const struct transition *t, size_t n, struct kvm_apply_result *res)
 {
 	if (!res)
 		return -EINVAL;
@@ -649,111 +1252,236 @@ int kvm_port_apply(struct kvm_port *p, const struct transition *t, size_t n,
 		}
 		phase = t[i].phase;
 	}
-	for (size_t i = 0; i < n; i++) {
-		int r = t[i].kind == TRANSITION_PARTITION
-				? apply_partition(p, &t[i], res->why, sizeof(res->why))
-				: apply_routes(p, &t[i], res->why, sizeof(res->why));
+	for (size_t i = 0; i < n;) {
+		size_t end = i + 1;
+		int r;
+		if (t[i].kind == TRANSITION_PARTITION) {
+			uint64_t mask = kvm_port_partition_mask(&t[i]);
+			while (end < n && t[end].kind == TRANSITION_PARTITION && t[end].phase == t[i].phase &&
+			       kvm_port_partition_mask(&t[end]) == mask)
+				end++;
+			r = apply_partition_group(p, &t[i], end - i, res->why, sizeof(res->why));
+		} else {
+			r = apply_routes(p, &t[i], res->why, sizeof(res->why));
+		}
 		if (r < 0) {
 			res->error = r;
 			res->failed = i;
 			return r;
 		}
-		res->applied = i + 1;
+		res->applied = end;
+		i = end;
 	}
 	return 0;
 }
 
-int kvm_port_partition(const struct kvm_port *p, unsigned cpu, uint32_t *gp, uint32_t *fixed)
+int kvm_port_reservation(const struct kvm_port *p, unsigned cpu, uint64_t *mask)
 {
-	if (!p || cpu >= p->n_cpus || !gp || !fixed)
+	if (!p || cpu >= p->n_cpus || !mask)
 		return -EINVAL;
-	*gp = p->cpus[cpu].gp;
-	*fixed = p->cpus[cpu].fixed;
+	*mask = p->reserve[cpu];
 	return 0;
 }
 
-int kvm_port_routes(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu,
-		    uint8_t gp[KVM_VPMU_MAX_GP], uint8_t fixed[KVM_VPMU_MAX_FIXED])
+int kvm_port_passthrough(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *mask)
 {
 	const struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
-	if (!vm || vcpu >= vm->n_vcpus)
+	if (!vm)
 		return -ENOENT;
-	memcpy(gp, vm->vcpus[vcpu].gp, KVM_VPMU_MAX_GP);
-	memcpy(fixed, vm->vcpus[vcpu].fixed, KVM_VPMU_MAX_FIXED);
+	if (vcpu >= vm->n_vcpus || !mask)
+		return -EINVAL;
+	*mask = vm->vcpus[vcpu].passthrough;
 	return 0;
 }
 
-int kvm_port_vcpu_stats(struct kvm_port *p, uint64_t vm_id, unsigned vcpu,
-			struct kvm_vpmu_vcpu_stats *out)
+/* --------------------------------------------------------------- stats */
+
+static int pread_full(int fd, void *buf, size_t len, off_t off)
 {
-	const struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
-	if (!vm || vcpu >= vm->n_vcpus || !out)
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = pread(fd, (char *)buf + got, len - got, off + (off_t)got);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EPROTO; /* shorter than its header says */
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+/* Bounds a kernel's header could reach: names of 48 bytes and a few
+ * hundred statistics today. */
+#define STATS_NAME_MAX 4096u
+#define STATS_DESC_MAX 65536u
+
+int kvm_port_stats_read(int stats_fd, const char *const *names, size_t n_names, uint64_t *values)
+{
+	struct kvm_stats_header h;
+	if (stats_fd < 0 || (!names && n_names) || (!values && n_names))
+		return -EINVAL;
+	int r = pread_full(stats_fd, &h, sizeof(h), 0);
+	if (r < 0)
+		return r;
+	if (h.name_size == 0 || h.name_size > STATS_NAME_MAX || h.num_desc > STATS_DESC_MAX)
+		return -EPROTO;
+	size_t desc_size = sizeof(struct kvm_stats_desc) + h.name_size;
+	_cleanup_free_ uint8_t *descs = malloc(desc_size * h.num_desc + 1);
+	if (!descs)
+		return -ENOMEM;
+	if ((r = pread_full(stats_fd, descs, desc_size * h.num_desc, h.desc_offset)) < 0)
+		return r;
+	size_t found = 0;
+	for (size_t k = 0; k < n_names; k++)
+		values[k] = 0;
+	_cleanup_free_ bool *seen = calloc(n_names + 1, sizeof(*seen));
+	if (!seen)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < h.num_desc; i++) {
+		struct kvm_stats_desc d;
+		memcpy(&d, descs + i * desc_size, sizeof(d)); /* name_size need not keep it aligned */
+		const char *name = (const char *)descs + i * desc_size + sizeof(d);
+		size_t name_len = strnlen(name, h.name_size);
+		if (name_len == h.name_size)
+			return -EPROTO; /* not terminated within name_size */
+		for (size_t k = 0; k < n_names; k++) {
+			if (seen[k] || strcmp(name, names[k]) != 0)
+				continue;
+			if (d.size == 0)
+				return -EPROTO;
+			/* The first item: every vpmu statistic is one u64. */
+			r = pread_full(stats_fd, &values[k], sizeof(values[k]), (off_t)h.data_offset + d.offset);
+			if (r < 0)
+				return r;
+			seen[k] = true;
+			found++;
+		}
+	}
+	return found == n_names ? 0 : -ENODATA;
+}
+
+int kvm_port_vcpu_stats(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, struct kvm_port_vcpu_stats *out)
+{
+	struct port_vm *vm = p ? find_vm(p, vm_id) : NULL;
+	if (!vm)
 		return -ENOENT;
-	if (!kvm_port_enforced(p))
-		return -EOPNOTSUPP;
-	memset(out, 0, sizeof(*out));
-	out->size = sizeof(*out);
-	out->pidfd = vm->pidfd;
-	out->vm_fd = vm->vm_fd;
-	out->vcpu_id = vcpu;
-	return issue(p, KVM_VPMU_GET_VCPU_STATS, out);
+	if (vcpu >= vm->n_vcpus || !out)
+		return -EINVAL;
+	if (!vm_routes_sent(p, vm))
+		return vm->dead ? -EIO : -EOPNOTSUPP;
+	struct kvm_vpmu_stats_fd q = { .vcpu_id = vm->vcpus[vcpu].kvm_id };
+	long fd = issue_ioctl(p, vm->route_fd, KVM_VPMU_GET_VCPU_STATS_FD, &q, sizeof(q));
+	if (fd < 0) {
+		if (fd == -EIO)
+			vm->dead = true;
+		return (int)fd;
+	}
+	_cleanup_close_ int stats = (int)fd;
+	static const char *const names[] = { VPMU_STAT_FROZEN_ENTRIES, VPMU_STAT_MSR_EXITS,
+					     VPMU_STAT_ESTIMATED_READS, VPMU_STAT_ROUTE_CHANGES };
+	uint64_t v[4];
+	int r = kvm_port_stats_read(stats, names, 4, v);
+	if (r < 0)
+		return r;
+	*out = (struct kvm_port_vcpu_stats){ .frozen_entries = v[0], .msr_exits = v[1],
+					     .estimated_reads = v[2], .route_changes = v[3] };
+	return 0;
+}
+
+/* -------------------------------------------------------------- report */
+
+struct cpu_mask {
+	unsigned cpu;
+	uint64_t mask;
+};
+
+static int cmp_mask_cpu(const void *a, const void *b)
+{
+	const struct cpu_mask *x = a, *y = b;
+	if (x->mask != y->mask)
+		return x->mask < y->mask ? -1 : 1;
+	return x->cpu < y->cpu ? -1 : x->cpu > y->cpu;
+}
+
+struct group {
+	size_t start, n;
+};
+
+static int cmp_group_first(const void *a, const void *b, void *ctx)
+{
+	const struct cpu_mask *cm = ctx;
+	const struct group *x = a, *y = b;
+	unsigned fx = cm[x->start].cpu, fy = cm[y->start].cpu;
+	return fx < fy ? -1 : fx > fy;
+}
+
+/* One line per group of CPUs with the same reservation, by first CPU, as
+ * the kernel's own read of guest_reserve (P10). */
+static int report_reservation(const struct kvm_port *p, struct text *t)
+{
+	_cleanup_free_ struct cpu_mask *cm = malloc(p->n_cpus * sizeof(*cm));
+	_cleanup_free_ struct group *g = malloc(p->n_cpus * sizeof(*g));
+	_cleanup_free_ unsigned *list = malloc(p->n_cpus * sizeof(*list));
+	if (!cm || !g || !list)
+		return -ENOMEM;
+	for (unsigned c = 0; c < p->n_cpus; c++)
+		cm[c] = (struct cpu_mask){ .cpu = c, .mask = p->reserve[c] };
+	qsort(cm, p->n_cpus, sizeof(*cm), cmp_mask_cpu);
+	size_t ng = 0;
+	for (size_t i = 0; i < p->n_cpus; i++) {
+		if (i == 0 || cm[i].mask != cm[i - 1].mask)
+			g[ng++] = (struct group){ .start = i };
+		g[ng - 1].n++;
+	}
+	qsort_r(g, ng, sizeof(*g), cmp_group_first, cm);
+	for (size_t i = 0; i < ng; i++) {
+		for (size_t k = 0; k < g[i].n; k++)
+			list[k] = cm[g[i].start + k].cpu;
+		text_add(t, "kvm port: reservation ");
+		text_cpulist(t, list, g[i].n);
+		text_add(t, " 0x%016" PRIx64 "%s\n", cm[g[i].start].mask,
+			 cm[g[i].start].mask ? "" : " (no counter kept from the host)");
+	}
+	return 0;
 }
 
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len)
 {
-	size_t off = 0;
-	int w;
-#define EMIT(...)                                                              \
-	do {                                                                   \
-		w = snprintf(buf + (off < len ? off : len), off < len ? len - off : 0, __VA_ARGS__); \
-		if (w < 0)                                                     \
-			return w;                                              \
-		off += (size_t)w;                                              \
-	} while (0)
-	EMIT("kvm port: backend %s (%s)\n", kvm_port_backend_name(p->backend), p->why);
-	EMIT("kvm port: guest routes %s\n",
-	     p->backend == KVM_BACKEND_IOCTL ? "enforced by the kernel"
-	     : p->backend == KVM_BACKEND_MODEL ? "enforced by the in-process model only (simulated)"
-					       : "NOT enforced: stock kernel, the plan is advisory");
-	unsigned shown = 0;
-	for (unsigned c = 0; c < p->n_cpus; c++) {
-		if (!p->cpus[c].gp && !p->cpus[c].fixed)
-			continue;
-		if (shown++ < 16)
-			EMIT("kvm port: cpu %u guest partition gp 0x%x fixed 0x%x\n", c, p->cpus[c].gp,
-			     p->cpus[c].fixed);
-	}
-	if (shown > 16)
-		EMIT("kvm port: ... and %u more cpus with a guest partition\n", shown - 16);
-	if (!shown)
-		EMIT("kvm port: no guest partition on any cpu\n");
+	struct text t = { .buf = buf, .len = buf ? len : 0 };
+	if (!p)
+		return -EINVAL;
+	if (buf && len)
+		buf[0] = '\0';
+	text_add(&t, "kvm port: backend %s (%s)\n", kvm_port_backend_name(p->backend), kvm_port_why(p));
+	unsigned caps = kvm_port_reserve_caps(p);
+	if (kvm_port_enforced(p))
+		text_add(&t, "kvm port: reserve caps %u: %s%s\n", caps,
+			 caps & VPMU_RESERVE_CAP_PER_CPU ? "per-cpu (masks may differ between CPUs)"
+							 : "uniform (one mask for every CPU)",
+			 p->backend == KVM_BACKEND_MODEL ? ", simulated by the model" : "");
+	else
+		text_add(&t, "kvm port: reserve caps: none (advisory: the reservation is planned, not applied)\n");
+	text_add(&t, "kvm port: guest routes %s\n",
+		 p->backend == KVM_BACKEND_IOCTL ? "enforced by the kernel for VMs that handed a route fd"
+		 : p->backend == KVM_BACKEND_MODEL ? "simulated by the in-process model for VMs that handed a route fd"
+						   : "NOT enforced: the kernel lacks the extension, the plan is advisory");
+	int r = report_reservation(p, &t);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < p->n_vms; i++) {
-		const struct port_vm *vm = &p->vms[i];
+		const struct port_vm *vm = p->vms[i];
 		unsigned pt = 0;
 		for (unsigned j = 0; j < vm->n_vcpus; j++)
-			pt += (unsigned)__builtin_popcount(pt_mask(vm->vcpus[j].gp, KVM_VPMU_MAX_GP)) +
-			      (unsigned)__builtin_popcount(pt_mask(vm->vcpus[j].fixed, KVM_VPMU_MAX_FIXED));
-		EMIT("kvm port: vm %llu pid %d fd %d: %u vcpus, %u pass-through PMCs%s\n",
-		     (unsigned long long)vm->vm_id, (int)vm->pid, vm->vm_fd, vm->n_vcpus, pt,
-		     kvm_port_enforced(p) ? "" : " (planned, not enforced)");
+			pt += (unsigned)__builtin_popcountll(vm->vcpus[j].passthrough);
+		const char *why;
+		bool sent = kvm_port_vm_enforced(p, vm->vm_id, &why);
+		const char *mode = !sent ? "advisory" : p->backend == KVM_BACKEND_MODEL ? "simulated" : "enforced";
+		text_add(&t, "kvm port: vm %llu pid %d: %u vcpus, %u pass-through PMCs%s; routes %s (%s)\n",
+			 (unsigned long long)vm->vm_id, (int)vm->pid, vm->n_vcpus, pt,
+			 sent ? "" : " (planned, not enforced)", mode, why);
 	}
-#undef EMIT
-	return (int)off;
-}
-
-int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const uint64_t *cpus)
-{
-	struct port_vm *vm = find_vm(p, vm_id);
-	if (!vm)
-		return -ENOENT;
-	if (vcpu >= vm->n_vcpus)
-		return -EINVAL;
-	struct port_vcpu *v = &vm->vcpus[vcpu];
-	if (!cpus) {
-		v->declared = false;
-		return 0;
-	}
-	memcpy(v->declared_cpus, cpus, sizeof(v->declared_cpus));
-	v->declared = true;
-	return 0;
+	return text_result(&t);
 }

@@ -98,7 +98,7 @@ struct kvm_port_vm {
 	 * ids in creation order (n_vcpus entries; NULL: 0..n-1) and the
 	 * guest's CPUID shape, PERF_GLOBAL_CTRL layout. */
 	const uint32_t *vcpu_ids;
-	uint64_t shape;
+	uint64_t shape;            /* 0: the host's counters a guest can have */
 };
 
 /*
@@ -155,6 +155,13 @@ struct kvm_port_vcpu_stats {
 	uint64_t route_changes;
 };
 int kvm_port_vcpu_stats(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, struct kvm_port_vcpu_stats *out);
+
+/* The parser behind it, for any binary stats fd in the format of
+ * KVM_GET_STATS_FD (struct kvm_stats_header, kvm_stats_desc; linux/kvm.h):
+ * values[i] = the first u64 of the statistic named names[i]. 0 when every
+ * name was found, -ENODATA when some was not (its value 0), -EPROTO for a
+ * malformed fd, -errno for a failed read. */
+int kvm_port_stats_read(int stats_fd, const char *const *names, size_t n_names, uint64_t *values);
 
 /* Status for operators, snprintf semantics. */
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len);

@@ -23,6 +23,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct json_object;
 struct vpmu_client;
@@ -81,6 +82,21 @@ const char *vpmu_client_server(const struct vpmu_client *c);
  */
 int vpmu_client_call(struct vpmu_client *c, const char *method, struct json_object *params,
 		     uint64_t deadline, struct json_object **result, struct vpmu_client_error *err);
+
+/*
+ * vm.bind with the VM's route fd (docs/protocol.md, "vm.bind"): binds the
+ * lease 'name' to VMM 'pid' and hands route_fd (created by the VMM with
+ * KVM_CREATE_VPMU_ROUTE_FD, docs/kvm-api.md) to vpmud with the request, as
+ * SCM_RIGHTS. vpmud keeps its own copy; the caller's stays open. *result
+ * as for vpmu_client_call: name, generation, and the VM's "routes"
+ * ("enforced", "simulated", "advisory") and "routes_why".
+ * Returns -EBADF, before anything is sent, when route_fd is not open;
+ * -EINVAL for a name or pid the protocol refuses; else as
+ * vpmu_client_call (a route fd vpmud does not recognise is -EREMOTEIO,
+ * invalid_param on params.route_fd).
+ */
+int vpmu_client_vm_bind_route_fd(struct vpmu_client *c, const char *name, pid_t pid, int route_fd,
+				 uint64_t deadline, struct json_object **result, struct vpmu_client_error *err);
 
 /* Subscribes to events; *generation (may be NULL) is the current plan
  * generation. Same returns as vpmu_client_call. */
