@@ -67,7 +67,7 @@ static int apply_overrides(struct config *c, const struct vpmud_opts *o, char *e
 	const struct { const char *key, *value; } kv[] = {
 		{ "socket", o->socket },       { "state_dir", o->state_dir }, { "pmu", o->pmu },
 		{ "kvm", o->kvm },             { "libvirt_uri", o->libvirt_uri },
-		{ "dbus", o->dbus },
+		{ "dbus", o->dbus },           { "kvm_model_reserve", o->kvm_reserve },
 	};
 	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
 		char sub[384];
@@ -215,7 +215,7 @@ static int choose_kvm(struct vpmud *d)
 	 */
 	po.backend = want;
 	if (want == KVM_BACKEND_MODEL)
-		po.model_reserve_caps = d->opts->kvm_reserve && !strcmp(d->opts->kvm_reserve, "uniform")
+		po.model_reserve_caps = !strcmp(d->cfg.kvm_model_reserve, "uniform")
 						? VPMU_RESERVE_CAP_UNIFORM
 						: VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU;
 	int r = kvm_port_open(&po, &d->port, why, sizeof(why));
@@ -319,10 +319,10 @@ int vpmud_run(const struct vpmud_opts *opts)
 		return 2;
 	}
 	/* A kernel says what its reservation takes; only the model is told. */
-	if (opts->kvm_reserve && strcmp(d.cfg.kvm, "model")) {
-		log_err("refusing to start: --kvm-reserve %s: only with the model backend (kvm = model, not %s), whose "
+	if (d.cfg.kvm_model_reserve[0] && strcmp(d.cfg.kvm, "model")) {
+		log_err("refusing to start: %s %s: only with the model backend (kvm = model, not %s), whose "
 			"model it describes; a kernel says what it takes in perf's caps/guest_reserve",
-			opts->kvm_reserve, d.cfg.kvm);
+			opts->kvm_reserve ? "--kvm-reserve" : "kvm_model_reserve =", d.cfg.kvm_model_reserve, d.cfg.kvm);
 		return 2;
 	}
 	r = ensure_dir(d.cfg.state_dir);

@@ -92,6 +92,14 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		}
 		return set_string(c->kvm, sizeof(c->kvm), key, value, err, errlen);
 	}
+	if (!strcmp(key, "kvm_model_reserve")) {
+		if (strcmp(value, "per-cpu") && strcmp(value, "uniform")) {
+			snprintf(err, errlen, "field \"kvm_model_reserve\": must be per-cpu or uniform, got \"%s\"",
+				 value);
+			return -EINVAL;
+		}
+		return set_string(c->kvm_model_reserve, sizeof(c->kvm_model_reserve), key, value, err, errlen);
+	}
 	if (!strcmp(key, "default_priority")) {
 		if ((r = parse_int(key, value, 0, 1000, &v, err, errlen)) < 0)
 			return r;
@@ -254,6 +262,8 @@ void config_apply_reload(struct config *cur, const struct config *next, char *ap
 		append(ignored, ignored_len, "pmu");
 	if (strcmp(cur->kvm, next->kvm))
 		append(ignored, ignored_len, "kvm");
+	if (strcmp(cur->kvm_model_reserve, next->kvm_model_reserve))
+		append(ignored, ignored_len, "kvm_model_reserve");
 	if (strcmp(cur->libvirt_uri, next->libvirt_uri))
 		append(ignored, ignored_len, "libvirt_uri");
 	if (strcmp(cur->dbus, next->dbus))

@@ -31,6 +31,10 @@ struct config {
 	char state_dir[512];
 	char pmu[512];              /* auto, a model name, or a JSON model path */
 	char kvm[16];               /* auto, ioctl, advisory, model */
+	/* The model backend's perf half: per-cpu, or uniform (a first kernel
+	 * that takes one mask for every CPU). Empty: per-cpu. Only with
+	 * kvm = model: a kernel says what it takes. */
+	char kvm_model_reserve[16];
 	int default_priority;       /* for consumers that name none */
 	char default_class[16];     /* guaranteed, preferred, shared */
 	char admin_group[64];       /* members may change state */

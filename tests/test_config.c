@@ -40,12 +40,13 @@ static void test_good_file(void **st)
 	(void)st;
 	struct config c;
 	char err[256];
-	char *p = write_tmp("# comment\n\nsocket = /tmp/x.sock\nkvm = model\n"
+	char *p = write_tmp("# comment\n\nsocket = /tmp/x.sock\nkvm = model\nkvm_model_reserve = uniform\n"
 			    "default_priority = 7\ndefault_class = \"shared\"\nlibvirt_uri = none\n");
 	config_defaults(&c);
 	assert_int_equal(config_load_file(p, true, &c, err, sizeof(err)), 0);
 	assert_string_equal(c.socket, "/tmp/x.sock");
 	assert_string_equal(c.kvm, "model");
+	assert_string_equal(c.kvm_model_reserve, "uniform");
 	assert_int_equal(c.default_priority, 7);
 	assert_string_equal(c.default_class, "shared");
 	assert_string_equal(c.libvirt_uri, "");
@@ -74,6 +75,7 @@ static void test_bad_files(void **st)
 	(void)st;
 	expect_bad("kvm = model\ndefault_priority = 5000\n", ":2: field \"default_priority\"");
 	expect_bad("kvm = magic\n", ":1: field \"kvm\"");
+	expect_bad("kvm = model\nkvm_model_reserve = per_cpu\n", ":2: field \"kvm_model_reserve\"");
 	expect_bad("frobnicate = 1\n", "unknown field \"frobnicate\"");
 	expect_bad("socket relative\n", ":1: expected \"key = value\"");
 	expect_bad("socket = relative.sock\n", "absolute path");
