@@ -249,8 +249,10 @@ static void log_flavour(const struct broker *b)
 {
 	struct broker_status st;
 	broker_status(b, &st);
-	log_notice("kvm: vPMU flavour %s, routes %s, reservation %s: %s", st.flavour, st.routes, st.reservation,
-		   st.flavour_effect);
+	log_notice("kvm: vPMU flavour %s, routes %s: %s", st.flavour, st.routes, st.flavour_effect);
+	if (!strcmp(st.flavour, "extension"))
+		log_notice("kvm: the guest reservation is planned %s%s", st.reservation,
+			   !strcmp(st.reservation, "uniform") ? " (the kernel takes one mask for every CPU)" : "");
 	for (size_t i = 0; st.warnings[i]; i++)
 		log_warn("kvm: %s", st.warnings[i]);
 }

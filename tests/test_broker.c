@@ -77,6 +77,9 @@ struct fx {
 	struct kvm_model *model;
 	struct kvm_port *port;
 	struct broker *b;
+	/* Child VMMs a test started: stopped at teardown, whatever failed. */
+	struct kvm_child vmms[4];
+	size_t n_vmms;
 };
 
 /* pid: the test process, so sessions it starts live as long as it does. */
@@ -134,6 +137,8 @@ static int teardown(void **st)
 	struct fx *f = *st;
 	char cmd[128];
 	fail_rename = fail_unlink = 0;
+	for (size_t i = 0; i < f->n_vmms; i++)
+		kvm_child_stop(&f->vmms[i]);
 	close_broker(f);
 	kvm_model_free(f->model);
 	sd_event_unref(f->ev);
@@ -2086,11 +2091,14 @@ static void test_flavour_needs_its_backend(void **st)
 
 /* ------------------------------------------------------------ route fds */
 
-/* A child VMM holding one VM with n vCPUs, or skip. */
-static void start_vmm(struct kvm_child *c, unsigned n_vcpus)
+/* A child VMM holding one VM with n vCPUs (the fixture's, stopped at
+ * teardown), or skip. */
+static struct kvm_child *start_vmm(struct fx *f, unsigned n_vcpus)
 {
 	if (!kvm_child_available())
 		skip();
+	assert_true(f->n_vmms < sizeof(f->vmms) / sizeof(f->vmms[0]));
+	struct kvm_child *c = &f->vmms[f->n_vmms++];
 	int r = kvm_child_start(c, 1, n_vcpus, true);
 	if (r < 0) {
 		kvm_child_stop(c);
@@ -2098,6 +2106,7 @@ static void start_vmm(struct kvm_child *c, unsigned n_vcpus)
 			skip();
 		fail_msg("kvm_child_start: %s", strerror(-r));
 	}
+	return c;
 }
 
 /* Our copy of the child's VM file (what the VMM hands over as its route
@@ -2131,19 +2140,22 @@ static int vm_files_open(void)
 	return n;
 }
 
-static int bind_fd(struct fx *f, const char *name, pid_t pid, int fd, struct proto_error *err)
+/* vm.bind of lease name to the VM of child VMM vmm (named by its fd: a
+ * child started while the broker runs inherits the VM files the model
+ * holds), with route fd fd or -1. */
+static int bind_fd(struct fx *f, const char *name, const struct kvm_child *vmm, int fd, struct proto_error *err)
 {
-	struct proto_vm_bind q = { .pid = pid, .route_fd = fd >= 0 };
+	struct proto_vm_bind q = { .pid = vmm->pid, .has_vm_fd = true, .vm_fd = vmm->vm_fd[0], .route_fd = fd >= 0 };
 	snprintf(q.name, sizeof(q.name), "%s", name);
 	memset(err, 0, sizeof(*err));
 	return broker_vm_bind(f->b, &root, &q, fd, NULL, err);
 }
 
-static void bind_ok(struct fx *f, const char *name, pid_t pid, int fd)
+static void bind_ok(struct fx *f, const char *name, const struct kvm_child *vmm, int fd)
 {
 	struct proto_error err;
-	if (bind_fd(f, name, pid, fd, &err) < 0)
-		fail_msg("vm.bind %s pid %d fd %d: %s: %s", name, (int)pid, fd, proto_errcode_name(err.code),
+	if (bind_fd(f, name, vmm, fd, &err) < 0)
+		fail_msg("vm.bind %s pid %d fd %d: %s: %s", name, (int)vmm->pid, fd, proto_errcode_name(err.code),
 			 err.message);
 }
 
@@ -2180,8 +2192,7 @@ static void wait_vm_count(struct fx *f, size_t n)
 static void test_route_fd_bind_and_vmm_exit(void **st)
 {
 	struct fx *f = *st;
-	struct kvm_child c;
-	start_vmm(&c, 2);
+	struct kvm_child *c = start_vmm(f, 2);
 	int files_before = vm_files_open();
 	attach_vm(f, "g", "\"gp\":2,\"fixed_mask\":\"0x1\",\"vcpu_count\":2,\"cpus\":\"0-1\"");
 	const char *why;
@@ -2189,14 +2200,14 @@ static void test_route_fd_bind_and_vmm_exit(void **st)
 	assert_non_null(strstr(why, "not bound"));
 	assert_int_equal(kvm_model_vm_count(f->model), 0);
 
-	int fd = vm_file_of(&c);
+	int fd = vm_file_of(c);
 	assert_int_equal(vm_files_open(), files_before + 1);
-	bind_ok(f, "g", c.pid, fd);
+	bind_ok(f, "g", c, fd);
 	struct broker_vm_view v;
 	assert_int_equal(broker_vm_find(f->b, "g", &v), 0);
 	assert_true(v.bound);
-	assert_int_equal(v.vmm_pid, c.pid);
-	assert_int_equal(v.vm_fd, c.vm_fd[0]);
+	assert_int_equal(v.vmm_pid, c->pid);
+	assert_int_equal(v.vm_fd, c->vm_fd[0]);
 	assert_string_equal(v.routes, "simulated");
 	assert_non_null(strstr(v.routes_why, "route fd"));
 	assert_int_equal(kvm_model_vm_count(f->model), 1);
@@ -2216,7 +2227,7 @@ static void test_route_fd_bind_and_vmm_exit(void **st)
 	assert_non_null(strstr(line, "1 VMs (0 enforced, 1 simulated, 0 advisory)"));
 	assert_null(strstr(line, "advisory:"));
 
-	kvm_child_stop(&c);
+	kvm_child_stop(c);
 	wait_vm_count(f, 0);
 	assert_int_equal(kvm_model_vm_count(f->model), 0);
 	/* Neither our copy nor anything the port or the model made of it is
@@ -2235,10 +2246,9 @@ static void test_route_fd_bind_and_vmm_exit(void **st)
 static void test_route_fd_number_reuse(void **st)
 {
 	struct fx *f = *st;
-	struct kvm_child c1, c2, c3;
-	start_vmm(&c1, 1);
-	start_vmm(&c2, 1);
-	assert_int_equal(c1.vm_fd[0], c2.vm_fd[0]);
+	struct kvm_child *c1 = start_vmm(f, 1);
+	struct kvm_child *c2 = start_vmm(f, 1);
+	assert_int_equal(c1->vm_fd[0], c2->vm_fd[0]);
 	attach_vm(f, "a", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
 	attach_vm(f, "b", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"1\"");
 	attach_vm(f, "c", "\"gp\":1,\"vcpu_count\":1,\"cpus\":\"2\"");
@@ -2247,12 +2257,12 @@ static void test_route_fd_number_reuse(void **st)
 	struct proto_error err;
 	uint64_t gen = broker_generation(f->b);
 	char *before = state_text(f);
-	int fd = vm_file_of(&c2);
-	assert_true(bind_fd(f, "a", c1.pid, fd, &err) < 0);
+	int fd = vm_file_of(c2);
+	assert_true(bind_fd(f, "a", c1, fd, &err) < 0);
 	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
 	assert_string_equal(err.field, "params.route_fd");
 	char want[128];
-	snprintf(want, sizeof(want), "is not VMM pid %d's VM", (int)c1.pid);
+	snprintf(want, sizeof(want), "is not VMM pid %d's VM", (int)c1->pid);
 	assert_non_null(strstr(err.message, want));
 	assert_int_equal(fcntl(fd, F_GETFD), -1); /* closed: the broker owned it */
 	assert_int_equal(errno, EBADF);
@@ -2263,30 +2273,30 @@ static void test_route_fd_number_reuse(void **st)
 	assert_int_equal(broker_generation(f->b), gen);
 	assert_int_equal(kvm_model_vm_count(f->model), 0);
 
-	bind_ok(f, "a", c1.pid, vm_file_of(&c1));
-	bind_ok(f, "b", c2.pid, vm_file_of(&c2));
+	bind_ok(f, "a", c1, vm_file_of(c1));
+	bind_ok(f, "b", c2, vm_file_of(c2));
 	assert_string_equal(routes_of(f, "a", NULL), "simulated");
 	assert_string_equal(routes_of(f, "b", NULL), "simulated");
 	assert_int_equal(kvm_model_vm_count(f->model), 2);
 	/* One VM, one lease. */
-	assert_true(bind_fd(f, "c", c1.pid, vm_file_of(&c1), &err) < 0);
+	assert_true(bind_fd(f, "c", c1, vm_file_of(c1), &err) < 0);
 	assert_int_equal(err.code, PROTO_E_EXISTS);
 	assert_non_null(strstr(err.message, "vm a"));
 	assert_int_equal(kvm_model_vm_count(f->model), 2);
 
 	/* c1 exits; its lease goes, and a VMM started after it binds a new
 	 * VM. */
-	kvm_child_stop(&c1);
+	kvm_child_stop(c1);
 	wait_vm_count(f, 2);
 	assert_int_equal(broker_vm_find(f->b, "a", NULL), -ENOENT);
 	assert_int_equal(kvm_model_vm_count(f->model), 1);
-	start_vmm(&c3, 1);
-	bind_ok(f, "c", c3.pid, vm_file_of(&c3));
+	struct kvm_child *c3 = start_vmm(f, 1);
+	bind_ok(f, "c", c3, vm_file_of(c3));
 	assert_string_equal(routes_of(f, "c", NULL), "simulated");
 	assert_string_equal(routes_of(f, "b", NULL), "simulated");
 	assert_int_equal(kvm_model_vm_count(f->model), 2);
-	kvm_child_stop(&c2);
-	kvm_child_stop(&c3);
+	kvm_child_stop(c2);
+	kvm_child_stop(c3);
 	wait_vm_count(f, 0);
 	assert_int_equal(kvm_model_vm_count(f->model), 0);
 }
@@ -2296,8 +2306,7 @@ static void test_route_fd_number_reuse(void **st)
 static void test_route_fd_foreign(void **st)
 {
 	struct fx *f = *st;
-	struct kvm_child c;
-	start_vmm(&c, 1);
+	struct kvm_child *c = start_vmm(f, 1);
 	attach_vm(f, "v", "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"0\"");
 	int events = 0;
 	uint64_t sub;
@@ -2309,25 +2318,25 @@ static void test_route_fd_foreign(void **st)
 	int p[2];
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
 	close(p[1]);
-	assert_true(bind_fd(f, "v", c.pid, p[0], &err) < 0);
+	assert_true(bind_fd(f, "v", c, p[0], &err) < 0);
 	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
 	assert_string_equal(err.field, "params.route_fd");
 	assert_non_null(strstr(err.message, "not VMM pid"));
 	assert_int_equal(fcntl(p[0], F_GETFD), -1);
 
 	/* Not open at all. */
-	assert_true(bind_fd(f, "v", c.pid, 1000, &err) < 0);
+	assert_true(bind_fd(f, "v", c, 1000, &err) < 0);
 	assert_string_equal(err.field, "params.route_fd");
 	assert_non_null(strstr(err.message, "not an open descriptor"));
 
 	/* Claimed and missing; come and unclaimed. */
-	struct proto_vm_bind q = { .pid = c.pid, .route_fd = true };
+	struct proto_vm_bind q = { .pid = c->pid, .route_fd = true };
 	snprintf(q.name, sizeof(q.name), "v");
 	assert_true(broker_vm_bind(f->b, &root, &q, -1, NULL, &err) < 0);
 	assert_string_equal(err.field, "params.route_fd");
 	assert_non_null(strstr(err.message, "no descriptor came"));
 	q.route_fd = false;
-	int fd = vm_file_of(&c);
+	int fd = vm_file_of(c);
 	assert_true(broker_vm_bind(f->b, &root, &q, fd, NULL, &err) < 0);
 	assert_string_equal(err.field, "params.route_fd");
 	assert_non_null(strstr(err.message, "does not claim it"));
@@ -2336,11 +2345,11 @@ static void test_route_fd_foreign(void **st)
 	 * broker's whatever the outcome. */
 	q.route_fd = true;
 	snprintf(q.name, sizeof(q.name), "nosuch");
-	fd = vm_file_of(&c);
+	fd = vm_file_of(c);
 	assert_true(broker_vm_bind(f->b, &root, &q, fd, NULL, &err) < 0);
 	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
 	assert_int_equal(fcntl(fd, F_GETFD), -1);
-	fd = vm_file_of(&c);
+	fd = vm_file_of(c);
 	snprintf(q.name, sizeof(q.name), "v");
 	assert_true(broker_vm_bind(f->b, &nobody, &q, fd, NULL, &err) < 0);
 	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
@@ -2358,7 +2367,7 @@ static void test_route_fd_foreign(void **st)
 	free(before);
 	free(after);
 	broker_unsubscribe(f->b, sub);
-	kvm_child_stop(&c);
+	kvm_child_stop(c);
 }
 
 /* A VMM that hands no route fd: its VM is advisory, and every view says
@@ -2367,11 +2376,14 @@ static void test_route_fd_foreign(void **st)
 static void test_no_route_fd_is_advisory(void **st)
 {
 	struct fx *f = *st;
-	struct kvm_child c;
-	start_vmm(&c, 2);
+	/* Started with no broker open: a child would hold the state lock
+	 * across the restart below. */
+	close_broker(f);
+	struct kvm_child *c = start_vmm(f, 2);
+	open_broker(f);
 	char params[256];
 	snprintf(params, sizeof(params), "\"gp\":2,\"vcpu_count\":2,\"cpus\":\"0-1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}",
-		 (int)c.pid, c.vm_fd[0]);
+		 (int)c->pid, c->vm_fd[0]);
 	attach_vm(f, "adv", params);
 	attach_vm(f, "loose", "\"gp\":1,\"vcpu_count\":1,\"cpus\":\"4\"");
 	const char *why;
@@ -2408,18 +2420,18 @@ static void test_no_route_fd_is_advisory(void **st)
 	}
 
 	/* A bind without a route fd again: same answer, still advisory. */
-	bind_ok(f, "adv", c.pid, -1);
+	bind_ok(f, "adv", c, -1);
 	assert_string_equal(routes_of(f, "adv", NULL), "advisory");
 	/* The VMM hands its route fd now: simulated, routes sent. */
-	bind_ok(f, "adv", c.pid, vm_file_of(&c));
+	bind_ok(f, "adv", c, vm_file_of(c));
 	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
 	assert_int_equal(kvm_model_vm_count(f->model), 1);
 	assert_true(kvm_port_vm_enforced(f->port, v.id, NULL));
 	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
 	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
 	/* Once more (the hook may run twice): same answer, the new fd closed. */
-	int fd = vm_file_of(&c);
-	bind_ok(f, "adv", c.pid, fd);
+	int fd = vm_file_of(c);
+	bind_ok(f, "adv", c, fd);
 	assert_int_equal(fcntl(fd, F_GETFD), -1);
 	assert_int_equal(kvm_model_vm_count(f->model), 1);
 	broker_status(f->b, &s);
@@ -2433,9 +2445,9 @@ static void test_no_route_fd_is_advisory(void **st)
 	open_broker(f);
 	assert_string_equal(routes_of(f, "adv", &why), "advisory");
 	assert_non_null(strstr(why, "restart"));
-	bind_ok(f, "adv", c.pid, vm_file_of(&c));
+	bind_ok(f, "adv", c, vm_file_of(c));
 	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
-	kvm_child_stop(&c);
+	kvm_child_stop(c);
 	wait_vm_count(f, 1);
 }
 
@@ -2444,14 +2456,13 @@ static void test_no_route_fd_is_advisory(void **st)
 static void test_routed_shape_is_fixed(void **st)
 {
 	struct fx *f = *st;
-	struct kvm_child c1, c2;
-	start_vmm(&c1, 1);
-	start_vmm(&c2, 1);
+	struct kvm_child *c1 = start_vmm(f, 1);
+	struct kvm_child *c2 = start_vmm(f, 1);
 	attach_vm(f, "r", "\"gp\":2,\"fixed_mask\":\"0x1\",\"vcpu_count\":1,\"cpus\":\"0\"");
-	bind_ok(f, "r", c1.pid, vm_file_of(&c1));
+	bind_ok(f, "r", c1, vm_file_of(c1));
 	char params[256];
 	snprintf(params, sizeof(params), "\"gp\":2,\"vcpu_count\":1,\"cpus\":\"1\",\"owner\":{\"pid\":%d,\"vm_fd\":%d}",
-		 (int)c2.pid, c2.vm_fd[0]);
+		 (int)c2->pid, c2->vm_fd[0]);
 	attach_vm(f, "adv", params);
 	uint64_t gen = broker_generation(f->b);
 	struct json_object *r;
@@ -2472,8 +2483,8 @@ static void test_routed_shape_is_fixed(void **st)
 	assert_int_equal(broker_vm_find(f->b, "adv", &v), 0);
 	assert_int_equal(v.gp, 6);
 	assert_int_equal(v.passthrough_vcpus, 1);
-	kvm_child_stop(&c1);
-	kvm_child_stop(&c2);
+	kvm_child_stop(c1);
+	kvm_child_stop(c2);
 	wait_vm_count(f, 0);
 }
 

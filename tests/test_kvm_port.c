@@ -1,15 +1,24 @@
 /* SPDX-License-Identifier: MIT */
-/* The kvm port: backend choice on this machine's real /dev/kvm, the byte
- * layout of what it sends, and plans applied through the model with the
- * model's state checked after every step. */
+/* The kvm port, vpmu interface version 2: what it sends, byte for byte
+ * (reservation lines, route structs); which backend it picks on this
+ * machine, whose kernel lacks the extension; plans applied through the
+ * model with route fds made from real KVM VMs, the model's state and
+ * invariants checked after every step; and the binary stats parser on a
+ * real KVM vCPU stats fd. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/kcmp.h>
 
 #include "kvm_child.h"
 #include "kvm/kvm_port.h"
@@ -19,6 +28,132 @@
 #define NUM_GP 8
 #define FIXED_MASK 0x7u
 #define VM_ID 42
+/* GP 0..7 and fixed 0..2: the shape the port gives a VM registered
+ * without one. */
+#define HOST_SHAPE 0x00000007000000ffULL
+
+/* --------------------------------------------------------------- helpers */
+
+/* A recorder for what the port issues. */
+#define REC_MAX 256
+struct rec {
+	size_t n;
+	unsigned long cmd[REC_MAX];
+	size_t len[REC_MAX];
+	uint8_t *buf[REC_MAX];
+};
+
+static void record(void *ctx, unsigned long cmd, const void *arg, size_t len)
+{
+	struct rec *r = ctx;
+	if (r->n >= REC_MAX)
+		fail_msg("more than %d requests", REC_MAX);
+	r->cmd[r->n] = cmd;
+	r->len[r->n] = len;
+	r->buf[r->n] = malloc(len + 1);
+	assert_non_null(r->buf[r->n]);
+	memcpy(r->buf[r->n], arg, len);
+	r->buf[r->n][len] = 0;
+	r->n++;
+}
+
+static void rec_clear(struct rec *r)
+{
+	for (size_t i = 0; i < r->n; i++)
+		free(r->buf[i]);
+	r->n = 0;
+}
+
+static size_t rec_count(const struct rec *r, unsigned long cmd)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < r->n; i++)
+		n += r->cmd[i] == cmd;
+	return n;
+}
+
+static struct kvm_port_opts base_opts(enum kvm_backend b)
+{
+	return (struct kvm_port_opts){ .backend = b, .n_cpus = N_CPUS, .num_gp = NUM_GP,
+				       .fixed_mask = FIXED_MASK, .caller = { .cap_sys_admin = true } };
+}
+
+static struct transition part(unsigned phase, int cpu, uint32_t gp, uint32_t fixed)
+{
+	return (struct transition){ .kind = TRANSITION_PARTITION, .phase = phase, .cpu = cpu,
+				    .guest_gp_mask = gp, .guest_fixed_mask = fixed,
+				    .scrub_gp_mask = gp, .scrub_fixed_mask = fixed };
+}
+
+static struct transition routes_of(uint64_t vm_id, unsigned phase, unsigned vcpu, uint32_t pt_gp,
+				   uint32_t pt_fixed)
+{
+	struct transition t = { .kind = TRANSITION_ROUTES, .phase = phase, .vm_id = vm_id, .vcpu = vcpu };
+	for (unsigned i = 0; i < NUM_GP; i++)
+		t.gp_route[i] = (pt_gp >> i) & 1 ? PMC_ROUTE_PASSTHROUGH : PMC_ROUTE_MULTIPLEXED;
+	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
+		if ((FIXED_MASK >> i) & 1)
+			t.fixed_route[i] = (pt_fixed >> i) & 1 ? PMC_ROUTE_PASSTHROUGH : PMC_ROUTE_MULTIPLEXED;
+	return t;
+}
+
+static struct transition routes(unsigned phase, unsigned vcpu, uint32_t pt_gp, uint32_t pt_fixed)
+{
+	return routes_of(VM_ID, phase, vcpu, pt_gp, pt_fixed);
+}
+
+static int pidfd_getfd_of(pid_t pid, int target)
+{
+	int pidfd = vmm_discover_pidfd_open(pid);
+	if (pidfd < 0)
+		return pidfd;
+	int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target, 0);
+	int e = errno;
+	close(pidfd);
+	return fd < 0 ? -e : fd;
+}
+
+static bool fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+/* The fds open in this process, as a bitmap of the first 1024 numbers. */
+static void open_fds(bool *out)
+{
+	for (int fd = 0; fd < 1024; fd++)
+		out[fd] = fd_open(fd);
+}
+
+/* A VM of this process with vCPUs of the given ids (real KVM_CREATE_VCPU). */
+struct own_vm {
+	int dev, vm;
+	int vcpu[4];
+	unsigned n;
+};
+
+static void own_vm_make(struct own_vm *o, const uint32_t *ids, unsigned n)
+{
+	o->dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	assert_true(o->dev >= 0);
+	o->vm = ioctl(o->dev, KVM_CREATE_VM, 0);
+	assert_true(o->vm >= 0);
+	o->n = n;
+	for (unsigned i = 0; i < n; i++) {
+		o->vcpu[i] = ioctl(o->vm, KVM_CREATE_VCPU, (unsigned long)ids[i]);
+		assert_true(o->vcpu[i] >= 0);
+	}
+}
+
+static void own_vm_free(struct own_vm *o)
+{
+	for (unsigned i = 0; i < o->n; i++)
+		close(o->vcpu[i]);
+	close(o->vm);
+	close(o->dev);
+}
+
+/* ------------------------------------------------------------ encoding */
 
 static void test_backend_names(void **state)
 {
@@ -34,172 +169,256 @@ static void test_backend_names(void **state)
 	assert_int_equal(kvm_port_backend_parse(NULL, &b), -EINVAL);
 }
 
-/* The layout docs/kvm-api.md documents, and the ioctl numbers. */
+/* The layout include/linux/vpmu_kvm.h fixes, and the ioctl numbers. */
 static void test_uapi_layout(void **state)
 {
 	(void)state;
-	assert_int_equal(sizeof(struct kvm_vpmu_partition), 72);
-	assert_int_equal(offsetof(struct kvm_vpmu_partition, cpu), 8);
-	assert_int_equal(offsetof(struct kvm_vpmu_partition, generation), 24);
-	assert_int_equal(offsetof(struct kvm_vpmu_partition, reserved), 40);
-	assert_int_equal(sizeof(struct kvm_vpmu_routes), 624);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, pidfd), 8);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, vm_fd), 12);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, generation), 24);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, gp), 32);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, fixed), 64);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, allowed_cpus), 80);
-	assert_int_equal(offsetof(struct kvm_vpmu_routes, reserved), 592);
-	assert_int_equal(sizeof(struct kvm_vpmu_vcpu_stats), 88);
-	assert_int_equal(offsetof(struct kvm_vpmu_vcpu_stats, route_fallbacks), 32);
-	assert_int_equal(KVM_VPMU_GET_PARTITION, 0xc048aef0ul);
-	assert_int_equal(KVM_VPMU_SET_PARTITION, 0xc048aef1ul);
-	assert_int_equal(KVM_VPMU_GET_ROUTES, 0xc270aef2ul);
-	assert_int_equal(KVM_VPMU_SET_ROUTES, 0xc270aef3ul);
-	assert_int_equal(KVM_VPMU_GET_VCPU_STATS, 0xc058aef4ul);
+	assert_int_equal(sizeof(struct kvm_vpmu_route_fd), 32);
+	assert_int_equal(sizeof(struct kvm_vpmu_vcpus), 24);
+	assert_int_equal(offsetof(struct kvm_vpmu_vcpus, ids), 24);
+	assert_int_equal(sizeof(struct kvm_vpmu_routes), 64);
+	assert_int_equal(offsetof(struct kvm_vpmu_routes, flags), 4);
+	assert_int_equal(offsetof(struct kvm_vpmu_routes, passthrough), 8);
+	assert_int_equal(offsetof(struct kvm_vpmu_routes, shape), 16);
+	assert_int_equal(offsetof(struct kvm_vpmu_routes, reserved), 24);
+	assert_int_equal(sizeof(struct kvm_vpmu_stats_fd), 32);
+	assert_int_equal(KVM_CREATE_VPMU_ROUTE_FD, 0x4020aef0ul);
+	assert_int_equal(KVM_VPMU_GET_VCPUS, 0xc018aef1ul);
+	assert_int_equal(KVM_VPMU_GET_ROUTES, 0xc040aef2ul);
+	assert_int_equal(KVM_VPMU_SET_ROUTES, 0x4040aef3ul);
+	assert_int_equal(KVM_VPMU_GET_VCPU_STATS_FD, 0x4020aef4ul);
 }
 
-static void test_encoding_bytes(void **state)
+static void test_encode_reserve_bytes(void **state)
 {
 	(void)state;
-	struct transition t = { .kind = TRANSITION_PARTITION, .phase = 2, .cpu = 3,
-				.guest_gp_mask = 0x0f, .guest_fixed_mask = 0x5 };
-	struct kvm_vpmu_partition p;
-	memset(&p, 0xa5, sizeof(p)); /* stale bytes must not survive */
-	assert_int_equal(kvm_port_encode_partition(&t, 0x1122334455667788ull, &p), 0);
-	const uint8_t want_p[40] = {
-		72, 0, 0, 0,  0, 0, 0, 0,  3, 0, 0, 0,  0x0f, 0, 0, 0,  5, 0, 0, 0,  0, 0, 0, 0,
-		0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,  0, 0, 0, 0, 0, 0, 0, 0,
-	};
-	assert_memory_equal(&p, want_p, sizeof(want_p));
-	for (size_t i = 40; i < sizeof(p); i++)
-		assert_int_equal(((uint8_t *)&p)[i], 0);
+	char buf[128];
+	const unsigned cpus[] = { 11, 3, 0, 1, 2, 8, 10, 2 }; /* any order, a duplicate */
+	const char *want = "0-3,8,10-11 0x0000000700000003\n";
+	memset(buf, 'x', sizeof(buf));
+	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 0x0000000700000003ULL, buf, sizeof(buf)),
+			 (int)strlen(want));
+	assert_string_equal(buf, want);
+	const unsigned one = 5;
+	assert_int_equal(kvm_port_encode_reserve(&one, 1, 0, buf, sizeof(buf)), 21);
+	assert_string_equal(buf, "5 0x0000000000000000\n");
+	const unsigned pair[] = { 7, 6 };
+	kvm_port_encode_reserve(pair, 2, VPMU_GUEST_FIXED_MASK | 0xff, buf, sizeof(buf));
+	assert_string_equal(buf, "6-7 0x00000007000000ff\n");
+	/* snprintf semantics: the length it needs, cut to fit. */
+	char small[8];
+	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, small, sizeof(small)), (int)strlen(want));
+	assert_string_equal(small, "0-3,8,1");
+	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, NULL, 0), (int)strlen(want));
+	assert_int_equal(kvm_port_encode_reserve(cpus, 0, 3, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(kvm_port_encode_reserve(NULL, 1, 3, buf, sizeof(buf)), -EINVAL);
 
+	/* A partition step's masks in PERF_GLOBAL_CTRL layout. */
+	struct transition t = part(2, 3, 0x0f, 0x5);
+	assert_int_equal(kvm_port_partition_mask(&t), 0x000000050000000fULL);
+	t.guest_gp_mask = 0x80000000u;
+	t.guest_fixed_mask = 0x8000u;
+	assert_int_equal(kvm_port_partition_mask(&t), 0x0000800080000000ULL);
+	struct transition r = routes(2, 0, 0x1, 0);
+	assert_int_equal(kvm_port_partition_mask(&r), 0);
+}
+
+static void test_encode_routes_bytes(void **state)
+{
+	(void)state;
 	struct transition r = { .kind = TRANSITION_ROUTES, .phase = 2, .vm_id = 9, .vcpu = 1 };
 	r.gp_route[0] = PMC_ROUTE_PASSTHROUGH;
 	r.gp_route[1] = PMC_ROUTE_MULTIPLEXED;
+	r.gp_route[9] = PMC_ROUTE_PASSTHROUGH;
 	r.fixed_route[2] = PMC_ROUTE_PASSTHROUGH;
-	uint64_t allowed[KVM_VPMU_CPU_WORDS] = { 0x5, [63] = 1ull << 63 };
+	r.fixed_route[1] = PMC_ROUTE_MULTIPLEXED;
+	assert_int_equal(kvm_port_passthrough_mask(&r), 0x0000000400000201ULL);
 	struct kvm_vpmu_routes q;
-	memset(&q, 0xa5, sizeof(q));
-	assert_int_equal(kvm_port_encode_routes(&r, 7, 11, 2, allowed, &q), 0);
-	const uint8_t *b = (const uint8_t *)&q;
-	const uint8_t head[32] = { 0x70, 2, 0, 0,  0, 0, 0, 0,  7, 0, 0, 0,  11, 0, 0, 0,
-				   1, 0, 0, 0,  0, 0, 0, 0,  2, 0, 0, 0, 0, 0, 0, 0 };
-	assert_memory_equal(b, head, sizeof(head));
-	assert_int_equal(b[32], 2);
-	assert_int_equal(b[33], 1);
-	for (size_t i = 34; i < 64; i++)
-		assert_int_equal(b[i], 0);
-	assert_int_equal(b[64 + 2], 2);
-	assert_int_equal(b[80], 0x5);
-	assert_int_equal(b[80 + 63 * 8 + 7], 0x80);
-	for (size_t i = 592; i < sizeof(q); i++)
-		assert_int_equal(b[i], 0);
-	/* Wrong kinds are refused. */
-	assert_int_equal(kvm_port_encode_partition(&r, 1, &p), -EINVAL);
-	assert_int_equal(kvm_port_encode_routes(&t, 7, 11, 1, allowed, &q), -EINVAL);
+	memset(&q, 0xa5, sizeof(q)); /* stale bytes must not survive */
+	assert_int_equal(kvm_port_encode_routes(&r, 0x11223344u, &q), 0);
+	uint8_t want[64] = { 0x44, 0x33, 0x22, 0x11,  0, 0, 0, 0,
+			     0x01, 0x02, 0, 0, 0x04, 0, 0, 0 };
+	assert_memory_equal(&q, want, sizeof(want));
+
+	/* Routes the extension has no word for, and wrong kinds. */
+	for (uint8_t bad = PMC_ROUTE_RESERVED; bad <= PMC_ROUTE_UNMANAGED + 1; bad++) {
+		struct transition b = r;
+		b.gp_route[5] = bad;
+		assert_int_equal(kvm_port_encode_routes(&b, 1, &q), -EINVAL);
+		b = r;
+		b.fixed_route[0] = bad;
+		assert_int_equal(kvm_port_encode_routes(&b, 1, &q), -EINVAL);
+	}
+	struct transition p = part(2, 0, 1, 0);
+	assert_int_equal(kvm_port_encode_routes(&p, 1, &q), -EINVAL);
+	assert_int_equal(kvm_port_passthrough_mask(&p), 0);
 }
 
-static struct kvm_port_opts base_opts(enum kvm_backend b)
+/* --------------------------------------------------------------- backends */
+
+/* A fake perf PMU directory: caps/guest_reserve (unless caps is NULL) and
+ * guest_reserve. */
+static char *fake_pmu_dir(const char *caps)
 {
-	return (struct kvm_port_opts){ .backend = b, .n_cpus = N_CPUS, .num_gp = NUM_GP,
-				       .fixed_mask = FIXED_MASK,
-				       .caller = { .cap_sys_admin = true } };
+	char *dir = strdup("/tmp/vpmu-port-pmu-XXXXXX");
+	assert_non_null(dir);
+	assert_non_null(mkdtemp(dir));
+	char path[256];
+	snprintf(path, sizeof(path), "%s/caps", dir);
+	assert_int_equal(mkdir(path, 0755), 0);
+	if (caps) {
+		snprintf(path, sizeof(path), "%s/caps/guest_reserve", dir);
+		FILE *f = fopen(path, "w");
+		assert_non_null(f);
+		fputs(caps, f);
+		fclose(f);
+	}
+	snprintf(path, sizeof(path), "%s/guest_reserve", dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("0-1 0x0000000000000000\n", f);
+	fclose(f);
+	return dir;
 }
 
-/* This machine's /dev/kvm is a stock kernel: our ioctls are unknown to
- * it, a forced ioctl backend must fail, and auto must fall back. */
-/* A recorder for the buffers the port issues. */
-struct rec {
-	unsigned long cmd[64];
-	uint8_t buf[64][sizeof(struct kvm_vpmu_routes)];
-	size_t len[64];
-	size_t n;
-};
-
-static void record(void *ctx, unsigned long cmd, const void *arg, size_t len)
+static void rm_dir(char *dir)
 {
-	struct rec *r = ctx;
-	if (r->n >= 64 || len > sizeof(r->buf[0]))
-		return;
-	r->cmd[r->n] = cmd;
-	r->len[r->n] = len;
-	memcpy(r->buf[r->n], arg, len);
-	r->n++;
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	free(dir);
 }
 
-static void test_stock_kernel_real_dev_kvm(void **state)
+static void expect_guest_reserve_untouched(const char *dir)
+{
+	char path[256], buf[64] = "";
+	snprintf(path, sizeof(path), "%s/guest_reserve", dir);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	assert_non_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	assert_string_equal(buf, "0-1 0x0000000000000000\n");
+}
+
+/* This machine's kernel has the perf half nowhere and no KVM half: a
+ * forced ioctl backend is refused before anything is sent, even where a
+ * perf half is faked, and auto falls back to advisory saying what is
+ * missing. */
+static void test_forced_ioctl_refused_sends_nothing(void **state)
 {
 	(void)state;
-	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd < 0)
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm < 0)
 		skip();
-	assert_int_equal(ioctl(fd, KVM_CHECK_EXTENSION, (long)KVM_CAP_VPMU_PARTITION), 0);
-	struct kvm_vpmu_partition p = { .size = sizeof(p) };
-	assert_int_equal(ioctl(fd, KVM_VPMU_GET_PARTITION, &p), -1);
-	assert_true(errno == ENOTTY || errno == EINVAL);
-	close(fd);
+	int cap = ioctl(kvm, KVM_CHECK_EXTENSION, (long)KVM_CAP_VPMU_ROUTES);
+	close(kvm);
+	if (cap != 0)
+		skip(); /* a kernel with the extension: nothing to refuse */
 
-	struct kvm_port *port = NULL;
-	char why[256];
-	struct kvm_port_opts o = base_opts(KVM_BACKEND_IOCTL);
-	/* Forced by name on a kernel that said 0: refused, and no vpmu ioctl
-	 * reaches the kernel. */
+	char *dir = fake_pmu_dir("3\n");
 	struct rec *sent = calloc(1, sizeof(*sent));
 	assert_non_null(sent);
+	struct kvm_port_opts o = base_opts(KVM_BACKEND_IOCTL);
+	o.sysfs_pmu_dir = dir;
 	o.trace = record;
 	o.trace_ctx = sent;
-	int r = kvm_port_open(&o, &port, why, sizeof(why));
-	assert_int_equal(r, -EOPNOTSUPP);
+	struct kvm_port *port = NULL;
+	char why[512];
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EOPNOTSUPP);
 	assert_null(port);
-	assert_non_null(strstr(why, "lacks the vpmu extension"));
+	assert_non_null(strstr(why, "/dev/kvm lacks KVM_CAP_VPMU_ROUTES"));
+	assert_non_null(strstr(why, "nothing was sent"));
+	assert_null(strstr(why, "perf half")); /* the faked perf half is there */
 	assert_int_equal(sent->n, 0);
-	free(sent);
-	o.trace = NULL;
-	o.trace_ctx = NULL;
+	expect_guest_reserve_untouched(dir);
 
+	/* Auto: advisory, naming the missing half. */
 	o.backend = KVM_BACKEND_AUTO;
 	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
 	assert_int_equal(kvm_port_backend(port), KVM_BACKEND_ADVISORY);
 	assert_false(kvm_port_enforced(port));
-	assert_non_null(strstr(kvm_port_why(port), "lacks KVM_CAP_VPMU_PARTITION"));
+	assert_int_equal(kvm_port_reserve_caps(port), 0);
+	assert_non_null(strstr(kvm_port_why(port), "auto: /dev/kvm lacks KVM_CAP_VPMU_ROUTES"));
+	assert_non_null(strstr(kvm_port_why(port), "advisory"));
+	const struct transition grow[] = { part(2, 0, 1, 0), part(2, 1, 1, 0) };
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(port, grow, 2, &res), 0);
+	assert_int_equal(sent->n, 0);
+	expect_guest_reserve_untouched(dir);
 	kvm_port_close(port);
+	rm_dir(dir);
+
+	/* Without the perf half as well: both are named. */
+	dir = fake_pmu_dir(NULL);
+	o.sysfs_pmu_dir = dir;
+	o.backend = KVM_BACKEND_IOCTL;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EOPNOTSUPP);
+	assert_non_null(strstr(why, "/dev/kvm lacks KVM_CAP_VPMU_ROUTES"));
+	assert_non_null(strstr(why, "/caps/guest_reserve is absent (no perf half)"));
+	o.backend = KVM_BACKEND_AUTO;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
+	assert_non_null(strstr(kvm_port_why(port), "(no perf half); advisory"));
+	kvm_port_close(port);
+	assert_int_equal(sent->n, 0);
+	rm_dir(dir);
+	free(sent);
 }
 
-static void test_auto_without_dev_kvm(void **state)
+/* A device that answers KVM_CHECK_EXTENSION with an error, one that does
+ * not exist, a caps file that names no mode. */
+static void test_backend_choice_reasons(void **state)
 {
 	(void)state;
+	char *dir = fake_pmu_dir("3\n");
+	struct kvm_port_opts o = base_opts(KVM_BACKEND_IOCTL);
+	o.sysfs_pmu_dir = dir;
+	o.dev_path = "/dev/null";
 	struct kvm_port *port = NULL;
-	char why[256];
-	struct kvm_port_opts o = base_opts(KVM_BACKEND_AUTO);
+	char why[512];
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EOPNOTSUPP);
+	assert_non_null(strstr(why, "KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES) on /dev/null failed"));
+	expect_guest_reserve_untouched(dir);
+
 	o.dev_path = "/nonexistent/kvm";
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -ENOENT);
+	assert_non_null(strstr(why, "/nonexistent/kvm cannot be opened"));
+	o.backend = KVM_BACKEND_AUTO;
 	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
 	assert_int_equal(kvm_port_backend(port), KVM_BACKEND_ADVISORY);
+	assert_non_null(strstr(kvm_port_why(port), "/nonexistent/kvm cannot be opened"));
 	kvm_port_close(port);
-	o.backend = KVM_BACKEND_IOCTL;
-	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -ENOENT);
+	rm_dir(dir);
+
+	dir = fake_pmu_dir("0\n");
+	o.sysfs_pmu_dir = dir;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
+	assert_non_null(strstr(kvm_port_why(port), "caps/guest_reserve is not understood"));
+	kvm_port_close(port);
+	rm_dir(dir);
+
 	o.backend = KVM_BACKEND_MODEL;
 	o.n_cpus = 0;
 	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EINVAL);
+	o.n_cpus = N_CPUS;
+	o.backend = 17;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EINVAL);
 }
 
+/* ------------------------------------------------ the model with real VMs */
 
 struct fx {
 	struct kvm_child child;
+	int vm_file;     /* the test's own copy of the child's VM file */
+	int probe;       /* the test's model route fd of that VM, to read the model */
 	struct kvm_model *m;
 	struct kvm_port *port;
 	struct rec rec;
 };
 
-static int setup(void **state)
+static void fx_open_port(struct fx *f, unsigned reserve_caps)
 {
-	if (!kvm_child_available())
-		skip();
-	struct fx *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	assert_int_equal(kvm_child_start(&f->child, 1, 2, true), 0);
-	struct kvm_model_opts mo = { .n_cpus = N_CPUS, .num_gp = NUM_GP, .fixed_mask = FIXED_MASK };
+	struct kvm_model_opts mo = { .n_cpus = N_CPUS, .num_gp = NUM_GP, .fixed_mask = FIXED_MASK,
+				     .reserve_caps = reserve_caps };
 	assert_int_equal(kvm_model_new(&mo, &f->m), 0);
 	struct kvm_port_opts o = base_opts(KVM_BACKEND_MODEL);
 	o.model = f->m;
@@ -208,11 +427,33 @@ static int setup(void **state)
 	char why[256];
 	assert_int_equal(kvm_port_open(&o, &f->port, why, sizeof(why)), 0);
 	assert_int_equal(kvm_port_backend(f->port), KVM_BACKEND_MODEL);
-	/* Unknown vCPU threads: the port assumes every CPU. */
+}
+
+static int setup(void **state)
+{
+	if (!kvm_child_available())
+		skip();
+	struct fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	f->probe = -1;
+	assert_int_equal(kvm_child_start(&f->child, 1, 2, true), 0);
+	f->vm_file = pidfd_getfd_of(f->child.pid, f->child.vm_fd[0]);
+	assert_true(f->vm_file >= 0);
+	fx_open_port(f, 0);
+	/* The VMM (the child) hands a route fd; the model makes its own
+	 * from the VM file. Unknown vCPU threads: the port assumes every CPU. */
+	int handed = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3);
 	struct kvm_port_vm vm = { .vm_id = VM_ID, .vmm_pid = f->child.pid, .vmm_pidfd = -1,
-				  .vm_fd = f->child.vm_fd[0], .n_vcpus = 2 };
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), 0);
-	f->rec.n = 0;
+				  .route_fd = handed, .n_vcpus = 2 };
+	char why[256];
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("register: %s", why);
+	/* The handed VM file is the port's to close on success. */
+	assert_false(fd_open(handed));
+	const struct kvm_model_vm_desc ignored = { 0 };
+	const struct kvm_vpmu_route_fd args = { 0 };
+	assert_int_equal(kvm_model_create_route_fd(f->m, f->vm_file, &ignored, &args, &f->probe), 0);
+	rec_clear(&f->rec);
 	*state = f;
 	return 0;
 }
@@ -223,274 +464,628 @@ static int teardown(void **state)
 	if (!f)
 		return 0;
 	kvm_port_close(f->port);
+	if (f->probe >= 0)
+		kvm_model_route_close(f->m, f->probe);
 	kvm_model_free(f->m);
+	close(f->vm_file);
 	kvm_child_stop(&f->child);
+	rec_clear(&f->rec);
 	free(f);
 	return 0;
 }
 
-static struct transition part(unsigned phase, int cpu, uint32_t gp, uint32_t fixed, uint32_t sgp,
-			      uint32_t sfx)
+static uint64_t model_reservation(struct fx *f, unsigned cpu)
 {
-	return (struct transition){ .kind = TRANSITION_PARTITION, .phase = phase, .cpu = cpu,
-				    .guest_gp_mask = gp, .guest_fixed_mask = fixed,
-				    .scrub_gp_mask = sgp, .scrub_fixed_mask = sfx };
+	uint64_t m;
+	assert_int_equal(kvm_model_reservation(f->m, cpu, &m), 0);
+	return m;
 }
 
-static struct transition routes(unsigned phase, unsigned vcpu, uint32_t pt_gp, uint32_t pt_fixed,
-				uint32_t sgp, uint32_t sfx)
-{
-	struct transition t = { .kind = TRANSITION_ROUTES, .phase = phase, .vm_id = VM_ID,
-				.vcpu = vcpu, .scrub_gp_mask = sgp, .scrub_fixed_mask = sfx };
-	for (unsigned i = 0; i < NUM_GP; i++)
-		t.gp_route[i] = (pt_gp >> i) & 1 ? PMC_ROUTE_PASSTHROUGH : PMC_ROUTE_MULTIPLEXED;
-	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
-		if ((FIXED_MASK >> i) & 1)
-			t.fixed_route[i] = (pt_fixed >> i) & 1 ? PMC_ROUTE_PASSTHROUGH
-							       : PMC_ROUTE_MULTIPLEXED;
-	return t;
-}
-
-/* What the model holds, read through its ioctl entry point. */
-static struct kvm_vpmu_partition model_part(struct fx *f, unsigned cpu)
+static struct kvm_vpmu_routes model_routes(struct fx *f, uint32_t vcpu_id)
 {
 	struct kvm_model_caller root = { .cap_sys_admin = true };
-	struct kvm_vpmu_partition p = { .size = sizeof(p), .cpu = cpu };
-	assert_int_equal(kvm_model_ioctl(f->m, &root, KVM_VPMU_GET_PARTITION, &p), 0);
-	return p;
-}
-
-static int f_pidfd(struct fx *f)
-{
-	/* The model resolves by pid, so any pidfd for the child will do. */
-	static int fd = -1;
-	if (fd >= 0)
-		close(fd);
-	fd = vmm_discover_pidfd_open(f->child.pid);
-	return fd;
-}
-
-static struct kvm_vpmu_routes model_routes(struct fx *f, unsigned vcpu)
-{
-	struct kvm_model_caller root = { .cap_sys_admin = true };
-	struct kvm_vpmu_routes r = { .size = sizeof(r), .pidfd = f_pidfd(f),
-				     .vm_fd = f->child.vm_fd[0], .vcpu_id = vcpu };
-	assert_int_equal(kvm_model_ioctl(f->m, &root, KVM_VPMU_GET_ROUTES, &r), 0);
+	struct kvm_vpmu_routes r = { .vcpu_id = vcpu_id };
+	assert_int_equal(kvm_model_ioctl(f->m, &root, f->probe, KVM_VPMU_GET_ROUTES, &r), 0);
 	return r;
 }
 
-static uint64_t model_scrubs(struct fx *f, unsigned vcpu)
+static void check_model(struct fx *f, const char *when)
 {
-	struct kvm_model_caller root = { .cap_sys_admin = true };
-	struct kvm_vpmu_vcpu_stats s = { .size = sizeof(s), .pidfd = f_pidfd(f),
-					 .vm_fd = f->child.vm_fd[0], .vcpu_id = vcpu };
-	assert_int_equal(kvm_model_ioctl(f->m, &root, KVM_VPMU_GET_VCPU_STATS, &s), 0);
-	return s.scrubs;
+	char why[256] = "";
+	if (kvm_model_check(f->m, why, sizeof(why)) != 0)
+		fail_msg("%s: %s", when, why);
 }
 
 /* Applies the plan one step at a time and checks, after each, that the
- * model holds exactly what the step says, scrubbed what it says, and that
- * no counter is both the host's and passed through. */
+ * model holds exactly what the step says and its invariants hold. */
 static void apply_checked(struct fx *f, const struct transition *plan, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		const struct transition *t = &plan[i];
-		uint64_t scrubs_before = t->kind == TRANSITION_PARTITION
-						 ? model_part(f, (unsigned)t->cpu).scrubs
-						 : model_scrubs(f, t->vcpu);
 		struct kvm_apply_result res;
 		if (kvm_port_apply(f->port, t, 1, &res) != 0)
 			fail_msg("step %zu: %s", i, res.why);
 		assert_int_equal(res.applied, 1);
-		unsigned want_scrubs = (unsigned)__builtin_popcount(t->scrub_gp_mask) +
-				       (unsigned)__builtin_popcount(t->scrub_fixed_mask);
 		if (t->kind == TRANSITION_PARTITION) {
-			struct kvm_vpmu_partition p = model_part(f, (unsigned)t->cpu);
-			assert_int_equal(p.gp_mask, t->guest_gp_mask);
-			assert_int_equal(p.fixed_mask, t->guest_fixed_mask);
-			assert_int_equal(p.scrubs - scrubs_before, want_scrubs);
+			assert_int_equal(model_reservation(f, (unsigned)t->cpu), kvm_port_partition_mask(t));
 		} else {
-			struct kvm_vpmu_routes r = model_routes(f, t->vcpu);
-			assert_memory_equal(r.gp, t->gp_route, sizeof(r.gp));
-			assert_memory_equal(r.fixed, t->fixed_route, sizeof(r.fixed));
-			assert_int_equal(model_scrubs(f, t->vcpu) - scrubs_before, want_scrubs);
+			struct kvm_vpmu_routes r = model_routes(f, t->vcpu); /* ids 0..n-1 here */
+			assert_int_equal(r.passthrough, kvm_port_passthrough_mask(t));
+			assert_int_equal(r.shape, HOST_SHAPE);
 		}
-		char why[256] = "";
-		if (kvm_model_check(f->m, why, sizeof(why)) != 0)
-			fail_msg("after step %zu: %s", i, why);
+		char when[32];
+		snprintf(when, sizeof(when), "after step %zu", i);
+		check_model(f, when);
 	}
 }
 
 static void test_two_phase_plans_through_model(void **state)
 {
 	struct fx *f = *state;
-	/* Phase 2: grow gp 0-1 and fixed 0 on both CPUs, then pass them to
-	 * vcpu 0 and gp 1 to vcpu 1. */
+	const char *why;
+	assert_true(kvm_port_vm_enforced(f->port, VM_ID, &why));
+	assert_non_null(strstr(why, "simulated"));
+	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU);
+	uint64_t shape;
+	assert_int_equal(kvm_port_vcpu_shape(f->port, VM_ID, 1, &shape), 0);
+	assert_int_equal(shape, HOST_SHAPE);
+	/* Phase 2: reserve gp 0-1 and fixed 0 on cpu 0, gp 0-1 on cpu 1, then
+	 * pass gp 0-1 + fixed 0 to vcpu 0... which cpu 1 lacks: so fixed 0 on
+	 * both first. */
 	const struct transition up[] = {
-		part(2, 0, 0x3, 0x1, 0x3, 0x1),
-		part(2, 1, 0x3, 0x1, 0x3, 0x1),
-		routes(2, 0, 0x3, 0x1, 0x3, 0x1),
-		routes(2, 1, 0x2, 0x0, 0x2, 0x0),
+		part(2, 0, 0x3, 0x1),
+		part(2, 1, 0x3, 0x1),
+		routes(2, 0, 0x3, 0x1),
+		routes(2, 1, 0x2, 0x0),
 	};
 	apply_checked(f, up, 4);
-	/* Phase 1 then 2: take gp 0 back from vcpu 0 and shrink it on cpu 1
-	 * only; vcpu 1 keeps gp 1. */
+	/* Phase 1: take gp 0 back from vcpu 0, then shrink cpu 1 to gp 1. */
 	const struct transition down[] = {
-		routes(1, 0, 0x2, 0x1, 0x1, 0x0),
-		part(1, 1, 0x2, 0x1, 0x1, 0x0),
+		routes(1, 0, 0x2, 0x1),
+		part(1, 1, 0x2, 0x1),
 	};
 	apply_checked(f, down, 2);
-	uint32_t gp, fx;
-	assert_int_equal(kvm_port_partition(f->port, 1, &gp, &fx), 0);
-	assert_int_equal(gp, 0x2);
-	uint8_t rg[KVM_VPMU_MAX_GP], rf[KVM_VPMU_MAX_FIXED];
-	assert_int_equal(kvm_port_routes(f->port, VM_ID, 0, rg, rf), 0);
-	assert_int_equal(rg[0], PMC_ROUTE_MULTIPLEXED);
-	assert_int_equal(rg[1], PMC_ROUTE_PASSTHROUGH);
-	struct kvm_vpmu_vcpu_stats s;
-	assert_int_equal(kvm_port_vcpu_stats(f->port, VM_ID, 0, &s), 0);
-	assert_int_equal(s.scrubs, 4);
-	char rep[1024];
-	assert_true(kvm_port_report(f->port, rep, sizeof(rep)) > 0);
-	assert_non_null(strstr(rep, "backend model"));
-	assert_non_null(strstr(rep, "vm 42"));
+	uint64_t m;
+	assert_int_equal(kvm_port_reservation(f->port, 1, &m), 0);
+	assert_int_equal(m, 0x0000000100000002ULL);
+	assert_int_equal(kvm_port_passthrough(f->port, VM_ID, 0, &m), 0);
+	assert_int_equal(m, 0x0000000100000002ULL);
+	assert_int_equal(kvm_port_passthrough(f->port, VM_ID, 2, &m), -EINVAL);
+	assert_int_equal(kvm_port_passthrough(f->port, 7, 0, &m), -ENOENT);
+	/* Exactly what went out: 3 reservation lines, 3 SET_ROUTES. */
+	assert_int_equal(rec_count(&f->rec, 0), 3);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 3);
 }
 
-/* The whole list at once: stops at the first failure, reports exactly
- * the prefix applied, and the model holds that prefix. */
+/* A kernel with uniform reservations only needs every online CPU in one
+ * write: consecutive equal steps become one line, and the model (which
+ * refuses a partial list) takes it. */
+static void test_uniform_steps_coalesce(void **state)
+{
+	(void)state;
+	struct fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	f->probe = -1;
+	fx_open_port(f, VPMU_RESERVE_CAP_UNIFORM);
+	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM);
+	/* A single CPU's line is what a uniform kernel refuses (P5). */
+	struct kvm_model_caller root = { .cap_sys_admin = true };
+	const char *one = "0 0x0000000000000001\n";
+	assert_int_equal(kvm_model_reserve_write(f->m, &root, one, strlen(one)), -EINVAL);
+
+	const struct transition grow[] = { part(2, 1, 0x3, 0x4), part(2, 0, 0x3, 0x4) };
+	struct kvm_apply_result res;
+	if (kvm_port_apply(f->port, grow, 2, &res) != 0)
+		fail_msg("%s", res.why);
+	assert_int_equal(res.applied, 2);
+	assert_int_equal(f->rec.n, 1);
+	assert_int_equal(f->rec.cmd[0], 0);
+	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000400000003\n");
+	assert_int_equal(f->rec.len[0], strlen("0-1 0x0000000400000003\n"));
+	for (unsigned c = 0; c < N_CPUS; c++)
+		assert_int_equal(model_reservation(f, c), 0x0000000400000003ULL);
+
+	/* Equal masks of different phases, or with a different mask between
+	 * them, are separate lines: the uniform kernel refuses them, and the
+	 * port reports the first refused line with nothing after it sent. */
+	rec_clear(&f->rec);
+	const struct transition split[] = { part(1, 0, 0x1, 0), part(2, 1, 0x1, 0) };
+	assert_int_equal(kvm_port_apply(f->port, split, 2, &res), -EINVAL);
+	assert_int_equal(res.applied, 0);
+	assert_int_equal(res.failed, 0);
+	assert_int_equal(f->rec.n, 1);
+	assert_string_equal((char *)f->rec.buf[0], "0 0x0000000000000001\n");
+	assert_non_null(strstr(res.why, "guest_reserve \"0 0x0000000000000001\""));
+	assert_non_null(strstr(res.why, "not every online CPU"));
+	assert_int_equal(model_reservation(f, 0), 0x0000000400000003ULL);
+	/* A failure inside a later group: the earlier group stays applied. */
+	rec_clear(&f->rec);
+	const struct transition three[] = { part(1, 0, 0x1, 0), part(1, 1, 0x1, 0), part(1, 0, 0x2, 0) };
+	assert_int_equal(kvm_port_apply(f->port, three, 3, &res), -EINVAL);
+	assert_int_equal(res.applied, 2);
+	assert_int_equal(res.failed, 2);
+	assert_int_equal(f->rec.n, 2);
+	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000000000001\n");
+	for (unsigned c = 0; c < N_CPUS; c++)
+		assert_int_equal(model_reservation(f, c), 0x1);
+	kvm_port_close(f->port);
+	kvm_model_free(f->m);
+	rec_clear(&f->rec);
+	free(f);
+}
+
+/* The whole list at once: stops at the first failure, reports exactly the
+ * prefix applied, and the model holds that prefix. */
 static void test_stops_at_first_failure(void **state)
 {
 	struct fx *f = *state;
 	const struct transition plan[] = {
-		part(2, 0, 0x4, 0, 0x4, 0),
-		routes(2, 0, 0x4, 0, 0x4, 0),  /* cpu 1 still keeps gp 2 */
-		part(2, 1, 0x4, 0, 0x4, 0),
+		part(2, 0, 0x4, 0),
+		routes(2, 0, 0x4, 0), /* cpu 1 still keeps gp 2 for the host */
+		part(2, 1, 0x4, 0),
 	};
 	struct kvm_apply_result res;
 	assert_int_equal(kvm_port_apply(f->port, plan, 3, &res), -EBUSY);
 	assert_int_equal(res.applied, 1);
 	assert_int_equal(res.failed, 1);
-	assert_non_null(strstr(res.why, "cpu 1"));
-	assert_int_equal(model_part(f, 0).gp_mask, 0x4);
-	assert_int_equal(model_part(f, 1).gp_mask, 0);
-	assert_int_equal(model_routes(f, 0).gp[2], KVM_VPMU_ROUTE_MULTIPLEXED);
+	assert_non_null(strstr(res.why, "cpu 1 keeps for the host"));
+	assert_int_equal(model_reservation(f, 0), 0x4);
+	assert_int_equal(model_reservation(f, 1), 0);
+	assert_int_equal(model_routes(f, 0).passthrough, 0);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 0);
 	/* Re-ordered so that cpu 1 grows before the route, the plan applies. */
 	const struct transition fixed_plan[] = { plan[0], plan[2], plan[1] };
 	assert_int_equal(kvm_port_apply(f->port, fixed_plan, 3, &res), 0);
 	assert_int_equal(res.applied, 3);
-	/* The port refuses to shrink under the live route before the kernel
-	 * (or model) is asked. */
-	size_t issued = f->rec.n;
-	const struct transition bad = part(1, 0, 0, 0, 0x4, 0);
-	assert_int_equal(kvm_port_apply(f->port, &bad, 1, &res), -EBUSY);
-	assert_int_equal(res.applied, 0);
-	assert_int_equal(f->rec.n, issued);
-	assert_int_equal(model_part(f, 0).gp_mask, 0x4);
+	assert_int_equal(model_routes(f, 0).passthrough, 0x4);
+	check_model(f, "after the plan");
 }
 
 static void test_malformed_plans_refused_whole(void **state)
 {
 	struct fx *f = *state;
 	struct kvm_apply_result res;
-	struct transition plan[2] = { part(2, 0, 0x1, 0, 0x1, 0), part(1, 1, 0, 0, 0, 0) };
+	struct transition plan[2] = { part(2, 0, 0x1, 0), part(1, 1, 0, 0) };
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
 	assert_int_equal(res.applied, 0);
 	assert_int_equal(res.failed, 1);
-	plan[1] = routes(2, 0, 0, 0, 0, 0);
+	assert_non_null(strstr(res.why, "phase 1 step after a phase 2 step"));
+	plan[1] = routes(2, 0, 0, 0);
 	plan[1].vm_id = 7;
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -ENOENT);
-	plan[1] = routes(2, 5, 0, 0, 0, 0);
+	plan[1] = routes(2, 5, 0, 0);
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -ENOENT);
-	plan[1] = routes(2, 0, 0, 0, 0, 0);
-	plan[1].gp_route[3] = 3;
-	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
-	plan[1] = routes(2, 0, 0, 0, 0, 0);
+	for (uint8_t bad = PMC_ROUTE_RESERVED; bad <= PMC_ROUTE_UNMANAGED; bad++) {
+		plan[1] = routes(2, 0, 0, 0);
+		plan[1].gp_route[3] = bad;
+		assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
+		assert_non_null(strstr(res.why, "the extension has no such route"));
+	}
+	plan[1] = routes(2, 0, 0, 0);
 	plan[1].fixed_route[3] = PMC_ROUTE_MULTIPLEXED; /* the host has no fixed 3 */
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
-	plan[1] = part(2, N_CPUS, 0, 0, 0, 0);
+	plan[1] = routes(2, 0, 0, 0);
+	plan[1].gp_route[NUM_GP] = PMC_ROUTE_PASSTHROUGH;
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
-	plan[1] = part(2, 1, 1u << NUM_GP, 0, 0, 0);
+	plan[1] = part(2, N_CPUS, 0, 0);
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
-	plan[1] = part(3, 1, 0, 0, 0, 0);
+	plan[1] = part(2, -1, 0, 0);
+	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
+	plan[1] = part(2, 1, 1u << NUM_GP, 0);
+	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
+	plan[1] = part(2, 1, 0, 0x8); /* fixed 3: never a guest's */
+	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
+	plan[1] = part(3, 1, 0, 0);
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
 	plan[1].kind = 9;
 	plan[1].phase = 2;
 	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EINVAL);
 	assert_int_equal(f->rec.n, 0);
-	assert_int_equal(model_part(f, 0).gp_mask, 0);
+	assert_int_equal(model_reservation(f, 0), 0);
 	assert_int_equal(kvm_port_apply(f->port, NULL, 0, &res), 0);
+	assert_int_equal(kvm_port_apply(f->port, NULL, 1, &res), -EINVAL);
+	assert_int_equal(kvm_port_apply(f->port, plan, 1, NULL), -EINVAL);
 }
 
-/* Another writer changes cpu 0 behind the port: ESTALE, nothing applied
- * past it, and a retry after the port re-read succeeds. */
-static void test_stale_writer(void **state)
+/* A pass-through outside the vCPU's shape is refused by the port as the
+ * kernel would (K10), before anything is sent. */
+static void test_passthrough_outside_shape(void **state)
 {
 	struct fx *f = *state;
-	struct kvm_model_caller root = { .cap_sys_admin = true };
-	struct kvm_vpmu_partition other = model_part(f, 0);
-	other.gp_mask = 0x80;
-	other.scrubs = 0;
-	assert_int_equal(kvm_model_ioctl(f->m, &root, KVM_VPMU_SET_PARTITION, &other), 0);
-	struct transition t = part(2, 0, 0x1, 0, 0x1, 0);
+	struct own_vm o;
+	const uint32_t ids[] = { 0 };
+	own_vm_make(&o, ids, 1);
+	struct kvm_port_vm vm = { .vm_id = 50, .vmm_pid = getpid(), .vmm_pidfd = -1,
+				  .route_fd = fcntl(o.vm, F_DUPFD_CLOEXEC, 3), .n_vcpus = 1,
+				  .shape = 0x0000000100000003ULL };
+	char why[256];
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+	uint64_t shape;
+	assert_int_equal(kvm_port_vcpu_shape(f->port, 50, 0, &shape), 0);
+	assert_int_equal(shape, 0x0000000100000003ULL);
+	const struct transition grow[] = { part(2, 0, 0x7, 0x3), part(2, 1, 0x7, 0x3) };
 	struct kvm_apply_result res;
-	assert_int_equal(kvm_port_apply(f->port, &t, 1, &res), -ESTALE);
-	assert_int_equal(res.applied, 0);
-	assert_int_equal(model_part(f, 0).gp_mask, 0x80);
-	uint32_t gp, fx;
-	assert_int_equal(kvm_port_partition(f->port, 0, &gp, &fx), 0);
-	assert_int_equal(gp, 0x80);
+	assert_int_equal(kvm_port_apply(f->port, grow, 2, &res), 0);
+	rec_clear(&f->rec);
+	struct transition t = routes_of(50, 2, 0, 0x4, 0);
+	assert_int_equal(kvm_port_apply(f->port, &t, 1, &res), -EINVAL);
+	assert_non_null(strstr(res.why, "outside the guest's shape 0x0000000100000003"));
+	t = routes_of(50, 2, 0, 0x1, 0x2);
+	assert_int_equal(kvm_port_apply(f->port, &t, 1, &res), -EINVAL);
+	assert_int_equal(f->rec.n, 0);
+	t = routes_of(50, 2, 0, 0x3, 0x1);
 	assert_int_equal(kvm_port_apply(f->port, &t, 1, &res), 0);
-	assert_int_equal(model_part(f, 0).gp_mask, 0x1);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 1);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 50), 0);
+	own_vm_free(&o);
 }
 
-/* The recorded buffers are the port's encoding, byte for byte, and they
- * alone reproduce the state in a fresh model. */
-static void test_buffers_replay_byte_for_byte(void **state)
+/* A VM whose VMM handed no route fd: its route steps are checked and
+ * recorded, never sent; the reservation still goes to the model. */
+static void test_advisory_vm_recorded_not_sent(void **state)
 {
 	struct fx *f = *state;
-	const struct transition plan[] = {
-		part(2, 0, 0x1, 0x4, 0x1, 0x4),
-		part(2, 1, 0x1, 0x4, 0x1, 0x4),
-		routes(2, 1, 0x1, 0x4, 0x1, 0x4),
-	};
+	struct kvm_port_vm vm = { .vm_id = 60, .vmm_pid = f->child.pid, .vmm_pidfd = -1, .route_fd = -1,
+				  .n_vcpus = 2 };
+	char why[256];
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), 0);
+	const char *vwhy;
+	assert_false(kvm_port_vm_enforced(f->port, 60, &vwhy));
+	assert_string_equal(vwhy, "the VMM handed no route fd");
+	assert_true(kvm_port_vm_enforced(f->port, VM_ID, &vwhy));
+	assert_false(kvm_port_vm_enforced(f->port, 61, &vwhy));
+	const struct transition plan[] = { part(2, 0, 0x1, 0), part(2, 1, 0x1, 0), routes_of(60, 2, 0, 0x1, 0),
+					   routes_of(60, 2, 1, 0x1, 0) };
 	struct kvm_apply_result res;
-	assert_int_equal(kvm_port_apply(f->port, plan, 3, &res), 0);
-	assert_int_equal(f->rec.n, 3);
-	assert_int_equal(f->rec.cmd[0], KVM_VPMU_SET_PARTITION);
-	assert_int_equal(f->rec.cmd[2], KVM_VPMU_SET_ROUTES);
-	struct kvm_vpmu_partition pe;
-	assert_int_equal(kvm_port_encode_partition(&plan[1], 1, &pe), 0);
-	assert_int_equal(f->rec.len[1], sizeof(pe));
-	assert_memory_equal(f->rec.buf[1], &pe, sizeof(pe));
-	struct kvm_vpmu_routes re;
-	const struct kvm_vpmu_routes *sent = (const void *)f->rec.buf[2];
-	uint64_t all[KVM_VPMU_CPU_WORDS] = { (1u << N_CPUS) - 1 };
-	assert_int_equal(kvm_port_encode_routes(&plan[2], sent->pidfd, f->child.vm_fd[0],
-						sent->generation, all, &re), 0);
-	assert_memory_equal(sent, &re, sizeof(re));
-
-	struct kvm_model *fresh;
-	struct kvm_model_opts mo = { .n_cpus = N_CPUS, .num_gp = NUM_GP, .fixed_mask = FIXED_MASK };
-	assert_int_equal(kvm_model_new(&mo, &fresh), 0);
-	struct kvm_model_caller root = { .cap_sys_admin = true };
-	for (size_t i = 0; i < f->rec.n; i++) {
-		uint8_t copy[sizeof(struct kvm_vpmu_routes)];
-		memcpy(copy, f->rec.buf[i], f->rec.len[i]);
-		assert_int_equal(kvm_model_ioctl(fresh, &root, f->rec.cmd[i], copy), 0);
-	}
-	for (unsigned c = 0; c < N_CPUS; c++) {
-		struct kvm_vpmu_partition a = model_part(f, c), b = { .size = sizeof(b), .cpu = c };
-		assert_int_equal(kvm_model_ioctl(fresh, &root, KVM_VPMU_GET_PARTITION, &b), 0);
-		assert_memory_equal(&a, &b, sizeof(a));
-	}
-	struct kvm_vpmu_routes a = model_routes(f, 1), b = a;
-	memset(b.gp, 0xff, sizeof(b.gp));
-	assert_int_equal(kvm_model_ioctl(fresh, &root, KVM_VPMU_GET_ROUTES, &b), 0);
-	assert_memory_equal(&a, &b, sizeof(a));
-	kvm_model_free(fresh);
+	assert_int_equal(kvm_port_apply(f->port, plan, 4, &res), 0);
+	assert_int_equal(res.applied, 4);
+	assert_int_equal(rec_count(&f->rec, 0), 1); /* one line for both CPUs */
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 0);
+	assert_int_equal(model_reservation(f, 1), 0x1);
+	uint64_t m;
+	assert_int_equal(kvm_port_passthrough(f->port, 60, 1, &m), 0);
+	assert_int_equal(m, 0x1);
+	/* The ordering rules still hold for it: shrinking under its planned
+	 * pass-through is refused, and nothing goes out. */
+	rec_clear(&f->rec);
+	const struct transition shrink = part(1, 1, 0, 0);
+	assert_int_equal(kvm_port_apply(f->port, &shrink, 1, &res), -EBUSY);
+	assert_non_null(strstr(res.why, "vm 60 vcpu 0"));
+	assert_int_equal(f->rec.n, 0);
+	struct kvm_port_vcpu_stats s;
+	assert_int_equal(kvm_port_vcpu_stats(f->port, 60, 0, &s), -EOPNOTSUPP);
+	char rep[2048];
+	assert_true(kvm_port_report(f->port, rep, sizeof(rep)) > 0);
+	assert_non_null(strstr(rep, "vm 60 pid "));
+	assert_non_null(strstr(rep, "routes advisory (the VMM handed no route fd)"));
+	assert_non_null(strstr(rep, "vm 42 pid "));
+	assert_non_null(strstr(rep, "routes simulated (simulated:"));
 }
 
-/* A vCPU thread pinned to cpu 0 only needs cpu 0's partition. */
+/* The route fd made from a real VM: the VM file the caller handed is
+ * closed on success and the port holds the model's route fd instead,
+ * which unregister closes. */
+static void test_register_and_unregister_route_fd(void **state)
+{
+	struct fx *f = *state;
+	struct own_vm o;
+	const uint32_t ids[] = { 0, 1, 2 };
+	own_vm_make(&o, ids, 3);
+	static bool before[1024], after[1024];
+	int handed = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
+	open_fds(before);
+	struct kvm_port_vm vm = { .vm_id = 70, .vmm_pid = getpid(), .vmm_pidfd = -1, .route_fd = handed,
+				  .n_vcpus = 3, .vcpu_ids = ids };
+	char why[256];
+	size_t live = kvm_model_vm_count(f->m);
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+	assert_int_equal(kvm_model_vm_count(f->m), live + 1);
+	assert_false(fd_open(handed));
+	open_fds(after);
+	/* What appeared: the port's pidfd, the model's own references, and
+	 * the model's route fd, which is the VM's file and answers route
+	 * ioctls. */
+	int route_fd = -1, n_route = 0, appeared = 0;
+	struct kvm_model_caller root = { .cap_sys_admin = true };
+	for (int fd = 0; fd < 1024; fd++) {
+		if (!after[fd] || before[fd])
+			continue;
+		appeared++;
+		struct kvm_vpmu_routes q = { .vcpu_id = 0 };
+		if (syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, fd, o.vm) == 0 &&
+		    kvm_model_ioctl(f->m, &root, fd, KVM_VPMU_GET_ROUTES, &q) == 0) {
+			route_fd = fd;
+			n_route++;
+		}
+	}
+	assert_true(appeared >= 2);
+	assert_int_equal(n_route, 1);
+	/* GET_VCPUS went out with the port's own room, and routes of each. */
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_GET_VCPUS), 1);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_GET_ROUTES), 3);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 70), 0);
+	assert_false(fd_open(route_fd));
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(kvm_model_vm_count(f->m), live);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 70), -ENOENT);
+	own_vm_free(&o);
+}
+
+/* A foreign fd (a pipe), a closed one, and the VMM's pid wrong: refused
+ * with a reason, and the caller keeps its fd. */
+static void test_register_foreign_fd(void **state)
+{
+	struct fx *f = *state;
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	struct kvm_port_vm vm = { .vm_id = 80, .vmm_pid = f->child.pid, .vmm_pidfd = -1, .route_fd = p[0],
+				  .n_vcpus = 1 };
+	char why[256];
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -ENOTTY);
+	assert_non_null(strstr(why, "not a KVM VM file"));
+	assert_true(fd_open(p[0]));
+	/* The device, not a VM. */
+	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	assert_true(dev >= 0);
+	vm.route_fd = dev;
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -ENOTTY);
+	assert_true(fd_open(dev));
+	close(dev);
+	vm.route_fd = p[0];
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EBADF);
+	assert_non_null(strstr(why, "not an open fd"));
+	/* A pidfd for another process than vmm_pid. */
+	struct own_vm o;
+	const uint32_t ids[] = { 0 };
+	own_vm_make(&o, ids, 1);
+	vm.route_fd = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
+	vm.vmm_pidfd = vmm_discover_pidfd_open(getpid());
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "the pidfd names another process"));
+	assert_true(fd_open(vm.route_fd));
+	close(vm.vmm_pidfd);
+	close(vm.route_fd);
+	own_vm_free(&o);
+	vm.vmm_pidfd = -1;
+	vm.route_fd = -1;
+	vm.n_vcpus = 0;
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
+	assert_int_equal(f->rec.n, 0);
+}
+
+/* The same VM registered twice, whatever fd number carries it: EEXIST, and
+ * the caller keeps its fd. The same vm_id as well. */
+static void test_register_same_vm_twice(void **state)
+{
+	struct fx *f = *state;
+	int again = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 100);
+	assert_true(again >= 100);
+	struct kvm_port_vm vm = { .vm_id = 90, .vmm_pid = f->child.pid, .vmm_pidfd = -1, .route_fd = again,
+				  .n_vcpus = 2 };
+	char why[256];
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EEXIST);
+	assert_non_null(strstr(why, "names a VM that is already registered"));
+	assert_true(fd_open(again));
+	vm.vm_id = VM_ID;
+	vm.route_fd = -1;
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EEXIST);
+	assert_non_null(strstr(why, "vm 42 already registered"));
+	close(again);
+	/* Once unregistered, the VM may come back. */
+	assert_int_equal(kvm_port_unregister_vm(f->port, VM_ID), 0);
+	vm.route_fd = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3);
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+}
+
+/* The VMM exits: the model takes that for the VM's death, route-fd ioctls
+ * return EIO, and the port says so. */
+static void test_vmm_death_eio(void **state)
+{
+	struct fx *f = *state;
+	const struct transition grow[] = { part(2, 0, 0x1, 0), part(2, 1, 0x1, 0) };
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(f->port, grow, 2, &res), 0);
+	pid_t vmm = f->child.pid;
+	kvm_child_stop(&f->child);
+	struct transition pt = routes(2, 0, 0x1, 0);
+	assert_int_equal(kvm_port_apply(f->port, &pt, 1, &res), -EIO);
+	assert_int_equal(res.applied, 0);
+	assert_non_null(strstr(res.why, "KVM_VPMU_SET_ROUTES"));
+	assert_non_null(strstr(res.why, "the VM is dead (its VMM exited)"));
+	const char *why;
+	assert_false(kvm_port_vm_enforced(f->port, VM_ID, &why));
+	assert_non_null(strstr(why, "the VM is dead"));
+	uint64_t m;
+	assert_int_equal(kvm_port_passthrough(f->port, VM_ID, 0, &m), 0);
+	assert_int_equal(m, 0);
+	struct kvm_port_vcpu_stats s;
+	assert_int_equal(kvm_port_vcpu_stats(f->port, VM_ID, 0, &s), -EIO);
+	char rep[2048];
+	assert_true(kvm_port_report(f->port, rep, sizeof(rep)) > 0);
+	assert_non_null(strstr(rep, "routes advisory (the VM is dead"));
+	/* Registered again (by another process that holds its file): the
+	 * model refuses a dead VM, and the caller keeps its fd. */
+	assert_int_equal(kvm_port_unregister_vm(f->port, VM_ID), 0);
+	struct kvm_port_vm vm = { .vm_id = 91, .vmm_pid = getpid(), .vmm_pidfd = -1,
+				  .route_fd = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3), .n_vcpus = 2 };
+	char w[256];
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -EIO);
+	assert_non_null(strstr(w, "the VM is dead (its VMM exited)"));
+	assert_true(fd_open(vm.route_fd));
+	close(vm.route_fd);
+	/* Its VMM is gone: ESRCH before anything is asked. */
+	vm.vmm_pid = vmm;
+	vm.route_fd = -1;
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -ESRCH);
+}
+
+/* Lease vCPU i is the i-th vCPU KVM created, whatever its id (APIC IDs are
+ * often not contiguous): the port sends that id, never the index. */
+static void test_vcpu_id_mapping(void **state)
+{
+	struct fx *f = *state;
+	struct own_vm o;
+	const uint32_t ids[] = { 4, 9 };
+	own_vm_make(&o, ids, 2);
+	struct kvm_port_vm vm = { .vm_id = 100, .vmm_pid = getpid(), .vmm_pidfd = -1,
+				  .route_fd = fcntl(o.vm, F_DUPFD_CLOEXEC, 3), .n_vcpus = 2, .vcpu_ids = ids };
+	char why[256];
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+	/* Registration asked routes by id. */
+	size_t got = 0;
+	for (size_t i = 0; i < f->rec.n; i++) {
+		if (f->rec.cmd[i] != KVM_VPMU_GET_ROUTES)
+			continue;
+		const struct kvm_vpmu_routes *q = (const void *)f->rec.buf[i];
+		assert_int_equal(q->vcpu_id, ids[got]);
+		got++;
+	}
+	assert_int_equal(got, 2);
+	const struct transition plan[] = { part(2, 0, 0x2, 0), part(2, 1, 0x2, 0), routes_of(100, 2, 1, 0x2, 0) };
+	struct kvm_apply_result res;
+	rec_clear(&f->rec);
+	if (kvm_port_apply(f->port, plan, 3, &res) != 0)
+		fail_msg("%s", res.why);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 1);
+	const struct kvm_vpmu_routes *sent = (const void *)f->rec.buf[f->rec.n - 1];
+	assert_int_equal(f->rec.cmd[f->rec.n - 1], KVM_VPMU_SET_ROUTES);
+	assert_int_equal(sent->vcpu_id, 9);
+	assert_int_equal(sent->passthrough, 0x2);
+	/* The model agrees: id 9 passes gp 1 through, id 1 does not exist. */
+	int probe;
+	const struct kvm_model_vm_desc ignored = { 0 };
+	const struct kvm_vpmu_route_fd args = { 0 };
+	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &ignored, &args, &probe), 0);
+	struct kvm_model_caller root = { .cap_sys_admin = true };
+	struct kvm_vpmu_routes q = { .vcpu_id = 9 };
+	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), 0);
+	assert_int_equal(q.passthrough, 0x2);
+	q = (struct kvm_vpmu_routes){ .vcpu_id = 4 };
+	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), 0);
+	assert_int_equal(q.passthrough, 0);
+	q = (struct kvm_vpmu_routes){ .vcpu_id = 1 };
+	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), -ENOENT);
+	kvm_model_route_close(f->m, probe);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 100), 0);
+	own_vm_free(&o);
+}
+
+/* A lease with more vCPUs than the VM has is refused, and the caller
+ * keeps its fd. */
+static void test_lease_larger_than_vm(void **state)
+{
+	struct fx *f = *state;
+	struct own_vm o;
+	const uint32_t ids[] = { 0, 1 };
+	own_vm_make(&o, ids, 2);
+	/* KVM knows two vCPUs (the first route fd made tells the model). */
+	int probe;
+	struct kvm_model_vm_desc desc = { .opted_in = true, .lapic_in_kernel = true, .shape = HOST_SHAPE,
+					  .nr_vcpus = 2, .vcpu_ids = ids, .vmm_pidfd = -1 };
+	const struct kvm_vpmu_route_fd args = { 0 };
+	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &desc, &args, &probe), 0);
+	int handed = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
+	struct kvm_port_vm vm = { .vm_id = 110, .vmm_pid = getpid(), .vmm_pidfd = -1, .route_fd = handed,
+				  .n_vcpus = 3 };
+	char why[256];
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "the lease has 3 vCPUs but the VM has 2"));
+	assert_true(fd_open(handed));
+	vm.n_vcpus = 2;
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+	kvm_model_route_close(f->m, probe);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 110), 0);
+	own_vm_free(&o);
+}
+
+/* The kernel's statistics, through the stats fd of each vCPU. */
+static void test_stats_through_stats_fd(void **state)
+{
+	struct fx *f = *state;
+	const struct transition plan[] = { part(2, 0, 0x3, 0), routes(2, 0, 0x1, 0) };
+	struct kvm_apply_result res;
+	/* vCPU 0 may run anywhere, so cpu 1 must hold gp 0 too... */
+	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), -EBUSY);
+	/* ...unless its lease keeps it on cpu 0. */
+	const unsigned cpu0 = 0;
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, VM_ID, 0, &cpu0, 1), 0);
+	if (kvm_port_apply(f->port, &plan[1], 1, &res) != 0)
+		fail_msg("%s", res.why);
+	const struct transition more = routes(2, 0, 0x3, 0), same = routes(2, 0, 0x3, 0);
+	assert_int_equal(kvm_port_apply(f->port, &more, 1, &res), 0);
+	assert_int_equal(kvm_port_apply(f->port, &same, 1, &res), 0);
+	/* The guest runs on cpu 1, which reserves nothing: both PMCs frozen
+	 * there (K14), and an access to one is intercepted (K15). */
+	assert_int_equal(kvm_model_vcpu_load(f->m, f->probe, 0, 1), 2);
+	assert_int_equal(kvm_model_guest_msr_access(f->m, f->probe, 0, VPMU_GP_BIT(0), true), 1);
+	assert_int_equal(kvm_model_vcpu_put(f->m, f->probe, 0), 0);
+	assert_int_equal(kvm_model_vcpu_load(f->m, f->probe, 0, 0), 0);
+	assert_int_equal(kvm_model_guest_msr_access(f->m, f->probe, 0, VPMU_GP_BIT(1), false), 0);
+	assert_int_equal(kvm_model_vcpu_put(f->m, f->probe, 0), 0);
+	rec_clear(&f->rec);
+	struct kvm_port_vcpu_stats s;
+	assert_int_equal(kvm_port_vcpu_stats(f->port, VM_ID, 0, &s), 0);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_GET_VCPU_STATS_FD), 1);
+	assert_int_equal(((const struct kvm_vpmu_stats_fd *)f->rec.buf[0])->vcpu_id, 0);
+	assert_int_equal(s.route_changes, 2); /* the same mask again is no change (K17) */
+	assert_int_equal(s.frozen_entries, 1);
+	assert_int_equal(s.msr_exits, 1);
+	assert_int_equal(s.estimated_reads, 0);
+	assert_int_equal(kvm_port_vcpu_stats(f->port, VM_ID, 1, &s), 0);
+	assert_int_equal(s.route_changes, 0);
+	assert_int_equal(s.frozen_entries, 0);
+	assert_int_equal(kvm_port_vcpu_stats(f->port, VM_ID, 2, &s), -EINVAL);
+	assert_int_equal(kvm_port_vcpu_stats(f->port, 5, 0, &s), -ENOENT);
+}
+
+/* The guard: no pass-through while a CPU the vCPU may run on keeps the
+ * counter for the host; no shrinking under a live pass-through. Each
+ * refusal sends nothing. */
+static void test_guard_refusals(void **state)
+{
+	struct fx *f = *state;
+	const struct transition grow[] = { part(2, 0, 0x3, 0x1), part(2, 1, 0x1, 0x1) };
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(f->port, grow, 2, &res), 0);
+	rec_clear(&f->rec);
+	/* gp 1 is reserved on cpu 0 only. */
+	struct transition pt = routes(2, 1, 0x2, 0x1);
+	assert_int_equal(kvm_port_apply(f->port, &pt, 1, &res), -EBUSY);
+	assert_non_null(strstr(res.why, "vm 42 vcpu 1: pass-through of 0x0000000000000002, which cpu 1 keeps"));
+	assert_int_equal(f->rec.n, 0);
+	const unsigned cpus[] = { 0 };
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, VM_ID, 1, cpus, 1), 0);
+	assert_int_equal(kvm_port_apply(f->port, &pt, 1, &res), 0);
+	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 1);
+	/* Shrinking cpu 0 under vcpu 1's gp 1 is refused... */
+	rec_clear(&f->rec);
+	struct transition shrink = part(1, 0, 0x1, 0x1);
+	assert_int_equal(kvm_port_apply(f->port, &shrink, 1, &res), -EBUSY);
+	assert_non_null(strstr(res.why, "cpu 0: shrinking the reservation under vm 42 vcpu 1"));
+	assert_int_equal(f->rec.n, 0);
+	assert_int_equal(model_reservation(f, 0), 0x0000000100000003ULL);
+	/* ...while cpu 1, where vcpu 1 may not run, may drop fixed 0. */
+	shrink = part(1, 1, 0x1, 0);
+	assert_int_equal(kvm_port_apply(f->port, &shrink, 1, &res), 0);
+	/* Back to any CPU: the same route would now be refused. */
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, VM_ID, 1, NULL, 0), 0);
+	assert_int_equal(kvm_port_apply(f->port, &pt, 1, &res), -EBUSY);
+	/* Bad arguments. */
+	const unsigned beyond[] = { 0, N_CPUS };
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, VM_ID, 1, beyond, 2), -EINVAL);
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, VM_ID, 2, cpus, 1), -EINVAL);
+	assert_int_equal(kvm_port_set_vcpu_cpus(f->port, 7, 0, cpus, 1), -ENOENT);
+	check_model(f, "after the guard test");
+}
+
+/* A vCPU thread pinned to cpu 0 needs only cpu 0's reservation. */
 static void test_affinity_narrows_cpus(void **state)
 {
 	struct fx *f = *state;
@@ -499,52 +1094,55 @@ static void test_affinity_narrows_cpus(void **state)
 	CPU_SET(0, &one);
 	if (sched_setaffinity(f->child.tid[0], sizeof(one), &one) < 0)
 		skip();
-	struct kvm_port_vm vm = { .vm_id = 43, .vmm_pid = f->child.pid, .vmm_pidfd = -1,
-				  .vm_fd = f->child.vm_fd[0], .n_vcpus = 1,
-				  .vcpu_tids = &f->child.tid[0] };
+	struct kvm_port_vm vm = { .vm_id = 43, .vmm_pid = f->child.pid, .vmm_pidfd = -1, .route_fd = -1,
+				  .n_vcpus = 1, .vcpu_tids = &f->child.tid[0] };
 	char why[256];
 	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), 0);
-	const struct transition grow = part(2, 0, 0x1, 0, 0x1, 0);
-	struct transition pt = routes(2, 0, 0x1, 0, 0x1, 0);
-	pt.vm_id = 43;
+	const struct transition grow = part(2, 0, 0x1, 0);
 	struct kvm_apply_result res;
 	assert_int_equal(kvm_port_apply(f->port, &grow, 1, &res), 0);
+	struct transition pt = routes_of(43, 2, 0, 0x1, 0);
 	if (kvm_port_apply(f->port, &pt, 1, &res) != 0)
 		fail_msg("%s", res.why);
-	assert_int_equal(model_routes(f, 0).allowed_cpus[0], 0x1);
-	/* The same vCPU registered without its thread is assumed to run
-	 * anywhere, so the same step needs cpu 1 as well. */
+	/* The same vCPU registered without its thread may run anywhere. */
 	pt.vm_id = VM_ID;
 	assert_int_equal(kvm_port_apply(f->port, &pt, 1, &res), -EBUSY);
 	assert_int_equal(kvm_port_unregister_vm(f->port, 43), 0);
-	assert_int_equal(kvm_port_unregister_vm(f->port, 43), -ENOENT);
 }
 
-static void test_register_validates(void **state)
+static void test_report(void **state)
 {
 	struct fx *f = *state;
-	char why[256];
-	struct kvm_port_vm vm = { .vm_id = VM_ID, .vmm_pid = f->child.pid, .vmm_pidfd = -1,
-				  .vm_fd = f->child.vm_fd[0], .n_vcpus = 2 };
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EEXIST);
-	vm.vm_id = 50;
-	vm.vm_fd = f->child.dev_fd;
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EBADF);
-	vm.vm_fd = f->child.vm_fd[0];
-	vm.n_vcpus = 3; /* the VM has two */
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -ENOENT);
-	vm.n_vcpus = 0;
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
-	vm.n_vcpus = 2;
-	int self = vmm_discover_pidfd_open(getpid());
-	vm.vmm_pidfd = self; /* a pidfd for another process than vmm_pid */
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
-	close(self);
-	vm.vmm_pidfd = -1;
-	kvm_child_stop(&f->child);
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -ESRCH);
+	const struct transition plan[] = { part(2, 0, 0x3, 0x1), part(2, 1, 0x3, 0x1), routes(2, 0, 0x1, 0x1) };
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(f->port, plan, 3, &res), 0);
+	int need = kvm_port_report(f->port, NULL, 0);
+	assert_true(need > 0);
+	char *rep = malloc((size_t)need + 1);
+	assert_non_null(rep);
+	assert_int_equal(kvm_port_report(f->port, rep, (size_t)need + 1), need);
+	assert_int_equal(strlen(rep), (size_t)need);
+	printf("%s", rep);
+	assert_non_null(strstr(rep, "kvm port: backend model (model requested"));
+	assert_non_null(strstr(rep, "kvm port: reserve caps 3: per-cpu"));
+	assert_non_null(strstr(rep, "kvm port: reservation 0-1 0x0000000100000003\n"));
+	assert_non_null(strstr(rep, "kvm port: vm 42 pid "));
+	assert_non_null(strstr(rep, ": 2 vcpus, 2 pass-through PMCs; routes simulated"));
+	/* Groups by first CPU, one line each. */
+	const struct transition shrink = part(1, 1, 0x1, 0x1);
+	assert_int_equal(kvm_port_apply(f->port, &shrink, 1, &res), 0);
+	char small[4096];
+	assert_true(kvm_port_report(f->port, small, sizeof(small)) > 0);
+	const char *a = strstr(small, "kvm port: reservation 0 0x0000000100000003\n");
+	const char *b = strstr(small, "kvm port: reservation 1 0x0000000100000001\n");
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_true(a < b);
+	free(rep);
 }
 
+/* The reservation attribute is root's: without the privilege every write
+ * is refused, and nothing changes. */
 static void test_unprivileged_caller(void **state)
 {
 	struct fx *f = *state;
@@ -553,13 +1151,44 @@ static void test_unprivileged_caller(void **state)
 	o.caller.cap_sys_admin = false;
 	struct kvm_port *p = NULL;
 	char why[256];
-	assert_int_equal(kvm_port_open(&o, &p, why, sizeof(why)), -EPERM);
-	assert_null(p);
+	assert_int_equal(kvm_port_open(&o, &p, why, sizeof(why)), 0);
+	const struct transition grow = part(2, 0, 0x1, 0);
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(p, &grow, 1, &res), -EACCES);
+	assert_non_null(strstr(res.why, "guest_reserve is root's"));
+	assert_int_equal(res.applied, 0);
+	assert_int_equal(model_reservation(f, 0), 0);
+	uint64_t m;
+	assert_int_equal(kvm_port_reservation(p, 0, &m), 0);
+	assert_int_equal(m, 0);
+	kvm_port_close(p);
 }
 
-/* Advisory: the plan is checked and recorded, and the port says that
- * guest routes are not enforced. */
-static void test_advisory(void **state)
+/* A second port on the same model starts from what the model holds. */
+static void test_open_reads_reservation(void **state)
+{
+	struct fx *f = *state;
+	const struct transition plan[] = { part(2, 0, 0x5, 0x2), part(2, 1, 0x1, 0) };
+	struct kvm_apply_result res;
+	assert_int_equal(kvm_port_apply(f->port, plan, 2, &res), 0);
+	struct kvm_port_opts o = base_opts(KVM_BACKEND_MODEL);
+	o.model = f->m;
+	struct kvm_port *p = NULL;
+	char why[256];
+	assert_int_equal(kvm_port_open(&o, &p, why, sizeof(why)), 0);
+	uint64_t m;
+	assert_int_equal(kvm_port_reservation(p, 0, &m), 0);
+	assert_int_equal(m, 0x0000000200000005ULL);
+	assert_int_equal(kvm_port_reservation(p, 1, &m), 0);
+	assert_int_equal(m, 0x1);
+	assert_int_equal(kvm_port_reservation(p, N_CPUS, &m), -EINVAL);
+	kvm_port_close(p);
+}
+
+/* Advisory backend: the plan is checked and recorded, nothing is sent, and
+ * every VM is advisory; a route fd handed anyway is held and closed at
+ * unregister. */
+static void test_advisory_backend(void **state)
 {
 	struct fx *f = *state;
 	struct kvm_port_opts o = base_opts(KVM_BACKEND_ADVISORY);
@@ -569,29 +1198,154 @@ static void test_advisory(void **state)
 	char why[256];
 	assert_int_equal(kvm_port_open(&o, &p, why, sizeof(why)), 0);
 	assert_false(kvm_port_enforced(p));
-	struct kvm_port_vm vm = { .vm_id = VM_ID, .vmm_pid = f->child.pid, .vmm_pidfd = -1,
-				  .vm_fd = f->child.vm_fd[0], .n_vcpus = 2 };
+	assert_int_equal(kvm_port_reserve_caps(p), 0);
+	int handed = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3);
+	struct kvm_port_vm vm = { .vm_id = VM_ID, .vmm_pid = f->child.pid, .vmm_pidfd = -1, .route_fd = handed,
+				  .n_vcpus = 2 };
 	assert_int_equal(kvm_port_register_vm(p, &vm, why, sizeof(why)), 0);
-	const struct transition plan[] = {
-		part(2, 0, 0x1, 0, 0x1, 0), part(2, 1, 0x1, 0, 0x1, 0), routes(2, 0, 0x1, 0, 0x1, 0),
-	};
+	const char *vwhy;
+	assert_false(kvm_port_vm_enforced(p, VM_ID, &vwhy));
+	assert_string_equal(vwhy, "advisory backend: advisory requested");
+	const struct transition plan[] = { part(2, 0, 0x1, 0), part(2, 1, 0x1, 0), routes(2, 0, 0x1, 0) };
 	struct kvm_apply_result res;
 	assert_int_equal(kvm_port_apply(p, plan, 3, &res), 0);
 	assert_int_equal(res.applied, 3);
-	assert_int_equal(f->rec.n, 0); /* nothing was sent anywhere */
-	uint8_t rg[KVM_VPMU_MAX_GP], rf[KVM_VPMU_MAX_FIXED];
-	assert_int_equal(kvm_port_routes(p, VM_ID, 0, rg, rf), 0);
-	assert_int_equal(rg[0], PMC_ROUTE_PASSTHROUGH);
-	/* The ordering rules still hold in the plan. */
-	const struct transition shrink = part(1, 1, 0, 0, 0x1, 0);
+	assert_int_equal(f->rec.n, 0);
+	uint64_t m;
+	assert_int_equal(kvm_port_passthrough(p, VM_ID, 0, &m), 0);
+	assert_int_equal(m, 0x1);
+	const struct transition shrink = part(1, 1, 0, 0);
 	assert_int_equal(kvm_port_apply(p, &shrink, 1, &res), -EBUSY);
-	struct kvm_vpmu_vcpu_stats s;
+	struct kvm_port_vcpu_stats s;
 	assert_int_equal(kvm_port_vcpu_stats(p, VM_ID, 0, &s), -EOPNOTSUPP);
-	char rep[1024];
+	char rep[2048];
 	assert_true(kvm_port_report(p, rep, sizeof(rep)) > 0);
 	assert_non_null(strstr(rep, "NOT enforced"));
 	assert_non_null(strstr(rep, "planned, not enforced"));
+	assert_non_null(strstr(rep, "reserve caps: none"));
+	assert_non_null(strstr(rep, "routes advisory (advisory backend: advisory requested)"));
+	assert_true(fd_open(handed));
+	assert_int_equal(kvm_port_unregister_vm(p, VM_ID), 0);
+	assert_false(fd_open(handed));
 	kvm_port_close(p);
+	assert_int_equal(model_reservation(f, 0), 0);
+}
+
+/* ----------------------------------------------------- binary stats fds */
+
+/* A stats fd image in KVM_GET_STATS_FD's layout, for the parser. */
+static int stats_image(uint32_t name_size, const char *const *names, const uint64_t *values, size_t n,
+		       bool truncate_data)
+{
+	size_t desc_size = sizeof(struct kvm_stats_desc) + name_size;
+	struct kvm_stats_header h = { .name_size = name_size, .num_desc = (uint32_t)n,
+				      .id_offset = sizeof(h), .desc_offset = sizeof(h) + name_size,
+				      .data_offset = (uint32_t)(sizeof(h) + name_size + n * desc_size) };
+	size_t total = h.data_offset + n * 8;
+	uint8_t *img = calloc(1, total);
+	assert_non_null(img);
+	memcpy(img, &h, sizeof(h));
+	for (size_t i = 0; i < n; i++) {
+		struct kvm_stats_desc d = { .size = 1, .offset = (uint32_t)((n - 1 - i) * 8) };
+		memcpy(img + h.desc_offset + i * desc_size, &d, sizeof(d));
+		memcpy(img + h.desc_offset + i * desc_size + sizeof(d), names[i],
+		       strlen(names[i]) < name_size ? strlen(names[i]) + 1 : name_size);
+		memcpy(img + h.data_offset + (n - 1 - i) * 8, &values[i], 8);
+	}
+	int fd = memfd_create("stats", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	size_t len = truncate_data ? total - 4 : total;
+	assert_int_equal(pwrite(fd, img, len, 0), (ssize_t)len);
+	free(img);
+	return fd;
+}
+
+static void test_stats_parser_layouts(void **state)
+{
+	(void)state;
+	const char *names[] = { "pmu_msr_exits", "other", "pmu_route_changes" };
+	const uint64_t values[] = { 0x1122334455667788ULL, 5, 77 };
+	uint64_t got[2];
+	const char *want[] = { "pmu_route_changes", "pmu_msr_exits" };
+	/* An odd name size: descriptors are not 8-byte aligned. */
+	int fd = stats_image(21, names, values, 3, false);
+	assert_int_equal(kvm_port_stats_read(fd, want, 2, got), 0);
+	assert_int_equal(got[0], 77);
+	assert_int_equal(got[1], 0x1122334455667788ULL);
+	const char *absent[] = { "pmu_msr_exits", "nope" };
+	assert_int_equal(kvm_port_stats_read(fd, absent, 2, got), -ENODATA);
+	assert_int_equal(got[0], 0x1122334455667788ULL);
+	assert_int_equal(got[1], 0);
+	close(fd);
+	/* A name that fills its field without a NUL: malformed. */
+	const char *long_names[] = { "pmu_msr_exits_and_more_and_more" };
+	fd = stats_image(16, long_names, values, 1, false);
+	assert_int_equal(kvm_port_stats_read(fd, want, 1, got), -EPROTO);
+	close(fd);
+	/* Data shorter than the header says (the last slot is names[0]'s). */
+	fd = stats_image(48, names, values, 3, true);
+	assert_int_equal(kvm_port_stats_read(fd, want, 1, got), 0);
+	assert_int_equal(got[0], 77);
+	assert_int_equal(kvm_port_stats_read(fd, names, 1, got), -EPROTO);
+	close(fd);
+	assert_int_equal(kvm_port_stats_read(-1, want, 1, got), -EINVAL);
+}
+
+/* The parser on a real KVM vCPU's stats fd: a tiny real-mode guest runs
+ * one HLT, which KVM counts as one halt exit. */
+static void test_stats_parser_real_kvm(void **state)
+{
+	(void)state;
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm < 0)
+		skip();
+	if (ioctl(kvm, KVM_CHECK_EXTENSION, (long)KVM_CAP_BINARY_STATS_FD) <= 0) {
+		close(kvm);
+		skip();
+	}
+	int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm >= 0);
+	assert_int_equal(ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000ul), 0);
+	uint8_t *mem = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(mem != MAP_FAILED);
+	mem[0] = 0xf4; /* hlt */
+	struct kvm_userspace_memory_region region = { .slot = 0, .guest_phys_addr = 0, .memory_size = 0x1000,
+						      .userspace_addr = (uintptr_t)mem };
+	assert_int_equal(ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region), 0);
+	int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0ul);
+	assert_true(vcpu >= 0);
+	int stats = ioctl(vcpu, KVM_GET_STATS_FD, 0);
+	assert_true(stats >= 0);
+	const char *names[] = { "halt_exits", "exits" };
+	uint64_t before[2], after[2];
+	assert_int_equal(kvm_port_stats_read(stats, names, 2, before), 0);
+	assert_int_equal(before[0], 0);
+
+	int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+	assert_true(run_size > 0);
+	struct kvm_run *run = mmap(NULL, (size_t)run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+	assert_true(run != MAP_FAILED);
+	struct kvm_sregs sregs;
+	assert_int_equal(ioctl(vcpu, KVM_GET_SREGS, &sregs), 0);
+	sregs.cs.base = 0;
+	sregs.cs.selector = 0;
+	assert_int_equal(ioctl(vcpu, KVM_SET_SREGS, &sregs), 0);
+	struct kvm_regs regs = { .rip = 0, .rflags = 0x2 };
+	assert_int_equal(ioctl(vcpu, KVM_SET_REGS, &regs), 0);
+	assert_int_equal(ioctl(vcpu, KVM_RUN, 0), 0);
+	assert_int_equal(run->exit_reason, KVM_EXIT_HLT);
+	assert_int_equal(kvm_port_stats_read(stats, names, 2, after), 0);
+	assert_int_equal(after[0], 1);
+	assert_true(after[1] >= 1 && after[1] > before[1]);
+	/* None of the vpmu statistics on a stock kernel. */
+	const char *vpmu[] = { VPMU_STAT_ROUTE_CHANGES };
+	assert_int_equal(kvm_port_stats_read(stats, vpmu, 1, after), -ENODATA);
+	munmap(run, (size_t)run_size);
+	close(stats);
+	close(vcpu);
+	close(vm);
+	munmap(mem, 0x1000);
+	close(kvm);
 }
 
 int main(void)
@@ -599,18 +1353,31 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_backend_names),
 		cmocka_unit_test(test_uapi_layout),
-		cmocka_unit_test(test_encoding_bytes),
-		cmocka_unit_test(test_stock_kernel_real_dev_kvm),
-		cmocka_unit_test(test_auto_without_dev_kvm),
+		cmocka_unit_test(test_encode_reserve_bytes),
+		cmocka_unit_test(test_encode_routes_bytes),
+		cmocka_unit_test(test_forced_ioctl_refused_sends_nothing),
+		cmocka_unit_test(test_backend_choice_reasons),
+		cmocka_unit_test(test_uniform_steps_coalesce),
+		cmocka_unit_test(test_stats_parser_layouts),
+		cmocka_unit_test(test_stats_parser_real_kvm),
 		cmocka_unit_test_setup_teardown(test_two_phase_plans_through_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stops_at_first_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_plans_refused_whole, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stale_writer, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_buffers_replay_byte_for_byte, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_passthrough_outside_shape, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_advisory_vm_recorded_not_sent, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_and_unregister_route_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_foreign_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_same_vm_twice, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_vmm_death_eio, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_vcpu_id_mapping, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_larger_than_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stats_through_stats_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_guard_refusals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_affinity_narrows_cpus, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_register_validates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_report, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unprivileged_caller, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_advisory, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_reads_reservation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_advisory_backend, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
