@@ -1431,11 +1431,25 @@ def test_route_fd(tmp):
     d = Daemon(tmp)
     d.start()
     try:
+        b = Client(d.sock).call("status")["result"]["backends"]
+        check(b.get("kvm_reservation") == "per-cpu", "status: the model plans a per-CPU reservation by default", b)
         test_route_fd_door(d)
         if kvm_usable():
             test_route_fd_vmm(d)
         else:
             print("skip route fds from VMMs: no /dev/kvm or vpmu-fake-vmm")
+    finally:
+        d.stop()
+    u = os.path.join(tmp, "uniform")
+    os.makedirs(u)
+    d = Daemon(u, extra=["--kvm-reserve", "uniform"])
+    d.start()
+    try:
+        b = Client(d.sock).call("status")["result"]["backends"]
+        check(b.get("kvm_reservation") == "uniform", "--kvm-reserve uniform: status says the reservation is uniform", b)
+        out = ctl(d, "status").stdout
+        check(any(l.startswith("reservation") and "uniform (one mask for every CPU" in l for l in out.splitlines()),
+              "vpmuctl status: the uniform reservation, and why", out)
     finally:
         d.stop()
 

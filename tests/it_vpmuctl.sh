@@ -112,6 +112,7 @@ check "status: the model KVM is SIMULATED" eval 'grep -E "^kvm " "$T/out" | grep
 check "status: 144 CPUs of the model" out_has '^cpus +144$'
 check "status: the vPMU flavour reasoned about, whether routes hold, and in one line what it means for guests and for host sessions" \
 	out_has '^vpmu +extension \(routes simulated\): guests: .*; host sessions: '
+check "status: the reservation is planned per CPU (the model's default)" out_has '^reservation +per-cpu$'
 ctl --json status
 check "status --json parses, says simulated" eval 'rc_is 0 && json_ok && jpy "d[\"backends\"][\"pmu_simulated\"] is True and d[\"backends\"][\"kvm\"] == \"model\""'
 check "status --json: flavour extension, routes simulated" jpy 'd["backends"]["kvm_flavour"] == "extension" and d["backends"]["kvm_routes"] == "simulated"'
