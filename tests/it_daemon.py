@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import signal
 import socket
@@ -233,7 +234,7 @@ def test_host_flavour(tmp):
         effect = b.get("kvm_flavour_effect", "")
         check(effect.startswith("guests: ") and "; host sessions: " in effect,
               "status: one line for guests and host sessions", effect)
-        check(f"kvm: vPMU flavour {flavour}, routes advisory: guests: " in d.logtext(),
+        check(re.search(rf"kvm: vPMU flavour {flavour}, routes advisory(, reservation [a-z-]+)?: guests: ", d.logtext()),
               "the start log names the flavour and what it means", d.logtext()[-2000:])
         if flavour == "mediated":
             check(any("irqchip" in w for w in b.get("kvm_warnings", [])),
@@ -1430,11 +1431,25 @@ def test_route_fd(tmp):
     d = Daemon(tmp)
     d.start()
     try:
+        b = Client(d.sock).call("status")["result"]["backends"]
+        check(b.get("kvm_reservation") == "per-cpu", "status: the model plans a per-CPU reservation by default", b)
         test_route_fd_door(d)
         if kvm_usable():
             test_route_fd_vmm(d)
         else:
             print("skip route fds from VMMs: no /dev/kvm or vpmu-fake-vmm")
+    finally:
+        d.stop()
+    u = os.path.join(tmp, "uniform")
+    os.makedirs(u)
+    d = Daemon(u, extra=["--kvm-reserve", "uniform"])
+    d.start()
+    try:
+        b = Client(d.sock).call("status")["result"]["backends"]
+        check(b.get("kvm_reservation") == "uniform", "--kvm-reserve uniform: status says the reservation is uniform", b)
+        out = ctl(d, "status").stdout
+        check(any(l.startswith("reservation") and "uniform (one mask for every CPU" in l for l in out.splitlines()),
+              "vpmuctl status: the uniform reservation, and why", out)
     finally:
         d.stop()
 

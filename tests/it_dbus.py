@@ -12,6 +12,7 @@ a plain user, on their own leases and on others'.
 Each check prints one line; any failure makes the exit status non-zero.
 """
 import atexit
+import ctypes
 import grp
 import json
 import os
@@ -718,6 +719,109 @@ def test_host_flavour(env):
     mgr.DetachVM("flav")
 
 
+def vpmud_kvm_fds(env):
+    n = 0
+    for fd in os.listdir(f"/proc/{env.vpmud.pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{env.vpmud.pid}/fd/{fd}") == "anon_inode:kvm-vm"
+        except OSError:
+            pass
+    return n
+
+
+def fd_of(pid, fd):
+    """Our own descriptor of process pid's fd (pidfd_getfd), or -1."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        return libc.syscall(438, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+
+
+def test_route_fd_bus(env, mgr):
+    """BindVM's route_fd (h): the delegation path on the bus. The route fd
+    is the VMM's VM file (what --kvm model takes for one), passed by an
+    agent (dbus-python's UnixFd) that took it from the VMM."""
+    count0 = props(env, PATH, MGR)["VmCount"]
+    kvm0 = vpmud_kvm_fds(env)
+    vmm = spawn_vmm()
+    vm_fd = int(vmm.stdout.readline().split("vm_fd=")[1].split()[0])
+    route = fd_of(vmm.pid, vm_fd)
+    if route < 0:
+        print("skip BindVM with a route fd: pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+        vmm.kill()
+        vmm.wait()
+        return
+    path, _ = mgr.AttachVM("rfd-vm", {"vcpus": dbus.Array(["11"], signature="s"), "gp": dbus.UInt32(2)})
+    vp = props(env, path, VM_IF)
+    check(ROUTES_KINDS[vp["RoutesKind"]] == "advisory" and vp["RoutesWhy"],
+          "VM RoutesKind advisory (and RoutesWhy) before its VMM hands a route fd", dict(vp))
+    # wrong type, a pipe: refused, nothing changed
+    try:
+        mgr.BindVM("rfd-vm", dbus.UInt32(vmm.pid), {"route_fd": dbus.Int32(route)})
+        check(False, "BindVM with route_fd as an integer: refused")
+    except dbus.DBusException as e:
+        check(e.get_dbus_name() == ERR + "InvalidParam" and "params.route_fd" in e.get_dbus_message()
+              and "unix fd (h)" in e.get_dbus_message(), "BindVM route_fd must be a unix fd (h)", e.get_dbus_message())
+    rd, wr = os.pipe()
+    try:
+        mgr.BindVM("rfd-vm", dbus.UInt32(vmm.pid), {"route_fd": dbus.types.UnixFd(wr)})
+        check(False, "BindVM with a pipe as route fd: refused")
+    except dbus.DBusException as e:
+        check(e.get_dbus_name() == ERR + "InvalidParam" and "params.route_fd" in e.get_dbus_message(),
+              "BindVM with a pipe as route fd: InvalidParam naming params.route_fd", e.get_dbus_message())
+    ino = os.fstat(wr).st_ino
+    os.close(rd)
+    os.close(wr)
+    held = [t for t in (os.readlink(f"/proc/{env.vpmud.pid}/fd/{n}") for n in os.listdir(f"/proc/{env.vpmud.pid}/fd"))
+            if t == f"pipe:[{ino}]"]
+    check(not held, "... vpmud kept no copy of it")
+    vp = props(env, path, VM_IF)
+    check(tuple(vp["Owner"]) == (0, -1) and ROUTES_KINDS[vp["RoutesKind"]] == "advisory", "... nothing changed",
+          dict(vp))
+    # the VMM's route fd: simulated, on the object and in every answer
+    res = mgr.BindVM("rfd-vm", dbus.UInt32(vmm.pid), {"route_fd": dbus.types.UnixFd(route)})
+    os.close(route)
+    check(ROUTES_KINDS[res["routes"]] == "simulated" and "route fd" in res["routes_why"],
+          "BindVM with the VMM's route fd (h): routes simulated", dict(res))
+    vp = props(env, path, VM_IF)
+    check(ROUTES_KINDS[vp["RoutesKind"]] == "simulated" and "route fd" in vp["RoutesWhy"]
+          and tuple(vp["Owner"])[0] == vmm.pid, "VM RoutesKind simulated, RoutesWhy, Owner the VMM", dict(vp))
+    check(vpmud_kvm_fds(env) > kvm0, "vpmud holds the route fd")
+    plan = mgr.GetPlan({})
+    e = next((v for v in plan["vms"] if v["name"] == "rfd-vm"), {})
+    check(ROUTES_KINDS[e.get("routes", 0)] == "simulated", "GetPlan: the VM's routes simulated", e)
+    st = mgr.GetStatus()
+    check(int(st["vms_by_routes"]["simulated"]) >= 1 and "rfd-vm" not in list(st["advisory_vms"]),
+          "GetStatus counts it simulated", st)
+    time.sleep(0.3)
+    check(any(x.get("member") == "PropertiesChanged" and x.get("path") == path
+              and "RoutesKind" in json.dumps(x.get("payload")) and "RoutesWhy" in json.dumps(x.get("payload"))
+              for x in env.signals()), "PropertiesChanged RoutesKind, RoutesWhy when the route fd came")
+    # a VMM that hands none: advisory, by name in the status
+    vmm2 = spawn_vmm()
+    vmm2.stdout.readline()
+    path2, _ = mgr.AttachVM("norfd-vm", {"vcpus": dbus.Array(["12"], signature="s"), "gp": dbus.UInt32(1)})
+    res = mgr.BindVM("norfd-vm", dbus.UInt32(vmm2.pid), {})
+    check(ROUTES_KINDS[res["routes"]] == "advisory" and res["routes_why"] == "the VMM handed no route fd",
+          "BindVM without a route fd: advisory, the VMM handed no route fd", dict(res))
+    vp = props(env, path2, VM_IF)
+    check(ROUTES_KINDS[vp["RoutesKind"]] == "advisory" and vp["RoutesWhy"] == "the VMM handed no route fd",
+          "its object says so", dict(vp))
+    st = mgr.GetStatus()
+    check("norfd-vm" in list(st["advisory_vms"]), "GetStatus names it among the advisory VMs", st)
+    sock = sock_call(env, "vm.show", {"name": "norfd-vm"})["result"]
+    check(sock["routes"] == "advisory" and sock["routes_why"] == vp["RoutesWhy"],
+          "the socket's vm.show says the same", sock)
+    # the VMMs exit: released, route fd closed
+    for p in (vmm, vmm2):
+        p.kill()
+        p.wait()
+    check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == count0), "the VMMs' exit releases their VMs")
+    check(wait_until(lambda: vpmud_kvm_fds(env) == kvm0), "... and vpmud closes the route fd")
+
+
 def run(env):
     mgr = dbus.Interface(env.bus.get_object(NAME, PATH), MGR)
 
@@ -930,6 +1034,7 @@ print("bound", flush=True)
         vmm.kill()
         vmm.wait()
         check(wait_until(lambda: props(env, PATH, MGR)["VmCount"] == 1), "and its VMM's exit releases it")
+        test_route_fd_bus(env, mgr)
     else:
         print("skip VMM-owned lease: no /dev/kvm or vpmu-fake-vmm")
 

@@ -112,6 +112,7 @@ check "status: the model KVM is SIMULATED" eval 'grep -E "^kvm " "$T/out" | grep
 check "status: 144 CPUs of the model" out_has '^cpus +144$'
 check "status: the vPMU flavour reasoned about, whether routes hold, and in one line what it means for guests and for host sessions" \
 	out_has '^vpmu +extension \(routes simulated\): guests: .*; host sessions: '
+check "status: the reservation is planned per CPU (the model's default)" out_has '^reservation +per-cpu$'
 ctl --json status
 check "status --json parses, says simulated" eval 'rc_is 0 && json_ok && jpy "d[\"backends\"][\"pmu_simulated\"] is True and d[\"backends\"][\"kvm\"] == \"model\""'
 check "status --json: flavour extension, routes simulated" jpy 'd["backends"]["kvm_flavour"] == "extension" and d["backends"]["kvm_routes"] == "simulated"'
@@ -149,7 +150,7 @@ ctl vm show web
 check "vm show: per-vCPU CPU lists of --vcpu-cpus" eval 'rc_is 0 && out_has "^  0 +0-1 " && out_has "^  1 +2-3 " && out_has "^  2 +100-143 "'
 check "vm show: unbound owner" out_has '^owner +none'
 ctl --json vm show db
-check "vm show --json: the flavour reasoned about" eval 'json_ok && jpy "d[\"flavour\"] == \"extension\" and d[\"routes\"] == \"simulated\""'
+check "vm show --json: the flavour reasoned about; an unbound VM's own routes are advisory, and why" eval 'json_ok && jpy "d[\"flavour\"] == \"extension\" and d[\"routes\"] == \"advisory\" and d[\"routes_why\"]"'
 check "vm show --json: routes of a guaranteed VM (4 gp passthrough)" eval 'rc_is 0 && json_ok && jpy "all(v[\"gp\"][:4] == [\"passthrough\"]*4 for v in d[\"vcpus\"]) and len(d[\"vcpus\"]) == 2"'
 
 ctl vm update web --priority 350 --gp 2
@@ -164,7 +165,7 @@ ctl vm update web --vcpu-cpus '0;1'
 check "vm update --vcpu-cpus '0;1'" rc_is 0
 
 ctl vm list
-check "vm list: both VMs, what they were granted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^vPMU extension, routes simulated$" && out_has "^db +800 +guaranteed +2 +passthrough 2$" && out_has "^web +350 +preferred +2 +passthrough [0-9]+$"'
+check "vm list: both VMs, what they were granted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^vPMU extension, routes simulated$" && out_has "^db +800 +guaranteed +2 +advisory +passthrough 2$" && out_has "^web +350 +preferred +2 +advisory +passthrough [0-9]+$"'
 ctl --json vm list
 check "vm list --json parses" eval 'json_ok && jpy "sorted(v[\"name\"] for v in d[\"vms\"]) == [\"db\", \"web\"]"'
 
@@ -319,6 +320,8 @@ if [ -x "$FAKE_VMM" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && start_vmm 2; then
 	p2=$vmm_pid
 	ctl vm bind kvm2 --pid "$p2"
 	check "vm bind --pid (vpmud finds the VM fd)" eval 'rc_is 0 && out_has "^bound to pid $p2: kvm2"'
+	check "vm bind: vpmuctl hands no route fd, the VM's routes are advisory and it says why" \
+		out_has '^  routes: advisory \(the VMM handed no route fd\)$'
 	ctl vm bind kvm2 --pid "$p2"
 	check "vm bind again to the same VMM: harmless" rc_is 0
 	ctl vm bind kvm2 --pid "$p1"
@@ -327,6 +330,27 @@ if [ -x "$FAKE_VMM" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && start_vmm 2; then
 	check "vm bind --json parses" eval 'rc_is 0 && json_ok && jpy "d[\"name\"] == \"kvm2\""'
 	ctl vm show kvm2
 	check "vm show: bound to the second VMM" out_has "^owner +pid $p2, VM fd [0-9]+\$"
+	check "vm show: routes advisory, the VMM handed no route fd" out_has '^routes +advisory \(the VMM handed no route fd\)$'
+	ctl status
+	check "status: names the advisory VMs" eval 'out_has "^advisory vms +.*kvm2.*: routes not enforced" && out_has "^vms +[0-9]+ \(.*advisory\)$"'
+
+	# A VMM that hands its route fd itself (the client library's call)
+	ctl vm attach rfd --vcpus 1 --cpus 1 --gp 1
+	"$FAKE_VMM" --route-fd --name rfd 1 >"$T/rfd.out" 2>&1 &
+	prfd=$!
+	bg_pids+=("$prfd")
+	wait_for 200 grep -q '^vm.bind rfd' "$T/rfd.out"
+	check "vpmu-fake-vmm --route-fd (default socket: \$VPMU_SOCKET): bound, routes simulated" \
+		grep -q '^vm.bind rfd: bound, routes simulated' "$T/rfd.out"
+	ctl vm show rfd
+	check "vm show: routes simulated for the VM whose VMM handed its route fd" eval 'out_has "^routes +simulated \(" && out_has "^owner +pid $prfd, "'
+	ctl vm list
+	check "vm list: the ROUTES column per VM" eval 'out_has "^rfd +100 +preferred +1 +simulated " && out_has "^kvm2 .* advisory "'
+	ctl plan
+	check "plan: per VM, whether its routes hold" eval 'out_has "^  rfd \(routes simulated \(" && out_has "^  kvm2 \(routes advisory \(the VMM handed no route fd\)\)$"'
+	kill "$prfd"
+	wait "$prfd" 2>/dev/null
+	check "its VMM's exit releases it" wait_for 200 vm_gone rfd
 
 	ctl vm attach kvm3 --vcpus 1 --cpus 0 --pid "$p1" --vm-fd 0
 	check "vm attach with a fd that is not a KVM VM: invalid_param, exit 1" eval 'rc_is 1 && err_has "^vpmuctl: invalid_param: "'
