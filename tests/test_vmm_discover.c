@@ -89,6 +89,36 @@ static void test_child_vm(void **state)
 	vmm_discover_release(&vm);
 }
 
+/* A VMM that keeps a dup of its VM fd (to hand one to vpmud) holds one VM,
+ * not two; a second KVM_CREATE_VM is a second VM. */
+static void test_dup_of_vm_fd_is_one_vm(void **state)
+{
+	(void)state;
+	if (!kvm_child_available())
+		skip();
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	assert_true(kvm >= 0);
+	int vm1 = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm1 >= 0);
+	int dup1 = fcntl(vm1, F_DUPFD_CLOEXEC, 3);
+	assert_true(dup1 >= 0);
+	struct vmm_vm vm;
+	char why[256];
+	int r = vmm_discover(getpid(), NULL, &vm, why, sizeof(why));
+	if (r != 0)
+		fail_msg("a VM fd and its dup: %s", why);
+	assert_true(vm.vm_fd == vm1 || vm.vm_fd == dup1);
+	vmm_discover_release(&vm);
+	int vm2 = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm2 >= 0);
+	assert_int_equal(vmm_discover(getpid(), NULL, &vm, why, sizeof(why)), -ENOTUNIQ);
+	assert_non_null(strstr(why, "2 KVM VMs"));
+	close(vm2);
+	close(dup1);
+	close(vm1);
+	close(kvm);
+}
+
 static void test_child_unnamed_threads(void **state)
 {
 	(void)state;
@@ -232,6 +262,7 @@ int main(void)
 		cmocka_unit_test(test_fd_kind_and_pidfd),
 		cmocka_unit_test(test_process_without_vm),
 		cmocka_unit_test(test_child_vm),
+		cmocka_unit_test(test_dup_of_vm_fd_is_one_vm),
 		cmocka_unit_test(test_child_unnamed_threads),
 		cmocka_unit_test(test_child_two_vms),
 		cmocka_unit_test(test_qemu),

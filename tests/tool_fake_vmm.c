@@ -34,7 +34,7 @@
 #include "vpmu/client.h"
 
 #ifndef KVM_CAP_PMU_CAPABILITY
-#define KVM_CAP_PMU_CAPABILITY 225
+#define KVM_CAP_PMU_CAPABILITY 212
 #endif
 
 struct vcpu_thread {

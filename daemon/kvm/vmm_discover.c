@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/kcmp.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -183,6 +184,20 @@ static void tids_from_comm(const char *procfs, pid_t pid, struct vmm_vm *vm)
 	}
 }
 
+/* Up to this many distinct VM files are told apart; more count as more VMs
+ * (the answer is "choose one by fd" either way). */
+#define VMM_MAX_VM_FILES 16
+
+/* Whether two fds of pid are one open file. kcmp needs ptrace rights on
+ * pid (vpmud is root) and a kernel with it; without it, or on a procfs
+ * other than the live one (tests), every number counts as its own file. */
+static bool same_file(const char *procfs, pid_t pid, int a, int b)
+{
+	if (strcmp(procfs, "/proc"))
+		return false;
+	return syscall(SYS_kcmp, pid, pid, KCMP_FILE, a, b) == 0;
+}
+
 int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm *out,
 		 char *why, size_t whylen)
 {
@@ -216,8 +231,9 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 	}
 	size_t cap = 8;
 	_cleanup_free_ struct vmm_vcpu *vcpus = calloc(cap, sizeof(*vcpus));
-	unsigned n_vcpus = 0, n_vms = 0;
+	unsigned n_vcpus = 0, n_vms = 0, n_vm_files = 0;
 	int vm_fd = -1;
+	int vm_files[VMM_MAX_VM_FILES];
 	if (!vcpus)
 		return -ENOMEM;
 	struct dirent *e;
@@ -228,8 +244,18 @@ int vmm_discover(pid_t pid, const struct vmm_discover_opts *opts, struct vmm_vm 
 		unsigned id = 0;
 		int kind = vmm_discover_fd_kind(procfs, pid, (int)fdnum, &id);
 		if (kind == VMM_FD_KVM_VM) {
-			n_vms++;
-			if (want_fd < 0 || (int)fdnum == want_fd)
+			/* A VMM may hold its VM file under several numbers (a
+			 * dup kept to hand vpmud as a route fd): count files,
+			 * not numbers. */
+			int first = -1;
+			for (unsigned k = 0; k < n_vm_files && first < 0; k++)
+				if (same_file(procfs, pid, vm_files[k], (int)fdnum))
+					first = vm_files[k];
+			if (first < 0 && n_vm_files < VMM_MAX_VM_FILES)
+				vm_files[n_vm_files++] = (int)fdnum;
+			if (first < 0)
+				n_vms++;
+			if (want_fd < 0 ? vm_fd < 0 : (int)fdnum == want_fd)
 				vm_fd = (int)fdnum;
 		} else if (kind == VMM_FD_KVM_VCPU) {
 			if (n_vcpus >= VMM_MAX_VCPUS) {
