@@ -1139,9 +1139,11 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 		struct json_object *g = get(res, "granted");
 		char *fl = flavour_line(res);
 
+		const char *why = get_str(res, "routes_why");
+
 		print_generation_line("attached", a->name, res);
 		if (fl)
-			printf("  %s\n", fl);
+			printf("  %s%s%s%s\n", fl, why ? " (" : "", why ? why : "", why ? ")" : "");
 		free(fl);
 		/* "<route>_vcpus": the vCPUs that asked for PMCs, by the weakest
 		 * route they got; the flavour decides which routes there are */

@@ -75,15 +75,26 @@ start_vmm() { # name vcpus: sets owner_args to "--pid P --vm-fd F", or empty
   for _ in $(seq 50); do [ -s "$out" ] && break; sleep 0.02; done
   owner_args=$(sed -n 's/^pid=\([0-9]*\) vm_fd=\([0-9]*\).*/--pid \1 --vm-fd \2/p' "$out")
 }
+# A VMM that does what docs/vmm-integration.md asks: it hands vpmud a route
+# fd for the lease NAME (vm.bind with SCM_RIGHTS), so that VM's routes go to
+# the (model) kernel; the others are advisory.
+start_delegating_vmm() { # name vcpus
+  [ -x "$fake_vmm" ] && [ -w /dev/kvm ] || return 0
+  local out="$rt/$1.vmm"
+  "$fake_vmm" --route-fd="$VPMU_SOCKET" --name "$1" "$2" >"$out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^vm.bind' "$out" && break; sleep 0.05; done
+  sed 's/^/  vmm: /' "$out"
+}
 
 # Host sessions count on real CPUs (software events are opened for real),
 # so they use CPU 0-1, which every machine has; VMs may use any CPU of the
 # PMU inventory.
-step "A guaranteed database VM: 4 general PMCs and fixed 0-1 on CPUs 2-5"
-start_vmm db 2
-# shellcheck disable=SC2086
-run "$vpmuctl" vm attach db --priority 800 --class guaranteed --gp 4 --fixed 0x3 --vcpus 2 --cpus 2-5 $owner_args
-step "A preferred web VM floating over CPUs 0-3, asking for 6 PMCs and 3 fixed"
+step "A guaranteed database VM: 4 general PMCs and fixed 0-1 on CPUs 2-5; its VMM hands vpmud a route fd"
+run "$vpmuctl" vm attach db --priority 800 --class guaranteed --gp 4 --fixed 0x3 --vcpus 2 --cpus 2-5
+start_delegating_vmm db 2
+run "$vpmuctl" vm show db
+step "A preferred web VM floating over CPUs 0-3, asking for 6 PMCs and 3 fixed; its VMM hands no route fd (advisory)"
 start_vmm web 2
 # shellcheck disable=SC2086
 run "$vpmuctl" vm attach web --priority 300 --class preferred --gp 6 --fixed 0x7 --vcpus 2 --cpus 0-3 $owner_args

@@ -459,7 +459,7 @@ else
 		out_has "^vpmu +$flavour \(routes advisory\): guests: .*; host sessions: "
 	check "auto: the kvm row is advisory, not simulated" eval 'grep -E "^kvm " "$T/out" | grep -q ADVISORY && ! grep -E "^kvm " "$T/out" | grep -q SIMULATED'
 	ctl vm attach flav --gp 2 --fixed 0x1 --vcpus 1 --cpus 0
-	check "auto: vm attach accepted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^  vPMU $flavour, routes advisory$"'
+	check "auto: vm attach accepted, under the flavour reasoned about" eval 'rc_is 0 && out_has "^  vPMU $flavour, routes advisory \(vPMU flavour $flavour"'
 	ctl --json vm show flav
 	case $flavour in
 	perf-based) want='("reserved", "at-risk")' ;;

@@ -78,13 +78,11 @@ static const char *errno_text(int e)
 
 /*
  * The route fd to hand over: the kernel's when it has the extension, else
- * what the model takes for one, the VM file itself. That is sent as the
- * VM fd: vpmud receives its own descriptor of the file, a dup, and this
- * process keeps holding one VM fd, as a VMM does (vpmud finds the VMM's
- * VM among its descriptors). closed: a dup of our own, closed by the
- * caller. -1 when not even that can be made.
+ * what the model takes for one, a dup of the VM fd (the VMM keeps its own
+ * VM fd, and vpmud's discovery counts one VM file however many numbers
+ * hold it). -1 when not even that can be made.
  */
-static int make_route_fd(int vm, bool closed)
+static int make_route_fd(int vm)
 {
 	struct kvm_vpmu_route_fd args = { 0 };
 	int fd = ioctl(vm, KVM_CREATE_VPMU_ROUTE_FD, &args);
@@ -93,13 +91,12 @@ static int make_route_fd(int vm, bool closed)
 		return fd;
 	}
 	printf("KVM_CREATE_VPMU_ROUTE_FD: %s\n", errno_text(errno));
-	fd = closed ? fcntl(vm, F_DUPFD_CLOEXEC, 0) : vm;
+	fd = fcntl(vm, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0) {
 		fprintf(stderr, "vpmu-fake-vmm: dup of the VM fd: %s\n", strerror(errno));
 		return -1;
 	}
-	printf("model route fd %d: a dup of the VM fd (the kernel lacks KVM_CAP_VPMU_ROUTES)%s\n", fd,
-	       closed ? "" : "; sent as SCM_RIGHTS, vpmud receives its own dup");
+	printf("model route fd %d: a dup of the VM fd (the kernel lacks KVM_CAP_VPMU_ROUTES)\n", fd);
 	return fd;
 }
 
@@ -192,7 +189,7 @@ int main(int argc, char **argv)
 		printf("KVM_CHECK_EXTENSION(KVM_CAP_VPMU_ROUTES): %d\n", ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_VPMU_ROUTES));
 		printf("KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION): %s\n",
 		       opt_in ? errno_text(opt_in) : "opted in");
-		int route_fd = make_route_fd(vm, closed);
+		int route_fd = make_route_fd(vm);
 		if (route_fd < 0)
 			return 1;
 		fflush(stdout);
@@ -200,6 +197,9 @@ int main(int argc, char **argv)
 			fflush(stdout);
 			return 1;
 		}
+		/* vpmud holds its own copy now; the VMM keeps its VM fd. */
+		if (!closed)
+			close(route_fd);
 	}
 	fflush(stdout);
 	for (;;)

@@ -704,7 +704,16 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		put(out, "{\"name\":");
 		put_str(out, req->u.vm_attach.name);
 		putf(out, ",\"generation\":%" PRIu64, res.generation);
-		put_broker_flavour(out, b);
+		/* routes: this VM's own kind, as in vm.show (advisory until its
+		 * VMM hands a route fd, whatever the backend) */
+		struct broker_vm_view av;
+		if (broker_vm_find(b, req->u.vm_attach.name, &av) == 0) {
+			put(out, ",\"flavour\":");
+			put_str(out, broker_flavour_name(broker_flavour(b)));
+			put_vm_routes(out, b, &av);
+		} else {
+			put_broker_flavour(out, b);
+		}
 		put(out, ",\"granted\":{");
 		put_vcpu_grants(out, b, res.vcpus_by_route, true);
 		put(out, "},\"bound\":");
