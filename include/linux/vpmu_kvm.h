@@ -35,44 +35,36 @@
 #define VPMU_FIXED_BIT(i)		(1ULL << (VPMU_FIXED_SHIFT + (i)))
 #define VPMU_GP_MASK			0x00000000ffffffffULL
 #define VPMU_FIXED_MASK			0x0000ffff00000000ULL
-/* KVM gives a guest at most three fixed counters (Ice Lake's fixed counter
- * 3, topdown slots, is not virtualised): only these may be reserved or
- * routed. */
-#define VPMU_GUEST_FIXED_MASK		0x0000000700000000ULL
 #define VPMU_PERF_METRICS_BIT		(1ULL << 48)
 
 /* ------------------------------------------------------ perf half (sysfs) */
 /*
- * Not a KVM interface: perf owns counter allocation. Two attributes of the
- * core PMU device (/sys/bus/event_source/devices/cpu/, "cpu_core" on hybrid
- * parts, which KVM does not virtualise anyway):
- *
- * caps/guest_reserve (0444): a decimal bitmask of VPMU_RESERVE_CAP_*. Absent
- * on kernels without the perf half.
- *
- * guest_reserve (0600): reads one line per group of online CPUs with the
- * same reservation, "<cpulist> 0x<16 hex digits>\n", by first CPU. A write
- * is one such line and sets the reservation of every listed CPU, all or
- * none. Errors in check order: EINVAL (syntax; empty list; a CPU offline or
- * beyond nr_cpu_ids; a bit that is not a counter of this PMU, a fixed
- * counter above 2, PERF_METRICS or above; a list other than every online
- * CPU when VPMU_RESERVE_CAP_PER_CPU is absent), EBUSY (a listed CPU's
- * pinned host events would no longer fit in the counters left to host
- * perf; or the write would leave a counter that some partitioned vCPU
- * passes through reserved on no online CPU).
+ * Not a KVM interface: perf owns counter allocation. Attributes of the core
+ * PMU, one value each (paths and rules in docs/kvm-api.md, part 1):
+ *   caps/guest_reserve      VPMU_RESERVE_CAP_* (decimal); absent: no perf half
+ *   caps/guest_reservable   counters that may be reserved (hex mask)
+ *   guest_reserve           one hex mask for every online CPU
+ *   per CPU (VPMU_RESERVE_CAP_PER_CPU only): the CPU device's
+ *                           perf_guest_reserve, one hex mask
+ * Errors of a write, in check order: EACCES (open: the files are root's),
+ * EINVAL (syntax, an offline CPU, a counter not in caps/guest_reservable),
+ * EBUSY (pinned host events would no longer fit; a counter a live route
+ * passes through would be reserved on no online CPU). A write is all or
+ * nothing over the CPUs it names.
  */
-#define VPMU_RESERVE_SYSFS_DIR		"/sys/bus/event_source/devices/cpu"
-#define VPMU_RESERVE_ATTR		"guest_reserve"
-#define VPMU_RESERVE_CAPS_ATTR		"caps/guest_reserve"
-
 #define VPMU_RESERVE_CAP_UNIFORM	(1U << 0)	/* one mask for every CPU */
 #define VPMU_RESERVE_CAP_PER_CPU	(1U << 1)	/* masks may differ by CPU */
 
 /* ------------------------------------------------------------- KVM half */
 
 /*
- * KVM_CHECK_EXTENSION (system and VM fd): 1 when route fds are supported,
- * which needs the perf half and a PMU KVM can virtualise.
+ * KVM_CHECK_EXTENSION: 1 when route fds are supported: the perf half, the
+ * mediated vPMU and the host-wide switch kvm_intel.enable_partitioned_pmu
+ * (PROVISIONAL; off by default, and then nothing changes for any VM). On a
+ * VM fd the answer is for that VM's type (0 for protected-state types).
+ * With the switch on, a VM that does not opt in, or cannot (protected
+ * state, no in-kernel local APIC), gets no vPMU: a mediated VM that is not
+ * partitioned would take the whole PMU from the host.
  */
 #define KVM_CAP_VPMU_ROUTES		0x7670	/* PROVISIONAL */
 
@@ -81,17 +73,19 @@
  * in args[0], before the first KVM_CREATE_VCPU. Beside KVM_PMU_CAP_DISABLE
  * (bit 0, linux/kvm.h). Refused (EINVAL) together with DISABLE, after a vCPU
  * exists, for VM types with protected state (SEV-ES, SEV-SNP, TDX) and
- * without an in-kernel local APIC.
+ * without an in-kernel local APIC. A partitioned vCPU's CPUID leaf 0xA
+ * says PMU version 2 at most (KVM_SET_CPUID2: EINVAL otherwise), so the
+ * guest has no GLOBAL_STATUS_SET or GLOBAL_INUSE to split.
  */
 #define KVM_PMU_CAP_PARTITION		(1U << 1)	/* PROVISIONAL */
 
 /*
  * KVM_CREATE_VPMU_ROUTE_FD (VM ioctl, the VMM only): returns a new fd
- * (O_CLOEXEC) holding a reference on the VM. Its ioctls work from any
- * process that holds it. The VM is dead once the VMM has released every VM
- * file and vCPU fd (route fds hold struct kvm, not a user of the VM): from
- * then on the route fd's ioctls return EIO and closing it frees the VM.
- * Several may exist; all are equivalent.
+ * (O_CLOEXEC, anon inode "kvm-vpmu-route"), at most one per VM (EEXIST
+ * while one is open). Its ioctls work from any process that holds it. It
+ * does not keep the VM alive: it holds a route object that KVM detaches
+ * when the VM is destroyed; the VM is then dead and every route fd ioctl
+ * returns EIO; closing the fd is all that is left.
  *
  * Errors of every route fd ioctl, in check order: EBADF/ENOTTY (not a
  * route fd), EIO (VM dead), ENOTTY (unknown ioctl), EFAULT, EINVAL (flags,
@@ -122,7 +116,8 @@ struct kvm_vpmu_vcpus {
  * KVM_SET_CPUID2); every PMC of the shape outside passthrough is
  * multiplexed (a flexible host perf event, its count scaled by
  * enabled/running time and flagged an estimate). Routes never change the
- * shape. GET: passthrough and shape are outputs and must be 0 on input.
+ * shape (KVM_SET_CPUID2 cannot drop a pass-through PMC from it: EBUSY).
+ * GET: passthrough and shape are outputs and must be 0 on input.
  * SET: shape must be 0; passthrough must be within shape (EINVAL), and
  * each of its counters must be in the reservation of at least one online
  * CPU (EBUSY). Guest PMC values are kept across a route change.
@@ -138,7 +133,8 @@ struct kvm_vpmu_routes {
 /*
  * KVM_VPMU_GET_VCPU_STATS_FD (route fd): the binary stats fd of one vCPU,
  * as KVM_GET_STATS_FD on its vCPU fd gives it: the vCPU's statistics, the
- * VPMU_STAT_* ones among them (docs/kvm-api.md, "Statistics").
+ * VPMU_STAT_* ones among them (docs/kvm-api.md, "Statistics"). Like that
+ * fd it holds the vCPU: read it and close it.
  */
 struct kvm_vpmu_stats_fd {
 	__u32 vcpu_id;			/* in */
