@@ -9,7 +9,6 @@
 #include <cmocka.h>
 
 #include <stdlib.h>
-#include <sys/syscall.h>
 #include <time.h>
 
 #include "kvm_child.h"
@@ -191,12 +190,8 @@ static void test_qemu(void **state)
 	struct kvm_port *port;
 	assert_int_equal(kvm_port_open(&po, &port, why, sizeof(why)), 0);
 	pid_t tids[2] = { vm.vcpus[0].tid, vm.vcpus[1].tid };
-	/* The VM's file, as QEMU would hand it (the model makes its route fd
-	 * from it; the port closes it on success). */
-	int vm_file = (int)syscall(SYS_pidfd_getfd, vm.pidfd, vm.vm_fd, 0);
-	assert_true(vm_file >= 0);
 	struct kvm_port_vm pv = { .vm_id = 1, .vmm_pid = pid, .vmm_pidfd = vm.pidfd,
-				  .route_fd = vm_file, .n_vcpus = 2, .vcpu_tids = tids };
+				  .vm_fd = vm.vm_fd, .n_vcpus = 2, .vcpu_tids = tids };
 	if (kvm_port_register_vm(port, &pv, why, sizeof(why)) != 0)
 		fail_msg("%s", why);
 	struct transition plan[3] = {
