@@ -415,19 +415,46 @@ struct fx {
 	struct rec rec;
 };
 
-static void fx_open_port(struct fx *f, unsigned reserve_caps)
+static int fx_open_port(struct fx *f, unsigned reserve_caps)
 {
 	struct kvm_model_opts mo = { .n_cpus = N_CPUS, .num_gp = NUM_GP, .fixed_mask = FIXED_MASK,
 				     .reserve_caps = reserve_caps };
-	assert_int_equal(kvm_model_new(&mo, &f->m), 0);
+	int r = kvm_model_new(&mo, &f->m);
+	if (r < 0)
+		return r;
 	struct kvm_port_opts o = base_opts(KVM_BACKEND_MODEL);
 	o.model = f->m;
 	o.trace = record;
 	o.trace_ctx = &f->rec;
 	char why[256];
-	assert_int_equal(kvm_port_open(&o, &f->port, why, sizeof(why)), 0);
-	assert_int_equal(kvm_port_backend(f->port), KVM_BACKEND_MODEL);
+	r = kvm_port_open(&o, &f->port, why, sizeof(why));
+	if (r == 0 && kvm_port_backend(f->port) != KVM_BACKEND_MODEL)
+		r = -EPROTO;
+	return r;
 }
+
+static void fx_free(struct fx *f)
+{
+	kvm_port_close(f->port);
+	if (f->probe >= 0)
+		kvm_model_route_close(f->m, f->probe);
+	kvm_model_free(f->m);
+	if (f->vm_file >= 0)
+		close(f->vm_file);
+	kvm_child_stop(&f->child);
+	rec_clear(&f->rec);
+	free(f);
+}
+
+/* cmocka runs no teardown after a failed setup: a failure here frees what
+ * it made (the child above all) before it fails. */
+#define SETUP_CHECK(cond, ...)                                  \
+	do {                                                    \
+		if (!(cond)) {                                  \
+			fx_free(f);                             \
+			fail_msg(__VA_ARGS__);                  \
+		}                                               \
+	} while (0)
 
 static int setup(void **state)
 {
@@ -435,24 +462,27 @@ static int setup(void **state)
 		skip();
 	struct fx *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	f->probe = -1;
-	assert_int_equal(kvm_child_start(&f->child, 1, 2, true), 0);
+	f->probe = f->vm_file = -1;
+	int r = kvm_child_start(&f->child, 1, 2, true);
+	SETUP_CHECK(r == 0, "kvm child: %s", strerror(-r));
 	f->vm_file = pidfd_getfd_of(f->child.pid, f->child.vm_fd[0]);
-	assert_true(f->vm_file >= 0);
-	fx_open_port(f, 0);
+	SETUP_CHECK(f->vm_file >= 0, "pidfd_getfd: %s", strerror(-f->vm_file));
+	r = fx_open_port(f, 0);
+	SETUP_CHECK(r == 0, "model port: %s", strerror(-r));
 	/* The VMM (the child) hands a route fd; the model makes its own
 	 * from the VM file. Unknown vCPU threads: the port assumes every CPU. */
 	int handed = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3);
 	struct kvm_port_vm vm = { .vm_id = VM_ID, .vmm_pid = f->child.pid, .vmm_pidfd = -1,
 				  .route_fd = handed, .n_vcpus = 2 };
 	char why[256];
-	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
-		fail_msg("register: %s", why);
+	r = kvm_port_register_vm(f->port, &vm, why, sizeof(why));
+	SETUP_CHECK(r == 0, "register: %s", why);
 	/* The handed VM file is the port's to close on success. */
-	assert_false(fd_open(handed));
+	SETUP_CHECK(!fd_open(handed), "the VM file handed over is still open");
 	const struct kvm_model_vm_desc ignored = { 0 };
 	const struct kvm_vpmu_route_fd args = { 0 };
-	assert_int_equal(kvm_model_create_route_fd(f->m, f->vm_file, &ignored, &args, &f->probe), 0);
+	r = kvm_model_create_route_fd(f->m, f->vm_file, &ignored, &args, &f->probe);
+	SETUP_CHECK(r == 0, "probe route fd: %s", strerror(-r));
 	rec_clear(&f->rec);
 	*state = f;
 	return 0;
@@ -460,17 +490,8 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	struct fx *f = *state;
-	if (!f)
-		return 0;
-	kvm_port_close(f->port);
-	if (f->probe >= 0)
-		kvm_model_route_close(f->m, f->probe);
-	kvm_model_free(f->m);
-	close(f->vm_file);
-	kvm_child_stop(&f->child);
-	rec_clear(&f->rec);
-	free(f);
+	if (*state)
+		fx_free(*state);
 	return 0;
 }
 
@@ -565,8 +586,8 @@ static void test_uniform_steps_coalesce(void **state)
 	(void)state;
 	struct fx *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	f->probe = -1;
-	fx_open_port(f, VPMU_RESERVE_CAP_UNIFORM);
+	f->probe = f->vm_file = -1;
+	assert_int_equal(fx_open_port(f, VPMU_RESERVE_CAP_UNIFORM), 0);
 	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM);
 	/* A single CPU's line is what a uniform kernel refuses (P5). */
 	struct kvm_model_caller root = { .cap_sys_admin = true };
@@ -608,10 +629,7 @@ static void test_uniform_steps_coalesce(void **state)
 	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000000000001\n");
 	for (unsigned c = 0; c < N_CPUS; c++)
 		assert_int_equal(model_reservation(f, c), 0x1);
-	kvm_port_close(f->port);
-	kvm_model_free(f->m);
-	rec_clear(&f->rec);
-	free(f);
+	fx_free(f);
 }
 
 /* The whole list at once: stops at the first failure, reports exactly the

@@ -120,8 +120,9 @@ bool kvm_port_vm_enforced(const struct kvm_port *p, uint64_t vm_id, const char *
 int kvm_port_vcpu_shape(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *shape);
 
 /* The CPUs vCPU vcpu of vm_id may run on, as its lease declares them (a
- * list of CPU numbers; NULL: fall back to the thread's affinity).
- * -ENOENT unknown VM, -EINVAL vCPU out of range. */
+ * list of CPU numbers, any order; NULL or none: fall back to the thread's
+ * affinity, else every CPU). -ENOENT unknown VM, -EINVAL vCPU or a CPU out
+ * of range. */
 int kvm_port_set_vcpu_cpus(struct kvm_port *p, uint64_t vm_id, unsigned vcpu, const unsigned *cpus,
 			   size_t n_cpus);
 
@@ -147,7 +148,9 @@ int kvm_port_reservation(const struct kvm_port *p, unsigned cpu, uint64_t *mask)
 int kvm_port_passthrough(const struct kvm_port *p, uint64_t vm_id, unsigned vcpu, uint64_t *mask);
 
 /* The kernel's vpmu statistics of one vCPU, read from its binary stats fd
- * (KVM_VPMU_GET_VCPU_STATS_FD); -EOPNOTSUPP for an advisory VM. */
+ * (KVM_VPMU_GET_VCPU_STATS_FD); -EOPNOTSUPP for an advisory VM, -EIO for a
+ * dead one, -ENOENT unknown VM, -EINVAL vCPU out of range, -ENODATA when
+ * the stats fd lacks one of the VPMU_STAT_* names. */
 struct kvm_port_vcpu_stats {
 	uint64_t frozen_entries;
 	uint64_t msr_exits;
