@@ -203,7 +203,7 @@ static void test_encode_reserve_bytes(void **state)
 	assert_int_equal(kvm_port_encode_reserve(&one, 1, 0, buf, sizeof(buf)), 21);
 	assert_string_equal(buf, "5 0x0000000000000000\n");
 	const unsigned pair[] = { 7, 6 };
-	kvm_port_encode_reserve(pair, 2, VPMU_GUEST_FIXED_MASK | 0xff, buf, sizeof(buf));
+	kvm_port_encode_reserve(pair, 2, 0x00000007000000ffULL, buf, sizeof(buf));
 	assert_string_equal(buf, "6-7 0x00000007000000ff\n");
 	/* snprintf semantics: the length it needs, cut to fit. */
 	char small[8];

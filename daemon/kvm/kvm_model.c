@@ -43,6 +43,11 @@
 #define VM_FILE_LINK "anon_inode:kvm-vm"
 #define PIDFD_LINK "anon_inode:[pidfd]"
 
+/* The fixed counters KVM can give a guest (0..2: instructions, cycles,
+ * ref cycles); the model's caps/guest_reservable is the host's general
+ * counters and those of its fixed ones. */
+#define GUEST_FIXED_COUNTERS (VPMU_FIXED_BIT(0) | VPMU_FIXED_BIT(1) | VPMU_FIXED_BIT(2))
+
 #define for_each_bit(i, mask)                                                               \
 	for (uint64_t _rest_ = (mask), i; _rest_ && ((i = __builtin_ctzll(_rest_)), 1);     \
 	     _rest_ &= _rest_ - 1)
@@ -207,7 +212,7 @@ int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
 	m->num_gp = o->num_gp;
 	uint64_t gp = o->num_gp == 0 ? 0 : (VPMU_GP_MASK >> (VPMU_MAX_GP - o->num_gp));
 	m->host_counters = gp | ((uint64_t)o->fixed_mask << VPMU_FIXED_SHIFT);
-	m->reservable = m->host_counters & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK);
+	m->reservable = m->host_counters & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS);
 	m->caps = caps;
 	m->next_owner = OWNER_FIRST_VCPU;
 	for (unsigned c = 0; c < m->n_cpus; c++)
@@ -353,6 +358,11 @@ static void vcpu_put(struct kvm_model *m, struct model_vcpu *v)
 unsigned kvm_model_reserve_caps(const struct kvm_model *m)
 {
 	return m ? m->caps : 0;
+}
+
+uint64_t kvm_model_reservable(const struct kvm_model *m)
+{
+	return m ? m->reservable : 0;
 }
 
 /* Decimal CPU number of a cpulist, at most UINT32_MAX. */
@@ -1025,7 +1035,7 @@ static int routes_check_shape(const struct model_vm *vm, uint64_t pt)
 {
 	/* K10: pass-through only within the guest's shape (which routes never
 	 * change), never a fixed counter above 2 or bit 48 and above. */
-	if (pt & ~(vm->shape & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK)))
+	if (pt & ~(vm->shape & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS)))
 		return -EINVAL;
 	return 0;
 }

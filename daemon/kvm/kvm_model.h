@@ -57,6 +57,10 @@ void kvm_model_free(struct kvm_model *m);
 
 /* caps/guest_reserve (P1). */
 unsigned kvm_model_reserve_caps(const struct kvm_model *m);
+/* caps/guest_reservable: the counters a reservation may name (P4), the
+ * host's general counters and its fixed counters 0..2 (those KVM can give
+ * a guest); PERF_GLOBAL_CTRL layout. 0 for NULL. */
+uint64_t kvm_model_reservable(const struct kvm_model *m);
 /* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9);
  * -EACCES without cap_sys_admin (the attribute is 0600 root's). */
 int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,

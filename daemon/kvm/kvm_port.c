@@ -19,8 +19,19 @@
 #include "kvm/vmm_discover.h"
 #include "proto/cleanup.h"
 
+/* The fixed counters KVM can give a guest: instructions, cycles, ref
+ * cycles. Only the advisory backend needs it, having no kernel to ask. */
+#define GUEST_FIXED_COUNTERS (VPMU_FIXED_BIT(0) | VPMU_FIXED_BIT(1) | VPMU_FIXED_BIT(2))
+
 _Static_assert(TRANSITION_MAX_GP == VPMU_MAX_GP && TRANSITION_MAX_FIXED == VPMU_MAX_FIXED,
 	       "transition.h counter bounds must match the uapi layout");
+
+/* What the advisory backend takes for caps/guest_reservable. */
+static uint64_t host_reservable(unsigned num_gp, uint32_t fixed_mask)
+{
+	uint64_t gp = num_gp >= 32 ? VPMU_GP_MASK : ((1ULL << num_gp) - 1);
+	return gp | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & GUEST_FIXED_COUNTERS);
+}
 
 struct port_vcpu {
 	uint32_t kvm_id;       /* the id given to KVM_CREATE_VCPU */
@@ -53,6 +64,7 @@ struct kvm_port {
 	unsigned n_cpus, num_gp;
 	uint32_t fixed_mask;
 	unsigned reserve_caps;
+	uint64_t reservable;   /* kvm_port_reservable */
 	int reserve_fd;        /* ioctl: <sysfs_pmu_dir>/guest_reserve */
 	char *reserve_path;
 	uint64_t *reserve;     /* n_cpus masks, PERF_GLOBAL_CTRL layout */
@@ -315,7 +327,7 @@ static int read_text_file(const char *path, char **out)
 /* caps/guest_reserve: a decimal bitmask (P1). */
 static int read_reserve_caps(const char *dir, unsigned *caps)
 {
-	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, VPMU_RESERVE_CAPS_ATTR);
+	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVE_CAPS_ATTR);
 	_cleanup_free_ char *text = NULL;
 	if (!path)
 		return -ENOMEM;
@@ -328,6 +340,29 @@ static int read_reserve_caps(const char *dir, unsigned *caps)
 	if (errno || end == text || (*end && strcmp(end, "\n") != 0) || v > UINT_MAX || text[0] == '-')
 		return -EINVAL;
 	*caps = (unsigned)v;
+	return 0;
+}
+
+/* caps/guest_reservable: one hex mask "0x...", counters only (no bit 48
+ * and above). */
+static int read_reservable(const char *dir, uint64_t *mask)
+{
+	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVABLE_ATTR);
+	_cleanup_free_ char *text = NULL;
+	if (!path)
+		return -ENOMEM;
+	int r = read_text_file(path, &text);
+	if (r < 0)
+		return r;
+	char *end;
+	errno = 0;
+	if (strncmp(text, "0x", 2) != 0)
+		return -EINVAL;
+	uint64_t v = strtoull(text + 2, &end, 16);
+	if (errno || end == text + 2 || (*end && strcmp(end, "\n") != 0) || text[2] == '-' || text[2] == '+' ||
+	    (v & ~(VPMU_GP_MASK | VPMU_FIXED_MASK)))
+		return -EINVAL;
+	*mask = v;
 	return 0;
 }
 
@@ -420,6 +455,7 @@ static int open_model(struct kvm_port *p, const struct kvm_port_opts *o)
 		p->own_model = true;
 	}
 	p->reserve_caps = kvm_model_reserve_caps(p->model);
+	p->reservable = kvm_model_reservable(p->model);
 	return set_why(&p->why, "model requested: in-process model of the kernel side; guest routes are "
 				"simulated, not enforced on real guests");
 }
@@ -447,7 +483,9 @@ static void probe_kernel(const char *dev, const char *dir, struct kernel_offer *
 			k->cap = -errno;
 	}
 	k->caps_err = read_reserve_caps(dir, &k->caps);
-	if (k->caps_err == 0 && !(k->caps & (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU)))
+	/* Every perf half takes the uniform mask: a value without UNIFORM is
+	 * no perf half vpmu knows (D12). */
+	if (k->caps_err == 0 && !(k->caps & VPMU_RESERVE_CAP_UNIFORM))
 		k->caps_err = -EINVAL;
 }
 
@@ -463,9 +501,9 @@ static char *offer_missing(const char *dev, const char *dir, const struct kernel
 	else if (k->cap == 0)
 		kvm = alloc_printf("%s lacks KVM_CAP_VPMU_ROUTES (no KVM half: stock kernel)", dev);
 	if (k->caps_err == -ENOENT)
-		perf = alloc_printf("%s/%s is absent (no perf half)", dir, VPMU_RESERVE_CAPS_ATTR);
+		perf = alloc_printf("%s/%s is absent (no perf half)", dir, KVM_PORT_RESERVE_CAPS_ATTR);
 	else if (k->caps_err)
-		perf = alloc_printf("%s/%s is not understood (%s)", dir, VPMU_RESERVE_CAPS_ATTR,
+		perf = alloc_printf("%s/%s is not understood (%s)", dir, KVM_PORT_RESERVE_CAPS_ATTR,
 				    strerror(-k->caps_err));
 	if (kvm && perf)
 		return alloc_printf("%s, and %s", kvm, perf);
@@ -477,7 +515,7 @@ static char *offer_missing(const char *dev, const char *dir, const struct kernel
 static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *why, size_t whylen)
 {
 	const char *dev = o->dev_path ? o->dev_path : "/dev/kvm";
-	const char *dir = o->sysfs_pmu_dir ? o->sysfs_pmu_dir : VPMU_RESERVE_SYSFS_DIR;
+	const char *dir = o->sysfs_pmu_dir ? o->sysfs_pmu_dir : KVM_PORT_SYSFS_PMU_DIR;
 	struct kernel_offer k;
 
 	probe_kernel(dev, dir, &k);
@@ -500,7 +538,13 @@ static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *w
 	}
 	p->backend = KVM_BACKEND_IOCTL;
 	p->reserve_caps = k.caps;
-	p->reserve_path = alloc_printf("%s/%s", dir, VPMU_RESERVE_ATTR);
+	int rr = read_reservable(dir, &p->reservable);
+	if (rr < 0) {
+		snprintf(why, whylen, "ioctl backend: %s/%s: %s", dir, KVM_PORT_RESERVABLE_ATTR,
+			 rr == -EINVAL ? "not understood (not one hex counter mask)" : strerror(-rr));
+		return rr;
+	}
+	p->reserve_path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVE_ATTR);
 	if (!p->reserve_path)
 		return -ENOMEM;
 	_cleanup_free_ char *text = NULL;
@@ -519,7 +563,7 @@ static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *w
 	}
 	return set_why(&p->why, "%s: %s reports KVM_CAP_VPMU_ROUTES=%d and %s/%s=%u",
 		       o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, k.cap, dir,
-		       VPMU_RESERVE_CAPS_ATTR, k.caps);
+		       KVM_PORT_RESERVE_CAPS_ATTR, k.caps);
 }
 
 int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *why, size_t whylen)
@@ -544,6 +588,7 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 	p->reserve = calloc(o->n_cpus, sizeof(*p->reserve));
 	if (!p->reserve)
 		return -ENOMEM;
+	p->reservable = host_reservable(o->num_gp, o->fixed_mask);
 
 	int r;
 	switch (o->backend) {
@@ -642,12 +687,11 @@ static bool vm_routes_sent(const struct kvm_port *p, const struct port_vm *vm)
 	return vm->route_fd >= 0 && kvm_port_enforced(p) && !vm->dead;
 }
 
-/* Host counters a guest can be given (fixed counters above 2 never). */
-static uint64_t host_guest_counters(const struct kvm_port *p)
+uint64_t kvm_port_reservable(const struct kvm_port *p)
 {
-	uint64_t gp = p->num_gp >= 32 ? VPMU_GP_MASK : ((1ULL << p->num_gp) - 1);
-	return gp | (((uint64_t)p->fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
+	return p ? p->reservable : 0;
 }
+
 
 /* Frees a VM under construction when registration fails. */
 struct vm_guard {
@@ -734,7 +778,7 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 	}
 	struct kvm_model_vm_desc desc = {
 		.opted_in = true, .lapic_in_kernel = true,
-		.shape = spec->shape ? spec->shape : host_guest_counters(p),
+		.shape = spec->shape ? spec->shape : kvm_port_reservable(p),
 		.nr_vcpus = spec->n_vcpus, .vcpu_ids = spec->vcpu_ids ? spec->vcpu_ids : ids,
 		.vmm_pidfd = pidfd,
 	};
@@ -792,7 +836,7 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 	if (why && whylen)
 		why[0] = '\0';
 	if (!p || !spec || spec->n_vcpus == 0 || spec->n_vcpus > VMM_MAX_VCPUS || spec->vmm_pid <= 0 ||
-	    (spec->shape & ~(VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK))) {
+	    (spec->shape & ~kvm_port_reservable(p))) {
 		snprintf(why, whylen, "invalid VM description");
 		return -EINVAL;
 	}
@@ -839,7 +883,7 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 	vm->vcpus = calloc(spec->n_vcpus, sizeof(*vm->vcpus));
 	if (!vm->vcpus)
 		return -ENOMEM;
-	uint64_t shape = spec->shape ? spec->shape : host_guest_counters(p);
+	uint64_t shape = spec->shape ? spec->shape : kvm_port_reservable(p);
 	for (unsigned i = 0; i < spec->n_vcpus; i++) {
 		vm->vcpus[i].tid = spec->vcpu_tids ? spec->vcpu_tids[i] : 0;
 		vm->vcpus[i].kvm_id = spec->vcpu_ids ? spec->vcpu_ids[i] : i;
@@ -1044,10 +1088,10 @@ static int validate(const struct kvm_port *p, const struct transition *t, unsign
 			return -EINVAL;
 		}
 		uint64_t m = kvm_port_partition_mask(t);
-		if (m & ~host_guest_counters(p)) {
+		if (m & ~kvm_port_reservable(p)) {
 			snprintf(why, whylen, "cpu %d: reservation 0x%016" PRIx64 " names counters the host "
 				 "lacks or a guest cannot have (0x%016" PRIx64 ")", t->cpu, m,
-				 m & ~host_guest_counters(p));
+				 m & ~kvm_port_reservable(p));
 			return -EINVAL;
 		}
 		return 0;

@@ -33,6 +33,19 @@
 #include "kvm/kvm_model.h"
 #include "arbiter/transition.h"
 
+/*
+ * The perf half's files (docs/kvm-api.md, part 1; sysfs paths are ABI
+ * documentation, so they live here, not in the uapi header): attributes of
+ * the core PMU "cpu", and a per-CPU file of each CPU device on kernels
+ * with VPMU_RESERVE_CAP_PER_CPU.
+ */
+#define KVM_PORT_SYSFS_PMU_DIR "/sys/bus/event_source/devices/cpu"
+#define KVM_PORT_RESERVE_CAPS_ATTR "caps/guest_reserve"       /* decimal VPMU_RESERVE_CAP_* */
+#define KVM_PORT_RESERVABLE_ATTR "caps/guest_reservable"      /* hex counter mask */
+#define KVM_PORT_RESERVE_ATTR "guest_reserve"                 /* one hex mask, every online CPU */
+#define KVM_PORT_SYSFS_CPU_DIR "/sys/devices/system/cpu"
+#define KVM_PORT_CPU_RESERVE_ATTR "perf_guest_reserve"        /* <cpu dir>/cpuN/, one hex mask */
+
 enum kvm_backend {
 	KVM_BACKEND_AUTO = 0,
 	KVM_BACKEND_IOCTL,
@@ -52,7 +65,8 @@ typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, const void *arg,
 struct kvm_port_opts {
 	enum kvm_backend backend;
 	const char *dev_path;      /* NULL: "/dev/kvm" */
-	const char *sysfs_pmu_dir; /* NULL: VPMU_RESERVE_SYSFS_DIR */
+	const char *sysfs_pmu_dir; /* NULL: KVM_PORT_SYSFS_PMU_DIR */
+	const char *sysfs_cpu_dir; /* NULL: KVM_PORT_SYSFS_CPU_DIR */
 	/* Host counters and CPUs (from the daemon's pmu_desc). */
 	unsigned n_cpus;
 	unsigned num_gp;
@@ -81,6 +95,11 @@ const char *kvm_port_why(const struct kvm_port *p);           /* why this backen
 /* VPMU_RESERVE_CAP_* of the kernel (model: the model's; advisory: 0). The
  * broker plans a uniform reservation when PER_CPU is missing. */
 unsigned kvm_port_reserve_caps(const struct kvm_port *p);
+/* The counters a reservation may name, PERF_GLOBAL_CTRL layout: ioctl,
+ * the kernel's caps/guest_reservable; model, the model's; advisory, the
+ * host's general counters and its fixed counters 0..2 (those KVM can give
+ * a guest). The broker refuses leases beyond it. */
+uint64_t kvm_port_reservable(const struct kvm_port *p);
 
 /* A VM as the daemon knows it. */
 struct kvm_port_vm {
