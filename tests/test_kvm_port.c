@@ -39,16 +39,18 @@
 struct rec {
 	size_t n;
 	unsigned long cmd[REC_MAX];
+	int cpu[REC_MAX];
 	size_t len[REC_MAX];
 	uint8_t *buf[REC_MAX];
 };
 
-static void record(void *ctx, unsigned long cmd, const void *arg, size_t len)
+static void record(void *ctx, unsigned long cmd, int cpu, const void *arg, size_t len)
 {
 	struct rec *r = ctx;
 	if (r->n >= REC_MAX)
 		fail_msg("more than %d requests", REC_MAX);
 	r->cmd[r->n] = cmd;
+	r->cpu[r->n] = cpu;
 	r->len[r->n] = len;
 	r->buf[r->n] = malloc(len + 1);
 	assert_non_null(r->buf[r->n]);
@@ -193,25 +195,18 @@ static void test_encode_reserve_bytes(void **state)
 {
 	(void)state;
 	char buf[128];
-	const unsigned cpus[] = { 11, 3, 0, 1, 2, 8, 10, 2 }; /* any order, a duplicate */
-	const char *want = "0-3,8,10-11 0x0000000700000003\n";
+	/* One value per file (D7): the mask, 16 digits, a newline. */
 	memset(buf, 'x', sizeof(buf));
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 0x0000000700000003ULL, buf, sizeof(buf)),
-			 (int)strlen(want));
-	assert_string_equal(buf, want);
-	const unsigned one = 5;
-	assert_int_equal(kvm_port_encode_reserve(&one, 1, 0, buf, sizeof(buf)), 21);
-	assert_string_equal(buf, "5 0x0000000000000000\n");
-	const unsigned pair[] = { 7, 6 };
-	kvm_port_encode_reserve(pair, 2, 0x00000007000000ffULL, buf, sizeof(buf));
-	assert_string_equal(buf, "6-7 0x00000007000000ff\n");
+	assert_int_equal(kvm_port_encode_reserve(0x0000000700000003ULL, buf, sizeof(buf)), 19);
+	assert_string_equal(buf, "0x0000000700000003\n");
+	assert_int_equal(kvm_port_encode_reserve(0, buf, sizeof(buf)), 19);
+	assert_string_equal(buf, "0x0000000000000000\n");
 	/* snprintf semantics: the length it needs, cut to fit. */
 	char small[8];
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, small, sizeof(small)), (int)strlen(want));
-	assert_string_equal(small, "0-3,8,1");
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, NULL, 0), (int)strlen(want));
-	assert_int_equal(kvm_port_encode_reserve(cpus, 0, 3, buf, sizeof(buf)), -EINVAL);
-	assert_int_equal(kvm_port_encode_reserve(NULL, 1, 3, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(kvm_port_encode_reserve(3, small, sizeof(small)), 19);
+	assert_string_equal(small, "0x00000");
+	assert_int_equal(kvm_port_encode_reserve(3, NULL, 0), 19);
+	assert_int_equal(kvm_port_encode_reserve(3, NULL, 8), -EINVAL);
 
 	/* A partition step's masks in PERF_GLOBAL_CTRL layout. */
 	struct transition t = part(2, 3, 0x0f, 0x5);
@@ -573,14 +568,27 @@ static void test_two_phase_plans_through_model(void **state)
 	assert_int_equal(m, 0x0000000100000002ULL);
 	assert_int_equal(kvm_port_passthrough(f->port, VM_ID, 2, &m), -EINVAL);
 	assert_int_equal(kvm_port_passthrough(f->port, 7, 0, &m), -ENOENT);
-	/* Exactly what went out: 3 reservation lines, 3 SET_ROUTES. */
+	/* Exactly what went out: 3 reservation values, each to its CPU's
+	 * file (one step at a time, none covers every CPU), 3 SET_ROUTES. */
 	assert_int_equal(rec_count(&f->rec, 0), 3);
+	const int want_cpu[] = { 0, 1, 1 };
+	const char *const want_text[] = { "0x0000000100000003\n", "0x0000000100000003\n", "0x0000000100000002\n" };
+	for (size_t i = 0, k = 0; i < f->rec.n; i++) {
+		if (f->rec.cmd[i] != 0) {
+			assert_int_equal(f->rec.cpu[i], -1);
+			continue;
+		}
+		assert_int_equal(f->rec.cpu[i], want_cpu[k]);
+		assert_string_equal((char *)f->rec.buf[i], want_text[k]);
+		k++;
+	}
 	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 3);
 }
 
-/* A kernel with uniform reservations only needs every online CPU in one
- * write: consecutive equal steps become one line, and the model (which
- * refuses a partial list) takes it. */
+/* A kernel with uniform reservations only has the uniform file (D7):
+ * consecutive equal steps that cover every CPU become one write of it; a
+ * plan that reserves on some CPUs only is refused by the port, nothing
+ * sent, since the uniform file would reserve everywhere. */
 static void test_uniform_steps_coalesce(void **state)
 {
 	(void)state;
@@ -589,10 +597,10 @@ static void test_uniform_steps_coalesce(void **state)
 	f->probe = f->vm_file = -1;
 	assert_int_equal(fx_open_port(f, VPMU_RESERVE_CAP_UNIFORM), 0);
 	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM);
-	/* A single CPU's line is what a uniform kernel refuses (P5). */
+	/* A CPU's file is what a uniform kernel lacks (P5). */
 	struct kvm_model_caller root = { .cap_sys_admin = true };
-	const char *one = "0 0x0000000000000001\n";
-	assert_int_equal(kvm_model_reserve_write(f->m, &root, one, strlen(one)), -EINVAL);
+	const char *one = "0x0000000000000001\n";
+	assert_int_equal(kvm_model_reserve_write(f->m, &root, 0, one, strlen(one)), -ENOENT);
 
 	const struct transition grow[] = { part(2, 1, 0x3, 0x4), part(2, 0, 0x3, 0x4) };
 	struct kvm_apply_result res;
@@ -601,23 +609,23 @@ static void test_uniform_steps_coalesce(void **state)
 	assert_int_equal(res.applied, 2);
 	assert_int_equal(f->rec.n, 1);
 	assert_int_equal(f->rec.cmd[0], 0);
-	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000400000003\n");
-	assert_int_equal(f->rec.len[0], strlen("0-1 0x0000000400000003\n"));
+	assert_int_equal(f->rec.cpu[0], -1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000400000003\n");
+	assert_int_equal(f->rec.len[0], 19);
 	for (unsigned c = 0; c < N_CPUS; c++)
 		assert_int_equal(model_reservation(f, c), 0x0000000400000003ULL);
 
 	/* Equal masks of different phases, or with a different mask between
-	 * them, are separate lines: the uniform kernel refuses them, and the
-	 * port reports the first refused line with nothing after it sent. */
+	 * them, are separate groups of one CPU each: refused before anything
+	 * of the group is sent. */
 	rec_clear(&f->rec);
 	const struct transition split[] = { part(1, 0, 0x1, 0), part(2, 1, 0x1, 0) };
 	assert_int_equal(kvm_port_apply(f->port, split, 2, &res), -EINVAL);
 	assert_int_equal(res.applied, 0);
 	assert_int_equal(res.failed, 0);
-	assert_int_equal(f->rec.n, 1);
-	assert_string_equal((char *)f->rec.buf[0], "0 0x0000000000000001\n");
-	assert_non_null(strstr(res.why, "guest_reserve \"0 0x0000000000000001\""));
-	assert_non_null(strstr(res.why, "not every online CPU"));
+	assert_int_equal(f->rec.n, 0);
+	assert_non_null(strstr(res.why, "cpus 0: the kernel takes one mask for every CPU"));
+	assert_non_null(strstr(res.why, "nothing was sent"));
 	assert_int_equal(model_reservation(f, 0), 0x0000000400000003ULL);
 	/* A failure inside a later group: the earlier group stays applied. */
 	rec_clear(&f->rec);
@@ -625,11 +633,42 @@ static void test_uniform_steps_coalesce(void **state)
 	assert_int_equal(kvm_port_apply(f->port, three, 3, &res), -EINVAL);
 	assert_int_equal(res.applied, 2);
 	assert_int_equal(res.failed, 2);
-	assert_int_equal(f->rec.n, 2);
-	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000000000001\n");
+	assert_int_equal(f->rec.n, 1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000000000001\n");
+	for (unsigned c = 0; c < N_CPUS; c++)
+		assert_int_equal(model_reservation(f, c), 0x1);
+	/* The kernel's own refusal is reported with the file and its words. */
+	rec_clear(&f->rec);
+	assert_int_equal(kvm_model_host_pinned(f->m, 1, NUM_GP, 0), -EBUSY);
+	assert_int_equal(kvm_model_host_pinned(f->m, 1, NUM_GP - 1, 0), 0);
+	const struct transition busy[] = { part(2, 0, 0x3, 0), part(2, 1, 0x3, 0) };
+	assert_int_equal(kvm_port_apply(f->port, busy, 2, &res), -EBUSY);
+	assert_int_equal(f->rec.n, 1);
+	assert_non_null(strstr(res.why, "guest_reserve \"0x0000000000000003\": Device or resource busy"));
 	for (unsigned c = 0; c < N_CPUS; c++)
 		assert_int_equal(model_reservation(f, c), 0x1);
 	fx_free(f);
+}
+
+/* A per-CPU kernel: a group that sets every CPU goes to the uniform file
+ * in one write (all or nothing); a group of some CPUs to their files. */
+static void test_per_cpu_kernel_whole_host_group_is_one_write(void **state)
+{
+	struct fx *f = *state;
+	const struct transition all[] = { part(2, 1, 0x3, 0), part(2, 0, 0x3, 0) };
+	struct kvm_apply_result res;
+	if (kvm_port_apply(f->port, all, 2, &res) != 0)
+		fail_msg("%s", res.why);
+	assert_int_equal(f->rec.n, 1);
+	assert_int_equal(f->rec.cpu[0], -1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000000000003\n");
+	const struct transition some[] = { part(2, 1, 0x7, 0) };
+	assert_int_equal(kvm_port_apply(f->port, some, 1, &res), 0);
+	assert_int_equal(f->rec.n, 2);
+	assert_int_equal(f->rec.cpu[1], 1);
+	assert_int_equal(model_reservation(f, 0), 0x3);
+	assert_int_equal(model_reservation(f, 1), 0x7);
+	check_model(f, "after the writes");
 }
 
 /* The whole list at once: stops at the first failure, reports exactly the
@@ -1173,7 +1212,8 @@ static void test_unprivileged_caller(void **state)
 	const struct transition grow = part(2, 0, 0x1, 0);
 	struct kvm_apply_result res;
 	assert_int_equal(kvm_port_apply(p, &grow, 1, &res), -EACCES);
-	assert_non_null(strstr(res.why, "guest_reserve is root's"));
+	assert_non_null(strstr(res.why, "cpu0/perf_guest_reserve \"0x0000000000000001\": Permission denied: the "
+				       "reservation files are root's"));
 	assert_int_equal(res.applied, 0);
 	assert_int_equal(model_reservation(f, 0), 0);
 	uint64_t m;
@@ -1379,6 +1419,7 @@ int main(void)
 		cmocka_unit_test(test_stats_parser_layouts),
 		cmocka_unit_test(test_stats_parser_real_kvm),
 		cmocka_unit_test_setup_teardown(test_two_phase_plans_through_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_per_cpu_kernel_whole_host_group_is_one_write, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stops_at_first_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_plans_refused_whole, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_passthrough_outside_shape, setup, teardown),

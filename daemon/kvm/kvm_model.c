@@ -365,50 +365,6 @@ uint64_t kvm_model_reservable(const struct kvm_model *m)
 	return m ? m->reservable : 0;
 }
 
-/* Decimal CPU number of a cpulist, at most UINT32_MAX. */
-static bool parse_cpu_number(const char **p, const char *end, unsigned long *out)
-{
-	unsigned long n = 0;
-	const char *s = *p;
-	if (s == end || *s < '0' || *s > '9')
-		return false;
-	for (; s < end && *s >= '0' && *s <= '9'; s++) {
-		n = n * 10 + (unsigned long)(*s - '0');
-		if (n > UINT32_MAX)
-			return false;
-	}
-	*p = s;
-	*out = n;
-	return true;
-}
-
-/* A sysfs cpulist ("0-3,8"; empty is an empty list) into listed[0..n_cpus);
- * *beyond when it names a CPU >= n_cpus. false on a syntax error. */
-static bool parse_cpulist(const char *s, const char *end, unsigned n_cpus, bool *listed, bool *beyond)
-{
-	if (s == end)
-		return true;
-	for (;;) {
-		unsigned long lo, hi;
-		if (!parse_cpu_number(&s, end, &lo))
-			return false;
-		hi = lo;
-		if (s < end && *s == '-') {
-			s++;
-			if (!parse_cpu_number(&s, end, &hi) || hi < lo)
-				return false;
-		}
-		if (hi >= n_cpus)
-			*beyond = true;
-		for (unsigned long c = lo; c <= hi && c < n_cpus; c++)
-			listed[c] = true;
-		if (s == end)
-			return true;
-		if (*s++ != ',')
-			return false;
-	}
-}
-
 /* "0x" and 1..16 hex digits. */
 static bool parse_hex_mask(const char *s, const char *end, uint64_t *out)
 {
@@ -427,50 +383,43 @@ static bool parse_hex_mask(const char *s, const char *end, uint64_t *out)
 	return true;
 }
 
-static int reserve_parse(const struct kvm_model *m, const char *buf, size_t len, bool *listed,
-			 bool *beyond, uint64_t *mask)
+static int reserve_parse(const char *buf, size_t len, uint64_t *mask)
 {
 	if (len && buf[len - 1] == '\n')
 		len--;
-	const char *end = buf + len, *space = memchr(buf, ' ', len);
-	/* P2: exactly "<cpulist> 0x<hex mask>", one line, one space, the
-	 * newline optional; anything else (another newline or a NUL
-	 * included: neither parser takes one) is EINVAL. */
-	if (!space || !parse_cpulist(buf, space, m->n_cpus, listed, beyond) ||
-	    !parse_hex_mask(space + 1, end, mask))
+	/* P2: one value per file: "0x<hex mask>", the newline optional;
+	 * anything else (a second value, another newline, a NUL) is EINVAL. */
+	if (!parse_hex_mask(buf, buf + len, mask))
 		return -EINVAL;
 	return 0;
 }
 
-static int reserve_check_cpus(const struct kvm_model *m, const bool *listed, bool beyond)
+/* Which file a cpu argument names: -1 the uniform guest_reserve, else
+ * that CPU's perf_guest_reserve. */
+static int reserve_check_file(const struct kvm_model *m, int cpu)
 {
-	bool any = false, offline = false;
-	for (unsigned c = 0; c < m->n_cpus; c++) {
-		any |= listed[c];
-		offline |= listed[c] && !m->cpus[c].online;
-	}
-	/* P3: a non-empty list of online CPUs below nr CPUs. */
-	if (!any || beyond || offline)
+	/* P5: the per-CPU files exist only with VPMU_RESERVE_CAP_PER_CPU; a
+	 * uniform-only kernel has none, so opening one fails ENOENT. */
+	if (cpu >= 0 && !(m->caps & VPMU_RESERVE_CAP_PER_CPU))
+		return -ENOENT;
+	return 0;
+}
+
+static int reserve_check_cpu(const struct kvm_model *m, int cpu)
+{
+	/* P3: a per-CPU write names an online CPU below nr CPUs (an offline
+	 * CPU's file refuses writes); the uniform file sets every online CPU. */
+	if (cpu < -1 || cpu >= (int)m->n_cpus || (cpu >= 0 && !m->cpus[cpu].online))
 		return -EINVAL;
 	return 0;
 }
 
 static int reserve_check_counters(const struct kvm_model *m, uint64_t mask)
 {
-	/* P4: only counters this PMU has, fixed ones at most up to fixed
-	 * counter 2 (what KVM can give a guest), never PERF_METRICS or above. */
+	/* P4: only counters in caps/guest_reservable (this PMU's general
+	 * counters and the fixed ones KVM can give a guest, 0..2), never
+	 * PERF_METRICS or above. */
 	if (mask & ~m->reservable)
-		return -EINVAL;
-	return 0;
-}
-
-static int reserve_check_uniform(const struct kvm_model *m, const bool *listed)
-{
-	bool every_online = true;
-	for (unsigned c = 0; c < m->n_cpus; c++)
-		every_online &= listed[c] == m->cpus[c].online;
-	/* P5: a kernel without PER_CPU takes only the whole online set. */
-	if (!(m->caps & VPMU_RESERVE_CAP_PER_CPU) && !every_online)
 		return -EINVAL;
 	return 0;
 }
@@ -550,13 +499,17 @@ static void reserve_apply_cpu(struct kvm_model *m, unsigned cpu, uint64_t mask)
 		vcpu_load(m, kicked, cpu);
 }
 
-int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, int cpu, const char *buf,
 			    size_t len)
 {
 	if (!m)
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	/* The attribute is 0600 root's: opening it for writing fails first. */
+	int r;
+	/* open(2) resolves the path first (P5), then checks the mode: the
+	 * files are 0600 root's (D11). */
+	if ((r = reserve_check_file(m, cpu)) < 0)
+		return r;
 	if (!who || !who->cap_sys_admin)
 		return -EACCES;
 	if (!buf)
@@ -568,12 +521,13 @@ int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *
 		return -ENOMEM;
 	/* Noticing a VMM's exit is not part of the write: done before it. */
 	reap_dead_vms(m);
-	bool beyond = false;
 	uint64_t mask = 0;
-	int r;
-	if ((r = reserve_parse(m, buf, len, listed, &beyond, &mask)) < 0 ||
-	    (r = reserve_check_cpus(m, listed, beyond)) < 0 || (r = reserve_check_counters(m, mask)) < 0 ||
-	    (r = reserve_check_uniform(m, listed)) < 0 || (r = reserve_check_pinned(m, listed, mask)) < 0)
+	if ((r = reserve_parse(buf, len, &mask)) < 0 || (r = reserve_check_cpu(m, cpu)) < 0 ||
+	    (r = reserve_check_counters(m, mask)) < 0)
+		return r;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		listed[c] = m->cpus[c].online && (cpu < 0 || c == (unsigned)cpu);
+	if ((r = reserve_check_pinned(m, listed, mask)) < 0)
 		return r;
 	for (unsigned c = 0; c < m->n_cpus; c++) {
 		online[c] = m->cpus[c].online;
@@ -591,61 +545,35 @@ int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *
 	return 0;
 }
 
-static void cpulist_print(FILE *f, const bool *in, unsigned n)
-{
-	const char *sep = "";
-	for (unsigned c = 0; c < n; c++) {
-		if (!in[c])
-			continue;
-		unsigned last = c;
-		while (last + 1 < n && in[last + 1])
-			last++;
-		if (last == c)
-			fprintf(f, "%s%u", sep, c);
-		else
-			fprintf(f, "%s%u-%u", sep, c, last);
-		sep = ",";
-		c = last;
-	}
-}
-
-int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len)
+int kvm_model_reserve_read(const struct kvm_model *m, int cpu, char *buf, size_t len)
 {
 	if (!m || (!buf && len))
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	_cleanup_free_ bool *done = calloc(m->n_cpus, sizeof(*done));
-	_cleanup_free_ bool *group = calloc(m->n_cpus, sizeof(*group));
-	_cleanup_free_ char *text = NULL;
-	size_t text_len = 0;
-	if (!done || !group)
-		return -ENOMEM;
-	{
-		_cleanup_fclose_ FILE *f = open_memstream(&text, &text_len);
-		if (!f)
-			return -ENOMEM;
-		/* P10: one line per group of online CPUs with the same mask,
-		 * groups by first CPU. */
+	int r;
+	if ((r = reserve_check_file(m, cpu)) < 0)
+		return r;
+	if (cpu < -1 || cpu >= (int)m->n_cpus)
+		return -EINVAL;
+	uint64_t mask = 0;
+	if (cpu >= 0) {
+		/* An offline CPU has no reservation: its file reads 0. */
+		mask = m->cpus[cpu].online ? m->cpus[cpu].reserved : 0;
+	} else {
+		bool first = true, differ = false;
 		for (unsigned c = 0; c < m->n_cpus; c++) {
-			if (done[c] || !m->cpus[c].online)
+			if (!m->cpus[c].online)
 				continue;
-			uint64_t mask = m->cpus[c].reserved;
-			memset(group, 0, m->n_cpus * sizeof(*group));
-			for (unsigned d = c; d < m->n_cpus; d++)
-				if (m->cpus[d].online && m->cpus[d].reserved == mask)
-					group[d] = done[d] = true;
-			cpulist_print(f, group, m->n_cpus);
-			fprintf(f, " 0x%016llx\n", (unsigned long long)mask);
+			differ |= !first && m->cpus[c].reserved != mask;
+			mask = m->cpus[c].reserved;
+			first = false;
 		}
-		if (fflush(f) != 0)
-			return -ENOMEM;
+		/* P10: the uniform file holds one mask; when the online CPUs
+		 * differ (per-CPU writes) it has none to give. */
+		if (differ)
+			return -ENODATA;
 	}
-	if (len) {
-		size_t n = text_len < len - 1 ? text_len : len - 1;
-		memcpy(buf, text, n);
-		buf[n] = '\0';
-	}
-	return text_len > INT32_MAX ? -EOVERFLOW : (int)text_len;
+	return snprintf(buf, len, "0x%016llx\n", (unsigned long long)mask);
 }
 
 int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask)

@@ -61,12 +61,22 @@ unsigned kvm_model_reserve_caps(const struct kvm_model *m);
  * host's general counters and its fixed counters 0..2 (those KVM can give
  * a guest); PERF_GLOBAL_CTRL layout. 0 for NULL. */
 uint64_t kvm_model_reservable(const struct kvm_model *m);
-/* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9);
- * -EACCES without cap_sys_admin (the attribute is 0600 root's). */
-int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
-			    size_t len);
-/* A read of guest_reserve (P10), snprintf semantics. */
-int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len);
+/* A write(2) of buf[0..len) to one file of the perf half: cpu -1 the
+ * uniform guest_reserve (every online CPU, all or none), else CPU cpu's
+ * perf_guest_reserve. One value per file, "0x<hex mask>" (P2). 0 or
+ * -errno, in check order: -ENOENT a per-CPU file on a kernel without
+ * VPMU_RESERVE_CAP_PER_CPU (P5, as open(2) would fail); -EACCES without
+ * cap_sys_admin (the files are 0600 root's); -EFAULT buf NULL; -EINVAL
+ * syntax (P2), an offline or nonexistent CPU (P3), a counter outside
+ * kvm_model_reservable (P4); -EBUSY pinned host events (P6) or live
+ * routes (P7). A refused write changes nothing (P8). */
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, int cpu,
+			    const char *buf, size_t len);
+/* A read of the same files, snprintf semantics: "0x%016llx\n". cpu -1:
+ * the mask every online CPU has, -ENODATA when they differ (P10); a CPU's
+ * file: its mask, 0 when it is offline; -ENOENT as for a write (P5),
+ * -EINVAL for a CPU out of range. */
+int kvm_model_reserve_read(const struct kvm_model *m, int cpu, char *buf, size_t len);
 /* One CPU's reservation (PERF_GLOBAL_CTRL layout); -EINVAL if cpu is out
  * of range. An offline CPU reads 0. */
 int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask);

@@ -67,6 +67,7 @@ struct kvm_port {
 	uint64_t reservable;   /* kvm_port_reservable */
 	int reserve_fd;        /* ioctl: <sysfs_pmu_dir>/guest_reserve */
 	char *reserve_path;
+	char *cpu_dir;         /* ioctl: the CPU devices (per-CPU files) */
 	uint64_t *reserve;     /* n_cpus masks, PERF_GLOBAL_CTRL layout */
 	struct port_vm **vms;
 	size_t n_vms;
@@ -177,19 +178,11 @@ uint64_t kvm_port_passthrough_mask(const struct transition *t)
 	return m;
 }
 
-int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len)
+int kvm_port_encode_reserve(uint64_t mask, char *buf, size_t len)
 {
-	if (!cpus || n_cpus == 0 || (!buf && len))
+	if (!buf && len)
 		return -EINVAL;
-	_cleanup_free_ unsigned *s = sorted_cpus(cpus, &n_cpus);
-	if (!s)
-		return -ENOMEM;
-	struct text t = { .buf = buf, .len = len };
-	if (buf && len)
-		buf[0] = '\0';
-	text_cpulist(&t, s, n_cpus);
-	text_add(&t, " 0x%016" PRIx64 "\n", mask);
-	return text_result(&t);
+	return snprintf(buf, len, "0x%016" PRIx64 "\n", mask);
 }
 
 /* Only these three have a word in the extension: the pass-through mask
@@ -265,7 +258,7 @@ const char *kvm_port_backend_name(enum kvm_backend b)
 static long issue_ioctl(struct kvm_port *p, int fd, unsigned long cmd, void *arg, size_t len)
 {
 	if (p->trace)
-		p->trace(p->trace_ctx, cmd, arg, len);
+		p->trace(p->trace_ctx, cmd, -1, arg, len);
 	if (p->backend == KVM_BACKEND_IOCTL) {
 		long r = ioctl(fd, cmd, arg);
 		return r < 0 ? -errno : r;
@@ -275,18 +268,47 @@ static long issue_ioctl(struct kvm_port *p, int fd, unsigned long cmd, void *arg
 	return -EOPNOTSUPP;
 }
 
-/* One reservation line, one write(2): the kernel takes each line whole or
- * not at all (P8). */
-static int issue_reserve(struct kvm_port *p, const char *line, size_t len)
+/* A reservation file's name for operators: "guest_reserve" or
+ * "cpuN/perf_guest_reserve". */
+#define RESERVE_NAME_MAX 48
+static const char *reserve_name(int cpu, char buf[RESERVE_NAME_MAX])
+{
+	if (cpu < 0)
+		return KVM_PORT_RESERVE_ATTR;
+	snprintf(buf, RESERVE_NAME_MAX, "cpu%d/%s", cpu, KVM_PORT_CPU_RESERVE_ATTR);
+	return buf;
+}
+
+/* The file of the perf half a reservation write goes to: cpu -1 the
+ * uniform guest_reserve, else that CPU's perf_guest_reserve. */
+static char *reserve_file(const struct kvm_port *p, int cpu)
+{
+	if (cpu < 0)
+		return strdup(p->reserve_path);
+	return alloc_printf("%s/cpu%d/%s", p->cpu_dir, cpu, KVM_PORT_CPU_RESERVE_ATTR);
+}
+
+/* One value, one write(2): the kernel takes it whole or not at all (P8). */
+static int issue_reserve(struct kvm_port *p, int cpu, const char *text, size_t len)
 {
 	if (p->trace)
-		p->trace(p->trace_ctx, 0, line, len);
+		p->trace(p->trace_ctx, 0, cpu, text, len);
 	if (p->backend == KVM_BACKEND_MODEL)
-		return kvm_model_reserve_write(p->model, &p->caller, line, len);
+		return kvm_model_reserve_write(p->model, &p->caller, cpu, text, len);
 	if (p->backend != KVM_BACKEND_IOCTL)
 		return -EOPNOTSUPP;
+	_cleanup_close_ int per_cpu = -1;
+	int fd = p->reserve_fd;
+	if (cpu >= 0) {
+		_cleanup_free_ char *path = reserve_file(p, cpu);
+		if (!path)
+			return -ENOMEM;
+		fd = per_cpu = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+	}
 	/* A sysfs attribute ignores the file position; pwrite at 0 says so. */
-	ssize_t n = pwrite(p->reserve_fd, line, len, 0);
+	ssize_t n = pwrite(fd, text, len, 0);
 	if (n < 0)
 		return -errno;
 	return (size_t)n == len ? 0 : -EIO;
@@ -366,80 +388,67 @@ static int read_reservable(const char *dir, uint64_t *mask)
 	return 0;
 }
 
-static unsigned parse_number(const char **s, bool *ok)
+/* One value of a reservation file: "0x<hex>", optional newline, counters
+ * only. */
+static int parse_reserve_value(const char *text, uint64_t *mask)
 {
-	unsigned long v = 0;
-	if (**s < '0' || **s > '9') {
-		*ok = false;
-		return 0;
-	}
-	while (**s >= '0' && **s <= '9') {
-		v = v * 10 + (unsigned long)(**s - '0');
-		if (v > UINT_MAX)
-			*ok = false;
-		(*s)++;
-	}
-	return (unsigned)v;
-}
-
-/* One line of a guest_reserve read (P10): "<cpulist> 0x<hex>". Sets the
- * listed CPUs' masks; -EINVAL for anything else or a CPU >= n_cpus. */
-static int parse_reserve_line(const char *line, uint64_t *masks, unsigned n_cpus)
-{
-	const char *sp = strchr(line, ' ');
-	if (!sp || strncmp(sp + 1, "0x", 2) != 0)
-		return -EINVAL;
 	char *end;
-	errno = 0;
-	uint64_t mask = strtoull(sp + 3, &end, 16);
-	if (errno || end == sp + 3 || *end)
+	if (strncmp(text, "0x", 2) != 0 || text[2] == '-' || text[2] == '+')
 		return -EINVAL;
-	for (const char *s = line; s < sp;) {
-		bool ok = true;
-		unsigned a = parse_number(&s, &ok), b = a;
-		if (*s == '-') {
-			s++;
-			b = parse_number(&s, &ok);
-		}
-		if (!ok || a > b || b >= n_cpus || (s < sp && *s != ','))
-			return -EINVAL;
-		for (unsigned c = a; c <= b; c++)
-			masks[c] = mask;
-		if (*s == ',' && ++s == sp)
-			return -EINVAL;
-	}
+	errno = 0;
+	uint64_t v = strtoull(text + 2, &end, 16);
+	if (errno || end == text + 2 || (*end && strcmp(end, "\n") != 0) || (v & ~(VPMU_GP_MASK | VPMU_FIXED_MASK)))
+		return -EINVAL;
+	*mask = v;
 	return 0;
 }
 
-/* Start from what the kernel holds: a CPU the read does not list (offline)
- * has no reservation. */
-static int load_reservation(struct kvm_port *p, const char *text)
+/* One reservation file's text, from the kernel or the model. */
+static int read_reserve_text(struct kvm_port *p, int cpu, char **out)
 {
-	memset(p->reserve, 0, p->n_cpus * sizeof(*p->reserve));
-	_cleanup_free_ char *copy = strdup(text);
-	if (!copy)
-		return -ENOMEM;
-	char *save = NULL;
-	for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		int r = parse_reserve_line(line, p->reserve, p->n_cpus);
+	if (p->backend == KVM_BACKEND_MODEL) {
+		char buf[32];
+		int r = kvm_model_reserve_read(p->model, cpu, buf, sizeof(buf));
 		if (r < 0)
 			return r;
+		if ((size_t)r >= sizeof(buf))
+			return -EINVAL;
+		*out = strdup(buf);
+		return *out ? 0 : -ENOMEM;
 	}
-	return 0;
+	_cleanup_free_ char *path = reserve_file(p, cpu);
+	if (!path)
+		return -ENOMEM;
+	return read_text_file(path, out);
 }
 
-static int read_model_reservation(struct kvm_port *p)
+/* Start from what the kernel holds. Per CPU where the kernel has per-CPU
+ * files (the uniform file has no answer once masks differ: P10), else the
+ * one mask of every CPU. A CPU whose file is absent does not exist, and
+ * an offline one reads 0: neither has a reservation. */
+static int load_reservation(struct kvm_port *p, int *failed_cpu)
 {
-	int need = kvm_model_reserve_read(p->model, NULL, 0);
-	if (need < 0)
-		return need;
-	_cleanup_free_ char *text = malloc((size_t)need + 1);
-	if (!text)
-		return -ENOMEM;
-	int r = kvm_model_reserve_read(p->model, text, (size_t)need + 1);
-	if (r < 0)
-		return r;
-	return load_reservation(p, text);
+	bool per_cpu = p->reserve_caps & VPMU_RESERVE_CAP_PER_CPU;
+	for (unsigned c = 0; c < (per_cpu ? p->n_cpus : 1); c++) {
+		int cpu = per_cpu ? (int)c : -1;
+		_cleanup_free_ char *text = NULL;
+		uint64_t mask = 0;
+		int r = read_reserve_text(p, cpu, &text);
+		if (r == 0)
+			r = parse_reserve_value(text, &mask);
+		else if (r == -ENOENT && per_cpu)
+			r = 0;
+		if (r < 0) {
+			*failed_cpu = cpu;
+			return r;
+		}
+		if (per_cpu)
+			p->reserve[c] = mask;
+		else
+			for (unsigned d = 0; d < p->n_cpus; d++)
+				p->reserve[d] = mask;
+	}
+	return 0;
 }
 
 static int open_model(struct kvm_port *p, const struct kvm_port_opts *o)
@@ -545,20 +554,23 @@ static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *w
 		return rr;
 	}
 	p->reserve_path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVE_ATTR);
-	if (!p->reserve_path)
+	p->cpu_dir = strdup(o->sysfs_cpu_dir ? o->sysfs_cpu_dir : KVM_PORT_SYSFS_CPU_DIR);
+	if (!p->reserve_path || !p->cpu_dir)
 		return -ENOMEM;
-	_cleanup_free_ char *text = NULL;
-	int r = read_text_file(p->reserve_path, &text);
-	if (r == 0)
-		r = load_reservation(p, text);
+	int failed_cpu = -1;
+	int r = load_reservation(p, &failed_cpu);
 	if (r == 0) {
+		/* Opened now so that a daemon without the right to write it
+		 * (0600 root's) learns so at start, not at its first plan. */
+		failed_cpu = -1;
 		p->reserve_fd = open(p->reserve_path, O_WRONLY | O_CLOEXEC);
 		if (p->reserve_fd < 0)
 			r = -errno;
 	}
 	if (r < 0) {
-		snprintf(why, whylen, "ioctl backend: %s: %s", p->reserve_path,
-			 r == -EINVAL ? "not understood" : strerror(-r));
+		_cleanup_free_ char *path = reserve_file(p, failed_cpu);
+		snprintf(why, whylen, "ioctl backend: %s: %s", path ? path : KVM_PORT_RESERVE_ATTR,
+			 r == -EINVAL ? "not understood (not one hex counter mask)" : strerror(-r));
 		return r;
 	}
 	return set_why(&p->why, "%s: %s reports KVM_CAP_VPMU_ROUTES=%d and %s/%s=%u",
@@ -596,9 +608,11 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 		p->backend = KVM_BACKEND_MODEL;
 		r = open_model(p, o);
 		if (r == 0) {
-			r = read_model_reservation(p);
+			int failed_cpu = -1;
+			r = load_reservation(p, &failed_cpu);
 			if (r < 0)
-				snprintf(why, whylen, "model backend: reading guest_reserve: %s", strerror(-r));
+				snprintf(why, whylen, "model backend: reading %s: %s",
+					 reserve_name(failed_cpu, (char[RESERVE_NAME_MAX]){ 0 }), strerror(-r));
 		}
 		break;
 	case KVM_BACKEND_ADVISORY:
@@ -653,6 +667,7 @@ void kvm_port_close(struct kvm_port *p)
 	if (p->reserve_fd >= 0)
 		close(p->reserve_fd);
 	free(p->reserve_path);
+	free(p->cpu_dir);
 	free(p->reserve);
 	free(p->why);
 	free(p->advisory_vm_why);
@@ -1196,19 +1211,38 @@ static const char *reserve_errno_words(int e)
 {
 	switch (e) {
 	case -EINVAL:
-		return "the kernel refused the line (an offline CPU, a counter it lacks, or not every online "
-		       "CPU on a kernel without per-CPU reservations)";
+		return "the kernel refused the value (an offline CPU, or a counter outside caps/guest_reservable)";
 	case -EBUSY:
-		return "a listed CPU's pinned host events would not fit, or a live pass-through needs the counters";
+		return "a CPU's pinned host events would not fit, or a live pass-through needs the counters";
+	case -ENOENT:
+		return "no such file: the kernel takes one mask for every CPU";
 	case -EACCES:
 	case -EPERM:
-		return "guest_reserve is root's";
+		return "the reservation files are root's";
 	}
 	return NULL;
 }
 
-/* Steps first..last-1 are partition steps of one phase with one mask: one
- * line, one write (a uniform kernel needs every online CPU at once). */
+/* One reservation write: cpu -1 the uniform file (every online CPU). */
+static int write_reserve(struct kvm_port *p, int cpu, uint64_t mask, char *why, size_t whylen)
+{
+	char text[32];
+	int len = kvm_port_encode_reserve(mask, text, sizeof(text));
+	if (len < 0)
+		return len;
+	int r = issue_reserve(p, cpu, text, (size_t)len);
+	if (r < 0) {
+		const char *words = reserve_errno_words(r);
+		text[len - 1] = '\0';
+		snprintf(why, whylen, "%s \"%s\": %s%s%s", reserve_name(cpu, (char[RESERVE_NAME_MAX]){ 0 }), text,
+			 strerror(-r), words ? ": " : "", words ? words : "");
+	}
+	return r;
+}
+
+/* Steps first..last-1 are partition steps of one phase with one mask. One
+ * write to the uniform file when they set every CPU (a kernel without
+ * PER_CPU takes nothing else), else one write per CPU. */
 static int apply_partition_group(struct kvm_port *p, const struct transition *t, size_t n, char *why,
 				 size_t whylen)
 {
@@ -1222,25 +1256,37 @@ static int apply_partition_group(struct kvm_port *p, const struct transition *t,
 		if (r < 0)
 			return r;
 	}
-	if (kvm_port_enforced(p)) {
-		int len = kvm_port_encode_reserve(cpus, n, mask, NULL, 0);
-		if (len < 0)
-			return len;
-		_cleanup_free_ char *line = malloc((size_t)len + 1);
-		if (!line)
-			return -ENOMEM;
-		kvm_port_encode_reserve(cpus, n, mask, line, (size_t)len + 1);
-		int r = issue_reserve(p, line, (size_t)len);
-		if (r < 0) {
-			const char *words = reserve_errno_words(r);
-			line[len - 1] = '\0';
-			snprintf(why, whylen, "guest_reserve \"%s\": %s%s%s", line, strerror(-r), words ? ": " : "",
-				 words ? words : "");
+	size_t n_distinct = n;
+	_cleanup_free_ unsigned *distinct = sorted_cpus(cpus, &n_distinct);
+	if (!distinct)
+		return -ENOMEM;
+	bool every_cpu = n_distinct == p->n_cpus;
+	if (!kvm_port_enforced(p)) {
+		/* Advisory: recorded, nothing sent. */
+	} else if (every_cpu) {
+		int r = write_reserve(p, -1, mask, why, whylen);
+		if (r < 0)
 			return r;
+	} else if (!(p->reserve_caps & VPMU_RESERVE_CAP_PER_CPU)) {
+		/* The uniform file would reserve on CPUs the plan leaves alone. */
+		struct text w = { .buf = why, .len = whylen };
+		text_add(&w, "cpus ");
+		text_cpulist(&w, distinct, n_distinct);
+		text_add(&w, ": the kernel takes one mask for every CPU (caps/guest_reserve lacks PER_CPU) and the "
+			     "plan reserves 0x%016" PRIx64 " on these only; nothing was sent", mask);
+		return -EINVAL;
+	} else {
+		for (size_t i = 0; i < n_distinct; i++) {
+			int r = write_reserve(p, (int)distinct[i], mask, why, whylen);
+			if (r < 0)
+				return r;
+			/* Each per-CPU file is its own write: what went before
+			 * stays, and the port's view follows the kernel's. */
+			p->reserve[distinct[i]] = mask;
 		}
 	}
-	for (size_t i = 0; i < n; i++)
-		p->reserve[cpus[i]] = mask;
+	for (size_t i = 0; i < n_distinct; i++)
+		p->reserve[distinct[i]] = mask;
 	return 0;
 }
 

@@ -59,8 +59,10 @@ const char *kvm_port_backend_name(enum kvm_backend b);
 
 /* Called with every request just before it is issued, in every backend
  * that issues any (tests record them; the daemon may log them). cmd is the
- * ioctl number, or 0 for a write of len bytes of text to guest_reserve. */
-typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, const void *arg, size_t len);
+ * ioctl number, or 0 for a write of len bytes of text to a file of the
+ * perf half; cpu is then the file's target: -1 the uniform guest_reserve,
+ * else that CPU's perf_guest_reserve (-1 for every ioctl). */
+typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, int cpu, const void *arg, size_t len);
 
 struct kvm_port_opts {
 	enum kvm_backend backend;
@@ -188,10 +190,11 @@ int kvm_port_stats_read(int stats_fd, const char *const *names, size_t n_names, 
 /* Status for operators, snprintf semantics. */
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len);
 
-/* Encoding: exactly what the kernel receives. The reservation line for the
- * listed CPUs (snprintf semantics), and a route step's struct. -EINVAL for
- * a transition of the wrong kind or a route the extension has no word for. */
-int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len);
+/* Encoding: exactly what the kernel receives. The text of one reservation
+ * file, "0x%016llx\n" (snprintf semantics), and a route step's struct.
+ * -EINVAL for a transition of the wrong kind or a route the extension has
+ * no word for. */
+int kvm_port_encode_reserve(uint64_t mask, char *buf, size_t len);
 int kvm_port_encode_routes(const struct transition *t, uint32_t vcpu_id, struct kvm_vpmu_routes *out);
 /* A transition's masks in PERF_GLOBAL_CTRL layout. */
 uint64_t kvm_port_partition_mask(const struct transition *t);
