@@ -732,10 +732,13 @@ static void rule_k4_route_fd_needs_opt_in_and_zero_fields(void **state)
 	assert_int_equal(create(f, vm, &d, &a, &fd), 0);
 	assert_true(fd > 2 && fd != vm);
 	assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
-	/* A second route fd of a known VM checks its args too. */
+	/* A second route fd of a known VM checks its args first (D10), then
+	 * is refused: one per VM (D8). */
 	a.flags = 2;
 	int fd2;
 	assert_int_equal(create(f, vm, &d, &a, &fd2), -EINVAL);
+	a.flags = 0;
+	assert_int_equal(create(f, vm, &d, &a, &fd2), -EEXIST);
 	/* The route fd holds the VM: the VMM's VM file may go. */
 	close(vm);
 	struct kvm_vpmu_routes r = get_rt(f->m, fd, 0);
@@ -791,38 +794,25 @@ static void rule_k5_identity_by_open_file_not_number(void **state)
 	assert_int_equal(create(f, f->kvm, &d, &a, &fd), -ENOTTY);
 	assert_int_equal(create(f, 1000, &d, &a, &fd), -EBADF);
 
-	/* A second route fd, made from another number of the same VM file,
-	 * is the same VM (desc ignored). */
-	int vm_again = dup(f->vm);
-	d.shape = GP(0);
-	int second = route_new(f, vm_again, &d);
-	close(vm_again);
-	assert_int_equal(kvm_model_vm_count(f->m), 1);
-	assert_int_equal(reserve(f->m, ALL_CPUS " 0x3"), 0);
-	assert_int_equal(set_pt(f->m, second, 2, GP(1)), 0);
-	assert_int_equal(pt_of(f->m, f->route, 2), GP(1));
-	assert_int_equal(get_rt(f->m, second, 2).shape, SHAPE);
-
 	/* Number reuse: a route fd of another VM under a closed route fd's
 	 * number names the new VM, with none of the old one's state. */
-	int num = second;
+	assert_int_equal(reserve(f->m, ALL_CPUS " 0x3"), 0);
+	int old_vm = vm_create(f);
+	int old = route_new(f, old_vm, &d);
+	assert_int_equal(set_pt(f->m, old, 2, GP(1)), 0);
+	int num = old;
 	int other_vm = vm_create(f);
-	d = desc_ok();
-	int other_first = route_new(f, other_vm, &d);
-	assert_int_equal(kvm_model_route_close(f->m, second), 0);
+	assert_int_equal(kvm_model_route_close(f->m, old), 0);
 	assert_int_equal(kvm_model_ioctl(f->m, &root, num, KVM_VPMU_GET_ROUTES, &r), -EBADF);
 	int other = route_new(f, other_vm, &d);
-	close(other_vm);
 	assert_int_equal(other, num); /* the lowest free number: the old one */
 	assert_int_equal(kvm_model_vm_count(f->m), 2);
 	assert_int_equal(pt_of(f->m, other, 2), 0);
-	assert_int_equal(pt_of(f->m, f->route, 2), GP(1));
 	assert_int_equal(set_pt(f->m, other, 2, GP(0)), 0);
-	assert_int_equal(pt_of(f->m, f->route, 2), GP(1));
+	assert_int_equal(pt_of(f->m, f->route, 2), 0);
 
 	/* A route fd closed behind the model's back and its number taken by
 	 * another file: not a route fd, and route_close leaves it alone. */
-	num = other;
 	close(other);
 	int imposter = dup2(p[1], num);
 	assert_int_equal(imposter, num);
@@ -830,24 +820,81 @@ static void rule_k5_identity_by_open_file_not_number(void **state)
 	assert_int_equal(kvm_model_route_close(f->m, num), -EBADF);
 	assert_true(fcntl(num, F_GETFD) >= 0);
 	assert_int_equal(kvm_model_route_close(f->m, num), -EBADF);
-	assert_int_equal(kvm_model_vm_count(f->m), 2);
-	assert_int_equal(pt_of(f->m, other_first, 2), GP(0));
-	assert_int_equal(kvm_model_route_close(f->m, other_first), 0);
 	assert_int_equal(kvm_model_vm_count(f->m), 1);
 	close(num);
+	/* Its VM lost its last route fd with it: the VMM may make a new one. */
+	int other_again = route_new(f, other_vm, &d);
+	assert_int_equal(pt_of(f->m, other_again, 2), 0);
+	assert_int_equal(kvm_model_route_close(f->m, other_again), 0);
 	/* Closed behind the model's back, its number then given to a new
-	 * route fd of the same VM: the VM stays, under the new record. */
+	 * route fd of the same VM: the old record is gone, the VM made anew. */
 	int lone_vm = vm_create(f);
 	int lone = route_new(f, lone_vm, &d);
 	assert_int_equal(set_pt(f->m, lone, 0, GP(1)), 0);
 	close(lone);
 	assert_int_equal(route_new(f, lone_vm, &d), lone);
-	assert_int_equal(pt_of(f->m, lone, 0), GP(1));
+	assert_int_equal(pt_of(f->m, lone, 0), 0);
 	assert_int_equal(kvm_model_vm_count(f->m), 2);
 	close(lone_vm);
+	close(other_vm);
+	close(old_vm);
 	close(p[0]);
 	close(p[1]);
 	check(f->m);
+}
+
+/* D8: at most one route fd per VM while it is open, whatever number of
+ * the VM file it is asked from, so a route fd names its VM without
+ * ambiguity; once it is closed (vpmud's restart) the VMM may make a new
+ * one. D10: the errno order of KVM_CREATE_VPMU_ROUTE_FD. */
+static void rule_k5_second_route_fd_of_a_vm_eexist(void **state)
+{
+	struct fx *f = *state;
+	struct kvm_model_vm_desc d = desc_ok();
+	struct kvm_vpmu_route_fd a = { 0 };
+	int vm_again = dup(f->vm), fd;
+	assert_int_equal(create(f, vm_again, &d, &a, &fd), -EEXIST);
+	assert_int_equal(fd, -1);
+	assert_int_equal(create(f, f->vm, &d, &a, &fd), -EEXIST);
+	assert_int_equal(kvm_model_vm_count(f->m), 1);
+	/* Earlier checks win over EEXIST: EFAULT, then the struct's EINVAL. */
+	assert_int_equal(create(f, vm_again, &d, NULL, &fd), -EFAULT);
+	a.pad = 1;
+	assert_int_equal(create(f, vm_again, &d, &a, &fd), -EINVAL);
+	a.pad = 0;
+	/* And a closed VM fd is EBADF, whatever route fds exist. */
+	assert_int_equal(create(f, 1000, &d, &a, &fd), -EBADF);
+	/* The route fd closed, a new one may be made: the same VM file. */
+	assert_int_equal(kvm_model_route_close(f->m, f->route), 0);
+	f->route = route_new(f, vm_again, &d);
+	assert_int_equal(kvm_model_vm_count(f->m), 1);
+	assert_int_equal(create(f, f->vm, &d, &a, &fd), -EEXIST);
+	close(vm_again);
+	check(f->m);
+}
+
+/* D10: EIO (the VMM, standing for the VM's creator, has exited) before
+ * EFAULT and EINVAL; EINVAL for the struct before the opt-in's. */
+static void rule_k4_create_check_order(void **state)
+{
+	struct fx *f = *state;
+	int pidfd;
+	vmm_start(f, &pidfd);
+	int vm = vm_create(f), fd;
+	struct kvm_model_vm_desc d = desc_ok();
+	d.vmm_pidfd = pidfd;
+	d.opted_in = false;
+	struct kvm_vpmu_route_fd a = { .flags = 1 };
+	assert_int_equal(create(f, vm, &d, NULL, &fd), -EFAULT);
+	/* flags and opt-in both wrong: EINVAL either way, nothing made. */
+	assert_int_equal(create(f, vm, &d, &a, &fd), -EINVAL);
+	vmm_kill(f);
+	assert_int_equal(create(f, vm, &d, NULL, &fd), -EIO);
+	assert_int_equal(create(f, vm, &d, &a, &fd), -EIO);
+	assert_int_equal(fd, -1);
+	assert_int_equal(kvm_model_vm_count(f->m), 1);
+	close(vm);
+	close(pidfd);
 }
 
 static void rule_k6_dead_vm_eio_until_closed(void **state)
@@ -1193,17 +1240,12 @@ static void rule_k17_route_changes_counted_last_writer_wins(void **state)
 {
 	struct fx *f = *state;
 	assert_int_equal(reserve(f->m, ALL_CPUS " 0xf"), 0);
-	int vm_again = dup(f->vm);
-	struct kvm_model_vm_desc d = desc_ok();
-	int second = route_new(f, vm_again, &d);
-	close(vm_again);
 	assert_int_equal(set_pt(f->m, f->route, 0, GP(0)), 0);
-	assert_int_equal(set_pt(f->m, second, 0, GP(1)), 0);
+	assert_int_equal(set_pt(f->m, f->route, 0, GP(1)), 0);
 	assert_int_equal(pt_of(f->m, f->route, 0), GP(1));
 	assert_int_equal(set_pt(f->m, f->route, 0, GP(1)), 0); /* no change, not counted */
-	assert_int_equal(stats_of(f->m, second, 0).route_changes, 2);
 	assert_int_equal(stats_of(f->m, f->route, 0).route_changes, 2);
-	assert_int_equal(set_pt(f->m, second, 0, GP(0)), 0);
+	assert_int_equal(set_pt(f->m, f->route, 0, GP(0)), 0);
 	assert_int_equal(stats_of(f->m, f->route, 0).route_changes, 3);
 }
 
@@ -1223,14 +1265,12 @@ static void *writer_run(void *p)
 	return NULL;
 }
 
-static void rule_k17_two_route_fds_from_two_threads_are_serialised(void **state)
+/* D8: one route fd per VM, so the writers that must be serialised are
+ * two threads on that one fd. */
+static void rule_k17_two_threads_on_one_route_fd_are_serialised(void **state)
 {
 	struct fx *f = *state;
 	assert_int_equal(reserve(f->m, ALL_CPUS " 0xf"), 0);
-	int vm_again = dup(f->vm);
-	struct kvm_model_vm_desc d = desc_ok();
-	int second = route_new(f, vm_again, &d);
-	close(vm_again);
 	assert_int_equal(kvm_model_vcpu_load(f->m, f->route, 0, 0), 0);
 	assert_int_equal(kvm_model_guest_count(f->m, f->route, 0, GP(0), 1000), 0);
 	assert_int_equal(kvm_model_guest_count(f->m, f->route, 0, GP(2), 2000), 0);
@@ -1239,7 +1279,7 @@ static void rule_k17_two_route_fds_from_two_threads_are_serialised(void **state)
 	 * is exact only if no write is lost. */
 	enum { N = 2000 };
 	struct writer w1 = { f->m, f->route, GP(0), GP(1), N, 0 };
-	struct writer w2 = { f->m, second, GP(2), GP(3), N, 0 };
+	struct writer w2 = { f->m, f->route, GP(2), GP(3), N, 0 };
 	pthread_t t1, t2;
 	assert_int_equal(pthread_create(&t1, NULL, writer_run, &w1), 0);
 	assert_int_equal(pthread_create(&t2, NULL, writer_run, &w2), 0);
@@ -1247,7 +1287,7 @@ static void rule_k17_two_route_fds_from_two_threads_are_serialised(void **state)
 	pthread_join(t2, NULL);
 	assert_int_equal(w1.failures + w2.failures, 0);
 	assert_int_equal(stats_of(f->m, f->route, 0).route_changes, 2 * N);
-	uint64_t last = pt_of(f->m, second, 0);
+	uint64_t last = pt_of(f->m, f->route, 0);
 	assert_true(last == GP(1) || last == GP(3)); /* each writer's last word */
 	assert_int_equal(gval(f->m, f->route, 0, GP(0)), 1000);
 	assert_int_equal(gval(f->m, f->route, 0, GP(2)), 2000);
@@ -1323,7 +1363,9 @@ static void kcmp_unavailable_every_vm_file_is_new(void **state)
 		if (kvm_model_create_route_fd(f->m, f->vm, &d, &a, &r1) ||
 		    kvm_model_create_route_fd(f->m, f->vm, &d, &a, &r2))
 			_exit(12);
-		/* The fixture's VM and these two: three VMs, as far as the model can tell. */
+		/* The fixture's VM and these two: three VMs, as far as the model
+		 * can tell; so without kcmp it cannot refuse a second route fd
+		 * of one VM (D8's EEXIST) either. */
 		if (kvm_model_vm_count(f->m) != 3)
 			_exit(13);
 		struct kvm_vpmu_routes r = { .vcpu_id = 0 };
@@ -1576,7 +1618,9 @@ int main(void)
 		T(rule_k3_protected_or_no_lapic_einval),
 		T(rule_k4_route_fd_needs_opt_in_and_zero_fields),
 		T(desc_must_be_what_kvm_knows),
+		T(rule_k4_create_check_order),
 		T(rule_k5_identity_by_open_file_not_number),
+		T(rule_k5_second_route_fd_of_a_vm_eexist),
 		T(rule_k6_dead_vm_eio_until_closed),
 		T(rule_k7_get_vcpus_order_e2big_flags),
 		T(rule_k8_unknown_vcpu_id_enoent),
@@ -1589,7 +1633,7 @@ int main(void)
 		T(rule_k15_intercepts_and_estimates),
 		T(rule_k16_stats_fd_format),
 		T(rule_k17_route_changes_counted_last_writer_wins),
-		T(rule_k17_two_route_fds_from_two_threads_are_serialised),
+		T(rule_k17_two_threads_on_one_route_fd_are_serialised),
 		T(invariants_hold_through_a_guest_lifecycle),
 		T(kcmp_unavailable_every_vm_file_is_new),
 		T(random_sequence_per_cpu_keeps_invariants),

@@ -390,6 +390,14 @@ static void test_backend_choice_reasons(void **state)
 	assert_non_null(strstr(kvm_port_why(port), "caps/guest_reserve is not understood"));
 	kvm_port_close(port);
 	rm_dir(dir);
+	/* D12: PER_CPU without UNIFORM is no perf half either. */
+	dir = fake_pmu_dir("2\n");
+	o.sysfs_pmu_dir = dir;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
+	assert_int_equal(kvm_port_backend(port), KVM_BACKEND_ADVISORY);
+	assert_non_null(strstr(kvm_port_why(port), "caps/guest_reserve is not understood"));
+	kvm_port_close(port);
+	rm_dir(dir);
 
 	o.backend = KVM_BACKEND_MODEL;
 	o.n_cpus = 0;
@@ -431,14 +439,30 @@ static int fx_open_port(struct fx *f, unsigned reserve_caps)
 static void fx_free(struct fx *f)
 {
 	kvm_port_close(f->port);
-	if (f->probe >= 0)
-		kvm_model_route_close(f->m, f->probe);
 	kvm_model_free(f->m);
 	if (f->vm_file >= 0)
 		close(f->vm_file);
 	kvm_child_stop(&f->child);
 	rec_clear(&f->rec);
 	free(f);
+}
+
+/* The model's route fd of the VM whose file vm_file is: the port's, since
+ * a VM has one at most (D8). The test reads the model through it and
+ * leaves closing it to the port. -1 if there is none. */
+static int port_route_fd(struct kvm_model *m, int vm_file)
+{
+	const struct kvm_model_caller root = { .cap_sys_admin = true };
+	pid_t self = getpid();
+	for (int fd = 3; fd < 1024; fd++) {
+		if (fd == vm_file || syscall(SYS_kcmp, self, self, KCMP_FILE, fd, vm_file) != 0)
+			continue;
+		struct kvm_vpmu_vcpus v = { .nr = 0 };
+		long r = kvm_model_ioctl(m, &root, fd, KVM_VPMU_GET_VCPUS, &v);
+		if (r == 0 || r == -E2BIG)
+			return fd;
+	}
+	return -1;
 }
 
 /* cmocka runs no teardown after a failed setup: a failure here frees what
@@ -474,10 +498,8 @@ static int setup(void **state)
 	SETUP_CHECK(r == 0, "register: %s", why);
 	/* The handed VM file is the port's to close on success. */
 	SETUP_CHECK(!fd_open(handed), "the VM file handed over is still open");
-	const struct kvm_model_vm_desc ignored = { 0 };
-	const struct kvm_vpmu_route_fd args = { 0 };
-	r = kvm_model_create_route_fd(f->m, f->vm_file, &ignored, &args, &f->probe);
-	SETUP_CHECK(r == 0, "probe route fd: %s", strerror(-r));
+	f->probe = port_route_fd(f->m, f->vm_file);
+	SETUP_CHECK(f->probe >= 0, "the port's route fd was not found");
 	rec_clear(&f->rec);
 	*state = f;
 	return 0;
@@ -965,20 +987,18 @@ static void test_vmm_death_eio(void **state)
 	char rep[2048];
 	assert_true(kvm_port_report(f->port, rep, sizeof(rep)) > 0);
 	assert_non_null(strstr(rep, "routes advisory (the VM is dead"));
-	/* Registered again (by another process that holds its file): the
-	 * model refuses a dead VM, and the caller keeps its fd. */
+	/* Unregistered, its route fd closed: the dead VM is gone from the
+	 * model too (closing is all that is left of a dead VM, D2). */
 	assert_int_equal(kvm_port_unregister_vm(f->port, VM_ID), 0);
-	struct kvm_port_vm vm = { .vm_id = 91, .vmm_pid = getpid(), .vmm_pidfd = -1,
+	assert_int_equal(kvm_model_vm_count(f->m), 0);
+	f->probe = -1;
+	/* Its VMM is gone: ESRCH before anything is asked. */
+	struct kvm_port_vm vm = { .vm_id = 91, .vmm_pid = vmm, .vmm_pidfd = -1,
 				  .route_fd = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3), .n_vcpus = 2 };
 	char w[256];
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -EIO);
-	assert_non_null(strstr(w, "the VM is dead (its VMM exited)"));
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -ESRCH);
 	assert_true(fd_open(vm.route_fd));
 	close(vm.route_fd);
-	/* Its VMM is gone: ESRCH before anything is asked. */
-	vm.vmm_pid = vmm;
-	vm.route_fd = -1;
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -ESRCH);
 }
 
 /* Lease vCPU i is the i-th vCPU KVM created, whatever its id (APIC IDs are
@@ -1015,10 +1035,8 @@ static void test_vcpu_id_mapping(void **state)
 	assert_int_equal(sent->vcpu_id, 9);
 	assert_int_equal(sent->passthrough, 0x2);
 	/* The model agrees: id 9 passes gp 1 through, id 1 does not exist. */
-	int probe;
-	const struct kvm_model_vm_desc ignored = { 0 };
-	const struct kvm_vpmu_route_fd args = { 0 };
-	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &ignored, &args, &probe), 0);
+	int probe = port_route_fd(f->m, o.vm);
+	assert_true(probe >= 0);
 	struct kvm_model_caller root = { .cap_sys_admin = true };
 	struct kvm_vpmu_routes q = { .vcpu_id = 9 };
 	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), 0);
@@ -1028,20 +1046,22 @@ static void test_vcpu_id_mapping(void **state)
 	assert_int_equal(q.passthrough, 0);
 	q = (struct kvm_vpmu_routes){ .vcpu_id = 1 };
 	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), -ENOENT);
-	kvm_model_route_close(f->m, probe);
 	assert_int_equal(kvm_port_unregister_vm(f->port, 100), 0);
+	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), -EBADF);
 	own_vm_free(&o);
 }
 
-/* A lease with more vCPUs than the VM has is refused, and the caller
- * keeps its fd. */
-static void test_lease_larger_than_vm(void **state)
+/* D8: a VM whose route fd is open elsewhere (here: the test's own model
+ * route fd) cannot be given another; the port says why and the caller
+ * keeps its fd. Once that route fd is closed, registration works. (A
+ * lease with more vCPUs than the VM has cannot be built with the model,
+ * which takes its vCPUs from the lease: read_vm's check is kernel-only.) */
+static void test_second_route_fd_of_a_vm_refused(void **state)
 {
 	struct fx *f = *state;
 	struct own_vm o;
 	const uint32_t ids[] = { 0, 1 };
 	own_vm_make(&o, ids, 2);
-	/* KVM knows two vCPUs (the first route fd made tells the model). */
 	int probe;
 	struct kvm_model_vm_desc desc = { .opted_in = true, .lapic_in_kernel = true, .shape = HOST_SHAPE,
 					  .nr_vcpus = 2, .vcpu_ids = ids, .vmm_pidfd = -1 };
@@ -1049,15 +1069,14 @@ static void test_lease_larger_than_vm(void **state)
 	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &desc, &args, &probe), 0);
 	int handed = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
 	struct kvm_port_vm vm = { .vm_id = 110, .vmm_pid = getpid(), .vmm_pidfd = -1, .route_fd = handed,
-				  .n_vcpus = 3 };
+				  .n_vcpus = 2 };
 	char why[256];
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
-	assert_non_null(strstr(why, "the lease has 3 vCPUs but the VM has 2"));
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EEXIST);
+	assert_non_null(strstr(why, "the VM already has a route fd open (one per VM"));
 	assert_true(fd_open(handed));
-	vm.n_vcpus = 2;
+	assert_int_equal(kvm_model_route_close(f->m, probe), 0);
 	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
 		fail_msg("%s", why);
-	kvm_model_route_close(f->m, probe);
 	assert_int_equal(kvm_port_unregister_vm(f->port, 110), 0);
 	own_vm_free(&o);
 }
@@ -1429,7 +1448,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_register_same_vm_twice, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_eio, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vcpu_id_mapping, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_lease_larger_than_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_second_route_fd_of_a_vm_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stats_through_stats_fd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_refusals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_affinity_narrows_cpus, setup, teardown),

@@ -745,10 +745,18 @@ static int vm_check_type(const struct kvm_model_vm_desc *d)
 	return 0;
 }
 
-static int route_fd_check(bool opted_in, const struct kvm_vpmu_route_fd *a)
+static int route_fd_check(const struct kvm_vpmu_route_fd *a)
 {
-	/* K4: only a VM that opted in, and flags, pad and reserved zero. */
-	if (!opted_in || a->flags || a->pad || !all_zero(a->reserved, sizeof(a->reserved)))
+	/* K4: flags, pad and reserved zero, then (vm_check_opted_in) only a
+	 * VM that opted in. */
+	if (a->flags || a->pad || !all_zero(a->reserved, sizeof(a->reserved)))
+		return -EINVAL;
+	return 0;
+}
+
+static int vm_check_opted_in(const struct kvm_model_vm_desc *d)
+{
+	if (!d->opted_in)
 		return -EINVAL;
 	return 0;
 }
@@ -813,37 +821,75 @@ static bool route_still_open(const struct kvm_model *m, size_t i)
 	return same < 0 ? fd_link_is(m, m->routes[i].fd, VM_FILE_LINK) : same == 1;
 }
 
+/* Whether the process behind a pidfd has exited (its pidfd is readable). */
+static bool pidfd_exited(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	return pidfd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* Forgets the records of vm's route fds whose numbers were closed behind
+ * the model's back; true when one is still open. Frees the VM with its
+ * last record, so vm may be gone when this returns false. */
+static bool vm_route_open(struct kvm_model *m, struct model_vm *vm)
+{
+	bool open = false;
+	for (size_t i = 0; i < m->n_routes;) {
+		if (m->routes[i].vm != vm) {
+			i++;
+		} else if (route_still_open(m, i)) {
+			open = true;
+			i++;
+		} else if (vm->route_fds == 1) {
+			route_forget(m, i, false);
+			return false;
+		} else {
+			route_forget(m, i, false);
+		}
+	}
+	return open;
+}
+
 int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
 			      const struct kvm_vpmu_route_fd *args, int *route_fd)
 {
 	if (!m || !desc || !route_fd)
 		return -EINVAL;
-	if (!args)
-		return -EFAULT;
 	LOCK_MODEL_FOR_SCOPE(m);
+	/* D10's order: EBADF/ENOTTY (not a VM fd), EIO (not the VM's
+	 * creator, or dead), EFAULT, EINVAL (flags, pad, reserved), EINVAL
+	 * (no opt-in), EEXIST (a route fd is open). */
 	if (!fd_open(vm_file))
 		return -EBADF;
 	if (!fd_link_is(m, vm_file, VM_FILE_LINK))
 		return -ENOTTY;
 	struct model_vm *known = vm_find(m, vm_file);
-	_cleanup_(vm_freep) struct model_vm *fresh = NULL;
+	if (known && !vm_route_open(m, known))
+		known = NULL; /* its last route fd was closed behind our back */
 	int r;
-	if (known) {
-		/* The VMM is gone: nobody could issue the ioctl any more. */
-		if (vm_dead(m, known))
-			return -EIO;
-	} else if ((r = vm_desc_valid(m, desc)) < 0 || (r = vm_check_opt_in(desc)) < 0 ||
-		   (r = vm_check_type(desc)) < 0) {
+	/* What desc says is the model's input, not the kernel's: checked
+	 * before any errno the kernel would give. */
+	if (!known && (r = vm_desc_valid(m, desc)) < 0)
 		return r;
-	}
-	if ((r = route_fd_check(known || desc->opted_in, args)) < 0)
+	/* The creator check (kvm_vm_ioctl's mm check) is simulated: the
+	 * caller stands in for the VMM, so a VMM that has exited is the only
+	 * way to fail it; a dead VM fails the same way. */
+	if (known ? vm_dead(m, known) : pidfd_exited(desc->vmm_pidfd))
+		return -EIO;
+	if (!args)
+		return -EFAULT;
+	if ((r = route_fd_check(args)) < 0)
 		return r;
-	if (!known) {
-		if ((r = vm_new(m, vm_file, desc, &fresh)) < 0)
-			return r;
-		if (vm_dead(m, fresh))
-			return -EIO;
-	}
+	if (!known && ((r = vm_check_opt_in(desc)) < 0 || (r = vm_check_type(desc)) < 0 ||
+		       (r = vm_check_opted_in(desc)) < 0))
+		return r;
+	/* K5 (D8): one route fd per VM while it is open, so that a route fd
+	 * names its VM without ambiguity: whoever holds it, no other can. */
+	if (known)
+		return -EEXIST;
+	_cleanup_(vm_freep) struct model_vm *fresh = NULL;
+	if ((r = vm_new(m, vm_file, desc, &fresh)) < 0)
+		return r;
 	struct model_route *nr = reallocarray(m->routes, m->n_routes + 1, sizeof(*nr));
 	if (!nr)
 		return -ENOMEM;
@@ -856,16 +902,14 @@ int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm
 	if (fd < 0)
 		return -errno;
 	/* The number was free, so a record under it is of a route fd closed
-	 * behind the model's back: forget it (the file is not ours to close),
-	 * after the new record holds its VM, which may be the same one. */
+	 * behind the model's back: forget it (the file is not ours to close). */
 	ssize_t stale = route_index(m, fd);
-	struct model_vm *vm = known ? known : fresh;
-	if (!known)
-		m->vms[m->n_vms++] = TAKE_PTR(fresh);
-	vm->route_fds++;
-	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
 	if (stale >= 0)
 		route_forget(m, (size_t)stale, false);
+	struct model_vm *vm = TAKE_PTR(fresh);
+	m->vms[m->n_vms++] = vm;
+	vm->route_fds++;
+	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
 	*route_fd = TAKE_FD(fd);
 	return 0;
 }

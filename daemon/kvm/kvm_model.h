@@ -111,23 +111,25 @@ struct kvm_model_vm_desc {
 /*
  * KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION) and
  * KVM_CREATE_VPMU_ROUTE_FD as the VMM would issue them, simulated: vm_file
- * must be a real KVM VM file (-EBADF if not open, -ENOTTY if not a VM);
- * desc says what KVM would know, args is the ioctl's struct. Checks K2..K4,
- * then returns in *route_fd
- * a new fd of this process (O_CLOEXEC) that the model recognises as a
- * route fd of that VM. A second call on the same VM file (any fd number)
- * gives a second route fd of the same VM, desc ignored. vm_file is not
- * consumed.
+ * must be a real KVM VM file; desc says what KVM would know, args is the
+ * ioctl's struct. Returns in *route_fd a new fd of this process
+ * (O_CLOEXEC) that the model recognises as the route fd of that VM.
+ * vm_file is not consumed.
  *
- * Also -EINVAL when desc cannot be what KVM knows (a shape CPUID leaf 0xA
- * cannot give on this host: general counters not a count from 0, fixed
- * counters the host lacks or above 2, bits 48+; duplicate vCPU ids;
- * vcpu_ids NULL with nr_vcpus; vmm_pidfd not a pidfd), -EFAULT for a NULL
- * args, -EIO when the VMM has already exited (nobody could issue it).
+ * Errors in D10's order: -EBADF vm_file not open, -ENOTTY not a VM file;
+ * -EINVAL when desc cannot be what KVM knows (the model's input: a shape
+ * CPUID leaf 0xA cannot give on this host, duplicate vCPU ids, vcpu_ids
+ * NULL with nr_vcpus, vmm_pidfd not a pidfd); -EIO the VM is dead or its
+ * VMM has exited (the creator check, simulated: the caller stands in for
+ * the VMM); -EFAULT args NULL; -EINVAL flags, pad, reserved (K4); -EINVAL
+ * the opt-in (K2, K3, K4: not opted in); -EEXIST a route fd of the VM is
+ * open (D8; desc is then not looked at). Without kcmp every VM file is a
+ * new VM to the model, so EEXIST cannot be told.
+ *
  * The route fd is a dup of vm_file, recognised by its number while it is
  * open as that file: a dup the caller makes of it is not a route fd to
  * the model (the kernel's would be), so close it only with
- * kvm_model_route_close.
+ * kvm_model_route_close. The VM is forgotten with its route fd.
  */
 int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
 			      const struct kvm_vpmu_route_fd *args, int *route_fd);

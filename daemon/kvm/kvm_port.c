@@ -744,6 +744,7 @@ static const char *route_errno_words(int e)
 	case -ENOENT: return "no such vCPU in the VM";
 	case -EINVAL: return "refused by the kernel";
 	case -EBUSY: return "a pass-through counter is reserved on no online CPU";
+	case -EEXIST: return "the VM already has a route fd open (one per VM)";
 	}
 	return NULL;
 }
@@ -804,6 +805,8 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 			 r == -ENOTTY ? "not a KVM VM file (the model makes its route fd from the VMM's VM file)"
 			 : r == -EBADF ? "not an open fd"
 			 : r == -EIO   ? "the VM is dead (its VMM exited)"
+			 : r == -EEXIST ? "the VM already has a route fd open (one per VM: KVM_CREATE_VPMU_ROUTE_FD "
+					  "says EEXIST); whoever holds it must close it first"
 				       : strerror(-r));
 		return r;
 	}
