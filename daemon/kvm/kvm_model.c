@@ -254,8 +254,8 @@ static bool fd_open(int fd)
 
 /* ------------------------------------------------------------ VM death */
 
-/* Puts a loaded vCPU (K13's save and scrub); defined with the guest
- * activity below. */
+/* VM exit of a running vCPU (K13's save and scrub); defined with the
+ * guest activity below. */
 static void vcpu_put(struct kvm_model *m, struct model_vcpu *v);
 
 static void vm_unload(struct kvm_model *m, struct model_vm *vm)
@@ -316,15 +316,17 @@ static uint64_t phys_owner(const struct model_cpu *c, unsigned bit)
 
 /* ---------------------------------------------------- guest activity */
 
-/* vCPU load (VM entry); returns the number of frozen PMCs. */
+/* VM entry (D5: the model's "vCPU load" is the mediated vPMU's load at VM
+ * entry, interrupts off); returns the number of frozen PMCs. */
 static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 {
 	struct model_cpu *c = &m->cpus[cpu];
 	v->loaded_cpu = (int)cpu;
 	c->loaded = v;
-	/* K14: the pass-through PMCs cpu reserves go to hardware; the others
-	 * are frozen there (value held, accesses intercepted), since KVM
-	 * cannot switch perf events at VM entry; such an entry counts once. */
+	/* K14: at VM entry the pass-through PMCs cpu reserves go to hardware;
+	 * the others are frozen there (value held, accesses intercepted),
+	 * since KVM cannot switch perf events at VM entry; each such entry
+	 * counts once in pmu_passthrough_frozen_entries. */
 	v->live = v->passthrough & c->reserved;
 	v->frozen = v->passthrough & ~c->reserved;
 	for_each_bit(b, v->live) {
@@ -337,11 +339,13 @@ static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 	return __builtin_popcountll(v->frozen);
 }
 
+/* VM exit (D5: the mediated vPMU's put, kvm_mediated_pmu_put from
+ * vcpu_enter_guest, not the scheduler's vCPU put). */
 static void vcpu_put(struct kvm_model *m, struct model_vcpu *v)
 {
 	struct model_cpu *c = &m->cpus[v->loaded_cpu];
-	/* K13: the guest's pass-through values are saved and their physical
-	 * counters scrubbed on this CPU, so the next owner of its guest
+	/* K13: at VM exit the guest's pass-through values are saved and their
+	 * physical counters scrubbed on this CPU, so the next owner of its guest
 	 * partition (another vCPU, or host perf after a reservation change)
 	 * finds nothing of this guest. */
 	for_each_bit(b, v->live) {

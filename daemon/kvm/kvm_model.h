@@ -162,13 +162,19 @@ size_t kvm_model_vm_count(struct kvm_model *m);
 
 /* ------------------------------------------------ simulated guest activity */
 
-/* vCPU vcpu_id of route_fd's VM enters the guest on cpu (vcpu load): its
+/* D5: the guest partition switches at VM entry and VM exit (the mediated
+ * vPMU's load/put, interrupts off), not at the scheduler's vCPU load/put.
+ * kvm_model_vcpu_load and kvm_model_vcpu_put stand for VM entry and VM
+ * exit; a vCPU "loaded" here is one running guest code on that CPU. */
+
+/* vCPU vcpu_id of route_fd's VM enters the guest on cpu (VM entry): its
  * pass-through PMCs reserved on cpu are loaded into the physical
  * counters; the others are frozen there (K14). Returns the number of
  * frozen PMCs, or -errno (-EBUSY: the vCPU or another one is already
  * loaded there; -EINVAL: cpu offline or out of range). */
 int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu);
-/* vCPU put: guest values saved, physical counters scrubbed (K13);
+/* VM exit: guest values saved, physical counters scrubbed (K13: the
+ * mediated vPMU zeroes guest PMCs at every VM exit);
  * -EINVAL if it is not loaded. */
 int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id);
 /* The guest's PMC (one PERF_GLOBAL_CTRL-layout bit) counts delta: in the
