@@ -407,6 +407,36 @@ static void test_backend_choice_reasons(void **state)
 	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EINVAL);
 }
 
+/* D1: the ioctl backend reads a handed fd's link before any ioctl. No
+ * kernel here makes a route fd, so the function is tested on what can be
+ * made: a real VM fd, a pipe, /dev/kvm, a closed number. */
+static void test_check_route_fd_classifies(void **state)
+{
+	(void)state;
+	const char *why = NULL;
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_int_equal(kvm_port_check_route_fd(p[0], &why), -ENOTTY);
+	assert_string_equal(why, "not a route fd");
+	assert_int_equal(kvm_port_check_route_fd(1000, &why), -EBADF);
+	assert_string_equal(why, "not an open fd");
+	assert_int_equal(kvm_port_check_route_fd(-1, &why), -EBADF);
+	close(p[0]);
+	close(p[1]);
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm < 0)
+		skip();
+	assert_int_equal(kvm_port_check_route_fd(kvm, &why), -ENOTTY);
+	assert_string_equal(why, "not a route fd");
+	int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm >= 0);
+	assert_int_equal(kvm_port_check_route_fd(vm, &why), -ENOTTY);
+	assert_string_equal(why, "a KVM VM fd, not a route fd: the VMM creates one with KVM_CREATE_VPMU_ROUTE_FD");
+	assert_int_equal(kvm_port_check_route_fd(vm, NULL), -ENOTTY);
+	close(vm);
+	close(kvm);
+}
+
 /* ------------------------------------------------ the model with real VMs */
 
 struct fx {
@@ -1430,6 +1460,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_backend_names),
 		cmocka_unit_test(test_uapi_layout),
+		cmocka_unit_test(test_check_route_fd_classifies),
 		cmocka_unit_test(test_encode_reserve_bytes),
 		cmocka_unit_test(test_encode_routes_bytes),
 		cmocka_unit_test(test_forced_ioctl_refused_sends_nothing),

@@ -735,6 +735,38 @@ static bool same_file_registered(const struct kvm_port *p, int fd)
 	return false;
 }
 
+#define ROUTE_FD_LINK "anon_inode:kvm-vpmu-route"
+#define VM_FD_LINK "anon_inode:kvm-vm"
+
+int kvm_port_check_route_fd(int fd, const char **why)
+{
+	static const char vm_fd[] =
+		"a KVM VM fd, not a route fd: the VMM creates one with KVM_CREATE_VPMU_ROUTE_FD";
+	const char *w = "not a route fd";
+	int r = -ENOTTY;
+	_cleanup_free_ char *path = alloc_printf("/proc/self/fd/%d", fd);
+	char link[sizeof(ROUTE_FD_LINK) + 1];
+	if (!path)
+		return -ENOMEM;
+	/* A buffer one byte longer than the longest link wanted tells a
+	 * longer link apart. */
+	ssize_t n = fd < 0 ? -1 : readlink(path, link, sizeof(link) - 1);
+	if (n < 0) {
+		r = -EBADF;
+		w = "not an open fd";
+	} else {
+		link[n] = '\0';
+		if (!strcmp(link, ROUTE_FD_LINK)) {
+			r = 0;
+			w = NULL;
+		} else if (!strcmp(link, VM_FD_LINK))
+			w = vm_fd;
+	}
+	if (why)
+		*why = w;
+	return r;
+}
+
 static const char *route_errno_words(int e)
 {
 	switch (e) {
@@ -917,6 +949,16 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 		if (r < 0)
 			return r;
 		route_fd = vm->route_fd;
+	}
+	if (route_fd >= 0 && p->backend == KVM_BACKEND_IOCTL) {
+		/* D1: no ioctl on an fd that is not a route fd, so that a VM fd
+		 * handed by mistake gets words, not the kernel's EIO. */
+		const char *what;
+		int r = kvm_port_check_route_fd(route_fd, &what);
+		if (r < 0) {
+			snprintf(why, whylen, "vm %llu: fd %d: %s", (unsigned long long)spec->vm_id, route_fd, what);
+			return r;
+		}
 	}
 	if (route_fd >= 0 && kvm_port_enforced(p)) {
 		int r = read_vm(p, vm, route_fd, why, whylen);

@@ -130,6 +130,14 @@ struct kvm_port_vm {
  * names a VM already registered, -ESRCH VMM gone, -EIO VM dead.
  */
 int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *vm, char *why, size_t whylen);
+/* D1: what the ioctl backend checks before its first ioctl on a handed
+ * fd, from the fd's /proc/self/fd link: 0 for a route fd (anon inode
+ * "kvm-vpmu-route"); -ENOTTY for anything else, *why saying what it is
+ * ("a KVM VM fd, not a route fd: ..." for a VM fd, on which the kernel
+ * would answer our ioctls EIO since we did not create the VM; else "not a
+ * route fd"); -EBADF if fd is not open. The model backend takes the VM
+ * file instead (simulation). */
+int kvm_port_check_route_fd(int fd, const char **why);
 /* Closes the VM's route fd. */
 int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id);
 
