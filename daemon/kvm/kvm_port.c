@@ -759,8 +759,9 @@ int kvm_port_check_route_fd(int fd, const char **why)
 		if (!strcmp(link, ROUTE_FD_LINK)) {
 			r = 0;
 			w = NULL;
-		} else if (!strcmp(link, VM_FD_LINK))
+		} else if (!strcmp(link, VM_FD_LINK)) {
 			w = vm_fd;
+		}
 	}
 	if (why)
 		*why = w;
