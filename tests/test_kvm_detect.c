@@ -478,13 +478,18 @@ static void test_host_vpmu_extension(void **state)
 	assert_non_null(strstr(buf, "\nkvm: vpmu extension: incomplete (perf's guest_reserve without "
 				    "KVM_CAP_VPMU_ROUTES: guest routes are advisory)\n"));
 	assert_non_null(strstr(buf, "guest_reserve: 3 (perf can reserve counters for guests, per CPU)\n"));
-	/* A caps value naming no mode is no perf half. */
+	/* A caps value without the uniform mode is no perf half (D12): every
+	 * perf half takes one mask for every CPU. */
 	d = h->d;
 	d.reserve_caps.value = 0;
 	assert_false(kvm_detect_has_extension(&d));
 	assert_true(kvm_detect_format(&d, buf, sizeof(buf)) > 0);
-	assert_non_null(strstr(buf, "guest_reserve: 0 (names no reservation mode)\n"));
+	assert_non_null(strstr(buf, "guest_reserve: 0 (no uniform mode: not a perf half vpmu knows)\n"));
 	assert_non_null(strstr(buf, "vpmu extension: incomplete (KVM_CAP_VPMU_ROUTES without"));
+	d.reserve_caps.value = VPMU_RESERVE_CAP_PER_CPU;
+	assert_false(kvm_detect_has_extension(&d));
+	assert_true(kvm_detect_format(&d, buf, sizeof(buf)) > 0);
+	assert_non_null(strstr(buf, "guest_reserve: 2 (no uniform mode: not a perf half vpmu knows)\n"));
 	free(h);
 }
 

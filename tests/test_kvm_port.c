@@ -39,16 +39,18 @@
 struct rec {
 	size_t n;
 	unsigned long cmd[REC_MAX];
+	int cpu[REC_MAX];
 	size_t len[REC_MAX];
 	uint8_t *buf[REC_MAX];
 };
 
-static void record(void *ctx, unsigned long cmd, const void *arg, size_t len)
+static void record(void *ctx, unsigned long cmd, int cpu, const void *arg, size_t len)
 {
 	struct rec *r = ctx;
 	if (r->n >= REC_MAX)
 		fail_msg("more than %d requests", REC_MAX);
 	r->cmd[r->n] = cmd;
+	r->cpu[r->n] = cpu;
 	r->len[r->n] = len;
 	r->buf[r->n] = malloc(len + 1);
 	assert_non_null(r->buf[r->n]);
@@ -193,25 +195,18 @@ static void test_encode_reserve_bytes(void **state)
 {
 	(void)state;
 	char buf[128];
-	const unsigned cpus[] = { 11, 3, 0, 1, 2, 8, 10, 2 }; /* any order, a duplicate */
-	const char *want = "0-3,8,10-11 0x0000000700000003\n";
+	/* One value per file (D7): the mask, 16 digits, a newline. */
 	memset(buf, 'x', sizeof(buf));
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 0x0000000700000003ULL, buf, sizeof(buf)),
-			 (int)strlen(want));
-	assert_string_equal(buf, want);
-	const unsigned one = 5;
-	assert_int_equal(kvm_port_encode_reserve(&one, 1, 0, buf, sizeof(buf)), 21);
-	assert_string_equal(buf, "5 0x0000000000000000\n");
-	const unsigned pair[] = { 7, 6 };
-	kvm_port_encode_reserve(pair, 2, VPMU_GUEST_FIXED_MASK | 0xff, buf, sizeof(buf));
-	assert_string_equal(buf, "6-7 0x00000007000000ff\n");
+	assert_int_equal(kvm_port_encode_reserve(0x0000000700000003ULL, buf, sizeof(buf)), 19);
+	assert_string_equal(buf, "0x0000000700000003\n");
+	assert_int_equal(kvm_port_encode_reserve(0, buf, sizeof(buf)), 19);
+	assert_string_equal(buf, "0x0000000000000000\n");
 	/* snprintf semantics: the length it needs, cut to fit. */
 	char small[8];
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, small, sizeof(small)), (int)strlen(want));
-	assert_string_equal(small, "0-3,8,1");
-	assert_int_equal(kvm_port_encode_reserve(cpus, 8, 3, NULL, 0), (int)strlen(want));
-	assert_int_equal(kvm_port_encode_reserve(cpus, 0, 3, buf, sizeof(buf)), -EINVAL);
-	assert_int_equal(kvm_port_encode_reserve(NULL, 1, 3, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(kvm_port_encode_reserve(3, small, sizeof(small)), 19);
+	assert_string_equal(small, "0x00000");
+	assert_int_equal(kvm_port_encode_reserve(3, NULL, 0), 19);
+	assert_int_equal(kvm_port_encode_reserve(3, NULL, 8), -EINVAL);
 
 	/* A partition step's masks in PERF_GLOBAL_CTRL layout. */
 	struct transition t = part(2, 3, 0x0f, 0x5);
@@ -395,6 +390,14 @@ static void test_backend_choice_reasons(void **state)
 	assert_non_null(strstr(kvm_port_why(port), "caps/guest_reserve is not understood"));
 	kvm_port_close(port);
 	rm_dir(dir);
+	/* D12: PER_CPU without UNIFORM is no perf half either. */
+	dir = fake_pmu_dir("2\n");
+	o.sysfs_pmu_dir = dir;
+	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), 0);
+	assert_int_equal(kvm_port_backend(port), KVM_BACKEND_ADVISORY);
+	assert_non_null(strstr(kvm_port_why(port), "caps/guest_reserve is not understood"));
+	kvm_port_close(port);
+	rm_dir(dir);
 
 	o.backend = KVM_BACKEND_MODEL;
 	o.n_cpus = 0;
@@ -402,6 +405,36 @@ static void test_backend_choice_reasons(void **state)
 	o.n_cpus = N_CPUS;
 	o.backend = 17;
 	assert_int_equal(kvm_port_open(&o, &port, why, sizeof(why)), -EINVAL);
+}
+
+/* D1: the ioctl backend reads a handed fd's link before any ioctl. No
+ * kernel here makes a route fd, so the function is tested on what can be
+ * made: a real VM fd, a pipe, /dev/kvm, a closed number. */
+static void test_check_route_fd_classifies(void **state)
+{
+	(void)state;
+	const char *why = NULL;
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_int_equal(kvm_port_check_route_fd(p[0], &why), -ENOTTY);
+	assert_string_equal(why, "not a route fd");
+	assert_int_equal(kvm_port_check_route_fd(1000, &why), -EBADF);
+	assert_string_equal(why, "not an open fd");
+	assert_int_equal(kvm_port_check_route_fd(-1, &why), -EBADF);
+	close(p[0]);
+	close(p[1]);
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm < 0)
+		skip();
+	assert_int_equal(kvm_port_check_route_fd(kvm, &why), -ENOTTY);
+	assert_string_equal(why, "not a route fd");
+	int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	assert_true(vm >= 0);
+	assert_int_equal(kvm_port_check_route_fd(vm, &why), -ENOTTY);
+	assert_string_equal(why, "a KVM VM fd, not a route fd: the VMM creates one with KVM_CREATE_VPMU_ROUTE_FD");
+	assert_int_equal(kvm_port_check_route_fd(vm, NULL), -ENOTTY);
+	close(vm);
+	close(kvm);
 }
 
 /* ------------------------------------------------ the model with real VMs */
@@ -436,14 +469,30 @@ static int fx_open_port(struct fx *f, unsigned reserve_caps)
 static void fx_free(struct fx *f)
 {
 	kvm_port_close(f->port);
-	if (f->probe >= 0)
-		kvm_model_route_close(f->m, f->probe);
 	kvm_model_free(f->m);
 	if (f->vm_file >= 0)
 		close(f->vm_file);
 	kvm_child_stop(&f->child);
 	rec_clear(&f->rec);
 	free(f);
+}
+
+/* The model's route fd of the VM whose file vm_file is: the port's, since
+ * a VM has one at most (D8). The test reads the model through it and
+ * leaves closing it to the port. -1 if there is none. */
+static int port_route_fd(struct kvm_model *m, int vm_file)
+{
+	const struct kvm_model_caller root = { .cap_sys_admin = true };
+	pid_t self = getpid();
+	for (int fd = 3; fd < 1024; fd++) {
+		if (fd == vm_file || syscall(SYS_kcmp, self, self, KCMP_FILE, fd, vm_file) != 0)
+			continue;
+		struct kvm_vpmu_vcpus v = { .nr = 0 };
+		long r = kvm_model_ioctl(m, &root, fd, KVM_VPMU_GET_VCPUS, &v);
+		if (r == 0 || r == -E2BIG)
+			return fd;
+	}
+	return -1;
 }
 
 /* cmocka runs no teardown after a failed setup: a failure here frees what
@@ -479,10 +528,8 @@ static int setup(void **state)
 	SETUP_CHECK(r == 0, "register: %s", why);
 	/* The handed VM file is the port's to close on success. */
 	SETUP_CHECK(!fd_open(handed), "the VM file handed over is still open");
-	const struct kvm_model_vm_desc ignored = { 0 };
-	const struct kvm_vpmu_route_fd args = { 0 };
-	r = kvm_model_create_route_fd(f->m, f->vm_file, &ignored, &args, &f->probe);
-	SETUP_CHECK(r == 0, "probe route fd: %s", strerror(-r));
+	f->probe = port_route_fd(f->m, f->vm_file);
+	SETUP_CHECK(f->probe >= 0, "the port's route fd was not found");
 	rec_clear(&f->rec);
 	*state = f;
 	return 0;
@@ -573,14 +620,27 @@ static void test_two_phase_plans_through_model(void **state)
 	assert_int_equal(m, 0x0000000100000002ULL);
 	assert_int_equal(kvm_port_passthrough(f->port, VM_ID, 2, &m), -EINVAL);
 	assert_int_equal(kvm_port_passthrough(f->port, 7, 0, &m), -ENOENT);
-	/* Exactly what went out: 3 reservation lines, 3 SET_ROUTES. */
+	/* Exactly what went out: 3 reservation values, each to its CPU's
+	 * file (one step at a time, none covers every CPU), 3 SET_ROUTES. */
 	assert_int_equal(rec_count(&f->rec, 0), 3);
+	const int want_cpu[] = { 0, 1, 1 };
+	const char *const want_text[] = { "0x0000000100000003\n", "0x0000000100000003\n", "0x0000000100000002\n" };
+	for (size_t i = 0, k = 0; i < f->rec.n; i++) {
+		if (f->rec.cmd[i] != 0) {
+			assert_int_equal(f->rec.cpu[i], -1);
+			continue;
+		}
+		assert_int_equal(f->rec.cpu[i], want_cpu[k]);
+		assert_string_equal((char *)f->rec.buf[i], want_text[k]);
+		k++;
+	}
 	assert_int_equal(rec_count(&f->rec, KVM_VPMU_SET_ROUTES), 3);
 }
 
-/* A kernel with uniform reservations only needs every online CPU in one
- * write: consecutive equal steps become one line, and the model (which
- * refuses a partial list) takes it. */
+/* A kernel with uniform reservations only has the uniform file (D7):
+ * consecutive equal steps that cover every CPU become one write of it; a
+ * plan that reserves on some CPUs only is refused by the port, nothing
+ * sent, since the uniform file would reserve everywhere. */
 static void test_uniform_steps_coalesce(void **state)
 {
 	(void)state;
@@ -589,10 +649,10 @@ static void test_uniform_steps_coalesce(void **state)
 	f->probe = f->vm_file = -1;
 	assert_int_equal(fx_open_port(f, VPMU_RESERVE_CAP_UNIFORM), 0);
 	assert_int_equal(kvm_port_reserve_caps(f->port), VPMU_RESERVE_CAP_UNIFORM);
-	/* A single CPU's line is what a uniform kernel refuses (P5). */
+	/* A CPU's file is what a uniform kernel lacks (P5). */
 	struct kvm_model_caller root = { .cap_sys_admin = true };
-	const char *one = "0 0x0000000000000001\n";
-	assert_int_equal(kvm_model_reserve_write(f->m, &root, one, strlen(one)), -EINVAL);
+	const char *one = "0x0000000000000001\n";
+	assert_int_equal(kvm_model_reserve_write(f->m, &root, 0, one, strlen(one)), -ENOENT);
 
 	const struct transition grow[] = { part(2, 1, 0x3, 0x4), part(2, 0, 0x3, 0x4) };
 	struct kvm_apply_result res;
@@ -601,23 +661,23 @@ static void test_uniform_steps_coalesce(void **state)
 	assert_int_equal(res.applied, 2);
 	assert_int_equal(f->rec.n, 1);
 	assert_int_equal(f->rec.cmd[0], 0);
-	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000400000003\n");
-	assert_int_equal(f->rec.len[0], strlen("0-1 0x0000000400000003\n"));
+	assert_int_equal(f->rec.cpu[0], -1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000400000003\n");
+	assert_int_equal(f->rec.len[0], 19);
 	for (unsigned c = 0; c < N_CPUS; c++)
 		assert_int_equal(model_reservation(f, c), 0x0000000400000003ULL);
 
 	/* Equal masks of different phases, or with a different mask between
-	 * them, are separate lines: the uniform kernel refuses them, and the
-	 * port reports the first refused line with nothing after it sent. */
+	 * them, are separate groups of one CPU each: refused before anything
+	 * of the group is sent. */
 	rec_clear(&f->rec);
 	const struct transition split[] = { part(1, 0, 0x1, 0), part(2, 1, 0x1, 0) };
 	assert_int_equal(kvm_port_apply(f->port, split, 2, &res), -EINVAL);
 	assert_int_equal(res.applied, 0);
 	assert_int_equal(res.failed, 0);
-	assert_int_equal(f->rec.n, 1);
-	assert_string_equal((char *)f->rec.buf[0], "0 0x0000000000000001\n");
-	assert_non_null(strstr(res.why, "guest_reserve \"0 0x0000000000000001\""));
-	assert_non_null(strstr(res.why, "not every online CPU"));
+	assert_int_equal(f->rec.n, 0);
+	assert_non_null(strstr(res.why, "cpus 0: the kernel takes one mask for every CPU"));
+	assert_non_null(strstr(res.why, "nothing was sent"));
 	assert_int_equal(model_reservation(f, 0), 0x0000000400000003ULL);
 	/* A failure inside a later group: the earlier group stays applied. */
 	rec_clear(&f->rec);
@@ -625,11 +685,42 @@ static void test_uniform_steps_coalesce(void **state)
 	assert_int_equal(kvm_port_apply(f->port, three, 3, &res), -EINVAL);
 	assert_int_equal(res.applied, 2);
 	assert_int_equal(res.failed, 2);
-	assert_int_equal(f->rec.n, 2);
-	assert_string_equal((char *)f->rec.buf[0], "0-1 0x0000000000000001\n");
+	assert_int_equal(f->rec.n, 1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000000000001\n");
+	for (unsigned c = 0; c < N_CPUS; c++)
+		assert_int_equal(model_reservation(f, c), 0x1);
+	/* The kernel's own refusal is reported with the file and its words. */
+	rec_clear(&f->rec);
+	assert_int_equal(kvm_model_host_pinned(f->m, 1, NUM_GP, 0), -EBUSY);
+	assert_int_equal(kvm_model_host_pinned(f->m, 1, NUM_GP - 1, 0), 0);
+	const struct transition busy[] = { part(2, 0, 0x3, 0), part(2, 1, 0x3, 0) };
+	assert_int_equal(kvm_port_apply(f->port, busy, 2, &res), -EBUSY);
+	assert_int_equal(f->rec.n, 1);
+	assert_non_null(strstr(res.why, "guest_reserve \"0x0000000000000003\": Device or resource busy"));
 	for (unsigned c = 0; c < N_CPUS; c++)
 		assert_int_equal(model_reservation(f, c), 0x1);
 	fx_free(f);
+}
+
+/* A per-CPU kernel: a group that sets every CPU goes to the uniform file
+ * in one write (all or nothing); a group of some CPUs to their files. */
+static void test_per_cpu_kernel_whole_host_group_is_one_write(void **state)
+{
+	struct fx *f = *state;
+	const struct transition all[] = { part(2, 1, 0x3, 0), part(2, 0, 0x3, 0) };
+	struct kvm_apply_result res;
+	if (kvm_port_apply(f->port, all, 2, &res) != 0)
+		fail_msg("%s", res.why);
+	assert_int_equal(f->rec.n, 1);
+	assert_int_equal(f->rec.cpu[0], -1);
+	assert_string_equal((char *)f->rec.buf[0], "0x0000000000000003\n");
+	const struct transition some[] = { part(2, 1, 0x7, 0) };
+	assert_int_equal(kvm_port_apply(f->port, some, 1, &res), 0);
+	assert_int_equal(f->rec.n, 2);
+	assert_int_equal(f->rec.cpu[1], 1);
+	assert_int_equal(model_reservation(f, 0), 0x3);
+	assert_int_equal(model_reservation(f, 1), 0x7);
+	check_model(f, "after the writes");
 }
 
 /* The whole list at once: stops at the first failure, reports exactly the
@@ -926,20 +1017,18 @@ static void test_vmm_death_eio(void **state)
 	char rep[2048];
 	assert_true(kvm_port_report(f->port, rep, sizeof(rep)) > 0);
 	assert_non_null(strstr(rep, "routes advisory (the VM is dead"));
-	/* Registered again (by another process that holds its file): the
-	 * model refuses a dead VM, and the caller keeps its fd. */
+	/* Unregistered, its route fd closed: the dead VM is gone from the
+	 * model too (closing is all that is left of a dead VM, D2). */
 	assert_int_equal(kvm_port_unregister_vm(f->port, VM_ID), 0);
-	struct kvm_port_vm vm = { .vm_id = 91, .vmm_pid = getpid(), .vmm_pidfd = -1,
+	assert_int_equal(kvm_model_vm_count(f->m), 0);
+	f->probe = -1;
+	/* Its VMM is gone: ESRCH before anything is asked. */
+	struct kvm_port_vm vm = { .vm_id = 91, .vmm_pid = vmm, .vmm_pidfd = -1,
 				  .route_fd = fcntl(f->vm_file, F_DUPFD_CLOEXEC, 3), .n_vcpus = 2 };
 	char w[256];
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -EIO);
-	assert_non_null(strstr(w, "the VM is dead (its VMM exited)"));
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -ESRCH);
 	assert_true(fd_open(vm.route_fd));
 	close(vm.route_fd);
-	/* Its VMM is gone: ESRCH before anything is asked. */
-	vm.vmm_pid = vmm;
-	vm.route_fd = -1;
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, w, sizeof(w)), -ESRCH);
 }
 
 /* Lease vCPU i is the i-th vCPU KVM created, whatever its id (APIC IDs are
@@ -976,10 +1065,8 @@ static void test_vcpu_id_mapping(void **state)
 	assert_int_equal(sent->vcpu_id, 9);
 	assert_int_equal(sent->passthrough, 0x2);
 	/* The model agrees: id 9 passes gp 1 through, id 1 does not exist. */
-	int probe;
-	const struct kvm_model_vm_desc ignored = { 0 };
-	const struct kvm_vpmu_route_fd args = { 0 };
-	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &ignored, &args, &probe), 0);
+	int probe = port_route_fd(f->m, o.vm);
+	assert_true(probe >= 0);
 	struct kvm_model_caller root = { .cap_sys_admin = true };
 	struct kvm_vpmu_routes q = { .vcpu_id = 9 };
 	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), 0);
@@ -989,20 +1076,22 @@ static void test_vcpu_id_mapping(void **state)
 	assert_int_equal(q.passthrough, 0);
 	q = (struct kvm_vpmu_routes){ .vcpu_id = 1 };
 	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), -ENOENT);
-	kvm_model_route_close(f->m, probe);
 	assert_int_equal(kvm_port_unregister_vm(f->port, 100), 0);
+	assert_int_equal(kvm_model_ioctl(f->m, &root, probe, KVM_VPMU_GET_ROUTES, &q), -EBADF);
 	own_vm_free(&o);
 }
 
-/* A lease with more vCPUs than the VM has is refused, and the caller
- * keeps its fd. */
-static void test_lease_larger_than_vm(void **state)
+/* D8: a VM whose route fd is open elsewhere (here: the test's own model
+ * route fd) cannot be given another; the port says why and the caller
+ * keeps its fd. Once that route fd is closed, registration works. (A
+ * lease with more vCPUs than the VM has cannot be built with the model,
+ * which takes its vCPUs from the lease: read_vm's check is kernel-only.) */
+static void test_second_route_fd_of_a_vm_refused(void **state)
 {
 	struct fx *f = *state;
 	struct own_vm o;
 	const uint32_t ids[] = { 0, 1 };
 	own_vm_make(&o, ids, 2);
-	/* KVM knows two vCPUs (the first route fd made tells the model). */
 	int probe;
 	struct kvm_model_vm_desc desc = { .opted_in = true, .lapic_in_kernel = true, .shape = HOST_SHAPE,
 					  .nr_vcpus = 2, .vcpu_ids = ids, .vmm_pidfd = -1 };
@@ -1010,15 +1099,14 @@ static void test_lease_larger_than_vm(void **state)
 	assert_int_equal(kvm_model_create_route_fd(f->m, o.vm, &desc, &args, &probe), 0);
 	int handed = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
 	struct kvm_port_vm vm = { .vm_id = 110, .vmm_pid = getpid(), .vmm_pidfd = -1, .route_fd = handed,
-				  .n_vcpus = 3 };
+				  .n_vcpus = 2 };
 	char why[256];
-	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
-	assert_non_null(strstr(why, "the lease has 3 vCPUs but the VM has 2"));
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EEXIST);
+	assert_non_null(strstr(why, "the VM already has a route fd open (one per VM"));
 	assert_true(fd_open(handed));
-	vm.n_vcpus = 2;
+	assert_int_equal(kvm_model_route_close(f->m, probe), 0);
 	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
 		fail_msg("%s", why);
-	kvm_model_route_close(f->m, probe);
 	assert_int_equal(kvm_port_unregister_vm(f->port, 110), 0);
 	own_vm_free(&o);
 }
@@ -1173,7 +1261,8 @@ static void test_unprivileged_caller(void **state)
 	const struct transition grow = part(2, 0, 0x1, 0);
 	struct kvm_apply_result res;
 	assert_int_equal(kvm_port_apply(p, &grow, 1, &res), -EACCES);
-	assert_non_null(strstr(res.why, "guest_reserve is root's"));
+	assert_non_null(strstr(res.why, "cpu0/perf_guest_reserve \"0x0000000000000001\": Permission denied: the "
+				       "reservation files are root's"));
 	assert_int_equal(res.applied, 0);
 	assert_int_equal(model_reservation(f, 0), 0);
 	uint64_t m;
@@ -1371,6 +1460,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_backend_names),
 		cmocka_unit_test(test_uapi_layout),
+		cmocka_unit_test(test_check_route_fd_classifies),
 		cmocka_unit_test(test_encode_reserve_bytes),
 		cmocka_unit_test(test_encode_routes_bytes),
 		cmocka_unit_test(test_forced_ioctl_refused_sends_nothing),
@@ -1379,6 +1469,7 @@ int main(void)
 		cmocka_unit_test(test_stats_parser_layouts),
 		cmocka_unit_test(test_stats_parser_real_kvm),
 		cmocka_unit_test_setup_teardown(test_two_phase_plans_through_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_per_cpu_kernel_whole_host_group_is_one_write, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stops_at_first_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_plans_refused_whole, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_passthrough_outside_shape, setup, teardown),
@@ -1388,7 +1479,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_register_same_vm_twice, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_eio, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vcpu_id_mapping, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_lease_larger_than_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_second_route_fd_of_a_vm_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stats_through_stats_fd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_refusals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_affinity_narrows_cpus, setup, teardown),

@@ -344,12 +344,12 @@ static enum vm_routes vm_routes(const struct broker *b, const struct broker_vm *
 	return VM_ROUTES_ENFORCED;
 }
 
-/* The lease's PMCs as a guest PMU shape, PERF_GLOBAL_CTRL layout (the
- * extension refuses leases with fixed counters a guest cannot have). */
-static uint64_t lease_shape(uint32_t gp, uint32_t fixed_mask)
+/* The lease's PMCs as a guest PMU shape, PERF_GLOBAL_CTRL layout, within
+ * what the kernel may reserve (build_vm_spec refuses leases beyond it). */
+static uint64_t lease_shape(const struct broker *b, uint32_t gp, uint32_t fixed_mask)
 {
 	uint64_t g = gp >= 32 ? VPMU_GP_MASK : (1ULL << gp) - 1;
-	return g | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
+	return g | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & kvm_port_reservable(b->port) & VPMU_FIXED_MASK);
 }
 
 static char *strdup_or_empty(const char *s)
@@ -1127,11 +1127,13 @@ static int build_vm_spec(const struct broker *b, uint64_t id, const struct vm_sh
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
 				       "params.fixed_mask: 0x%x names fixed counters the PMU lacks (it has 0x%x)",
 				       a->fixed_mask, b->pmu.fixed_mask);
-	/* The extension reserves and routes only what KVM can give a guest. */
-	uint32_t guest_fixed = (uint32_t)(VPMU_GUEST_FIXED_MASK >> VPMU_FIXED_SHIFT);
+	/* The extension reserves and routes only what the kernel may reserve
+	 * (caps/guest_reservable: the fixed counters KVM can give a guest). */
+	uint32_t guest_fixed = (uint32_t)((kvm_port_reservable(b->port) & VPMU_FIXED_MASK) >> VPMU_FIXED_SHIFT);
 	if (port_takes_plan(b) && (a->fixed_mask & ~guest_fixed))
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.fixed_mask",
-				       "params.fixed_mask: 0x%x: KVM gives a guest no fixed counter above 2 (at most 0x%x)",
+				       "params.fixed_mask: 0x%x: the kernel cannot reserve these fixed counters for a "
+				       "guest (caps/guest_reservable allows fixed 0x%x)",
 				       a->fixed_mask, guest_fixed);
 	if (a->n_vcpus == 0 || a->n_vcpus > PROTO_MAX_VCPUS)
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.vcpus",
@@ -1828,7 +1830,7 @@ static int port_register(struct broker *b, struct broker_vm *v, pid_t pid, const
 	 * that its lease may grow. */
 	struct kvm_port_vm pv = { .vm_id = v->id, .vmm_pid = pid, .vmm_pidfd = found->vm.pidfd, .route_fd = *route_fd,
 				  .n_vcpus = v->n_vcpus, .vcpu_tids = found->tids, .vcpu_ids = found->ids,
-				  .shape = *route_fd >= 0 ? lease_shape(v->gp, v->fixed_mask) : 0 };
+				  .shape = *route_fd >= 0 ? lease_shape(b, v->gp, v->fixed_mask) : 0 };
 	int r = kvm_port_register_vm(b->port, &pv, why, sizeof(why));
 	if (r < 0)
 		return port_error(r, pid, *route_fd >= 0, field, why, err);
@@ -2171,7 +2173,7 @@ int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char
 static int check_guest_shape(const struct broker *b, const struct broker_vm *v, uint32_t gp, uint32_t fixed_mask,
 			     struct proto_error *err)
 {
-	uint64_t want = lease_shape(gp, fixed_mask);
+	uint64_t want = lease_shape(b, gp, fixed_mask);
 	for (uint32_t i = 0; i < v->n_vcpus; i++) {
 		uint64_t shape;
 		int r = kvm_port_vcpu_shape(b->port, v->id, i, &shape);

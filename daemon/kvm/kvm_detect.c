@@ -19,6 +19,10 @@
 #include "proto/cleanup.h"
 
 #define EVENT_SOURCE "sys/bus/event_source/devices"
+/* The vpmu extension's perf half, an attribute of the core PMU "cpu"
+ * (docs/kvm-api.md, part 1; not in the uapi header: sysfs paths are ABI
+ * documentation, not C): the reservation modes, decimal VPMU_RESERVE_CAP_*. */
+#define RESERVE_CAPS_ATTR "caps/guest_reserve"
 
 /* CPUID bits KVM uses to describe a guest PMU. */
 #define LEAF_AMD_EXT 0x80000001u
@@ -511,7 +515,7 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 	d->pmu_cpu_core = exists(sys, EVENT_SOURCE "/cpu_core");
 	d->pmu_cpu_atom = exists(sys, EVENT_SOURCE "/cpu_atom");
 	d->hybrid = !d->pmu_cpu && (d->pmu_cpu_core || d->pmu_cpu_atom);
-	d->reserve_caps = read_number(sys, EVENT_SOURCE "/cpu/" VPMU_RESERVE_CAPS_ATTR);
+	d->reserve_caps = read_number(sys, EVENT_SOURCE "/cpu/" RESERVE_CAPS_ATTR);
 	if (d->reserve_caps.err == 0 && d->reserve_caps.value < 0)
 		d->reserve_caps.err = -EINVAL;
 	d->nmi_watchdog = read_number(proc, "proc/sys/kernel/nmi_watchdog");
@@ -540,8 +544,9 @@ int kvm_detect_run(const struct kvm_detect_opts *opts, struct kvm_detect *d)
 
 static bool reserve_caps_usable(const struct kvm_detect *d)
 {
-	return d->reserve_caps.err == 0 &&
-	       (d->reserve_caps.value & (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU));
+	/* Every perf half takes the uniform mask; a value without UNIFORM is
+	 * no kernel the spec describes, so no perf half (D12). */
+	return d->reserve_caps.err == 0 && (d->reserve_caps.value & VPMU_RESERVE_CAP_UNIFORM);
 }
 
 bool kvm_detect_has_extension(const struct kvm_detect *d)
@@ -656,13 +661,13 @@ static void say_number(struct report *r, const char *path, const struct kvm_dete
 
 static void say_reserve_caps(struct report *r, const struct kvm_detect_number *n)
 {
-	const char *path = "/" EVENT_SOURCE "/cpu/" VPMU_RESERVE_CAPS_ATTR;
+	const char *path = "/" EVENT_SOURCE "/cpu/" RESERVE_CAPS_ATTR;
 
 	if (n->err == 0)
 		say(r, "kvm:   %s: %ld (%s)\n", path, n->value,
-		    n->value & VPMU_RESERVE_CAP_PER_CPU ? "perf can reserve counters for guests, per CPU"
-		    : n->value & VPMU_RESERVE_CAP_UNIFORM ? "perf can reserve counters for guests, one mask for every CPU"
-							  : "names no reservation mode");
+		    !(n->value & VPMU_RESERVE_CAP_UNIFORM) ? "no uniform mode: not a perf half vpmu knows"
+		    : n->value & VPMU_RESERVE_CAP_PER_CPU ? "perf can reserve counters for guests, per CPU"
+							  : "perf can reserve counters for guests, one mask for every CPU");
 	else if (n->err == -ENOENT)
 		say(r, "kvm:   %s: absent (perf cannot reserve counters for guests)\n", path);
 	else if (n->err == -EINVAL)

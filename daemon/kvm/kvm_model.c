@@ -43,6 +43,11 @@
 #define VM_FILE_LINK "anon_inode:kvm-vm"
 #define PIDFD_LINK "anon_inode:[pidfd]"
 
+/* The fixed counters KVM can give a guest (0..2: instructions, cycles,
+ * ref cycles); the model's caps/guest_reservable is the host's general
+ * counters and those of its fixed ones. */
+#define GUEST_FIXED_COUNTERS (VPMU_FIXED_BIT(0) | VPMU_FIXED_BIT(1) | VPMU_FIXED_BIT(2))
+
 #define for_each_bit(i, mask)                                                               \
 	for (uint64_t _rest_ = (mask), i; _rest_ && ((i = __builtin_ctzll(_rest_)), 1);     \
 	     _rest_ &= _rest_ - 1)
@@ -207,7 +212,7 @@ int kvm_model_new(const struct kvm_model_opts *o, struct kvm_model **out)
 	m->num_gp = o->num_gp;
 	uint64_t gp = o->num_gp == 0 ? 0 : (VPMU_GP_MASK >> (VPMU_MAX_GP - o->num_gp));
 	m->host_counters = gp | ((uint64_t)o->fixed_mask << VPMU_FIXED_SHIFT);
-	m->reservable = m->host_counters & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK);
+	m->reservable = m->host_counters & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS);
 	m->caps = caps;
 	m->next_owner = OWNER_FIRST_VCPU;
 	for (unsigned c = 0; c < m->n_cpus; c++)
@@ -249,8 +254,8 @@ static bool fd_open(int fd)
 
 /* ------------------------------------------------------------ VM death */
 
-/* Puts a loaded vCPU (K13's save and scrub); defined with the guest
- * activity below. */
+/* VM exit of a running vCPU (K13's save and scrub); defined with the
+ * guest activity below. */
 static void vcpu_put(struct kvm_model *m, struct model_vcpu *v);
 
 static void vm_unload(struct kvm_model *m, struct model_vm *vm)
@@ -311,15 +316,17 @@ static uint64_t phys_owner(const struct model_cpu *c, unsigned bit)
 
 /* ---------------------------------------------------- guest activity */
 
-/* vCPU load (VM entry); returns the number of frozen PMCs. */
+/* VM entry (D5: the model's "vCPU load" is the mediated vPMU's load at VM
+ * entry, interrupts off); returns the number of frozen PMCs. */
 static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 {
 	struct model_cpu *c = &m->cpus[cpu];
 	v->loaded_cpu = (int)cpu;
 	c->loaded = v;
-	/* K14: the pass-through PMCs cpu reserves go to hardware; the others
-	 * are frozen there (value held, accesses intercepted), since KVM
-	 * cannot switch perf events at VM entry; such an entry counts once. */
+	/* K14: at VM entry the pass-through PMCs cpu reserves go to hardware;
+	 * the others are frozen there (value held, accesses intercepted),
+	 * since KVM cannot switch perf events at VM entry; each such entry
+	 * counts once in pmu_passthrough_frozen_entries. */
 	v->live = v->passthrough & c->reserved;
 	v->frozen = v->passthrough & ~c->reserved;
 	for_each_bit(b, v->live) {
@@ -332,11 +339,13 @@ static int vcpu_load(struct kvm_model *m, struct model_vcpu *v, unsigned cpu)
 	return __builtin_popcountll(v->frozen);
 }
 
+/* VM exit (D5: the mediated vPMU's put, kvm_mediated_pmu_put from
+ * vcpu_enter_guest, not the scheduler's vCPU put). */
 static void vcpu_put(struct kvm_model *m, struct model_vcpu *v)
 {
 	struct model_cpu *c = &m->cpus[v->loaded_cpu];
-	/* K13: the guest's pass-through values are saved and their physical
-	 * counters scrubbed on this CPU, so the next owner of its guest
+	/* K13: at VM exit the guest's pass-through values are saved and their
+	 * physical counters scrubbed on this CPU, so the next owner of its guest
 	 * partition (another vCPU, or host perf after a reservation change)
 	 * finds nothing of this guest. */
 	for_each_bit(b, v->live) {
@@ -355,48 +364,9 @@ unsigned kvm_model_reserve_caps(const struct kvm_model *m)
 	return m ? m->caps : 0;
 }
 
-/* Decimal CPU number of a cpulist, at most UINT32_MAX. */
-static bool parse_cpu_number(const char **p, const char *end, unsigned long *out)
+uint64_t kvm_model_reservable(const struct kvm_model *m)
 {
-	unsigned long n = 0;
-	const char *s = *p;
-	if (s == end || *s < '0' || *s > '9')
-		return false;
-	for (; s < end && *s >= '0' && *s <= '9'; s++) {
-		n = n * 10 + (unsigned long)(*s - '0');
-		if (n > UINT32_MAX)
-			return false;
-	}
-	*p = s;
-	*out = n;
-	return true;
-}
-
-/* A sysfs cpulist ("0-3,8"; empty is an empty list) into listed[0..n_cpus);
- * *beyond when it names a CPU >= n_cpus. false on a syntax error. */
-static bool parse_cpulist(const char *s, const char *end, unsigned n_cpus, bool *listed, bool *beyond)
-{
-	if (s == end)
-		return true;
-	for (;;) {
-		unsigned long lo, hi;
-		if (!parse_cpu_number(&s, end, &lo))
-			return false;
-		hi = lo;
-		if (s < end && *s == '-') {
-			s++;
-			if (!parse_cpu_number(&s, end, &hi) || hi < lo)
-				return false;
-		}
-		if (hi >= n_cpus)
-			*beyond = true;
-		for (unsigned long c = lo; c <= hi && c < n_cpus; c++)
-			listed[c] = true;
-		if (s == end)
-			return true;
-		if (*s++ != ',')
-			return false;
-	}
+	return m ? m->reservable : 0;
 }
 
 /* "0x" and 1..16 hex digits. */
@@ -417,50 +387,43 @@ static bool parse_hex_mask(const char *s, const char *end, uint64_t *out)
 	return true;
 }
 
-static int reserve_parse(const struct kvm_model *m, const char *buf, size_t len, bool *listed,
-			 bool *beyond, uint64_t *mask)
+static int reserve_parse(const char *buf, size_t len, uint64_t *mask)
 {
 	if (len && buf[len - 1] == '\n')
 		len--;
-	const char *end = buf + len, *space = memchr(buf, ' ', len);
-	/* P2: exactly "<cpulist> 0x<hex mask>", one line, one space, the
-	 * newline optional; anything else (another newline or a NUL
-	 * included: neither parser takes one) is EINVAL. */
-	if (!space || !parse_cpulist(buf, space, m->n_cpus, listed, beyond) ||
-	    !parse_hex_mask(space + 1, end, mask))
+	/* P2: one value per file: "0x<hex mask>", the newline optional;
+	 * anything else (a second value, another newline, a NUL) is EINVAL. */
+	if (!parse_hex_mask(buf, buf + len, mask))
 		return -EINVAL;
 	return 0;
 }
 
-static int reserve_check_cpus(const struct kvm_model *m, const bool *listed, bool beyond)
+/* Which file a cpu argument names: -1 the uniform guest_reserve, else
+ * that CPU's perf_guest_reserve. */
+static int reserve_check_file(const struct kvm_model *m, int cpu)
 {
-	bool any = false, offline = false;
-	for (unsigned c = 0; c < m->n_cpus; c++) {
-		any |= listed[c];
-		offline |= listed[c] && !m->cpus[c].online;
-	}
-	/* P3: a non-empty list of online CPUs below nr CPUs. */
-	if (!any || beyond || offline)
+	/* P5: the per-CPU files exist only with VPMU_RESERVE_CAP_PER_CPU; a
+	 * uniform-only kernel has none, so opening one fails ENOENT. */
+	if (cpu >= 0 && !(m->caps & VPMU_RESERVE_CAP_PER_CPU))
+		return -ENOENT;
+	return 0;
+}
+
+static int reserve_check_cpu(const struct kvm_model *m, int cpu)
+{
+	/* P3: a per-CPU write names an online CPU below nr CPUs (an offline
+	 * CPU's file refuses writes); the uniform file sets every online CPU. */
+	if (cpu < -1 || cpu >= (int)m->n_cpus || (cpu >= 0 && !m->cpus[cpu].online))
 		return -EINVAL;
 	return 0;
 }
 
 static int reserve_check_counters(const struct kvm_model *m, uint64_t mask)
 {
-	/* P4: only counters this PMU has, fixed ones at most up to fixed
-	 * counter 2 (what KVM can give a guest), never PERF_METRICS or above. */
+	/* P4: only counters in caps/guest_reservable (this PMU's general
+	 * counters and the fixed ones KVM can give a guest, 0..2), never
+	 * PERF_METRICS or above. */
 	if (mask & ~m->reservable)
-		return -EINVAL;
-	return 0;
-}
-
-static int reserve_check_uniform(const struct kvm_model *m, const bool *listed)
-{
-	bool every_online = true;
-	for (unsigned c = 0; c < m->n_cpus; c++)
-		every_online &= listed[c] == m->cpus[c].online;
-	/* P5: a kernel without PER_CPU takes only the whole online set. */
-	if (!(m->caps & VPMU_RESERVE_CAP_PER_CPU) && !every_online)
 		return -EINVAL;
 	return 0;
 }
@@ -540,13 +503,17 @@ static void reserve_apply_cpu(struct kvm_model *m, unsigned cpu, uint64_t mask)
 		vcpu_load(m, kicked, cpu);
 }
 
-int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, int cpu, const char *buf,
 			    size_t len)
 {
 	if (!m)
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	/* The attribute is 0600 root's: opening it for writing fails first. */
+	int r;
+	/* open(2) resolves the path first (P5), then checks the mode: the
+	 * files are 0600 root's (D11). */
+	if ((r = reserve_check_file(m, cpu)) < 0)
+		return r;
 	if (!who || !who->cap_sys_admin)
 		return -EACCES;
 	if (!buf)
@@ -558,12 +525,13 @@ int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *
 		return -ENOMEM;
 	/* Noticing a VMM's exit is not part of the write: done before it. */
 	reap_dead_vms(m);
-	bool beyond = false;
 	uint64_t mask = 0;
-	int r;
-	if ((r = reserve_parse(m, buf, len, listed, &beyond, &mask)) < 0 ||
-	    (r = reserve_check_cpus(m, listed, beyond)) < 0 || (r = reserve_check_counters(m, mask)) < 0 ||
-	    (r = reserve_check_uniform(m, listed)) < 0 || (r = reserve_check_pinned(m, listed, mask)) < 0)
+	if ((r = reserve_parse(buf, len, &mask)) < 0 || (r = reserve_check_cpu(m, cpu)) < 0 ||
+	    (r = reserve_check_counters(m, mask)) < 0)
+		return r;
+	for (unsigned c = 0; c < m->n_cpus; c++)
+		listed[c] = m->cpus[c].online && (cpu < 0 || c == (unsigned)cpu);
+	if ((r = reserve_check_pinned(m, listed, mask)) < 0)
 		return r;
 	for (unsigned c = 0; c < m->n_cpus; c++) {
 		online[c] = m->cpus[c].online;
@@ -581,61 +549,35 @@ int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *
 	return 0;
 }
 
-static void cpulist_print(FILE *f, const bool *in, unsigned n)
-{
-	const char *sep = "";
-	for (unsigned c = 0; c < n; c++) {
-		if (!in[c])
-			continue;
-		unsigned last = c;
-		while (last + 1 < n && in[last + 1])
-			last++;
-		if (last == c)
-			fprintf(f, "%s%u", sep, c);
-		else
-			fprintf(f, "%s%u-%u", sep, c, last);
-		sep = ",";
-		c = last;
-	}
-}
-
-int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len)
+int kvm_model_reserve_read(const struct kvm_model *m, int cpu, char *buf, size_t len)
 {
 	if (!m || (!buf && len))
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	_cleanup_free_ bool *done = calloc(m->n_cpus, sizeof(*done));
-	_cleanup_free_ bool *group = calloc(m->n_cpus, sizeof(*group));
-	_cleanup_free_ char *text = NULL;
-	size_t text_len = 0;
-	if (!done || !group)
-		return -ENOMEM;
-	{
-		_cleanup_fclose_ FILE *f = open_memstream(&text, &text_len);
-		if (!f)
-			return -ENOMEM;
-		/* P10: one line per group of online CPUs with the same mask,
-		 * groups by first CPU. */
+	int r;
+	if ((r = reserve_check_file(m, cpu)) < 0)
+		return r;
+	if (cpu < -1 || cpu >= (int)m->n_cpus)
+		return -EINVAL;
+	uint64_t mask = 0;
+	if (cpu >= 0) {
+		/* An offline CPU has no reservation: its file reads 0. */
+		mask = m->cpus[cpu].online ? m->cpus[cpu].reserved : 0;
+	} else {
+		bool first = true, differ = false;
 		for (unsigned c = 0; c < m->n_cpus; c++) {
-			if (done[c] || !m->cpus[c].online)
+			if (!m->cpus[c].online)
 				continue;
-			uint64_t mask = m->cpus[c].reserved;
-			memset(group, 0, m->n_cpus * sizeof(*group));
-			for (unsigned d = c; d < m->n_cpus; d++)
-				if (m->cpus[d].online && m->cpus[d].reserved == mask)
-					group[d] = done[d] = true;
-			cpulist_print(f, group, m->n_cpus);
-			fprintf(f, " 0x%016llx\n", (unsigned long long)mask);
+			differ |= !first && m->cpus[c].reserved != mask;
+			mask = m->cpus[c].reserved;
+			first = false;
 		}
-		if (fflush(f) != 0)
-			return -ENOMEM;
+		/* P10: the uniform file holds one mask; when the online CPUs
+		 * differ (per-CPU writes) it has none to give. */
+		if (differ)
+			return -ENODATA;
 	}
-	if (len) {
-		size_t n = text_len < len - 1 ? text_len : len - 1;
-		memcpy(buf, text, n);
-		buf[n] = '\0';
-	}
-	return text_len > INT32_MAX ? -EOVERFLOW : (int)text_len;
+	return snprintf(buf, len, "0x%016llx\n", (unsigned long long)mask);
 }
 
 int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask)
@@ -807,10 +749,18 @@ static int vm_check_type(const struct kvm_model_vm_desc *d)
 	return 0;
 }
 
-static int route_fd_check(bool opted_in, const struct kvm_vpmu_route_fd *a)
+static int route_fd_check(const struct kvm_vpmu_route_fd *a)
 {
-	/* K4: only a VM that opted in, and flags, pad and reserved zero. */
-	if (!opted_in || a->flags || a->pad || !all_zero(a->reserved, sizeof(a->reserved)))
+	/* K4: flags, pad and reserved zero, then (vm_check_opted_in) only a
+	 * VM that opted in. */
+	if (a->flags || a->pad || !all_zero(a->reserved, sizeof(a->reserved)))
+		return -EINVAL;
+	return 0;
+}
+
+static int vm_check_opted_in(const struct kvm_model_vm_desc *d)
+{
+	if (!d->opted_in)
 		return -EINVAL;
 	return 0;
 }
@@ -875,37 +825,75 @@ static bool route_still_open(const struct kvm_model *m, size_t i)
 	return same < 0 ? fd_link_is(m, m->routes[i].fd, VM_FILE_LINK) : same == 1;
 }
 
+/* Whether the process behind a pidfd has exited (its pidfd is readable). */
+static bool pidfd_exited(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	return pidfd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/* Forgets the records of vm's route fds whose numbers were closed behind
+ * the model's back; true when one is still open. Frees the VM with its
+ * last record, so vm may be gone when this returns false. */
+static bool vm_route_open(struct kvm_model *m, struct model_vm *vm)
+{
+	bool open = false;
+	for (size_t i = 0; i < m->n_routes;) {
+		if (m->routes[i].vm != vm) {
+			i++;
+		} else if (route_still_open(m, i)) {
+			open = true;
+			i++;
+		} else if (vm->route_fds == 1) {
+			route_forget(m, i, false);
+			return false;
+		} else {
+			route_forget(m, i, false);
+		}
+	}
+	return open;
+}
+
 int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
 			      const struct kvm_vpmu_route_fd *args, int *route_fd)
 {
 	if (!m || !desc || !route_fd)
 		return -EINVAL;
-	if (!args)
-		return -EFAULT;
 	LOCK_MODEL_FOR_SCOPE(m);
+	/* D10's order: EBADF/ENOTTY (not a VM fd), EIO (not the VM's
+	 * creator, or dead), EFAULT, EINVAL (flags, pad, reserved), EINVAL
+	 * (no opt-in), EEXIST (a route fd is open). */
 	if (!fd_open(vm_file))
 		return -EBADF;
 	if (!fd_link_is(m, vm_file, VM_FILE_LINK))
 		return -ENOTTY;
 	struct model_vm *known = vm_find(m, vm_file);
-	_cleanup_(vm_freep) struct model_vm *fresh = NULL;
+	if (known && !vm_route_open(m, known))
+		known = NULL; /* its last route fd was closed behind our back */
 	int r;
-	if (known) {
-		/* The VMM is gone: nobody could issue the ioctl any more. */
-		if (vm_dead(m, known))
-			return -EIO;
-	} else if ((r = vm_desc_valid(m, desc)) < 0 || (r = vm_check_opt_in(desc)) < 0 ||
-		   (r = vm_check_type(desc)) < 0) {
+	/* What desc says is the model's input, not the kernel's: checked
+	 * before any errno the kernel would give. */
+	if (!known && (r = vm_desc_valid(m, desc)) < 0)
 		return r;
-	}
-	if ((r = route_fd_check(known || desc->opted_in, args)) < 0)
+	/* The creator check (kvm_vm_ioctl's mm check) is simulated: the
+	 * caller stands in for the VMM, so a VMM that has exited is the only
+	 * way to fail it; a dead VM fails the same way. */
+	if (known ? vm_dead(m, known) : pidfd_exited(desc->vmm_pidfd))
+		return -EIO;
+	if (!args)
+		return -EFAULT;
+	if ((r = route_fd_check(args)) < 0)
 		return r;
-	if (!known) {
-		if ((r = vm_new(m, vm_file, desc, &fresh)) < 0)
-			return r;
-		if (vm_dead(m, fresh))
-			return -EIO;
-	}
+	if (!known && ((r = vm_check_opt_in(desc)) < 0 || (r = vm_check_type(desc)) < 0 ||
+		       (r = vm_check_opted_in(desc)) < 0))
+		return r;
+	/* K5 (D8): one route fd per VM while it is open, so that a route fd
+	 * names its VM without ambiguity: whoever holds it, no other can. */
+	if (known)
+		return -EEXIST;
+	_cleanup_(vm_freep) struct model_vm *fresh = NULL;
+	if ((r = vm_new(m, vm_file, desc, &fresh)) < 0)
+		return r;
 	struct model_route *nr = reallocarray(m->routes, m->n_routes + 1, sizeof(*nr));
 	if (!nr)
 		return -ENOMEM;
@@ -918,16 +906,14 @@ int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm
 	if (fd < 0)
 		return -errno;
 	/* The number was free, so a record under it is of a route fd closed
-	 * behind the model's back: forget it (the file is not ours to close),
-	 * after the new record holds its VM, which may be the same one. */
+	 * behind the model's back: forget it (the file is not ours to close). */
 	ssize_t stale = route_index(m, fd);
-	struct model_vm *vm = known ? known : fresh;
-	if (!known)
-		m->vms[m->n_vms++] = TAKE_PTR(fresh);
-	vm->route_fds++;
-	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
 	if (stale >= 0)
 		route_forget(m, (size_t)stale, false);
+	struct model_vm *vm = TAKE_PTR(fresh);
+	m->vms[m->n_vms++] = vm;
+	vm->route_fds++;
+	m->routes[m->n_routes++] = (struct model_route){ .fd = fd, .vm = vm };
 	*route_fd = TAKE_FD(fd);
 	return 0;
 }
@@ -1025,7 +1011,7 @@ static int routes_check_shape(const struct model_vm *vm, uint64_t pt)
 {
 	/* K10: pass-through only within the guest's shape (which routes never
 	 * change), never a fixed counter above 2 or bit 48 and above. */
-	if (pt & ~(vm->shape & (VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK)))
+	if (pt & ~(vm->shape & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS)))
 		return -EINVAL;
 	return 0;
 }

@@ -57,12 +57,26 @@ void kvm_model_free(struct kvm_model *m);
 
 /* caps/guest_reserve (P1). */
 unsigned kvm_model_reserve_caps(const struct kvm_model *m);
-/* A write(2) of buf[0..len) to guest_reserve: 0 or -errno (P2..P9);
- * -EACCES without cap_sys_admin (the attribute is 0600 root's). */
-int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, const char *buf,
-			    size_t len);
-/* A read of guest_reserve (P10), snprintf semantics. */
-int kvm_model_reserve_read(const struct kvm_model *m, char *buf, size_t len);
+/* caps/guest_reservable: the counters a reservation may name (P4), the
+ * host's general counters and its fixed counters 0..2 (those KVM can give
+ * a guest); PERF_GLOBAL_CTRL layout. 0 for NULL. */
+uint64_t kvm_model_reservable(const struct kvm_model *m);
+/* A write(2) of buf[0..len) to one file of the perf half: cpu -1 the
+ * uniform guest_reserve (every online CPU, all or none), else CPU cpu's
+ * perf_guest_reserve. One value per file, "0x<hex mask>" (P2). 0 or
+ * -errno, in check order: -ENOENT a per-CPU file on a kernel without
+ * VPMU_RESERVE_CAP_PER_CPU (P5, as open(2) would fail); -EACCES without
+ * cap_sys_admin (the files are 0600 root's); -EFAULT buf NULL; -EINVAL
+ * syntax (P2), an offline or nonexistent CPU (P3), a counter outside
+ * kvm_model_reservable (P4); -EBUSY pinned host events (P6) or live
+ * routes (P7). A refused write changes nothing (P8). */
+int kvm_model_reserve_write(struct kvm_model *m, const struct kvm_model_caller *who, int cpu,
+			    const char *buf, size_t len);
+/* A read of the same files, snprintf semantics: "0x%016llx\n". cpu -1:
+ * the mask every online CPU has, -ENODATA when they differ (P10); a CPU's
+ * file: its mask, 0 when it is offline; -ENOENT as for a write (P5),
+ * -EINVAL for a CPU out of range. */
+int kvm_model_reserve_read(const struct kvm_model *m, int cpu, char *buf, size_t len);
 /* One CPU's reservation (PERF_GLOBAL_CTRL layout); -EINVAL if cpu is out
  * of range. An offline CPU reads 0. */
 int kvm_model_reservation(const struct kvm_model *m, unsigned cpu, uint64_t *mask);
@@ -97,23 +111,25 @@ struct kvm_model_vm_desc {
 /*
  * KVM_ENABLE_CAP(KVM_CAP_PMU_CAPABILITY, KVM_PMU_CAP_PARTITION) and
  * KVM_CREATE_VPMU_ROUTE_FD as the VMM would issue them, simulated: vm_file
- * must be a real KVM VM file (-EBADF if not open, -ENOTTY if not a VM);
- * desc says what KVM would know, args is the ioctl's struct. Checks K2..K4,
- * then returns in *route_fd
- * a new fd of this process (O_CLOEXEC) that the model recognises as a
- * route fd of that VM. A second call on the same VM file (any fd number)
- * gives a second route fd of the same VM, desc ignored. vm_file is not
- * consumed.
+ * must be a real KVM VM file; desc says what KVM would know, args is the
+ * ioctl's struct. Returns in *route_fd a new fd of this process
+ * (O_CLOEXEC) that the model recognises as the route fd of that VM.
+ * vm_file is not consumed.
  *
- * Also -EINVAL when desc cannot be what KVM knows (a shape CPUID leaf 0xA
- * cannot give on this host: general counters not a count from 0, fixed
- * counters the host lacks or above 2, bits 48+; duplicate vCPU ids;
- * vcpu_ids NULL with nr_vcpus; vmm_pidfd not a pidfd), -EFAULT for a NULL
- * args, -EIO when the VMM has already exited (nobody could issue it).
+ * Errors in D10's order: -EBADF vm_file not open, -ENOTTY not a VM file;
+ * -EINVAL when desc cannot be what KVM knows (the model's input: a shape
+ * CPUID leaf 0xA cannot give on this host, duplicate vCPU ids, vcpu_ids
+ * NULL with nr_vcpus, vmm_pidfd not a pidfd); -EIO the VM is dead or its
+ * VMM has exited (the creator check, simulated: the caller stands in for
+ * the VMM); -EFAULT args NULL; -EINVAL flags, pad, reserved (K4); -EINVAL
+ * the opt-in (K2, K3, K4: not opted in); -EEXIST a route fd of the VM is
+ * open (D8; desc is then not looked at). Without kcmp every VM file is a
+ * new VM to the model, so EEXIST cannot be told.
+ *
  * The route fd is a dup of vm_file, recognised by its number while it is
  * open as that file: a dup the caller makes of it is not a route fd to
  * the model (the kernel's would be), so close it only with
- * kvm_model_route_close.
+ * kvm_model_route_close. The VM is forgotten with its route fd.
  */
 int kvm_model_create_route_fd(struct kvm_model *m, int vm_file, const struct kvm_model_vm_desc *desc,
 			      const struct kvm_vpmu_route_fd *args, int *route_fd);
@@ -146,13 +162,19 @@ size_t kvm_model_vm_count(struct kvm_model *m);
 
 /* ------------------------------------------------ simulated guest activity */
 
-/* vCPU vcpu_id of route_fd's VM enters the guest on cpu (vcpu load): its
+/* D5: the guest partition switches at VM entry and VM exit (the mediated
+ * vPMU's load/put, interrupts off), not at the scheduler's vCPU load/put.
+ * kvm_model_vcpu_load and kvm_model_vcpu_put stand for VM entry and VM
+ * exit; a vCPU "loaded" here is one running guest code on that CPU. */
+
+/* vCPU vcpu_id of route_fd's VM enters the guest on cpu (VM entry): its
  * pass-through PMCs reserved on cpu are loaded into the physical
  * counters; the others are frozen there (K14). Returns the number of
  * frozen PMCs, or -errno (-EBUSY: the vCPU or another one is already
  * loaded there; -EINVAL: cpu offline or out of range). */
 int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu);
-/* vCPU put: guest values saved, physical counters scrubbed (K13);
+/* VM exit: guest values saved, physical counters scrubbed (K13: the
+ * mediated vPMU zeroes guest PMCs at every VM exit);
  * -EINVAL if it is not loaded. */
 int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id);
 /* The guest's PMC (one PERF_GLOBAL_CTRL-layout bit) counts delta: in the

@@ -19,8 +19,19 @@
 #include "kvm/vmm_discover.h"
 #include "proto/cleanup.h"
 
+/* The fixed counters KVM can give a guest: instructions, cycles, ref
+ * cycles. Only the advisory backend needs it, having no kernel to ask. */
+#define GUEST_FIXED_COUNTERS (VPMU_FIXED_BIT(0) | VPMU_FIXED_BIT(1) | VPMU_FIXED_BIT(2))
+
 _Static_assert(TRANSITION_MAX_GP == VPMU_MAX_GP && TRANSITION_MAX_FIXED == VPMU_MAX_FIXED,
 	       "transition.h counter bounds must match the uapi layout");
+
+/* What the advisory backend takes for caps/guest_reservable. */
+static uint64_t host_reservable(unsigned num_gp, uint32_t fixed_mask)
+{
+	uint64_t gp = num_gp >= 32 ? VPMU_GP_MASK : ((1ULL << num_gp) - 1);
+	return gp | (((uint64_t)fixed_mask << VPMU_FIXED_SHIFT) & GUEST_FIXED_COUNTERS);
+}
 
 struct port_vcpu {
 	uint32_t kvm_id;       /* the id given to KVM_CREATE_VCPU */
@@ -53,8 +64,10 @@ struct kvm_port {
 	unsigned n_cpus, num_gp;
 	uint32_t fixed_mask;
 	unsigned reserve_caps;
+	uint64_t reservable;   /* kvm_port_reservable */
 	int reserve_fd;        /* ioctl: <sysfs_pmu_dir>/guest_reserve */
 	char *reserve_path;
+	char *cpu_dir;         /* ioctl: the CPU devices (per-CPU files) */
 	uint64_t *reserve;     /* n_cpus masks, PERF_GLOBAL_CTRL layout */
 	struct port_vm **vms;
 	size_t n_vms;
@@ -165,19 +178,11 @@ uint64_t kvm_port_passthrough_mask(const struct transition *t)
 	return m;
 }
 
-int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len)
+int kvm_port_encode_reserve(uint64_t mask, char *buf, size_t len)
 {
-	if (!cpus || n_cpus == 0 || (!buf && len))
+	if (!buf && len)
 		return -EINVAL;
-	_cleanup_free_ unsigned *s = sorted_cpus(cpus, &n_cpus);
-	if (!s)
-		return -ENOMEM;
-	struct text t = { .buf = buf, .len = len };
-	if (buf && len)
-		buf[0] = '\0';
-	text_cpulist(&t, s, n_cpus);
-	text_add(&t, " 0x%016" PRIx64 "\n", mask);
-	return text_result(&t);
+	return snprintf(buf, len, "0x%016" PRIx64 "\n", mask);
 }
 
 /* Only these three have a word in the extension: the pass-through mask
@@ -253,7 +258,7 @@ const char *kvm_port_backend_name(enum kvm_backend b)
 static long issue_ioctl(struct kvm_port *p, int fd, unsigned long cmd, void *arg, size_t len)
 {
 	if (p->trace)
-		p->trace(p->trace_ctx, cmd, arg, len);
+		p->trace(p->trace_ctx, cmd, -1, arg, len);
 	if (p->backend == KVM_BACKEND_IOCTL) {
 		long r = ioctl(fd, cmd, arg);
 		return r < 0 ? -errno : r;
@@ -263,18 +268,47 @@ static long issue_ioctl(struct kvm_port *p, int fd, unsigned long cmd, void *arg
 	return -EOPNOTSUPP;
 }
 
-/* One reservation line, one write(2): the kernel takes each line whole or
- * not at all (P8). */
-static int issue_reserve(struct kvm_port *p, const char *line, size_t len)
+/* A reservation file's name for operators: "guest_reserve" or
+ * "cpuN/perf_guest_reserve". */
+#define RESERVE_NAME_MAX 48
+static const char *reserve_name(int cpu, char buf[RESERVE_NAME_MAX])
+{
+	if (cpu < 0)
+		return KVM_PORT_RESERVE_ATTR;
+	snprintf(buf, RESERVE_NAME_MAX, "cpu%d/%s", cpu, KVM_PORT_CPU_RESERVE_ATTR);
+	return buf;
+}
+
+/* The file of the perf half a reservation write goes to: cpu -1 the
+ * uniform guest_reserve, else that CPU's perf_guest_reserve. */
+static char *reserve_file(const struct kvm_port *p, int cpu)
+{
+	if (cpu < 0)
+		return strdup(p->reserve_path);
+	return alloc_printf("%s/cpu%d/%s", p->cpu_dir, cpu, KVM_PORT_CPU_RESERVE_ATTR);
+}
+
+/* One value, one write(2): the kernel takes it whole or not at all (P8). */
+static int issue_reserve(struct kvm_port *p, int cpu, const char *text, size_t len)
 {
 	if (p->trace)
-		p->trace(p->trace_ctx, 0, line, len);
+		p->trace(p->trace_ctx, 0, cpu, text, len);
 	if (p->backend == KVM_BACKEND_MODEL)
-		return kvm_model_reserve_write(p->model, &p->caller, line, len);
+		return kvm_model_reserve_write(p->model, &p->caller, cpu, text, len);
 	if (p->backend != KVM_BACKEND_IOCTL)
 		return -EOPNOTSUPP;
+	_cleanup_close_ int per_cpu = -1;
+	int fd = p->reserve_fd;
+	if (cpu >= 0) {
+		_cleanup_free_ char *path = reserve_file(p, cpu);
+		if (!path)
+			return -ENOMEM;
+		fd = per_cpu = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+	}
 	/* A sysfs attribute ignores the file position; pwrite at 0 says so. */
-	ssize_t n = pwrite(p->reserve_fd, line, len, 0);
+	ssize_t n = pwrite(fd, text, len, 0);
 	if (n < 0)
 		return -errno;
 	return (size_t)n == len ? 0 : -EIO;
@@ -315,7 +349,7 @@ static int read_text_file(const char *path, char **out)
 /* caps/guest_reserve: a decimal bitmask (P1). */
 static int read_reserve_caps(const char *dir, unsigned *caps)
 {
-	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, VPMU_RESERVE_CAPS_ATTR);
+	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVE_CAPS_ATTR);
 	_cleanup_free_ char *text = NULL;
 	if (!path)
 		return -ENOMEM;
@@ -331,80 +365,90 @@ static int read_reserve_caps(const char *dir, unsigned *caps)
 	return 0;
 }
 
-static unsigned parse_number(const char **s, bool *ok)
+/* caps/guest_reservable: one hex mask "0x...", counters only (no bit 48
+ * and above). */
+static int read_reservable(const char *dir, uint64_t *mask)
 {
-	unsigned long v = 0;
-	if (**s < '0' || **s > '9') {
-		*ok = false;
-		return 0;
-	}
-	while (**s >= '0' && **s <= '9') {
-		v = v * 10 + (unsigned long)(**s - '0');
-		if (v > UINT_MAX)
-			*ok = false;
-		(*s)++;
-	}
-	return (unsigned)v;
-}
-
-/* One line of a guest_reserve read (P10): "<cpulist> 0x<hex>". Sets the
- * listed CPUs' masks; -EINVAL for anything else or a CPU >= n_cpus. */
-static int parse_reserve_line(const char *line, uint64_t *masks, unsigned n_cpus)
-{
-	const char *sp = strchr(line, ' ');
-	if (!sp || strncmp(sp + 1, "0x", 2) != 0)
-		return -EINVAL;
-	char *end;
-	errno = 0;
-	uint64_t mask = strtoull(sp + 3, &end, 16);
-	if (errno || end == sp + 3 || *end)
-		return -EINVAL;
-	for (const char *s = line; s < sp;) {
-		bool ok = true;
-		unsigned a = parse_number(&s, &ok), b = a;
-		if (*s == '-') {
-			s++;
-			b = parse_number(&s, &ok);
-		}
-		if (!ok || a > b || b >= n_cpus || (s < sp && *s != ','))
-			return -EINVAL;
-		for (unsigned c = a; c <= b; c++)
-			masks[c] = mask;
-		if (*s == ',' && ++s == sp)
-			return -EINVAL;
-	}
-	return 0;
-}
-
-/* Start from what the kernel holds: a CPU the read does not list (offline)
- * has no reservation. */
-static int load_reservation(struct kvm_port *p, const char *text)
-{
-	memset(p->reserve, 0, p->n_cpus * sizeof(*p->reserve));
-	_cleanup_free_ char *copy = strdup(text);
-	if (!copy)
+	_cleanup_free_ char *path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVABLE_ATTR);
+	_cleanup_free_ char *text = NULL;
+	if (!path)
 		return -ENOMEM;
-	char *save = NULL;
-	for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		int r = parse_reserve_line(line, p->reserve, p->n_cpus);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-static int read_model_reservation(struct kvm_port *p)
-{
-	int need = kvm_model_reserve_read(p->model, NULL, 0);
-	if (need < 0)
-		return need;
-	_cleanup_free_ char *text = malloc((size_t)need + 1);
-	if (!text)
-		return -ENOMEM;
-	int r = kvm_model_reserve_read(p->model, text, (size_t)need + 1);
+	int r = read_text_file(path, &text);
 	if (r < 0)
 		return r;
-	return load_reservation(p, text);
+	char *end;
+	errno = 0;
+	if (strncmp(text, "0x", 2) != 0)
+		return -EINVAL;
+	uint64_t v = strtoull(text + 2, &end, 16);
+	if (errno || end == text + 2 || (*end && strcmp(end, "\n") != 0) || text[2] == '-' || text[2] == '+' ||
+	    (v & ~(VPMU_GP_MASK | VPMU_FIXED_MASK)))
+		return -EINVAL;
+	*mask = v;
+	return 0;
+}
+
+/* One value of a reservation file: "0x<hex>", optional newline, counters
+ * only. */
+static int parse_reserve_value(const char *text, uint64_t *mask)
+{
+	char *end;
+	if (strncmp(text, "0x", 2) != 0 || text[2] == '-' || text[2] == '+')
+		return -EINVAL;
+	errno = 0;
+	uint64_t v = strtoull(text + 2, &end, 16);
+	if (errno || end == text + 2 || (*end && strcmp(end, "\n") != 0) || (v & ~(VPMU_GP_MASK | VPMU_FIXED_MASK)))
+		return -EINVAL;
+	*mask = v;
+	return 0;
+}
+
+/* One reservation file's text, from the kernel or the model. */
+static int read_reserve_text(struct kvm_port *p, int cpu, char **out)
+{
+	if (p->backend == KVM_BACKEND_MODEL) {
+		char buf[32];
+		int r = kvm_model_reserve_read(p->model, cpu, buf, sizeof(buf));
+		if (r < 0)
+			return r;
+		if ((size_t)r >= sizeof(buf))
+			return -EINVAL;
+		*out = strdup(buf);
+		return *out ? 0 : -ENOMEM;
+	}
+	_cleanup_free_ char *path = reserve_file(p, cpu);
+	if (!path)
+		return -ENOMEM;
+	return read_text_file(path, out);
+}
+
+/* Start from what the kernel holds. Per CPU where the kernel has per-CPU
+ * files (the uniform file has no answer once masks differ: P10), else the
+ * one mask of every CPU. A CPU whose file is absent does not exist, and
+ * an offline one reads 0: neither has a reservation. */
+static int load_reservation(struct kvm_port *p, int *failed_cpu)
+{
+	bool per_cpu = p->reserve_caps & VPMU_RESERVE_CAP_PER_CPU;
+	for (unsigned c = 0; c < (per_cpu ? p->n_cpus : 1); c++) {
+		int cpu = per_cpu ? (int)c : -1;
+		_cleanup_free_ char *text = NULL;
+		uint64_t mask = 0;
+		int r = read_reserve_text(p, cpu, &text);
+		if (r == 0)
+			r = parse_reserve_value(text, &mask);
+		else if (r == -ENOENT && per_cpu)
+			r = 0;
+		if (r < 0) {
+			*failed_cpu = cpu;
+			return r;
+		}
+		if (per_cpu)
+			p->reserve[c] = mask;
+		else
+			for (unsigned d = 0; d < p->n_cpus; d++)
+				p->reserve[d] = mask;
+	}
+	return 0;
 }
 
 static int open_model(struct kvm_port *p, const struct kvm_port_opts *o)
@@ -420,6 +464,7 @@ static int open_model(struct kvm_port *p, const struct kvm_port_opts *o)
 		p->own_model = true;
 	}
 	p->reserve_caps = kvm_model_reserve_caps(p->model);
+	p->reservable = kvm_model_reservable(p->model);
 	return set_why(&p->why, "model requested: in-process model of the kernel side; guest routes are "
 				"simulated, not enforced on real guests");
 }
@@ -447,7 +492,9 @@ static void probe_kernel(const char *dev, const char *dir, struct kernel_offer *
 			k->cap = -errno;
 	}
 	k->caps_err = read_reserve_caps(dir, &k->caps);
-	if (k->caps_err == 0 && !(k->caps & (VPMU_RESERVE_CAP_UNIFORM | VPMU_RESERVE_CAP_PER_CPU)))
+	/* Every perf half takes the uniform mask: a value without UNIFORM is
+	 * no perf half vpmu knows (D12). */
+	if (k->caps_err == 0 && !(k->caps & VPMU_RESERVE_CAP_UNIFORM))
 		k->caps_err = -EINVAL;
 }
 
@@ -463,9 +510,9 @@ static char *offer_missing(const char *dev, const char *dir, const struct kernel
 	else if (k->cap == 0)
 		kvm = alloc_printf("%s lacks KVM_CAP_VPMU_ROUTES (no KVM half: stock kernel)", dev);
 	if (k->caps_err == -ENOENT)
-		perf = alloc_printf("%s/%s is absent (no perf half)", dir, VPMU_RESERVE_CAPS_ATTR);
+		perf = alloc_printf("%s/%s is absent (no perf half)", dir, KVM_PORT_RESERVE_CAPS_ATTR);
 	else if (k->caps_err)
-		perf = alloc_printf("%s/%s is not understood (%s)", dir, VPMU_RESERVE_CAPS_ATTR,
+		perf = alloc_printf("%s/%s is not understood (%s)", dir, KVM_PORT_RESERVE_CAPS_ATTR,
 				    strerror(-k->caps_err));
 	if (kvm && perf)
 		return alloc_printf("%s, and %s", kvm, perf);
@@ -477,7 +524,7 @@ static char *offer_missing(const char *dev, const char *dir, const struct kernel
 static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *why, size_t whylen)
 {
 	const char *dev = o->dev_path ? o->dev_path : "/dev/kvm";
-	const char *dir = o->sysfs_pmu_dir ? o->sysfs_pmu_dir : VPMU_RESERVE_SYSFS_DIR;
+	const char *dir = o->sysfs_pmu_dir ? o->sysfs_pmu_dir : KVM_PORT_SYSFS_PMU_DIR;
 	struct kernel_offer k;
 
 	probe_kernel(dev, dir, &k);
@@ -500,26 +547,35 @@ static int open_ioctl(struct kvm_port *p, const struct kvm_port_opts *o, char *w
 	}
 	p->backend = KVM_BACKEND_IOCTL;
 	p->reserve_caps = k.caps;
-	p->reserve_path = alloc_printf("%s/%s", dir, VPMU_RESERVE_ATTR);
-	if (!p->reserve_path)
+	int rr = read_reservable(dir, &p->reservable);
+	if (rr < 0) {
+		snprintf(why, whylen, "ioctl backend: %s/%s: %s", dir, KVM_PORT_RESERVABLE_ATTR,
+			 rr == -EINVAL ? "not understood (not one hex counter mask)" : strerror(-rr));
+		return rr;
+	}
+	p->reserve_path = alloc_printf("%s/%s", dir, KVM_PORT_RESERVE_ATTR);
+	p->cpu_dir = strdup(o->sysfs_cpu_dir ? o->sysfs_cpu_dir : KVM_PORT_SYSFS_CPU_DIR);
+	if (!p->reserve_path || !p->cpu_dir)
 		return -ENOMEM;
-	_cleanup_free_ char *text = NULL;
-	int r = read_text_file(p->reserve_path, &text);
-	if (r == 0)
-		r = load_reservation(p, text);
+	int failed_cpu = -1;
+	int r = load_reservation(p, &failed_cpu);
 	if (r == 0) {
+		/* Opened now so that a daemon without the right to write it
+		 * (0600 root's) learns so at start, not at its first plan. */
+		failed_cpu = -1;
 		p->reserve_fd = open(p->reserve_path, O_WRONLY | O_CLOEXEC);
 		if (p->reserve_fd < 0)
 			r = -errno;
 	}
 	if (r < 0) {
-		snprintf(why, whylen, "ioctl backend: %s: %s", p->reserve_path,
-			 r == -EINVAL ? "not understood" : strerror(-r));
+		_cleanup_free_ char *path = reserve_file(p, failed_cpu);
+		snprintf(why, whylen, "ioctl backend: %s: %s", path ? path : KVM_PORT_RESERVE_ATTR,
+			 r == -EINVAL ? "not understood (not one hex counter mask)" : strerror(-r));
 		return r;
 	}
 	return set_why(&p->why, "%s: %s reports KVM_CAP_VPMU_ROUTES=%d and %s/%s=%u",
 		       o->backend == KVM_BACKEND_AUTO ? "auto" : "ioctl requested", dev, k.cap, dir,
-		       VPMU_RESERVE_CAPS_ATTR, k.caps);
+		       KVM_PORT_RESERVE_CAPS_ATTR, k.caps);
 }
 
 int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *why, size_t whylen)
@@ -544,6 +600,7 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 	p->reserve = calloc(o->n_cpus, sizeof(*p->reserve));
 	if (!p->reserve)
 		return -ENOMEM;
+	p->reservable = host_reservable(o->num_gp, o->fixed_mask);
 
 	int r;
 	switch (o->backend) {
@@ -551,9 +608,11 @@ int kvm_port_open(const struct kvm_port_opts *o, struct kvm_port **out, char *wh
 		p->backend = KVM_BACKEND_MODEL;
 		r = open_model(p, o);
 		if (r == 0) {
-			r = read_model_reservation(p);
+			int failed_cpu = -1;
+			r = load_reservation(p, &failed_cpu);
 			if (r < 0)
-				snprintf(why, whylen, "model backend: reading guest_reserve: %s", strerror(-r));
+				snprintf(why, whylen, "model backend: reading %s: %s",
+					 reserve_name(failed_cpu, (char[RESERVE_NAME_MAX]){ 0 }), strerror(-r));
 		}
 		break;
 	case KVM_BACKEND_ADVISORY:
@@ -608,6 +667,7 @@ void kvm_port_close(struct kvm_port *p)
 	if (p->reserve_fd >= 0)
 		close(p->reserve_fd);
 	free(p->reserve_path);
+	free(p->cpu_dir);
 	free(p->reserve);
 	free(p->why);
 	free(p->advisory_vm_why);
@@ -642,12 +702,11 @@ static bool vm_routes_sent(const struct kvm_port *p, const struct port_vm *vm)
 	return vm->route_fd >= 0 && kvm_port_enforced(p) && !vm->dead;
 }
 
-/* Host counters a guest can be given (fixed counters above 2 never). */
-static uint64_t host_guest_counters(const struct kvm_port *p)
+uint64_t kvm_port_reservable(const struct kvm_port *p)
 {
-	uint64_t gp = p->num_gp >= 32 ? VPMU_GP_MASK : ((1ULL << p->num_gp) - 1);
-	return gp | (((uint64_t)p->fixed_mask << VPMU_FIXED_SHIFT) & VPMU_GUEST_FIXED_MASK);
+	return p ? p->reservable : 0;
 }
+
 
 /* Frees a VM under construction when registration fails. */
 struct vm_guard {
@@ -676,6 +735,39 @@ static bool same_file_registered(const struct kvm_port *p, int fd)
 	return false;
 }
 
+#define ROUTE_FD_LINK "anon_inode:kvm-vpmu-route"
+#define VM_FD_LINK "anon_inode:kvm-vm"
+
+int kvm_port_check_route_fd(int fd, const char **why)
+{
+	static const char vm_fd[] =
+		"a KVM VM fd, not a route fd: the VMM creates one with KVM_CREATE_VPMU_ROUTE_FD";
+	const char *w = "not a route fd";
+	int r = -ENOTTY;
+	_cleanup_free_ char *path = alloc_printf("/proc/self/fd/%d", fd);
+	char link[sizeof(ROUTE_FD_LINK) + 1];
+	if (!path)
+		return -ENOMEM;
+	/* A buffer one byte longer than the longest link wanted tells a
+	 * longer link apart. */
+	ssize_t n = fd < 0 ? -1 : readlink(path, link, sizeof(link) - 1);
+	if (n < 0) {
+		r = -EBADF;
+		w = "not an open fd";
+	} else {
+		link[n] = '\0';
+		if (!strcmp(link, ROUTE_FD_LINK)) {
+			r = 0;
+			w = NULL;
+		} else if (!strcmp(link, VM_FD_LINK)) {
+			w = vm_fd;
+		}
+	}
+	if (why)
+		*why = w;
+	return r;
+}
+
 static const char *route_errno_words(int e)
 {
 	switch (e) {
@@ -685,6 +777,7 @@ static const char *route_errno_words(int e)
 	case -ENOENT: return "no such vCPU in the VM";
 	case -EINVAL: return "refused by the kernel";
 	case -EBUSY: return "a pass-through counter is reserved on no online CPU";
+	case -EEXIST: return "the VM already has a route fd open (one per VM)";
 	}
 	return NULL;
 }
@@ -734,7 +827,7 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 	}
 	struct kvm_model_vm_desc desc = {
 		.opted_in = true, .lapic_in_kernel = true,
-		.shape = spec->shape ? spec->shape : host_guest_counters(p),
+		.shape = spec->shape ? spec->shape : kvm_port_reservable(p),
 		.nr_vcpus = spec->n_vcpus, .vcpu_ids = spec->vcpu_ids ? spec->vcpu_ids : ids,
 		.vmm_pidfd = pidfd,
 	};
@@ -745,6 +838,8 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 			 r == -ENOTTY ? "not a KVM VM file (the model makes its route fd from the VMM's VM file)"
 			 : r == -EBADF ? "not an open fd"
 			 : r == -EIO   ? "the VM is dead (its VMM exited)"
+			 : r == -EEXIST ? "the VM already has a route fd open (one per VM: KVM_CREATE_VPMU_ROUTE_FD "
+					  "says EEXIST); whoever holds it must close it first"
 				       : strerror(-r));
 		return r;
 	}
@@ -792,7 +887,7 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 	if (why && whylen)
 		why[0] = '\0';
 	if (!p || !spec || spec->n_vcpus == 0 || spec->n_vcpus > VMM_MAX_VCPUS || spec->vmm_pid <= 0 ||
-	    (spec->shape & ~(VPMU_GP_MASK | VPMU_GUEST_FIXED_MASK))) {
+	    (spec->shape & ~kvm_port_reservable(p))) {
 		snprintf(why, whylen, "invalid VM description");
 		return -EINVAL;
 	}
@@ -839,7 +934,7 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 	vm->vcpus = calloc(spec->n_vcpus, sizeof(*vm->vcpus));
 	if (!vm->vcpus)
 		return -ENOMEM;
-	uint64_t shape = spec->shape ? spec->shape : host_guest_counters(p);
+	uint64_t shape = spec->shape ? spec->shape : kvm_port_reservable(p);
 	for (unsigned i = 0; i < spec->n_vcpus; i++) {
 		vm->vcpus[i].tid = spec->vcpu_tids ? spec->vcpu_tids[i] : 0;
 		vm->vcpus[i].kvm_id = spec->vcpu_ids ? spec->vcpu_ids[i] : i;
@@ -855,6 +950,16 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 		if (r < 0)
 			return r;
 		route_fd = vm->route_fd;
+	}
+	if (route_fd >= 0 && p->backend == KVM_BACKEND_IOCTL) {
+		/* D1: no ioctl on an fd that is not a route fd, so that a VM fd
+		 * handed by mistake gets words, not the kernel's EIO. */
+		const char *what;
+		int r = kvm_port_check_route_fd(route_fd, &what);
+		if (r < 0) {
+			snprintf(why, whylen, "vm %llu: fd %d: %s", (unsigned long long)spec->vm_id, route_fd, what);
+			return r;
+		}
 	}
 	if (route_fd >= 0 && kvm_port_enforced(p)) {
 		int r = read_vm(p, vm, route_fd, why, whylen);
@@ -1044,10 +1149,10 @@ static int validate(const struct kvm_port *p, const struct transition *t, unsign
 			return -EINVAL;
 		}
 		uint64_t m = kvm_port_partition_mask(t);
-		if (m & ~host_guest_counters(p)) {
+		if (m & ~kvm_port_reservable(p)) {
 			snprintf(why, whylen, "cpu %d: reservation 0x%016" PRIx64 " names counters the host "
 				 "lacks or a guest cannot have (0x%016" PRIx64 ")", t->cpu, m,
-				 m & ~host_guest_counters(p));
+				 m & ~kvm_port_reservable(p));
 			return -EINVAL;
 		}
 		return 0;
@@ -1152,19 +1257,38 @@ static const char *reserve_errno_words(int e)
 {
 	switch (e) {
 	case -EINVAL:
-		return "the kernel refused the line (an offline CPU, a counter it lacks, or not every online "
-		       "CPU on a kernel without per-CPU reservations)";
+		return "the kernel refused the value (an offline CPU, or a counter outside caps/guest_reservable)";
 	case -EBUSY:
-		return "a listed CPU's pinned host events would not fit, or a live pass-through needs the counters";
+		return "a CPU's pinned host events would not fit, or a live pass-through needs the counters";
+	case -ENOENT:
+		return "no such file: the kernel takes one mask for every CPU";
 	case -EACCES:
 	case -EPERM:
-		return "guest_reserve is root's";
+		return "the reservation files are root's";
 	}
 	return NULL;
 }
 
-/* Steps first..last-1 are partition steps of one phase with one mask: one
- * line, one write (a uniform kernel needs every online CPU at once). */
+/* One reservation write: cpu -1 the uniform file (every online CPU). */
+static int write_reserve(struct kvm_port *p, int cpu, uint64_t mask, char *why, size_t whylen)
+{
+	char text[32];
+	int len = kvm_port_encode_reserve(mask, text, sizeof(text));
+	if (len < 0)
+		return len;
+	int r = issue_reserve(p, cpu, text, (size_t)len);
+	if (r < 0) {
+		const char *words = reserve_errno_words(r);
+		text[len - 1] = '\0';
+		snprintf(why, whylen, "%s \"%s\": %s%s%s", reserve_name(cpu, (char[RESERVE_NAME_MAX]){ 0 }), text,
+			 strerror(-r), words ? ": " : "", words ? words : "");
+	}
+	return r;
+}
+
+/* Steps first..last-1 are partition steps of one phase with one mask. One
+ * write to the uniform file when they set every CPU (a kernel without
+ * PER_CPU takes nothing else), else one write per CPU. */
 static int apply_partition_group(struct kvm_port *p, const struct transition *t, size_t n, char *why,
 				 size_t whylen)
 {
@@ -1178,25 +1302,37 @@ static int apply_partition_group(struct kvm_port *p, const struct transition *t,
 		if (r < 0)
 			return r;
 	}
-	if (kvm_port_enforced(p)) {
-		int len = kvm_port_encode_reserve(cpus, n, mask, NULL, 0);
-		if (len < 0)
-			return len;
-		_cleanup_free_ char *line = malloc((size_t)len + 1);
-		if (!line)
-			return -ENOMEM;
-		kvm_port_encode_reserve(cpus, n, mask, line, (size_t)len + 1);
-		int r = issue_reserve(p, line, (size_t)len);
-		if (r < 0) {
-			const char *words = reserve_errno_words(r);
-			line[len - 1] = '\0';
-			snprintf(why, whylen, "guest_reserve \"%s\": %s%s%s", line, strerror(-r), words ? ": " : "",
-				 words ? words : "");
+	size_t n_distinct = n;
+	_cleanup_free_ unsigned *distinct = sorted_cpus(cpus, &n_distinct);
+	if (!distinct)
+		return -ENOMEM;
+	bool every_cpu = n_distinct == p->n_cpus;
+	if (!kvm_port_enforced(p)) {
+		/* Advisory: recorded, nothing sent. */
+	} else if (every_cpu) {
+		int r = write_reserve(p, -1, mask, why, whylen);
+		if (r < 0)
 			return r;
+	} else if (!(p->reserve_caps & VPMU_RESERVE_CAP_PER_CPU)) {
+		/* The uniform file would reserve on CPUs the plan leaves alone. */
+		struct text w = { .buf = why, .len = whylen };
+		text_add(&w, "cpus ");
+		text_cpulist(&w, distinct, n_distinct);
+		text_add(&w, ": the kernel takes one mask for every CPU (caps/guest_reserve lacks PER_CPU) and the "
+			     "plan reserves 0x%016" PRIx64 " on these only; nothing was sent", mask);
+		return -EINVAL;
+	} else {
+		for (size_t i = 0; i < n_distinct; i++) {
+			int r = write_reserve(p, (int)distinct[i], mask, why, whylen);
+			if (r < 0)
+				return r;
+			/* Each per-CPU file is its own write: what went before
+			 * stays, and the port's view follows the kernel's. */
+			p->reserve[distinct[i]] = mask;
 		}
 	}
-	for (size_t i = 0; i < n; i++)
-		p->reserve[cpus[i]] = mask;
+	for (size_t i = 0; i < n_distinct; i++)
+		p->reserve[distinct[i]] = mask;
 	return 0;
 }
 

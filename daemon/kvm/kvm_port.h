@@ -33,6 +33,19 @@
 #include "kvm/kvm_model.h"
 #include "arbiter/transition.h"
 
+/*
+ * The perf half's files (docs/kvm-api.md, part 1; sysfs paths are ABI
+ * documentation, so they live here, not in the uapi header): attributes of
+ * the core PMU "cpu", and a per-CPU file of each CPU device on kernels
+ * with VPMU_RESERVE_CAP_PER_CPU.
+ */
+#define KVM_PORT_SYSFS_PMU_DIR "/sys/bus/event_source/devices/cpu"
+#define KVM_PORT_RESERVE_CAPS_ATTR "caps/guest_reserve"       /* decimal VPMU_RESERVE_CAP_* */
+#define KVM_PORT_RESERVABLE_ATTR "caps/guest_reservable"      /* hex counter mask */
+#define KVM_PORT_RESERVE_ATTR "guest_reserve"                 /* one hex mask, every online CPU */
+#define KVM_PORT_SYSFS_CPU_DIR "/sys/devices/system/cpu"
+#define KVM_PORT_CPU_RESERVE_ATTR "perf_guest_reserve"        /* <cpu dir>/cpuN/, one hex mask */
+
 enum kvm_backend {
 	KVM_BACKEND_AUTO = 0,
 	KVM_BACKEND_IOCTL,
@@ -46,13 +59,16 @@ const char *kvm_port_backend_name(enum kvm_backend b);
 
 /* Called with every request just before it is issued, in every backend
  * that issues any (tests record them; the daemon may log them). cmd is the
- * ioctl number, or 0 for a write of len bytes of text to guest_reserve. */
-typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, const void *arg, size_t len);
+ * ioctl number, or 0 for a write of len bytes of text to a file of the
+ * perf half; cpu is then the file's target: -1 the uniform guest_reserve,
+ * else that CPU's perf_guest_reserve (-1 for every ioctl). */
+typedef void (*kvm_port_trace_fn)(void *ctx, unsigned long cmd, int cpu, const void *arg, size_t len);
 
 struct kvm_port_opts {
 	enum kvm_backend backend;
 	const char *dev_path;      /* NULL: "/dev/kvm" */
-	const char *sysfs_pmu_dir; /* NULL: VPMU_RESERVE_SYSFS_DIR */
+	const char *sysfs_pmu_dir; /* NULL: KVM_PORT_SYSFS_PMU_DIR */
+	const char *sysfs_cpu_dir; /* NULL: KVM_PORT_SYSFS_CPU_DIR */
 	/* Host counters and CPUs (from the daemon's pmu_desc). */
 	unsigned n_cpus;
 	unsigned num_gp;
@@ -81,6 +97,11 @@ const char *kvm_port_why(const struct kvm_port *p);           /* why this backen
 /* VPMU_RESERVE_CAP_* of the kernel (model: the model's; advisory: 0). The
  * broker plans a uniform reservation when PER_CPU is missing. */
 unsigned kvm_port_reserve_caps(const struct kvm_port *p);
+/* The counters a reservation may name, PERF_GLOBAL_CTRL layout: ioctl,
+ * the kernel's caps/guest_reservable; model, the model's; advisory, the
+ * host's general counters and its fixed counters 0..2 (those KVM can give
+ * a guest). The broker refuses leases beyond it. */
+uint64_t kvm_port_reservable(const struct kvm_port *p);
 
 /* A VM as the daemon knows it. */
 struct kvm_port_vm {
@@ -109,6 +130,14 @@ struct kvm_port_vm {
  * names a VM already registered, -ESRCH VMM gone, -EIO VM dead.
  */
 int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *vm, char *why, size_t whylen);
+/* D1: what the ioctl backend checks before its first ioctl on a handed
+ * fd, from the fd's /proc/self/fd link: 0 for a route fd (anon inode
+ * "kvm-vpmu-route"); -ENOTTY for anything else, *why saying what it is
+ * ("a KVM VM fd, not a route fd: ..." for a VM fd, on which the kernel
+ * would answer our ioctls EIO since we did not create the VM; else "not a
+ * route fd"); -EBADF if fd is not open. The model backend takes the VM
+ * file instead (simulation). */
+int kvm_port_check_route_fd(int fd, const char **why);
 /* Closes the VM's route fd. */
 int kvm_port_unregister_vm(struct kvm_port *p, uint64_t vm_id);
 
@@ -169,10 +198,11 @@ int kvm_port_stats_read(int stats_fd, const char *const *names, size_t n_names, 
 /* Status for operators, snprintf semantics. */
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len);
 
-/* Encoding: exactly what the kernel receives. The reservation line for the
- * listed CPUs (snprintf semantics), and a route step's struct. -EINVAL for
- * a transition of the wrong kind or a route the extension has no word for. */
-int kvm_port_encode_reserve(const unsigned *cpus, size_t n_cpus, uint64_t mask, char *buf, size_t len);
+/* Encoding: exactly what the kernel receives. The text of one reservation
+ * file, "0x%016llx\n" (snprintf semantics), and a route step's struct.
+ * -EINVAL for a transition of the wrong kind or a route the extension has
+ * no word for. */
+int kvm_port_encode_reserve(uint64_t mask, char *buf, size_t len);
 int kvm_port_encode_routes(const struct transition *t, uint32_t vcpu_id, struct kvm_vpmu_routes *out);
 /* A transition's masks in PERF_GLOBAL_CTRL layout. */
 uint64_t kvm_port_partition_mask(const struct transition *t);
