@@ -1062,6 +1062,41 @@ static void rule_k10_passthrough_within_shape_einval(void **state)
 	check(f->m);
 }
 
+static void rule_k18_set_cpuid_after_entry_or_dropping_passthrough(void **state)
+{
+	struct fx *f = *state;
+	uint64_t eight = 0xffULL | FX(0) | FX(1) | FX(2);
+	/* Before the vCPU runs its VMM may change leaf 0xA, per vCPU. */
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, eight), 0);
+	assert_int_equal(get_rt(f->m, f->route, 5).shape, eight);
+	assert_int_equal(get_rt(f->m, f->route, 0).shape, SHAPE); /* another vCPU keeps its own */
+	/* What a partitioned vCPU cannot have: version 3 and above, fixed
+	 * counter 3, general counters that are not a prefix. */
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 3, eight), -EINVAL);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, eight | FX(3)), -EINVAL);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, GP(0) | GP(2)), -EINVAL);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, VPMU_PERF_METRICS_BIT), -EINVAL);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 7, 2, eight), -ENOENT);
+	assert_int_equal(get_rt(f->m, f->route, 5).shape, eight); /* refusals changed nothing */
+	/* A pass-through PMC cannot leave the shape: routes first. */
+	assert_int_equal(reserve(f->m, ALL_CPUS " 0x00000007000000ff"), 0);
+	assert_int_equal(set_pt(f->m, f->route, 5, GP(0) | GP(6)), 0);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, GP(0) | GP(1)), -EBUSY);
+	assert_int_equal(get_rt(f->m, f->route, 5).shape, eight);
+	assert_int_equal(set_pt(f->m, f->route, 5, GP(0)), 0);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, GP(0) | GP(1)), 0);
+	assert_int_equal(set_pt(f->m, f->route, 5, GP(0) | GP(6)), -EINVAL); /* K10 against the new shape */
+	assert_int_equal(pt_of(f->m, f->route, 5), GP(0));
+	/* Once the vCPU has entered the guest, its CPUID is frozen. */
+	assert_true(kvm_model_vcpu_load(f->m, f->route, 5, 0) >= 0);
+	assert_int_equal(kvm_model_vcpu_put(f->m, f->route, 5), 0);
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 5, 2, GP(0)), -EINVAL);
+	assert_int_equal(get_rt(f->m, f->route, 5).shape, GP(0) | GP(1));
+	/* vCPU 2 never ran: still free to change. */
+	assert_int_equal(kvm_model_set_cpuid(f->m, f->route, 2, 2, GP(0)), 0);
+	check(f->m);
+}
+
 static void rule_k11_passthrough_needs_reservation_ebusy(void **state)
 {
 	struct fx *f = *state;
@@ -1634,6 +1669,7 @@ int main(void)
 		T(rule_k16_stats_fd_format),
 		T(rule_k17_route_changes_counted_last_writer_wins),
 		T(rule_k17_two_threads_on_one_route_fd_are_serialised),
+		T(rule_k18_set_cpuid_after_entry_or_dropping_passthrough),
 		T(invariants_hold_through_a_guest_lifecycle),
 		T(kcmp_unavailable_every_vm_file_is_new),
 		T(random_sequence_per_cpu_keeps_invariants),

@@ -58,6 +58,8 @@ struct model_stats {
 
 struct model_vcpu {
 	uint32_t id;
+	uint64_t shape;        /* its CPUID leaf 0xA (K18), PERF_GLOBAL_CTRL layout */
+	bool entered;          /* has entered the guest: CPUID is frozen (K18) */
 	uint64_t owner;        /* this vCPU's owner token */
 	uint64_t passthrough;
 	int loaded_cpu;        /* -1: not loaded */
@@ -779,6 +781,7 @@ static int vm_new(struct kvm_model *m, int vm_file, const struct kvm_model_vm_de
 		return -ENOMEM;
 	for (size_t i = 0; i < vm->n_vcpus; i++) {
 		vm->vcpus[i].id = d->vcpu_ids[i];
+		vm->vcpus[i].shape = d->shape;
 		vm->vcpus[i].owner = m->next_owner++;
 		vm->vcpus[i].loaded_cpu = -1;
 	}
@@ -1003,15 +1006,15 @@ static long get_routes(struct model_vm *vm, struct kvm_vpmu_routes *r)
 	if ((e = routes_check_struct(r, false)) < 0 || (e = vcpu_find(vm, r->vcpu_id, &v)) < 0)
 		return e;
 	r->passthrough = v->passthrough;
-	r->shape = vm->shape;
+	r->shape = v->shape;
 	return 0;
 }
 
-static int routes_check_shape(const struct model_vm *vm, uint64_t pt)
+static int routes_check_shape(const struct model_vcpu *v, uint64_t pt)
 {
-	/* K10: pass-through only within the guest's shape (which routes never
+	/* K10: pass-through only within the vCPU's shape (which routes never
 	 * change), never a fixed counter above 2 or bit 48 and above. */
-	if (pt & ~(vm->shape & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS)))
+	if (pt & ~(v->shape & (VPMU_GP_MASK | GUEST_FIXED_COUNTERS)))
 		return -EINVAL;
 	return 0;
 }
@@ -1034,7 +1037,7 @@ static long set_routes(struct kvm_model *m, struct model_vm *vm, struct kvm_vpmu
 	struct model_vcpu *v;
 	int e;
 	if ((e = routes_check_struct(r, true)) < 0 || (e = vcpu_find(vm, r->vcpu_id, &v)) < 0 ||
-	    (e = routes_check_shape(vm, r->passthrough)) < 0 || (e = routes_check_reserved(m, r->passthrough)) < 0)
+	    (e = routes_check_shape(v, r->passthrough)) < 0 || (e = routes_check_reserved(m, r->passthrough)) < 0)
 		return e;
 	if (r->passthrough == v->passthrough)
 		return 0;
@@ -1155,9 +1158,9 @@ static int guest_vcpu(struct kvm_model *m, int route_fd, uint32_t vcpu_id, struc
 }
 
 /* A guest PMC: one bit of the vCPU's shape. */
-static bool guest_pmc(const struct model_vm *vm, uint64_t pmc_bit)
+static bool guest_pmc(const struct model_vcpu *v, uint64_t pmc_bit)
 {
-	return one_bit(pmc_bit) && (pmc_bit & vm->shape);
+	return one_bit(pmc_bit) && (pmc_bit & v->shape);
 }
 
 int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu)
@@ -1174,7 +1177,47 @@ int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uns
 		return -EINVAL;
 	if (v->loaded_cpu >= 0 || m->cpus[cpu].loaded)
 		return -EBUSY;
+	v->entered = true;
 	return vcpu_load(m, v, cpu);
+}
+
+static int set_cpuid_check(const struct kvm_model *m, const struct model_vcpu *v, unsigned pmu_version,
+			   uint64_t shape)
+{
+	uint64_t gp = shape & VPMU_GP_MASK;
+	/* K18: CPUID is frozen once the vCPU has run; a partitioned vCPU
+	 * sees PMU version 2 at most (no GLOBAL_STATUS_SET or GLOBAL_INUSE to
+	 * split between guest and host) and only counters KVM can give it (a
+	 * prefix of the host's general counters, fixed 0..2 the host has);
+	 * and the shape cannot drop a PMC that passes through (routes
+	 * first). */
+	if (v->entered || pmu_version > 2 || (shape & ~m->reservable) || (gp & (gp + 1)))
+		return -EINVAL;
+	if (v->passthrough & ~shape)
+		return -EBUSY;
+	return 0;
+}
+
+int kvm_model_set_cpuid(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned pmu_version,
+			uint64_t shape)
+{
+	if (!m)
+		return -EINVAL;
+	LOCK_MODEL_FOR_SCOPE(m);
+	struct model_vm *vm;
+	struct model_vcpu *v;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	if (r < 0)
+		return r;
+	if ((r = set_cpuid_check(m, v, pmu_version, shape)) < 0)
+		return r;
+	/* PMCs that leave the shape take their values with them, as a
+	 * guest whose PMU shrank would lose them. */
+	for (unsigned b = 0; b < PMC_BITS; b++)
+		if (!((shape >> b) & 1))
+			v->value[b] = 0;
+	v->shape = shape;
+	return 0;
 }
 
 int kvm_model_vcpu_put(struct kvm_model *m, int route_fd, uint32_t vcpu_id)
@@ -1204,7 +1247,7 @@ int kvm_model_guest_count(struct kvm_model *m, int route_fd, uint32_t vcpu_id, u
 	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(vm, pmc_bit))
+	if (!guest_pmc(v, pmc_bit))
 		return -EINVAL;
 	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
 	if (v->frozen & pmc_bit)
@@ -1230,7 +1273,7 @@ int kvm_model_guest_value(struct kvm_model *m, int route_fd, uint32_t vcpu_id, u
 	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(vm, pmc_bit))
+	if (!guest_pmc(v, pmc_bit))
 		return -EINVAL;
 	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
 	*out = (v->live & pmc_bit) ? m->cpus[v->loaded_cpu].value[b] : v->value[b];
@@ -1248,7 +1291,7 @@ int kvm_model_guest_msr_access(struct kvm_model *m, int route_fd, uint32_t vcpu_
 	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(vm, pmc_bit) || v->loaded_cpu < 0)
+	if (!guest_pmc(v, pmc_bit) || v->loaded_cpu < 0)
 		return -EINVAL;
 	/* K15: only a pass-through PMC live in this CPU's hardware is the
 	 * guest's to touch; a frozen or multiplexed one is emulated, and a

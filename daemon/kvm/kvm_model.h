@@ -160,6 +160,17 @@ int kvm_model_route_close(struct kvm_model *m, int fd);
  * recorded, uncounted, until its last route fd is closed. */
 size_t kvm_model_vm_count(struct kvm_model *m);
 
+/*
+ * KVM_SET_CPUID2 leaf 0xA on a partitioned vCPU, as its VMM would issue it
+ * (simulated; the desc gave every vCPU its first shape). K18: -EINVAL once
+ * the vCPU has entered the guest, for a PMU version above 2, or a shape
+ * KVM cannot give (not a prefix of the host's general counters, fixed
+ * counters outside kvm_model_reservable); -EBUSY when a pass-through PMC
+ * would fall outside the new shape.
+ */
+int kvm_model_set_cpuid(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned pmu_version,
+			uint64_t shape);
+
 /* ------------------------------------------------ simulated guest activity */
 
 /* D5: the guest partition switches at VM entry and VM exit (the mediated
