@@ -2500,7 +2500,11 @@ static void test_routed_shape_is_fixed(void **st)
 			 &r, &err) < 0);
 	assert_string_equal(err.field, "params.fixed_mask");
 	assert_int_equal(broker_generation(f->b), gen);
-	json_object_put(ok(f, "{\"id\":4,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":1}}"));
+	/* less is refused too: the PMCs left out would still be the guest's */
+	assert_true(call(f, &root, "{\"id\":4,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":1}}", &r, &err) <
+		    0);
+	assert_string_equal(err.field, "params.gp");
+	assert_int_equal(broker_generation(f->b), gen);
 	json_object_put(ok(f, "{\"id\":5,\"method\":\"vm.update\",\"params\":{\"name\":\"r\",\"gp\":2}}"));
 	json_object_put(ok(f, "{\"id\":6,\"method\":\"vm.update\",\"params\":{\"name\":\"adv\",\"gp\":6}}"));
 	struct broker_vm_view v;

@@ -1111,6 +1111,45 @@ static void test_second_route_fd_of_a_vm_refused(void **state)
 	own_vm_free(&o);
 }
 
+/* The lease routes the guest's own shape: a lease that differs from the
+ * guest's CPUID is refused at register, and a plan that calls a PMC of the
+ * shape disabled is refused (the kernel would run it multiplexed). */
+static void test_lease_shape_is_the_guests(void **state)
+{
+	struct fx *f = *state;
+	struct own_vm o;
+	const uint32_t ids[] = { 0, 1 };
+	own_vm_make(&o, ids, 2);
+	char why[256];
+	int handed = fcntl(o.vm, F_DUPFD_CLOEXEC, 3);
+	struct kvm_port_vm vm = { .vm_id = 120, .vmm_pid = getpid(), .vmm_pidfd = -1, .route_fd = handed,
+				  .n_vcpus = 2, .shape = 0xf | (0x3ULL << 32),
+				  .model_cpuid_shape = 0xff | (0x7ULL << 32) };
+	assert_int_equal(kvm_port_register_vm(f->port, &vm, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "the guest's PMU (CPUID leaf 0xA) is gp 8 fixed 0x7; the lease asks gp 4 fixed 0x3"));
+	assert_true(fd_open(handed));
+	assert_int_equal(kvm_model_vm_count(f->m), 1); /* the test fixture's VM only */
+	vm.model_cpuid_shape = 0;
+	if (kvm_port_register_vm(f->port, &vm, why, sizeof(why)) != 0)
+		fail_msg("%s", why);
+	/* gp 2 of the shape disabled: refused before anything is sent */
+	struct transition t = routes_of(120, 2, 1, 0x1, 0);
+	t.gp_route[2] = PMC_ROUTE_DISABLED;
+	struct kvm_apply_result res;
+	size_t sent = f->rec.n;
+	assert_int_equal(kvm_port_apply(f->port, &t, 1, &res), -EINVAL);
+	assert_non_null(strstr(res.why, "in the guest's shape"));
+	assert_int_equal(f->rec.n, sent);
+	/* outside the shape, disabled is what it is */
+	struct transition u = routes_of(120, 2, 1, 0, 0);
+	for (unsigned i = 4; i < NUM_GP; i++)
+		u.gp_route[i] = PMC_ROUTE_DISABLED;
+	if (kvm_port_apply(f->port, &u, 1, &res) != 0)
+		fail_msg("%s", res.why);
+	assert_int_equal(kvm_port_unregister_vm(f->port, 120), 0);
+	own_vm_free(&o);
+}
+
 /* The kernel's statistics, through the stats fd of each vCPU. */
 static void test_stats_through_stats_fd(void **state)
 {
@@ -1479,6 +1518,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_register_same_vm_twice, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vmm_death_eio, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vcpu_id_mapping, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_shape_is_the_guests, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_second_route_fd_of_a_vm_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stats_through_stats_fd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_refusals, setup, teardown),

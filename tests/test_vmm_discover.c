@@ -241,7 +241,11 @@ static void test_qemu(void **state)
 		{ .kind = TRANSITION_PARTITION, .phase = 2, .cpu = 1, .guest_gp_mask = 1 },
 		{ .kind = TRANSITION_ROUTES, .phase = 2, .vm_id = 1, .vcpu = 1 },
 	};
-	plan[2].gp_route[0] = PMC_ROUTE_PASSTHROUGH;
+	/* in the guest's shape a PMC passes through or is multiplexed */
+	for (unsigned i = 0; i < 8; i++)
+		plan[2].gp_route[i] = i ? PMC_ROUTE_MULTIPLEXED : PMC_ROUTE_PASSTHROUGH;
+	for (unsigned i = 0; i < 3; i++)
+		plan[2].fixed_route[i] = PMC_ROUTE_MULTIPLEXED;
 	struct kvm_apply_result res;
 	if (kvm_port_apply(port, plan, 3, &res) != 0)
 		fail_msg("%s", res.why);

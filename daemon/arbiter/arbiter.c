@@ -2069,7 +2069,10 @@ static int route_steps(struct arb *a, int phase, const struct cons *gone,
 		const struct vcpu *ov = &gone->vcpus[k];
 		if (replaced_by && k < replaced_by->n_vcpus)
 			continue;
-		if ((r = vcpu_steps(a, gone->id, k, ov->want, ov->grant, ov, 0, 0, NULL, phase)))
+		/* A removed VM's guest keeps its PMU (its shape is CPUID's):
+		 * nothing passes through any more, what it had is
+		 * multiplexed. */
+		if ((r = vcpu_steps(a, gone->id, k, ov->want, ov->grant, ov, ov->want, 0, NULL, phase)))
 			return r;
 	}
 	return 0;

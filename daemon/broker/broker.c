@@ -1913,8 +1913,17 @@ static int apply_vm_routes(struct broker *b, struct broker_vm *v, unsigned phase
 	for (uint32_t i = 0; i < v->n_vcpus; i++) {
 		t[i] = (struct transition){ .kind = TRANSITION_ROUTES, .phase = phase, .vm_id = v->id, .vcpu = i,
 					    .cpu = -1 };
-		if (phase == 2)
+		if (phase == 2) {
 			arb_vcpu_routes(b->arb, v->id, i, t[i].gp_route, t[i].fixed_route);
+			continue;
+		}
+		/* taken back: nothing passes through, and the guest's PMCs
+		 * stay multiplexed (in its shape a PMC is never disabled) */
+		for (uint32_t g = 0; g < v->gp && g < TRANSITION_MAX_GP; g++)
+			t[i].gp_route[g] = PMC_ROUTE_MULTIPLEXED;
+		for (unsigned x = 0; x < TRANSITION_MAX_FIXED; x++)
+			if ((v->fixed_mask >> x) & 1)
+				t[i].fixed_route[x] = PMC_ROUTE_MULTIPLEXED;
 	}
 	struct kvm_apply_result res = {0};
 	int r = kvm_port_apply(b->port, t, v->n_vcpus, &res);
@@ -2168,7 +2177,9 @@ int broker_vm_detach(struct broker *b, const struct broker_caller *c, const char
 /*
  * CPUID leaf 0xA fixed the guest's PMU before its vCPUs ran, and routes
  * only switch PMCs of that shape between pass-through and multiplexed: a
- * VM whose routes reach the kernel cannot be given more.
+ * VM whose routes reach the kernel keeps exactly that shape (more is not
+ * there; less would leave PMCs the plan does not count running as
+ * flexible events on the host side).
  */
 static int check_guest_shape(const struct broker *b, const struct broker_vm *v, uint32_t gp, uint32_t fixed_mask,
 			     struct proto_error *err)
@@ -2180,9 +2191,9 @@ static int check_guest_shape(const struct broker *b, const struct broker_vm *v, 
 		if (r < 0)
 			return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "vm %s: the shape of vCPU %u: %s", v->name,
 					       i, strerror(-r));
-		if (!(want & ~shape))
+		if (want == shape)
 			continue;
-		const char *field = want & ~shape & VPMU_GP_MASK ? "params.gp" : "params.fixed_mask";
+		const char *field = (want ^ shape) & VPMU_GP_MASK ? "params.gp" : "params.fixed_mask";
 		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, field,
 				       "%s: the guest's PMU shape is fixed by CPUID (gp %d fixed 0x%x): vm %s cannot "
 				       "have gp %u fixed 0x%x",

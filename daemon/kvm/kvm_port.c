@@ -827,7 +827,8 @@ static int model_route_fd(struct kvm_port *p, const struct kvm_port_vm *spec, in
 	}
 	struct kvm_model_vm_desc desc = {
 		.opted_in = true, .lapic_in_kernel = true,
-		.shape = spec->shape ? spec->shape : kvm_port_reservable(p),
+		.shape = spec->model_cpuid_shape ? spec->model_cpuid_shape
+			 : spec->shape ? spec->shape : kvm_port_reservable(p),
 		.nr_vcpus = spec->n_vcpus, .vcpu_ids = spec->vcpu_ids ? spec->vcpu_ids : ids,
 		.vmm_pidfd = pidfd,
 	};
@@ -965,6 +966,20 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 		int r = read_vm(p, vm, route_fd, why, whylen);
 		if (r < 0)
 			return r;
+		/* The lease's shape is what the plan routes: it must be the
+		 * guest's own (CPUID leaf 0xA), or PMCs the plan leaves out
+		 * would run as unaccounted flexible events on the host side. */
+		for (unsigned i = 0; i < vm->n_vcpus && spec->shape; i++) {
+			uint64_t k = vm->vcpus[i].shape;
+			if (k == spec->shape)
+				continue;
+			snprintf(why, whylen, "vm %llu vcpu %u: the guest's PMU (CPUID leaf 0xA) is gp %d fixed 0x%x; "
+				 "the lease asks gp %d fixed 0x%x: attach with the guest's shape",
+				 (unsigned long long)spec->vm_id, i, __builtin_popcountll(k & VPMU_GP_MASK),
+				 (unsigned)(k >> VPMU_FIXED_SHIFT), __builtin_popcountll(spec->shape & VPMU_GP_MASK),
+				 (unsigned)(spec->shape >> VPMU_FIXED_SHIFT));
+			return -EINVAL;
+		}
 	}
 	struct port_vm **nv = reallocarray(p->vms, p->n_vms + 1, sizeof(*nv));
 	if (!nv)
@@ -1194,6 +1209,24 @@ static int validate(const struct kvm_port *p, const struct transition *t, unsign
 	if (pt & ~shape) {
 		snprintf(why, whylen, "vm %llu vcpu %u: pass-through 0x%016" PRIx64 " outside the guest's "
 			 "shape 0x%016" PRIx64, (unsigned long long)t->vm_id, t->vcpu, pt, shape);
+		return -EINVAL;
+	}
+	/* In the guest's shape a PMC passes through or is multiplexed (a
+	 * flexible event on the host partition): the kernel has no word for
+	 * "disabled", so a plan that says so for a routed VM would be
+	 * silently wrong. Advisory VMs keep the lease's shape, which their
+	 * plan may change. */
+	uint64_t disabled = 0;
+	for (unsigned i = 0; i < TRANSITION_MAX_GP; i++)
+		if (t->gp_route[i] == PMC_ROUTE_DISABLED)
+			disabled |= VPMU_GP_BIT(i);
+	for (unsigned i = 0; i < TRANSITION_MAX_FIXED; i++)
+		if (t->fixed_route[i] == PMC_ROUTE_DISABLED)
+			disabled |= VPMU_FIXED_BIT(i);
+	if (vm->route_fd >= 0 && (disabled & shape)) {
+		snprintf(why, whylen, "vm %llu vcpu %u: PMCs 0x%016" PRIx64 " are in the guest's shape: a PMC "
+			 "there passes through or is multiplexed, never disabled", (unsigned long long)t->vm_id,
+			 t->vcpu, disabled & shape);
 		return -EINVAL;
 	}
 	return 0;

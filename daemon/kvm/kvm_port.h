@@ -119,7 +119,11 @@ struct kvm_port_vm {
 	 * ids in creation order (n_vcpus entries; NULL: 0..n-1) and the
 	 * guest's CPUID shape, PERF_GLOBAL_CTRL layout. */
 	const uint32_t *vcpu_ids;
-	uint64_t shape;            /* 0: the host's counters a guest can have */
+	uint64_t shape;
+	/* Model only: the shape the VMM's simulated KVM_SET_CPUID2 gave the
+	 * guest, when it differs from the lease's (0: the lease's). On a
+	 * real kernel the port reads it and refuses a lease that differs. */
+	uint64_t model_cpuid_shape;            /* 0: the host's counters a guest can have */
 };
 
 /*
