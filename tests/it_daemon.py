@@ -446,6 +446,32 @@ print(json.dumps(out))
         check(False, "unprivileged client ran", p.stderr.decode())
         return
     check("result" in out[1] and "result" in out[2], "unprivileged peer may read status and plan", out[1:3])
+    # A descriptor from a peer who may not bind never enters vpmud: the
+    # kernel drops it (vpmud offers no room), so closing it cannot run the
+    # file's flush in vpmud's name (a FUSE file could hang it there).
+    code_fd = r"""
+import array, json, os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.write(json.dumps({"id":1,"method":"hello","params":{"protocol":1}}) + "\n"); f.flush(); f.readline()
+rd, wr = os.pipe()
+s.sendmsg([(json.dumps({"id":2,"method":"status"}) + "\n").encode()],
+          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [wr]))])
+ans = json.loads(f.readline())
+f.write(json.dumps({"id":3,"method":"status"}) + "\n"); f.flush()
+after = json.loads(f.readline())
+print(json.dumps({"ans": ans, "after": "result" in after, "ino": os.fstat(wr).st_ino}))
+"""
+    p = subprocess.run([py, "-c", code_fd, d.sock], capture_output=True, preexec_fn=demote, timeout=20)
+    try:
+        o = json.loads(p.stdout)
+        err = o["ans"].get("error", {})
+        held = [n for n in os.listdir(f"/proc/{d.p.pid}/fd")
+                if os.readlink(f"/proc/{d.p.pid}/fd/{n}") == f"pipe:[{o['ino']}]"]
+        check(err.get("code") == "permission_denied" and err.get("field") == "params.route_fd" and o["after"]
+              and not held, "unprivileged peer's descriptor: refused (permission_denied, params.route_fd), "
+              "never held by vpmud, the connection goes on", (o, held))
+    except (ValueError, KeyError) as e:
+        check(False, "unprivileged descriptor client ran", (e, p.stdout, p.stderr.decode()))
     check(all(o.get("error", {}).get("code") == "permission_denied" for o in out[3:6]),
           "unprivileged peer may not attach, start sessions or detach", out[3:6])
     names = [v["name"] for v in Client(d.sock).call("vm.list")["result"]["vms"]]

@@ -41,6 +41,7 @@ enum fd_problem {
 	FD_ONE,        /* one descriptor: a request may take it */
 	FD_MANY,       /* several (or more than there was room for): all closed */
 	FD_LOST,       /* the kernel could not hand them to vpmud (its fd table full) */
+	FD_REFUSED,    /* from a caller who may not hand any: the kernel dropped them */
 };
 
 /*
@@ -313,7 +314,7 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 static int claim_fds(struct conn *c, uint64_t line, int *fd, struct proto_error *err)
 {
 	_cleanup_close_ int got = -1;
-	bool many = false, lost = false;
+	bool many = false, lost = false, refused = false;
 
 	*fd = -1;
 	while (c->n_fds && c->fds[0].line <= line) {
@@ -321,6 +322,7 @@ static int claim_fds(struct conn *c, uint64_t line, int *fd, struct proto_error 
 
 		memmove(c->fds, c->fds + 1, --c->n_fds * sizeof(c->fds[0]));
 		lost = lost || p.problem == FD_LOST;
+		refused = refused || p.problem == FD_REFUSED;
 		/* several in one message, or one message after another */
 		many = many || p.problem == FD_MANY || got >= 0;
 		if (p.fd >= 0 && got >= 0)
@@ -328,6 +330,10 @@ static int claim_fds(struct conn *c, uint64_t line, int *fd, struct proto_error 
 		else if (p.fd >= 0)
 			got = p.fd;
 	}
+	if (refused)
+		return proto_error_set(err, PROTO_E_PERMISSION_DENIED, EPERM, "params.route_fd",
+				       "vpmud takes descriptors only from root and members of its admin group "
+				       "(who may vm.bind); the kernel discarded the one sent; nothing was done");
 	if (lost)
 		return proto_error_set(err, PROTO_E_INTERNAL, EMFILE, "params.route_fd",
 				       "vpmud could not receive the descriptor that came with the request "
@@ -441,6 +447,13 @@ static bool flush_out(struct conn *c)
  * as one pending entry of the request line that holds its last byte.
  * -EMFILE (everything closed) when too many wait already.
  */
+static bool may_hand_fds(const struct conn *c)
+{
+	struct broker_caller caller = { .door = BROKER_DOOR_SOCKET, .uid = c->cred.uid, .gid = c->cred.gid,
+					.pid = c->cred.pid, .groups = c->groups, .n_groups = c->n_groups };
+	return broker_caller_is_admin(c->srv->broker, &caller);
+}
+
 static int keep_fds(struct conn *c, const struct msghdr *mh, const char *buf, size_t n)
 {
 	int fds[SERVER_CMSG_FDS];
@@ -456,9 +469,12 @@ static int keep_fds(struct conn *c, const struct msghdr *mh, const char *buf, si
 	}
 	if (!got && !truncated)
 		return 0;
-	/* Room left and still truncated: the kernel could not install them
-	 * (our table is full); a full room: the client sent too many. */
-	enum fd_problem problem = truncated && got < SERVER_CMSG_FDS ? FD_LOST
+	/* No room offered: a caller who may not hand descriptors (the
+	 * kernel dropped them). Room left and still truncated: the kernel
+	 * could not install them (our table is full); a full room: the
+	 * client sent too many. */
+	enum fd_problem problem = !mh->msg_control			 ? FD_REFUSED
+				  : truncated && got < SERVER_CMSG_FDS ? FD_LOST
 				  : truncated || got > 1		 ? FD_MANY
 									 : FD_ONE;
 	if (problem != FD_ONE || c->n_fds == SERVER_MAX_PENDING_FDS) {
@@ -533,8 +549,14 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 			char space[CMSG_SPACE(SERVER_CMSG_FDS * sizeof(int))];
 		} control;
 		struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-				     .msg_controllen = sizeof(control.space) };
+		/* Only a caller who may bind (root, the admin group) may hand
+		 * us descriptors. Anyone else's are refused by the kernel
+		 * (MSG_CTRUNC, no control room): taking them in and closing
+		 * them would run the file's flush in vpmud's name, and a FUSE
+		 * file whose server never answers would hang the loop. */
+		bool takes_fds = may_hand_fds(c);
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = takes_fds ? control.space : NULL,
+				     .msg_controllen = takes_fds ? sizeof(control.space) : 0 };
 		/* close-on-exec from the start: vpmud runs helpers */
 		ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		if (n >= 0 && keep_fds(c, &mh, buf, (size_t)n) < 0) {
