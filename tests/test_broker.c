@@ -2453,10 +2453,17 @@ static void test_no_route_fd_is_advisory(void **st)
 	assert_true(kvm_port_vm_enforced(f->port, v.id, NULL));
 	assert_int_equal(kvm_port_passthrough(f->port, v.id, 1, &mask), 0);
 	assert_true(mask == (VPMU_GP_BIT(0) | VPMU_GP_BIT(1)));
-	/* Once more (the hook may run twice): same answer, the new fd closed. */
+	/* Once more without a route fd (the hook may run twice): same answer.
+	 * With another descriptor: KVM makes one route fd per VM, so it is not
+	 * this VM's: refused and closed, the routes untouched. */
+	bind_ok(f, "adv", c, -1);
+	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
 	int fd = vm_file_of(c);
-	bind_ok(f, "adv", c, fd);
+	assert_true(bind_fd(f, "adv", c, fd, &err) < 0);
+	assert_int_equal(err.code, PROTO_E_INVALID_PARAM);
+	assert_string_equal(err.field, "params.route_fd");
 	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	assert_string_equal(routes_of(f, "adv", NULL), "simulated");
 	assert_int_equal(kvm_model_vm_count(f->model), 1);
 	broker_status(f->b, &s);
 	assert_int_equal(s.vms_simulated, 1);

@@ -2407,8 +2407,14 @@ int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct
 			return proto_error_set(err, PROTO_E_EXISTS, EEXIST, "params.pid",
 					       "vm %s is already bound to VMM pid %d", q->name, (int)v->vmm_pid);
 		/* The hook may run twice (reconnect): same answer. A VM that
-		 * has its route fd keeps it (the new one is closed); one that
-		 * has none takes it. */
+		 * has its route fd keeps it: KVM gives one per VM, so another
+		 * descriptor is not this VM's (it is closed, and said so); one
+		 * that has none takes it. */
+		if (fd >= 0 && v->routed)
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.route_fd",
+					       "vm %s already holds its VM's route fd (KVM makes one per VM), so "
+					       "this descriptor is not that VM's; it was closed, nothing changed",
+					       q->name);
 		if (fd >= 0 && !v->routed) {
 			if ((r = take_route_fd(b, v, &fd, err)) < 0)
 				return r;
