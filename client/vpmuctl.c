@@ -1211,6 +1211,24 @@ static int vm_update(struct ctl *x, int argc, char **argv)
 	return 0;
 }
 
+/* vm.bind handing this process's descriptor route_fd as the VM's route
+ * fd (a VMM's launcher that holds it, docs/vmm-integration.md). */
+static int bind_route_fd(struct ctl *x, const char *name, int32_t pid, int route_fd, struct json_object **res)
+{
+	struct vpmu_client_error e;
+	int r;
+
+	if (!x->c && (r = connect_daemon(x)) != 0)
+		return r;
+	r = vpmu_client_vm_bind_route_fd(x->c, name, pid, route_fd, deadline(x), res, &e);
+	if (r == -EBADF) {
+		fprintf(stderr, "vpmuctl: --route-fd %d: not an open descriptor of vpmuctl (start it with the "
+				"route fd open on that number)\n", route_fd);
+		return 1;
+	}
+	return r < 0 ? call_failed(r, &e) : 0;
+}
+
 static int vm_bind(struct ctl *x, int argc, char **argv)
 {
 	struct opt o[VO__COUNT];
@@ -1218,19 +1236,31 @@ static int vm_bind(struct ctl *x, int argc, char **argv)
 	const char *pos[1];
 	size_t npos;
 	int32_t pid = 0, fd = 0;
+	uint32_t route_fd = 0;
 	int r;
 
 	vm_opts(o);
-	/* only --pid and --vm-fd apply; the rest are refused by name */
-	if ((r = parse_opts(x, argc, argv, o + VO_PID, 2, pos, 1, &npos)))
+	/* only --pid, --vm-fd and --route-fd apply; the rest are refused by name */
+	struct opt bo[3] = { o[VO_PID], o[VO_VM_FD], { "route-fd", true, false, NULL } };
+	if ((r = parse_opts(x, argc, argv, bo, 3, pos, 1, &npos)))
 		return r;
+	o[VO_PID] = bo[0];
+	o[VO_VM_FD] = bo[1];
 	if (npos != 1)
 		return usage_error(x, "needs the VM name");
 	if (!o[VO_PID].seen)
 		return usage_error(x, "needs --pid PID (the VMM process, e.g. QEMU)");
+	if (bo[2].seen && o[VO_VM_FD].seen)
+		return usage_error(x, "--route-fd names the VM itself; --vm-fd goes without it");
 	if ((r = check_name(x, "VM name", pos[0])) || (r = parse_owner(x, o, &pid, &fd)))
 		return r;
-	if ((r = do_bind(x, pos[0], pid, o[VO_VM_FD].seen, fd, &res)))
+	if (bo[2].seen && (r = parse_u32(x, "--route-fd", bo[2].val, 0, INT32_MAX, &route_fd)))
+		return r;
+	if (bo[2].seen)
+		r = bind_route_fd(x, pos[0], pid, (int)route_fd, &res);
+	else
+		r = do_bind(x, pos[0], pid, o[VO_VM_FD].seen, fd, &res);
+	if (r)
 		return r;
 	if (x->json) {
 		print_json(res, false);
@@ -1855,7 +1885,7 @@ static void usage(FILE *f)
 	      "            (--vcpus N --cpus LIST | --vcpu-cpus LIST;LIST;...) [--pid PID [--vm-fd FD]]\n"
 	      "  vm update NAME [--priority P] [--class C] [--gp N] [--fixed MASK]\n"
 	      "            [--vcpus N --cpus LIST | --vcpu-cpus LIST;LIST;...]\n"
-	      "  vm bind NAME --pid PID [--vm-fd FD]\n"
+	      "  vm bind NAME --pid PID [--vm-fd FD | --route-fd N]\n"
 	      "  vm detach NAME\n"
 	      "  vm list\n"
 	      "  vm show NAME\n"

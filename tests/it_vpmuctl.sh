@@ -352,6 +352,35 @@ if [ -x "$FAKE_VMM" ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && start_vmm 2; then
 	wait "$prfd" 2>/dev/null
 	check "its VMM's exit releases it" wait_for 200 vm_gone rfd
 
+	# A launcher that holds the VMM's route fd hands it with vpmuctl
+	# (--route-fd N: vpmuctl's own descriptor N). The test takes the
+	# VMM's VM file with pidfd_getfd, as a patched QEMU would hand it.
+	ctl vm bind kvm2 --pid "$p2" --route-fd 9
+	check "vm bind --route-fd of a descriptor vpmuctl does not have: exit 1, says so, sends nothing" \
+		eval 'rc_is 1 && err_has "^vpmuctl: --route-fd 9: not an open descriptor"'
+	ctl vm bind kvm2 --pid "$p2" --route-fd 3 --vm-fd 4
+	check "vm bind --route-fd with --vm-fd: usage error" eval 'rc_is 2'
+	ctl vm attach lfd --vcpus 1 --cpus 1 --gp 1
+	start_vmm 1 || echo "note: a VMM did not start"
+	plfd=$vmm_pid
+	python3 - "$plfd" "$vmm_fd" "$CTL" >"$T/out" 2>"$T/err" <<'PY'
+import ctypes, os, subprocess, sys
+pid, fd, ctl = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(pid)
+route = libc.syscall(438, pidfd, fd, 0)
+if route < 0:
+    sys.exit("pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+os.dup2(route, 3)
+sys.exit(subprocess.run([ctl, "vm", "bind", "lfd", "--pid", str(pid), "--route-fd", "3"], pass_fds=(3,)).returncode)
+PY
+	rc=$?
+	check "vm bind --route-fd 3: bound, routes simulated" eval 'rc_is 0 && out_has "^  routes: simulated \("'
+	ctl vm show lfd
+	check "vm show: the route fd handed by vpmuctl holds" out_has "^routes +simulated \("
+	kill "$plfd"
+	check "... and the VMM's exit releases it" wait_for 200 vm_gone lfd
+
 	ctl vm attach kvm3 --vcpus 1 --cpus 0 --pid "$p1" --vm-fd 0
 	check "vm attach with a fd that is not a KVM VM: invalid_param, exit 1" eval 'rc_is 1 && err_has "^vpmuctl: invalid_param: "'
 	check "... and nothing was attached" vm_gone kvm3
