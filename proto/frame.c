@@ -158,3 +158,56 @@ int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_le
 	*out_len = n + 1;
 	return 0;
 }
+
+/* The length of the UTF-8 sequence at p (left bytes remain), or 0 when it
+ * is not one RFC 3629 allows. */
+static size_t utf8_sequence(const unsigned char *p, size_t left)
+{
+	unsigned char c = p[0], lo = 0x80, hi = 0xbf; /* range of the second byte */
+	size_t n;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0; /* overlong below U+0800 */
+		else if (c == 0xed)
+			hi = 0x9f; /* U+D800..U+DFFF: surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90; /* overlong below U+10000 */
+		else if (c == 0xf4)
+			hi = 0x8f; /* above U+10FFFF */
+	} else {
+		/* 80..C1: a continuation byte first, or an overlong two-byte
+		 * form; F5..FF: never in UTF-8 */
+		return 0;
+	}
+	if (left < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t k = 2; k < n; k++)
+		if (p[k] < 0x80 || p[k] > 0xbf)
+			return 0;
+	return n;
+}
+
+int frame_check_utf8(const char *buf, size_t len, size_t *bad)
+{
+	const unsigned char *p = (const unsigned char *)buf;
+
+	for (size_t i = 0; i < len;) {
+		size_t n = utf8_sequence(p + i, len - i);
+
+		if (!n) {
+			if (bad)
+				*bad = i;
+			return -EILSEQ;
+		}
+		i += n;
+	}
+	return 0;
+}

@@ -84,4 +84,12 @@ bool frame_reader_pending(const struct frame_reader *r);
  */
 int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_len);
 
+/*
+ * Whether buf[0..len) is UTF-8 as RFC 3629 defines it: no overlong forms
+ * (C0 AF), no UTF-16 surrogates (ED A0 80), nothing above U+10FFFF, no
+ * truncated sequence. json-c's own check lets those through. 0, or
+ * -EILSEQ with *bad the offset of the first byte of the bad sequence.
+ */
+int frame_check_utf8(const char *buf, size_t len, size_t *bad);
+
 #endif

@@ -159,15 +159,16 @@ static int string_rule(struct json_fields *jf, const struct json_fields_field *f
 	return 0;
 }
 
-/* "0x" + 1..digits hex digits: anything looser (signs, spaces, octal,
- * decimal strings) would be ambiguous. */
+/* "0x" + 1..digits hex digits, a lower-case x as the docs write it:
+ * anything looser (signs, spaces, octal, decimal strings, "0X") would be
+ * one more spelling every door and every document must agree on. */
 static int parse_hex(const char *s, size_t n, unsigned int digits, uint64_t *out)
 {
 	uint64_t x = 0;
 
 	if (!digits || digits > MAX_HEX_DIGITS)
 		digits = MAX_HEX_DIGITS;
-	if (n < 3 || n > 2 + digits || s[0] != '0' || (s[1] != 'x' && s[1] != 'X'))
+	if (n < 3 || n > 2 + digits || s[0] != '0' || s[1] != 'x')
 		return -EINVAL;
 	for (size_t i = 2; i < n; i++) {
 		char c = s[i];

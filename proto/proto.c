@@ -804,6 +804,11 @@ int proto_request_decode(const char *frame, size_t len, unsigned int max_cpus,
 	if (memchr(frame, '\0', len))
 		return proto_error_set(err, PROTO_E_BAD_REQUEST, EBADMSG, NULL,
 				       "request contains a NUL byte");
+	size_t bad = 0;
+	if (frame_check_utf8(frame, len, &bad) < 0)
+		return proto_error_set(err, PROTO_E_BAD_REQUEST, EILSEQ, NULL,
+				       "request is not UTF-8 at byte %zu (an overlong form, a surrogate, a "
+				       "code point above U+10FFFF or a broken sequence)", bad);
 	tok = json_tokener_new_ex(REQUEST_MAX_DEPTH);
 	if (!tok)
 		return proto_error_oom(err);

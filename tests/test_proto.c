@@ -131,6 +131,60 @@ static void test_bad_bytes(void **state)
 	expect_err("{\"id\":1,\"method\":\"status\",\"params\":{\"a\\u0001\":1}}", PROTO_E_UNKNOWN_FIELD, "params.a?");
 }
 
+/* RFC 3629 UTF-8 only: what json-c lets through is refused at the frame,
+ * naming the byte; every valid form up to U+10FFFF is taken. */
+static void test_utf8_strict(void **state)
+{
+	static const struct {
+		const char *bytes;
+		bool ok;
+	} cases[] = {
+		{ "\xc0\xaf", false },         /* overlong '/' */
+		{ "\xe0\x80\xaf", false },     /* overlong, three bytes */
+		{ "\xf0\x80\x80\xaf", false }, /* overlong, four bytes */
+		{ "\xed\xa0\x80", false },     /* U+D800, a surrogate */
+		{ "\xed\xbf\xbf", false },     /* U+DFFF */
+		{ "\xf4\x90\x80\x80", false }, /* U+110000 */
+		{ "\xf5\x80\x80\x80", false },
+		{ "\x80", false },             /* a continuation byte first */
+		{ "\xe2\x82", false },         /* truncated */
+		{ "\xc3\xa9", true },          /* U+00E9 */
+		{ "\xe2\x82\xac", true },      /* U+20AC */
+		{ "\xed\x9f\xbf", true },      /* U+D7FF, below the surrogates */
+		{ "\xee\x80\x80", true },      /* U+E000, above them */
+		{ "\xf0\x9f\x98\x80", true },  /* U+1F600 */
+		{ "\xf4\x8f\xbf\xbf", true },  /* U+10FFFF */
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char frame[128];
+		struct proto_request req;
+		struct proto_error e;
+		bool idk;
+		uint64_t id;
+		size_t bad = 99;
+
+		snprintf(frame, sizeof(frame), "{\"id\":1,\"method\":\"vm.show\",\"params\":{\"name\":\"a%sb\"}}",
+			 cases[i].bytes);
+		size_t at = (size_t)(strstr(frame, "\"a") - frame) + 2;
+		char want[40];
+		snprintf(want, sizeof(want), "not UTF-8 at byte %zu ", at);
+		memset(&req, 0, sizeof(req));
+		int r = decode(frame, &req, &e, &idk, &id);
+		if (cases[i].ok) {
+			/* valid UTF-8; the name rules (printable ASCII) speak next */
+			assert_int_not_equal(e.code, PROTO_E_BAD_REQUEST);
+			assert_int_equal(frame_check_utf8(frame, strlen(frame), &bad), 0);
+		} else {
+			if (r != -EILSEQ || e.code != PROTO_E_BAD_REQUEST || !strstr(e.message, want))
+				fail_msg("case %zu: r %d, %s", i, r, e.message);
+			assert_int_equal(frame_check_utf8(frame, strlen(frame), &bad), -EILSEQ);
+			assert_int_equal(bad, at);
+		}
+		proto_request_fini(&req);
+	}
+}
+
 static void test_oversize_request(void **state)
 {
 	struct proto_request req;
@@ -302,6 +356,8 @@ static void test_vm_attach_errors(void **state)
 	expect_err(ATTACH(VC ",\"fixed_mask\":\"7\""), PROTO_E_INVALID_PARAM, "params.fixed_mask");
 	expect_err(ATTACH(VC ",\"fixed_mask\":\"0xg\""), PROTO_E_INVALID_PARAM, "params.fixed_mask");
 	expect_err(ATTACH(VC ",\"fixed_mask\":\"0x\""), PROTO_E_INVALID_PARAM, "params.fixed_mask");
+	/* the docs write "0x": one spelling on every door */
+	expect_err(ATTACH(VC ",\"fixed_mask\":\"0X7\""), PROTO_E_INVALID_PARAM, "params.fixed_mask");
 	expect_err(ATTACH(VC ",\"prority\":5"), PROTO_E_UNKNOWN_FIELD, "params.prority");
 	expect_err(ATTACH("\"priority\":5"), PROTO_E_INVALID_PARAM, "params.vcpus");
 	expect_err(ATTACH("\"vcpus\":[]"), PROTO_E_INVALID_PARAM, "params.vcpus");
@@ -1242,6 +1298,7 @@ int main(void)
 		cmocka_unit_test(test_envelope),
 		cmocka_unit_test(test_envelope_id_reported),
 		cmocka_unit_test(test_bad_bytes),
+		cmocka_unit_test(test_utf8_strict),
 		cmocka_unit_test(test_oversize_request),
 		cmocka_unit_test(test_hello),
 		cmocka_unit_test(test_hello_check),

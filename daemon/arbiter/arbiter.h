@@ -21,7 +21,7 @@
 
 #include "arbiter/transition.h"
 
-#define ARB_NAME_LEN 64
+#define ARB_NAME_LEN 65        /* names of 1..64 bytes (the protocol's), and the NUL */
 #define ARB_MAX_EVENTS 64       /* per session */
 #define ARB_MAX_VCPUS 4096      /* per VM */
 #define ARB_COUNTER_FIXED(j) (32 + (j))

@@ -33,6 +33,8 @@
 /* Why a saved lease cannot be used: a protocol message and some words. */
 #define LEASE_WHY (PROTO_MESSAGE_MAX + 128)
 
+/* A name the protocol accepts is one the arbiter takes. */
+_Static_assert(ARB_NAME_LEN == PROTO_NAME_MAX + 1, "arbiter and protocol name lengths differ");
 /* The arbiter keeps its own copy of the counter bounds (it is the lowest
  * layer); they must be the PMU layer's. */
 _Static_assert(PMU_MAX_GP == TRANSITION_MAX_GP && PMU_MAX_FIXED == TRANSITION_MAX_FIXED &&
