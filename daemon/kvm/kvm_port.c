@@ -18,6 +18,7 @@
 
 #include "kvm/vmm_discover.h"
 #include "proto/cleanup.h"
+#include "proto/fileio.h"
 
 /* The fixed counters KVM can give a guest: instructions, cycles, ref
  * cycles. Only the advisory backend needs it, having no kernel to ask. */
@@ -314,36 +315,15 @@ static int issue_reserve(struct kvm_port *p, int cpu, const char *text, size_t l
 	return (size_t)n == len ? 0 : -EIO;
 }
 
+/* A sysfs attribute of the perf half holds one short value; the bound
+ * keeps a bad file from growing a buffer without end. */
+#define ATTR_MAX 4096
+
 /* Reads a whole small file (a sysfs attribute) into a malloc'd string. */
 static int read_text_file(const char *path, char **out)
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	size_t cap = 256, len = 0;
-	_cleanup_free_ char *buf = malloc(cap);
-	if (!buf)
-		return -ENOMEM;
-	for (;;) {
-		if (len + 1 >= cap) {
-			if (cap >= (1u << 24))
-				return -EFBIG;
-			char *nb = realloc(buf, cap * 2);
-			if (!nb)
-				return -ENOMEM;
-			buf = nb;
-			cap *= 2;
-		}
-		ssize_t n = read(fd, buf + len, cap - len - 1);
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	buf[len] = '\0';
-	*out = TAKE_PTR(buf);
-	return 0;
+	size_t len;
+	return fileio_read_all(AT_FDCWD, path, ATTR_MAX, 0, out, &len);
 }
 
 /* caps/guest_reserve: a decimal bitmask (P1). */
