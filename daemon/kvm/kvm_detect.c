@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "kvm/kvm_detect.h"
+#include "kvm/kvm_text.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -603,106 +604,84 @@ const char *kvm_detect_flavour_host_impact(enum kvm_vpmu_flavour f)
 
 /* --- the report -------------------------------------------------------- */
 
-/* Appends with snprintf semantics: pos keeps counting past the end. */
-struct report {
-	char *buf;
-	size_t len, pos;
-	bool failed;
-};
-
-static __attribute__((format(printf, 2, 3))) void say(struct report *r, const char *fmt, ...)
-{
-	va_list ap;
-	char *at = r->pos < r->len ? r->buf + r->pos : NULL;
-	size_t room = r->pos < r->len ? r->len - r->pos : 0;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(at, room, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		r->failed = true;
-	else
-		r->pos += (size_t)n;
-}
-
-static void say_answer(struct report *r, const char *what, int v, const char *meaning)
+static void say_answer(struct kvm_text *r, const char *what, int v, const char *meaning)
 {
 	if (v >= 0)
-		say(r, "kvm:   %s: %d%s%s%s\n", what, v, meaning ? " (" : "", meaning ? meaning : "", meaning ? ")" : "");
+		kvm_text_add(r, "kvm:   %s: %d%s%s%s\n", what, v, meaning ? " (" : "", meaning ? meaning : "", meaning ? ")" : "");
 	else
-		say(r, "kvm:   %s: failed (%s)\n", what, strerror(-v));
+		kvm_text_add(r, "kvm:   %s: failed (%s)\n", what, strerror(-v));
 }
 
-static void say_param(struct report *r, const char *mod, const char *name, const struct kvm_detect_param *p)
+static void say_param(struct kvm_text *r, const char *mod, const char *name, const struct kvm_detect_param *p)
 {
 	const char *v = p->value == KVM_YES ? "Y" : "N";
 
 	if (p->err == 0)
-		say(r, "kvm:   /sys/module/%s/parameters/%s: %s\n", mod, name, v);
+		kvm_text_add(r, "kvm:   /sys/module/%s/parameters/%s: %s\n", mod, name, v);
 	else if (p->err == -ENOENT)
-		say(r, "kvm:   /sys/module/%s/parameters/%s: absent\n", mod, name);
+		kvm_text_add(r, "kvm:   /sys/module/%s/parameters/%s: absent\n", mod, name);
 	else if (p->err == -EINVAL)
-		say(r, "kvm:   /sys/module/%s/parameters/%s: not understood (not Y/N)\n", mod, name);
+		kvm_text_add(r, "kvm:   /sys/module/%s/parameters/%s: not understood (not Y/N)\n", mod, name);
 	else
-		say(r, "kvm:   /sys/module/%s/parameters/%s: unreadable (%s)\n", mod, name, strerror(-p->err));
+		kvm_text_add(r, "kvm:   /sys/module/%s/parameters/%s: unreadable (%s)\n", mod, name, strerror(-p->err));
 }
 
-static void say_number(struct report *r, const char *path, const struct kvm_detect_number *n)
+static void say_number(struct kvm_text *r, const char *path, const struct kvm_detect_number *n)
 {
 	if (n->err == 0)
-		say(r, "kvm:   %s: %ld\n", path, n->value);
+		kvm_text_add(r, "kvm:   %s: %ld\n", path, n->value);
 	else if (n->err == -ENOENT)
-		say(r, "kvm:   %s: absent\n", path);
+		kvm_text_add(r, "kvm:   %s: absent\n", path);
 	else if (n->err == -EINVAL)
-		say(r, "kvm:   %s: not understood (not a number)\n", path);
+		kvm_text_add(r, "kvm:   %s: not understood (not a number)\n", path);
 	else
-		say(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
+		kvm_text_add(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
 }
 
-static void say_reserve_caps(struct report *r, const struct kvm_detect_number *n)
+static void say_reserve_caps(struct kvm_text *r, const struct kvm_detect_number *n)
 {
 	const char *path = "/" EVENT_SOURCE "/cpu/" RESERVE_CAPS_ATTR;
 
 	if (n->err == 0)
-		say(r, "kvm:   %s: %ld (%s)\n", path, n->value,
+		kvm_text_add(r, "kvm:   %s: %ld (%s)\n", path, n->value,
 		    !(n->value & VPMU_RESERVE_CAP_UNIFORM) ? "no uniform mode: not a perf half vpmu knows"
 		    : n->value & VPMU_RESERVE_CAP_PER_CPU ? "perf can reserve counters for guests, per CPU"
 							  : "perf can reserve counters for guests, one mask for every CPU");
 	else if (n->err == -ENOENT)
-		say(r, "kvm:   %s: absent (perf cannot reserve counters for guests)\n", path);
+		kvm_text_add(r, "kvm:   %s: absent (perf cannot reserve counters for guests)\n", path);
 	else if (n->err == -EINVAL)
-		say(r, "kvm:   %s: not understood (not a decimal mask)\n", path);
+		kvm_text_add(r, "kvm:   %s: not understood (not a decimal mask)\n", path);
 	else
-		say(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
+		kvm_text_add(r, "kvm:   %s: unreadable (%s)\n", path, strerror(-n->err));
 }
 
-static void say_leaf(struct report *r, uint32_t function, const struct kvm_detect_leaf *l, const char *meaning)
+static void say_leaf(struct kvm_text *r, uint32_t function, const struct kvm_detect_leaf *l, const char *meaning)
 {
 	if (!l->present) {
-		say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x%X: not listed\n", function);
+		kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x%X: not listed\n", function);
 		return;
 	}
-	say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x%X: eax=%08x ebx=%08x ecx=%08x edx=%08x (%s)\n", function,
+	kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x%X: eax=%08x ebx=%08x ecx=%08x edx=%08x (%s)\n", function,
 	    l->regs[0], l->regs[1], l->regs[2], l->regs[3], meaning);
 }
 
-static void say_ioctls(struct report *r, const struct kvm_detect *d)
+static void say_ioctls(struct kvm_text *r, const struct kvm_detect *d)
 {
 	say_answer(r, "KVM_GET_API_VERSION", d->api_version, NULL);
 	if (d->cpuid_err < 0) {
-		say(r, "kvm:   KVM_GET_SUPPORTED_CPUID: failed (%s)\n", strerror(-d->cpuid_err));
+		kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID: failed (%s)\n", strerror(-d->cpuid_err));
 	} else {
 		if (d->vendor[0])
-			say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x0: vendor %s\n", d->vendor);
+			kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x0: vendor %s\n", d->vendor);
 		else
-			say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x0: not listed\n");
+			kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0x0: not listed\n");
 		if (d->leaf0a_present)
-			say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0xA: eax=%08x ebx=%08x ecx=%08x edx=%08x "
+			kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0xA: eax=%08x ebx=%08x ecx=%08x edx=%08x "
 			       "(version %u, %u general x %u bits, %u fixed x %u bits)\n",
 			    d->leaf0a[0], d->leaf0a[1], d->leaf0a[2], d->leaf0a[3], d->guest_version, d->guest_gp,
 			    d->guest_gp_width, d->guest_fixed, d->guest_fixed_width);
 		else
-			say(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0xA: not listed\n");
+			kvm_text_add(r, "kvm:   KVM_GET_SUPPORTED_CPUID leaf 0xA: not listed\n");
 		/* AMD's leaves matter only where leaf 0xA cannot speak. */
 		if (is_amd_like(d->vendor)) {
 			say_leaf(r, LEAF_AMD_EXT, &d->leaf_80000001,
@@ -727,58 +706,57 @@ static void say_ioctls(struct report *r, const struct kvm_detect *d)
 
 int kvm_detect_format(const struct kvm_detect *d, char *buf, size_t len)
 {
-	struct report r = { .buf = buf, .len = buf ? len : 0 };
+	struct kvm_text r = { .buf = buf, .len = buf ? len : 0 };
 
 	if (buf && len)
 		buf[0] = '\0';
-	say(&r, "kvm: vPMU flavour: %s (%s)\n", kvm_detect_flavour_name(d->flavour), d->why);
-	say(&r, "kvm: evidence%s:\n",
+	kvm_text_add(&r, "kvm: vPMU flavour: %s (%s)\n", kvm_detect_flavour_name(d->flavour), d->why);
+	kvm_text_add(&r, "kvm: evidence%s:\n",
 	    d->ioctls_from_fixture ? " (ioctl answers from a test fixture file, not this host's /dev/kvm)" : "");
 	if (d->dev_ok) {
-		say(&r, "kvm:   open /dev/kvm: ok\n");
+		kvm_text_add(&r, "kvm:   open /dev/kvm: ok\n");
 		say_ioctls(&r, d);
 	} else {
-		say(&r, "kvm:   open /dev/kvm: failed (%s)\n", strerror(d->dev_errno));
+		kvm_text_add(&r, "kvm:   open /dev/kvm: failed (%s)\n", strerror(d->dev_errno));
 	}
 	say_param(&r, "kvm", "enable_pmu", &d->enable_pmu);
 	say_param(&r, "kvm", "enable_mediated_pmu", &d->mediated_kvm);
 	say_param(&r, "kvm_intel", "enable_mediated_pmu", &d->mediated_intel);
 	say_param(&r, "kvm_amd", "enable_mediated_pmu", &d->mediated_amd);
-	say(&r, "kvm:   /" EVENT_SOURCE "/cpu: %s\n", d->pmu_cpu ? "present (a core PMU)" : "absent");
-	say(&r, "kvm:   /" EVENT_SOURCE "/cpu_core: %s\n", d->pmu_cpu_core ? "present (hybrid)" : "absent");
-	say(&r, "kvm:   /" EVENT_SOURCE "/cpu_atom: %s\n", d->pmu_cpu_atom ? "present (hybrid)" : "absent");
+	kvm_text_add(&r, "kvm:   /" EVENT_SOURCE "/cpu: %s\n", d->pmu_cpu ? "present (a core PMU)" : "absent");
+	kvm_text_add(&r, "kvm:   /" EVENT_SOURCE "/cpu_core: %s\n", d->pmu_cpu_core ? "present (hybrid)" : "absent");
+	kvm_text_add(&r, "kvm:   /" EVENT_SOURCE "/cpu_atom: %s\n", d->pmu_cpu_atom ? "present (hybrid)" : "absent");
 	say_reserve_caps(&r, &d->reserve_caps);
 	say_number(&r, "/proc/sys/kernel/nmi_watchdog", &d->nmi_watchdog);
 	say_number(&r, "/proc/sys/kernel/watchdog", &d->watchdog);
 	if (d->nmi_watchdog_perf)
-		say(&r, "kvm:   NMI watchdog: the perf one (inferred: nmi_watchdog on, a core PMU): a CPU-pinned cycles "
+		kvm_text_add(&r, "kvm:   NMI watchdog: the perf one (inferred: nmi_watchdog on, a core PMU): a CPU-pinned cycles "
 			"event holds a counter on every CPU\n");
 	else
-		say(&r, "kvm:   NMI watchdog: holds no counter (%s)\n",
+		kvm_text_add(&r, "kvm:   NMI watchdog: holds no counter (%s)\n",
 		    d->nmi_watchdog.err ? "no nmi_watchdog sysctl"
 		    : !d->nmi_watchdog.value ? "nmi_watchdog=0"
 		    : (d->watchdog.err == 0 && !d->watchdog.value) ? "watchdog=0"
 								     : "no core PMU to count on");
-	say(&r, "kvm: for guests: %s\n", kvm_detect_flavour_guest_impact(d->flavour));
-	say(&r, "kvm: for host sessions: %s\n", kvm_detect_flavour_host_impact(d->flavour));
+	kvm_text_add(&r, "kvm: for guests: %s\n", kvm_detect_flavour_guest_impact(d->flavour));
+	kvm_text_add(&r, "kvm: for host sessions: %s\n", kvm_detect_flavour_host_impact(d->flavour));
 	if (d->flavour == KVM_VPMU_FLAVOUR_MEDIATED && d->nmi_watchdog_perf)
-		say(&r, "kvm: warning: the perf NMI watchdog holds a counter on every CPU: the first vCPU of every VM "
+		kvm_text_add(&r, "kvm: warning: the perf NMI watchdog holds a counter on every CPU: the first vCPU of every VM "
 			"fails with EBUSY until kernel.nmi_watchdog=0\n");
 	if (d->flavour == KVM_VPMU_FLAVOUR_PERF && d->nmi_watchdog_perf)
-		say(&r, "kvm: note: the perf NMI watchdog is CPU-pinned: it outranks guest PMCs for one counter on "
+		kvm_text_add(&r, "kvm: note: the perf NMI watchdog is CPU-pinned: it outranks guest PMCs for one counter on "
 			"every CPU\n");
 	if (d->dev_ok) {
 		bool kvm_half = d->cap_vpmu_routes > 0, perf_half = reserve_caps_usable(d);
 		if (kvm_half && perf_half)
-			say(&r, "kvm: vpmu extension: present (guest routes can be enforced)\n");
+			kvm_text_add(&r, "kvm: vpmu extension: present (guest routes can be enforced)\n");
 		else if (kvm_half || perf_half)
-			say(&r, "kvm: vpmu extension: incomplete (%s without %s: guest routes are advisory)\n",
+			kvm_text_add(&r, "kvm: vpmu extension: incomplete (%s without %s: guest routes are advisory)\n",
 			    kvm_half ? "KVM_CAP_VPMU_ROUTES" : "perf's guest_reserve",
 			    kvm_half ? "perf's guest_reserve" : "KVM_CAP_VPMU_ROUTES");
 		else
-			say(&r, "kvm: vpmu extension: absent (stock kernel: guest routes are advisory)\n");
+			kvm_text_add(&r, "kvm: vpmu extension: absent (stock kernel: guest routes are advisory)\n");
 	}
-	if (r.failed || r.pos > INT_MAX)
-		return -EINVAL;
-	return (int)r.pos;
+	int n = kvm_text_result(&r);
+	return n < 0 ? -EINVAL : n;
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "kvm/kvm_port.h"
+#include "kvm/kvm_text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,48 +88,18 @@ static const char SIMULATED_WHY[] =
 
 /* ---------------------------------------------------------------- text */
 
-/* snprintf-style appending: pos keeps counting past the end, so callers
- * learn the length they need. */
-struct text {
-	char *buf;
-	size_t len, pos;
-	bool failed;
-};
-
-static __attribute__((format(printf, 2, 3))) void text_add(struct text *t, const char *fmt, ...)
-{
-	va_list ap;
-	char *at = t->pos < t->len ? t->buf + t->pos : NULL;
-	size_t room = t->pos < t->len ? t->len - t->pos : 0;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(at, room, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		t->failed = true;
-	else
-		t->pos += (size_t)n;
-}
-
-static int text_result(const struct text *t)
-{
-	if (t->failed || t->pos > INT_MAX)
-		return -EOVERFLOW;
-	return (int)t->pos;
-}
-
 /* The kernel's cpu-list syntax ("0-3,8") for a sorted list without
  * duplicates. */
-static void text_cpulist(struct text *t, const unsigned *cpus, size_t n)
+static void text_cpulist(struct kvm_text *t, const unsigned *cpus, size_t n)
 {
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j + 1 < n && cpus[j + 1] == cpus[j] + 1)
 			j++;
 		if (j == i)
-			text_add(t, "%s%u", i ? "," : "", cpus[i]);
+			kvm_text_add(t, "%s%u", i ? "," : "", cpus[i]);
 		else
-			text_add(t, "%s%u-%u", i ? "," : "", cpus[i], cpus[j]);
+			kvm_text_add(t, "%s%u-%u", i ? "," : "", cpus[i], cpus[j]);
 		i = j + 1;
 	}
 }
@@ -1328,10 +1299,10 @@ static int apply_partition_group(struct kvm_port *p, const struct transition *t,
 			return r;
 	} else if (!(p->reserve_caps & VPMU_RESERVE_CAP_PER_CPU)) {
 		/* The uniform file would reserve on CPUs the plan leaves alone. */
-		struct text w = { .buf = why, .len = whylen };
-		text_add(&w, "cpus ");
+		struct kvm_text w = { .buf = why, .len = whylen };
+		kvm_text_add(&w, "cpus ");
 		text_cpulist(&w, distinct, n_distinct);
-		text_add(&w, ": the kernel takes one mask for every CPU (caps/guest_reserve lacks PER_CPU) and the "
+		kvm_text_add(&w, ": the kernel takes one mask for every CPU (caps/guest_reserve lacks PER_CPU) and the "
 			     "plan reserves 0x%016" PRIx64 " on these only; nothing was sent", mask);
 		return -EINVAL;
 	} else {
@@ -1569,7 +1540,7 @@ static int cmp_group_first(const void *a, const void *b, void *ctx)
 
 /* One line per group of CPUs with the same reservation, by first CPU, as
  * the kernel's own read of guest_reserve (P10). */
-static int report_reservation(const struct kvm_port *p, struct text *t)
+static int report_reservation(const struct kvm_port *p, struct kvm_text *t)
 {
 	_cleanup_free_ struct cpu_mask *cm = malloc(p->n_cpus * sizeof(*cm));
 	_cleanup_free_ struct group *g = malloc(p->n_cpus * sizeof(*g));
@@ -1589,9 +1560,9 @@ static int report_reservation(const struct kvm_port *p, struct text *t)
 	for (size_t i = 0; i < ng; i++) {
 		for (size_t k = 0; k < g[i].n; k++)
 			list[k] = cm[g[i].start + k].cpu;
-		text_add(t, "kvm port: reservation ");
+		kvm_text_add(t, "kvm port: reservation ");
 		text_cpulist(t, list, g[i].n);
-		text_add(t, " 0x%016" PRIx64 "%s\n", cm[g[i].start].mask,
+		kvm_text_add(t, " 0x%016" PRIx64 "%s\n", cm[g[i].start].mask,
 			 cm[g[i].start].mask ? "" : " (no counter kept from the host)");
 	}
 	return 0;
@@ -1599,21 +1570,21 @@ static int report_reservation(const struct kvm_port *p, struct text *t)
 
 int kvm_port_report(const struct kvm_port *p, char *buf, size_t len)
 {
-	struct text t = { .buf = buf, .len = buf ? len : 0 };
+	struct kvm_text t = { .buf = buf, .len = buf ? len : 0 };
 	if (!p)
 		return -EINVAL;
 	if (buf && len)
 		buf[0] = '\0';
-	text_add(&t, "kvm port: backend %s (%s)\n", kvm_port_backend_name(p->backend), kvm_port_why(p));
+	kvm_text_add(&t, "kvm port: backend %s (%s)\n", kvm_port_backend_name(p->backend), kvm_port_why(p));
 	unsigned caps = kvm_port_reserve_caps(p);
 	if (kvm_port_enforced(p))
-		text_add(&t, "kvm port: reserve caps %u: %s%s\n", caps,
+		kvm_text_add(&t, "kvm port: reserve caps %u: %s%s\n", caps,
 			 caps & VPMU_RESERVE_CAP_PER_CPU ? "per-cpu (masks may differ between CPUs)"
 							 : "uniform (one mask for every CPU)",
 			 p->backend == KVM_BACKEND_MODEL ? ", simulated by the model" : "");
 	else
-		text_add(&t, "kvm port: reserve caps: none (advisory: the reservation is planned, not applied)\n");
-	text_add(&t, "kvm port: guest routes %s\n",
+		kvm_text_add(&t, "kvm port: reserve caps: none (advisory: the reservation is planned, not applied)\n");
+	kvm_text_add(&t, "kvm port: guest routes %s\n",
 		 p->backend == KVM_BACKEND_IOCTL ? "enforced by the kernel for VMs that handed a route fd"
 		 : p->backend == KVM_BACKEND_MODEL ? "simulated by the in-process model for VMs that handed a route fd"
 						   : "NOT enforced: the kernel lacks the extension, the plan is advisory");
@@ -1628,9 +1599,9 @@ int kvm_port_report(const struct kvm_port *p, char *buf, size_t len)
 		const char *why;
 		bool sent = kvm_port_vm_enforced(p, vm->vm_id, &why);
 		const char *mode = !sent ? "advisory" : p->backend == KVM_BACKEND_MODEL ? "simulated" : "enforced";
-		text_add(&t, "kvm port: vm %llu pid %d: %u vcpus, %u pass-through PMCs%s; routes %s (%s)\n",
+		kvm_text_add(&t, "kvm port: vm %llu pid %d: %u vcpus, %u pass-through PMCs%s; routes %s (%s)\n",
 			 (unsigned long long)vm->vm_id, (int)vm->pid, vm->n_vcpus, pt,
 			 sent ? "" : " (planned, not enforced)", mode, why);
 	}
-	return text_result(&t);
+	return kvm_text_result(&t);
 }
