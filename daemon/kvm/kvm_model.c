@@ -1163,6 +1163,18 @@ static bool guest_pmc(const struct model_vcpu *v, uint64_t pmc_bit)
 	return one_bit(pmc_bit) && (pmc_bit & v->shape);
 }
 
+/* The vCPU of a simulated guest access to one of its PMCs: -EINVAL when
+ * pmc_bit is not one PMC of its shape. */
+static int guest_pmc_vcpu(struct kvm_model *m, int route_fd, uint32_t vcpu_id, uint64_t pmc_bit,
+			  struct model_vcpu **v)
+{
+	struct model_vm *vm;
+	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, v);
+	if (r < 0)
+		return r;
+	return guest_pmc(*v, pmc_bit) ? 0 : -EINVAL;
+}
+
 int kvm_model_vcpu_load(struct kvm_model *m, int route_fd, uint32_t vcpu_id, unsigned cpu)
 {
 	if (!m || cpu >= m->n_cpus)
@@ -1242,13 +1254,10 @@ int kvm_model_guest_count(struct kvm_model *m, int route_fd, uint32_t vcpu_id, u
 	if (!m)
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	struct model_vm *vm;
 	struct model_vcpu *v;
-	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	int r = guest_pmc_vcpu(m, route_fd, vcpu_id, pmc_bit, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(v, pmc_bit))
-		return -EINVAL;
 	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
 	if (v->frozen & pmc_bit)
 		return 0;
@@ -1268,13 +1277,10 @@ int kvm_model_guest_value(struct kvm_model *m, int route_fd, uint32_t vcpu_id, u
 	if (!m || !out)
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	struct model_vm *vm;
 	struct model_vcpu *v;
-	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	int r = guest_pmc_vcpu(m, route_fd, vcpu_id, pmc_bit, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(v, pmc_bit))
-		return -EINVAL;
 	unsigned b = (unsigned)__builtin_ctzll(pmc_bit);
 	*out = (v->live & pmc_bit) ? m->cpus[v->loaded_cpu].value[b] : v->value[b];
 	return 0;
@@ -1286,12 +1292,11 @@ int kvm_model_guest_msr_access(struct kvm_model *m, int route_fd, uint32_t vcpu_
 	if (!m)
 		return -EINVAL;
 	LOCK_MODEL_FOR_SCOPE(m);
-	struct model_vm *vm;
 	struct model_vcpu *v;
-	int r = guest_vcpu(m, route_fd, vcpu_id, &vm, &v);
+	int r = guest_pmc_vcpu(m, route_fd, vcpu_id, pmc_bit, &v);
 	if (r < 0)
 		return r;
-	if (!guest_pmc(v, pmc_bit) || v->loaded_cpu < 0)
+	if (v->loaded_cpu < 0)
 		return -EINVAL;
 	/* K15: only a pass-through PMC live in this CPU's hardware is the
 	 * guest's to touch; a frozen or multiplexed one is emulated, and a
