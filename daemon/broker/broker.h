@@ -343,7 +343,7 @@ struct broker_vm_view {
 	bool bound;
 	pid_t vmm_pid;                 /* when bound; 0 otherwise */
 	int vm_fd;                     /* when bound; -1 otherwise */
-	/* Whether this VM's routes reach the kernel: "enforced" (its VMM
+	/* Always set. Whether this VM's routes reach the kernel: "enforced" (its VMM
 	 * handed a route fd, ioctl backend), "simulated" (route fd, model
 	 * backend), "advisory" (no route fd, or a backend or flavour that
 	 * enforces nothing); routes_why says why in words, for operators. */

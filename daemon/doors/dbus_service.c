@@ -171,14 +171,6 @@ static uint32_t wire_routes_kind(const struct broker *b)
 	return wire_enum(routes_kind_names, broker_routes_kind(b));
 }
 
-/* Whether this VM's routes reach the kernel: its own kind (a VMM that
- * handed no route fd leaves it advisory), the daemon's when the broker
- * does not say per VM. */
-static const char *vm_routes(const struct broker *b, const struct broker_vm_view *v)
-{
-	return v->routes ? v->routes : broker_routes_kind(b);
-}
-
 static void request_finip(struct proto_request *r)
 {
 	proto_request_fini(r);
@@ -369,7 +361,7 @@ static void put_vms_by_routes(struct out *o, const struct broker *b, const struc
 	for (size_t i = 0; i < n && o->r >= 0; i++) {
 		struct broker_vm_view v;
 		broker_vm_at(b, i, &v);
-		if (!strcmp(vm_routes(b, &v), "advisory"))
+		if (!strcmp(v.routes, "advisory"))
 			o->r = sd_bus_message_append_basic(o->m, 's', v.name);
 	}
 	close_c(o);
@@ -441,9 +433,9 @@ static void put_guest(struct out *o, const struct broker_guest_view *g)
 
 /* routes (the routes kind enum) and routes_why: the socket's per-VM
  * "routes" and "routes_why". */
-static void put_vm_routes(struct out *o, const struct broker *b, const struct broker_vm_view *v)
+static void put_vm_routes(struct out *o, const struct broker_vm_view *v)
 {
-	put_u(o, "routes", wire_enum(routes_kind_names, vm_routes(b, v)));
+	put_u(o, "routes", wire_enum(routes_kind_names, v->routes));
 	if (v->routes_why)
 		put_s(o, "routes_why", v->routes_why);
 }
@@ -458,7 +450,7 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 	put_x(o, "gp", v->gp);
 	put_t(o, "fixed_mask", v->fixed_mask);
 	put_s(o, "origin", v->origin);
-	put_vm_routes(o, b, v);
+	put_vm_routes(o, v);
 	if (v->follows_connection && !v->bound)
 		put_b(o, "follows_connection", true);
 	if (v->bound) {
@@ -1428,7 +1420,7 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		put_t(o, "generation", gen);
 		/* what the VMM handed (or did not) made of the VM's routes */
 		if (!update && broker_vm_find(b, name, &v) == 0)
-			put_vm_routes(o, b, &v);
+			put_vm_routes(o, &v);
 		close_c(o);
 		return 0;
 	}
@@ -1916,7 +1908,7 @@ static int vm_prop(PROP_ARGS)
 	if (!strcmp(prop, "PassthroughVcpus"))
 		return sd_bus_message_append(reply, "u", (uint32_t)v.passthrough_vcpus);
 	if (!strcmp(prop, "RoutesKind"))
-		return sd_bus_message_append(reply, "u", wire_enum(routes_kind_names, vm_routes(s->broker, &v)));
+		return sd_bus_message_append(reply, "u", wire_enum(routes_kind_names, v.routes));
 	if (!strcmp(prop, "RoutesWhy"))
 		return sd_bus_message_append(reply, "s", v.routes_why ? v.routes_why : "");
 	struct out o = { .m = reply };
@@ -2270,7 +2262,7 @@ static int snap_vm(const struct dbus_service *s, const struct broker_vm_view *vv
 			       .vm_fd = vv->bound ? vv->vm_fd : -1, .passthrough_vcpus = vv->passthrough_vcpus };
 	memcpy(v->vcpus_by_route, vv->vcpus_by_route, sizeof(v->vcpus_by_route));
 	snprintf(v->name, sizeof(v->name), "%s", vv->name);
-	v->routes_kind = wire_enum(routes_kind_names, vm_routes(s->broker, vv));
+	v->routes_kind = wire_enum(routes_kind_names, vv->routes);
 	if (!(v->routes_why = strdup(vv->routes_why ? vv->routes_why : "")))
 		return -ENOMEM;
 	int r = routes_bytes(s, vv, v);

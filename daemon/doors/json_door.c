@@ -290,11 +290,11 @@ static void put_guest(struct json_door_text *t, const struct broker *b, uint64_t
 /* ,"routes":"advisory","routes_why":"the VMM handed no route fd": whether
  * this VM's routes reach the kernel, which depends on the VM (a VMM that
  * handed no route fd is advisory whatever the backend), not only on the
- * daemon. A broker that does not say per VM leaves the daemon's kind. */
-static void put_vm_routes(struct json_door_text *t, const struct broker *b, const struct broker_vm_view *v)
+ * daemon: the broker's view says, always. */
+static void put_vm_routes(struct json_door_text *t, const struct broker_vm_view *v)
 {
 	put(t, ",\"routes\":");
-	put_str(t, v->routes ? v->routes : broker_routes_kind(b));
+	put_str(t, v->routes);
 	if (v->routes_why) {
 		put(t, ",\"routes_why\":");
 		put_str(t, v->routes_why);
@@ -313,7 +313,7 @@ static void put_vm(struct json_door_text *t, const struct broker *b, const struc
 		put(t, ",\"flavour\":");
 		put_str(t, broker_flavour_name(broker_flavour(b)));
 	}
-	put_vm_routes(t, b, v);
+	put_vm_routes(t, v);
 	put(t, ",\"priority\":");
 	put_u64(t, v->priority);
 	put(t, ",\"class\":");
@@ -511,7 +511,7 @@ static void put_vms_by_routes(struct json_door_text *t, const struct broker *b, 
 	for (size_t i = 0, n = broker_vm_count(b); i < n && !t->error; i++) {
 		struct broker_vm_view v;
 		broker_vm_at(b, i, &v);
-		if (strcmp(v.routes ? v.routes : broker_routes_kind(b), "advisory"))
+		if (strcmp(v.routes, "advisory"))
 			continue;
 		sep(t, &first);
 		put_str(t, v.name);
@@ -710,7 +710,7 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		if (broker_vm_find(b, req->u.vm_attach.name, &av) == 0) {
 			put(out, ",\"flavour\":");
 			put_str(out, broker_flavour_name(broker_flavour(b)));
-			put_vm_routes(out, b, &av);
+			put_vm_routes(out, &av);
 		} else {
 			put_broker_flavour(out, b);
 		}
@@ -742,7 +742,7 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		put_u64(out, gen);
 		/* what the VMM handed (or did not) made of this VM's routes */
 		if (broker_vm_find(b, req->u.vm_bind.name, &v) == 0)
-			put_vm_routes(out, b, &v);
+			put_vm_routes(out, &v);
 		put(out, "}");
 		break;
 	}
