@@ -88,7 +88,10 @@ static int load_config(struct vpmud *d, struct config *out, char *err, size_t er
 	int r = config_load_file(d->config_path, d->config_required, out, err, errlen);
 	if (r < 0)
 		return r;
-	return apply_overrides(out, d->opts, err, errlen);
+	r = apply_overrides(out, d->opts, err, errlen);
+	if (r < 0)
+		return r;
+	return config_check(out, err, errlen);
 }
 
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)

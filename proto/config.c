@@ -25,6 +25,10 @@ void config_defaults(struct config *c)
 	snprintf(c->default_class, sizeof(c->default_class), "preferred");
 	snprintf(c->admin_group, sizeof(c->admin_group), "vpmu");
 	c->max_clients = 256;
+	c->max_clients_per_uid = 32;
+	c->admin_reserved_clients = 32;
+	c->first_frame_timeout = 5;
+	c->idle_timeout = 60;
 	/* On by default: a libvirt that is absent or down costs one log line
 	 * and a backed-off retry, nothing else (docs/config.md). */
 	snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", CONFIG_DEFAULT_LIBVIRT_URI);
@@ -121,6 +125,30 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		if ((r = parse_int(key, value, 1, 65536, &v, err, errlen)) < 0)
 			return r;
 		c->max_clients = (unsigned)v;
+		return 0;
+	}
+	if (!strcmp(key, "max_clients_per_uid")) {
+		if ((r = parse_int(key, value, 1, 65536, &v, err, errlen)) < 0)
+			return r;
+		c->max_clients_per_uid = (unsigned)v;
+		return 0;
+	}
+	if (!strcmp(key, "admin_reserved_clients")) {
+		if ((r = parse_int(key, value, 0, 65535, &v, err, errlen)) < 0)
+			return r;
+		c->admin_reserved_clients = (unsigned)v;
+		return 0;
+	}
+	if (!strcmp(key, "first_frame_timeout")) {
+		if ((r = parse_int(key, value, 1, 3600, &v, err, errlen)) < 0)
+			return r;
+		c->first_frame_timeout = (unsigned)v;
+		return 0;
+	}
+	if (!strcmp(key, "idle_timeout")) {
+		if ((r = parse_int(key, value, 1, 86400, &v, err, errlen)) < 0)
+			return r;
+		c->idle_timeout = (unsigned)v;
 		return 0;
 	}
 	if (!strcmp(key, "libvirt_uri")) {
@@ -228,6 +256,17 @@ int config_load_file(const char *path, bool required, struct config *c, char *er
 	return 0;
 }
 
+int config_check(const struct config *c, char *err, size_t errlen)
+{
+	if (c->admin_reserved_clients >= c->max_clients) {
+		snprintf(err, errlen,
+			 "admin_reserved_clients (%u) must be less than max_clients (%u): the rest is what other users share",
+			 c->admin_reserved_clients, c->max_clients);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static void append(char *buf, size_t len, const char *key)
 {
 	size_t used = strlen(buf);
@@ -253,6 +292,22 @@ void config_apply_reload(struct config *cur, const struct config *next, char *ap
 	if (cur->max_clients != next->max_clients) {
 		cur->max_clients = next->max_clients;
 		append(applied, applied_len, "max_clients");
+	}
+	if (cur->max_clients_per_uid != next->max_clients_per_uid) {
+		cur->max_clients_per_uid = next->max_clients_per_uid;
+		append(applied, applied_len, "max_clients_per_uid");
+	}
+	if (cur->admin_reserved_clients != next->admin_reserved_clients) {
+		cur->admin_reserved_clients = next->admin_reserved_clients;
+		append(applied, applied_len, "admin_reserved_clients");
+	}
+	if (cur->first_frame_timeout != next->first_frame_timeout) {
+		cur->first_frame_timeout = next->first_frame_timeout;
+		append(applied, applied_len, "first_frame_timeout");
+	}
+	if (cur->idle_timeout != next->idle_timeout) {
+		cur->idle_timeout = next->idle_timeout;
+		append(applied, applied_len, "idle_timeout");
 	}
 	if (strcmp(cur->socket, next->socket))
 		append(ignored, ignored_len, "socket");

@@ -38,7 +38,14 @@ struct config {
 	int default_priority;       /* for consumers that name none */
 	char default_class[16];     /* guaranteed, preferred, shared */
 	char admin_group[64];       /* members may change state */
-	unsigned max_clients;
+	unsigned max_clients;          /* socket connections, all callers */
+	/* Admission (docs/config.md, "Limits"): a caller that is neither root
+	 * nor in admin_group may hold max_clients_per_uid connections, and
+	 * such callers together at most max_clients - admin_reserved_clients. */
+	unsigned max_clients_per_uid;
+	unsigned admin_reserved_clients;
+	unsigned first_frame_timeout;  /* s: a new connection's first request must be complete by then */
+	unsigned idle_timeout;         /* s: a connection that neither watches nor sends a request is closed */
 	char libvirt_uri[256];      /* empty ("none"): do not follow libvirt */
 	char dbus[256];             /* "system", "none", or a bus address */
 };
@@ -63,6 +70,10 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
  */
 void config_apply_reload(struct config *cur, const struct config *next, char *applied,
 			 size_t applied_len, char *ignored, size_t ignored_len);
+
+/* The rules between keys, checked once every source has been read (file,
+ * then command line): -EINVAL with err naming the keys. */
+int config_check(const struct config *c, char *err, size_t errlen);
 
 bool config_class_valid(const char *cls);
 
