@@ -378,13 +378,17 @@ static void test_permissions(void **st)
 	json_object_put(r);
 	assert_int_equal(call(f, &nobody, "{\"id\":4,\"method\":\"plan\",\"params\":{\"cpus\":\"0\"}}", &r, &err), 0);
 	json_object_put(r);
-	/* Someone else's session is invisible to an unprivileged caller. */
+	/* Someone else's session: an unprivileged caller sees it withheld and
+	 * may not read it. */
 	json_object_put(ok(f, "{\"id\":5,\"method\":\"session.start\",\"params\":{\"name\":\"mine\","
 			      "\"events\":[\"task-clock\"],\"cpus\":\"0\"}}"));
 	assert_true(call(f, &nobody, "{\"id\":6,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
-	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
 	assert_int_equal(call(f, &nobody, "{\"id\":7,\"method\":\"session.list\"}", &r, &err), 0);
-	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 0);
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
+	struct json_object *seen = json_object_array_get_idx(json_object_object_get(r, "sessions"), 0);
+	assert_true(json_object_get_boolean(json_object_object_get(seen, "withheld")));
+	assert_null(json_object_object_get(seen, "events"));
 	json_object_put(r);
 }
 
@@ -1177,21 +1181,27 @@ static void test_authorization_per_door(void **st)
 	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
 	assert_int_equal(n_vms_named(f, "m"), 1);
 	/* A session of uid 4242, made by an admin of that uid: its owner (no
-	 * admin) reads and lists it; someone else does not even learn of it. */
+	 * admin) reads and lists it whole; someone else lists it withheld and
+	 * is refused reading or stopping it with what this door requires. */
 	session_as(f, &member, "mine", 0);
 	json_object_put(ok_as(f, &owner, "{\"id\":3,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}"));
 	r = ok_as(f, &owner, "{\"id\":4,\"method\":\"session.list\"}");
 	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
+	assert_null(json_object_object_get(json_object_array_get_idx(json_object_object_get(r, "sessions"), 0),
+					   "withheld"));
 	json_object_put(r);
 	r = ok_as(f, &stranger, "{\"id\":5,\"method\":\"session.list\"}");
-	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 0);
+	assert_int_equal(json_object_array_length(json_object_object_get(r, "sessions")), 1);
+	assert_true(json_object_get_boolean(
+		json_object_object_get(json_object_array_get_idx(json_object_object_get(r, "sessions"), 0), "withheld")));
 	json_object_put(r);
 	assert_true(call(f, &stranger, "{\"id\":6,\"method\":\"session.read\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
-	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
-	assert_non_null(strstr(err.message, "that this caller may read"));
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	assert_non_null(strstr(err.message, "session.read needs the session's owner, root or membership in group"));
 	assert_true(call(f, &stranger, "{\"id\":7,\"method\":\"session.stop\",\"params\":{\"name\":\"mine\"}}", &r, &err) < 0);
-	assert_int_equal(err.code, PROTO_E_NOT_FOUND);
-	assert_non_null(strstr(err.message, "that this caller may stop"));
+	assert_int_equal(err.code, PROTO_E_PERMISSION_DENIED);
+	assert_non_null(strstr(err.message, "session.stop needs the session's owner, root or membership in group"));
+	assert_int_equal(n_sessions_named(f, "mine"), 1);
 	assert_true(call(f, &stranger, "{\"id\":8,\"method\":\"session.stop\",\"params\":{\"name\":\"none\"}}", &r, &err) < 0);
 	assert_string_equal(err.message, "no session named none");
 	json_object_put(ok_as(f, &owner, "{\"id\":9,\"method\":\"session.stop\",\"params\":{\"name\":\"mine\"}}"));
@@ -1203,6 +1213,147 @@ static void test_authorization_per_door(void **st)
 	assert_non_null(strstr(err.message, BROKER_POLKIT_ACTION));
 	bus.polkit_allowed = true;
 	attach_as(f, &bus, "pk", "2");
+}
+
+/* What a caller sees of leases: another user's whole only to an admin by
+ * credentials; to anyone else without what identifies its owner's work. */
+static struct json_object *member_of(struct json_object *arr, const char *key, const char *name)
+{
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *o = json_object_array_get_idx(arr, i), *n = json_object_object_get(o, key);
+		if (n && !strcmp(json_object_get_string(n), name))
+			return o;
+	}
+	fail_msg("no %s %s", key, name);
+	return NULL;
+}
+
+static void assert_vm_withheld(struct json_object *vm, bool withheld)
+{
+	/* what describes the allocation is always there */
+	assert_non_null(json_object_object_get(vm, "priority"));
+	assert_non_null(json_object_object_get(vm, "class"));
+	assert_non_null(json_object_object_get(vm, "gp"));
+	assert_non_null(json_object_object_get(vm, "routes"));
+	assert_non_null(json_object_object_get(vm, "vcpus"));
+	assert_int_equal(json_object_object_get(vm, "withheld") != NULL, withheld);
+	assert_int_equal(json_object_object_get_ex(vm, "origin", NULL), !withheld);
+	assert_int_equal(json_object_object_get_ex(vm, "owner", NULL), !withheld);
+}
+
+static void assert_session_withheld(struct json_object *s, bool withheld)
+{
+	assert_non_null(json_object_object_get(s, "priority"));
+	assert_non_null(json_object_object_get(s, "class"));
+	assert_non_null(json_object_object_get(s, "cpus"));
+	assert_int_equal(json_object_object_get(s, "withheld") != NULL, withheld);
+	assert_int_equal(json_object_object_get_ex(s, "events", NULL), !withheld);
+	assert_int_equal(json_object_object_get_ex(s, "owner_pid", NULL), !withheld);
+	assert_int_equal(json_object_object_get_ex(s, "uid", NULL), !withheld);
+}
+
+static void assert_view(struct fx *f, const struct broker_caller *c, bool withheld)
+{
+	struct json_object *r = ok_as(f, c, "{\"id\":1,\"method\":\"plan\"}");
+	assert_vm_withheld(member_of(json_object_object_get(r, "vms"), "name", "rootvm"), withheld);
+	assert_session_withheld(member_of(json_object_object_get(r, "sessions"), "name", "rootprof"), withheld);
+	/* the counters the session holds stay; which event holds them does not */
+	struct json_object *cpu0 = json_object_array_get_idx(json_object_object_get(r, "cpus"), 0);
+	struct json_object *h = member_of(json_object_object_get(cpu0, "host"), "session", "rootprof");
+	assert_non_null(json_object_object_get(h, "counter"));
+	assert_int_equal(json_object_object_get_ex(h, "event", NULL), !withheld);
+	assert_int_equal(json_object_object_get(h, "withheld") != NULL, withheld);
+	json_object_put(r);
+	r = ok_as(f, c, "{\"id\":2,\"method\":\"vm.list\"}");
+	assert_vm_withheld(member_of(json_object_object_get(r, "vms"), "name", "rootvm"), withheld);
+	json_object_put(r);
+	r = ok_as(f, c, "{\"id\":3,\"method\":\"vm.show\",\"params\":{\"name\":\"rootvm\"}}");
+	assert_vm_withheld(r, withheld);
+	json_object_put(r);
+	r = ok_as(f, c, "{\"id\":4,\"method\":\"session.list\"}");
+	assert_session_withheld(member_of(json_object_object_get(r, "sessions"), "name", "rootprof"), withheld);
+	json_object_put(r);
+}
+
+static void test_visibility(void **st)
+{
+	struct fx *f = *st;
+	struct group *g = getgrgid(getgid());
+	assert_non_null(g);
+	snprintf(f->cfg.admin_group, sizeof(f->cfg.admin_group), "%s", g->gr_name);
+	const gid_t admin = g->gr_gid, other = admin + 4242;
+	const gid_t supp[] = { other + 1, admin };
+	struct broker_caller member = { .door = BROKER_DOOR_SOCKET, .uid = 4242, .gid = other, .groups = supp,
+					.n_groups = 2, .pid = getpid() };
+	struct broker_caller user = { .door = BROKER_DOOR_SOCKET, .uid = 4242, .gid = other, .pid = getpid() };
+	struct broker_caller bus_user = user, bus_polkit = user, bus_member = member;
+	bus_user.door = bus_polkit.door = bus_member.door = BROKER_DOOR_DBUS;
+	bus_polkit.polkit_allowed = true;
+	attach_as(f, &root, "rootvm", "0");
+	json_object_put(ok_as(f, &root, "{\"id\":1,\"method\":\"session.start\",\"params\":{\"name\":\"rootprof\","
+					"\"events\":[\"cycles\"],\"cpus\":\"0\"}}"));
+	/* root's leases: whole to root and the admin group on either door,
+	 * withheld from anyone else (polkit is no credential for a read) */
+	assert_view(f, &root, false);
+	assert_view(f, &member, false);
+	assert_view(f, &bus_member, false);
+	assert_view(f, &user, true);
+	assert_view(f, &bus_user, true);
+	assert_view(f, &bus_polkit, true);
+
+	/* The rule itself, on views. */
+	struct broker_viewer w = broker_viewer(f->b, &user), all = broker_viewer(f->b, &member);
+	assert_false(w.sees_all);
+	assert_true(all.sees_all);
+	assert_true(broker_viewer_sees(&w, 4242));
+	assert_false(broker_viewer_sees(&w, 0));
+	assert_false(broker_viewer_sees(&w, (uid_t)-1));
+	assert_true(broker_viewer_sees(&all, 0));
+	struct broker_vm_view v;
+	assert_int_equal(broker_vm_find(f->b, "rootvm", &v), 0);
+	broker_vm_view_withhold(&all, &v);
+	assert_false(v.withheld);
+	assert_non_null(v.origin);
+	broker_vm_view_withhold(&w, &v);
+	assert_true(v.withheld);
+	assert_null(v.origin);
+	assert_int_equal(v.uid, (uid_t)-1);
+	assert_int_equal(v.vmm_pid, 0);
+	assert_int_equal(v.vm_fd, -1);
+	assert_string_equal(v.name, "rootvm");
+	assert_int_equal(v.gp, 1);
+	struct broker_session_view sv;
+	assert_int_equal(broker_session_find(f->b, "rootprof", &sv), 0);
+	assert_int_equal(sv.n_events, 1);
+	broker_session_view_withhold(&w, &sv);
+	assert_true(sv.withheld);
+	assert_int_equal(sv.n_events, 0);
+	assert_int_equal(sv.owner_pid, 0);
+	assert_int_equal(sv.pid, 0);
+	assert_int_equal(sv.uid, (uid_t)-1);
+	assert_null(sv.origin);
+	assert_true(sv.has_cpus);
+	assert_string_equal(sv.name, "rootprof");
+	struct broker_host_placement p = { .holder = BROKER_HOLDER_SESSION, .event = "cycles", .owner_uid = 0 };
+	broker_placement_withhold(&w, &p);
+	assert_true(p.withheld);
+	assert_null(p.event);
+	p = (struct broker_host_placement){ .holder = BROKER_HOLDER_FOREIGN, .event = "cycles",
+					    .owner_uid = (uid_t)-1 };
+	broker_placement_withhold(&w, &p);
+	assert_false(p.withheld);
+
+	/* A plain user's own leases (made while it was in the admin group):
+	 * whole to it, withheld from another plain user. */
+	attach_as(f, &member, "uservm", "1");
+	struct json_object *r = ok_as(f, &user, "{\"id\":5,\"method\":\"vm.show\",\"params\":{\"name\":\"uservm\"}}");
+	assert_vm_withheld(r, false);
+	json_object_put(r);
+	struct broker_caller stranger = user;
+	stranger.uid = 4243;
+	r = ok_as(f, &stranger, "{\"id\":6,\"method\":\"vm.show\",\"params\":{\"name\":\"uservm\"}}");
+	assert_vm_withheld(r, true);
+	json_object_put(r);
 }
 
 /* ------------------------------------------------------------ persistence */
@@ -2636,6 +2787,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_conn_close_releases_following_leases, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_on_closed_conn_creates_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authorization_per_door, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_visibility, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_order_and_next_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore_replays_admitted_set, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_old_state_migrates, setup, teardown),

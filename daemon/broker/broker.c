@@ -853,6 +853,52 @@ int broker_authorize(const struct broker *b, const struct broker_caller *c, enum
 	}
 }
 
+/* ---------------------------------------------------------------- visibility */
+
+struct broker_viewer broker_viewer(const struct broker *b, const struct broker_caller *c)
+{
+	return (struct broker_viewer){ .uid = c->uid, .sees_all = broker_caller_is_admin(b, c) };
+}
+
+bool broker_viewer_sees(const struct broker_viewer *w, uid_t owner_uid)
+{
+	return w->sees_all || w->uid == owner_uid;
+}
+
+void broker_vm_view_withhold(const struct broker_viewer *w, struct broker_vm_view *v)
+{
+	if (broker_viewer_sees(w, v->uid))
+		return;
+	v->withheld = true;
+	v->origin = NULL;
+	v->uid = (uid_t)-1;
+	v->vmm_pid = 0;
+	v->vm_fd = -1;
+	v->follows_connection = false;
+}
+
+void broker_session_view_withhold(const struct broker_viewer *w, struct broker_session_view *v)
+{
+	if (broker_viewer_sees(w, v->uid))
+		return;
+	v->withheld = true;
+	v->n_events = 0;
+	v->pid = 0;
+	v->owner_pid = 0;
+	v->started_usec = 0;
+	v->uid = (uid_t)-1;
+	v->origin = NULL;
+	v->follows_connection = false;
+}
+
+void broker_placement_withhold(const struct broker_viewer *w, struct broker_host_placement *p)
+{
+	if (p->holder != BROKER_HOLDER_SESSION || broker_viewer_sees(w, p->owner_uid))
+		return;
+	p->withheld = true;
+	p->event = NULL;
+}
+
 /* The checks every request carrying a caller goes through. */
 static int check_caller(struct broker *b, const struct broker_caller *c, enum proto_method m,
 			struct proto_error *err)
@@ -2593,7 +2639,8 @@ int broker_session_start(struct broker *b, const struct broker_caller *c, const 
 	return 0;
 }
 
-/* Another user's session is not confirmed to a caller who may not touch it. */
+/* Every caller sees another user's session by name (session.list, plan),
+ * so a refusal says what this door requires rather than hiding it. */
 static int session_for(struct broker *b, const struct broker_caller *c, const char *name, enum proto_method m,
 		       struct broker_session **out, struct proto_error *err)
 {
@@ -2601,10 +2648,10 @@ static int session_for(struct broker *b, const struct broker_caller *c, const ch
 	if (r < 0)
 		return r;
 	struct broker_session *s = find_session(b, name);
-	if (!s || broker_authorize(b, c, m, s->uid, NULL) < 0)
-		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no session named %s%s", name,
-				       !s ? "" : m == PROTO_M_SESSION_STOP ? " that this caller may stop"
-								       : " that this caller may read");
+	if (!s)
+		return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no session named %s", name);
+	if ((r = broker_authorize(b, c, m, s->uid, err)) < 0)
+		return r;
 	*out = s;
 	return 0;
 }
@@ -3075,13 +3122,14 @@ int broker_cpu_at(const struct broker *b, unsigned i, struct broker_cpu_view *ou
 			/* The only foreign user we know of counts core cycles. */
 			*h = (struct broker_host_placement){ .holder = BROKER_HOLDER_FOREIGN,
 							     .holder_name = b->foreign[p->id].name, .event = "cycles",
-							     .counter = p->counter, .share = p->share };
+							     .counter = p->counter, .share = p->share,
+							     .owner_uid = (uid_t)-1 };
 		} else {
 			const struct broker_session *s = session_by_id(b, p->id);
 			*h = (struct broker_host_placement){ .holder = BROKER_HOLDER_SESSION,
 							     .holder_name = s ? s->spec.name : "?", .session_id = p->id,
 							     .event = p->name ? p->name : "?", .counter = p->counter,
-							     .share = p->share };
+							     .share = p->share, .owner_uid = s ? s->uid : (uid_t)-1 };
 		}
 	}
 	*out = (struct broker_cpu_view){ .cpu = cv.cpu, .guest_gp_mask = cv.guest_gp_mask,

@@ -104,6 +104,27 @@ int broker_authorize(const struct broker *b, const struct broker_caller *c, enum
  * group), without polkit. */
 bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *c);
 
+/*
+ * What a caller sees of the leases (docs/protocol.md, "What a caller
+ * sees"): its own leases (same uid) whole, and whole every lease when it is
+ * an admin by credentials (broker_caller_is_admin: root or the admin group,
+ * as the door learnt them; polkit is never asked for a read). Of another
+ * user's lease anyone else sees what describes the allocation (name,
+ * priority, class, the counters asked for, CPUs, routes, counters held)
+ * but nothing that identifies or describes its owner's work: owner uid,
+ * owner and VMM pids, the VM fd, the counted task, origin, whether it
+ * follows a connection, the events (their specs and how many). Decided
+ * once per request (broker_viewer) and applied to each view; the doors
+ * render what is left, and say withheld.
+ */
+struct broker_viewer {
+	uid_t uid;
+	bool sees_all;
+};
+struct broker_viewer broker_viewer(const struct broker *b, const struct broker_caller *c);
+/* Whether the viewer sees a lease owned by owner_uid whole. */
+bool broker_viewer_sees(const struct broker_viewer *w, uid_t owner_uid);
+
 /* ------------------------------------------------------------ connections */
 
 /* A door opens one per client connection (socket client, bus peer).
@@ -350,6 +371,10 @@ struct broker_vm_view {
 	const char *routes;
 	const char *routes_why;
 	uint32_t n_vcpus;
+	/* Another user's lease seen by a viewer who may not see it whole
+	 * (broker_vm_view_withhold): origin is NULL, uid (uid_t)-1, vmm_pid
+	 * 0, vm_fd -1, follows_connection false. */
+	bool withheld;
 	unsigned passthrough_vcpus;    /* vCPUs whose every asked PMC passes through */
 	unsigned vcpus_by_route[BROKER_ROUTE__COUNT];    /* as in broker_attach_result */
 };
@@ -407,6 +432,11 @@ struct broker_session_view {
 	bool follows_connection;
 	uint64_t started_usec;         /* CLOCK_REALTIME */
 	const char *note;              /* as broker_reading's */
+	/* Another user's session seen by a viewer who may not see it whole
+	 * (broker_session_view_withhold): n_events 0 (its events are not
+	 * shown), pid, owner_pid and started_usec 0, uid (uid_t)-1, origin
+	 * NULL, follows_connection false. */
+	bool withheld;
 };
 struct broker_event_view {
 	const char *event;             /* the spec as given */
@@ -417,6 +447,11 @@ struct broker_event_view {
 	 * counters there are kept for guest PMCs), or "". */
 	char reason[256];
 };
+
+/* Withhold from a view what w may not see (broker_viewer); a lease w sees
+ * whole is left as it is. */
+void broker_vm_view_withhold(const struct broker_viewer *w, struct broker_vm_view *v);
+void broker_session_view_withhold(const struct broker_viewer *w, struct broker_session_view *v);
 
 size_t broker_session_count(const struct broker *b);
 void broker_session_at(const struct broker *b, size_t i, struct broker_session_view *out);
@@ -459,10 +494,17 @@ struct broker_host_placement {
 	enum broker_holder holder;
 	const char *holder_name;       /* session name, or "nmi_watchdog" */
 	uint64_t session_id;           /* when a session */
-	const char *event;
+	const char *event;             /* NULL when withheld */
 	int counter;                   /* -1: none; 0..31 gp; 32+j fixed j */
 	double share;
+	uid_t owner_uid;               /* the session's; (uid_t)-1 for a foreign holder */
+	/* The event of another user's session, for a viewer who may not see
+	 * it (broker_placement_withhold): event is NULL. */
+	bool withheld;
 };
+/* On a copy of a placement: withholds the event of another user's session
+ * from w. The holder (a session's name) and the counter stay. */
+void broker_placement_withhold(const struct broker_viewer *w, struct broker_host_placement *p);
 struct broker_cpu_view {
 	int cpu;
 	uint32_t guest_gp_mask;

@@ -322,14 +322,20 @@ static void put_vm(struct json_door_text *t, const struct broker *b, const struc
 	put_u64(t, v->gp);
 	put(t, ",\"fixed_mask\":");
 	put_hex32(t, v->fixed_mask);
-	put(t, ",\"origin\":");
-	put_str(t, v->origin);
-	if (v->follows_connection)
-		put(t, ",\"follows_connection\":true");
-	if (v->bound)
-		putf(t, ",\"owner\":{\"pid\":%d,\"vm_fd\":%d}", (int)v->vmm_pid, v->vm_fd);
-	else
-		put(t, ",\"owner\":null");
+	/* Another user's VM: who made it and which process holds it are
+	 * left out, and said so (docs/protocol.md, "What a caller sees"). */
+	if (v->withheld) {
+		put(t, ",\"withheld\":true");
+	} else {
+		put(t, ",\"origin\":");
+		put_str(t, v->origin);
+		if (v->follows_connection)
+			put(t, ",\"follows_connection\":true");
+		if (v->bound)
+			putf(t, ",\"owner\":{\"pid\":%d,\"vm_fd\":%d}", (int)v->vmm_pid, v->vm_fd);
+		else
+			put(t, ",\"owner\":null");
+	}
 	/* The extension's views have always counted only the vCPUs passed
 	 * through whole; the other flavours count by their own routes. */
 	if (broker_flavour(b) == BROKER_FLAVOUR_EXTENSION) {
@@ -395,15 +401,22 @@ static void put_session(struct json_door_text *t, const struct broker *b, const 
 	put_u64(t, s->priority);
 	put(t, ",\"class\":");
 	put_str(t, proto_class_name(s->cls));
+	if (s->has_cpus) {
+		put(t, ",\"cpus\":");
+		put_cpus(t, s->cpus);
+	}
+	/* Another user's session: its events, the task it counts and who
+	 * started it are left out, and said so. */
+	if (s->withheld) {
+		put(t, ",\"withheld\":true}");
+		return;
+	}
 	put(t, ",\"events\":");
 	if (with_events)
 		put_event_plan(t, b, s);
 	else
 		put_u64(t, s->n_events);
-	if (s->has_cpus) {
-		put(t, ",\"cpus\":");
-		put_cpus(t, s->cpus);
-	} else {
+	if (!s->has_cpus) {
 		put(t, ",\"pid\":");
 		put_i64(t, s->pid);
 	}
@@ -430,7 +443,7 @@ static void put_counter(struct json_door_text *t, int counter)
 		putf(t, "\"gp%d\"", counter);
 }
 
-static void put_cpu(struct json_door_text *t, const struct broker_cpu_view *cv)
+static void put_cpu(struct json_door_text *t, const struct broker_viewer *w, const struct broker_cpu_view *cv)
 {
 	putf(t, "{\"cpu\":%d,\"guest_gp_mask\":", cv->cpu);
 	put_hex32(t, cv->guest_gp_mask);
@@ -438,22 +451,28 @@ static void put_cpu(struct json_door_text *t, const struct broker_cpu_view *cv)
 	put_hex32(t, cv->guest_fixed_mask);
 	put(t, ",\"host\":[");
 	for (unsigned k = 0; k < cv->n_host; k++) {
-		const struct broker_host_placement *p = &cv->host[k];
+		struct broker_host_placement p = cv->host[k];
+		broker_placement_withhold(w, &p);
 		put(t, k ? ",{" : "{");
-		put(t, p->holder == BROKER_HOLDER_FOREIGN ? "\"foreign\":" : "\"session\":");
-		put_str(t, p->holder_name);
-		put(t, ",\"event\":");
-		put_str(t, p->event);
+		put(t, p.holder == BROKER_HOLDER_FOREIGN ? "\"foreign\":" : "\"session\":");
+		put_str(t, p.holder_name);
+		if (p.withheld) {
+			put(t, ",\"withheld\":true");
+		} else {
+			put(t, ",\"event\":");
+			put_str(t, p.event);
+		}
 		put(t, ",\"counter\":");
-		put_counter(t, p->counter);
+		put_counter(t, p.counter);
 		put(t, ",\"share\":");
-		put_double(t, p->share);
+		put_double(t, p.share);
 		put(t, "}");
 	}
 	put(t, "]}");
 }
 
-static void put_plan(struct json_door_text *t, struct broker *b, const struct proto_plan_req *q)
+static void put_plan(struct json_door_text *t, struct broker *b, const struct broker_viewer *w,
+		     const struct proto_plan_req *q)
 {
 	struct broker_status st;
 	broker_status(b, &st);
@@ -474,7 +493,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		if (only && (cv.cpu < 0 || !cpulist_test(only, (unsigned)cv.cpu)))
 			continue;
 		sep(t, &first);
-		put_cpu(t, &cv);
+		put_cpu(t, w, &cv);
 	}
 	put(t, "],\"vms\":[");
 	first = true;
@@ -483,6 +502,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		broker_vm_at(b, i, &v);
 		if (only && !broker_vm_on_cpus(b, v.id, only))
 			continue;
+		broker_vm_view_withhold(w, &v);
 		sep(t, &first);
 		put_vm(t, b, &v, true, false);
 	}
@@ -493,6 +513,7 @@ static void put_plan(struct json_door_text *t, struct broker *b, const struct pr
 		broker_session_at(b, i, &s);
 		if (only && !broker_session_on_cpus(b, s.id, only))
 			continue;
+		broker_session_view_withhold(w, &s);
 		sep(t, &first);
 		put_session(t, b, &s, true);
 	}
@@ -694,9 +715,11 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 	case PROTO_M_PMU:
 		put_pmu(out, b);
 		break;
-	case PROTO_M_PLAN:
-		put_plan(out, b, &req->u.plan);
+	case PROTO_M_PLAN: {
+		struct broker_viewer w = broker_viewer(b, c);
+		put_plan(out, b, &w, &req->u.plan);
 		break;
+	}
 	case PROTO_M_VM_ATTACH: {
 		struct broker_attach_result res;
 		if ((r = broker_vm_attach(b, c, &req->u.vm_attach, &res, err)) < 0)
@@ -746,11 +769,13 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		put(out, "}");
 		break;
 	}
-	case PROTO_M_VM_LIST:
+	case PROTO_M_VM_LIST: {
+		struct broker_viewer w = broker_viewer(b, c);
 		put(out, "{\"vms\":[");
 		for (size_t i = 0, n = broker_vm_count(b); i < n && !out->error; i++) {
 			struct broker_vm_view v;
 			broker_vm_at(b, i, &v);
+			broker_vm_view_withhold(&w, &v);
 			if (i)
 				put(out, ",");
 			put_vm(out, b, &v, false, false);
@@ -759,11 +784,14 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		put_broker_flavour(out, b);
 		put(out, "}");
 		break;
+	}
 	case PROTO_M_VM_SHOW: {
 		struct broker_vm_view v;
 		if (broker_vm_find(b, req->u.vm_show.name, &v) < 0)
 			return proto_error_set(err, PROTO_E_NOT_FOUND, ENOENT, "params.name", "no vm named %s",
 					       req->u.vm_show.name);
+		struct broker_viewer w = broker_viewer(b, c);
+		broker_vm_view_withhold(&w, &v);
 		put_vm(out, b, &v, true, true);
 		break;
 	}
@@ -804,15 +832,13 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		break;
 	}
 	case PROTO_M_SESSION_LIST: {
+		struct broker_viewer w = broker_viewer(b, c);
 		put(out, "{\"sessions\":[");
 		bool first = true;
 		for (size_t i = 0, n = broker_session_count(b); i < n && !out->error; i++) {
 			struct broker_session_view s;
 			broker_session_at(b, i, &s);
-			/* Other users' sessions are not confirmed to a caller who
-			 * may not read them (session.read says not_found). */
-			if (broker_authorize(b, c, PROTO_M_SESSION_READ, s.uid, NULL) < 0)
-				continue;
+			broker_session_view_withhold(&w, &s);
 			sep(out, &first);
 			put_session(out, b, &s, false);
 		}

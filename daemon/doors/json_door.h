@@ -8,8 +8,9 @@
  * Byte for byte what json-c prints compact (JSON_C_TO_STRING_PLAIN, no
  * slash escaping), so every client reads it as before.
  *
- * Rights are the broker's: this module passes the caller on and asks the
- * broker only which sessions a caller may see in session.list.
+ * Rights are the broker's: this module passes the caller on, and renders
+ * each lease as the broker's viewer of the caller leaves it (another
+ * user's without what identifies its owner's work).
  */
 #ifndef VPMU_JSON_DOOR_H
 #define VPMU_JSON_DOOR_H
