@@ -132,6 +132,13 @@ struct dbus_service {
 	/* The leases broker events named since the last flush. */
 	struct id_set dirty_vms, dirty_sessions;
 	bool dirty_all;             /* a name was lost (out of memory): walk every lease */
+	/* The call whose sender property getters last answered, and what the
+	 * broker lets it see: GetManagedObjects asks every getter of every
+	 * object, the credentials are read once. By sender and cookie, which
+	 * name one call; holding the message would hold what it carries. */
+	char *viewer_sender;
+	uint64_t viewer_cookie;
+	struct broker_viewer viewer;
 };
 
 static void flush(struct dbus_service *s);
@@ -449,11 +456,16 @@ static void put_vm(struct out *o, const struct broker *b, const struct broker_vm
 	put_u(o, "class", wire_class(v->cls));
 	put_x(o, "gp", v->gp);
 	put_t(o, "fixed_mask", v->fixed_mask);
-	put_s(o, "origin", v->origin);
+	/* Another user's VM (the broker's viewer withheld it): its origin
+	 * and owner are left out, as on the socket. */
+	if (v->withheld)
+		put_b(o, "withheld", true);
+	else
+		put_s(o, "origin", v->origin);
 	put_vm_routes(o, v);
 	if (v->follows_connection && !v->bound)
 		put_b(o, "follows_connection", true);
-	if (v->bound) {
+	if (v->bound && !v->withheld) {
 		nested_begin(o, "owner", "a{sv}");
 		put_x(o, "pid", v->vmm_pid);
 		put_x(o, "vm_fd", v->vm_fd);
@@ -522,22 +534,32 @@ static void put_session(struct out *o, const struct broker *b, const struct brok
 	put_s(o, "name", sv->name);
 	put_x(o, "priority", sv->priority);
 	put_u(o, "class", wire_class(sv->cls));
-	put_session_events(o, b, sv);
 	if (sv->has_cpus)
 		put_cpus(o, "cpus", sv->cpus);
-	else
+	/* Another user's session: its events, task and owner are left out. */
+	if (sv->withheld) {
+		put_b(o, "withheld", true);
+		return;
+	}
+	put_session_events(o, b, sv);
+	if (!sv->has_cpus)
 		put_x(o, "pid", sv->pid);
 	put_x(o, "owner_pid", sv->owner_pid);
 	put_x(o, "uid", sv->uid);
 	put_note(o, sv);
 }
 
-static void put_host_placement(struct out *o, const struct broker_host_placement *h)
+static void put_host_placement(struct out *o, const struct broker_viewer *w, const struct broker_host_placement *hp)
 {
 	char counter[16];
+	struct broker_host_placement copy = *hp, *h = &copy;
+	broker_placement_withhold(w, h);
 	item_begin(o);
 	put_s(o, h->holder == BROKER_HOLDER_FOREIGN ? "foreign" : "session", h->holder_name);
-	put_s(o, "event", h->event);
+	if (h->withheld)
+		put_b(o, "withheld", true);
+	else
+		put_s(o, "event", h->event);
 	if (h->counter >= 32)
 		snprintf(counter, sizeof(counter), "fixed%d", h->counter - 32);
 	else
@@ -550,7 +572,8 @@ static void put_host_placement(struct out *o, const struct broker_host_placement
 
 /* The plan: per CPU, then the VMs and sessions; a CPU filter keeps only
  * the CPUs, VMs and sessions on those CPUs. */
-static void put_plan(struct out *o, const struct broker *b, const struct proto_plan_req *q)
+static void put_plan(struct out *o, const struct broker *b, const struct broker_viewer *w,
+		     const struct proto_plan_req *q)
 {
 	struct broker_status st;
 	broker_status(b, &st);
@@ -569,7 +592,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		put_t(o, "guest_fixed_mask", cv.guest_fixed_mask);
 		nested_begin(o, "host", "aa{sv}");
 		for (unsigned k = 0; k < cv.n_host; k++)
-			put_host_placement(o, &cv.host[k]);
+			put_host_placement(o, w, &cv.host[k]);
 		nested_end(o);
 		item_end(o);
 	}
@@ -580,6 +603,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		broker_vm_at(b, i, &v);
 		if (q->has_cpus && !broker_vm_on_cpus(b, v.id, &q->cpus))
 			continue;
+		broker_vm_view_withhold(w, &v);
 		item_begin(o);
 		put_vm(o, b, &v);
 		item_end(o);
@@ -591,6 +615,7 @@ static void put_plan(struct out *o, const struct broker *b, const struct proto_p
 		broker_session_at(b, i, &sv);
 		if (q->has_cpus && !broker_session_on_cpus(b, sv.id, &q->cpus))
 			continue;
+		broker_session_view_withhold(w, &sv);
 		item_begin(o);
 		put_session(o, b, &sv);
 		item_end(o);
@@ -1383,11 +1408,13 @@ static int perform(struct dbus_service *s, const struct broker_caller *c, const 
 		close_c(o);
 		return 0;
 	}
-	case PROTO_M_PLAN:
+	case PROTO_M_PLAN: {
+		struct broker_viewer w = broker_viewer(b, c);
 		open_c(o, 'a', "{sv}");
-		put_plan(o, b, &req->u.plan);
+		put_plan(o, b, &w, &req->u.plan);
 		close_c(o);
 		return 0;
+	}
 	case PROTO_M_VM_ATTACH: {
 		struct broker_attach_result res = { 0 };
 		if ((r = broker_vm_attach(b, c, &req->u.vm_attach, &res, pe)) < 0)
@@ -1886,17 +1913,69 @@ static int session_enumerate(sd_bus *bus, const char *prefix, void *userdata, ch
 	return enumerate(userdata, KIND_SESSION, nodes);
 }
 
+/*
+ * Who reads the properties being answered: the sender of the call that
+ * asked (Get, GetAll, GetManagedObjects), as the broker lets it see other
+ * users' leases (broker_viewer), from its bus credentials as a method's
+ * caller. A property that depends on the viewer is never put in a signal
+ * (EMITS_INVALIDATION: sd-bus leaves it out of InterfacesAdded and names it
+ * only in PropertiesChanged's invalidated list); should one be asked for
+ * anything but a method's reply, or the credentials be unreadable, the
+ * viewer sees nobody's lease whole.
+ */
+static struct broker_viewer getter_viewer(struct dbus_service *s, sd_bus *bus, sd_bus_message *reply)
+{
+	const struct broker_viewer nobody = { .uid = (uid_t)-1, .sees_all = false };
+	uint8_t type = 0;
+	sd_bus_message *call = sd_bus_get_current_message(bus);
+	if (!call || sd_bus_message_get_type(reply, &type) < 0 || type != SD_BUS_MESSAGE_METHOD_RETURN ||
+	    !sd_bus_message_get_sender(call))
+		return nobody;
+	const char *sender = sd_bus_message_get_sender(call);
+	uint64_t cookie = 0;
+	(void)sd_bus_message_get_cookie(call, &cookie);
+	if (s->viewer_sender && cookie == s->viewer_cookie && !strcmp(sender, s->viewer_sender))
+		return s->viewer;
+	struct call probe = { .svc = s, .sender = (char *)sender };
+	struct proto_error pe = { 0 };
+	int r = read_creds(s, &probe, &pe);
+	struct broker_caller caller = caller_of(&probe, false);
+	struct broker_viewer w = r < 0 ? nobody : broker_viewer(s->broker, &caller);
+	free(probe.groups);
+	if (r < 0) {
+		log_warn("dbus: %s: properties of other users' leases withheld", pe.message);
+		return nobody;
+	}
+	char *copy = strdup(sender);
+	if (copy) {
+		free(s->viewer_sender);
+		s->viewer_sender = copy;
+		s->viewer_cookie = cookie;
+		s->viewer = w;
+	}
+	return w;
+}
+
 static int vm_prop(PROP_ARGS)
 {
-	const struct dbus_service *s = userdata;
+	struct dbus_service *s = userdata;
 	struct broker_vm_view v;
 	PROP_UNUSED;
 	if (vm_of_path(s, path, &v) < 0)
 		return sd_bus_error_setf(e, SD_BUS_ERROR_UNKNOWN_OBJECT, "no VM at %s", path);
 	if (!strcmp(prop, "Name"))
 		return sd_bus_message_append(reply, "s", v.name);
-	if (!strcmp(prop, "Origin"))
-		return sd_bus_message_append(reply, "s", v.origin);
+	/* The properties that depend on who asks (vm_vtable: invalidation only). */
+	if (!strcmp(prop, "Origin") || !strcmp(prop, "Owner") || !strcmp(prop, "Withheld")) {
+		struct broker_viewer w = getter_viewer(s, bus, reply);
+		broker_vm_view_withhold(&w, &v);
+		if (!strcmp(prop, "Withheld"))
+			return sd_bus_message_append(reply, "b", v.withheld);
+		if (!strcmp(prop, "Origin"))
+			return sd_bus_message_append(reply, "s", v.origin ? v.origin : "");
+		return sd_bus_message_append(reply, "(ii)", (int32_t)(v.bound ? v.vmm_pid : 0),
+					     (int32_t)(v.bound ? v.vm_fd : -1));
+	}
 	if (!strcmp(prop, "Priority"))
 		return sd_bus_message_append(reply, "u", v.priority);
 	if (!strcmp(prop, "Class"))
@@ -1918,9 +1997,6 @@ static int vm_prop(PROP_ARGS)
 		close_c(&o);
 		return o.r;
 	}
-	if (!strcmp(prop, "Owner"))
-		return sd_bus_message_append(reply, "(ii)", (int32_t)(v.bound ? v.vmm_pid : 0),
-					     (int32_t)(v.bound ? v.vm_fd : -1));
 	/* Routes: per vCPU, its index, CPU list, gp routes, fixed routes. */
 	open_c(&o, 'a', "(usauau)");
 	for (uint32_t i = 0; i < v.n_vcpus && o.r >= 0; i++) {
@@ -1944,11 +2020,20 @@ static int vm_prop(PROP_ARGS)
 
 static int session_prop(PROP_ARGS)
 {
-	const struct dbus_service *s = userdata;
+	struct dbus_service *s = userdata;
 	struct broker_session_view v;
 	PROP_UNUSED;
 	if (session_of_path(s, path, &v) < 0)
 		return sd_bus_error_setf(e, SD_BUS_ERROR_UNKNOWN_OBJECT, "no session at %s", path);
+	/* The properties that depend on who asks (session_vtable: invalidation
+	 * only); withheld, the events are none and the pids 0. */
+	if (!strcmp(prop, "Pid") || !strcmp(prop, "OwnerPid") || !strcmp(prop, "Events") ||
+	    !strcmp(prop, "EventReasons") || !strcmp(prop, "Withheld")) {
+		struct broker_viewer w = getter_viewer(s, bus, reply);
+		broker_session_view_withhold(&w, &v);
+	}
+	if (!strcmp(prop, "Withheld"))
+		return sd_bus_message_append(reply, "b", v.withheld);
 	if (!strcmp(prop, "Name"))
 		return sd_bus_message_append(reply, "s", v.name);
 	if (!strcmp(prop, "Priority"))
@@ -1992,17 +2077,19 @@ static int session_prop(PROP_ARGS)
 static const sd_bus_vtable vm_vtable[] = {
 	SD_BUS_VTABLE_START(0),
 	SD_BUS_PROPERTY("Name", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Origin", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	/* Origin, Owner and Withheld depend on who asks: never in a signal. */
+	SD_BUS_PROPERTY("Origin", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
 	SD_BUS_PROPERTY("Priority", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Class", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("GeneralCounters", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("FixedCounterMask", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("Owner", "(ii)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Owner", "(ii)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
 	SD_BUS_PROPERTY("PassthroughVcpus", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Routes", "a(usauau)", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("Granted", "a{sv}", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("RoutesKind", "u", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 	SD_BUS_PROPERTY("RoutesWhy", "s", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	SD_BUS_PROPERTY("Withheld", "b", vm_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
 	SD_BUS_VTABLE_END
 };
 
@@ -2012,11 +2099,14 @@ static const sd_bus_vtable session_vtable[] = {
 	SD_BUS_PROPERTY("Priority", "u", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Class", "u", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
 	SD_BUS_PROPERTY("Cpus", "s", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Pid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("OwnerPid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-	SD_BUS_PROPERTY("Events", "a(suud)", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-	SD_BUS_PROPERTY("EventReasons", "as", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+	/* Pid, OwnerPid, Events, EventReasons and Withheld depend on who
+	 * asks: never in a signal. */
+	SD_BUS_PROPERTY("Pid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+	SD_BUS_PROPERTY("OwnerPid", "i", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+	SD_BUS_PROPERTY("Events", "a(suud)", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+	SD_BUS_PROPERTY("EventReasons", "as", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
 	SD_BUS_PROPERTY("Note", "s", session_prop, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+	SD_BUS_PROPERTY("Withheld", "b", session_prop, 0, SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
 	SD_BUS_VTABLE_END
 };
 
@@ -2664,5 +2754,6 @@ void dbus_service_free(struct dbus_service *s)
 	free(s->sessions.v);
 	free(s->dirty_vms.v);
 	free(s->dirty_sessions.v);
+	free(s->viewer_sender);
 	free(s);
 }
