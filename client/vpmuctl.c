@@ -627,8 +627,10 @@ static char *fmt_host_entry(struct json_object *h)
 							: json_object_to_json_string_ext(foreign, JSON_C_TO_STRING_PLAIN));
 	else
 		owner = xstrdup("?");
-	s = partial ? xasprintf("%s:%s@%s(%.2f)", owner, ev ? ev : "?", ctr ? ctr : "mux", share)
-		    : xasprintf("%s:%s@%s", owner, ev ? ev : "?", ctr ? ctr : "mux");
+	if (!ev)
+		ev = get(h, "withheld") ? "withheld" : "?";
+	s = partial ? xasprintf("%s:%s@%s(%.2f)", owner, ev, ctr ? ctr : "mux", share)
+		    : xasprintf("%s:%s@%s", owner, ev, ctr ? ctr : "mux");
 	free(owner);
 	return s;
 }
@@ -933,7 +935,10 @@ static int cmd_plan(struct ctl *x, int argc, char **argv)
 		struct json_object *s = json_object_array_get_idx(sessions, i);
 
 		printf("  %s\n", get_str(s, "name") ?: "?");
-		print_event_placements(get_arr(s, "events"), "    ");
+		if (get(s, "withheld"))
+			printf("    events withheld (another user's session)\n");
+		else
+			print_event_placements(get_arr(s, "events"), "    ");
 	}
 	json_object_put(res);
 	return 0;
@@ -1336,7 +1341,9 @@ static int vm_show(struct ctl *x, int argc, char **argv)
 	table_row(&t, xstrdup("gp"), fmt_any(res, "gp"));
 	table_row(&t, xstrdup("fixed_mask"), fmt_any(res, "fixed_mask"));
 	owner = get(res, "owner");
-	if (owner && json_object_is_type(owner, json_type_object))
+	if (get(res, "withheld"))
+		table_row(&t, xstrdup("owner"), xstrdup("withheld (another user's VM)"));
+	else if (owner && json_object_is_type(owner, json_type_object))
 		table_row(&t, xstrdup("owner"),
 			  xasprintf("pid %s, VM fd %s", get(owner, "pid") ? json_object_get_string(get(owner, "pid")) : "?",
 				    get(owner, "vm_fd") ? json_object_get_string(get(owner, "vm_fd")) : "?"));

@@ -476,6 +476,7 @@ print(json.dumps({"ans": ans, "after": "result" in after, "ino": os.fstat(wr).st
           "unprivileged peer may not attach, start sessions or detach", out[3:6])
     names = [v["name"] for v in Client(d.sock).call("vm.list")["result"]["vms"]]
     check(names == ["keep"], "refused requests changed nothing", names)
+    test_unprivileged_view(d, py, demote)
     Client(d.sock).call("vm.detach", {"name": "keep"})
 
     # The same user with group vpmu as a supplementary group may change
@@ -508,6 +509,77 @@ print(json.dumps(out))
         check("result" in out[1] and "result" in out[2], "a member of group vpmu may attach and detach", out[1:])
     except ValueError:
         check(False, "group member client ran", p.stderr.decode())
+
+
+def test_unprivileged_view(d, py, demote):
+    """What an unprivileged peer sees of root's leases (docs/protocol.md,
+    "What a caller sees"): every lease, by name, with what describes the
+    allocation, and without owner pid, uid, origin, task or events."""
+    root = Client(d.sock)
+    started = root.call("session.start", {"name": "rootprof", "events": ["cycles", "instructions"], "cpus": "0",
+                                          "owner_pid": os.getpid()})
+    check("result" in started, "root starts a session on hardware counters", started)
+    whole = root.call("plan")["result"]
+    code = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+out = []
+for req in [{"id":1,"method":"hello","params":{"protocol":1}}, {"id":2,"method":"plan"},
+            {"id":3,"method":"vm.list"}, {"id":4,"method":"vm.show","params":{"name":"keep"}},
+            {"id":5,"method":"session.list"},
+            {"id":6,"method":"session.read","params":{"name":"rootprof"}},
+            {"id":7,"method":"session.stop","params":{"name":"rootprof"}}]:
+    f.write(json.dumps(req) + "\n"); f.flush(); out.append(json.loads(f.readline()))
+print(json.dumps(out))
+"""
+    p = subprocess.run([py, "-c", code, d.sock], capture_output=True, preexec_fn=demote, timeout=20)
+    try:
+        out = json.loads(p.stdout)
+        plan, vms, show, sessions = (o["result"] for o in out[1:5])
+    except (ValueError, KeyError) as e:
+        check(False, "unprivileged view client ran", (e, p.stdout, p.stderr.decode()))
+        root.call("session.stop", {"name": "rootprof"})
+        return
+    # What the answers say of root's leases (the NMI watchdog, a foreign
+    # holder that counts cycles on every CPU, is no lease).
+    text = json.dumps([[h for c in plan["cpus"] for h in c["host"] if "foreign" not in h],
+                       plan["vms"], plan["sessions"], vms, show, sessions])
+    owner_keys = ("origin", "owner", "owner_pid", "uid", "pid", "events", "follows_connection")
+
+    def withheld(entry, kind):
+        return entry.get("withheld") is True and not [k for k in owner_keys if k in entry]
+
+    def by_name(entries, name):
+        return next((e for e in entries if e.get("name") == name), None)
+
+    pvm, psess = by_name(plan["vms"], "keep"), by_name(plan["sessions"], "rootprof")
+    check(pvm and withheld(pvm, "vm") and pvm["priority"] == by_name(whole["vms"], "keep")["priority"]
+          and pvm["vcpus"] == by_name(whole["vms"], "keep")["vcpus"],
+          "plan: root's VM shown by name, CPUs and routes, without origin or owner", pvm)
+    check(psess and withheld(psess, "session") and psess["cpus"] == "0" and "class" in psess,
+          "plan: root's session shown by name, class and CPUs, without events, owner pid or uid", psess)
+    held = [h for c in plan["cpus"] for h in c["host"] if h.get("session") == "rootprof"]
+    held_root = [h for c in whole["cpus"] for h in c["host"] if h.get("session") == "rootprof"]
+    check(held and len(held) == len(held_root) and all("event" not in h and h.get("withheld") and "counter" in h
+                                                       for h in held),
+          "plan: the counters root's session holds are shown, not its events", held)
+    check("cycles" not in text and "instructions" not in text and '"uid"' not in text
+          and str(os.getpid()) not in text, "no event, uid or owner pid of root's anywhere in the answers",
+          text[:2000])
+    v = by_name(vms["vms"], "keep")
+    check(v and withheld(v, "vm"), "vm.list: root's VM without origin or owner", v)
+    check(show.get("name") == "keep" and withheld(show, "vm") and "guest_pmu" in show,
+          "vm.show: root's VM without origin or owner", show)
+    s = by_name(sessions["sessions"], "rootprof")
+    check(s and withheld(s, "session"), "session.list: root's session listed, withheld", sessions)
+    refused = [o.get("error", {}) for o in out[5:7]]
+    check(all(e.get("code") == "permission_denied" and "needs the session's owner, root or membership in group"
+              in e.get("message", "") for e in refused),
+          "session.read and session.stop of root's session: refused with what the socket requires", refused)
+    mine = root.call("plan")["result"]
+    check("events" in by_name(mine["sessions"], "rootprof") and "origin" in by_name(mine["vms"], "keep"),
+          "root still sees its own leases whole", mine["sessions"])
+    root.call("session.stop", {"name": "rootprof"})
 
 
 def test_config_and_reload(tmp):
