@@ -348,11 +348,35 @@ label = lambda n: "".join(c if c.isascii() and c.isalnum() else "_%02x" % ord(c)
 def managed(kind):
     objs = root.GetManagedObjects(dbus_interface="org.freedesktop.DBus.ObjectManager")
     return [str(p).rsplit("/", 1)[1] for p in objs if str(p).startswith(PATH + "/" + kind + "/")]
+def plain(v):  # dbus-python values as JSON ones (Boolean is an int there)
+    if isinstance(v, dbus.Boolean):
+        return bool(v)
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, float):
+        return float(v)
+    return int(v)
 out = []
 for op in ops:
     m, a = op[0], op[1:]
+    value = None
     try:
-        if m == "polkit":
+        if m == "props":  # props vm|session NAME: GetAll
+            iface = NAME + (".VM" if a[0] == "vm" else ".Session")
+            value = plain(b.get_object(NAME, PATH + "/" + a[0] + "/" + label(a[1])).GetAll(
+                iface, dbus_interface=dbus.PROPERTIES_IFACE))
+        elif m == "get":  # get vm|session NAME PROPERTY: Get
+            iface = NAME + (".VM" if a[0] == "vm" else ".Session")
+            value = plain(b.get_object(NAME, PATH + "/" + a[0] + "/" + label(a[1])).Get(
+                iface, a[2], dbus_interface=dbus.PROPERTIES_IFACE))
+        elif m == "objects":
+            value = plain(root.GetManagedObjects(dbus_interface="org.freedesktop.DBus.ObjectManager"))
+        elif m == "getplan": value = plain(mgr.GetPlan(dbus.Dictionary({}, signature="sv")))
+        elif m == "polkit":
             pk = b.get_object("org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority")
             pk.SetAllowed(dbus.Array(a, signature="s"), dbus_interface="org.freedesktop.DBus.Mock")
         elif m == "status": mgr.GetStatus()
@@ -375,7 +399,7 @@ for op in ops:
         elif m == "session.read": mgr.ReadSession(a[0])
         elif m == "session.stop": mgr.StopSession(a[0])
         else: raise SystemExit("unknown op " + m)
-        out.append({"op": op, "ok": True})
+        out.append({"op": op, "ok": True, "value": value})
     except dbus.DBusException as e:
         out.append({"op": op, "ok": False, "error": e.get_dbus_name(), "message": e.get_dbus_message()})
 print(json.dumps(out))
@@ -480,12 +504,9 @@ def permission_denied(outcome):
 
 
 def denied(door, outcome):
-    """Refused for lack of rights. Another user's session is not even shown
-    to a caller who may not read or stop it: the broker answers not_found,
-    and says why."""
-    return permission_denied(outcome) or (
-        not outcome["ok"] and outcome["error"] in ("not_found", ERR + "NotFound")
-        and "that this caller may" in outcome["message"])
+    """Refused for lack of rights: permission_denied, on every row (another
+    user's session too: every caller sees it by name)."""
+    return permission_denied(outcome)
 
 
 def clean_leases(env, keep=()):
@@ -551,10 +572,11 @@ def test_rights(env, mock):
                 label = "%s %s %s%s" % (door, who, op[0],
                                         "" if len(op) < 2 else " on own lease" if is_own else " on another's lease")
                 if not want:
-                    ok = denied(door, o)
-                    # A refusal names what this door accepts: polkit only on the bus.
-                    if ok and permission_denied(o):
-                        ok = (POLKIT_ACTION in o["message"]) == (door == "dbus")
+                    # A refusal names what this door accepts: polkit only on
+                    # the bus, and the lease's owner where the owner may.
+                    ok = denied(door, o) and (POLKIT_ACTION in o["message"]) == (door == "dbus")
+                    if ok and RIGHTS[op[0]] == "owner":
+                        ok = "the session's owner" in o["message"]
                     check(ok, label + ": refused", o)
                 elif op[0] == "vm.bind":
                     # Allowed, but a sleeping process holds no KVM VM.
@@ -565,6 +587,111 @@ def test_rights(env, mock):
     mock.SetAllowed(dbus.Array([], signature="s"))
     clean_leases(env)
     check(ran > 100, "the rights table was checked on both doors (%d cases)" % ran)
+
+
+# The properties that depend on who asks (docs/dbus-api.md, "What a caller
+# sees"): withheld from a caller who is not the lease's owner, root or in
+# the admin group, and never carried by a signal.
+VM_WITHHELD = {"Origin": "", "Owner": [0, -1], "Withheld": True}
+SESSION_WITHHELD = {"Pid": 0, "OwnerPid": 0, "Events": [], "EventReasons": [], "Withheld": True}
+
+
+def test_visibility(env, mock):
+    """What each caller sees of root's VM and session on the bus: the
+    properties (GetAll, Get, GetManagedObjects) and GetPlan, for root, an
+    admin-group member, a plain user and a plain user polkit allows (polkit
+    is no credential for a read)."""
+    mock.SetAllowed(dbus.Array([], signature="s"))
+    clean_leases(env)
+    owner = sleeper("root")
+    setup = run_ops(env, "socket", "root", [["vm.attach", "vis-vm", "12"],
+                                            ["session.start", "vis-s", "13", owner]]) or []
+    check(len(setup) == 2 and all(o["ok"] for o in setup), "visibility: root's VM and session", setup)
+    vm_path, s_path = PATH + "/vm/vis_2dvm", PATH + "/session/vis_2ds"
+    for who in ("root", "admin", "user", "polkit"):
+        ops = [["polkit", POLKIT_ACTION]] if who == "polkit" else []
+        ops += [["props", "vm", "vis-vm"], ["props", "session", "vis-s"], ["get", "vm", "vis-vm", "Origin"],
+                ["get", "session", "vis-s", "Events"], ["get", "session", "vis-s", "OwnerPid"], ["objects"],
+                ["getplan"]]
+        out = run_ops(env, "dbus", who, ops)
+        if out is None:
+            continue
+        out = [o for o in out if o["op"][0] != "polkit"]
+        if not all(o["ok"] for o in out):
+            check(False, "visibility as %s: every read answered" % who, out)
+            continue
+        vm, sess, origin, events, owner_pid, objs, plan = (o["value"] for o in out)
+        whole = who in ("root", "admin")
+        label = "%s sees root's leases %s" % (who, "whole" if whole else "withheld")
+        if whole:
+            check(vm["Withheld"] is False and vm["Origin"] and origin == vm["Origin"],
+                  label + ": VM Origin, Withheld false", vm)
+            check(sess["Withheld"] is False and sess["OwnerPid"] == owner and owner_pid == owner
+                  and [e[0] for e in sess["Events"]] == ["cycles"] and events == sess["Events"]
+                  and len(sess["EventReasons"]) == 1, label + ": session OwnerPid, Events", sess)
+        else:
+            check(all(vm[k] == v for k, v in VM_WITHHELD.items()) and origin == "",
+                  label + ": VM Origin \"\", Owner (0, -1), Withheld true", vm)
+            check(all(sess[k] == v for k, v in SESSION_WITHHELD.items()) and events == [] and owner_pid == 0,
+                  label + ": session Pid, OwnerPid 0, Events and EventReasons empty, Withheld true", sess)
+        check(vm["Name"] == "vis-vm" and vm["GeneralCounters"] == 1 and len(vm["Routes"]) == 1
+              and sess["Name"] == "vis-s" and sess["Cpus"] == "13",
+              label + ": name, counters, routes and CPUs always shown", (vm, sess))
+        check(objs.get(vm_path, {}).get(VM_IF) == vm and objs.get(s_path, {}).get(SESS_IF) == sess,
+              label + ": GetManagedObjects says what GetAll says", {k: objs.get(k) for k in (vm_path, s_path)})
+        pvm = next((v for v in plan["vms"] if v["name"] == "vis-vm"), {})
+        pses = next((v for v in plan["sessions"] if v["name"] == "vis-s"), {})
+        held = [h for c in plan["cpus"] for h in c["host"] if h.get("session") == "vis-s"]
+        if whole:
+            check("origin" in pvm and "withheld" not in pvm and pses.get("owner_pid") == owner
+                  and "events" in pses and held and all(h.get("event") == "cycles" for h in held),
+                  label + ": GetPlan whole", (pvm, pses, held))
+        else:
+            hidden = ("origin", "owner", "follows_connection", "events", "owner_pid", "uid", "pid")
+            check(pvm.get("withheld") is True and pses.get("withheld") is True
+                  and not [k for k in hidden if k in pvm or k in pses] and pses.get("cpus") == "13"
+                  and held and all("event" not in h and h.get("withheld") and "counter" in h for h in held),
+                  label + ": GetPlan without origin, owner, events, pids or uid; the counters held shown",
+                  (pvm, pses, held))
+    # A VM taking the counters of root's session on CPU 13 changes its
+    # Events: announced as invalidated only (test_signals_withhold).
+    big = sock_call(env, "vm.attach", {"name": "vis-big", "gp": 8, "vcpu_count": 1, "cpus": "13",
+                                       "priority": 1000, "class": "guaranteed"})
+    check("result" in big, "a VM preempts root's session", big)
+    mock.SetAllowed(dbus.Array([], signature="s"))
+    clean_leases(env)
+
+
+def signal_props(sig):
+    """The property values a signal carries: (path, {name: value}) for
+    InterfacesAdded and PropertiesChanged, else None. busctl's JSON: payload
+    data [path, {iface: {name: {type, data}}}] or [iface, {name: {...}}, [invalidated]]."""
+    data = (sig.get("payload") or {}).get("data") or []
+    if sig.get("member") == "InterfacesAdded" and len(data) >= 2:
+        return data[0], {k: v for iface in data[1].values() for k, v in iface.items()}
+    if sig.get("member") == "PropertiesChanged" and len(data) >= 2:
+        return sig.get("path"), dict(data[1])
+    return None
+
+
+def test_signals_withhold(env):
+    """No signal carries a property that depends on who asks: every
+    listener receives InterfacesAdded and PropertiesChanged, so those
+    properties are only ever invalidated (read with Get, as the reader)."""
+    sigs = env.signals()
+    carried = [signal_props(x) for x in sigs]
+    carried = [c for c in carried if c and ("/vm/" in c[0] or "/session/" in c[0])]
+    leaked = [(p, k) for p, values in carried for k in values
+              if k in VM_WITHHELD and "/vm/" in p or k in SESSION_WITHHELD and "/session/" in p]
+    added = [p for x in sigs if x.get("member") == "InterfacesAdded" for p in [signal_props(x)[0]]]
+    check(PATH + "/vm/vis_2dvm" in added and PATH + "/session/vis_2ds" in added and carried,
+          "busctl monitor saw the leases' InterfacesAdded and PropertiesChanged", added[-10:])
+    check(not leaked, "no InterfacesAdded or PropertiesChanged carries Origin, Owner, Pid, OwnerPid, Events, "
+          "EventReasons or Withheld (%d signals)" % len(carried), leaked[:20])
+    invalidated = [x for x in sigs if x.get("member") == "PropertiesChanged" and "/session/" in x.get("path", "")
+                   and "Events" in ((x.get("payload") or {}).get("data") or [None, None, []])[2]]
+    check(invalidated, "a session's changed Events are announced as invalidated (read them with Get)",
+          [x for x in sigs if x.get("member") == "PropertiesChanged"][-6:])
 
 
 def test_polkit_hang(env, mock):
@@ -1093,6 +1220,8 @@ except dbus.DBusException as e:
 
     test_polkit_hang(env, mock)
     test_rights(env, mock)
+    test_visibility(env, mock)
+    test_signals_withhold(env)
 
     # ---- signals seen by busctl monitor
     time.sleep(0.3)
