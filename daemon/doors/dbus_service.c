@@ -538,6 +538,7 @@ static void put_session(struct out *o, const struct broker *b, const struct brok
 		put_cpus(o, "cpus", sv->cpus);
 	/* Another user's session: its events, task and owner are left out. */
 	if (sv->withheld) {
+		put_note(o, sv);
 		put_b(o, "withheld", true);
 		return;
 	}

@@ -408,6 +408,11 @@ static void put_session(struct json_door_text *t, const struct broker *b, const 
 	/* Another user's session: its events, the task it counts and who
 	 * started it are left out, and said so. */
 	if (s->withheld) {
+		/* the same for every session: nothing of the owner's */
+		if (with_events && s->note) {
+			put(t, ",\"note\":");
+			put_str(t, s->note);
+		}
 		put(t, ",\"withheld\":true}");
 		return;
 	}
