@@ -1943,10 +1943,9 @@ static struct broker_viewer getter_viewer(struct dbus_service *s, sd_bus *bus, s
 	struct broker_caller caller = caller_of(&probe, false);
 	struct broker_viewer w = r < 0 ? nobody : broker_viewer(s->broker, &caller);
 	free(probe.groups);
-	if (r < 0) {
+	/* once per call, however many getters it asks */
+	if (r < 0)
 		log_warn("dbus: %s: properties of other users' leases withheld", pe.message);
-		return nobody;
-	}
 	char *copy = strdup(sender);
 	if (copy) {
 		free(s->viewer_sender);
