@@ -82,6 +82,34 @@ static int apply_overrides(struct config *c, const struct vpmud_opts *o, char *e
 	return 0;
 }
 
+/* Descriptors vpmud keeps besides one per client: standard streams, the
+ * loop (epoll, signal and timer fds), the listening socket, the state
+ * directory and its lock, the bus and libvirt connections, a few sessions
+ * and a state file being written. Bound VMs' descriptors come on top. */
+#define VPMUD_OWN_FDS 32
+
+/*
+ * max_clients must fit in the open-files limit (already raised to the hard
+ * one): past it, accepting fails with EMFILE while the configuration
+ * promises room, and the admin reservation cannot be honoured.
+ */
+static int check_fd_limit(const struct config *c, char *err, size_t errlen)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 0;
+	if ((rlim_t)c->max_clients + VPMUD_OWN_FDS <= rl.rlim_cur)
+		return 0;
+	snprintf(err, errlen,
+		 "max_clients %u does not fit in the open files limit %llu: vpmud keeps %u descriptors for itself "
+		 "besides one per client, so at most %llu clients fit; lower max_clients or raise the limit "
+		 "(LimitNOFILE=)",
+		 c->max_clients, (unsigned long long)rl.rlim_cur, VPMUD_OWN_FDS,
+		 rl.rlim_cur > VPMUD_OWN_FDS ? (unsigned long long)(rl.rlim_cur - VPMUD_OWN_FDS) : 0ull);
+	return -EINVAL;
+}
+
 static int load_config(struct vpmud *d, struct config *out, char *err, size_t errlen)
 {
 	config_defaults(out);
@@ -91,7 +119,10 @@ static int load_config(struct vpmud *d, struct config *out, char *err, size_t er
 	r = apply_overrides(out, d->opts, err, errlen);
 	if (r < 0)
 		return r;
-	return config_check(out, err, errlen);
+	r = config_check(out, err, errlen);
+	if (r < 0)
+		return r;
+	return check_fd_limit(out, err, errlen);
 }
 
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)

@@ -5,9 +5,11 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -21,10 +23,27 @@
 #include "proto/frame.h"
 #include "proto/response.h"
 
-/* A watcher that does not read its events is cut off when this much waits
- * for it; replies may add one more maximal response on top. */
-#define SERVER_MAX_EVENT_BACKLOG (8u << 20)
-#define SERVER_MAX_BACKLOG (SERVER_MAX_EVENT_BACKLOG + 2 * PROTO_MAX_RESPONSE)
+/*
+ * Back-pressure: while this much output waits for a client, its requests
+ * are not read (they wait in the socket, then in the client). A client
+ * that never reads its replies costs at most this plus one reply.
+ */
+#define SERVER_READ_PAUSE (64u << 10)
+/* A watcher that does not read its events is cut off when this much of
+ * them waits for it (replies queued before them do not count). */
+#define SERVER_MAX_EVENT_BACKLOG (256u << 10)
+/* Never reached by a peer that back-pressure holds: what a paused client
+ * may have queued (events, one reply past the pause), with room to spare. */
+#define SERVER_MAX_BACKLOG (SERVER_MAX_EVENT_BACKLOG + SERVER_READ_PAUSE + 2 * PROTO_MAX_RESPONSE)
+#define SERVER_USEC_PER_SEC UINT64_C(1000000)
+/* Refusals and expired connections are logged at most once per interval
+ * each (the rest counted): a flood of connections must not flood the
+ * journal. Running out of descriptors, once per the longer one. */
+#define SERVER_LOG_INTERVAL_USEC (10 * SERVER_USEC_PER_SEC)
+#define SERVER_EXHAUSTED_LOG_INTERVAL_USEC (60 * SERVER_USEC_PER_SEC)
+/* Out of descriptors, accepting is retried after this even if none of
+ * ours closes: descriptors free elsewhere too (sessions, VMs). */
+#define SERVER_ACCEPT_RETRY_USEC (1 * SERVER_USEC_PER_SEC)
 /* An output buffer this large is given back once drained: one big plan
  * should not stay resident for the life of the connection. */
 #define SERVER_KEEP_BUFFER (64u << 10)
@@ -78,7 +97,37 @@ struct conn {
 	bool closing;         /* flush what is queued, then close */
 	bool dead;            /* cut off: freed from a deferred source */
 	sd_event_source *reaper;
+	/* Root or the admin group at accept: counted against max_clients
+	 * only, and never idle-closed. Fixed for the connection's life so
+	 * that what was counted is uncounted, whatever a reload changes. */
+	bool privileged;
+	sd_event_source *deadline;  /* first frame, then idle (not for watchers or privileged) */
+	uint64_t accepted_usec;     /* CLOCK_MONOTONIC */
+	uint64_t active_usec;       /* last complete request or reply bytes taken */
+	bool got_frame;
+	/* Input read but not yet taken while replies were piling up; taken
+	 * before anything more is read (descriptors are counted by line). */
+	char *unread;
+	size_t unread_len, unread_off;
+	/* Reply bytes in out since it was last empty (at most): what is
+	 * queued beyond them is events, the watcher's allowance. */
+	size_t reply_bytes;
 	struct conn *next, *prev;
+};
+
+/* Connections of one user who is neither root nor in the admin group. */
+struct uid_conns {
+	uid_t uid;
+	unsigned n;
+};
+
+/* A line now, then at most one per interval; what is left out is counted
+ * and said with the next line, or by the server's flush timer. */
+struct ratelog {
+	const char *what;     /* "connections refused", for the summary */
+	uint64_t interval;
+	uint64_t logged_usec; /* 0: never */
+	unsigned quiet;
 };
 
 struct server {
@@ -96,11 +145,158 @@ struct server {
 	struct json_door_text event_frame;
 	uint64_t event_seq;
 	bool event_ok;
+	/* Admission (docs/config.md, "Limits"). */
+	struct uid_conns *uids;     /* users with unprivileged connections */
+	size_t n_uids, cap_uids;
+	unsigned n_unprivileged;
+	/* Out of descriptors: the listen source is off until one of ours
+	 * closes or the retry timer fires. */
+	bool accept_paused;
+	sd_event_source *accept_retry;
+	struct ratelog refused, expired, exhausted;
+	sd_event_source *log_flush;
 };
 
 static size_t pending(const struct conn *c)
 {
 	return c->out.len - c->out_off;
+}
+
+static bool reading_paused(const struct conn *c)
+{
+	return pending(c) >= SERVER_READ_PAUSE;
+}
+
+static uint64_t now_usec(const struct server *s)
+{
+	uint64_t now = 0;
+	/* the loop's time of this iteration: no clock read per call */
+	if (sd_event_now(s->event, CLOCK_MONOTONIC, &now) < 0)
+		return 0;
+	return now;
+}
+
+static int on_log_flush(sd_event_source *src, uint64_t usec, void *userdata);
+
+static void flush_ratelog(struct ratelog *rl, uint64_t now)
+{
+	if (!rl->quiet)
+		return;
+	log_warn("%u more %s in the last %" PRIu64 " s (not logged one by one)", rl->quiet, rl->what,
+		 (now - rl->logged_usec + SERVER_USEC_PER_SEC / 2) / SERVER_USEC_PER_SEC);
+	rl->quiet = 0;
+	rl->logged_usec = now;
+}
+
+/* The summary of what a ratelog left out, once its interval is over. */
+static void arm_log_flush(struct server *s, const struct ratelog *rl)
+{
+	uint64_t due = rl->logged_usec + rl->interval, cur = 0;
+	int enabled = SD_EVENT_OFF;
+
+	if (!s->log_flush) {
+		/* on failure, what was left out is said with the next line */
+		sd_event_add_time(s->event, &s->log_flush, CLOCK_MONOTONIC, due, SERVER_USEC_PER_SEC, on_log_flush, s);
+		return;
+	}
+	sd_event_source_get_enabled(s->log_flush, &enabled);
+	if (enabled != SD_EVENT_OFF && sd_event_source_get_time(s->log_flush, &cur) >= 0 && cur <= due)
+		return;
+	sd_event_source_set_time(s->log_flush, due);
+	sd_event_source_set_enabled(s->log_flush, SD_EVENT_ONESHOT);
+}
+
+static int on_log_flush(sd_event_source *src, uint64_t usec, void *userdata)
+{
+	struct server *s = userdata;
+	struct ratelog *all[] = { &s->refused, &s->expired, &s->exhausted };
+	(void)src;
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (all[i]->quiet && usec >= all[i]->logged_usec + all[i]->interval)
+			flush_ratelog(all[i], usec);
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (all[i]->quiet)
+			arm_log_flush(s, all[i]);
+	return 0;
+}
+
+static void log_limited(struct server *s, struct ratelog *rl, int priority, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void log_limited(struct server *s, struct ratelog *rl, int priority, const char *fmt, ...)
+{
+	uint64_t now = now_usec(s);
+	_cleanup_free_ char *line = NULL;
+	va_list ap;
+
+	if (rl->logged_usec && now < rl->logged_usec + rl->interval) {
+		if (!rl->quiet++)
+			arm_log_flush(s, rl);
+		return;
+	}
+	va_start(ap, fmt);
+	int n = vasprintf(&line, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		line = NULL;
+	if (rl->quiet)
+		log_write(priority, "%s (and %u more %s in the last %" PRIu64 " s, not logged one by one)",
+			  line ? line : fmt, rl->quiet, rl->what,
+			  (now - rl->logged_usec + SERVER_USEC_PER_SEC / 2) / SERVER_USEC_PER_SEC);
+	else
+		log_write(priority, "%s", line ? line : fmt);
+	rl->quiet = 0;
+	rl->logged_usec = now ? now : 1;
+}
+
+static struct uid_conns *uid_find(struct server *s, uid_t uid)
+{
+	for (size_t i = 0; i < s->n_uids; i++)
+		if (s->uids[i].uid == uid)
+			return &s->uids[i];
+	return NULL;
+}
+
+static unsigned uid_count(struct server *s, uid_t uid)
+{
+	const struct uid_conns *u = uid_find(s, uid);
+	return u ? u->n : 0;
+}
+
+static int uid_take(struct server *s, uid_t uid)
+{
+	struct uid_conns *u = uid_find(s, uid);
+	if (u) {
+		u->n++;
+		return 0;
+	}
+	if (s->n_uids == s->cap_uids) {
+		size_t cap = s->cap_uids ? 2 * s->cap_uids : 16;
+		struct uid_conns *grown = reallocarray(s->uids, cap, sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		s->uids = grown;
+		s->cap_uids = cap;
+	}
+	s->uids[s->n_uids++] = (struct uid_conns){ .uid = uid, .n = 1 };
+	return 0;
+}
+
+static void uid_drop(struct server *s, uid_t uid)
+{
+	struct uid_conns *u = uid_find(s, uid);
+	if (!u)
+		return;
+	if (--u->n == 0)
+		*u = s->uids[--s->n_uids];
+}
+
+static void accept_resume(struct server *s)
+{
+	if (!s->accept_paused)
+		return;
+	s->accept_paused = false;
+	sd_event_source_set_enabled(s->accept_retry, SD_EVENT_OFF);
+	sd_event_source_set_enabled(s->listen_src, SD_EVENT_ON);
 }
 
 static void close_pending_fds(struct conn *c)
@@ -121,11 +317,13 @@ static void conn_free(struct conn *c)
 	broker_conn_close(c->bconn, NULL);
 	broker_conn_unref(c->bconn);
 	sd_event_source_disable_unref(c->reaper);
+	sd_event_source_disable_unref(c->deadline);
 	sd_event_source_disable_unref(c->src);
 	close(c->fd);
 	close_pending_fds(c);
 	frame_reader_fini(&c->reader);
 	json_door_text_fini(&c->out);
+	free(c->unread);
 	free(c->groups);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -134,14 +332,20 @@ static void conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->n_conns--;
+	if (!c->privileged) {
+		s->n_unprivileged--;
+		uid_drop(s, c->cred.uid);
+	}
 	free(c);
+	/* a descriptor is free again */
+	accept_resume(s);
 }
 
 static void update_events(struct conn *c)
 {
 	if (c->dead)
 		return;
-	uint32_t ev = c->closing ? 0 : EPOLLIN;
+	uint32_t ev = c->closing || reading_paused(c) ? 0 : EPOLLIN;
 	if (pending(c))
 		ev |= EPOLLOUT;
 	sd_event_source_set_io_events(c->src, ev);
@@ -181,8 +385,9 @@ static void conn_kill(struct conn *c, const char *why)
  * smaller allowance). */
 static int check_backlog(struct conn *c, bool is_event)
 {
-	size_t cap = is_event ? SERVER_MAX_EVENT_BACKLOG : SERVER_MAX_BACKLOG;
-	if (pending(c) <= cap)
+	size_t replies = c->reply_bytes < pending(c) ? c->reply_bytes : pending(c);
+	bool over = is_event ? pending(c) - replies > SERVER_MAX_EVENT_BACKLOG : pending(c) > SERVER_MAX_BACKLOG;
+	if (!over)
 		return 0;
 	char why[96];
 	snprintf(why, sizeof(why), "it does not read what it is sent (%zu bytes queued)", pending(c));
@@ -211,6 +416,7 @@ static int send_obj(struct conn *c, struct json_object *obj)
 		json_door_text_truncate(&c->out, c->out.len);
 		return r;
 	}
+	c->reply_bytes += len;
 	if ((r = check_backlog(c, false)) < 0)
 		return r;
 	update_events(c);
@@ -301,6 +507,7 @@ static void run_request(struct conn *c, const struct broker_caller *caller, cons
 		send_error(c, true, req->id, &err);
 		return;
 	}
+	c->reply_bytes += c->out.len - start;
 	if (check_backlog(c, false) == 0)
 		update_events(c);
 }
@@ -358,6 +565,8 @@ static void handle_frame(struct conn *c, const char *frame, size_t len, uint64_t
 	 * closed with it, never left for the next one */
 	int fr = claim_fds(c, line, &fd, &fd_err);
 
+	c->got_frame = true;
+	c->active_usec = now_usec(s);
 	memset(&req, 0, sizeof(req));
 	if (proto_request_decode(frame, len, s->max_cpus, &req, &id_known, &id, &err) < 0) {
 		send_error(c, id_known, id, &err);
@@ -426,8 +635,13 @@ static bool flush_out(struct conn *c)
 	ssize_t n = send(c->fd, c->out.data + c->out_off, pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (n < 0 && errno != EAGAIN && errno != EINTR)
 		return false;
-	if (n > 0)
+	if (n > 0) {
 		c->out_off += (size_t)n;
+		/* a client that reads is not idle, however long its answer */
+		c->active_usec = now_usec(c->srv);
+	}
+	if (c->reply_bytes > pending(c))
+		c->reply_bytes = pending(c);
 	if (pending(c) == 0) {
 		c->out_off = 0;
 		if (c->out.cap > SERVER_KEEP_BUFFER)
@@ -495,14 +709,15 @@ static int keep_fds(struct conn *c, const struct msghdr *mh, const char *buf, si
 
 /*
  * Feeds n bytes line by line, so that each request is handled knowing its
- * line number (the descriptors it came with). Returns 0, or the reader's
- * -EMSGSIZE / -ENOMEM.
+ * line number (the descriptors it came with), until they are all taken or
+ * replies pile up past SERVER_READ_PAUSE (back-pressure: the rest waits in
+ * c->unread). Returns the bytes taken, or the reader's -EMSGSIZE / -ENOMEM.
  */
-static int read_frames(struct conn *c, const char *buf, size_t n)
+static ssize_t read_frames(struct conn *c, const char *buf, size_t n)
 {
 	size_t off = 0;
 
-	while (off < n && !c->closing) {
+	while (off < n && !c->closing && !reading_paused(c)) {
 		const char *nl = memchr(buf + off, '\n', n - off);
 		size_t seg = nl ? (size_t)(nl - (buf + off)) + 1 : n - off;
 		int fr = frame_reader_feed(&c->reader, buf + off, seg);
@@ -524,7 +739,58 @@ static int read_frames(struct conn *c, const char *buf, size_t n)
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return (ssize_t)off;
+}
+
+/*
+ * What the reader said about input just taken: false when the connection
+ * is gone (freed, or cut off while its requests ran).
+ */
+static bool frames_taken(struct conn *c, ssize_t r)
+{
+	if (c->dead)
+		return false;
+	if (r == -EMSGSIZE) {
+		struct proto_error err = {0};
+		proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
+				"a request frame exceeds %u bytes; closing the connection", PROTO_MAX_REQUEST);
+		send_error(c, false, 0, &err);
+		c->closing = true;
+		return !c->dead;
+	}
+	if (r < 0) {
+		conn_free(c);
+		return false;
+	}
+	return true;
+}
+
+/* Input left over when replies piled up, taken once they drained. */
+static bool take_unread(struct conn *c)
+{
+	ssize_t r = read_frames(c, c->unread + c->unread_off, c->unread_len - c->unread_off);
+
+	if (r > 0)
+		c->unread_off += (size_t)r;
+	if (r < 0 || c->closing || c->unread_off == c->unread_len) {
+		free(c->unread);
+		c->unread = NULL;
+		c->unread_len = c->unread_off = 0;
+	}
+	return frames_taken(c, r);
+}
+
+static bool keep_unread(struct conn *c, const char *buf, size_t n)
+{
+	c->unread = malloc(n);
+	if (!c->unread) {
+		conn_kill(c, "out of memory for its requests");
+		return false;
+	}
+	memcpy(c->unread, buf, n);
+	c->unread_len = n;
+	c->unread_off = 0;
+	return true;
 }
 
 static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdata)
@@ -534,7 +800,9 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 	if (c->dead)
 		return 0;
 
-	if (revents & EPOLLOUT && pending(c) && !flush_out(c)) {
+	/* A peer gone while its reading is paused is noticed here: the
+	 * send fails (EPOLLIN is off, a hangup alone must not spin). */
+	if (revents & (EPOLLOUT | EPOLLHUP | EPOLLERR) && pending(c) && !flush_out(c)) {
 		conn_free(c);
 		return 0;
 	}
@@ -542,7 +810,11 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 		conn_free(c);
 		return 0;
 	}
-	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing) {
+	/* Requests read before the pause come first, and nothing more is
+	 * read until they are taken. */
+	if (c->unread && !c->closing && !reading_paused(c) && !take_unread(c))
+		return 0;
+	if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR) && !c->closing && !c->unread && !reading_paused(c)) {
 		char buf[16384];
 		union {
 			struct cmsghdr align;
@@ -581,20 +853,12 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 			return 0;
 		}
 		if (n > 0) {
-			int r = read_frames(c, buf, (size_t)n);
-			if (c->dead)
+			ssize_t took = read_frames(c, buf, (size_t)n);
+			if (!frames_taken(c, took))
 				return 0;
-			if (r == -EMSGSIZE) {
-				struct proto_error err = {0};
-				proto_error_set(&err, PROTO_E_TOO_LARGE, EMSGSIZE, NULL,
-						"a request frame exceeds %u bytes; closing the connection",
-						PROTO_MAX_REQUEST);
-				send_error(c, false, 0, &err);
-				c->closing = true;
-			} else if (r < 0) {
-				conn_free(c);
+			if (took >= 0 && (size_t)took < (size_t)n && !c->closing &&
+			    !keep_unread(c, buf + took, (size_t)n - (size_t)took))
 				return 0;
-			}
 		}
 	}
 	update_events(c);
@@ -627,51 +891,209 @@ static int peer_groups(int fd, gid_t **out, size_t *n)
 	}
 }
 
+/* A one-line error for a connection about to be closed, if its socket
+ * takes it now: nothing waits for a peer that does not read. */
+static void send_parting(int fd, const struct proto_error *err)
+{
+	_cleanup_json_ struct json_object *obj = response_error(false, 0, err);
+	_cleanup_free_ char *frame = NULL;
+	size_t len;
+
+	if (!obj || frame_encode(obj, PROTO_MAX_RESPONSE, &frame, &len) < 0)
+		return;
+	if (send(fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+		/* the peer learns from the close */
+	}
+}
+
+static void expire(struct conn *c, const char *what, unsigned seconds, const char *key)
+{
+	struct server *s = c->srv;
+	struct proto_error err = {0};
+
+	proto_error_set(&err, PROTO_E_BAD_REQUEST, ETIMEDOUT, NULL, "%s for %u s (%s); closing the connection", what,
+			seconds, key);
+	log_limited(s, &s->expired, LOG_INFO, "closed the connection of uid %u pid %d: %s",
+		    (unsigned)c->cred.uid, (int)c->cred.pid, err.message);
+	if (!pending(c))
+		send_parting(c->fd, &err);
+	conn_free(c);
+}
+
+/*
+ * The connection's one deadline: its first complete request, then (unless
+ * it watches or is privileged) the idle limit. Activity does not move the
+ * timer; when it fires early for that, it is set again from the last
+ * activity. Timeouts are read live, so a reload applies at the next firing.
+ */
+static int on_deadline(sd_event_source *src, uint64_t usec, void *userdata)
+{
+	struct conn *c = userdata;
+	const struct config *cfg = c->srv->cfg;
+	uint64_t due;
+
+	if (c->dead)
+		return 0;
+	if (!c->got_frame) {
+		due = c->accepted_usec + cfg->first_frame_timeout * SERVER_USEC_PER_SEC;
+		if (usec >= due) {
+			expire(c, "no complete request", cfg->first_frame_timeout, "first_frame_timeout");
+			return 0;
+		}
+	} else {
+		/* Watchers wait for events by design; root and the admin group
+		 * hold connections that no other user can take from them
+		 * (vpmuctl session read --interval waits up to an hour). */
+		if (c->watching || c->privileged)
+			return 0;
+		due = c->active_usec + cfg->idle_timeout * SERVER_USEC_PER_SEC;
+		if (usec >= due) {
+			expire(c, "no request and no reply read", cfg->idle_timeout, "idle_timeout");
+			return 0;
+		}
+	}
+	sd_event_source_set_time(src, due);
+	sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+	return 0;
+}
+
+enum admission {
+	ADMIT,
+	REFUSE_PER_USER,  /* max_clients_per_uid */
+	REFUSE_SHARED,    /* max_clients - admin_reserved_clients, unprivileged users together */
+	REFUSE_TOTAL,     /* max_clients */
+};
+
+static enum admission admit(struct server *s, uid_t uid, bool privileged)
+{
+	const struct config *cfg = s->cfg;
+
+	if (!privileged && uid_count(s, uid) >= cfg->max_clients_per_uid)
+		return REFUSE_PER_USER;
+	if (!privileged && s->n_unprivileged + cfg->admin_reserved_clients >= cfg->max_clients)
+		return REFUSE_SHARED;
+	if (s->n_conns >= cfg->max_clients)
+		return REFUSE_TOTAL;
+	return ADMIT;
+}
+
+static void refuse(struct server *s, int fd, const struct ucred *cr, enum admission why)
+{
+	const struct config *cfg = s->cfg;
+	struct proto_error err = {0};
+
+	switch (why) {
+	case REFUSE_PER_USER:
+		proto_error_set(&err, PROTO_E_BUSY, EBUSY, NULL,
+				"too many clients: uid %u holds %u connections already (max_clients_per_uid)",
+				(unsigned)cr->uid, uid_count(s, cr->uid));
+		break;
+	case REFUSE_SHARED:
+		proto_error_set(&err, PROTO_E_BUSY, EBUSY, NULL,
+				"too many clients: users other than root and group %s hold %u connections already "
+				"(max_clients %u minus admin_reserved_clients %u)",
+				cfg->admin_group, s->n_unprivileged, cfg->max_clients, cfg->admin_reserved_clients);
+		break;
+	default:
+		proto_error_set(&err, PROTO_E_BUSY, EBUSY, NULL,
+				"too many clients: %u connections already (max_clients)", s->n_conns);
+		break;
+	}
+	send_parting(fd, &err);
+	log_limited(s, &s->refused, LOG_WARNING, "refused a connection from uid %u pid %d: %s", (unsigned)cr->uid,
+		    (int)cr->pid, err.message);
+}
+
+/*
+ * Out of descriptors or kernel memory: a pending connection stays in the
+ * backlog and the listen fd stays readable, so accepting again at once
+ * would spin. Accepting stops until one of ours closes, or the retry timer
+ * fires (descriptors free elsewhere too).
+ */
+static void accept_pause(struct server *s, int err)
+{
+	struct rlimit rl = {0};
+
+	sd_event_source_set_enabled(s->listen_src, SD_EVENT_OFF);
+	s->accept_paused = true;
+	sd_event_source_set_time_relative(s->accept_retry, SERVER_ACCEPT_RETRY_USEC);
+	sd_event_source_set_enabled(s->accept_retry, SD_EVENT_ONESHOT);
+	getrlimit(RLIMIT_NOFILE, &rl);
+	log_limited(s, &s->exhausted, LOG_ERR,
+		    "cannot accept connections: %s (%u clients, open files limit %llu); not accepting until a "
+		    "descriptor frees (retrying each %llu s)",
+		    strerror(err), s->n_conns, (unsigned long long)rl.rlim_cur,
+		    (unsigned long long)(SERVER_ACCEPT_RETRY_USEC / SERVER_USEC_PER_SEC));
+}
+
+static int on_accept_retry(sd_event_source *src, uint64_t usec, void *userdata)
+{
+	(void)src;
+	(void)usec;
+	accept_resume(userdata);
+	return 0;
+}
+
 static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
 	struct server *s = userdata;
 	(void)src;
 	(void)revents;
 	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	if (cfd < 0)
-		return 0;
-	struct ucred cr;
-	socklen_t l = sizeof(cr);
-	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0) {
-		close(cfd);
+	if (cfd < 0) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+			accept_pause(s, errno);
+		/* else (EAGAIN, ECONNABORTED, EINTR, ...): this one is gone */
 		return 0;
 	}
-	if (s->n_conns >= s->cfg->max_clients) {
-		static const char msg[] =
-			"{\"id\":null,\"error\":{\"code\":\"busy\",\"errno\":16,\"message\":\"too many clients\"}}\n";
-		if (send(cfd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-			/* nothing more to tell a client we are turning away */
-		}
-		close(cfd);
-		log_warn("refused a connection from pid %d: %u clients already (max_clients)", (int)cr.pid, s->n_conns);
+	_cleanup_close_ int owned = cfd;
+	struct ucred cr;
+	socklen_t l = sizeof(cr);
+	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+		return 0;
+	_cleanup_free_ gid_t *groups = NULL;
+	size_t n_groups = 0;
+	/* Without its groups a peer is judged by uid and primary group only. */
+	if (peer_groups(cfd, &groups, &n_groups) < 0)
+		n_groups = 0;
+	struct broker_caller caller = { .door = BROKER_DOOR_SOCKET, .uid = cr.uid, .gid = cr.gid, .pid = cr.pid,
+					.groups = groups, .n_groups = n_groups };
+	bool privileged = broker_caller_is_admin(s->broker, &caller);
+	enum admission a = admit(s, cr.uid, privileged);
+	if (a != ADMIT) {
+		refuse(s, cfd, &cr, a);
 		return 0;
 	}
 	struct conn *c = calloc(1, sizeof(*c));
 	if (!c || frame_reader_init(&c->reader, PROTO_MAX_REQUEST) < 0) {
 		free(c);
-		close(cfd);
 		return 0;
 	}
 	c->srv = s;
 	c->fd = cfd;
 	c->cred = cr;
-	/* Without its groups a peer is judged by uid and primary group only. */
-	if (peer_groups(cfd, &c->groups, &c->n_groups) < 0)
-		c->n_groups = 0;
-	if (broker_conn_open(s->broker, false, &c->bconn) < 0 ||
-	    sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0) {
+	c->privileged = privileged;
+	c->accepted_usec = c->active_usec = now_usec(s);
+	c->groups = TAKE_PTR(groups);
+	c->n_groups = n_groups;
+	if ((!privileged && uid_take(s, cr.uid) < 0) || broker_conn_open(s->broker, false, &c->bconn) < 0 ||
+	    sd_event_add_io(s->event, &c->src, cfd, EPOLLIN, on_conn, c) < 0 ||
+	    sd_event_add_time(s->event, &c->deadline, CLOCK_MONOTONIC,
+			      c->accepted_usec + s->cfg->first_frame_timeout * SERVER_USEC_PER_SEC, 0, on_deadline,
+			      c) < 0) {
+		if (!privileged)
+			uid_drop(s, cr.uid);
+		sd_event_source_disable_unref(c->deadline);
+		sd_event_source_disable_unref(c->src);
 		broker_conn_unref(c->bconn);
 		free(c->groups);
 		frame_reader_fini(&c->reader);
 		free(c);
-		close(cfd);
 		return 0;
 	}
+	TAKE_FD(owned);
+	if (!privileged)
+		s->n_unprivileged++;
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;
@@ -741,9 +1163,23 @@ int server_new(const struct server_opts *o, struct server **out, char *why, size
 			log_warn("cannot give %s to group %s: %s", sa.sun_path, o->cfg->admin_group, strerror(errno));
 		s->owns_path = true;
 	}
+	s->refused = (struct ratelog){ .what = "connections refused", .interval = SERVER_LOG_INTERVAL_USEC };
+	s->expired = (struct ratelog){ .what = "connections closed for a deadline", .interval = SERVER_LOG_INTERVAL_USEC };
+	s->exhausted = (struct ratelog){ .what = "failed accepts", .interval = SERVER_EXHAUSTED_LOG_INTERVAL_USEC };
 	int r = sd_event_add_io(s->event, &s->listen_src, s->listen_fd, EPOLLIN, on_accept, s);
 	if (r < 0) {
 		snprintf(why, whylen, "sd_event_add_io: %s", strerror(-r));
+		server_free(s);
+		return r;
+	}
+	/* Made now, while descriptors are there: the loop's timer fd for
+	 * this clock is what every connection's deadline uses. */
+	r = sd_event_add_time_relative(s->event, &s->accept_retry, CLOCK_MONOTONIC, SERVER_ACCEPT_RETRY_USEC, 0,
+				       on_accept_retry, s);
+	if (r >= 0)
+		r = sd_event_source_set_enabled(s->accept_retry, SD_EVENT_OFF);
+	if (r < 0) {
+		snprintf(why, whylen, "sd_event_add_time: %s", strerror(-r));
 		server_free(s);
 		return r;
 	}
@@ -758,6 +1194,9 @@ void server_free(struct server *s)
 	while (s->conns)
 		conn_free(s->conns);
 	sd_event_source_disable_unref(s->listen_src);
+	sd_event_source_disable_unref(s->accept_retry);
+	sd_event_source_disable_unref(s->log_flush);
+	free(s->uids);
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);
 	if (s->owns_path)

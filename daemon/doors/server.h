@@ -21,7 +21,8 @@ struct server;
 struct server_opts {
 	sd_event *event;
 	struct broker *broker;
-	const struct config *cfg;   /* max_clients read live; admin_group names the socket's group */
+	const struct config *cfg;   /* admission limits and timeouts read live (docs/config.md, "Limits");
+				     * admin_group names the socket's group */
 	int listen_fd;              /* >= 0: socket-activated fd; -1: bind cfg->socket */
 	unsigned max_cpus;          /* CPU numbers accepted in requests */
 };
