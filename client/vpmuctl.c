@@ -1597,10 +1597,11 @@ static int session_list(struct ctl *x, int argc, char **argv)
 		struct json_object *s = json_object_array_get_idx(ss, i);
 		char *target = get(s, "cpus")  ? xasprintf("cpus %s", json_object_get_string(get(s, "cpus")))
 			       : get(s, "pid") ? xasprintf("pid %s", json_object_get_string(get(s, "pid")))
-					       : xstrdup("-");
+					       : xstrdup(get(s, "withheld") ? "withheld" : "-");
 
-		table_row(&t, fmt_any(s, "name"), fmt_any(s, "priority"), fmt_any(s, "class"), fmt_any(s, "events"),
-			  target);
+		bool withheld = get(s, "withheld") && json_object_get_boolean(get(s, "withheld"));
+		table_row(&t, fmt_any(s, "name"), fmt_any(s, "priority"), fmt_any(s, "class"),
+			  withheld ? xstrdup("withheld") : fmt_any(s, "events"), target);
 	}
 	table_print(&t, "");
 	json_object_put(res);

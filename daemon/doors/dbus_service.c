@@ -132,13 +132,16 @@ struct dbus_service {
 	/* The leases broker events named since the last flush. */
 	struct id_set dirty_vms, dirty_sessions;
 	bool dirty_all;             /* a name was lost (out of memory): walk every lease */
-	/* The call whose sender property getters last answered, and what the
-	 * broker lets it see: GetManagedObjects asks every getter of every
-	 * object, the credentials are read once. By sender and cookie, which
-	 * name one call; holding the message would hold what it carries. */
-	char *viewer_sender;
-	uint64_t viewer_cookie;
+	/* What the broker lets the caller being answered see: GetManagedObjects
+	 * asks every getter of every object, the credentials are read once per
+	 * incoming message. Keyed by a count of incoming messages (a filter
+	 * counts them), not by the client's cookie: a client picks its cookies
+	 * and could keep one view alive across a reload of admin_group.
+	 * Holding the message itself would hold what it carries. */
+	uint64_t incoming;
+	uint64_t viewer_of;         /* the value of incoming it was read for; 0: none */
 	struct broker_viewer viewer;
+	uint64_t creds_warned_usec; /* last "credentials unreadable" log line */
 };
 
 static void flush(struct dbus_service *s);
@@ -552,7 +555,7 @@ static void put_session(struct out *o, const struct broker *b, const struct brok
 
 static void put_host_placement(struct out *o, const struct broker_viewer *w, const struct broker_host_placement *hp)
 {
-	char counter[16];
+	char counter[24]; /* room for "fixed" and any int, as a Debug build checks */
 	struct broker_host_placement copy = *hp, *h = &copy;
 	broker_placement_withhold(w, h);
 	item_begin(o);
@@ -1924,6 +1927,17 @@ static int session_enumerate(sd_bus *bus, const char *prefix, void *userdata, ch
  * anything but a method's reply, or the credentials be unreadable, the
  * viewer sees nobody's lease whole.
  */
+static int count_incoming(sd_bus_message *m, void *userdata, sd_bus_error *e)
+{
+	struct dbus_service *s = userdata;
+	(void)m;
+	(void)e;
+	/* never 0, which says "no view read" */
+	if (++s->incoming == 0)
+		s->incoming = 1;
+	return 0;
+}
+
 static struct broker_viewer getter_viewer(struct dbus_service *s, sd_bus *bus, sd_bus_message *reply)
 {
 	const struct broker_viewer nobody = { .uid = (uid_t)-1, .sees_all = false };
@@ -1933,9 +1947,7 @@ static struct broker_viewer getter_viewer(struct dbus_service *s, sd_bus *bus, s
 	    !sd_bus_message_get_sender(call))
 		return nobody;
 	const char *sender = sd_bus_message_get_sender(call);
-	uint64_t cookie = 0;
-	(void)sd_bus_message_get_cookie(call, &cookie);
-	if (s->viewer_sender && cookie == s->viewer_cookie && !strcmp(sender, s->viewer_sender))
+	if (s->viewer_of && s->viewer_of == s->incoming)
 		return s->viewer;
 	struct call probe = { .svc = s, .sender = (char *)sender };
 	struct proto_error pe = { 0 };
@@ -1943,16 +1955,16 @@ static struct broker_viewer getter_viewer(struct dbus_service *s, sd_bus *bus, s
 	struct broker_caller caller = caller_of(&probe, false);
 	struct broker_viewer w = r < 0 ? nobody : broker_viewer(s->broker, &caller);
 	free(probe.groups);
-	/* once per call, however many getters it asks */
-	if (r < 0)
-		log_warn("dbus: %s: properties of other users' leases withheld", pe.message);
-	char *copy = strdup(sender);
-	if (copy) {
-		free(s->viewer_sender);
-		s->viewer_sender = copy;
-		s->viewer_cookie = cookie;
-		s->viewer = w;
+	/* Any caller can make this happen (ask, then leave the bus before the
+	 * credentials are read): at most one line a minute. */
+	uint64_t now = 0;
+	if (r < 0 && sd_event_now(s->event, CLOCK_MONOTONIC, &now) >= 0 &&
+	    (!s->creds_warned_usec || now - s->creds_warned_usec >= 60 * 1000000ULL)) {
+		s->creds_warned_usec = now;
+		log_warn("dbus: %s: properties of other users' leases withheld (logged once a minute)", pe.message);
 	}
+	s->viewer_of = s->incoming;
+	s->viewer = w;
 	return w;
 }
 
@@ -2690,6 +2702,8 @@ int dbus_service_new(sd_event *event, struct broker *broker, const struct config
 	}
 	sd_bus_set_description(s->bus, "vpmud-dbus");
 	step = "exporting objects";
+	if ((r = sd_bus_add_filter(s->bus, NULL, count_incoming, s)) < 0)
+		goto fail;
 	if ((r = sd_bus_add_object_vtable(s->bus, NULL, DBUS_SERVICE_PATH, IFACE_MANAGER, manager_vtable, s)) < 0 ||
 	    (r = sd_bus_add_fallback_vtable(s->bus, NULL, PATH_VM, IFACE_VM, vm_vtable, vm_find, s)) < 0 ||
 	    (r = sd_bus_add_node_enumerator(s->bus, NULL, PATH_VM, vm_enumerate, s)) < 0 ||
@@ -2754,6 +2768,5 @@ void dbus_service_free(struct dbus_service *s)
 	free(s->sessions.v);
 	free(s->dirty_vms.v);
 	free(s->dirty_sessions.v);
-	free(s->viewer_sender);
 	free(s);
 }
