@@ -51,7 +51,7 @@ static int set_string(char *dst, size_t cap, const char *key, const char *value,
 	}
 	size_t bad = textesc_first_bad(value, n);
 	if (bad < n) {
-		snprintf(err, errlen, "field \"%s\": byte 0x%02X at position %zu is not text (control byte or not UTF-8)",
+		snprintf(err, errlen, "field \"%s\": byte 0x%02X at position %zu is not text (a control or invisible format character, or not UTF-8)",
 			 key, (unsigned char)value[bad], bad + 1);
 		return -EINVAL;
 	}
@@ -243,7 +243,7 @@ int config_parse_text(const char *text, size_t len, const char *label, struct co
 		size_t bad = textesc_first_bad(line, ll);
 		if (bad < ll && !(line[bad] == '\r' && bad == ll - 1))
 			return line_error(err, errlen, where, lineno,
-					  "byte 0x%02X at column %zu is not text (a control byte or not UTF-8): not a config file",
+					  "byte 0x%02X at column %zu is not text (a control or invisible format character, or not UTF-8): not a config file",
 					  (unsigned char)line[bad], bad + 1);
 		char *s = trim(line);
 		if (*s == '\0' || *s == '#' || *s == ';')

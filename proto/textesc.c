@@ -45,6 +45,15 @@ static size_t echo_len(const unsigned char *p, size_t left)
 	/* C1 controls (U+0080..U+009F) act as controls for some terminals */
 	if (c == 0xc2 && p[1] <= 0x9f)
 		return 0;
+	/* Invisible format characters that change what a reader sees: zero
+	 * widths and direction marks (U+200B..U+200F), line and paragraph
+	 * separators and bidi embeddings (U+2028..U+202E), bidi isolates
+	 * (U+2066..U+2069), the byte order mark (U+FEFF). */
+	if (c == 0xe2 && ((p[1] == 0x80 && ((p[2] >= 0x8b && p[2] <= 0x8f) || (p[2] >= 0xa8 && p[2] <= 0xae))) ||
+			  (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)))
+		return 0;
+	if (c == 0xef && p[1] == 0xbb && p[2] == 0xbf)
+		return 0;
 	return n;
 }
 

@@ -4,7 +4,9 @@
  * Anything a terminal or a log reader could take for more than text is
  * written as \xNN: control bytes (C0, DEL, and C1 in its UTF-8 form) and
  * bytes that are not RFC 3629 UTF-8 (overlong forms, surrogates, code
- * points above U+10FFFF, truncated sequences); a backslash is doubled so
+ * points above U+10FFFF, truncated sequences), and invisible format
+ * characters that change what a reader sees (bidi overrides, zero widths,
+ * U+2028/2029); a backslash is doubled so
  * that the escapes stay unambiguous. Valid printable UTF-8 passes as is.
  */
 #ifndef VPMU_TEXTESC_H
