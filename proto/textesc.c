@@ -7,16 +7,14 @@
 #include <string.h>
 
 /*
- * How many bytes at p form one character that may be echoed as it is
- * (0: the byte at p must be escaped). RFC 3629 table: the second byte's
+ * How many bytes at p form one character of text (0: the byte at p is
+ * not text). RFC 3629 table: the second byte's
  * range depends on the first so that overlong forms, surrogates and code
  * points above U+10FFFF are refused.
  */
-static size_t echo_len(const unsigned char *p, size_t left)
+static size_t text_len(const unsigned char *p, size_t left)
 {
 	unsigned char c = p[0];
-	if (c == '\\')
-		return 0;
 	if (c < 0x80)
 		return c >= 0x20 && c != 0x7f ? 1 : 0;
 	size_t n;
@@ -57,26 +55,27 @@ static size_t echo_len(const unsigned char *p, size_t left)
 	return n;
 }
 
-/* Writes the escaped form into out (NULL: only counts); returns its length. */
+/*
+ * Writes the escaped form into out (NULL: only counts); returns its length.
+ * Every byte outside printable ASCII is escaped, valid UTF-8 included: a
+ * message is then ASCII, and whatever cuts it later (a bounded buffer, a
+ * log line limit) cannot leave half a character.
+ */
 static size_t escape(const char *s, size_t len, char *out, size_t cap)
 {
 	const unsigned char *p = (const unsigned char *)s;
 	size_t o = 0;
-	for (size_t i = 0; i < len;) {
-		size_t n = echo_len(p + i, len - i);
+	for (size_t i = 0; i < len; i++) {
 		char piece[8];
 		size_t pl;
-		if (n) {
-			pl = n;
-			memcpy(piece, p + i, n);
-			i += n;
-		} else if (p[i] == '\\') {
+		if (p[i] == '\\') {
 			pl = 2;
 			memcpy(piece, "\\\\", 2);
-			i++;
+		} else if (p[i] >= 0x20 && p[i] < 0x7f) {
+			pl = 1;
+			piece[0] = (char)p[i];
 		} else {
 			pl = (size_t)snprintf(piece, sizeof(piece), "\\x%02X", p[i]);
-			i++;
 		}
 		if (out) {
 			if (o + pl >= cap)
@@ -109,7 +108,7 @@ size_t textesc_first_bad(const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
 	for (size_t i = 0; i < len;) {
-		size_t n = p[i] == '\\' || p[i] == '\t' ? 1 : echo_len(p + i, len - i);
+		size_t n = p[i] == '\t' ? 1 : text_len(p + i, len - i);
 		if (!n)
 			return i;
 		i += n;

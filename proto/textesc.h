@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * textesc: outside bytes made safe to echo in a log line or a message.
- * Anything a terminal or a log reader could take for more than text is
- * written as \xNN: control bytes (C0, DEL, and C1 in its UTF-8 form) and
- * bytes that are not RFC 3629 UTF-8 (overlong forms, surrogates, code
- * points above U+10FFFF, truncated sequences), and invisible format
- * characters that change what a reader sees (bidi overrides, zero widths,
- * U+2028/2029); a backslash is doubled so
- * that the escapes stay unambiguous. Valid printable UTF-8 passes as is.
+ * Every byte outside printable ASCII is written as \xNN (control bytes,
+ * bytes that are not UTF-8, and valid UTF-8 too, so that a message is
+ * ASCII and no later cut can leave half a character); a backslash is
+ * doubled so that the escapes stay unambiguous.
+ *
+ * textesc_first_bad is for readers that refuse what is not text: control
+ * bytes (C0 but tab, DEL, C1), bytes that are not RFC 3629 UTF-8 (overlong
+ * forms, surrogates, code points above U+10FFFF, truncated sequences) and
+ * invisible format characters that change what a reader sees (bidi
+ * overrides and isolates, zero widths, U+2028/2029, the BOM).
  */
 #ifndef VPMU_TEXTESC_H
 #define VPMU_TEXTESC_H

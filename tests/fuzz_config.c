@@ -3,8 +3,8 @@
  * libFuzzer target: bytes as a config file holds them, through the parser
  * config_load_file uses (config_parse_text). What it must keep: a refusal
  * leaves every setting as it was, an acceptance leaves every setting
- * within its rules, and no message carries a raw control byte or bytes
- * that are not UTF-8 (messages reach the log).
+ * within its rules, and no message carries a byte outside printable ASCII
+ * (messages reach the log; outside bytes are escaped).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -12,16 +12,13 @@
 #include <string.h>
 
 #include "proto/config.h"
-#include "proto/textesc.h"
 
 static void text_only(const char *msg)
 {
-	size_t n = strlen(msg);
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)msg[i] < 0x20 || msg[i] == 0x7f)
+	/* escaped outside bytes leave only printable ASCII */
+	for (const char *p = msg; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
 			abort();
-	if (textesc_first_bad(msg, n) != n)
-		abort();
 }
 
 static void terminated(const char *field, size_t cap)

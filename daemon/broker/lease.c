@@ -107,8 +107,9 @@ static int only_known(struct json_object *o, const char *where, const char *cons
 	json_object_object_foreach(o, key, v) {
 		(void)v;
 		if (!member_known(key, known)) {
-			_cleanup_free_ char *k = textesc_dup(key, strlen(key));
-			snprintf(why, whylen, "%sunknown member \"%.80s\" (a rewrite would lose it)", where, k ? k : "?");
+			char k[100];
+			snprintf(why, whylen, "%sunknown member \"%s\" (a rewrite would lose it)", where,
+				 textesc_put(k, sizeof(k), key));
 			return -EINVAL;
 		}
 	}

@@ -261,9 +261,9 @@ static int legacy_array(struct legacy_walk *w, struct json_object *doc, const ch
 		}
 		const char *n = json_object_get_string(name);
 		if (!name_valid(n) || strlen(n) != (size_t)json_object_get_string_len(name)) {
-			_cleanup_free_ char *shown = textesc_dup(n, (size_t)json_object_get_string_len(name));
-			skipf(w, what, "its name \"%.300s\" is not a lease name (1..64 of A-Z a-z 0-9 . _ -)",
-			      shown ? shown : "?");
+			char shown[300];
+			skipf(w, what, "its name \"%s\" is not a lease name (1..64 of A-Z a-z 0-9 . _ -)",
+			      textesc_put(shown, sizeof(shown), n));
 			continue;
 		}
 		if (json_object_object_get_ex(e, "seq", &seq)) {
@@ -333,9 +333,8 @@ int state_legacy_parse(const char *text, size_t len, state_legacy_entry_fn fn, s
 	json_object_object_foreach(doc, key, val) {
 		(void)val;
 		if (strcmp(key, "format") && strcmp(key, "vms") && strcmp(key, "sessions")) {
-			_cleanup_free_ char *k = textesc_dup(key, strlen(key));
-			char what[128];
-			snprintf(what, sizeof(what), "\"%.100s\"", k ? k : "?");
+			char k[100], what[128];
+			snprintf(what, sizeof(what), "\"%s\"", textesc_put(k, sizeof(k), key));
 			skipf(&w, what, "not a member of format 1");
 		}
 	}
