@@ -89,7 +89,7 @@ def test_config(tmp):
         replace(conf, write(b"state_dir = /var/lib/x\x1bx\n"))
         mark = len(log_bytes(d))
         got, log = reload_and_wait(d, mark)
-        check(got is not None and b"byte 0x1B at column 21" in log and not RAW.search(log),
+        check(got is not None and b"byte 0x1B at column 23" in log and not RAW.search(log),
               "a value with a control byte is refused, escaped", log[-300:])
 
         # Every key of a file applies or none: a bad last line keeps all.
