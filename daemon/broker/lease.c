@@ -63,7 +63,9 @@ static const char *shown(struct json_object *v, char *buf, size_t len)
 {
 	const char *t = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
 	char cut[96];
-	snprintf(cut, sizeof(cut), "%s%s", t ? t : "?", t && strlen(t) >= sizeof(cut) ? "…" : "");
+	snprintf(cut, sizeof(cut) - 3, "%s", t ? t : "?");
+	if (t && strlen(t) >= sizeof(cut) - 3)
+		strcat(cut, "...");
 	return textesc_put(buf, len, cut);
 }
 
