@@ -4,9 +4,11 @@
 
 #include "proto/cleanup.h"
 #include "proto/proto.h"
+#include "proto/textesc.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -47,6 +49,12 @@ static int set_string(char *dst, size_t cap, const char *key, const char *value,
 		snprintf(err, errlen, "field \"%s\": must be 1..%zu characters", key, cap - 1);
 		return -EINVAL;
 	}
+	size_t bad = textesc_first_bad(value, n);
+	if (bad < n) {
+		snprintf(err, errlen, "field \"%s\": byte 0x%02X at position %zu is not text (a control or invisible format character, or not UTF-8)",
+			 key, (unsigned char)value[bad], bad + 1);
+		return -EINVAL;
+	}
 	memcpy(dst, value, n + 1);
 	return 0;
 }
@@ -54,12 +62,14 @@ static int set_string(char *dst, size_t cap, const char *key, const char *value,
 static int parse_int(const char *key, const char *value, long lo, long hi, long *out, char *err,
 		     size_t errlen)
 {
+	_cleanup_free_ char *shown = NULL;
 	char *end;
 	errno = 0;
 	long v = strtol(value, &end, 10);
 	if (errno || end == value || *end || v < lo || v > hi) {
+		shown = textesc_dup(value, strlen(value));
 		snprintf(err, errlen, "field \"%s\": must be an integer %ld..%ld, got \"%s\"", key, lo, hi,
-			 value);
+			 shown ? shown : "?");
 		return -EINVAL;
 	}
 	*out = v;
@@ -70,6 +80,11 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 {
 	long v;
 	int r;
+	/* value and key may come from anywhere (a file, the command line):
+	 * messages echo them escaped */
+	_cleanup_free_ char *shown = textesc_dup(value, strlen(value));
+	if (!shown)
+		return -ENOMEM;
 
 	if (!strcmp(key, "socket")) {
 		if (value[0] != '/') {
@@ -91,7 +106,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		if (strcmp(value, "auto") && strcmp(value, "ioctl") && strcmp(value, "advisory") &&
 		    strcmp(value, "model")) {
 			snprintf(err, errlen, "field \"kvm\": must be auto, ioctl, advisory or model, got \"%s\"",
-				 value);
+				 shown);
 			return -EINVAL;
 		}
 		return set_string(c->kvm, sizeof(c->kvm), key, value, err, errlen);
@@ -99,7 +114,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 	if (!strcmp(key, "kvm_model_reserve")) {
 		if (strcmp(value, "per-cpu") && strcmp(value, "uniform")) {
 			snprintf(err, errlen, "field \"kvm_model_reserve\": must be per-cpu or uniform, got \"%s\"",
-				 value);
+				 shown);
 			return -EINVAL;
 		}
 		return set_string(c->kvm_model_reserve, sizeof(c->kvm_model_reserve), key, value, err, errlen);
@@ -114,7 +129,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		if (!config_class_valid(value)) {
 			snprintf(err, errlen,
 				 "field \"default_class\": must be guaranteed, preferred or shared, got \"%s\"",
-				 value);
+				 shown);
 			return -EINVAL;
 		}
 		return set_string(c->default_class, sizeof(c->default_class), key, value, err, errlen);
@@ -165,12 +180,13 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		    (!strchr(value, ':') || !strchr(value, '=') || strpbrk(value, " \t"))) {
 			snprintf(err, errlen,
 				 "field \"dbus\": must be system, none or a bus address such as unix:path=/run/x, got \"%s\"",
-				 value);
+				 shown);
 			return -EINVAL;
 		}
 		return set_string(c->dbus, sizeof(c->dbus), key, value, err, errlen);
 	}
-	snprintf(err, errlen, "unknown field \"%s\"", key);
+	_cleanup_free_ char *key_shown = textesc_dup(key, strlen(key));
+	snprintf(err, errlen, "unknown field \"%s\"", key_shown ? key_shown : "?");
 	return -EINVAL;
 }
 
@@ -190,11 +206,76 @@ static bool is_dev_null(const char *path)
 	return stat(path, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 && minor(st.st_rdev) == 3;
 }
 
-int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen)
+/* "label:line: " then the rest, into err: the label is already escaped. */
+static int line_error(char *err, size_t errlen, const char *label, unsigned lineno, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static int line_error(char *err, size_t errlen, const char *label, unsigned lineno, const char *fmt, ...)
+{
+	int n = snprintf(err, errlen, "%s:%u: ", label, lineno);
+	size_t used = n < 0 ? 0 : (size_t)n < errlen ? (size_t)n : errlen ? errlen - 1 : 0;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err + used, errlen - used, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+int config_parse_text(const char *text, size_t len, const char *label, struct config *c, char *err,
+		      size_t errlen)
 {
 	struct config next = *c;
 	char line[CONFIG_LINE_MAX];
 	unsigned lineno = 0;
+	_cleanup_free_ char *where = textesc_dup(label, strlen(label));
+	if (!where)
+		return -ENOMEM;
+	for (size_t off = 0; off < len;) {
+		lineno++;
+		const char *nl = memchr(text + off, '\n', len - off);
+		size_t ll = nl ? (size_t)(nl - (text + off)) : len - off;
+		if (ll > sizeof(line) - 2)
+			return line_error(err, errlen, where, lineno, "line longer than %zu characters", sizeof(line) - 2);
+		memcpy(line, text + off, ll);
+		line[ll] = '\0';
+		off += ll + (nl ? 1 : 0);
+		/* A NUL would end the line early and a control byte is no
+		 * setting: either means this is not the text file it should be. */
+		size_t bad = textesc_first_bad(line, ll);
+		if (bad < ll && !(line[bad] == '\r' && bad == ll - 1))
+			return line_error(err, errlen, where, lineno,
+					  "byte 0x%02X at column %zu is not text (a control or invisible format character, or not UTF-8): not a config file",
+					  (unsigned char)line[bad], bad + 1);
+		char *s = trim(line);
+		if (*s == '\0' || *s == '#' || *s == ';')
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			_cleanup_free_ char *shown = textesc_dup(s, strlen(s));
+			return line_error(err, errlen, where, lineno, "expected \"key = value\", got \"%s\"",
+					  shown ? shown : "?");
+		}
+		*eq = '\0';
+		char *key = trim(s), *value = trim(eq + 1);
+		size_t vl = strlen(value);
+		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+			value[vl - 1] = '\0';
+			value++;
+		}
+		/* "path:line: " first, then config_set's words after it */
+		line_error(err, errlen, where, lineno, "%s", "");
+		size_t used = strlen(err);
+		int r = config_set(&next, key, value, err + used, errlen - used);
+		if (r < 0)
+			return r;
+	}
+	if (errlen)
+		err[0] = '\0';
+	*c = next;
+	return 0;
+}
+
+int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen)
+{
 	_cleanup_free_ char *text = NULL;
 	size_t len = 0;
 	char why[128];
@@ -207,53 +288,12 @@ int config_load_file(const char *path, bool required, struct config *c, char *er
 	if (r == -EBADFD && is_dev_null(path))
 		r = 0; /* the usual way to say "no config file": nothing to read */
 	if (r < 0) {
-		snprintf(err, errlen, "%s: %s", path, fileio_strerror(r, AT_FDCWD, path, CONFIG_FILE_MAX, why, sizeof(why)));
+		_cleanup_free_ char *shown = textesc_dup(path, strlen(path));
+		snprintf(err, errlen, "%s: %s", shown ? shown : "the config file",
+			 fileio_strerror(r, AT_FDCWD, path, CONFIG_FILE_MAX, why, sizeof(why)));
 		return r;
 	}
-	if (len == 0) {
-		if (errlen)
-			err[0] = '\0';
-		*c = next;
-		return 0;
-	}
-	_cleanup_fclose_ FILE *f = fmemopen(text, len, "r");
-	if (!f) {
-		int e = errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(e));
-		return -e;
-	}
-	while (fgets(line, sizeof(line), f)) {
-		lineno++;
-		if (!strchr(line, '\n') && !feof(f)) {
-			snprintf(err, errlen, "%s:%u: line longer than %zu characters", path, lineno,
-				 sizeof(line) - 2);
-			return -EINVAL;
-		}
-		char *s = trim(line);
-		if (*s == '\0' || *s == '#' || *s == ';')
-			continue;
-		char *eq = strchr(s, '=');
-		if (!eq) {
-			snprintf(err, errlen, "%s:%u: expected \"key = value\", got \"%s\"", path, lineno, s);
-			return -EINVAL;
-		}
-		*eq = '\0';
-		char *key = trim(s), *value = trim(eq + 1);
-		size_t vl = strlen(value);
-		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
-			value[vl - 1] = '\0';
-			value++;
-		}
-		/* "path:line: " first, then config_set's words after it */
-		int n = snprintf(err, errlen, "%s:%u: ", path, lineno);
-		size_t used = n < 0 ? 0 : (size_t)n < errlen ? (size_t)n : errlen ? errlen - 1 : 0;
-		if (config_set(&next, key, value, err + used, errlen - used) < 0)
-			return -EINVAL;
-	}
-	if (errlen)
-		err[0] = '\0';
-	*c = next;
-	return 0;
+	return config_parse_text(text ? text : "", len, path, c, err, errlen);
 }
 
 int config_check(const struct config *c, char *err, size_t errlen)

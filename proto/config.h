@@ -22,8 +22,9 @@
 /* A config file is a few dozen lines; anything this large is not one. */
 #define CONFIG_FILE_MAX (1024 * 1024)
 /* Room for any message config_load_file or config_set writes: a line, plus
- * its place and what is wrong with it. The file's path is not counted: a
- * longer one cuts the end of the message. */
+ * its place and what is wrong with it. The file's path is not counted, nor
+ * the escapes of bytes that are not text: either cuts the end of the
+ * message. */
 #define CONFIG_ERR_MAX (CONFIG_LINE_MAX + 256)
 
 struct config {
@@ -58,6 +59,15 @@ void config_defaults(struct config *c);
  * line and the field; c is then unchanged.
  */
 int config_load_file(const char *path, bool required, struct config *c, char *err, size_t errlen);
+
+/*
+ * The parser of config_load_file, on len bytes of text (NUL bytes
+ * included: they are refused, as every control byte but tab is); label
+ * names the text in messages. Every message echoes outside bytes escaped
+ * (proto/textesc.h). On failure c is unchanged.
+ */
+int config_parse_text(const char *text, size_t len, const char *label, struct config *c, char *err,
+		      size_t errlen);
 
 /* Sets one key from a string, validating it (used by the file parser and by
  * command-line options). */

@@ -181,6 +181,86 @@ static void test_reload(void **st)
 	assert_string_equal(cur.kvm, "auto");
 }
 
+static void assert_text_only(const char *msg)
+{
+	for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
+		if (*p < 0x20 || *p == 0x7f || *p >= 0x80) {
+			print_error("raw byte 0x%02x in \"%s\"\n", *p, msg);
+			fail();
+		}
+}
+
+/* Issue 14: a binary config's refusal copied raw bytes into the log. */
+static void test_binary_refused_escaped(void **st)
+{
+	(void)st;
+	struct config c, before;
+	char err[CONFIG_ERR_MAX];
+	config_defaults(&c);
+	before = c;
+	static const char elf[] = "\x7f" "ELF\x02\x01\x01\x00\x00\x1b[2J = \xff\xfe";
+	assert_int_equal(config_parse_text(elf, sizeof(elf) - 1, "/etc/x.conf", &c, err, sizeof(err)), -EINVAL);
+	assert_string_equal(err, "/etc/x.conf:1: byte 0x7F at column 1 is not text (a control or invisible format character, or not UTF-8): not a config file");
+	assert_memory_equal(&c, &before, sizeof(c));
+	/* a NUL does not end the line early: "5" would otherwise be taken */
+	static const char nul[] = "default_priority = 5\0 junk\n";
+	assert_int_equal(config_parse_text(nul, sizeof(nul) - 1, "f", &c, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "f:1: byte 0x00 at column 21"));
+	assert_int_equal(c.default_priority, 100);
+	/* what is echoed (the label, a line, a key, a value) comes out escaped */
+	static const char bad_utf8[] = "x\xc3 = 1\n";
+	assert_int_equal(config_parse_text(bad_utf8, sizeof(bad_utf8) - 1, "a\x1b]0;t\x07", &c, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "a\\x1B]0;t\\x07:1: byte 0xC3 at column 2"));
+	assert_text_only(err);
+	static const char bs[] = "de\\fault = 1\n";
+	assert_int_equal(config_parse_text(bs, sizeof(bs) - 1, "f", &c, err, sizeof(err)), -EINVAL);
+	assert_string_equal(err, "f:1: unknown field \"de\\\\fault\"");
+	/* values from the command line are not filtered by the parser */
+	assert_int_equal(config_set(&c, "default_priority", "9\x1b[31m", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "got \"9\\x1B[31m\""));
+	assert_int_equal(config_set(&c, "admin_group", "wheel\x01", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "byte 0x01 at position 6 is not text"));
+	assert_text_only(err);
+	assert_int_equal(config_set(&c, "kvm", "\xe2\x80\xae" "evil", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "got \"\\xE2\\x80\\xAEevil\"")); /* a bidi override reorders a line */
+	/* the path of a file that cannot be read */
+	char *path = strdup("/tmp/no\x1bsuch\xff");
+	assert_int_equal(config_load_file(path, true, &c, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "/tmp/no\\x1Bsuch\\xFF: "));
+	free(path);
+	assert_memory_equal(&c, &before, sizeof(c));
+}
+
+/* Issue 14: a load that fails keeps every setting, whichever line fails. */
+static void test_failed_load_keeps_everything(void **st)
+{
+	(void)st;
+	struct config c, before;
+	char err[CONFIG_ERR_MAX];
+	config_defaults(&c);
+	c.default_priority = 7;
+	snprintf(c.default_class, sizeof(c.default_class), "shared");
+	snprintf(c.admin_group, sizeof(c.admin_group), "wheel");
+	c.max_clients = 99;
+	c.idle_timeout = 5;
+	before = c;
+	static const char text[] = "default_priority = 1\ndefault_class = guaranteed\nadmin_group = adm\n"
+				   "max_clients = 10\nidle_timeout = 9\nfirst_frame_timeout = 0\n";
+	assert_int_equal(config_parse_text(text, sizeof(text) - 1, "f", &c, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "f:6: field \"first_frame_timeout\""));
+	assert_memory_equal(&c, &before, sizeof(c));
+	char *p = write_tmp(text);
+	assert_int_equal(config_load_file(p, true, &c, err, sizeof(err)), -EINVAL);
+	assert_memory_equal(&c, &before, sizeof(c));
+	unlink(p);
+	free(p);
+	/* and without the bad line, all of them apply */
+	assert_int_equal(config_parse_text(text, strstr(text, "first_frame") - text, "f", &c, err, sizeof(err)), 0);
+	assert_int_equal(c.default_priority, 1);
+	assert_string_equal(c.admin_group, "adm");
+	assert_int_equal(c.idle_timeout, 9);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +268,7 @@ int main(void)
 		cmocka_unit_test(test_bad_files),  cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_long_value_error), cmocka_unit_test(test_not_regular_files),
 		cmocka_unit_test(test_reload),     cmocka_unit_test(test_dbus_key),
+		cmocka_unit_test(test_binary_refused_escaped), cmocka_unit_test(test_failed_load_keeps_everything),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

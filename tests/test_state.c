@@ -459,7 +459,7 @@ static void test_migration(void **st)
 	char note[1024];
 	struct state *s = open_store(dir, note, sizeof(note));
 	assert_non_null(strstr(note, "migrated 3 leases"));
-	assert_non_null(strstr(note, "1 unusable entry"));
+	assert_non_null(strstr(note, "1 unusable part"));
 	assert_false(exists_at(dir, "state.json"));
 	/* The old document is kept, renamed. */
 	assert_int_equal(count_entries(dir, ".", "state.json.migrated-"), 1);
@@ -467,7 +467,11 @@ static void test_migration(void **st)
 	struct seen seen = {0};
 	assert_int_equal(state_load(s, on_lease, on_rejected, &seen), 0);
 	assert_int_equal(seen.n, 3);
-	assert_int_equal(seen.n_rejected, 0);
+	/* the entry not migrated is named, with the file that keeps it */
+	assert_int_equal(seen.n_rejected, 1);
+	assert_non_null(strstr(seen.rejected_path[0], "/state.json, vms[2]"));
+	assert_non_null(strstr(seen.moved_to[0], "/state.json.migrated-"));
+	assert_non_null(strstr(seen.why[0], "not a lease name"));
 	int i = find_seen(&seen, STATE_VM, "a");
 	assert_true(i >= 0);
 	assert_non_null(strstr(seen.text[i], "\"seq\":1"));
@@ -481,6 +485,11 @@ static void test_migration(void **st)
 	assert_non_null(strstr(seen.text[i], "\"seq\":3"));
 	assert_non_null(strstr(seen.text[i], "\"follows_connection\":true"));
 	assert_non_null(strstr(seen.text[i], "\"events\":[\"cycles\"]"));
+	seen_free(&seen);
+	/* named once */
+	memset(&seen, 0, sizeof(seen));
+	assert_int_equal(state_load(s, on_lease, on_rejected, &seen), 0);
+	assert_int_equal(seen.n_rejected, 0);
 	seen_free(&seen);
 	state_close(s);
 
@@ -508,6 +517,128 @@ static void test_migration_of_unusable_state(void **st)
 	}
 }
 
+/* Issue 14: nothing in the state directory is waited on, and a file that is
+ * not regular is named with its type. */
+static void test_fifos_never_block(void **st)
+{
+	const char *dir = *st;
+	char p[512];
+	snprintf(p, sizeof(p), "%s/state.json", dir);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	char note[1024];
+	struct state *s = open_store(dir, note, sizeof(note)); /* returns: a blocking open would hang here */
+	assert_non_null(strstr(note, "could not be migrated (not a regular file (a FIFO))"));
+	assert_non_null(strstr(note, "/rejected/state.json."));
+	assert_false(exists_at(dir, "state.json"));
+	snprintf(p, sizeof(p), "%s/leases/vm-pipe.json", dir);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	struct seen seen = {0};
+	assert_int_equal(state_load(s, on_lease, on_rejected, &seen), 0);
+	assert_int_equal(seen.n, 0);
+	assert_int_equal(seen.n_rejected, 1);
+	assert_non_null(strstr(seen.why[0], "not a regular file (a FIFO)"));
+	assert_non_null(strstr(seen.moved_to[0], "/rejected/vm-pipe.json."));
+	seen_free(&seen);
+	state_close(s);
+
+	/* the lock file: refused by name, not opened as a FIFO */
+	snprintf(p, sizeof(p), "%s/" STATE_LOCK, dir);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	char why[1024];
+	s = NULL;
+	assert_int_equal(state_open(dir, &s, why, sizeof(why)), -EBADFD);
+	assert_null(s);
+	assert_non_null(strstr(why, "/lock: not a regular file (a FIFO)"));
+}
+
+/* Issue 14: a file name is outside input; it reaches the log escaped. */
+static void test_rejected_names_escaped(void **st)
+{
+	const char *dir = *st;
+	struct state *s = open_store(dir, NULL, 0);
+	write_at(dir, "leases/evil\x1b[31m\xff.json", "{}");
+	struct seen seen = {0};
+	assert_int_equal(state_load(s, on_lease, on_rejected, &seen), 0);
+	assert_int_equal(seen.n_rejected, 1);
+	assert_non_null(strstr(seen.rejected_path[0], "evil\\x1B[31m\\xFF.json"));
+	assert_non_null(strstr(seen.moved_to[0], "evil\\x1B[31m\\xFF.json."));
+	assert_int_equal(count_entries(dir, "rejected", "evil\x1b"), 1);
+	seen_free(&seen);
+	state_close(s);
+}
+
+/* Issue 14: every part of a format 1 document that is not migrated is kept
+ * (in the renamed old file) and named once at the first load. */
+static void test_migration_keeps_every_part(void **st)
+{
+	const char *dir = *st;
+	write_at(dir, "state.json",
+		 "{\"format\":1,\"vms\":{\"request\":{}},"
+		 "\"sessions\":[{\"request\":{\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"cycles\"],\"cpus\":\"0\"}},\"uid\":0},"
+		 "{\"request\":{\"method\":\"session.start\",\"params\":{\"name\":\"s\",\"events\":[\"branches\"],\"cpus\":\"1\"}},\"uid\":0},"
+		 "7,{\"request\":{\"method\":\"session.start\",\"params\":{\"name\":\"t\"}},\"uid\":0,\"seq\":4}],"
+		 "\"extra\":[1]}\n");
+	char note[1024];
+	struct state *s = open_store(dir, note, sizeof(note));
+	assert_non_null(strstr(note, "migrated 1 lease "));
+	assert_non_null(strstr(note, "5 unusable parts"));
+	struct seen seen = {0};
+	assert_int_equal(state_load(s, on_lease, on_rejected, &seen), 0);
+	assert_int_equal(seen.n, 1);
+	assert_non_null(strstr(seen.text[0], "\"cycles\"")); /* the first of two "s" */
+	assert_int_equal(seen.n_rejected, 5);
+	const char *want[][2] = { { "\"extra\"", "not a member" }, { ", vms", "not a list of leases (object)" },
+				  { "sessions[1]", "a second session lease named s" },
+				  { "sessions[2]", "not a lease" }, { "sessions[3]", "already has a \"seq\"" } };
+	for (int i = 0; i < 5; i++) {
+		assert_non_null(strstr(seen.rejected_path[i], want[i][0]));
+		assert_non_null(strstr(seen.why[i], want[i][1]));
+		assert_non_null(strstr(seen.moved_to[i], "/state.json.migrated-"));
+		assert_int_equal(access(seen.moved_to[i], F_OK), 0);
+	}
+	seen_free(&seen);
+	state_close(s);
+}
+
+struct legacy_seen {
+	int entries, skips;
+};
+
+static int legacy_entry(enum state_kind kind, const char *name, const char *text, size_t len, void *ud)
+{
+	(void)kind;
+	(void)name;
+	(void)text;
+	(void)len;
+	((struct legacy_seen *)ud)->entries++;
+	return 0;
+}
+
+static void legacy_skip(const char *what, const char *why, void *ud)
+{
+	(void)what;
+	(void)why;
+	((struct legacy_seen *)ud)->skips++;
+}
+
+static void test_legacy_parse_on_a_buffer(void **st)
+{
+	(void)st;
+	struct legacy_seen ls = {0};
+	char why[256];
+	const char doc[] = "{\"format\":1,\"vms\":[{\"request\":{\"params\":{\"name\":\"a\"}}},{}]}";
+	assert_int_equal(state_legacy_parse(doc, strlen(doc), legacy_entry, legacy_skip, &ls, why, sizeof(why)), 0);
+	assert_int_equal(ls.entries, 1);
+	assert_int_equal(ls.skips, 1);
+	assert_int_equal(state_legacy_parse("{\"format\":2}", 12, legacy_entry, legacy_skip, &ls, why, sizeof(why)),
+			 -EINVAL);
+	assert_non_null(strstr(why, "\"format\": 1"));
+	/* a NUL inside: not JSON, not read as the text before it */
+	assert_int_equal(state_legacy_parse("{\"format\":1}\0{", 14, legacy_entry, legacy_skip, &ls, why, sizeof(why)),
+			 -EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -520,6 +651,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rejected_files_kept, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_migration, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_migration_of_unusable_state, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_fifos_never_block, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_rejected_names_escaped, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migration_keeps_every_part, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_legacy_parse_on_a_buffer, setup_dir, teardown_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #include "proto/cleanup.h"
 #include "proto/fileio.h"
+#include "proto/textesc.h"
 
 #define STATE_LEASES "leases"
 #define STATE_REJECTED "rejected"
@@ -31,6 +33,12 @@ struct state {
 	int leases_fd;
 	int rejected_fd;   /* -1 until something is moved aside */
 	int lock_fd;       /* holds STATE_LOCK: one daemon per state directory */
+	/* The parts of a format 1 state.json the migration could not use:
+	 * reported (once) by the next state_load, with skipped_in, the
+	 * file that keeps their bytes. */
+	struct state_skipped { char *what, *why; } *skipped;
+	size_t n_skipped, cap_skipped;
+	char *skipped_in;
 };
 
 static const char *const kind_prefix[] = { [STATE_VM] = "vm-", [STATE_SESSION] = "session-" };
@@ -184,48 +192,204 @@ static int move_aside(struct state *s, int at, const char *file, char *moved_to,
 
 /* ------------------------------------------------------------ migration */
 
-/*
- * Format 1 kept every lease in one document:
- *   {"format":1,"vms":[ENTRY...],"sessions":[ENTRY...]}
- *   ENTRY = {"request":{"method","params"},"uid","origin","owner_start","follows_connection"}
- * Each entry becomes one lease file whose text is the entry plus "seq",
- * its rank in the old restore order (VMs first, then sessions).
- */
-static int migrate_array(struct state *s, struct json_object *arr, enum state_kind kind, int64_t *seq,
-			 unsigned *moved, unsigned *skipped)
+struct legacy_walk {
+	state_legacy_entry_fn fn;
+	state_legacy_skip_fn skip;
+	void *userdata;
+	int64_t seq;
+	char **names[2];          /* per kind: the names taken, to refuse a second */
+	size_t n_names[2], cap_names[2];
+};
+
+static void legacy_walk_fini(struct legacy_walk *w)
 {
-	if (!arr)
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < w->n_names[k]; i++)
+			free(w->names[k][i]);
+		free(w->names[k]);
+	}
+}
+
+static void skipf(struct legacy_walk *w, const char *what, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void skipf(struct legacy_walk *w, const char *what, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	_cleanup_free_ char *why = alloc_vprintf(fmt, ap);
+	va_end(ap);
+	if (w->skip)
+		w->skip(what, why ? why : "unusable", w->userdata);
+}
+
+static int legacy_name_taken(struct legacy_walk *w, enum state_kind kind, const char *name)
+{
+	for (size_t i = 0; i < w->n_names[kind]; i++)
+		if (!strcmp(w->names[kind][i], name))
+			return 1;
+	if (w->n_names[kind] == w->cap_names[kind]) {
+		size_t ncap = w->cap_names[kind] ? w->cap_names[kind] * 2 : 32;
+		char **nv = realloc(w->names[kind], ncap * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		w->names[kind] = nv;
+		w->cap_names[kind] = ncap;
+	}
+	if (!(w->names[kind][w->n_names[kind]] = strdup(name)))
+		return -ENOMEM;
+	w->n_names[kind]++;
+	return 0;
+}
+
+static int legacy_array(struct legacy_walk *w, struct json_object *doc, const char *key, enum state_kind kind)
+{
+	struct json_object *arr;
+	if (!json_object_object_get_ex(doc, key, &arr))
 		return 0;
 	if (!json_object_is_type(arr, json_type_array)) {
-		(*skipped)++;
+		skipf(w, key, "not a list of leases (%s)", json_type_to_name(json_object_get_type(arr)));
 		return 0;
 	}
 	for (size_t i = 0; i < json_object_array_length(arr); i++) {
-		struct json_object *e = json_object_array_get_idx(arr, i), *rq, *params, *name;
+		struct json_object *e = json_object_array_get_idx(arr, i), *rq, *params, *name, *seq;
+		char what[64];
+		snprintf(what, sizeof(what), "%s[%zu]", key, i);
 		if (!json_object_is_type(e, json_type_object) || !json_object_object_get_ex(e, "request", &rq) ||
 		    !json_object_object_get_ex(rq, "params", &params) ||
-		    !json_object_object_get_ex(params, "name", &name) ||
-		    !json_object_is_type(name, json_type_string) || !name_valid(json_object_get_string(name))) {
-			(*skipped)++;
+		    !json_object_object_get_ex(params, "name", &name) || !json_object_is_type(name, json_type_string)) {
+			skipf(w, what, "not a lease (an object with request.params.name)");
 			continue;
 		}
-		if (json_object_object_add(e, "seq", json_object_new_int64(++*seq)) < 0)
+		const char *n = json_object_get_string(name);
+		if (!name_valid(n) || strlen(n) != (size_t)json_object_get_string_len(name)) {
+			char shown[300];
+			skipf(w, what, "its name \"%s\" is not a lease name (1..64 of A-Z a-z 0-9 . _ -)",
+			      textesc_put(shown, sizeof(shown), n));
+			continue;
+		}
+		if (json_object_object_get_ex(e, "seq", &seq)) {
+			/* format 1 had none: one here would be silently replaced */
+			skipf(w, what, "it already has a \"seq\", which format 1 never wrote");
+			continue;
+		}
+		int r = legacy_name_taken(w, kind, n);
+		if (r < 0)
+			return r;
+		if (r) {
+			skipf(w, what, "a second %s lease named %s (the first one is migrated)",
+			      kind == STATE_VM ? "vm" : "session", n);
+			continue;
+		}
+		if (json_object_object_add(e, "seq", json_object_new_int64(++w->seq)) < 0)
 			return -ENOMEM;
 		size_t len;
 		const char *text = json_object_to_json_string_length(
 			e, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 		if (!text)
 			return -ENOMEM;
-		int r = state_put(s, kind, json_object_get_string(name), text, len);
-		if (r == -EFBIG) {
-			(*skipped)++;
-			continue;
-		}
-		if (r < 0)
+		r = w->fn(kind, n, text, len, w->userdata);
+		if (r == -EFBIG)
+			skipf(w, what, "larger than the %u bytes a lease may have", STATE_LEASE_MAX);
+		else if (r < 0)
 			return r;
-		(*moved)++;
 	}
 	return 0;
+}
+
+int state_legacy_parse(const char *text, size_t len, state_legacy_entry_fn fn, state_legacy_skip_fn skip,
+		       void *userdata, char *why, size_t whylen)
+{
+	if (len > INT32_MAX) {
+		snprintf(why, whylen, "it is too large to parse");
+		return -EINVAL;
+	}
+	struct json_tokener *tok = json_tokener_new();
+	if (!tok)
+		return -ENOMEM;
+	struct json_object *doc = json_tokener_parse_ex(tok, text, (int)len);
+	enum json_tokener_error jerr = json_tokener_get_error(tok);
+	if (doc && jerr == json_tokener_success)
+		for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
+			if (text[i] != '\n' && text[i] != ' ' && text[i] != '\t' && text[i] != '\r') {
+				jerr = json_tokener_error_parse_unexpected;
+				break;
+			}
+	json_tokener_free(tok);
+	struct json_object *fmt;
+	int r = -EINVAL;
+	if (!doc || jerr != json_tokener_success)
+		snprintf(why, whylen, "it does not parse as JSON");
+	else if (!json_object_is_type(doc, json_type_object))
+		snprintf(why, whylen, "it is not a JSON object");
+	else if (!json_object_object_get_ex(doc, "format", &fmt) || !json_object_is_type(fmt, json_type_int) ||
+		 json_object_get_int64(fmt) != 1)
+		snprintf(why, whylen, "it has no \"format\": 1");
+	else
+		r = 0;
+	if (r < 0) {
+		json_object_put(doc);
+		return r;
+	}
+	struct legacy_walk w = { .fn = fn, .skip = skip, .userdata = userdata };
+	json_object_object_foreach(doc, key, val) {
+		(void)val;
+		if (strcmp(key, "format") && strcmp(key, "vms") && strcmp(key, "sessions")) {
+			char k[100], what[128];
+			snprintf(what, sizeof(what), "\"%s\"", textesc_put(k, sizeof(k), key));
+			skipf(&w, what, "not a member of format 1");
+		}
+	}
+	/* the old restore order: VMs first, then sessions */
+	r = legacy_array(&w, doc, "vms", STATE_VM);
+	if (r == 0)
+		r = legacy_array(&w, doc, "sessions", STATE_SESSION);
+	legacy_walk_fini(&w);
+	json_object_put(doc);
+	return r;
+}
+
+/* What the migration could not use, named at the next state_load. */
+static int note_skipped(struct state *s, const char *what, const char *why)
+{
+	if (s->n_skipped == s->cap_skipped) {
+		size_t ncap = s->cap_skipped ? s->cap_skipped * 2 : 8;
+		struct state_skipped *n = realloc(s->skipped, ncap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		s->skipped = n;
+		s->cap_skipped = ncap;
+	}
+	struct state_skipped *k = &s->skipped[s->n_skipped];
+	k->what = alloc_printf("%s/" STATE_OLD_FILE ", %s", s->dir, what);
+	k->why = strdup(why);
+	if (!k->what || !k->why) {
+		free(k->what);
+		free(k->why);
+		return -ENOMEM;
+	}
+	s->n_skipped++;
+	return 0;
+}
+
+struct migration {
+	struct state *s;
+	unsigned moved;
+	int err;                  /* a skip that could not be noted */
+};
+
+static int migrate_entry(enum state_kind kind, const char *name, const char *text, size_t len, void *userdata)
+{
+	struct migration *m = userdata;
+	int r = state_put(m->s, kind, name, text, len);
+	if (r == 0)
+		m->moved++;
+	return r;
+}
+
+static void migrate_skip(const char *what, const char *why, void *userdata)
+{
+	struct migration *m = userdata;
+	if (note_skipped(m->s, what, why) < 0)
+		m->err = -ENOMEM;
 }
 
 static int migrate(struct state *s, char *note, size_t notelen)
@@ -235,38 +399,21 @@ static int migrate(struct state *s, char *note, size_t notelen)
 	int r = read_file(s->dir_fd, STATE_OLD_FILE, STATE_OLD_MAX, &text, &len);
 	if (r == -ENOENT)
 		return 0;
-	const char *bad = NULL;
-	if (r == -EBADFD || r == -EFBIG) {
-		bad = r == -EBADFD ? "not a regular file" : "larger than 1 GiB";
-	} else if (r < 0) {
+	char bad[256] = "";
+	if (r == -EBADFD || r == -EFBIG)
+		fileio_strerror(r, s->dir_fd, STATE_OLD_FILE, STATE_OLD_MAX, bad, sizeof(bad));
+	else if (r < 0)
 		return r;
+	struct migration m = { .s = s };
+	if (!bad[0]) {
+		r = state_legacy_parse(text, len, migrate_entry, migrate_skip, &m, bad, sizeof(bad));
+		if (r < 0 && r != -EINVAL)
+			return r;
+		if (m.err < 0)
+			return m.err;
 	}
-	struct json_object *doc = NULL;
-	if (!bad) {
-		struct json_tokener *tok = json_tokener_new();
-		if (!tok)
-			return -ENOMEM;
-		doc = json_tokener_parse_ex(tok, text, (int)len);
-		enum json_tokener_error jerr = json_tokener_get_error(tok);
-		if (doc && jerr == json_tokener_success)
-			for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
-				if (text[i] != '\n' && text[i] != ' ' && text[i] != '\t' && text[i] != '\r') {
-					jerr = json_tokener_error_parse_unexpected;
-					break;
-				}
-		json_tokener_free(tok);
-		struct json_object *fmt;
-		if (!doc || jerr != json_tokener_success)
-			bad = "it does not parse as JSON";
-		else if (!json_object_is_type(doc, json_type_object))
-			bad = "it is not a JSON object";
-		else if (!json_object_object_get_ex(doc, "format", &fmt) ||
-			 !json_object_is_type(fmt, json_type_int) || json_object_get_int64(fmt) != 1)
-			bad = "it has no \"format\": 1";
-	}
-	if (bad) {
+	if (bad[0]) {
 		char moved[600];
-		json_object_put(doc);
 		r = move_aside(s, s->dir_fd, STATE_OLD_FILE, moved, sizeof(moved));
 		if (r < 0)
 			return r;
@@ -274,29 +421,25 @@ static int migrate(struct state *s, char *note, size_t notelen)
 			 STATE_OLD_FILE, bad, moved);
 		return 0;
 	}
-	int64_t seq = 0;
-	unsigned moved = 0, skipped = 0;
-	struct json_object *vms = NULL, *sessions = NULL;
-	json_object_object_get_ex(doc, "vms", &vms);
-	json_object_object_get_ex(doc, "sessions", &sessions);
-	r = migrate_array(s, vms, STATE_VM, &seq, &moved, &skipped);
-	if (r == 0)
-		r = migrate_array(s, sessions, STATE_SESSION, &seq, &moved, &skipped);
-	json_object_put(doc);
-	if (r < 0)
-		return r;
 	char kept[64];
 	snprintf(kept, sizeof(kept), STATE_OLD_FILE ".migrated-%lld", (long long)time(NULL));
+	/* never over an older migration's copy: each keeps bytes of its own */
+	for (unsigned n = 1; faccessat(s->dir_fd, kept, F_OK, AT_SYMLINK_NOFOLLOW) == 0 && n < 1000; n++)
+		snprintf(kept, sizeof(kept), STATE_OLD_FILE ".migrated-%lld-%u", (long long)time(NULL), n);
 	if (renameat(s->dir_fd, STATE_OLD_FILE, s->dir_fd, kept) < 0)
 		return -errno;
 	if ((r = fsync_fd(s->dir_fd)) < 0)
 		return r;
-	char skipped_text[64] = "";
-	if (skipped)
-		snprintf(skipped_text, sizeof(skipped_text), " (%u unusable entr%s skipped)", skipped,
-			 skipped == 1 ? "y" : "ies");
+	free(s->skipped_in);
+	if (!(s->skipped_in = alloc_printf("%s/%s", s->dir, kept)))
+		return -ENOMEM;
+	char skipped_text[160] = "";
+	if (s->n_skipped)
+		snprintf(skipped_text, sizeof(skipped_text),
+			 " (%zu unusable part%s not migrated, each named at restore, kept in that file)", s->n_skipped,
+			 s->n_skipped == 1 ? "" : "s");
 	snprintf(note, notelen, "migrated %u lease%s from %s/%s into one file per lease%s; the old file is kept as %s/%s",
-		 moved, moved == 1 ? "" : "s", s->dir, STATE_OLD_FILE, skipped_text, s->dir, kept);
+		 m.moved, m.moved == 1 ? "" : "s", s->dir, STATE_OLD_FILE, skipped_text, s->dir, kept);
 	return 0;
 }
 
@@ -329,10 +472,20 @@ int state_open(const char *dir, struct state **out, char *why, size_t whylen)
 	/* Before anything is read or moved: a second vpmud pointed at the same
 	 * directory (another config, a mistaken restart) must not restore,
 	 * reject or migrate the leases the first one serves. */
-	s->lock_fd = openat(s->dir_fd, STATE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	s->lock_fd = openat(s->dir_fd, STATE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+	struct stat st;
+	if (s->lock_fd >= 0 && fstat(s->lock_fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+		close(s->lock_fd);
+		s->lock_fd = -1;
+		errno = EBADFD;
+	} else if (s->lock_fd < 0 && errno == ELOOP) {
+		errno = EBADFD;
+	}
 	if (s->lock_fd < 0) {
 		r = -errno;
-		snprintf(why, whylen, "cannot open %s/" STATE_LOCK ": %s", dir, strerror(-r));
+		char buf[128];
+		snprintf(why, whylen, "cannot open %s/" STATE_LOCK ": %s", dir,
+			 fileio_strerror(r, s->dir_fd, STATE_LOCK, 0, buf, sizeof(buf)));
 		goto fail;
 	}
 	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
@@ -375,6 +528,12 @@ struct state *state_close(struct state *s)
 		close(s->dir_fd);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd); /* releases the lock */
+	for (size_t i = 0; i < s->n_skipped; i++) {
+		free(s->skipped[i].what);
+		free(s->skipped[i].why);
+	}
+	free(s->skipped);
+	free(s->skipped_in);
 	free(s->dir);
 	free(s);
 	return NULL;
@@ -438,8 +597,15 @@ static void reject_entry(struct state *s, const char *file, const char *why, sta
 			 void *userdata)
 {
 	char moved[600], path[600], full_why[400];
-	snprintf(path, sizeof(path), "%s/" STATE_LEASES "/%s", s->dir, file);
+	/* anyone who can write the folder names its files: echoed escaped */
+	_cleanup_free_ char *raw_path = alloc_printf("%s/" STATE_LEASES "/%s", s->dir, file);
+	textesc_put(path, sizeof(path), raw_path ? raw_path : file);
 	int r = move_aside(s, s->leases_fd, file, moved, sizeof(moved));
+	if (moved[0]) {
+		_cleanup_free_ char *raw = strdup(moved);
+		if (raw)
+			textesc_put(moved, sizeof(moved), raw);
+	}
 	if (r < 0 && !moved[0])
 		snprintf(full_why, sizeof(full_why), "%s; it could not be moved aside (%s) and is ignored", why,
 			 strerror(-r));
@@ -500,6 +666,13 @@ int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected
 {
 	_cleanup_strv_free_ char **files = NULL;
 	size_t n = 0;
+	for (size_t i = 0; i < s->n_skipped; i++) {
+		if (fn_rejected)
+			fn_rejected(s->skipped[i].what, s->skipped_in ? s->skipped_in : "", s->skipped[i].why, userdata);
+		free(s->skipped[i].what);
+		free(s->skipped[i].why);
+	}
+	s->n_skipped = 0; /* named once */
 	int r = list_entries(s->leases_fd, &files, &n);
 	if (r < 0)
 		return r;
@@ -527,7 +700,7 @@ int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected
 			return r;
 		if (r < 0) {
 			if (r == -EBADFD)
-				snprintf(why, sizeof(why), "not a regular file");
+				fileio_strerror(r, s->leases_fd, file, STATE_LEASE_MAX, why, sizeof(why));
 			else if (r == -EFBIG)
 				snprintf(why, sizeof(why), "larger than the %u bytes a lease may have", STATE_LEASE_MAX);
 			else

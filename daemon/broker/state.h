@@ -43,8 +43,11 @@ struct state;
  * left by an older vpmud (format 1: one document with every lease) is
  * split into lease files, each the old entry plus "seq", its rank in the
  * old restore order (VMs first, then sessions), and renamed
- * state.json.migrated-<unix time>; one that cannot be read as format 1 is
- * moved into "rejected". On failure why says what failed; on success it
+ * state.json.migrated-<unix time>; one that cannot be read as format 1 (or
+ * is not a regular file: opened without blocking) is moved into
+ * "rejected". Each entry or member the migration could not use (not a
+ * lease, a second lease of one name, too large) stays in the kept file and
+ * is named, with why, through the first state_load's fn_rejected. On failure why says what failed; on success it
  * holds what the migration did, for the log ("" when nothing).
  */
 int state_open(const char *dir, struct state **out, char *why, size_t whylen);
@@ -60,7 +63,9 @@ int state_put(struct state *s, enum state_kind kind, const char *name, const cha
 int state_delete(struct state *s, enum state_kind kind, const char *name);
 
 /*
- * Calls fn for every lease file, in no particular order (the broker sorts
+ * Reports first what the migration could not use (see state_open: path
+ * "DIR/state.json, vms[3]", moved_to the file that keeps it). Then calls
+ * fn for every lease file, in no particular order (the broker sorts
  * by the sequence number it stores in each text). A file that cannot be
  * read, is not a regular file, is larger than STATE_LEASE_MAX or not
  * named as state_put names files (a temporary file a crash left behind
@@ -69,13 +74,28 @@ int state_delete(struct state *s, enum state_kind kind, const char *name);
  * where it went and why; it is never deleted. When fn returns a negative
  * errno the file is moved aside the same way with the errno's message.
  * Returns 0 or a negative errno when the directory itself cannot be read
- * (or memory runs out).
+ * (or memory runs out). Paths and reasons reach fn_rejected escaped
+ * (proto/textesc.h): file names are outside input.
  */
 typedef int (*state_lease_fn)(enum state_kind kind, const char *name, const char *text, size_t len,
 			      void *userdata);
 typedef void (*state_rejected_fn)(const char *path, const char *moved_to, const char *why,
 				  void *userdata);
 int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected, void *userdata);
+
+/*
+ * The format 1 parser of state_open's migration, on len bytes: fn gets
+ * each usable entry as the text of its lease file (the entry plus "seq")
+ * and may refuse it (-EFBIG: skipped; another negative errno stops the
+ * walk and is returned); skip (may be NULL) gets each part that is not
+ * migrated: what ("vms", "vms[3]", a member) and why. -EINVAL with why
+ * when the text is not a format 1 document at all.
+ */
+typedef int (*state_legacy_entry_fn)(enum state_kind kind, const char *name, const char *text, size_t len,
+				     void *userdata);
+typedef void (*state_legacy_skip_fn)(const char *what, const char *why, void *userdata);
+int state_legacy_parse(const char *text, size_t len, state_legacy_entry_fn fn, state_legacy_skip_fn skip,
+		       void *userdata, char *why, size_t whylen);
 
 /* Moves one saved lease aside (into "rejected") without deleting it: for a
  * lease whose text parsed but that can no longer be restored. */
