@@ -20,6 +20,9 @@ PACKAGES=(
   libvirt-daemon libvirt-clients   # libvirt test driver and virsh
   systemd                    # systemd-analyze verify/security on our units
   procps psmisc util-linux passwd
+  scdoc groff-base man-db     # man pages: built with scdoc, rendered in a test
+  bash-completion             # vpmuctl's completion: installed where it says, driven in a test
+  prometheus prometheus-node-exporter   # promtool checks the metrics file; node_exporter scrapes it
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
