@@ -229,22 +229,14 @@ static int parse_class(const struct ctl *x, const char *s, enum proto_class *out
 	return 0;
 }
 
-/* The protocol's name rule, checked here so the message names the argument. */
+/* The protocol's name rule, checked here so the message names the argument
+ * (in the daemon's words, and with what was given). */
 static int check_name(const struct ctl *x, const char *what, const char *s)
 {
-	size_t n = strlen(s);
+	struct proto_error e;
 
-	if (n < 1 || n > PROTO_NAME_MAX)
-		return usage_error(x, "%s must be 1..%d characters, got \"%s\"", what, PROTO_NAME_MAX, s);
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-		      c == '_' || c == '-'))
-			return usage_error(x, "%s \"%s\": only A-Z a-z 0-9 . _ - are allowed", what, s);
-	}
-	if (!strcmp(s, ".") || !strcmp(s, ".."))
-		return usage_error(x, "%s: \".\" and \"..\" are reserved", what);
+	if (proto_name_check(what, s, &e) < 0)
+		return usage_error(x, "%s (got \"%s\")", e.message, s);
 	return 0;
 }
 

@@ -144,6 +144,17 @@ static int parse_identity(struct ctx *c, struct dompol *out)
 		snprintf(c->err, c->errlen, "<name>: empty");
 		return -EINVAL;
 	}
+	{
+		struct proto_error pe;
+
+		/* The lease is named after the domain, so libvirt's wider
+		 * rule is not enough; the name itself is not quoted, it may
+		 * hold any character (the caller has it from libvirt anyway). */
+		if (proto_name_check("<name>", out->name, &pe) < 0) {
+			snprintf(c->err, c->errlen, "%s (vpmu names the VM's lease after the domain)", pe.message);
+			return -EINVAL;
+		}
+	}
 	if ((r = single(c, "/domain/uuid", "<uuid>", &n)) < 0)
 		return r;
 	if (!n) {

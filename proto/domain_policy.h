@@ -3,7 +3,8 @@
  * domain_policy: turns a libvirt domain XML into the PMU request of one VM.
  *
  * What it reads (docs/libvirt.md has the full schema):
- *   <name>, <uuid>
+ *   <name>, <uuid>   the name must pass proto_name_check: vpmu's lease for
+ *                    the VM carries it (libvirt allows more, e.g. spaces)
  *   <metadata><vpmu:pmu xmlns:vpmu="https://vpmu.org/xmlns/libvirt/1"
  *                       priority="200" class="guaranteed" gp="4" fixed="0x3"/>
  *   <features><pmu state="on|off"/>   off: no vPMU, nothing is requested
