@@ -246,6 +246,41 @@ static void test_class_known_despite_broken_identity(void **st)
 	domain_policy_clear(&p);
 }
 
+/* The lease carries the domain's name, so the protocol's name rule
+ * (proto_name_check) applies; libvirt's own rule is wider. */
+static void test_name_rule_is_the_protocols(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *name, *needle; /* needle NULL: accepted */
+	} cases[] = {
+		{ "web-1.prod_2", NULL },
+		{ "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", NULL }, /* 64 */
+		{ "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", "<name>: must be 1..64 characters" },
+		{ "my vm", "<name>: only A-Z a-z 0-9 . _ - allowed (vpmu names the VM's lease after the domain)" },
+		{ "caf\xc3\xa9", "<name>: only A-Z a-z 0-9 . _ - allowed" },
+		{ "..", "<name>: \".\" and \"..\" are reserved" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char xml[512], err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int n = snprintf(xml, sizeof(xml),
+				 "<domain><name>%s</name><uuid>44444444-2222-3333-4444-555555555555</uuid><metadata>"
+				 "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' class='guaranteed'/></metadata></domain>",
+				 cases[i].name);
+		int r = domain_policy_parse(xml, (size_t)n, &defaults, 8, &p, err, sizeof(err));
+
+		if (!cases[i].needle && r != 0)
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		if (cases[i].needle && (r != -EINVAL || !strstr(err, cases[i].needle)))
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		/* refused or not, the caller learns the name and the class */
+		assert_string_equal(p.name, cases[i].name);
+		assert_true(p.guaranteed);
+		domain_policy_clear(&p);
+	}
+}
+
 static void test_size_limit(void **st)
 {
 	(void)st;
@@ -267,6 +302,7 @@ int main(void)
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_identity_errors),
 		cmocka_unit_test(test_class_known_despite_broken_identity),
+		cmocka_unit_test(test_name_rule_is_the_protocols),
 		cmocka_unit_test(test_size_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
