@@ -194,17 +194,9 @@ static int parse_u32(const struct ctl *x, const char *opt, const char *s, uint32
 
 static int parse_fixed(const struct ctl *x, const char *s, uint32_t *out)
 {
-	char *end;
-	unsigned long v;
-	bool hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
-
-	errno = 0;
-	/* hex needs its 0x, everything else is decimal: "010" must not become 8 */
-	v = strtoul(hex ? s + 2 : s, &end, hex ? 16 : 10);
-	if (!*s || (hex && !s[2]) || *end || errno || v > PROTO_MAX_FIXED_MASK || s[hex ? 2 : 0] == '-' ||
-	    s[hex ? 2 : 0] == '+' || s[hex ? 2 : 0] == ' ')
-		return usage_error(x, "--fixed: must be a mask 0..0xffff (decimal or 0x hex), got \"%s\"", s);
-	*out = (uint32_t)v;
+	if (proto_fixed_mask_parse(s, out) < 0)
+		return usage_error(x, "--fixed: must be a mask 0..0xffff (decimal, or 0x and 1..4 hex digits), got \"%s\"",
+				   s);
 	return 0;
 }
 

@@ -79,21 +79,14 @@ static char *text_of(xmlNodePtr n)
 	return strndup(s, len);
 }
 
-/* Strict unsigned integer: decimal, or hex with 0x when hex_ok. */
-static int parse_uint(const char *s, bool hex_ok, unsigned long max, unsigned long *out)
+/* Strict unsigned decimal integer. */
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 {
-	int base = 10;
-	if (hex_ok && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-		base = 16;
-		s += 2;
-		if (!isxdigit((unsigned char)*s))
-			return -EINVAL;
-	} else if (!isdigit((unsigned char)*s)) {
+	if (!isdigit((unsigned char)*s))
 		return -EINVAL;
-	}
 	char *end;
 	errno = 0;
-	unsigned long v = strtoul(s, &end, base);
+	unsigned long v = strtoul(s, &end, 10);
 	if (errno || *end || v > max)
 		return -EINVAL;
 	*out = v;
@@ -199,22 +192,16 @@ static const char *const pmu_attrs[] = { "class", "priority", "gp", "fixed" };
 #define PMU_TAG "<vpmu:pmu>"
 
 /* An optional unsigned attribute of <vpmu:pmu>: 1 read, 0 absent, <0 bad. */
-static int attr_uint(struct ctx *c, xmlNodePtr el, const char *name, bool hex, unsigned long max,
-		     unsigned long *out)
+static int attr_uint(struct ctx *c, xmlNodePtr el, const char *name, unsigned long max, unsigned long *out)
 {
 	_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)name);
 
 	if (!v)
 		return 0;
-	if (parse_uint((char *)v, hex, max, out) == 0)
+	if (parse_uint((char *)v, max, out) == 0)
 		return 1;
-	if (hex)
-		snprintf(c->err, c->errlen,
-			 PMU_TAG " attribute \"%s\": must be a mask 0..0x%lx (decimal or 0x hex), got \"%.32s\"", name,
-			 max, (char *)v);
-	else
-		snprintf(c->err, c->errlen, PMU_TAG " attribute \"%s\": must be an integer 0..%lu, got \"%.32s\"",
-			 name, max, (char *)v);
+	snprintf(c->err, c->errlen, PMU_TAG " attribute \"%s\": must be an integer 0..%lu, got \"%.32s\"", name, max,
+		 (char *)v);
 	return -EINVAL;
 }
 
@@ -267,18 +254,28 @@ static int parse_pmu_element(struct ctx *c, xmlNodePtr el, struct dompol *out)
 		}
 	}
 
-	if ((r = attr_uint(c, el, "priority", false, DOMAIN_POLICY_MAX_PRIORITY, &x)) < 0)
+	if ((r = attr_uint(c, el, "priority", DOMAIN_POLICY_MAX_PRIORITY, &x)) < 0)
 		return r;
 	if (r)
 		out->priority = (int)x;
-	if ((r = attr_uint(c, el, "gp", false, DOMAIN_POLICY_MAX_GP, &x)) < 0)
+	if ((r = attr_uint(c, el, "gp", DOMAIN_POLICY_MAX_GP, &x)) < 0)
 		return r;
 	if (r)
 		out->gp = (unsigned)x;
-	if ((r = attr_uint(c, el, "fixed", true, DOMAIN_POLICY_MAX_FIXED_MASK, &x)) < 0)
-		return r;
-	if (r)
-		out->fixed_mask = (uint32_t)x;
+	{
+		_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)"fixed");
+		uint32_t mask;
+
+		/* the protocol's text rule for a mask, as vpmuctl --fixed */
+		if (v && proto_fixed_mask_parse((const char *)v, &mask) < 0) {
+			snprintf(c->err, c->errlen,
+				 PMU_TAG " attribute \"fixed\": must be a mask 0..0x%x (decimal, or 0x and 1..4 hex digits), got \"%.32s\"",
+				 DOMAIN_POLICY_MAX_FIXED_MASK, (char *)v);
+			return -EINVAL;
+		}
+		if (v)
+			out->fixed_mask = mask;
+	}
 	return 0;
 }
 
@@ -336,7 +333,7 @@ static int parse_vcpu_element(struct ctx *c, unsigned host_cpus, struct dompol *
 
 		if (!t)
 			return -ENOMEM;
-		if (parse_uint(t, false, DOMAIN_POLICY_MAX_VCPUS, &v) < 0 || v == 0) {
+		if (parse_uint(t, DOMAIN_POLICY_MAX_VCPUS, &v) < 0 || v == 0) {
 			snprintf(c->err, c->errlen, "<vcpu>: must be an integer 1..%d, got \"%.32s\"",
 				 DOMAIN_POLICY_MAX_VCPUS, t);
 			return -EINVAL;
@@ -346,7 +343,7 @@ static int parse_vcpu_element(struct ctx *c, unsigned host_cpus, struct dompol *
 	{
 		_cleanup_xml_ xmlChar *a = xmlGetProp(n, (const xmlChar *)"current");
 
-		if (a && (parse_uint((char *)a, false, out->n_vcpus, &v) < 0 || v == 0)) {
+		if (a && (parse_uint((char *)a, out->n_vcpus, &v) < 0 || v == 0)) {
 			snprintf(c->err, c->errlen, "<vcpu> attribute \"current\": must be an integer 1..%u, got \"%.32s\"",
 				 out->n_vcpus, (char *)a);
 			return -EINVAL;
@@ -384,7 +381,7 @@ static int parse_vcpupin(struct ctx *c, xmlNodePtr p, unsigned host_cpus, struct
 		snprintf(c->err, c->errlen, "<cputune><vcpupin>: attribute \"vcpu\" missing");
 		return -EINVAL;
 	}
-	if (parse_uint((char *)vc, false, out->n_vcpus - 1, &v) < 0) {
+	if (parse_uint((char *)vc, out->n_vcpus - 1, &v) < 0) {
 		snprintf(c->err, c->errlen,
 			 "<cputune><vcpupin> attribute \"vcpu\": must be an integer 0..%u (the domain has %u vCPUs), got \"%.32s\"",
 			 out->n_vcpus - 1, out->n_vcpus, (char *)vc);

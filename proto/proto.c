@@ -402,6 +402,35 @@ int proto_name_check(const char *what, const char *name, struct proto_error *err
 	return 0;
 }
 
+int proto_fixed_mask_parse(const char *s, uint32_t *out)
+{
+	bool hex = s[0] == '0' && s[1] == 'x';
+	const char *d = hex ? s + 2 : s;
+	size_t n = strlen(d);
+	uint32_t v = 0;
+
+	if (n < 1 || (hex && n > 4))
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		char c = d[i];
+		unsigned digit;
+
+		if (c >= '0' && c <= '9')
+			digit = (unsigned)(c - '0');
+		else if (hex && c >= 'a' && c <= 'f')
+			digit = (unsigned)(c - 'a' + 10);
+		else if (hex && c >= 'A' && c <= 'F')
+			digit = (unsigned)(c - 'A' + 10);
+		else
+			return -EINVAL;
+		v = v * (hex ? 16 : 10) + digit;
+		if (v > PROTO_MAX_FIXED_MASK)
+			return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
 /* The row bounds the length (and refuses a NUL) for the buffer; the rule
  * itself is proto_name_check's. */
 static int check_name(struct json_fields *jf, const struct json_fields_field *f, const char *path,

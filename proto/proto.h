@@ -270,6 +270,15 @@ struct json_object *proto_request_encode_params(const struct proto_request *req,
  */
 int proto_name_check(const char *what, const char *name, struct proto_error *err);
 
+/*
+ * fixed_mask as text, for the doors that read it from a command line
+ * (vpmuctl --fixed) or an XML attribute (<vpmu:pmu fixed=...>): decimal
+ * digits, or "0x" (lower-case x) + 1..4 hex digits as the protocol's
+ * string form; 0..PROTO_MAX_FIXED_MASK. No sign, space, "0X" or octal.
+ * Returns 0 or -EINVAL; the caller words the message.
+ */
+int proto_fixed_mask_parse(const char *s, uint32_t *out);
+
 /* Check a server's hello answer against what this client speaks. */
 int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol,
 		      struct proto_error *err);

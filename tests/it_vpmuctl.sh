@@ -264,6 +264,8 @@ usage() { # usage DESCRIPTION PATTERN ARGS...
 usage "--gp 99" "--gp" vm attach u1 --gp 99 --vcpus 1 --cpus 0
 usage "--class bogus" "--class" vm attach u1 --class bogus --vcpus 1 --cpus 0
 usage "--fixed 0x10000" "--fixed" vm attach u1 --fixed 0x10000 --vcpus 1 --cpus 0
+usage "--fixed 0X7 (the protocol's mask rule: lower-case 0x)" "--fixed: must be a mask" vm attach u1 --fixed 0X7 --vcpus 1 --cpus 0
+usage "--fixed 0x00007 (1..4 hex digits)" "--fixed: must be a mask" vm attach u1 --fixed 0x00007 --vcpus 1 --cpus 0
 usage "--cpus 3-1" "--cpus" vm attach u1 --vcpus 1 --cpus 3-1
 usage "--vcpus without --cpus" "--cpus" vm attach u1 --vcpus 2
 usage "both vCPU forms" "--vcpu-cpus" vm attach u1 --vcpus 1 --cpus 0 --vcpu-cpus '0;1'

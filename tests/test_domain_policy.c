@@ -281,6 +281,37 @@ static void test_name_rule_is_the_protocols(void **st)
 	}
 }
 
+/* fixed= follows the protocol's text rule for a mask (proto_fixed_mask_parse),
+ * as vpmuctl --fixed does: decimal, or 0x and 1..4 hex digits. */
+static void test_fixed_mask_rule_is_the_protocols(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *fixed;
+		int want; /* -1: refused */
+	} cases[] = {
+		{ "0x3", 0x3 }, { "0xFfFf", 0xffff }, { "0x0007", 7 }, { "65535", 0xffff }, { "007", 7 },
+		{ "0X3", -1 }, { "0x00007", -1 }, { "0x", -1 }, { "65536", -1 }, { "0x10000", -1 },
+		{ "-1", -1 }, { "+3", -1 }, { " 3", -1 }, { "3 ", -1 }, { "", -1 }, { "99999999999999999999", -1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char xml[512], err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int n = snprintf(xml, sizeof(xml),
+				 "<domain><name>m</name><uuid>44444444-2222-3333-4444-555555555555</uuid><metadata>"
+				 "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' fixed='%s'/></metadata></domain>",
+				 cases[i].fixed);
+		int r = domain_policy_parse(xml, (size_t)n, &defaults, 8, &p, err, sizeof(err));
+
+		if (cases[i].want >= 0 && (r != 0 || p.fixed_mask != (uint32_t)cases[i].want))
+			fail_msg("case %zu (%s): rc %d mask 0x%x err \"%s\"", i, cases[i].fixed, r, p.fixed_mask, err);
+		if (cases[i].want < 0 &&
+		    (r != -EINVAL || !strstr(err, "attribute \"fixed\": must be a mask 0..0xffff (decimal, or 0x and 1..4 hex digits)")))
+			fail_msg("case %zu (%s): rc %d err \"%s\"", i, cases[i].fixed, r, err);
+		domain_policy_clear(&p);
+	}
+}
+
 static void test_size_limit(void **st)
 {
 	(void)st;
@@ -303,6 +334,7 @@ int main(void)
 		cmocka_unit_test(test_identity_errors),
 		cmocka_unit_test(test_class_known_despite_broken_identity),
 		cmocka_unit_test(test_name_rule_is_the_protocols),
+		cmocka_unit_test(test_fixed_mask_rule_is_the_protocols),
 		cmocka_unit_test(test_size_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
