@@ -481,8 +481,8 @@ static int parse_domain(struct ctx *c, unsigned host_cpus, struct dompol *out)
 	return parse_vcpus(c, host_cpus, out);
 }
 
-int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
-		 struct dompol *out, char *err, size_t errlen)
+static int parse_document(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
+			  struct dompol *out, char *err, size_t errlen)
 {
 	_cleanup_(xmlFreeParserCtxtp) xmlParserCtxtPtr pc = NULL;
 	_cleanup_(xmlFreeDocp) xmlDocPtr doc = NULL;
@@ -552,5 +552,19 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 	r = parse_domain(&c, host_cpus, out);
 	if (r < 0)
 		keep_identity_only(out);
+	return r;
+}
+
+int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
+		 struct dompol *out, char *err, size_t errlen)
+{
+	int r = parse_document(xml, len, def, host_cpus, out, err, errlen);
+
+	/* Messages quote the XML (values, names, libxml2's text): anything
+	 * but printable ASCII becomes '?', so no domain XML puts a line break,
+	 * an escape sequence or a cut UTF-8 character into a log line. */
+	for (size_t i = 0; r < 0 && i < errlen && err[i]; i++)
+		if ((unsigned char)err[i] < 0x20 || (unsigned char)err[i] > 0x7e)
+			err[i] = '?';
 	return r;
 }

@@ -82,7 +82,8 @@ struct dompol {
  * (1..CPULIST_MAX_CPUS) bounds every cpuset (cpulist_parse_libvirt); a
  * cpuset naming a CPU at or above it is an error.
  *
- * Returns 0, or a negative errno with err naming the element and attribute:
+ * Returns 0, or a negative errno with err naming the element and attribute
+ * (printable ASCII only: what it quotes of the XML has '?' for other bytes):
  *   -EINVAL           malformed XML, domain or metadata
  *   -EPROTONOSUPPORT  an element in another version of our namespace
  *   -E2BIG            xml larger than DOMAIN_POLICY_MAX_XML

@@ -108,6 +108,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else {
 		/* a refusal names what was wrong */
 		VIOLATED_IF(!err[0] || (r != -EINVAL && r != -EPROTONOSUPPORT && r != -E2BIG && r != -ENOMEM));
+		/* it reaches logs: one line of printable ASCII */
+		for (const char *q = err; *q; q++)
+			VIOLATED_IF((unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e);
 		check_failure(&p);
 	}
 	domain_policy_clear(&p);

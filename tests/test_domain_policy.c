@@ -312,6 +312,34 @@ static void test_fixed_mask_rule_is_the_protocols(void **st)
 	}
 }
 
+/* What a message quotes of the XML reaches the hook's stderr (libvirt's
+ * log) and vpmud's journal: a line break or a cut UTF-8 character from a
+ * domain XML must not. */
+static void test_messages_are_printable(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *xml, *want;
+	} cases[] = {
+		{ "<domain><name>a</name><uuid>44\nFAKE:\tx</uuid></domain>", "<uuid>: not a UUID: \"44?FAKE:?x\"" },
+		{ "<domain><name>a</name><uuid>44444444-2222-3333-4444-555555555555</uuid><vcpu>\xc3\xa9</vcpu></domain>",
+		  "<vcpu>: must be an integer 1..4096, got \"??\"" },
+		{ "<domain><name>a</name><uuid>44444444-2222-3333-4444-555555555555</uuid><vcpu cpuset='0,\xc3\xa9'>1</vcpu></domain>",
+		  "(\"0,??\")" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int r = domain_policy_parse(cases[i].xml, strlen(cases[i].xml), &defaults, 8, &p, err, sizeof(err));
+
+		if (r != -EINVAL || !strstr(err, cases[i].want))
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		for (const char *q = err; *q; q++)
+			assert_true(*q >= 0x20 && *q <= 0x7e);
+		domain_policy_clear(&p);
+	}
+}
+
 static void test_size_limit(void **st)
 {
 	(void)st;
@@ -335,6 +363,7 @@ int main(void)
 		cmocka_unit_test(test_class_known_despite_broken_identity),
 		cmocka_unit_test(test_name_rule_is_the_protocols),
 		cmocka_unit_test(test_fixed_mask_rule_is_the_protocols),
+		cmocka_unit_test(test_messages_are_printable),
 		cmocka_unit_test(test_size_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
