@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto/domain_policy.h"
 
@@ -340,6 +341,38 @@ static void test_messages_are_printable(void **st)
 	}
 }
 
+/* Bytes the declared encoding cannot convert: libxml2's generic handler
+ * printed four "encoding error" lines to stderr per parse (found by
+ * fuzz_domain_policy); the refusal is the message alone. */
+static void test_encoding_error_writes_nothing(void **st)
+{
+	(void)st;
+	static const char xml[] = "<?xml version='1.0' encoding='SHIFT_JIS'?><domain><name>\x81\x01</name></domain>";
+	char err[DOMAIN_POLICY_ERR_MAX] = "", seen[256] = "";
+	FILE *capture = tmpfile();
+	struct dompol p;
+	int saved = dup(STDERR_FILENO);
+	int r;
+
+	assert_non_null(capture);
+	assert_true(saved >= 0);
+	fflush(stderr);
+	assert_true(dup2(fileno(capture), STDERR_FILENO) >= 0);
+	r = domain_policy_parse(xml, sizeof(xml) - 1, &defaults, 8, &p, err, sizeof(err));
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	rewind(capture);
+	size_t n = fread(seen, 1, sizeof(seen) - 1, capture);
+	fclose(capture);
+	seen[n] = 0;
+	assert_int_equal(r, -EINVAL);
+	assert_true(err[0]);
+	if (n)
+		fail_msg("stderr got \"%s\"", seen);
+	domain_policy_clear(&p);
+}
+
 static void test_size_limit(void **st)
 {
 	(void)st;
@@ -364,6 +397,7 @@ int main(void)
 		cmocka_unit_test(test_name_rule_is_the_protocols),
 		cmocka_unit_test(test_fixed_mask_rule_is_the_protocols),
 		cmocka_unit_test(test_messages_are_printable),
+		cmocka_unit_test(test_encoding_error_writes_nothing),
 		cmocka_unit_test(test_size_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
