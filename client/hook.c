@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "proto/cleanup.h"
+#include "proto/proto.h"
 
 #define TAG "vpmu-hook"
 
@@ -165,6 +166,9 @@ static void op_release(const char *name, const char *xml, size_t len, const stru
 	/* Release even when the XML is unreadable: the uuid is then unknown,
 	 * the name is enough for the daemon to find the lease. */
 	parse(name, xml, len, o, &p, err);
+	/* no lease can carry a name the protocol refuses (parse said why) */
+	if (proto_name_check("name", name, NULL) < 0)
+		return;
 	int r = t->release(t->ctx, name, p.uuid, deadline);
 	if (r < 0)
 		fprintf(err, TAG ": %s: cannot release its PMU lease: %s\n", name, errstr(r));

@@ -64,11 +64,11 @@ static int params_of(const struct proto_request *req, const char *const *omit, s
 	return *out ? 0 : -ENOMEM;
 }
 
-/* A domain name as a lease name; the daemon says what else it refuses. */
+/* A domain name as a lease name, by the protocol's rule. */
 static int set_name(char dst[PROTO_NAME_MAX + 1], const char *name)
 {
-	if (!name || strlen(name) > PROTO_NAME_MAX)
-		return -ENAMETOOLONG;
+	if (proto_name_check("name", name, NULL) < 0)
+		return -EINVAL;
 	memcpy(dst, name, strlen(name) + 1);
 	return 0;
 }

@@ -194,17 +194,9 @@ static int parse_u32(const struct ctl *x, const char *opt, const char *s, uint32
 
 static int parse_fixed(const struct ctl *x, const char *s, uint32_t *out)
 {
-	char *end;
-	unsigned long v;
-	bool hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
-
-	errno = 0;
-	/* hex needs its 0x, everything else is decimal: "010" must not become 8 */
-	v = strtoul(hex ? s + 2 : s, &end, hex ? 16 : 10);
-	if (!*s || (hex && !s[2]) || *end || errno || v > PROTO_MAX_FIXED_MASK || s[hex ? 2 : 0] == '-' ||
-	    s[hex ? 2 : 0] == '+' || s[hex ? 2 : 0] == ' ')
-		return usage_error(x, "--fixed: must be a mask 0..0xffff (decimal or 0x hex), got \"%s\"", s);
-	*out = (uint32_t)v;
+	if (proto_fixed_mask_parse(s, out) < 0)
+		return usage_error(x, "--fixed: must be a mask 0..0xffff (decimal, or 0x and 1..4 hex digits), got \"%s\"",
+				   s);
 	return 0;
 }
 
@@ -229,22 +221,14 @@ static int parse_class(const struct ctl *x, const char *s, enum proto_class *out
 	return 0;
 }
 
-/* The protocol's name rule, checked here so the message names the argument. */
+/* The protocol's name rule, checked here so the message names the argument
+ * (in the daemon's words, and with what was given). */
 static int check_name(const struct ctl *x, const char *what, const char *s)
 {
-	size_t n = strlen(s);
+	struct proto_error e;
 
-	if (n < 1 || n > PROTO_NAME_MAX)
-		return usage_error(x, "%s must be 1..%d characters, got \"%s\"", what, PROTO_NAME_MAX, s);
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-		      c == '_' || c == '-'))
-			return usage_error(x, "%s \"%s\": only A-Z a-z 0-9 . _ - are allowed", what, s);
-	}
-	if (!strcmp(s, ".") || !strcmp(s, ".."))
-		return usage_error(x, "%s: \".\" and \"..\" are reserved", what);
+	if (proto_name_check(what, s, &e) < 0)
+		return usage_error(x, "%s (got \"%s\")", e.message, s);
 	return 0;
 }
 

@@ -33,6 +33,15 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(xmlParserCtxtPtr, xmlFreeParserCtxt)
 
 /* ------------------------------------------------------------- XML helpers */
 
+/* libxml2 reports some errors (bytes its encoding converter refuses)
+ * through its generic handler, which prints to stderr whatever
+ * XML_PARSE_NOERROR says: four lines per parse into libvirt's log or
+ * vpmud's journal, outside the one message domain_policy_parse gives. */
+static void xml_quiet(void *ctx, const char *msg, ...)
+{
+	(void)ctx, (void)msg;
+}
+
 struct ctx {
 	xmlDocPtr doc;
 	xmlXPathContextPtr xp;
@@ -79,21 +88,14 @@ static char *text_of(xmlNodePtr n)
 	return strndup(s, len);
 }
 
-/* Strict unsigned integer: decimal, or hex with 0x when hex_ok. */
-static int parse_uint(const char *s, bool hex_ok, unsigned long max, unsigned long *out)
+/* Strict unsigned decimal integer. */
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 {
-	int base = 10;
-	if (hex_ok && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-		base = 16;
-		s += 2;
-		if (!isxdigit((unsigned char)*s))
-			return -EINVAL;
-	} else if (!isdigit((unsigned char)*s)) {
+	if (!isdigit((unsigned char)*s))
 		return -EINVAL;
-	}
 	char *end;
 	errno = 0;
-	unsigned long v = strtoul(s, &end, base);
+	unsigned long v = strtoul(s, &end, 10);
 	if (errno || *end || v > max)
 		return -EINVAL;
 	*out = v;
@@ -144,6 +146,17 @@ static int parse_identity(struct ctx *c, struct dompol *out)
 		snprintf(c->err, c->errlen, "<name>: empty");
 		return -EINVAL;
 	}
+	{
+		struct proto_error pe;
+
+		/* The lease is named after the domain, so libvirt's wider
+		 * rule is not enough; the name itself is not quoted, it may
+		 * hold any character (the caller has it from libvirt anyway). */
+		if (proto_name_check("<name>", out->name, &pe) < 0) {
+			snprintf(c->err, c->errlen, "%s (vpmu names the VM's lease after the domain)", pe.message);
+			return -EINVAL;
+		}
+	}
 	if ((r = single(c, "/domain/uuid", "<uuid>", &n)) < 0)
 		return r;
 	if (!n) {
@@ -188,22 +201,16 @@ static const char *const pmu_attrs[] = { "class", "priority", "gp", "fixed" };
 #define PMU_TAG "<vpmu:pmu>"
 
 /* An optional unsigned attribute of <vpmu:pmu>: 1 read, 0 absent, <0 bad. */
-static int attr_uint(struct ctx *c, xmlNodePtr el, const char *name, bool hex, unsigned long max,
-		     unsigned long *out)
+static int attr_uint(struct ctx *c, xmlNodePtr el, const char *name, unsigned long max, unsigned long *out)
 {
 	_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)name);
 
 	if (!v)
 		return 0;
-	if (parse_uint((char *)v, hex, max, out) == 0)
+	if (parse_uint((char *)v, max, out) == 0)
 		return 1;
-	if (hex)
-		snprintf(c->err, c->errlen,
-			 PMU_TAG " attribute \"%s\": must be a mask 0..0x%lx (decimal or 0x hex), got \"%.32s\"", name,
-			 max, (char *)v);
-	else
-		snprintf(c->err, c->errlen, PMU_TAG " attribute \"%s\": must be an integer 0..%lu, got \"%.32s\"",
-			 name, max, (char *)v);
+	snprintf(c->err, c->errlen, PMU_TAG " attribute \"%s\": must be an integer 0..%lu, got \"%.32s\"", name, max,
+		 (char *)v);
 	return -EINVAL;
 }
 
@@ -256,18 +263,28 @@ static int parse_pmu_element(struct ctx *c, xmlNodePtr el, struct dompol *out)
 		}
 	}
 
-	if ((r = attr_uint(c, el, "priority", false, DOMAIN_POLICY_MAX_PRIORITY, &x)) < 0)
+	if ((r = attr_uint(c, el, "priority", DOMAIN_POLICY_MAX_PRIORITY, &x)) < 0)
 		return r;
 	if (r)
 		out->priority = (int)x;
-	if ((r = attr_uint(c, el, "gp", false, DOMAIN_POLICY_MAX_GP, &x)) < 0)
+	if ((r = attr_uint(c, el, "gp", DOMAIN_POLICY_MAX_GP, &x)) < 0)
 		return r;
 	if (r)
 		out->gp = (unsigned)x;
-	if ((r = attr_uint(c, el, "fixed", true, DOMAIN_POLICY_MAX_FIXED_MASK, &x)) < 0)
-		return r;
-	if (r)
-		out->fixed_mask = (uint32_t)x;
+	{
+		_cleanup_xml_ xmlChar *v = xmlGetNoNsProp(el, (const xmlChar *)"fixed");
+		uint32_t mask;
+
+		/* the protocol's text rule for a mask, as vpmuctl --fixed */
+		if (v && proto_fixed_mask_parse((const char *)v, &mask) < 0) {
+			snprintf(c->err, c->errlen,
+				 PMU_TAG " attribute \"fixed\": must be a mask 0..0x%x (decimal, or 0x and 1..4 hex digits), got \"%.32s\"",
+				 DOMAIN_POLICY_MAX_FIXED_MASK, (char *)v);
+			return -EINVAL;
+		}
+		if (v)
+			out->fixed_mask = mask;
+	}
 	return 0;
 }
 
@@ -325,7 +342,7 @@ static int parse_vcpu_element(struct ctx *c, unsigned host_cpus, struct dompol *
 
 		if (!t)
 			return -ENOMEM;
-		if (parse_uint(t, false, DOMAIN_POLICY_MAX_VCPUS, &v) < 0 || v == 0) {
+		if (parse_uint(t, DOMAIN_POLICY_MAX_VCPUS, &v) < 0 || v == 0) {
 			snprintf(c->err, c->errlen, "<vcpu>: must be an integer 1..%d, got \"%.32s\"",
 				 DOMAIN_POLICY_MAX_VCPUS, t);
 			return -EINVAL;
@@ -335,7 +352,7 @@ static int parse_vcpu_element(struct ctx *c, unsigned host_cpus, struct dompol *
 	{
 		_cleanup_xml_ xmlChar *a = xmlGetProp(n, (const xmlChar *)"current");
 
-		if (a && (parse_uint((char *)a, false, out->n_vcpus, &v) < 0 || v == 0)) {
+		if (a && (parse_uint((char *)a, out->n_vcpus, &v) < 0 || v == 0)) {
 			snprintf(c->err, c->errlen, "<vcpu> attribute \"current\": must be an integer 1..%u, got \"%.32s\"",
 				 out->n_vcpus, (char *)a);
 			return -EINVAL;
@@ -373,7 +390,7 @@ static int parse_vcpupin(struct ctx *c, xmlNodePtr p, unsigned host_cpus, struct
 		snprintf(c->err, c->errlen, "<cputune><vcpupin>: attribute \"vcpu\" missing");
 		return -EINVAL;
 	}
-	if (parse_uint((char *)vc, false, out->n_vcpus - 1, &v) < 0) {
+	if (parse_uint((char *)vc, out->n_vcpus - 1, &v) < 0) {
 		snprintf(c->err, c->errlen,
 			 "<cputune><vcpupin> attribute \"vcpu\": must be an integer 0..%u (the domain has %u vCPUs), got \"%.32s\"",
 			 out->n_vcpus - 1, out->n_vcpus, (char *)vc);
@@ -473,8 +490,8 @@ static int parse_domain(struct ctx *c, unsigned host_cpus, struct dompol *out)
 	return parse_vcpus(c, host_cpus, out);
 }
 
-int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
-		 struct dompol *out, char *err, size_t errlen)
+static int parse_document(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
+			  struct dompol *out, char *err, size_t errlen)
 {
 	_cleanup_(xmlFreeParserCtxtp) xmlParserCtxtPtr pc = NULL;
 	_cleanup_(xmlFreeDocp) xmlDocPtr doc = NULL;
@@ -510,8 +527,16 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 		return -ENOMEM;
 	/* NONET: a domain XML never needs the network; no NOENT: entities are
 	 * not expanded, and a DTD is refused below anyway. */
-	doc = xmlCtxtReadMemory(pc, xml, (int)len, "domain.xml", NULL,
-				XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	{
+		/* the handler is libxml2's per-thread state: put back as found */
+		xmlGenericErrorFunc was = xmlGenericError;
+		void *was_ctx = xmlGenericErrorContext;
+
+		xmlSetGenericErrorFunc(NULL, xml_quiet);
+		doc = xmlCtxtReadMemory(pc, xml, (int)len, "domain.xml", NULL,
+					XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+		xmlSetGenericErrorFunc(was_ctx, was);
+	}
 	if (!doc) {
 		const xmlError *e = &pc->lastError;
 		const char *msg = e->message ? e->message : "parse error";
@@ -544,5 +569,19 @@ int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_
 	r = parse_domain(&c, host_cpus, out);
 	if (r < 0)
 		keep_identity_only(out);
+	return r;
+}
+
+int domain_policy_parse(const char *xml, size_t len, const struct domain_policy_defaults *def, unsigned host_cpus,
+		 struct dompol *out, char *err, size_t errlen)
+{
+	int r = parse_document(xml, len, def, host_cpus, out, err, errlen);
+
+	/* Messages quote the XML (values, names, libxml2's text): anything
+	 * but printable ASCII becomes '?', so no domain XML puts a line break,
+	 * an escape sequence or a cut UTF-8 character into a log line. */
+	for (size_t i = 0; r < 0 && i < errlen && err[i]; i++)
+		if ((unsigned char)err[i] < 0x20 || (unsigned char)err[i] > 0x7e)
+			err[i] = '?';
 	return r;
 }

@@ -3,7 +3,8 @@
  * domain_policy: turns a libvirt domain XML into the PMU request of one VM.
  *
  * What it reads (docs/libvirt.md has the full schema):
- *   <name>, <uuid>
+ *   <name>, <uuid>   the name must pass proto_name_check: vpmu's lease for
+ *                    the VM carries it (libvirt allows more, e.g. spaces)
  *   <metadata><vpmu:pmu xmlns:vpmu="https://vpmu.org/xmlns/libvirt/1"
  *                       priority="200" class="guaranteed" gp="4" fixed="0x3"/>
  *   <features><pmu state="on|off"/>   off: no vPMU, nothing is requested
@@ -81,7 +82,8 @@ struct dompol {
  * (1..CPULIST_MAX_CPUS) bounds every cpuset (cpulist_parse_libvirt); a
  * cpuset naming a CPU at or above it is an error.
  *
- * Returns 0, or a negative errno with err naming the element and attribute:
+ * Returns 0, or a negative errno with err naming the element and attribute
+ * (printable ASCII only: what it quotes of the XML has '?' for other bytes):
  *   -EINVAL           malformed XML, domain or metadata
  *   -EPROTONOSUPPORT  an element in another version of our namespace
  *   -E2BIG            xml larger than DOMAIN_POLICY_MAX_XML

@@ -378,16 +378,67 @@ static int check_cpus(struct json_fields *jf, const struct json_fields_field *f,
 	return 0;
 }
 
-/* Names may end up as file names under the state directory. */
+static bool name_char(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+	       c == '_' || c == '-';
+}
+
+int proto_name_check(const char *what, const char *name, struct proto_error *err)
+{
+	size_t n = name ? strlen(name) : 0;
+
+	if (n < 1 || n > PROTO_NAME_MAX)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, what, "%s: must be 1..%d characters", what,
+				       PROTO_NAME_MAX);
+	for (size_t i = 0; i < n; i++)
+		if (!name_char(name[i]))
+			return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, what,
+					       "%s: only A-Z a-z 0-9 . _ - allowed", what);
+	/* names end up as file names under the state directory */
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, what, "%s: \".\" and \"..\" are reserved",
+				       what);
+	return 0;
+}
+
+int proto_fixed_mask_parse(const char *s, uint32_t *out)
+{
+	bool hex = s[0] == '0' && s[1] == 'x';
+	const char *d = hex ? s + 2 : s;
+	size_t n = strlen(d);
+	uint32_t v = 0;
+
+	if (n < 1 || (hex && n > 4))
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		char c = d[i];
+		unsigned digit;
+
+		if (c >= '0' && c <= '9')
+			digit = (unsigned)(c - '0');
+		else if (hex && c >= 'a' && c <= 'f')
+			digit = (unsigned)(c - 'a' + 10);
+		else if (hex && c >= 'A' && c <= 'F')
+			digit = (unsigned)(c - 'A' + 10);
+		else
+			return -EINVAL;
+		v = v * (hex ? 16 : 10) + digit;
+		if (v > PROTO_MAX_FIXED_MASK)
+			return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+/* The row bounds the length (and refuses a NUL) for the buffer; the rule
+ * itself is proto_name_check's. */
 static int check_name(struct json_fields *jf, const struct json_fields_field *f, const char *path,
 		      const void *base, bool present)
 {
-	const char *s = (const char *)base + f->offset;
-
-	if (present && (strcmp(s, ".") == 0 || strcmp(s, "..") == 0))
-		return proto_error_set(dec_of(jf)->err, PROTO_E_INVALID_PARAM, EINVAL, path,
-				       "%s: \".\" and \"..\" are reserved", path);
-	return 0;
+	if (!present)
+		return 0;
+	return proto_name_check(path, (const char *)base + f->offset, dec_of(jf)->err);
 }
 
 static int check_protocol(struct json_fields *jf, const struct json_fields_field *f, const char *path,
@@ -470,7 +521,7 @@ static const struct json_fields_field event_elem = {
 };
 
 #define NAME_ROW(T)                                                                                 \
-	{ .name = "name", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_REQUIRED | JSON_FIELDS_NAME_CHARS, \
+	{ .name = "name", .type = JSON_FIELDS_STRING, .flags = JSON_FIELDS_REQUIRED,                         \
 	  .min = 1, .max = PROTO_NAME_MAX, .offset = offsetof(T, name),                             \
 	  .size = JSON_FIELDS_SIZE(T, name), .check = check_name }
 

@@ -258,6 +258,27 @@ struct json_object *proto_request_encode(const struct proto_request *req);
  */
 struct json_object *proto_request_encode_params(const struct proto_request *req, const char *const *omit);
 
+/*
+ * The protocol's name rule (docs/protocol.md, "name"), for VM and session
+ * names wherever they come from: 1..PROTO_NAME_MAX characters of
+ * [A-Za-z0-9._-], not "." or ".." (names become file names under the state
+ * directory). The decoder applies it to params.name; vpmuctl, the hook and
+ * the domain metadata parser call it so their refusals say the daemon's
+ * words. Returns 0, or -EINVAL with err (field: what) saying
+ * "<what>: must be 1..64 characters", "<what>: only A-Z a-z 0-9 . _ -
+ * allowed" or "<what>: "." and ".." are reserved". err may be NULL.
+ */
+int proto_name_check(const char *what, const char *name, struct proto_error *err);
+
+/*
+ * fixed_mask as text, for the doors that read it from a command line
+ * (vpmuctl --fixed) or an XML attribute (<vpmu:pmu fixed=...>): decimal
+ * digits, or "0x" (lower-case x) + 1..4 hex digits as the protocol's
+ * string form; 0..PROTO_MAX_FIXED_MASK. No sign, space, "0X" or octal.
+ * Returns 0 or -EINVAL; the caller words the message.
+ */
+int proto_fixed_mask_parse(const char *s, uint32_t *out);
+
 /* Check a server's hello answer against what this client speaks. */
 int proto_hello_check(uint32_t client_protocol, uint32_t server_protocol,
 		      struct proto_error *err);

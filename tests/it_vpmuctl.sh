@@ -264,6 +264,8 @@ usage() { # usage DESCRIPTION PATTERN ARGS...
 usage "--gp 99" "--gp" vm attach u1 --gp 99 --vcpus 1 --cpus 0
 usage "--class bogus" "--class" vm attach u1 --class bogus --vcpus 1 --cpus 0
 usage "--fixed 0x10000" "--fixed" vm attach u1 --fixed 0x10000 --vcpus 1 --cpus 0
+usage "--fixed 0X7 (the protocol's mask rule: lower-case 0x)" "--fixed: must be a mask" vm attach u1 --fixed 0X7 --vcpus 1 --cpus 0
+usage "--fixed 0x00007 (1..4 hex digits)" "--fixed: must be a mask" vm attach u1 --fixed 0x00007 --vcpus 1 --cpus 0
 usage "--cpus 3-1" "--cpus" vm attach u1 --vcpus 1 --cpus 3-1
 usage "--vcpus without --cpus" "--cpus" vm attach u1 --vcpus 2
 usage "both vCPU forms" "--vcpu-cpus" vm attach u1 --vcpus 1 --cpus 0 --vcpu-cpus '0;1'
@@ -273,6 +275,12 @@ usage "--priority 1001" "--priority" vm update db --priority 1001
 usage "vm update --pid" "vm bind" vm update db --pid 1
 usage "--vm-fd without --pid" "--vm-fd" vm attach u1 --vcpus 1 --cpus 0 --vm-fd 3
 usage "bad VM name" "A-Z a-z 0-9" vm show 'bad/name'
+# the name rule is proto_name_check's, in the daemon's words, plus what was given
+usage "VM name of 65" "VM name: must be 1\.\.64 characters \(got \"n{65}\"\)" vm show nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn
+usage "session name with a space" "session name: only A-Z a-z 0-9 \. _ - allowed \(got \"a b\"\)" session stop 'a b'
+usage "VM name .." "VM name: \"\.\" and \"\.\.\" are reserved" vm detach ..
+ctl vm show nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn
+check "a VM name of 64 is the daemon's to answer: not_found, exit 1" eval 'rc_is 1 && err_has "^vpmuctl: not_found: "'
 usage "--events duplicated" "--events" session start s --events task-clock,task-clock --cpus 0
 usage "--cpus and --pid" "--cpus" session start s --events task-clock --cpus 0 --pid 1
 usage "--count without --interval" "--count" session read prof --count 2

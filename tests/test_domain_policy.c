@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto/domain_policy.h"
 
@@ -246,6 +247,132 @@ static void test_class_known_despite_broken_identity(void **st)
 	domain_policy_clear(&p);
 }
 
+/* The lease carries the domain's name, so the protocol's name rule
+ * (proto_name_check) applies; libvirt's own rule is wider. */
+static void test_name_rule_is_the_protocols(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *name, *needle; /* needle NULL: accepted */
+	} cases[] = {
+		{ "web-1.prod_2", NULL },
+		{ "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", NULL }, /* 64 */
+		{ "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", "<name>: must be 1..64 characters" },
+		{ "my vm", "<name>: only A-Z a-z 0-9 . _ - allowed (vpmu names the VM's lease after the domain)" },
+		{ "caf\xc3\xa9", "<name>: only A-Z a-z 0-9 . _ - allowed" },
+		{ "..", "<name>: \".\" and \"..\" are reserved" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char xml[512], err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int n = snprintf(xml, sizeof(xml),
+				 "<domain><name>%s</name><uuid>44444444-2222-3333-4444-555555555555</uuid><metadata>"
+				 "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' class='guaranteed'/></metadata></domain>",
+				 cases[i].name);
+		int r = domain_policy_parse(xml, (size_t)n, &defaults, 8, &p, err, sizeof(err));
+
+		if (!cases[i].needle && r != 0)
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		if (cases[i].needle && (r != -EINVAL || !strstr(err, cases[i].needle)))
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		/* refused or not, the caller learns the name and the class */
+		assert_string_equal(p.name, cases[i].name);
+		assert_true(p.guaranteed);
+		domain_policy_clear(&p);
+	}
+}
+
+/* fixed= follows the protocol's text rule for a mask (proto_fixed_mask_parse),
+ * as vpmuctl --fixed does: decimal, or 0x and 1..4 hex digits. */
+static void test_fixed_mask_rule_is_the_protocols(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *fixed;
+		int want; /* -1: refused */
+	} cases[] = {
+		{ "0x3", 0x3 }, { "0xFfFf", 0xffff }, { "0x0007", 7 }, { "65535", 0xffff }, { "007", 7 },
+		{ "0X3", -1 }, { "0x00007", -1 }, { "0x", -1 }, { "65536", -1 }, { "0x10000", -1 },
+		{ "-1", -1 }, { "+3", -1 }, { " 3", -1 }, { "3 ", -1 }, { "", -1 }, { "99999999999999999999", -1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char xml[512], err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int n = snprintf(xml, sizeof(xml),
+				 "<domain><name>m</name><uuid>44444444-2222-3333-4444-555555555555</uuid><metadata>"
+				 "<vpmu:pmu xmlns:vpmu='" DOMAIN_POLICY_NS_URI "' fixed='%s'/></metadata></domain>",
+				 cases[i].fixed);
+		int r = domain_policy_parse(xml, (size_t)n, &defaults, 8, &p, err, sizeof(err));
+
+		if (cases[i].want >= 0 && (r != 0 || p.fixed_mask != (uint32_t)cases[i].want))
+			fail_msg("case %zu (%s): rc %d mask 0x%x err \"%s\"", i, cases[i].fixed, r, p.fixed_mask, err);
+		if (cases[i].want < 0 &&
+		    (r != -EINVAL || !strstr(err, "attribute \"fixed\": must be a mask 0..0xffff (decimal, or 0x and 1..4 hex digits)")))
+			fail_msg("case %zu (%s): rc %d err \"%s\"", i, cases[i].fixed, r, err);
+		domain_policy_clear(&p);
+	}
+}
+
+/* What a message quotes of the XML reaches the hook's stderr (libvirt's
+ * log) and vpmud's journal: a line break or a cut UTF-8 character from a
+ * domain XML must not. */
+static void test_messages_are_printable(void **st)
+{
+	(void)st;
+	static const struct {
+		const char *xml, *want;
+	} cases[] = {
+		{ "<domain><name>a</name><uuid>44\nFAKE:\tx</uuid></domain>", "<uuid>: not a UUID: \"44?FAKE:?x\"" },
+		{ "<domain><name>a</name><uuid>44444444-2222-3333-4444-555555555555</uuid><vcpu>\xc3\xa9</vcpu></domain>",
+		  "<vcpu>: must be an integer 1..4096, got \"??\"" },
+		{ "<domain><name>a</name><uuid>44444444-2222-3333-4444-555555555555</uuid><vcpu cpuset='0,\xc3\xa9'>1</vcpu></domain>",
+		  "(\"0,??\")" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char err[DOMAIN_POLICY_ERR_MAX] = "";
+		struct dompol p;
+		int r = domain_policy_parse(cases[i].xml, strlen(cases[i].xml), &defaults, 8, &p, err, sizeof(err));
+
+		if (r != -EINVAL || !strstr(err, cases[i].want))
+			fail_msg("case %zu: rc %d err \"%s\"", i, r, err);
+		for (const char *q = err; *q; q++)
+			assert_true(*q >= 0x20 && *q <= 0x7e);
+		domain_policy_clear(&p);
+	}
+}
+
+/* Bytes the declared encoding cannot convert: libxml2's generic handler
+ * printed four "encoding error" lines to stderr per parse (found by
+ * fuzz_domain_policy); the refusal is the message alone. */
+static void test_encoding_error_writes_nothing(void **st)
+{
+	(void)st;
+	static const char xml[] = "<?xml version='1.0' encoding='SHIFT_JIS'?><domain><name>\x81\x01</name></domain>";
+	char err[DOMAIN_POLICY_ERR_MAX] = "", seen[256] = "";
+	FILE *capture = tmpfile();
+	struct dompol p;
+	int saved = dup(STDERR_FILENO);
+	int r;
+
+	assert_non_null(capture);
+	assert_true(saved >= 0);
+	fflush(stderr);
+	assert_true(dup2(fileno(capture), STDERR_FILENO) >= 0);
+	r = domain_policy_parse(xml, sizeof(xml) - 1, &defaults, 8, &p, err, sizeof(err));
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	rewind(capture);
+	size_t n = fread(seen, 1, sizeof(seen) - 1, capture);
+	fclose(capture);
+	seen[n] = 0;
+	assert_int_equal(r, -EINVAL);
+	assert_true(err[0]);
+	if (n)
+		fail_msg("stderr got \"%s\"", seen);
+	domain_policy_clear(&p);
+}
+
 static void test_size_limit(void **st)
 {
 	(void)st;
@@ -267,6 +394,10 @@ int main(void)
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_identity_errors),
 		cmocka_unit_test(test_class_known_despite_broken_identity),
+		cmocka_unit_test(test_name_rule_is_the_protocols),
+		cmocka_unit_test(test_fixed_mask_rule_is_the_protocols),
+		cmocka_unit_test(test_messages_are_printable),
+		cmocka_unit_test(test_encoding_error_writes_nothing),
 		cmocka_unit_test(test_size_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -440,6 +440,41 @@ static void test_stop_releases(void **st)
 	}
 }
 
+/* libvirt allows domain names the protocol refuses ("my vm"); the lease is
+ * named after the domain, so such a VM cannot be arbitrated: a guaranteed
+ * one is refused at prepare (before, vpmud's invalid_param made the hook
+ * start it without its guarantee), any other starts without arbitration,
+ * and no release is sent for a lease that cannot exist. */
+static void test_name_the_protocol_refuses(void **st)
+{
+	(void)st;
+	static const char xml[] =
+		"<domain><name>my vm</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>"
+		"<metadata><vpmu:pmu xmlns:vpmu='https://vpmu.org/xmlns/libvirt/1' class='guaranteed' gp='2'/>"
+		"</metadata></domain>";
+	static const char plain[] = "<domain><name>my vm</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid></domain>";
+	struct hook_opts o = opts("preferred", 0);
+	struct fake f = { .mode = FAKE_OK };
+	struct run r = run_hook(&f, &o, "my vm", "prepare", "begin", xml, strlen(xml));
+
+	assert_int_equal(r.rc, 1);
+	assert_int_equal(f.admits, 0);
+	assert_non_null(strstr(r.err, "<name>: only A-Z a-z 0-9 . _ - allowed"));
+	assert_non_null(strstr(r.err, "refusing to start my vm"));
+	run_free(&r);
+
+	r = run_hook(&f, &o, "my vm", "prepare", "begin", plain, strlen(plain));
+	assert_int_equal(r.rc, 0);
+	assert_int_equal(f.admits, 0);
+	assert_non_null(strstr(r.err, "starting my vm without PMU arbitration"));
+	run_free(&r);
+
+	r = run_hook(&f, &o, "my vm", "stopped", "end", plain, strlen(plain));
+	assert_int_equal(r.rc, 0);
+	assert_int_equal(f.releases, 0);
+	run_free(&r);
+}
+
 /* ------------------------------------------------------ filters, the rest */
 
 static void test_filters_echo(void **st)
@@ -522,6 +557,7 @@ int main(void)
 		cmocka_unit_test(test_started_never_fails),
 		cmocka_unit_test(test_read_pid),
 		cmocka_unit_test(test_stop_releases),
+		cmocka_unit_test(test_name_the_protocol_refuses),
 		cmocka_unit_test(test_filters_echo),
 		cmocka_unit_test(test_other_operations),
 		cmocka_unit_test(test_bad_arguments),
