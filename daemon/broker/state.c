@@ -17,6 +17,7 @@
 
 #include "proto/cleanup.h"
 #include "proto/fileio.h"
+#include "proto/proto.h"
 #include "proto/textesc.h"
 
 #define STATE_LEASES "leases"
@@ -46,18 +47,10 @@ static const char *const kind_prefix[] = { [STATE_VM] = "vm-", [STATE_SESSION] =
 
 /* ------------------------------------------------------------ helpers */
 
+/* The protocol's rule: a lease file is named after its lease. */
 static bool name_valid(const char *name)
 {
-	size_t n = name ? strlen(name) : 0;
-	if (n < 1 || n > 64 || !strcmp(name, ".") || !strcmp(name, ".."))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		char c = name[i];
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		      c == '.' || c == '_' || c == '-'))
-			return false;
-	}
-	return true;
+	return name && proto_name_check("name", name, NULL) == 0;
 }
 
 /* "vm-web.json": file names are bounded by the name rule above. */

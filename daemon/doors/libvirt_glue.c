@@ -49,16 +49,6 @@ static struct cpulist *vcpu_cpus(const struct dompol *p)
 	return l;
 }
 
-/* A domain name the protocol cannot carry gets the refusal a request with
- * that name would get, instead of a lease under a cut name. */
-static int check_name(const char *name, struct proto_error *err)
-{
-	if (strlen(name) > PROTO_NAME_MAX)
-		return proto_error_set(err, PROTO_E_INVALID_PARAM, EINVAL, "params.name",
-				       "params.name: 1..%d characters of [A-Za-z0-9._-]", PROTO_NAME_MAX);
-	return 0;
-}
-
 /* Whether the lease the broker holds differs from what the domain asks. */
 static bool policy_differs(const struct lvglue *g, const struct broker_vm_view *v, const struct dompol *p)
 {
@@ -160,7 +150,9 @@ static void attach(struct lvglue *g, const char *name, const struct dompol *p)
 	snprintf(a.name, sizeof(a.name), "%s", name);
 	a.cls = cls < 0 ? PROTO_CLASS_PREFERRED : (enum proto_class)cls;
 	a.vcpus = (struct proto_vcpus){ .count = p->n_vcpus, .cpus = cpus };
-	int r = check_name(name, &err);
+	/* A domain name the protocol cannot carry gets the refusal a request
+	 * with that name would get, instead of a lease under a cut name. */
+	int r = proto_name_check("params.name", name, &err);
 	if (r == 0 && !cpus)
 		r = proto_error_set(&err, PROTO_E_INTERNAL, ENOMEM, NULL, "out of memory");
 	if (r == 0)
