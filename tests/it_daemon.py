@@ -353,7 +353,7 @@ def test_concurrent_clients(d):
 
 def test_slow_watcher_cut_off(d):
     # A watcher that never reads must not hold the daemon's memory: past
-    # 8 MiB of queued events it is disconnected, and stops counting.
+    # 256 KiB of queued events (docs/config.md, "Limits") it is disconnected, and stops counting.
     lazy = Client(d.sock)
     lazy.call("watch")
     c = Client(d.sock)
