@@ -191,13 +191,23 @@ def ctl_timed(d, *args):
 
 
 def root_gets_in(d, what, name):
-    p, ms = ctl_timed(d, "status")
-    check(p.returncode == 0 and ms < 100, f"{what}: root's vpmuctl status answers in {ms:.1f} ms (< 100)",
-          p.stderr.strip())
-    p, ms2 = ctl_timed(d, "vm", "attach", name, "--gp", "1", "--vcpus", "1", "--cpus", "0")
-    check(p.returncode == 0 and ms2 < 100, f"{what}: root's vpmuctl vm attach answers in {ms2:.1f} ms (< 100)",
-          p.stderr.strip())
-    ctl_timed(d, "vm", "detach", name)
+    # Each is asked three times: every answer must be a success, and the
+    # fastest within 100 ms (the time includes starting vpmuctl, which a
+    # loaded machine or a sanitizer build can slow by itself; a root locked
+    # out is refused or waits seconds, not tens of milliseconds).
+    runs = [ctl_timed(d, "status") for _ in range(3)]
+    bad = [p.stderr.strip() for p, _ in runs if p.returncode != 0]
+    best = min(ms for _, ms in runs)
+    check(not bad and best < 100, f"{what}: root's vpmuctl status answers 3 of 3, fastest in {best:.1f} ms (< 100; "
+          f"all: {', '.join(f'{ms:.1f}' for _, ms in runs)})", "; ".join(bad))
+    runs = []
+    for i in range(3):
+        runs.append(ctl_timed(d, "vm", "attach", f"{name}{i}", "--gp", "1", "--vcpus", "1", "--cpus", "0"))
+        ctl_timed(d, "vm", "detach", f"{name}{i}")
+    bad = [p.stderr.strip() for p, _ in runs if p.returncode != 0]
+    best = min(ms for _, ms in runs)
+    check(not bad and best < 100, f"{what}: root's vpmuctl vm attach answers 3 of 3, fastest in {best:.1f} ms (< 100; "
+          f"all: {', '.join(f'{ms:.1f}' for _, ms in runs)})", "; ".join(bad))
 
 
 def test_admission(base):
