@@ -212,7 +212,10 @@ def root_gets_in(d, what, name):
 
 def test_admission(base):
     tmp = new_tmp(base, "admission")
-    write_conf(tmp)  # the defaults: 256 in all, 32 per user, 32 kept for root and the admin group
+    # The defaults: 256 in all, 32 per user, 32 kept for root and the admin
+    # group; the stalled connections must outlive this phase, whatever the
+    # machine's speed (the deadlines have their own phase).
+    write_conf(tmp, first_frame_timeout=3600, idle_timeout=3600)
     d = Daemon(tmp)
     d.start()
     try:
@@ -310,7 +313,7 @@ def outq(s):
 
 def test_backpressure(base):
     tmp = new_tmp(base, "backpressure")
-    write_conf(tmp, max_clients=300)
+    write_conf(tmp, max_clients=300, first_frame_timeout=3600, idle_timeout=3600)
     # Under ASan, freed memory stays resident in its quarantine: without it
     # the figure is vpmud's own (plus ASan's redzones).
     env = dict(os.environ)
