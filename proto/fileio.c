@@ -14,11 +14,23 @@
 
 int fileio_read_all(int dirfd, const char *path, size_t max, unsigned flags, char **text, size_t *len)
 {
-	int oflags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | ((flags & FILEIO_NOFOLLOW) ? O_NOFOLLOW : 0);
+	/* O_NOCTTY: a tty named here must not become vpmud's terminal. */
+	int oflags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | ((flags & FILEIO_NOFOLLOW) ? O_NOFOLLOW : 0);
+	struct stat st;
+	if (flags & FILEIO_REGULAR) {
+		/* Looked at before it is opened: opening a device or a FIFO
+		 * has effects of its own (a tape rewinds, a writer wakes). */
+		_cleanup_close_ int probe = openat(dirfd, path, O_PATH | O_CLOEXEC | (oflags & O_NOFOLLOW));
+		if (probe < 0)
+			return errno == ELOOP && (flags & FILEIO_NOFOLLOW) ? -EBADFD : -errno;
+		if (fstat(probe, &st) < 0)
+			return -errno;
+		if (S_ISLNK(st.st_mode) || !S_ISREG(st.st_mode))
+			return -EBADFD;
+	}
 	_cleanup_close_ int fd = openat(dirfd, path, oflags);
 	if (fd < 0)
 		return errno == ELOOP && (flags & FILEIO_NOFOLLOW) ? -EBADFD : -errno;
-	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if ((flags & FILEIO_REGULAR) && !S_ISREG(st.st_mode))
@@ -80,7 +92,10 @@ const char *fileio_strerror(int r, int dirfd, const char *path, size_t max, char
 {
 	struct stat st;
 	if (r == -EBADFD || r == -EISDIR) {
-		if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		/* What the path leads to; a symbolic link only where links
+		 * are not followed (or lead nowhere). */
+		if ((fstatat(dirfd, path, &st, 0) == 0 && !S_ISREG(st.st_mode)) ||
+		    fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0)
 			snprintf(buf, len, "not a regular file (%s)", type_name(st.st_mode));
 		else
 			snprintf(buf, len, "not a regular file");

@@ -35,6 +35,8 @@ static void compact(struct frame_reader *r)
 	r->start = 0;
 }
 
+#define FRAME_KEEP_BUFFER (16u << 10)
+
 static int reserve(struct frame_reader *r, size_t extra)
 {
 	size_t want = r->len + extra + 1; /* +1: room to NUL-terminate a frame */
@@ -67,6 +69,13 @@ int frame_reader_feed(struct frame_reader *r, const void *data, size_t len)
 	if (r->overflow)
 		return -EMSGSIZE;
 	compact(r);
+	/* A large frame's buffer is given back once it is consumed: one big
+	 * request must not stay resident for the life of the connection. */
+	if (r->len == 0 && r->cap > FRAME_KEEP_BUFFER) {
+		free(r->buf);
+		r->buf = NULL;
+		r->cap = 0;
+	}
 	/* Length of the unterminated frame already buffered = bytes after the
 	 * last newline we hold. */
 	nl = r->len ? memrchr(r->buf, '\n', r->len) : NULL;

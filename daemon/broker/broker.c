@@ -174,7 +174,10 @@ struct guest_cache_entry {
 };
 #define GUEST_CACHE 8
 
+struct admin_gid_cache;
+
 struct broker {
+	struct admin_gid_cache *admin_gid; /* see admin_gid(); NULL: looked up at each use */
 	enum broker_flavour flavour;
 	bool host_mediated;             /* see broker_opts */
 	bool nmi_watchdog_perf;
@@ -777,13 +780,33 @@ enum broker_right broker_method_right(enum proto_method m)
 	}
 }
 
-/* The admin group's gid, looked up at each use: a reload may rename it and
- * an administrator may create it while vpmud runs. */
-static int admin_gid(const struct broker *b, gid_t *gid)
+/*
+ * The admin group's gid, looked up again when the name changes (a reload)
+ * or the last answer is ADMIN_GID_TTL_USEC old (an administrator may
+ * create the group while vpmud runs), not at every use: any local user
+ * can make vpmud judge a caller (each connect), and a lookup may read
+ * /etc/group or ask a directory service. A lookup that fails for another
+ * reason than "no such group" (out of descriptors, say) keeps the last
+ * answer for that name.
+ */
+#define ADMIN_GID_TTL_USEC (2 * 1000000ULL)
+
+struct admin_gid_cache {
+	char name[sizeof(((struct config *)0)->admin_group)];
+	int r;                 /* 0: gid holds it; -ENOENT: no such group */
+	gid_t gid;
+	uint64_t at_usec;      /* CLOCK_MONOTONIC of the answer; 0: none yet */
+};
+
+static uint64_t monotonic_usec(void)
 {
-	const char *name = b->cfg->admin_group;
-	if (!name[0])
-		return -ENOENT;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static int lookup_gid(const char *name, gid_t *gid)
+{
 	long hint = sysconf(_SC_GETGR_R_SIZE_MAX);
 	size_t len = hint > 0 ? (size_t)hint : 4096;
 	for (;;) {
@@ -796,11 +819,39 @@ static int admin_gid(const struct broker *b, gid_t *gid)
 			len *= 2;
 			continue;
 		}
-		if (r != 0 || !gr)
+		if (r != 0)
+			return -r;
+		if (!gr)
 			return -ENOENT;
 		*gid = gr->gr_gid;
 		return 0;
 	}
+}
+
+static int admin_gid(const struct broker *b, gid_t *gid)
+{
+	const char *name = b->cfg->admin_group;
+	struct admin_gid_cache *c = b->admin_gid;
+	if (!name[0])
+		return -ENOENT;
+	uint64_t now = monotonic_usec();
+	bool same = c && !strcmp(c->name, name);
+	if (!same || !c->at_usec || now - c->at_usec >= ADMIN_GID_TTL_USEC) {
+		gid_t g = 0;
+		int r = lookup_gid(name, &g);
+		if (!c || r == 0 || r == -ENOENT || !same) {
+			if (!c)
+				return r == 0 ? (*gid = g, 0) : -ENOENT;
+			snprintf(c->name, sizeof(c->name), "%s", name);
+			c->r = r == 0 ? 0 : -ENOENT;
+			c->gid = g;
+			c->at_usec = now;
+		}
+	}
+	if (c->r < 0)
+		return c->r;
+	*gid = c->gid;
+	return 0;
 }
 
 bool broker_caller_is_admin(const struct broker *b, const struct broker_caller *c)
@@ -3206,6 +3257,7 @@ int broker_new(const struct broker_opts *o, struct broker **out, struct proto_er
 		return oom(err);
 	b->event = o->event;
 	b->cfg = o->cfg;
+	b->admin_gid = calloc(1, sizeof(*b->admin_gid));
 	b->pmu = *o->pmu;
 	b->port = o->port;
 	b->flavour = o->flavour;
@@ -3322,6 +3374,7 @@ struct broker *broker_free(struct broker *b)
 	free(b->guest_next);
 	arb_destroy(b->arb);
 	state_close(b->state);
+	free(b->admin_gid);
 	free(b->pmu_note);
 	free(b->kvm_host_summary);
 	free(b->kvm_note);

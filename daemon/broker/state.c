@@ -372,6 +372,16 @@ struct migration {
 static int migrate_entry(enum state_kind kind, const char *name, const char *text, size_t len, void *userdata)
 {
 	struct migration *m = userdata;
+	char file[96], what[128];
+	lease_file(kind, name, file, sizeof(file));
+	/* A lease file of that name (left by a newer vpmud before a downgrade,
+	 * say) is newer than the legacy file: it is not written over. */
+	if (name_valid(name) && faccessat(m->s->leases_fd, file, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		snprintf(what, sizeof(what), "%s %s", kind == STATE_VM ? "vm" : "session", name);
+		if (note_skipped(m->s, what, "leases/ has a file for it already, which is kept") < 0)
+			m->err = -ENOMEM;
+		return 0;
+	}
 	int r = state_put(m->s, kind, name, text, len);
 	if (r == 0)
 		m->moved++;
@@ -689,7 +699,11 @@ int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected
 		r = read_file(s->leases_fd, file, STATE_LEASE_MAX, &text, &len);
 		if (r == -ENOENT)
 			continue;
-		if (r == -ENOMEM)
+		/* What the file holds may be moved aside; a read that failed
+		 * for the machine's reasons (EIO, out of descriptors) says
+		 * nothing of the lease: the restore stops instead, and the
+		 * file stays where it is. */
+		if (r < 0 && r != -EBADFD && r != -EFBIG && r != -EISDIR)
 			return r;
 		if (r < 0) {
 			if (r == -EBADFD)
@@ -702,6 +716,8 @@ int state_load(struct state *s, state_lease_fn fn, state_rejected_fn fn_rejected
 			continue;
 		}
 		r = fn(kind, name, text, len, userdata);
+		if (r == -ENOMEM)
+			return r; /* a restore that stops, not a lease moved aside */
 		if (r < 0) {
 			snprintf(why, sizeof(why), "%s", strerror(-r));
 			reject_entry(s, file, why, fn_rejected, userdata);

@@ -66,15 +66,17 @@ int state_delete(struct state *s, enum state_kind kind, const char *name);
  * Reports first what the migration could not use (see state_open: path
  * "DIR/state.json, vms[3]", moved_to the file that keeps it). Then calls
  * fn for every lease file, in no particular order (the broker sorts
- * by the sequence number it stores in each text). A file that cannot be
- * read, is not a regular file, is larger than STATE_LEASE_MAX or not
+ * by the sequence number it stores in each text). A file that is not a
+ * regular file, is larger than STATE_LEASE_MAX or not
  * named as state_put names files (a temporary file a crash left behind
  * included) is moved aside into the state directory's "rejected" folder
  * as NAME.<unix time> and reported through fn_rejected (may be NULL) with
  * where it went and why; it is never deleted. When fn returns a negative
- * errno the file is moved aside the same way with the errno's message.
- * Returns 0 or a negative errno when the directory itself cannot be read
- * (or memory runs out). Paths and reasons reach fn_rejected escaped
+ * errno (but -ENOMEM) the file is moved aside the same way with the
+ * errno's message. Returns 0, or a negative errno when the directory or a
+ * file cannot be read for the machine's reasons (EIO, out of descriptors:
+ * the file says nothing wrong of itself and stays where it is) or memory
+ * runs out: the caller does not start on a partial set. Paths and reasons reach fn_rejected escaped
  * (proto/textesc.h): file names are outside input.
  */
 typedef int (*state_lease_fn)(enum state_kind kind, const char *name, const char *text, size_t len,

@@ -153,7 +153,7 @@ struct server {
 	 * closes or the retry timer fires. */
 	bool accept_paused;
 	sd_event_source *accept_retry;
-	struct ratelog refused, expired, exhausted;
+	struct ratelog refused, expired, exhausted, killed;
 	sd_event_source *log_flush;
 };
 
@@ -209,7 +209,7 @@ static void arm_log_flush(struct server *s, const struct ratelog *rl)
 static int on_log_flush(sd_event_source *src, uint64_t usec, void *userdata)
 {
 	struct server *s = userdata;
-	struct ratelog *all[] = { &s->refused, &s->expired, &s->exhausted };
+	struct ratelog *all[] = { &s->refused, &s->expired, &s->exhausted, &s->killed };
 	(void)src;
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
 		if (all[i]->quiet && usec >= all[i]->logged_usec + all[i]->interval)
@@ -367,7 +367,8 @@ static void conn_kill(struct conn *c, const char *why)
 {
 	if (c->dead)
 		return;
-	log_warn("client pid %d: %s: disconnecting", (int)c->cred.pid, why);
+	log_limited(c->srv, &c->srv->killed, LOG_WARNING, "client uid %u pid %d: %s: disconnecting",
+		    (unsigned)c->cred.uid, (int)c->cred.pid, why);
 	c->dead = c->closing = true;
 	if (c->watching) {
 		broker_unsubscribe(c->srv->broker, c->sub_id);
@@ -661,13 +662,6 @@ static bool flush_out(struct conn *c)
  * as one pending entry of the request line that holds its last byte.
  * -EMFILE (everything closed) when too many wait already.
  */
-static bool may_hand_fds(const struct conn *c)
-{
-	struct broker_caller caller = { .door = BROKER_DOOR_SOCKET, .uid = c->cred.uid, .gid = c->cred.gid,
-					.pid = c->cred.pid, .groups = c->groups, .n_groups = c->n_groups };
-	return broker_caller_is_admin(c->srv->broker, &caller);
-}
-
 static int keep_fds(struct conn *c, const struct msghdr *mh, const char *buf, size_t n)
 {
 	int fds[SERVER_CMSG_FDS];
@@ -826,7 +820,7 @@ static int on_conn(sd_event_source *src, int fd, uint32_t revents, void *userdat
 		 * (MSG_CTRUNC, no control room): taking them in and closing
 		 * them would run the file's flush in vpmud's name, and a FUSE
 		 * file whose server never answers would hang the loop. */
-		bool takes_fds = may_hand_fds(c);
+		bool takes_fds = c->privileged; /* decided at accept: no group lookup per read */
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = takes_fds ? control.space : NULL,
 				     .msg_controllen = takes_fds ? sizeof(control.space) : 0 };
 		/* close-on-exec from the start: vpmud runs helpers */
@@ -1034,23 +1028,44 @@ static int on_accept_retry(sd_event_source *src, uint64_t usec, void *userdata)
 	return 0;
 }
 
-static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+static void accept_conn(struct server *s, int cfd);
+
+/* Takes one connection off the backlog: false when there was none (or
+ * accepting is paused). */
+static bool accept_one(struct server *s, int fd)
 {
-	struct server *s = userdata;
-	(void)src;
-	(void)revents;
 	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	if (cfd < 0) {
 		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
 			accept_pause(s, errno);
 		/* else (EAGAIN, ECONNABORTED, EINTR, ...): this one is gone */
-		return 0;
+		return errno == ECONNABORTED || errno == EINTR;
 	}
+	accept_conn(s, cfd);
+	return true;
+}
+
+/* Several per wakeup: a flood of connects that are refused at once must
+ * not leave root's connect waiting in a full backlog behind them. */
+#define SERVER_ACCEPTS_PER_WAKEUP 32
+
+static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+	struct server *s = userdata;
+	(void)src;
+	(void)revents;
+	for (unsigned i = 0; i < SERVER_ACCEPTS_PER_WAKEUP && !s->accept_paused && accept_one(s, fd); i++)
+		;
+	return 0;
+}
+
+static void accept_conn(struct server *s, int cfd)
+{
 	_cleanup_close_ int owned = cfd;
 	struct ucred cr;
 	socklen_t l = sizeof(cr);
 	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
-		return 0;
+		return;
 	_cleanup_free_ gid_t *groups = NULL;
 	size_t n_groups = 0;
 	/* Without its groups a peer is judged by uid and primary group only. */
@@ -1062,12 +1077,12 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 	enum admission a = admit(s, cr.uid, privileged);
 	if (a != ADMIT) {
 		refuse(s, cfd, &cr, a);
-		return 0;
+		return;
 	}
 	struct conn *c = calloc(1, sizeof(*c));
 	if (!c || frame_reader_init(&c->reader, PROTO_MAX_REQUEST) < 0) {
 		free(c);
-		return 0;
+		return;
 	}
 	c->srv = s;
 	c->fd = cfd;
@@ -1089,7 +1104,7 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 		free(c->groups);
 		frame_reader_fini(&c->reader);
 		free(c);
-		return 0;
+		return;
 	}
 	TAKE_FD(owned);
 	if (!privileged)
@@ -1099,7 +1114,6 @@ static int on_accept(sd_event_source *src, int fd, uint32_t revents, void *userd
 		s->conns->prev = c;
 	s->conns = c;
 	s->n_conns++;
-	return 0;
 }
 
 int server_new(const struct server_opts *o, struct server **out, char *why, size_t whylen)
@@ -1165,7 +1179,17 @@ int server_new(const struct server_opts *o, struct server **out, char *why, size
 	}
 	s->refused = (struct ratelog){ .what = "connections refused", .interval = SERVER_LOG_INTERVAL_USEC };
 	s->expired = (struct ratelog){ .what = "connections closed for a deadline", .interval = SERVER_LOG_INTERVAL_USEC };
+	s->killed = (struct ratelog){ .what = "clients cut off", .interval = SERVER_LOG_INTERVAL_USEC };
 	s->exhausted = (struct ratelog){ .what = "failed accepts", .interval = SERVER_EXHAUSTED_LOG_INTERVAL_USEC };
+	/* on_accept takes several connections per wakeup and stops at EAGAIN:
+	 * a socket handed over by systemd may come blocking. */
+	int fl = fcntl(s->listen_fd, F_GETFL);
+	if (fl < 0 || fcntl(s->listen_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		int e = errno;
+		snprintf(why, whylen, "cannot make the listening socket non-blocking: %s", strerror(e));
+		server_free(s);
+		return -e;
+	}
 	int r = sd_event_add_io(s->event, &s->listen_src, s->listen_fd, EPOLLIN, on_accept, s);
 	if (r < 0) {
 		snprintf(why, whylen, "sd_event_add_io: %s", strerror(-r));
