@@ -189,10 +189,13 @@ if ! "$CTL" --socket "$SOCK" status >/dev/null 2>&1; then
 	exit 1
 fi
 ok "vpmud is up (pid $daemon)"
-"$CTL" --socket "$SOCK" vm attach web --vcpus 2 --cpus 0-3 >/dev/null &&
-	"$CTL" --socket "$SOCK" vm attach db-1 --gp 2 --vcpus 1 --cpus 4 >/dev/null &&
-	"$CTL" --socket "$SOCK" session start prof --events task-clock --cpus 0-1 --owner-pid $$ >/dev/null ||
-	{ echo "FAIL could not attach the VMs and start the session"; failures=1; exit 1; }
+if ! "$CTL" --socket "$SOCK" vm attach web --vcpus 2 --cpus 0-3 >/dev/null ||
+	! "$CTL" --socket "$SOCK" vm attach db-1 --gp 2 --vcpus 1 --cpus 4 >/dev/null ||
+	! "$CTL" --socket "$SOCK" session start prof --events task-clock --cpus 0-1 --owner-pid $$ >/dev/null; then
+	echo "FAIL could not attach the VMs and start the session"
+	failures=1
+	exit 1
+fi
 
 export VPMU_SOCKET=$SOCK
 expect "vm show: the VMs vpmud holds" "$CTL vm show " "web db-1"
