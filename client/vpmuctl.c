@@ -1863,6 +1863,43 @@ static int cmd_watch(struct ctl *x, int argc, char **argv)
 	return 0;
 }
 
+/* --------------------------------------------------- shell completion */
+
+/*
+ * Hidden "__complete vms|sessions": the live names, one per line, for
+ * completion/vpmuctl. Not in --help: it is the completion's interface, not
+ * an operator's. Names the protocol would refuse are left out so that
+ * nothing odd reaches the shell's word list.
+ */
+static int cmd_complete(struct ctl *x, int argc, char **argv)
+{
+	static const struct {
+		const char *kind, *method, *member;
+	} kinds[] = { { "vms", "vm.list", "vms" }, { "sessions", "session.list", "sessions" } };
+	struct json_object *res;
+	int r;
+
+	if (argc != 1)
+		return usage_error(x, "needs one of vms, sessions");
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		if (strcmp(argv[0], kinds[k].kind))
+			continue;
+		if ((r = call(x, kinds[k].method, NULL, &res)))
+			return r;
+		struct json_object *list = get_arr(res, kinds[k].member);
+
+		for (size_t i = 0; i < arr_len(list); i++) {
+			const char *name = get_str(json_object_array_get_idx(list, i), "name");
+
+			if (name && proto_name_check("name", name, NULL) == 0)
+				puts(name);
+		}
+		json_object_put(res);
+		return 0;
+	}
+	return usage_error(x, "needs one of vms, sessions, got \"%s\"", argv[0]);
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(FILE *f)
@@ -1918,6 +1955,7 @@ static const struct command commands[] = {
 	{ "session", "read", session_read },
 	{ "session", "stop", session_stop },
 	{ "session", "list", session_list },
+	{ "__complete", NULL, cmd_complete },
 };
 
 /* Global options may come anywhere: pull them out, leave the rest in order. */
