@@ -2683,7 +2683,6 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 		/* A replayed lease is not a new admission: restore_one says "restored". */
 		log_event(LOG_NOTICE, b->restoring ? VPMU_MSG_NONE : VPMU_MSG_ADMITTED,
 			  &(struct log_fields){ .session = q->name, .has_uid = true, .uid = s->uid,
-						.via = broker_door_name(c->door),
 						.generation = s->n_hw ? arb_generation(b->arb) : 0,
 						.origin = b->restoring ? "restore" : s->origin },
 			  "session %s started: %u events (%u on hardware counters), %s%s, owner pid %d", q->name,
