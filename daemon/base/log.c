@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+/* The location is the caller's, which log_emit passes on: without this,
+ * sd_journal_sendv adds log.c's own as a second CODE_FILE. */
+#define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 
 #include "proto/cleanup.h"
@@ -63,7 +66,10 @@ bool log_stream_is_journal(const char *journal_stream, int fd)
 
 struct log_target log_target_detect(void)
 {
-	return (struct log_target){ .journal = log_stream_is_journal(getenv("JOURNAL_STREAM"), STDERR_FILENO) };
+	/* sd_journal_sendv reports success when the journal's socket does not
+	 * exist (it drops the entry silently): without the socket, stderr. */
+	return (struct log_target){ .journal = log_stream_is_journal(getenv("JOURNAL_STREAM"), STDERR_FILENO) &&
+					       access(LOG_JOURNAL_SOCKET, F_OK) == 0 };
 }
 
 void log_init(const struct log_target *t)

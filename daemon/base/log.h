@@ -73,8 +73,10 @@ struct log_target {
  * fstat refuses: no (the stderr lines are always a safe choice).
  */
 bool log_stream_is_journal(const char *journal_stream, int fd);
+/* Where sd-journal sends entries (fixed in libsystemd). */
+#define LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
 /* The target for this process: the journal when $JOURNAL_STREAM is
- * stderr. */
+ * stderr and the journal's socket exists. */
 struct log_target log_target_detect(void);
 
 /* Chooses the target for the rest of the process; called once at start,
