@@ -43,6 +43,7 @@ struct vpmud {
 	struct lvglue *lvglue;      /* NULL when libvirt_uri is empty */
 	struct dbus_service *dbus;
 	char last_status[512];
+	struct log_target log;      /* stderr lines, or the journal's native protocol */
 };
 
 static void notify_status(struct vpmud *d)
@@ -137,9 +138,9 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
 		log_err("config reload refused, settings unchanged: %s", err);
 	} else {
 		config_apply_reload(&d->cfg, &next, applied, sizeof(applied), ignored, sizeof(ignored));
-		log_notice("config reloaded from %s: applied %s; needs restart to change: %s",
-			   d->config_path, applied[0] ? applied : "nothing (no change)",
-			   ignored[0] ? ignored : "nothing");
+		log_event(LOG_NOTICE, VPMU_MSG_CONFIG_RELOADED, NULL,
+			  "config reloaded from %s: applied %s; needs restart to change: %s", d->config_path,
+			  applied[0] ? applied : "nothing (no change)", ignored[0] ? ignored : "nothing");
 	}
 	sd_notify(0, "READY=1");
 	return 0;
@@ -336,10 +337,11 @@ static void raise_fd_limit(void)
 
 int vpmud_run(const struct vpmud_opts *opts)
 {
-	struct vpmud d = { .opts = opts };
+	struct vpmud d = { .opts = opts, .log = log_target_detect() };
 	char err[768];
 	int r, rc = EXIT_FAILURE;
 
+	log_init(&d.log);
 	/* Large transient buffers (a plan of thousands of VMs rendered for one
 	 * client) go back to the kernel when freed: a fixed mmap threshold
 	 * stops glibc from raising it after the first such buffer, which would
@@ -451,7 +453,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 
 	char summary[512];
 	broker_summary(d.broker, summary, sizeof(summary));
-	log_notice("vpmud %s ready on %s%s: %s", VPMU_VERSION,
+	log_event(LOG_NOTICE, VPMU_MSG_READY, NULL, "vpmud %s ready on %s%s: %s", VPMU_VERSION,
 		   listen_fd >= 0 ? "an activated socket" : d.cfg.socket,
 		   listen_fd >= 0 ? "" : "", summary);
 	sd_notify(0, "READY=1");

@@ -148,6 +148,9 @@ struct touched {
 	uint64_t session_added, session_removed;
 };
 
+/* The log field that names a lease of either kind. */
+#define LEASE_FIELD(kind, name) .vm = (kind) == STATE_VM ? (name) : NULL, .session = (kind) == STATE_VM ? NULL : (name)
+
 /* A growable array of ids. */
 struct ids {
 	uint64_t *v;
@@ -1339,8 +1342,9 @@ static int put_text(struct broker *b, enum state_kind kind, const char *name, co
 {
 	int r = state_put(b->state, kind, name, text, len);
 	if (r < 0)
-		log_err("state: saving %s %s in %s failed: %s %s=%s", kind == STATE_VM ? "vm" : "session", name,
-			state_dir(b->state), strerror(-r), kind == STATE_VM ? "vm" : "session", name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ LEASE_FIELD(kind, name) },
+			  "state: saving %s %s in %s failed: %s", kind == STATE_VM ? "vm" : "session", name,
+			  state_dir(b->state), strerror(-r));
 	else
 		resync_forget(b, kind, name);
 	return r;
@@ -1369,8 +1373,9 @@ static int forget_file(struct broker *b, enum state_kind kind, const char *name)
 	if (r == -ENOENT)
 		r = 0;
 	if (r < 0)
-		log_err("state: removing %s %s from %s failed: %s %s=%s", kind == STATE_VM ? "vm" : "session", name,
-			state_dir(b->state), strerror(-r), kind == STATE_VM ? "vm" : "session", name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ LEASE_FIELD(kind, name) },
+			  "state: removing %s %s from %s failed: %s", kind == STATE_VM ? "vm" : "session", name,
+			  state_dir(b->state), strerror(-r));
 	else
 		resync_forget(b, kind, name);
 	return r;
@@ -1502,15 +1507,50 @@ static void sync_sessions(struct broker *b)
 			enum perf_session_placement want = g.dedicated ? PERF_SESSION_DEDICATED : PERF_SESSION_MULTIPLEXED;
 			int r = perf_session_set_placement(s->ps, e, want);
 			if (r < 0)
-				log_warn("session %s: moving %s to %s failed: %s session=%s", s->spec.name,
-					 s->spec.events[e], perf_session_placement_name(want), strerror(-r), s->spec.name);
+				log_event(LOG_WARNING, VPMU_MSG_NONE, &(struct log_fields){ .session = s->spec.name },
+					  "session %s: moving %s to %s failed: %s", s->spec.name, s->spec.events[e],
+					  perf_session_placement_name(want), strerror(-r));
 		}
 		s->seen_valid = true;
 		/* Out of memory: the session is not named, as if unchanged;
 		 * the log says so. */
 		if (regranted && ids_add(&b->sessions_regranted, s->id) < 0)
-			log_err("session %s: out of memory: watchers may miss its new placements session=%s",
-				s->spec.name, s->spec.name);
+			log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .session = s->spec.name },
+				  "session %s: out of memory: watchers may miss its new placements", s->spec.name);
+	}
+}
+
+/*
+ * Names the VMs whose routes another lease's change just downgraded. Phase 1
+ * route steps are downgrades (transition.h) except for the lease that
+ * changed itself, so any other VM named there was preempted. The arbiter
+ * emits a VM's steps together: one line per run of them. Only the log
+ * says so; the event to watchers carries the steps themselves.
+ */
+static void note_preemptions(struct broker *b, const char *reason, const struct touched *what)
+{
+	const struct transition *t;
+	/* A replay at start rebuilds the plan lease by lease: its downgrades
+	 * are steps on the way back, not news. */
+	size_t n = b->restoring ? 0 : transitions_of(b, &t);
+	for (size_t i = 0; i < n;) {
+		if (t[i].kind != TRANSITION_ROUTES || t[i].phase != 1 || t[i].vm_id == what->vm_added ||
+		    t[i].vm_id == what->vm_changed) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		while (j < n && t[j].kind == TRANSITION_ROUTES && t[j].phase == 1 && t[j].vm_id == t[i].vm_id)
+			j++;
+		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
+		const struct broker_session *s = what->session_added ? session_by_id(b, what->session_added) : NULL;
+		if (v)
+			log_event(LOG_NOTICE, VPMU_MSG_PREEMPTED,
+				  &(struct log_fields){ .vm = v->name, .session = s ? s->spec.name : NULL,
+							.generation = arb_generation(b->arb) },
+				  "vm %s preempted by %s: the PMC routes of %zu vCPU%s downgraded", v->name, reason,
+				  j - i, j - i == 1 ? "" : "s");
+		i = j;
 	}
 }
 
@@ -1527,8 +1567,10 @@ static int apply_change(struct broker *b, const char *reason, const struct touch
 	}
 	sync_sessions(b);
 	emit(b, reason, what);
-	log_info("%s: generation %" PRIu64 ", %zu transitions", reason, arb_generation(b->arb),
-		 transitions_of(b, &(const struct transition *){0}));
+	note_preemptions(b, reason, what);
+	log_event(LOG_INFO, VPMU_MSG_PLAN_APPLIED, &(struct log_fields){ .generation = arb_generation(b->arb) },
+		  "%s: generation %" PRIu64 ", %zu transitions", reason, arb_generation(b->arb),
+		  transitions_of(b, &(const struct transition *){0}));
 	return 0;
 }
 
@@ -1637,12 +1679,12 @@ static void declare_vcpu_cpus(struct broker *b, const struct broker_vm *v)
 		/* Out of memory: the port falls back to the thread's affinity. */
 		int r = kvm_port_set_vcpu_cpus(b->port, v->id, i, cpus, n);
 		if (r < 0)
-			log_err("vm %s: declaring the CPUs of vCPU %u to the kvm port: %s vm=%s", v->name, i,
-				strerror(-r), v->name);
+			log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = v->name },
+				  "vm %s: declaring the CPUs of vCPU %u to the kvm port: %s", v->name, i, strerror(-r));
 	}
 	if (!cpus)
-		log_err("vm %s: out of memory: the kvm port checks routes against the vCPU threads' affinity vm=%s",
-			v->name, v->name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = v->name },
+			  "vm %s: out of memory: the kvm port checks routes against the vCPU threads' affinity", v->name);
 }
 
 /* Whether our fd is the open file fd vmm_fd of process pid is: 1 yes, 0
@@ -1991,6 +2033,11 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	r = arb_vm_add(b->arb, &spec.vm, why, sizeof(why));
 	vm_arb_spec_fini(&spec);
 	if (r < 0) {
+		if (r == -EBUSY)
+			log_event(LOG_WARNING, VPMU_MSG_REFUSED,
+				  &(struct log_fields){ .vm = v->name, .has_uid = true, .uid = v->uid,
+							.via = broker_door_name(c->door), .origin = v->origin },
+				  "vm %s refused: %s", v->name, why);
 		unbind_vm(b, v);
 		vm_free(v);
 		if (r == -EBUSY)
@@ -2023,17 +2070,22 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		vm_unlist(b, v);
 		unbind_vm(b, v);
 		if (!b->restoring && forget_file(b, STATE_VM, v->name) < 0) {
-			log_err("vm %s: the refused attach may come back at restart: the state could not be saved vm=%s",
-				v->name, v->name);
+			log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = v->name },
+				  "vm %s: the refused attach may come back at restart: the state could not be saved",
+				  v->name);
 			resync_later(b, STATE_VM, v->name);
 		}
 		vm_free(v);
 		return r;
 	}
-	log_notice("vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s vm=%s uid=%u via=%s",
-		   v->name, v->priority, proto_class_name(v->cls), v->n_vcpus, v->gp, v->fixed_mask,
-		   v->bound ? ", bound to its VMM (routes advisory until it hands a route fd)" : ", not bound to a VMM yet",
-		   v->name, (unsigned)v->uid, broker_door_name(c->door));
+	/* A replayed lease is not a new admission: restore_one says "restored". */
+	log_event(LOG_NOTICE, b->restoring ? VPMU_MSG_NONE : VPMU_MSG_ADMITTED,
+		  &(struct log_fields){ .vm = v->name, .has_uid = true, .uid = v->uid, .via = broker_door_name(c->door),
+					.generation = arb_generation(b->arb),
+					.origin = b->restoring ? "restore" : v->origin },
+		  "vm %s attached: priority %u, class %s, %u vCPUs, gp %u, fixed 0x%x%s", v->name, v->priority,
+		  proto_class_name(v->cls), v->n_vcpus, v->gp, v->fixed_mask,
+		  v->bound ? ", bound to its VMM (routes advisory until it hands a route fd)" : ", not bound to a VMM yet");
 	if (res) {
 		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb), .bound = v->bound };
 		vcpu_grants(b, v, res->vcpus_by_route);
@@ -2087,7 +2139,8 @@ static int vm_release(struct broker *b, struct broker_vm *v, const char *reason,
 	sync_sessions(b);
 	snprintf(ev, sizeof(ev), "vm released %s", name);
 	emit_event(b, ev, true, &(struct touched){ .vm_removed = id }, name);
-	log_notice("vm %s released: %s vm=%s", name, reason, name);
+	log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .vm = name, .generation = arb_generation(b->arb) },
+		  "vm %s released: %s", name, reason);
 	return 0;
 }
 
@@ -2210,6 +2263,13 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 	r = arb_vm_update(b->arb, &spec.vm, why, sizeof(why));
 	vm_arb_spec_fini(&spec);
 	if (r < 0) {
+		char origin[LEASE_ORIGIN_LEN];
+		set_origin(origin, sizeof(origin), c);
+		if (r == -EBUSY)
+			log_event(LOG_WARNING, VPMU_MSG_REFUSED,
+				  &(struct log_fields){ .vm = v->name, .has_uid = true, .uid = c->uid,
+							.via = broker_door_name(c->door), .origin = origin },
+				  "vm %s update refused: %s", v->name, why);
 		cpus_release_all(b, interned, next.n_vcpus);
 		if (r == -EBUSY)
 			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
@@ -2260,16 +2320,18 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 			follow_undo(b, reason);
 		}
 		if (save_vm(b, v) < 0) {
-			log_err("vm %s: the refused update may come back at restart: the state could not be saved vm=%s",
-				u->name, u->name);
+			log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = u->name },
+				  "vm %s: the refused update may come back at restart: the state could not be saved",
+				  u->name);
 			resync_later(b, STATE_VM, v->name);
 		}
 		return r;
 	}
 	if (u->has_vcpus)
 		cpus_release_all(b, old.vcpus, old.n_vcpus);
-	log_notice("vm %s updated: priority %u, class %s, gp %u, fixed 0x%x vm=%s", u->name, v->priority,
-		   proto_class_name(v->cls), v->gp, v->fixed_mask, u->name);
+	log_event(LOG_NOTICE, VPMU_MSG_NONE, &(struct log_fields){ .vm = u->name, .generation = arb_generation(b->arb) },
+		  "vm %s updated: priority %u, class %s, gp %u, fixed 0x%x", u->name, v->priority,
+		  proto_class_name(v->cls), v->gp, v->fixed_mask);
 	if (generation)
 		*generation = arb_generation(b->arb);
 	return 0;
@@ -2312,14 +2374,15 @@ static int take_route_fd(struct broker *b, struct broker_vm *v, int *route_fd, s
 	if (port_register(b, v, v->vmm_pid, &found, &none, "params.pid", &again) < 0) {
 		/* Only a VMM that just left makes the port refuse it: the lease
 		 * keeps its watch, whose wakeup releases it. */
-		log_err("vm %s: the kvm port refused it back without a route fd: %s vm=%s", v->name, again.message,
-			v->name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = v->name },
+			  "vm %s: the kvm port refused it back without a route fd: %s", v->name, again.message);
 		v->bound = false;
 		return r;
 	}
 	declare_vcpu_cpus(b, v);
 	if (apply_vm_routes(b, v, 2, why, sizeof(why)) < 0)
-		log_err("vm %s: recording its routes again: %s vm=%s", v->name, why, v->name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = v->name },
+			  "vm %s: recording its routes again: %s", v->name, why);
 	return r;
 }
 
@@ -2364,8 +2427,9 @@ int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct
 		if (fd >= 0 && !v->routed) {
 			if ((r = take_route_fd(b, v, &fd, err)) < 0)
 				return r;
-			log_notice("vm %s: VMM pid %d handed its route fd: routes %s vm=%s", q->name, (int)q->pid,
-				   vm_routes_name(vm_routes(b, v, NULL)), q->name);
+			log_event(LOG_NOTICE, VPMU_MSG_NONE, &(struct log_fields){ .vm = q->name },
+				  "vm %s: VMM pid %d handed its route fd: routes %s", q->name, (int)q->pid,
+				  vm_routes_name(vm_routes(b, v, NULL)));
 			emit_event(b, ev, false, &(struct touched){ .vm_changed = v->id }, NULL);
 		}
 		if (generation)
@@ -2397,8 +2461,9 @@ int broker_vm_bind(struct broker *b, const struct broker_caller *c, const struct
 	v->conn = broker_conn_unref(v->conn);
 	const char *routes_why;
 	enum vm_routes routes = vm_routes(b, v, &routes_why);
-	log_notice("vm %s bound to VMM pid %d (VM fd %d), routes %s (%s) vm=%s", q->name, (int)q->pid, v->vm_fd,
-		   vm_routes_name(routes), routes_why, q->name);
+	log_event(LOG_NOTICE, VPMU_MSG_NONE, &(struct log_fields){ .vm = q->name },
+		  "vm %s bound to VMM pid %d (VM fd %d), routes %s (%s)", q->name, (int)q->pid, v->vm_fd,
+		  vm_routes_name(routes), routes_why);
 	/* Doors that mirror leases (D-Bus Owner) learn of it. */
 	emit_event(b, ev, false, &(struct touched){ .vm_changed = v->id }, NULL);
 	if (generation)
@@ -2470,7 +2535,9 @@ static int session_stop_internal(struct broker *b, struct broker_session *s, con
 	/* Without hardware events the plan did not change: the arbiter's
 	 * last transitions are another change's. */
 	emit_event(b, ev, in_arb, &(struct touched){ .session_removed = id }, NULL);
-	log_notice("session %s stopped: %s session=%s", name, reason, name);
+	log_event(LOG_NOTICE, VPMU_MSG_RELEASED,
+		  &(struct log_fields){ .session = name, .generation = in_arb ? arb_generation(b->arb) : 0 },
+		  "session %s stopped: %s", name, reason);
 	return 0;
 }
 
@@ -2580,6 +2647,11 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 					       .events = aev };
 		r = arb_session_add(b->arb, &as, why, sizeof(why));
 		if (r < 0) {
+			if (r == -EBUSY)
+				log_event(LOG_WARNING, VPMU_MSG_REFUSED,
+					  &(struct log_fields){ .session = s->spec.name, .has_uid = true, .uid = s->uid,
+								.via = broker_door_name(c->door), .origin = s->origin },
+					  "session %s refused: %s", s->spec.name, why);
 			s->n_hw = 0; /* not in the arbiter */
 			return proto_error_set(err, r == -EBUSY ? PROTO_E_REFUSED : PROTO_E_INVALID_PARAM, -r, NULL,
 					       "%s", why);
@@ -2659,14 +2731,20 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 		emit_event(b, reason, false, &(struct touched){ .session_added = s->id }, NULL);
 	{
 		_cleanup_free_ char *cpus_text = s->spec.has_cpus ? cpulist_to_text(&s->spec.cpus) : NULL;
-		log_notice("session %s started: %u events (%u on hardware counters), %s%s, owner pid %d session=%s uid=%u",
-			   q->name, q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ",
-			   cpus_text ? cpus_text : "", (int)s->owner_pid, q->name, (unsigned)s->uid);
+		/* A replayed lease is not a new admission: restore_one says "restored". */
+		log_event(LOG_NOTICE, b->restoring ? VPMU_MSG_NONE : VPMU_MSG_ADMITTED,
+			  &(struct log_fields){ .session = q->name, .has_uid = true, .uid = s->uid,
+						.generation = s->n_hw ? arb_generation(b->arb) : 0,
+						.origin = b->restoring ? "restore" : s->origin },
+			  "session %s started: %u events (%u on hardware counters), %s%s, owner pid %d", q->name,
+			  q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ", cpus_text ? cpus_text : "",
+			  (int)s->owner_pid);
 	}
 	for (uint32_t i = 0; i < q->n_events; i++) {
 		struct broker_event_view ev;
 		if (broker_session_event(b, s->id, i, &ev) == 0 && ev.reason[0])
-			log_info("session %s: %s %s session=%s", q->name, s->spec.events[i], ev.reason, q->name);
+			log_event(LOG_INFO, VPMU_MSG_NONE, &(struct log_fields){ .session = q->name },
+				  "session %s: %s %s", q->name, s->spec.events[i], ev.reason);
 	}
 	TAKE_PTR(s);
 	return 0;
@@ -3450,11 +3528,11 @@ static void reject_lease(struct broker *b, enum state_kind kind, const char *nam
 	char moved[700];
 	int r = state_reject(b->state, kind, name, why, moved, sizeof(moved));
 	if (r < 0)
-		log_err("state: %s %s: %s; it could not be moved aside (%s) %s=%s", kind_word(kind), name, why,
-			strerror(-r), kind_word(kind), name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ LEASE_FIELD(kind, name), .origin = "restore" },
+			  "state: %s %s: %s; it could not be moved aside (%s)", kind_word(kind), name, why, strerror(-r));
 	else
-		log_err("state: %s %s: %s; moved aside to %s %s=%s", kind_word(kind), name, why, moved, kind_word(kind),
-			name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ LEASE_FIELD(kind, name), .origin = "restore" },
+			  "state: %s %s: %s; moved aside to %s", kind_word(kind), name, why, moved);
 }
 
 static void drop_lease(struct broker *b, enum state_kind kind, const char *name)
@@ -3475,21 +3553,24 @@ static int restore_one(struct broker *b, struct lease_rec *rec)
 		const struct proto_vm_attach *a = &rec->req.u.vm_attach;
 		const char *name = a->name;
 		if (rec->follows && !a->has_owner) {
-			log_notice("state: vm %s: it followed a %s connection, which the restart closed: lease released vm=%s",
-				   name, origin, name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .vm = name, .origin = "restore" },
+				  "state: vm %s: it followed a %s connection, which the restart closed: lease released",
+				  name, origin);
 			drop_lease(b, STATE_VM, name);
 			return 0;
 		}
 		if (a->has_owner && !owner_alive(a->owner.pid, rec->owner_start)) {
-			log_notice("state: vm %s: its VMM (pid %d) exited while vpmud was down: lease released vm=%s",
-				   name, a->owner.pid, name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .vm = name, .origin = "restore" },
+				  "state: vm %s: its VMM (pid %d) exited while vpmud was down: lease released", name,
+				  a->owner.pid);
 			drop_lease(b, STATE_VM, name);
 			return 0;
 		}
 		r = vm_attach(b, &self, a, rec->seq, rec->owner_start, NULL, &err);
 		if (r < 0 && err.code == PROTO_E_NOT_FOUND && a->has_owner) {
-			log_notice("state: vm %s: its VMM (pid %d) is gone (%s): lease released vm=%s", name,
-				   a->owner.pid, err.message, name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .vm = name, .origin = "restore" },
+				  "state: vm %s: its VMM (pid %d) is gone (%s): lease released", name, a->owner.pid,
+				  err.message);
 			drop_lease(b, STATE_VM, name);
 			return 0;
 		}
@@ -3499,26 +3580,31 @@ static int restore_one(struct broker *b, struct lease_rec *rec)
 			reject_lease(b, STATE_VM, name, why);
 			return 0;
 		}
-		log_notice("state: vm %s restored%s vm=%s", name, a->has_owner ? " and re-bound to its VMM" : "", name);
+		log_event(LOG_NOTICE, VPMU_MSG_RESTORED,
+			  &(struct log_fields){ .vm = name, .generation = arb_generation(b->arb), .origin = "restore" },
+			  "state: vm %s restored%s", name, a->has_owner ? " and re-bound to its VMM" : "");
 	} else {
 		const struct proto_session_start *q = &rec->req.u.session_start;
 		if (rec->follows) {
-			log_notice("state: session %s: it followed a %s connection, which the restart closed: stopped session=%s",
-				   q->name, origin, q->name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .session = q->name, .origin = "restore" },
+				  "state: session %s: it followed a %s connection, which the restart closed: stopped",
+				  q->name, origin);
 			drop_lease(b, STATE_SESSION, q->name);
 			return 0;
 		}
 		if (q->owner_pid && !owner_alive(q->owner_pid, rec->owner_start)) {
-			log_notice("state: session %s: its owner (pid %d) exited while vpmud was down: stopped session=%s",
-				   q->name, q->owner_pid, q->name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .session = q->name, .origin = "restore" },
+				  "state: session %s: its owner (pid %d) exited while vpmud was down: stopped", q->name,
+				  q->owner_pid);
 			drop_lease(b, STATE_SESSION, q->name);
 			return 0;
 		}
 		self.pid = q->owner_pid;
 		r = session_start(b, &self, q, rec->seq, rec->owner_start, &err);
 		if (r < 0 && err.code == PROTO_E_NOT_FOUND && !strcmp(err.field, "params.owner_pid")) {
-			log_notice("state: session %s: its owner (pid %d) is gone (%s): stopped session=%s", q->name,
-				   q->owner_pid, err.message, q->name);
+			log_event(LOG_NOTICE, VPMU_MSG_RELEASED, &(struct log_fields){ .session = q->name, .origin = "restore" },
+				  "state: session %s: its owner (pid %d) is gone (%s): stopped", q->name, q->owner_pid,
+				  err.message);
 			drop_lease(b, STATE_SESSION, q->name);
 			return 0;
 		}
@@ -3528,7 +3614,9 @@ static int restore_one(struct broker *b, struct lease_rec *rec)
 			reject_lease(b, STATE_SESSION, q->name, why);
 			return 0;
 		}
-		log_notice("state: session %s restored (counts restart from zero) session=%s", q->name, q->name);
+		log_event(LOG_NOTICE, VPMU_MSG_RESTORED,
+			  &(struct log_fields){ .session = q->name, .generation = arb_generation(b->arb), .origin = "restore" },
+			  "state: session %s restored (counts restart from zero)", q->name);
 	}
 	return 1;
 }

@@ -358,7 +358,8 @@ static void report(struct libvirt_events_follower *f, virDomainPtr dom, bool run
 		/* It may have stopped meanwhile (its stopped event follows), or
 		 * libvirt failed: a running domain is still reported, without
 		 * XML, so that a reconcile does not take it for gone. */
-		log_warn("libvirt: cannot read the XML of domain %s: %s vm=%s", name, virGetLastErrorMessage(), name);
+		log_event(LOG_WARNING, VPMU_MSG_NONE, &(struct log_fields){ .vm = name },
+			  "libvirt: cannot read the XML of domain %s: %s", name, virGetLastErrorMessage());
 		if (running)
 			f->ops.on_domain_running(f->ud, name, uuid, NULL);
 		return;

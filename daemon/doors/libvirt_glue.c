@@ -108,18 +108,19 @@ static void bind_to_qemu(struct lvglue *g, const char *name)
 	if (r < 0) {
 		/* QEMU not spawned yet (the hook's started binds it then), or not a
 		 * QEMU domain: the lease waits unbound */
-		log_info("libvirt: domain %s: no QEMU pid in %s (%s); lease left unbound vm=%s", name, path,
-			 r == -EINVAL ? "not a pid" : strerror(-r), name);
+		log_event(LOG_INFO, VPMU_MSG_NONE, &(struct log_fields){ .vm = name }, "libvirt: domain %s: no QEMU pid in %s (%s); lease left unbound",
+			  name, path, r == -EINVAL ? "not a pid" : strerror(-r));
 		return;
 	}
 	struct proto_vm_bind q = { .pid = pid };
 	snprintf(q.name, sizeof(q.name), "%s", name);
 	/* libvirt holds no route fd: QEMU hands it with its own vm.bind. */
 	if (broker_vm_bind(g->b, &g->caller, &q, -1, NULL, &err) < 0)
-		log_warn("libvirt: domain %s: cannot bind its lease to QEMU pid %d: %s vm=%s", name, (int)pid,
-			 err.message, name);
+		log_event(LOG_WARNING, VPMU_MSG_NONE, &(struct log_fields){ .vm = name }, "libvirt: domain %s: cannot bind its lease to QEMU pid %d: %s",
+			  name, (int)pid, err.message);
 	else
-		log_info("libvirt: domain %s: lease bound to QEMU pid %d vm=%s", name, (int)pid, name);
+		log_event(LOG_INFO, VPMU_MSG_NONE, &(struct log_fields){ .vm = name }, "libvirt: domain %s: lease bound to QEMU pid %d", name,
+			  (int)pid);
 }
 
 /* -------------------------------------------------------------- the rules */
@@ -130,12 +131,13 @@ static void say_refused(const char *name, const struct dompol *p, const char *me
 		/* The hook refuses such a VM at prepare; one found running got
 		 * past it (hook not installed, vpmud down at the time). The
 		 * follower cannot stop a running VM: say it loudly. */
-		log_err("libvirt: domain %s runs with a GUARANTEED PMU request (gp %u, fixed 0x%x) that vpmud "
-			"refuses (%s: %s); it runs WITHOUT its guarantee vm=%s",
-			name, p->gp, p->fixed_mask, method, e->message, name);
+		log_event(LOG_ERR, VPMU_MSG_NONE, &(struct log_fields){ .vm = name },
+			  "libvirt: domain %s runs with a GUARANTEED PMU request (gp %u, fixed 0x%x) that vpmud "
+			  "refuses (%s: %s); it runs WITHOUT its guarantee",
+			  name, p->gp, p->fixed_mask, method, e->message);
 	else
-		log_warn("libvirt: domain %s: %s refused: %s: %s vm=%s", name, method, proto_errcode_name(e->code),
-			 e->message, name);
+		log_event(LOG_WARNING, VPMU_MSG_NONE, &(struct log_fields){ .vm = name }, "libvirt: domain %s: %s refused: %s: %s", name, method,
+			  proto_errcode_name(e->code), e->message);
 }
 
 /* priority and class only with_policy: a domain without our metadata
@@ -161,8 +163,9 @@ static void attach(struct lvglue *g, const char *name, const struct dompol *p)
 		say_refused(name, p, "vm.attach", &err);
 		return;
 	}
-	log_notice("libvirt: domain %s runs without a lease: attached (%s, priority %d, gp %u, fixed 0x%x, %u vCPUs) vm=%s",
-		   name, p->cls, p->priority, p->gp, p->fixed_mask, p->n_vcpus, name);
+	log_event(LOG_NOTICE, VPMU_MSG_NONE, &(struct log_fields){ .vm = name },
+		  "libvirt: domain %s runs without a lease: attached (%s, priority %d, gp %u, fixed 0x%x, %u vCPUs)",
+		  name, p->cls, p->priority, p->gp, p->fixed_mask, p->n_vcpus);
 	bind_to_qemu(g, name);
 }
 
@@ -182,8 +185,9 @@ static void update(struct lvglue *g, const char *name, const struct dompol *p)
 	if (r < 0)
 		say_refused(name, p, "vm.update", &err);
 	else
-		log_notice("libvirt: domain %s: lease updated to its XML (%s, priority %d, gp %u, fixed 0x%x) vm=%s",
-			   name, p->cls, p->priority, p->gp, p->fixed_mask, name);
+		log_event(LOG_NOTICE, VPMU_MSG_NONE, &(struct log_fields){ .vm = name },
+			  "libvirt: domain %s: lease updated to its XML (%s, priority %d, gp %u, fixed 0x%x)", name,
+			  p->cls, p->priority, p->gp, p->fixed_mask);
 }
 
 static int parse_policy(struct lvglue *g, const char *name, const char *xml, struct dompol *p)
@@ -194,8 +198,8 @@ static int parse_policy(struct lvglue *g, const char *name, const char *xml, str
 	int r = domain_policy_parse(xml, strlen(xml), &d, g->host_cpus, p, msg, sizeof(msg));
 
 	if (r < 0)
-		log_write(p->guaranteed ? LOG_ERR : LOG_WARNING,
-		     "libvirt: domain %s: %s; its lease (if any) is left as it is vm=%s", name, msg, name);
+		log_event(p->guaranteed ? LOG_ERR : LOG_WARNING, VPMU_MSG_NONE, &(struct log_fields){ .vm = name },
+			  "libvirt: domain %s: %s; its lease (if any) is left as it is", name, msg);
 	return r;
 }
 
@@ -209,8 +213,8 @@ static void follow(struct lvglue *g, const char *name, const char *xml)
 		goto out;
 	bool leased = broker_vm_find(g->b, name, &v) == 0;
 	if (leased && !origin_is_ours(v.origin)) {
-		log_info("libvirt: domain %s runs; its lease was made by %s and is left to it vm=%s", name, v.origin,
-			 name);
+		log_event(LOG_INFO, VPMU_MSG_NONE, &(struct log_fields){ .vm = name }, "libvirt: domain %s runs; its lease was made by %s and is left to it",
+			  name, v.origin);
 		goto out;
 	}
 	if (p.pmu_off) {
