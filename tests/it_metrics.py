@@ -265,6 +265,14 @@ def main():
         rc, out = promtool_check(t)
         check(rc == 0 and out == "", "its text passes promtool too", out)
 
+        # docs/metrics.md lists every family either text has.
+        src = os.environ.get("VPMU_SOURCE_DIR", os.path.join(os.path.dirname(__file__), ".."))
+        with open(os.path.join(src, "docs", "metrics.md")) as f:
+            doc = f.read()
+        names = set(re.findall(r"^# TYPE (\S+) ", read(path) + t, re.M))
+        undocumented = sorted(n for n in names if f"| `{n}` |" not in doc)
+        check(len(names) > 15 and not undocumented, "docs/metrics.md lists every metric", undocumented)
+
         # Stopping leases: gauges go, counters stay.
         d.ok("vm", "detach", "hog")
         d.ok("session", "stop", "sre")
