@@ -2052,7 +2052,6 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		   v->name, v->priority, proto_class_name(v->cls), v->n_vcpus, v->gp, v->fixed_mask,
 		   v->bound ? ", bound to its VMM (routes advisory until it hands a route fd)" : ", not bound to a VMM yet",
 		   v->name, (unsigned)v->uid, broker_door_name(c->door));
-	count_vm_fallback(b, v);
 	if (res) {
 		*res = (struct broker_attach_result){ .generation = arb_generation(b->arb), .bound = v->bound };
 		vcpu_grants(b, v, res->vcpus_by_route);
@@ -2061,6 +2060,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		res->multiplexed_vcpus =
 			b->flavour == BROKER_FLAVOUR_EXTENSION ? n_asked - res->passthrough_vcpus : 0;
 	}
+	count_vm_fallback(b, v);
 	return 0;
 }
 
