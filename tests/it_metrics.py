@@ -282,6 +282,21 @@ def main():
         check(value(s, "vpmu_preemptions_total", lease="session") == 1
               and value(s, "vpmu_preemptions_total", lease="vm") == 1, "counters do not go back")
 
+        # Bad settings stop vpmud at start, naming the key.
+        for conf, key in (("metrics_file = vpmu.prom\n", "metrics_file"),
+                          ("metrics_file = /run/x/\n", "metrics_file"),
+                          ("metrics_interval = -1\n", "metrics_interval"),
+                          ("metrics_interval = 15s\n", "metrics_interval")):
+            cp = os.path.join(tmp, "bad.conf")
+            with open(cp, "w") as f:
+                f.write(conf)
+            r = subprocess.run([VPMUD, "--pmu", "icelake-8360y", "--kvm", "model", "--dbus", "none",
+                                "--libvirt-uri", "none", "--socket", os.path.join(tmp, "bad.sock"),
+                                "--state-dir", os.path.join(tmp, "bad-state"), "--config", cp],
+                               capture_output=True, text=True, timeout=10)
+            check(r.returncode == 2 and f'"{key}"' in r.stderr, f"{conf.strip()!r} is refused at start, naming {key}",
+                  r.stderr)
+
         # A file that cannot be written: logged once, nothing else hurt.
         bad = Daemon(tmp, "metrics_file = /nonexistent-vpmu-it/metrics/vpmu.prom\nmetrics_interval = 1\n")
         time.sleep(2.5)

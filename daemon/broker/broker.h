@@ -560,9 +560,9 @@ void broker_counters(const struct broker *b, struct broker_counters *out);
 
 /*
  * The metrics text (docs/metrics.md; rendered by broker/metrics.c) as c may
- * see it: sessions of other users keep their name, class and CPUs, and
- * lose their events and readings, unless c is an admin by credentials (the
- * rule of broker_viewer). *text is the caller's to free.
+ * see it: sessions of other users keep their name, class, scope and
+ * priority, and lose their events and readings, unless c is an admin by
+ * credentials (the rule of broker_viewer). *text is the caller's to free.
  */
 int broker_metrics(struct broker *b, const struct broker_caller *c, char **text, size_t *len,
 		   struct proto_error *err);

@@ -283,8 +283,8 @@ static int render_sessions(struct out *o, struct broker *b, const struct broker_
 	_cleanup_free_ struct session_row *rows = n ? calloc(n, sizeof(*rows)) : NULL;
 	if (n && !rows)
 		return -ENOMEM;
-	/* Every row first: a reading may not change the views, but keep the
-	 * views and readings of one moment together anyway. */
+	/* Each session once (its events and its reading), then family by
+	 * family: a family's samples must follow its header together. */
 	for (size_t i = 0; i < n; i++)
 		session_row(b, w, i, &rows[i]);
 
