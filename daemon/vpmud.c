@@ -195,6 +195,11 @@ static int metrics_start(struct vpmud *d)
 	return 0;
 }
 
+static void on_counters(void *userdata)
+{
+	metrics_changed(userdata);
+}
+
 static void on_plan(const struct broker_event *event, void *userdata)
 {
 	(void)event;
@@ -541,6 +546,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 		goto out;
 	}
 	broker_set_change_hook(d.broker, on_plan, &d);
+	broker_set_counters_hook(d.broker, on_counters, &d);
 	log_flavour(d.broker);
 
 	int n = sd_listen_fds(1);

@@ -232,6 +232,8 @@ struct broker {
 	unsigned *guest_next;
 
 	struct broker_counters counters; /* broker_counters */
+	void (*counters_hook)(void *userdata);
+	void *counters_hook_ud;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -1423,8 +1425,11 @@ static int apply_last(struct broker *b, char *why, size_t whylen)
 
 static void count_refusal(struct broker *b, enum broker_lease_kind kind, enum proto_class cls)
 {
-	if (!b->restoring && (unsigned)cls < PROTO_CLASS__COUNT)
-		b->counters.refusals[kind][cls]++;
+	if (b->restoring || (unsigned)cls >= PROTO_CLASS__COUNT)
+		return;
+	b->counters.refusals[kind][cls]++;
+	if (b->counters_hook)
+		b->counters_hook(b->counters_hook_ud);
 }
 
 /* The last change's downgrades of VMs other than the one the change was
@@ -2329,6 +2334,8 @@ static int take_route_fd(struct broker *b, struct broker_vm *v, int *route_fd, s
 	}
 	/* Back to advisory, its routes recorded again. */
 	b->counters.fallbacks[BROKER_LEASE_VM][BROKER_FALLBACK_ADVISORY]++;
+	if (b->counters_hook)
+		b->counters_hook(b->counters_hook_ud);
 	int none = -1;
 	struct proto_error again = {0};
 	if (port_register(b, v, v->vmm_pid, &found, &none, "params.pid", &again) < 0) {
@@ -3648,6 +3655,12 @@ const char *broker_fallback_name(enum broker_fallback f)
 void broker_counters(const struct broker *b, struct broker_counters *out)
 {
 	*out = b->counters;
+}
+
+void broker_set_counters_hook(struct broker *b, void (*fn)(void *userdata), void *userdata)
+{
+	b->counters_hook = fn;
+	b->counters_hook_ud = userdata;
 }
 
 int broker_metrics(struct broker *b, const struct broker_caller *c, char **text, size_t *len,

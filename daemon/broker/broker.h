@@ -557,6 +557,9 @@ struct broker_counters {
 	uint64_t fallbacks[BROKER_LEASE__COUNT][BROKER_FALLBACK__COUNT];
 };
 void broker_counters(const struct broker *b, struct broker_counters *out);
+/* fn is called after a counter moved outside a plan change (a refusal
+ * changes no plan, so no event tells of it): the metrics file follows. */
+void broker_set_counters_hook(struct broker *b, void (*fn)(void *userdata), void *userdata);
 
 /*
  * The metrics text (docs/metrics.md; rendered by broker/metrics.c) as c may
