@@ -326,15 +326,24 @@ static void test_values_follow_the_plan_and_the_counters(void **st)
 	expect(f->text, "vpmu_vm_pmcs{vm=\"batch\",route=\"passthrough\"}", 8);
 }
 
+static void count_call(void *userdata)
+{
+	(*(unsigned *)userdata)++;
+}
+
 static void test_a_refused_session_is_counted_by_class(void **st)
 {
 	struct fx *f = *st;
+	unsigned hooked = 0;
+	broker_set_counters_hook(f->b, count_call, &hooked);
 	ok(f, "{\"id\":1,\"method\":\"vm.attach\",\"params\":{\"name\":\"gold\",\"priority\":900,"
 	      "\"class\":\"guaranteed\",\"gp\":8,\"vcpu_count\":1,\"cpus\":\"3\"}}");
 	assert_int_equal(run_as(f, &root, "{\"id\":2,\"method\":\"session.start\",\"params\":{\"name\":\"s\","
 					  "\"priority\":10,\"class\":\"guaranteed\",\"events\":[\"branches\"],"
 					  "\"cpus\":\"3\"}}"),
 			 PROTO_E_REFUSED);
+	/* A refusal changes no plan: the hook tells vpmud to write. */
+	assert_int_equal(hooked, 1);
 	render(f, NULL);
 	expect(f->text, "vpmu_refusals_total{lease=\"session\",class=\"guaranteed\"}", 1);
 	expect(f->text, "vpmu_refusals_total{lease=\"vm\",class=\"guaranteed\"}", 0);
