@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -52,11 +53,16 @@ struct vpmud {
 	 * coalesced write after changes and the periodic one. */
 	sd_event_source *metrics_timer;
 	uint64_t metrics_last_usec;     /* CLOCK_MONOTONIC of the last attempt */
+	uint64_t metrics_cost_usec;     /* what it took */
 	bool metrics_failing;           /* a failure was logged: quiet until a write succeeds */
 };
 
 /* A burst of changes (a libvirt reconcile, a restore) is one write. */
 #define METRICS_COALESCE_USEC (100 * 1000)
+/* Rendering walks every vCPU of every VM: on a host with thousands of
+ * large VMs a write takes long, and writes after changes are spaced so
+ * that they take at most a tenth of the loop's time. */
+#define METRICS_MAX_SHARE 10
 
 static void notify_status(struct vpmud *d)
 {
@@ -157,16 +163,25 @@ static void metrics_schedule(struct vpmud *d, uint64_t usec)
 	sd_event_source_set_enabled(d->metrics_timer, SD_EVENT_ONESHOT);
 }
 
+static uint64_t mono_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 static int on_metrics_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
 	struct vpmud *d = userdata;
 	(void)s;
-	(void)sd_event_now(d->event, CLOCK_MONOTONIC, &usec); /* else the time it was due */
-	d->metrics_last_usec = usec;
+	(void)usec;
+	uint64_t start = mono_usec();
+	d->metrics_last_usec = start;
 	metrics_write(d);
+	d->metrics_cost_usec = mono_usec() - start;
 	/* Read at each write: a reload may change the interval. */
 	if (d->cfg.metrics_interval)
-		metrics_schedule(d, usec + (uint64_t)d->cfg.metrics_interval * 1000000);
+		metrics_schedule(d, start + (uint64_t)d->cfg.metrics_interval * 1000000);
 	return 0;
 }
 
@@ -176,7 +191,10 @@ static void metrics_changed(struct vpmud *d)
 	uint64_t now = 0;
 	if (!d->metrics_timer || sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
 		return;
-	uint64_t earliest = d->metrics_last_usec ? d->metrics_last_usec + METRICS_COALESCE_USEC : now;
+	uint64_t gap = d->metrics_cost_usec * METRICS_MAX_SHARE;
+	if (gap < METRICS_COALESCE_USEC)
+		gap = METRICS_COALESCE_USEC;
+	uint64_t earliest = d->metrics_last_usec ? d->metrics_last_usec + gap : now;
 	metrics_schedule(d, earliest > now ? earliest : now);
 }
 

@@ -179,54 +179,67 @@ static int render_cpus(struct out *o, struct broker *b)
 
 /* ------------------------------------------------------------ VMs */
 
-static void render_vms(struct out *o, struct broker *b)
+struct vm_row {
+	const char *name;               /* borrowed from the view: valid while nothing changes */
+	enum proto_class cls;
+	const char *routes;
+	uint32_t priority, n_vcpus;
+	uint64_t pmcs[BROKER_ROUTE__COUNT];
+};
+
+/* A view costs a walk of the VM's vCPUs (and so do its PMCs): each VM is
+ * viewed once per rendering, not once per family. */
+static void vm_row(struct broker *b, size_t i, struct vm_row *row)
+{
+	struct broker_vm_view v;
+	broker_vm_at(b, i, &v);
+	*row = (struct vm_row){ .name = v.name, .cls = v.cls, .routes = v.routes, .priority = v.priority,
+				.n_vcpus = v.n_vcpus };
+	for (uint32_t c = 0; c < v.n_vcpus; c++) {
+		struct broker_vcpu_view vc;
+		if (broker_vm_vcpu(b, v.id, c, &vc) < 0)
+			continue;
+		for (unsigned j = 0; j < vc.n_gp && j < sizeof(vc.gp); j++)
+			row->pmcs[vc.gp[j] < BROKER_ROUTE__COUNT ? vc.gp[j] : BROKER_ROUTE_DISABLED]++;
+		for (unsigned j = 0; j < sizeof(vc.fixed); j++)
+			if (vc.pmu_fixed_mask >> j & 1)
+				row->pmcs[vc.fixed[j] < BROKER_ROUTE__COUNT ? vc.fixed[j] : BROKER_ROUTE_DISABLED]++;
+	}
+}
+
+static int render_vms(struct out *o, struct broker *b)
 {
 	size_t n = broker_vm_count(b);
 	enum broker_route routes[2];
 	size_t n_routes = broker_flavour_routes(broker_flavour(b), routes);
+	_cleanup_free_ struct vm_row *rows = n ? calloc(n, sizeof(*rows)) : NULL;
+	if (n && !rows)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		vm_row(b, i, &rows[i]);
 
 	family(o, "vpmu_vm_info", "gauge", NULL,
 	       "A VM lease, its class and whether its routes are enforced, simulated or advisory; always 1.");
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
+	for (size_t i = 0; i < n; i++)
 		sample(o, "vpmu_vm_info",
-		       (const char *[]){ "vm", v.name, "class", proto_class_name(v.cls), "routes", v.routes, NULL }, "1");
-	}
+		       (const char *[]){ "vm", rows[i].name, "class", proto_class_name(rows[i].cls), "routes",
+					 rows[i].routes, NULL },
+		       "1");
 	family(o, "vpmu_vm_priority", "gauge", NULL, "A VM lease's priority (0..1000).");
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
-		sample_u64(o, "vpmu_vm_priority", (const char *[]){ "vm", v.name, NULL }, v.priority);
-	}
+	for (size_t i = 0; i < n; i++)
+		sample_u64(o, "vpmu_vm_priority", (const char *[]){ "vm", rows[i].name, NULL }, rows[i].priority);
 	family(o, "vpmu_vm_vcpus", "gauge", NULL, "A VM lease's vCPUs.");
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
-		sample_u64(o, "vpmu_vm_vcpus", (const char *[]){ "vm", v.name, NULL }, v.n_vcpus);
-	}
+	for (size_t i = 0; i < n; i++)
+		sample_u64(o, "vpmu_vm_vcpus", (const char *[]){ "vm", rows[i].name, NULL }, rows[i].n_vcpus);
 	family(o, "vpmu_vm_pmcs", "gauge", NULL,
 	       "Guest PMCs a VM asked for, summed over its vCPUs, by route (the flavour's: passthrough and "
 	       "multiplexed for the vpmu extension, reserved and at-risk for the perf-based vPMU, mediated, none).");
-	for (size_t i = 0; i < n; i++) {
-		struct broker_vm_view v;
-		broker_vm_at(b, i, &v);
-		uint64_t by_route[BROKER_ROUTE__COUNT] = {0};
-		for (uint32_t c = 0; c < v.n_vcpus; c++) {
-			struct broker_vcpu_view vc;
-			if (broker_vm_vcpu(b, v.id, c, &vc) < 0)
-				continue;
-			for (unsigned j = 0; j < vc.n_gp && j < sizeof(vc.gp); j++)
-				by_route[vc.gp[j] < BROKER_ROUTE__COUNT ? vc.gp[j] : BROKER_ROUTE_DISABLED]++;
-			for (unsigned j = 0; j < sizeof(vc.fixed); j++)
-				if (vc.pmu_fixed_mask >> j & 1)
-					by_route[vc.fixed[j] < BROKER_ROUTE__COUNT ? vc.fixed[j] : BROKER_ROUTE_DISABLED]++;
-		}
+	for (size_t i = 0; i < n; i++)
 		for (size_t r = 0; r < n_routes; r++)
 			sample_u64(o, "vpmu_vm_pmcs",
-				   (const char *[]){ "vm", v.name, "route", broker_route_name(routes[r]), NULL },
-				   by_route[routes[r]]);
-	}
+				   (const char *[]){ "vm", rows[i].name, "route", broker_route_name(routes[r]), NULL },
+				   rows[i].pmcs[routes[r]]);
+	return 0;
 }
 
 /* ------------------------------------------------------------ sessions */
@@ -388,8 +401,7 @@ int metrics_render(struct broker *b, const struct broker_viewer *w, char **text,
 	int r = render_cpus(&o, b);
 	if (r < 0)
 		return r;
-	render_vms(&o, b);
-	if ((r = render_sessions(&o, b, w)) < 0)
+	if ((r = render_vms(&o, b)) < 0 || (r = render_sessions(&o, b, w)) < 0)
 		return r;
 	render_counters(&o, b);
 	fputs("# EOF\n", o.f);
