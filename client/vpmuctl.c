@@ -769,6 +769,33 @@ static int cmd_status(struct ctl *x, int argc, char **argv)
 	return 0;
 }
 
+/* --------------------------------------------------------------- metrics */
+
+/* The text vpmud writes to its metrics file, as this caller may see it
+ * (docs/metrics.md): printed as it comes, for promtool or a pipe. */
+static int cmd_metrics(struct ctl *x, int argc, char **argv)
+{
+	struct json_object *res;
+	const char *pos[1];
+	size_t npos;
+	int r = parse_opts(x, argc, argv, NULL, 0, pos, 0, &npos);
+
+	if (r || (r = call(x, "metrics", NULL, &res)))
+		return r;
+	if (printed_as_json(x, res))
+		return 0;
+	const char *text = get_str(res, "text");
+
+	if (!text) {
+		fprintf(stderr, "vpmuctl: vpmud's answer to metrics has no text\n");
+		json_object_put(res);
+		return EXIT_DAEMON;
+	}
+	fputs(text, stdout);
+	json_object_put(res);
+	return 0;
+}
+
 /* ------------------------------------------------------------------- pmu */
 
 static int cmd_pmu(struct ctl *x, int argc, char **argv)
@@ -1925,6 +1952,7 @@ static void usage(FILE *f)
 	      "  session stop NAME\n"
 	      "  session list\n"
 	      "  watch [--count N]\n"
+	      "  metrics                        the metrics text vpmud writes for node_exporter\n"
 	      "\n"
 	      "  --socket PATH   vpmud's socket (default $VPMU_SOCKET, else " VPMU_CLIENT_DEFAULT_SOCKET ")\n"
 	      "  --json          print the daemon's result object as JSON\n"
@@ -1945,6 +1973,7 @@ static const struct command commands[] = {
 	{ "pmu", NULL, cmd_pmu },
 	{ "plan", NULL, cmd_plan },
 	{ "watch", NULL, cmd_watch },
+	{ "metrics", NULL, cmd_metrics },
 	{ "vm", "attach", vm_attach },
 	{ "vm", "update", vm_update },
 	{ "vm", "bind", vm_bind },

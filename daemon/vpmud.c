@@ -2,6 +2,9 @@
 #include "vpmud.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,11 +12,14 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
 #include "broker/broker.h"
+#include "broker/metrics.h"
+#include "proto/cleanup.h"
 #include "proto/config.h"
 #include "doors/dbus_service.h"
 #include "kvm/kvm_detect.h"
@@ -44,7 +50,20 @@ struct vpmud {
 	struct dbus_service *dbus;
 	char last_status[512];
 	struct log_target log;      /* stderr lines, or the journal's native protocol */
+	/* The metrics file (docs/metrics.md): one timer serves both the
+	 * coalesced write after changes and the periodic one. */
+	sd_event_source *metrics_timer;
+	uint64_t metrics_last_usec;     /* CLOCK_MONOTONIC of the last attempt */
+	uint64_t metrics_cost_usec;     /* what it took */
+	bool metrics_failing;           /* a failure was logged: quiet until a write succeeds */
 };
+
+/* A burst of changes (a libvirt reconcile, a restore) is one write. */
+#define METRICS_COALESCE_USEC (100 * 1000)
+/* Rendering walks every vCPU of every VM: on a host with thousands of
+ * large VMs a write takes long, and writes after changes are spaced so
+ * that they take at most a tenth of the loop's time. */
+#define METRICS_MAX_SHARE 10
 
 static void notify_status(struct vpmud *d)
 {
@@ -57,10 +76,154 @@ static void notify_status(struct vpmud *d)
 	sd_notify(0, msg);
 }
 
+/* ------------------------------------------------------------ metrics file */
+
+/* Writes text to path through a temporary file in the same directory and
+ * a rename, so that node_exporter reads the old file or the new one, never
+ * a part. The directory is created (0755, the last level only) if
+ * missing. Returns 0 or a negative errno with what failed in step. */
+static int metrics_put_file(const char *path, const char *text, size_t len, const char **step)
+{
+	_cleanup_free_ char *dir_copy = strdup(path), *base_copy = strdup(path);
+	if (!dir_copy || !base_copy)
+		return -ENOMEM;
+	const char *dir = dirname(dir_copy), *base = basename(base_copy);
+	*step = "creating its directory";
+	if (mkdir(dir, 0755) == 0) {
+		/* vpmud's umask (0077 under systemd) would keep the collector out */
+		if (chmod(dir, 0755) < 0)
+			return -errno;
+	} else if (errno != EEXIST) {
+		return -errno;
+	}
+	*step = "opening its directory";
+	_cleanup_close_ int dfd = open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	/* Not ending in .prom: the collector reads only *.prom files. One
+	 * name per process: two daemons may share a file, never a temp file. */
+	char tmp[PATH_MAX];
+	if ((size_t)snprintf(tmp, sizeof(tmp), ".%s.%d.tmp", base, (int)getpid()) >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	*step = "creating its temporary file";
+	(void)unlinkat(dfd, tmp, 0); /* left by a process of this pid that died mid-write */
+	_cleanup_close_ int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return -errno;
+	int r = 0;
+	*step = "writing its temporary file";
+	for (size_t off = 0; off < len && r == 0;) {
+		ssize_t n = write(fd, text + off, len - off);
+		if (n < 0 && errno != EINTR)
+			r = -errno;
+		else if (n > 0)
+			off += (size_t)n;
+	}
+	if (r == 0 && fchmod(fd, 0644) < 0)
+		r = -errno;
+	if (r == 0 && close(TAKE_FD(fd)) < 0)
+		r = -errno;
+	if (r == 0) {
+		*step = "renaming its temporary file over it";
+		if (renameat(dfd, tmp, dfd, base) < 0)
+			r = -errno;
+	}
+	if (r < 0)
+		(void)unlinkat(dfd, tmp, 0);
+	return r;
+}
+
+static void metrics_write(struct vpmud *d)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	const char *step = "rendering it";
+	int r = metrics_render(d->broker, NULL, &text, &len);
+	if (r == 0)
+		r = metrics_put_file(d->cfg.metrics_file, text, len, &step);
+	if (r < 0 && !d->metrics_failing)
+		log_warn("metrics: %s: %s failed: %s; retried after each change and every %u s, logged again after a "
+			 "write succeeds",
+			 d->cfg.metrics_file, step, strerror(-r), d->cfg.metrics_interval);
+	else if (r == 0 && d->metrics_failing)
+		log_notice("metrics: %s written again", d->cfg.metrics_file);
+	d->metrics_failing = r < 0;
+}
+
+/* Arms the timer for usec (CLOCK_MONOTONIC) unless it fires earlier already. */
+static void metrics_schedule(struct vpmud *d, uint64_t usec)
+{
+	int enabled = SD_EVENT_OFF;
+	uint64_t at = 0;
+	if (!d->metrics_timer)
+		return;
+	if (sd_event_source_get_enabled(d->metrics_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF &&
+	    sd_event_source_get_time(d->metrics_timer, &at) >= 0 && at <= usec)
+		return;
+	sd_event_source_set_time(d->metrics_timer, usec);
+	sd_event_source_set_enabled(d->metrics_timer, SD_EVENT_ONESHOT);
+}
+
+static uint64_t mono_usec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static int on_metrics_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+	struct vpmud *d = userdata;
+	(void)s;
+	(void)usec;
+	uint64_t start = mono_usec();
+	d->metrics_last_usec = start;
+	metrics_write(d);
+	d->metrics_cost_usec = mono_usec() - start;
+	/* Read at each write: a reload may change the interval. */
+	if (d->cfg.metrics_interval)
+		metrics_schedule(d, start + (uint64_t)d->cfg.metrics_interval * 1000000);
+	return 0;
+}
+
+/* After a change: soon, but at most once per METRICS_COALESCE_USEC. */
+static void metrics_changed(struct vpmud *d)
+{
+	uint64_t now = 0;
+	if (!d->metrics_timer || sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
+		return;
+	uint64_t gap = d->metrics_cost_usec * METRICS_MAX_SHARE;
+	if (gap < METRICS_COALESCE_USEC)
+		gap = METRICS_COALESCE_USEC;
+	uint64_t earliest = d->metrics_last_usec ? d->metrics_last_usec + gap : now;
+	metrics_schedule(d, earliest > now ? earliest : now);
+}
+
+static int metrics_start(struct vpmud *d)
+{
+	if (!d->cfg.metrics_file[0]) {
+		log_info("metrics: no metrics file (metrics_file = none)");
+		return 0;
+	}
+	int r = sd_event_add_time(d->event, &d->metrics_timer, CLOCK_MONOTONIC, 0, 0, on_metrics_timer, d);
+	if (r < 0) {
+		log_err("metrics: timer: %s", strerror(-r));
+		return r;
+	}
+	log_info("metrics: writing %s after each change and every %u s", d->cfg.metrics_file, d->cfg.metrics_interval);
+	return 0;
+}
+
+static void on_counters(void *userdata)
+{
+	metrics_changed(userdata);
+}
+
 static void on_plan(const struct broker_event *event, void *userdata)
 {
 	(void)event;
 	notify_status(userdata);
+	metrics_changed(userdata);
 }
 
 static int apply_overrides(struct config *c, const struct vpmud_opts *o, char *err, size_t errlen)
@@ -138,6 +301,7 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
 		log_err("config reload refused, settings unchanged: %s", err);
 	} else {
 		config_apply_reload(&d->cfg, &next, applied, sizeof(applied), ignored, sizeof(ignored));
+		metrics_changed(d); /* the new interval counts from this write */
 		log_event(LOG_NOTICE, VPMU_MSG_CONFIG_RELOADED, NULL,
 			  "config reloaded from %s: applied %s; needs restart to change: %s", d->config_path,
 			  applied[0] ? applied : "nothing (no change)", ignored[0] ? ignored : "nothing");
@@ -304,6 +468,7 @@ static int ensure_dir(const char *dir)
 
 static void vpmud_free(struct vpmud *d)
 {
+	d->metrics_timer = sd_event_source_unref(d->metrics_timer);
 	/* before the broker: the glue calls it */
 	libvirt_glue_free(d->lvglue);
 	dbus_service_free(d->dbus);
@@ -401,6 +566,7 @@ int vpmud_run(const struct vpmud_opts *opts)
 		goto out;
 	}
 	broker_set_change_hook(d.broker, on_plan, &d);
+	broker_set_counters_hook(d.broker, on_counters, &d);
 	log_flavour(d.broker);
 
 	int n = sd_listen_fds(1);
@@ -447,6 +613,8 @@ int vpmud_run(const struct vpmud_opts *opts)
 			log_notice("dbus: no D-Bus API (%s); set dbus = none to silence this", err);
 	}
 	/* ---- end D-Bus door ------------------------------------------------ */
+	if (metrics_start(&d) < 0)
+		goto out;
 	sd_event_add_signal(d.event, NULL, SIGTERM, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGINT, on_term, &d);
 	sd_event_add_signal(d.event, NULL, SIGHUP, on_sighup, &d);

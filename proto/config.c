@@ -35,6 +35,8 @@ void config_defaults(struct config *c)
 	 * and a backed-off retry, nothing else (docs/config.md). */
 	snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", CONFIG_DEFAULT_LIBVIRT_URI);
 	snprintf(c->dbus, sizeof(c->dbus), "system");
+	snprintf(c->metrics_file, sizeof(c->metrics_file), "%s", CONFIG_DEFAULT_METRICS_FILE);
+	c->metrics_interval = CONFIG_DEFAULT_METRICS_INTERVAL;
 }
 
 bool config_class_valid(const char *cls)
@@ -184,6 +186,26 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 			return -EINVAL;
 		}
 		return set_string(c->dbus, sizeof(c->dbus), key, value, err, errlen);
+	}
+	if (!strcmp(key, "metrics_file")) {
+		/* "none" writes no metrics file. */
+		if (!strcmp(value, "none")) {
+			c->metrics_file[0] = '\0';
+			return 0;
+		}
+		size_t n = strlen(value);
+		if (value[0] != '/' || value[n - 1] == '/') {
+			snprintf(err, errlen, "field \"metrics_file\": must be an absolute path to a file, or none, got \"%s\"",
+				 shown);
+			return -EINVAL;
+		}
+		return set_string(c->metrics_file, sizeof(c->metrics_file), key, value, err, errlen);
+	}
+	if (!strcmp(key, "metrics_interval")) {
+		if ((r = parse_int(key, value, 0, 86400, &v, err, errlen)) < 0)
+			return r;
+		c->metrics_interval = (unsigned)v;
+		return 0;
 	}
 	_cleanup_free_ char *key_shown = textesc_dup(key, strlen(key));
 	snprintf(err, errlen, "unknown field \"%s\"", key_shown ? key_shown : "?");
@@ -349,8 +371,14 @@ void config_apply_reload(struct config *cur, const struct config *next, char *ap
 		cur->idle_timeout = next->idle_timeout;
 		append(applied, applied_len, "idle_timeout");
 	}
+	if (cur->metrics_interval != next->metrics_interval) {
+		cur->metrics_interval = next->metrics_interval;
+		append(applied, applied_len, "metrics_interval");
+	}
 	if (strcmp(cur->socket, next->socket))
 		append(ignored, ignored_len, "socket");
+	if (strcmp(cur->metrics_file, next->metrics_file))
+		append(ignored, ignored_len, "metrics_file");
 	if (strcmp(cur->state_dir, next->state_dir))
 		append(ignored, ignored_len, "state_dir");
 	if (strcmp(cur->pmu, next->pmu))

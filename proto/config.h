@@ -14,6 +14,8 @@
 #define CONFIG_DEFAULT_SOCKET "/run/vpmu/vpmud.sock"
 #define CONFIG_DEFAULT_STATE_DIR "/var/lib/vpmu"
 #define CONFIG_DEFAULT_LIBVIRT_URI "qemu:///system"
+#define CONFIG_DEFAULT_METRICS_FILE "/run/vpmu/metrics/vpmu.prom"
+#define CONFIG_DEFAULT_METRICS_INTERVAL 15
 
 /* The longest line the file may have, newline included: far above any
  * setting (every value is bounded by struct config), and a bound on what a
@@ -49,6 +51,10 @@ struct config {
 	unsigned idle_timeout;         /* s: a connection that neither watches nor sends a request is closed */
 	char libvirt_uri[256];      /* empty ("none"): do not follow libvirt */
 	char dbus[256];             /* "system", "none", or a bus address */
+	/* The metrics file for node_exporter's textfile collector
+	 * (docs/metrics.md); empty ("none"): none is written. */
+	char metrics_file[512];
+	unsigned metrics_interval;     /* s: rewritten at least this often; 0: only on plan changes */
 };
 
 void config_defaults(struct config *c);

@@ -144,6 +144,7 @@ static const char *const method_names[PROTO_M__COUNT] = {
 	[PROTO_M_SESSION_LIST] = "session.list",
 	[PROTO_M_WATCH] = "watch",
 	[PROTO_M_VM_BIND] = "vm.bind",
+	[PROTO_M_METRICS] = "metrics",
 };
 
 const char *proto_method_name(enum proto_method m)
@@ -649,6 +650,7 @@ static const struct json_fields_field *const method_rows[PROTO_M__COUNT] = {
 	[PROTO_M_SESSION_LIST] = no_rows,
 	[PROTO_M_WATCH] = no_rows,
 	[PROTO_M_VM_BIND] = vm_bind_rows,
+	[PROTO_M_METRICS] = no_rows,
 };
 
 static struct dec dec_new(unsigned int max_cpus, struct proto_error *err)
@@ -1014,6 +1016,7 @@ static bool encode_params(const struct proto_request *req, struct json_object *p
 	case PROTO_M_VM_LIST:
 	case PROTO_M_SESSION_LIST:
 	case PROTO_M_WATCH:
+	case PROTO_M_METRICS:
 		return true;
 	default:
 		return false;

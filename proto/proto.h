@@ -100,6 +100,7 @@ enum proto_method {
 	PROTO_M_SESSION_LIST,
 	PROTO_M_WATCH,
 	PROTO_M_VM_BIND,
+	PROTO_M_METRICS,           /* the metrics text (docs/metrics.md) */
 	PROTO_M__COUNT
 };
 

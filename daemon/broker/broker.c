@@ -28,6 +28,7 @@
 #include "pmu/pmu.h"
 #include "proto/cleanup.h"
 #include "proto/cpulist.h"
+#include "broker/metrics.h"
 
 #define BROKER_WHY 512
 
@@ -235,6 +236,10 @@ struct broker {
 	size_t cap_host;
 	struct guest_cache_entry *guest_cache;
 	unsigned *guest_next;
+
+	struct broker_counters counters; /* broker_counters */
+	void (*counters_hook)(void *userdata);
+	void *counters_hook_ud;
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -1472,6 +1477,68 @@ static int apply_last(struct broker *b, char *why, size_t whylen)
 	return r;
 }
 
+/* ---------------------------------------------------------------- counters */
+
+static void count_refusal(struct broker *b, enum broker_lease_kind kind, enum proto_class cls)
+{
+	if (b->restoring || (unsigned)cls >= PROTO_CLASS__COUNT)
+		return;
+	b->counters.refusals[kind][cls]++;
+	if (b->counters_hook)
+		b->counters_hook(b->counters_hook_ud);
+}
+
+/* The last change's downgrades of VMs other than the one the change was
+ * about (its own update shrinks are no preemption): once per VM. */
+static void count_vm_preemptions(struct broker *b, const struct touched *what)
+{
+	if (b->restoring)
+		return;
+	const struct transition *t;
+	size_t n = transitions_of(b, &t);
+	uint64_t last = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i].kind != TRANSITION_ROUTES || t[i].phase != 1 || t[i].vm_id == last)
+			continue;
+		if (t[i].vm_id == what->vm_added || t[i].vm_id == what->vm_changed || t[i].vm_id == what->vm_removed)
+			continue;
+		last = t[i].vm_id;
+		b->counters.preemptions[BROKER_LEASE_VM]++;
+	}
+}
+
+/* A VM admitted with vCPUs on the flavour's weaker route. */
+static void vcpu_grants(const struct broker *b, const struct broker_vm *v, unsigned by_route[BROKER_ROUTE__COUNT]);
+static void count_vm_fallback(struct broker *b, const struct broker_vm *v)
+{
+	enum broker_route routes[2];
+	unsigned by_route[BROKER_ROUTE__COUNT];
+	if (b->restoring || broker_flavour_routes(b->flavour, routes) < 2)
+		return;
+	vcpu_grants(b, v, by_route);
+	if (!by_route[routes[1]])
+		return;
+	if (routes[1] == BROKER_ROUTE_MULTIPLEXED)
+		b->counters.fallbacks[BROKER_LEASE_VM][BROKER_FALLBACK_MULTIPLEXED]++;
+	else if (routes[1] == BROKER_ROUTE_AT_RISK)
+		b->counters.fallbacks[BROKER_LEASE_VM][BROKER_FALLBACK_AT_RISK]++;
+}
+
+/* A session started with hardware events that hold no counter. */
+static void count_session_fallback(struct broker *b, const struct broker_session *s)
+{
+	if (b->restoring)
+		return;
+	for (uint32_t e = 0; e < s->spec.n_events; e++) {
+		struct arb_event_grant g;
+		if (s->arb_index[e] >= 0 && arb_session_event(b->arb, s->id, (unsigned)s->arb_index[e], &g) == 0 &&
+		    !g.dedicated) {
+			b->counters.fallbacks[BROKER_LEASE_SESSION][BROKER_FALLBACK_MULTIPLEXED]++;
+			return;
+		}
+	}
+}
+
 /* Field by field: the struct has padding. */
 static bool grant_sig_equal(const struct grant_sig *a, const struct grant_sig *b)
 {
@@ -1488,7 +1555,7 @@ static void sync_sessions(struct broker *b)
 		struct broker_session *s = b->sessions[i];
 		if (s->n_hw == 0)
 			continue;
-		bool regranted = false;
+		bool regranted = false, demoted = false;
 		for (uint32_t e = 0; e < s->spec.n_events; e++) {
 			if (s->arb_index[e] < 0)
 				continue;
@@ -1501,6 +1568,8 @@ static void sync_sessions(struct broker *b)
 			struct grant_sig *seen = &s->seen[s->arb_index[e]];
 			if (s->seen_valid && !grant_sig_equal(seen, &sig))
 				regranted = true;
+			if (s->seen_valid && seen->dedicated && !sig.dedicated)
+				demoted = true;
 			*seen = sig;
 			if (!s->ps)
 				continue;
@@ -1512,6 +1581,8 @@ static void sync_sessions(struct broker *b)
 					  perf_session_placement_name(want), strerror(-r));
 		}
 		s->seen_valid = true;
+		if (demoted && !b->restoring)
+			b->counters.preemptions[BROKER_LEASE_SESSION]++;
 		/* Out of memory: the session is not named, as if unchanged;
 		 * the log says so. */
 		if (regranted && ids_add(&b->sessions_regranted, s->id) < 0)
@@ -1565,6 +1636,7 @@ static int apply_change(struct broker *b, const char *reason, const struct touch
 		log_err("%s: %s", reason, why);
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "%s", why);
 	}
+	count_vm_preemptions(b, what);
 	sync_sessions(b);
 	emit(b, reason, what);
 	note_preemptions(b, reason, what);
@@ -2033,11 +2105,13 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 	r = arb_vm_add(b->arb, &spec.vm, why, sizeof(why));
 	vm_arb_spec_fini(&spec);
 	if (r < 0) {
-		if (r == -EBUSY)
+		if (r == -EBUSY) {
 			log_event(LOG_WARNING, VPMU_MSG_REFUSED,
 				  &(struct log_fields){ .vm = v->name, .has_uid = true, .uid = v->uid,
 							.via = broker_door_name(c->door), .origin = v->origin },
 				  "vm %s refused: %s", v->name, why);
+			count_refusal(b, BROKER_LEASE_VM, v->cls);
+		}
 		unbind_vm(b, v);
 		vm_free(v);
 		if (r == -EBUSY)
@@ -2094,6 +2168,7 @@ static int vm_attach(struct broker *b, const struct broker_caller *c, const stru
 		res->multiplexed_vcpus =
 			b->flavour == BROKER_FLAVOUR_EXTENSION ? n_asked - res->passthrough_vcpus : 0;
 	}
+	count_vm_fallback(b, v);
 	return 0;
 }
 
@@ -2271,8 +2346,10 @@ int broker_vm_update(struct broker *b, const struct broker_caller *c, const stru
 							.via = broker_door_name(c->door), .origin = origin },
 				  "vm %s update refused: %s", v->name, why);
 		cpus_release_all(b, interned, next.n_vcpus);
-		if (r == -EBUSY)
+		if (r == -EBUSY) {
+			count_refusal(b, BROKER_LEASE_VM, next.cls);
 			return proto_error_set(err, PROTO_E_REFUSED, EBUSY, NULL, "%s", why);
+		}
 		return proto_error_set(err, r == -ENOMEM ? PROTO_E_INTERNAL : PROTO_E_INVALID_PARAM, -r, NULL, "%s",
 				       r == -ENOMEM ? "out of memory" : why);
 	}
@@ -2369,6 +2446,9 @@ static int take_route_fd(struct broker *b, struct broker_vm *v, int *route_fd, s
 		r = proto_error_set(err, PROTO_E_INTERNAL, -a, NULL, "applying the routes of vm %s: %s", v->name, why);
 	}
 	/* Back to advisory, its routes recorded again. */
+	b->counters.fallbacks[BROKER_LEASE_VM][BROKER_FALLBACK_ADVISORY]++;
+	if (b->counters_hook)
+		b->counters_hook(b->counters_hook_ud);
 	int none = -1;
 	struct proto_error again = {0};
 	if (port_register(b, v, v->vmm_pid, &found, &none, "params.pid", &again) < 0) {
@@ -2653,6 +2733,8 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 								.via = broker_door_name(c->door), .origin = s->origin },
 					  "session %s refused: %s", s->spec.name, why);
 			s->n_hw = 0; /* not in the arbiter */
+			if (r == -EBUSY)
+				count_refusal(b, BROKER_LEASE_SESSION, q->cls);
 			return proto_error_set(err, r == -EBUSY ? PROTO_E_REFUSED : PROTO_E_INVALID_PARAM, -r, NULL,
 					       "%s", why);
 		}
@@ -2740,6 +2822,7 @@ static int session_start(struct broker *b, const struct broker_caller *c, const 
 			  q->n_events, s->n_hw, s->spec.has_cpus ? "cpus " : "pid ", cpus_text ? cpus_text : "",
 			  (int)s->owner_pid);
 	}
+	count_session_fallback(b, s);
 	for (uint32_t i = 0; i < q->n_events; i++) {
 		struct broker_event_view ev;
 		if (broker_session_event(b, s->id, i, &ev) == 0 && ev.reason[0])
@@ -3686,5 +3769,50 @@ int broker_restore(struct broker *b)
 	free(rs.recs);
 	if (rs.n)
 		log_notice("state: restored %zu leases, released %zu", kept, dropped);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+const char *broker_lease_kind_name(enum broker_lease_kind k)
+{
+	switch (k) {
+	case BROKER_LEASE_VM: return "vm";
+	case BROKER_LEASE_SESSION: return "session";
+	default: return NULL;
+	}
+}
+
+const char *broker_fallback_name(enum broker_fallback f)
+{
+	switch (f) {
+	case BROKER_FALLBACK_MULTIPLEXED: return "multiplexed";
+	case BROKER_FALLBACK_AT_RISK: return "at-risk";
+	case BROKER_FALLBACK_ADVISORY: return "advisory";
+	default: return NULL;
+	}
+}
+
+void broker_counters(const struct broker *b, struct broker_counters *out)
+{
+	*out = b->counters;
+}
+
+void broker_set_counters_hook(struct broker *b, void (*fn)(void *userdata), void *userdata)
+{
+	b->counters_hook = fn;
+	b->counters_hook_ud = userdata;
+}
+
+int broker_metrics(struct broker *b, const struct broker_caller *c, char **text, size_t *len,
+		   struct proto_error *err)
+{
+	int r = check_caller(b, c, PROTO_M_METRICS, err);
+	if (r < 0)
+		return r;
+	struct broker_viewer w = broker_viewer(b, c);
+	r = metrics_render(b, &w, text, len);
+	if (r < 0)
+		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "rendering the metrics: %s", strerror(-r));
 	return 0;
 }

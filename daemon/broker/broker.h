@@ -515,6 +515,61 @@ struct broker_cpu_view {
 unsigned broker_cpu_count(const struct broker *b);
 int broker_cpu_at(const struct broker *b, unsigned i, struct broker_cpu_view *out);
 
+/* ------------------------------------------------------------ counters */
+
+/*
+ * What happened to leases since vpmud started, for monitoring
+ * (docs/metrics.md): monotonic, never reset while vpmud runs, not counted
+ * while the state is replayed at start (a restore is no new request).
+ */
+enum broker_lease_kind {
+	BROKER_LEASE_VM = 0,
+	BROKER_LEASE_SESSION,
+	BROKER_LEASE__COUNT
+};
+/* "vm", "session" */
+const char *broker_lease_kind_name(enum broker_lease_kind k);
+
+/* Where a lease ended up when it did not get what it asked for. */
+enum broker_fallback {
+	/* extension: a VM admitted with vCPUs whose PMCs are backed by host
+	 * perf events instead of passed through; a session started with
+	 * hardware events that rotate instead of holding a counter */
+	BROKER_FALLBACK_MULTIPLEXED = 0,
+	/* perf-based: a VM admitted with vCPUs for which no room is kept */
+	BROKER_FALLBACK_AT_RISK,
+	/* a route fd the VMM handed over could not be used: the VM stays
+	 * bound without it, its routes advisory */
+	BROKER_FALLBACK_ADVISORY,
+	BROKER_FALLBACK__COUNT
+};
+/* "multiplexed", "at-risk", "advisory" */
+const char *broker_fallback_name(enum broker_fallback f);
+
+struct broker_counters {
+	/* Requests (attach, update, session start) the arbiter refused
+	 * admission (refused, EBUSY), by the class the lease asked for. */
+	uint64_t refusals[BROKER_LEASE__COUNT][PROTO_CLASS__COUNT];
+	/* Leases that lost counters to another lease's change: a VM whose
+	 * vCPUs' routes were downgraded, a session whose events lost their
+	 * dedicated counters; one per lease and change. */
+	uint64_t preemptions[BROKER_LEASE__COUNT];
+	uint64_t fallbacks[BROKER_LEASE__COUNT][BROKER_FALLBACK__COUNT];
+};
+void broker_counters(const struct broker *b, struct broker_counters *out);
+/* fn is called after a counter moved outside a plan change (a refusal
+ * changes no plan, so no event tells of it): the metrics file follows. */
+void broker_set_counters_hook(struct broker *b, void (*fn)(void *userdata), void *userdata);
+
+/*
+ * The metrics text (docs/metrics.md; rendered by broker/metrics.c) as c may
+ * see it: sessions of other users keep their name, class, scope and
+ * priority, and lose their events and readings, unless c is an admin by
+ * credentials (the rule of broker_viewer). *text is the caller's to free.
+ */
+int broker_metrics(struct broker *b, const struct broker_caller *c, char **text, size_t *len,
+		   struct proto_error *err);
+
 /* ------------------------------------------------------------ watchers */
 
 /* One step of a plan change, as watchers see it. */

@@ -850,6 +850,16 @@ int json_door_result_fd(struct broker *b, const struct broker_caller *c, const s
 		put(out, "]}");
 		break;
 	}
+	case PROTO_M_METRICS: {
+		_cleanup_free_ char *text = NULL;
+		size_t len = 0;
+		if ((r = broker_metrics(b, c, &text, &len, err)) < 0)
+			return r;
+		put(out, "{\"format\":\"prometheus-text-0.0.4\",\"text\":");
+		put_str(out, text);
+		put(out, "}");
+		break;
+	}
 	default:
 		return proto_error_set(err, PROTO_E_UNKNOWN_METHOD, ENOSYS, "method",
 				       "method %s is handled by the transport, not the broker",
