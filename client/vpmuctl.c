@@ -1293,7 +1293,7 @@ static int name_only(struct ctl *x, int argc, char **argv, const char *method, s
 static int vm_detach(struct ctl *x, int argc, char **argv)
 {
 	struct json_object *res;
-	const char *name;
+	const char *name = NULL;
 	int r = name_only(x, argc, argv, "vm.detach", &res, &name);
 
 	if (r)
@@ -1543,7 +1543,7 @@ static int session_start(struct ctl *x, int argc, char **argv)
 static int session_stop(struct ctl *x, int argc, char **argv)
 {
 	struct json_object *res;
-	const char *name;
+	const char *name = NULL;
 	int r = name_only(x, argc, argv, "session.stop", &res, &name);
 
 	if (r)
