@@ -1138,7 +1138,8 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 		 * route they got; the flavour decides which routes there are */
 		int64_t pv = 0, mv = 0;
 
-		if (g && (get_i64(g, "passthrough_vcpus", &pv) | get_i64(g, "multiplexed_vcpus", &mv))) {
+		/* "|", not "||": both counts are read */
+		if (g && ((int)get_i64(g, "passthrough_vcpus", &pv) | (int)get_i64(g, "multiplexed_vcpus", &mv))) {
 			printf("  %" PRId64 " vCPU(s) with counters passed through, %" PRId64 " multiplexed\n", pv, mv);
 		} else if (g && json_object_is_type(g, json_type_object)) {
 			json_object_object_foreach(g, key, val) {
