@@ -20,13 +20,16 @@ trap 'rm -rf "$tmp"' EXIT
 # One line per installed file or symlink (directories are not listed):
 #   <mode> <path>            a file and its octal mode
 #   link <path> -> <target>  a symlink and where it points, verbatim
-# optionally preceded by [VAR]: only when the cache variable VAR is ON.
+# optionally preceded by [VAR]: only when the cache variable VAR is ON, or
+# [?VAR]: only when the cache defines VAR (a part that may be absent).
 # Placeholders, filled in for each prefix:
 #   {prefix}   the install prefix           {etc}  its sysconfdir (/etc for /usr)
 #   {libdir}   the prefix's libdir ({prefix}/lib/x86_64-linux-gnu when /usr
 #              is given at configure time on Debian, else {prefix}/lib)
 #   {cache:VAR} the value of VAR in the build's CMakeCache.txt (directories
 #              that come from pkg-config, e.g. systemd's unit directory)
+#   {dir:VAR}  the cache's directory VAR as install(DESTINATION) takes it:
+#              relative ones under the prefix (e.g. CMAKE_INSTALL_MANDIR)
 # A new install() rule adds its line(s) here.
 expected() {
 	cat <<'EOF'
@@ -49,6 +52,12 @@ expected() {
 link {libdir}/libvpmuclient.so.0 -> libvpmuclient.so.0.1.0
 link {libdir}/libvpmuclient.so -> libvpmuclient.so.0
 644 {libdir}/pkgconfig/vpmu-client.pc
+[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man8/vpmud.8
+[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man1/vpmuctl.1
+[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man5/vpmud.conf.5
+[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man8/vpmu-libvirt-hook.8
+[?VPMU_BASH_COMPLETION_DIR] 644 {dir:VPMU_BASH_COMPLETION_DIR}/vpmuctl
+[?VPMU_CATALOGDIR] 644 {dir:VPMU_CATALOGDIR}/vpmu.catalog
 EOF
 }
 # ------------------------------------------------------------------------------
@@ -68,16 +77,25 @@ fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 
 # The list for one install: build tree, prefix, etc, libdir.
 want_list() {
-	local build=$1 prefix=$2 etc=$3 libdir=$4 line var
+	local build=$1 prefix=$2 etc=$3 libdir=$4 line var value
 	expected | while IFS= read -r line; do
 		[ -n "$line" ] || continue
-		if [[ $line =~ ^\[([A-Za-z0-9_]+)\]\ (.*)$ ]]; then
+		if [[ $line =~ ^\[\?([A-Za-z0-9_]+)\]\ (.*)$ ]]; then
+			grep -q "^${BASH_REMATCH[1]}:" "$build/CMakeCache.txt" || continue
+			line=${BASH_REMATCH[2]}
+		elif [[ $line =~ ^\[([A-Za-z0-9_]+)\]\ (.*)$ ]]; then
 			cache_on "$build" "${BASH_REMATCH[1]}" || continue
 			line=${BASH_REMATCH[2]}
 		fi
 		while [[ $line =~ \{cache:([A-Za-z0-9_]+)\} ]]; do
 			var=${BASH_REMATCH[1]}
 			line=${line//"{cache:$var}"/$(cache "$build" "$var")}
+		done
+		while [[ $line =~ \{dir:([A-Za-z0-9_]+)\} ]]; do
+			var=${BASH_REMATCH[1]}
+			value=$(cache "$build" "$var")
+			[[ $value == /* ]] || value=$prefix/$value
+			line=${line//"{dir:$var}"/$value}
 		done
 		line=${line//"{prefix}"/$prefix}
 		line=${line//"{etc}"/$etc}
