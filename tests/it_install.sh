@@ -29,7 +29,7 @@ trap 'rm -rf "$tmp"' EXIT
 #   {cache:VAR} the value of VAR in the build's CMakeCache.txt (directories
 #              that come from pkg-config, e.g. systemd's unit directory)
 #   {dir:VAR}  the cache's directory VAR as install(DESTINATION) takes it:
-#              relative ones under the prefix (e.g. CMAKE_INSTALL_MANDIR)
+#              relative ones under the prefix (e.g. VPMU_CATALOGDIR)
 # A new install() rule adds its line(s) here.
 expected() {
 	cat <<'EOF'
@@ -52,10 +52,10 @@ expected() {
 link {libdir}/libvpmuclient.so.0 -> libvpmuclient.so.0.1.0
 link {libdir}/libvpmuclient.so -> libvpmuclient.so.0
 644 {libdir}/pkgconfig/vpmu-client.pc
-[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man8/vpmud.8
-[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man1/vpmuctl.1
-[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man5/vpmud.conf.5
-[VPMU_MAN] 644 {dir:CMAKE_INSTALL_MANDIR}/man8/vpmu-libvirt-hook.8
+[VPMU_MAN] 644 {prefix}/share/man/man8/vpmud.8
+[VPMU_MAN] 644 {prefix}/share/man/man1/vpmuctl.1
+[VPMU_MAN] 644 {prefix}/share/man/man5/vpmud.conf.5
+[VPMU_MAN] 644 {prefix}/share/man/man8/vpmu-libvirt-hook.8
 [?VPMU_BASH_COMPLETION_DIR] 644 {dir:VPMU_BASH_COMPLETION_DIR}/vpmuctl
 [?VPMU_CATALOGDIR] 644 {dir:VPMU_CATALOGDIR}/vpmu.catalog
 EOF
