@@ -27,6 +27,9 @@ trap cleanup EXIT
 fails=0
 ok() { echo "ok   $*"; }
 fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+expect() { # got want ok-message fail-message
+	if [ "$1" = "$2" ]; then ok "$3"; else fail "$4"; fi
+}
 
 stage=$tmp/stage
 if ! DESTDIR=$stage cmake --install "$b" --prefix /usr >"$tmp/install.log" 2>&1; then
@@ -37,9 +40,9 @@ lib=$stage$libdir/libvpmuclient.so.0
 
 # ---- the shared object ------------------------------------------------------
 soname=$(readelf -d "$lib" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
-[ "$soname" = libvpmuclient.so.0 ] && ok "soname $soname" || fail "soname is '$soname', want libvpmuclient.so.0"
-[ "$(readlink "$stage$libdir/libvpmuclient.so")" = libvpmuclient.so.0 ] && ok "libvpmuclient.so -> libvpmuclient.so.0" ||
-	fail "libvpmuclient.so points to '$(readlink "$stage$libdir/libvpmuclient.so")'"
+expect "$soname" libvpmuclient.so.0 "soname $soname" "soname is '$soname', want libvpmuclient.so.0"
+link=$(readlink "$stage$libdir/libvpmuclient.so")
+expect "$link" libvpmuclient.so.0 "libvpmuclient.so -> $link" "libvpmuclient.so points to '$link'"
 if readelf -d "$lib" | grep -q '(RPATH)\|(RUNPATH)'; then
 	fail "the installed library keeps a run path: $(readelf -d "$lib" | grep 'R.*PATH')"
 else
@@ -48,7 +51,7 @@ fi
 # Run-time dependencies: json-c and libc (and the sanitizer runtimes in a
 # sanitizer build), never libvirt, libsystemd, libxml2 or a vpmu library.
 needed=$(readelf -d "$lib" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -v '^libasan\|^libubsan\|^libstdc++\|^libm\.\|^libgcc_s' | sort | tr '\n' ' ')
-[ "$needed" = "libc.so.6 libjson-c.so.5 " ] && ok "needs only: $needed" || fail "libvpmuclient needs: $needed (want libc.so.6 libjson-c.so.5)"
+expect "$needed" "libc.so.6 libjson-c.so.5 " "needs only: $needed" "libvpmuclient needs: $needed (want libc.so.6 libjson-c.so.5)"
 
 # Exports: exactly the functions the header declares (static inline ones are
 # the caller's), each in the version node of the map.
@@ -63,7 +66,7 @@ else
 	sed -n '3,$p' "$tmp/sym.diff"
 fi
 nodes=$(nm -D --defined-only "$lib" | sed -n 's/.*@@\(.*\)/\1/p' | sort -u | tr '\n' ' ')
-[ "$nodes" = "VPMU_CLIENT_0.1 " ] && ok "every export in version node VPMU_CLIENT_0.1" || fail "version nodes: '$nodes'"
+expect "$nodes" "VPMU_CLIENT_0.1 " "every export in version node VPMU_CLIENT_0.1" "version nodes: '$nodes'"
 
 # ---- an agent built against the stage ---------------------------------------
 export PKG_CONFIG_PATH=$stage$libdir/pkgconfig PKG_CONFIG_SYSROOT_DIR=$stage
@@ -86,8 +89,8 @@ if ! "${cc:-cc}" -std=gnu11 -Wall -Wextra -Werror "${san[@]}" -o "$tmp/client_ag
 fi
 ok "agent built with the installed header and library"
 resolved=$(LD_LIBRARY_PATH=$stage$libdir ldd "$tmp/client_agent" | sed -n 's/.*libvpmuclient.so.0 => \([^ ]*\).*/\1/p')
-[ "$resolved" = "$stage$libdir/libvpmuclient.so.0" ] && ok "the agent loads the staged library" ||
-	fail "the agent loads libvpmuclient.so.0 from '$resolved'"
+expect "$resolved" "$stage$libdir/libvpmuclient.so.0" "the agent loads the staged library" \
+	"the agent loads libvpmuclient.so.0 from '$resolved'"
 
 # ---- against a running vpmud --------------------------------------------------
 sock=$tmp/vpmud.sock
