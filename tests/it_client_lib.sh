@@ -81,7 +81,7 @@ esac
 cc=$(cache CMAKE_C_COMPILER)
 san=()
 # The library of a sanitizer build needs its runtime loaded first.
-[ "$(cache VPMU_SANITIZE)" = ON ] && san=(-fsanitize=address,undefined)
+[ "$(cache VPMU_SANITIZE)" = ON ] && san=("-fsanitize=address,undefined")
 # shellcheck disable=SC2086 # pkg-config's flags are words
 if ! "${cc:-cc}" -std=gnu11 -Wall -Wextra -Werror "${san[@]}" -o "$tmp/client_agent" \
 	"$src/tests/fixtures/client_agent.c" $flags >"$tmp/cc.log" 2>&1; then
