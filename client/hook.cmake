@@ -20,12 +20,19 @@ install(TARGETS vpmu-libvirt-hook DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/vpmu)
 # -DVPMU_INSTALL_LIBVIRT_HOOK=OFF (e.g. hosts without libvirt).
 option(VPMU_INSTALL_LIBVIRT_HOOK "Link the hook into /etc/libvirt/hooks/qemu.d" ON)
 if(VPMU_INSTALL_LIBVIRT_HOOK)
-  install(CODE "
-    set(dir \"\$ENV{DESTDIR}${CMAKE_INSTALL_FULL_SYSCONFDIR}/libvirt/hooks/qemu.d\")
-    file(MAKE_DIRECTORY \"\${dir}\")
-    file(CREATE_LINK \"${CMAKE_INSTALL_FULL_LIBEXECDIR}/vpmu/vpmu-libvirt-hook\" \"\${dir}/vpmu\" SYMBOLIC)
-    message(STATUS \"Linking: \${dir}/vpmu -> ${CMAKE_INSTALL_FULL_LIBEXECDIR}/vpmu/vpmu-libvirt-hook\")
-  ")
+  # Both ends are resolved when installing (VPMU_INSTALL_DIRS, top level):
+  # with --prefix /usr the link is /etc/libvirt/hooks/qemu.d/vpmu ->
+  # /usr/libexec/vpmu/vpmu-libvirt-hook, whichever step gave the prefix.
+  string(CONFIGURE [[
+    include("@VPMU_INSTALL_DIRS@")
+    set(dir "$ENV{DESTDIR}${VPMU_INSTALL_FULL_SYSCONFDIR}/libvirt/hooks/qemu.d")
+    set(target "${VPMU_INSTALL_FULL_LIBEXECDIR}/vpmu/vpmu-libvirt-hook")
+    file(MAKE_DIRECTORY "${dir}")
+    file(CREATE_LINK "${target}" "${dir}/vpmu" SYMBOLIC)
+    list(APPEND CMAKE_INSTALL_MANIFEST_FILES "${dir}/vpmu")
+    message(STATUS "Linking: ${dir}/vpmu -> ${target}")
+  ]] code @ONLY)
+  install(CODE "${code}")
 endif()
 
 if(TARGET test_hook)

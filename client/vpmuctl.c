@@ -1165,7 +1165,8 @@ static int vm_attach(struct ctl *x, int argc, char **argv)
 		 * route they got; the flavour decides which routes there are */
 		int64_t pv = 0, mv = 0;
 
-		if (g && (get_i64(g, "passthrough_vcpus", &pv) | get_i64(g, "multiplexed_vcpus", &mv))) {
+		/* "|", not "||": both counts are read */
+		if (g && ((int)get_i64(g, "passthrough_vcpus", &pv) | (int)get_i64(g, "multiplexed_vcpus", &mv))) {
 			printf("  %" PRId64 " vCPU(s) with counters passed through, %" PRId64 " multiplexed\n", pv, mv);
 		} else if (g && json_object_is_type(g, json_type_object)) {
 			json_object_object_foreach(g, key, val) {
@@ -1320,7 +1321,7 @@ static int name_only(struct ctl *x, int argc, char **argv, const char *method, s
 static int vm_detach(struct ctl *x, int argc, char **argv)
 {
 	struct json_object *res;
-	const char *name;
+	const char *name = NULL;
 	int r = name_only(x, argc, argv, "vm.detach", &res, &name);
 
 	if (r)
@@ -1570,7 +1571,7 @@ static int session_start(struct ctl *x, int argc, char **argv)
 static int session_stop(struct ctl *x, int argc, char **argv)
 {
 	struct json_object *res;
-	const char *name;
+	const char *name = NULL;
 	int r = name_only(x, argc, argv, "session.stop", &res, &name);
 
 	if (r)

@@ -152,7 +152,7 @@ static int parse(const char *text, unsigned int max_cpus, enum syntax syn, struc
 		return fail(why, whylen, -EINVAL, syn == SYNTAX_LIBVIRT ? "empty cpuset" : "empty CPU list");
 	for (;;) {
 		bool exclude = false;
-		unsigned int lo, hi;
+		unsigned int lo = 0, hi = 0;
 
 		skip_blanks(&p, syn);
 		if (syn == SYNTAX_LIBVIRT && *p == '^') {

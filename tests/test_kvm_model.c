@@ -32,6 +32,12 @@
 
 #include "kvm/kvm_model.h"
 
+/* KVM_VPMU_GET_VCPUS buffers are laid out as userspace does: the struct,
+ * then room for its flexible ids[] (a GNU extension clang warns about). */
+#ifdef __clang__
+#pragma clang diagnostic ignored "-Wgnu-variable-sized-type-not-at-end"
+#endif
+
 #define N_CPUS 4
 #define NUM_GP 8
 /* Ice Lake's four fixed counters: fixed counter 3 exists but is never

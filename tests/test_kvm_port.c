@@ -500,8 +500,11 @@ static int port_route_fd(struct kvm_model *m, int vm_file)
 #define SETUP_CHECK(cond, ...)                                  \
 	do {                                                    \
 		if (!(cond)) {                                  \
+			print_error(__VA_ARGS__);               \
+			print_error("\n");                      \
 			fx_free(f);                             \
-			fail_msg(__VA_ARGS__);                  \
+			fail();                                 \
+			return -1; /* _fail is not noreturn */  \
 		}                                               \
 	} while (0)
 

@@ -587,7 +587,7 @@ static bool slot_matches(const struct index *x, const struct index_slot *s, uint
 {
 	if (!s->val || s->hash != h)
 		return false;
-	return x->by_name ? !strcmp(s->name, name) : s->id == id;
+	return x->by_name ? name && !strcmp(s->name, name) : s->id == id;
 }
 
 static void *index_get(const struct index *x, const char *name, uint64_t id)
@@ -2871,7 +2871,7 @@ static int session_for(struct broker *b, const struct broker_caller *c, const ch
 int broker_session_stop(struct broker *b, const struct broker_caller *c, const char *name, uint64_t *generation,
 			struct proto_error *err)
 {
-	struct broker_session *s;
+	struct broker_session *s = NULL;
 	int r = session_for(b, c, name, PROTO_M_SESSION_STOP, &s, err);
 	if (r < 0)
 		return r;
@@ -2907,7 +2907,7 @@ static const char *session_note(const struct broker *b)
 int broker_session_read(struct broker *b, const struct broker_caller *c, const char *name,
 			struct broker_reading **out, struct proto_error *err)
 {
-	struct broker_session *s;
+	struct broker_session *s = NULL;
 	int r = session_for(b, c, name, PROTO_M_SESSION_READ, &s, err);
 	if (r < 0)
 		return r;

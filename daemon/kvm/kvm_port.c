@@ -906,7 +906,7 @@ int kvm_port_register_vm(struct kvm_port *p, const struct kvm_port_vm *spec, cha
 	if (route_fd >= 0 && p->backend == KVM_BACKEND_IOCTL) {
 		/* D1: no ioctl on an fd that is not a route fd, so that a VM fd
 		 * handed by mistake gets words, not the kernel's EIO. */
-		const char *what;
+		const char *what = NULL;
 		int r = kvm_port_check_route_fd(route_fd, &what);
 		if (r < 0) {
 			snprintf(why, whylen, "vm %llu: fd %d: %s", (unsigned long long)spec->vm_id, route_fd, what);

@@ -28,6 +28,10 @@
 struct json_object;
 struct vpmu_client;
 
+/* libvpmuclient.so is built with hidden visibility: only what this header
+ * declares is its ABI (client/libvpmuclient.map lists the same names). */
+#pragma GCC visibility push(default)
+
 #define VPMU_CLIENT_DEFAULT_SOCKET "/run/vpmu/vpmud.sock"
 /* Environment variable that overrides the default socket path. */
 #define VPMU_CLIENT_SOCKET_ENV "VPMU_SOCKET"
@@ -125,6 +129,8 @@ int vpmu_client_fd(const struct vpmu_client *c);
 
 /* Closes the connection and frees c (NULL is fine). */
 void vpmu_client_close(struct vpmu_client *c);
+
+#pragma GCC visibility pop
 
 /* For __attribute__((cleanup)): closes *c. */
 static inline void vpmu_client_closep(struct vpmu_client **c)
