@@ -31,6 +31,9 @@ struct vpmu_client;
 /* libvpmuclient.so is built with hidden visibility: only what this header
  * declares is its ABI (client/libvpmuclient.map lists the same names). */
 #pragma GCC visibility push(default)
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define VPMU_CLIENT_DEFAULT_SOCKET "/run/vpmu/vpmud.sock"
 /* Environment variable that overrides the default socket path. */
@@ -130,6 +133,9 @@ int vpmu_client_fd(const struct vpmu_client *c);
 /* Closes the connection and frees c (NULL is fine). */
 void vpmu_client_close(struct vpmu_client *c);
 
+#ifdef __cplusplus
+}
+#endif
 #pragma GCC visibility pop
 
 /* For __attribute__((cleanup)): closes *c. */
