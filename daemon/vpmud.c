@@ -283,6 +283,14 @@ static int load_config(struct vpmud *d, struct config *out, char *err, size_t er
 	r = apply_overrides(out, d->opts, err, errlen);
 	if (r < 0)
 		return r;
+	/* Unless named, the metrics file lives beside the socket
+	 * (metrics/vpmu.prom): a second vpmud (a test, a demo) on its own
+	 * socket never writes over the host's file. */
+	const char *slash = strrchr(out->socket, '/');
+	if (!out->metrics_file_set && slash && strcmp(out->socket, CONFIG_DEFAULT_SOCKET) &&
+	    snprintf(out->metrics_file, sizeof(out->metrics_file), "%.*s/metrics/vpmu.prom",
+		     (int)(slash - out->socket), out->socket) >= (int)sizeof(out->metrics_file))
+		out->metrics_file[0] = '\0';
 	r = config_check(out, err, errlen);
 	if (r < 0)
 		return r;

@@ -191,6 +191,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 		/* "none" writes no metrics file. */
 		if (!strcmp(value, "none")) {
 			c->metrics_file[0] = '\0';
+			c->metrics_file_set = true;
 			return 0;
 		}
 		size_t n = strlen(value);
@@ -199,7 +200,10 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 				 shown);
 			return -EINVAL;
 		}
-		return set_string(c->metrics_file, sizeof(c->metrics_file), key, value, err, errlen);
+		r = set_string(c->metrics_file, sizeof(c->metrics_file), key, value, err, errlen);
+		if (r == 0)
+			c->metrics_file_set = true;
+		return r;
 	}
 	if (!strcmp(key, "metrics_interval")) {
 		if ((r = parse_int(key, value, 0, 86400, &v, err, errlen)) < 0)
@@ -278,6 +282,16 @@ int config_parse_text(const char *text, size_t len, const char *label, struct co
 		}
 		*eq = '\0';
 		char *key = trim(s), *value = trim(eq + 1);
+		/* A value not in quotes ends where a comment begins: "#" or
+		 * ";" after blank space (the shipped file's examples carry
+		 * notes after their values). */
+		if (value[0] != '"')
+			for (char *c = value; *c; c++)
+				if ((*c == '#' || *c == ';') && c > value && (c[-1] == ' ' || c[-1] == '\t')) {
+					*c = '\0';
+					value = trim(value);
+					break;
+				}
 		size_t vl = strlen(value);
 		if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
 			value[vl - 1] = '\0';

@@ -54,6 +54,7 @@ struct config {
 	/* The metrics file for node_exporter's textfile collector
 	 * (docs/metrics.md); empty ("none"): none is written. */
 	char metrics_file[512];
+	bool metrics_file_set;      /* named by the file or the command line (else it follows the socket) */
 	unsigned metrics_interval;     /* s: rewritten at least this often; 0: only on plan changes */
 };
 

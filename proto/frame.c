@@ -168,9 +168,7 @@ int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_le
 	return 0;
 }
 
-/* The length of the UTF-8 sequence at p (left bytes remain), or 0 when it
- * is not one RFC 3629 allows. */
-static size_t utf8_sequence(const unsigned char *p, size_t left)
+size_t frame_utf8_len(const unsigned char *p, size_t left)
 {
 	unsigned char c = p[0], lo = 0x80, hi = 0xbf; /* range of the second byte */
 	size_t n;
@@ -209,7 +207,7 @@ int frame_check_utf8(const char *buf, size_t len, size_t *bad)
 	const unsigned char *p = (const unsigned char *)buf;
 
 	for (size_t i = 0; i < len;) {
-		size_t n = utf8_sequence(p + i, len - i);
+		size_t n = frame_utf8_len(p + i, len - i);
 
 		if (!n) {
 			if (bad)

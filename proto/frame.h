@@ -92,4 +92,9 @@ int frame_encode(struct json_object *obj, size_t max, char **out, size_t *out_le
  */
 int frame_check_utf8(const char *buf, size_t len, size_t *bad);
 
+/* The length of the UTF-8 sequence at p (left > 0 bytes remain), or 0 when
+ * it is not one RFC 3629 allows (overlong forms, surrogates, code points
+ * above U+10FFFF, truncated). The one UTF-8 rule: textesc builds on it. */
+size_t frame_utf8_len(const unsigned char *p, size_t left);
+
 #endif

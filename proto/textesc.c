@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "proto/textesc.h"
+#include "proto/frame.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -8,38 +9,17 @@
 
 /*
  * How many bytes at p form one character of text (0: the byte at p is
- * not text). RFC 3629 table: the second byte's
- * range depends on the first so that overlong forms, surrogates and code
- * points above U+10FFFF are refused.
+ * not text): one UTF-8 sequence as the frame check takes it (RFC 3629),
+ * and neither a control nor an invisible format character.
  */
 static size_t text_len(const unsigned char *p, size_t left)
 {
 	unsigned char c = p[0];
 	if (c < 0x80)
 		return c >= 0x20 && c != 0x7f ? 1 : 0;
-	size_t n;
-	unsigned char lo = 0x80, hi = 0xbf;
-	if (c >= 0xc2 && c <= 0xdf)
-		n = 2;
-	else if (c >= 0xe0 && c <= 0xef) {
-		n = 3;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		n = 4;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else
+	size_t n = frame_utf8_len(p, left);
+	if (!n)
 		return 0;
-	if (left < n || p[1] < lo || p[1] > hi)
-		return 0;
-	for (size_t i = 2; i < n; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
 	/* C1 controls (U+0080..U+009F) act as controls for some terminals */
 	if (c == 0xc2 && p[1] <= 0x9f)
 		return 0;

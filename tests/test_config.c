@@ -261,6 +261,46 @@ static void test_failed_load_keeps_everything(void **st)
 	assert_int_equal(c.idle_timeout, 9);
 }
 
+/* Notes after a value are comments, as the shipped file writes them: every
+ * example line of daemon/vpmud.conf, uncommented, is a valid setting. */
+static void test_shipped_examples_uncommented(void **st)
+{
+	(void)st;
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/daemon/vpmud.conf", getenv("VPMU_SOURCE_DIR") ? getenv("VPMU_SOURCE_DIR") : "..");
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	char line[1024], text[8192] = "";
+	unsigned examples = 0;
+	while (fgets(line, sizeof(line), f)) {
+		/* "# key = value  # note": an example setting */
+		if (!strncmp(line, "# ", 2) && line[2] >= 'a' && line[2] <= 'z' && strstr(line, " = ")) {
+			strncat(text, line + 2, sizeof(text) - strlen(text) - 1);
+			examples++;
+		}
+	}
+	fclose(f);
+	assert_true(examples >= 8);
+	struct config c;
+	config_defaults(&c);
+	char err[CONFIG_ERR_MAX];
+	int r = config_parse_text(text, strlen(text), "vpmud.conf", &c, err, sizeof(err));
+	if (r < 0)
+		fail_msg("%s", err);
+	assert_string_equal(c.metrics_file, "/run/vpmu/metrics/vpmu.prom");
+	assert_int_equal(c.max_clients, 256);
+
+	const char *noted = "max_clients = 64   # a note\nadmin_group = ops ; another\ndefault_class = shared#x\n";
+	config_defaults(&c);
+	r = config_parse_text(noted, strlen(noted), "noted", &c, err, sizeof(err));
+	assert_int_equal(r, -EINVAL); /* "shared#x": a '#' with no blank before it is part of the value */
+	noted = "max_clients = 64   # a note\nadmin_group = ops ; another\n";
+	config_defaults(&c);
+	assert_int_equal(config_parse_text(noted, strlen(noted), "noted", &c, err, sizeof(err)), 0);
+	assert_int_equal(c.max_clients, 64);
+	assert_string_equal(c.admin_group, "ops");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -269,6 +309,7 @@ int main(void)
 		cmocka_unit_test(test_long_value_error), cmocka_unit_test(test_not_regular_files),
 		cmocka_unit_test(test_reload),     cmocka_unit_test(test_dbus_key),
 		cmocka_unit_test(test_binary_refused_escaped), cmocka_unit_test(test_failed_load_keeps_everything),
+		cmocka_unit_test(test_shipped_examples_uncommented),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
