@@ -1488,25 +1488,6 @@ static void count_refusal(struct broker *b, enum broker_lease_kind kind, enum pr
 		b->counters_hook(b->counters_hook_ud);
 }
 
-/* The last change's downgrades of VMs other than the one the change was
- * about (its own update shrinks are no preemption): once per VM. */
-static void count_vm_preemptions(struct broker *b, const struct touched *what)
-{
-	if (b->restoring)
-		return;
-	const struct transition *t;
-	size_t n = transitions_of(b, &t);
-	uint64_t last = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (t[i].kind != TRANSITION_ROUTES || t[i].phase != 1 || t[i].vm_id == last)
-			continue;
-		if (t[i].vm_id == what->vm_added || t[i].vm_id == what->vm_changed || t[i].vm_id == what->vm_removed)
-			continue;
-		last = t[i].vm_id;
-		b->counters.preemptions[BROKER_LEASE_VM]++;
-	}
-}
-
 /* A VM admitted with vCPUs on the flavour's weaker route. */
 static void vcpu_grants(const struct broker *b, const struct broker_vm *v, unsigned by_route[BROKER_ROUTE__COUNT]);
 static void count_vm_fallback(struct broker *b, const struct broker_vm *v)
@@ -1595,8 +1576,9 @@ static void sync_sessions(struct broker *b)
  * Names the VMs whose routes another lease's change just downgraded. Phase 1
  * route steps are downgrades (transition.h) except for the lease that
  * changed itself, so any other VM named there was preempted. The arbiter
- * emits a VM's steps together: one line per run of them. Only the log
- * says so; the event to watchers carries the steps themselves.
+ * emits a VM's steps together: one line (and one count of
+ * vpmu_preemptions_total) per run of them; its own update's shrinks are no
+ * preemption. The event to watchers carries the steps themselves.
  */
 static void note_preemptions(struct broker *b, const char *reason, const struct touched *what)
 {
@@ -1606,7 +1588,7 @@ static void note_preemptions(struct broker *b, const char *reason, const struct 
 	size_t n = b->restoring ? 0 : transitions_of(b, &t);
 	for (size_t i = 0; i < n;) {
 		if (t[i].kind != TRANSITION_ROUTES || t[i].phase != 1 || t[i].vm_id == what->vm_added ||
-		    t[i].vm_id == what->vm_changed) {
+		    t[i].vm_id == what->vm_changed || t[i].vm_id == what->vm_removed) {
 			i++;
 			continue;
 		}
@@ -1615,6 +1597,8 @@ static void note_preemptions(struct broker *b, const char *reason, const struct 
 			j++;
 		const struct broker_vm *v = vm_by_id(b, t[i].vm_id);
 		const struct broker_session *s = what->session_added ? session_by_id(b, what->session_added) : NULL;
+		/* one walk for the journal's line and the metrics' counter */
+		b->counters.preemptions[BROKER_LEASE_VM]++;
 		if (v)
 			log_event(LOG_NOTICE, VPMU_MSG_PREEMPTED,
 				  &(struct log_fields){ .vm = v->name, .session = s ? s->spec.name : NULL,
@@ -1636,7 +1620,6 @@ static int apply_change(struct broker *b, const char *reason, const struct touch
 		log_err("%s: %s", reason, why);
 		return proto_error_set(err, PROTO_E_INTERNAL, -r, NULL, "%s", why);
 	}
-	count_vm_preemptions(b, what);
 	sync_sessions(b);
 	emit(b, reason, what);
 	note_preemptions(b, reason, what);
